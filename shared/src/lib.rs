@@ -1,1 +1,2 @@
-//! placeholder
+//! mSIM protocol types shared by the server, the relay and the client.
+pub mod token;
