@@ -1,2 +1,17 @@
-//! mSIM protocol types shared by the server, the relay and the client.
+//! mSIM protocol types shared by the server, the relay and the client: the packet model and its
+//! line codec, percent coding, timestamps, addresses, one typed enum per direction covering
+//! every packet family, and the relay's capability tokens.
+
+pub mod address;
+pub mod codec;
+pub mod error;
+pub mod packet;
+pub mod percent;
+pub mod proto;
+pub mod timestamp;
 pub mod token;
+
+pub use address::Address;
+pub use codec::PacketCodec;
+pub use error::PacketError;
+pub use packet::{Fields, Packet};
