@@ -1,1 +1,33 @@
-//! placeholder
+//! Temporary blob storage with a TTL for the mSIM relay.
+//!
+//! Layout of a store directory:
+//!
+//! - `index.sqlite` — the index (SQLite, WAL): one row per blob with its declared size, sender,
+//!   optional SHA-256, expiry and state; indexed on expiry so a sweep costs O(expired).
+//! - `blobs/<id>.part` — an upload in progress (or interrupted, resumable).
+//! - `blobs/<id>.blob` — a complete upload: the `.part` file is fsync'd, renamed and the directory
+//!   fsync'd before the index says "complete", so a blob presented as complete always is.
+//!
+//! A reader may start before the upload is complete: it follows the writer, waking on new bytes,
+//! and fails if the upload is cancelled, swept or expires. A sweep may run from another process
+//! (`msim-relay sweep` from cron) while the relay serves; the index is the source of truth and
+//! every new request consults it.
+#![warn(missing_docs, clippy::unwrap_used)]
+
+mod disk;
+mod error;
+mod store;
+
+pub use error::StoreError;
+pub use store::{
+    BlobInfo, BlobReader, BlobStore, BlobWriter, Clock, ManualClock, NewBlob, StoreConfig,
+    StoreStats, SweepReport, SystemClock,
+};
+
+/// Result alias for this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// `true` when `id` is a valid blob id (`[A-Za-z0-9-]{1,64}`), so it is safe in a file name.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}

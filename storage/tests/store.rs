@@ -1,0 +1,401 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use msim_storage::{BlobStore, ManualClock, NewBlob, StoreConfig, StoreError, SweepReport};
+use sha2::{Digest, Sha256};
+
+const T0: u64 = 1_700_000_000;
+
+fn config(clock: &Arc<ManualClock>) -> StoreConfig {
+    StoreConfig {
+        capacity_bytes: 1 << 30,
+        min_free_bytes: 0,
+        per_sender_quota_bytes: 1 << 30,
+        abandon_after: Duration::from_secs(600),
+        clock: clock.clone(),
+    }
+}
+
+async fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> BlobStore {
+    BlobStore::open(dir, config(clock)).await.expect("open")
+}
+
+fn new(id: &str, size: u64, expires: u64) -> NewBlob {
+    NewBlob {
+        id: id.into(),
+        size,
+        expires,
+        sender: "alice@x".into(),
+        sha256: None,
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn read_all(store: &BlobStore, id: &str) -> Vec<u8> {
+    let info = store.info(id).await.unwrap();
+    let mut r = store.reader(id, 0, info.size).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk(1 << 16).await.unwrap() {
+        out.extend_from_slice(&c);
+    }
+    out
+}
+
+#[tokio::test]
+async fn reader_follows_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    let body = data(300_000);
+    store
+        .create(new("a", body.len() as u64, T0 + 100))
+        .await
+        .unwrap();
+    let mut w = store.writer("a").await.unwrap();
+    let mut r = store.reader("a", 0, body.len() as u64).await.unwrap();
+    let mut got = Vec::new();
+    for chunk in body.chunks(100_000) {
+        w.append(vec![Bytes::copy_from_slice(chunk)]).await.unwrap();
+        // The reader gets exactly what has been written so far, before the upload ends.
+        while got.len() < w.offset() as usize {
+            let c = r.next_chunk(1 << 20).await.unwrap().unwrap();
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got.len() as u64, w.offset());
+    }
+    // A reader waiting at the end of the written data is woken by completion.
+    let waiter = tokio::spawn(async move { r.next_chunk(10).await.map(|c| c.is_none()) });
+    let sha = w.finish().await.unwrap();
+    assert!(waiter.await.unwrap().unwrap());
+    assert_eq!(got, body);
+    assert_eq!(sha, hex(&body));
+    assert_eq!(read_all(&store, "a").await, body);
+    let info = store.info("a").await.unwrap();
+    assert!(info.complete);
+    assert_eq!(info.sha256.as_deref(), Some(hex(&body).as_str()));
+}
+
+#[tokio::test]
+async fn waiting_reader_is_woken_by_new_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    store.create(new("a", 10, T0 + 100)).await.unwrap();
+    let mut r = store.reader("a", 0, 10).await.unwrap();
+    let waiter = tokio::spawn(async move { r.next_chunk(100).await });
+    let mut w = store.writer("a").await.unwrap();
+    w.append(vec![Bytes::from_static(b"hello")]).await.unwrap();
+    let c = waiter.await.unwrap().unwrap().unwrap();
+    assert_eq!(&c[..], b"hello");
+}
+
+#[tokio::test]
+async fn cancel_wakes_reader_and_writer_with_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    store.create(new("a", 10, T0 + 100)).await.unwrap();
+    let mut w = store.writer("a").await.unwrap();
+    w.append(vec![Bytes::from_static(b"abc")]).await.unwrap();
+    let mut r = store.reader("a", 0, 10).await.unwrap();
+    assert_eq!(&r.next_chunk(100).await.unwrap().unwrap()[..], b"abc");
+    let waiter = tokio::spawn(async move { r.next_chunk(100).await });
+    assert!(store.cancel("a").await.unwrap());
+    assert!(matches!(waiter.await.unwrap(), Err(StoreError::Cancelled)));
+    assert!(matches!(
+        w.append(vec![Bytes::from_static(b"d")]).await,
+        Err(StoreError::Cancelled)
+    ));
+    assert!(matches!(store.info("a").await, Err(StoreError::NotFound)));
+    assert!(!dir.path().join("blobs/a.part").exists());
+    assert!(!store.cancel("a").await.unwrap());
+}
+
+#[tokio::test]
+async fn sweep_of_expired_partial_wakes_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    store.create(new("a", 10, T0 + 10)).await.unwrap();
+    let mut w = store.writer("a").await.unwrap();
+    w.append(vec![Bytes::from_static(b"abc")]).await.unwrap();
+    let mut r = store.reader("a", 3, 10).await.unwrap();
+    let waiter = tokio::spawn(async move { r.next_chunk(100).await });
+    clock.advance(10);
+    let rep = store.sweep().await.unwrap();
+    assert_eq!(
+        rep,
+        SweepReport {
+            removed_blobs: 1,
+            removed_bytes: 3,
+            removed_partials: 1
+        }
+    );
+    assert!(matches!(waiter.await.unwrap(), Err(StoreError::Expired)));
+}
+
+#[tokio::test]
+async fn completed_blob_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let body = data(1 << 20);
+    {
+        let store = open(dir.path(), &clock).await;
+        store
+            .create(new("done", body.len() as u64, T0 + 100))
+            .await
+            .unwrap();
+        let mut w = store.writer("done").await.unwrap();
+        w.append(vec![Bytes::from(body.clone())]).await.unwrap();
+        w.finish().await.unwrap();
+        store.close().await;
+    }
+    let store = open(dir.path(), &clock).await;
+    let info = store.info("done").await.unwrap();
+    assert!(info.complete);
+    assert_eq!(read_all(&store, "done").await, body);
+    assert!(matches!(
+        store.writer("done").await,
+        Err(StoreError::AlreadyComplete)
+    ));
+}
+
+#[tokio::test]
+async fn partial_is_not_complete_after_restart_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let body = data(500_000);
+    let declared = hex(&body);
+    {
+        let store = open(dir.path(), &clock).await;
+        let mut nb = new("p", body.len() as u64, T0 + 100);
+        nb.sha256 = Some(declared.clone());
+        store.create(nb).await.unwrap();
+        let mut w = store.writer("p").await.unwrap();
+        w.append(vec![Bytes::copy_from_slice(&body[..200_000])])
+            .await
+            .unwrap();
+        assert!(matches!(store.writer("p").await, Err(StoreError::Busy)));
+        drop(w); // interrupted
+        store.close().await;
+    }
+    let store = open(dir.path(), &clock).await;
+    let info = store.info("p").await.unwrap();
+    assert!(!info.complete);
+    assert_eq!(info.committed, 200_000);
+    let mut w = store.writer("p").await.unwrap();
+    assert_eq!(w.offset(), 200_000);
+    assert!(matches!(
+        w.append(vec![Bytes::from(vec![0u8; 300_001])]).await,
+        Err(StoreError::TooLarge)
+    ));
+    w.append(vec![Bytes::copy_from_slice(&body[200_000..])])
+        .await
+        .unwrap();
+    // The hash covers the prefix written before the restart.
+    assert_eq!(w.finish().await.unwrap(), declared);
+    assert_eq!(read_all(&store, "p").await, body);
+}
+
+#[tokio::test]
+async fn recovery_removes_orphans_and_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let store = open(dir.path(), &clock).await;
+        store.create(new("gone", 5, T0 + 100)).await.unwrap();
+        store.close().await;
+    }
+    let blobs = dir.path().join("blobs");
+    std::fs::remove_file(blobs.join("gone.part")).unwrap();
+    std::fs::write(blobs.join("orphan.blob"), b"xx").unwrap();
+    std::fs::write(blobs.join("orphan2.part"), b"xx").unwrap();
+    std::fs::write(blobs.join("junk.tmp"), b"xx").unwrap();
+    let store = open(dir.path(), &clock).await;
+    assert!(matches!(
+        store.info("gone").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.info("orphan").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+    assert_eq!(store.stats().await.unwrap().blobs, 0);
+}
+
+#[tokio::test]
+async fn sweep_removes_only_expired_and_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    for (id, exp) in [("e1", T0 + 10), ("e2", T0 + 20), ("keep", T0 + 10_000)] {
+        store.create(new(id, 4, exp)).await.unwrap();
+        let mut w = store.writer(id).await.unwrap();
+        w.append(vec![Bytes::from_static(b"data")]).await.unwrap();
+        w.finish().await.unwrap();
+    }
+    // A partial upload that keeps making progress, and one that stalls.
+    store.create(new("active", 8, T0 + 10_000)).await.unwrap();
+    store.create(new("stalled", 8, T0 + 10_000)).await.unwrap();
+    let mut stalled = store.writer("stalled").await.unwrap();
+    stalled
+        .append(vec![Bytes::from_static(b"st")])
+        .await
+        .unwrap();
+    drop(stalled);
+
+    clock.set(T0 + 15);
+    let rep = store.sweep().await.unwrap();
+    assert_eq!(rep.removed_blobs, 1);
+    assert_eq!(rep.removed_bytes, 4);
+    assert!(matches!(store.info("e1").await, Err(StoreError::NotFound)));
+    assert!(store.info("e2").await.is_ok());
+
+    clock.set(T0 + 500);
+    let mut active = store.writer("active").await.unwrap();
+    active
+        .append(vec![Bytes::from_static(b"ac")])
+        .await
+        .unwrap();
+    clock.set(T0 + 700);
+    let rep = store.sweep().await.unwrap();
+    // e2 expired; "stalled" had no progress for 700 s > 600 s; "active" progressed at +500.
+    assert_eq!(rep.removed_blobs, 2);
+    assert_eq!(rep.removed_partials, 1);
+    assert_eq!(rep.removed_bytes, 4 + 2);
+    assert!(store.info("keep").await.is_ok());
+    assert!(store.info("active").await.is_ok());
+    assert!(matches!(
+        store.info("stalled").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.sweep().await.unwrap(), SweepReport::default());
+}
+
+#[tokio::test]
+async fn admission_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(&clock);
+    cfg.capacity_bytes = 1000;
+    cfg.per_sender_quota_bytes = 600;
+    let store = BlobStore::open(dir.path(), cfg).await.unwrap();
+    store.create(new("a", 500, T0 + 100)).await.unwrap();
+    assert!(matches!(
+        store.create(new("a", 1, T0 + 100)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store.create(new("b", 200, T0 + 100)).await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    let mut other = new("c", 400, T0 + 100);
+    other.sender = "bob@x".into();
+    store.create(other).await.unwrap();
+    let mut big = new("d", 101, T0 + 100);
+    big.sender = "carol@x".into();
+    assert!(matches!(
+        store.create(big).await,
+        Err(StoreError::CapacityExceeded)
+    ));
+    assert!(matches!(
+        store.create(new("../x", 1, T0 + 100)).await,
+        Err(StoreError::InvalidId)
+    ));
+    store.close().await;
+
+    let mut cfg = config(&clock);
+    cfg.min_free_bytes = u64::MAX / 4;
+    let store = BlobStore::open(dir.path(), cfg).await.unwrap();
+    assert!(matches!(
+        store.create(new("e", 1, T0 + 100)).await,
+        Err(StoreError::LowDisk)
+    ));
+}
+
+#[tokio::test]
+async fn sha_mismatch_discards_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    let mut nb = new("s", 3, T0 + 100);
+    nb.sha256 = Some(hex(b"abc"));
+    store.create(nb).await.unwrap();
+    let mut w = store.writer("s").await.unwrap();
+    w.append(vec![Bytes::from_static(b"abd")]).await.unwrap();
+    assert!(matches!(
+        w.finish().await,
+        Err(StoreError::ShaMismatch { .. })
+    ));
+    assert!(matches!(store.info("s").await, Err(StoreError::NotFound)));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn download_limit_and_incomplete_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    store.create(new("o", 3, T0 + 100)).await.unwrap();
+    let mut w = store.writer("o").await.unwrap();
+    w.append(vec![Bytes::from_static(b"ab")]).await.unwrap();
+    assert!(matches!(
+        w.finish().await,
+        Err(StoreError::Incomplete {
+            received: 2,
+            size: 3
+        })
+    ));
+    assert_eq!(store.record_download("o", Some(1)).await.unwrap(), 1);
+    assert!(matches!(
+        store.record_download("o", Some(1)).await,
+        Err(StoreError::DownloadLimit)
+    ));
+    assert!(store.record_download("o", None).await.is_ok());
+    assert!(matches!(
+        store.record_download("nope", None).await,
+        Err(StoreError::NotFound)
+    ));
+    // Expired blobs are not served even before a sweep.
+    clock.set(T0 + 100);
+    assert!(matches!(store.info("o").await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn sweep_from_another_handle_is_seen_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let server = open(dir.path(), &clock).await;
+    server.create(new("x", 4, T0 + 10)).await.unwrap();
+    let mut w = server.writer("x").await.unwrap();
+    w.append(vec![Bytes::from_static(b"data")]).await.unwrap();
+    w.finish().await.unwrap();
+    // What `msim-relay sweep` does: its own pool on the same directory, no recovery.
+    clock.set(T0 + 11);
+    let cron = BlobStore::open_without_recovery(dir.path(), config(&clock))
+        .await
+        .unwrap();
+    let rep = cron.sweep().await.unwrap();
+    assert_eq!(rep.removed_blobs, 1);
+    clock.set(T0);
+    assert!(matches!(server.info("x").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        server.reader("x", 0, 4).await,
+        Err(StoreError::NotFound)
+    ));
+}
