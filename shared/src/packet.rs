@@ -184,7 +184,8 @@ impl Packet {
         out.push('\n');
         if let Some(records) = &self.list {
             out.push_str("[\n");
-            for record in records {
+            // A record without fields would be a blank line, which readers skip.
+            for record in records.iter().filter(|r| !r.is_empty()) {
                 let mut line = String::new();
                 record.encode(&mut line);
                 // Records carry no verb, so drop the leading separator.

@@ -1,0 +1,127 @@
+//! File transfers through a relay (PROTOCOL.md §10).
+
+reasons! {
+    /// `SEND-FILE-PROXY-REJECTED reason=`.
+    FileRejection {
+        Rejected = "rejected",
+        Expired = "expired",
+        UnknownRecipient = "unknown-recipient",
+        FileTooLarge = "file-too-large",
+        BadFilename = "bad-filename",
+        BadAddress = "bad-address",
+        BadHash = "bad-hash",
+        FederationDisabled = "federation-disabled",
+        NoRelay = "no-relay",
+        TooManyOffers = "too-many-offers",
+    }
+}
+
+reasons! {
+    /// `SEND-FILE-PROXY-ANSWER-FAILED reason=`.
+    AnswerFailure {
+        UnknownTransfer = "unknown-transfer",
+        NotRecipient = "not-recipient",
+        AlreadyAnswered = "already-answered",
+        Expired = "expired",
+        NoRelay = "no-relay",
+    }
+}
+
+body! {
+    /// `SEND-FILE-PROXY to= filename= size= [sha256=] [mime=]` (→S): offer a file.
+    OfferFile = "SEND-FILE-PROXY" {
+        to: text = "to",
+        filename: text = "filename",
+        size: u64 = "size",
+        sha256: opt_text = "sha256",
+        mime: opt_text = "mime",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-PENDING transfer-id= to= expires=` (→C sender): the offer is out.
+    FilePending = "SEND-FILE-PROXY-PENDING" {
+        transfer_id: text = "transfer-id",
+        to: text = "to",
+        expires: time = "expires",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-REQUEST` (→C recipient): someone offers a file.
+    FileOffered = "SEND-FILE-PROXY-REQUEST" {
+        transfer_id: text = "transfer-id",
+        from: text = "from",
+        filename: text = "filename",
+        size: u64 = "size",
+        expires: time = "expires",
+        sha256: opt_text = "sha256",
+        mime: opt_text = "mime",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-ACCEPT transfer-id=` (→S recipient).
+    AcceptFile = "SEND-FILE-PROXY-ACCEPT" { transfer_id: text = "transfer-id" }
+}
+body! {
+    /// `SEND-FILE-PROXY-REJECT transfer-id=` (→S recipient).
+    RejectFile = "SEND-FILE-PROXY-REJECT" { transfer_id: text = "transfer-id" }
+}
+body! {
+    /// `SEND-FILE-PROXY-ANSWER-FAILED transfer-id= reason=` (→C).
+    FileAnswerFailed = "SEND-FILE-PROXY-ANSWER-FAILED" {
+        transfer_id: text = "transfer-id",
+        reason: (reason AnswerFailure) = "reason",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-OK` (→C sender): where and how to upload.
+    UploadGrant = "SEND-FILE-PROXY-OK" {
+        transfer_id: text = "transfer-id",
+        connect: text = "connect",
+        port: u16 = "port",
+        url: text = "url",
+        token: text = "token",
+        expires: time = "expires",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-READY` (→C recipient): where and how to download.
+    DownloadGrant = "SEND-FILE-PROXY-READY" {
+        transfer_id: text = "transfer-id",
+        from: text = "from",
+        filename: text = "filename",
+        size: u64 = "size",
+        connect: text = "connect",
+        port: u16 = "port",
+        url: text = "url",
+        token: text = "token",
+        expires: time = "expires",
+        sha256: opt_text = "sha256",
+        mime: opt_text = "mime",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-REJECTED transfer-id= reason=` (→C sender).
+    FileRejected = "SEND-FILE-PROXY-REJECTED" {
+        transfer_id: text = "transfer-id",
+        reason: (reason FileRejection) = "reason",
+    }
+}
+
+/// Makes a filename safe to show and to save: the last path component, without control
+/// characters, at most 255 bytes. `None` when nothing usable is left.
+pub fn sanitize_filename(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let mut clean: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    while clean.len() > 255 {
+        clean.pop();
+    }
+    match clean.as_str() {
+        "" | "." | ".." => None,
+        _ => Some(clean),
+    }
+}
