@@ -1,1 +1,140 @@
-//! placeholder
+//! mSIM file relay: HTTP/1.1 uploads and streaming downloads over temporary storage.
+//!
+//! Embed it with [`serve`]; the `msim-relay` binary wraps the same function. The HTTP API is
+//! documented in PROTOCOL.md ("Relay HTTP API").
+#![warn(missing_docs, clippy::unwrap_used)]
+
+mod api;
+mod metrics;
+mod server;
+pub mod size;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use msim_shared::token::Keyring;
+use msim_storage::{BlobStore, Clock, StoreConfig, SweepReport, SystemClock};
+
+pub use server::serve;
+
+/// Errors from [`serve`] and [`sweep_dir`].
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Storage could not be opened or swept.
+    #[error(transparent)]
+    Storage(#[from] msim_storage::StoreError),
+    /// Socket error.
+    #[error("relay I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Relay settings. Build with [`RelayConfig::new`] and adjust the fields.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// Storage directory (`index.sqlite`, `blobs/`).
+    pub data_dir: PathBuf,
+    /// Keys that verify capability tokens (shared with msim-chat).
+    pub keyring: Keyring,
+    /// How long an upload is kept after it starts.
+    pub ttl: Duration,
+    /// Largest accepted file.
+    pub max_file_size: u64,
+    /// Total declared bytes stored at once.
+    pub capacity: u64,
+    /// Free-disk watermark: uploads are refused when they would leave less free space.
+    pub min_free: u64,
+    /// Declared bytes one sender may store at once.
+    pub per_sender_quota: u64,
+    /// Interval of the built-in sweeper.
+    pub sweep_interval: Duration,
+    /// A partial upload with no progress for this long is swept.
+    pub abandon_after: Duration,
+    /// Simultaneous connections; further connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a download waits for its upload to start.
+    pub wait_for_upload: Duration,
+    /// Read/write chunk size for file I/O.
+    pub chunk_size: usize,
+    /// How long in-flight requests may run after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Clock for token expiry and storage TTLs (tests inject a manual clock).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("data_dir", &self.data_dir)
+            .field("keyring", &self.keyring)
+            .field("ttl", &self.ttl)
+            .field("max_file_size", &self.max_file_size)
+            .field("capacity", &self.capacity)
+            .field("min_free", &self.min_free)
+            .field("per_sender_quota", &self.per_sender_quota)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("abandon_after", &self.abandon_after)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default TTL: 24 hours.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default maximum file size: 100 MiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 100 << 20;
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3215";
+
+impl RelayConfig {
+    /// Defaults: TTL 24 h, max file 100 MiB, capacity 10 GiB, free-disk watermark 1 GiB,
+    /// per-sender quota 1 GiB, sweep every 5 min, abandon partial uploads after 1 h of no
+    /// progress, 1024 connections, downloads wait 30 s for their upload, 256 KiB chunks.
+    pub fn new(data_dir: impl Into<PathBuf>, keyring: Keyring) -> RelayConfig {
+        RelayConfig {
+            data_dir: data_dir.into(),
+            keyring,
+            ttl: DEFAULT_TTL,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            capacity: 10 << 30,
+            min_free: 1 << 30,
+            per_sender_quota: 1 << 30,
+            sweep_interval: Duration::from_secs(300),
+            abandon_after: Duration::from_secs(3600),
+            max_connections: 1024,
+            wait_for_upload: Duration::from_secs(30),
+            chunk_size: 256 << 10,
+            shutdown_grace: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The storage settings derived from this configuration.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            capacity_bytes: self.capacity,
+            min_free_bytes: self.min_free,
+            per_sender_quota_bytes: self.per_sender_quota,
+            abandon_after: self.abandon_after,
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// Run one sweep over a relay data directory, safely while a relay serves from it (what
+/// `msim-relay sweep` does).
+pub async fn sweep_dir(
+    data_dir: &Path,
+    abandon_after: Duration,
+    clock: Arc<dyn Clock>,
+) -> Result<SweepReport, RelayError> {
+    let config = StoreConfig {
+        abandon_after,
+        clock,
+        ..StoreConfig::default()
+    };
+    let store = BlobStore::open_without_recovery(data_dir, config).await?;
+    let report = store.sweep().await;
+    store.close().await;
+    Ok(report?)
+}

@@ -1,0 +1,725 @@
+//! HTTP request handling: routes, token checks, upload and download streaming.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use msim_shared::token::{valid_transfer_id, Capability, Direction, TokenError};
+use msim_storage::{BlobStore, NewBlob, StoreError};
+use tokio::sync::Notify;
+
+use crate::metrics::{GaugeGuard, Metrics, Refusal};
+use crate::RelayConfig;
+
+/// Response body type.
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Shared state of a running relay.
+pub struct State {
+    pub config: RelayConfig,
+    pub store: BlobStore,
+    pub metrics: Metrics,
+    /// Signalled whenever this relay creates a blob (wakes downloads waiting for an upload).
+    pub created: Notify,
+}
+
+const TRANSFERS: &str = "/v1/transfers/";
+/// Header carrying the resume offset (tus-style).
+pub const UPLOAD_OFFSET: &str = "upload-offset";
+/// Header carrying the declared size.
+pub const UPLOAD_LENGTH: &str = "upload-length";
+/// Header carrying the SHA-256 of the stored file.
+pub const MSIM_SHA256: &str = "msim-sha256";
+/// Header saying whether the upload is complete.
+pub const MSIM_COMPLETE: &str = "msim-upload-complete";
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// An error answer: status, refusal label, message.
+struct Refuse(StatusCode, Refusal, String);
+
+impl Refuse {
+    fn new(status: StatusCode, r: Refusal, msg: impl Into<String>) -> Self {
+        Refuse(status, r, msg.into())
+    }
+}
+
+type Answer = Result<Response<Body>, Refuse>;
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    let mut r = Response::new(full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn hv(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+fn header_str(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Entry point for every request.
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let answer = route(&state, req).await;
+    let resp = match answer {
+        Ok(r) => r,
+        Err(Refuse(status, reason, msg)) => {
+            state.metrics.refuse(reason);
+            tracing::debug!(%method, %path, status = status.as_u16(), %msg, "refused");
+            let mut r = text(status, msg);
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            r
+        }
+    };
+    Ok(resp)
+}
+
+async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path();
+    match path {
+        "/healthz" => return Ok(text(StatusCode::OK, "ok")),
+        "/metrics" => {
+            let stats = state.store.stats().await.ok();
+            let mut r = Response::new(full(state.metrics.render(stats)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return Ok(r);
+        }
+        _ => {}
+    }
+    let Some(id) = path.strip_prefix(TRANSFERS) else {
+        return Err(Refuse::new(
+            StatusCode::NOT_FOUND,
+            Refusal::NotFound,
+            "no such resource",
+        ));
+    };
+    // The raw (undecoded) path segment must be a plain id: `..`, `/`, `%2F` never pass.
+    if !valid_transfer_id(id) {
+        return Err(Refuse::new(
+            StatusCode::BAD_REQUEST,
+            Refusal::BadRequest,
+            "invalid transfer id: expected [A-Za-z0-9-]{1,64}",
+        ));
+    }
+    let id = id.to_owned();
+    match *req.method() {
+        Method::PUT => {
+            let cap = authorize(state, &req, &id, Some(Direction::Upload))?;
+            upload(state, req, cap, None).await
+        }
+        Method::PATCH => {
+            let cap = authorize(state, &req, &id, Some(Direction::Upload))?;
+            let offset = req
+                .headers()
+                .get(UPLOAD_OFFSET)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Refuse::new(
+                        StatusCode::BAD_REQUEST,
+                        Refusal::BadRequest,
+                        "PATCH needs an Upload-Offset header",
+                    )
+                })?;
+            upload(state, req, cap, Some(offset)).await
+        }
+        Method::GET => {
+            let cap = authorize(state, &req, &id, Some(Direction::Download))?;
+            download(state, &req, cap).await
+        }
+        Method::HEAD => {
+            let cap = authorize(state, &req, &id, None)?;
+            head(state, cap).await
+        }
+        Method::DELETE => {
+            let cap = authorize(state, &req, &id, None)?;
+            match state.store.cancel(&cap.transfer_id).await {
+                Ok(true) => {
+                    Metrics::add(&state.metrics.cancels, 1);
+                    tracing::info!(id = %cap.transfer_id, by = %cap.direction, "transfer cancelled");
+                    let mut r = Response::new(empty());
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    Ok(r)
+                }
+                Ok(false) => Err(Refuse::new(
+                    StatusCode::NOT_FOUND,
+                    Refusal::NotFound,
+                    "no such transfer",
+                )),
+                Err(e) => Err(store_refusal(e)),
+            }
+        }
+        _ => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, PUT, PATCH, DELETE"),
+            );
+            Ok(r)
+        }
+    }
+}
+
+fn token_from(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, tok) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim());
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+}
+
+/// Verify the token and that it is for this transfer (and direction, when given).
+fn authorize(
+    state: &State,
+    req: &Request<Incoming>,
+    id: &str,
+    dir: Option<Direction>,
+) -> Result<Capability, Refuse> {
+    let token = token_from(req).ok_or_else(|| {
+        Refuse::new(
+            StatusCode::UNAUTHORIZED,
+            Refusal::MissingToken,
+            "missing token: send Authorization: Bearer <token> or ?token=<token>",
+        )
+    })?;
+    let now = state.config.clock.now();
+    let cap = state
+        .config
+        .keyring
+        .verify(token, now)
+        .map_err(|e| match e {
+            TokenError::Expired => Refuse::new(
+                StatusCode::UNAUTHORIZED,
+                Refusal::ExpiredToken,
+                "token expired",
+            ),
+            e => Refuse::new(
+                StatusCode::UNAUTHORIZED,
+                Refusal::BadToken,
+                format!("invalid token: {e}"),
+            ),
+        })?;
+    if cap.transfer_id != id {
+        return Err(Refuse::new(
+            StatusCode::FORBIDDEN,
+            Refusal::Forbidden,
+            "token is for another transfer",
+        ));
+    }
+    if let Some(d) = dir {
+        if cap.direction != d {
+            return Err(Refuse::new(
+                StatusCode::FORBIDDEN,
+                Refusal::Forbidden,
+                format!("a {} token cannot be used to {d}", cap.direction),
+            ));
+        }
+    }
+    Ok(cap)
+}
+
+fn store_refusal(e: StoreError) -> Refuse {
+    use StatusCode as S;
+    match e {
+        StoreError::InvalidId => Refuse::new(S::BAD_REQUEST, Refusal::BadRequest, e.to_string()),
+        StoreError::NotFound | StoreError::Expired => Refuse::new(
+            S::NOT_FOUND,
+            Refusal::NotFound,
+            "no such transfer (not uploaded, expired, or cancelled)",
+        ),
+        StoreError::Cancelled => Refuse::new(S::GONE, Refusal::NotFound, e.to_string()),
+        StoreError::AlreadyExists | StoreError::AlreadyComplete | StoreError::Busy => {
+            Refuse::new(S::CONFLICT, Refusal::Conflict, e.to_string())
+        }
+        StoreError::CapacityExceeded => {
+            Refuse::new(S::INSUFFICIENT_STORAGE, Refusal::Capacity, e.to_string())
+        }
+        StoreError::LowDisk => {
+            Refuse::new(S::INSUFFICIENT_STORAGE, Refusal::LowDisk, e.to_string())
+        }
+        StoreError::QuotaExceeded => {
+            Refuse::new(S::TOO_MANY_REQUESTS, Refusal::Quota, e.to_string())
+        }
+        StoreError::TooLarge => Refuse::new(S::PAYLOAD_TOO_LARGE, Refusal::TooLarge, e.to_string()),
+        StoreError::Incomplete { .. } => {
+            Refuse::new(S::BAD_REQUEST, Refusal::WrongSize, e.to_string())
+        }
+        StoreError::ShaMismatch { .. } => Refuse::new(
+            S::UNPROCESSABLE_ENTITY,
+            Refusal::ShaMismatch,
+            format!("{e}; the upload was discarded"),
+        ),
+        StoreError::DownloadLimit => Refuse::new(S::GONE, Refusal::DownloadLimit, e.to_string()),
+        StoreError::Io(_) | StoreError::Db(_) => {
+            tracing::error!(error = %e, "storage failure");
+            Refuse::new(
+                S::INTERNAL_SERVER_ERROR,
+                Refusal::BadRequest,
+                "internal storage error",
+            )
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refuse> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Refuse::new(
+                    StatusCode::BAD_REQUEST,
+                    Refusal::BadRequest,
+                    "bad Content-Length",
+                )
+            }),
+    }
+}
+
+/// PUT (offset `None`: the whole file from 0) or PATCH (continue at `offset`).
+async fn upload(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    cap: Capability,
+    offset: Option<u64>,
+) -> Answer {
+    let size = cap.size;
+    if size > state.config.max_file_size {
+        return Err(Refuse::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooLarge,
+            format!(
+                "file of {size} bytes exceeds this relay's limit of {} bytes",
+                state.config.max_file_size
+            ),
+        ));
+    }
+    let len = content_length(req.headers())?.ok_or_else(|| {
+        Refuse::new(
+            StatusCode::LENGTH_REQUIRED,
+            Refusal::BadRequest,
+            "Content-Length required",
+        )
+    })?;
+    let start = offset.unwrap_or(0);
+    if offset.is_none() && len != size {
+        let (status, r) = if len > size {
+            (StatusCode::PAYLOAD_TOO_LARGE, Refusal::TooLarge)
+        } else {
+            (StatusCode::BAD_REQUEST, Refusal::WrongSize)
+        };
+        return Err(Refuse::new(
+            status,
+            r,
+            format!("Content-Length {len} differs from the declared size {size}"),
+        ));
+    }
+    if start.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Refuse::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooLarge,
+            format!("offset {start} + length {len} exceeds the declared size {size}"),
+        ));
+    }
+    let id = cap.transfer_id.clone();
+    // Create the blob on the first upload request.
+    match state.store.info(&id).await {
+        Ok(info) => {
+            if info.size != size || info.sender != cap.sender {
+                return Err(Refuse::new(
+                    StatusCode::CONFLICT,
+                    Refusal::Conflict,
+                    "the stored transfer does not match this token",
+                ));
+            }
+            if info.complete {
+                return Err(Refuse::new(
+                    StatusCode::CONFLICT,
+                    Refusal::Conflict,
+                    "upload already complete",
+                ));
+            }
+        }
+        Err(StoreError::NotFound) => {
+            if start != 0 {
+                let mut r = text(
+                    StatusCode::CONFLICT,
+                    "upload not started: resume at offset 0",
+                );
+                r.headers_mut().insert(UPLOAD_OFFSET, hv(0));
+                state.metrics.refuse(Refusal::Conflict);
+                return Ok(r);
+            }
+            let now = state.store.now();
+            let expires = now.saturating_add(state.config.ttl.as_secs());
+            match state
+                .store
+                .create(NewBlob {
+                    id: id.clone(),
+                    size,
+                    expires,
+                    sender: cap.sender.clone(),
+                    sha256: cap.sha256.clone(),
+                })
+                .await
+            {
+                Ok(()) | Err(StoreError::AlreadyExists) => {}
+                Err(e) => return Err(store_refusal(e)),
+            }
+            state.created.notify_waiters();
+        }
+        Err(e) => return Err(store_refusal(e)),
+    }
+    let mut writer = state.store.writer(&id).await.map_err(|e| match e {
+        StoreError::Busy => Refuse::new(
+            StatusCode::CONFLICT,
+            Refusal::Conflict,
+            "another upload to this transfer is in progress",
+        ),
+        e => store_refusal(e),
+    })?;
+    if writer.offset() != start {
+        let mut r = text(
+            StatusCode::CONFLICT,
+            format!(
+                "upload offset mismatch: the relay has {} bytes; {}",
+                writer.offset(),
+                if offset.is_none() {
+                    "resume with PATCH"
+                } else {
+                    "resume from Upload-Offset"
+                }
+            ),
+        );
+        r.headers_mut().insert(UPLOAD_OFFSET, hv(writer.offset()));
+        state.metrics.refuse(Refusal::Conflict);
+        return Ok(r);
+    }
+    let _active = GaugeGuard::new(state.clone(), |m| &m.uploads_active);
+    tracing::debug!(%id, start, len, "upload");
+    let chunk = state.config.chunk_size.max(16 << 10);
+    let mut body = req.into_body();
+    let mut pending: Vec<Bytes> = Vec::with_capacity(8);
+    let mut pending_len = 0usize;
+    let mut received = 0u64;
+    let mut body_error = None;
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                body_error = Some(e);
+                break;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        pending_len += data.len();
+        pending.push(data);
+        if pending_len >= chunk {
+            Metrics::add(&state.metrics.bytes_in, pending_len as u64);
+            pending_len = 0;
+            writer
+                .append(std::mem::take(&mut pending))
+                .await
+                .map_err(store_refusal)?;
+        }
+    }
+    // Keep whatever arrived, also when the client went away (resumable).
+    if pending_len > 0 {
+        Metrics::add(&state.metrics.bytes_in, pending_len as u64);
+        writer.append(pending).await.map_err(store_refusal)?;
+    }
+    if let Some(e) = body_error {
+        tracing::info!(%id, offset = writer.offset(), error = %e, "upload interrupted; resumable");
+        let mut r = text(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"));
+        r.headers_mut().insert(UPLOAD_OFFSET, hv(writer.offset()));
+        return Ok(r);
+    }
+    if received != len {
+        let mut r = text(StatusCode::BAD_REQUEST, "body shorter than Content-Length");
+        r.headers_mut().insert(UPLOAD_OFFSET, hv(writer.offset()));
+        return Ok(r);
+    }
+    let offset_now = writer.offset();
+    if offset_now < size {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut().insert(UPLOAD_OFFSET, hv(offset_now));
+        r.headers_mut().insert(UPLOAD_LENGTH, hv(size));
+        return Ok(r);
+    }
+    let sha = writer.finish().await.map_err(store_refusal)?;
+    Metrics::add(&state.metrics.uploads_completed, 1);
+    tracing::info!(%id, size, sha256 = %sha, "upload complete");
+    let mut r = Response::new(full(format!(
+        "{{\"transfer_id\":\"{id}\",\"size\":{size},\"sha256\":\"{sha}\"}}\n"
+    )));
+    *r.status_mut() = if offset.is_none() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(MSIM_SHA256, header_str(&sha));
+    h.insert(UPLOAD_OFFSET, hv(size));
+    h.insert(UPLOAD_LENGTH, hv(size));
+    Ok(r)
+}
+
+async fn head(state: &Arc<State>, cap: Capability) -> Answer {
+    let info = state
+        .store
+        .info(&cap.transfer_id)
+        .await
+        .map_err(store_refusal)?;
+    let mut r = Response::new(empty());
+    let h = r.headers_mut();
+    h.insert(UPLOAD_OFFSET, hv(info.committed));
+    h.insert(UPLOAD_LENGTH, hv(info.size));
+    h.insert(header::CONTENT_LENGTH, hv(info.size));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        MSIM_COMPLETE,
+        HeaderValue::from_static(if info.complete { "true" } else { "false" }),
+    );
+    if let Some(sha) = &info.sha256 {
+        h.insert(MSIM_SHA256, header_str(sha));
+    }
+    Ok(r)
+}
+
+/// A parsed `Range` header against a size.
+enum RangeReq {
+    Full,
+    Part(u64, u64), // inclusive
+    Unsatisfiable,
+}
+
+fn parse_range(v: Option<&HeaderValue>, size: u64) -> RangeReq {
+    let Some(spec) = v
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full; // multiple ranges: serve the whole file (allowed by RFC 9110)
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeReq::Full;
+        };
+        if n == 0 || size == 0 {
+            return RangeReq::Unsatisfiable;
+        }
+        return RangeReq::Part(size - n.min(size), size - 1);
+    }
+    let Ok(a) = a.parse::<u64>() else {
+        return RangeReq::Full;
+    };
+    let b = if b.is_empty() {
+        u64::MAX
+    } else {
+        match b.parse::<u64>() {
+            Ok(b) if b >= a => b,
+            _ => return RangeReq::Full,
+        }
+    };
+    if a >= size {
+        return RangeReq::Unsatisfiable;
+    }
+    RangeReq::Part(a, b.min(size - 1))
+}
+
+/// Wait (bounded) for the upload of `id` to be created on this relay.
+async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<msim_storage::BlobInfo, StoreError> {
+    let deadline = tokio::time::Instant::now() + state.config.wait_for_upload;
+    loop {
+        let notified = state.created.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match state.store.info(id).await {
+            Err(StoreError::NotFound) => {}
+            other => return other,
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(StoreError::NotFound);
+        }
+    }
+}
+
+async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) -> Answer {
+    let id = cap.transfer_id.clone();
+    let info = wait_for_blob(state, &id).await.map_err(store_refusal)?;
+    if info.size != cap.size {
+        return Err(Refuse::new(
+            StatusCode::CONFLICT,
+            Refusal::Conflict,
+            "the stored transfer does not match this token",
+        ));
+    }
+    let size = info.size;
+    let (start, end_incl, partial) = match parse_range(req.headers().get(header::RANGE), size) {
+        RangeReq::Full => (0, size.saturating_sub(1), false),
+        RangeReq::Part(a, b) => (a, b, true),
+        RangeReq::Unsatisfiable => {
+            state.metrics.refuse(Refusal::RangeNotSatisfiable);
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_str(&format!("bytes */{size}")),
+            );
+            return Ok(r);
+        }
+    };
+    let end = if size == 0 { 0 } else { end_incl + 1 };
+    state
+        .store
+        .record_download(&id, cap.max_downloads)
+        .await
+        .map_err(store_refusal)?;
+    let reader = state
+        .store
+        .reader(&id, start, end)
+        .await
+        .map_err(store_refusal)?;
+    let len = end - start;
+    tracing::debug!(%id, start, end, complete = info.complete, "download");
+
+    let guard = GaugeGuard::new(state.clone(), |m| &m.downloads_active);
+    let chunk = state.config.chunk_size.max(16 << 10);
+    let st = state.clone();
+    let stream = futures::stream::unfold(
+        (reader, guard, st, false),
+        move |(mut reader, guard, st, done)| async move {
+            if done {
+                return None;
+            }
+            match reader.next_chunk(chunk).await {
+                Ok(Some(b)) => {
+                    Metrics::add(&st.metrics.bytes_out, b.len() as u64);
+                    Some((Ok(Frame::data(b)), (reader, guard, st, false)))
+                }
+                Ok(None) => {
+                    Metrics::add(&st.metrics.downloads_completed, 1);
+                    None
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "download aborted");
+                    let err = io::Error::other(e.to_string());
+                    Some((Err(err), (reader, guard, st, true)))
+                }
+            }
+        },
+    );
+    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    *r.status_mut() = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, hv(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        header_str(&format!("attachment; filename=\"{id}\"")),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        MSIM_COMPLETE,
+        HeaderValue::from_static(if info.complete { "true" } else { "false" }),
+    );
+    if let Some(sha) = &info.sha256 {
+        h.insert(MSIM_SHA256, header_str(sha));
+    }
+    if partial {
+        h.insert(
+            header::CONTENT_RANGE,
+            header_str(&format!("bytes {start}-{end_incl}/{size}")),
+        );
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str, size: u64) -> Option<(u64, u64)> {
+        match parse_range(Some(&HeaderValue::from_str(s).expect("hv")), size) {
+            RangeReq::Part(a, b) => Some((a, b)),
+            RangeReq::Full => None,
+            RangeReq::Unsatisfiable => Some((u64::MAX, u64::MAX)),
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(p("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(p("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(p("bytes=90-1000", 100), Some((90, 99)));
+        assert_eq!(p("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(p("bytes=-1000", 100), Some((0, 99)));
+        assert_eq!(p("bytes=100-", 100), Some((u64::MAX, u64::MAX)));
+        assert_eq!(p("bytes=5-1", 100), None);
+        assert_eq!(p("bytes=0-1,5-6", 100), None);
+        assert_eq!(p("items=0-1", 100), None);
+    }
+}
