@@ -1,1 +1,28 @@
-//! placeholder
+//! msim-chat: the mSIM messaging server.
+//!
+//! Start one in-process (tests, load tools):
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), msim_chat::Error> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = msim_chat::Config::for_tests("/tmp/msim-data");
+//! msim_chat::run(listener, config, tokio::signal::ctrl_c()).await
+//! # }
+//! ```
+#![warn(missing_docs, clippy::unwrap_used)]
+
+pub mod clock;
+pub mod cmd;
+pub mod commit;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod hub;
+pub mod relays;
+pub mod server;
+pub mod session;
+pub mod throttle;
+
+pub use clock::Clock;
+pub use config::Config;
+pub use server::{run, Error, Server};

@@ -1,1 +1,282 @@
-fn main() {}
+//! `msim-chat`: the mSIM messaging server.
+//!
+//! Configuration comes from flags, environment variables (`MSIM_CHAT_*`) and a TOML file
+//! (`--config`, keys named like the long flags, e.g. `max-text = 16384`,
+//! `login-timeout = "30s"`); flags and environment win over the file.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use msim_chat::Config;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// mSIM messaging server. With no --relay it runs an embedded file relay too.
+#[derive(Debug, Parser, Default, Deserialize)]
+#[command(version, about)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+struct Cli {
+    /// TOML configuration file (keys as the long flags, e.g. `domain = "example.org"`).
+    #[arg(long, env = "MSIM_CHAT_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:3214].
+    #[arg(long, env = "MSIM_CHAT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// This server's domain (addresses are login@domain) [default: localhost].
+    #[arg(long, env = "MSIM_CHAT_DOMAIN")]
+    domain: Option<String>,
+    /// Data directory: msim.db (SQLite), secret.key, relay.secret, relay/ [default: ./data].
+    #[arg(long, env = "MSIM_CHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Relay base URL, e.g. http://relay1:3215 (repeatable). Without any, an embedded relay runs.
+    #[arg(long = "relay", env = "MSIM_CHAT_RELAYS", value_delimiter = ',')]
+    #[serde(rename = "relay")]
+    relays: Vec<String>,
+    /// Listen address of the embedded relay [default: 127.0.0.1:3215].
+    #[arg(long, env = "MSIM_CHAT_EMBEDDED_RELAY_LISTEN")]
+    embedded_relay_listen: Option<SocketAddr>,
+    /// Relay token secret file (`kid:secret` lines) for external relays; otherwise the
+    /// MSIM_RELAY_SECRET environment variable holds the secret text.
+    #[arg(long, env = "MSIM_CHAT_RELAY_SECRET_FILE")]
+    relay_secret_file: Option<PathBuf>,
+    /// Refuse REGISTER (registration-closed).
+    #[arg(long, env = "MSIM_CHAT_REGISTRATION_CLOSED")]
+    registration_closed: Option<bool>,
+    /// Minimum login length [default: 3].
+    #[arg(long, env = "MSIM_CHAT_LOGIN_MIN")]
+    login_min: Option<usize>,
+    /// Maximum login length [default: 32].
+    #[arg(long, env = "MSIM_CHAT_LOGIN_MAX")]
+    login_max: Option<usize>,
+    /// Minimum password length [default: 8].
+    #[arg(long, env = "MSIM_CHAT_PASSWORD_MIN")]
+    password_min: Option<usize>,
+    /// Maximum message text in bytes [default: 16384].
+    #[arg(long, env = "MSIM_CHAT_MAX_TEXT")]
+    max_text: Option<usize>,
+    /// Maximum line length in bytes [default: 65536].
+    #[arg(long, env = "MSIM_CHAT_MAX_LINE")]
+    max_line: Option<usize>,
+    /// Maximum file size offered through relays, bytes [default: 1073741824].
+    #[arg(long, env = "MSIM_CHAT_MAX_FILE_SIZE")]
+    max_file_size: Option<u64>,
+    /// Maximum simultaneous connections [default: 25000].
+    #[arg(long, env = "MSIM_CHAT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Unanswered file offers expire after this long [default: 24h].
+    #[arg(long, env = "MSIM_CHAT_OFFER_TTL", value_parser = parse_duration)]
+    #[serde(skip)]
+    offer_ttl: Option<Duration>,
+    /// Close connections that have not logged in after this long [default: 30s].
+    #[arg(long, env = "MSIM_CHAT_LOGIN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(skip)]
+    login_timeout: Option<Duration>,
+    /// Longest delay imposed after failed logins [default: 5m].
+    #[arg(long, env = "MSIM_CHAT_THROTTLE_MAX", value_parser = parse_duration)]
+    #[serde(skip)]
+    throttle_max: Option<Duration>,
+    /// Relay health-check period [default: 10s].
+    #[arg(long, env = "MSIM_CHAT_RELAY_HEALTH_INTERVAL", value_parser = parse_duration)]
+    #[serde(skip)]
+    relay_health_interval: Option<Duration>,
+    /// Durations from the TOML file (humantime strings).
+    #[arg(skip)]
+    #[serde(rename = "offer-ttl")]
+    file_offer_ttl: Option<String>,
+    #[arg(skip)]
+    #[serde(rename = "login-timeout")]
+    file_login_timeout: Option<String>,
+    #[arg(skip)]
+    #[serde(rename = "throttle-max")]
+    file_throttle_max: Option<String>,
+    #[arg(skip)]
+    #[serde(rename = "relay-health-interval")]
+    file_relay_health_interval: Option<String>,
+}
+
+fn dur(flag: Option<Duration>, file: &Option<String>, name: &str) -> Result<Option<Duration>> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    file.as_deref()
+        .map(|s| humantime::parse_duration(s).with_context(|| format!("config {name}")))
+        .transpose()
+}
+
+fn merge(cli: Cli) -> Result<(Cli, Cli)> {
+    let file: Cli = match &cli.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
+        }
+        None => Cli::default(),
+    };
+    Ok((cli, file))
+}
+
+/// Creates a file with `contents` and mode 0600 unless it exists; returns its contents.
+fn read_or_create_secret(path: &Path, contents: impl FnOnce() -> String) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let text = contents();
+            let mut f = opts
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            Ok(text)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+async fn signal(stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.cancel();
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    stop.cancel();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (cli, file) = merge(Cli::parse())?;
+    let mut config = Config::default();
+    if let Some(v) = cli.domain.or(file.domain) {
+        config.domain = v.to_ascii_lowercase();
+    }
+    if let Some(v) = cli.data_dir.or(file.data_dir) {
+        config.data_dir = v;
+    }
+    if let Some(v) = cli.registration_closed.or(file.registration_closed) {
+        config.registration_open = !v;
+    }
+    macro_rules! set {
+        ($($f:ident),*) => {$(
+            if let Some(v) = cli.$f.or(file.$f) { config.$f = v; }
+        )*};
+    }
+    set!(
+        login_min,
+        login_max,
+        password_min,
+        max_text,
+        max_line,
+        max_file_size,
+        max_connections
+    );
+    if let Some(v) = dur(cli.offer_ttl, &file.file_offer_ttl, "offer-ttl")? {
+        config.offer_ttl = v;
+    }
+    if let Some(v) = dur(cli.login_timeout, &file.file_login_timeout, "login-timeout")? {
+        config.login_timeout = v;
+    }
+    if let Some(v) = dur(cli.throttle_max, &file.file_throttle_max, "throttle-max")? {
+        config.throttle_max = v;
+    }
+    if let Some(v) = dur(
+        cli.relay_health_interval,
+        &file.file_relay_health_interval,
+        "relay-health-interval",
+    )? {
+        config.relay_health_interval = v;
+    }
+    let listen = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3214)));
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+
+    let stop = CancellationToken::new();
+    tokio::spawn(signal(stop.clone()));
+
+    let relays = if cli.relays.is_empty() {
+        file.relays
+    } else {
+        cli.relays
+    };
+    let mut relay_task = None;
+    if relays.is_empty() {
+        // Embedded relay with a secret generated at first start.
+        let secret = read_or_create_secret(
+            &config.data_dir.join("relay.secret"),
+            msim_shared::token::generate_secret_text,
+        )?;
+        let keyring =
+            msim_shared::token::Keyring::from_secret_text(&secret).context("relay.secret")?;
+        let relay_listen = cli
+            .embedded_relay_listen
+            .or(file.embedded_relay_listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3215)));
+        let listener = tokio::net::TcpListener::bind(relay_listen)
+            .await
+            .with_context(|| format!("binding embedded relay on {relay_listen}"))?;
+        let relay_addr = listener.local_addr()?;
+        let rc = msim_relay::RelayConfig::new(config.data_dir.join("relay"), keyring);
+        let stop2 = stop.clone();
+        relay_task = Some(tokio::spawn(async move {
+            msim_relay::serve(listener, rc, stop2.cancelled_owned()).await
+        }));
+        config.relays = vec![format!("http://{relay_addr}")];
+        config.relay_secret = secret;
+        info!(%relay_addr, "embedded relay");
+    } else {
+        config.relays = relays;
+        let file_path = cli.relay_secret_file.or(file.relay_secret_file);
+        config.relay_secret = match file_path {
+            Some(p) => {
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?
+            }
+            None => std::env::var("MSIM_RELAY_SECRET").context(
+                "external relays need a token secret: --relay-secret-file or MSIM_RELAY_SECRET",
+            )?,
+        };
+    }
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    msim_chat::run(listener, config, stop.clone().cancelled_owned()).await?;
+    stop.cancel();
+    if let Some(t) = relay_task {
+        match t.await {
+            Ok(r) => r.context("embedded relay")?,
+            Err(e) => anyhow::bail!("embedded relay task: {e}"),
+        }
+    }
+    Ok(())
+}

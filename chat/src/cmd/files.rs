@@ -1,0 +1,247 @@
+//! File negotiation through a relay (PROTOCOL.md §10). msim-chat validates and stores the offer,
+//! tells the recipient, and on acceptance picks a healthy relay and issues one capability token
+//! per side. Expired offers are rejected by [`sweep`], run by a background task.
+
+use crate::clock::rfc3339_micros;
+use crate::cmd::{parse_target, Target};
+use crate::db::{Offer, Outcome, WriteOp};
+use crate::server::Shared;
+use crate::session::Session;
+use msim_shared::token::{Capability, Direction};
+use msim_shared::Packet;
+use tracing::{info, warn};
+
+/// Longest file name kept (bytes).
+pub const MAX_FILENAME: usize = 255;
+
+/// Strips directories and control characters, trims, bounds the length. `None` if nothing
+/// usable is left.
+pub fn sanitize_filename(raw: &str) -> Option<String> {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
+    let mut name = cleaned.trim().trim_start_matches('.').trim().to_owned();
+    if name.len() > MAX_FILENAME {
+        let mut cut = MAX_FILENAME;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    if name.is_empty() {
+        None
+    } else {
+        Some(name)
+    }
+}
+
+fn valid_sha256(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn valid_mime(v: &str) -> bool {
+    v.len() <= 127
+        && v.split_once('/')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+        && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn rejected(id: &str, reason: &str) -> Packet {
+    Packet::new("SEND-FILE-PROXY-REJECTED")
+        .with("transfer-id", id)
+        .with("reason", reason)
+}
+
+/// The `SEND-FILE-PROXY-REQUEST` shown to the recipient.
+pub fn request_packet(s: &Session<'_>, o: &Offer) -> Packet {
+    Packet::new("SEND-FILE-PROXY-REQUEST")
+        .with("transfer-id", o.id.clone())
+        .with("from", s.addr(&o.sender))
+        .with("filename", o.filename.clone())
+        .with("size", o.size.to_string())
+        .with("expires", rfc3339_micros(o.expires_at))
+        .with_opt("sha256", o.sha256.clone())
+        .with_opt("mime", o.mime.clone())
+}
+
+/// `SEND-FILE-PROXY to= filename= size= [sha256=] [mime=]`.
+pub async fn offer(s: &mut Session<'_>, p: &Packet, login: &str) {
+    let Some(to) = s.require(p, "to") else { return };
+    let Some(filename) = s.require(p, "filename") else {
+        return;
+    };
+    let Some(size) = s.require(p, "size") else {
+        return;
+    };
+    let Ok(size) = size.parse::<u64>() else {
+        return s.bad_value(p, "size");
+    };
+    let sha256 = p.get("sha256").map(str::to_ascii_lowercase);
+    if sha256.as_deref().is_some_and(|v| !valid_sha256(v)) {
+        return s.bad_value(p, "sha256");
+    }
+    let mime = p.get("mime").map(str::to_owned);
+    if mime.as_deref().is_some_and(|v| !valid_mime(v)) {
+        return s.bad_value(p, "mime");
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let recipient = match parse_target(to, &s.sh.config.domain) {
+        None => return s.reply(p, rejected(&id, "bad-address")),
+        Some(Target::Remote(_)) => return s.reply(p, rejected(&id, "federation-disabled")),
+        Some(Target::Local(l)) => l,
+    };
+    if size > s.sh.config.max_file_size || size > i64::MAX as u64 {
+        return s.reply(p, rejected(&id, "file-too-large"));
+    }
+    let Some(filename) = sanitize_filename(filename) else {
+        return s.reply(p, rejected(&id, "bad-filename"));
+    };
+    if s.sh.relays.pick().is_none() {
+        return s.reply(p, rejected(&id, "no-relay"));
+    }
+    let now = s.sh.config.clock.now_micros();
+    let o = Offer {
+        id: id.clone(),
+        sender: login.to_owned(),
+        recipient: recipient.clone(),
+        filename,
+        size: size as i64,
+        sha256,
+        mime,
+        created_at: now,
+        expires_at: now + s.sh.config.offer_ttl.as_micros() as i64,
+        state: "pending".into(),
+        relay: None,
+    };
+    match s.sh.writer.write(WriteOp::CreateOffer(o.clone())).await {
+        Ok(Outcome::Done) => {
+            s.reply(
+                p,
+                Packet::new("SEND-FILE-PROXY-PENDING")
+                    .with("transfer-id", id)
+                    .with("to", s.addr(&recipient))
+                    .with("expires", rfc3339_micros(o.expires_at)),
+            );
+            let req = request_packet(s, &o);
+            s.sh.hub.send_packet(&recipient, &req);
+        }
+        Ok(Outcome::UnknownUser) => s.reply(p, rejected(&id, "unknown-recipient")),
+        Ok(_) | Err(_) => s.reply(p, rejected(&id, "storage-error")),
+    }
+}
+
+/// `SEND-FILE-PROXY-ACCEPT` / `SEND-FILE-PROXY-REJECT transfer-id=`.
+pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) {
+    let Some(id) = s.require(p, "transfer-id") else {
+        return;
+    };
+    let id = id.to_owned();
+    let fail = |reason: &str| {
+        Packet::new("SEND-FILE-PROXY-ANSWER-FAILED")
+            .with("transfer-id", id.clone())
+            .with("reason", reason)
+    };
+    let relay = if accept { s.sh.relays.pick() } else { None };
+    let op = WriteOp::AnswerOffer {
+        id: id.clone(),
+        by: login.to_owned(),
+        relay: relay.as_ref().map(|r| r.base.clone()),
+        now: s.sh.config.clock.now_micros(),
+    };
+    let offer = match s.sh.writer.write(op).await {
+        Ok(Outcome::Answered(o)) => o,
+        Ok(Outcome::UnknownTransfer) => return s.reply(p, fail("unknown-transfer")),
+        Ok(Outcome::NotRecipient) => return s.reply(p, fail("not-recipient")),
+        Ok(Outcome::AlreadyAnswered) => return s.reply(p, fail("already-answered")),
+        Ok(Outcome::OfferExpired(_)) => return s.reply(p, fail("expired")),
+        Ok(_) | Err(_) => return s.reply(p, fail("storage-error")),
+    };
+    let sh = s.sh.clone();
+    let Some(relay) = relay else {
+        // Rejected by the recipient, or accepted while no relay was healthy.
+        let reason = if accept { "no-relay" } else { "rejected" };
+        info!(transfer = %id, reason, "offer rejected");
+        let pkt = rejected(&id, reason);
+        sh.hub.send_packet(&offer.sender, &pkt);
+        if accept {
+            sh.hub.send_packet(&offer.recipient, &pkt);
+        }
+        return;
+    };
+    let expires_micros = sh.config.clock.now_micros() + sh.config.token_ttl.as_micros() as i64;
+    let cap = |direction| Capability {
+        transfer_id: offer.id.clone(),
+        direction,
+        size: offer.size as u64,
+        sha256: offer.sha256.clone(),
+        sender: s.addr(&offer.sender),
+        max_downloads: None,
+        expires: (expires_micros / 1_000_000) as u64,
+    };
+    let up = sh.keyring.sign(&cap(Direction::Upload));
+    let down = sh.keyring.sign(&cap(Direction::Download));
+    let expires = rfc3339_micros(expires_micros);
+    let url = relay.transfer_url(&offer.id);
+    info!(transfer = %id, relay = %relay.base, "offer accepted");
+    let ok = Packet::new("SEND-FILE-PROXY-OK")
+        .with("transfer-id", offer.id.clone())
+        .with("connect", relay.host.clone())
+        .with("port", relay.port.to_string())
+        .with("url", url.clone())
+        .with("token", up)
+        .with("expires", expires.clone());
+    sh.hub.send_packet(&offer.sender, &ok);
+    let ready = Packet::new("SEND-FILE-PROXY-READY")
+        .with("transfer-id", offer.id.clone())
+        .with("from", s.addr(&offer.sender))
+        .with("filename", offer.filename.clone())
+        .with("size", offer.size.to_string())
+        .with("connect", relay.host.clone())
+        .with("port", relay.port.to_string())
+        .with("url", url)
+        .with("token", down)
+        .with("expires", expires)
+        .with_opt("sha256", offer.sha256.clone())
+        .with_opt("mime", offer.mime.clone());
+    sh.hub.send_packet(&offer.recipient, &ready);
+}
+
+/// Expires unanswered offers and tells both sides.
+pub async fn sweep(sh: &Shared) {
+    let now = sh.config.clock.now_micros();
+    match sh.writer.write(WriteOp::ExpireOffers { now }).await {
+        Ok(Outcome::Expired(offers)) => {
+            for o in offers {
+                info!(transfer = %o.id, "offer expired");
+                let pkt = rejected(&o.id, "expired");
+                sh.hub.send_packet(&o.sender, &pkt);
+                sh.hub.send_packet(&o.recipient, &pkt);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("offer sweep: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize_filename;
+
+    #[test]
+    fn filenames() {
+        assert_eq!(sanitize_filename("cat.jpg").as_deref(), Some("cat.jpg"));
+        assert_eq!(
+            sanitize_filename("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            sanitize_filename("C:\\x\\a\u{1}b.png").as_deref(),
+            Some("ab.png")
+        );
+        assert_eq!(sanitize_filename(".."), None);
+        assert_eq!(sanitize_filename("dir/"), None);
+        assert_eq!(
+            sanitize_filename(&"é".repeat(300)).map(|s| s.len()),
+            Some(254)
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! `PING` / `PONG` (PROTOCOL.md §3). Server-initiated pings live in the session timers.
+
+use crate::session::Session;
+use msim_shared::Packet;
+
+/// Answers `PING` with `PONG`.
+pub fn ping(s: &mut Session<'_>, p: &Packet) {
+    s.reply(p, Packet::new("PONG"));
+}

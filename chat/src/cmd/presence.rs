@@ -1,0 +1,64 @@
+//! Presence (PROTOCOL.md §7): when a user's first session logs in or the last one goes, every
+//! online user who has them as a contact gets `CONTACT-UPDATED` with `presence=`, and on going
+//! offline also `UPDATE-LAST-SEEN`.
+
+use crate::clock::rfc3339_micros;
+use crate::hub::encode;
+use crate::server::Shared;
+use msim_shared::{Fields, Packet};
+use tracing::warn;
+
+/// The `presence=` value of a local user.
+pub fn presence_of(sh: &Shared, login: &str, last_seen: Option<i64>) -> Option<String> {
+    if sh.hub.is_online(login) {
+        Some("online".into())
+    } else {
+        last_seen.map(rfc3339_micros)
+    }
+}
+
+/// Tells the watchers of `login` that it came online or went offline.
+pub async fn announce(sh: &Shared, login: &str, online: bool) {
+    // A newer session may have logged in meanwhile: never announce a stale "offline".
+    if !online && sh.hub.is_online(login) {
+        return;
+    }
+    let watchers = match sh.db.watchers(login).await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("presence watchers: {e}");
+            return;
+        }
+    };
+    if watchers.iter().all(|(o, _)| !sh.hub.is_online(o)) {
+        return;
+    }
+    let addr = format!("{login}@{}", sh.config.domain);
+    let (presence, at) = if online {
+        ("online".to_owned(), None)
+    } else {
+        let last = match sh.db.profile(login).await {
+            Ok(Some(p)) => p.last_seen,
+            _ => None,
+        };
+        let t = rfc3339_micros(last.unwrap_or_else(|| sh.config.clock.now_micros()));
+        (t.clone(), Some(t))
+    };
+    let rec = Fields::new()
+        .with("id", addr.clone())
+        .with("presence", presence);
+    let mut bytes = encode(&Packet::new("CONTACT-UPDATED").with_list(vec![rec])).to_vec();
+    if let Some(at) = at {
+        bytes.extend_from_slice(
+            Packet::new("UPDATE-LAST-SEEN")
+                .with("id", addr)
+                .with("at", at)
+                .to_wire()
+                .as_bytes(),
+        );
+    }
+    let bytes = bytes::Bytes::from(bytes);
+    for (owner, _) in watchers {
+        sh.hub.send(&owner, &bytes);
+    }
+}

@@ -1,0 +1,76 @@
+//! Typing notifications (PROTOCOL.md §6): forwarded, never stored. The server ends a typing
+//! notification itself when the typist disconnects or stays silent past the timeout.
+
+use crate::cmd::{parse_target, Target};
+use crate::session::Session;
+use msim_shared::Packet;
+use tokio::time::Instant;
+
+/// Most peers one session can be typing to at once (bounded state).
+const MAX_TYPING: usize = 64;
+
+fn forward(s: &Session<'_>, to: &str, verb: &str, from: &str) {
+    let p = Packet::new(verb).with("from", s.addr(from));
+    s.sh.hub.send_packet(to, &p);
+}
+
+fn target(s: &mut Session<'_>, p: &Packet) -> Option<String> {
+    let to = s.require(p, "to")?;
+    match parse_target(to, &s.sh.config.domain) {
+        Some(Target::Local(l)) => Some(l),
+        // Remote peers: nothing to forward while federation is off; bad addresses are ignored.
+        _ => None,
+    }
+}
+
+/// `TYPING-STARTED to=`.
+pub fn started(s: &mut Session<'_>, p: &Packet, login: &str) {
+    let Some(to) = target(s, p) else { return };
+    let deadline = Instant::now() + s.sh.config.typing_timeout;
+    if let Some(e) = s.typing.iter_mut().find(|(t, _)| *t == to) {
+        e.1 = deadline;
+    } else {
+        if s.typing.len() >= MAX_TYPING {
+            return;
+        }
+        s.typing.push((to.clone(), deadline));
+    }
+    forward(s, &to, "TYPING-STARTED", login);
+}
+
+/// `TYPING-END to=`.
+pub fn ended(s: &mut Session<'_>, p: &Packet, login: &str) {
+    let Some(to) = target(s, p) else { return };
+    s.typing.retain(|(t, _)| *t != to);
+    forward(s, &to, "TYPING-END", login);
+}
+
+/// Forgets typing towards `to` (a message was sent; the client ends typing itself).
+pub fn clear(s: &mut Session<'_>, to: &str) {
+    s.typing.retain(|(t, _)| t != to);
+}
+
+/// Sends `TYPING-END` for notifications past their deadline.
+pub fn expire(s: &mut Session<'_>, now: Instant) {
+    let Some(login) = s.login().map(str::to_owned) else {
+        return;
+    };
+    let expired: Vec<String> = s
+        .typing
+        .iter()
+        .filter(|(_, d)| *d <= now)
+        .map(|(t, _)| t.clone())
+        .collect();
+    s.typing.retain(|(_, d)| *d > now);
+    for to in expired {
+        forward(s, &to, "TYPING-END", &login);
+    }
+}
+
+/// The typist disconnects: end everything.
+pub fn end_all(s: &mut Session<'_>, login: &str) {
+    let all = std::mem::take(&mut s.typing);
+    for (to, _) in all {
+        forward(s, &to, "TYPING-END", login);
+    }
+}

@@ -1,0 +1,84 @@
+//! Group commit: one writer task owns all writes. Requests arrive over a bounded mpsc; the task
+//! takes everything already queued (up to [`MAX_BATCH`]), applies it in one transaction, commits
+//! once, then answers each waiter through its oneshot. Many concurrent senders therefore share
+//! one fsync, and a reply (e.g. `MESSAGE-SENT`) is only sent after the data is durable.
+
+use crate::db::{Db, DbError, Outcome, WriteOp};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error};
+
+/// Most operations in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Queue depth in front of the writer (back-pressure beyond it).
+pub const QUEUE: usize = 4096;
+
+struct Request {
+    op: WriteOp,
+    reply: Option<oneshot::Sender<Result<Outcome, DbError>>>,
+}
+
+/// Handle used to submit writes.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Starts the writer task. It stops once every `Writer` handle is dropped, after
+    /// committing what was queued; the returned handle completes then.
+    pub fn start(db: Db) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(db, rx));
+        (Writer { tx }, task)
+    }
+
+    /// Submits a write and waits until it is committed.
+    pub async fn write(&self, op: WriteOp) -> Result<Outcome, DbError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                op,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| DbError::WriterGone)?;
+        rx.await.map_err(|_| DbError::WriterGone)?
+    }
+
+    /// Submits a write without waiting for it (best effort, e.g. deleting delivered receipts).
+    pub fn write_detached(&self, op: WriteOp) {
+        if let Err(e) = self.tx.try_send(Request { op, reply: None }) {
+            debug!("detached write dropped: {e}");
+        }
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let n = ops.len();
+        match db.apply_batch(ops).await {
+            Ok(results) => {
+                for (reply, res) in replies.into_iter().zip(results) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(res);
+                    }
+                }
+            }
+            Err(e) => {
+                error!(ops = n, "group commit failed: {e}");
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
+                }
+            }
+        }
+        debug!(ops = n, "group commit");
+    }
+}

@@ -1,0 +1,124 @@
+//! Server configuration (library side). `main.rs` builds it from flags, a TOML file and the
+//! environment; tests build it with [`Config::for_tests`].
+
+use crate::clock::Clock;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This server's domain (`login@domain`).
+    pub domain: String,
+    /// Directory holding `msim.db` and `secret.key`.
+    pub data_dir: PathBuf,
+    /// Whether `REGISTER` is accepted.
+    pub registration_open: bool,
+    /// Minimum login length.
+    pub login_min: usize,
+    /// Maximum login length.
+    pub login_max: usize,
+    /// Minimum password length (characters).
+    pub password_min: usize,
+    /// Maximum password length (characters).
+    pub password_max: usize,
+    /// Maximum message text size in bytes.
+    pub max_text: usize,
+    /// Maximum line length in bytes, including the newline.
+    pub max_line: usize,
+    /// Maximum file size for relay transfers.
+    pub max_file_size: u64,
+    /// Maximum simultaneous connections.
+    pub max_connections: usize,
+    /// Maximum contacts per user.
+    pub max_contacts: usize,
+    /// Outgoing queue (packets) per logged-in session; a session that falls behind is closed.
+    pub outbound_queue: usize,
+    /// Close connections that have not logged in after this long.
+    pub login_timeout: Duration,
+    /// Send PING after this much silence.
+    pub ping_after: Duration,
+    /// Close after this much silence.
+    pub idle_timeout: Duration,
+    /// A write to a client that takes longer than this closes the connection.
+    pub write_timeout: Duration,
+    /// Server-side TYPING-END after this much silence.
+    pub typing_timeout: Duration,
+    /// Unanswered file offers expire after this long.
+    pub offer_ttl: Duration,
+    /// How often expired offers are swept.
+    pub offer_sweep_interval: Duration,
+    /// Validity of the relay capability tokens once a transfer is accepted.
+    pub token_ttl: Duration,
+    /// First throttling delay after a failed login.
+    pub throttle_base: Duration,
+    /// Longest throttling delay.
+    pub throttle_max: Duration,
+    /// One recorded failure is forgotten per this much time without failures.
+    pub throttle_decay: Duration,
+    /// Registrations allowed per client IP in a burst (token bucket), 0 = unlimited.
+    pub register_burst: u32,
+    /// Registrations per IP refilled per minute.
+    pub register_per_minute: u32,
+    /// Relay base URLs (`http://host:port`). Empty = no relay (file offers get `no-relay`).
+    pub relays: Vec<String>,
+    /// Relay token secret text (`kid:hex` lines, see `msim_shared::token`); empty = a random
+    /// key (tests with fake relays).
+    pub relay_secret: String,
+    /// Relay health-check period.
+    pub relay_health_interval: Duration,
+    /// Timeout of one health check.
+    pub relay_health_timeout: Duration,
+    /// Source of wall-clock time.
+    pub clock: Clock,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            registration_open: true,
+            login_min: 3,
+            login_max: 32,
+            password_min: 8,
+            password_max: 1024,
+            max_text: 16 * 1024,
+            max_line: 65_536,
+            max_file_size: 1 << 30,
+            max_connections: 25_000,
+            max_contacts: 1_000,
+            outbound_queue: 256,
+            login_timeout: Duration::from_secs(30),
+            ping_after: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(30),
+            typing_timeout: Duration::from_secs(10),
+            offer_ttl: Duration::from_secs(24 * 3600),
+            offer_sweep_interval: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(24 * 3600),
+            throttle_base: Duration::from_secs(1),
+            throttle_max: Duration::from_secs(300),
+            throttle_decay: Duration::from_secs(600),
+            register_burst: 1_000,
+            register_per_minute: 600,
+            relays: Vec::new(),
+            relay_secret: String::new(),
+            relay_health_interval: Duration::from_secs(10),
+            relay_health_timeout: Duration::from_secs(3),
+            clock: Clock::system(),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: data in `data_dir`, a manual clock, short timers.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            clock: Clock::manual(),
+            relay_secret: String::new(),
+            ..Config::default()
+        }
+    }
+}

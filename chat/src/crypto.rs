@@ -1,0 +1,236 @@
+//! Password sealing, login salts and the challenge hash.
+//!
+//! Passwords are stored sealed with ChaCha20-Poly1305 under a key kept in
+//! `<data-dir>/secret.key` (mode 0600). The server must be able to recover the password because
+//! the login challenge is `SHA-256(salt ‖ password)`; see SECURITY.md for the trade-off.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use subtle::ConstantTimeEq;
+
+/// Errors of the sealing layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// Reading or creating the key file failed.
+    #[error("secret key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The key file does not hold 32 bytes (64 hex digits).
+    #[error("secret key file {0} is not 64 hex digits")]
+    BadKey(String),
+    /// A sealed value could not be opened (corrupt data or wrong key).
+    #[error("sealed value cannot be opened")]
+    Open,
+}
+
+/// Fills a buffer from the OS-seeded thread RNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(H[(b >> 4) as usize] as char);
+        s.push(H[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Reads a 32-byte hex secret from `path`, creating it (mode 0600) when missing.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
+    let err = |source| CryptoError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let bytes =
+                unhex(s.trim()).ok_or_else(|| CryptoError::BadKey(path.display().to_string()))?;
+            bytes
+                .try_into()
+                .map_err(|_| CryptoError::BadKey(path.display().to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_bytes::<32>();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(path).map_err(err)?;
+            f.write_all(format!("{}\n", hex(&key)).as_bytes())
+                .map_err(err)?;
+            f.sync_all().map_err(err)?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Seals and opens passwords.
+pub struct Sealer {
+    cipher: ChaCha20Poly1305,
+    /// A sealed random password used for unknown logins so both paths do the same work.
+    dummy: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    /// A sealer with the given key.
+    pub fn new(key: [u8; 32]) -> Sealer {
+        let cipher = ChaCha20Poly1305::new(&Key::from(key));
+        let mut s = Sealer {
+            cipher,
+            dummy: Vec::new(),
+        };
+        let pw = hex(&random_bytes::<8>());
+        s.dummy = s.seal("", &pw);
+        s
+    }
+
+    /// Seals `password`, bound to `login` (as associated data): nonce ‖ ciphertext.
+    pub fn seal(&self, login: &str, password: &str) -> Vec<u8> {
+        let nonce_bytes = random_bytes::<12>();
+        let nonce = Nonce::from(nonce_bytes);
+        let ct = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: password.as_bytes(),
+                    aad: login.as_bytes(),
+                },
+            )
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(12 + ct.len());
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Opens a sealed password.
+    pub fn open(&self, login: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < 12 {
+            return Err(CryptoError::Open);
+        }
+        let (n, ct) = sealed.split_at(12);
+        let nonce_bytes: [u8; 12] = n.try_into().map_err(|_| CryptoError::Open)?;
+        self.cipher
+            .decrypt(
+                &Nonce::from(nonce_bytes),
+                Payload {
+                    msg: ct,
+                    aad: login.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Open)
+    }
+
+    /// Checks a login challenge answer. `sealed` is `None` for an unknown login: the same work
+    /// is done on a dummy sealed password and the answer is always false.
+    pub fn verify(&self, login: &str, sealed: Option<&[u8]>, salt: &str, hash_hex: &str) -> bool {
+        let (aad, blob, known) = match sealed {
+            Some(b) => (login, b, true),
+            None => ("", self.dummy.as_slice(), false),
+        };
+        let password = self.open(aad, blob).unwrap_or_default();
+        let expected = challenge_hash(salt, &password);
+        let given = hash_hex.as_bytes();
+        let eq: bool = if given.len() == expected.len() {
+            expected.as_bytes().ct_eq(given).into()
+        } else {
+            // Still compare something of the same length to keep timing flat.
+            let _ = expected.as_bytes().ct_eq(expected.as_bytes());
+            false
+        };
+        eq && known
+    }
+}
+
+/// `lowercase hex(SHA-256(salt ‖ password))`.
+pub fn challenge_hash(salt: &str, password: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(password);
+    hex(&h.finalize())
+}
+
+/// Generates login salts: `<32 hex random>-<decimal counter>`; the counter starts at the boot
+/// time in microseconds so it keeps increasing across restarts.
+#[derive(Debug)]
+pub struct SaltGen {
+    counter: AtomicU64,
+}
+
+impl SaltGen {
+    /// A generator whose counter starts at `start`.
+    pub fn new(start: u64) -> SaltGen {
+        SaltGen {
+            counter: AtomicU64::new(start),
+        }
+    }
+
+    /// A fresh salt.
+    pub fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}", hex(&random_bytes::<16>()), n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_roundtrip_and_verify() {
+        let s = Sealer::new(random_bytes());
+        let sealed = s.seal("alice", "password1");
+        assert_eq!(s.open("alice", &sealed).ok(), Some(b"password1".to_vec()));
+        assert!(s.open("bob", &sealed).is_err());
+        let salt = SaltGen::new(5).next();
+        let h = challenge_hash(&salt, b"password1");
+        assert!(s.verify("alice", Some(&sealed), &salt, &h));
+        assert!(!s.verify("alice", Some(&sealed), &salt, "00"));
+        assert!(!s.verify("alice", None, &salt, &h));
+    }
+
+    #[test]
+    fn salts_increase() {
+        let g = SaltGen::new(7);
+        let a = g.next();
+        let b = g.next();
+        assert!(a.ends_with("-7") && b.ends_with("-8"));
+        assert_eq!(a.split('-').next().map(str::len), Some(32));
+    }
+}

@@ -1,0 +1,763 @@
+//! The storage boundary. Every SQL statement of msim-chat lives in this module; the protocol
+//! code only sees [`Db`]'s methods, the row types and the [`WriteOp`] / [`Outcome`] pair that the
+//! group-commit writer ([`crate::commit`]) applies in batches. The SQL is portable (no
+//! SQLite-only functions in queries) so a PostgreSQL backend can be added behind the same API.
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+/// Storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQL error.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// Migration error.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The writer task has stopped (shutdown).
+    #[error("database writer stopped")]
+    WriterGone,
+}
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Insertion order.
+    pub seq: i64,
+    /// UUIDv7.
+    pub id: String,
+    /// Sender login (local).
+    pub sender: String,
+    /// Recipient login (local).
+    pub recipient: String,
+    /// Micros since epoch.
+    pub at: i64,
+    /// Text.
+    pub text: String,
+}
+
+/// A read receipt waiting for an offline sender.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// Row id (deleted once delivered).
+    pub seq: i64,
+    /// Message id.
+    pub message_id: String,
+    /// Reader login.
+    pub reader: String,
+    /// When read (micros).
+    pub at: i64,
+}
+
+/// A user's profile.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// Display name ('' = none).
+    pub name: String,
+    /// Status note.
+    pub note: String,
+    /// Last seen (micros), if ever.
+    pub last_seen: Option<i64>,
+}
+
+/// One contact list entry joined with the contact's profile when local.
+#[derive(Debug, Clone)]
+pub struct ContactRow {
+    /// Full address.
+    pub contact: String,
+    /// Local login of the contact, if on this server.
+    pub contact_local: Option<String>,
+    /// Owner-chosen name (None = defaulted to the profile name).
+    pub name: Option<String>,
+    /// Group path.
+    pub group: Option<String>,
+    /// The contact's profile name (local users).
+    pub profile_name: Option<String>,
+    /// The contact's note (local users).
+    pub note: Option<String>,
+    /// The contact's last seen (micros).
+    pub last_seen: Option<i64>,
+}
+
+/// A file offer.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// Transfer id.
+    pub id: String,
+    /// Sender login.
+    pub sender: String,
+    /// Recipient login.
+    pub recipient: String,
+    /// Sanitised file name.
+    pub filename: String,
+    /// Declared size.
+    pub size: i64,
+    /// Optional lowercase hex SHA-256.
+    pub sha256: Option<String>,
+    /// Optional MIME type.
+    pub mime: Option<String>,
+    /// Created (micros).
+    pub created_at: i64,
+    /// Expires (micros).
+    pub expires_at: i64,
+    /// `pending`, `accepted`, `rejected`, `expired`, `failed`.
+    pub state: String,
+    /// Relay base URL once accepted.
+    pub relay: Option<String>,
+}
+
+type OfferTuple = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    String,
+    Option<String>,
+);
+
+fn offer_from(t: OfferTuple) -> Offer {
+    Offer {
+        id: t.0,
+        sender: t.1,
+        recipient: t.2,
+        filename: t.3,
+        size: t.4,
+        sha256: t.5,
+        mime: t.6,
+        created_at: t.7,
+        expires_at: t.8,
+        state: t.9,
+        relay: t.10,
+    }
+}
+
+const OFFER_COLS: &str =
+    "id, sender, recipient, filename, size, sha256, mime, created_at, expires_at, state, relay";
+
+/// A write, applied by the group-commit writer inside a shared transaction.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Register a user.
+    CreateUser {
+        /// Canonical login.
+        login: String,
+        /// Sealed password.
+        sealed: Vec<u8>,
+        /// Now (micros).
+        now: i64,
+    },
+    /// Store a message for a local recipient.
+    InsertMessage(StoredMessage),
+    /// Mark a message read by its recipient and queue a receipt for the sender.
+    MarkRead {
+        /// Message id.
+        id: String,
+        /// Reader login.
+        reader: String,
+        /// Now (micros).
+        at: i64,
+    },
+    /// The recipient has the message; stop redelivering.
+    Ack {
+        /// Message id.
+        id: String,
+        /// Recipient login.
+        recipient: String,
+    },
+    /// Receipts delivered live; drop them from the queue.
+    DeleteReceipts(Vec<i64>),
+    /// Persist last seen.
+    SetLastSeen {
+        /// Login.
+        login: String,
+        /// Micros.
+        at: i64,
+    },
+    /// Add a contact.
+    AddContact {
+        /// Owner login.
+        owner: String,
+        /// Full address.
+        contact: String,
+        /// Local login when on this server (must exist).
+        contact_local: Option<String>,
+        /// Explicit name.
+        name: Option<String>,
+        /// Group.
+        group: Option<String>,
+        /// Limit.
+        max: i64,
+    },
+    /// Change a contact; `Some(None)` clears the field.
+    ChangeContact {
+        /// Owner login.
+        owner: String,
+        /// Full address.
+        contact: String,
+        /// New name.
+        name: Option<String>,
+        /// New group (`Some(None)` removes it).
+        group: Option<Option<String>>,
+    },
+    /// Delete a contact.
+    DeleteContact {
+        /// Owner login.
+        owner: String,
+        /// Full address.
+        contact: String,
+    },
+    /// Update one's profile.
+    UpdateProfile {
+        /// Login.
+        login: String,
+        /// New name.
+        name: Option<String>,
+        /// New note.
+        note: Option<String>,
+    },
+    /// Store a new offer (the recipient must exist).
+    CreateOffer(Offer),
+    /// The recipient answers an offer.
+    AnswerOffer {
+        /// Transfer id.
+        id: String,
+        /// Who answers.
+        by: String,
+        /// Accept (with this relay) or reject (`None`).
+        relay: Option<String>,
+        /// Now (micros).
+        now: i64,
+    },
+    /// Mark every pending offer past its expiry as expired.
+    ExpireOffers {
+        /// Now (micros).
+        now: i64,
+    },
+}
+
+/// The result of one [`WriteOp`].
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Done, nothing to report.
+    Done,
+    /// The login already exists.
+    Taken,
+    /// Unknown local user (recipient, contact, …).
+    UnknownUser,
+    /// The message was marked read; the sender must be told.
+    Read {
+        /// Sender login.
+        sender: String,
+        /// Receipt row.
+        receipt: i64,
+        /// When it was read.
+        at: i64,
+    },
+    /// Not a message addressed to the reader.
+    UnknownMessage,
+    /// Contact already in the list.
+    Exists,
+    /// Contact list full.
+    TooMany,
+    /// Contact not in the list.
+    NotFound,
+    /// Profile before the update.
+    OldProfile(Profile),
+    /// Offer answered (accepted or rejected).
+    Answered(Offer),
+    /// Offer does not exist.
+    UnknownTransfer,
+    /// Only the recipient may answer.
+    NotRecipient,
+    /// Already answered.
+    AlreadyAnswered,
+    /// Expired.
+    OfferExpired(Offer),
+    /// Offers expired by a sweep.
+    Expired(Vec<Offer>),
+}
+
+/// The database handle.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+impl Db {
+    /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations.
+    pub async fn open(dir: &Path) -> Result<Db, DbError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.join("msim.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("src/db/migrations").run(&pool).await?;
+        Ok(Db { pool })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The sealed password of a login.
+    pub async fn password(&self, login: &str) -> Result<Option<Vec<u8>>, DbError> {
+        let r: Option<(Vec<u8>,)> = sqlx::query_as("SELECT password FROM users WHERE login = ?")
+            .bind(login)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| r.0))
+    }
+
+    /// Whether a local user exists.
+    pub async fn user_exists(&self, login: &str) -> Result<bool, DbError> {
+        let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE login = ?")
+            .bind(login)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    /// A user's profile.
+    pub async fn profile(&self, login: &str) -> Result<Option<Profile>, DbError> {
+        let r: Option<(String, String, Option<i64>)> =
+            sqlx::query_as("SELECT name, note, last_seen FROM users WHERE login = ?")
+                .bind(login)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.map(|(name, note, last_seen)| Profile {
+            name,
+            note,
+            last_seen,
+        }))
+    }
+
+    /// The highest message sequence number so far.
+    pub async fn max_message_seq(&self) -> Result<i64, DbError> {
+        let r: (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.0.unwrap_or(0))
+    }
+
+    /// Pending (unacknowledged, unread) messages for `login` with `after_seq < seq <= max_seq`,
+    /// oldest first.
+    pub async fn pending_messages(
+        &self,
+        login: &str,
+        after_seq: i64,
+        max_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, DbError> {
+        let rows: Vec<(i64, String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT seq, id, sender, recipient, at, body FROM messages \
+             WHERE recipient = ? AND pending = 1 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(login)
+        .bind(after_seq)
+        .bind(max_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, id, sender, recipient, at, text)| StoredMessage {
+                seq,
+                id,
+                sender,
+                recipient,
+                at,
+                text,
+            })
+            .collect())
+    }
+
+    /// Read receipts waiting for `sender`, oldest first.
+    pub async fn pending_receipts(&self, sender: &str) -> Result<Vec<Receipt>, DbError> {
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = ? ORDER BY seq LIMIT 10000",
+        )
+        .bind(sender)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, message_id, reader, at)| Receipt {
+                seq,
+                message_id,
+                reader,
+                at,
+            })
+            .collect())
+    }
+
+    /// Unanswered, unexpired offers for `recipient`, oldest first.
+    pub async fn pending_offers(&self, recipient: &str, now: i64) -> Result<Vec<Offer>, DbError> {
+        let rows: Vec<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {OFFER_COLS} FROM offers WHERE recipient = ? AND state = 'pending' \
+             AND expires_at > ? ORDER BY created_at LIMIT 10000"
+        )))
+        .bind(recipient)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(offer_from).collect())
+    }
+
+    /// The contact list of `owner`.
+    pub async fn contacts(&self, owner: &str) -> Result<Vec<ContactRow>, DbError> {
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT c.contact, c.contact_local, c.name, c.grp, u.name, u.note, u.last_seen \
+             FROM contacts c LEFT JOIN users u ON u.login = c.contact_local \
+             WHERE c.owner = ? ORDER BY c.contact",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ContactRow {
+                contact: r.0,
+                contact_local: r.1,
+                name: r.2,
+                group: r.3,
+                profile_name: r.4,
+                note: r.5,
+                last_seen: r.6,
+            })
+            .collect())
+    }
+
+    /// Owners who have local user `login` as a contact, with whether their name is defaulted.
+    pub async fn watchers(&self, login: &str) -> Result<Vec<(String, bool)>, DbError> {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT owner, name FROM contacts WHERE contact_local = ?")
+                .bind(login)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(o, n)| (o, n.is_none())).collect())
+    }
+
+    /// Applies a batch of writes in one transaction (each op in its own savepoint, so a
+    /// failing op does not fail the others). Returns one result per op, in order.
+    pub async fn apply_batch(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+            match apply(&mut sp, op).await {
+                Ok(o) => {
+                    sp.commit().await?;
+                    out.push(Ok(o));
+                }
+                Err(e) => {
+                    sp.rollback().await?;
+                    out.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+async fn exists(tx: &mut Transaction<'_, Sqlite>, login: &str) -> Result<bool, DbError> {
+    let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE login = ?")
+        .bind(login)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(r.is_some())
+}
+
+async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome, DbError> {
+    match op {
+        WriteOp::CreateUser { login, sealed, now } => {
+            if exists(tx, &login).await? {
+                return Ok(Outcome::Taken);
+            }
+            sqlx::query("INSERT INTO users (login, password, created_at) VALUES (?, ?, ?)")
+                .bind(&login)
+                .bind(sealed)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::InsertMessage(m) => {
+            if !exists(tx, &m.recipient).await? {
+                return Ok(Outcome::UnknownUser);
+            }
+            sqlx::query(
+                "INSERT INTO messages (id, sender, recipient, at, body) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&m.id)
+            .bind(&m.sender)
+            .bind(&m.recipient)
+            .bind(m.at)
+            .bind(&m.text)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::MarkRead { id, reader, at } => {
+            let r: Option<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT sender, read_at FROM messages WHERE id = ? AND recipient = ?",
+            )
+            .bind(&id)
+            .bind(&reader)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((sender, read_at)) = r else {
+                return Ok(Outcome::UnknownMessage);
+            };
+            let at = read_at.unwrap_or(at);
+            sqlx::query("UPDATE messages SET pending = 0, read_at = ? WHERE id = ?")
+                .bind(at)
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+            let receipt: (i64,) = sqlx::query_as(
+                "INSERT INTO receipts (sender, message_id, reader, at) VALUES (?, ?, ?, ?) RETURNING seq",
+            )
+            .bind(&sender)
+            .bind(&id)
+            .bind(&reader)
+            .bind(at)
+            .fetch_one(&mut **tx)
+            .await?;
+            Ok(Outcome::Read {
+                sender,
+                receipt: receipt.0,
+                at,
+            })
+        }
+        WriteOp::Ack { id, recipient } => {
+            sqlx::query("UPDATE messages SET pending = 0 WHERE id = ? AND recipient = ?")
+                .bind(&id)
+                .bind(&recipient)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::DeleteReceipts(seqs) => {
+            for s in seqs {
+                sqlx::query("DELETE FROM receipts WHERE seq = ?")
+                    .bind(s)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(Outcome::Done)
+        }
+        WriteOp::SetLastSeen { login, at } => {
+            sqlx::query("UPDATE users SET last_seen = ? WHERE login = ?")
+                .bind(at)
+                .bind(&login)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::AddContact {
+            owner,
+            contact,
+            contact_local,
+            name,
+            group,
+            max,
+        } => {
+            if let Some(l) = &contact_local {
+                if !exists(tx, l).await? {
+                    return Ok(Outcome::UnknownUser);
+                }
+            }
+            let r: Option<(i64,)> =
+                sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact = ?")
+                    .bind(&owner)
+                    .bind(&contact)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if r.is_some() {
+                return Ok(Outcome::Exists);
+            }
+            let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM contacts WHERE owner = ?")
+                .bind(&owner)
+                .fetch_one(&mut **tx)
+                .await?;
+            if n.0 >= max {
+                return Ok(Outcome::TooMany);
+            }
+            sqlx::query(
+                "INSERT INTO contacts (owner, contact, contact_local, name, grp) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&owner)
+            .bind(&contact)
+            .bind(&contact_local)
+            .bind(&name)
+            .bind(&group)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::ChangeContact {
+            owner,
+            contact,
+            name,
+            group,
+        } => {
+            let r: Option<(i64,)> =
+                sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact = ?")
+                    .bind(&owner)
+                    .bind(&contact)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if r.is_none() {
+                return Ok(Outcome::NotFound);
+            }
+            if let Some(name) = name {
+                sqlx::query("UPDATE contacts SET name = ? WHERE owner = ? AND contact = ?")
+                    .bind(name)
+                    .bind(&owner)
+                    .bind(&contact)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            if let Some(group) = group {
+                sqlx::query("UPDATE contacts SET grp = ? WHERE owner = ? AND contact = ?")
+                    .bind(group)
+                    .bind(&owner)
+                    .bind(&contact)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(Outcome::Done)
+        }
+        WriteOp::DeleteContact { owner, contact } => {
+            let r = sqlx::query("DELETE FROM contacts WHERE owner = ? AND contact = ?")
+                .bind(&owner)
+                .bind(&contact)
+                .execute(&mut **tx)
+                .await?;
+            Ok(if r.rows_affected() == 0 {
+                Outcome::NotFound
+            } else {
+                Outcome::Done
+            })
+        }
+        WriteOp::UpdateProfile { login, name, note } => {
+            let r: Option<(String, String, Option<i64>)> =
+                sqlx::query_as("SELECT name, note, last_seen FROM users WHERE login = ?")
+                    .bind(&login)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let Some((old_name, old_note, last_seen)) = r else {
+                return Ok(Outcome::UnknownUser);
+            };
+            sqlx::query("UPDATE users SET name = ?, note = ? WHERE login = ?")
+                .bind(name.as_deref().unwrap_or(&old_name))
+                .bind(note.as_deref().unwrap_or(&old_note))
+                .bind(&login)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Outcome::OldProfile(Profile {
+                name: old_name,
+                note: old_note,
+                last_seen,
+            }))
+        }
+        WriteOp::CreateOffer(o) => {
+            if !exists(tx, &o.recipient).await? {
+                return Ok(Outcome::UnknownUser);
+            }
+            sqlx::query(
+                "INSERT INTO offers (id, sender, recipient, filename, size, sha256, mime, \
+                 created_at, expires_at, state, relay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&o.id)
+            .bind(&o.sender)
+            .bind(&o.recipient)
+            .bind(&o.filename)
+            .bind(o.size)
+            .bind(&o.sha256)
+            .bind(&o.mime)
+            .bind(o.created_at)
+            .bind(o.expires_at)
+            .bind(&o.state)
+            .bind(&o.relay)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::AnswerOffer { id, by, relay, now } => {
+            let r: Option<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {OFFER_COLS} FROM offers WHERE id = ?"
+            )))
+            .bind(&id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(mut offer) = r.map(offer_from) else {
+                return Ok(Outcome::UnknownTransfer);
+            };
+            if offer.recipient != by {
+                return Ok(Outcome::NotRecipient);
+            }
+            if offer.state == "expired" || (offer.state == "pending" && offer.expires_at <= now) {
+                return Ok(Outcome::OfferExpired(offer));
+            }
+            if offer.state != "pending" {
+                return Ok(Outcome::AlreadyAnswered);
+            }
+            offer.state = if relay.is_some() {
+                "accepted".into()
+            } else {
+                "rejected".into()
+            };
+            offer.relay = relay;
+            sqlx::query("UPDATE offers SET state = ?, relay = ? WHERE id = ?")
+                .bind(&offer.state)
+                .bind(&offer.relay)
+                .bind(&offer.id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Outcome::Answered(offer))
+        }
+        WriteOp::ExpireOffers { now } => {
+            let rows: Vec<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {OFFER_COLS} FROM offers WHERE state = 'pending' AND expires_at <= ? LIMIT 10000"
+            )))
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in &rows {
+                sqlx::query("UPDATE offers SET state = 'expired' WHERE id = ?")
+                    .bind(&r.0)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(Outcome::Expired(rows.into_iter().map(offer_from).collect()))
+        }
+    }
+}

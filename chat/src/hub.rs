@@ -1,0 +1,116 @@
+//! Registry of live sessions: login → the sessions logged in as that user, each with a bounded
+//! outgoing queue. Fan-out encodes a packet once and `try_send`s the bytes to every session; a
+//! session whose queue is full is evicted (its queue is closed, the session sees that and
+//! disconnects) instead of buffering without bound.
+
+use bytes::Bytes;
+use msim_shared::Packet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+struct Slot {
+    id: u64,
+    tx: Option<mpsc::Sender<Bytes>>,
+}
+
+/// The session registry.
+#[derive(Default)]
+pub struct Hub {
+    // A std mutex: every critical section is a short map operation, never held across await.
+    users: Mutex<HashMap<String, Vec<Slot>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
+/// Encodes a packet once for fan-out.
+pub fn encode(p: &Packet) -> Bytes {
+    Bytes::from(p.to_wire())
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Slot>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session; returns its id and whether it is the user's first live session.
+    pub fn register(&self, login: &str, tx: mpsc::Sender<Bytes>) -> (u64, bool) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut users = self.lock();
+        let slots = users.entry(login.to_owned()).or_default();
+        let first = slots.is_empty();
+        slots.push(Slot { id, tx: Some(tx) });
+        (id, first)
+    }
+
+    /// Removes a session; returns whether it was the user's last live session.
+    pub fn unregister(&self, login: &str, id: u64) -> bool {
+        let mut users = self.lock();
+        let Some(slots) = users.get_mut(login) else {
+            return false;
+        };
+        let before = slots.len();
+        slots.retain(|s| s.id != id);
+        let removed = slots.len() != before;
+        if slots.is_empty() {
+            users.remove(login);
+            return removed;
+        }
+        false
+    }
+
+    /// Whether the user has a live session.
+    pub fn is_online(&self, login: &str) -> bool {
+        self.lock().contains_key(login)
+    }
+
+    /// Number of users online.
+    pub fn online_users(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Sends to every session of `login` except `except`; returns how many got it.
+    pub fn send_except(&self, login: &str, except: Option<u64>, bytes: &Bytes) -> usize {
+        let mut users = self.lock();
+        let Some(slots) = users.get_mut(login) else {
+            return 0;
+        };
+        let mut n = 0;
+        for slot in slots.iter_mut().filter(|s| Some(s.id) != except) {
+            let Some(tx) = &slot.tx else { continue };
+            match tx.try_send(bytes.clone()) {
+                Ok(()) => n += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(
+                        login,
+                        session = slot.id,
+                        "outgoing queue full: disconnecting slow reader"
+                    );
+                    slot.tx = None;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => slot.tx = None,
+            }
+        }
+        n
+    }
+
+    /// Sends to every session of `login`.
+    pub fn send(&self, login: &str, bytes: &Bytes) -> usize {
+        self.send_except(login, None, bytes)
+    }
+
+    /// Sends a packet to every session of `login`.
+    pub fn send_packet(&self, login: &str, p: &Packet) -> usize {
+        if !self.is_online(login) {
+            return 0;
+        }
+        self.send(login, &encode(p))
+    }
+}

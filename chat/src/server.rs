@@ -1,0 +1,195 @@
+//! The server: shared state, the accept loop (bounded by a semaphore), background tasks and
+//! clean shutdown (stop accepting, close sessions, finish pending commits).
+
+use crate::cmd::files;
+use crate::commit::Writer;
+use crate::config::Config;
+use crate::crypto::{load_or_create_secret, CryptoError, SaltGen, Sealer};
+use crate::db::{Db, DbError};
+use crate::hub::Hub;
+use crate::relays::{BadRelayUrl, RelayPool};
+use crate::session;
+use crate::throttle::Throttle;
+use msim_shared::token::{Keyring, TokenError};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Startup failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Key file.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Relay URL.
+    #[error(transparent)]
+    Relay(#[from] BadRelayUrl),
+    /// Relay secret.
+    #[error("relay secret: {0}")]
+    Token(#[from] TokenError),
+    /// I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// Configuration.
+    pub config: Config,
+    /// Reads.
+    pub db: Db,
+    /// Writes (group commit).
+    pub writer: Writer,
+    /// Live sessions.
+    pub hub: Hub,
+    /// Login throttling.
+    pub throttle: Throttle,
+    /// Login salts.
+    pub salts: SaltGen,
+    /// Password sealing.
+    pub sealer: Sealer,
+    /// Relays.
+    pub relays: Arc<RelayPool>,
+    /// Signs relay capability tokens.
+    pub keyring: Keyring,
+}
+
+/// A server ready to accept connections.
+pub struct Server {
+    shared: Arc<Shared>,
+    writer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory (database, keys) and prepares the server.
+    pub async fn new(config: Config) -> Result<Server, Error> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let key = load_or_create_secret(&config.data_dir.join("secret.key"))?;
+        let db = Db::open(&config.data_dir).await?;
+        let (writer, writer_task) = Writer::start(db.clone());
+        let keyring = if config.relay_secret.trim().is_empty() {
+            Keyring::from_secret_text(&msim_shared::token::generate_secret_text())?
+        } else {
+            Keyring::from_secret_text(&config.relay_secret)?
+        };
+        let relays = Arc::new(RelayPool::new(&config.relays)?);
+        let salt_start = (config.clock.now_micros().max(0)) as u64;
+        let throttle = Throttle::new(
+            config.clock.clone(),
+            config.throttle_base,
+            config.throttle_max,
+            config.throttle_decay,
+            config.register_burst,
+            config.register_per_minute,
+        );
+        let shared = Arc::new(Shared {
+            config,
+            db,
+            writer,
+            hub: Hub::default(),
+            throttle,
+            salts: SaltGen::new(salt_start),
+            sealer: Sealer::new(key),
+            relays,
+            keyring,
+        });
+        Ok(Server {
+            shared,
+            writer_task,
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then closes every session
+    /// and waits for pending commits.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future) -> Result<(), Error> {
+        let Server {
+            shared,
+            writer_task,
+        } = self;
+        let stop = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        // Every connection task holds a clone; when all are dropped, all sessions are done.
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+
+        let health = tokio::spawn(shared.relays.clone().health_loop(
+            shared.config.relay_health_interval,
+            shared.config.relay_health_timeout,
+            stop.clone(),
+        ));
+        let sweeper = {
+            let sh = shared.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(sh.config.offer_sweep_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => files::sweep(&sh).await,
+                    }
+                }
+            })
+        };
+
+        info!(addr = ?listener.local_addr().ok(), domain = %shared.config.domain, "msim-chat listening");
+        let accept = async {
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        backoff = Duration::from_millis(10);
+                        let sh = shared.clone();
+                        let stop = stop.clone();
+                        let done = done_tx.clone();
+                        tokio::spawn(async move {
+                            session::serve(sh, stream, peer, stop).await;
+                            drop(permit);
+                            drop(done);
+                        });
+                    }
+                    Err(e) => {
+                        error!("accept: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = shutdown => info!("shutting down"),
+        }
+        drop(listener);
+        stop.cancel();
+        drop(done_tx);
+        let _ = done_rx.recv().await;
+        let _ = health.await;
+        let _ = sweeper.await;
+        // Last handle to the writer: it commits what is queued, then stops.
+        let db = shared.db.clone();
+        drop(shared);
+        let _ = writer_task.await;
+        db.close().await;
+        info!("msim-chat stopped");
+        Ok(())
+    }
+}
+
+/// Runs a server on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future,
+) -> Result<(), Error> {
+    Server::new(config).await?.run(listener, shutdown).await
+}
