@@ -1,0 +1,181 @@
+//! Test helpers: an in-process server on 127.0.0.1:0 and a raw line client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use msim_chat::{Clock, Config};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const PASSWORD: &str = "correct-horse";
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub clock: Clock,
+    pub dir: tempfile::TempDir,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, f).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::for_tests(dir.path());
+        f(&mut config);
+        let clock = config.clock.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            msim_chat::run(listener, config, s.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        TestServer {
+            addr,
+            clock,
+            dir,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// Registers `login` and returns a logged-in client.
+    pub async fn user(&self, login: &str) -> Client {
+        let mut c = self.client().await;
+        c.send(&format!("REGISTER login={login} password={PASSWORD}"))
+            .await;
+        c.expect("REGISTER-OK").await;
+        c.login(login, PASSWORD).await;
+        c
+    }
+
+    /// Another logged-in session of an existing user.
+    pub async fn session(&self, login: &str) -> Client {
+        let mut c = self.client().await;
+        c.login(login, PASSWORD).await;
+        c
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.dir
+    }
+}
+
+pub struct Client {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+}
+
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let p = msim_shared::Packet::parse_line(line.as_bytes()).ok()?;
+    p.get(key).map(str::to_owned)
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).await.unwrap();
+        self.w.write_all(b"\n").await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).await.unwrap();
+    }
+
+    /// The next line, or None at EOF. Panics after a generous timeout.
+    pub async fn try_line(&mut self) -> Option<String> {
+        let mut s = String::new();
+        let n = tokio::time::timeout(READ_TIMEOUT, self.r.read_line(&mut s))
+            .await
+            .expect("timed out waiting for a line")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        Some(s.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    pub async fn line(&mut self) -> String {
+        self.try_line().await.expect("connection closed")
+    }
+
+    /// The next line, which must start with `verb` (followed by a space or the end).
+    pub async fn expect(&mut self, verb: &str) -> String {
+        let l = self.line().await;
+        assert!(
+            l == verb || l.starts_with(&format!("{verb} ")),
+            "expected {verb}, got {l:?}"
+        );
+        l
+    }
+
+    /// Skips lines until one starts with `verb`.
+    pub async fn expect_skip(&mut self, verb: &str) -> String {
+        loop {
+            let l = self.line().await;
+            if l == verb || l.starts_with(&format!("{verb} ")) {
+                return l;
+            }
+        }
+    }
+
+    /// A list block after its header line.
+    pub async fn list(&mut self) -> Vec<String> {
+        assert_eq!(self.line().await, "[");
+        let mut out = Vec::new();
+        loop {
+            let l = self.line().await;
+            if l == "]" {
+                return out;
+            }
+            out.push(l);
+        }
+    }
+
+    /// The connection is closed by the server (remaining lines are skipped).
+    pub async fn expect_closed(&mut self) {
+        while self.try_line().await.is_some() {}
+    }
+
+    /// A round trip proving every earlier answer was read.
+    pub async fn sync(&mut self) {
+        self.send("PING ref=sync").await;
+        self.expect_skip("PONG").await;
+    }
+
+    pub async fn login(&mut self, login: &str, password: &str) {
+        self.send(&format!("CONNECT login={login}")).await;
+        let ack = self.expect("CONNECT-ACK").await;
+        let salt = field(&ack, "salt").unwrap();
+        let hash = msim_chat::crypto::challenge_hash(&salt, password.as_bytes());
+        self.send(&format!("CONNECT-CONTINUE hash={hash}")).await;
+        self.expect("CONNECT-OK").await;
+    }
+}
