@@ -1,1 +1,1040 @@
-fn main() {}
+//! `msim` — the mSIM command-line client.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use msim::config::{self, ConfigFile};
+use msim::proto::{
+    sanitize_filename, Contact, ContactUpdate, DownloadGrant, Event, FileOffered, OfferFile,
+    Presence,
+};
+use msim::transfer::{self, Transfer, TransferOptions};
+use msim::{Client, ClientError, ClientOptions, Events};
+use msim_shared::timestamp;
+use serde_json::{json, Value};
+
+const DEFAULT_SERVER: &str = "127.0.0.1:3214";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (connection, I/O, protocol, relay)
+  2  usage error (bad arguments, missing credentials)
+  3  authentication failed (wrong login or password, throttled)
+  4  refused or rejected (unknown recipient, contact/profile refused,
+     registration refused, file rejected by the recipient or the server)";
+
+const EXAMPLES: &str = "\
+Examples:
+  msim -l alice -p 'alice-password' register
+  msim -l alice -p 'alice-password' send bob 'hi Bob!'
+  msim -l bob -p 'bob-password' listen
+  msim -l alice -p 'alice-password' send-file bob cat.jpg
+  msim -l bob -p 'bob-password' receive --accept-all --out ~/Downloads
+
+Credentials come from --login/--password, MSIM_LOGIN/MSIM_PASSWORD, or the
+config file (--config, default ~/.config/msim/config.toml), in that order.";
+
+/// mSIM command-line client: messages, contacts and files through a relay.
+#[derive(Debug, Parser)]
+#[command(name = "msim", version, after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
+struct Cli {
+    /// Server address, HOST:PORT [default: 127.0.0.1:3214]
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        env = "MSIM_SERVER",
+        value_name = "ADDR"
+    )]
+    server: Option<String>,
+    /// Login (bare or login@domain)
+    #[arg(long, short = 'l', global = true, env = "MSIM_LOGIN")]
+    login: Option<String>,
+    /// Password
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "MSIM_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+    /// Config file [default: ~/.config/msim/config.toml, if it exists]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "MSIM_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    /// Machine-readable output: one JSON object per line on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for each server answer
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an account
+    #[command(after_help = "Examples:
+  msim -l alice -p 'alice-password' register
+  msim -l alice -p 'alice-password' register --save   # also write the config file")]
+    Register(SaveArgs),
+    /// Check the credentials (log in and out)
+    #[command(after_help = "Examples:
+  msim -l alice -p 'alice-password' login
+  msim -l alice -p 'alice-password' login --save      # remember them in the config file
+  MSIM_LOGIN=alice MSIM_PASSWORD=... msim login --json")]
+    Login(SaveArgs),
+    /// Send a text message and wait until the server stored it
+    #[command(after_help = "Examples:
+  msim send bob 'see you at 5'
+  echo 'from a script' | msim send bob -
+  msim send bob@example.org hello --json   # prints {\"id\":…,\"at\":…}")]
+    Send {
+        /// Recipient (login or login@domain)
+        to: String,
+        /// Message text; `-` reads it from standard input
+        text: String,
+    },
+    /// Print incoming messages, receipts, typing, presence and file offers until Ctrl-C
+    #[command(
+        after_help = "Messages are acknowledged (not redelivered at the next login) once \
+printed, unless --no-ack.
+
+Examples:
+  msim listen
+  msim listen --json | jq .
+  msim listen --json --count 1     # wait for one message, print it, exit"
+    )]
+    Listen {
+        /// Exit after this many messages
+        #[arg(long, short = 'n', value_name = "N")]
+        count: Option<u64>,
+        /// Do not acknowledge messages (they are delivered again at the next login)
+        #[arg(long)]
+        no_ack: bool,
+        /// Mark every printed message read (the sender gets a read receipt)
+        #[arg(long)]
+        mark_read: bool,
+    },
+    /// Show and edit the contact list
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Show and edit your profile
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Offer a file, wait for the recipient to accept, upload it through the relay
+    #[command(
+        name = "send-file",
+        after_help = "Examples:
+  msim send-file bob cat.jpg
+  msim send-file bob holiday.mp4 --wait 120   # give up after 2 minutes without an answer
+
+Exits with 4 when the recipient (or the server) rejects the file."
+    )]
+    SendFile {
+        /// Recipient (login or login@domain)
+        to: String,
+        /// The file
+        path: PathBuf,
+        /// Give up when the recipient has not answered after this many seconds
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// MIME type [default: guessed from the file name]
+        #[arg(long)]
+        mime: Option<String>,
+    },
+    /// Wait for file offers, accept them (asking, or --accept-all) and download them
+    #[command(
+        after_help = "Files are saved under --out (default: the config's download_dir, \
+else the current directory) with the sender's file name; an existing file is never overwritten \
+(\"cat (1).jpg\"). The SHA-256 is verified when the sender announced it.
+
+Examples:
+  msim receive                       # ask y/n for each offer
+  msim receive --accept-all --out ~/Downloads
+  msim receive --accept-all --count 1 --json"
+    )]
+    Receive {
+        /// Accept every offer without asking
+        #[arg(long, short = 'y')]
+        accept_all: bool,
+        /// Reject every offer without asking (clears pending offers)
+        #[arg(long, conflicts_with = "accept_all")]
+        reject_all: bool,
+        /// Directory for received files
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Exit after this many offers (accepted or rejected)
+        #[arg(long, short = 'n', value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Mark a message read (the sender gets a read receipt)
+    #[command(after_help = "Example:
+  msim read 0190b5d2-7c3e-7d4a-9f10-2b4c6d8e0f12")]
+    Read {
+        /// Message id (as printed by `msim listen`)
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SaveArgs {
+    /// Save server, login and password to the config file (mode 0600)
+    #[arg(long)]
+    save: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// List contacts with presence
+    #[command(after_help = "Example:\n  msim contacts list --json")]
+    List,
+    /// Add a contact
+    #[command(
+        after_help = "Example:\n  msim contacts add bob --name 'Bob B.' --group Work/Mobile"
+    )]
+    Add {
+        /// Address (login or login@domain)
+        id: String,
+        /// Display name [default: their profile name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Group, nested with `/` (Work/Mobile)
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Rename a contact or move it to another group
+    #[command(
+        after_help = "Examples:\n  msim contacts change bob --name Bobby\n  msim contacts change bob --group ''   # remove from its group"
+    )]
+    Change {
+        /// Address
+        id: String,
+        /// New display name
+        #[arg(long)]
+        name: Option<String>,
+        /// New group; empty removes the group
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Delete a contact
+    #[command(after_help = "Example:\n  msim contacts delete bob")]
+    Delete {
+        /// Address
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// Change your display name and/or status note
+    #[command(after_help = "Example:\n  msim profile set --name 'Alice A.' --note 'on holiday'")]
+    Set {
+        /// Display name
+        #[arg(long)]
+        name: Option<String>,
+        /// Status note shown to people who have you as a contact
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Show your profile, or another local user's
+    #[command(after_help = "Examples:\n  msim profile show\n  msim profile show bob")]
+    Show {
+        /// User [default: yourself]
+        id: Option<String>,
+    },
+}
+
+/// A problem with the invocation (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    if let Some(e) = error.downcast_ref::<ClientError>() {
+        if e.is_auth_failure() {
+            return 3;
+        }
+        if e.is_refusal() {
+            return 4;
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("msim: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = exit_code(&error);
+            if json {
+                let kind = match code {
+                    2 => "usage",
+                    3 => "auth",
+                    4 => "refused",
+                    _ => "error",
+                };
+                println!(
+                    "{}",
+                    json!({"error": format!("{error:#}"), "kind": kind, "exit": code})
+                );
+            }
+            eprintln!("msim: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Resolved connection settings.
+struct Settings {
+    server: String,
+    login: Option<String>,
+    password: Option<String>,
+    config_path: Option<PathBuf>,
+    file: ConfigFile,
+    json: bool,
+    options: ClientOptions,
+}
+
+impl Settings {
+    fn from_cli(cli: &Cli) -> Result<Settings> {
+        let file = ConfigFile::load_or_default(cli.config.as_deref())
+            .map_err(|e| UsageError(format!("config file: {e}")))?;
+        let options = ClientOptions {
+            request_timeout: Duration::from_secs(cli.timeout.max(1)),
+            ..ClientOptions::default()
+        };
+        Ok(Settings {
+            // clap already gave flags priority over the environment.
+            server: config::pick(cli.server.clone(), None, file.server.clone())
+                .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+            login: config::pick(cli.login.clone(), None, file.login.clone()),
+            password: config::pick(cli.password.clone(), None, file.password.clone()),
+            config_path: cli.config.clone().or_else(config::default_path),
+            file,
+            json: cli.json,
+            options,
+        })
+    }
+
+    fn credentials(&self) -> Result<(&str, &str)> {
+        let login = self.login.as_deref().ok_or_else(|| {
+            UsageError("no login: use --login, MSIM_LOGIN or `login = …` in the config file".into())
+        })?;
+        let password = self.password.as_deref().ok_or_else(|| {
+            UsageError(
+                "no password: use --password, MSIM_PASSWORD or `password = …` in the config file"
+                    .into(),
+            )
+        })?;
+        Ok((login, password))
+    }
+
+    async fn connect(&self) -> Result<(Client, Events)> {
+        Client::connect_with(self.server.as_str(), self.options.clone())
+            .await
+            .with_context(|| format!("cannot connect to {}", self.server))
+    }
+
+    async fn login(&self) -> Result<(Client, Events)> {
+        let (login, password) = self.credentials()?;
+        let (client, events) = self.connect().await?;
+        client.login(login, password).await?;
+        Ok((client, events))
+    }
+
+    fn save(&self) -> Result<PathBuf> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or_else(|| anyhow!("no config path: use --config FILE"))?;
+        let mut file = self.file.clone();
+        file.server = Some(self.server.clone());
+        file.login = self.login.clone();
+        file.password = self.password.clone();
+        file.save(&path)?;
+        Ok(path)
+    }
+
+    fn print(&self, value: Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{}", human());
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::from_cli(&cli)?;
+    match cli.command {
+        Command::Register(args) => {
+            let (login, password) = settings.credentials()?;
+            let (client, _) = settings.connect().await?;
+            let address = client.register(login, password).await?;
+            let saved = if args.save {
+                Some(settings.save()?)
+            } else {
+                None
+            };
+            settings.print(json!({"ok": true, "login": address}), || {
+                let mut s = format!("Registered {address}.");
+                if let Some(path) = &saved {
+                    s.push_str(&format!(" Credentials saved to {}.", path.display()));
+                }
+                s
+            });
+        }
+        Command::Login(args) => {
+            let (client, _) = settings.login().await?;
+            let session = client
+                .session()
+                .ok_or_else(|| anyhow!("no session after login"))?;
+            let saved = if args.save {
+                Some(settings.save()?)
+            } else {
+                None
+            };
+            settings.print(
+                json!({
+                    "ok": true,
+                    "login": session.login,
+                    "domain": session.domain,
+                    "server": session.server,
+                    "federation": session.federation,
+                    "max_text": session.max_text,
+                    "max_file_size": session.max_file_size,
+                }),
+                || {
+                    let mut s = format!(
+                        "Logged in as {} on {} ({}); files up to {}.",
+                        session.login,
+                        session.domain,
+                        session.server,
+                        human_bytes(session.max_file_size)
+                    );
+                    if let Some(path) = &saved {
+                        s.push_str(&format!(" Credentials saved to {}.", path.display()));
+                    }
+                    s
+                },
+            );
+        }
+        Command::Send { to, text } => {
+            let text = if text == "-" {
+                read_stdin().await?
+            } else {
+                text
+            };
+            let (client, events) = settings.login().await?;
+            drop(events);
+            let sent = client.send_message(&to, &text).await?;
+            let at = timestamp::format(sent.at);
+            settings.print(
+                json!({"ok": true, "id": sent.id, "to": to, "at": at}),
+                || format!("Sent to {to} (id {}).", sent.id),
+            );
+        }
+        Command::Listen {
+            count,
+            no_ack,
+            mark_read,
+        } => listen(&settings, count, !no_ack, mark_read).await?,
+        Command::Contacts(cmd) => contacts(&settings, cmd).await?,
+        Command::Profile(cmd) => profile(&settings, cmd).await?,
+        Command::SendFile {
+            to,
+            path,
+            wait,
+            mime,
+        } => send_file(&settings, &to, &path, wait, mime).await?,
+        Command::Receive {
+            accept_all,
+            reject_all,
+            out,
+            count,
+        } => {
+            let decide = if accept_all {
+                Decide::Accept
+            } else if reject_all {
+                Decide::Reject
+            } else {
+                Decide::Ask
+            };
+            let out = out
+                .or_else(|| settings.file.download_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("."));
+            receive(&settings, decide, &out, count).await?
+        }
+        Command::Read { id } => {
+            let (client, _) = settings.login().await?;
+            client.mark_read(&id).await?;
+            settings.print(json!({"ok": true, "id": id}), || {
+                format!("Marked {id} read.")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn read_stdin() -> Result<String> {
+    let text = tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    })
+    .await??;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+async fn listen(settings: &Settings, count: Option<u64>, ack: bool, mark_read: bool) -> Result<()> {
+    let (client, mut events) = settings.login().await?;
+    if !settings.json {
+        if let Some(me) = client.me() {
+            eprintln!("Listening as {me}; Ctrl-C to stop.");
+        }
+    }
+    let mut messages = 0u64;
+    if count == Some(0) {
+        return Ok(());
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let event = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => bail!(ClientError::Closed),
+            },
+        };
+        settings.print(event_json(&event), || event_text(&event));
+        if let Event::Message(m) = &event {
+            if mark_read {
+                client.mark_read(&m.id).await?;
+            } else if ack {
+                client.ack(&m.id).await?;
+            }
+            messages += 1;
+            if count.is_some_and(|n| messages >= n) {
+                // A round trip makes sure the ACK reached the server before we hang up.
+                client.ping().await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn contacts(settings: &Settings, cmd: ContactsCommand) -> Result<()> {
+    let (client, _) = settings.login().await?;
+    match cmd {
+        ContactsCommand::List => {
+            let list = client.contacts().await?;
+            if settings.json {
+                for c in &list {
+                    println!("{}", contact_json(c));
+                }
+            } else if list.is_empty() {
+                println!("No contacts yet. Add one with `msim contacts add LOGIN`.");
+            } else {
+                for c in &list {
+                    println!("{}", contact_text(c));
+                }
+            }
+        }
+        ContactsCommand::Add { id, name, group } => {
+            client
+                .add_contact(&id, name.as_deref(), group.as_deref())
+                .await?;
+            settings.print(json!({"ok": true, "id": id}), || format!("Added {id}."));
+        }
+        ContactsCommand::Change { id, name, group } => {
+            if name.is_none() && group.is_none() {
+                bail!(UsageError(
+                    "nothing to change: give --name and/or --group".into()
+                ));
+            }
+            client
+                .change_contact(&id, name.as_deref(), group.as_deref())
+                .await?;
+            settings.print(json!({"ok": true, "id": id}), || format!("Changed {id}."));
+        }
+        ContactsCommand::Delete { id } => {
+            client.delete_contact(&id).await?;
+            settings.print(json!({"ok": true, "id": id}), || format!("Deleted {id}."));
+        }
+    }
+    Ok(())
+}
+
+async fn profile(settings: &Settings, cmd: ProfileCommand) -> Result<()> {
+    let (client, _) = settings.login().await?;
+    match cmd {
+        ProfileCommand::Set { name, note } => {
+            if name.is_none() && note.is_none() {
+                bail!(UsageError(
+                    "nothing to change: give --name and/or --note".into()
+                ));
+            }
+            client
+                .update_profile(name.as_deref(), note.as_deref())
+                .await?;
+            settings.print(json!({"ok": true}), || "Profile updated.".to_owned());
+        }
+        ProfileCommand::Show { id } => {
+            let p = client.profile(id.as_deref()).await?;
+            settings.print(json!({"id": p.id, "name": p.name, "note": p.note}), || {
+                if p.note.is_empty() {
+                    format!("{} <{}>", p.name, p.id)
+                } else {
+                    format!("{} <{}>\n  {}", p.name, p.id, p.note)
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(settings: &Settings, size: u64, label: &str) -> ProgressBar {
+    if settings.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(size);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_owned());
+    bar
+}
+
+fn progress_of(bar: &ProgressBar) -> msim::Progress {
+    let bar = bar.clone();
+    Arc::new(move |done, total| {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    })
+}
+
+async fn send_file(
+    settings: &Settings,
+    to: &str,
+    path: &Path,
+    wait: Option<u64>,
+    mime: Option<String>,
+) -> Result<()> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(UsageError(format!("{} is not a file", path.display())));
+    }
+    let filename = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(sanitize_filename)
+        .ok_or_else(|| UsageError(format!("{}: unusable file name", path.display())))?;
+    let size = meta.len();
+    let sha256 = transfer::sha256_file(path).await?;
+    let (client, events) = settings.login().await?;
+    drop(events);
+    let offer = client
+        .offer_file(OfferFile {
+            to: to.to_owned(),
+            filename: filename.clone(),
+            size,
+            sha256: Some(sha256.clone()),
+            mime: mime.or_else(|| guess_mime(&filename).map(str::to_owned)),
+        })
+        .await?;
+    let transfer_id = offer.transfer_id().to_owned();
+    if settings.json {
+        println!(
+            "{}",
+            json!({"event": "pending", "transfer_id": transfer_id, "to": offer.pending.to,
+                   "expires": timestamp::format(offer.pending.expires)})
+        );
+    } else {
+        eprintln!(
+            "Offered {filename} ({}) to {}; waiting for them to accept… (Ctrl-C to give up)",
+            human_bytes(size),
+            offer.pending.to
+        );
+    }
+    let answer = offer.answer();
+    let ctrl_c = tokio::signal::ctrl_c();
+    let grant = tokio::select! {
+        grant = async {
+            match wait {
+                Some(secs) => tokio::time::timeout(Duration::from_secs(secs), answer)
+                    .await
+                    .map_err(|_| anyhow!("{to} did not answer within {secs} s"))?
+                    .map_err(anyhow::Error::from),
+                None => answer.await.map_err(anyhow::Error::from),
+            }
+        } => grant?,
+        _ = ctrl_c => bail!("interrupted while waiting for {to}"),
+    };
+    let bar = progress_bar(settings, size, &filename);
+    let report = transfer::upload(
+        &Transfer::from(&grant),
+        path,
+        Some(progress_of(&bar)),
+        &TransferOptions::default(),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(relay_sha) = &report.sha256 {
+        if !relay_sha.eq_ignore_ascii_case(&sha256) {
+            bail!(ClientError::ChecksumMismatch {
+                expected: sha256,
+                actual: relay_sha.clone(),
+            });
+        }
+    }
+    settings.print(
+        json!({"event": "sent", "ok": true, "transfer_id": transfer_id, "to": to,
+               "filename": filename, "size": size, "sha256": sha256}),
+        || format!("Sent {filename} ({}) to {to}.", human_bytes(size)),
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decide {
+    Accept,
+    Reject,
+    Ask,
+}
+
+async fn ask(offer: &FileOffered) -> Result<bool> {
+    let question = format!(
+        "{} offers {} ({}). Accept? [y/N] ",
+        offer.from,
+        offer.filename,
+        human_bytes(offer.size)
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        eprint!("{question}");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+async fn receive(
+    settings: &Settings,
+    decide: Decide,
+    out: &Path,
+    count: Option<u64>,
+) -> Result<()> {
+    tokio::fs::create_dir_all(out)
+        .await
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let (client, mut events) = settings.login().await?;
+    if !settings.json {
+        eprintln!(
+            "Waiting for files as {}; saving to {}. Ctrl-C to stop.",
+            client.me().unwrap_or_default(),
+            out.display()
+        );
+    }
+    if count == Some(0) {
+        return Ok(());
+    }
+    let mut handled = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let event = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => bail!(ClientError::Closed),
+            },
+        };
+        let offer = match event {
+            Event::FileOffered(offer) => offer,
+            Event::Message(m) if !settings.json => {
+                eprintln!("{}", event_text(&Event::Message(m)));
+                continue;
+            }
+            _ => continue,
+        };
+        let accept = match decide {
+            Decide::Accept => true,
+            Decide::Reject => false,
+            Decide::Ask => ask(&offer).await?,
+        };
+        if accept {
+            let grant = client.accept_file(&offer.transfer_id).await?;
+            download_one(settings, &offer, &grant, out).await?;
+        } else {
+            client.reject_file(&offer.transfer_id).await?;
+            settings.print(
+                json!({"event": "rejected", "transfer_id": offer.transfer_id,
+                       "from": offer.from, "filename": offer.filename}),
+                || format!("Rejected {} from {}.", offer.filename, offer.from),
+            );
+        }
+        handled += 1;
+        if count.is_some_and(|n| handled >= n) {
+            return Ok(());
+        }
+    }
+}
+
+async fn download_one(
+    settings: &Settings,
+    offer: &FileOffered,
+    grant: &DownloadGrant,
+    out: &Path,
+) -> Result<()> {
+    let name = sanitize_filename(&grant.filename)
+        .or_else(|| sanitize_filename(&offer.filename))
+        .unwrap_or_else(|| format!("transfer-{}", offer.transfer_id));
+    let dest = unique_path(out, &name);
+    let bar = progress_bar(settings, grant.size, &name);
+    let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
+    let report = transfer::download(
+        &Transfer::from(grant),
+        &dest,
+        sha,
+        Some(progress_of(&bar)),
+        &TransferOptions::default(),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    settings.print(
+        json!({"event": "received", "ok": true, "transfer_id": offer.transfer_id,
+               "from": offer.from, "filename": name, "path": report.path,
+               "size": report.size, "sha256": report.sha256, "verified": report.verified}),
+        || {
+            format!(
+                "Received {} ({}) from {} → {}{}",
+                name,
+                human_bytes(report.size),
+                offer.from,
+                report.path.display(),
+                if report.verified {
+                    " (SHA-256 verified)"
+                } else {
+                    ""
+                }
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `dir/name`, or `dir/stem (N).ext` when that exists (or a partial download of it does not).
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let candidate = dir.join(name);
+    if !candidate.exists() {
+        return candidate;
+    }
+    let (stem, ext) = match name.rfind('.') {
+        Some(at) if at > 0 => (&name[..at], &name[at..]),
+        _ => (name, ""),
+    };
+    for n in 1..10_000 {
+        let candidate = dir.join(format!("{stem} ({n}){ext}"));
+        if !candidate.exists() {
+            return candidate;
+        }
+    }
+    dir.join(format!(
+        "{stem} ({}){ext}",
+        timestamp::now().unix_timestamp()
+    ))
+}
+
+fn guess_mime(filename: &str) -> Option<&'static str> {
+    let ext = filename.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "svg" => "image/svg+xml",
+        "bmp" => "image/bmp",
+        "txt" => "text/plain",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        _ => return None,
+    })
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn presence_text(p: &Presence) -> String {
+    match p {
+        Presence::Online => "online".to_owned(),
+        Presence::LastSeen(at) => format!("last seen {}", timestamp::format(*at)),
+    }
+}
+
+fn contact_json(c: &Contact) -> Value {
+    json!({"id": c.id, "name": c.name, "group": c.group, "note": c.note,
+           "presence": c.presence.map(|p| p.to_wire())})
+}
+
+fn contact_text(c: &Contact) -> String {
+    let mut s = format!("{:<24} {}", c.id, c.name);
+    if let Some(g) = &c.group {
+        s.push_str(&format!("  [{g}]"));
+    }
+    if let Some(p) = &c.presence {
+        s.push_str(&format!("  ({})", presence_text(p)));
+    }
+    if let Some(n) = c.note.as_deref().filter(|n| !n.is_empty()) {
+        s.push_str(&format!("  “{n}”"));
+    }
+    s
+}
+
+fn update_json(u: &ContactUpdate) -> Value {
+    json!({"id": u.id, "name": u.name, "group": u.group, "note": u.note,
+           "presence": u.presence.map(|p| p.to_wire()), "deleted": u.deleted})
+}
+
+/// One event as a JSON object with a `type` field.
+fn event_json(event: &Event) -> Value {
+    match event {
+        Event::Message(m) => json!({"type": "message", "id": m.id, "from": m.from, "to": m.to,
+                                    "at": timestamp::format(m.at), "text": m.text}),
+        Event::ReadReceipt(r) => json!({"type": "read", "id": r.id, "by": r.by,
+                                        "at": timestamp::format(r.at)}),
+        Event::TypingStarted(t) => json!({"type": "typing", "from": t.from, "typing": true}),
+        Event::TypingEnded(t) => json!({"type": "typing", "from": t.from, "typing": false}),
+        Event::UpdateLastSeen(u) => json!({"type": "last-seen", "id": u.id,
+                                           "at": timestamp::format(u.at)}),
+        Event::ContactUpdated(c) => json!({"type": "contact-updated",
+            "updates": c.updates.iter().map(update_json).collect::<Vec<_>>()}),
+        Event::FileOffered(f) => json!({"type": "file-offer", "transfer_id": f.transfer_id,
+            "from": f.from, "filename": f.filename, "size": f.size, "sha256": f.sha256,
+            "mime": f.mime, "expires": timestamp::format(f.expires)}),
+        Event::DownloadGrant(g) => json!({"type": "file-ready", "transfer_id": g.transfer_id,
+            "from": g.from, "filename": g.filename, "size": g.size, "url": g.url}),
+        Event::UploadGrant(g) => json!({"type": "file-accepted", "transfer_id": g.transfer_id}),
+        Event::FileRejected(r) => json!({"type": "file-rejected", "transfer_id": r.transfer_id,
+                                         "reason": r.reason.as_str()}),
+        Event::MarkReadFailed(f) => json!({"type": "read-failed", "id": f.id,
+                                           "reason": f.reason.as_str()}),
+        other => json!({"type": "other", "packet": other.to_packet().to_string()}),
+    }
+}
+
+fn event_text(event: &Event) -> String {
+    let time = |at| {
+        let s = timestamp::format(at);
+        // 2024-01-01T12:34:56.789Z → 2024-01-01 12:34:56
+        s.get(..19).map(|s| s.replace('T', " ")).unwrap_or(s)
+    };
+    match event {
+        Event::Message(m) => format!("[{}] {}: {}    (id {})", time(m.at), m.from, m.text, m.id),
+        Event::ReadReceipt(r) => format!("[{}] {} read your message {}", time(r.at), r.by, r.id),
+        Event::TypingStarted(t) => format!("{} is typing…", t.from),
+        Event::TypingEnded(t) => format!("{} stopped typing", t.from),
+        Event::UpdateLastSeen(u) => format!("{} was last seen {}", u.id, time(u.at)),
+        Event::ContactUpdated(c) => c
+            .updates
+            .iter()
+            .map(|u| {
+                let mut parts = Vec::new();
+                if u.deleted {
+                    parts.push("removed from contacts".to_owned());
+                }
+                if let Some(p) = &u.presence {
+                    parts.push(presence_text(p));
+                }
+                if let Some(n) = &u.name {
+                    parts.push(format!("name “{n}”"));
+                }
+                if let Some(n) = &u.note {
+                    parts.push(format!("note “{n}”"));
+                }
+                if let Some(g) = &u.group {
+                    parts.push(format!("group “{g}”"));
+                }
+                format!("{}: {}", u.id, parts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Event::FileOffered(f) => format!(
+            "{} offers {} ({}) — `msim receive` to accept (transfer {})",
+            f.from,
+            f.filename,
+            human_bytes(f.size),
+            f.transfer_id
+        ),
+        Event::DownloadGrant(g) => format!("{} from {} is ready to download", g.filename, g.from),
+        Event::UploadGrant(g) => format!("transfer {} was accepted", g.transfer_id),
+        Event::FileRejected(r) => format!("transfer {} rejected: {}", r.transfer_id, r.reason),
+        Event::MarkReadFailed(f) => format!("cannot mark {} read: {}", f.id, f.reason),
+        other => other.to_packet().to_string(),
+    }
+}

@@ -1,0 +1,717 @@
+//! The connection to an msim-chat server: requests with typed answers, pushed events as a
+//! stream.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{SinkExt, Stream, StreamExt};
+use msim_shared::proto::{
+    self, AcceptFile, AckMessage, Connect, ConnectContinue, ConnectOk, Contact, ContactsAdd,
+    ContactsChange, ContactsDelete, ContactsGet, DownloadGrant, Event, FilePending, MarkRead,
+    MessageSent, OfferFile, Ping, Profile, ProfileGet, ProfileUpdate, Register, RejectFile,
+    Request, SendMessage, TypingStart, TypingStop, UploadGrant,
+};
+use msim_shared::{Packet, PacketCodec};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::error::ClientError;
+use crate::router::Router;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long a request waits for its answer.
+    pub request_timeout: Duration,
+    /// Capacity of the event channel. When it is full the reader waits (back-pressure), so
+    /// keep reading events or drop the [`Events`] handle.
+    pub event_buffer: usize,
+    /// Capacity of the outgoing packet queue.
+    pub send_buffer: usize,
+    /// Longest line accepted from the server, in bytes.
+    pub max_line: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(30),
+            event_buffer: 256,
+            send_buffer: 64,
+            max_line: 4 * msim_shared::codec::DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+/// Pushed events from the server: messages, receipts, typing, presence, contact updates, file
+/// offers and grants not claimed by a waiting call, and error packets that answer no request.
+///
+/// Ends (`None`) when the connection closes. Implements [`Stream`].
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the connection is closed.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+struct Inner {
+    out: mpsc::Sender<Packet>,
+    router: Mutex<Router>,
+    next_ref: AtomicU64,
+    session: Mutex<Option<ConnectOk>>,
+    options: ClientOptions,
+    reader: tokio::task::AbortHandle,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// A connection to an msim-chat server. Cheap to clone; every clone shares the connection,
+/// and requests from several tasks are pipelined (each carries its own `ref=`).
+///
+/// The connection closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("session", &self.session())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file offer the server accepted (`SEND-FILE-PROXY-PENDING`); wait for the recipient's
+/// answer with [`OutgoingOffer::answer`].
+#[derive(Debug)]
+pub struct OutgoingOffer {
+    /// What the server said.
+    pub pending: FilePending,
+    client: Client,
+}
+
+impl OutgoingOffer {
+    /// The transfer id.
+    pub fn transfer_id(&self) -> &str {
+        &self.pending.transfer_id
+    }
+
+    /// Waits until the recipient accepts (the upload grant, `SEND-FILE-PROXY-OK`) or the
+    /// transfer is rejected or expires ([`ClientError::FileRejected`]). No timeout: wrap it
+    /// in `tokio::time::timeout` to give up earlier than the offer's expiry.
+    pub async fn answer(&self) -> Result<UploadGrant, ClientError> {
+        let rx = self
+            .client
+            .router()
+            .wait_transfer(&self.pending.transfer_id)
+            .ok_or_else(|| ClientError::Protocol("too many watched transfers".into()))?;
+        match rx.await.map_err(|_| ClientError::Closed)? {
+            Event::UploadGrant(grant) => Ok(grant),
+            Event::FileRejected(r) => Err(ClientError::FileRejected {
+                transfer_id: r.transfer_id,
+                reason: r.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl Drop for OutgoingOffer {
+    fn drop(&mut self) {
+        self.client
+            .router()
+            .disarm_transfer(&self.pending.transfer_id);
+    }
+}
+
+fn unexpected(event: &Event) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {}", event.verb()))
+}
+
+/// Turns an `ERROR-…` answer into an error; other events pass through.
+fn check_error(event: Event) -> Result<Event, ClientError> {
+    match event {
+        Event::ErrorRateLimited(e) => Err(ClientError::RateLimited(e.retry_after)),
+        Event::ErrorNotLoggedIn(_) => Err(ClientError::NotLoggedIn),
+        Event::ErrorMalformed(e) => Err(ClientError::Server {
+            verb: "ERROR-MALFORMED".into(),
+            detail: match e.detail {
+                Some(d) => format!("{} ({d})", e.reason),
+                None => e.reason,
+            },
+        }),
+        Event::ErrorBadState(e) => Err(ClientError::Server {
+            verb: "ERROR-BAD-STATE".into(),
+            detail: e.verb,
+        }),
+        Event::ErrorNotImplemented(e) => Err(ClientError::Server {
+            verb: "ERROR-NOT-IMPLEMENTED".into(),
+            detail: e.verb,
+        }),
+        Event::ErrorLineTooLong(e) => Err(ClientError::Server {
+            verb: "ERROR-LINE-TOO-LONG".into(),
+            detail: format!("max {}", e.max),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// Removes a pending request from the router when its caller stops waiting.
+struct PendingGuard<'a> {
+    client: &'a Client,
+    reference: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.client.router().forget(&self.reference);
+    }
+}
+
+impl Client {
+    /// Connects to a server (`host:port`) with default options. Returns the client and the
+    /// stream of pushed events; drop the [`Events`] if you do not want them.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, Events), ClientError> {
+        Client::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<(Client, Events), ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Client::from_stream(stream, options))
+    }
+
+    /// Runs the protocol over an already connected socket.
+    pub fn from_stream(stream: TcpStream, options: ClientOptions) -> (Client, Events) {
+        let (read, write) = stream.into_split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Packet>(options.send_buffer.max(1));
+        let (event_tx, event_rx) = mpsc::channel(options.event_buffer.max(1));
+
+        let mut sink = FramedWrite::new(write, PacketCodec::new(options.max_line));
+        let writer = tokio::spawn(async move {
+            while let Some(packet) = out_rx.recv().await {
+                tracing::trace!(%packet, "send");
+                if let Err(error) = sink.send(packet).await {
+                    tracing::debug!(%error, "write failed");
+                    break;
+                }
+            }
+        });
+
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            let weak = weak.clone();
+            let pong_tx = out_tx.clone();
+            let frames = FramedRead::new(read, PacketCodec::new(options.max_line));
+            let reader = tokio::spawn(read_loop(frames, weak, pong_tx, event_tx));
+            Inner {
+                out: out_tx,
+                router: Mutex::new(Router::default()),
+                next_ref: AtomicU64::new(1),
+                session: Mutex::new(None),
+                options,
+                reader: reader.abort_handle(),
+                writer: writer.abort_handle(),
+            }
+        });
+        (Client { inner }, Events { rx: event_rx })
+    }
+
+    fn router(&self) -> MutexGuard<'_, Router> {
+        // A panic while holding the lock cannot leave the router inconsistent in a way that
+        // matters more than losing the connection, so recover the guard.
+        self.inner
+            .router
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The session's capabilities after a successful [`Client::login`].
+    pub fn session(&self) -> Option<ConnectOk> {
+        self.inner
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The canonical address after login.
+    pub fn me(&self) -> Option<String> {
+        self.session().map(|s| s.login)
+    }
+
+    fn new_ref(&self) -> String {
+        format!("c{}", self.inner.next_ref.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn send_packet(&self, packet: Packet) -> Result<(), ClientError> {
+        self.inner
+            .out
+            .send(packet)
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends a request with a fresh `ref=` and waits for one of `expects` (or an error
+    /// packet, returned as an error).
+    async fn request(
+        &self,
+        request: impl Into<Request>,
+        expects: &'static [&'static str],
+    ) -> Result<Event, ClientError> {
+        let request = request.into();
+        let reference = self.new_ref();
+        let mut packet = request.to_packet();
+        packet.fields.set("ref", reference.as_str());
+        let rx = self.router().register(&reference, request.verb(), expects);
+        let _guard = PendingGuard {
+            client: self,
+            reference,
+        };
+        self.send_packet(packet).await?;
+        let answer = tokio::time::timeout(self.inner.options.request_timeout, rx)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Closed)?;
+        check_error(answer)
+    }
+
+    /// Sends a request that has no success answer, then a `PING` as a barrier: the server
+    /// handles a connection's packets in order, so a failure answer arrives before the
+    /// `PONG`. Returns the failure answer, if any.
+    async fn request_no_ack(
+        &self,
+        request: impl Into<Request>,
+        failures: &'static [&'static str],
+    ) -> Result<Option<Event>, ClientError> {
+        let request = request.into();
+        let reference = self.new_ref();
+        let mut packet = request.to_packet();
+        packet.fields.set("ref", reference.as_str());
+        let mut rx = self.router().register(&reference, request.verb(), failures);
+        let _guard = PendingGuard {
+            client: self,
+            reference,
+        };
+        self.send_packet(packet).await?;
+        self.ping().await?;
+        match rx.try_recv() {
+            Ok(event) => check_error(event).map(Some),
+            Err(oneshot::error::TryRecvError::Empty) => Ok(None),
+            Err(oneshot::error::TryRecvError::Closed) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Sends a request without waiting for anything.
+    async fn notify(&self, request: impl Into<Request>) -> Result<(), ClientError> {
+        self.send_packet(request.into().to_packet()).await
+    }
+
+    /// `PING` → `PONG`: a round trip to the server.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.request(Ping, &["PONG"]).await.map(|_| ())
+    }
+
+    /// `REGISTER`: creates an account. Returns the canonical address (`login@domain`).
+    pub async fn register(&self, login: &str, password: &str) -> Result<String, ClientError> {
+        let answer = self
+            .request(
+                Register {
+                    login: login.to_owned(),
+                    password: password.to_owned(),
+                },
+                &["REGISTER-OK", "REGISTER-FAILED"],
+            )
+            .await?;
+        match answer {
+            Event::RegisterOk(ok) => Ok(ok.login),
+            Event::RegisterFailed(f) => Err(ClientError::RegisterFailed(f.reason)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Logs in with the salted challenge: `CONNECT` → `CONNECT-ACK salt=` →
+    /// `CONNECT-CONTINUE hash=SHA-256(salt ‖ password)` → `CONNECT-OK`.
+    pub async fn login(&self, login: &str, password: &str) -> Result<ConnectOk, ClientError> {
+        let salt = match self
+            .request(
+                Connect {
+                    login: login.to_owned(),
+                },
+                &["CONNECT-ACK", "CONNECT-FAILED"],
+            )
+            .await?
+        {
+            Event::ConnectAck(ack) => ack.salt,
+            Event::ConnectFailed(f) => {
+                return Err(ClientError::AuthFailed {
+                    reason: f.reason,
+                    retry_after: f.retry_after,
+                })
+            }
+            other => return Err(unexpected(&other)),
+        };
+        let hash = proto::challenge_hash(&salt, password);
+        match self
+            .request(ConnectContinue { hash }, &["CONNECT-OK", "CONNECT-FAILED"])
+            .await?
+        {
+            Event::ConnectOk(ok) => {
+                *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(ok.clone());
+                Ok(ok)
+            }
+            Event::ConnectFailed(f) => Err(ClientError::AuthFailed {
+                reason: f.reason,
+                retry_after: f.retry_after,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `MESSAGE to= text=`: waits until the server stored the message (`MESSAGE-SENT`).
+    pub async fn send_message(&self, to: &str, text: &str) -> Result<MessageSent, ClientError> {
+        match self
+            .request(
+                SendMessage {
+                    to: to.to_owned(),
+                    text: text.to_owned(),
+                },
+                &["MESSAGE-SENT", "MESSAGE-SEND-FAILED"],
+            )
+            .await?
+        {
+            Event::MessageSent(sent) => Ok(sent),
+            Event::MessageSendFailed(f) => Err(ClientError::SendFailed {
+                id: f.id,
+                reason: f.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `MESSAGE-READ id=`: marks a message read (the sender gets a receipt).
+    pub async fn mark_read(&self, id: &str) -> Result<(), ClientError> {
+        match self
+            .request_no_ack(MarkRead { id: id.to_owned() }, &["MESSAGE-READ-FAILED"])
+            .await?
+        {
+            None => Ok(()),
+            Some(Event::MarkReadFailed(f)) => Err(ClientError::ReadFailed {
+                id: f.id,
+                reason: f.reason,
+            }),
+            Some(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// `MESSAGE-ACK id=`: the message is not redelivered at the next login.
+    pub async fn ack(&self, id: &str) -> Result<(), ClientError> {
+        self.notify(AckMessage { id: id.to_owned() }).await
+    }
+
+    /// `TYPING-STARTED to=` (`true`) or `TYPING-END to=` (`false`).
+    pub async fn typing(&self, to: &str, started: bool) -> Result<(), ClientError> {
+        let to = to.to_owned();
+        if started {
+            self.notify(TypingStart { to }).await
+        } else {
+            self.notify(TypingStop { to }).await
+        }
+    }
+
+    /// `CONTACTS-GET`: the contact list.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        match self
+            .request(ContactsGet, &["CONTACTS-GET-RESPONSE"])
+            .await?
+        {
+            Event::ContactsList(list) => Ok(list.contacts),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `CONTACTS-ADD id= [name=] [group=]`.
+    pub async fn add_contact(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let answer = self
+            .request(
+                ContactsAdd {
+                    id: id.to_owned(),
+                    name: name.map(str::to_owned),
+                    group: group.map(str::to_owned),
+                },
+                &["CONTACTS-ADD-OK", "CONTACTS-ADD-FAILED"],
+            )
+            .await?;
+        match answer {
+            Event::ContactsAddOk(_) => Ok(()),
+            Event::ContactsAddFailed(f) => Err(ClientError::ContactFailed {
+                id: f.id,
+                reason: f.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `CONTACTS-CHANGE id= [name=] [group=]`; `group: Some("")` removes the group.
+    pub async fn change_contact(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let answer = self
+            .request(
+                ContactsChange {
+                    id: id.to_owned(),
+                    name: name.map(str::to_owned),
+                    group: group.map(str::to_owned),
+                },
+                &["CONTACTS-CHANGE-OK", "CONTACTS-CHANGE-FAILED"],
+            )
+            .await?;
+        match answer {
+            Event::ContactsChangeOk(_) => Ok(()),
+            Event::ContactsChangeFailed(f) => Err(ClientError::ContactFailed {
+                id: f.id,
+                reason: f.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `CONTACTS-DELETE id=`.
+    pub async fn delete_contact(&self, id: &str) -> Result<(), ClientError> {
+        let answer = self
+            .request(
+                ContactsDelete { id: id.to_owned() },
+                &["CONTACTS-DELETE-OK", "CONTACTS-DELETE-FAILED"],
+            )
+            .await?;
+        match answer {
+            Event::ContactsDeleteOk(_) => Ok(()),
+            Event::ContactsDeleteFailed(f) => Err(ClientError::ContactFailed {
+                id: f.id,
+                reason: f.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `PROFILE-UPDATE [name=] [note=]`.
+    pub async fn update_profile(
+        &self,
+        name: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let answer = self
+            .request(
+                ProfileUpdate {
+                    name: name.map(str::to_owned),
+                    note: note.map(str::to_owned),
+                },
+                &["PROFILE-UPDATE-OK", "PROFILE-UPDATE-FAILED"],
+            )
+            .await?;
+        match answer {
+            Event::ProfileUpdateOk(_) => Ok(()),
+            Event::ProfileUpdateFailed(f) => Err(ClientError::ProfileFailed(f.reason)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `PROFILE-GET [id=]`: your own profile (`None`) or a local user's.
+    pub async fn profile(&self, id: Option<&str>) -> Result<Profile, ClientError> {
+        let answer = self
+            .request(
+                ProfileGet {
+                    id: id.map(str::to_owned),
+                },
+                &["PROFILE", "PROFILE-UPDATE-FAILED"],
+            )
+            .await?;
+        match answer {
+            Event::Profile(p) => Ok(p),
+            Event::ProfileUpdateFailed(f) => Err(ClientError::ProfileFailed(f.reason)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `SEND-FILE-PROXY`: offers a file. Returns once the server registered the offer
+    /// (`SEND-FILE-PROXY-PENDING`, with the transfer id); then wait for the recipient with
+    /// [`OutgoingOffer::answer`].
+    pub async fn offer_file(&self, offer: OfferFile) -> Result<OutgoingOffer, ClientError> {
+        let answer = self
+            .request(
+                offer,
+                &["SEND-FILE-PROXY-PENDING", "SEND-FILE-PROXY-REJECTED"],
+            )
+            .await?;
+        match answer {
+            Event::FilePending(pending) => Ok(OutgoingOffer {
+                pending,
+                client: self.clone(),
+            }),
+            Event::FileRejected(r) => Err(ClientError::FileRejected {
+                transfer_id: r.transfer_id,
+                reason: r.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `SEND-FILE-PROXY-ACCEPT`: accepts an offer and waits for the download grant
+    /// (`SEND-FILE-PROXY-READY`).
+    pub async fn accept_file(&self, transfer_id: &str) -> Result<DownloadGrant, ClientError> {
+        if !self.router().arm_transfer(transfer_id) {
+            return Err(ClientError::Protocol("too many watched transfers".into()));
+        }
+        let result = self.accept_armed(transfer_id).await;
+        self.router().disarm_transfer(transfer_id);
+        result
+    }
+
+    async fn accept_armed(&self, transfer_id: &str) -> Result<DownloadGrant, ClientError> {
+        let accept = AcceptFile {
+            transfer_id: transfer_id.to_owned(),
+        };
+        // The grant may come with our ref or as a push to all our sessions; take whichever
+        // comes first. A failure comes with the ref.
+        let slot = self
+            .router()
+            .wait_transfer(transfer_id)
+            .ok_or_else(|| ClientError::Protocol("transfer not watched".into()))?;
+        let direct = self.request(
+            accept,
+            &["SEND-FILE-PROXY-READY", "SEND-FILE-PROXY-ANSWER-FAILED"],
+        );
+        let timeout = self.inner.options.request_timeout;
+        let answer = tokio::select! {
+            direct = direct => direct?,
+            pushed = tokio::time::timeout(timeout, slot) => {
+                pushed.map_err(|_| ClientError::Timeout)?.map_err(|_| ClientError::Closed)?
+            }
+        };
+        match answer {
+            Event::DownloadGrant(grant) => Ok(grant),
+            Event::FileAnswerFailed(f) => Err(ClientError::AnswerFailed {
+                transfer_id: f.transfer_id,
+                reason: f.reason,
+            }),
+            Event::FileRejected(r) => Err(ClientError::FileRejected {
+                transfer_id: r.transfer_id,
+                reason: r.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `SEND-FILE-PROXY-REJECT`: declines an offer.
+    pub async fn reject_file(&self, transfer_id: &str) -> Result<(), ClientError> {
+        let reject = RejectFile {
+            transfer_id: transfer_id.to_owned(),
+        };
+        match self
+            .request_no_ack(reject, &["SEND-FILE-PROXY-ANSWER-FAILED"])
+            .await?
+        {
+            None => Ok(()),
+            Some(Event::FileAnswerFailed(f)) => Err(ClientError::AnswerFailed {
+                transfer_id: f.transfer_id,
+                reason: f.reason,
+            }),
+            Some(other) => Err(unexpected(&other)),
+        }
+    }
+}
+
+type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, PacketCodec>;
+
+/// The connection's reader: answers PINGs, routes replies, forwards events.
+async fn read_loop(
+    mut frames: Frames,
+    inner: std::sync::Weak<Inner>,
+    out: mpsc::Sender<Packet>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut events = Some(events);
+    while let Some(item) = frames.next().await {
+        let packet = match item {
+            Ok(Ok(packet)) => packet,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "malformed packet from the server");
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "read failed");
+                break;
+            }
+        };
+        tracing::trace!(%packet, "recv");
+        let event = match Event::from_packet(&packet) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, verb = %packet.verb, "undecodable packet from the server");
+                continue;
+            }
+        };
+        if let Event::Ping(_) = event {
+            let pong = Packet::new("PONG").with_opt("ref", packet.reference());
+            if out.send(pong).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let Some(inner) = inner.upgrade() else { break };
+        let routed = inner
+            .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .route(&packet, event);
+        drop(inner);
+        if let (Some(event), Some(tx)) = (routed, events.as_ref()) {
+            if tx.send(event).await.is_err() {
+                // Nobody listens; keep routing replies.
+                events = None;
+            }
+        }
+    }
+    // Pending requests see their senders dropped (ClientError::Closed).
+    if let Some(inner) = inner.upgrade() {
+        inner
+            .router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close();
+    }
+}

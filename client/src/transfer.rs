@@ -1,0 +1,649 @@
+//! File transfer over the relay's HTTP API (PROTOCOL.md §11): streamed, resumable uploads
+//! (`HEAD` for the offset, `PUT` or `PATCH` with `Upload-Offset`) and streamed, resumable
+//! downloads (`GET` with `Range`), with SHA-256 checks and progress callbacks.
+//!
+//! Files are never loaded into memory: bodies are read from and written to disk in chunks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::io::ReaderStream;
+
+use crate::error::ClientError;
+
+/// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+const UPLOAD_OFFSET: &str = "upload-offset";
+const MSIM_SHA256: &str = "msim-sha256";
+const MSIM_COMPLETE: &str = "msim-upload-complete";
+const CHUNK: usize = 64 * 1024;
+/// Error bodies are read up to this many bytes.
+const MAX_ERROR_BODY: usize = 4096;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Where and how to reach one transfer on a relay: the URL and the bearer token from
+/// `SEND-FILE-PROXY-OK` (upload) or `SEND-FILE-PROXY-READY` (download).
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// `http://host:port/v1/transfers/ID`.
+    pub url: String,
+    /// The capability token.
+    pub token: String,
+    /// The declared size.
+    pub size: u64,
+}
+
+impl From<&msim_shared::proto::UploadGrant> for Transfer {
+    fn from(g: &msim_shared::proto::UploadGrant) -> Self {
+        Transfer {
+            url: grant_url(&g.url, &g.connect, g.port, &g.transfer_id),
+            token: g.token.clone(),
+            size: 0,
+        }
+    }
+}
+
+impl From<&msim_shared::proto::DownloadGrant> for Transfer {
+    fn from(g: &msim_shared::proto::DownloadGrant) -> Self {
+        Transfer {
+            url: grant_url(&g.url, &g.connect, g.port, &g.transfer_id),
+            token: g.token.clone(),
+            size: g.size,
+        }
+    }
+}
+
+fn grant_url(url: &str, connect: &str, port: u16, id: &str) -> String {
+    if url.is_empty() {
+        format!("http://{connect}:{port}/v1/transfers/{id}")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// Retry policy for interrupted transfers.
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// Attempts (first try included) before giving up.
+    pub attempts: u32,
+    /// Delay before the first retry; doubles each time.
+    pub retry_delay: Duration,
+    /// Timeout for connecting and for each response's headers.
+    pub timeout: Duration,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            attempts: 6,
+            retry_delay: Duration::from_millis(250),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a completed upload reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Bytes stored by the relay.
+    pub size: u64,
+    /// The relay's SHA-256 of the stored file, when it said.
+    pub sha256: Option<String>,
+    /// Whether the upload continued an earlier, interrupted one.
+    pub resumed: bool,
+}
+
+/// What a completed download produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// The file written.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256 (lowercase hex).
+    pub sha256: String,
+    /// Whether the SHA-256 was checked against an announced one.
+    pub verified: bool,
+    /// Whether the download continued an earlier, interrupted one.
+    pub resumed: bool,
+}
+
+/// Lowercase hex SHA-256 of a file, streamed.
+pub async fn sha256_file(path: &Path) -> Result<String, ClientError> {
+    let mut file = File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+struct Target {
+    uri: Uri,
+    authority: String,
+}
+
+fn target(url: &str) -> Result<Target, ClientError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        other => {
+            return Err(ClientError::BadUrl(format!(
+                "{url}: unsupported scheme {other:?} (only http)"
+            )))
+        }
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::BadUrl(format!("{url}: no host")))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let authority = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(Target { uri, authority })
+}
+
+/// Sends one request on a fresh connection.
+async fn send(
+    target: &Target,
+    request: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, ClientError> {
+    let connect = TcpStream::connect(&target.authority);
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| ClientError::Http(format!("connecting to {} timed out", target.authority)))?
+        .map_err(|e| ClientError::Http(format!("connecting to {}: {e}", target.authority)))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "relay connection ended");
+        }
+    });
+    // The body is streamed by the connection task while we wait for the answer: the whole
+    // request may take long, only the headers must come within `timeout` once it is sent.
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+fn request(method: Method, target: &Target, token: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(target.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, target.authority.as_str())
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(
+            header::USER_AGENT,
+            concat!("msim/", env!("CARGO_PKG_VERSION")),
+        )
+}
+
+fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn header_u64(response: &Response<Incoming>, name: &str) -> Option<u64> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn header_text(response: &Response<Incoming>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Reads the start of an error body for the message.
+async fn error_status(response: Response<Incoming>) -> ClientError {
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut message = Vec::new();
+    while message.len() < MAX_ERROR_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = MAX_ERROR_BODY - message.len();
+                    message.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            _ => break,
+        }
+    }
+    ClientError::RelayStatus {
+        status,
+        message: String::from_utf8_lossy(&message).trim().to_owned(),
+    }
+}
+
+/// Whether an error is worth retrying (the connection broke, or the relay is busy).
+fn transient(error: &ClientError) -> bool {
+    match error {
+        ClientError::Http(_) | ClientError::Io(_) => true,
+        ClientError::RelayStatus { status, .. } => {
+            *status >= 500 || *status == 409 || *status == 429 || *status == 408
+        }
+        _ => false,
+    }
+}
+
+/// Uploads `path` (exactly `size` bytes, checked against the file) to a transfer, resuming
+/// where the relay stopped if an earlier attempt was interrupted.
+pub async fn upload(
+    transfer: &Transfer,
+    path: &Path,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+) -> Result<UploadReport, ClientError> {
+    let target = target(&transfer.url)?;
+    let size = tokio::fs::metadata(path).await?.len();
+    if transfer.size != 0 && transfer.size != size {
+        return Err(ClientError::SizeMismatch {
+            expected: transfer.size,
+            actual: size,
+        });
+    }
+    let mut delay = options.retry_delay;
+    let mut attempt = 0;
+    let mut resumed = false;
+    // The first attempt skips HEAD: a new transfer has nothing stored yet.
+    let mut known_offset = Some(0u64);
+    loop {
+        attempt += 1;
+        let result = async {
+            let offset = match known_offset.take() {
+                Some(offset) => offset,
+                None => match upload_offset(&target, &transfer.token, options).await? {
+                    Offset::Complete(sha) => {
+                        return Ok(Step::Done(UploadReport {
+                            size,
+                            sha256: sha,
+                            resumed: true,
+                        }))
+                    }
+                    Offset::At(n) => n,
+                },
+            };
+            if offset > 0 {
+                resumed = true;
+            }
+            upload_from(&target, transfer, path, size, offset, &progress, options).await
+        }
+        .await;
+        match result {
+            Ok(Step::Done(mut report)) => {
+                report.resumed |= resumed;
+                return Ok(report);
+            }
+            Ok(Step::ResumeAt(offset)) => {
+                // The relay told us where to go on: no need to ask.
+                known_offset = Some(offset);
+                if attempt >= options.attempts {
+                    return Err(ClientError::Http(format!(
+                        "upload did not complete after {attempt} attempts"
+                    )));
+                }
+            }
+            Err(error) if transient(&error) && attempt < options.attempts => {
+                tracing::info!(%error, attempt, "upload interrupted; resuming");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+enum Offset {
+    At(u64),
+    Complete(Option<String>),
+}
+
+enum Step {
+    Done(UploadReport),
+    ResumeAt(u64),
+}
+
+async fn upload_offset(
+    target: &Target,
+    token: &str,
+    options: &TransferOptions,
+) -> Result<Offset, ClientError> {
+    let req = request(Method::HEAD, target, token)
+        .body(empty())
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = send(target, req, options.timeout).await?;
+    match response.status() {
+        StatusCode::NOT_FOUND => Ok(Offset::At(0)),
+        s if s.is_success() => {
+            if header_text(&response, MSIM_COMPLETE).as_deref() == Some("true") {
+                return Ok(Offset::Complete(header_text(&response, MSIM_SHA256)));
+            }
+            Ok(Offset::At(
+                header_u64(&response, UPLOAD_OFFSET).unwrap_or(0),
+            ))
+        }
+        _ => Err(error_status(response).await),
+    }
+}
+
+async fn upload_from(
+    target: &Target,
+    transfer: &Transfer,
+    path: &Path,
+    size: u64,
+    offset: u64,
+    progress: &Option<Progress>,
+    options: &TransferOptions,
+) -> Result<Step, ClientError> {
+    let mut file = File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let len = size - offset.min(size);
+    let mut done = offset;
+    if let Some(p) = progress {
+        p(done, size);
+    }
+    let progress_cb = progress.clone();
+    let stream = ReaderStream::with_capacity(file.take(len), CHUNK).map(move |chunk| {
+        chunk.map(|data| {
+            done += data.len() as u64;
+            if let Some(p) = &progress_cb {
+                p(done, size);
+            }
+            Frame::data(data)
+        })
+    });
+    let body = StreamBody::new(stream).boxed_unsync();
+    let method = if offset == 0 {
+        Method::PUT
+    } else {
+        Method::PATCH
+    };
+    let mut builder = request(method, target, &transfer.token)
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if offset > 0 {
+        builder = builder.header(UPLOAD_OFFSET, offset);
+    }
+    let req = builder
+        .body(body)
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = send(target, req, options.timeout).await?;
+    let status = response.status();
+    let relay_offset = header_u64(&response, UPLOAD_OFFSET);
+    match status {
+        StatusCode::OK | StatusCode::CREATED => Ok(Step::Done(UploadReport {
+            size,
+            sha256: header_text(&response, MSIM_SHA256),
+            resumed: offset > 0,
+        })),
+        // Stored part of it (the relay wants more).
+        StatusCode::NO_CONTENT => match relay_offset {
+            Some(n) if n > offset && n < size => Ok(Step::ResumeAt(n)),
+            Some(n) if n >= size => Ok(Step::Done(UploadReport {
+                size,
+                sha256: None,
+                resumed: offset > 0,
+            })),
+            _ => Err(ClientError::Http("upload made no progress".into())),
+        },
+        // The relay has a different offset (an earlier attempt got further, or less far).
+        StatusCode::CONFLICT if relay_offset.is_some_and(|n| n != offset && n <= size) => {
+            Ok(Step::ResumeAt(relay_offset.unwrap_or(0)))
+        }
+        _ => Err(error_status(response).await),
+    }
+}
+
+/// Downloads a transfer to `dest`, streaming (the relay may still be receiving the upload).
+///
+/// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`.
+/// The result is renamed to `dest` only when complete and, if `expected_sha256` (or the
+/// relay's `Msim-Sha256` header) is known, verified.
+pub async fn download(
+    transfer: &Transfer,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+) -> Result<DownloadReport, ClientError> {
+    let target = target(&transfer.url)?;
+    let part = part_path(dest);
+    let mut delay = options.retry_delay;
+    let mut attempt = 0;
+    let mut resumed = false;
+    let mut relay_sha = None;
+    loop {
+        attempt += 1;
+        let have = match tokio::fs::metadata(&part).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if have > 0 {
+            resumed = true;
+        }
+        let result = download_from(
+            &target,
+            transfer,
+            &part,
+            have,
+            &progress,
+            options,
+            &mut relay_sha,
+        )
+        .await;
+        match result {
+            Ok(()) => break,
+            Err(error) if download_transient(&error) && attempt < options.attempts => {
+                tracing::info!(%error, attempt, "download interrupted; resuming");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let size = tokio::fs::metadata(&part).await?.len();
+    if transfer.size != 0 && size != transfer.size {
+        return Err(ClientError::SizeMismatch {
+            expected: transfer.size,
+            actual: size,
+        });
+    }
+    let sha256 = sha256_file(&part).await?;
+    let expected = expected_sha256
+        .map(str::to_ascii_lowercase)
+        .or(relay_sha.map(|s: String| s.to_ascii_lowercase()));
+    if let Some(expected) = &expected {
+        if *expected != sha256 {
+            // Keep nothing that does not match: a resumed .part could be the culprit.
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(ClientError::ChecksumMismatch {
+                expected: expected.clone(),
+                actual: sha256,
+            });
+        }
+    }
+    tokio::fs::rename(&part, dest).await?;
+    Ok(DownloadReport {
+        path: dest.to_owned(),
+        size,
+        sha256,
+        verified: expected.is_some(),
+        resumed,
+    })
+}
+
+fn download_transient(error: &ClientError) -> bool {
+    // 404: the upload has not started yet (the relay waits a while, then says so).
+    transient(error) || matches!(error, ClientError::RelayStatus { status: 404, .. })
+}
+
+/// `dest` with `.part` appended to the file name.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    dest.with_file_name(name)
+}
+
+async fn download_from(
+    target: &Target,
+    transfer: &Transfer,
+    part: &Path,
+    have: u64,
+    progress: &Option<Progress>,
+    options: &TransferOptions,
+    relay_sha: &mut Option<String>,
+) -> Result<(), ClientError> {
+    if transfer.size != 0 && have >= transfer.size {
+        return Ok(());
+    }
+    let mut builder = request(Method::GET, target, &transfer.token);
+    if have > 0 {
+        builder = builder.header(header::RANGE, format!("bytes={have}-"));
+    }
+    let req = builder
+        .body(empty())
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = send(target, req, options.timeout).await?;
+    let (mut file, mut done) = match response.status() {
+        StatusCode::OK => {
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(part)
+                .await?;
+            (file, 0)
+        }
+        StatusCode::PARTIAL_CONTENT => {
+            let file = OpenOptions::new().append(true).open(part).await?;
+            (file, have)
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
+            // We have everything (or more than the relay: then the check fails later).
+            return Ok(());
+        }
+        _ => return Err(error_status(response).await),
+    };
+    if let Some(sha) = header_text(&response, MSIM_SHA256) {
+        *relay_sha = Some(sha);
+    }
+    let total = if transfer.size != 0 {
+        transfer.size
+    } else {
+        done + header_u64(&response, header::CONTENT_LENGTH.as_str()).unwrap_or(0)
+    };
+    if let Some(p) = progress {
+        p(done, total);
+    }
+    let mut body = response.into_body();
+    let result = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if transfer.size != 0 && done + data.len() as u64 > transfer.size {
+                    return Err(ClientError::SizeMismatch {
+                        expected: transfer.size,
+                        actual: done + data.len() as u64,
+                    });
+                }
+                file.write_all(&data).await?;
+                done += data.len() as u64;
+                if let Some(p) = progress {
+                    p(done, total);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Keep what arrived for the next attempt.
+    file.flush().await?;
+    file.sync_data().await?;
+    result?;
+    if transfer.size != 0 && done < transfer.size {
+        return Err(ClientError::Http(format!(
+            "connection closed after {done} of {} bytes",
+            transfer.size
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = target("http://127.0.0.1:3215/v1/transfers/abc").expect("valid");
+        assert_eq!(t.authority, "127.0.0.1:3215");
+        assert_eq!(t.uri.path(), "/v1/transfers/abc");
+        let t = target("http://relay.example/v1/transfers/abc").expect("valid");
+        assert_eq!(t.authority, "relay.example:80");
+        assert!(target("https://relay.example/x").is_err());
+        assert!(target("not a url").is_err());
+    }
+
+    #[test]
+    fn part_paths() {
+        assert_eq!(
+            part_path(Path::new("/tmp/cat.jpg")),
+            PathBuf::from("/tmp/cat.jpg.part")
+        );
+    }
+
+    #[test]
+    fn grant_url_falls_back_to_connect_and_port() {
+        assert_eq!(
+            grant_url("", "10.0.0.1", 3215, "T"),
+            "http://10.0.0.1:3215/v1/transfers/T"
+        );
+        assert_eq!(grant_url("http://x/y", "h", 1, "T"), "http://x/y");
+    }
+}
