@@ -246,7 +246,8 @@ async fn main() -> Result<()> {
             .await
             .with_context(|| format!("binding embedded relay on {relay_listen}"))?;
         let relay_addr = listener.local_addr()?;
-        let rc = msim_relay::RelayConfig::new(config.data_dir.join("relay"), keyring);
+        let mut rc = msim_relay::RelayConfig::new(config.data_dir.join("relay"), keyring);
+        rc.max_file_size = config.max_file_size;
         let stop2 = stop.clone();
         relay_task = Some(tokio::spawn(async move {
             msim_relay::serve(listener, rc, stop2.cancelled_owned()).await
