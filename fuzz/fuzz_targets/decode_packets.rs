@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use msim_shared::proto::{Event, Request};
 use msim_shared::PacketCodec;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     let (split, data) = match data.split_first() {
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = Request::from_packet(&packet);
         let _ = Event::from_packet(&packet);
         let mut wire = BytesMut::new();
-        PacketCodec::default().encode(&packet, &mut wire).expect("encode");
+        PacketCodec::default().encode_packet(&packet, &mut wire);
         let mut again = PacketCodec::default();
         let decoded = again.decode(&mut wire).expect("no io errors");
         let decoded = match decoded {

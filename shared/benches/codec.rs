@@ -6,7 +6,7 @@ use msim_shared::proto::{Message, Request, SendMessage};
 use msim_shared::token::{Capability, Direction, Keyring};
 use msim_shared::{timestamp, Packet, PacketCodec};
 use std::hint::black_box;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 fn message() -> Packet {
     use msim_shared::proto::Body;
@@ -26,11 +26,11 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("packet");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode", |b| {
-        let mut codec = PacketCodec::default();
+        let codec = PacketCodec::default();
         let mut buf = BytesMut::with_capacity(4096);
         b.iter(|| {
             buf.clear();
-            codec.encode(black_box(&packet), &mut buf).unwrap();
+            codec.encode_packet(black_box(&packet), &mut buf);
         })
     });
     group.bench_function("decode", |b| {

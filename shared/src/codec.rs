@@ -258,22 +258,22 @@ impl Decoder for PacketCodec {
     }
 }
 
-impl Encoder<&Packet> for PacketCodec {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+impl PacketCodec {
+    /// Appends a packet's wire form to `dst` without taking ownership of it.
+    pub fn encode_packet(&self, packet: &Packet, dst: &mut BytesMut) {
         let mut text = String::new();
         packet.encode(&mut text);
         dst.extend_from_slice(text.as_bytes());
-        Ok(())
     }
 }
 
+// One Encoder impl only: a second (for `&Packet`) would make `SinkExt::flush` ambiguous.
 impl Encoder<Packet> for PacketCodec {
     type Error = std::io::Error;
 
     fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), std::io::Error> {
-        self.encode(&packet, dst)
+        self.encode_packet(&packet, dst);
+        Ok(())
     }
 }
 

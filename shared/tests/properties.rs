@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use msim_shared::codec::Decoded;
 use msim_shared::{percent, Fields, Packet, PacketCodec};
 use proptest::prelude::*;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 fn verb() -> impl Strategy<Value = String> {
     "[A-Z0-9-]{1,24}".prop_filter("list verbs need lists", |v| {
@@ -54,7 +54,7 @@ proptest! {
         let value: String = value.into_iter().collect();
         let packet = Packet::new("MESSAGE").with("text", value.clone());
         let mut buf = BytesMut::new();
-        PacketCodec::default().encode(&packet, &mut buf).unwrap();
+        PacketCodec::default().encode_packet(&packet, &mut buf);
         let items = decode_all(&mut PacketCodec::default(), &mut buf);
         prop_assert_eq!(items.len(), 1);
         prop_assert_eq!(items[0].as_ref().unwrap().get("text"), Some(value.as_str()));
@@ -64,7 +64,7 @@ proptest! {
     fn any_packet_round_trips(verb in verb(), fields in fields()) {
         let packet = Packet { verb, fields, list: None };
         let mut buf = BytesMut::new();
-        PacketCodec::default().encode(&packet, &mut buf).unwrap();
+        PacketCodec::default().encode_packet(&packet, &mut buf);
         let items = decode_all(&mut PacketCodec::default(), &mut buf);
         prop_assert_eq!(items, vec![Ok(packet)]);
     }
@@ -73,7 +73,7 @@ proptest! {
     fn any_list_round_trips(head in fields(), records in prop::collection::vec(record(), 0..6)) {
         let packet = Packet { verb: "CONTACT-UPDATED".into(), fields: head, list: Some(records) };
         let mut buf = BytesMut::new();
-        PacketCodec::default().encode(&packet, &mut buf).unwrap();
+        PacketCodec::default().encode_packet(&packet, &mut buf);
         let items = decode_all(&mut PacketCodec::default(), &mut buf);
         prop_assert_eq!(items, vec![Ok(packet)]);
     }
@@ -86,7 +86,7 @@ proptest! {
         let packets: Vec<Packet> = packets.into_iter().map(|(verb, fields)| Packet { verb, fields, list: None }).collect();
         let mut wire = BytesMut::new();
         for p in &packets {
-            PacketCodec::default().encode(p, &mut wire).unwrap();
+            PacketCodec::default().encode_packet(p, &mut wire);
         }
         let at = split.index(wire.len() + 1);
         let mut codec = PacketCodec::default();

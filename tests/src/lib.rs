@@ -1,1 +1,3 @@
-//! e2e helpers
+//! End-to-end test helpers and the `msim-load` load generator.
+
+pub mod load;

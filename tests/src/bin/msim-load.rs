@@ -1,1 +1,302 @@
-fn main() {}
+//! msim-load: load generator and benchmark driver for mSIM.
+//!
+//! Starts the real `msim-chat` and `msim-relay` binaries (from the same target directory) with
+//! fresh data directories, drives them with many simulated users over loopback, and reports a
+//! table (stderr/stdout) and JSON. Every figure that has a natural baseline — loopback TCP
+//! throughput, disk write throughput, fsyncs per second, TCP round trip — is also given as a
+//! ratio to that baseline measured in the same run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use msim_shared::token::{generate_secret_text, Keyring};
+use msim_tests::load::report::{percentile, Report};
+use msim_tests::load::{baseline, chat, procs, relay, wire};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Load generator and benchmark driver for msim-chat and msim-relay",
+    after_help = "Examples:\n  cargo build --release --workspace\n  target/release/msim-load                 # everything, full size (minutes)\n  target/release/msim-load --smoke         # every scenario, tiny, seconds\n  target/release/msim-load --only messages --json out.json"
+)]
+struct Args {
+    /// Run every scenario at a tiny size (seconds); used by CI to keep the tool working.
+    #[arg(long)]
+    smoke: bool,
+    /// Run only these scenarios (baseline is always run).
+    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "relay"])]
+    only: Vec<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Idle authenticated connections to open.
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Source addresses 127.0.0.1..=N used for client sockets.
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// Sender→recipient pairs for the message scenarios.
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Messages in flight per sender at saturation.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Offered rate for the latency scenario, messages/s.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Seconds measured per message/login scenario (after 1 s of warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Size of the large relayed transfer, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    transfer_size: u64,
+    /// Number of 100 KiB transfers on kept-alive connections.
+    #[arg(long, default_value_t = 5_000)]
+    small_transfers: usize,
+    /// Number of concurrent 1 MiB transfers.
+    #[arg(long, default_value_t = 200)]
+    concurrent: usize,
+    /// Directory for server data (default: a fresh temporary directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+
+    fn shrink_for_smoke(&mut self) {
+        self.connections = 200;
+        self.sources = 2;
+        self.pairs = 4;
+        self.window = 8;
+        self.rate = 200.0;
+        self.seconds = 0.5;
+        self.transfer_size = 8 << 20;
+        self.small_transfers = 20;
+        self.concurrent = 8;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = Args::parse();
+    if args.smoke {
+        args.shrink_for_smoke();
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = args.data_dir.clone().unwrap_or_else(|| tmp.path().into());
+    std::fs::create_dir_all(&data)?;
+    let mut report = Report::default();
+
+    eprintln!("== baselines");
+    let tcp_bytes = if args.smoke { 64 << 20 } else { 2 << 30 };
+    let loopback = baseline::loopback_tcp(tcp_bytes).await?;
+    report.add("baseline", "loopback TCP throughput", loopback / 1e9, "GB/s");
+    let disk = baseline::disk_write(&data, if args.smoke { 16 << 20 } else { 1 << 30 })?;
+    report.add("baseline", "disk write throughput (+fsync)", disk / 1e9, "GB/s");
+    let fsyncs = baseline::fsyncs(&data, if args.smoke { 20 } else { 500 })?;
+    report.add("baseline", "fdatasync per second", fsyncs, "1/s");
+    let (rtts, rtt_p50) = baseline::loopback_round_trip(if args.smoke { 200 } else { 20_000 }).await?;
+    report.add("baseline", "loopback round trips per second", rtts, "1/s");
+    report.add("baseline", "loopback round trip p50", rtt_p50 * 1e3, "ms");
+
+    let chat_scenarios = ["connections", "messages", "latency", "logins"];
+    if chat_scenarios.iter().any(|s| args.wants(s)) {
+        run_chat(&args, &data, &mut report, fsyncs, rtt_p50).await?;
+    }
+    if args.wants("relay") {
+        run_relay(&args, &data, &mut report, loopback, disk).await?;
+    }
+
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_chat(
+    args: &Args,
+    data: &std::path::Path,
+    report: &mut Report,
+    fsyncs: f64,
+    rtt_p50: f64,
+) -> Result<()> {
+    let bin = procs::sibling_binary("msim-chat")?;
+    let addr = procs::free_addr()?;
+    let relay_addr = procs::free_addr()?;
+    let chat_dir = data.join("chat");
+    let server = procs::start(
+        &bin,
+        &[
+            "--listen".into(),
+            addr.to_string(),
+            "--embedded-relay-listen".into(),
+            relay_addr.to_string(),
+            "--data-dir".into(),
+            chat_dir.display().to_string(),
+            "--max-connections".into(),
+            (args.connections + 2_000).to_string(),
+        ],
+        addr,
+        &[],
+    )?;
+    let sources = wire::sources(args.sources);
+    let prefix = "load";
+    let users = args.connections.max(2 * args.pairs);
+    eprintln!("== registering {users} users");
+    chat::register_users(addr, prefix, users, &sources).await?;
+
+    if args.wants("connections") {
+        eprintln!("== {} idle authenticated connections", args.connections);
+        let before = server.rss().unwrap_or(0);
+        let (conns, rate) =
+            chat::open_idle(addr, prefix, args.connections, &sources, 256).await?;
+        // Let the server settle its per-session allocations before reading RSS.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = server.rss().unwrap_or(0);
+        let per = after.saturating_sub(before) as f64 / conns.len() as f64;
+        report.add("connections", "idle authenticated connections", conns.len() as f64, "conns");
+        report.add_ratio(
+            "connections",
+            "server RSS per idle connection",
+            per / 1024.0,
+            "KiB",
+            None,
+            Some("<= 10 KiB"),
+        );
+        report.add("connections", "server RSS with all connected", after as f64 / 1048576.0, "MiB");
+        report.add("connections", "concurrent logins while connecting", rate, "1/s");
+        drop(conns);
+    }
+
+    let run = |rate| chat::MessageRun {
+        pairs: args.pairs,
+        window: args.window,
+        rate,
+        warmup: Duration::from_secs_f64(if args.smoke { 0.2 } else { 1.0 }),
+        measure: Duration::from_secs_f64(args.seconds),
+        ack: true,
+    };
+    if args.wants("messages") {
+        eprintln!("== message throughput at saturation ({} pairs, window {})", args.pairs, args.window);
+        let r = chat::messages(addr, prefix, run(None)).await?;
+        report.add_ratio(
+            "messages",
+            "online→online delivered, durable",
+            r.delivered_per_sec,
+            "msg/s",
+            Some(("fdatasync/s", fsyncs)),
+            Some(">= 50000 msg/s"),
+        );
+        report.add("messages", "MESSAGE-SENT acknowledged", r.sent_per_sec, "msg/s");
+    }
+    if args.wants("latency") {
+        eprintln!("== latency at {} msg/s offered", args.rate);
+        let r = chat::messages(addr, prefix, run(Some(args.rate))).await?;
+        report.add("latency", "delivered at fixed offered rate", r.delivered_per_sec, "msg/s");
+        for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9)] {
+            let v = percentile(&r.latencies, p);
+            report.add_ratio(
+                "latency",
+                &format!("send→deliver {name}"),
+                v * 1e3,
+                "ms",
+                Some(("loopback RTT p50", rtt_p50 * 1e3)),
+                (name == "p99").then_some("<= 10 ms"),
+            );
+        }
+    }
+    if args.wants("logins") {
+        eprintln!("== logins per second");
+        let rate = chat::logins(addr, prefix, users, 32, &sources, args.seconds).await?;
+        report.add("logins", "logins per second (connect+challenge+OK)", rate, "1/s");
+    }
+    drop(server);
+    Ok(())
+}
+
+async fn run_relay(
+    args: &Args,
+    data: &std::path::Path,
+    report: &mut Report,
+    loopback: f64,
+    disk: f64,
+) -> Result<()> {
+    let bin = procs::sibling_binary("msim-relay")?;
+    let addr = procs::free_addr()?;
+    let secret = generate_secret_text();
+    let keyring = Keyring::from_secret_text(&secret)?;
+    let relay_dir = data.join("relay");
+    let server = procs::start(
+        &bin,
+        &[
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            relay_dir.display().to_string(),
+            "--max-file-size".into(),
+            (args.transfer_size.max(1 << 20)).to_string(),
+            "--quota".into(),
+            (u64::MAX / 4).to_string(),
+            "--capacity".into(),
+            (u64::MAX / 4).to_string(),
+            "--min-free".into(),
+            "0".into(),
+        ],
+        addr,
+        &[("MSIM_RELAY_SECRET", secret.as_str())],
+    )?;
+    let size = args.transfer_size;
+    let gib = |b: f64| b / 1e9;
+    eprintln!("== one {} MiB transfer relayed while uploading", size >> 20);
+    let r = relay::relayed(addr, &keyring, size).await?;
+    report.add_ratio(
+        "relay",
+        "single transfer, download while uploading",
+        gib(r),
+        "GB/s",
+        Some(("loopback TCP", gib(loopback))),
+        Some(">= 0.5 of loopback"),
+    );
+    eprintln!("== upload alone, then stored download");
+    let (up, down) = relay::upload_then_download(addr, &keyring, size).await?;
+    report.add_ratio("relay", "upload alone", gib(up), "GB/s", Some(("disk write", gib(disk))), Some(">= 1 GB/s"));
+    report.add_ratio("relay", "stored download", gib(down), "GB/s", Some(("loopback TCP", gib(loopback))), Some(">= 1.5 GB/s"));
+    eprintln!("== {} transfers of 100 KiB, kept-alive", args.small_transfers);
+    let small = relay::small(addr, &keyring, 100 << 10, args.small_transfers, 4).await?;
+    report.add("relay", "100 KiB transfers (upload+download)", small, "1/s");
+    eprintln!("== {} concurrent 1 MiB transfers", args.concurrent);
+    let (per_sec, bytes) = relay::concurrent(addr, &keyring, 1 << 20, args.concurrent).await?;
+    report.add("relay", "concurrent 1 MiB transfers", per_sec, "1/s");
+    report.add_ratio(
+        "relay",
+        "concurrent 1 MiB aggregate",
+        gib(bytes),
+        "GB/s",
+        Some(("loopback TCP", gib(loopback))),
+        None,
+    );
+    if let Some(peak) = server.peak_rss() {
+        let budget = 64.0 + 0.25 * args.concurrent as f64;
+        report.add_ratio(
+            "relay",
+            "relay peak RSS",
+            peak as f64 / 1048576.0,
+            "MiB",
+            Some(("budget 64 MiB + 256 KiB/transfer", budget)),
+            Some("ratio < 1"),
+        );
+    }
+    drop(server);
+    Ok(())
+}

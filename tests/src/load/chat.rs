@@ -1,0 +1,319 @@
+//! Chat scenarios: idle connections, message throughput and latency, logins per second.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use futures::{SinkExt, StreamExt};
+use msim_shared::proto::{AckMessage, Body, Event, SendMessage};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::wire::{self, connect_from, frame, next_event};
+
+/// Password of every simulated user.
+pub const PASSWORD: &str = "load-test-password";
+
+/// The login of simulated user `i` with a run-specific prefix.
+pub fn user(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:06}")
+}
+
+/// Registers users `0..n`, pipelining over one connection per source address.
+pub async fn register_users(
+    server: SocketAddr,
+    prefix: &str,
+    n: usize,
+    sources: &[IpAddr],
+) -> Result<()> {
+    let mut tasks = JoinSet::new();
+    let per = n.div_ceil(sources.len());
+    for (k, &ip) in sources.iter().enumerate() {
+        let range = (k * per)..((k + 1) * per).min(n);
+        if range.is_empty() {
+            continue;
+        }
+        let prefix = prefix.to_owned();
+        tasks.spawn(async move {
+            let mut w = frame(connect_from(server, Some(ip)).await?);
+            // Pipeline a window of registrations, then collect their answers.
+            let ids: Vec<usize> = range.collect();
+            for chunk in ids.chunks(64) {
+                for &i in chunk {
+                    let r = msim_shared::proto::Register {
+                        login: user(&prefix, i),
+                        password: PASSWORD.into(),
+                    };
+                    w.feed(r.to_packet()).await?;
+                }
+                w.flush().await?;
+                for &i in chunk {
+                    match next_event(&mut w).await? {
+                        Event::RegisterOk(_) => {}
+                        Event::RegisterFailed(f) if f.reason.as_str() == "login-taken" => {}
+                        other => bail!("REGISTER {}: {other:?}", user(&prefix, i)),
+                    }
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Opens `n` authenticated connections (users `0..n`) and keeps them open; returns them and
+/// the rate at which they logged in.
+pub async fn open_idle(
+    server: SocketAddr,
+    prefix: &str,
+    n: usize,
+    sources: &[IpAddr],
+    concurrency: usize,
+) -> Result<(Vec<wire::Wire>, f64)> {
+    let limit = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let permit = limit.clone().acquire_owned().await?;
+        let ip = sources[i % sources.len()];
+        let login = user(prefix, i);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut w = frame(connect_from(server, Some(ip)).await?);
+            wire::login(&mut w, &login, PASSWORD).await?;
+            anyhow::Ok(w)
+        });
+    }
+    let mut conns = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        conns.push(r??);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    Ok((conns, rate))
+}
+
+/// Logins per second: `workers` loops of connect → challenge → CONNECT-OK → close for `secs`.
+pub async fn logins(
+    server: SocketAddr,
+    prefix: &str,
+    users: usize,
+    workers: usize,
+    sources: &[IpAddr],
+    secs: f64,
+) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for k in 0..workers {
+        let (stop, done, prefix) = (stop.clone(), done.clone(), prefix.to_owned());
+        let sources = sources.to_vec();
+        tasks.spawn(async move {
+            let mut i = k;
+            while !stop.load(Ordering::Relaxed) {
+                let ip = sources[i % sources.len()];
+                let mut w = frame(connect_from(server, Some(ip)).await?);
+                wire::login(&mut w, &user(&prefix, i % users), PASSWORD).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                i += workers;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let start = Instant::now();
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let count = done.load(Ordering::Relaxed) - before;
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(rate)
+}
+
+/// Shape of a message run.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRun {
+    /// Sender → recipient pairs; users `0..pairs` send to `pairs..2*pairs`.
+    pub pairs: usize,
+    /// Messages in flight per sender (awaiting MESSAGE-SENT) when running at saturation.
+    pub window: usize,
+    /// Offered rate over all senders, messages/s; `None` means as fast as possible.
+    pub rate: Option<f64>,
+    pub warmup: Duration,
+    pub measure: Duration,
+    /// Recipients acknowledge every message (MESSAGE-ACK), as a real client does.
+    pub ack: bool,
+}
+
+/// What a message run measured.
+#[derive(Debug, Clone)]
+pub struct MessageResult {
+    /// Messages delivered to recipients per second during the measured window.
+    pub delivered_per_sec: f64,
+    /// MESSAGE-SENT acknowledgements per second during the window.
+    pub sent_per_sec: f64,
+    /// End-to-end latency samples (send → recipient has it), seconds, sorted.
+    pub latencies: Vec<f64>,
+}
+
+/// Runs senders and recipients; latency is measured from just before the sender writes the
+/// message to when the recipient decodes it (both in this process, on one clock).
+pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Result<MessageResult> {
+    let base = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut recipients = JoinSet::new();
+    let mut senders = JoinSet::new();
+
+    for r in 0..run.pairs {
+        let mut w = frame(connect_from(server, None).await?);
+        wire::login(&mut w, &user(prefix, run.pairs + r), PASSWORD).await?;
+        let (delivered, measuring, stop) = (delivered.clone(), measuring.clone(), stop.clone());
+        let ack = run.ack;
+        recipients.spawn(async move {
+            let mut samples = Vec::new();
+            let mut unflushed = 0usize;
+            loop {
+                let next = tokio::select! {
+                    next = w.next() => next,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if stop.load(Ordering::Relaxed) { break; }
+                        continue;
+                    }
+                };
+                let Some(item) = next else { break };
+                let packet = item?.map_err(|e| anyhow::anyhow!("{e}"))?;
+                match Event::from_packet(&packet)? {
+                    Event::Message(m) => {
+                        if measuring.load(Ordering::Relaxed) {
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(sent_at) = m.text.split(' ').next().and_then(|t| t.parse::<u64>().ok()) {
+                                let now = base.elapsed().as_nanos() as u64;
+                                samples.push(now.saturating_sub(sent_at) as f64 / 1e9);
+                            }
+                        }
+                        if ack {
+                            w.feed(AckMessage { id: m.id }.to_packet()).await?;
+                            unflushed += 1;
+                            if unflushed >= 32 {
+                                w.flush().await?;
+                                unflushed = 0;
+                            }
+                        }
+                    }
+                    Event::Ping(_) => w.send(msim_shared::Packet::new("PONG")).await?,
+                    _ => {}
+                }
+                if unflushed > 0 && w.read_buffer().is_empty() {
+                    w.flush().await?;
+                    unflushed = 0;
+                }
+            }
+            anyhow::Ok(samples)
+        });
+    }
+
+    for s in 0..run.pairs {
+        let mut w = frame(connect_from(server, None).await?);
+        wire::login(&mut w, &user(prefix, s), PASSWORD).await?;
+        let to = user(prefix, run.pairs + s);
+        let (acked, measuring, stop) = (acked.clone(), measuring.clone(), stop.clone());
+        let period = run
+            .rate
+            .map(|r| Duration::from_secs_f64(run.pairs as f64 / r));
+        let window = run.window;
+        senders.spawn(async move {
+            let mut outstanding = 0usize;
+            let start = tokio::time::Instant::now();
+            let mut k: u32 = 0;
+            let padding = "x".repeat(40);
+            while !stop.load(Ordering::Relaxed) {
+                let due = match period {
+                    Some(p) => start + p * k,
+                    None => tokio::time::Instant::now(),
+                };
+                let can_send = outstanding < window;
+                tokio::select! {
+                    biased;
+                    next = w.next(), if outstanding > 0 || !can_send || period.is_some() => {
+                        let Some(item) = next else { break };
+                        let packet = item?.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        match Event::from_packet(&packet)? {
+                            Event::MessageSent(_) => {
+                                outstanding -= 1;
+                                if measuring.load(Ordering::Relaxed) {
+                                    acked.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Event::MessageSendFailed(f) => bail!("send failed: {}", f.reason),
+                            Event::Ping(_) => w.send(msim_shared::Packet::new("PONG")).await?,
+                            _ => {}
+                        }
+                    }
+                    _ = tokio::time::sleep_until(due), if can_send => {
+                        // At a fixed rate, latency counts from the scheduled time, so a late
+                        // sender cannot hide queueing delay (no coordinated omission).
+                        let stamp = match period {
+                            Some(_) => due.into_std().saturating_duration_since(base).as_nanos() as u64,
+                            None => base.elapsed().as_nanos() as u64,
+                        };
+                        let m = SendMessage { to: to.clone(), text: format!("{stamp} {padding}") };
+                        if period.is_some() {
+                            w.send(m.to_packet()).await?;
+                            outstanding += 1;
+                        } else {
+                            // At saturation, fill the window in one write.
+                            w.feed(m.to_packet()).await?;
+                            outstanding += 1;
+                            while outstanding < window {
+                                let now = base.elapsed().as_nanos() as u64;
+                                let m = SendMessage { to: to.clone(), text: format!("{now} {padding}") };
+                                w.feed(m.to_packet()).await?;
+                                outstanding += 1;
+                            }
+                            w.flush().await?;
+                        }
+                        k += 1;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+
+    tokio::time::sleep(run.warmup).await;
+    let d0 = delivered.load(Ordering::Relaxed);
+    let a0 = acked.load(Ordering::Relaxed);
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(run.measure).await;
+    measuring.store(false, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let d = delivered.load(Ordering::Relaxed) - d0;
+    let a = acked.load(Ordering::Relaxed) - a0;
+    stop.store(true, Ordering::Relaxed);
+    senders.abort_all();
+    while let Some(r) = senders.join_next().await {
+        if let Ok(r) = r {
+            r?;
+        }
+    }
+    let mut latencies = Vec::new();
+    while let Some(r) = recipients.join_next().await {
+        latencies.extend(r??);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(MessageResult {
+        delivered_per_sec: d as f64 / secs,
+        sent_per_sec: a as f64 / secs,
+        latencies,
+    })
+}

@@ -1,0 +1,92 @@
+//! Starting the real server binaries and reading their memory use.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A server process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    /// Resident set size now, in bytes (Linux).
+    pub fn rss(&self) -> Option<u64> {
+        status_kib(self.child.id(), "VmRSS:").map(|k| k * 1024)
+    }
+
+    /// Peak resident set size, in bytes (Linux).
+    pub fn peak_rss(&self) -> Option<u64> {
+        status_kib(self.child.id(), "VmHWM:").map(|k| k * 1024)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_addr() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The path of a sibling binary of the running one (`target/<profile>/NAME`).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no parent dir of current exe")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p {})",
+            path.display(),
+            name
+        );
+    }
+    Ok(path)
+}
+
+/// Starts a binary with arguments and waits until `addr` accepts connections.
+pub fn start(bin: &Path, args: &[String], addr: SocketAddr, env: &[(&str, &str)]) -> Result<Proc> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut proc = Proc { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(proc);
+        }
+        if let Some(status) = proc.child.try_wait()? {
+            bail!("{} exited early: {status}", bin.display());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not listen on {addr} within 30 s", bin.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

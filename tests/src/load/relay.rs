@@ -1,0 +1,261 @@
+//! Relay scenarios over real HTTP: one large transfer relayed while uploading, upload alone,
+//! stored download, many small transfers on kept-alive connections, many concurrent transfers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use msim_shared::token::{Capability, Direction, Keyring};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+const CHUNK: usize = 1 << 20;
+
+/// A kept-alive HTTP/1.1 connection to the relay.
+pub struct Http {
+    sender: SendRequest<BoxBody>,
+    host: String,
+}
+
+impl Http {
+    /// Opens a connection with TCP_NODELAY.
+    pub async fn connect(addr: SocketAddr) -> Result<Http> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Http {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: &str,
+        len: Option<u64>,
+        body: BoxBody,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(len) = len {
+            req = req.header("content-length", len);
+        }
+        self.sender.ready().await?;
+        Ok(self.sender.send_request(req.body(body)?).await?)
+    }
+
+    /// Uploads `size` bytes of generated data (no disk reads on the client side).
+    pub async fn upload(&mut self, id: &str, token: &str, size: u64) -> Result<()> {
+        let resp = self
+            .request(
+                Method::PUT,
+                &path(id),
+                token,
+                Some(size),
+                generated_body(size),
+            )
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("upload {id}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+
+    /// Downloads a transfer, discarding the bytes; returns how many arrived.
+    pub async fn download(&mut self, id: &str, token: &str) -> Result<u64> {
+        let empty = Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
+        let resp = self
+            .request(Method::GET, &path(id), token, None, empty)
+            .await?;
+        if resp.status() != StatusCode::OK {
+            bail!("download {id}: {}", resp.status());
+        }
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                got += data.len() as u64;
+            }
+        }
+        Ok(got)
+    }
+}
+
+fn path(id: &str) -> String {
+    format!("/v1/transfers/{id}")
+}
+
+/// A body of `size` bytes made of one shared 1 MiB buffer (cloning `Bytes` copies nothing).
+fn generated_body(size: u64) -> BoxBody {
+    if size <= CHUNK as u64 {
+        let data = Bytes::from(vec![0x5a; size as usize]);
+        return Full::new(data).map_err(|never| match never {}).boxed();
+    }
+    let chunk = Bytes::from(vec![0x5a; CHUNK]);
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= size {
+                return None;
+            }
+            let n = (size - sent).min(CHUNK as u64) as usize;
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n))),
+                sent + n as u64,
+            ))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Signs a pair of tokens for a new transfer.
+pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
+    let expires = msim_shared::timestamp::now().unix_timestamp() as u64 + 3600;
+    let cap = |direction| Capability {
+        transfer_id: id.to_owned(),
+        direction,
+        size,
+        sha256: None,
+        sender: "load@localhost".into(),
+        max_downloads: None,
+        expires,
+    };
+    (
+        keyring.sign(&cap(Direction::Upload)),
+        keyring.sign(&cap(Direction::Download)),
+    )
+}
+
+fn new_id() -> String {
+    uuid_like()
+}
+
+/// A unique transfer id without pulling in another crate.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("load-{t:x}-{n}")
+}
+
+/// One transfer of `size` bytes, downloaded while it is uploaded; bytes/s end to end.
+pub async fn relayed(addr: SocketAddr, keyring: &Keyring, size: u64) -> Result<f64> {
+    let id = new_id();
+    let (up, down) = tokens(keyring, &id, size);
+    let mut uploader = Http::connect(addr).await?;
+    let mut downloader = Http::connect(addr).await?;
+    let start = Instant::now();
+    let upload = {
+        let id = id.clone();
+        tokio::spawn(async move { uploader.upload(&id, &up, size).await })
+    };
+    // The relay answers a GET for a transfer whose upload has begun; retry until it has.
+    let got = loop {
+        match downloader.download(&id, &down).await {
+            Ok(n) => break n,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                downloader = Http::connect(addr).await?;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    upload.await??;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(got == size, "downloaded {got} of {size} bytes");
+    Ok(size as f64 / secs)
+}
+
+/// Upload alone, then download of the stored blob: (upload bytes/s, download bytes/s).
+pub async fn upload_then_download(
+    addr: SocketAddr,
+    keyring: &Keyring,
+    size: u64,
+) -> Result<(f64, f64)> {
+    let id = new_id();
+    let (up, down) = tokens(keyring, &id, size);
+    let mut http = Http::connect(addr).await?;
+    let t = Instant::now();
+    http.upload(&id, &up, size).await?;
+    let up_rate = size as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let got = http.download(&id, &down).await?;
+    let down_rate = size as f64 / t.elapsed().as_secs_f64();
+    anyhow::ensure!(got == size, "downloaded {got} of {size} bytes");
+    Ok((up_rate, down_rate))
+}
+
+/// Small transfers (upload then download) on `conns` kept-alive connections for `count`
+/// transfers in all: transfers/s.
+pub async fn small(
+    addr: SocketAddr,
+    keyring: &Keyring,
+    size: u64,
+    count: usize,
+    conns: usize,
+) -> Result<f64> {
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    for c in 0..conns {
+        let keyring = keyring.clone();
+        let n = count / conns + usize::from(c < count % conns);
+        tasks.spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            for _ in 0..n {
+                let id = new_id();
+                let (up, down) = tokens(&keyring, &id, size);
+                http.upload(&id, &up, size).await?;
+                let got = http.download(&id, &down).await?;
+                anyhow::ensure!(got == size, "short download");
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r?.context("small transfer")?;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `count` transfers of `size` bytes all at once, each downloaded while uploaded:
+/// (transfers/s, aggregate bytes/s).
+pub async fn concurrent(
+    addr: SocketAddr,
+    keyring: &Keyring,
+    size: u64,
+    count: usize,
+) -> Result<(f64, f64)> {
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..count {
+        let keyring = keyring.clone();
+        tasks.spawn(async move { relayed(addr, &keyring, size).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r?.context("concurrent transfer")?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((count as f64 / secs, (count as u64 * size) as f64 / secs))
+}
