@@ -1,0 +1,461 @@
+//! The library against a real msim-chat server and relay (in-process, see `common`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{password, sha256_hex, test_bytes, TestServer};
+use msim::proto::{ConnectFailure, ContactFailure, OfferFile, Presence, SendFailure};
+use msim::transfer::{self, Transfer, TransferOptions};
+use msim::{Client, ClientError, Event, Events};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Generous bound on waiting for one event; a hang fails instead of blocking forever.
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn user(srv: &TestServer, login: &str) -> (Client, Events) {
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    c.register(login, &password(login)).await.unwrap();
+    drop(c);
+    session(srv, login).await
+}
+
+async fn session(srv: &TestServer, login: &str) -> (Client, Events) {
+    let (c, e) = Client::connect(srv.addr).await.unwrap();
+    c.login(login, &password(login)).await.unwrap();
+    (c, e)
+}
+
+/// The next event that `pick` accepts (others, such as presence updates, are skipped).
+async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("connection closed");
+            if let Some(t) = pick(event) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for an event")
+}
+
+#[tokio::test]
+async fn messages_receipts_contacts_profile() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _alice_events) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let info = alice.session().unwrap();
+    assert_eq!(info.login, "alice@localhost");
+    assert_eq!(alice.me().as_deref(), Some("alice@localhost"));
+
+    let sent = alice.send_message("bob", "hello bob").await.unwrap();
+    let msg = next(&mut bob_events, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(msg.id, sent.id);
+    assert_eq!(msg.from, "alice@localhost");
+    assert_eq!(msg.text, "hello bob");
+
+    // Read receipt back to alice (on a session that listens).
+    let (alice2, mut alice2_events) = session(&srv, "alice").await;
+    bob.mark_read(&msg.id).await.unwrap();
+    let receipt = next(&mut alice2_events, |e| match e {
+        Event::ReadReceipt(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(receipt.id, sent.id);
+    assert_eq!(receipt.by, "bob@localhost");
+    // Marking someone else's message read is refused.
+    let err = alice2.mark_read(&sent.id).await.unwrap_err();
+    assert!(matches!(err, ClientError::ReadFailed { .. }), "{err:?}");
+
+    // Typing reaches bob.
+    alice.typing("bob", true).await.unwrap();
+    let from = next(&mut bob_events, |e| match e {
+        Event::TypingStarted(t) => Some(t.from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, "alice@localhost");
+
+    // Contacts.
+    alice
+        .add_contact("bob", Some("Bobby"), Some("Friends/Close"))
+        .await
+        .unwrap();
+    let list = alice.contacts().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, "bob@localhost");
+    assert_eq!(list[0].name, "Bobby");
+    assert_eq!(list[0].group.as_deref(), Some("Friends/Close"));
+    assert_eq!(list[0].presence, Some(Presence::Online));
+    let err = alice.add_contact("bob", None, None).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::ContactFailed {
+                reason: ContactFailure::AlreadyExists,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_refusal());
+    alice
+        .change_contact("bob", Some("Bob"), Some(""))
+        .await
+        .unwrap();
+    let list = alice.contacts().await.unwrap();
+    assert_eq!(
+        (list[0].name.as_str(), list[0].group.as_deref()),
+        ("Bob", None)
+    );
+    alice.delete_contact("bob").await.unwrap();
+    assert!(alice.contacts().await.unwrap().is_empty());
+    let err = alice.delete_contact("bob").await.unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::ContactFailed {
+            reason: ContactFailure::NotFound,
+            ..
+        }
+    ));
+
+    // Profile.
+    bob.update_profile(Some("Bob B."), Some("on holiday"))
+        .await
+        .unwrap();
+    let p = alice.profile(Some("bob")).await.unwrap();
+    assert_eq!((p.name.as_str(), p.note.as_str()), ("Bob B.", "on holiday"));
+    let me = bob.profile(None).await.unwrap();
+    assert_eq!(me.id, "bob@localhost");
+}
+
+#[tokio::test]
+async fn pipelined_requests_get_their_own_answers() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (_bob, mut bob_events) = user(&srv, "bob").await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 5 == 4 {
+                // Interleave other request types.
+                alice.contacts().await.map(|_| None)
+            } else {
+                alice
+                    .send_message("bob", &format!("m{i}"))
+                    .await
+                    .map(|s| Some(s.id))
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        if let Some(id) = t.await.unwrap().unwrap() {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 16, "every message got its own id");
+    let mut got = Vec::new();
+    while got.len() < 16 {
+        let m = next(&mut bob_events, |e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .await;
+        got.push(m.id);
+    }
+    got.sort();
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn auth_and_send_errors_are_typed() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let err = alice.send_message("nobody", "hi").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::SendFailed {
+                reason: SendFailure::UnknownRecipient,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_refusal());
+
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let err = c.login("alice", "wrong-password").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::AuthFailed {
+                reason: ConnectFailure::Invalid | ConnectFailure::Throttled,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_auth_failure());
+
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let err = c.register("alice", &password("alice")).await.unwrap_err();
+    assert!(matches!(err, ClientError::RegisterFailed(_)), "{err:?}");
+
+    // Requests before login are answered with a typed error, not a hang.
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let err = c.contacts().await.unwrap_err();
+    assert!(err.is_auth_failure(), "{err:?}");
+}
+
+/// The offer → accept → upload → download flow, with both transfers streamed from / to disk,
+/// progress reported, and the result byte-identical.
+#[tokio::test]
+async fn file_transfer_round_trip() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let dir = srv.subdir("files");
+    let src = dir.join("cat.jpg");
+    std::fs::write(&src, test_bytes(1_500_000, 1)).unwrap();
+    let sha = transfer::sha256_file(&src).await.unwrap();
+    assert_eq!(sha, sha256_hex(&src));
+
+    let offer = alice
+        .offer_file(OfferFile {
+            to: "bob".into(),
+            filename: "cat.jpg".into(),
+            size: 1_500_000,
+            sha256: Some(sha.clone()),
+            mime: Some("image/jpeg".into()),
+        })
+        .await
+        .unwrap();
+    let offered = next(&mut bob_events, |e| match e {
+        Event::FileOffered(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offered.transfer_id, offer.transfer_id());
+    assert_eq!(offered.sha256.as_deref(), Some(sha.as_str()));
+
+    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
+    let upload_grant = tokio::time::timeout(WAIT, offer.answer())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let up_done = Arc::new(AtomicU64::new(0));
+    let up = up_done.clone();
+    let upload = tokio::spawn({
+        let src = src.clone();
+        async move {
+            transfer::upload(
+                &Transfer::from(&upload_grant),
+                &src,
+                Some(Arc::new(move |done, total| {
+                    assert_eq!(total, 1_500_000);
+                    up.store(done, Ordering::Relaxed);
+                })),
+                &TransferOptions::default(),
+            )
+            .await
+        }
+    });
+    // The download starts while the upload may still be running.
+    let dest = dir.join("received.jpg");
+    let report = transfer::download(
+        &Transfer::from(&grant),
+        &dest,
+        grant.sha256.as_deref(),
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    let up_report = upload.await.unwrap().unwrap();
+    assert_eq!(up_report.size, 1_500_000);
+    assert_eq!(up_done.load(Ordering::Relaxed), 1_500_000);
+    assert!(report.verified);
+    assert_eq!(report.sha256, sha);
+    assert_eq!(sha256_hex(&dest), sha);
+    assert!(!transfer::part_path(&dest).exists());
+}
+
+/// Interrupted transfers resume: the upload continues after the bytes the relay already has
+/// (learned from the relay), the download continues a `.part` file with `Range`.
+#[tokio::test]
+async fn transfers_resume() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let dir = srv.subdir("resume");
+    let src = dir.join("photo.png");
+    let bytes = test_bytes(300_000, 2);
+    std::fs::write(&src, &bytes).unwrap();
+    let sha = sha256_hex(&src);
+    let offer = alice
+        .offer_file(OfferFile {
+            to: "bob".into(),
+            filename: "photo.png".into(),
+            size: bytes.len() as u64,
+            sha256: Some(sha.clone()),
+            mime: None,
+        })
+        .await
+        .unwrap();
+    let offered = next(&mut bob_events, |e| match e {
+        Event::FileOffered(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
+    let upload_grant = offer.answer().await.unwrap();
+
+    // An earlier attempt stored the first 100,000 bytes.
+    raw_put_interrupted(&upload_grant.url, &upload_grant.token, &bytes, 100_000).await;
+    let report = transfer::upload(
+        &Transfer::from(&upload_grant),
+        &src,
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(report.resumed);
+    assert_eq!(report.sha256.as_deref(), Some(sha.as_str()));
+
+    // The recipient already has the first 123,456 bytes.
+    let dest = dir.join("photo-received.png");
+    std::fs::write(transfer::part_path(&dest), &bytes[..123_456]).unwrap();
+    let seen = Arc::new(AtomicU64::new(u64::MAX));
+    let first = seen.clone();
+    let report = transfer::download(
+        &Transfer::from(&grant),
+        &dest,
+        Some(&sha),
+        Some(Arc::new(move |done, _| {
+            let _ = first.compare_exchange(u64::MAX, done, Ordering::Relaxed, Ordering::Relaxed);
+        })),
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(report.resumed && report.verified);
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        123_456,
+        "progress starts at the resume point"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    // A corrupt partial file is caught by the checksum and removed.
+    let dest2 = dir.join("photo-corrupt.png");
+    let mut corrupt = bytes[..1000].to_vec();
+    corrupt[10] ^= 0xff;
+    std::fs::write(transfer::part_path(&dest2), &corrupt).unwrap();
+    let err = transfer::download(
+        &Transfer::from(&grant),
+        &dest2,
+        Some(&sha),
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::ChecksumMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(!dest2.exists() && !transfer::part_path(&dest2).exists());
+}
+
+#[tokio::test]
+async fn rejected_offer_is_a_typed_error() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let offer = alice
+        .offer_file(OfferFile {
+            to: "bob".into(),
+            filename: "x.bin".into(),
+            size: 10,
+            sha256: None,
+            mime: None,
+        })
+        .await
+        .unwrap();
+    let offered = next(&mut bob_events, |e| match e {
+        Event::FileOffered(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    bob.reject_file(&offered.transfer_id).await.unwrap();
+    let err = offer.answer().await.unwrap_err();
+    assert!(matches!(err, ClientError::FileRejected { .. }), "{err:?}");
+    assert!(err.is_refusal());
+    // Answering twice is refused.
+    let err = bob.accept_file(&offered.transfer_id).await.unwrap_err();
+    assert!(matches!(err, ClientError::AnswerFailed { .. }), "{err:?}");
+    // Offers to unknown users are refused at once.
+    let err = alice
+        .offer_file(OfferFile {
+            to: "nobody".into(),
+            filename: "x.bin".into(),
+            size: 10,
+            sha256: None,
+            mime: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::FileRejected { .. }), "{err:?}");
+}
+
+/// A minimal HTTP/1.1 PUT of a whole file that stops after `sent` bytes (an interrupted first
+/// attempt). The relay answers once it has stored what arrived.
+async fn raw_put_interrupted(url: &str, token: &str, body: &[u8], sent: usize) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..sent]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("upload-offset: {sent}")),
+        "{text}"
+    );
+}
