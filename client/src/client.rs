@@ -11,8 +11,8 @@ use futures::{SinkExt, Stream, StreamExt};
 use msim_shared::proto::{
     self, AcceptFile, AckMessage, Connect, ConnectContinue, ConnectOk, Contact, ContactsAdd,
     ContactsChange, ContactsDelete, ContactsGet, DownloadGrant, Event, FilePending, MarkRead,
-    MessageSent, OfferFile, Ping, Profile, ProfileGet, ProfileUpdate, Register, RejectFile,
-    Request, SendMessage, TypingStart, TypingStop, UploadGrant,
+    MessageSent, OfferFile, Ping, Profile, ProfileFailure, ProfileGet, ProfileUpdate, Register,
+    RejectFile, Request, SendMessage, TypingStart, TypingStop, UploadGrant,
 };
 use msim_shared::{Packet, PacketCodec};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -557,12 +557,15 @@ impl Client {
                 ProfileGet {
                     id: id.map(str::to_owned),
                 },
-                &["PROFILE", "PROFILE-UPDATE-FAILED"],
+                &["PROFILE", "PROFILE-GET-FAILED"],
             )
             .await?;
         match answer {
             Event::Profile(p) => Ok(p),
-            Event::ProfileUpdateFailed(f) => Err(ClientError::ProfileFailed(f.reason)),
+            // Not (yet) a typed packet in msim-shared.
+            Event::Unknown(p) if p.verb == "PROFILE-GET-FAILED" => Err(ClientError::ProfileFailed(
+                ProfileFailure::parse(p.get("reason").unwrap_or("")),
+            )),
             other => Err(unexpected(&other)),
         }
     }

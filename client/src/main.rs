@@ -43,7 +43,7 @@ config file (--config, default ~/.config/msim/config.toml), in that order.";
 
 /// mSIM command-line client: messages, contacts and files through a relay.
 #[derive(Debug, Parser)]
-#[command(name = "msim", version, after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
+#[command(name = "msim", version, args_override_self = true, after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
 struct Cli {
     /// Server address, HOST:PORT [default: 127.0.0.1:3214]
     #[arg(
@@ -335,8 +335,18 @@ struct Settings {
 
 impl Settings {
     fn from_cli(cli: &Cli) -> Result<Settings> {
-        let file = ConfigFile::load_or_default(cli.config.as_deref())
-            .map_err(|e| UsageError(format!("config file: {e}")))?;
+        // `--save` may name a file that does not exist yet.
+        let saving = matches!(
+            &cli.command,
+            Command::Register(SaveArgs { save: true }) | Command::Login(SaveArgs { save: true })
+        );
+        let explicit = cli.config.as_deref().filter(|p| !(saving && !p.exists()));
+        let file = if cli.config.is_some() && explicit.is_none() {
+            ConfigFile::default()
+        } else {
+            ConfigFile::load_or_default(explicit)
+                .map_err(|e| UsageError(format!("config file: {e}")))?
+        };
         let options = ClientOptions {
             request_timeout: Duration::from_secs(cli.timeout.max(1)),
             ..ClientOptions::default()
@@ -376,8 +386,22 @@ impl Settings {
     async fn login(&self) -> Result<(Client, Events)> {
         let (login, password) = self.credentials()?;
         let (client, events) = self.connect().await?;
-        client.login(login, password).await?;
-        Ok((client, events))
+        match client.login(login, password).await {
+            Ok(_) => Ok((client, events)),
+            // After a recent failure the server asks to wait a little: do so once.
+            Err(ClientError::AuthFailed {
+                retry_after: Some(secs),
+                ..
+            }) if secs <= 10 => {
+                drop((client, events));
+                eprintln!("msim: login throttled; retrying in {secs} s");
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                let (client, events) = self.connect().await?;
+                client.login(login, password).await?;
+                Ok((client, events))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn save(&self) -> Result<PathBuf> {

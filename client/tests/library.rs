@@ -138,6 +138,8 @@ async fn messages_receipts_contacts_profile() {
     assert_eq!((p.name.as_str(), p.note.as_str()), ("Bob B.", "on holiday"));
     let me = bob.profile(None).await.unwrap();
     assert_eq!(me.id, "bob@localhost");
+    let err = bob.profile(Some("nobody")).await.unwrap_err();
+    assert!(matches!(err, ClientError::ProfileFailed(_)), "{err:?}");
 }
 
 #[tokio::test]
