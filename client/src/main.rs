@@ -340,7 +340,7 @@ impl Settings {
             &cli.command,
             Command::Register(SaveArgs { save: true }) | Command::Login(SaveArgs { save: true })
         );
-        let explicit = cli.config.as_deref().filter(|p| !(saving && !p.exists()));
+        let explicit = cli.config.as_deref().filter(|p| !saving || p.exists());
         let file = if cli.config.is_some() && explicit.is_none() {
             ConfigFile::default()
         } else {
