@@ -519,8 +519,12 @@ async fn run(cli: Cli) -> Result<()> {
                 Decide::Accept
             } else if reject_all {
                 Decide::Reject
-            } else {
+            } else if std::io::stdin().is_terminal() {
                 Decide::Ask
+            } else {
+                bail!(UsageError(
+                    "cannot ask without a terminal: use --accept-all or --reject-all".into()
+                ));
             };
             let out = out
                 .or_else(|| settings.file.download_dir.clone())

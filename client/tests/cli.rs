@@ -47,6 +47,13 @@ fn help_documents_commands_and_exit_codes() {
     run_expect(srv.msim().arg("send"), 2);
     // Missing credentials are a usage error too.
     run_expect(srv.msim().args(["send", "bob", "hi"]), 2);
+    // `receive` cannot ask y/n without a terminal.
+    run_expect(
+        srv.as_user("bob")
+            .arg("receive")
+            .stdin(std::process::Stdio::null()),
+        2,
+    );
 }
 
 #[test]
