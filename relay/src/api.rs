@@ -30,6 +30,8 @@ pub struct State {
 }
 
 const TRANSFERS: &str = "/v1/transfers/";
+/// Chunks queued between receiving and storing, per upload.
+const UPLOAD_QUEUE: usize = 2;
 /// Header carrying the resume offset (tus-style).
 pub const UPLOAD_OFFSET: &str = "upload-offset";
 /// Header carrying the declared size.
@@ -410,7 +412,7 @@ async fn upload(
         }
         Err(e) => return Err(store_refusal(e)),
     }
-    let mut writer = state.store.writer(&id).await.map_err(|e| match e {
+    let writer = state.store.writer(&id).await.map_err(|e| match e {
         StoreError::Busy => Refuse::new(
             StatusCode::CONFLICT,
             Refusal::Conflict,
@@ -439,6 +441,19 @@ async fn upload(
     tracing::debug!(%id, start, len, "upload");
     let chunk = state.config.chunk_size.max(16 << 10);
     let mut body = req.into_body();
+    // Receiving and storing overlap: a task appends (write + hash, off the async threads)
+    // while the next chunk arrives. At most `UPLOAD_QUEUE` chunks wait in between.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(UPLOAD_QUEUE);
+    let st = state.clone();
+    let store_task = tokio::spawn(async move {
+        let mut writer = writer;
+        while let Some(bufs) = rx.recv().await {
+            let n: usize = bufs.iter().map(Bytes::len).sum();
+            writer.append(bufs).await?;
+            Metrics::add(&st.metrics.bytes_in, n as u64);
+        }
+        Ok::<_, StoreError>(writer)
+    });
     let mut pending: Vec<Bytes> = Vec::with_capacity(8);
     let mut pending_len = 0usize;
     let mut received = 0u64;
@@ -459,19 +474,21 @@ async fn upload(
         pending_len += data.len();
         pending.push(data);
         if pending_len >= chunk {
-            Metrics::add(&state.metrics.bytes_in, pending_len as u64);
             pending_len = 0;
-            writer
-                .append(std::mem::take(&mut pending))
-                .await
-                .map_err(store_refusal)?;
+            if tx.send(std::mem::take(&mut pending)).await.is_err() {
+                break; // the store task failed; its error is reported below
+            }
         }
     }
     // Keep whatever arrived, also when the client went away (resumable).
     if pending_len > 0 {
-        Metrics::add(&state.metrics.bytes_in, pending_len as u64);
-        writer.append(pending).await.map_err(store_refusal)?;
+        let _ = tx.send(pending).await;
     }
+    drop(tx);
+    let writer = store_task
+        .await
+        .map_err(|e| store_refusal(StoreError::Io(std::io::Error::other(e))))?
+        .map_err(store_refusal)?;
     if let Some(e) = body_error {
         tracing::info!(%id, offset = writer.offset(), error = %e, "upload interrupted; resumable");
         let mut r = text(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"));
