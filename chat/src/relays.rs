@@ -90,6 +90,11 @@ impl RelayPool {
         None
     }
 
+    /// Whether any relay is healthy now (does not advance the round robin).
+    pub fn any_healthy(&self) -> bool {
+        self.relays.iter().any(|r| r.healthy())
+    }
+
     /// A relay by base URL (for offers accepted before a restart).
     pub fn by_base(&self, base: &str) -> Option<Arc<Relay>> {
         self.relays.iter().find(|r| r.base == base).cloned()

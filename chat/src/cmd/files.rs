@@ -95,7 +95,7 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, login: &str) {
     let Some(filename) = sanitize_filename(filename) else {
         return s.reply(p, rejected(&id, "bad-filename"));
     };
-    if s.sh.relays.pick().is_none() {
+    if !s.sh.relays.any_healthy() {
         return s.reply(p, rejected(&id, "no-relay"));
     }
     let now = s.sh.config.clock.now_micros();

@@ -99,12 +99,23 @@ async fn main() -> Result<()> {
     eprintln!("== baselines");
     let tcp_bytes = if args.smoke { 64 << 20 } else { 2 << 30 };
     let loopback = baseline::loopback_tcp(tcp_bytes).await?;
-    report.add("baseline", "loopback TCP throughput", loopback / 1e9, "GB/s");
+    report.add(
+        "baseline",
+        "loopback TCP throughput",
+        loopback / 1e9,
+        "GB/s",
+    );
     let disk = baseline::disk_write(&data, if args.smoke { 16 << 20 } else { 1 << 30 })?;
-    report.add("baseline", "disk write throughput (+fsync)", disk / 1e9, "GB/s");
+    report.add(
+        "baseline",
+        "disk write throughput (+fsync)",
+        disk / 1e9,
+        "GB/s",
+    );
     let fsyncs = baseline::fsyncs(&data, if args.smoke { 20 } else { 500 })?;
     report.add("baseline", "fdatasync per second", fsyncs, "1/s");
-    let (rtts, rtt_p50) = baseline::loopback_round_trip(if args.smoke { 200 } else { 20_000 }).await?;
+    let (rtts, rtt_p50) =
+        baseline::loopback_round_trip(if args.smoke { 200 } else { 20_000 }).await?;
     report.add("baseline", "loopback round trips per second", rtts, "1/s");
     report.add("baseline", "loopback round trip p50", rtt_p50 * 1e3, "ms");
 
@@ -159,13 +170,17 @@ async fn run_chat(
     if args.wants("connections") {
         eprintln!("== {} idle authenticated connections", args.connections);
         let before = server.rss().unwrap_or(0);
-        let (conns, rate) =
-            chat::open_idle(addr, prefix, args.connections, &sources, 256).await?;
+        let (conns, rate) = chat::open_idle(addr, prefix, args.connections, &sources, 256).await?;
         // Let the server settle its per-session allocations before reading RSS.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = server.rss().unwrap_or(0);
         let per = after.saturating_sub(before) as f64 / conns.len() as f64;
-        report.add("connections", "idle authenticated connections", conns.len() as f64, "conns");
+        report.add(
+            "connections",
+            "idle authenticated connections",
+            conns.len() as f64,
+            "conns",
+        );
         report.add_ratio(
             "connections",
             "server RSS per idle connection",
@@ -174,8 +189,18 @@ async fn run_chat(
             None,
             Some("<= 10 KiB"),
         );
-        report.add("connections", "server RSS with all connected", after as f64 / 1048576.0, "MiB");
-        report.add("connections", "concurrent logins while connecting", rate, "1/s");
+        report.add(
+            "connections",
+            "server RSS with all connected",
+            after as f64 / 1048576.0,
+            "MiB",
+        );
+        report.add(
+            "connections",
+            "concurrent logins while connecting",
+            rate,
+            "1/s",
+        );
         drop(conns);
     }
 
@@ -188,7 +213,10 @@ async fn run_chat(
         ack: true,
     };
     if args.wants("messages") {
-        eprintln!("== message throughput at saturation ({} pairs, window {})", args.pairs, args.window);
+        eprintln!(
+            "== message throughput at saturation ({} pairs, window {})",
+            args.pairs, args.window
+        );
         let r = chat::messages(addr, prefix, run(None)).await?;
         report.add_ratio(
             "messages",
@@ -198,12 +226,22 @@ async fn run_chat(
             Some(("fdatasync/s", fsyncs)),
             Some(">= 50000 msg/s"),
         );
-        report.add("messages", "MESSAGE-SENT acknowledged", r.sent_per_sec, "msg/s");
+        report.add(
+            "messages",
+            "MESSAGE-SENT acknowledged",
+            r.sent_per_sec,
+            "msg/s",
+        );
     }
     if args.wants("latency") {
         eprintln!("== latency at {} msg/s offered", args.rate);
         let r = chat::messages(addr, prefix, run(Some(args.rate))).await?;
-        report.add("latency", "delivered at fixed offered rate", r.delivered_per_sec, "msg/s");
+        report.add(
+            "latency",
+            "delivered at fixed offered rate",
+            r.delivered_per_sec,
+            "msg/s",
+        );
         for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9)] {
             let v = percentile(&r.latencies, p);
             report.add_ratio(
@@ -219,7 +257,12 @@ async fn run_chat(
     if args.wants("logins") {
         eprintln!("== logins per second");
         let rate = chat::logins(addr, prefix, users, 32, &sources, args.seconds).await?;
-        report.add("logins", "logins per second (connect+challenge+OK)", rate, "1/s");
+        report.add(
+            "logins",
+            "logins per second (connect+challenge+OK)",
+            rate,
+            "1/s",
+        );
     }
     drop(server);
     Ok(())
@@ -270,9 +313,26 @@ async fn run_relay(
     );
     eprintln!("== upload alone, then stored download");
     let (up, down) = relay::upload_then_download(addr, &keyring, size).await?;
-    report.add_ratio("relay", "upload alone", gib(up), "GB/s", Some(("disk write", gib(disk))), Some(">= 1 GB/s"));
-    report.add_ratio("relay", "stored download", gib(down), "GB/s", Some(("loopback TCP", gib(loopback))), Some(">= 1.5 GB/s"));
-    eprintln!("== {} transfers of 100 KiB, kept-alive", args.small_transfers);
+    report.add_ratio(
+        "relay",
+        "upload alone",
+        gib(up),
+        "GB/s",
+        Some(("disk write", gib(disk))),
+        Some(">= 1 GB/s"),
+    );
+    report.add_ratio(
+        "relay",
+        "stored download",
+        gib(down),
+        "GB/s",
+        Some(("loopback TCP", gib(loopback))),
+        Some(">= 1.5 GB/s"),
+    );
+    eprintln!(
+        "== {} transfers of 100 KiB, kept-alive",
+        args.small_transfers
+    );
     let small = relay::small(addr, &keyring, 100 << 10, args.small_transfers, 4).await?;
     report.add("relay", "100 KiB transfers (upload+download)", small, "1/s");
     eprintln!("== {} concurrent 1 MiB transfers", args.concurrent);

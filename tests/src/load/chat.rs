@@ -195,7 +195,9 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
                     Event::Message(m) => {
                         if measuring.load(Ordering::Relaxed) {
                             delivered.fetch_add(1, Ordering::Relaxed);
-                            if let Some(sent_at) = m.text.split(' ').next().and_then(|t| t.parse::<u64>().ok()) {
+                            if let Some(sent_at) =
+                                m.text.split(' ').next().and_then(|t| t.parse::<u64>().ok())
+                            {
                                 let now = base.elapsed().as_nanos() as u64;
                                 samples.push(now.saturating_sub(sent_at) as f64 / 1e9);
                             }

@@ -81,7 +81,9 @@ impl Http {
 
     /// Downloads a transfer, discarding the bytes; returns how many arrived.
     pub async fn download(&mut self, id: &str, token: &str) -> Result<u64> {
-        let empty = Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
+        let empty = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed();
         let resp = self
             .request(Method::GET, &path(id), token, None, empty)
             .await?;
