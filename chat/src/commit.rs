@@ -8,9 +8,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
 /// Most operations in one transaction.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 2048;
 /// Queue depth in front of the writer (back-pressure beyond it).
-pub const QUEUE: usize = 4096;
+pub const QUEUE: usize = 8192;
 
 struct Request {
     op: WriteOp,
@@ -40,6 +40,12 @@ impl Writer {
 
     /// Submits a write and waits until it is committed.
     pub async fn write(&self, op: WriteOp) -> Result<Outcome, DbError> {
+        self.submit(op).await?.await
+    }
+
+    /// Queues a write (waiting only for room in the writer's queue) and returns a handle that
+    /// completes once the write is committed. Lets a session pipeline many writes.
+    pub async fn submit(&self, op: WriteOp) -> Result<Pending, DbError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
@@ -48,7 +54,7 @@ impl Writer {
             })
             .await
             .map_err(|_| DbError::WriterGone)?;
-        rx.await.map_err(|_| DbError::WriterGone)?
+        Ok(Pending(rx))
     }
 
     /// Submits a write without waiting for it (best effort, e.g. deleting delivered receipts).
@@ -56,6 +62,33 @@ impl Writer {
         if let Err(e) = self.tx.try_send(Request { op, reply: None }) {
             debug!("detached write dropped: {e}");
         }
+    }
+}
+
+/// A submitted write; resolves to its outcome once committed.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<Outcome, DbError>>);
+
+impl Pending {
+    /// The outcome if the write has already been committed, without waiting.
+    pub fn try_take(&mut self) -> Option<Result<Outcome, DbError>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(DbError::WriterGone)),
+        }
+    }
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<Outcome, DbError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(DbError::WriterGone)))
     }
 }
 

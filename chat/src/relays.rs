@@ -90,6 +90,24 @@ impl RelayPool {
         None
     }
 
+    /// The relay [`RelayPool::pick`] would return, without advancing the round robin; call
+    /// [`RelayPool::used`] once it is really used (failed answers must not skew the rotation).
+    pub fn peek(&self) -> Option<Arc<Relay>> {
+        let n = self.relays.len();
+        let start = self.next.load(Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.relays[(start + k) % n])
+            .find(|r| r.healthy())
+            .cloned()
+    }
+
+    /// Advances the round robin past `relay` (after [`RelayPool::peek`]).
+    pub fn used(&self, relay: &Relay) {
+        if let Some(i) = self.relays.iter().position(|r| r.base == relay.base) {
+            self.next.store(i + 1, Ordering::Relaxed);
+        }
+    }
+
     /// Whether any relay is healthy now (does not advance the round robin).
     pub fn any_healthy(&self) -> bool {
         self.relays.iter().any(|r| r.healthy())

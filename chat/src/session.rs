@@ -7,10 +7,13 @@
 //! write timeout, so a client that stops reading is disconnected rather than buffered forever.
 
 use crate::cmd;
+use crate::commit;
+use crate::db::{DbError, Outcome, StoredMessage};
 use crate::server::Shared;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use msim_shared::{Packet, PacketCodec, PacketError};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -26,6 +29,22 @@ use tracing::debug;
 const READ_CAPACITY: usize = 256;
 /// Consecutive over-long lines tolerated before the connection is closed.
 const MAX_TOO_LONG: u32 = 3;
+/// Messages of one session submitted to the writer and not yet committed. While this many are
+/// in flight the session stops reading its socket (back-pressure to the client).
+pub const PIPELINE: usize = 128;
+/// Hub packets taken from the session's queue per loop iteration (one socket write for all).
+const HUB_BATCH: usize = 64;
+
+/// A `MESSAGE` submitted to the group-commit writer, waiting for its commit.
+#[derive(Debug)]
+pub struct InFlight {
+    /// Completes once committed.
+    pub done: commit::Pending,
+    /// The request's `ref=`.
+    pub reference: Option<String>,
+    /// The message as stored.
+    pub message: StoredMessage,
+}
 
 /// Why a connection ends early.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +94,8 @@ pub struct Session<'a> {
     pub typing: Vec<(String, Instant)>,
     /// Set to close the connection after flushing.
     pub closing: bool,
+    /// Pipelined messages awaiting their commit, in request order.
+    pub pending: VecDeque<InFlight>,
     out: BytesMut,
     w: WriteHalf<'a>,
     started: Instant,
@@ -162,6 +183,27 @@ impl<'a> Session<'a> {
         );
     }
 
+    /// Waits for every pipelined message to be committed and answers them, so that the next
+    /// answer keeps request order.
+    pub async fn drain(&mut self) {
+        while let Some(f) = self.pending.pop_front() {
+            let r = f.done.await;
+            cmd::messages::complete(self, f.reference, f.message, r);
+        }
+    }
+
+    /// Answers the pipelined messages that are already committed, oldest first.
+    fn complete_ready(&mut self) {
+        while let Some(front) = self.pending.front_mut() {
+            let Some(r) = front.done.try_take() else {
+                return;
+            };
+            if let Some(f) = self.pending.pop_front() {
+                cmd::messages::complete(self, f.reference, f.message, r);
+            }
+        }
+    }
+
     fn next_deadline(&self) -> Instant {
         let c = &self.sh.config;
         let mut d = self.last_rx + c.idle_timeout;
@@ -198,6 +240,19 @@ impl<'a> Session<'a> {
     }
 }
 
+async fn front_done(pending: &mut VecDeque<InFlight>) -> Result<Outcome, DbError> {
+    match pending.front_mut() {
+        Some(f) => (&mut f.done).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a request may be handled while earlier messages are still being committed: it has
+/// no direct answer whose order could change.
+fn needs_no_drain(p: &Packet) -> bool {
+    matches!(p.verb.as_str(), "MESSAGE-ACK" | "PONG")
+}
+
 async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -224,6 +279,7 @@ pub async fn serve(
         rx: None,
         typing: Vec::new(),
         closing: false,
+        pending: VecDeque::new(),
         out: BytesMut::new(),
         w,
         started: now,
@@ -236,7 +292,31 @@ pub async fn serve(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            item = frames.next() => {
+            r = front_done(&mut s.pending) => {
+                if let Some(f) = s.pending.pop_front() {
+                    cmd::messages::complete(&mut s, f.reference, f.message, r);
+                }
+                s.complete_ready();
+            }
+            msg = recv(&mut s.rx) => match msg {
+                Some(b) => {
+                    s.push_bytes(&b);
+                    // Take what else is queued so it goes out in one write.
+                    if let Some(rx) = s.rx.as_mut() {
+                        for _ in 1..HUB_BATCH {
+                            match rx.try_recv() {
+                                Ok(b) => s.out.extend_from_slice(&b),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                None => {
+                    debug!(peer = %s.peer, "evicted (outgoing queue full)");
+                    break;
+                }
+            },
+            item = frames.next(), if s.pending.len() < PIPELINE => {
                 match item {
                     None | Some(Err(_)) => break,
                     Some(Ok(decoded)) => {
@@ -245,9 +325,18 @@ pub async fn serve(
                         match decoded {
                             Ok(p) => {
                                 too_long = 0;
-                                Box::pin(cmd::dispatch(&mut s, p)).await;
+                                if p.verb == "MESSAGE" && s.login().is_some() {
+                                    // Pipelined: answered when committed.
+                                    Box::pin(cmd::messages::submit(&mut s, p)).await;
+                                } else {
+                                    if !needs_no_drain(&p) {
+                                        s.drain().await;
+                                    }
+                                    Box::pin(cmd::dispatch(&mut s, p)).await;
+                                }
                             }
                             Err(PacketError::LineTooLong(max)) => {
+                                s.drain().await;
                                 too_long += 1;
                                 s.push(&Packet::new("ERROR-LINE-TOO-LONG").with("max", max.to_string()));
                                 if too_long >= MAX_TOO_LONG {
@@ -255,6 +344,7 @@ pub async fn serve(
                                 }
                             }
                             Err(e) => {
+                                s.drain().await;
                                 s.push(&Packet::new("ERROR-MALFORMED")
                                     .with("reason", e.reason())
                                     .with("detail", e.to_string()));
@@ -263,13 +353,6 @@ pub async fn serve(
                     }
                 }
             }
-            msg = recv(&mut s.rx) => match msg {
-                Some(b) => s.push_bytes(&b),
-                None => {
-                    debug!(peer = %s.peer, "evicted (outgoing queue full)");
-                    break;
-                }
-            },
             _ = tokio::time::sleep_until(deadline) => s.on_timer().await,
         }
         if let Err(e) = s.flush().await {
@@ -280,6 +363,8 @@ pub async fn serve(
             break;
         }
     }
+    // Messages already submitted are committed anyway: deliver them before leaving.
+    s.drain().await;
     Box::pin(cmd::auth::logout(&mut s)).await;
     let _ = s.flush().await;
     let _ = s.w.shutdown().await;

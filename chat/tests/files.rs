@@ -94,8 +94,14 @@ async fn offer_accept_reject_and_errors() {
         urls.push(url);
     }
     // Round robin: both relays were used.
-    assert!(urls.iter().any(|u| u.starts_with(&r1)));
-    assert!(urls.iter().any(|u| u.starts_with(&r2)));
+    assert!(
+        urls.iter().any(|u| u.starts_with(&r1)),
+        "{urls:?} {r1} {r2}"
+    );
+    assert!(
+        urls.iter().any(|u| u.starts_with(&r2)),
+        "{urls:?} {r1} {r2}"
+    );
 
     // Reject.
     a.send("SEND-FILE-PROXY to=bob filename=x.png size=1").await;

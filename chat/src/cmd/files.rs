@@ -140,7 +140,7 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
             .with("transfer-id", id.clone())
             .with("reason", reason)
     };
-    let relay = if accept { s.sh.relays.pick() } else { None };
+    let relay = if accept { s.sh.relays.peek() } else { None };
     let op = WriteOp::AnswerOffer {
         id: id.clone(),
         by: login.to_owned(),
@@ -167,6 +167,7 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
         }
         return;
     };
+    sh.relays.used(&relay);
     let expires_micros = sh.config.clock.now_micros() + sh.config.token_ttl.as_micros() as i64;
     let cap = |direction| Capability {
         transfer_id: offer.id.clone(),

@@ -3,9 +3,9 @@
 
 use crate::clock::rfc3339_micros;
 use crate::cmd::{parse_target, typing, Target};
-use crate::db::{Outcome, StoredMessage, WriteOp};
+use crate::db::{DbError, Outcome, StoredMessage, WriteOp};
 use crate::hub::encode;
-use crate::session::Session;
+use crate::session::{InFlight, Session};
 use msim_shared::Packet;
 use tracing::warn;
 
@@ -25,55 +25,85 @@ fn failed(id: &str, reason: &str) -> Packet {
         .with("reason", reason)
 }
 
-/// `MESSAGE to= text=`.
-pub async fn send(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(to) = s.require(p, "to") else { return };
-    let Some(text) = s.require(p, "text") else {
+/// `MESSAGE to= text=`: validated, then submitted to the group-commit writer; the session
+/// answers it (in request order) once committed, see [`complete`].
+pub async fn submit(s: &mut Session<'_>, p: Packet) {
+    let Some(login) = s.login().map(str::to_owned) else {
+        return;
+    };
+    let Some(to) = s.require(&p, "to") else {
+        return;
+    };
+    let Some(text) = s.require(&p, "text") else {
         return;
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let recipient = match parse_target(to, &s.sh.config.domain) {
-        None => return s.reply(p, failed(&id, "bad-address")),
-        Some(Target::Remote(_)) => return s.reply(p, failed(&id, "federation-disabled")),
-        Some(Target::Local(l)) => l,
+    let fail = match parse_target(to, &s.sh.config.domain) {
+        None => Err("bad-address"),
+        Some(Target::Remote(_)) => Err("federation-disabled"),
+        Some(Target::Local(_)) if text.is_empty() => Err("empty-text"),
+        Some(Target::Local(_)) if text.len() > s.sh.config.max_text => Err("text-too-long"),
+        Some(Target::Local(l)) => Ok(l),
     };
-    if text.is_empty() {
-        return s.reply(p, failed(&id, "empty-text"));
-    }
-    if text.len() > s.sh.config.max_text {
-        return s.reply(p, failed(&id, "text-too-long"));
-    }
+    let recipient = match fail {
+        Ok(r) => r,
+        Err(reason) => {
+            s.drain().await;
+            return s.reply(&p, failed(&id, reason));
+        }
+    };
     let m = StoredMessage {
         seq: 0,
         id: id.clone(),
-        sender: login.to_owned(),
-        recipient: recipient.clone(),
+        sender: login,
+        recipient,
         at: s.sh.config.clock.now_micros(),
         text: text.to_owned(),
     };
-    match s.sh.writer.write(WriteOp::InsertMessage(m.clone())).await {
-        Ok(Outcome::UnknownUser) => s.reply(p, failed(&id, "unknown-recipient")),
-        Ok(_) => {
-            s.reply(
-                p,
-                Packet::new("MESSAGE-SENT")
-                    .with("id", id)
-                    .with("at", rfc3339_micros(m.at)),
-            );
-            typing::clear(s, &recipient);
-            let bytes = encode(&message_packet(s, &m));
-            let me = s.session_id();
-            if recipient != login {
-                s.sh.hub.send(&recipient, &bytes);
-            }
-            // Carbon copy to the sender's other sessions.
-            s.sh.hub.send_except(login, me, &bytes);
-        }
+    let reference = p.reference().map(str::to_owned);
+    match s.sh.writer.submit(WriteOp::InsertMessage(m.clone())).await {
+        Ok(done) => s.pending.push_back(InFlight {
+            done,
+            reference,
+            message: m,
+        }),
         Err(e) => {
             warn!("message: {e}");
-            s.reply(p, failed(&id, "storage-error"));
+            s.drain().await;
+            s.reply(&p, failed(&id, "storage-error"));
         }
     }
+}
+
+/// Answers a committed (or failed) message and delivers it.
+pub fn complete(
+    s: &mut Session<'_>,
+    reference: Option<String>,
+    m: StoredMessage,
+    r: Result<Outcome, DbError>,
+) {
+    let answer = match r {
+        Ok(Outcome::UnknownUser) => failed(&m.id, "unknown-recipient"),
+        Ok(_) => Packet::new("MESSAGE-SENT")
+            .with("id", m.id.clone())
+            .with("at", rfc3339_micros(m.at)),
+        Err(e) => {
+            warn!("message: {e}");
+            failed(&m.id, "storage-error")
+        }
+    };
+    let ok = answer.verb == "MESSAGE-SENT";
+    s.push(&answer.with_opt("ref", reference));
+    if !ok {
+        return;
+    }
+    typing::clear(s, &m.recipient);
+    let bytes = encode(&message_packet(s, &m));
+    if m.recipient != m.sender {
+        s.sh.hub.send(&m.recipient, &bytes);
+    }
+    // Carbon copy to the sender's other sessions.
+    s.sh.hub.send_except(&m.sender, s.session_id(), &bytes);
 }
 
 /// `MESSAGE-READ id=` from the recipient.

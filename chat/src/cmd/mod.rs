@@ -55,7 +55,7 @@ pub async fn dispatch(s: &mut Session<'_>, p: Packet) {
         return;
     };
     match p.verb.as_str() {
-        "MESSAGE" => messages::send(s, &p, &login).await,
+        "MESSAGE" => messages::submit(s, p.clone()).await,
         "MESSAGE-READ" => messages::read(s, &p, &login).await,
         "MESSAGE-ACK" => messages::ack(s, &p, &login),
         "TYPING-STARTED" => typing::started(s, &p, &login),

@@ -5,7 +5,9 @@
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Storage failure.
@@ -289,6 +291,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: SqlitePool,
+    /// Logins known to exist (users are never deleted), so message batches rarely query them.
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Db {
@@ -305,7 +309,10 @@ impl Db {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("src/db/migrations").run(&pool).await?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            known: Arc::default(),
+        })
     }
 
     /// Closes the pool.
@@ -460,30 +467,210 @@ impl Db {
         Ok(rows.into_iter().map(|(o, n)| (o, n.is_none())).collect())
     }
 
-    /// Applies a batch of writes in one transaction (each op in its own savepoint, so a
-    /// failing op does not fail the others). Returns one result per op, in order.
+    /// Applies a batch of writes in one transaction and commits once. Runs of messages and
+    /// acknowledgements (the hot path) are validated up front and written with one multi-row
+    /// statement per chunk; every other op runs in its own savepoint, so a failing op does not
+    /// fail the others. Returns one result per op, in order.
     pub async fn apply_batch(
         &self,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {
+        let r = self.apply_batch_inner(ops).await;
+        if r.is_err() {
+            // Users seen inside a transaction that did not commit may not exist.
+            self.known_users().clear();
+        }
+        r
+    }
+
+    async fn apply_batch_inner(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {
+        let n = ops.len();
+        let mut out: Vec<Option<Result<Outcome, DbError>>> = Vec::with_capacity(n);
+        out.resize_with(n, || None);
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-            match apply(&mut sp, op).await {
-                Ok(o) => {
-                    sp.commit().await?;
-                    out.push(Ok(o));
-                }
-                Err(e) => {
-                    sp.rollback().await?;
-                    out.push(Err(e));
+        let mut bulk = Bulk::default();
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                WriteOp::InsertMessage(m) => bulk.messages.push((i, m)),
+                WriteOp::Ack { id, recipient } => bulk.acks.push((i, id, recipient)),
+                op => {
+                    self.flush_bulk(&mut tx, &mut bulk, &mut out).await?;
+                    let created = match &op {
+                        WriteOp::CreateUser { login, .. } => Some(login.clone()),
+                        _ => None,
+                    };
+                    let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+                    match apply(&mut sp, op).await {
+                        Ok(o) => {
+                            sp.commit().await?;
+                            if let (Some(login), Outcome::Done) = (created, &o) {
+                                self.known_users().insert(login);
+                            }
+                            out[i] = Some(Ok(o));
+                        }
+                        Err(e) => {
+                            sp.rollback().await?;
+                            out[i] = Some(Err(e));
+                        }
+                    }
                 }
             }
         }
+        self.flush_bulk(&mut tx, &mut bulk, &mut out).await?;
         tx.commit().await?;
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
+            .collect())
     }
+
+    fn known_users(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the accumulated messages and acknowledgements.
+    async fn flush_bulk(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        bulk: &mut Bulk,
+        out: &mut [Option<Result<Outcome, DbError>>],
+    ) -> Result<(), DbError> {
+        if !bulk.messages.is_empty() {
+            let messages = std::mem::take(&mut bulk.messages);
+            // Which recipients exist: a cache of known users (users are never deleted), then
+            // one query for the rest.
+            let unknown: Vec<String> = {
+                let known = self.known_users();
+                let mut v: Vec<String> = messages
+                    .iter()
+                    .filter(|(_, m)| !known.contains(&m.recipient))
+                    .map(|(_, m)| m.recipient.clone())
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            for chunk in unknown.chunks(IN_CHUNK) {
+                let sql = format!(
+                    "SELECT login FROM users WHERE login IN ({})",
+                    placeholders(chunk.len(), 1)
+                );
+                let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
+                for l in chunk {
+                    q = q.bind(l);
+                }
+                let found = q.persistent(false).fetch_all(&mut **tx).await?;
+                let mut known = self.known_users();
+                if known.len() > MAX_KNOWN_USERS {
+                    known.clear();
+                }
+                known.extend(found.into_iter().map(|r| r.0));
+            }
+            let mut valid = Vec::with_capacity(messages.len());
+            {
+                let known = self.known_users();
+                for (i, m) in messages {
+                    if known.contains(&m.recipient) {
+                        valid.push((i, m));
+                    } else {
+                        out[i] = Some(Ok(Outcome::UnknownUser));
+                    }
+                }
+            }
+            for chunk in valid.chunks(ROW_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO messages (id, sender, recipient, at, body) VALUES {}",
+                    placeholders(chunk.len(), 5)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (_, m) in chunk {
+                    q = q
+                        .bind(&m.id)
+                        .bind(&m.sender)
+                        .bind(&m.recipient)
+                        .bind(m.at)
+                        .bind(&m.text);
+                }
+                // A failing statement is rolled back on its own; the transaction goes on.
+                let r = q
+                    .persistent(chunk.len() == ROW_CHUNK)
+                    .execute(&mut **tx)
+                    .await;
+                for (i, _) in chunk {
+                    out[*i] = Some(match &r {
+                        Ok(_) => Ok(Outcome::Done),
+                        Err(e) => Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))),
+                    });
+                }
+            }
+        }
+        if !bulk.acks.is_empty() {
+            let acks = std::mem::take(&mut bulk.acks);
+            for chunk in acks.chunks(IN_CHUNK / 2) {
+                // `id IN (…)` uses the unique index; the second test keeps each id to its own
+                // recipient (logins never contain a space, so the pair is unambiguous).
+                let sql = format!(
+                    "UPDATE messages SET pending = 0 WHERE id IN ({}) \
+                     AND (id || ' ' || recipient) IN ({})",
+                    placeholders(chunk.len(), 1),
+                    placeholders(chunk.len(), 1)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (_, id, _) in chunk {
+                    q = q.bind(id);
+                }
+                for (_, id, recipient) in chunk {
+                    q = q.bind(format!("{id} {recipient}"));
+                }
+                let r = q.persistent(false).execute(&mut **tx).await;
+                for (i, _, _) in chunk {
+                    out[*i] = Some(match &r {
+                        Ok(_) => Ok(Outcome::Done),
+                        Err(e) => Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rows per multi-row INSERT (5 parameters each, well under SQLite's parameter limit).
+const ROW_CHUNK: usize = 256;
+/// Values per `IN (…)` list.
+const IN_CHUNK: usize = 1024;
+/// Bound on the known-users cache (cleared when exceeded).
+const MAX_KNOWN_USERS: usize = 1_000_000;
+
+/// Hot-path writes of a batch waiting to be written together.
+#[derive(Default)]
+struct Bulk {
+    messages: Vec<(usize, StoredMessage)>,
+    acks: Vec<(usize, String, String)>,
+}
+
+/// `(?, ?), (?, ?)` for `rows` rows of `cols` columns (`?, ?` for one column).
+fn placeholders(rows: usize, cols: usize) -> String {
+    let row = if cols == 1 {
+        String::new()
+    } else {
+        format!("({})", vec!["?"; cols].join(", "))
+    };
+    let mut s = String::with_capacity(rows * (row.len() + 2));
+    for k in 0..rows {
+        if k > 0 {
+            s.push_str(", ");
+        }
+        if cols == 1 {
+            s.push('?');
+        } else {
+            s.push_str(&row);
+        }
+    }
+    s
 }
 
 async fn exists(tx: &mut Transaction<'_, Sqlite>, login: &str) -> Result<bool, DbError> {
