@@ -11,7 +11,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use msim_shared::token::{valid_transfer_id, Capability, Direction, TokenError};
-use msim_storage::{BlobStore, NewBlob, StoreError};
+use msim_storage::{BlobSink, BlobStore, BlobWriter, NewBlob, SharedBudget, StoreError};
 use tokio::sync::Notify;
 
 use crate::metrics::{GaugeGuard, Metrics, Refusal};
@@ -27,11 +27,50 @@ pub struct State {
     pub metrics: Metrics,
     /// Signalled whenever this relay creates a blob (wakes downloads waiting for an upload).
     pub created: Notify,
+    /// Memory for bytes received but not yet stored, shared by all uploads.
+    pub upload_budget: SharedBudget,
+}
+
+/// Where an upload's bytes go: small bodies are collected and stored at once, larger ones
+/// through a pipelined sink.
+enum Storing {
+    Direct(BlobWriter, Vec<Bytes>),
+    Piped(BlobSink),
+}
+
+impl Storing {
+    async fn push(&mut self, data: Bytes) -> Result<(), StoreError> {
+        match self {
+            Storing::Direct(_, bufs) => {
+                bufs.push(data);
+                Ok(())
+            }
+            Storing::Piped(sink) => sink.push(data).await,
+        }
+    }
+
+    async fn close(self) -> Result<BlobWriter, StoreError> {
+        match self {
+            Storing::Direct(mut writer, bufs) => {
+                writer.append(bufs).await?;
+                Ok(writer)
+            }
+            Storing::Piped(sink) => sink.close().await,
+        }
+    }
 }
 
 const TRANSFERS: &str = "/v1/transfers/";
-/// Chunks queued between receiving and storing, per upload.
-const UPLOAD_QUEUE: usize = 2;
+/// Most bytes queued between receiving and storing, per upload (on top of the connection's
+/// read buffer).
+const UPLOAD_BUFFER: usize = 2 << 20;
+/// Most bytes queued between receiving and storing for all uploads together: with many
+/// uploads, each gets its share of this (see `RelayConfig` for the memory budget).
+pub const UPLOAD_BUFFER_TOTAL: usize = 32 << 20;
+/// Bodies up to this size are collected and stored in one step (no pipeline).
+const DIRECT_UPLOAD: u64 = 256 << 10;
+/// Chunks read ahead of the connection, per download.
+const DOWNLOAD_QUEUE: usize = 1;
 /// Header carrying the resume offset (tus-style).
 pub const UPLOAD_OFFSET: &str = "upload-offset";
 /// Header carrying the declared size.
@@ -439,25 +478,17 @@ async fn upload(
     }
     let _active = GaugeGuard::new(state.clone(), |m| &m.uploads_active);
     tracing::debug!(%id, start, len, "upload");
-    let chunk = state.config.chunk_size.max(16 << 10);
     let mut body = req.into_body();
-    // Receiving and storing overlap: a task appends (write + hash, off the async threads)
-    // while the next chunk arrives. At most `UPLOAD_QUEUE` chunks wait in between.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(UPLOAD_QUEUE);
-    let st = state.clone();
-    let store_task = tokio::spawn(async move {
-        let mut writer = writer;
-        while let Some(bufs) = rx.recv().await {
-            let n: usize = bufs.iter().map(Bytes::len).sum();
-            writer.append(bufs).await?;
-            Metrics::add(&st.metrics.bytes_in, n as u64);
-        }
-        Ok::<_, StoreError>(writer)
-    });
-    let mut pending: Vec<Bytes> = Vec::with_capacity(8);
-    let mut pending_len = 0usize;
+    let mut storing = if len <= DIRECT_UPLOAD {
+        Storing::Direct(writer, Vec::new())
+    } else {
+        // Receiving and storing overlap: the sink hashes and writes (off the async threads)
+        // while the next frames arrive, within this upload's and all uploads' budgets.
+        Storing::Piped(writer.sink(UPLOAD_BUFFER, Some(state.upload_budget.clone())))
+    };
     let mut received = 0u64;
     let mut body_error = None;
+    let mut push_error = None;
     loop {
         let frame = match body.frame().await {
             None => break,
@@ -470,25 +501,20 @@ async fn upload(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        received += data.len() as u64;
-        pending_len += data.len();
-        pending.push(data);
-        if pending_len >= chunk {
-            pending_len = 0;
-            if tx.send(std::mem::take(&mut pending)).await.is_err() {
-                break; // the store task failed; its error is reported below
-            }
+        let n = data.len() as u64;
+        received += n;
+        if let Err(e) = storing.push(data).await {
+            // Storing stopped: its own error (from `close`) wins over this one.
+            push_error = Some(e);
+            break;
         }
+        Metrics::add(&state.metrics.bytes_in, n);
     }
     // Keep whatever arrived, also when the client went away (resumable).
-    if pending_len > 0 {
-        let _ = tx.send(pending).await;
+    let writer = storing.close().await.map_err(store_refusal)?;
+    if let Some(e) = push_error {
+        return Err(store_refusal(e));
     }
-    drop(tx);
-    let writer = store_task
-        .await
-        .map_err(|e| store_refusal(StoreError::Io(std::io::Error::other(e))))?
-        .map_err(store_refusal)?;
     if let Some(e) = body_error {
         tracing::info!(%id, offset = writer.offset(), error = %e, "upload interrupted; resumable");
         let mut r = text(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}"));
@@ -657,30 +683,40 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
 
     let guard = GaugeGuard::new(state.clone(), |m| &m.downloads_active);
     let chunk = state.config.chunk_size.max(16 << 10);
+    // A producer task reads ahead (file reads overlap with sending); it stops when the
+    // response body is dropped, also while waiting for the writer.
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, io::Error>>(DOWNLOAD_QUEUE);
     let st = state.clone();
-    let stream = futures::stream::unfold(
-        (reader, guard, st, false),
-        move |(mut reader, guard, st, done)| async move {
-            if done {
-                return None;
-            }
-            match reader.next_chunk(chunk).await {
+    let mut reader = reader;
+    tokio::spawn(async move {
+        let _guard = guard;
+        loop {
+            let next = tokio::select! {
+                r = reader.next_chunk(chunk) => r,
+                () = tx.closed() => return,
+            };
+            match next {
                 Ok(Some(b)) => {
-                    Metrics::add(&st.metrics.bytes_out, b.len() as u64);
-                    Some((Ok(Frame::data(b)), (reader, guard, st, false)))
+                    let n = b.len() as u64;
+                    if tx.send(Ok(Frame::data(b))).await.is_err() {
+                        return;
+                    }
+                    Metrics::add(&st.metrics.bytes_out, n);
                 }
                 Ok(None) => {
                     Metrics::add(&st.metrics.downloads_completed, 1);
-                    None
+                    return;
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "download aborted");
-                    let err = io::Error::other(e.to_string());
-                    Some((Err(err), (reader, guard, st, true)))
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    return;
                 }
             }
-        },
-    );
+        }
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
     *r.status_mut() = if partial {
         StatusCode::PARTIAL_CONTENT

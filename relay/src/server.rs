@@ -8,13 +8,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use msim_storage::BlobStore;
+use msim_storage::{BlobStore, SharedBudget};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::api::{handle, State};
+use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
 use crate::metrics::Metrics;
 use crate::{RelayConfig, RelayError};
+
+/// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
+const READ_BUF_MAX: usize = 512 << 10;
 
 /// Serve the relay on `listener` until `shutdown` completes, then stop accepting and give
 /// in-flight requests `config.shutdown_grace` to finish. Opens (and recovers) the storage in
@@ -30,6 +33,7 @@ pub async fn serve(
         store,
         metrics: Metrics::default(),
         created: Notify::new(),
+        upload_budget: SharedBudget::new(UPLOAD_BUFFER_TOTAL),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweeper(state.clone(), stop_rx));
@@ -67,6 +71,8 @@ pub async fn serve(
         let service = service_fn(move |req| handle(st.clone(), req));
         let conn = http1::Builder::new()
             .keep_alive(true)
+            .max_buf_size(READ_BUF_MAX)
+            .writev(true)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(TokioIo::new(stream), service);

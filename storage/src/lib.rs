@@ -20,8 +20,8 @@ mod store;
 
 pub use error::StoreError;
 pub use store::{
-    BlobInfo, BlobReader, BlobStore, BlobWriter, Clock, ManualClock, NewBlob, StoreConfig,
-    StoreStats, SweepReport, SystemClock,
+    BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, Clock, ManualClock, NewBlob,
+    SharedBudget, StoreConfig, StoreStats, SweepReport, SystemClock,
 };
 
 /// Result alias for this crate.

@@ -1,19 +1,19 @@
 //! The blob store: index, writers, readers, sweeps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::{disk, valid_id, Result, StoreError};
 
@@ -23,6 +23,20 @@ const REHASH_CHUNK: usize = 1 << 20;
 const SWEEP_BATCH: i64 = 256;
 /// How often a waiting reader re-checks the index (for sweeps done by another process).
 const READER_RECHECK: Duration = Duration::from_secs(5);
+/// Recently written chunks kept in memory per live upload that has readers, so readers that
+/// keep up with the writer get the writer's buffers without reading the file (zero-copy).
+/// The last chunk stored is always kept (the writer's caller held it anyway).
+const RECENT_BYTES: usize = 1 << 20;
+/// Bound on [`RECENT_BYTES`] windows of all uploads together: beyond it, windows keep only
+/// their last chunk.
+const RECENT_BYTES_TOTAL: usize = 16 << 20;
+/// Most bytes a [`BlobSink`] worker writes (and hashes) in one step.
+const SINK_BATCH_BYTES: usize = 1 << 20;
+/// Most buffers a [`BlobSink`] worker writes in one `writev`.
+const SINK_BATCH_BUFS: usize = 64;
+/// Start writeback of stored data every this many bytes, so the fsync at completion has
+/// little left to flush (and dirty pages do not pile up).
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Source of "now" in unix seconds (injectable for tests).
 pub trait Clock: Send + Sync + 'static {
@@ -188,6 +202,95 @@ struct Progress {
 struct Live {
     tx: watch::Sender<Progress>,
     writer_active: AtomicBool,
+    /// The most recently stored chunks (only kept while readers follow the upload).
+    recent: Mutex<Recent>,
+}
+
+/// A window of the most recently stored bytes of an upload, as the writer's own buffers.
+struct Recent {
+    /// Offset of the first byte of `chunks`.
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    /// Bytes held by all windows of the store.
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl Recent {
+    fn end(&self) -> u64 {
+        self.start + self.bytes as u64
+    }
+
+    fn new(total: Arc<AtomicUsize>) -> Recent {
+        Recent {
+            start: 0,
+            chunks: VecDeque::new(),
+            bytes: 0,
+            total,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+    }
+
+    /// Record `bufs`, stored at `offset`; keeps at most [`RECENT_BYTES`], but always the last
+    /// chunk (it is in memory anyway until the writer's caller lets go of it).
+    fn push(&mut self, offset: u64, bufs: &[Bytes]) {
+        if self.chunks.is_empty() || self.end() != offset {
+            self.clear();
+            self.start = offset;
+        }
+        for b in bufs.iter().filter(|b| !b.is_empty()) {
+            self.chunks.push_back(b.clone());
+            self.bytes += b.len();
+            self.total.fetch_add(b.len(), Ordering::Relaxed);
+        }
+        while self.chunks.len() > 1
+            && (self.bytes > RECENT_BYTES
+                || self.total.load(Ordering::Relaxed) > RECENT_BYTES_TOTAL)
+        {
+            let Some(b) = self.chunks.pop_front() else {
+                break;
+            };
+            self.bytes -= b.len();
+            self.total.fetch_sub(b.len(), Ordering::Relaxed);
+            self.start += b.len() as u64;
+        }
+    }
+
+    /// Up to `max` bytes at `pos` (not past `end`), without copying, if still held.
+    fn get(&self, pos: u64, end: u64, max: usize) -> Option<Bytes> {
+        if pos < self.start || pos >= self.end() || pos >= end {
+            return None;
+        }
+        let mut at = self.start;
+        for c in &self.chunks {
+            let c_end = at + c.len() as u64;
+            if pos < c_end {
+                let from = usize::try_from(pos - at).ok()?;
+                let want = (c_end.min(end) - pos).min(max as u64);
+                let want = usize::try_from(want).ok()?;
+                return Some(c.slice(from..from + want));
+            }
+            at = c_end;
+        }
+        None
+    }
+}
+
+impl Live {
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Inner {
@@ -199,6 +302,8 @@ struct Inner {
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Serialises admission checks so two uploads cannot both pass a limit.
     admit: tokio::sync::Mutex<()>,
+    /// Bytes held by the recent-chunk windows of all live uploads.
+    recent_total: Arc<AtomicUsize>,
 }
 
 /// A temporary blob store. Cheap to clone.
@@ -276,6 +381,7 @@ impl BlobStore {
                 config,
                 live: Mutex::new(HashMap::new()),
                 admit: tokio::sync::Mutex::new(()),
+                recent_total: Arc::new(AtomicUsize::new(0)),
             }),
         })
     }
@@ -317,6 +423,7 @@ impl BlobStore {
                     })
                     .0,
                     writer_active: AtomicBool::new(false),
+                    recent: Mutex::new(Recent::new(self.inner.recent_total.clone())),
                 })
             })
             .clone()
@@ -331,6 +438,7 @@ impl BlobStore {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         if let Some(live) = live {
+            live.recent().clear();
             live.tx.send_modify(|p| p.phase = phase);
         }
     }
@@ -511,8 +619,12 @@ impl BlobStore {
             .await?;
         Ok(BlobWriter {
             guard,
-            file: Some(file),
-            hasher: Some(hasher),
+            core: Some(Core {
+                file,
+                hasher,
+                written: offset,
+                writeback_from: offset,
+            }),
             offset,
             size,
             sha256: info.sha256,
@@ -526,24 +638,29 @@ impl BlobStore {
         let info = self.info(id).await?;
         let end = end.min(info.size);
         let start = start.min(end);
-        let rx = if info.complete {
+        let live = if info.complete {
             None
         } else {
-            let live = self.live_get_or_insert(id, || info.committed);
-            Some(live.tx.subscribe())
+            Some(self.live_get_or_insert(id, || info.committed))
         };
+        let rx = live.as_ref().map(|l| l.tx.subscribe());
         let (part, blob) = (self.part_path(id), self.blob_path(id));
         let complete = info.complete;
         let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, bool)> {
-            if !complete {
-                match File::open(&part) {
-                    Ok(f) => return Ok((f, false)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+            let (mut f, done) = 'open: {
+                if !complete {
+                    match File::open(&part) {
+                        Ok(f) => break 'open (f, false),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-            }
-            // Completed meanwhile (renamed) or complete from the start.
-            File::open(&blob).map(|f| (f, true))
+                // Completed meanwhile (renamed) or complete from the start.
+                (File::open(&blob)?, true)
+            };
+            // Reads are sequential from here on (this descriptor is the reader's own).
+            f.seek(SeekFrom::Start(start))?;
+            Ok((f, done))
         })
         .await
         .map_err(io::Error::other)?;
@@ -555,10 +672,11 @@ impl BlobStore {
         Ok(BlobReader {
             store: self.clone(),
             id: id.to_owned(),
-            file: Arc::new(file),
+            file: Some(file),
             pos: start,
             end,
             rx: if is_complete { None } else { rx },
+            live: if is_complete { None } else { live },
         })
     }
 
@@ -785,6 +903,7 @@ struct WriterGuard {
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         if self.armed {
+            self.live.recent().clear();
             self.live.writer_active.store(false, Ordering::SeqCst);
             self.live.tx.send_modify(|p| {
                 if p.phase == Phase::Writing {
@@ -795,16 +914,84 @@ impl Drop for WriterGuard {
     }
 }
 
+/// The open data file of a writer and the hash of everything in it.
+struct Core {
+    file: File,
+    hasher: Sha256,
+    /// Bytes in the file.
+    written: u64,
+    /// Start of the range whose writeback has not been started yet.
+    writeback_from: u64,
+}
+
+impl Core {
+    /// Hash and append `bufs` (one `writev` where possible), then tell readers. Blocking.
+    fn store(&mut self, bufs: &[Bytes], live: &Live) -> io::Result<()> {
+        for b in bufs {
+            self.hasher.update(b);
+        }
+        write_all_vectored(&mut self.file, bufs)?;
+        let at = self.written;
+        self.written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+        if live.tx.receiver_count() > 0 {
+            live.recent().push(at, bufs);
+        }
+        let written = self.written;
+        live.tx.send_modify(|p| p.written = written);
+        if self.written - self.writeback_from >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.writeback_from, self.written);
+            self.writeback_from = self.written;
+        }
+        Ok(())
+    }
+}
+
+fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Ask the kernel to start writing `from..to` of `file` back to disk, without waiting
+/// (best effort; the fsync at completion is what guarantees durability).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, from: u64, to: u64) {
+    let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    let _ =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _from: u64, _to: u64) {}
+
 /// Appends to one blob. Dropping it without [`BlobWriter::finish`] leaves a resumable partial
 /// upload.
 pub struct BlobWriter {
     guard: WriterGuard,
-    file: Option<File>,
-    hasher: Option<Sha256>,
+    core: Option<Core>,
     offset: u64,
     size: u64,
     sha256: Option<String>,
     last_touch: u64,
+}
+
+fn writer_failed() -> StoreError {
+    io::Error::other("writer failed earlier").into()
 }
 
 impl BlobWriter {
@@ -826,7 +1013,7 @@ impl BlobWriter {
         }
     }
 
-    /// Append buffers (written in one blocking step; no fsync). Readers are woken.
+    /// Append buffers (hashed and written in one blocking step; no fsync). Readers are woken.
     pub async fn append(&mut self, bufs: Vec<Bytes>) -> Result<()> {
         self.check_alive()?;
         let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
@@ -836,28 +1023,22 @@ impl BlobWriter {
         if n == 0 {
             return Ok(());
         }
-        let (Some(mut file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(io::Error::other("writer failed earlier").into());
-        };
-        let (file, hasher, res) = tokio::task::spawn_blocking(move || {
-            let mut res = Ok(());
-            for b in &bufs {
-                if let Err(e) = file.write_all(b) {
-                    res = Err(e);
-                    break;
-                }
-                hasher.update(b);
-            }
-            (file, hasher, res)
+        let mut core = self.core.take().ok_or_else(writer_failed)?;
+        let live = self.guard.live.clone();
+        let (core, res) = tokio::task::spawn_blocking(move || {
+            let res = core.store(&bufs, &live);
+            (core, res)
         })
         .await
         .map_err(io::Error::other)?;
         res?;
-        self.file = Some(file);
-        self.hasher = Some(hasher);
-        self.offset += n;
-        let offset = self.offset;
-        self.guard.live.tx.send_modify(|p| p.written = offset);
+        self.offset = core.written;
+        self.core = Some(core);
+        self.touch().await
+    }
+
+    /// Record progress in the index (at most once per clock second).
+    async fn touch(&mut self) -> Result<()> {
         let now = self.guard.store.now();
         if now != self.last_touch {
             self.last_touch = now;
@@ -868,6 +1049,29 @@ impl BlobWriter {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Turn this writer into a pipelined sink: buffers pushed into it are hashed and written by
+    /// a separate task (off the caller's task) while the caller receives more. At most `limit`
+    /// bytes of this upload wait or are being written at a time, and, with `shared`, they also
+    /// take permits (one per byte) from that pool, which bounds all uploads together.
+    /// [`BlobSink::push`] waits for room.
+    pub fn sink(self, limit: usize, shared: Option<SharedBudget>) -> BlobSink {
+        let limit = limit.clamp(1, u32::MAX as usize);
+        let own = Arc::new(Semaphore::new(limit));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let accepted = self.offset;
+        let size = self.size;
+        let task = tokio::spawn(drain_sink(self, rx, own.clone()));
+        BlobSink {
+            tx: Some(tx),
+            own,
+            shared,
+            limit,
+            accepted,
+            size,
+            task,
+        }
     }
 
     /// Complete the upload: check the size and declared SHA-256 (a mismatch discards the
@@ -881,9 +1085,7 @@ impl BlobWriter {
                 size: self.size,
             });
         }
-        let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(io::Error::other("writer failed earlier").into());
-        };
+        let Core { file, hasher, .. } = self.core.take().ok_or_else(writer_failed)?;
         let actual = hex(&hasher.finalize());
         let store = self.guard.store.clone();
         let id = self.guard.id.clone();
@@ -931,6 +1133,139 @@ impl BlobWriter {
     }
 }
 
+/// A pool of bytes that several [`BlobSink`]s draw from: bounds the memory of all uploads
+/// together. Cheap to clone (clones share the pool).
+#[derive(Clone, Debug)]
+pub struct SharedBudget {
+    sem: Arc<Semaphore>,
+    total: u32,
+}
+
+impl SharedBudget {
+    /// A pool of `total` bytes (at most `u32::MAX`).
+    pub fn new(total: usize) -> SharedBudget {
+        let total = u32::try_from(total.max(1)).unwrap_or(u32::MAX);
+        SharedBudget {
+            sem: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Bytes not taken right now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+}
+
+/// A queued buffer and the budget it holds until it is stored.
+struct Queued {
+    data: Bytes,
+    _own: OwnedSemaphorePermit,
+    _shared: Option<OwnedSemaphorePermit>,
+}
+
+/// The storing side of a [`BlobSink`]: takes whatever has arrived (up to a batch) and stores
+/// it in one blocking step, so batches grow when storing is the slower side.
+async fn drain_sink(
+    mut writer: BlobWriter,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    own: Arc<Semaphore>,
+) -> Result<BlobWriter> {
+    let res = async {
+        let mut batch = Vec::with_capacity(SINK_BATCH_BUFS);
+        let mut held = Vec::with_capacity(SINK_BATCH_BUFS);
+        while let Some(q) = rx.recv().await {
+            let mut bytes = q.data.len();
+            batch.push(q.data.clone());
+            held.push(q);
+            while bytes < SINK_BATCH_BYTES && batch.len() < SINK_BATCH_BUFS {
+                match rx.try_recv() {
+                    Ok(q) => {
+                        bytes += q.data.len();
+                        batch.push(q.data.clone());
+                        held.push(q);
+                    }
+                    Err(_) => break,
+                }
+            }
+            writer.append(std::mem::take(&mut batch)).await?;
+            // Stored: give the budget back.
+            held.clear();
+        }
+        Ok(())
+    }
+    .await;
+    // Wakes a producer waiting for room; its push fails and it collects the error here.
+    // Whatever is still queued is dropped with `rx`, returning its budget.
+    own.close();
+    res.map(|()| writer)
+}
+
+/// A [`BlobWriter`] fed through a bounded queue; see [`BlobWriter::sink`].
+pub struct BlobSink {
+    tx: Option<mpsc::UnboundedSender<Queued>>,
+    own: Arc<Semaphore>,
+    shared: Option<SharedBudget>,
+    limit: usize,
+    accepted: u64,
+    size: u64,
+    task: tokio::task::JoinHandle<Result<BlobWriter>>,
+}
+
+impl BlobSink {
+    /// Bytes accepted so far (stored or queued), counting from the start of the blob.
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Queue `data` for storing; waits while the queue is full. An error means storing has
+    /// stopped: [`BlobSink::close`] says why.
+    pub async fn push(&mut self, data: Bytes) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.len() as u64 > self.size - self.accepted {
+            return Err(StoreError::TooLarge);
+        }
+        let stopped = || StoreError::Io(io::Error::other("storing stopped"));
+        // A buffer larger than the limit takes the whole limit (it is stored on its own).
+        let permits = u32::try_from(data.len().min(self.limit)).unwrap_or(u32::MAX);
+        let own = self
+            .own
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| stopped())?;
+        let shared = match &self.shared {
+            Some(pool) => Some(
+                pool.sem
+                    .clone()
+                    .acquire_many_owned(permits.min(pool.total))
+                    .await
+                    .map_err(|_| stopped())?,
+            ),
+            None => None,
+        };
+        let n = data.len() as u64;
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        tx.send(Queued {
+            data,
+            _own: own,
+            _shared: shared,
+        })
+        .map_err(|_| stopped())?;
+        self.accepted += n;
+        Ok(())
+    }
+
+    /// Wait until everything queued is stored; returns the writer (with its exact offset), or
+    /// the error that stopped storing (the upload then stays resumable at what was stored).
+    pub async fn close(mut self) -> Result<BlobWriter> {
+        self.tx = None;
+        (&mut self.task).await.map_err(io::Error::other)?
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(b.len() * 2);
@@ -944,10 +1279,12 @@ fn hex(b: &[u8]) -> String {
 pub struct BlobReader {
     store: BlobStore,
     id: String,
-    file: Arc<File>,
+    file: Option<File>,
     pos: u64,
     end: u64,
     rx: Option<watch::Receiver<Progress>>,
+    /// The live upload (while following it): recent chunks are taken from memory.
+    live: Option<Arc<Live>>,
 }
 
 impl BlobReader {
@@ -963,25 +1300,36 @@ impl BlobReader {
             return Ok(None);
         }
         let avail_end = self.wait_available().await?;
-        let want = (avail_end - self.pos).min(max as u64);
-        let n = usize::try_from(want).unwrap_or(max);
-        let file = self.file.clone();
-        let pos = self.pos;
-        let buf = tokio::task::spawn_blocking(move || -> io::Result<BytesMut> {
-            let mut buf = BytesMut::zeroed(n);
-            let mut filled = 0;
-            while filled < n {
-                let r = file.read_at(&mut buf[filled..], pos + filled as u64)?;
-                if r == 0 {
-                    break;
-                }
-                filled += r;
+        let max = max.max(1);
+        // Caught up with the writer: take its buffers (no file read, no copy).
+        if let Some(live) = &self.live {
+            if let Some(b) = live.recent().get(self.pos, avail_end, max) {
+                self.pos += b.len() as u64;
+                return Ok(Some(b));
             }
-            buf.truncate(filled);
-            Ok(buf)
+        }
+        let want = (avail_end - self.pos).min(max as u64);
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Io(io::Error::other("reader failed earlier")))?;
+        let pos = self.pos;
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            let res = (|| -> io::Result<Vec<u8>> {
+                // The cursor is at `pos` unless chunks came from memory meanwhile.
+                if file.stream_position()? != pos {
+                    file.seek(SeekFrom::Start(pos))?;
+                }
+                let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+                (&file).take(want).read_to_end(&mut buf)?;
+                Ok(buf)
+            })();
+            (file, res)
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)?;
+        let buf = buf?;
+        self.file = Some(file);
         if buf.is_empty() {
             // The writer said the bytes were there; the file is shorter: truncated underneath.
             return Err(StoreError::Io(io::Error::new(
@@ -990,7 +1338,12 @@ impl BlobReader {
             )));
         }
         self.pos += buf.len() as u64;
-        Ok(Some(buf.freeze()))
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    fn stop_following(&mut self) {
+        self.rx = None;
+        self.live = None;
     }
 
     /// Wait until bytes past `pos` are stored; return how far we may read.
@@ -1004,7 +1357,7 @@ impl BlobReader {
                 Phase::Cancelled => return Err(StoreError::Cancelled),
                 Phase::Gone => return Err(StoreError::Expired),
                 Phase::Complete => {
-                    self.rx = None;
+                    self.stop_following();
                     return Ok(self.end);
                 }
                 Phase::Writing | Phase::Idle => {}
@@ -1019,7 +1372,7 @@ impl BlobReader {
                     let p = *rx.borrow();
                     return match p.phase {
                         Phase::Complete => {
-                            self.rx = None;
+                            self.stop_following();
                             Ok(self.end)
                         }
                         Phase::Cancelled => Err(StoreError::Cancelled),
@@ -1031,7 +1384,7 @@ impl BlobReader {
                     // process) removed the blob.
                     match self.store.info(&self.id).await {
                         Ok(i) if i.complete => {
-                            self.rx = None;
+                            self.stop_following();
                             return Ok(self.end);
                         }
                         Ok(_) => {}

@@ -399,3 +399,85 @@ async fn sweep_from_another_handle_is_seen_by_the_server() {
         Err(StoreError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn sink_pipelines_and_followers_get_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    let body = data(3_000_000);
+    store
+        .create(new("s", body.len() as u64, T0 + 100))
+        .await
+        .unwrap();
+    // Two followers: one reading as it goes, one starting at an offset.
+    let mut r1 = store.reader("s", 0, body.len() as u64).await.unwrap();
+    let mut r2 = store
+        .reader("s", 1_000_001, body.len() as u64)
+        .await
+        .unwrap();
+    let follow1 = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(c) = r1.next_chunk(1 << 16).await.unwrap() {
+            got.extend_from_slice(&c);
+        }
+        got
+    });
+    let follow2 = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(c) = r2.next_chunk(100_000).await.unwrap() {
+            got.extend_from_slice(&c);
+        }
+        got
+    });
+    let budget = msim_storage::SharedBudget::new(1 << 20);
+    let mut sink = store
+        .writer("s")
+        .await
+        .unwrap()
+        .sink(300_000, Some(budget.clone()));
+    for chunk in body.chunks(70_001) {
+        sink.push(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(sink.accepted(), body.len() as u64);
+    // More than declared is refused without storing anything.
+    assert!(matches!(
+        sink.push(Bytes::from_static(b"x")).await,
+        Err(StoreError::TooLarge)
+    ));
+    let w = sink.close().await.unwrap();
+    assert_eq!(w.offset(), body.len() as u64);
+    assert_eq!(budget.available(), 1 << 20, "all budget returned");
+    let sha = w.finish().await.unwrap();
+    assert_eq!(sha, hex(&body));
+    assert_eq!(follow1.await.unwrap(), body);
+    assert_eq!(follow2.await.unwrap(), &body[1_000_001..]);
+    assert_eq!(read_all(&store, "s").await, body);
+}
+
+#[tokio::test]
+async fn sink_reports_cancel_and_keeps_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    store.create(new("c", 1 << 20, T0 + 100)).await.unwrap();
+    let budget = msim_storage::SharedBudget::new(1 << 20);
+    let mut sink = store
+        .writer("c")
+        .await
+        .unwrap()
+        .sink(1 << 16, Some(budget.clone()));
+    sink.push(Bytes::from(vec![1u8; 1000])).await.unwrap();
+    assert!(store.cancel("c").await.unwrap());
+    // Pushing eventually fails once the storing side has seen the cancel; close says why.
+    let mut failed = false;
+    for _ in 0..32 {
+        if sink.push(Bytes::from(vec![2u8; 1 << 14])).await.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "pushes keep failing after a cancel");
+    assert!(matches!(sink.close().await, Err(StoreError::Cancelled)));
+    assert_eq!(budget.available(), 1 << 20, "all budget returned");
+}
