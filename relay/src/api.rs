@@ -675,7 +675,7 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
         .map_err(store_refusal)?;
     let reader = state
         .store
-        .reader(&id, start, end)
+        .reader_for(&info, start, end)
         .await
         .map_err(store_refusal)?;
     let len = end - start;

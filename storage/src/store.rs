@@ -312,13 +312,96 @@ pub struct BlobStore {
     inner: Arc<Inner>,
 }
 
-type Row = (String, i64, i64, String, Option<String>, i64, i64);
+type Row = (String, i64, i64, String, Option<String>, i64, i64, i64);
 
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Create the `totals` and `sender_totals` tables (declared bytes in all, of partial uploads,
+/// and per sender) and the triggers that keep them in step with `blobs`, filling them from
+/// `blobs` the first time. Admission checks then read two rows instead of summing the table.
+async fn init_totals(pool: &SqlitePool) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    // IMMEDIATE: a relay and a `sweep` process opening at once do not both fill the tables.
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let res = async {
+        for stmt in [
+            "CREATE TABLE IF NOT EXISTS totals (
+                k INTEGER PRIMARY KEY NOT NULL CHECK (k = 0),
+                total INTEGER NOT NULL,
+                partial INTEGER NOT NULL
+            )",
+            "CREATE TABLE IF NOT EXISTS sender_totals (
+                sender TEXT PRIMARY KEY NOT NULL,
+                total INTEGER NOT NULL
+            ) WITHOUT ROWID",
+            "CREATE TRIGGER IF NOT EXISTS blobs_totals_insert AFTER INSERT ON blobs BEGIN
+                UPDATE totals SET total = total + NEW.size,
+                    partial = partial + (CASE WHEN NEW.state = 0 THEN NEW.size ELSE 0 END)
+                    WHERE k = 0;
+                INSERT OR IGNORE INTO sender_totals (sender, total) VALUES (NEW.sender, 0);
+                UPDATE sender_totals SET total = total + NEW.size WHERE sender = NEW.sender;
+            END",
+            "CREATE TRIGGER IF NOT EXISTS blobs_totals_delete AFTER DELETE ON blobs BEGIN
+                UPDATE totals SET total = total - OLD.size,
+                    partial = partial - (CASE WHEN OLD.state = 0 THEN OLD.size ELSE 0 END)
+                    WHERE k = 0;
+                UPDATE sender_totals SET total = total - OLD.size WHERE sender = OLD.sender;
+                DELETE FROM sender_totals WHERE sender = OLD.sender AND total <= 0;
+            END",
+            "CREATE TRIGGER IF NOT EXISTS blobs_totals_update
+             AFTER UPDATE OF size, state, sender ON blobs BEGIN
+                UPDATE totals SET total = total - OLD.size + NEW.size,
+                    partial = partial - (CASE WHEN OLD.state = 0 THEN OLD.size ELSE 0 END)
+                        + (CASE WHEN NEW.state = 0 THEN NEW.size ELSE 0 END)
+                    WHERE k = 0;
+                UPDATE sender_totals SET total = total - OLD.size WHERE sender = OLD.sender;
+                DELETE FROM sender_totals WHERE sender = OLD.sender AND total <= 0;
+                INSERT OR IGNORE INTO sender_totals (sender, total) VALUES (NEW.sender, 0);
+                UPDATE sender_totals SET total = total + NEW.size WHERE sender = NEW.sender;
+            END",
+        ] {
+            sqlx::query(stmt).execute(&mut *conn).await?;
+        }
+        let (have,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM totals")
+            .fetch_one(&mut *conn)
+            .await?;
+        if have == 0 {
+            sqlx::query(
+                "INSERT INTO totals (k, total, partial)
+                 SELECT 0, COALESCE(SUM(size), 0),
+                        COALESCE(SUM(CASE WHEN state = 0 THEN size ELSE 0 END), 0)
+                 FROM blobs",
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM sender_totals")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO sender_totals (sender, total)
+                 SELECT sender, SUM(size) FROM blobs GROUP BY sender",
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    match res {
+        Ok(()) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e.into())
+        }
+    }
 }
 
 impl BlobStore {
@@ -373,6 +456,7 @@ impl BlobStore {
         sqlx::query("CREATE INDEX IF NOT EXISTS blobs_sender ON blobs(sender)")
             .execute(&pool)
             .await?;
+        init_totals(&pool).await?;
         Ok(BlobStore {
             inner: Arc::new(Inner {
                 dir,
@@ -445,45 +529,54 @@ impl BlobStore {
 
     async fn row(&self, id: &str) -> Result<Option<Row>> {
         Ok(sqlx::query_as::<_, Row>(
-            "SELECT id, size, expires, sender, sha256, state, downloads FROM blobs WHERE id = ?",
+            "SELECT id, size, expires, sender, sha256, state, downloads, last_progress FROM blobs WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.inner.pool)
         .await?)
     }
 
-    /// Look up a blob. Expired blobs are reported as [`StoreError::NotFound`].
-    pub async fn info(&self, id: &str) -> Result<BlobInfo> {
+    /// The index row of an unexpired blob, and when it last made progress.
+    async fn live_row(&self, id: &str) -> Result<(BlobInfo, u64)> {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
-        let (id, size, expires, sender, sha256, state, downloads) =
+        let (id, size, expires, sender, sha256, state, downloads, last_progress) =
             self.row(id).await?.ok_or(StoreError::NotFound)?;
         if u(expires) <= self.now() {
             return Err(StoreError::NotFound);
         }
         let complete = state == 1;
-        let committed = if complete {
-            u(size)
-        } else if let Some(live) = self.live_get(&id) {
-            live.tx.borrow().written
-        } else {
-            match tokio::fs::metadata(self.part_path(&id)).await {
-                Ok(m) => m.len().min(u(size)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-                Err(e) => return Err(e.into()),
-            }
-        };
-        Ok(BlobInfo {
+        let info = BlobInfo {
             id,
             size: u(size),
-            committed,
+            committed: if complete { u(size) } else { 0 },
             complete,
             expires: u(expires),
             sender,
             sha256,
             downloads: u32::try_from(downloads).unwrap_or(u32::MAX),
-        })
+        };
+        Ok((info, u(last_progress)))
+    }
+
+    /// Look up a blob. Expired blobs are reported as [`StoreError::NotFound`].
+    pub async fn info(&self, id: &str) -> Result<BlobInfo> {
+        let (mut info, _) = self.live_row(id).await?;
+        if !info.complete {
+            info.committed = if let Some(live) = self.live_get(&info.id) {
+                live.tx.borrow().written
+            } else {
+                match tokio::fs::metadata(self.part_path(&info.id)).await {
+                    Ok(m) => m.len().min(info.size),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(StoreError::NotFound)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+        }
+        Ok(info)
     }
 
     /// Create a blob for an upload after the admission checks (capacity, free-disk watermark,
@@ -494,31 +587,31 @@ impl BlobStore {
         }
         let cfg = &self.inner.config;
         let _admit = self.inner.admit.lock().await;
-        if self.row(&new.id).await?.is_some() {
-            return Err(StoreError::AlreadyExists);
-        }
-        let (total, partial): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT SUM(size), SUM(CASE WHEN state = 0 THEN size ELSE 0 END) FROM blobs",
+        // One lookup for all checks; the totals are kept by triggers (O(1), not a table scan).
+        let (exists, total, partial, by_sender): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM blobs WHERE id = ?), total, partial,
+                    (SELECT total FROM sender_totals WHERE sender = ?)
+             FROM totals WHERE k = 0",
         )
+        .bind(&new.id)
+        .bind(&new.sender)
         .fetch_one(&self.inner.pool)
         .await?;
-        let total = u(total.unwrap_or(0));
+        if exists != 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        let total = u(total);
         if total.saturating_add(new.size) > cfg.capacity_bytes {
             return Err(StoreError::CapacityExceeded);
         }
         let avail = disk::available_bytes(&self.inner.blobs_dir)?;
         // Conservative: in-progress uploads may still need their whole declared size.
-        let need = u(partial.unwrap_or(0))
+        let need = u(partial)
             .saturating_add(new.size)
             .saturating_add(cfg.min_free_bytes);
         if avail < need {
             return Err(StoreError::LowDisk);
         }
-        let (by_sender,): (Option<i64>,) =
-            sqlx::query_as("SELECT SUM(size) FROM blobs WHERE sender = ?")
-                .bind(&new.sender)
-                .fetch_one(&self.inner.pool)
-                .await?;
         if u(by_sender.unwrap_or(0)).saturating_add(new.size) > cfg.per_sender_quota_bytes {
             return Err(StoreError::QuotaExceeded);
         }
@@ -562,12 +655,13 @@ impl BlobStore {
     /// Open a writer appending at the current offset (0 for a fresh upload, the stored length
     /// for a resumed one; the prefix is re-hashed so the final SHA-256 covers the whole file).
     pub async fn writer(&self, id: &str) -> Result<BlobWriter> {
-        let info = self.info(id).await?;
+        let (info, last_progress) = self.live_row(id).await?;
         if info.complete {
             return Err(StoreError::AlreadyComplete);
         }
         let part2 = self.part_path(id);
-        let live = self.live_get_or_insert(id, || info.committed);
+        // A new entry starts at 0 (a lower bound); the real offset is published below.
+        let live = self.live_get_or_insert(id, || 0);
         if live.writer_active.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Busy);
         }
@@ -612,11 +706,14 @@ impl BlobStore {
             p.phase = Phase::Writing;
         });
         let now = self.now();
-        sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
-            .bind(i(now))
-            .bind(id)
-            .execute(&self.inner.pool)
-            .await?;
+        if last_progress != now {
+            // Restart the abandonment clock (already current right after `create`).
+            sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
+                .bind(i(now))
+                .bind(id)
+                .execute(&self.inner.pool)
+                .await?;
+        }
         Ok(BlobWriter {
             guard,
             core: Some(Core {
@@ -636,6 +733,13 @@ impl BlobStore {
     /// progress the reader follows the writer.
     pub async fn reader(&self, id: &str, start: u64, end: u64) -> Result<BlobReader> {
         let info = self.info(id).await?;
+        self.reader_for(&info, start, end).await
+    }
+
+    /// Like [`BlobStore::reader`], for a blob just looked up with [`BlobStore::info`] (saves
+    /// the second lookup). A blob completed or removed since is handled as by `reader`.
+    pub async fn reader_for(&self, info: &BlobInfo, start: u64, end: u64) -> Result<BlobReader> {
+        let id = info.id.as_str();
         let end = end.min(info.size);
         let start = start.min(end);
         let live = if info.complete {
@@ -1394,5 +1498,92 @@ impl BlobReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The trigger-kept totals equal the sums over `blobs`.
+    async fn assert_totals(store: &BlobStore) {
+        let pool = &store.inner.pool;
+        let (total, partial): (i64, i64) =
+            sqlx::query_as("SELECT total, partial FROM totals WHERE k = 0")
+                .fetch_one(pool)
+                .await
+                .expect("totals");
+        let (t2, p2): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT SUM(size), SUM(CASE WHEN state = 0 THEN size ELSE 0 END) FROM blobs",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("sums");
+        assert_eq!((total, partial), (t2.unwrap_or(0), p2.unwrap_or(0)));
+        let a: Vec<(String, i64)> =
+            sqlx::query_as("SELECT sender, total FROM sender_totals ORDER BY sender")
+                .fetch_all(pool)
+                .await
+                .expect("sender totals");
+        let b: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT sender, SUM(size) FROM blobs GROUP BY sender HAVING SUM(size) > 0 ORDER BY sender",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("sender sums");
+        assert_eq!(a, b);
+    }
+
+    fn blob(id: &str, size: u64, sender: &str) -> NewBlob {
+        NewBlob {
+            id: id.into(),
+            size,
+            expires: 2_000_000_000,
+            sender: sender.into(),
+            sha256: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn totals_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_700_000_000));
+        let config = StoreConfig {
+            min_free_bytes: 0,
+            clock: clock.clone(),
+            ..StoreConfig::default()
+        };
+        let store = BlobStore::open(dir.path(), config.clone())
+            .await
+            .expect("open");
+        assert_totals(&store).await;
+        store.create(blob("a", 3, "x")).await.expect("a");
+        store.create(blob("b", 5, "x")).await.expect("b");
+        store.create(blob("c", 7, "y")).await.expect("c");
+        assert_totals(&store).await;
+        let mut w = store.writer("a").await.expect("writer");
+        w.append(vec![Bytes::from_static(b"abc")])
+            .await
+            .expect("append");
+        w.finish().await.expect("finish");
+        assert_totals(&store).await;
+        assert!(store.cancel("c").await.expect("cancel"));
+        assert_totals(&store).await;
+        // Rebuilt from `blobs` when the tables are missing (an index from before them).
+        sqlx::query("DROP TABLE totals")
+            .execute(&store.inner.pool)
+            .await
+            .expect("drop");
+        store.close().await;
+        let store = BlobStore::open(dir.path(), config).await.expect("reopen");
+        assert_totals(&store).await;
+        clock.advance(1_000_000_000);
+        store.sweep().await.expect("sweep");
+        assert_totals(&store).await;
+        let (total,): (i64,) = sqlx::query_as("SELECT total FROM totals")
+            .fetch_one(&store.inner.pool)
+            .await
+            .expect("total");
+        assert_eq!(total, 0);
     }
 }
