@@ -261,9 +261,7 @@ impl Decoder for PacketCodec {
 impl PacketCodec {
     /// Appends a packet's wire form to `dst` without taking ownership of it.
     pub fn encode_packet(&self, packet: &Packet, dst: &mut BytesMut) {
-        let mut text = String::new();
-        packet.encode(&mut text);
-        dst.extend_from_slice(text.as_bytes());
+        dst.extend_from_slice(packet.to_wire().as_bytes());
     }
 }
 

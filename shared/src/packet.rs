@@ -198,7 +198,14 @@ impl Packet {
 
     /// The packet as a wire string.
     pub fn to_wire(&self) -> String {
-        let mut out = String::new();
+        let approx = self.verb.len()
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()
+            + 1;
+        let mut out = String::with_capacity(approx);
         self.encode(&mut out);
         out
     }

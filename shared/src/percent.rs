@@ -14,6 +14,10 @@ fn must_escape(c: char) -> bool {
 
 /// Encodes a value for the wire.
 pub fn encode(value: &str, out: &mut String) {
+    if !value.chars().any(must_escape) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         if must_escape(c) {
             let mut buf = [0u8; 4];
@@ -56,7 +60,12 @@ pub fn decode(raw: &[u8]) -> Result<String, PacketError> {
             _ => i += 1,
         }
     }
-    let bytes: Vec<u8> = percent_encoding::percent_decode(raw).collect();
+    // Most values carry no escape at all: copy them as they are.
+    let bytes: Vec<u8> = if raw.contains(&b'%') {
+        percent_encoding::percent_decode(raw).collect()
+    } else {
+        raw.to_vec()
+    };
     String::from_utf8(bytes).map_err(|_| PacketError::InvalidUtf8)
 }
 
