@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
-const READ_BUF_MAX: usize = 512 << 10;
+const READ_BUF_MAX: usize = 256 << 10;
 
 /// Serve the relay on `listener` until `shutdown` completes, then stop accepting and give
 /// in-flight requests `config.shutdown_grace` to finish. Opens (and recovers) the storage in

@@ -34,6 +34,8 @@ const RECENT_BYTES_TOTAL: usize = 16 << 20;
 const SINK_BATCH_BYTES: usize = 1 << 20;
 /// Most buffers a [`BlobSink`] worker writes in one `writev`.
 const SINK_BATCH_BUFS: usize = 64;
+/// Batches at least this large are hashed and written in parallel (two blocking threads).
+const PARALLEL_HASH_MIN: u64 = 128 << 10;
 /// Start writeback of stored data every this many bytes, so the fsync at completion has
 /// little left to flush (and dirty pages do not pile up).
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -718,10 +720,10 @@ impl BlobStore {
             guard,
             core: Some(Core {
                 file,
-                hasher,
                 written: offset,
                 writeback_from: offset,
             }),
+            hasher: Some(hasher),
             offset,
             size,
             sha256: info.sha256,
@@ -1018,10 +1020,9 @@ impl Drop for WriterGuard {
     }
 }
 
-/// The open data file of a writer and the hash of everything in it.
+/// The open data file of a writer.
 struct Core {
     file: File,
-    hasher: Sha256,
     /// Bytes in the file.
     written: u64,
     /// Start of the range whose writeback has not been started yet.
@@ -1029,25 +1030,23 @@ struct Core {
 }
 
 impl Core {
-    /// Hash and append `bufs` (one `writev` where possible), then tell readers. Blocking.
-    fn store(&mut self, bufs: &[Bytes], live: &Live) -> io::Result<()> {
-        for b in bufs {
-            self.hasher.update(b);
-        }
+    /// Append `bufs` (one `writev` where possible) and start writeback when due. Blocking.
+    fn write(&mut self, bufs: &[Bytes]) -> io::Result<()> {
         write_all_vectored(&mut self.file, bufs)?;
-        let at = self.written;
         self.written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
-        if live.tx.receiver_count() > 0 {
-            live.recent().push(at, bufs);
-        }
-        let written = self.written;
-        live.tx.send_modify(|p| p.written = written);
         if self.written - self.writeback_from >= WRITEBACK_EVERY {
             start_writeback(&self.file, self.writeback_from, self.written);
             self.writeback_from = self.written;
         }
         Ok(())
     }
+}
+
+fn hash(mut hasher: Sha256, bufs: &[Bytes]) -> Sha256 {
+    for b in bufs {
+        hasher.update(b);
+    }
+    hasher
 }
 
 fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
@@ -1088,6 +1087,7 @@ fn start_writeback(_file: &File, _from: u64, _to: u64) {}
 pub struct BlobWriter {
     guard: WriterGuard,
     core: Option<Core>,
+    hasher: Option<Sha256>,
     offset: u64,
     size: u64,
     sha256: Option<String>,
@@ -1127,17 +1127,44 @@ impl BlobWriter {
         if n == 0 {
             return Ok(());
         }
-        let mut core = self.core.take().ok_or_else(writer_failed)?;
-        let live = self.guard.live.clone();
-        let (core, res) = tokio::task::spawn_blocking(move || {
-            let res = core.store(&bufs, &live);
-            (core, res)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        res?;
-        self.offset = core.written;
+        let (Some(mut core), Some(hasher)) = (self.core.take(), self.hasher.take()) else {
+            return Err(writer_failed());
+        };
+        let at = core.written;
+        let (core, hasher, bufs) = if n >= PARALLEL_HASH_MIN {
+            // Hashing and writing in parallel: a large batch costs the slower of the two.
+            let shared = bufs.clone();
+            let hashing = tokio::task::spawn_blocking(move || hash(hasher, &shared));
+            let writing = tokio::task::spawn_blocking(move || {
+                let res = core.write(&bufs);
+                (core, bufs, res)
+            });
+            let (hashed, written) = tokio::join!(hashing, writing);
+            let hasher = hashed.map_err(io::Error::other)?;
+            let (core, bufs, res) = written.map_err(io::Error::other)?;
+            res?;
+            (core, hasher, bufs)
+        } else {
+            let (core, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
+                let hasher = hash(hasher, &bufs);
+                let res = core.write(&bufs);
+                (core, hasher, bufs, res)
+            })
+            .await
+            .map_err(io::Error::other)?;
+            res?;
+            (core, hasher, bufs)
+        };
+        // Tell readers: followers that keep up take these very buffers.
+        let live = &self.guard.live;
+        if live.tx.receiver_count() > 0 {
+            live.recent().push(at, &bufs);
+        }
+        let written = core.written;
+        live.tx.send_modify(|p| p.written = written);
+        self.offset = written;
         self.core = Some(core);
+        self.hasher = Some(hasher);
         self.touch().await
     }
 
@@ -1189,7 +1216,9 @@ impl BlobWriter {
                 size: self.size,
             });
         }
-        let Core { file, hasher, .. } = self.core.take().ok_or_else(writer_failed)?;
+        let (Some(Core { file, .. }), Some(hasher)) = (self.core.take(), self.hasher.take()) else {
+            return Err(writer_failed());
+        };
         let actual = hex(&hasher.finalize());
         let store = self.guard.store.clone();
         let id = self.guard.id.clone();
