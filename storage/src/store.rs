@@ -302,10 +302,11 @@ struct Inner {
     config: StoreConfig,
     /// Live partial uploads. A std mutex: held only for map lookups, never across an await.
     live: Mutex<HashMap<String, Arc<Live>>>,
-    /// Serialises admission checks so two uploads cannot both pass a limit.
-    admit: tokio::sync::Mutex<()>,
     /// Bytes held by the recent-chunk windows of all live uploads.
     recent_total: Arc<AtomicUsize>,
+    /// Taken around every write to the index: SQLite lets one writer in at a time and makes
+    /// the others back off by sleeping (milliseconds); queueing here instead costs nothing.
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// A temporary blob store. Cheap to clone.
@@ -466,8 +467,8 @@ impl BlobStore {
                 pool,
                 config,
                 live: Mutex::new(HashMap::new()),
-                admit: tokio::sync::Mutex::new(()),
                 recent_total: Arc::new(AtomicUsize::new(0)),
+                writes: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -588,49 +589,74 @@ impl BlobStore {
             return Err(StoreError::InvalidId);
         }
         let cfg = &self.inner.config;
-        let _admit = self.inner.admit.lock().await;
-        // One lookup for all checks; the totals are kept by triggers (O(1), not a table scan).
-        let (exists, total, partial, by_sender): (i64, i64, i64, Option<i64>) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM blobs WHERE id = ?), total, partial,
-                    (SELECT total FROM sender_totals WHERE sender = ?)
-             FROM totals WHERE k = 0",
-        )
-        .bind(&new.id)
-        .bind(&new.sender)
-        .fetch_one(&self.inner.pool)
-        .await?;
-        if exists != 0 {
-            return Err(StoreError::AlreadyExists);
-        }
-        let total = u(total);
-        if total.saturating_add(new.size) > cfg.capacity_bytes {
-            return Err(StoreError::CapacityExceeded);
-        }
         let avail = disk::available_bytes(&self.inner.blobs_dir)?;
-        // Conservative: in-progress uploads may still need their whole declared size.
-        let need = u(partial)
-            .saturating_add(new.size)
-            .saturating_add(cfg.min_free_bytes);
-        if avail < need {
-            return Err(StoreError::LowDisk);
+        let mut attempts = 0;
+        loop {
+            // Check and insert in one statement: atomic without a lock, also against another
+            // process; the totals are kept by triggers (O(1), not a table scan).
+            let now = self.now();
+            let writing = self.inner.writes.lock().await;
+            let inserted = sqlx::query(
+                "INSERT INTO blobs
+                    (id, size, expires, sender, sha256, state, downloads, last_progress, created)
+                 SELECT ?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?6 FROM totals t
+                 WHERE t.k = 0
+                   AND NOT EXISTS (SELECT 1 FROM blobs WHERE id = ?1)
+                   AND t.total + ?2 <= ?7
+                   AND t.partial + ?2 + ?8 <= ?9
+                   AND COALESCE((SELECT total FROM sender_totals WHERE sender = ?4), 0) + ?2
+                       <= ?10",
+            )
+            .bind(&new.id)
+            .bind(i(new.size))
+            .bind(i(new.expires))
+            .bind(&new.sender)
+            .bind(&new.sha256)
+            .bind(i(now))
+            .bind(i(cfg.capacity_bytes))
+            .bind(i(cfg.min_free_bytes))
+            .bind(i(avail))
+            .bind(i(cfg.per_sender_quota_bytes))
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected()
+                > 0;
+            drop(writing);
+            if inserted {
+                break;
+            }
+            // Refused: say why, checking in the documented order.
+            let (exists, total, partial, by_sender): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM blobs WHERE id = ?), total, partial,
+                            (SELECT total FROM sender_totals WHERE sender = ?)
+                     FROM totals WHERE k = 0",
+            )
+            .bind(&new.id)
+            .bind(&new.sender)
+            .fetch_one(&self.inner.pool)
+            .await?;
+            if exists != 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+            if u(total).saturating_add(new.size) > cfg.capacity_bytes {
+                return Err(StoreError::CapacityExceeded);
+            }
+            // Conservative: in-progress uploads may still need their whole declared size.
+            let need = u(partial)
+                .saturating_add(new.size)
+                .saturating_add(cfg.min_free_bytes);
+            if avail < need {
+                return Err(StoreError::LowDisk);
+            }
+            if u(by_sender.unwrap_or(0)).saturating_add(new.size) > cfg.per_sender_quota_bytes {
+                return Err(StoreError::QuotaExceeded);
+            }
+            // The totals changed in between (an upload finished or was removed): try again.
+            attempts += 1;
+            if attempts >= 3 {
+                return Err(StoreError::Busy);
+            }
         }
-        if u(by_sender.unwrap_or(0)).saturating_add(new.size) > cfg.per_sender_quota_bytes {
-            return Err(StoreError::QuotaExceeded);
-        }
-        let now = self.now();
-        sqlx::query(
-            "INSERT INTO blobs (id, size, expires, sender, sha256, state, downloads, last_progress, created)
-             VALUES (?, ?, ?, ?, ?, 0, 0, ?, ?)",
-        )
-        .bind(&new.id)
-        .bind(i(new.size))
-        .bind(i(new.expires))
-        .bind(&new.sender)
-        .bind(&new.sha256)
-        .bind(i(now))
-        .bind(i(now))
-        .execute(&self.inner.pool)
-        .await?;
         let part = self.part_path(&new.id);
         let res = tokio::task::spawn_blocking(move || File::create(part).map(drop)).await;
         match res {
@@ -647,6 +673,7 @@ impl BlobStore {
     }
 
     async fn delete_row(&self, id: &str) -> Result<Option<i64>> {
+        let _writing = self.inner.writes.lock().await;
         let r: Option<(i64,)> = sqlx::query_as("DELETE FROM blobs WHERE id = ? RETURNING state")
             .bind(id)
             .fetch_optional(&self.inner.pool)
@@ -710,6 +737,7 @@ impl BlobStore {
         let now = self.now();
         if last_progress != now {
             // Restart the abandonment clock (already current right after `create`).
+            let _writing = self.inner.writes.lock().await;
             sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
                 .bind(i(now))
                 .bind(id)
@@ -790,6 +818,7 @@ impl BlobStore {
     /// started.
     pub async fn record_download(&self, id: &str, limit: Option<u32>) -> Result<u32> {
         let limit = i64::from(limit.unwrap_or(u32::MAX));
+        let writing = self.inner.writes.lock().await;
         let r: Option<(i64,)> = sqlx::query_as(
             "UPDATE blobs SET downloads = downloads + 1 WHERE id = ? AND downloads < ? RETURNING downloads",
         )
@@ -797,6 +826,7 @@ impl BlobStore {
         .bind(limit)
         .fetch_optional(&self.inner.pool)
         .await?;
+        drop(writing);
         match r {
             Some((n,)) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
             None if self.row(id).await?.is_some() => Err(StoreError::DownloadLimit),
@@ -1173,6 +1203,7 @@ impl BlobWriter {
         let now = self.guard.store.now();
         if now != self.last_touch {
             self.last_touch = now;
+            let _writing = self.guard.store.inner.writes.lock().await;
             sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
                 .bind(i(now))
                 .bind(&self.guard.id)
@@ -1244,6 +1275,7 @@ impl BlobWriter {
         })
         .await
         .map_err(io::Error::other)??;
+        let writing = store.inner.writes.lock().await;
         let r =
             sqlx::query("UPDATE blobs SET state = 1, sha256 = ?, last_progress = ? WHERE id = ?")
                 .bind(&actual)
@@ -1251,6 +1283,7 @@ impl BlobWriter {
                 .bind(&id)
                 .execute(&store.inner.pool)
                 .await?;
+        drop(writing);
         if r.rows_affected() == 0 {
             // Swept or cancelled meanwhile.
             store.live_end(&id, Phase::Gone);

@@ -481,3 +481,33 @@ async fn sink_reports_cancel_and_keeps_budget() {
     assert!(matches!(sink.close().await, Err(StoreError::Cancelled)));
     assert_eq!(budget.available(), 1 << 20, "all budget returned");
 }
+
+#[tokio::test]
+async fn concurrent_creates_never_overshoot_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let cfg = StoreConfig {
+        capacity_bytes: 10 * 1000,
+        ..config(&clock)
+    };
+    let store = BlobStore::open(dir.path(), cfg).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let store = store.clone();
+        tasks.spawn(async move { store.create(new(&format!("b{n}"), 1000, T0 + 100)).await });
+    }
+    let (mut ok, mut full) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::CapacityExceeded) => full += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((ok, full), (10, 30));
+    assert_eq!(store.stats().await.unwrap().declared_bytes, 10 * 1000);
+    assert!(matches!(
+        store.create(new("b0", 1, T0 + 100)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+}
