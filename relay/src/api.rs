@@ -66,7 +66,7 @@ const TRANSFERS: &str = "/v1/transfers/";
 const UPLOAD_BUFFER: usize = 2 << 20;
 /// Most bytes queued between receiving and storing for all uploads together: with many
 /// uploads, each gets its share of this (see `RelayConfig` for the memory budget).
-pub const UPLOAD_BUFFER_TOTAL: usize = 32 << 20;
+pub const UPLOAD_BUFFER_TOTAL: usize = 16 << 20;
 /// Bodies up to this size are collected and stored in one step (no pipeline).
 const DIRECT_UPLOAD: u64 = 256 << 10;
 /// Chunks read ahead of the connection, per download.
@@ -403,7 +403,8 @@ async fn upload(
         ));
     }
     let id = cap.transfer_id.clone();
-    // Create the blob on the first upload request.
+    // Create the blob (and its writer) on the first upload request.
+    let mut fresh = None;
     match state.store.info(&id).await {
         Ok(info) => {
             if info.size != size || info.sender != cap.sender {
@@ -435,7 +436,7 @@ async fn upload(
             let expires = now.saturating_add(state.config.ttl.as_secs());
             match state
                 .store
-                .create(NewBlob {
+                .create_writer(NewBlob {
                     id: id.clone(),
                     size,
                     expires,
@@ -444,21 +445,30 @@ async fn upload(
                 })
                 .await
             {
-                Ok(()) | Err(StoreError::AlreadyExists) => {}
+                Ok(w) => {
+                    fresh = Some(w);
+                    // Downloads waiting for this upload find it with its writer attached.
+                    state.created.notify_waiters();
+                }
+                // Created meanwhile by a concurrent request: use it (or meet its writer).
+                Err(StoreError::AlreadyExists) => {}
                 Err(e) => return Err(store_refusal(e)),
             }
-            state.created.notify_waiters();
         }
         Err(e) => return Err(store_refusal(e)),
     }
-    let writer = state.store.writer(&id).await.map_err(|e| match e {
+    let busy = |e| match e {
         StoreError::Busy => Refuse::new(
             StatusCode::CONFLICT,
             Refusal::Conflict,
             "another upload to this transfer is in progress",
         ),
         e => store_refusal(e),
-    })?;
+    };
+    let writer = match fresh {
+        Some(w) => w,
+        None => state.store.writer(&id).await.map_err(busy)?,
+    };
     if writer.offset() != start {
         let mut r = text(
             StatusCode::CONFLICT,

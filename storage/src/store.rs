@@ -585,6 +585,80 @@ impl BlobStore {
     /// Create a blob for an upload after the admission checks (capacity, free-disk watermark,
     /// sender quota), in that order.
     pub async fn create(&self, new: NewBlob) -> Result<()> {
+        self.insert(&new).await?;
+        let part = self.part_path(&new.id);
+        let res = tokio::task::spawn_blocking(move || File::create(part).map(drop)).await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.delete_row(&new.id).await.ok();
+                Err(e.into())
+            }
+            Err(e) => {
+                self.delete_row(&new.id).await.ok();
+                Err(io::Error::other(e).into())
+            }
+        }
+    }
+
+    /// [`BlobStore::create`] and [`BlobStore::writer`] in one step, for a fresh upload: saves
+    /// an index lookup and a file-system round trip.
+    pub async fn create_writer(&self, new: NewBlob) -> Result<BlobWriter> {
+        self.insert(&new).await?;
+        let id = new.id.as_str();
+        let live = self.live_get_or_insert(id, || 0);
+        if live.writer_active.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Busy);
+        }
+        let guard = WriterGuard {
+            store: self.clone(),
+            id: id.to_owned(),
+            live: live.clone(),
+            armed: true,
+        };
+        let part = self.part_path(id);
+        let opened = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(part)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                drop(guard);
+                self.delete_row(id).await.ok();
+                self.live_end(id, Phase::Gone);
+                return Err(e.into());
+            }
+        };
+        live.tx.send_modify(|p| {
+            p.written = 0;
+            p.phase = Phase::Writing;
+        });
+        Ok(BlobWriter {
+            guard,
+            core: Some(Core {
+                file,
+                written: 0,
+                writeback_from: 0,
+            }),
+            hasher: Some(Sha256::new()),
+            offset: 0,
+            size: new.size,
+            sha256: new.sha256,
+            // `insert` set the progress time.
+            last_touch: self.now(),
+        })
+    }
+
+    /// Insert the index row of a new blob if the admission checks pass.
+    async fn insert(&self, new: &NewBlob) -> Result<()> {
         if !valid_id(&new.id) {
             return Err(StoreError::InvalidId);
         }
@@ -657,19 +731,7 @@ impl BlobStore {
                 return Err(StoreError::Busy);
             }
         }
-        let part = self.part_path(&new.id);
-        let res = tokio::task::spawn_blocking(move || File::create(part).map(drop)).await;
-        match res {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.delete_row(&new.id).await.ok();
-                Err(e.into())
-            }
-            Err(e) => {
-                self.delete_row(&new.id).await.ok();
-                Err(io::Error::other(e).into())
-            }
-        }
+        Ok(())
     }
 
     async fn delete_row(&self, id: &str) -> Result<Option<i64>> {
