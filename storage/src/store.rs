@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -843,7 +843,7 @@ impl BlobStore {
         let (part, blob) = (self.part_path(id), self.blob_path(id));
         let complete = info.complete;
         let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, bool)> {
-            let (mut f, done) = 'open: {
+            let (f, done) = 'open: {
                 if !complete {
                     match File::open(&part) {
                         Ok(f) => break 'open (f, false),
@@ -854,8 +854,6 @@ impl BlobStore {
                 // Completed meanwhile (renamed) or complete from the start.
                 (File::open(&blob)?, true)
             };
-            // Reads are sequential from here on (this descriptor is the reader's own).
-            f.seek(SeekFrom::Start(start))?;
             Ok((f, done))
         })
         .await
@@ -868,7 +866,7 @@ impl BlobStore {
         Ok(BlobReader {
             store: self.clone(),
             id: id.to_owned(),
-            file: Some(file),
+            file: Arc::new(file),
             pos: start,
             end,
             rx: if is_complete { None } else { rx },
@@ -1494,6 +1492,42 @@ impl BlobSink {
     }
 }
 
+/// Read up to `want` bytes at `pos` (fewer only at the end of the file), into a buffer that is
+/// not zeroed first.
+fn read_at_most(file: &File, pos: u64, want: usize) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    while buf.len() < want {
+        let at = i64::try_from(pos + buf.len() as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let left = want - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..left];
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; pread
+        // writes at most that many bytes into it and reports how many.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                at as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    Ok(buf)
+}
+
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(b.len() * 2);
@@ -1507,7 +1541,7 @@ fn hex(b: &[u8]) -> String {
 pub struct BlobReader {
     store: BlobStore,
     id: String,
-    file: Option<File>,
+    file: Arc<File>,
     pos: u64,
     end: u64,
     rx: Option<watch::Receiver<Progress>>,
@@ -1537,27 +1571,15 @@ impl BlobReader {
             }
         }
         let want = (avail_end - self.pos).min(max as u64);
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| StoreError::Io(io::Error::other("reader failed earlier")))?;
+        let file = self.file.clone();
         let pos = self.pos;
-        let (file, buf) = tokio::task::spawn_blocking(move || {
-            let res = (|| -> io::Result<Vec<u8>> {
-                // The cursor is at `pos` unless chunks came from memory meanwhile.
-                if file.stream_position()? != pos {
-                    file.seek(SeekFrom::Start(pos))?;
-                }
-                let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-                (&file).take(want).read_to_end(&mut buf)?;
-                Ok(buf)
-            })();
-            (file, res)
+        // Positional reads: cancelling this future (the read finishes on its own) leaves the
+        // reader usable.
+        let buf = tokio::task::spawn_blocking(move || {
+            read_at_most(&file, pos, usize::try_from(want).unwrap_or(0))
         })
         .await
-        .map_err(io::Error::other)?;
-        let buf = buf?;
-        self.file = Some(file);
+        .map_err(io::Error::other)??;
         if buf.is_empty() {
             // The writer said the bytes were there; the file is shorter: truncated underneath.
             return Err(StoreError::Io(io::Error::new(
