@@ -54,7 +54,8 @@ pub struct RelayConfig {
     pub max_connections: usize,
     /// How long a download waits for its upload to start.
     pub wait_for_upload: Duration,
-    /// Read/write chunk size for file I/O.
+    /// Size of the file reads that feed downloads (uploads are stored in batches of what has
+    /// arrived; a download following an upload gets the upload's own buffers).
     pub chunk_size: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
