@@ -636,6 +636,28 @@ fn parse_range(v: Option<&HeaderValue>, size: u64) -> RangeReq {
     RangeReq::Part(a, b.min(size - 1))
 }
 
+/// A download's next body frame from a reader's answer, counted in the metrics; `None` at
+/// the end. The flag is set after an error frame (nothing follows it).
+fn to_frame(
+    st: &State,
+    next: Result<Option<Bytes>, StoreError>,
+) -> (Option<Result<Frame<Bytes>, io::Error>>, bool) {
+    match next {
+        Ok(Some(b)) => {
+            Metrics::add(&st.metrics.bytes_out, b.len() as u64);
+            (Some(Ok(Frame::data(b))), false)
+        }
+        Ok(None) => {
+            Metrics::add(&st.metrics.downloads_completed, 1);
+            (None, true)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "download aborted");
+            (Some(Err(io::Error::other(e.to_string()))), true)
+        }
+    }
+}
+
 /// Wait (bounded) for the upload of `id` to be created on this relay.
 async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<msim_storage::BlobInfo, StoreError> {
     let deadline = tokio::time::Instant::now() + state.config.wait_for_upload;
@@ -693,41 +715,45 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
 
     let guard = GaugeGuard::new(state.clone(), |m| &m.downloads_active);
     let chunk = state.config.chunk_size.max(16 << 10);
-    // A producer task reads ahead (file reads overlap with sending); it stops when the
-    // response body is dropped, also while waiting for the writer.
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, io::Error>>(DOWNLOAD_QUEUE);
     let st = state.clone();
-    let mut reader = reader;
-    tokio::spawn(async move {
-        let _guard = guard;
-        loop {
-            let next = tokio::select! {
-                r = reader.next_chunk(chunk) => r,
-                () = tx.closed() => return,
-            };
-            match next {
-                Ok(Some(b)) => {
-                    let n = b.len() as u64;
-                    if tx.send(Ok(Frame::data(b))).await.is_err() {
-                        return;
-                    }
-                    Metrics::add(&st.metrics.bytes_out, n);
-                }
-                Ok(None) => {
-                    Metrics::add(&st.metrics.downloads_completed, 1);
-                    return;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "download aborted");
-                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+    let body = if info.complete {
+        // A producer task reads ahead (file reads overlap with sending); it stops when the
+        // response body is dropped.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, io::Error>>(DOWNLOAD_QUEUE);
+        let mut reader = reader;
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let next = tokio::select! {
+                    r = reader.next_chunk(chunk) => r,
+                    () = tx.closed() => return,
+                };
+                let (frame, last) = to_frame(&st, next);
+                let Some(frame) = frame else { return };
+                if tx.send(frame).await.is_err() || last {
                     return;
                 }
             }
-        }
-    });
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+        });
+        StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed_unsync()
+    } else {
+        // Following the upload: chunks are mostly the writer's own buffers, handed over as
+        // they are stored; no task in between. Dropping the body drops the reader.
+        let stream = futures::stream::unfold(
+            (reader, guard, st, false),
+            move |(mut reader, guard, st, done)| async move {
+                if done {
+                    return None;
+                }
+                let next = reader.next_chunk(chunk).await;
+                let (frame, last) = to_frame(&st, next);
+                frame.map(|f| (f, (reader, guard, st, last)))
+            },
+        );
+        StreamBody::new(stream).boxed_unsync()
+    };
+    let mut r = Response::new(body);
     *r.status_mut() = if partial {
         StatusCode::PARTIAL_CONTENT
     } else {

@@ -215,10 +215,30 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let s = settings(cli.opts)?;
+    tune_allocator();
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.cmd {
         Some(Cmd::Sweep) => rt.block_on(sweep(s)),
         _ => rt.block_on(serve(s)),
+    }
+}
+
+/// Keep transfer buffers (hundreds of KiB, allocated and freed for every chunk) in the
+/// allocator's heap instead of fresh `mmap`s: each fresh mapping costs page faults and zeroing
+/// on every chunk (about a tenth of the CPU time of a relayed transfer). glibc only; the
+/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` environment variables still win.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: mallopt only changes allocator parameters; called before other threads
+            // start allocating (the runtime is not built yet).
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) };
+        }
+        if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20) };
+        }
     }
 }
 
