@@ -65,7 +65,8 @@ const TRANSFERS: &str = "/v1/transfers/";
 /// read buffer).
 const UPLOAD_BUFFER: usize = 2 << 20;
 /// Most bytes queued between receiving and storing for all uploads together: with many
-/// uploads, each gets its share of this (see `RelayConfig` for the memory budget).
+/// uploads, each gets its share of this. Memory per active transfer is otherwise bounded by
+/// the connection's read buffer (`server::READ_BUF_MAX`) and, for downloads, the read-ahead.
 pub const UPLOAD_BUFFER_TOTAL: usize = 16 << 20;
 /// Bodies up to this size are collected and stored in one step (no pipeline).
 const DIRECT_UPLOAD: u64 = 256 << 10;
@@ -403,59 +404,44 @@ async fn upload(
         ));
     }
     let id = cap.transfer_id.clone();
-    // Create the blob (and its writer) on the first upload request.
+    // Create the blob (and its writer) on the first upload request: a PUT tries that first
+    // (one index statement when the transfer is new) and falls back to the lookup below.
     let mut fresh = None;
-    match state.store.info(&id).await {
-        Ok(info) => {
-            if info.size != size || info.sender != cap.sender {
-                return Err(Refuse::new(
-                    StatusCode::CONFLICT,
-                    Refusal::Conflict,
-                    "the stored transfer does not match this token",
-                ));
-            }
-            if info.complete {
-                return Err(Refuse::new(
-                    StatusCode::CONFLICT,
-                    Refusal::Conflict,
-                    "upload already complete",
-                ));
-            }
-        }
-        Err(StoreError::NotFound) => {
-            if start != 0 {
-                let mut r = text(
-                    StatusCode::CONFLICT,
-                    "upload not started: resume at offset 0",
-                );
-                r.headers_mut().insert(UPLOAD_OFFSET, hv(0));
-                state.metrics.refuse(Refusal::Conflict);
-                return Ok(r);
-            }
-            let now = state.store.now();
-            let expires = now.saturating_add(state.config.ttl.as_secs());
-            match state
-                .store
-                .create_writer(NewBlob {
-                    id: id.clone(),
-                    size,
-                    expires,
-                    sender: cap.sender.clone(),
-                    sha256: cap.sha256.clone(),
-                })
-                .await
-            {
-                Ok(w) => {
-                    fresh = Some(w);
-                    // Downloads waiting for this upload find it with its writer attached.
-                    state.created.notify_waiters();
+    if offset.is_none() {
+        fresh = create_upload(state, &cap).await?;
+    }
+    if fresh.is_none() {
+        match state.store.info(&id).await {
+            Ok(info) => {
+                if info.size != size || info.sender != cap.sender {
+                    return Err(Refuse::new(
+                        StatusCode::CONFLICT,
+                        Refusal::Conflict,
+                        "the stored transfer does not match this token",
+                    ));
                 }
-                // Created meanwhile by a concurrent request: use it (or meet its writer).
-                Err(StoreError::AlreadyExists) => {}
-                Err(e) => return Err(store_refusal(e)),
+                if info.complete {
+                    return Err(Refuse::new(
+                        StatusCode::CONFLICT,
+                        Refusal::Conflict,
+                        "upload already complete",
+                    ));
+                }
             }
+            Err(StoreError::NotFound) => {
+                if start != 0 {
+                    let mut r = text(
+                        StatusCode::CONFLICT,
+                        "upload not started: resume at offset 0",
+                    );
+                    r.headers_mut().insert(UPLOAD_OFFSET, hv(0));
+                    state.metrics.refuse(Refusal::Conflict);
+                    return Ok(r);
+                }
+                fresh = create_upload(state, &cap).await?;
+            }
+            Err(e) => return Err(store_refusal(e)),
         }
-        Err(e) => return Err(store_refusal(e)),
     }
     let busy = |e| match e {
         StoreError::Busy => Refuse::new(
@@ -587,6 +573,31 @@ async fn head(state: &Arc<State>, cap: Capability) -> Answer {
         h.insert(MSIM_SHA256, header_str(sha));
     }
     Ok(r)
+}
+
+/// Create the blob of `cap` with its writer; `None` when it exists already (created by an
+/// earlier or concurrent request). Downloads waiting for it are woken once the writer is
+/// attached.
+async fn create_upload(state: &Arc<State>, cap: &Capability) -> Result<Option<BlobWriter>, Refuse> {
+    let expires = state.store.now().saturating_add(state.config.ttl.as_secs());
+    let created = state
+        .store
+        .create_writer(NewBlob {
+            id: cap.transfer_id.clone(),
+            size: cap.size,
+            expires,
+            sender: cap.sender.clone(),
+            sha256: cap.sha256.clone(),
+        })
+        .await;
+    match created {
+        Ok(w) => {
+            state.created.notify_waiters();
+            Ok(Some(w))
+        }
+        Err(StoreError::AlreadyExists) => Ok(None),
+        Err(e) => Err(store_refusal(e)),
+    }
 }
 
 /// A parsed `Range` header against a size.
