@@ -113,5 +113,8 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Request>) {
             }
         }
         debug!(ops = n, "group commit");
+        if let Err(e) = db.restart_wal_if_large().await {
+            debug!("WAL restart: {e}");
+        }
     }
 }

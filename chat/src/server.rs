@@ -17,7 +17,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// How often the database's write-ahead log is checkpointed (off the commit path).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// Startup failure.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,23 @@ impl Server {
             })
         };
 
+        let checkpointer = {
+            let db = shared.db.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => if let Err(e) = db.checkpoint().await {
+                            warn!("checkpoint: {e}");
+                        },
+                    }
+                }
+            })
+        };
+
         info!(addr = ?listener.local_addr().ok(), domain = %shared.config.domain, "msim-chat listening");
         let accept = async {
             let mut backoff = Duration::from_millis(10);
@@ -175,6 +195,7 @@ impl Server {
         let _ = done_rx.recv().await;
         let _ = health.await;
         let _ = sweeper.await;
+        let _ = checkpointer.await;
         // Last handle to the writer: it commits what is queued, then stops.
         let db = shared.db.clone();
         drop(shared);

@@ -9,7 +9,8 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Starts the binary on an ephemeral port and returns it with its address (read from its log).
+/// Starts the binary on an ephemeral port and returns it with its address (read from its log
+/// on stderr).
 async fn start(dir: &std::path::Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_msim-chat"))
         .args([
@@ -22,12 +23,12 @@ async fn start(dir: &std::path::Path) -> (Child, SocketAddr) {
         .arg(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next_line().await.unwrap().expect("binary exited");
         if line.contains("msim-chat listening") {

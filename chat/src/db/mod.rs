@@ -291,9 +291,15 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: SqlitePool,
+    writes: SqlitePool,
     /// Logins known to exist (users are never deleted), so message batches rarely query them.
     known: Arc<Mutex<HashSet<String>>>,
+    /// WAL size in frames at the last checkpoint.
+    wal_frames: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
+pub const WAL_RESTART_FRAMES: u64 = 8192;
 
 impl Db {
     /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations.
@@ -303,20 +309,65 @@ impl Db {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Commits never checkpoint (a checkpoint writes and syncs the database file, tens
+            // of milliseconds that every waiting MESSAGE-SENT would pay); the server runs
+            // [`Db::checkpoint`] from a background task instead.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("cache_size", "-16384")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("src/db/migrations").run(&pool).await?;
+        // One connection that only the group-commit writer uses: its page cache stays warm
+        // (another connection's commit would invalidate it).
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await?;
         Ok(Db {
             pool,
+            writes,
             known: Arc::default(),
+            wal_frames: Arc::default(),
         })
+    }
+
+    /// Copies committed WAL frames into the database file without blocking the writer
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`); the WAL is then reused from its start.
+    pub async fn checkpoint(&self) -> Result<(), DbError> {
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        self.wal_frames
+            .store(log.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Under sustained writes a passive checkpoint never catches up to the end of the log, so
+    /// the WAL would grow without bound. Called by the writer between batches: when the log
+    /// passed [`WAL_RESTART_FRAMES`], checkpoints the (few) frames the background checkpoint
+    /// has not copied yet and restarts the log from its beginning.
+    pub async fn restart_wal_if_large(&self) -> Result<(), DbError> {
+        use std::sync::atomic::Ordering;
+        if self.wal_frames.load(Ordering::Relaxed) < WAL_RESTART_FRAMES {
+            return Ok(());
+        }
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&self.writes)
+            .await?;
+        tracing::debug!(frames = log, "WAL restarted");
+        self.wal_frames.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 
@@ -490,7 +541,8 @@ impl Db {
         let n = ops.len();
         let mut out: Vec<Option<Result<Outcome, DbError>>> = Vec::with_capacity(n);
         out.resize_with(n, || None);
-        let mut tx = self.pool.begin().await?;
+        let started = std::time::Instant::now();
+        let mut tx = self.writes.begin().await?;
         let mut bulk = Bulk::default();
         for (i, op) in ops.into_iter().enumerate() {
             match op {
@@ -520,7 +572,14 @@ impl Db {
             }
         }
         self.flush_bulk(&mut tx, &mut bulk, &mut out).await?;
+        let applied = started.elapsed();
         tx.commit().await?;
+        tracing::debug!(
+            ops = n,
+            apply_us = applied.as_micros() as u64,
+            commit_us = (started.elapsed() - applied).as_micros() as u64,
+            "batch"
+        );
         Ok(out
             .into_iter()
             .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
