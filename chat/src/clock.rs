@@ -53,18 +53,10 @@ impl Clock {
     }
 }
 
-/// Formats a time as RFC 3339 UTC with `Z`, second precision.
+/// Formats a time the one way every mSIM program does (`msim_shared::timestamp::format`:
+/// RFC 3339 UTC with `Z`, milliseconds).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    msim_shared::timestamp::format(t)
 }
 
 /// Formats epoch microseconds as RFC 3339.

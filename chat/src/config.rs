@@ -24,12 +24,18 @@ pub struct Config {
     pub password_max: usize,
     /// Maximum message text size in bytes.
     pub max_text: usize,
-    /// Maximum line length in bytes, including the newline.
+    /// Maximum line length in bytes, excluding the line ending (`\n` or `\r\n`), as in
+    /// PROTOCOL.md §1.2.
     pub max_line: usize,
     /// Maximum file size for relay transfers.
     pub max_file_size: u64,
     /// Maximum simultaneous connections.
     pub max_connections: usize,
+    /// Requests per second one connection may send on average (token bucket refill); beyond it
+    /// requests are refused with `ERROR-RATE-LIMITED`. 0 = unlimited.
+    pub request_rate: u32,
+    /// Requests one connection may send in a burst (token bucket size).
+    pub request_burst: u32,
     /// Maximum contacts per user.
     pub max_contacts: usize,
     /// Outgoing queue (packets) per logged-in session; a session that falls behind is closed.
@@ -88,6 +94,8 @@ impl Default for Config {
             max_file_size: 1 << 30,
             max_connections: 25_000,
             max_contacts: 1_000,
+            request_rate: 2_000,
+            request_burst: 4_000,
             outbound_queue: 256,
             login_timeout: Duration::from_secs(30),
             ping_after: Duration::from_secs(60),

@@ -7,7 +7,6 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,12 +177,10 @@ impl Sealer {
     }
 }
 
-/// `lowercase hex(SHA-256(salt ‖ password))`.
+/// `lowercase hex(SHA-256(salt ‖ password))`, computed by the shared implementation the
+/// client uses. Passwords are UTF-8 (they arrive as protocol text).
 pub fn challenge_hash(salt: &str, password: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(salt.as_bytes());
-    h.update(password);
-    hex(&h.finalize())
+    msim_shared::proto::challenge_hash(salt, std::str::from_utf8(password).unwrap_or(""))
 }
 
 /// Generates login salts: `<32 hex random>-<decimal counter>`; the counter starts at the boot

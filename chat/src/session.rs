@@ -12,6 +12,7 @@ use crate::db::{DbError, Outcome, StoredMessage};
 use crate::server::Shared;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use msim_shared::proto::{Body, ErrorRateLimited};
 use msim_shared::{Packet, PacketCodec, PacketError};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -96,6 +97,8 @@ pub struct Session<'a> {
     pub closing: bool,
     /// Pipelined messages awaiting their commit, in request order.
     pub pending: VecDeque<InFlight>,
+    /// Request rate limit: (micro-tokens left, when last refilled in clock micros).
+    bucket: Option<(u64, i64)>,
     out: BytesMut,
     w: WriteHalf<'a>,
     started: Instant,
@@ -204,6 +207,38 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Takes one request token; false when the connection is over its rate (a token bucket of
+    /// `request_burst` tokens refilled at `request_rate` per second, on the server clock).
+    fn take_token(&mut self) -> bool {
+        const ONE: u64 = 1_000_000;
+        let c = &self.sh.config;
+        if c.request_rate == 0 {
+            return true;
+        }
+        let now = c.clock.now_micros();
+        let cap = u64::from(c.request_burst.max(1)) * ONE;
+        let (tokens, at) = self.bucket.unwrap_or((cap, now));
+        let elapsed = u64::try_from(now.saturating_sub(at)).unwrap_or(0);
+        let tokens = tokens
+            .saturating_add(elapsed.saturating_mul(u64::from(c.request_rate)))
+            .min(cap);
+        if tokens < ONE {
+            self.bucket = Some((tokens, now));
+            return false;
+        }
+        self.bucket = Some((tokens - ONE, now));
+        true
+    }
+
+    /// Seconds until the next request token (at least 1).
+    fn retry_after(&self) -> u64 {
+        let rate = u64::from(self.sh.config.request_rate.max(1));
+        let left = self.bucket.map_or(0, |b| b.0);
+        (1_000_000u64.saturating_sub(left))
+            .div_ceil(rate * 1_000_000)
+            .max(1)
+    }
+
     fn next_deadline(&self) -> Instant {
         let c = &self.sh.config;
         let mut d = self.last_rx + c.idle_timeout;
@@ -280,6 +315,7 @@ pub async fn serve(
         typing: Vec::new(),
         closing: false,
         pending: VecDeque::new(),
+        bucket: None,
         out: BytesMut::new(),
         w,
         started: now,
@@ -323,6 +359,15 @@ pub async fn serve(
                         s.last_rx = Instant::now();
                         s.pinged = false;
                         match decoded {
+                            Ok(p) if !s.take_token() => {
+                                too_long = 0;
+                                s.drain().await;
+                                let limited = ErrorRateLimited {
+                                    verb: p.verb.clone(),
+                                    retry_after: s.retry_after(),
+                                };
+                                s.reply(&p, limited.to_packet());
+                            }
                             Ok(p) => {
                                 too_long = 0;
                                 if p.verb == "MESSAGE" && s.login().is_some() {

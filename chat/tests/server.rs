@@ -455,3 +455,37 @@ async fn shutdown_closes_sessions() {
     let _: &mut Client = &mut a;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn flooding_client_is_rate_limited() {
+    let srv = TestServer::start_with(|c| {
+        c.request_rate = 1;
+        c.request_burst = 3;
+    })
+    .await;
+    let mut a = srv.client().await;
+    for i in 0..3 {
+        a.send(&format!("PING ref=p{i}")).await;
+    }
+    a.send("PING ref=p3").await;
+    for i in 0..3 {
+        assert_eq!(a.line().await, format!("PONG ref=p{i}"));
+    }
+    assert_eq!(
+        a.line().await,
+        "ERROR-RATE-LIMITED type=PING retry-after=1 ref=p3"
+    );
+    // Another connection has its own budget.
+    let mut b = srv.client().await;
+    b.send("PING").await;
+    assert_eq!(b.line().await, "PONG");
+    // One second later one more request is allowed.
+    srv.clock.advance(std::time::Duration::from_secs(1));
+    a.send("PING ref=p4").await;
+    assert_eq!(a.line().await, "PONG ref=p4");
+    a.send("PING ref=p5").await;
+    assert_eq!(
+        a.line().await,
+        "ERROR-RATE-LIMITED type=PING retry-after=1 ref=p5"
+    );
+}

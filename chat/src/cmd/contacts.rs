@@ -5,22 +5,22 @@ use crate::cmd::{has_control, parse_target, Target};
 use crate::db::{ContactRow, Outcome, WriteOp};
 use crate::hub::encode;
 use crate::session::Session;
+use msim_shared::proto::{Body, ContactsGetFailed, ContactsGetFailure};
 use msim_shared::{Fields, Packet};
 use tracing::warn;
 
 /// Longest contact or profile name (characters).
 pub const MAX_NAME: usize = 128;
-/// Longest group path (characters).
-pub const MAX_GROUP: usize = 128;
 
 /// Whether a name is acceptable (non-empty, bounded, no control characters).
 pub fn valid_name(n: &str) -> bool {
     !n.trim().is_empty() && n.chars().count() <= MAX_NAME && !has_control(n)
 }
 
-/// Whether a group path is acceptable: `a/b`, non-empty segments, bounded.
+/// Whether a group path is acceptable: the shared rule (`a/b`, non-empty segments, at most
+/// 128 characters) and no control characters.
 pub fn valid_group(g: &str) -> bool {
-    g.chars().count() <= MAX_GROUP && !has_control(g) && g.split('/').all(|seg| !seg.is_empty())
+    msim_shared::proto::is_valid_group(g) && !has_control(g)
 }
 
 fn record(s: &Session<'_>, row: &ContactRow) -> Fields {
@@ -56,11 +56,12 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
             s.reply(p, Packet::new("CONTACTS-GET-RESPONSE").with_list(list));
         }
         Err(e) => {
+            // Never an empty list in place of the real one: the client would show it.
             warn!("contacts: {e}");
-            s.reply(
-                p,
-                Packet::new("CONTACTS-GET-RESPONSE").with_list(Vec::new()),
-            );
+            let failed = ContactsGetFailed {
+                reason: ContactsGetFailure::StorageError,
+            };
+            s.reply(p, failed.to_packet());
         }
     }
 }

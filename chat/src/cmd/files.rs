@@ -11,28 +11,7 @@ use msim_shared::token::{Capability, Direction};
 use msim_shared::Packet;
 use tracing::{info, warn};
 
-/// Longest file name kept (bytes).
-pub const MAX_FILENAME: usize = 255;
-
-/// Strips directories and control characters, trims, bounds the length. `None` if nothing
-/// usable is left.
-pub fn sanitize_filename(raw: &str) -> Option<String> {
-    let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
-    let mut name = cleaned.trim().trim_start_matches('.').trim().to_owned();
-    if name.len() > MAX_FILENAME {
-        let mut cut = MAX_FILENAME;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
-    if name.is_empty() {
-        None
-    } else {
-        Some(name)
-    }
-}
+use msim_shared::proto::sanitize_filename;
 
 fn valid_sha256(v: &str) -> bool {
     v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
@@ -220,29 +199,5 @@ pub async fn sweep(sh: &Shared) {
         }
         Ok(_) => {}
         Err(e) => warn!("offer sweep: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sanitize_filename;
-
-    #[test]
-    fn filenames() {
-        assert_eq!(sanitize_filename("cat.jpg").as_deref(), Some("cat.jpg"));
-        assert_eq!(
-            sanitize_filename("../../etc/passwd").as_deref(),
-            Some("passwd")
-        );
-        assert_eq!(
-            sanitize_filename("C:\\x\\a\u{1}b.png").as_deref(),
-            Some("ab.png")
-        );
-        assert_eq!(sanitize_filename(".."), None);
-        assert_eq!(sanitize_filename("dir/"), None);
-        assert_eq!(
-            sanitize_filename(&"é".repeat(300)).map(|s| s.len()),
-            Some(254)
-        );
     }
 }

@@ -11,6 +11,7 @@ reasons! {
         PasswordTooShort = "password-too-short",
         PasswordTooLong = "password-too-long",
         RateLimited = "rate-limited",
+        StorageError = "storage-error",
     }
 }
 

@@ -18,6 +18,14 @@ reasons! {
         SelfContact = "self",
         NotFound = "not-found",
         NothingToChange = "nothing-to-change",
+        StorageError = "storage-error",
+    }
+}
+
+reasons! {
+    /// `CONTACTS-GET-FAILED reason=`.
+    ContactsGetFailure {
+        StorageError = "storage-error",
     }
 }
 
@@ -196,6 +204,11 @@ body! {
 body! {
     /// `CONTACTS-DELETE id=` (→S).
     ContactsDelete = "CONTACTS-DELETE" { id: text = "id" }
+}
+body! {
+    /// `CONTACTS-GET-FAILED reason=` (→C): the list could not be read (never an empty list
+    /// in its place).
+    ContactsGetFailed = "CONTACTS-GET-FAILED" { reason: (reason ContactsGetFailure) = "reason" }
 }
 body! {
     /// `CONTACTS-ADD-OK id=` (→C).

@@ -13,6 +13,7 @@ reasons! {
         FederationDisabled = "federation-disabled",
         NoRelay = "no-relay",
         TooManyOffers = "too-many-offers",
+        StorageError = "storage-error",
     }
 }
 
@@ -24,6 +25,7 @@ reasons! {
         AlreadyAnswered = "already-answered",
         Expired = "expired",
         NoRelay = "no-relay",
+        StorageError = "storage-error",
     }
 }
 
@@ -120,8 +122,11 @@ pub fn sanitize_filename(name: &str) -> Option<String> {
     while clean.len() > 255 {
         clean.pop();
     }
-    match clean.as_str() {
-        "" | "." | ".." => None,
-        _ => Some(clean),
+    // No hidden files (`.bashrc`, `..x`): leading dots go.
+    let clean = clean.trim_start_matches('.').trim_start();
+    if clean.is_empty() {
+        None
+    } else {
+        Some(clean.to_owned())
     }
 }

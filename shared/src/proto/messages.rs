@@ -16,6 +16,7 @@ reasons! {
     /// `MESSAGE-READ-FAILED reason=`.
     ReadFailure {
         UnknownMessage = "unknown-message",
+        StorageError = "storage-error",
     }
 }
 

@@ -7,6 +7,17 @@ reasons! {
         NoteTooLong = "note-too-long",
         NothingToChange = "nothing-to-change",
         UnknownUser = "unknown-user",
+        StorageError = "storage-error",
+    }
+}
+
+reasons! {
+    /// `PROFILE-GET-FAILED reason=`.
+    ProfileGetFailure {
+        BadAddress = "bad-address",
+        FederationDisabled = "federation-disabled",
+        UnknownUser = "unknown-user",
+        StorageError = "storage-error",
     }
 }
 
@@ -25,6 +36,13 @@ body! {
 body! {
     /// `PROFILE-GET [id=]` (→S): your own profile, or a local user's.
     ProfileGet = "PROFILE-GET" { id: opt_text = "id" }
+}
+body! {
+    /// `PROFILE-GET-FAILED id= reason=` (→C).
+    ProfileGetFailed = "PROFILE-GET-FAILED" {
+        id: text = "id",
+        reason: (reason ProfileGetFailure) = "reason",
+    }
 }
 body! {
     /// `PROFILE id= name= note=` (→C).

@@ -299,6 +299,25 @@ fn every_event_round_trips() {
             retry_after: 1,
         }
         .into(),
+        ContactsGetFailed {
+            reason: ContactsGetFailure::StorageError,
+        }
+        .into(),
+        ProfileGetFailed {
+            id: "bob@x".into(),
+            reason: ProfileGetFailure::UnknownUser,
+        }
+        .into(),
+        MarkReadFailed {
+            id: "m1".into(),
+            reason: ReadFailure::StorageError,
+        }
+        .into(),
+        FileAnswerFailed {
+            transfer_id: "t1".into(),
+            reason: AnswerFailure::StorageError,
+        }
+        .into(),
         Ping.into(),
         Pong.into(),
     ];
@@ -393,6 +412,9 @@ fn filenames_are_sanitised() {
     );
     assert_eq!(sanitize_filename(".."), None);
     assert_eq!(sanitize_filename("dir/"), None);
+    // No hidden files.
+    assert_eq!(sanitize_filename(".bashrc").as_deref(), Some("bashrc"));
+    assert_eq!(sanitize_filename("... x.png").as_deref(), Some("x.png"));
     assert_eq!(
         sanitize_filename(&"я".repeat(300)).map(|s| s.len()),
         Some(254)
