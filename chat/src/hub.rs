@@ -11,9 +11,36 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+/// A stored stream whose items a session also loads from the database at login. Each live item
+/// of such a stream carries its sequence number, so a session drops the live copies of items it
+/// already sent from its login backlog (PROTOCOL.md §5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Messages to the user (`messages.seq`).
+    Messages = 0,
+    /// Read receipts for the user (`receipts.seq`).
+    Receipts = 1,
+    /// File offers to the user (`offers.rowid`).
+    Offers = 2,
+    /// Stored file results for the user (`notices.seq`).
+    Notices = 3,
+}
+
+/// Number of [`Stream`]s.
+pub const STREAMS: usize = 4;
+
+/// One queued packet for a session.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The stored item's stream and sequence number; `None` for packets that are never stored.
+    pub seq: Option<(Stream, i64)>,
+    /// The encoded packet.
+    pub bytes: Bytes,
+}
+
 struct Slot {
     id: u64,
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Item>>,
 }
 
 /// The session registry.
@@ -41,7 +68,7 @@ impl Hub {
     }
 
     /// Registers a session; returns its id and whether it is the user's first live session.
-    pub fn register(&self, login: &str, tx: mpsc::Sender<Bytes>) -> (u64, bool) {
+    pub fn register(&self, login: &str, tx: mpsc::Sender<Item>) -> (u64, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut users = self.lock();
         let slots = users.entry(login.to_owned()).or_default();
@@ -78,6 +105,38 @@ impl Hub {
 
     /// Sends to every session of `login` except `except`; returns how many got it.
     pub fn send_except(&self, login: &str, except: Option<u64>, bytes: &Bytes) -> usize {
+        self.send_item(
+            login,
+            except,
+            &Item {
+                seq: None,
+                bytes: bytes.clone(),
+            },
+        )
+    }
+
+    /// Sends a stored item (with its sequence number) to every session of `login` except
+    /// `except`; returns how many got it.
+    pub fn send_seq(
+        &self,
+        login: &str,
+        except: Option<u64>,
+        stream: Stream,
+        seq: i64,
+        bytes: &Bytes,
+    ) -> usize {
+        self.send_item(
+            login,
+            except,
+            &Item {
+                seq: Some((stream, seq)),
+                bytes: bytes.clone(),
+            },
+        )
+    }
+
+    /// Sends an item to every session of `login` except `except`; returns how many got it.
+    pub fn send_item(&self, login: &str, except: Option<u64>, item: &Item) -> usize {
         let mut users = self.lock();
         let Some(slots) = users.get_mut(login) else {
             return 0;
@@ -85,7 +144,7 @@ impl Hub {
         let mut n = 0;
         for slot in slots.iter_mut().filter(|s| Some(s.id) != except) {
             let Some(tx) = &slot.tx else { continue };
-            match tx.try_send(bytes.clone()) {
+            match tx.try_send(item.clone()) {
                 Ok(()) => n += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(

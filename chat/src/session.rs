@@ -9,8 +9,9 @@
 use crate::cmd;
 use crate::commit;
 use crate::db::{DbError, Outcome, StoredMessage};
+use crate::hub::{Item, STREAMS};
 use crate::server::Shared;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
 use msim_shared::proto::{Body, ErrorRateLimited};
 use msim_shared::{Packet, PacketCodec, PacketError};
@@ -90,7 +91,10 @@ pub struct Session<'a> {
     /// Login state.
     pub state: State,
     /// Hub queue, once logged in.
-    pub rx: Option<mpsc::Receiver<Bytes>>,
+    pub rx: Option<mpsc::Receiver<Item>>,
+    /// Per stored stream, the high-water mark of the login backlog: live items at or below it
+    /// were sent from the database and are dropped.
+    pub marks: [i64; STREAMS],
     /// Typing notifications in progress: (recipient login, deadline).
     pub typing: Vec<(String, Instant)>,
     /// Set to close the connection after flushing.
@@ -142,6 +146,16 @@ impl<'a> Session<'a> {
     /// Queues encoded bytes.
     pub fn push_bytes(&mut self, b: &[u8]) {
         self.out.extend_from_slice(b);
+    }
+
+    /// Queues a hub item unless the login backlog already contained it.
+    fn push_item(&mut self, item: &Item) {
+        if let Some((stream, seq)) = item.seq {
+            if seq <= self.marks[stream as usize] {
+                return;
+            }
+        }
+        self.out.extend_from_slice(&item.bytes);
     }
 
     /// Writes everything queued.
@@ -288,7 +302,7 @@ fn needs_no_drain(p: &Packet) -> bool {
     matches!(p.verb.as_str(), "MESSAGE-ACK" | "PONG")
 }
 
-async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+async fn recv(rx: &mut Option<mpsc::Receiver<Item>>) -> Option<Item> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -312,6 +326,7 @@ pub async fn serve(
         peer,
         state: State::Greeting,
         rx: None,
+        marks: [0; STREAMS],
         typing: Vec::new(),
         closing: false,
         pending: VecDeque::new(),
@@ -335,15 +350,13 @@ pub async fn serve(
                 s.complete_ready();
             }
             msg = recv(&mut s.rx) => match msg {
-                Some(b) => {
-                    s.push_bytes(&b);
+                Some(item) => {
+                    s.push_item(&item);
                     // Take what else is queued so it goes out in one write.
-                    if let Some(rx) = s.rx.as_mut() {
-                        for _ in 1..HUB_BATCH {
-                            match rx.try_recv() {
-                                Ok(b) => s.out.extend_from_slice(&b),
-                                Err(_) => break,
-                            }
+                    for _ in 1..HUB_BATCH {
+                        match s.rx.as_mut().map(mpsc::Receiver::try_recv) {
+                            Some(Ok(item)) => s.push_item(&item),
+                            _ => break,
                         }
                     }
                 }

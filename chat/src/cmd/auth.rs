@@ -3,6 +3,7 @@
 use crate::clock::rfc3339_micros;
 use crate::cmd::{files, presence};
 use crate::db::{Outcome, WriteOp};
+use crate::hub::Stream;
 use crate::session::{Session, State};
 use msim_shared::Packet;
 use tokio::sync::mpsc;
@@ -162,18 +163,26 @@ pub async fn connect_continue(s: &mut Session<'_>, p: &Packet) {
 async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
     let sh = s.sh.clone();
     let c = &sh.config;
-    // Messages committed up to now are sent from the database, later ones arrive live.
-    let max_seq = match sh.db.max_message_seq().await {
+    // Register first: from now on every stored item reaches this session live (queued in its
+    // channel). Then snapshot the high-water marks: the backlog sends every stored item up to
+    // them from the database, and the session drops live items at or below them (PROTOCOL.md
+    // §5.4). Nothing is lost and nothing is sent twice.
+    let (tx, rx) = mpsc::channel(c.outbound_queue);
+    let (id, first) = sh.hub.register(&login, tx);
+    let marks = match sh.db.marks().await {
         Ok(v) => v,
         Err(e) => {
             warn!("login: {e}");
+            sh.hub.unregister(&login, id);
             s.reply(p, Packet::new("CONNECT-FAILED").with("reason", "invalid"));
             return;
         }
     };
-    let (tx, rx) = mpsc::channel(c.outbound_queue);
-    let (id, first) = sh.hub.register(&login, tx);
     s.rx = Some(rx);
+    s.marks[Stream::Messages as usize] = marks.messages;
+    s.marks[Stream::Receipts as usize] = marks.receipts;
+    s.marks[Stream::Offers as usize] = marks.offers;
+    s.marks[Stream::Notices as usize] = marks.notices;
     s.state = State::LoggedIn {
         login: login.clone(),
         id,
@@ -196,7 +205,11 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
     // Pending messages, oldest first, page by page.
     let mut after = 0;
     loop {
-        let page = match sh.db.pending_messages(&login, after, max_seq, PAGE).await {
+        let page = match sh
+            .db
+            .pending_messages(&login, after, marks.messages, PAGE)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 warn!("pending messages: {e}");
@@ -217,7 +230,7 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
         }
     }
     // Read receipts stored while this user was offline.
-    match sh.db.pending_receipts(&login).await {
+    match sh.db.pending_receipts(&login, marks.receipts).await {
         Ok(receipts) if !receipts.is_empty() => {
             let mut seqs = Vec::with_capacity(receipts.len());
             for r in receipts {
@@ -233,8 +246,9 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
         Ok(_) => {}
         Err(e) => warn!("pending receipts: {e}"),
     }
+    let now = c.clock.now_micros();
     // File offers made while offline.
-    match sh.db.pending_offers(&login, c.clock.now_micros()).await {
+    match sh.db.pending_offers(&login, now, marks.offers).await {
         Ok(offers) => {
             for o in offers {
                 let pkt = files::request_packet(s, &o);
@@ -242,6 +256,15 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
             }
         }
         Err(e) => warn!("pending offers: {e}"),
+    }
+    // File results (SEND-FILE-PROXY-OK / -REJECTED / -READY) stored for this user.
+    match sh.db.pending_notices(&login, now, marks.notices).await {
+        Ok(notices) => {
+            for n in notices {
+                s.push_bytes(n.packet.as_bytes());
+            }
+        }
+        Err(e) => warn!("pending notices: {e}"),
     }
 }
 

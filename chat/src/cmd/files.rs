@@ -4,7 +4,8 @@
 
 use crate::clock::rfc3339_micros;
 use crate::cmd::{parse_target, Target};
-use crate::db::{Offer, Outcome, WriteOp};
+use crate::db::{Notice, Offer, Outcome, WriteOp};
+use crate::hub::{encode, Stream};
 use crate::server::Shared;
 use crate::session::Session;
 use msim_shared::token::{Capability, Direction};
@@ -92,7 +93,7 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, login: &str) {
         relay: None,
     };
     match s.sh.writer.write(WriteOp::CreateOffer(o.clone())).await {
-        Ok(Outcome::Done) => {
+        Ok(Outcome::Stored(seq)) => {
             s.reply(
                 p,
                 Packet::new("SEND-FILE-PROXY-PENDING")
@@ -100,8 +101,9 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, login: &str) {
                     .with("to", s.addr(&recipient))
                     .with("expires", rfc3339_micros(o.expires_at)),
             );
-            let req = request_packet(s, &o);
-            s.sh.hub.send_packet(&recipient, &req);
+            let req = encode(&request_packet(s, &o));
+            s.sh.hub
+                .send_seq(&recipient, None, Stream::Offers, seq, &req);
         }
         Ok(Outcome::UnknownUser) => s.reply(p, rejected(&id, "unknown-recipient")),
         Ok(_) | Err(_) => s.reply(p, rejected(&id, "storage-error")),
@@ -140,10 +142,13 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
         let reason = if accept { "no-relay" } else { "rejected" };
         info!(transfer = %id, reason, "offer rejected");
         let pkt = rejected(&id, reason);
-        sh.hub.send_packet(&offer.sender, &pkt);
+        let expires = sh.config.clock.now_micros() + sh.config.offer_ttl.as_micros() as i64;
+        let mut to = vec![offer.sender.clone()];
         if accept {
-            sh.hub.send_packet(&offer.recipient, &pkt);
+            to.push(offer.recipient.clone());
         }
+        let notices = to.into_iter().map(|login| (login, pkt.clone())).collect();
+        notify(&sh, &offer.id, expires, notices).await;
         return;
     };
     sh.relays.used(&relay);
@@ -169,7 +174,6 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
         .with("url", url.clone())
         .with("token", up)
         .with("expires", expires.clone());
-    sh.hub.send_packet(&offer.sender, &ok);
     let ready = Packet::new("SEND-FILE-PROXY-READY")
         .with("transfer-id", offer.id.clone())
         .with("from", s.addr(&offer.sender))
@@ -182,7 +186,40 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
         .with("expires", expires)
         .with_opt("sha256", offer.sha256.clone())
         .with_opt("mime", offer.mime.clone());
-    sh.hub.send_packet(&offer.recipient, &ready);
+    let notices = vec![(offer.sender.clone(), ok), (offer.recipient.clone(), ready)];
+    notify(&sh, &offer.id, expires_micros, notices).await;
+}
+
+/// Stores file results for their users until `expires` (delivered at every login until then,
+/// PROTOCOL.md §10.6) and delivers them live, tagged with their seq.
+async fn notify(sh: &Shared, transfer: &str, expires: i64, notices: Vec<(String, Packet)>) {
+    let rows = notices
+        .iter()
+        .map(|(login, p)| Notice {
+            seq: 0,
+            login: login.clone(),
+            transfer_id: transfer.to_owned(),
+            packet: p.to_wire(),
+            expires_at: expires,
+        })
+        .collect();
+    let seqs = match sh.writer.write(WriteOp::AddNotices(rows)).await {
+        Ok(Outcome::Notices(seqs)) => seqs,
+        r => {
+            // Not stored: still tell whoever is online.
+            if let Err(e) = r {
+                warn!(transfer, "storing file results: {e}");
+            }
+            Vec::new()
+        }
+    };
+    for (i, (login, p)) in notices.iter().enumerate() {
+        let bytes = encode(p);
+        match seqs.get(i) {
+            Some(seq) => sh.hub.send_seq(login, None, Stream::Notices, *seq, &bytes),
+            None => sh.hub.send(login, &bytes),
+        };
+    }
 }
 
 /// Expires unanswered offers and tells both sides.
@@ -190,11 +227,14 @@ pub async fn sweep(sh: &Shared) {
     let now = sh.config.clock.now_micros();
     match sh.writer.write(WriteOp::ExpireOffers { now }).await {
         Ok(Outcome::Expired(offers)) => {
+            let expires = now + sh.config.offer_ttl.as_micros() as i64;
             for o in offers {
                 info!(transfer = %o.id, "offer expired");
                 let pkt = rejected(&o.id, "expired");
-                sh.hub.send_packet(&o.sender, &pkt);
+                // The recipient's login backlog no longer lists the offer; only the sender
+                // needs the result stored.
                 sh.hub.send_packet(&o.recipient, &pkt);
+                notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt)]).await;
             }
         }
         Ok(_) => {}

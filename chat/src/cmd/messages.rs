@@ -4,7 +4,7 @@
 use crate::clock::rfc3339_micros;
 use crate::cmd::{parse_target, typing, Target};
 use crate::db::{DbError, Outcome, StoredMessage, WriteOp};
-use crate::hub::encode;
+use crate::hub::{encode, Stream};
 use crate::session::{InFlight, Session};
 use msim_shared::Packet;
 use tracing::warn;
@@ -82,11 +82,17 @@ pub fn complete(
     m: StoredMessage,
     r: Result<Outcome, DbError>,
 ) {
+    let mut seq = 0;
     let answer = match r {
         Ok(Outcome::UnknownUser) => failed(&m.id, "unknown-recipient"),
-        Ok(_) => Packet::new("MESSAGE-SENT")
-            .with("id", m.id.clone())
-            .with("at", rfc3339_micros(m.at)),
+        Ok(o) => {
+            if let Outcome::Stored(n) = o {
+                seq = n;
+            }
+            Packet::new("MESSAGE-SENT")
+                .with("id", m.id.clone())
+                .with("at", rfc3339_micros(m.at))
+        }
         Err(e) => {
             warn!("message: {e}");
             failed(&m.id, "storage-error")
@@ -99,11 +105,16 @@ pub fn complete(
     }
     typing::clear(s, &m.recipient);
     let bytes = encode(&message_packet(s, &m));
+    // Tagged with its seq: a session whose login backlog already had it drops it.
     if m.recipient != m.sender {
-        s.sh.hub.send(&m.recipient, &bytes);
+        s.sh.hub
+            .send_seq(&m.recipient, None, Stream::Messages, seq, &bytes);
+        // Carbon copy to the sender's other sessions (never part of their backlog).
+        s.sh.hub.send_except(&m.sender, s.session_id(), &bytes);
+    } else {
+        s.sh.hub
+            .send_seq(&m.sender, s.session_id(), Stream::Messages, seq, &bytes);
     }
-    // Carbon copy to the sender's other sessions.
-    s.sh.hub.send_except(&m.sender, s.session_id(), &bytes);
 }
 
 /// `MESSAGE-READ id=` from the recipient.
@@ -130,7 +141,11 @@ pub async fn read(s: &mut Session<'_>, p: &Packet, login: &str) {
                 .with("by", s.addr(login))
                 .with("at", rfc3339_micros(at));
             let bytes = encode(&pkt);
-            if s.sh.hub.send(&sender, &bytes) > 0 {
+            if s.sh
+                .hub
+                .send_seq(&sender, None, Stream::Receipts, receipt, &bytes)
+                > 0
+            {
                 s.sh.writer
                     .write_detached(WriteOp::DeleteReceipts(vec![receipt]));
             }

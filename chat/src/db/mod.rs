@@ -54,6 +54,34 @@ pub struct Receipt {
     pub at: i64,
 }
 
+/// A file result stored for a user (delivered at each login until it expires).
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// Sequence number (0 until stored).
+    pub seq: i64,
+    /// Recipient login.
+    pub login: String,
+    /// Transfer id.
+    pub transfer_id: String,
+    /// The packet, one wire line.
+    pub packet: String,
+    /// Micros since epoch.
+    pub expires_at: i64,
+}
+
+/// High-water marks of the stored streams at one instant (see [`crate::hub::Stream`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Marks {
+    /// `messages.seq`.
+    pub messages: i64,
+    /// `receipts.seq`.
+    pub receipts: i64,
+    /// `offers.rowid`.
+    pub offers: i64,
+    /// `notices.seq`.
+    pub notices: i64,
+}
+
 /// A user's profile.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
@@ -238,7 +266,9 @@ pub enum WriteOp {
         /// Now (micros).
         now: i64,
     },
-    /// Mark every pending offer past its expiry as expired.
+    /// Store file results for delivery at login.
+    AddNotices(Vec<Notice>),
+    /// Mark every pending offer past its expiry as expired (and drop expired notices).
     ExpireOffers {
         /// Now (micros).
         now: i64,
@@ -250,6 +280,10 @@ pub enum WriteOp {
 pub enum Outcome {
     /// Done, nothing to report.
     Done,
+    /// Stored with this sequence number (message seq, offer rowid).
+    Stored(i64),
+    /// Notices stored, with their sequence numbers.
+    Notices(Vec<i64>),
     /// The login already exists.
     Taken,
     /// Unknown local user (recipient, contact, …).
@@ -296,6 +330,9 @@ pub struct Db {
     known: Arc<Mutex<HashSet<String>>>,
     /// WAL size in frames at the last checkpoint.
     wal_frames: Arc<std::sync::atomic::AtomicU64>,
+    /// The last message sequence number handed out. The writer assigns `messages.seq` itself,
+    /// in commit order, so a seq read after a commit bounds every message committed before it.
+    message_seq: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
@@ -329,11 +366,15 @@ impl Db {
             .max_lifetime(None)
             .connect_with(opts)
             .await?;
+        let (last,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
+            .fetch_one(&pool)
+            .await?;
         Ok(Db {
             pool,
             writes,
             known: Arc::default(),
             wal_frames: Arc::default(),
+            message_seq: Arc::new(std::sync::atomic::AtomicI64::new(last.unwrap_or(0))),
         })
     }
 
@@ -403,12 +444,51 @@ impl Db {
         }))
     }
 
-    /// The highest message sequence number so far.
-    pub async fn max_message_seq(&self) -> Result<i64, DbError> {
-        let r: (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.0.unwrap_or(0))
+    /// The high-water marks of the stored streams, read in one transaction. Every item
+    /// committed so far has a sequence number at or below its mark, every later one above.
+    pub async fn marks(&self) -> Result<Marks, DbError> {
+        let r: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE((SELECT MAX(seq) FROM messages), 0), \
+             COALESCE((SELECT MAX(seq) FROM receipts), 0), \
+             COALESCE((SELECT MAX(rowid) FROM offers), 0), \
+             COALESCE((SELECT MAX(seq) FROM notices), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Marks {
+            messages: r.0,
+            receipts: r.1,
+            offers: r.2,
+            notices: r.3,
+        })
+    }
+
+    /// Unexpired notices for `login` with `seq <= max_seq`, oldest first.
+    pub async fn pending_notices(
+        &self,
+        login: &str,
+        now: i64,
+        max_seq: i64,
+    ) -> Result<Vec<Notice>, DbError> {
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT seq, transfer_id, packet, expires_at FROM notices \
+             WHERE login = ? AND seq <= ? AND expires_at > ? ORDER BY seq LIMIT 10000",
+        )
+        .bind(login)
+        .bind(max_seq)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, transfer_id, packet, expires_at)| Notice {
+                seq,
+                login: login.to_owned(),
+                transfer_id,
+                packet,
+                expires_at,
+            })
+            .collect())
     }
 
     /// Pending (unacknowledged, unread) messages for `login` with `after_seq < seq <= max_seq`,
@@ -443,12 +523,18 @@ impl Db {
             .collect())
     }
 
-    /// Read receipts waiting for `sender`, oldest first.
-    pub async fn pending_receipts(&self, sender: &str) -> Result<Vec<Receipt>, DbError> {
+    /// Read receipts waiting for `sender` with `seq <= max_seq`, oldest first.
+    pub async fn pending_receipts(
+        &self,
+        sender: &str,
+        max_seq: i64,
+    ) -> Result<Vec<Receipt>, DbError> {
         let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
-            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = ? ORDER BY seq LIMIT 10000",
+            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = ? AND seq <= ? \
+             ORDER BY seq LIMIT 10000",
         )
         .bind(sender)
+        .bind(max_seq)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -462,14 +548,20 @@ impl Db {
             .collect())
     }
 
-    /// Unanswered, unexpired offers for `recipient`, oldest first.
-    pub async fn pending_offers(&self, recipient: &str, now: i64) -> Result<Vec<Offer>, DbError> {
+    /// Unanswered, unexpired offers for `recipient` with `rowid <= max_seq`, oldest first.
+    pub async fn pending_offers(
+        &self,
+        recipient: &str,
+        now: i64,
+        max_seq: i64,
+    ) -> Result<Vec<Offer>, DbError> {
         let rows: Vec<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {OFFER_COLS} FROM offers WHERE recipient = ? AND state = 'pending' \
-             AND expires_at > ? ORDER BY created_at LIMIT 10000"
+             AND expires_at > ? AND rowid <= ? ORDER BY rowid LIMIT 10000"
         )))
         .bind(recipient)
         .bind(now)
+        .bind(max_seq)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(offer_from).collect())
@@ -546,7 +638,10 @@ impl Db {
         let mut bulk = Bulk::default();
         for (i, op) in ops.into_iter().enumerate() {
             match op {
-                WriteOp::InsertMessage(m) => bulk.messages.push((i, m)),
+                WriteOp::InsertMessage(mut m) => {
+                    m.seq = self.next_message_seq();
+                    bulk.messages.push((i, m));
+                }
                 WriteOp::Ack { id, recipient } => bulk.acks.push((i, id, recipient)),
                 op => {
                     self.flush_bulk(&mut tx, &mut bulk, &mut out).await?;
@@ -584,6 +679,12 @@ impl Db {
             .into_iter()
             .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
             .collect())
+    }
+
+    fn next_message_seq(&self) -> i64 {
+        self.message_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     fn known_users(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -641,12 +742,13 @@ impl Db {
             }
             for chunk in valid.chunks(ROW_CHUNK) {
                 let sql = format!(
-                    "INSERT INTO messages (id, sender, recipient, at, body) VALUES {}",
-                    placeholders(chunk.len(), 5)
+                    "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {}",
+                    placeholders(chunk.len(), 6)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (_, m) in chunk {
                     q = q
+                        .bind(m.seq)
                         .bind(&m.id)
                         .bind(&m.sender)
                         .bind(&m.recipient)
@@ -658,9 +760,9 @@ impl Db {
                     .persistent(chunk.len() == ROW_CHUNK)
                     .execute(&mut **tx)
                     .await;
-                for (i, _) in chunk {
+                for (i, m) in chunk {
                     out[*i] = Some(match &r {
-                        Ok(_) => Ok(Outcome::Done),
+                        Ok(_) => Ok(Outcome::Stored(m.seq)),
                         Err(e) => Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))),
                     });
                 }
@@ -697,7 +799,7 @@ impl Db {
     }
 }
 
-/// Rows per multi-row INSERT (5 parameters each, well under SQLite's parameter limit).
+/// Rows per multi-row INSERT (6 parameters each, well under SQLite's parameter limit).
 const ROW_CHUNK: usize = 256;
 /// Values per `IN (…)` list.
 const IN_CHUNK: usize = 1024;
@@ -759,8 +861,9 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
                 return Ok(Outcome::UnknownUser);
             }
             sqlx::query(
-                "INSERT INTO messages (id, sender, recipient, at, body) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES (?, ?, ?, ?, ?, ?)",
             )
+            .bind(m.seq)
             .bind(&m.id)
             .bind(&m.sender)
             .bind(&m.recipient)
@@ -938,7 +1041,7 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
             if !exists(tx, &o.recipient).await? {
                 return Ok(Outcome::UnknownUser);
             }
-            sqlx::query(
+            let r = sqlx::query(
                 "INSERT INTO offers (id, sender, recipient, filename, size, sha256, mime, \
                  created_at, expires_at, state, relay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
@@ -955,7 +1058,7 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
             .bind(&o.relay)
             .execute(&mut **tx)
             .await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Stored(r.last_insert_rowid()))
         }
         WriteOp::AnswerOffer { id, by, relay, now } => {
             let r: Option<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -990,6 +1093,22 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
                 .await?;
             Ok(Outcome::Answered(offer))
         }
+        WriteOp::AddNotices(notices) => {
+            let mut seqs = Vec::with_capacity(notices.len());
+            for n in notices {
+                let r = sqlx::query(
+                    "INSERT INTO notices (login, transfer_id, packet, expires_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&n.login)
+                .bind(&n.transfer_id)
+                .bind(&n.packet)
+                .bind(n.expires_at)
+                .execute(&mut **tx)
+                .await?;
+                seqs.push(r.last_insert_rowid());
+            }
+            Ok(Outcome::Notices(seqs))
+        }
         WriteOp::ExpireOffers { now } => {
             let rows: Vec<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {OFFER_COLS} FROM offers WHERE state = 'pending' AND expires_at <= ? LIMIT 10000"
@@ -1003,6 +1122,10 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
                     .execute(&mut **tx)
                     .await?;
             }
+            sqlx::query("DELETE FROM notices WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
             Ok(Outcome::Expired(rows.into_iter().map(offer_from).collect()))
         }
     }
