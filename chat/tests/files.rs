@@ -219,3 +219,93 @@ async fn unhealthy_relay_gets_no_transfers() {
     assert_eq!(field(&l, "reason").unwrap(), "no-relay");
     srv.stop().await;
 }
+
+/// PROTOCOL.md §10.6: results of an offer reach sessions that were offline when they happened.
+#[tokio::test]
+async fn offline_sender_gets_the_result_at_login() {
+    let (r1, _) = fake_relay(200).await;
+    let secret = msim_shared::token::generate_secret_text();
+    let keyring = msim_shared::token::Keyring::from_secret_text(&secret).unwrap();
+    let srv = TestServer::start_with(|c| {
+        c.relays = vec![r1.clone()];
+        c.relay_secret = secret;
+        c.offer_ttl = Duration::from_secs(3600);
+        c.offer_sweep_interval = Duration::from_millis(20);
+    })
+    .await;
+    drop(srv.user("alice").await);
+    let mut b = srv.user("bob").await;
+    let offer = |name: &'static str| {
+        let srv = &srv;
+        async move {
+            let mut a = srv.session("alice").await;
+            a.send(&format!("SEND-FILE-PROXY to=bob filename={name} size=10"))
+                .await;
+            // (Earlier results are repeated at each login, §10.6.)
+            let pending = a.expect_skip("SEND-FILE-PROXY-PENDING").await;
+            let tid = field(&pending, "transfer-id").unwrap();
+            // The sender goes offline before the offer is answered.
+            drop(a);
+            tid
+        }
+    };
+
+    // Accepted while the sender is offline: OK with a working upload token at login.
+    let accepted = offer("a.jpg").await;
+    b.expect_skip("SEND-FILE-PROXY-REQUEST").await;
+    b.send(&format!("SEND-FILE-PROXY-ACCEPT transfer-id={accepted}"))
+        .await;
+    let ready = b.expect("SEND-FILE-PROXY-READY").await;
+    let mut a = srv.session("alice").await;
+    let ok = a.expect_skip("SEND-FILE-PROXY-OK").await;
+    assert_eq!(field(&ok, "transfer-id").unwrap(), accepted);
+    let url = field(&ok, "url").unwrap();
+    assert_eq!(url, format!("{r1}/v1/transfers/{accepted}"));
+    assert_eq!(field(&ready, "url").unwrap(), url);
+    assert_eq!(field(&ok, "connect").unwrap(), "127.0.0.1");
+    let now = (srv.clock.now_micros() / 1_000_000) as u64;
+    let cap = keyring
+        .verify(&field(&ok, "token").unwrap(), now)
+        .expect("the stored upload token verifies");
+    assert_eq!(cap.transfer_id, accepted);
+    assert_eq!(cap.direction, msim_shared::token::Direction::Upload);
+    assert_eq!(cap.size, 10);
+    // A recipient session that was offline during the acceptance gets READY with a download
+    // token.
+    let mut b2 = srv.session("bob").await;
+    let ready2 = b2.expect_skip("SEND-FILE-PROXY-READY").await;
+    assert_eq!(ready2, ready);
+    let cap = keyring
+        .verify(&field(&ready2, "token").unwrap(), now)
+        .expect("the stored download token verifies");
+    assert_eq!(cap.direction, msim_shared::token::Direction::Download);
+    drop(b2);
+    drop(a);
+
+    // Rejected while the sender is offline.
+    let rejected = offer("r.jpg").await;
+    b.expect_skip("SEND-FILE-PROXY-REQUEST").await;
+    b.send(&format!("SEND-FILE-PROXY-REJECT transfer-id={rejected}"))
+        .await;
+    b.sync().await;
+    let mut a = srv.session("alice").await;
+    let want = format!("SEND-FILE-PROXY-REJECTED transfer-id={rejected} reason=rejected");
+    assert_eq!(a.expect_skip("SEND-FILE-PROXY-REJECTED").await, want);
+    drop(a);
+
+    // Expired while the sender is offline (the sender's result is stored before the recipient
+    // is told).
+    let expired = offer("e.jpg").await;
+    b.expect_skip("SEND-FILE-PROXY-REQUEST").await;
+    srv.clock.advance(Duration::from_secs(3601));
+    let want = format!("SEND-FILE-PROXY-REJECTED transfer-id={expired} reason=expired");
+    assert_eq!(b.expect_skip("SEND-FILE-PROXY-REJECTED").await, want);
+    let mut a = srv.session("alice").await;
+    loop {
+        let l = a.expect_skip("SEND-FILE-PROXY-REJECTED").await;
+        if l == want {
+            break;
+        }
+    }
+    srv.stop().await;
+}

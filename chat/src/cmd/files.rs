@@ -232,9 +232,9 @@ pub async fn sweep(sh: &Shared) {
                 info!(transfer = %o.id, "offer expired");
                 let pkt = rejected(&o.id, "expired");
                 // The recipient's login backlog no longer lists the offer; only the sender
-                // needs the result stored.
+                // needs the result stored (stored before the recipient is told).
+                notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;
                 sh.hub.send_packet(&o.recipient, &pkt);
-                notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt)]).await;
             }
         }
         Ok(_) => {}
