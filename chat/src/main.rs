@@ -219,7 +219,7 @@ async fn main() -> Result<()> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3214)));
-    std::fs::create_dir_all(&config.data_dir)
+    msim_chat::db::create_data_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
 
     let stop = CancellationToken::new();

@@ -73,7 +73,7 @@ pub struct Server {
 impl Server {
     /// Opens the data directory (database, keys) and prepares the server.
     pub async fn new(config: Config) -> Result<Server, Error> {
-        std::fs::create_dir_all(&config.data_dir)?;
+        crate::db::create_data_dir(&config.data_dir)?;
         let key = load_or_create_secret(&config.data_dir.join("secret.key"))?;
         let db = Db::open(&config.data_dir).await?;
         let (writer, writer_task) = Writer::start(db.clone());

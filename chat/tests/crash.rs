@@ -83,3 +83,27 @@ async fn message_survives_sigkill() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// A data directory created by the server is private (0700), and so are the SQLite files (0600).
+#[cfg(unix)]
+#[tokio::test]
+async fn data_directory_and_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let srv = common::TestServer::start_with(|c| c.data_dir = c.data_dir.join("new/data")).await;
+    let data = srv.dir.path().join("new/data");
+    let mut a = srv.user("alice").await;
+    a.send("MESSAGE to=alice text=hi").await;
+    a.expect_skip("MESSAGE-SENT").await;
+    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(
+        mode(&srv.dir.path().join("new")),
+        0o700,
+        "parent created with it"
+    );
+    for f in ["msim.db", "msim.db-wal", "msim.db-shm", "secret.key"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    drop(a);
+    srv.stop().await;
+}

@@ -19,6 +19,9 @@ pub enum DbError {
     /// Migration error.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// File system error (creating or restricting the database files).
+    #[error("database file: {0}")]
+    Io(std::io::Error),
     /// The writer task has stopped (shutdown).
     #[error("database writer stopped")]
     WriterGone,
@@ -335,12 +338,62 @@ pub struct Db {
     message_seq: Arc<std::sync::atomic::AtomicI64>,
 }
 
+/// Creates the data directory with mode 0700 when it does not exist (an existing directory is
+/// left as the operator set it up).
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates `path` empty with mode 0600 if missing (an empty file is an empty SQLite database),
+/// or restricts an existing one to 0600.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    drop(o.open(path)?);
+    restrict(path)
+}
+
+/// Sets an existing file to mode 0600 (no-op when it does not exist).
+fn restrict(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
 pub const WAL_RESTART_FRAMES: u64 = 8192;
 
 impl Db {
-    /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations.
+    /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations. The
+    /// database file is created (or tightened) to mode 0600 before SQLite opens it; SQLite
+    /// gives its `-wal` and `-shm` files the database file's mode.
     pub async fn open(dir: &Path) -> Result<Db, DbError> {
+        let file = dir.join("msim.db");
+        private_file(&file).map_err(DbError::Io)?;
+        for extra in ["msim.db-wal", "msim.db-shm"] {
+            restrict(&dir.join(extra)).map_err(DbError::Io)?;
+        }
         let opts = SqliteConnectOptions::new()
             .filename(dir.join("msim.db"))
             .create_if_missing(true)
