@@ -562,10 +562,9 @@ impl Client {
             .await?;
         match answer {
             Event::Profile(p) => Ok(p),
-            // Not (yet) a typed packet in msim-shared.
-            Event::Unknown(p) if p.verb == "PROFILE-GET-FAILED" => Err(ClientError::ProfileFailed(
-                ProfileFailure::parse(p.get("reason").unwrap_or("")),
-            )),
+            Event::ProfileGetFailed(f) => Err(ClientError::ProfileFailed(ProfileFailure::parse(
+                f.reason.as_str(),
+            ))),
             other => Err(unexpected(&other)),
         }
     }

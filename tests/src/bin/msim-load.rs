@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     connections: usize,
     /// Source addresses 127.0.0.1..=N used for client sockets.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     sources: u8,
     /// Sender→recipient pairs for the message scenarios.
     #[arg(long, default_value_t = 50)]
@@ -90,6 +90,15 @@ async fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.smoke {
         args.shrink_for_smoke();
+    }
+    // Room for every client socket here and every server socket in the children.
+    let limit = procs::raise_nofile_limit(args.connections as u64 + 4_096);
+    if limit < args.connections as u64 + 1_024 {
+        eprintln!(
+            "warning: open-file limit {limit} is too low for {} connections; lowering",
+            args.connections
+        );
+        args.connections = (limit as usize).saturating_sub(1_024).max(1);
     }
     let tmp = tempfile::tempdir()?;
     let data = args.data_dir.clone().unwrap_or_else(|| tmp.path().into());

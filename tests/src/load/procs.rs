@@ -90,3 +90,37 @@ pub fn start(bin: &Path, args: &[String], addr: SocketAddr, env: &[(&str, &str)]
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Raises this process's open-file limit to at least `want` (root may raise the hard limit
+/// too); children started afterwards inherit it. Returns the soft limit now in force.
+pub fn raise_nofile_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur >= want as libc::rlim_t {
+            return lim.rlim_cur as u64;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want as libc::rlim_t,
+            rlim_max: lim.rlim_max.max(want as libc::rlim_t),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return want;
+        }
+        // Not allowed to raise the hard limit: go as far as it allows.
+        let capped = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &capped) == 0 {
+            return lim.rlim_max as u64;
+        }
+        lim.rlim_cur as u64
+    }
+}
