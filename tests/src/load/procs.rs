@@ -93,6 +93,8 @@ pub fn start(bin: &Path, args: &[String], addr: SocketAddr, env: &[(&str, &str)]
 
 /// Raises this process's open-file limit to at least `want` (root may raise the hard limit
 /// too); children started afterwards inherit it. Returns the soft limit now in force.
+// rlim_t is u64 on Linux but not everywhere, so the casts stay.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile_limit(want: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
