@@ -59,10 +59,13 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     msim_shared::timestamp::format(t)
 }
 
+/// Epoch microseconds as a date-time.
+pub fn datetime(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// Formats epoch microseconds as RFC 3339.
 pub fn rfc3339_micros(micros: i64) -> String {
-    rfc3339(
-        OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-    )
+    rfc3339(datetime(micros))
 }

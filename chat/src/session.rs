@@ -13,7 +13,7 @@ use crate::hub::{Item, STREAMS};
 use crate::server::Shared;
 use bytes::BytesMut;
 use futures::StreamExt;
-use msim_shared::proto::{Body, ErrorRateLimited};
+use msim_shared::proto::{Body, ErrorMalformed, ErrorRateLimited, FieldReader, SendMessage};
 use msim_shared::{Packet, PacketCodec, PacketError};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -383,9 +383,16 @@ pub async fn serve(
                             }
                             Ok(p) => {
                                 too_long = 0;
-                                if p.verb == "MESSAGE" && s.login().is_some() {
+                                if p.verb == SendMessage::VERB && s.login().is_some() {
                                     // Pipelined: answered when committed.
-                                    Box::pin(cmd::messages::submit(&mut s, p)).await;
+                                    match SendMessage::read(&FieldReader::new(&p)) {
+                                        Ok(r) => Box::pin(cmd::messages::submit(&mut s, &p, r)).await,
+                                        Err(e) => {
+                                            s.drain().await;
+                                            let e = ErrorMalformed::from_proto_error(&e);
+                                            s.reply(&p, e.to_packet());
+                                        }
+                                    }
                                 } else {
                                     if !needs_no_drain(&p) {
                                         s.drain().await;

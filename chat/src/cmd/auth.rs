@@ -1,10 +1,14 @@
 //! Registration and login (PROTOCOL.md §4), and what happens at login and logout.
 
-use crate::clock::rfc3339_micros;
+use crate::clock::datetime;
 use crate::cmd::{files, presence};
 use crate::db::{Outcome, WriteOp};
 use crate::hub::Stream;
 use crate::session::{Session, State};
+use msim_shared::proto::{
+    Body, Connect, ConnectAck, ConnectContinue, ConnectFailed, ConnectFailure, ConnectOk,
+    ReadReceipt, Register, RegisterFailed, RegisterFailure, RegisterOk,
+};
 use msim_shared::Packet;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -12,41 +16,33 @@ use tracing::{info, warn};
 /// Pending messages sent per database page at login.
 const PAGE: i64 = 256;
 
-fn failed(reason: &str) -> Packet {
-    Packet::new("REGISTER-FAILED").with("reason", reason)
+fn failed(reason: RegisterFailure) -> Packet {
+    RegisterFailed { reason }.to_packet()
 }
 
-/// `REGISTER login= password=`.
-pub async fn register(s: &mut Session<'_>, p: &Packet) {
-    if s.login().is_some() {
-        s.reply(p, Packet::new("ERROR-BAD-STATE").with("type", "REGISTER"));
-        return;
-    }
-    let Some(login) = s.require(p, "login") else {
-        return;
-    };
-    let Some(password) = s.require(p, "password") else {
-        return;
-    };
+/// `REGISTER login= password=` (the dispatcher has checked the state).
+pub async fn register(s: &mut Session<'_>, p: &Packet, r: Register) {
+    let Register { login, password } = r;
+    let password = password.as_str();
     let c = &s.sh.config;
     let login = login.to_lowercase();
     let reason = if !c.registration_open {
-        Some("registration-closed")
+        Some(RegisterFailure::Closed)
     } else if !login
         .chars()
         .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
     {
-        Some("login-invalid")
+        Some(RegisterFailure::LoginInvalid)
     } else if login.len() < c.login_min {
-        Some("login-too-short")
+        Some(RegisterFailure::LoginTooShort)
     } else if login.len() > c.login_max {
-        Some("login-too-long")
+        Some(RegisterFailure::LoginTooLong)
     } else if password.chars().count() < c.password_min {
-        Some("password-too-short")
+        Some(RegisterFailure::PasswordTooShort)
     } else if password.chars().count() > c.password_max {
-        Some("password-too-long")
+        Some(RegisterFailure::PasswordTooLong)
     } else if !s.sh.throttle.allow_register(s.peer.ip()) {
-        Some("rate-limited")
+        Some(RegisterFailure::RateLimited)
     } else {
         None
     };
@@ -66,36 +62,40 @@ pub async fn register(s: &mut Session<'_>, p: &Packet) {
         })
         .await
     {
-        Ok(Outcome::Taken) => s.reply(p, failed("login-taken")),
+        Ok(Outcome::Taken) => s.reply(p, failed(RegisterFailure::LoginTaken)),
         Ok(_) => {
             info!(login, "registered");
-            let addr = s.addr(&login);
-            s.reply(p, Packet::new("REGISTER-OK").with("login", addr));
+            let login = s.addr(&login);
+            s.reply(p, RegisterOk { login }.to_packet());
         }
         Err(e) => {
             warn!("register: {e}");
-            s.reply(p, failed("storage-error"));
+            s.reply(p, failed(RegisterFailure::StorageError));
         }
     }
 }
 
 fn throttled(wait: std::time::Duration) -> Packet {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    Packet::new("CONNECT-FAILED")
-        .with("reason", "throttled")
-        .with("retry-after", secs.max(1).to_string())
+    ConnectFailed {
+        reason: ConnectFailure::Throttled,
+        retry_after: Some(secs.max(1)),
+    }
+    .to_packet()
+}
+
+fn connect_failed(reason: ConnectFailure) -> Packet {
+    ConnectFailed {
+        reason,
+        retry_after: None,
+    }
+    .to_packet()
 }
 
 /// `CONNECT login=`: always answered with `CONNECT-ACK salt=` (unless throttled), with the same
 /// work for known and unknown logins.
-pub async fn connect(s: &mut Session<'_>, p: &Packet) {
-    if s.login().is_some() {
-        s.reply(p, Packet::new("ERROR-BAD-STATE").with("type", "CONNECT"));
-        return;
-    }
-    let Some(raw) = s.require(p, "login") else {
-        return;
-    };
+pub async fn connect(s: &mut Session<'_>, p: &Packet, r: Connect) {
+    let raw = r.login.as_str();
     // Any text is accepted as a login: an invalid one behaves exactly like an unknown one.
     let login = match crate::cmd::parse_target(raw, &s.sh.config.domain) {
         Some(crate::cmd::Target::Local(l)) => l,
@@ -115,7 +115,7 @@ pub async fn connect(s: &mut Session<'_>, p: &Packet) {
         }
     };
     let salt = s.sh.salts.next();
-    s.reply(p, Packet::new("CONNECT-ACK").with("salt", salt.clone()));
+    s.reply(p, ConnectAck { salt: salt.clone() }.to_packet());
     s.state = State::Challenged {
         login,
         sealed,
@@ -124,24 +124,15 @@ pub async fn connect(s: &mut Session<'_>, p: &Packet) {
 }
 
 /// `CONNECT-CONTINUE hash=`.
-pub async fn connect_continue(s: &mut Session<'_>, p: &Packet) {
-    if s.login().is_some() {
-        s.reply(
-            p,
-            Packet::new("ERROR-BAD-STATE").with("type", "CONNECT-CONTINUE"),
-        );
-        return;
-    }
-    let Some(hash) = s.require(p, "hash") else {
-        return;
-    };
+pub async fn connect_continue(s: &mut Session<'_>, p: &Packet, r: ConnectContinue) {
+    let hash = r.hash.as_str();
     let State::Challenged {
         login,
         sealed,
         salt,
     } = std::mem::replace(&mut s.state, State::Greeting)
     else {
-        s.reply(p, Packet::new("CONNECT-FAILED").with("reason", "bad-state"));
+        s.reply(p, connect_failed(ConnectFailure::BadState));
         return;
     };
     let ip = s.peer.ip();
@@ -153,7 +144,7 @@ pub async fn connect_continue(s: &mut Session<'_>, p: &Packet) {
     if !s.sh.sealer.verify(&login, sealed.as_deref(), &salt, hash) {
         s.sh.throttle.failure(&login, ip);
         info!(peer = %s.peer, "login failed");
-        s.reply(p, Packet::new("CONNECT-FAILED").with("reason", "invalid"));
+        s.reply(p, connect_failed(ConnectFailure::Invalid));
         return;
     }
     s.sh.throttle.success(&login);
@@ -174,7 +165,7 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
         Err(e) => {
             warn!("login: {e}");
             sh.hub.unregister(&login, id);
-            s.reply(p, Packet::new("CONNECT-FAILED").with("reason", "invalid"));
+            s.reply(p, connect_failed(ConnectFailure::Invalid));
             return;
         }
     };
@@ -188,17 +179,16 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
         id,
     };
     info!(login, session = id, peer = %s.peer, "logged in");
-    s.reply(
-        p,
-        Packet::new("CONNECT-OK")
-            .with("login", s.addr(&login))
-            .with("domain", c.domain.clone())
-            .with("federation", "false")
-            .with("max-line", c.max_line.to_string())
-            .with("max-text", c.max_text.to_string())
-            .with("max-file-size", c.max_file_size.to_string())
-            .with("server", concat!("msim-chat/", env!("CARGO_PKG_VERSION"))),
-    );
+    let ok = ConnectOk {
+        login: s.addr(&login),
+        domain: c.domain.clone(),
+        federation: false,
+        max_line: c.max_line as u64,
+        max_text: c.max_text as u64,
+        max_file_size: c.max_file_size,
+        server: concat!("msim-chat/", env!("CARGO_PKG_VERSION")).to_owned(),
+    };
+    s.reply(p, ok.to_packet());
     if first {
         presence::announce(&sh, &login, true).await;
     }
@@ -235,11 +225,12 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
             let mut seqs = Vec::with_capacity(receipts.len());
             for r in receipts {
                 seqs.push(r.seq);
-                let pkt = Packet::new("MESSAGE-READ")
-                    .with("id", r.message_id)
-                    .with("by", s.addr(&r.reader))
-                    .with("at", rfc3339_micros(r.at));
-                s.push(&pkt);
+                let pkt = ReadReceipt {
+                    id: r.message_id,
+                    by: s.addr(&r.reader),
+                    at: datetime(r.at),
+                };
+                s.push(&pkt.to_packet());
             }
             sh.writer.write_detached(WriteOp::DeleteReceipts(seqs));
         }

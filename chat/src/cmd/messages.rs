@@ -1,55 +1,60 @@
 //! Messages and receipts (PROTOCOL.md §5). `MESSAGE-SENT` is sent only after the group-commit
 //! writer has committed the message.
 
-use crate::clock::rfc3339_micros;
+use crate::clock::datetime;
 use crate::cmd::{parse_target, typing, Target};
 use crate::db::{DbError, Outcome, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::session::{InFlight, Session};
+use msim_shared::proto::{
+    AckMessage, Body, MarkRead, MarkReadFailed, Message, MessageSendFailed, MessageSent,
+    ReadFailure, ReadReceipt, SendFailure, SendMessage,
+};
 use msim_shared::Packet;
 use tracing::warn;
 
 /// The `MESSAGE` packet for a stored message.
 pub fn message_packet(s: &Session<'_>, m: &StoredMessage) -> Packet {
-    Packet::new("MESSAGE")
-        .with("id", m.id.clone())
-        .with("from", s.addr(&m.sender))
-        .with("to", s.addr(&m.recipient))
-        .with("at", rfc3339_micros(m.at))
-        .with("text", m.text.clone())
+    Message {
+        id: m.id.clone(),
+        from: s.addr(&m.sender),
+        to: s.addr(&m.recipient),
+        at: datetime(m.at),
+        text: m.text.clone(),
+    }
+    .to_packet()
 }
 
-fn failed(id: &str, reason: &str) -> Packet {
-    Packet::new("MESSAGE-SEND-FAILED")
-        .with("id", id)
-        .with("reason", reason)
+fn failed(id: &str, reason: SendFailure) -> Packet {
+    MessageSendFailed {
+        id: id.to_owned(),
+        reason,
+    }
+    .to_packet()
 }
 
 /// `MESSAGE to= text=`: validated, then submitted to the group-commit writer; the session
 /// answers it (in request order) once committed, see [`complete`].
-pub async fn submit(s: &mut Session<'_>, p: Packet) {
+pub async fn submit(s: &mut Session<'_>, p: &Packet, r: SendMessage) {
     let Some(login) = s.login().map(str::to_owned) else {
         return;
     };
-    let Some(to) = s.require(&p, "to") else {
-        return;
-    };
-    let Some(text) = s.require(&p, "text") else {
-        return;
-    };
+    let SendMessage { to, text } = r;
     let id = uuid::Uuid::now_v7().to_string();
-    let fail = match parse_target(to, &s.sh.config.domain) {
-        None => Err("bad-address"),
-        Some(Target::Remote(_)) => Err("federation-disabled"),
-        Some(Target::Local(_)) if text.is_empty() => Err("empty-text"),
-        Some(Target::Local(_)) if text.len() > s.sh.config.max_text => Err("text-too-long"),
+    let fail = match parse_target(&to, &s.sh.config.domain) {
+        None => Err(SendFailure::BadAddress),
+        Some(Target::Remote(_)) => Err(SendFailure::FederationDisabled),
+        Some(Target::Local(_)) if text.is_empty() => Err(SendFailure::EmptyText),
+        Some(Target::Local(_)) if text.len() > s.sh.config.max_text => {
+            Err(SendFailure::TextTooLong)
+        }
         Some(Target::Local(l)) => Ok(l),
     };
     let recipient = match fail {
         Ok(r) => r,
         Err(reason) => {
             s.drain().await;
-            return s.reply(&p, failed(&id, reason));
+            return s.reply(p, failed(&id, reason));
         }
     };
     let m = StoredMessage {
@@ -58,7 +63,7 @@ pub async fn submit(s: &mut Session<'_>, p: Packet) {
         sender: login,
         recipient,
         at: s.sh.config.clock.now_micros(),
-        text: text.to_owned(),
+        text,
     };
     let reference = p.reference().map(str::to_owned);
     match s.sh.writer.submit(WriteOp::InsertMessage(m.clone())).await {
@@ -70,7 +75,7 @@ pub async fn submit(s: &mut Session<'_>, p: Packet) {
         Err(e) => {
             warn!("message: {e}");
             s.drain().await;
-            s.reply(&p, failed(&id, "storage-error"));
+            s.reply(p, failed(&id, SendFailure::StorageError));
         }
     }
 }
@@ -84,21 +89,23 @@ pub fn complete(
 ) {
     let mut seq = 0;
     let answer = match r {
-        Ok(Outcome::UnknownUser) => failed(&m.id, "unknown-recipient"),
+        Ok(Outcome::UnknownUser) => failed(&m.id, SendFailure::UnknownRecipient),
         Ok(o) => {
             if let Outcome::Stored(n) = o {
                 seq = n;
             }
-            Packet::new("MESSAGE-SENT")
-                .with("id", m.id.clone())
-                .with("at", rfc3339_micros(m.at))
+            MessageSent {
+                id: m.id.clone(),
+                at: datetime(m.at),
+            }
+            .to_packet()
         }
         Err(e) => {
             warn!("message: {e}");
-            failed(&m.id, "storage-error")
+            failed(&m.id, SendFailure::StorageError)
         }
     };
-    let ok = answer.verb == "MESSAGE-SENT";
+    let ok = answer.verb == MessageSent::VERB;
     s.push(&answer.with_opt("ref", reference));
     if !ok {
         return;
@@ -118,17 +125,19 @@ pub fn complete(
 }
 
 /// `MESSAGE-READ id=` from the recipient.
-pub async fn read(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(id) = s.require(p, "id") else { return };
+pub async fn read(s: &mut Session<'_>, p: &Packet, r: MarkRead, login: &str) {
+    let id = r.id.as_str();
     let op = WriteOp::MarkRead {
         id: id.to_owned(),
         reader: login.to_owned(),
         at: s.sh.config.clock.now_micros(),
     };
-    let fail = |reason: &str| {
-        Packet::new("MESSAGE-READ-FAILED")
-            .with("id", id)
-            .with("reason", reason)
+    let fail = |reason: ReadFailure| {
+        MarkReadFailed {
+            id: id.to_owned(),
+            reason,
+        }
+        .to_packet()
     };
     match s.sh.writer.write(op).await {
         Ok(Outcome::Read {
@@ -136,11 +145,12 @@ pub async fn read(s: &mut Session<'_>, p: &Packet, login: &str) {
             receipt,
             at,
         }) => {
-            let pkt = Packet::new("MESSAGE-READ")
-                .with("id", id)
-                .with("by", s.addr(login))
-                .with("at", rfc3339_micros(at));
-            let bytes = encode(&pkt);
+            let pkt = ReadReceipt {
+                id: id.to_owned(),
+                by: s.addr(login),
+                at: datetime(at),
+            };
+            let bytes = encode(&pkt.to_packet());
             if s.sh
                 .hub
                 .send_seq(&sender, None, Stream::Receipts, receipt, &bytes)
@@ -153,19 +163,18 @@ pub async fn read(s: &mut Session<'_>, p: &Packet, login: &str) {
                 s.sh.hub.send_except(login, s.session_id(), &bytes);
             }
         }
-        Ok(_) => s.reply(p, fail("unknown-message")),
+        Ok(_) => s.reply(p, fail(ReadFailure::UnknownMessage)),
         Err(e) => {
             warn!("message read: {e}");
-            s.reply(p, fail("storage-error"));
+            s.reply(p, fail(ReadFailure::StorageError));
         }
     }
 }
 
 /// `MESSAGE-ACK id=`: stop redelivering.
-pub fn ack(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(id) = s.require(p, "id") else { return };
+pub fn ack(s: &mut Session<'_>, r: AckMessage, login: &str) {
     s.sh.writer.write_detached(WriteOp::Ack {
-        id: id.to_owned(),
+        id: r.id,
         recipient: login.to_owned(),
     });
 }

@@ -11,65 +11,66 @@ pub mod profile;
 pub mod typing;
 
 use crate::session::Session;
+use msim_shared::proto::{
+    Body, Connect, ConnectContinue, ErrorBadState, ErrorMalformed, ErrorNotImplemented,
+    ErrorNotLoggedIn, Ping, Pong, Register, Request,
+};
 use msim_shared::{Address, Packet};
 
-/// Handles one request.
+/// Handles one request: decoded with the shared typed packets ([`Request::from_packet`]);
+/// an unknown verb gets `ERROR-NOT-IMPLEMENTED`, the session state is checked before the
+/// fields, and a known request with missing or bad fields gets `ERROR-MALFORMED`.
 pub async fn dispatch(s: &mut Session<'_>, p: Packet) {
-    match p.verb.as_str() {
-        "PING" => return keepalive::ping(s, &p),
-        "PONG" => return,
-        "REGISTER" => return auth::register(s, &p).await,
-        "CONNECT" => return auth::connect(s, &p).await,
-        "CONNECT-CONTINUE" => return auth::connect_continue(s, &p).await,
-        _ => {}
+    let decoded = Request::from_packet(&p);
+    // Only a known verb fails to decode.
+    if let Ok(Request::Unknown(_)) = decoded {
+        let e = ErrorNotImplemented {
+            verb: p.verb.clone(),
+        };
+        return s.reply(&p, e.to_packet());
     }
-    let known = matches!(
-        p.verb.as_str(),
-        "MESSAGE"
-            | "MESSAGE-READ"
-            | "MESSAGE-ACK"
-            | "TYPING-STARTED"
-            | "TYPING-END"
-            | "CONTACTS-GET"
-            | "CONTACTS-ADD"
-            | "CONTACTS-CHANGE"
-            | "CONTACTS-DELETE"
-            | "PROFILE-UPDATE"
-            | "PROFILE-GET"
-            | "SEND-FILE-PROXY"
-            | "SEND-FILE-PROXY-ACCEPT"
-            | "SEND-FILE-PROXY-REJECT"
-    );
-    if !known {
-        s.reply(
-            &p,
-            Packet::new("ERROR-NOT-IMPLEMENTED").with("type", p.verb.clone()),
-        );
-        return;
+    // The state is checked before the fields.
+    let verb = p.verb.as_str();
+    let auth = [Register::VERB, Connect::VERB, ConnectContinue::VERB].contains(&verb);
+    let open = auth || verb == Ping::VERB || verb == Pong::VERB;
+    let login = s.login().map(str::to_owned);
+    if login.is_none() && !open {
+        let e = ErrorNotLoggedIn {
+            verb: p.verb.clone(),
+        };
+        return s.reply(&p, e.to_packet());
     }
-    let Some(login) = s.login().map(str::to_owned) else {
-        s.reply(
-            &p,
-            Packet::new("ERROR-NOT-LOGGED-IN").with("type", p.verb.clone()),
-        );
-        return;
+    if login.is_some() && auth {
+        let e = ErrorBadState {
+            verb: p.verb.clone(),
+        };
+        return s.reply(&p, e.to_packet());
+    }
+    let req = match decoded {
+        Ok(r) => r,
+        Err(e) => return s.reply(&p, ErrorMalformed::from_proto_error(&e).to_packet()),
     };
-    match p.verb.as_str() {
-        "MESSAGE" => messages::submit(s, p.clone()).await,
-        "MESSAGE-READ" => messages::read(s, &p, &login).await,
-        "MESSAGE-ACK" => messages::ack(s, &p, &login),
-        "TYPING-STARTED" => typing::started(s, &p, &login),
-        "TYPING-END" => typing::ended(s, &p, &login),
-        "CONTACTS-GET" => contacts::get(s, &p, &login).await,
-        "CONTACTS-ADD" => contacts::add(s, &p, &login).await,
-        "CONTACTS-CHANGE" => contacts::change(s, &p, &login).await,
-        "CONTACTS-DELETE" => contacts::delete(s, &p, &login).await,
-        "PROFILE-UPDATE" => profile::update(s, &p, &login).await,
-        "PROFILE-GET" => profile::get(s, &p, &login).await,
-        "SEND-FILE-PROXY" => files::offer(s, &p, &login).await,
-        "SEND-FILE-PROXY-ACCEPT" => files::answer(s, &p, &login, true).await,
-        "SEND-FILE-PROXY-REJECT" => files::answer(s, &p, &login, false).await,
-        _ => {}
+    let login = login.unwrap_or_default();
+    match req {
+        Request::Ping(_) => keepalive::ping(s, &p),
+        Request::Pong(_) | Request::Unknown(_) => {}
+        Request::Register(r) => auth::register(s, &p, r).await,
+        Request::Connect(r) => auth::connect(s, &p, r).await,
+        Request::ConnectContinue(r) => auth::connect_continue(s, &p, r).await,
+        Request::SendMessage(r) => messages::submit(s, &p, r).await,
+        Request::MarkRead(r) => messages::read(s, &p, r, &login).await,
+        Request::AckMessage(r) => messages::ack(s, r, &login),
+        Request::TypingStart(r) => typing::started(s, &r.to, &login),
+        Request::TypingStop(r) => typing::ended(s, &r.to, &login),
+        Request::ContactsGet(_) => contacts::get(s, &p, &login).await,
+        Request::ContactsAdd(_) => contacts::add(s, &p, &login).await,
+        Request::ContactsChange(_) => contacts::change(s, &p, &login).await,
+        Request::ContactsDelete(_) => contacts::delete(s, &p, &login).await,
+        Request::ProfileUpdate(_) => profile::update(s, &p, &login).await,
+        Request::ProfileGet(_) => profile::get(s, &p, &login).await,
+        Request::OfferFile(_) => files::offer(s, &p, &login).await,
+        Request::AcceptFile(_) => files::answer(s, &p, &login, true).await,
+        Request::RejectFile(_) => files::answer(s, &p, &login, false).await,
     }
 }
 

@@ -3,19 +3,28 @@
 
 use crate::cmd::{parse_target, Target};
 use crate::session::Session;
-use msim_shared::Packet;
+use msim_shared::proto::{Body, TypingEnded, TypingStarted};
 use tokio::time::Instant;
 
 /// Most peers one session can be typing to at once (bounded state).
 const MAX_TYPING: usize = 64;
 
-fn forward(s: &Session<'_>, to: &str, verb: &str, from: &str) {
-    let p = Packet::new(verb).with("from", s.addr(from));
+#[derive(Clone, Copy)]
+enum Kind {
+    Started,
+    Ended,
+}
+
+fn forward(s: &Session<'_>, to: &str, kind: Kind, from: &str) {
+    let from = s.addr(from);
+    let p = match kind {
+        Kind::Started => TypingStarted { from }.to_packet(),
+        Kind::Ended => TypingEnded { from }.to_packet(),
+    };
     s.sh.hub.send_packet(to, &p);
 }
 
-fn target(s: &mut Session<'_>, p: &Packet) -> Option<String> {
-    let to = s.require(p, "to")?;
+fn target(s: &Session<'_>, to: &str) -> Option<String> {
     match parse_target(to, &s.sh.config.domain) {
         Some(Target::Local(l)) => Some(l),
         // Remote peers: nothing to forward while federation is off; bad addresses are ignored.
@@ -24,8 +33,8 @@ fn target(s: &mut Session<'_>, p: &Packet) -> Option<String> {
 }
 
 /// `TYPING-STARTED to=`.
-pub fn started(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(to) = target(s, p) else { return };
+pub fn started(s: &mut Session<'_>, to: &str, login: &str) {
+    let Some(to) = target(s, to) else { return };
     let deadline = Instant::now() + s.sh.config.typing_timeout;
     if let Some(e) = s.typing.iter_mut().find(|(t, _)| *t == to) {
         e.1 = deadline;
@@ -35,14 +44,14 @@ pub fn started(s: &mut Session<'_>, p: &Packet, login: &str) {
         }
         s.typing.push((to.clone(), deadline));
     }
-    forward(s, &to, "TYPING-STARTED", login);
+    forward(s, &to, Kind::Started, login);
 }
 
 /// `TYPING-END to=`.
-pub fn ended(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(to) = target(s, p) else { return };
+pub fn ended(s: &mut Session<'_>, to: &str, login: &str) {
+    let Some(to) = target(s, to) else { return };
     s.typing.retain(|(t, _)| *t != to);
-    forward(s, &to, "TYPING-END", login);
+    forward(s, &to, Kind::Ended, login);
 }
 
 /// Forgets typing towards `to` (a message was sent; the client ends typing itself).
@@ -63,7 +72,7 @@ pub fn expire(s: &mut Session<'_>, now: Instant) {
         .collect();
     s.typing.retain(|(_, d)| *d > now);
     for to in expired {
-        forward(s, &to, "TYPING-END", &login);
+        forward(s, &to, Kind::Ended, &login);
     }
 }
 
@@ -71,6 +80,6 @@ pub fn expire(s: &mut Session<'_>, now: Instant) {
 pub fn end_all(s: &mut Session<'_>, login: &str) {
     let all = std::mem::take(&mut s.typing);
     for (to, _) in all {
-        forward(s, &to, "TYPING-END", login);
+        forward(s, &to, Kind::Ended, login);
     }
 }
