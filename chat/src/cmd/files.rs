@@ -2,7 +2,7 @@
 //! tells the recipient, and on acceptance picks a healthy relay and issues one capability token
 //! per side. Expired offers are rejected by [`sweep`], run by a background task.
 
-use crate::clock::rfc3339_micros;
+use crate::clock::datetime;
 use crate::cmd::{parse_target, Target};
 use crate::db::{Notice, Offer, Outcome, WriteOp};
 use crate::hub::{encode, Stream};
@@ -12,7 +12,10 @@ use msim_shared::token::{Capability, Direction};
 use msim_shared::Packet;
 use tracing::{info, warn};
 
-use msim_shared::proto::sanitize_filename;
+use msim_shared::proto::{
+    sanitize_filename, AnswerFailure, Body, DownloadGrant, ErrorMalformed, FileAnswerFailed,
+    FileOffered, FilePending, FileRejected, FileRejection, OfferFile, UploadGrant,
+};
 
 fn valid_sha256(v: &str) -> bool {
     v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
@@ -25,58 +28,68 @@ fn valid_mime(v: &str) -> bool {
         && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn rejected(id: &str, reason: &str) -> Packet {
-    Packet::new("SEND-FILE-PROXY-REJECTED")
-        .with("transfer-id", id)
-        .with("reason", reason)
+fn rejected(id: &str, reason: FileRejection) -> Packet {
+    FileRejected {
+        transfer_id: id.to_owned(),
+        reason,
+    }
+    .to_packet()
+}
+
+fn bad_value(field: &str) -> Packet {
+    ErrorMalformed {
+        reason: "bad-value".into(),
+        detail: Some(field.into()),
+    }
+    .to_packet()
 }
 
 /// The `SEND-FILE-PROXY-REQUEST` shown to the recipient.
 pub fn request_packet(s: &Session<'_>, o: &Offer) -> Packet {
-    Packet::new("SEND-FILE-PROXY-REQUEST")
-        .with("transfer-id", o.id.clone())
-        .with("from", s.addr(&o.sender))
-        .with("filename", o.filename.clone())
-        .with("size", o.size.to_string())
-        .with("expires", rfc3339_micros(o.expires_at))
-        .with_opt("sha256", o.sha256.clone())
-        .with_opt("mime", o.mime.clone())
+    FileOffered {
+        transfer_id: o.id.clone(),
+        from: s.addr(&o.sender),
+        filename: o.filename.clone(),
+        size: o.size as u64,
+        expires: datetime(o.expires_at),
+        sha256: o.sha256.clone(),
+        mime: o.mime.clone(),
+    }
+    .to_packet()
 }
 
 /// `SEND-FILE-PROXY to= filename= size= [sha256=] [mime=]`.
-pub async fn offer(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(to) = s.require(p, "to") else { return };
-    let Some(filename) = s.require(p, "filename") else {
-        return;
-    };
-    let Some(size) = s.require(p, "size") else {
-        return;
-    };
-    let Ok(size) = size.parse::<u64>() else {
-        return s.bad_value(p, "size");
-    };
-    let sha256 = p.get("sha256").map(str::to_ascii_lowercase);
+pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
+    let OfferFile {
+        to,
+        filename,
+        size,
+        sha256,
+        mime,
+    } = r;
+    let sha256 = sha256.map(|v| v.to_ascii_lowercase());
     if sha256.as_deref().is_some_and(|v| !valid_sha256(v)) {
-        return s.bad_value(p, "sha256");
+        return s.reply(p, bad_value("sha256"));
     }
-    let mime = p.get("mime").map(str::to_owned);
     if mime.as_deref().is_some_and(|v| !valid_mime(v)) {
-        return s.bad_value(p, "mime");
+        return s.reply(p, bad_value("mime"));
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let recipient = match parse_target(to, &s.sh.config.domain) {
-        None => return s.reply(p, rejected(&id, "bad-address")),
-        Some(Target::Remote(_)) => return s.reply(p, rejected(&id, "federation-disabled")),
+    let recipient = match parse_target(&to, &s.sh.config.domain) {
+        None => return s.reply(p, rejected(&id, FileRejection::BadAddress)),
+        Some(Target::Remote(_)) => {
+            return s.reply(p, rejected(&id, FileRejection::FederationDisabled))
+        }
         Some(Target::Local(l)) => l,
     };
     if size > s.sh.config.max_file_size || size > i64::MAX as u64 {
-        return s.reply(p, rejected(&id, "file-too-large"));
+        return s.reply(p, rejected(&id, FileRejection::FileTooLarge));
     }
-    let Some(filename) = sanitize_filename(filename) else {
-        return s.reply(p, rejected(&id, "bad-filename"));
+    let Some(filename) = sanitize_filename(&filename) else {
+        return s.reply(p, rejected(&id, FileRejection::BadFilename));
     };
     if !s.sh.relays.any_healthy() {
-        return s.reply(p, rejected(&id, "no-relay"));
+        return s.reply(p, rejected(&id, FileRejection::NoRelay));
     }
     let now = s.sh.config.clock.now_micros();
     let o = Offer {
@@ -94,32 +107,30 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, login: &str) {
     };
     match s.sh.writer.write(WriteOp::CreateOffer(o.clone())).await {
         Ok(Outcome::Stored(seq)) => {
-            s.reply(
-                p,
-                Packet::new("SEND-FILE-PROXY-PENDING")
-                    .with("transfer-id", id)
-                    .with("to", s.addr(&recipient))
-                    .with("expires", rfc3339_micros(o.expires_at)),
-            );
+            let pending = FilePending {
+                transfer_id: id,
+                to: s.addr(&recipient),
+                expires: datetime(o.expires_at),
+            };
+            s.reply(p, pending.to_packet());
             let req = encode(&request_packet(s, &o));
             s.sh.hub
                 .send_seq(&recipient, None, Stream::Offers, seq, &req);
         }
-        Ok(Outcome::UnknownUser) => s.reply(p, rejected(&id, "unknown-recipient")),
-        Ok(_) | Err(_) => s.reply(p, rejected(&id, "storage-error")),
+        Ok(Outcome::UnknownUser) => s.reply(p, rejected(&id, FileRejection::UnknownRecipient)),
+        Ok(_) | Err(_) => s.reply(p, rejected(&id, FileRejection::StorageError)),
     }
 }
 
 /// `SEND-FILE-PROXY-ACCEPT` / `SEND-FILE-PROXY-REJECT transfer-id=`.
-pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) {
-    let Some(id) = s.require(p, "transfer-id") else {
-        return;
-    };
-    let id = id.to_owned();
-    let fail = |reason: &str| {
-        Packet::new("SEND-FILE-PROXY-ANSWER-FAILED")
-            .with("transfer-id", id.clone())
-            .with("reason", reason)
+/// (`AcceptFile` and `RejectFile` carry just the `transfer_id`.)
+pub async fn answer(s: &mut Session<'_>, p: &Packet, id: String, login: &str, accept: bool) {
+    let fail = |reason: AnswerFailure| {
+        FileAnswerFailed {
+            transfer_id: id.clone(),
+            reason,
+        }
+        .to_packet()
     };
     let relay = if accept { s.sh.relays.peek() } else { None };
     let op = WriteOp::AnswerOffer {
@@ -130,17 +141,21 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
     };
     let offer = match s.sh.writer.write(op).await {
         Ok(Outcome::Answered(o)) => o,
-        Ok(Outcome::UnknownTransfer) => return s.reply(p, fail("unknown-transfer")),
-        Ok(Outcome::NotRecipient) => return s.reply(p, fail("not-recipient")),
-        Ok(Outcome::AlreadyAnswered) => return s.reply(p, fail("already-answered")),
-        Ok(Outcome::OfferExpired(_)) => return s.reply(p, fail("expired")),
-        Ok(_) | Err(_) => return s.reply(p, fail("storage-error")),
+        Ok(Outcome::UnknownTransfer) => return s.reply(p, fail(AnswerFailure::UnknownTransfer)),
+        Ok(Outcome::NotRecipient) => return s.reply(p, fail(AnswerFailure::NotRecipient)),
+        Ok(Outcome::AlreadyAnswered) => return s.reply(p, fail(AnswerFailure::AlreadyAnswered)),
+        Ok(Outcome::OfferExpired(_)) => return s.reply(p, fail(AnswerFailure::Expired)),
+        Ok(_) | Err(_) => return s.reply(p, fail(AnswerFailure::StorageError)),
     };
     let sh = s.sh.clone();
     let Some(relay) = relay else {
         // Rejected by the recipient, or accepted while no relay was healthy.
-        let reason = if accept { "no-relay" } else { "rejected" };
-        info!(transfer = %id, reason, "offer rejected");
+        let reason = if accept {
+            FileRejection::NoRelay
+        } else {
+            FileRejection::Rejected
+        };
+        info!(transfer = %id, reason = reason.as_str(), "offer rejected");
         let pkt = rejected(&id, reason);
         let expires = sh.config.clock.now_micros() + sh.config.offer_ttl.as_micros() as i64;
         let mut to = vec![offer.sender.clone()];
@@ -164,28 +179,32 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, login: &str, accept: bool) 
     };
     let up = sh.keyring.sign(&cap(Direction::Upload));
     let down = sh.keyring.sign(&cap(Direction::Download));
-    let expires = rfc3339_micros(expires_micros);
+    let expires = datetime(expires_micros);
     let url = relay.transfer_url(&offer.id);
     info!(transfer = %id, relay = %relay.base, "offer accepted");
-    let ok = Packet::new("SEND-FILE-PROXY-OK")
-        .with("transfer-id", offer.id.clone())
-        .with("connect", relay.host.clone())
-        .with("port", relay.port.to_string())
-        .with("url", url.clone())
-        .with("token", up)
-        .with("expires", expires.clone());
-    let ready = Packet::new("SEND-FILE-PROXY-READY")
-        .with("transfer-id", offer.id.clone())
-        .with("from", s.addr(&offer.sender))
-        .with("filename", offer.filename.clone())
-        .with("size", offer.size.to_string())
-        .with("connect", relay.host.clone())
-        .with("port", relay.port.to_string())
-        .with("url", url)
-        .with("token", down)
-        .with("expires", expires)
-        .with_opt("sha256", offer.sha256.clone())
-        .with_opt("mime", offer.mime.clone());
+    let ok = UploadGrant {
+        transfer_id: offer.id.clone(),
+        connect: relay.host.clone(),
+        port: relay.port,
+        url: url.clone(),
+        token: up,
+        expires,
+    }
+    .to_packet();
+    let ready = DownloadGrant {
+        transfer_id: offer.id.clone(),
+        from: s.addr(&offer.sender),
+        filename: offer.filename.clone(),
+        size: offer.size as u64,
+        connect: relay.host.clone(),
+        port: relay.port,
+        url,
+        token: down,
+        expires,
+        sha256: offer.sha256.clone(),
+        mime: offer.mime.clone(),
+    }
+    .to_packet();
     let notices = vec![(offer.sender.clone(), ok), (offer.recipient.clone(), ready)];
     notify(&sh, &offer.id, expires_micros, notices).await;
 }
@@ -230,7 +249,7 @@ pub async fn sweep(sh: &Shared) {
             let expires = now + sh.config.offer_ttl.as_micros() as i64;
             for o in offers {
                 info!(transfer = %o.id, "offer expired");
-                let pkt = rejected(&o.id, "expired");
+                let pkt = rejected(&o.id, FileRejection::Expired);
                 // The recipient's login backlog no longer lists the offer; only the sender
                 // needs the result stored (stored before the recipient is told).
                 notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;

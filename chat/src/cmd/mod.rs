@@ -68,9 +68,9 @@ pub async fn dispatch(s: &mut Session<'_>, p: Packet) {
         Request::ContactsDelete(_) => contacts::delete(s, &p, &login).await,
         Request::ProfileUpdate(_) => profile::update(s, &p, &login).await,
         Request::ProfileGet(_) => profile::get(s, &p, &login).await,
-        Request::OfferFile(_) => files::offer(s, &p, &login).await,
-        Request::AcceptFile(_) => files::answer(s, &p, &login, true).await,
-        Request::RejectFile(_) => files::answer(s, &p, &login, false).await,
+        Request::OfferFile(r) => files::offer(s, &p, r, &login).await,
+        Request::AcceptFile(r) => files::answer(s, &p, r.transfer_id, &login, true).await,
+        Request::RejectFile(r) => files::answer(s, &p, r.transfer_id, &login, false).await,
     }
 }
 
