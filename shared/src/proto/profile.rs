@@ -44,7 +44,37 @@ body! {
         reason: (reason ProfileGetFailure) = "reason",
     }
 }
-body! {
-    /// `PROFILE id= name= note=` (→C).
-    Profile = "PROFILE" { id: text = "id", name: text = "name", note: text = "note" }
+/// `PROFILE id= name= note= [presence=]` (→C): `presence` is `online` or the last-seen time
+/// (absent when the user has never been seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub id: String,
+    pub name: String,
+    pub note: String,
+    pub presence: Option<super::Presence>,
+}
+
+impl super::Body for Profile {
+    const VERB: &'static str = "PROFILE";
+
+    fn read(r: &super::FieldReader<'_>) -> Result<Self, super::ProtoError> {
+        Ok(Profile {
+            id: r.text("id")?,
+            name: r.text("name")?,
+            note: r.text("note")?,
+            presence: r
+                .opt_text("presence")
+                .map(|p| super::Presence::parse(&p).ok_or(super::ProtoError::BadValue("presence")))
+                .transpose()?,
+        })
+    }
+
+    fn write(&self, p: &mut crate::packet::Packet) {
+        p.fields.set("id", &self.id);
+        p.fields.set("name", &self.name);
+        p.fields.set("note", &self.note);
+        if let Some(presence) = self.presence {
+            p.fields.set("presence", presence.to_wire());
+        }
+    }
 }

@@ -225,6 +225,21 @@ fn every_event_round_trips() {
             id: "a@x".into(),
             name: "A".into(),
             note: "".into(),
+            presence: None,
+        }
+        .into(),
+        Profile {
+            id: "a@x".into(),
+            name: "A".into(),
+            note: "busy".into(),
+            presence: Some(Presence::LastSeen(at())),
+        }
+        .into(),
+        Profile {
+            id: "a@x".into(),
+            name: "".into(),
+            note: "".into(),
+            presence: Some(Presence::Online),
         }
         .into(),
         FilePending {
