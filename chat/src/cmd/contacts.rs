@@ -1,12 +1,17 @@
 //! Contacts (PROTOCOL.md §8). Changes reach the owner's other sessions as `CONTACT-UPDATED`.
 
-use crate::cmd::presence::presence_of;
+use crate::clock::datetime;
 use crate::cmd::{has_control, parse_target, Target};
 use crate::db::{ContactRow, Outcome, WriteOp};
 use crate::hub::encode;
 use crate::session::Session;
-use msim_shared::proto::{Body, ContactsGetFailed, ContactsGetFailure};
-use msim_shared::{Fields, Packet};
+use msim_shared::proto::{
+    Body, Contact, ContactFailure, ContactUpdate, ContactUpdated, ContactsAdd, ContactsAddFailed,
+    ContactsAddOk, ContactsChange, ContactsChangeFailed, ContactsChangeOk, ContactsDelete,
+    ContactsDeleteFailed, ContactsDeleteOk, ContactsGetFailed, ContactsGetFailure, ContactsList,
+    Presence,
+};
+use msim_shared::Packet;
 use tracing::warn;
 
 /// Longest contact or profile name (characters).
@@ -23,7 +28,16 @@ pub fn valid_group(g: &str) -> bool {
     msim_shared::proto::is_valid_group(g) && !has_control(g)
 }
 
-fn record(s: &Session<'_>, row: &ContactRow) -> Fields {
+/// The presence of a local user: online, or last seen (None if never seen).
+pub fn presence(s: &Session<'_>, login: &str, last_seen: Option<i64>) -> Option<Presence> {
+    if s.sh.hub.is_online(login) {
+        Some(Presence::Online)
+    } else {
+        last_seen.map(|at| Presence::LastSeen(datetime(at)))
+    }
+}
+
+fn record(s: &Session<'_>, row: &ContactRow) -> Contact {
     let login_part = row.contact.split('@').next().unwrap_or(&row.contact);
     let name = row
         .name
@@ -33,18 +47,19 @@ fn record(s: &Session<'_>, row: &ContactRow) -> Fields {
     let presence = row
         .contact_local
         .as_deref()
-        .and_then(|l| presence_of(&s.sh, l, row.last_seen));
-    let mut f = Fields::new()
-        .with("id", row.contact.clone())
-        .with("name", name);
-    f.set_opt("group", row.group.clone());
-    f.set_opt("note", row.note.clone().filter(|n| !n.is_empty()));
-    f.set_opt("presence", presence);
-    f
+        .and_then(|l| presence(s, l, row.last_seen));
+    Contact {
+        id: row.contact.clone(),
+        name,
+        group: row.group.clone(),
+        note: row.note.clone().filter(|n| !n.is_empty()),
+        presence,
+    }
 }
 
-fn to_other_sessions(s: &Session<'_>, login: &str, rec: Fields) {
-    let bytes = encode(&Packet::new("CONTACT-UPDATED").with_list(vec![rec]));
+fn to_other_sessions(s: &Session<'_>, login: &str, rec: ContactUpdate) {
+    let pkt = ContactUpdated { updates: vec![rec] };
+    let bytes = encode(&pkt.to_packet());
     s.sh.hub.send_except(login, s.session_id(), &bytes);
 }
 
@@ -52,8 +67,8 @@ fn to_other_sessions(s: &Session<'_>, login: &str, rec: Fields) {
 pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
     match s.sh.db.contacts(login).await {
         Ok(rows) => {
-            let list: Vec<Fields> = rows.iter().map(|r| record(s, r)).collect();
-            s.reply(p, Packet::new("CONTACTS-GET-RESPONSE").with_list(list));
+            let contacts = rows.iter().map(|r| record(s, r)).collect();
+            s.reply(p, ContactsList { contacts }.to_packet());
         }
         Err(e) => {
             // Never an empty list in place of the real one: the client would show it.
@@ -74,28 +89,29 @@ fn canonical(t: &Target, domain: &str) -> String {
 }
 
 /// `CONTACTS-ADD id= [name=] [group=]`.
-pub async fn add(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(id) = s.require(p, "id") else { return };
-    let fail = |id: &str, reason: &str| {
-        Packet::new("CONTACTS-ADD-FAILED")
-            .with("id", id)
-            .with("reason", reason)
+pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
+    let ContactsAdd { id, name, group } = r;
+    let fail = |id: &str, reason: ContactFailure| {
+        ContactsAddFailed {
+            id: id.to_owned(),
+            reason,
+        }
+        .to_packet()
     };
     let domain = s.sh.config.domain.clone();
-    let Some(target) = parse_target(id, &domain) else {
-        return s.reply(p, fail(id, "bad-address"));
+    let Some(target) = parse_target(&id, &domain) else {
+        return s.reply(p, fail(&id, ContactFailure::BadAddress));
     };
     let addr = canonical(&target, &domain);
     if target == Target::Local(login.to_owned()) {
-        return s.reply(p, fail(&addr, "self"));
+        return s.reply(p, fail(&addr, ContactFailure::SelfContact));
     }
-    let name = p.get("name").map(str::to_owned);
     if name.as_deref().is_some_and(|n| !valid_name(n)) {
-        return s.reply(p, fail(&addr, "bad-name"));
+        return s.reply(p, fail(&addr, ContactFailure::BadName));
     }
-    let group = p.get("group").filter(|g| !g.is_empty()).map(str::to_owned);
+    let group = group.filter(|g| !g.is_empty());
     if group.as_deref().is_some_and(|g| !valid_group(g)) {
-        return s.reply(p, fail(&addr, "bad-group"));
+        return s.reply(p, fail(&addr, ContactFailure::BadGroup));
     }
     let local = match &target {
         Target::Local(l) => Some(l.clone()),
@@ -111,7 +127,8 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, login: &str) {
     };
     match s.sh.writer.write(op).await {
         Ok(Outcome::Done) => {
-            s.reply(p, Packet::new("CONTACTS-ADD-OK").with("id", addr.clone()));
+            let ok = ContactsAddOk { id: addr.clone() };
+            s.reply(p, ok.to_packet());
             let profile = match &local {
                 Some(l) => s.sh.db.profile(l).await.ok().flatten(),
                 None => None,
@@ -125,42 +142,49 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, login: &str) {
                 note: profile.as_ref().map(|p| p.note.clone()),
                 last_seen: profile.and_then(|p| p.last_seen),
             };
-            let rec = record(s, &row);
+            let c = record(s, &row);
+            let rec = ContactUpdate {
+                id: c.id,
+                name: Some(c.name),
+                group: c.group,
+                note: c.note,
+                presence: c.presence,
+                deleted: false,
+            };
             to_other_sessions(s, login, rec);
         }
-        Ok(Outcome::UnknownUser) => s.reply(p, fail(&addr, "unknown-user")),
-        Ok(Outcome::Exists) => s.reply(p, fail(&addr, "already-exists")),
-        Ok(Outcome::TooMany) => s.reply(p, fail(&addr, "too-many-contacts")),
-        Ok(_) | Err(_) => s.reply(p, fail(&addr, "storage-error")),
+        Ok(Outcome::UnknownUser) => s.reply(p, fail(&addr, ContactFailure::UnknownUser)),
+        Ok(Outcome::Exists) => s.reply(p, fail(&addr, ContactFailure::AlreadyExists)),
+        Ok(Outcome::TooMany) => s.reply(p, fail(&addr, ContactFailure::TooManyContacts)),
+        Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),
     }
 }
 
 /// `CONTACTS-CHANGE id= [name=] [group=]`.
-pub async fn change(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(id) = s.require(p, "id") else { return };
-    let fail = |id: &str, reason: &str| {
-        Packet::new("CONTACTS-CHANGE-FAILED")
-            .with("id", id)
-            .with("reason", reason)
+pub async fn change(s: &mut Session<'_>, p: &Packet, r: ContactsChange, login: &str) {
+    let ContactsChange { id, name, group } = r;
+    let fail = |id: &str, reason: ContactFailure| {
+        ContactsChangeFailed {
+            id: id.to_owned(),
+            reason,
+        }
+        .to_packet()
     };
     let domain = s.sh.config.domain.clone();
-    let Some(target) = parse_target(id, &domain) else {
-        return s.reply(p, fail(id, "not-found"));
+    let Some(target) = parse_target(&id, &domain) else {
+        return s.reply(p, fail(&id, ContactFailure::NotFound));
     };
     let addr = canonical(&target, &domain);
-    let name = p.get("name").map(str::to_owned);
-    let group = p
-        .get("group")
-        .map(|g| Some(g.to_owned()).filter(|g| !g.is_empty()));
+    let group = group.map(|g| Some(g).filter(|g| !g.is_empty()));
     if name.is_none() && group.is_none() {
-        return s.reply(p, fail(&addr, "nothing-to-change"));
+        return s.reply(p, fail(&addr, ContactFailure::NothingToChange));
     }
     if name.as_deref().is_some_and(|n| !valid_name(n)) {
-        return s.reply(p, fail(&addr, "bad-name"));
+        return s.reply(p, fail(&addr, ContactFailure::BadName));
     }
     if let Some(Some(g)) = &group {
         if !valid_group(g) {
-            return s.reply(p, fail(&addr, "bad-group"));
+            return s.reply(p, fail(&addr, ContactFailure::BadGroup));
         }
     }
     let op = WriteOp::ChangeContact {
@@ -171,33 +195,31 @@ pub async fn change(s: &mut Session<'_>, p: &Packet, login: &str) {
     };
     match s.sh.writer.write(op).await {
         Ok(Outcome::Done) => {
-            s.reply(
-                p,
-                Packet::new("CONTACTS-CHANGE-OK").with("id", addr.clone()),
-            );
-            let mut rec = Fields::new().with("id", addr);
-            rec.set_opt("name", name);
-            if let Some(g) = group {
-                rec.set("group", g.unwrap_or_default());
-            }
+            let ok = ContactsChangeOk { id: addr.clone() };
+            s.reply(p, ok.to_packet());
+            let mut rec = ContactUpdate::new(addr);
+            rec.name = name;
+            rec.group = group.map(Option::unwrap_or_default);
             to_other_sessions(s, login, rec);
         }
-        Ok(Outcome::NotFound) => s.reply(p, fail(&addr, "not-found")),
-        Ok(_) | Err(_) => s.reply(p, fail(&addr, "storage-error")),
+        Ok(Outcome::NotFound) => s.reply(p, fail(&addr, ContactFailure::NotFound)),
+        Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),
     }
 }
 
 /// `CONTACTS-DELETE id=`.
-pub async fn delete(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let Some(id) = s.require(p, "id") else { return };
-    let fail = |id: &str, reason: &str| {
-        Packet::new("CONTACTS-DELETE-FAILED")
-            .with("id", id)
-            .with("reason", reason)
+pub async fn delete(s: &mut Session<'_>, p: &Packet, r: ContactsDelete, login: &str) {
+    let id = r.id;
+    let fail = |id: &str, reason: ContactFailure| {
+        ContactsDeleteFailed {
+            id: id.to_owned(),
+            reason,
+        }
+        .to_packet()
     };
     let domain = s.sh.config.domain.clone();
-    let Some(target) = parse_target(id, &domain) else {
-        return s.reply(p, fail(id, "not-found"));
+    let Some(target) = parse_target(&id, &domain) else {
+        return s.reply(p, fail(&id, ContactFailure::NotFound));
     };
     let addr = canonical(&target, &domain);
     let op = WriteOp::DeleteContact {
@@ -206,17 +228,13 @@ pub async fn delete(s: &mut Session<'_>, p: &Packet, login: &str) {
     };
     match s.sh.writer.write(op).await {
         Ok(Outcome::Done) => {
-            s.reply(
-                p,
-                Packet::new("CONTACTS-DELETE-OK").with("id", addr.clone()),
-            );
-            to_other_sessions(
-                s,
-                login,
-                Fields::new().with("id", addr).with("deleted", "true"),
-            );
+            let ok = ContactsDeleteOk { id: addr.clone() };
+            s.reply(p, ok.to_packet());
+            let mut rec = ContactUpdate::new(addr);
+            rec.deleted = true;
+            to_other_sessions(s, login, rec);
         }
-        Ok(Outcome::NotFound) => s.reply(p, fail(&addr, "not-found")),
-        Ok(_) | Err(_) => s.reply(p, fail(&addr, "storage-error")),
+        Ok(Outcome::NotFound) => s.reply(p, fail(&addr, ContactFailure::NotFound)),
+        Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),
     }
 }
