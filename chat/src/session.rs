@@ -13,7 +13,9 @@ use crate::hub::{Item, STREAMS};
 use crate::server::Shared;
 use bytes::BytesMut;
 use futures::StreamExt;
-use msim_shared::proto::{Body, ErrorMalformed, ErrorRateLimited, FieldReader, SendMessage};
+use msim_shared::proto::{
+    Body, ErrorLineTooLong, ErrorMalformed, ErrorRateLimited, FieldReader, Ping, SendMessage,
+};
 use msim_shared::{Packet, PacketCodec, PacketError};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -176,30 +178,6 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Sends `ERROR-MALFORMED reason=missing-field` and returns None when `key` is absent.
-    pub fn require<'p>(&mut self, req: &'p Packet, key: &str) -> Option<&'p str> {
-        let v = req.get(key);
-        if v.is_none() {
-            self.reply(
-                req,
-                Packet::new("ERROR-MALFORMED")
-                    .with("reason", "missing-field")
-                    .with("detail", key),
-            );
-        }
-        v
-    }
-
-    /// Sends `ERROR-MALFORMED reason=bad-value detail=key`.
-    pub fn bad_value(&mut self, req: &Packet, key: &str) {
-        self.reply(
-            req,
-            Packet::new("ERROR-MALFORMED")
-                .with("reason", "bad-value")
-                .with("detail", key),
-        );
-    }
-
     /// Waits for every pipelined message to be committed and answers them, so that the next
     /// answer keeps request order.
     pub async fn drain(&mut self) {
@@ -283,7 +261,7 @@ impl<'a> Session<'a> {
         }
         if !self.pinged && now >= self.last_rx + c.ping_after {
             self.pinged = true;
-            self.push(&Packet::new("PING"));
+            self.push(&Ping.to_packet());
         }
         cmd::typing::expire(self, now);
     }
@@ -403,16 +381,14 @@ pub async fn serve(
                             Err(PacketError::LineTooLong(max)) => {
                                 s.drain().await;
                                 too_long += 1;
-                                s.push(&Packet::new("ERROR-LINE-TOO-LONG").with("max", max.to_string()));
+                                s.push(&ErrorLineTooLong { max: max as u64 }.to_packet());
                                 if too_long >= MAX_TOO_LONG {
                                     s.closing = true;
                                 }
                             }
                             Err(e) => {
                                 s.drain().await;
-                                s.push(&Packet::new("ERROR-MALFORMED")
-                                    .with("reason", e.reason())
-                                    .with("detail", e.to_string()));
+                                s.push(&ErrorMalformed::from_packet_error(&e).to_packet());
                             }
                         }
                     }

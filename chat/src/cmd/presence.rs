@@ -2,10 +2,10 @@
 //! online user who has them as a contact gets `CONTACT-UPDATED` with `presence=`, and on going
 //! offline also `UPDATE-LAST-SEEN`.
 
-use crate::clock::rfc3339_micros;
+use crate::clock::{datetime, rfc3339_micros};
 use crate::hub::encode;
 use crate::server::Shared;
-use msim_shared::{Fields, Packet};
+use msim_shared::proto::{Body, ContactUpdate, ContactUpdated, Presence, UpdateLastSeen};
 use tracing::warn;
 
 /// The `presence=` value of a local user.
@@ -35,27 +35,22 @@ pub async fn announce(sh: &Shared, login: &str, online: bool) {
     }
     let addr = format!("{login}@{}", sh.config.domain);
     let (presence, at) = if online {
-        ("online".to_owned(), None)
+        (Presence::Online, None)
     } else {
         let last = match sh.db.profile(login).await {
             Ok(Some(p)) => p.last_seen,
             _ => None,
         };
-        let t = rfc3339_micros(last.unwrap_or_else(|| sh.config.clock.now_micros()));
-        (t.clone(), Some(t))
+        let t = datetime(last.unwrap_or_else(|| sh.config.clock.now_micros()));
+        (Presence::LastSeen(t), Some(t))
     };
-    let rec = Fields::new()
-        .with("id", addr.clone())
-        .with("presence", presence);
-    let mut bytes = encode(&Packet::new("CONTACT-UPDATED").with_list(vec![rec])).to_vec();
+    let mut rec = ContactUpdate::new(addr.clone());
+    rec.presence = Some(presence);
+    let updated = ContactUpdated { updates: vec![rec] };
+    let mut bytes = encode(&updated.to_packet()).to_vec();
     if let Some(at) = at {
-        bytes.extend_from_slice(
-            Packet::new("UPDATE-LAST-SEEN")
-                .with("id", addr)
-                .with("at", at)
-                .to_wire()
-                .as_bytes(),
-        );
+        let seen = UpdateLastSeen { id: addr, at };
+        bytes.extend_from_slice(seen.to_packet().to_wire().as_bytes());
     }
     let bytes = bytes::Bytes::from(bytes);
     for (owner, _) in watchers {
