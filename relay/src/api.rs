@@ -506,6 +506,16 @@ async fn upload(
         }
         Metrics::add(&state.metrics.bytes_in, n);
     }
+    // A small body that completes the file: written, fsync'd and committed in one step.
+    let completes =
+        push_error.is_none() && body_error.is_none() && received == len && start + len == size;
+    let storing = match storing {
+        Storing::Direct(writer, bufs) if completes => {
+            let sha = writer.finish_with(bufs).await.map_err(store_refusal)?;
+            return Ok(completed(state, &id, size, offset.is_none(), &sha));
+        }
+        other => other,
+    };
     // Keep whatever arrived, also when the client went away (resumable).
     let writer = storing.close().await.map_err(store_refusal)?;
     if let Some(e) = push_error {
@@ -531,12 +541,18 @@ async fn upload(
         return Ok(r);
     }
     let sha = writer.finish().await.map_err(store_refusal)?;
+    Ok(completed(state, &id, size, offset.is_none(), &sha))
+}
+
+/// The answer to the request that completed an upload (`201` for a `PUT`, `200` for a
+/// `PATCH`).
+fn completed(state: &State, id: &str, size: u64, put: bool, sha: &str) -> Response<Body> {
     Metrics::add(&state.metrics.uploads_completed, 1);
     tracing::info!(%id, size, sha256 = %sha, "upload complete");
     let mut r = Response::new(full(format!(
         "{{\"transfer_id\":\"{id}\",\"size\":{size},\"sha256\":\"{sha}\"}}\n"
     )));
-    *r.status_mut() = if offset.is_none() {
+    *r.status_mut() = if put {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -546,10 +562,10 @@ async fn upload(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(MSIM_SHA256, header_str(&sha));
+    h.insert(MSIM_SHA256, header_str(sha));
     h.insert(UPLOAD_OFFSET, hv(size));
     h.insert(UPLOAD_LENGTH, hv(size));
-    Ok(r)
+    r
 }
 
 async fn head(state: &Arc<State>, cap: Capability) -> Answer {
@@ -688,16 +704,34 @@ async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<msim_storage::Blo
 
 async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) -> Answer {
     let id = cap.transfer_id.clone();
-    let info = wait_for_blob(state, &id).await.map_err(store_refusal)?;
-    if info.size != cap.size {
-        return Err(Refuse::new(
-            StatusCode::CONFLICT,
-            Refusal::Conflict,
-            "the stored transfer does not match this token",
-        ));
-    }
+    // A stored blob must have the token's size, so the range can be worked out up front.
+    let range = parse_range(req.headers().get(header::RANGE), cap.size);
+    // The common case, a complete blob: looked up and counted in one index statement.
+    let counted = match range {
+        RangeReq::Unsatisfiable => None,
+        _ => state
+            .store
+            .record_complete_download(&id, cap.max_downloads, cap.size)
+            .await
+            .map_err(store_refusal)?,
+    };
+    let is_counted = counted.is_some();
+    let info = match counted {
+        Some(info) => info,
+        None => {
+            let info = wait_for_blob(state, &id).await.map_err(store_refusal)?;
+            if info.size != cap.size {
+                return Err(Refuse::new(
+                    StatusCode::CONFLICT,
+                    Refusal::Conflict,
+                    "the stored transfer does not match this token",
+                ));
+            }
+            info
+        }
+    };
     let size = info.size;
-    let (start, end_incl, partial) = match parse_range(req.headers().get(header::RANGE), size) {
+    let (start, end_incl, partial) = match range {
         RangeReq::Full => (0, size.saturating_sub(1), false),
         RangeReq::Part(a, b) => (a, b, true),
         RangeReq::Unsatisfiable => {
@@ -711,21 +745,35 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
         }
     };
     let end = if size == 0 { 0 } else { end_incl + 1 };
-    state
-        .store
-        .record_download(&id, cap.max_downloads)
-        .await
-        .map_err(store_refusal)?;
+    if !is_counted {
+        state
+            .store
+            .record_download(&id, cap.max_downloads)
+            .await
+            .map_err(store_refusal)?;
+    }
+    let chunk = state.config.chunk_size.max(16 << 10);
+    if info.complete && end - start <= chunk as u64 {
+        // Small and stored: read at once, answered in one piece.
+        let data = state
+            .store
+            .read_complete(&id, start, end)
+            .await
+            .map_err(store_refusal)?;
+        Metrics::add(&state.metrics.bytes_out, data.len() as u64);
+        Metrics::add(&state.metrics.downloads_completed, 1);
+        tracing::debug!(%id, start, end, complete = true, "download");
+        let r = Response::new(full(data));
+        return Ok(download_headers(r, &id, &info, start, end, partial));
+    }
     let reader = state
         .store
         .reader_for(&info, start, end)
         .await
         .map_err(store_refusal)?;
-    let len = end - start;
     tracing::debug!(%id, start, end, complete = info.complete, "download");
 
     let guard = GaugeGuard::new(state.clone(), |m| &m.downloads_active);
-    let chunk = state.config.chunk_size.max(16 << 10);
     let st = state.clone();
     let body = if info.complete {
         // A producer task reads ahead (file reads overlap with sending); it stops when the
@@ -764,14 +812,33 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
         );
         StreamBody::new(stream).boxed_unsync()
     };
-    let mut r = Response::new(body);
+    Ok(download_headers(
+        Response::new(body),
+        &id,
+        &info,
+        start,
+        end,
+        partial,
+    ))
+}
+
+/// Status and headers of a download answer for bytes `start..end` of the blob `info`.
+fn download_headers(
+    mut r: Response<Body>,
+    id: &str,
+    info: &msim_storage::BlobInfo,
+    start: u64,
+    end: u64,
+    partial: bool,
+) -> Response<Body> {
+    let size = info.size;
     *r.status_mut() = if partial {
         StatusCode::PARTIAL_CONTENT
     } else {
         StatusCode::OK
     };
     let h = r.headers_mut();
-    h.insert(header::CONTENT_LENGTH, hv(len));
+    h.insert(header::CONTENT_LENGTH, hv(end - start));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_TYPE,
@@ -790,12 +857,13 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
         h.insert(MSIM_SHA256, header_str(sha));
     }
     if partial {
+        let end_incl = end.saturating_sub(1);
         h.insert(
             header::CONTENT_RANGE,
             header_str(&format!("bytes {start}-{end_incl}/{size}")),
         );
     }
-    Ok(r)
+    r
 }
 
 #[cfg(test)]

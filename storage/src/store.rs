@@ -39,6 +39,8 @@ const PARALLEL_HASH_MIN: u64 = 128 << 10;
 /// Start writeback of stored data every this many bytes, so the fsync at completion has
 /// little left to flush (and dirty pages do not pile up).
 const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Most completions committed together (one directory fsync, one index statement).
+const COMMIT_GROUP_MAX: usize = 128;
 
 /// Source of "now" in unix seconds (injectable for tests).
 pub trait Clock: Send + Sync + 'static {
@@ -307,6 +309,24 @@ struct Inner {
     /// Taken around every write to the index: SQLite lets one writer in at a time and makes
     /// the others back off by sleeping (milliseconds); queueing here instead costs nothing.
     writes: tokio::sync::Mutex<()>,
+    /// Completions waiting for their group commit (directory fsync + index update).
+    commits: Mutex<CommitQueue>,
+}
+
+/// Uploads whose data is fsync'd and renamed to `.blob`, waiting for the directory fsync and
+/// the index update that make the completion durable; one task commits them in groups.
+#[derive(Default)]
+struct CommitQueue {
+    pending: Vec<PendingCommit>,
+    /// A commit task is running (it takes whatever is pending when it starts a group).
+    running: bool,
+}
+
+struct PendingCommit {
+    id: String,
+    sha256: String,
+    /// Whether the index row was still there (not swept or cancelled meanwhile).
+    done: tokio::sync::oneshot::Sender<std::result::Result<bool, String>>,
 }
 
 /// A temporary blob store. Cheap to clone.
@@ -469,6 +489,7 @@ impl BlobStore {
                 live: Mutex::new(HashMap::new()),
                 recent_total: Arc::new(AtomicUsize::new(0)),
                 writes: tokio::sync::Mutex::new(()),
+                commits: Mutex::new(CommitQueue::default()),
             }),
         })
     }
@@ -894,6 +915,75 @@ impl BlobStore {
         }
     }
 
+    /// Count a download of a complete, unexpired blob of `size` bytes in one index statement
+    /// and return its info; `None` (nothing counted) if the blob is not like that or the
+    /// download limit is reached; the caller then takes the general path
+    /// ([`BlobStore::info`], [`BlobStore::record_download`]), which says why.
+    pub async fn record_complete_download(
+        &self,
+        id: &str,
+        limit: Option<u32>,
+        size: u64,
+    ) -> Result<Option<BlobInfo>> {
+        if !valid_id(id) {
+            return Err(StoreError::InvalidId);
+        }
+        let limit = i64::from(limit.unwrap_or(u32::MAX));
+        let writing = self.inner.writes.lock().await;
+        let r: Option<(i64, String, Option<String>, i64)> = sqlx::query_as(
+            "UPDATE blobs SET downloads = downloads + 1
+             WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
+             RETURNING expires, sender, sha256, downloads",
+        )
+        .bind(id)
+        .bind(i(size))
+        .bind(i(self.now()))
+        .bind(limit)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        drop(writing);
+        Ok(r.map(|(expires, sender, sha256, downloads)| BlobInfo {
+            id: id.to_owned(),
+            size,
+            committed: size,
+            complete: true,
+            expires: u(expires),
+            sender,
+            sha256,
+            downloads: u32::try_from(downloads).unwrap_or(u32::MAX),
+        }))
+    }
+
+    /// Bytes `start..end` of a complete blob, read at once (open and read in one blocking
+    /// step): for small downloads.
+    pub async fn read_complete(&self, id: &str, start: u64, end: u64) -> Result<Bytes> {
+        if !valid_id(id) {
+            return Err(StoreError::InvalidId);
+        }
+        let blob = self.blob_path(id);
+        let want = usize::try_from(end.saturating_sub(start))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+        let read = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let f = File::open(&blob)?;
+            read_at_most(&f, start, want)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let buf = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        if buf.len() != want {
+            // Truncated underneath: never serve a short body as if it were whole.
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than expected",
+            )));
+        }
+        Ok(Bytes::from(buf))
+    }
+
     /// Cancel a transfer: readers and the writer get [`StoreError::Cancelled`], storage is
     /// freed. Returns whether it existed.
     pub async fn cancel(&self, id: &str) -> Result<bool> {
@@ -904,6 +994,90 @@ impl BlobStore {
         self.live_end(id, Phase::Cancelled);
         self.remove_files(id).await?;
         Ok(existed)
+    }
+
+    /// Make the completion of `id` durable: its data is fsync'd and it is renamed to `.blob`;
+    /// what is left is the fsync of `blobs/` and marking it complete in the index. Completions
+    /// arriving at about the same time share one directory fsync and one index statement.
+    /// Returns `false` if the index row is gone (swept or cancelled meanwhile).
+    async fn commit_complete(&self, id: &str, sha256: &str) -> Result<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut q = self.inner.commits.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.push(PendingCommit {
+                id: id.to_owned(),
+                sha256: sha256.to_owned(),
+                done: tx,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if lead {
+            // A task of its own: a caller that goes away does not strand the others.
+            let store = self.clone();
+            tokio::spawn(async move { store.run_commits().await });
+        }
+        match rx.await {
+            Ok(Ok(updated)) => Ok(updated),
+            Ok(Err(e)) => Err(io::Error::other(e).into()),
+            Err(_) => Err(io::Error::other("commit task failed").into()),
+        }
+    }
+
+    /// Commit pending completions, a group at a time, until none are left.
+    async fn run_commits(&self) {
+        loop {
+            let group: Vec<PendingCommit> = {
+                let mut q = self.inner.commits.lock().unwrap_or_else(|e| e.into_inner());
+                if q.pending.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                let n = q.pending.len().min(COMMIT_GROUP_MAX);
+                q.pending.drain(..n).collect()
+            };
+            let res = self.commit_group(&group).await;
+            for p in group {
+                let r = match &res {
+                    Ok(updated) => Ok(updated.contains(&p.id)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = p.done.send(r);
+            }
+        }
+    }
+
+    /// One directory fsync (covers every rename of the group), then one index statement
+    /// marking the group complete. Returns the ids whose rows were updated.
+    async fn commit_group(
+        &self,
+        group: &[PendingCommit],
+    ) -> Result<std::collections::HashSet<String>> {
+        let dir = self.inner.blobs_dir.clone();
+        tokio::task::spawn_blocking(move || File::open(&dir)?.sync_all())
+            .await
+            .map_err(io::Error::other)??;
+        let mut sql =
+            String::from("UPDATE blobs SET state = 1, last_progress = ?1, sha256 = CASE id");
+        for k in 0..group.len() {
+            let (a, b) = (2 + 2 * k, 3 + 2 * k);
+            sql.push_str(&format!(" WHEN ?{a} THEN ?{b}"));
+        }
+        sql.push_str(" END WHERE id IN (");
+        for k in 0..group.len() {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", 2 + 2 * k));
+        }
+        sql.push_str(") RETURNING id");
+        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(i(self.now()));
+        for p in group {
+            q = q.bind(&p.id).bind(&p.sha256);
+        }
+        let writing = self.inner.writes.lock().await;
+        let rows = q.fetch_all(&self.inner.pool).await?;
+        drop(writing);
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     async fn remove_files(&self, id: &str) -> Result<u64> {
@@ -1299,52 +1473,66 @@ impl BlobWriter {
     /// Complete the upload: check the size and declared SHA-256 (a mismatch discards the
     /// blob), fsync, rename to `.blob`, fsync the directory, mark complete. Returns the
     /// lowercase hex SHA-256.
-    pub async fn finish(mut self) -> Result<String> {
+    pub async fn finish(self) -> Result<String> {
+        self.finish_with(Vec::new()).await
+    }
+
+    /// Append the last buffers and complete the upload as [`BlobWriter::finish`] does: the
+    /// write, the hash, the SHA-256 check, the fsync and the rename happen in one blocking
+    /// step; the directory fsync and the index update are shared with completions finishing
+    /// at about the same time. Returns only once the completion is durable. If `bufs` do not
+    /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
+    pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
         self.check_alive()?;
-        if self.offset != self.size {
+        let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        if n > self.size - self.offset {
+            return Err(StoreError::TooLarge);
+        }
+        if self.offset + n != self.size {
+            self.append(bufs).await?;
             return Err(StoreError::Incomplete {
                 received: self.offset,
                 size: self.size,
             });
         }
-        let (Some(Core { file, .. }), Some(hasher)) = (self.core.take(), self.hasher.take()) else {
+        let (Some(mut core), Some(hasher)) = (self.core.take(), self.hasher.take()) else {
             return Err(writer_failed());
         };
-        let actual = hex(&hasher.finalize());
         let store = self.guard.store.clone();
         let id = self.guard.id.clone();
-        if let Some(expected) = self.sha256.clone() {
-            if expected != actual {
-                drop(file);
+        let (part, blob) = (store.part_path(&id), store.blob_path(&id));
+        let expected = self.sha256.clone();
+        // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
+        let stored = tokio::task::spawn_blocking(
+            move || -> io::Result<std::result::Result<String, String>> {
+                let hasher = hash(hasher, &bufs);
+                if !bufs.is_empty() {
+                    core.write(&bufs)?;
+                }
+                let actual = hex(&hasher.finalize());
+                if expected.as_ref().is_some_and(|e| *e != actual) {
+                    return Ok(Err(actual));
+                }
+                core.file.sync_data()?;
+                drop(core);
+                std::fs::rename(&part, &blob)?;
+                Ok(Ok(actual))
+            },
+        )
+        .await
+        .map_err(io::Error::other)??;
+        let actual = match stored {
+            Ok(actual) => actual,
+            Err(actual) => {
+                let expected = self.sha256.clone().unwrap_or_default();
                 store.delete_row(&id).await?;
                 store.live_end(&id, Phase::Gone);
                 store.remove_files(&id).await?;
                 return Err(StoreError::ShaMismatch { expected, actual });
             }
-        }
-        let (part, blob, dir) = (
-            store.part_path(&id),
-            store.blob_path(&id),
-            store.inner.blobs_dir.clone(),
-        );
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            file.sync_data()?;
-            drop(file);
-            std::fs::rename(&part, &blob)?;
-            File::open(&dir)?.sync_all()
-        })
-        .await
-        .map_err(io::Error::other)??;
-        let writing = store.inner.writes.lock().await;
-        let r =
-            sqlx::query("UPDATE blobs SET state = 1, sha256 = ?, last_progress = ? WHERE id = ?")
-                .bind(&actual)
-                .bind(i(store.now()))
-                .bind(&id)
-                .execute(&store.inner.pool)
-                .await?;
-        drop(writing);
-        if r.rows_affected() == 0 {
+        };
+        self.offset = self.size;
+        if !store.commit_complete(&id, &actual).await? {
             // Swept or cancelled meanwhile.
             store.live_end(&id, Phase::Gone);
             store.remove_files(&id).await?;

@@ -538,3 +538,88 @@ async fn a_cancelled_read_leaves_the_reader_usable() {
     }
     assert_eq!(got, &body[skipped..], "continues where it was");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_are_grouped_durable_and_visible_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    let n = 48;
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..n {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("group-{k}");
+            let body = data(1000 + k * 977);
+            let mut new = new(&id, body.len() as u64, T0 + 3600);
+            // Some declare their SHA-256, one declares a wrong one (discarded, the others not).
+            if k % 3 == 0 {
+                new.sha256 = Some(hex(&body));
+            }
+            if k == 7 {
+                new.sha256 = Some(hex(b"something else"));
+            }
+            let w = store.create_writer(new).await.unwrap();
+            // Half finish with their last bytes, half append first and finish empty.
+            let res = if k % 2 == 0 {
+                w.finish_with(vec![Bytes::from(body.clone())]).await
+            } else {
+                let mut w = w;
+                let (a, b) = body.split_at(body.len() / 2);
+                w.append(vec![Bytes::copy_from_slice(a)]).await.unwrap();
+                w.finish_with(vec![Bytes::copy_from_slice(b)]).await
+            };
+            (id, body, res)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (id, body, res) = r.unwrap();
+        if id == "group-7" {
+            assert!(
+                matches!(res, Err(StoreError::ShaMismatch { .. })),
+                "{res:?}"
+            );
+            assert!(matches!(store.info(&id).await, Err(StoreError::NotFound)));
+            continue;
+        }
+        assert_eq!(res.unwrap(), hex(&body));
+        // Visible as complete as soon as finish returns.
+        let info = store.info(&id).await.unwrap();
+        assert!(info.complete);
+        assert_eq!(info.sha256.as_deref(), Some(hex(&body).as_str()));
+        done.push((id, body));
+    }
+    assert_eq!(done.len(), n - 1);
+    store.close().await;
+    drop(store);
+    let store = open(dir.path(), &clock).await;
+    for (id, body) in &done {
+        let info = store.info(id).await.unwrap();
+        assert!(info.complete, "{id} complete after restart");
+        assert_eq!(info.sha256.as_deref(), Some(hex(body).as_str()));
+        assert_eq!(read_all(&store, id).await, *body);
+    }
+    assert!(matches!(
+        store.info("group-7").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.stats().await.unwrap().complete_blobs, (n - 1) as u64);
+    // A finish that does not complete the blob stores the bytes and says so.
+    let w = store
+        .create_writer(new("short", 10, T0 + 3600))
+        .await
+        .unwrap();
+    let res = w.finish_with(vec![Bytes::from_static(b"abc")]).await;
+    assert!(
+        matches!(
+            res,
+            Err(StoreError::Incomplete {
+                received: 3,
+                size: 10
+            })
+        ),
+        "{res:?}"
+    );
+    assert_eq!(store.info("short").await.unwrap().committed, 3);
+}
