@@ -854,3 +854,87 @@ fn binary_help_and_secret() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token secret"));
 }
+
+#[tokio::test]
+async fn small_complete_downloads_and_files_removed_underneath() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), |_| {}).await;
+    let payload = data(100 << 10);
+    let size = payload.len() as u64;
+    let up = relay.token("small", Direction::Upload, size, Some(&payload));
+    assert_eq!(
+        relay.put("small", &up, &payload).await.status(),
+        StatusCode::CREATED
+    );
+    let mut c = cap("small", Direction::Download, size, None);
+    c.max_downloads = Some(3);
+    let down = relay.ring.sign(&c);
+    // An unsatisfiable range and a token of another size do not count as downloads.
+    let r = relay
+        .get("small", &down, &[("range", format!("bytes={size}-"))])
+        .await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let other = relay.token("small", Direction::Download, size + 1, None);
+    assert_eq!(
+        relay.get("small", &other, &[]).await.status(),
+        StatusCode::CONFLICT
+    );
+    let r = relay.get("small", &down, &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "msim-upload-complete").as_deref(), Some("true"));
+    assert_eq!(header(&r, "msim-sha256"), Some(hex(&payload)));
+    assert_eq!(body_bytes(r).await, payload);
+    let r = relay
+        .get("small", &down, &[("range", "bytes=10-19".into())])
+        .await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(&r, "content-range"),
+        Some(format!("bytes 10-19/{size}"))
+    );
+    assert_eq!(body_bytes(r).await, &payload[10..20]);
+    // The data file removed behind the relay's back (another process): an error, never
+    // other data.
+    std::fs::remove_file(dir.path().join("blobs").join("small.blob")).unwrap();
+    let r = relay.get("small", &down, &[]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The limit counted the three GETs that got past the checks (also the one that found no
+    // file, as before), not the refused ones.
+    let r = relay.get("small", &down, &[]).await;
+    assert_eq!(r.status(), StatusCode::GONE);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_complete_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Arc::new(Relay::start(dir.path(), |_| {}).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..32usize {
+        let relay = relay.clone();
+        tasks.spawn(async move {
+            let id = format!("many-{k}");
+            let payload = data(1000 + k * 3001);
+            let up = relay.token(&id, Direction::Upload, payload.len() as u64, None);
+            let r = relay.put(&id, &up, &payload).await;
+            assert_eq!(r.status(), StatusCode::CREATED);
+            assert_eq!(header(&r, "msim-sha256"), Some(hex(&payload)));
+            (id, payload)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.push(r.unwrap());
+    }
+    let relay = Arc::into_inner(relay).expect("tasks done");
+    relay.stop().await;
+    let relay = Relay::start(dir.path(), |_| {}).await;
+    for (id, payload) in &all {
+        let down = relay.token(id, Direction::Download, payload.len() as u64, None);
+        let r = relay.get(id, &down, &[]).await;
+        assert_eq!(r.status(), StatusCode::OK, "{id}");
+        assert_eq!(header(&r, "msim-upload-complete").as_deref(), Some("true"));
+        assert_eq!(body_bytes(r).await, *payload);
+    }
+    relay.stop().await;
+}
