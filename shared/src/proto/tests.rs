@@ -6,26 +6,25 @@ fn at() -> time::OffsetDateTime {
     timestamp::parse("2018-09-09T11:22:31.5Z").unwrap()
 }
 
-fn round_trip_request(r: Request) {
-    let wire = r.to_packet().to_wire();
+/// Encodes, decodes through the codec, and returns the packet read back.
+fn through_the_wire(packet: Packet) -> Packet {
+    let wire = packet.to_wire();
     let mut codec = crate::PacketCodec::default();
     let mut buf = bytes::BytesMut::from(wire.as_bytes());
-    let packet = tokio_util::codec::Decoder::decode(&mut codec, &mut buf)
+    tokio_util::codec::Decoder::decode(&mut codec, &mut buf)
         .unwrap()
         .unwrap()
-        .unwrap();
-    assert_eq!(Request::from_packet(&packet).unwrap(), r, "{wire}");
+        .unwrap()
+}
+
+fn round_trip_request(r: Request) {
+    let packet = through_the_wire(r.to_packet());
+    assert_eq!(Request::from_packet(&packet).unwrap(), r, "{packet}");
 }
 
 fn round_trip_event(e: Event) {
-    let wire = e.to_packet().to_wire();
-    let mut codec = crate::PacketCodec::default();
-    let mut buf = bytes::BytesMut::from(wire.as_bytes());
-    let packet = tokio_util::codec::Decoder::decode(&mut codec, &mut buf)
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(Event::from_packet(&packet).unwrap(), e, "{wire}");
+    let packet = through_the_wire(e.to_packet());
+    assert_eq!(Event::from_packet(&packet).unwrap(), e, "{packet}");
 }
 
 #[test]

@@ -24,23 +24,12 @@ pub struct Report {
 impl Report {
     /// Records a figure without a baseline.
     pub fn add(&mut self, scenario: &str, name: &str, value: f64, unit: &str) {
-        self.push(scenario, name, value, unit, None, None);
+        self.add_ratio(scenario, name, value, unit, None, None);
     }
 
-    /// Records a figure with its ratio to a baseline (skipped when the baseline is unknown).
+    /// Records a figure with its ratio to a baseline (no ratio when the baseline is unknown or
+    /// zero) and the goal it is held against.
     pub fn add_ratio(
-        &mut self,
-        scenario: &str,
-        name: &str,
-        value: f64,
-        unit: &str,
-        baseline: Option<(&str, f64)>,
-        goal: Option<&str>,
-    ) {
-        self.push(scenario, name, value, unit, baseline, goal);
-    }
-
-    fn push(
         &mut self,
         scenario: &str,
         name: &str,
