@@ -41,8 +41,6 @@ const PARALLEL_HASH_MIN: u64 = 128 << 10;
 const WRITEBACK_EVERY: u64 = 8 << 20;
 /// Most completions committed together (one directory fsync, one index statement).
 const COMMIT_GROUP_MAX: usize = 128;
-/// Spare data files kept ready (see [`Spares`]); refilled when fewer than half are left.
-const SPARES: usize = 16;
 
 /// Source of "now" in unix seconds (injectable for tests).
 pub trait Clock: Send + Sync + 'static {
@@ -313,22 +311,6 @@ struct Inner {
     writes: tokio::sync::Mutex<()>,
     /// Completions waiting for their group commit (directory fsync + index update).
     commits: Mutex<CommitQueue>,
-    /// Directory of empty files created ahead of time (only by the serving process, which
-    /// empties it at recovery).
-    spare_dir: PathBuf,
-    spares: Mutex<Spares>,
-}
-
-/// Empty files made ahead of time in `spare/` and moved into `blobs/` as new uploads' data
-/// files: creating a file (allocating an inode) is slow on some file systems and would
-/// otherwise be on every upload's path.
-#[derive(Default)]
-struct Spares {
-    ready: Vec<PathBuf>,
-    /// Spares are enabled (after recovery emptied `spare/`).
-    enabled: bool,
-    refilling: bool,
-    next: u64,
 }
 
 /// Uploads whose data is fsync'd and renamed to `.blob`, waiting for the directory fsync and
@@ -463,7 +445,6 @@ impl BlobStore {
         let dir = dir.as_ref().to_path_buf();
         let blobs_dir = dir.join("blobs");
         tokio::fs::create_dir_all(&blobs_dir).await?;
-        let spare_dir = dir.join("spare");
         let opts = SqliteConnectOptions::new()
             .filename(dir.join("index.sqlite"))
             .create_if_missing(true)
@@ -509,8 +490,6 @@ impl BlobStore {
                 recent_total: Arc::new(AtomicUsize::new(0)),
                 writes: tokio::sync::Mutex::new(()),
                 commits: Mutex::new(CommitQueue::default()),
-                spare_dir,
-                spares: Mutex::new(Spares::default()),
             }),
         })
     }
@@ -659,21 +638,7 @@ impl BlobStore {
             armed: true,
         };
         let part = self.part_path(id);
-        let spare = self.take_spare();
         let opened = tokio::task::spawn_blocking(move || {
-            // A spare file moved into place: no inode allocation on the request path.
-            if let Some(spare) = spare {
-                if std::fs::rename(&spare, &part).is_ok() {
-                    if let Ok(f) = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .truncate(true)
-                        .open(&part)
-                    {
-                        return Ok(f);
-                    }
-                }
-            }
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -1031,48 +996,6 @@ impl BlobStore {
         Ok(existed)
     }
 
-    /// A spare empty file for a new upload, if one is ready; starts a refill when running low.
-    fn take_spare(&self) -> Option<PathBuf> {
-        let mut sp = self.inner.spares.lock().unwrap_or_else(|e| e.into_inner());
-        if !sp.enabled {
-            return None;
-        }
-        let got = sp.ready.pop();
-        if sp.ready.len() < SPARES / 2 && !sp.refilling {
-            sp.refilling = true;
-            let names: Vec<PathBuf> = (0..SPARES - sp.ready.len())
-                .map(|k| {
-                    self.inner
-                        .spare_dir
-                        .join(format!("{}.spare", sp.next + k as u64))
-                })
-                .collect();
-            sp.next += names.len() as u64;
-            drop(sp);
-            let store = self.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut made = Vec::with_capacity(names.len());
-                for p in names {
-                    match std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&p)
-                    {
-                        Ok(_) => made.push(p),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "creating spare data files");
-                            break;
-                        }
-                    }
-                }
-                let mut sp = store.inner.spares.lock().unwrap_or_else(|e| e.into_inner());
-                sp.ready.extend(made);
-                sp.refilling = false;
-            });
-        }
-        got
-    }
-
     /// Make the completion of `id` durable: its data is fsync'd and it is renamed to `.blob`;
     /// what is left is the fsync of `blobs/` and marking it complete in the index. Completions
     /// arriving at about the same time share one directory fsync and one index statement.
@@ -1319,22 +1242,6 @@ impl BlobStore {
             }
         }
         let dir = self.inner.blobs_dir.clone();
-        let spare_dir = self.inner.spare_dir.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            match std::fs::remove_dir_all(&spare_dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            std::fs::create_dir_all(&spare_dir)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        self.inner
-            .spares
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enabled = true;
         let removed = tokio::task::spawn_blocking(move || -> io::Result<usize> {
             let mut n = 0;
             for name in files.keys() {
