@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::range::{parse_range, RangeReq};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -614,53 +616,6 @@ async fn create_upload(state: &Arc<State>, cap: &Capability) -> Result<Option<Bl
         Err(StoreError::AlreadyExists) => Ok(None),
         Err(e) => Err(store_refusal(e)),
     }
-}
-
-/// A parsed `Range` header against a size.
-enum RangeReq {
-    Full,
-    Part(u64, u64), // inclusive
-    Unsatisfiable,
-}
-
-fn parse_range(v: Option<&HeaderValue>, size: u64) -> RangeReq {
-    let Some(spec) = v
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().strip_prefix("bytes="))
-    else {
-        return RangeReq::Full;
-    };
-    if spec.contains(',') {
-        return RangeReq::Full; // multiple ranges: serve the whole file (allowed by RFC 9110)
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeReq::Full;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else {
-            return RangeReq::Full;
-        };
-        if n == 0 || size == 0 {
-            return RangeReq::Unsatisfiable;
-        }
-        return RangeReq::Part(size - n.min(size), size - 1);
-    }
-    let Ok(a) = a.parse::<u64>() else {
-        return RangeReq::Full;
-    };
-    let b = if b.is_empty() {
-        u64::MAX
-    } else {
-        match b.parse::<u64>() {
-            Ok(b) if b >= a => b,
-            _ => return RangeReq::Full,
-        }
-    };
-    if a >= size {
-        return RangeReq::Unsatisfiable;
-    }
-    RangeReq::Part(a, b.min(size - 1))
 }
 
 /// A download's next body frame from a reader's answer, counted in the metrics; `None` at

@@ -6,6 +6,7 @@
 
 mod api;
 mod metrics;
+pub mod range;
 mod server;
 pub mod size;
 
