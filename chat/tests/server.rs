@@ -145,10 +145,18 @@ async fn login_salts_and_throttling() {
     let good = msim_chat::crypto::challenge_hash(&s2, PASSWORD.as_bytes());
     c.send(&format!("CONNECT-CONTINUE hash={good}")).await;
     assert_eq!(c.line().await, "CONNECT-FAILED reason=bad-state");
+    // CONNECT is always answered with a salt; the attempt itself is throttled.
     c.send("CONNECT login=alice").await;
+    let throttled_ack = c.expect("CONNECT-ACK").await;
+    let hash = msim_chat::crypto::challenge_hash(
+        field(&throttled_ack, "salt").unwrap().as_str(),
+        PASSWORD.as_bytes(),
+    );
+    c.send(&format!("CONNECT-CONTINUE hash={hash}")).await;
     assert_eq!(
         c.line().await,
-        "CONNECT-FAILED reason=throttled retry-after=2"
+        "CONNECT-FAILED reason=throttled retry-after=2",
+        "even the right password waits out the delay"
     );
     srv.clock.advance(Duration::from_secs(2));
     c.send("CONNECT login=alice").await;
@@ -156,12 +164,16 @@ async fn login_salts_and_throttling() {
     c.send("CONNECT-CONTINUE hash=bad").await;
     assert_eq!(c.line().await, "CONNECT-FAILED reason=invalid");
     c.send("CONNECT login=alice").await;
+    c.expect("CONNECT-ACK").await;
+    c.send("CONNECT-CONTINUE hash=bad").await;
     assert_eq!(
         c.line().await,
         "CONNECT-FAILED reason=throttled retry-after=4"
     );
-    // Unknown logins are throttled the same way (per IP as well).
+    // Unknown logins are throttled the same way (per IP as well), after the same CONNECT-ACK.
     c.send("CONNECT login=nobody").await;
+    c.expect("CONNECT-ACK").await;
+    c.send("CONNECT-CONTINUE hash=bad").await;
     c.expect("CONNECT-FAILED reason=throttled").await;
     let _ = ack;
     srv.clock.advance(Duration::from_secs(4));

@@ -92,8 +92,8 @@ fn connect_failed(reason: ConnectFailure) -> Packet {
     .to_packet()
 }
 
-/// `CONNECT login=`: always answered with `CONNECT-ACK salt=` (unless throttled), with the same
-/// work for known and unknown logins.
+/// `CONNECT login=`: always answered with `CONNECT-ACK salt=`, with the same work for known and
+/// unknown logins.
 pub async fn connect(s: &mut Session<'_>, p: &Packet, r: Connect) {
     let raw = r.login.as_str();
     // Any text is accepted as a login: an invalid one behaves exactly like an unknown one.
@@ -101,12 +101,8 @@ pub async fn connect(s: &mut Session<'_>, p: &Packet, r: Connect) {
         Some(crate::cmd::Target::Local(l)) => l,
         _ => raw.to_lowercase(),
     };
-    let wait = s.sh.throttle.wait(&login, s.peer.ip());
-    if !wait.is_zero() {
-        s.state = State::Greeting;
-        s.reply(p, throttled(wait));
-        return;
-    }
+    // Throttling is enforced at CONNECT-CONTINUE: CONNECT is always answered with a salt
+    // (design.md), so its answer never depends on the login's history.
     let sealed = match s.sh.db.password(&login).await {
         Ok(v) => v,
         Err(e) => {
