@@ -551,6 +551,20 @@ async fn read_stdin() -> Result<String> {
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
+/// The next pushed event, or `None` once Ctrl-C is pressed; a closed connection is an error.
+async fn next_event(
+    events: &mut Events,
+    ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
+) -> Result<Option<Event>> {
+    tokio::select! {
+        _ = ctrl_c.as_mut() => Ok(None),
+        event = events.recv() => match event {
+            Some(event) => Ok(Some(event)),
+            None => bail!(ClientError::Closed),
+        },
+    }
+}
+
 async fn listen(settings: &Settings, count: Option<u64>, ack: bool, mark_read: bool) -> Result<()> {
     let (client, mut events) = settings.login().await?;
     if !settings.json {
@@ -565,12 +579,8 @@ async fn listen(settings: &Settings, count: Option<u64>, ack: bool, mark_read: b
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let event = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => bail!(ClientError::Closed),
-            },
+        let Some(event) = next_event(&mut events, &mut ctrl_c).await? else {
+            return Ok(());
         };
         settings.print(event_json(&event), || event_text(&event));
         if let Event::Message(m) = &event {
@@ -820,12 +830,8 @@ async fn receive(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let event = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => bail!(ClientError::Closed),
-            },
+        let Some(event) = next_event(&mut events, &mut ctrl_c).await? else {
+            return Ok(());
         };
         let offer = match event {
             Event::FileOffered(offer) => offer,
