@@ -18,6 +18,7 @@
 //! to [`Events`]. Calls may run concurrently from clones of the [`Client`].
 #![warn(missing_docs, clippy::unwrap_used)]
 
+pub mod backoff;
 mod client;
 pub mod config;
 mod error;

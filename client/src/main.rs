@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use msim::config::{self, ConfigFile};
 use msim::proto::{
@@ -32,14 +33,18 @@ Exit codes:
 
 const EXAMPLES: &str = "\
 Examples:
-  msim -l alice -p 'alice-password' register
+  msim -l alice register                  # asks for the password (no echo)
   msim -l alice -p 'alice-password' send bob 'hi Bob!'
   msim -l bob -p 'bob-password' listen
   msim -l alice -p 'alice-password' send-file bob cat.jpg
   msim -l bob -p 'bob-password' receive --accept-all --out ~/Downloads
+  pass show msim | msim -l alice --password-stdin send bob hi
+  msim -l alice typing bob
 
-Credentials come from --login/--password, MSIM_LOGIN/MSIM_PASSWORD, or the
-config file (--config, default ~/.config/msim/config.toml), in that order.";
+Credentials come from --login/--password (or --password-stdin),
+MSIM_LOGIN/MSIM_PASSWORD, or the config file (--config, default
+~/.config/msim/config.toml), in that order. Without a password from any of
+these, msim asks for it when standard input is a terminal.";
 
 /// mSIM command-line client: messages, contacts and files through a relay.
 #[derive(Debug, Parser)]
@@ -57,7 +62,8 @@ struct Cli {
     /// Login (bare or login@domain)
     #[arg(long, short = 'l', global = true, env = "MSIM_LOGIN")]
     login: Option<String>,
-    /// Password
+    /// Password (other local users can see it in the process list: prefer
+    /// --password-stdin or the prompt)
     #[arg(
         long,
         short = 'p',
@@ -66,6 +72,9 @@ struct Cli {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// Read the password from the first line of standard input
+    #[arg(long, global = true)]
+    password_stdin: bool,
     /// Config file [default: ~/.config/msim/config.toml, if it exists]
     #[arg(
         long,
@@ -83,26 +92,35 @@ struct Cli {
     timeout: u64,
     #[command(subcommand)]
     command: Command,
+    /// Whether `password` came from `--password` (not from the environment).
+    #[arg(skip)]
+    password_from_flag: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create an account
     #[command(after_help = "Examples:
-  msim -l alice -p 'alice-password' register
-  msim -l alice -p 'alice-password' register --save   # also write the config file")]
+  msim -l alice register                              # asks for the password twice
+  msim -l alice -p 'alice-password' register --save   # also write the config file
+  printf '%s\\n' \"$PW\" | msim -l alice --password-stdin register")]
     Register(SaveArgs),
     /// Check the credentials (log in and out)
     #[command(after_help = "Examples:
   msim -l alice -p 'alice-password' login
   msim -l alice -p 'alice-password' login --save      # remember them in the config file
-  MSIM_LOGIN=alice MSIM_PASSWORD=... msim login --json")]
+  msim -l alice login --save                          # asks for the password, then saves it
+  MSIM_LOGIN=alice MSIM_PASSWORD=... msim login --json
+  msim -l alice --password-stdin login < ~/.msim-password")]
     Login(SaveArgs),
     /// Send a text message and wait until the server stored it
     #[command(after_help = "Examples:
   msim send bob 'see you at 5'
   echo 'from a script' | msim send bob -
-  msim send bob@example.org hello --json   # prints {\"id\":…,\"at\":…}")]
+  msim send bob@example.org hello --json   # prints {\"id\":…,\"at\":…}
+  msim -l alice --password-stdin send bob hi < ~/.msim-password
+
+`-` cannot be combined with --password-stdin: both would read standard input.")]
     Send {
         /// Recipient (login or login@domain)
         to: String,
@@ -114,13 +132,20 @@ enum Command {
         after_help = "Messages are acknowledged (not redelivered at the next login) once \
 printed, unless --no-ack.
 
+When the connection drops (server restart, network error), listen reconnects with \
+backoff (0.5 s doubling up to 30 s, with jitter) and logs in again; the server redelivers \
+what was not acknowledged, and nothing already printed is printed twice. A notice goes to \
+stderr on each disconnect and reconnect. A refused login (exit 3) ends it at once; so does \
+any lost connection with --no-reconnect (exit 1).
+
 Examples:
   msim listen
   msim listen --json | jq .
-  msim listen --json --count 1     # wait for one message, print it, exit"
+  msim listen --json --count 1     # wait for one message, print it, exit
+  msim listen --no-reconnect       # exit when the connection drops"
     )]
     Listen {
-        /// Exit after this many messages
+        /// Exit after this many messages (counted across reconnections)
         #[arg(long, short = 'n', value_name = "N")]
         count: Option<u64>,
         /// Do not acknowledge messages (they are delivered again at the next login)
@@ -129,6 +154,29 @@ Examples:
         /// Mark every printed message read (the sender gets a read receipt)
         #[arg(long)]
         mark_read: bool,
+        /// Exit with an error when the connection drops instead of reconnecting
+        #[arg(long)]
+        no_reconnect: bool,
+    },
+    /// Tell someone you are typing to them (or that you stopped)
+    #[command(
+        after_help = "The server ends the typing notification by itself when this \
+command disconnects, or 10 s after the last one; --for keeps it up for a while.
+
+Examples:
+  msim typing bob                 # bob sees \"alice is typing…\"
+  msim typing bob --stop          # bob sees \"alice stopped typing\"
+  msim typing bob --for 20        # typing for 20 s (or until Ctrl-C), then stopped"
+    )]
+    Typing {
+        /// Peer (login or login@domain)
+        peer: String,
+        /// Send "stopped typing" (TYPING-END) instead
+        #[arg(long)]
+        stop: bool,
+        /// Keep typing for SECS (repeated every 5 s), then send "stopped typing"
+        #[arg(long = "for", value_name = "SECS", conflicts_with = "stop")]
+        hold: Option<u64>,
     },
     /// Show and edit the contact list
     #[command(subcommand)]
@@ -280,7 +328,13 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // `--password-stdin` overrides MSIM_PASSWORD and the config file, but not `--password`.
+    cli.password_from_flag = matches.value_source("password") == Some(ValueSource::CommandLine);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -331,6 +385,8 @@ struct Settings {
     file: ConfigFile,
     json: bool,
     options: ClientOptions,
+    /// The password was read from standard input (`--password-stdin`).
+    password_from_stdin: bool,
 }
 
 impl Settings {
@@ -361,7 +417,57 @@ impl Settings {
             file,
             json: cli.json,
             options,
+            password_from_stdin: false,
         })
+    }
+
+    /// Fills in the password from `--password-stdin`, or asks for it on the terminal when no
+    /// flag, environment variable or config file gave one.
+    fn resolve_password(&mut self, cli: &Cli) -> Result<()> {
+        if cli.password_stdin {
+            if cli.password_from_flag {
+                bail!(UsageError(
+                    "--password and --password-stdin cannot be used together".into()
+                ));
+            }
+            if reads_stdin(&cli.command) {
+                bail!(UsageError(
+                    "--password-stdin cannot be used with a command that reads standard input \
+                     (`send … -`, or `receive` asking y/n): give the password another way"
+                        .into()
+                ));
+            }
+            let line = {
+                let stdin = std::io::stdin();
+                let mut lock = stdin.lock();
+                read_password_line(&mut lock)?
+            };
+            self.password = Some(line);
+            self.password_from_stdin = true;
+            return Ok(());
+        }
+        if self.password.is_some() || !std::io::stdin().is_terminal() {
+            return Ok(());
+        }
+        // Without a login there is nothing to ask for; `credentials` reports it.
+        let Some(login) = self.login.clone() else {
+            return Ok(());
+        };
+        let prompt = format!("Password for {login} on {}: ", self.server);
+        let password = rpassword::prompt_password(prompt)
+            .context("cannot read the password from the terminal")?;
+        if password.is_empty() {
+            bail!(UsageError("empty password".into()));
+        }
+        if matches!(cli.command, Command::Register(_)) {
+            let again = rpassword::prompt_password("Repeat the password: ")
+                .context("cannot read the password from the terminal")?;
+            if again != password {
+                bail!(UsageError("the passwords do not match".into()));
+            }
+        }
+        self.password = Some(password);
+        Ok(())
     }
 
     fn credentials(&self) -> Result<(&str, &str)> {
@@ -370,7 +476,8 @@ impl Settings {
         })?;
         let password = self.password.as_deref().ok_or_else(|| {
             UsageError(
-                "no password: use --password, MSIM_PASSWORD or `password = …` in the config file"
+                "no password: use --password, --password-stdin, MSIM_PASSWORD or `password = …` in \
+                 the config file, or run msim in a terminal to be asked for it"
                     .into(),
             )
         })?;
@@ -378,9 +485,14 @@ impl Settings {
     }
 
     async fn connect(&self) -> Result<(Client, Events)> {
-        Client::connect_with(self.server.as_str(), self.options.clone())
-            .await
-            .with_context(|| format!("cannot connect to {}", self.server))
+        let connect = Client::connect_with(self.server.as_str(), self.options.clone());
+        match tokio::time::timeout(self.options.request_timeout, connect).await {
+            Ok(connected) => {
+                connected.with_context(|| format!("cannot connect to {}", self.server))
+            }
+            Err(_) => Err(anyhow::Error::from(ClientError::Timeout))
+                .with_context(|| format!("cannot connect to {}", self.server)),
+        }
     }
 
     async fn login(&self) -> Result<(Client, Events)> {
@@ -427,7 +539,8 @@ impl Settings {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let settings = Settings::from_cli(&cli)?;
+    let mut settings = Settings::from_cli(&cli)?;
+    settings.resolve_password(&cli)?;
     match cli.command {
         Command::Register(args) => {
             let (login, password) = settings.credentials()?;
@@ -500,7 +613,17 @@ async fn run(cli: Cli) -> Result<()> {
             count,
             no_ack,
             mark_read,
-        } => listen(&settings, count, !no_ack, mark_read).await?,
+            no_reconnect,
+        } => {
+            let options = ListenOptions {
+                count,
+                ack: !no_ack,
+                mark_read,
+                reconnect: !no_reconnect,
+            };
+            listen(&settings, &options).await?
+        }
+        Command::Typing { peer, stop, hold } => typing(&settings, &peer, stop, hold).await?,
         Command::Contacts(cmd) => contacts(&settings, cmd).await?,
         Command::Profile(cmd) => profile(&settings, cmd).await?,
         Command::SendFile {
@@ -519,7 +642,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Decide::Accept
             } else if reject_all {
                 Decide::Reject
-            } else if std::io::stdin().is_terminal() {
+            } else if std::io::stdin().is_terminal() && !settings.password_from_stdin {
                 Decide::Ask
             } else {
                 bail!(UsageError(
@@ -540,6 +663,37 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the command itself reads standard input (so the password cannot come from there).
+fn reads_stdin(command: &Command) -> bool {
+    match command {
+        Command::Send { text, .. } => text == "-",
+        Command::Receive {
+            accept_all,
+            reject_all,
+            ..
+        } => !accept_all && !reject_all,
+        _ => false,
+    }
+}
+
+/// The password on the first line of `input` (`--password-stdin`), without its line ending.
+fn read_password_line(input: &mut impl std::io::BufRead) -> Result<String> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("--password-stdin: cannot read standard input")?;
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        bail!(UsageError(
+            "--password-stdin: the first line of standard input is empty".into()
+        ));
+    }
+    Ok(password.to_owned())
 }
 
 async fn read_stdin() -> Result<String> {
@@ -565,38 +719,281 @@ async fn next_event(
     }
 }
 
-async fn listen(settings: &Settings, count: Option<u64>, ack: bool, mark_read: bool) -> Result<()> {
-    let (client, mut events) = settings.login().await?;
+/// `msim listen`'s options.
+#[derive(Debug, Clone)]
+struct ListenOptions {
+    count: Option<u64>,
+    ack: bool,
+    mark_read: bool,
+    reconnect: bool,
+}
+
+/// A connection that stayed up this long is healthy: the next loss starts the backoff over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Without any event for this long, `listen` checks the connection with a `PING`.
+const LIVENESS_CHECK: Duration = Duration::from_secs(60);
+/// How many printed message ids (and other redeliverable items) `listen` remembers.
+const SEEN_CAPACITY: usize = 10_000;
+
+/// A bounded set of recently printed keys: the oldest are forgotten first.
+struct Seen {
+    keys: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn new(capacity: usize) -> Seen {
+        Seen {
+            keys: std::collections::HashSet::new(),
+            order: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Records `key`; `false` when it was already there.
+    fn insert(&mut self, key: String) -> bool {
+        if self.keys.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        self.keys.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+}
+
+/// What identifies an event the server may send again at the next login (pending messages,
+/// offers and file results; receipts are sent once but cost nothing to remember).
+fn redelivery_key(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Message(m) => format!("message {}", m.id),
+        Event::ReadReceipt(r) => format!("read {} {}", r.id, r.by),
+        Event::FileOffered(f) => format!("offer {}", f.transfer_id),
+        Event::DownloadGrant(g) => format!("ready {}", g.transfer_id),
+        Event::UploadGrant(g) => format!("accepted {}", g.transfer_id),
+        Event::FileRejected(r) => format!("rejected {}", r.transfer_id),
+        _ => return None,
+    })
+}
+
+/// Whether `error` means the connection is gone (worth reconnecting), rather than a refusal,
+/// a protocol problem or a local failure.
+fn is_connection_loss(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ClientError>(),
+        Some(ClientError::Closed | ClientError::Io(_) | ClientError::Timeout)
+    ) || error.downcast_ref::<std::io::Error>().is_some()
+}
+
+/// How one logged-in session of `listen` ended.
+enum SessionEnd {
+    /// Ctrl-C, or `--count` reached.
+    Done,
+    /// The connection is gone.
+    Lost(anyhow::Error),
+}
+
+/// State kept across reconnections.
+struct ListenState {
+    printed: u64,
+    seen: Seen,
+}
+
+async fn listen(settings: &Settings, options: &ListenOptions) -> Result<()> {
+    let (mut client, mut events) = settings.login().await?;
     if !settings.json {
         if let Some(me) = client.me() {
             eprintln!("Listening as {me}; Ctrl-C to stop.");
         }
     }
-    let mut messages = 0u64;
-    if count == Some(0) {
+    if options.count == Some(0) {
         return Ok(());
     }
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut state = ListenState {
+        printed: 0,
+        seen: Seen::new(SEEN_CAPACITY),
+    };
+    let mut backoff = msim::backoff::Backoff::default();
     loop {
-        let Some(event) = next_event(&mut events, &mut ctrl_c).await? else {
-            return Ok(());
+        let connected_at = tokio::time::Instant::now();
+        let lost = match listen_session(
+            settings,
+            options,
+            &client,
+            &mut events,
+            &mut state,
+            &mut ctrl_c,
+        )
+        .await?
+        {
+            SessionEnd::Done => return Ok(()),
+            SessionEnd::Lost(error) => error,
         };
-        settings.print(event_json(&event), || event_text(&event));
-        if let Event::Message(m) = &event {
-            if mark_read {
-                client.mark_read(&m.id).await?;
-            } else if ack {
-                client.ack(&m.id).await?;
+        drop((client, events));
+        if !options.reconnect {
+            return Err(lost);
+        }
+        if connected_at.elapsed() >= HEALTHY_AFTER {
+            backoff.reset();
+        }
+        let mut delay = backoff.next_delay();
+        eprintln!(
+            "msim: connection to {} lost ({lost:#}); reconnecting in {:.1} s",
+            settings.server,
+            delay.as_secs_f64()
+        );
+        (client, events) = loop {
+            tokio::select! {
+                _ = ctrl_c.as_mut() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
             }
-            messages += 1;
-            if count.is_some_and(|n| messages >= n) {
+            let attempt = tokio::select! {
+                _ = ctrl_c.as_mut() => return Ok(()),
+                attempt = settings.login() => attempt,
+            };
+            match attempt {
+                Ok(connected) => break connected,
+                // A refused login (or a usage problem) does not get better by retrying.
+                Err(error) if exit_code(&error) != 1 => return Err(error),
+                Err(error) => {
+                    delay = backoff.next_delay();
+                    eprintln!(
+                        "msim: reconnecting to {} failed ({error:#}); retrying in {:.1} s",
+                        settings.server,
+                        delay.as_secs_f64()
+                    );
+                }
+            }
+        };
+        eprintln!(
+            "msim: reconnected to {} as {}",
+            settings.server,
+            client.me().unwrap_or_default()
+        );
+    }
+}
+
+/// Prints events from one logged-in connection until Ctrl-C, `--count`, or the connection
+/// is lost. Errors other than a lost connection end `listen`.
+async fn listen_session(
+    settings: &Settings,
+    options: &ListenOptions,
+    client: &Client,
+    events: &mut Events,
+    state: &mut ListenState,
+    ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
+) -> Result<SessionEnd> {
+    // Connection losses become `SessionEnd::Lost`; anything else is returned as an error.
+    macro_rules! check {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(error) => {
+                    let error = anyhow::Error::from(error);
+                    if is_connection_loss(&error) {
+                        return Ok(SessionEnd::Lost(error));
+                    }
+                    return Err(error);
+                }
+            }
+        };
+    }
+    loop {
+        let event = tokio::select! {
+            _ = ctrl_c.as_mut() => return Ok(SessionEnd::Done),
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return Ok(SessionEnd::Lost(ClientError::Closed.into())),
+            },
+            _ = tokio::time::sleep(LIVENESS_CHECK) => {
+                // Quiet for a while: make sure the server is still there (a connection can
+                // die without the socket noticing).
+                let pong = tokio::select! {
+                    _ = ctrl_c.as_mut() => return Ok(SessionEnd::Done),
+                    pong = client.ping() => pong,
+                };
+                check!(pong);
+                continue;
+            }
+        };
+        let fresh = redelivery_key(&event).is_none_or(|key| state.seen.insert(key));
+        if fresh {
+            settings.print(event_json(&event), || event_text(&event));
+        }
+        let Event::Message(m) = &event else { continue };
+        // Acknowledge redelivered copies too: the earlier acknowledgement may have been lost
+        // with the connection.
+        if options.mark_read {
+            match client.mark_read(&m.id).await {
+                // Marked read before the connection dropped.
+                Err(ClientError::ReadFailed { .. }) if !fresh => {}
+                other => check!(other),
+            }
+        } else if options.ack {
+            check!(client.ack(&m.id).await);
+        }
+        if !fresh {
+            continue;
+        }
+        state.printed += 1;
+        if options.count.is_some_and(|n| state.printed >= n) {
+            if options.ack || options.mark_read {
                 // A round trip makes sure the ACK reached the server before we hang up.
-                client.ping().await?;
-                return Ok(());
+                if let Err(error) = client.ping().await {
+                    eprintln!(
+                        "msim: the server may not have the last acknowledgement ({error}); \
+                         the message can be delivered again at the next login"
+                    );
+                }
             }
+            return Ok(SessionEnd::Done);
         }
     }
+}
+
+/// `msim typing PEER [--stop | --for SECS]`.
+async fn typing(settings: &Settings, peer: &str, stop: bool, hold: Option<u64>) -> Result<()> {
+    /// The server ends typing 10 s after the last `TYPING-STARTED`; repeat well before that.
+    const REPEAT: Duration = Duration::from_secs(5);
+    let (client, events) = settings.login().await?;
+    drop(events);
+    client.typing(peer, !stop).await?;
+    if let Some(secs) = hold {
+        let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            let next = (tokio::time::Instant::now() + REPEAT).min(until);
+            tokio::select! {
+                _ = ctrl_c.as_mut() => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            client.typing(peer, true).await?;
+        }
+        client.typing(peer, false).await?;
+    }
+    // Typing is never answered: a round trip makes sure the server handled it before we
+    // hang up (which would end the typing notification anyway).
+    client.ping().await?;
+    let typing = !stop && hold.is_none();
+    settings.print(json!({"ok": true, "to": peer, "typing": typing}), || {
+        if typing {
+            format!("Told {peer} you are typing.")
+        } else {
+            format!("Told {peer} you stopped typing.")
+        }
+    });
+    Ok(())
 }
 
 async fn contacts(settings: &Settings, cmd: ContactsCommand) -> Result<()> {
@@ -1070,5 +1467,71 @@ fn event_text(event: &Event) -> String {
         Event::FileRejected(r) => format!("transfer {} rejected: {}", r.transfer_id, r.reason),
         Event::MarkReadFailed(f) => format!("cannot mark {} read: {}", f.id, f.reason),
         other => other.to_packet().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn password_of(input: &str) -> Result<String> {
+        read_password_line(&mut std::io::Cursor::new(input.as_bytes()))
+    }
+
+    #[test]
+    fn password_stdin_takes_the_first_line_without_its_line_ending() {
+        assert_eq!(password_of("secret\n").ok().as_deref(), Some("secret"));
+        assert_eq!(password_of("secret\r\n").ok().as_deref(), Some("secret"));
+        assert_eq!(password_of("secret").ok().as_deref(), Some("secret"));
+        assert_eq!(
+            password_of("with spaces \nnext line\n").ok().as_deref(),
+            Some("with spaces ")
+        );
+        for empty in ["", "\n", "\r\n"] {
+            let error = password_of(empty).expect_err("empty password");
+            assert!(error.downcast_ref::<UsageError>().is_some(), "{error:#}");
+            assert_eq!(exit_code(&error), 2);
+        }
+    }
+
+    #[test]
+    fn commands_that_read_stdin() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("msim").chain(args.iter().copied()))
+                .map(|c| reads_stdin(&c.command))
+                .ok()
+        };
+        assert_eq!(parse(&["send", "bob", "-"]), Some(true));
+        assert_eq!(parse(&["send", "bob", "hi"]), Some(false));
+        assert_eq!(parse(&["receive"]), Some(true));
+        assert_eq!(parse(&["receive", "--accept-all"]), Some(false));
+        assert_eq!(parse(&["listen"]), Some(false));
+    }
+
+    #[test]
+    fn seen_is_bounded_and_forgets_the_oldest_first() {
+        let mut seen = Seen::new(3);
+        for k in ["a", "b", "c"] {
+            assert!(seen.insert(k.to_owned()));
+        }
+        assert!(!seen.insert("a".to_owned()));
+        assert!(seen.insert("d".to_owned())); // forgets "a"
+        assert_eq!(seen.keys.len(), 3);
+        assert!(!seen.insert("d".to_owned()));
+        assert!(seen.insert("a".to_owned())); // forgets "b"
+        assert!(seen.insert("b".to_owned()));
+        assert!(seen.keys.len() <= 3 && seen.order.len() <= 3);
+    }
+
+    #[test]
+    fn connection_losses_are_told_apart_from_other_errors() {
+        assert!(is_connection_loss(&ClientError::Closed.into()));
+        assert!(is_connection_loss(&ClientError::Timeout.into()));
+        assert!(is_connection_loss(
+            &anyhow::Error::from(ClientError::Io(std::io::ErrorKind::ConnectionReset.into()))
+                .context("while listening")
+        ));
+        assert!(!is_connection_loss(&ClientError::NotLoggedIn.into()));
+        assert!(!is_connection_loss(&UsageError("x".into()).into()));
     }
 }

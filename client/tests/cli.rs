@@ -6,7 +6,12 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use common::{run_expect, sha256_hex, stdout_json, test_bytes, TestServer};
+use common::{
+    run_expect, run_with_stdin, sha256_hex, stdout_json, test_bytes, Running, TestServer,
+};
+
+/// How long a test waits for something observable before failing.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn register(srv: &TestServer, login: &str) {
     let out = run_expect(srv.as_user(login).args(["register", "--json"]), 0);
@@ -30,11 +35,15 @@ fn help_documents_commands_and_exit_codes() {
     ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
+    for word in ["--password-stdin", "typing"] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
     for sub in [
         "register",
         "login",
         "send",
         "listen",
+        "typing",
         "send-file",
         "receive",
         "read",
@@ -350,4 +359,168 @@ fn rejected_file_exits_with_4() {
     let got = receiver.wait_with_output().unwrap();
     assert!(got.status.success());
     assert_eq!(stdout_json(&got)[0]["event"], "rejected");
+}
+
+#[test]
+fn password_stdin_logs_in_and_a_wrong_one_exits_3() {
+    let srv = TestServer::start();
+    let pw = common::password("alice");
+    // Register and log in with the password on standard input (CRLF accepted too).
+    let out = run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "--password-stdin", "register", "--json"]),
+        format!("{pw}\n").as_bytes(),
+        0,
+    );
+    assert_eq!(stdout_json(&out)[0]["login"], "alice@localhost");
+    for input in [format!("{pw}\n"), format!("{pw}\r\n"), pw.clone()] {
+        let out = run_with_stdin(
+            srv.msim()
+                .args(["-l", "alice", "login", "--password-stdin", "--json"]),
+            input.as_bytes(),
+            0,
+        );
+        assert_eq!(stdout_json(&out)[0]["login"], "alice@localhost");
+    }
+    // Only the first line is the password.
+    run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "--password-stdin", "login"]),
+        format!("{pw}\nsomething else\n").as_bytes(),
+        0,
+    );
+    // The flag beats the environment.
+    run_with_stdin(
+        srv.msim().env("MSIM_PASSWORD", "not-the-password").args([
+            "-l",
+            "alice",
+            "--password-stdin",
+            "login",
+        ]),
+        format!("{pw}\n").as_bytes(),
+        0,
+    );
+
+    // A wrong password → 3.
+    let out = run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "--password-stdin", "login", "--json"]),
+        b"wrong-password\n",
+        3,
+    );
+    assert_eq!(stdout_json(&out)[0]["kind"], "auth");
+
+    // Usage errors (2) with a clear message.
+    let out = run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "--password-stdin", "login"]),
+        b"\n",
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "--password-stdin", "login"]),
+        b"",
+        2,
+    );
+    let out = run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "-p", &pw, "--password-stdin", "login"]),
+        format!("{pw}\n").as_bytes(),
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("together"));
+    // `send … -` reads the message from stdin: it cannot carry the password too.
+    let out = run_with_stdin(
+        srv.msim()
+            .args(["-l", "alice", "--password-stdin", "send", "alice", "-"]),
+        format!("{pw}\nhello\n").as_bytes(),
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standard input"), "{err}");
+    // Nothing was sent.
+    let out = run_expect(
+        srv.as_user("alice")
+            .args(["listen", "--json", "--count", "0"]),
+        0,
+    );
+    assert!(stdout_json(&out).is_empty());
+    // `send` with the text as an argument is fine.
+    run_with_stdin(
+        srv.msim().args([
+            "-l",
+            "alice",
+            "--password-stdin",
+            "send",
+            "alice",
+            "note to self",
+        ]),
+        format!("{pw}\n").as_bytes(),
+        0,
+    );
+}
+
+#[test]
+fn typing_reaches_the_peers_listener() {
+    let srv = TestServer::start();
+    register(&srv, "alice");
+    register(&srv, "bob");
+    let mut bob = Running::spawn(srv.as_user("bob").args(["listen", "--json"]));
+    // Typing is not stored: make sure bob's listener is logged in first. A message delivered
+    // to it proves that.
+    run_expect(
+        srv.as_user("alice").args(["send", "bob", "are you there?"]),
+        0,
+    );
+    bob.stdout
+        .wait_for_json("the message", WAIT, |v| v["type"] == "message");
+
+    let out = run_expect(srv.as_user("alice").args(["typing", "bob", "--json"]), 0);
+    assert_eq!(stdout_json(&out)[0]["typing"], true);
+    let v = bob
+        .stdout
+        .wait_for_json("typing started", WAIT, |v| v["type"] == "typing");
+    assert_eq!(
+        (v["from"].as_str(), v["typing"].as_bool()),
+        (Some("alice@localhost"), Some(true))
+    );
+    // alice's `typing` hung up, so the server ended it.
+    let v = bob
+        .stdout
+        .wait_for_json("typing ended", WAIT, |v| v["type"] == "typing");
+    assert_eq!(v["typing"], false);
+
+    // --stop sends TYPING-END itself.
+    let out = run_expect(srv.as_user("alice").args(["typing", "bob", "--stop"]), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped typing"));
+    let v = bob
+        .stdout
+        .wait_for_json("typing ended by --stop", WAIT, |v| v["type"] == "typing");
+    assert_eq!(
+        (v["from"].as_str(), v["typing"].as_bool()),
+        (Some("alice@localhost"), Some(false))
+    );
+
+    // --for: started, then ended when the time is up.
+    run_expect(
+        srv.as_user("alice").args(["typing", "bob", "--for", "1"]),
+        0,
+    );
+    let v = bob
+        .stdout
+        .wait_for_json("typing started (--for)", WAIT, |v| v["type"] == "typing");
+    assert_eq!(v["typing"], true);
+    let v = bob
+        .stdout
+        .wait_for_json("typing ended (--for)", WAIT, |v| v["type"] == "typing");
+    assert_eq!(v["typing"], false);
+    bob.assert_running();
+    // --stop and --for do not go together.
+    run_expect(
+        srv.as_user("alice")
+            .args(["typing", "bob", "--stop", "--for", "3"]),
+        2,
+    );
 }
