@@ -26,7 +26,7 @@ const READER_RECHECK: Duration = Duration::from_secs(5);
 /// Recently written chunks kept in memory per live upload that has readers, so readers that
 /// keep up with the writer get the writer's buffers without reading the file (zero-copy).
 /// The last chunk stored is always kept (the writer's caller held it anyway).
-const RECENT_BYTES: usize = 1 << 20;
+const RECENT_BYTES: usize = 4 << 20;
 /// Bound on [`RECENT_BYTES`] windows of all uploads together: beyond it, windows keep only
 /// their last chunk.
 const RECENT_BYTES_TOTAL: usize = 16 << 20;

@@ -58,6 +58,9 @@ struct Args {
     /// Number of concurrent 1 MiB transfers.
     #[arg(long, default_value_t = 200)]
     concurrent: usize,
+    /// Kept-alive connections for the 100 KiB transfers: one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    small_connections: Vec<usize>,
     /// Directory for server data (default: a fresh temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -127,13 +130,15 @@ async fn main() -> Result<()> {
         baseline::loopback_round_trip(if args.smoke { 200 } else { 20_000 }).await?;
     report.add("baseline", "loopback round trips per second", rtts, "1/s");
     report.add("baseline", "loopback round trip p50", rtt_p50 * 1e3, "ms");
+    let sha = baseline::sha256(if args.smoke { 64 << 20 } else { 1 << 30 });
+    report.add("baseline", "SHA-256 of one stream", sha / 1e9, "GB/s");
 
     let chat_scenarios = ["connections", "messages", "latency", "logins"];
     if chat_scenarios.iter().any(|s| args.wants(s)) {
         run_chat(&args, &data, &mut report, fsyncs, rtt_p50).await?;
     }
     if args.wants("relay") {
-        run_relay(&args, &data, &mut report, loopback, disk).await?;
+        run_relay(&args, &data, &mut report, loopback, disk, sha).await?;
     }
 
     println!("{}", report.table());
@@ -283,6 +288,7 @@ async fn run_relay(
     report: &mut Report,
     loopback: f64,
     disk: f64,
+    sha: f64,
 ) -> Result<()> {
     let bin = procs::sibling_binary("msim-relay")?;
     let addr = procs::free_addr()?;
@@ -311,7 +317,9 @@ async fn run_relay(
     let size = args.transfer_size;
     let gib = |b: f64| b / 1e9;
     eprintln!("== one {} MiB transfer relayed while uploading", size >> 20);
+    let cpu_before = (server.cpu_seconds(), procs::self_cpu_seconds());
     let r = relay::relayed(addr, &keyring, size).await?;
+    let cpu_after = (server.cpu_seconds(), procs::self_cpu_seconds());
     report.add_ratio(
         "relay",
         "single transfer, download while uploading",
@@ -320,6 +328,44 @@ async fn run_relay(
         Some(("loopback TCP", gib(loopback))),
         Some(">= 0.5 of loopback"),
     );
+    report.add_ratio(
+        "relay",
+        "single transfer vs one SHA-256 stream",
+        gib(r),
+        "GB/s",
+        Some(("SHA-256 of one stream", gib(sha))),
+        None,
+    );
+    // CPU per byte does not depend on what else shares the machine, unlike throughput; with
+    // both sides' costs the CPU-bound ceiling on this many cores follows.
+    if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
+        let per_gb = |secs: f64| secs / (size as f64 / 1e9);
+        let relay_cpu = per_gb(after - before);
+        let load_cpu = per_gb(cpu_after.1 - cpu_before.1);
+        report.add_ratio(
+            "relay",
+            "relay CPU per relayed GB",
+            relay_cpu,
+            "core-s/GB",
+            Some(("SHA-256 alone", 1.0 / gib(sha))),
+            None,
+        );
+        report.add(
+            "relay",
+            "load generator CPU per relayed GB",
+            load_cpu,
+            "core-s/GB",
+        );
+        let ceiling = procs::cpus() as f64 / (relay_cpu + load_cpu);
+        report.add_ratio(
+            "relay",
+            "CPU-bound ceiling of one relayed transfer",
+            ceiling,
+            "GB/s",
+            Some(("loopback TCP", gib(loopback))),
+            None,
+        );
+    }
     eprintln!("== upload alone, then stored download");
     let (up, down) = relay::upload_then_download(addr, &keyring, size).await?;
     report.add_ratio(
@@ -342,8 +388,36 @@ async fn run_relay(
         "== {} transfers of 100 KiB, kept-alive",
         args.small_transfers
     );
-    let small = relay::small(addr, &keyring, 100 << 10, args.small_transfers, 4).await?;
-    report.add("relay", "100 KiB transfers (upload+download)", small, "1/s");
+    for &conns in &args.small_connections {
+        let small = relay::small(
+            addr,
+            &keyring,
+            100 << 10,
+            args.small_transfers,
+            conns.max(1),
+        )
+        .await?;
+        report.add_ratio(
+            "relay",
+            &format!("100 KiB transfers (upload+download), {conns} connections"),
+            small.per_sec,
+            "1/s",
+            None,
+            Some(">= 2000/s"),
+        );
+        report.add(
+            "relay",
+            &format!("100 KiB transfer p50, {conns} connections"),
+            small.p50 * 1e3,
+            "ms",
+        );
+        report.add(
+            "relay",
+            &format!("100 KiB transfer p99, {conns} connections"),
+            small.p99 * 1e3,
+            "ms",
+        );
+    }
     eprintln!("== {} concurrent 1 MiB transfers", args.concurrent);
     let (per_sec, bytes) = relay::concurrent(addr, &keyring, 1 << 20, args.concurrent).await?;
     report.add("relay", "concurrent 1 MiB transfers", per_sec, "1/s");

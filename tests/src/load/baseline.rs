@@ -83,6 +83,23 @@ pub async fn loopback_round_trip(count: u32) -> Result<(f64, f64)> {
     Ok((per_sec, super::report::percentile(&samples, 50.0)))
 }
 
+/// SHA-256 throughput of one stream in bytes/s (the same `sha2` crate the relay uses): the
+/// ceiling of any transfer whose bytes one relay hashes on the way through.
+pub fn sha256(total: u64) -> f64 {
+    use sha2::{Digest, Sha256};
+    let buf = vec![7u8; CHUNK];
+    let mut hasher = Sha256::new();
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < total {
+        let n = (total - done).min(CHUNK as u64) as usize;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    std::hint::black_box(hasher.finalize());
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
 /// Sequential disk write throughput in bytes/s into `dir`, including the final fsync.
 pub fn disk_write(dir: &Path, total: u64) -> Result<f64> {
     let path = dir.join("baseline-write.tmp");

@@ -209,15 +209,24 @@ pub async fn upload_then_download(
     Ok((up_rate, down_rate))
 }
 
+/// What [`small`] measured.
+pub struct SmallTransfers {
+    /// Transfers (upload + download) per second.
+    pub per_sec: f64,
+    /// Seconds for one upload + download: p50 and p99.
+    pub p50: f64,
+    pub p99: f64,
+}
+
 /// Small transfers (upload then download) on `conns` kept-alive connections for `count`
-/// transfers in all: transfers/s.
+/// transfers in all.
 pub async fn small(
     addr: SocketAddr,
     keyring: &Keyring,
     size: u64,
     count: usize,
     conns: usize,
-) -> Result<f64> {
+) -> Result<SmallTransfers> {
     let mut tasks = JoinSet::new();
     let start = Instant::now();
     for c in 0..conns {
@@ -225,20 +234,30 @@ pub async fn small(
         let n = count / conns + usize::from(c < count % conns);
         tasks.spawn(async move {
             let mut http = Http::connect(addr).await?;
+            let mut took = Vec::with_capacity(n);
             for _ in 0..n {
                 let id = new_id();
                 let (up, down) = tokens(&keyring, &id, size);
+                let t = Instant::now();
                 http.upload(&id, &up, size).await?;
                 let got = http.download(&id, &down).await?;
                 anyhow::ensure!(got == size, "short download");
+                took.push(t.elapsed().as_secs_f64());
             }
-            anyhow::Ok(())
+            anyhow::Ok(took)
         });
     }
+    let mut took = Vec::with_capacity(count);
     while let Some(r) = tasks.join_next().await {
-        r?.context("small transfer")?;
+        took.extend(r?.context("small transfer")?);
     }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
+    let per_sec = count as f64 / start.elapsed().as_secs_f64();
+    took.sort_by(f64::total_cmp);
+    Ok(SmallTransfers {
+        per_sec,
+        p50: super::report::percentile(&took, 50.0),
+        p99: super::report::percentile(&took, 99.0),
+    })
 }
 
 /// `count` transfers of `size` bytes all at once, each downloaded while uploaded:
