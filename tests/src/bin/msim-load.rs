@@ -1,25 +1,64 @@
 //! msim-load: load generator and benchmark driver for mSIM.
 //!
 //! Starts the real `msim-chat` and `msim-relay` binaries (from the same target directory) with
-//! fresh data directories, drives them with many simulated users over loopback, and reports a
-//! table (stderr/stdout) and JSON. Every figure that has a natural baseline — loopback TCP
-//! throughput, disk write throughput, fsyncs per second, TCP round trip — is also given as a
-//! ratio to that baseline measured in the same run.
+//! fresh data directories, or uses servers already running at given addresses (`--chat`,
+//! `--relay`), drives them with many simulated users, and reports a table (stderr/stdout) and
+//! JSON. Every figure that has a natural baseline — loopback TCP throughput, disk write
+//! throughput, fsyncs per second, TCP round trip — is also given as a ratio to that baseline
+//! measured in the same run.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use msim_shared::token::{generate_secret_text, Keyring};
 use msim_tests::load::report::{percentile, Report};
 use msim_tests::load::{baseline, chat, procs, relay, wire};
 
+const AFTER_HELP: &str = "\
+Examples:
+  cargo build --release --workspace
+  target/release/msim-load                 # everything, full size (minutes)
+  target/release/msim-load --smoke         # every scenario, tiny, seconds
+  target/release/msim-load --only messages --json out.json
+
+Against servers that are already running (nothing is started for the scenarios they serve):
+  target/release/msim-load --only messages,latency --chat 127.0.0.1:3214 \\
+      --chat-pid \"$(pgrep -x msim-chat)\"
+  target/release/msim-load --only relay --relay 127.0.0.1:3215 \\
+      --relay-secret-file /etc/msim/relay-secret --relay-pid \"$(pgrep -x msim-relay)\" \\
+      --transfer-size 104857600
+  The chat server must accept REGISTER (users are named ld<run id>NNNNNN); the relay's
+  --max-file-size must allow --transfer-size. Without --chat-pid / --relay-pid the server's
+  RSS and CPU figures are not measured (left out of the report, with a note on stderr).";
+
+/// Parses `host:port` (or `http://host:port/` for a relay) into the first address it
+/// resolves to.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    let hostport = text
+        .strip_prefix("http://")
+        .unwrap_or(text)
+        .trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not a reachable host:port: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 #[derive(Parser, Debug)]
 #[command(
+    name = "msim-load",
     version,
     about = "Load generator and benchmark driver for msim-chat and msim-relay",
-    after_help = "Examples:\n  cargo build --release --workspace\n  target/release/msim-load                 # everything, full size (minutes)\n  target/release/msim-load --smoke         # every scenario, tiny, seconds\n  target/release/msim-load --only messages --json out.json"
+    long_about = "Load generator and benchmark driver for msim-chat and msim-relay.\n\n\
+        By default it starts target/<profile>/msim-chat and msim-relay itself with fresh data \
+        directories. With --chat ADDR and/or --relay ADDR it drives servers that are already \
+        running instead; a server is still started here for the selected scenarios that no \
+        address covers.",
+    after_help = AFTER_HELP
 )]
 struct Args {
     /// Run every scenario at a tiny size (seconds); used by CI to keep the tool working.
@@ -64,6 +103,26 @@ struct Args {
     /// Directory for server data (default: a fresh temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Use the msim-chat already running at this address (host:port) instead of starting one.
+    /// It must accept REGISTER: each run registers its own users (unique names).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    chat: Option<SocketAddr>,
+    /// Process id of the msim-chat at --chat (on this machine), for its RSS figures; without
+    /// it they are not measured.
+    #[arg(long, value_name = "PID", requires = "chat")]
+    chat_pid: Option<u32>,
+    /// Use the msim-relay already running at this address (host:port) instead of starting
+    /// one; needs --relay-secret-file.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    relay: Option<SocketAddr>,
+    /// The token secret file of the relay at --relay (the file msim-relay reads with
+    /// --secret-file: `kid:secret` lines, the first signs).
+    #[arg(long, value_name = "PATH", requires = "relay")]
+    relay_secret_file: Option<PathBuf>,
+    /// Process id of the msim-relay at --relay (on this machine), for its CPU and RSS figures;
+    /// without it they are not measured.
+    #[arg(long, value_name = "PID", requires = "relay")]
+    relay_pid: Option<u32>,
 }
 
 impl Args {
@@ -91,8 +150,51 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut args = Args::parse();
+    if args.relay.is_some() && args.relay_secret_file.is_none() {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--relay ADDR needs --relay-secret-file PATH: the token secret file of that relay \
+                 (the one msim-relay reads with --secret-file), to sign tokens it accepts",
+            )
+            .exit();
+    }
     if args.smoke {
         args.shrink_for_smoke();
+    }
+    let chat_scenarios = ["connections", "messages", "latency", "logins"];
+    let wants_chat = chat_scenarios.iter().any(|s| args.wants(s));
+    // Everything about a given server is checked before the baselines, so a mistake costs
+    // seconds, not a whole run.
+    let external_relay = match (args.relay, &args.relay_secret_file) {
+        (Some(addr), Some(file)) if args.wants("relay") => {
+            let keyring = load_keyring(file)?;
+            if let Some(pid) = args.relay_pid {
+                procs::check_pid(pid, "msim-relay").context("--relay-pid")?;
+            }
+            // The largest file of the run: the big transfer, or the 1 MiB concurrent ones.
+            relay::check(addr, &keyring, args.transfer_size.max(1 << 20))
+                .await
+                .with_context(|| format!("checking the relay at {addr} (--relay)"))?;
+            Some(keyring)
+        }
+        (Some(_), _) => {
+            eprintln!("note: --relay is ignored: the relay scenario is not selected");
+            None
+        }
+        _ => None,
+    };
+    if let Some(addr) = args.chat {
+        if wants_chat {
+            if let Some(pid) = args.chat_pid {
+                procs::check_pid(pid, "msim-chat").context("--chat-pid")?;
+            }
+            check_chat(addr)
+                .await
+                .with_context(|| format!("checking the chat server at {addr} (--chat)"))?;
+        } else {
+            eprintln!("note: --chat is ignored: no chat scenario is selected");
+        }
     }
     // Room for every client socket here and every server socket in the children.
     let limit = procs::raise_nofile_limit(args.connections as u64 + 4_096);
@@ -133,12 +235,16 @@ async fn main() -> Result<()> {
     let sha = baseline::sha256(if args.smoke { 64 << 20 } else { 1 << 30 });
     report.add("baseline", "SHA-256 of one stream", sha / 1e9, "GB/s");
 
-    let chat_scenarios = ["connections", "messages", "latency", "logins"];
-    if chat_scenarios.iter().any(|s| args.wants(s)) {
+    if wants_chat {
         run_chat(&args, &data, &mut report, fsyncs, rtt_p50).await?;
     }
     if args.wants("relay") {
-        run_relay(&args, &data, &mut report, loopback, disk, sha).await?;
+        let b = RelayBaselines {
+            loopback,
+            disk,
+            sha,
+        };
+        run_relay(&args, external_relay, &data, &mut report, b).await?;
     }
 
     println!("{}", report.table());
@@ -156,59 +262,60 @@ async fn run_chat(
     fsyncs: f64,
     rtt_p50: f64,
 ) -> Result<()> {
-    let bin = procs::sibling_binary("msim-chat")?;
-    let addr = procs::free_addr()?;
-    let relay_addr = procs::free_addr()?;
-    let chat_dir = data.join("chat");
-    let server = procs::start(
-        &bin,
-        &[
-            "--listen".into(),
-            addr.to_string(),
-            "--embedded-relay-listen".into(),
-            relay_addr.to_string(),
-            "--data-dir".into(),
-            chat_dir.display().to_string(),
-            "--max-connections".into(),
-            (args.connections + 2_000).to_string(),
-        ],
-        addr,
-        &[],
-    )?;
-    let sources = wire::sources(args.sources);
-    let prefix = "load";
+    // The server: given (and left running), or started here (and stopped at the end).
+    let (addr, pid, server, prefix) = match args.chat {
+        Some(addr) => (addr, args.chat_pid, None, msim_tests::load::run_id()),
+        None => {
+            let server = start_chat(args, data)?;
+            (server.addr, Some(server.pid()), Some(server), "load")
+        }
+    };
+    let sources = wire::sources_for(addr, args.sources);
     let users = args.connections.max(2 * args.pairs);
     eprintln!("== registering {users} users");
     chat::register_users(addr, prefix, users, &sources).await?;
 
     if args.wants("connections") {
         eprintln!("== {} idle authenticated connections", args.connections);
-        let before = server.rss().unwrap_or(0);
+        let before = pid.and_then(procs::rss);
         let (conns, rate) = chat::open_idle(addr, prefix, args.connections, &sources, 256).await?;
-        // Let the server settle its per-session allocations before reading RSS.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = server.rss().unwrap_or(0);
-        let per = after.saturating_sub(before) as f64 / conns.len() as f64;
         report.add(
             "connections",
             "idle authenticated connections",
             conns.len() as f64,
             "conns",
         );
-        report.add_ratio(
-            "connections",
-            "server RSS per idle connection",
-            per / 1024.0,
-            "KiB",
-            None,
-            Some("<= 10 KiB"),
-        );
-        report.add(
-            "connections",
-            "server RSS with all connected",
-            after as f64 / 1048576.0,
-            "MiB",
-        );
+        if let Some(pid) = pid {
+            // Let the server settle its per-session allocations before reading RSS.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match (before, procs::rss(pid)) {
+                (Some(before), Some(after)) => {
+                    let per = after.saturating_sub(before) as f64 / conns.len() as f64;
+                    report.add_ratio(
+                        "connections",
+                        "server RSS per idle connection",
+                        per / 1024.0,
+                        "KiB",
+                        None,
+                        Some("<= 10 KiB"),
+                    );
+                    report.add(
+                        "connections",
+                        "server RSS with all connected",
+                        after as f64 / 1048576.0,
+                        "MiB",
+                    );
+                }
+                _ => {
+                    eprintln!("note: server RSS not measured: /proc/{pid}/status could not be read")
+                }
+            }
+        } else {
+            eprintln!(
+                "note: server RSS per idle connection not measured: pass --chat-pid with the \
+                 process id of the msim-chat at {addr}"
+            );
+        }
         report.add(
             "connections",
             "concurrent logins while connecting",
@@ -282,14 +389,62 @@ async fn run_chat(
     Ok(())
 }
 
-async fn run_relay(
-    args: &Args,
-    data: &std::path::Path,
-    report: &mut Report,
+/// Starts target/<profile>/msim-chat with a fresh data directory.
+fn start_chat(args: &Args, data: &std::path::Path) -> Result<procs::Proc> {
+    let bin = procs::sibling_binary("msim-chat")?;
+    let addr = procs::free_addr()?;
+    let relay_addr = procs::free_addr()?;
+    let chat_dir = data.join("chat");
+    procs::start(
+        &bin,
+        &[
+            "--listen".into(),
+            addr.to_string(),
+            "--embedded-relay-listen".into(),
+            relay_addr.to_string(),
+            "--data-dir".into(),
+            chat_dir.display().to_string(),
+            "--max-connections".into(),
+            (args.connections + 2_000).to_string(),
+        ],
+        addr,
+        &[],
+    )
+}
+
+/// Checks that `addr` speaks the chat protocol and accepts this run's users, by registering
+/// the first of them (registered again later, which the server answers `login-taken`).
+async fn check_chat(addr: SocketAddr) -> Result<()> {
+    let stream = tokio::time::timeout(Duration::from_secs(10), wire::connect_from(addr, None))
+        .await
+        .context("no connection within 10 s")??;
+    let mut w = wire::frame(stream);
+    let login = chat::user(msim_tests::load::run_id(), 0);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        wire::register(&mut w, &login, chat::PASSWORD),
+    )
+    .await
+    .context("no answer to REGISTER within 10 s: is it an msim-chat?")?
+}
+
+/// Reads a token secret file the way msim-relay does.
+fn load_keyring(path: &std::path::Path) -> Result<Keyring> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --relay-secret-file {}", path.display()))?;
+    Keyring::from_secret_text(&text).with_context(|| format!("token secret in {}", path.display()))
+}
+
+/// Baselines the relay figures are compared with, bytes/s.
+struct RelayBaselines {
     loopback: f64,
     disk: f64,
     sha: f64,
-) -> Result<()> {
+}
+
+/// Starts target/<profile>/msim-relay with a fresh data directory and a new secret, with
+/// limits that let every scenario through.
+fn start_relay(args: &Args, data: &std::path::Path) -> Result<(procs::Proc, Keyring)> {
     let bin = procs::sibling_binary("msim-relay")?;
     let addr = procs::free_addr()?;
     let secret = generate_secret_text();
@@ -314,12 +469,58 @@ async fn run_relay(
         addr,
         &[("MSIM_RELAY_SECRET", secret.as_str())],
     )?;
+    Ok((server, keyring))
+}
+
+async fn run_relay(
+    args: &Args,
+    external: Option<Keyring>,
+    data: &std::path::Path,
+    report: &mut Report,
+    b: RelayBaselines,
+) -> Result<()> {
+    let RelayBaselines {
+        loopback,
+        disk,
+        sha,
+    } = b;
+    // The relay: given (and left running), or started here (and stopped at the end).
+    let (addr, pid, server, keyring) = match (args.relay, external) {
+        (Some(addr), Some(keyring)) => (addr, args.relay_pid, None, keyring),
+        _ => {
+            let (server, keyring) = start_relay(args, data)?;
+            (server.addr, Some(server.pid()), Some(server), keyring)
+        }
+    };
+    // A relay started here has its peak RSS from this run alone; a running one has its
+    // lifetime peak, so it is reset first, and not reported if that is not allowed.
+    let peak_valid = match (pid, &server) {
+        (Some(_), Some(_)) => true,
+        (Some(pid), None) => {
+            let reset = procs::reset_peak_rss(pid);
+            if !reset {
+                eprintln!(
+                    "note: relay peak RSS not measured: cannot reset the peak of process {pid} \
+                     (/proc/{pid}/clear_refs), and its lifetime peak is not this run's"
+                );
+            }
+            reset
+        }
+        (None, _) => {
+            eprintln!(
+                "note: relay CPU and RSS figures not measured: pass --relay-pid with the process \
+                 id of the msim-relay at {addr}"
+            );
+            false
+        }
+    };
     let size = args.transfer_size;
     let gib = |b: f64| b / 1e9;
     eprintln!("== one {} MiB transfer relayed while uploading", size >> 20);
-    let cpu_before = (server.cpu_seconds(), procs::self_cpu_seconds());
+    let relay_cpu = || pid.and_then(procs::cpu_seconds);
+    let cpu_before = (relay_cpu(), procs::self_cpu_seconds());
     let r = relay::relayed(addr, &keyring, size).await?;
-    let cpu_after = (server.cpu_seconds(), procs::self_cpu_seconds());
+    let cpu_after = (relay_cpu(), procs::self_cpu_seconds());
     report.add_ratio(
         "relay",
         "single transfer, download while uploading",
@@ -338,10 +539,10 @@ async fn run_relay(
     );
     // CPU per byte does not depend on what else shares the machine, unlike throughput; with
     // both sides' costs the CPU-bound ceiling on this many cores follows.
+    let per_gb = |secs: f64| secs / (size as f64 / 1e9);
+    let load_cpu = per_gb(cpu_after.1 - cpu_before.1);
     if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
-        let per_gb = |secs: f64| secs / (size as f64 / 1e9);
         let relay_cpu = per_gb(after - before);
-        let load_cpu = per_gb(cpu_after.1 - cpu_before.1);
         report.add_ratio(
             "relay",
             "relay CPU per relayed GB",
@@ -364,6 +565,13 @@ async fn run_relay(
             "GB/s",
             Some(("loopback TCP", gib(loopback))),
             None,
+        );
+    } else {
+        report.add(
+            "relay",
+            "load generator CPU per relayed GB",
+            load_cpu,
+            "core-s/GB",
         );
     }
     eprintln!("== upload alone, then stored download");
@@ -429,7 +637,7 @@ async fn run_relay(
         Some(("loopback TCP", gib(loopback))),
         None,
     );
-    if let Some(peak) = server.peak_rss() {
+    if let Some(peak) = pid.filter(|_| peak_valid).and_then(procs::peak_rss) {
         let budget = 64.0 + 0.25 * args.concurrent as f64;
         report.add_ratio(
             "relay",

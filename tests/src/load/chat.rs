@@ -53,6 +53,13 @@ pub async fn register_users(
                     match next_event(&mut w).await? {
                         Event::RegisterOk(_) => {}
                         Event::RegisterFailed(f) if f.reason.as_str() == "login-taken" => {}
+                        Event::RegisterFailed(f) => {
+                            return Err(wire::register_refused(
+                                server,
+                                &user(&prefix, i),
+                                f.reason.as_str(),
+                            ))
+                        }
                         other => bail!("REGISTER {}: {other:?}", user(&prefix, i)),
                     }
                 }

@@ -14,27 +14,76 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident set size now, in bytes (Linux).
     pub fn rss(&self) -> Option<u64> {
-        status_kib(self.child.id(), "VmRSS:").map(|k| k * 1024)
+        rss(self.pid())
     }
 
     /// Peak resident set size, in bytes (Linux).
     pub fn peak_rss(&self) -> Option<u64> {
-        status_kib(self.child.id(), "VmHWM:").map(|k| k * 1024)
+        peak_rss(self.pid())
     }
 
     /// CPU time used so far (user + system, all threads), in seconds (Linux).
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name, which is in parentheses and may contain spaces:
-        // state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut fields = rest.split_whitespace().skip(11);
-        let utime: f64 = fields.next()?.parse().ok()?;
-        let stime: f64 = fields.next()?.parse().ok()?;
-        Some((utime + stime) / clock_ticks())
+        cpu_seconds(self.pid())
     }
+}
+
+/// Resident set size of process `pid` now, in bytes (Linux `/proc/PID/status`).
+pub fn rss(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:").map(|k| k * 1024)
+}
+
+/// Peak resident set size of process `pid` since it started or since
+/// [`reset_peak_rss`], in bytes (Linux `VmHWM`).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:").map(|k| k * 1024)
+}
+
+/// Resets the peak resident set size of `pid` to its current RSS (writes `5` to
+/// `/proc/PID/clear_refs`, Linux 4.0+; needs the right to ptrace the process). Returns whether
+/// it worked.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// CPU time used so far by process `pid` (user + system, all threads), in seconds (Linux
+/// `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces:
+    // state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Checks that `pid` is a process on this machine whose `/proc` figures can be read; warns on
+/// stderr when its command name is not `expected` (the figures would be some other program's).
+pub fn check_pid(pid: u32, expected: &str) -> Result<()> {
+    if rss(pid).is_none() || cpu_seconds(pid).is_none() {
+        bail!(
+            "cannot read /proc/{pid}/status and /proc/{pid}/stat: no such process on this \
+             machine, or not readable"
+        );
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let comm = comm.trim();
+    if !expected.starts_with(comm) || comm.is_empty() {
+        eprintln!(
+            "warning: process {pid} is {comm:?}, not {expected}; its figures are reported as \
+             {expected}'s"
+        );
+    }
+    Ok(())
 }
 
 /// CPU time used so far by this process (user + system, all threads), in seconds.

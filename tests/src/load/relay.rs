@@ -74,7 +74,7 @@ impl Http {
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("upload {id}: {status} {}", String::from_utf8_lossy(&body));
+            return Err(refused(&self.host, "upload", size, status, &body));
         }
         Ok(())
     }
@@ -87,8 +87,12 @@ impl Http {
         let resp = self
             .request(Method::GET, &path(id), token, None, empty)
             .await?;
-        if resp.status() != StatusCode::OK {
-            bail!("download {id}: {}", resp.status());
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Err(
+                refused(&self.host, "download", 0, status, &body).context(format!("download {id}"))
+            );
         }
         let mut body = resp.into_body();
         let mut got = 0u64;
@@ -98,6 +102,77 @@ impl Http {
             }
         }
         Ok(got)
+    }
+}
+
+/// An error for a refused relay request that says what to change when the cause is a limit
+/// of the relay or a wrong secret.
+fn refused(host: &str, what: &str, size: u64, status: StatusCode, body: &[u8]) -> anyhow::Error {
+    let body = String::from_utf8_lossy(body);
+    let body = body.trim();
+    let hint = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the relay's --max-file-size is below this {size}-byte transfer (msim-load sends \
+             files of --transfer-size and of 1 MiB): pass a smaller --transfer-size to \
+             msim-load, or raise the relay's --max-file-size"
+        ),
+        StatusCode::UNAUTHORIZED => "the relay does not accept msim-load's tokens: \
+             --relay-secret-file must be the relay's own secret file (msim-relay --secret-file)"
+            .to_owned(),
+        StatusCode::TOO_MANY_REQUESTS => "the relay's per-sender --quota is used up: raise it, \
+             or lower --transfer-size, --small-transfers or --concurrent"
+            .to_owned(),
+        StatusCode::INSUFFICIENT_STORAGE => "the relay is out of room (--capacity or \
+             --min-free): free space on it, or lower --transfer-size, --small-transfers or \
+             --concurrent"
+            .to_owned(),
+        _ => String::new(),
+    };
+    if hint.is_empty() {
+        anyhow::anyhow!("relay at {host}: {what}: {status} {body}")
+    } else {
+        anyhow::anyhow!("relay at {host}: {what}: {status} ({body}): {hint}")
+    }
+}
+
+/// Checks, before any measurement, that `addr` is an msim-relay that accepts tokens signed
+/// with `keyring` and files of `size` bytes. The size check declares `size` in the token and
+/// sends no body (`Content-Length: 0`): the relay refuses a too-large declared size with 413
+/// before anything else and a wrong length with 400, storing nothing either way.
+pub async fn check(addr: SocketAddr, keyring: &Keyring, size: u64) -> Result<()> {
+    let mut http = Http::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to the relay at {addr}"))?;
+    let empty = || {
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    let resp = http
+        .request(Method::GET, "/healthz", "", None, empty())
+        .await
+        .with_context(|| format!("GET /healthz at {addr}: is it an msim-relay?"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status != StatusCode::OK {
+        bail!(
+            "GET /healthz at {addr}: {status} {}: is it a healthy msim-relay?",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let id = new_id();
+    let (up, _) = tokens(keyring, &id, size);
+    let resp = http
+        .request(Method::PUT, &path(&id), &up, Some(0), empty())
+        .await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    match status {
+        // The expected answer to an empty body for a declared size; a 0-byte transfer is fine.
+        StatusCode::BAD_REQUEST | StatusCode::OK | StatusCode::CREATED | StatusCode::NO_CONTENT => {
+            Ok(())
+        }
+        _ => Err(refused(&http.host, "upload", size, status, &body)),
     }
 }
 
@@ -136,7 +211,7 @@ pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
         direction,
         size,
         sha256: None,
-        sender: "load@localhost".into(),
+        sender: sender().into(),
         max_downloads: None,
         expires,
     };
@@ -144,6 +219,13 @@ pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
         keyring.sign(&cap(Direction::Upload)),
         keyring.sign(&cap(Direction::Download)),
     )
+}
+
+/// The sender named in this run's tokens: one per run, so that what a run leaves on a
+/// long-running relay (until its TTL) does not count against the next run's per-sender quota.
+fn sender() -> &'static str {
+    static SENDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SENDER.get_or_init(|| format!("{}@localhost", super::run_id()))
 }
 
 fn new_id() -> String {
@@ -169,22 +251,36 @@ pub async fn relayed(addr: SocketAddr, keyring: &Keyring, size: u64) -> Result<f
     let mut uploader = Http::connect(addr).await?;
     let mut downloader = Http::connect(addr).await?;
     let start = Instant::now();
-    let upload = {
+    let mut upload = {
         let id = id.clone();
         tokio::spawn(async move { uploader.upload(&id, &up, size).await })
     };
     // The relay answers a GET for a transfer whose upload has begun; retry until it has.
-    let got = loop {
-        match downloader.download(&id, &down).await {
-            Ok(n) => break n,
-            Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                downloader = Http::connect(addr).await?;
-                tokio::task::yield_now().await;
+    let download = async {
+        loop {
+            match downloader.download(&id, &down).await {
+                Ok(n) => break anyhow::Ok(n),
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    downloader = Http::connect(addr).await?;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     };
-    upload.await??;
+    tokio::pin!(download);
+    // A refused upload (a relay limit) is the error to report, not the download's.
+    let got = tokio::select! {
+        got = &mut download => {
+            let got = got?;
+            upload.await??;
+            got
+        }
+        uploaded = &mut upload => {
+            uploaded??;
+            download.await?
+        }
+    };
     let secs = start.elapsed().as_secs_f64();
     anyhow::ensure!(got == size, "downloaded {got} of {size} bytes");
     Ok(size as f64 / secs)

@@ -15,13 +15,20 @@ use tokio_util::codec::Framed;
 pub type Wire = Framed<TcpStream, PacketCodec>;
 
 /// Connects from `source` (a 127.0.0.x address, to get past the ephemeral-port limit of one
-/// source address) to `server`.
+/// source address; an unspecified address or `None` lets the kernel choose) to `server`.
 pub async fn connect_from(server: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    if let Some(ip) = source {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source.filter(|ip| !ip.is_unspecified()) {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
-    let stream = socket.connect(server).await?;
+    let stream = socket
+        .connect(server)
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -57,6 +64,10 @@ pub async fn register(wire: &mut Wire, login: &str, password: &str) -> Result<()
     match next_event(wire).await? {
         Event::RegisterOk(_) => Ok(()),
         Event::RegisterFailed(f) if f.reason.as_str() == "login-taken" => Ok(()),
+        Event::RegisterFailed(f) => {
+            let server = wire.get_ref().peer_addr()?;
+            Err(register_refused(server, login, f.reason.as_str()))
+        }
         other => bail!("REGISTER {login}: {:?}", other),
     }
 }
@@ -91,4 +102,32 @@ pub fn sources(n: u8) -> Vec<IpAddr> {
     (1..=n.max(1))
         .map(|i| IpAddr::from([127, 0, 0, i]))
         .collect()
+}
+
+/// Source addresses for connections to `server`: 127.0.0.1 … 127.0.0.n when it listens on
+/// IPv4 loopback, otherwise the unspecified address alone (the kernel picks the source; several
+/// 127.0.0.x sources cannot reach another host).
+pub fn sources_for(server: SocketAddr, n: u8) -> Vec<IpAddr> {
+    match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => sources(n),
+        IpAddr::V4(_) => vec![IpAddr::from([0, 0, 0, 0])],
+        IpAddr::V6(_) => vec![IpAddr::from([0u16; 8])],
+    }
+}
+
+/// Why a `REGISTER` of the load generator's users failed, in words an operator can act on.
+pub fn register_refused(server: SocketAddr, login: &str, reason: &str) -> anyhow::Error {
+    match reason {
+        "registration-closed" => anyhow::anyhow!(
+            "the chat server at {server} refuses registration (REGISTER-FAILED \
+             reason=registration-closed): msim-load registers its own users, so run msim-chat \
+             with registration open (without --registration-closed true)"
+        ),
+        "rate-limited" => anyhow::anyhow!(
+            "the chat server at {server} rate-limits registration (REGISTER-FAILED \
+             reason=rate-limited; by default 1,000 per client address in a burst, then 600 a \
+             minute): use fewer --connections, more --sources (loopback only) or wait a minute"
+        ),
+        other => anyhow::anyhow!("REGISTER {login} at {server}: REGISTER-FAILED reason={other}"),
+    }
 }

@@ -1,0 +1,221 @@
+//! `msim-load` against servers that are already running (`--chat ADDR`, `--relay ADDR
+//! --relay-secret-file F`): a chat server and a relay run in this process (real TCP and HTTP),
+//! the real `msim-load` binary drives them, and its JSON report is checked. The listeners are
+//! bound before the servers are spawned, so the load generator's first connections simply wait
+//! in the backlog: no sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+
+use msim_shared::token::{generate_secret_text, Keyring};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A relay and a chat server using it, stopped when dropped.
+struct Servers {
+    chat: SocketAddr,
+    relay: SocketAddr,
+    secret_file: PathBuf,
+    dir: tempfile::TempDir,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Servers {
+    async fn start(registration_open: bool, max_file_size: u64) -> Servers {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = generate_secret_text();
+        let secret_file = dir.path().join("relay-secret");
+        std::fs::write(&secret_file, &secret).unwrap();
+        let mut stops = Vec::new();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = listener.local_addr().unwrap();
+        let mut config = msim_relay::RelayConfig::new(
+            dir.path().join("relay"),
+            Keyring::from_secret_text(&secret).unwrap(),
+        );
+        config.max_file_size = max_file_size;
+        config.min_free = 0;
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        tokio::spawn(msim_relay::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let chat = listener.local_addr().unwrap();
+        let config = msim_chat::Config {
+            data_dir: dir.path().join("chat"),
+            registration_open,
+            relays: vec![format!("http://{relay}")],
+            relay_secret: secret,
+            ..msim_chat::Config::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        tokio::spawn(msim_chat::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Servers {
+            chat,
+            relay,
+            secret_file,
+            dir,
+            stops,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs the real msim-load binary to completion (the servers keep running on this runtime's
+/// other threads meanwhile).
+async fn msim_load(args: &[String]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_msim-load"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The value of a figure of a JSON report, if it is there.
+fn figure(report: &serde_json::Value, scenario: &str, name: &str) -> Option<f64> {
+    report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["scenario"] == scenario && f["name"] == name)
+        .map(|f| f["value"].as_f64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_run_against_a_running_chat_server_and_relay() {
+    let servers = Servers::start(true, 100 << 20).await;
+    let json = servers.dir.path().join("report.json");
+    let out = msim_load(&args(&[
+        "--smoke",
+        "--chat",
+        &servers.chat.to_string(),
+        "--relay",
+        &servers.relay.to_string(),
+        "--relay-secret-file",
+        servers.secret_file.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "msim-load failed:\n{stderr}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let positive = |scenario: &str, name: &str| {
+        let v = figure(&report, scenario, name)
+            .unwrap_or_else(|| panic!("no {scenario}/{name} in the report:\n{report:#}"));
+        assert!(v > 0.0, "{scenario}/{name} = {v}");
+    };
+    positive("connections", "idle authenticated connections");
+    positive("messages", "online→online delivered, durable");
+    positive("messages", "MESSAGE-SENT acknowledged");
+    positive("latency", "delivered at fixed offered rate");
+    positive("logins", "logins per second (connect+challenge+OK)");
+    positive("relay", "single transfer, download while uploading");
+    positive("relay", "upload alone");
+    positive("relay", "stored download");
+    positive("relay", "concurrent 1 MiB transfers");
+    positive("relay", "load generator CPU per relayed GB");
+
+    // Without --chat-pid / --relay-pid the server-side figures are left out, not guessed.
+    for (scenario, name) in [
+        ("connections", "server RSS per idle connection"),
+        ("connections", "server RSS with all connected"),
+        ("relay", "relay CPU per relayed GB"),
+        ("relay", "CPU-bound ceiling of one relayed transfer"),
+        ("relay", "relay peak RSS"),
+    ] {
+        assert_eq!(
+            figure(&report, scenario, name),
+            None,
+            "{scenario}/{name} without a pid"
+        );
+    }
+    assert!(stderr.contains("--chat-pid"), "{stderr}");
+    assert!(stderr.contains("--relay-pid"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_server_that_refuses_registration_is_reported() {
+    let servers = Servers::start(false, 100 << 20).await;
+    let out = msim_load(&args(&[
+        "--smoke",
+        "--only",
+        "messages",
+        "--chat",
+        &servers.chat.to_string(),
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refuses registration"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_max_file_size_is_below_the_transfer_size_is_reported() {
+    // The smoke transfer is 8 MiB.
+    let servers = Servers::start(true, 1 << 20).await;
+    let out = msim_load(&args(&[
+        "--smoke",
+        "--only",
+        "relay",
+        "--relay",
+        &servers.relay.to_string(),
+        "--relay-secret-file",
+        servers.secret_file.to_str().unwrap(),
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("413"), "{stderr}");
+    assert!(stderr.contains("--transfer-size"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_needs_its_secret_and_a_wrong_one_is_reported() {
+    let servers = Servers::start(true, 100 << 20).await;
+    let relay = servers.relay.to_string();
+    let out = msim_load(&args(&["--smoke", "--only", "relay", "--relay", &relay])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--relay-secret-file"), "{stderr}");
+
+    let wrong = servers.dir.path().join("wrong-secret");
+    std::fs::write(&wrong, generate_secret_text()).unwrap();
+    let out = msim_load(&args(&[
+        "--smoke",
+        "--only",
+        "relay",
+        "--relay",
+        &relay,
+        "--relay-secret-file",
+        wrong.to_str().unwrap(),
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("secret"), "{stderr}");
+}
