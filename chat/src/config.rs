@@ -2,7 +2,9 @@
 //! environment; tests build it with [`Config::for_tests`].
 
 use crate::clock::Clock;
+use msim_shared::tls::rustls::{ClientConfig, ServerConfig};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the server needs to run.
@@ -66,7 +68,14 @@ pub struct Config {
     pub register_burst: u32,
     /// Registrations per IP refilled per minute.
     pub register_per_minute: u32,
-    /// Relay base URLs (`http://host:port`). Empty = no relay (file offers get `no-relay`).
+    /// TLS for the chat listener (None: plain TCP). Build it with
+    /// `msim_shared::tls::server_config`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Longest time a client may take for its TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Trust for `https://` relay health checks (None: the bundled default roots).
+    pub relay_tls: Option<Arc<ClientConfig>>,
+    /// Relay base URLs (`http://host:port` or `https://host:port`). Empty = no relay (file offers get `no-relay`).
     pub relays: Vec<String>,
     /// Relay token secret text (`kid:hex` lines, see `msim_shared::token`); empty = a random
     /// key (tests with fake relays).
@@ -110,6 +119,9 @@ impl Default for Config {
             throttle_decay: Duration::from_secs(600),
             register_burst: 1_000,
             register_per_minute: 600,
+            tls: None,
+            tls_handshake_timeout: msim_shared::tls::HANDSHAKE_TIMEOUT,
+            relay_tls: None,
             relays: Vec::new(),
             relay_secret: String::new(),
             relay_health_interval: Duration::from_secs(10),

@@ -10,6 +10,7 @@ use msim_chat::Config;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -36,13 +37,39 @@ struct Cli {
     /// Data directory: msim.db (SQLite), secret.key, relay.secret, relay/ [default: ./data].
     #[arg(long, env = "MSIM_CHAT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Relay base URL, e.g. http://relay1:3215 (repeatable). Without any, an embedded relay runs.
+    /// Relay base URL, e.g. http://relay1:3215 or https://relay1.example.org:3215 (repeatable).
+    /// Without any, an embedded relay runs.
     #[arg(long = "relay", env = "MSIM_CHAT_RELAYS", value_delimiter = ',')]
     #[serde(rename = "relay")]
     relays: Vec<String>,
     /// Listen address of the embedded relay [default: 127.0.0.1:3215].
     #[arg(long, env = "MSIM_CHAT_EMBEDDED_RELAY_LISTEN")]
     embedded_relay_listen: Option<SocketAddr>,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. The embedded
+    /// relay, if any, serves TLS with the same certificate.
+    #[arg(
+        long,
+        env = "MSIM_CHAT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "MSIM_CHAT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Extra CA certificate(s) (PEM) trusted for https:// relay health checks, besides the
+    /// bundled public roots.
+    #[arg(long, env = "MSIM_CHAT_RELAY_CA_FILE", value_name = "FILE")]
+    relay_ca_file: Option<PathBuf>,
+    /// URL of the embedded relay handed to clients [default: http(s)://<embedded-relay-listen>].
+    /// With TLS its host must match the certificate.
+    #[arg(long, env = "MSIM_CHAT_EMBEDDED_RELAY_URL", value_name = "URL")]
+    embedded_relay_url: Option<String>,
     /// Relay token secret file (`kid:secret` lines) for external relays; otherwise the
     /// MSIM_RELAY_SECRET environment variable holds the secret text.
     #[arg(long, env = "MSIM_CHAT_RELAY_SECRET_FILE")]
@@ -215,6 +242,25 @@ async fn main() -> Result<()> {
     )? {
         config.relay_health_interval = v;
     }
+    // TLS: both files or neither (flags, environment and file merged first).
+    let tls_files = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+    };
+    let tls = match &tls_files {
+        Some((c, k)) => Some(Arc::new(
+            msim_shared::tls::server_config(c, k).context("TLS (--tls-cert, --tls-key)")?,
+        )),
+        None => None,
+    };
+    config.tls = tls.clone();
+    let mut relay_cas: Vec<PathBuf> = cli
+        .relay_ca_file
+        .or(file.relay_ca_file)
+        .into_iter()
+        .collect();
     let listen = cli
         .listen
         .or(file.listen)
@@ -249,11 +295,25 @@ async fn main() -> Result<()> {
         let relay_addr = listener.local_addr()?;
         let mut rc = msim_relay::RelayConfig::new(config.data_dir.join("relay"), keyring);
         rc.max_file_size = config.max_file_size;
+        rc.tls = tls.as_ref().map(|t| {
+            let mut relay_tls = (**t).clone();
+            relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(relay_tls)
+        });
         let stop2 = stop.clone();
         relay_task = Some(tokio::spawn(async move {
             msim_relay::serve(listener, rc, stop2.cancelled_owned()).await
         }));
-        config.relays = vec![format!("http://{relay_addr}")];
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = cli
+            .embedded_relay_url
+            .or(file.embedded_relay_url)
+            .unwrap_or_else(|| format!("{scheme}://{relay_addr}"));
+        if let Some((cert, _)) = &tls_files {
+            // The health checks of our own relay trust our own certificate.
+            relay_cas.push(cert.clone());
+        }
+        config.relays = vec![url];
         config.relay_secret = secret;
         info!(%relay_addr, "embedded relay");
     } else {
@@ -269,6 +329,10 @@ async fn main() -> Result<()> {
         };
     }
 
+    if config.relays.iter().any(|u| u.starts_with("https://")) {
+        config.relay_tls =
+            Some(msim_shared::tls::client_config(&relay_cas).context("relay CA file")?);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

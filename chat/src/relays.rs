@@ -1,11 +1,11 @@
 //! The relay pool: transfers are spread round-robin over the relays that pass their health
-//! check (`GET /healthz` → 200). A relay starts healthy; one that fails a check gets no new
-//! transfers until it passes again.
+//! check (`GET /healthz` → 200, over TLS for `https://` relays). A relay starts healthy; one
+//! that fails a check gets no new transfers until it passes again.
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use msim_shared::tls::rustls::ClientConfig;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct Relay {
     pub host: String,
     /// Port for `port=`.
     pub port: u16,
+    /// Whether the relay is reached over TLS (`https://`).
+    pub https: bool,
     healthy: AtomicBool,
 }
 
@@ -38,14 +40,41 @@ impl Relay {
 
 /// A relay URL could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("bad relay URL {0:?}: expected http://host:port")]
+#[error("bad relay URL {0:?}: expected http://host:port or https://host:port")]
 pub struct BadRelayUrl(pub String);
+
+/// One `GET /healthz` request over `io`.
+async fn get_healthz<S>(io: S, r: &Relay) -> Result<http::StatusCode, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let authority = if r.host.contains(':') && !r.host.starts_with('[') {
+        format!("[{}]:{}", r.host, r.port)
+    } else {
+        format!("{}:{}", r.host, r.port)
+    };
+    let req = http::Request::get("/healthz")
+        .header(http::header::HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("http: {e}"))?;
+    let result = sender.send_request(req).await;
+    conn.abort();
+    result
+        .map(|resp| resp.status())
+        .map_err(|e| format!("http: {e}"))
+}
 
 /// The relays of this server.
 #[derive(Debug, Default)]
 pub struct RelayPool {
     relays: Vec<Arc<Relay>>,
     next: AtomicUsize,
+    /// Trust for `https://` relays (None: the bundled default roots).
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl RelayPool {
@@ -56,21 +85,31 @@ impl RelayPool {
             let base = u.trim_end_matches('/').to_owned();
             let uri: http::Uri = base.parse().map_err(|_| BadRelayUrl(u.clone()))?;
             let host = uri.host().ok_or_else(|| BadRelayUrl(u.clone()))?.to_owned();
-            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                Some("https") => 443,
-                _ => 80,
-            });
+            let https = match uri.scheme_str() {
+                Some("https") => true,
+                Some("http") => false,
+                _ => return Err(BadRelayUrl(u.clone())),
+            };
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             relays.push(Arc::new(Relay {
                 base,
                 host,
                 port,
+                https,
                 healthy: AtomicBool::new(true),
             }));
         }
         Ok(RelayPool {
             relays,
             next: AtomicUsize::new(0),
+            tls: None,
         })
+    }
+
+    /// Sets the trust for `https://` relays (None: the bundled default roots).
+    pub fn with_tls(mut self, tls: Option<Arc<ClientConfig>>) -> RelayPool {
+        self.tls = tls;
+        self
     }
 
     /// The relays.
@@ -120,23 +159,45 @@ impl RelayPool {
 
     /// Checks every relay once.
     pub async fn check_all(&self, timeout: Duration) {
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         for r in &self.relays {
-            let ok = match format!("{}/healthz", r.base).parse::<http::Uri>() {
-                Ok(uri) => matches!(
-                    tokio::time::timeout(timeout, client.get(uri)).await,
-                    Ok(Ok(resp)) if resp.status().is_success()
-                ),
-                Err(_) => false,
+            let result = match tokio::time::timeout(timeout, self.check(r, timeout)).await {
+                Ok(r) => r,
+                Err(_) => Err("health check timed out".to_owned()),
             };
+            let ok = result.is_ok();
             let was = r.healthy.swap(ok, Ordering::Relaxed);
-            if was != ok {
-                if ok {
-                    info!(relay = %r.base, "relay healthy again");
-                } else {
-                    warn!(relay = %r.base, "relay unhealthy: no new transfers");
+            match result {
+                Ok(()) if !was => info!(relay = %r.base, "relay healthy again"),
+                Err(e) if was => {
+                    warn!(relay = %r.base, "relay unhealthy: no new transfers: {e}")
                 }
+                _ => {}
             }
+        }
+    }
+
+    /// `GET /healthz` on a fresh connection (TLS for `https://`).
+    async fn check(&self, r: &Relay, timeout: Duration) -> Result<(), String> {
+        let host = r.host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::net::TcpStream::connect((host, r.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let status = if r.https {
+            let config = self
+                .tls
+                .clone()
+                .unwrap_or_else(msim_shared::tls::default_client_config);
+            let tls = msim_shared::tls::connect(config, host, tcp, timeout)
+                .await
+                .map_err(|e| format!("TLS: {}", msim_shared::tls::describe(&e)))?;
+            get_healthz(tls, r).await?
+        } else {
+            get_healthz(tcp, r).await?
+        };
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("GET /healthz answered {status}"))
         }
     }
 

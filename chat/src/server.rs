@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often the database's write-ahead log is checkpointed (off the commit path).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -82,7 +82,7 @@ impl Server {
         } else {
             Keyring::from_secret_text(&config.relay_secret)?
         };
-        let relays = Arc::new(RelayPool::new(&config.relays)?);
+        let relays = Arc::new(RelayPool::new(&config.relays)?.with_tls(config.relay_tls.clone()));
         let salt_start = (config.clock.now_micros().max(0)) as u64;
         let throttle = Throttle::new(
             config.clock.clone(),
@@ -158,7 +158,12 @@ impl Server {
             })
         };
 
-        info!(addr = ?listener.local_addr().ok(), domain = %shared.config.domain, "msim-chat listening");
+        let tls = shared
+            .config
+            .tls
+            .clone()
+            .map(msim_shared::tls::tokio_rustls::TlsAcceptor::from);
+        info!(addr = ?listener.local_addr().ok(), domain = %shared.config.domain, tls = tls.is_some(), "msim-chat listening");
         let accept = async {
             let mut backoff = Duration::from_millis(10);
             loop {
@@ -171,8 +176,30 @@ impl Server {
                         let sh = shared.clone();
                         let stop = stop.clone();
                         let done = done_tx.clone();
+                        let tls = tls.clone();
                         tokio::spawn(async move {
-                            session::serve(sh, stream, peer, stop).await;
+                            match tls {
+                                None => session::serve(sh, stream, peer, stop).await,
+                                Some(acceptor) => {
+                                    let _ = stream.set_nodelay(true);
+                                    // The handshake runs on the connection's own task, bounded
+                                    // in time, and stops at shutdown.
+                                    let timeout = sh.config.tls_handshake_timeout;
+                                    let handshake =
+                                        msim_shared::tls::accept(&acceptor, stream, timeout);
+                                    let hs = tokio::select! {
+                                        r = handshake => Some(r),
+                                        _ = stop.cancelled() => None,
+                                    };
+                                    match hs {
+                                        Some(Ok(s)) => {
+                                            session::serve_stream(sh, s, peer, stop).await
+                                        }
+                                        Some(Err(e)) => debug!(%peer, "{e}"),
+                                        None => {}
+                                    }
+                                }
+                            }
                             drop(permit);
                             drop(done);
                         });

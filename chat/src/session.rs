@@ -20,8 +20,7 @@ use msim_shared::{Packet, PacketCodec, PacketError};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::WriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -38,6 +37,9 @@ const MAX_TOO_LONG: u32 = 3;
 pub const PIPELINE: usize = 128;
 /// Hub packets taken from the session's queue per loop iteration (one socket write for all).
 const HUB_BATCH: usize = 64;
+
+/// The write side of a connection (plain TCP or TLS).
+type Writer<'a> = Box<dyn AsyncWrite + Send + Sync + Unpin + 'a>;
 
 /// A `MESSAGE` submitted to the group-commit writer, waiting for its commit.
 #[derive(Debug)]
@@ -106,7 +108,7 @@ pub struct Session<'a> {
     /// Request rate limit: (micro-tokens left, when last refilled in clock micros).
     bucket: Option<(u64, i64)>,
     out: BytesMut,
-    w: WriteHalf<'a>,
+    w: Writer<'a>,
     started: Instant,
     last_rx: Instant,
     pinged: bool,
@@ -287,7 +289,7 @@ async fn recv(rx: &mut Option<mpsc::Receiver<Item>>) -> Option<Item> {
     }
 }
 
-/// Serves one connection until it closes or `shutdown` fires.
+/// Serves one plain TCP connection until it closes or `shutdown` fires.
 pub async fn serve(
     sh: Arc<Shared>,
     mut stream: TcpStream,
@@ -295,8 +297,34 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let codec = PacketCodec::new(sh.config.max_line).with_max_records(0);
     let (r, w) = stream.split();
+    serve_split(sh, r, Box::new(w), peer, shutdown).await;
+}
+
+/// Serves one connection over any byte stream (e.g. TLS) until it closes or `shutdown`
+/// fires.
+pub async fn serve_stream<S>(
+    sh: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + Sync,
+{
+    let (r, w) = tokio::io::split(stream);
+    serve_split(sh, r, Box::new(w), peer, shutdown).await;
+}
+
+async fn serve_split<'a, R>(
+    sh: Arc<Shared>,
+    r: R,
+    w: Writer<'a>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Send + Unpin + 'a,
+{
+    let codec = PacketCodec::new(sh.config.max_line).with_max_records(0);
     let mut frames = FramedRead::with_capacity(r, codec, READ_CAPACITY);
     let now = Instant::now();
     let mut s = Session {

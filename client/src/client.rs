@@ -14,7 +14,9 @@ use msim_shared::proto::{
     MessageSent, OfferFile, Ping, Profile, ProfileFailure, ProfileGet, ProfileUpdate, Register,
     RejectFile, Request, SendMessage, TypingStart, TypingStop, UploadGrant,
 };
+use msim_shared::tls::rustls::ClientConfig;
 use msim_shared::{Packet, PacketCodec};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -34,6 +36,11 @@ pub struct ClientOptions {
     pub send_buffer: usize,
     /// Longest line accepted from the server, in bytes.
     pub max_line: usize,
+    /// Trust for `tls://` servers and `https://` relays (None: the bundled public roots).
+    /// Build it with `msim_shared::tls::client_config`; certificates are always verified.
+    pub tls: Option<Arc<ClientConfig>>,
+    /// Longest time the TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +50,8 @@ impl Default for ClientOptions {
             event_buffer: 256,
             send_buffer: 64,
             max_line: 4 * msim_shared::codec::DEFAULT_MAX_LINE,
+            tls: None,
+            tls_handshake_timeout: msim_shared::tls::HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -208,9 +217,36 @@ impl Client {
         Ok(Client::from_stream(stream, options))
     }
 
-    /// Runs the protocol over an already connected socket.
-    pub fn from_stream(stream: TcpStream, options: ClientOptions) -> (Client, Events) {
-        let (read, write) = stream.into_split();
+    /// Connects to a server given as `HOST:PORT` (plain TCP) or `tls://HOST:PORT` (TLS; the
+    /// certificate is verified for HOST against `options.tls`, or the bundled public roots).
+    pub async fn connect_to(
+        server: &str,
+        options: ClientOptions,
+    ) -> Result<(Client, Events), ClientError> {
+        match ServerAddr::parse(server)? {
+            ServerAddr::Plain(addr) => Client::connect_with(addr.as_str(), options).await,
+            ServerAddr::Tls { host, addr } => {
+                let stream = TcpStream::connect(addr.as_str()).await?;
+                stream.set_nodelay(true)?;
+                let config = options
+                    .tls
+                    .clone()
+                    .unwrap_or_else(msim_shared::tls::default_client_config);
+                let tls =
+                    msim_shared::tls::connect(config, &host, stream, options.tls_handshake_timeout)
+                        .await
+                        .map_err(|e| tls_error(&host, &e))?;
+                Ok(Client::from_stream(tls, options))
+            }
+        }
+    }
+
+    /// Runs the protocol over an already connected byte stream (a TCP socket, a TLS stream).
+    pub fn from_stream<S>(stream: S, options: ClientOptions) -> (Client, Events)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
         let (out_tx, mut out_rx) = mpsc::channel::<Packet>(options.send_buffer.max(1));
         let (event_tx, event_rx) = mpsc::channel(options.event_buffer.max(1));
 
@@ -657,11 +693,65 @@ impl Client {
     }
 }
 
-type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, PacketCodec>;
+/// A TLS handshake failure as a [`ClientError`].
+pub(crate) fn tls_error(host: &str, e: &std::io::Error) -> ClientError {
+    ClientError::Tls {
+        host: host.to_owned(),
+        message: msim_shared::tls::describe(e),
+        certificate: msim_shared::tls::is_certificate_error(e),
+    }
+}
+
+/// A server address: `HOST:PORT` or `tls://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// Plain TCP to `HOST:PORT`.
+    Plain(String),
+    /// TLS to `addr` (`HOST:PORT`), the certificate checked for `host`.
+    Tls {
+        /// The host name (or IP address) the certificate must be valid for.
+        host: String,
+        /// `HOST:PORT` to connect to.
+        addr: String,
+    },
+}
+
+impl ServerAddr {
+    /// Parses `HOST:PORT` or `tls://HOST:PORT` (IPv6 hosts in brackets).
+    pub fn parse(server: &str) -> Result<ServerAddr, ClientError> {
+        let bad = |why: &str| {
+            ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad server address {server:?}: {why}"),
+            ))
+        };
+        let Some(rest) = server.strip_prefix("tls://") else {
+            if server.contains("://") {
+                return Err(bad("expected HOST:PORT or tls://HOST:PORT"));
+            }
+            return Ok(ServerAddr::Plain(server.to_owned()));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected tls://HOST:PORT"))?;
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("expected tls://HOST:PORT"));
+        }
+        port.parse::<u16>().map_err(|_| bad("bad port"))?;
+        Ok(ServerAddr::Tls {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            addr: rest.to_owned(),
+        })
+    }
+}
 
 /// The connection's reader: answers PINGs, routes replies, forwards events.
-async fn read_loop(
-    mut frames: Frames,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, PacketCodec>,
     inner: std::sync::Weak<Inner>,
     out: mpsc::Sender<Packet>,
     events: mpsc::Sender<Event>,
@@ -715,5 +805,40 @@ async fn read_loop(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerAddr;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            ServerAddr::parse("127.0.0.1:3214").ok(),
+            Some(ServerAddr::Plain("127.0.0.1:3214".into()))
+        );
+        assert_eq!(
+            ServerAddr::parse("tls://chat.example.org:3214").ok(),
+            Some(ServerAddr::Tls {
+                host: "chat.example.org".into(),
+                addr: "chat.example.org:3214".into()
+            })
+        );
+        assert_eq!(
+            ServerAddr::parse("tls://[::1]:3214").ok(),
+            Some(ServerAddr::Tls {
+                host: "::1".into(),
+                addr: "[::1]:3214".into()
+            })
+        );
+        for bad in [
+            "tls://host",
+            "tls://:3214",
+            "tls://host:port",
+            "https://host:3214",
+        ] {
+            assert!(ServerAddr::parse(bad).is_err(), "{bad}");
+        }
     }
 }

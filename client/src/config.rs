@@ -1,14 +1,15 @@
 //! The client's configuration file (`~/.config/msim/config.toml`):
 //!
 //! ```toml
-//! server = "127.0.0.1:3214"
+//! server = "tls://chat.example.org:3214"   # or "127.0.0.1:3214" (plain TCP)
+//! ca_file = "/etc/msim/ca.pem"              # optional extra trusted CA
 //! login = "alice"
 //! password = "correct horse battery staple"
 //! download_dir = "~/Downloads"
 //! ```
 //!
 //! Every key is optional. Command-line flags override the environment (`MSIM_SERVER`,
-//! `MSIM_LOGIN`, `MSIM_PASSWORD`), which overrides the file. A file holding a password is
+//! `MSIM_CA_FILE`, `MSIM_LOGIN`, `MSIM_PASSWORD`), which overrides the file. A file holding a password is
 //! written with mode 0600.
 
 use std::path::{Path, PathBuf};
@@ -19,9 +20,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Server address, `host:port`.
+    /// Server address, `host:port` or `tls://host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// Extra trusted CA certificate(s) (PEM) for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Login (bare or `login@domain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login: Option<String>,
@@ -173,6 +177,7 @@ mod tests {
             server: Some("h:1".into()),
             login: Some("bob".into()),
             password: Some("secret".into()),
+            ca_file: Some(PathBuf::from("/etc/msim/ca.pem")),
             download_dir: None,
         };
         c.save(&path).expect("save");

@@ -92,6 +92,17 @@ pub enum ClientError {
         /// What it said.
         detail: String,
     },
+    /// The TLS handshake failed (server or relay). Not retried: a certificate that is not
+    /// trusted stays untrusted.
+    #[error("TLS with {host}: {message}")]
+    Tls {
+        /// The host name the certificate was checked against.
+        host: String,
+        /// One line: what went wrong.
+        message: String,
+        /// Whether the peer's certificate was refused (untrusted, expired, wrong name).
+        certificate: bool,
+    },
     /// The relay's HTTP connection failed.
     #[error("relay connection: {0}")]
     Http(String),

@@ -25,7 +25,8 @@ mod error;
 mod router;
 pub mod transfer;
 
-pub use client::{Client, ClientOptions, Events, OutgoingOffer};
+pub use client::{Client, ClientOptions, Events, OutgoingOffer, ServerAddr};
 pub use error::ClientError;
 pub use msim_shared::proto::{self, Event};
+pub use msim_shared::tls;
 pub use transfer::{DownloadReport, Progress, Transfer, TransferOptions, UploadReport};

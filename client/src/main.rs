@@ -44,13 +44,20 @@ Examples:
 Credentials come from --login/--password (or --password-stdin),
 MSIM_LOGIN/MSIM_PASSWORD, or the config file (--config, default
 ~/.config/msim/config.toml), in that order. Without a password from any of
-these, msim asks for it when standard input is a terminal.";
+these, msim asks for it when standard input is a terminal.
+
+TLS: --server tls://chat.example.org:3214 encrypts the connection and checks
+the server's certificate (always; there is no way to turn that off). Files go
+over https:// when the server hands out https relay URLs. For a self-signed
+or private-CA certificate add it with --ca-file FILE (or MSIM_CA_FILE, or
+`ca_file = \"...\"` in the config file).";
 
 /// mSIM command-line client: messages, contacts and files through a relay.
 #[derive(Debug, Parser)]
 #[command(name = "msim", version, args_override_self = true, after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
 struct Cli {
-    /// Server address, HOST:PORT [default: 127.0.0.1:3214]
+    /// Server address: HOST:PORT (plain TCP) or tls://HOST:PORT (TLS, certificate verified
+    /// for HOST) [default: 127.0.0.1:3214]
     #[arg(
         long,
         short = 's',
@@ -84,6 +91,11 @@ struct Cli {
         value_name = "FILE"
     )]
     config: Option<PathBuf>,
+    /// Extra trusted CA certificate(s), PEM, for tls:// servers and https:// relays (e.g. a
+    /// private CA or a self-signed server certificate); the bundled public roots are always
+    /// trusted too
+    #[arg(long, global = true, env = "MSIM_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Machine-readable output: one JSON object per line on stdout
     #[arg(long, global = true)]
     json: bool,
@@ -385,6 +397,8 @@ struct Settings {
     file: ConfigFile,
     json: bool,
     options: ClientOptions,
+    /// Trust for TLS (tls:// servers, https:// relays).
+    tls: Option<std::sync::Arc<msim::tls::rustls::ClientConfig>>,
     /// The password was read from standard input (`--password-stdin`).
     password_from_stdin: bool,
 }
@@ -403,8 +417,17 @@ impl Settings {
             ConfigFile::load_or_default(explicit)
                 .map_err(|e| UsageError(format!("config file: {e}")))?
         };
+        let ca_file = cli.ca_file.clone().or_else(|| file.ca_file.clone());
+        let tls = match ca_file {
+            Some(path) => Some(
+                msim::tls::client_config(&[path])
+                    .map_err(|e| UsageError(format!("--ca-file: {e}")))?,
+            ),
+            None => None,
+        };
         let options = ClientOptions {
             request_timeout: Duration::from_secs(cli.timeout.max(1)),
+            tls: tls.clone(),
             ..ClientOptions::default()
         };
         Ok(Settings {
@@ -417,8 +440,31 @@ impl Settings {
             file,
             json: cli.json,
             options,
+            tls,
             password_from_stdin: false,
         })
+    }
+
+    /// A connection closed before the first answer on a plain connection: the server may be
+    /// speaking TLS.
+    fn closed_hint(&self, e: ClientError) -> anyhow::Error {
+        let plain = !self.server.starts_with("tls://");
+        if plain && matches!(e, ClientError::Closed) {
+            anyhow::Error::from(e).context(format!(
+                "{} closed the connection (if it serves TLS, use --server tls://{})",
+                self.server, self.server
+            ))
+        } else {
+            e.into()
+        }
+    }
+
+    /// Transfer options: the default retries, the TLS trust of the settings.
+    fn transfer_options(&self) -> TransferOptions {
+        TransferOptions {
+            tls: self.tls.clone(),
+            ..TransferOptions::default()
+        }
     }
 
     /// Fills in the password from `--password-stdin`, or asks for it on the terminal when no
@@ -485,8 +531,19 @@ impl Settings {
     }
 
     async fn connect(&self) -> Result<(Client, Events)> {
-        let connect = Client::connect_with(self.server.as_str(), self.options.clone());
+        let connect = Client::connect_to(self.server.as_str(), self.options.clone());
         match tokio::time::timeout(self.options.request_timeout, connect).await {
+            Ok(Err(
+                e @ ClientError::Tls {
+                    certificate: true, ..
+                },
+            )) if self.tls.is_none() => Err(anyhow::Error::from(e)).with_context(|| {
+                format!(
+                    "cannot connect to {} (for a self-signed or private-CA certificate, \
+                     pass its CA with --ca-file)",
+                    self.server
+                )
+            }),
             Ok(connected) => {
                 connected.with_context(|| format!("cannot connect to {}", self.server))
             }
@@ -512,7 +569,7 @@ impl Settings {
                 client.login(login, password).await?;
                 Ok((client, events))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.closed_hint(e)),
         }
     }
 
@@ -545,7 +602,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Register(args) => {
             let (login, password) = settings.credentials()?;
             let (client, _) = settings.connect().await?;
-            let address = client.register(login, password).await?;
+            let address = client
+                .register(login, password)
+                .await
+                .map_err(|e| settings.closed_hint(e))?;
             let saved = if args.save {
                 Some(settings.save()?)
             } else {
@@ -1154,7 +1214,7 @@ async fn send_file(
         &Transfer::from(&grant),
         path,
         Some(progress_of(&bar)),
-        &TransferOptions::default(),
+        &settings.transfer_options(),
     )
     .await;
     bar.finish_and_clear();
@@ -1278,7 +1338,7 @@ async fn download_one(
         &dest,
         sha,
         Some(progress_of(&bar)),
-        &TransferOptions::default(),
+        &settings.transfer_options(),
     )
     .await;
     bar.finish_and_clear();

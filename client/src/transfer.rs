@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::ReaderStream;
 
 use crate::error::ClientError;
+use msim_shared::tls::rustls::ClientConfig;
 
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -85,6 +86,9 @@ pub struct TransferOptions {
     pub retry_delay: Duration,
     /// Timeout for connecting and for each response's headers.
     pub timeout: Duration,
+    /// Trust for `https://` relays (None: the bundled public roots). Build it with
+    /// `msim_shared::tls::client_config`; certificates are always verified.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Default for TransferOptions {
@@ -93,6 +97,7 @@ impl Default for TransferOptions {
             attempts: 6,
             retry_delay: Duration::from_millis(250),
             timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -150,44 +155,75 @@ fn hex(bytes: &[u8]) -> String {
 struct Target {
     uri: Uri,
     authority: String,
+    /// `https://`: TLS with SNI and certificate check for `host`.
+    https: bool,
+    host: String,
 }
 
 fn target(url: &str) -> Result<Target, ClientError> {
     let uri: Uri = url
         .parse()
         .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         other => {
             return Err(ClientError::BadUrl(format!(
-                "{url}: unsupported scheme {other:?} (only http)"
+                "{url}: unsupported scheme {other:?} (http or https)"
             )))
         }
-    }
+    };
     let host = uri
         .host()
         .ok_or_else(|| ClientError::BadUrl(format!("{url}: no host")))?;
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let authority = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    Ok(Target { uri, authority })
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok(Target {
+        uri,
+        authority,
+        https,
+        host,
+    })
 }
 
-/// Sends one request on a fresh connection.
+/// Sends one request on a fresh connection (TLS for `https://`).
 async fn send(
     target: &Target,
     request: Request<Body>,
-    timeout: Duration,
+    options: &TransferOptions,
 ) -> Result<Response<Incoming>, ClientError> {
+    let timeout = options.timeout;
     let connect = TcpStream::connect(&target.authority);
     let stream = tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| ClientError::Http(format!("connecting to {} timed out", target.authority)))?
         .map_err(|e| ClientError::Http(format!("connecting to {}: {e}", target.authority)))?;
     let _ = stream.set_nodelay(true);
+    if !target.https {
+        return send_on(stream, request).await;
+    }
+    let config = options
+        .tls
+        .clone()
+        .unwrap_or_else(msim_shared::tls::default_client_config);
+    let tls = msim_shared::tls::connect(config, &target.host, stream, timeout)
+        .await
+        .map_err(|e| crate::client::tls_error(&target.host, &e))?;
+    send_on(tls, request).await
+}
+
+async fn send_on<S>(stream: S, request: Request<Body>) -> Result<Response<Incoming>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -264,6 +300,8 @@ async fn error_status(response: Response<Incoming>) -> ClientError {
 fn transient(error: &ClientError) -> bool {
     match error {
         ClientError::Http(_) | ClientError::Io(_) => true,
+        // A broken handshake may be retried; a refused certificate stays refused.
+        ClientError::Tls { certificate, .. } => !certificate,
         ClientError::RelayStatus { status, .. } => {
             *status >= 500 || *status == 409 || *status == 429 || *status == 408
         }
@@ -356,7 +394,7 @@ async fn upload_offset(
     let req = request(Method::HEAD, target, token)
         .body(empty())
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    let response = send(target, req, options.timeout).await?;
+    let response = send(target, req, options).await?;
     match response.status() {
         StatusCode::NOT_FOUND => Ok(Offset::At(0)),
         s if s.is_success() => {
@@ -412,7 +450,7 @@ async fn upload_from(
     let req = builder
         .body(body)
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    let response = send(target, req, options.timeout).await?;
+    let response = send(target, req, options).await?;
     let status = response.status();
     let relay_offset = header_u64(&response, UPLOAD_OFFSET);
     match status {
@@ -549,7 +587,7 @@ async fn download_from(
     let req = builder
         .body(empty())
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    let response = send(target, req, options.timeout).await?;
+    let response = send(target, req, options).await?;
     let (mut file, mut done) = match response.status() {
         StatusCode::OK => {
             let file = OpenOptions::new()
@@ -626,7 +664,14 @@ mod tests {
         assert_eq!(t.uri.path(), "/v1/transfers/abc");
         let t = target("http://relay.example/v1/transfers/abc").expect("valid");
         assert_eq!(t.authority, "relay.example:80");
-        assert!(target("https://relay.example/x").is_err());
+        let t = target("https://relay.example/x").expect("valid");
+        assert_eq!(t.authority, "relay.example:443");
+        assert!(t.https);
+        assert_eq!(t.host, "relay.example");
+        let t = target("https://[::1]:8443/x").expect("valid");
+        assert_eq!(t.authority, "[::1]:8443");
+        assert_eq!(t.host, "::1");
+        assert!(target("ftp://relay.example/x").is_err());
         assert!(target("not a url").is_err());
     }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use msim_shared::tls::rustls::ServerConfig;
 use msim_shared::token::Keyring;
 use msim_storage::{BlobStore, Clock, StoreConfig, SweepReport, SystemClock};
 
@@ -28,6 +29,9 @@ pub enum RelayError {
     /// Socket error.
     #[error("relay I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS certificate or key.
+    #[error(transparent)]
+    Tls(#[from] msim_shared::tls::TlsError),
 }
 
 /// Relay settings. Build with [`RelayConfig::new`] and adjust the fields.
@@ -62,6 +66,11 @@ pub struct RelayConfig {
     pub shutdown_grace: Duration,
     /// Clock for token expiry and storage TTLs (tests inject a manual clock).
     pub clock: Arc<dyn Clock>,
+    /// Serve HTTPS with this configuration (None: plain HTTP). Build it with
+    /// `msim_shared::tls::server_config`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Longest time a client may take for its TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -77,6 +86,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("sweep_interval", &self.sweep_interval)
             .field("abandon_after", &self.abandon_after)
             .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +118,8 @@ impl RelayConfig {
             chunk_size: 256 << 10,
             shutdown_grace: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            tls: None,
+            tls_handshake_timeout: msim_shared::tls::HANDSHAKE_TIMEOUT,
         }
     }
 

@@ -16,7 +16,9 @@ use serde::Deserialize;
 ///
 /// Sizes accept plain bytes or units (100MiB, 1.5GB, 512k); durations are humantime
 /// (90s, 5m, 24h, 7days). Options can also come from a TOML file (--config) with the same
-/// names as keys (e.g. `max-file-size = "100MiB"`); command-line flags win. The token secret
+/// names as keys (e.g. `max-file-size = "100MiB"`); command-line flags win. With --tls-cert
+/// and --tls-key it serves HTTPS (the files are read at start; a new certificate needs a
+/// restart). The token secret
 /// is read from --secret-file or the MSIM_RELAY_SECRET environment variable and is never
 /// logged. Log level from RUST_LOG (default info).
 #[derive(Parser, Debug)]
@@ -83,6 +85,12 @@ struct Opts {
     /// Maximum simultaneous connections [default: 1024].
     #[arg(long, global = true, value_name = "N")]
     max_connections: Option<usize>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, global = true, value_name = "FILE", env = "MSIM_RELAY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE", env = "MSIM_RELAY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A size in the config file: an integer or a string with a unit.
@@ -116,6 +124,8 @@ struct FileConfig {
     sweep_interval: Option<String>,
     abandon_after: Option<String>,
     max_connections: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Flags merged over the config file.
@@ -131,6 +141,8 @@ struct Settings {
     sweep_interval: Duration,
     abandon_after: Duration,
     max_connections: Option<usize>,
+    /// Certificate chain and key files, both or neither.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn duration(name: &str, v: Option<String>, default: Duration) -> Result<Duration> {
@@ -183,6 +195,15 @@ fn settings(opts: Opts) -> Result<Settings> {
             Duration::from_secs(3600),
         )?,
         max_connections: opts.max_connections.or(file.max_connections),
+        tls: match (
+            opts.tls_cert.or(file.tls_cert),
+            opts.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+        },
     })
 }
 
@@ -283,6 +304,12 @@ async fn serve(s: Settings) -> Result<()> {
     }
     config.sweep_interval = s.sweep_interval;
     config.abandon_after = s.abandon_after;
+    if let Some((cert, key)) = &s.tls {
+        let mut tls =
+            msim_shared::tls::server_config(cert, key).context("TLS (--tls-cert, --tls-key)")?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.tls = Some(Arc::new(tls));
+    }
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;

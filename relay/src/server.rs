@@ -36,11 +36,17 @@ pub async fn serve(
         upload_budget: SharedBudget::new(UPLOAD_BUFFER_TOTAL),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx2 = stop_rx.clone();
+    let tls = state
+        .config
+        .tls
+        .clone()
+        .map(msim_shared::tls::tokio_rustls::TlsAcceptor::from);
     let sweeper = tokio::spawn(sweeper(state.clone(), stop_rx));
     let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "msim-relay listening");
+        tracing::info!(%addr, data_dir = %state.config.data_dir.display(), tls = tls.is_some(), "msim-relay listening");
     }
     tokio::pin!(shutdown);
     loop {
@@ -69,15 +75,40 @@ pub async fn serve(
         Metrics::add(&state.metrics.connections, 1);
         let st = state.clone();
         let service = service_fn(move |req| handle(st.clone(), req));
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .max_buf_size(READ_BUF_MAX)
-            .writev(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let Some(acceptor) = tls.clone() else {
+            let conn =
+                graceful.watch(http1_builder().serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // TLS: the handshake runs on the connection's own task, bounded in time; a slow or
+        // failed handshake never holds up the accept loop.
+        let watcher = graceful.watcher();
+        let timeout = state.config.tls_handshake_timeout;
+        let mut stopping = stop_rx2.clone();
         tokio::spawn(async move {
+            let handshake = msim_shared::tls::accept(&acceptor, stream, timeout);
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, "{e}");
+                        drop(permit);
+                        return;
+                    }
+                },
+                _ = stopping.changed() => {
+                    drop(permit);
+                    return;
+                }
+            };
+            let conn =
+                watcher.watch(http1_builder().serve_connection(TokioIo::new(stream), service));
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -96,6 +127,16 @@ pub async fn serve(
     let _ = sweeper.await;
     state.store.close().await;
     Ok(())
+}
+
+fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(true)
+        .max_buf_size(READ_BUF_MAX)
+        .writev(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    b
 }
 
 async fn sweeper(state: Arc<State>, mut stop: watch::Receiver<bool>) {

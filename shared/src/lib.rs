@@ -9,6 +9,7 @@ pub mod packet;
 pub mod percent;
 pub mod proto;
 pub mod timestamp;
+pub mod tls;
 pub mod token;
 
 pub use address::Address;
