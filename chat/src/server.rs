@@ -176,33 +176,25 @@ impl Server {
                         let sh = shared.clone();
                         let stop = stop.clone();
                         let done = done_tx.clone();
-                        let tls = tls.clone();
-                        tokio::spawn(async move {
-                            match tls {
-                                None => session::serve(sh, stream, peer, stop).await,
-                                Some(acceptor) => {
-                                    let _ = stream.set_nodelay(true);
-                                    // The handshake runs on the connection's own task, bounded
-                                    // in time, and stops at shutdown.
-                                    let timeout = sh.config.tls_handshake_timeout;
-                                    let handshake =
-                                        msim_shared::tls::accept(&acceptor, stream, timeout);
-                                    let hs = tokio::select! {
-                                        r = handshake => Some(r),
-                                        _ = stop.cancelled() => None,
-                                    };
-                                    match hs {
-                                        Some(Ok(s)) => {
-                                            session::serve_stream(sh, s, peer, stop).await
-                                        }
-                                        Some(Err(e)) => debug!(%peer, "{e}"),
-                                        None => {}
-                                    }
-                                }
+                        // Plain and TLS connections are separate tasks: a task's memory is
+                        // the size of its future, and an idle plain connection should not
+                        // carry room for a TLS handshake (~2.5 KiB per connection).
+                        match tls.clone() {
+                            None => {
+                                tokio::spawn(async move {
+                                    session::serve(sh, stream, peer, stop).await;
+                                    drop(permit);
+                                    drop(done);
+                                });
                             }
-                            drop(permit);
-                            drop(done);
-                        });
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    serve_tls(sh, acceptor, stream, peer, stop).await;
+                                    drop(permit);
+                                    drop(done);
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         error!("accept: {e}");
@@ -240,4 +232,27 @@ pub async fn run(
     shutdown: impl Future,
 ) -> Result<(), Error> {
     Server::new(config).await?.run(listener, shutdown).await
+}
+
+/// Runs the TLS handshake of one connection (bounded in time, stopped at shutdown) on the
+/// connection's own task, then serves it.
+async fn serve_tls(
+    sh: Arc<Shared>,
+    acceptor: msim_shared::tls::tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeout = sh.config.tls_handshake_timeout;
+    let handshake = msim_shared::tls::accept(&acceptor, stream, timeout);
+    let hs = tokio::select! {
+        r = handshake => Some(r),
+        _ = stop.cancelled() => None,
+    };
+    match hs {
+        Some(Ok(s)) => session::serve_stream(sh, s, peer, stop).await,
+        Some(Err(e)) => debug!(%peer, "{e}"),
+        None => {}
+    }
 }
