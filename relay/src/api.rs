@@ -1,8 +1,11 @@
 //! HTTP request handling: routes, token checks, upload and download streaming.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -303,11 +306,15 @@ fn store_refusal(e: StoreError) -> Refuse {
     use StatusCode as S;
     match e {
         StoreError::InvalidId => Refuse::new(S::BAD_REQUEST, Refusal::BadRequest, e.to_string()),
-        StoreError::NotFound | StoreError::Expired => Refuse::new(
+        StoreError::NotFound => Refuse::new(
             S::NOT_FOUND,
             Refusal::NotFound,
-            "no such transfer (not uploaded, expired, or cancelled)",
+            "no such transfer (not uploaded yet)",
         ),
+        // Removed (a tombstone says why), or removed while this request used it.
+        StoreError::Gone(_) | StoreError::Expired => {
+            Refuse::new(S::GONE, Refusal::Gone, e.to_string())
+        }
         StoreError::Cancelled => Refuse::new(S::GONE, Refusal::NotFound, e.to_string()),
         StoreError::AlreadyExists | StoreError::AlreadyComplete | StoreError::Busy => {
             Refuse::new(S::CONFLICT, Refusal::Conflict, e.to_string())
@@ -671,6 +678,8 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
             .map_err(store_refusal)?,
     };
     let is_counted = counted.is_some();
+    // Downloads counted so far, this one included.
+    let mut count = counted.as_ref().map_or(0, |i| i.downloads);
     let info = match counted {
         Some(info) => info,
         None => {
@@ -701,11 +710,20 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
     };
     let end = if size == 0 { 0 } else { end_incl + 1 };
     if !is_counted {
-        state
+        count = state
             .store
             .record_download(&id, cap.max_downloads)
             .await
             .map_err(store_refusal)?;
+    }
+    // The last download this token allows, of the whole file: once all of it is sent, the
+    // blob is removed (a partial or failed last download leaves it until its TTL).
+    let last = cap.max_downloads.is_some_and(|max| count >= max) && start == 0 && end == size;
+    let remove = last.then(|| (state.clone(), id.clone()));
+    if size == 0 {
+        if let Some((st, id)) = remove.clone() {
+            remove_downloaded(st, id).await;
+        }
     }
     let chunk = state.config.chunk_size.max(16 << 10);
     if info.complete && end - start <= chunk as u64 {
@@ -715,6 +733,10 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
             .read_complete(&id, start, end)
             .await
             .map_err(store_refusal)?;
+        if let Some((st, id)) = remove.filter(|_| size > 0) {
+            // In memory: removed before the one piece is sent.
+            remove_downloaded(st, id).await;
+        }
         Metrics::add(&state.metrics.bytes_out, data.len() as u64);
         Metrics::add(&state.metrics.downloads_completed, 1);
         tracing::debug!(%id, start, end, complete = true, "download");
@@ -767,6 +789,16 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
         );
         StreamBody::new(stream).boxed_unsync()
     };
+    let body = match remove.filter(|_| size > 0) {
+        Some(remove) => RemoveWhenSent {
+            inner: body,
+            left: end - start,
+            remove: Some(remove),
+            removing: None,
+        }
+        .boxed_unsync(),
+        None => body,
+    };
     Ok(download_headers(
         Response::new(body),
         &id,
@@ -775,6 +807,83 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
         end,
         partial,
     ))
+}
+
+/// Remove a blob after the last download its token allowed; failures are logged (the data
+/// then stays until its TTL).
+async fn remove_downloaded(state: Arc<State>, id: String) {
+    match state.store.remove_downloaded(&id).await {
+        Ok(true) => {
+            Metrics::add(&state.metrics.removed_downloaded, 1);
+            tracing::info!(%id, "download limit reached: transfer removed");
+        }
+        Ok(false) => tracing::info!(%id, "download limit reached; transfer not complete, kept"),
+        Err(e) => tracing::warn!(%id, error = %e, "removing a downloaded transfer failed"),
+    }
+}
+
+/// A removal in progress.
+type Removal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A download body that removes its blob once the last bytes of the response are in hand
+/// (read from storage, about to be sent): the last download a token allowed. The last frame
+/// is handed over only after the removal, so a client that received everything finds the
+/// transfer gone. An error before that leaves the blob.
+struct RemoveWhenSent {
+    inner: Body,
+    /// Bytes of the response not yet taken from `inner`.
+    left: u64,
+    remove: Option<(Arc<State>, String)>,
+    /// The removal in progress and the frame that waits for it.
+    removing: Option<(Removal, Frame<Bytes>)>,
+}
+
+impl hyper::body::Body for RemoveWhenSent {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some((fut, _)) = this.removing.as_mut() {
+                ready!(fut.as_mut().poll(cx));
+                if let Some((_, frame)) = this.removing.take() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+            let next = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            match next {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.left = this.left.saturating_sub(d.len() as u64);
+                        if this.left == 0 {
+                            if let Some((st, id)) = this.remove.take() {
+                                this.removing = Some((Box::pin(remove_downloaded(st, id)), frame));
+                                continue;
+                            }
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(e)) => {
+                    this.remove = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.removing.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Status and headers of a download answer for bytes `start..end` of the blob `info`.

@@ -24,9 +24,10 @@ pub enum Refusal {
     ShaMismatch,
     DownloadLimit,
     RangeNotSatisfiable,
+    Gone,
 }
 
-const REFUSALS: [(Refusal, &str); 15] = [
+const REFUSALS: [(Refusal, &str); 16] = [
     (Refusal::MissingToken, "missing_token"),
     (Refusal::BadToken, "bad_token"),
     (Refusal::ExpiredToken, "expired_token"),
@@ -42,6 +43,7 @@ const REFUSALS: [(Refusal, &str); 15] = [
     (Refusal::ShaMismatch, "sha_mismatch"),
     (Refusal::DownloadLimit, "download_limit"),
     (Refusal::RangeNotSatisfiable, "range_not_satisfiable"),
+    (Refusal::Gone, "gone"),
 ];
 
 /// Relay counters (all relaxed atomics).
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub swept_blobs: AtomicU64,
     pub swept_bytes: AtomicU64,
     pub swept_partials: AtomicU64,
+    pub swept_tombstones: AtomicU64,
+    pub removed_downloaded: AtomicU64,
     refusals: [AtomicU64; REFUSALS.len()],
 }
 
@@ -94,6 +98,7 @@ impl Metrics {
         Self::add(&self.swept_blobs, r.removed_blobs);
         Self::add(&self.swept_bytes, r.removed_bytes);
         Self::add(&self.swept_partials, r.removed_partials);
+        Self::add(&self.swept_tombstones, r.removed_tombstones);
     }
 
     /// Prometheus text format 0.0.4.
@@ -178,6 +183,18 @@ impl Metrics {
             "Partial uploads removed by sweeps.",
             g(&self.swept_partials),
         );
+        metric(
+            "msim_relay_swept_tombstones_total",
+            "counter",
+            "Tombstones of removed transfers dropped by sweeps (retention or count limit).",
+            g(&self.swept_tombstones),
+        );
+        metric(
+            "msim_relay_removed_after_download_total",
+            "counter",
+            "Blobs removed after the last download their token allowed.",
+            g(&self.removed_downloaded),
+        );
         if let Some(s) = stats {
             metric(
                 "msim_relay_stored_blobs",
@@ -196,6 +213,12 @@ impl Metrics {
                 "gauge",
                 "Declared bytes in storage.",
                 s.declared_bytes,
+            );
+            metric(
+                "msim_relay_tombstones",
+                "gauge",
+                "Tombstones of removed transfers (answered 410 Gone).",
+                s.tombstones,
             );
         }
         let _ = writeln!(

@@ -472,11 +472,27 @@ async fn delete_cancels_a_running_transfer() {
     let h = relay
         .send(Method::HEAD, "/v1/transfers/del", Some(&up), &[], empty())
         .await;
-    assert_eq!(h.status(), StatusCode::NOT_FOUND);
+    assert_eq!(h.status(), StatusCode::GONE);
     let r = relay
         .send(Method::DELETE, "/v1/transfers/del", Some(&up), &[], empty())
         .await;
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.status(), StatusCode::GONE);
+    // A GET is answered at once (the relay waits up to 30 s only for ids it never saw).
+    assert_gone_fast(&relay, "del", &down, "cancelled").await;
+    // The id is never reused.
+    let r = relay.put("del", &up, &payload).await;
+    assert_eq!(r.status(), StatusCode::GONE);
+    assert!(body_text(r).await.contains("cancelled"));
+    let r = relay
+        .send(
+            Method::PATCH,
+            "/v1/transfers/del",
+            Some(&up),
+            &[("upload-offset", "0".into())],
+            full(payload[..10].to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::GONE);
     assert_eq!(
         std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
         0
@@ -620,7 +636,10 @@ async fn sizes_and_checksums_are_enforced() {
     let h = relay
         .send(Method::HEAD, "/v1/transfers/s3", Some(&down), &[], empty())
         .await;
-    assert_eq!(h.status(), StatusCode::NOT_FOUND);
+    assert_eq!(h.status(), StatusCode::GONE);
+    assert_gone_fast(&relay, "s3", &down, "SHA-256").await;
+    let r = relay.put("s3", &bad, &payload).await;
+    assert_eq!(r.status(), StatusCode::GONE);
     // Right size and checksum.
     let ok = relay.token("s4", Direction::Upload, 1000, Some(&payload));
     assert_eq!(
@@ -747,6 +766,178 @@ async fn completed_blob_survives_restart() {
     relay.stop().await;
 }
 
+/// A GET for a removed transfer is `410 Gone` with `why` in the message, answered at once
+/// (well under the relay's 30 s wait for uploads that have not started).
+async fn assert_gone_fast(relay: &Relay, id: &str, down: &str, why: &str) {
+    let t = std::time::Instant::now();
+    let r = relay.get(id, down, &[]).await;
+    assert_eq!(r.status(), StatusCode::GONE, "{id}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "{id}: {:?}",
+        t.elapsed()
+    );
+    let msg = body_text(r).await;
+    assert!(msg.contains(why), "{id}: {msg}");
+}
+
+fn blob_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blobs")).unwrap().count()
+}
+
+async fn head_status(relay: &Relay, id: &str, token: &str) -> StatusCode {
+    relay
+        .send(
+            Method::HEAD,
+            &format!("/v1/transfers/{id}"),
+            Some(token),
+            &[],
+            empty(),
+        )
+        .await
+        .status()
+}
+
+fn limited(relay: &Relay, id: &str, size: u64, max: u32) -> String {
+    let mut c = cap(id, Direction::Download, size, None);
+    c.max_downloads = Some(max);
+    relay.ring.sign(&c)
+}
+
+#[tokio::test]
+async fn last_permitted_download_removes_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), |_| {}).await;
+    // Small (answered in one piece) and large (streamed from the file) blobs.
+    for (id, n) in [("one-small", 1000usize), ("one-large", 3 << 20)] {
+        let payload = data(n);
+        let size = n as u64;
+        let up = relay.token(id, Direction::Upload, size, None);
+        assert_eq!(
+            relay.put(id, &up, &payload).await.status(),
+            StatusCode::CREATED
+        );
+        let once = limited(&relay, id, size, 1);
+        let r = relay.get(id, &once, &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_bytes(r).await, payload);
+        // Gone as soon as the body is complete: data and row, with a tombstone.
+        let r = relay
+            .send(
+                Method::HEAD,
+                &format!("/v1/transfers/{id}"),
+                Some(&up),
+                &[],
+                empty(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::GONE, "{id}");
+        assert_eq!(blob_files(dir.path()), 0, "{id}");
+        assert_gone_fast(&relay, id, &once, "downloaded").await;
+        assert_eq!(
+            relay.put(id, &up, &payload).await.status(),
+            StatusCode::GONE
+        );
+    }
+
+    // max-downloads=2: the data stays after the first download, goes after the second.
+    let payload = data(500_000);
+    let size = payload.len() as u64;
+    let up = relay.token("two", Direction::Upload, size, None);
+    assert_eq!(
+        relay.put("two", &up, &payload).await.status(),
+        StatusCode::CREATED
+    );
+    let twice = limited(&relay, "two", size, 2);
+    assert_eq!(
+        body_bytes(relay.get("two", &twice, &[]).await).await,
+        payload
+    );
+    assert_eq!(head_status(&relay, "two", &up).await, StatusCode::OK);
+    assert_eq!(blob_files(dir.path()), 1);
+    assert_eq!(
+        body_bytes(relay.get("two", &twice, &[]).await).await,
+        payload
+    );
+    assert_eq!(head_status(&relay, "two", &up).await, StatusCode::GONE);
+    assert_eq!(blob_files(dir.path()), 0);
+
+    // A last download of only part of the file leaves it (until its TTL).
+    let up = relay.token("part", Direction::Upload, size, None);
+    assert_eq!(
+        relay.put("part", &up, &payload).await.status(),
+        StatusCode::CREATED
+    );
+    let once = limited(&relay, "part", size, 1);
+    let r = relay
+        .get("part", &once, &[("range", "bytes=0-99".into())])
+        .await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body_bytes(r).await, &payload[..100]);
+    assert_eq!(head_status(&relay, "part", &up).await, StatusCode::OK);
+    let r = relay.get("part", &once, &[]).await;
+    assert_eq!(r.status(), StatusCode::GONE);
+    assert!(body_text(r).await.contains("download limit"));
+
+    // A last download that fails midway leaves it too.
+    let payload = data(24 << 20);
+    let size = payload.len() as u64;
+    let up = relay.token("fail", Direction::Upload, size, None);
+    assert_eq!(
+        relay.put("fail", &up, &payload).await.status(),
+        StatusCode::CREATED
+    );
+    let once = limited(&relay, "fail", size, 1);
+    let r = relay.get("fail", &once, &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body);
+    assert_eq!(head_status(&relay, "fail", &up).await, StatusCode::OK);
+    assert!(dir.path().join("blobs/fail.blob").exists());
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn one_shot_download_following_the_upload_removes_it_after_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), |_| {}).await;
+    let payload = data(1 << 20);
+    let size = payload.len() as u64;
+    let up = relay.token("follow", Direction::Upload, size, None);
+    let r = relay
+        .send(
+            Method::PATCH,
+            "/v1/transfers/follow",
+            Some(&up),
+            &[("upload-offset", "0".into())],
+            full(payload[..1000].to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let once = limited(&relay, "follow", size, 1);
+    let r = relay.get("follow", &once, &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "msim-upload-complete").as_deref(), Some("false"));
+    let reading = tokio::spawn(body_bytes(r));
+    // The rest (piped through the sink: the follower sees the bytes before the commit).
+    let r = relay
+        .send(
+            Method::PATCH,
+            "/v1/transfers/follow",
+            Some(&up),
+            &[("upload-offset", "1000".into())],
+            full(payload[1000..].to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(reading.await.unwrap(), payload);
+    assert_eq!(head_status(&relay, "follow", &up).await, StatusCode::GONE);
+    assert_eq!(blob_files(dir.path()), 0);
+    relay.stop().await;
+}
+
 fn relay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_msim-relay"))
 }
@@ -760,8 +951,7 @@ async fn sweep_removes_short_ttl_blobs() {
     let relay = Relay::start(dir.path(), |c| {
         c.ttl = Duration::from_secs(10);
         c.clock = clock.clone();
-        // Answer 404 at once instead of waiting for an upload to (re)appear.
-        c.wait_for_upload = Duration::ZERO;
+        c.wait_for_upload = Duration::from_secs(30);
     })
     .await;
     for id in ["short-1", "short-2"] {
@@ -784,12 +974,13 @@ async fn sweep_removes_short_ttl_blobs() {
         .unwrap();
     assert_eq!(rep.removed_blobs, 2);
     assert_eq!(rep.removed_bytes, 8);
-    // Back in time: the blob would not be expired for the relay, but it is gone from the index.
+    // Back in time: the blob would not be expired for the relay, but the sweep (its own
+    // store handle, as cron's) removed it and left a tombstone: 410 at once, no wait.
     clock.set(base);
-    assert_eq!(
-        relay.get("short-1", &down, &[]).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_gone_fast(&relay, "short-1", &down, "expired").await;
+    let up = relay.token("short-2", Direction::Upload, 4, None);
+    let r = relay.put("short-2", &up, b"data").await;
+    assert_eq!(r.status(), StatusCode::GONE);
 
     // The real binary, as cron runs it, on a new short-TTL blob.
     let up = relay.token("short-3", Direction::Upload, 4, None);
@@ -810,10 +1001,12 @@ async fn sweep_removes_short_ttl_blobs() {
     assert!(stdout.contains("removed_blobs=1"), "{stdout}");
     assert!(stdout.contains("removed_bytes=4"), "{stdout}");
     let down = relay.token("short-3", Direction::Download, 4, None);
-    assert_eq!(
-        relay.get("short-3", &down, &[]).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_gone_fast(&relay, "short-3", &down, "expired").await;
+    let r = relay
+        .send(Method::GET, "/metrics", None, &[], empty())
+        .await;
+    let t = body_text(r).await;
+    assert!(t.contains("msim_relay_tombstones 3\n"), "{t}");
     relay.stop().await;
 }
 

@@ -6,7 +6,7 @@ pub enum StoreError {
     /// The id is not `[A-Za-z0-9-]{1,64}`.
     #[error("invalid blob id")]
     InvalidId,
-    /// No such blob (never created, cancelled, swept or expired).
+    /// No such blob: never created, or removed so long ago that its tombstone was swept.
     #[error("no such blob")]
     NotFound,
     /// A blob with this id already exists.
@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The blob expired or the upload was abandoned and swept.
     #[error("transfer expired or abandoned")]
     Expired,
+    /// The transfer existed and was removed (a tombstone remembers why): it will not come
+    /// back, and its id is never used again.
+    #[error("{0}")]
+    Gone(GoneReason),
     /// The download limit for this blob is reached.
     #[error("download limit reached")]
     DownloadLimit,
@@ -61,4 +65,64 @@ pub enum StoreError {
     /// Index database error.
     #[error("storage index error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+/// Why a transfer that existed was removed (kept in a tombstone for a while).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// Cancelled with `DELETE`.
+    Cancelled,
+    /// Its TTL passed, or its partial upload was abandoned; swept.
+    Expired,
+    /// The upload did not match the declared SHA-256; discarded.
+    Discarded,
+    /// Removed after the last download its token allowed (`max-downloads`) completed.
+    Downloaded,
+}
+
+impl GoneReason {
+    /// Short label (`cancelled`, `expired`, `discarded`, `downloaded`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoneReason::Cancelled => "cancelled",
+            GoneReason::Expired => "expired",
+            GoneReason::Discarded => "discarded",
+            GoneReason::Downloaded => "downloaded",
+        }
+    }
+
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            GoneReason::Cancelled => 1,
+            GoneReason::Expired => 2,
+            GoneReason::Discarded => 3,
+            GoneReason::Downloaded => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: i64) -> GoneReason {
+        match code {
+            1 => GoneReason::Cancelled,
+            3 => GoneReason::Discarded,
+            4 => GoneReason::Downloaded,
+            _ => GoneReason::Expired,
+        }
+    }
+}
+
+impl std::fmt::Display for GoneReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GoneReason::Cancelled => "transfer cancelled: it was deleted and will not come back",
+            GoneReason::Expired => {
+                "transfer expired: its TTL passed or its upload was abandoned, and it was removed"
+            }
+            GoneReason::Discarded => {
+                "transfer discarded: the upload failed its SHA-256 check and was removed"
+            }
+            GoneReason::Downloaded => {
+                "transfer already downloaded: its download limit was reached and it was removed"
+            }
+        })
+    }
 }

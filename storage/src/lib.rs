@@ -8,6 +8,10 @@
 //! - `blobs/<id>.blob` — a complete upload: the `.part` file is fsync'd, renamed and the directory
 //!   fsync'd before the index says "complete", so a blob presented as complete always is.
 //!
+//! - tombstones — one index row per removed transfer (id, why, when), so a request for it is
+//!   answered "gone" at once and its id is never reused; swept after [`TOMBSTONE_RETENTION`],
+//!   at most [`TOMBSTONE_MAX`] kept.
+//!
 //! A reader may start before the upload is complete: it follows the writer, waking on new bytes,
 //! and fails if the upload is cancelled, swept or expires. A sweep may run from another process
 //! (`msim-relay sweep` from cron) while the relay serves; the index is the source of truth and
@@ -18,10 +22,11 @@ mod disk;
 mod error;
 mod store;
 
-pub use error::StoreError;
+pub use error::{GoneReason, StoreError};
 pub use store::{
     BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, Clock, ManualClock, NewBlob,
-    SharedBudget, StoreConfig, StoreStats, SweepReport, SystemClock,
+    SharedBudget, StoreConfig, StoreStats, SweepReport, SystemClock, TOMBSTONE_MAX,
+    TOMBSTONE_RETENTION,
 };
 
 /// Result alias for this crate.

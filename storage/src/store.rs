@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::{disk, valid_id, Result, StoreError};
+use crate::{disk, valid_id, GoneReason, Result, StoreError};
 
 /// Bytes hashed per step when re-hashing a resumed upload's prefix.
 const REHASH_CHUNK: usize = 1 << 20;
@@ -39,6 +39,15 @@ const PARALLEL_HASH_MIN: u64 = 128 << 10;
 /// Start writeback of stored data every this many bytes, so the fsync at completion has
 /// little left to flush (and dirty pages do not pile up).
 const WRITEBACK_EVERY: u64 = 8 << 20;
+/// How long a removed transfer's tombstone is kept: a request for it within this time is
+/// answered "gone" (with the reason) at once. Seven days: longer than any token lifetime
+/// msim-chat issues (24 h), so a token never outlives the tombstone of its transfer.
+pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most tombstones kept (a row each, about 100 bytes with its index): beyond it a sweep
+/// removes the oldest first.
+pub const TOMBSTONE_MAX: u64 = 200_000;
+/// How long a one-shot removal waits for the upload it was following to be committed.
+const DOWNLOADED_WAIT: Duration = Duration::from_secs(60);
 /// Most completions committed together (one directory fsync, one index statement).
 const COMMIT_GROUP_MAX: usize = 128;
 
@@ -169,6 +178,10 @@ pub struct SweepReport {
     pub removed_bytes: u64,
     /// Of `removed_blobs`, partial uploads (expired or abandoned).
     pub removed_partials: u64,
+    /// Tombstones removed (older than [`TOMBSTONE_RETENTION`], or beyond [`TOMBSTONE_MAX`]).
+    pub removed_tombstones: u64,
+    /// Tombstones left after the sweep.
+    pub tombstones: u64,
 }
 
 /// Totals from the index.
@@ -180,6 +193,8 @@ pub struct StoreStats {
     pub declared_bytes: u64,
     /// Complete blobs.
     pub complete_blobs: u64,
+    /// Tombstones of removed transfers.
+    pub tombstones: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,6 +494,19 @@ impl BlobStore {
         sqlx::query("CREATE INDEX IF NOT EXISTS blobs_sender ON blobs(sender)")
             .execute(&pool)
             .await?;
+        // Removed transfers: `reason` is a `GoneReason` code, `removed` unix seconds.
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS tombstones (
+                id TEXT PRIMARY KEY NOT NULL,
+                reason INTEGER NOT NULL,
+                removed INTEGER NOT NULL
+            ) WITHOUT ROWID",
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query("CREATE INDEX IF NOT EXISTS tombstones_removed ON tombstones(removed)")
+            .execute(&pool)
+            .await?;
         init_totals(&pool).await?;
         Ok(BlobStore {
             inner: Arc::new(Inner {
@@ -565,10 +593,14 @@ impl BlobStore {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
-        let (id, size, expires, sender, sha256, state, downloads, last_progress) =
-            self.row(id).await?.ok_or(StoreError::NotFound)?;
+        let Some((id, size, expires, sender, sha256, state, downloads, last_progress)) =
+            self.row(id).await?
+        else {
+            return Err(self.missing(id).await);
+        };
         if u(expires) <= self.now() {
-            return Err(StoreError::NotFound);
+            // Not swept yet, but gone all the same.
+            return Err(StoreError::Gone(GoneReason::Expired));
         }
         let complete = state == 1;
         let info = BlobInfo {
@@ -584,7 +616,27 @@ impl BlobStore {
         Ok((info, u(last_progress)))
     }
 
-    /// Look up a blob. Expired blobs are reported as [`StoreError::NotFound`].
+    /// Why `id` has no index row: [`StoreError::Gone`] if a tombstone remembers it, else
+    /// [`StoreError::NotFound`] (never existed, or its tombstone was swept).
+    async fn missing(&self, id: &str) -> StoreError {
+        match self.tombstone(id).await {
+            Ok(Some(reason)) => StoreError::Gone(reason),
+            Ok(None) => StoreError::NotFound,
+            Err(e) => e,
+        }
+    }
+
+    /// The tombstone of a removed transfer: why it was removed.
+    pub async fn tombstone(&self, id: &str) -> Result<Option<GoneReason>> {
+        let r: Option<(i64,)> = sqlx::query_as("SELECT reason FROM tombstones WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(r.map(|(c,)| GoneReason::from_code(c)))
+    }
+
+    /// Look up a blob. Expired blobs and removed ones with a tombstone are reported as
+    /// [`StoreError::Gone`], unknown ones as [`StoreError::NotFound`].
     pub async fn info(&self, id: &str) -> Result<BlobInfo> {
         let (mut info, _) = self.live_row(id).await?;
         if !info.complete {
@@ -612,11 +664,11 @@ impl BlobStore {
         match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                self.delete_row(&new.id).await.ok();
+                self.delete_row(&new.id, None).await.ok();
                 Err(e.into())
             }
             Err(e) => {
-                self.delete_row(&new.id).await.ok();
+                self.delete_row(&new.id, None).await.ok();
                 Err(io::Error::other(e).into())
             }
         }
@@ -653,7 +705,7 @@ impl BlobStore {
             Ok(f) => f,
             Err(e) => {
                 drop(guard);
-                self.delete_row(id).await.ok();
+                self.delete_row(id, None).await.ok();
                 self.live_end(id, Phase::Gone);
                 return Err(e.into());
             }
@@ -697,6 +749,7 @@ impl BlobStore {
                  SELECT ?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?6 FROM totals t
                  WHERE t.k = 0
                    AND NOT EXISTS (SELECT 1 FROM blobs WHERE id = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)
                    AND t.total + ?2 <= ?7
                    AND t.partial + ?2 + ?8 <= ?9
                    AND COALESCE((SELECT total FROM sender_totals WHERE sender = ?4), 0) + ?2
@@ -721,6 +774,10 @@ impl BlobStore {
                 break;
             }
             // Refused: say why, checking in the documented order.
+            if let Some(reason) = self.tombstone(&new.id).await? {
+                // A transfer id is never reused.
+                return Err(StoreError::Gone(reason));
+            }
             let (exists, total, partial, by_sender): (i64, i64, i64, Option<i64>) = sqlx::query_as(
                 "SELECT EXISTS (SELECT 1 FROM blobs WHERE id = ?), total, partial,
                             (SELECT total FROM sender_totals WHERE sender = ?)
@@ -755,12 +812,39 @@ impl BlobStore {
         Ok(())
     }
 
-    async fn delete_row(&self, id: &str) -> Result<Option<i64>> {
+    /// Delete the index row of `id` (returning its state if it was there), leaving a tombstone
+    /// with `reason` in the same transaction when given and the row existed.
+    async fn delete_row(&self, id: &str, reason: Option<GoneReason>) -> Result<Option<i64>> {
+        self.delete_row_if(id, reason, false).await
+    }
+
+    /// [`BlobStore::delete_row`]; with `complete_only`, only a complete blob's row.
+    async fn delete_row_if(
+        &self,
+        id: &str,
+        reason: Option<GoneReason>,
+        complete_only: bool,
+    ) -> Result<Option<i64>> {
+        let sql = if complete_only {
+            "DELETE FROM blobs WHERE id = ? AND state = 1 RETURNING state"
+        } else {
+            "DELETE FROM blobs WHERE id = ? RETURNING state"
+        };
         let _writing = self.inner.writes.lock().await;
-        let r: Option<(i64,)> = sqlx::query_as("DELETE FROM blobs WHERE id = ? RETURNING state")
+        let mut tx = self.inner.pool.begin().await?;
+        let r: Option<(i64,)> = sqlx::query_as(sql)
             .bind(id)
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        if let (Some(_), Some(reason)) = (r, reason) {
+            sqlx::query("INSERT OR REPLACE INTO tombstones (id, reason, removed) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(reason.code())
+                .bind(i(self.now()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(r.map(|(s,)| s))
     }
 
@@ -881,7 +965,7 @@ impl BlobStore {
         .map_err(io::Error::other)?;
         let (file, is_complete) = match opened {
             Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.missing(id).await),
             Err(e) => return Err(e.into()),
         };
         Ok(BlobReader {
@@ -911,7 +995,7 @@ impl BlobStore {
         match r {
             Some((n,)) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
             None if self.row(id).await?.is_some() => Err(StoreError::DownloadLimit),
-            None => Err(StoreError::NotFound),
+            None => Err(self.missing(id).await),
         }
     }
 
@@ -971,7 +1055,7 @@ impl BlobStore {
         .map_err(io::Error::other)?;
         let buf = match read {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.missing(id).await),
             Err(e) => return Err(e.into()),
         };
         if buf.len() != want {
@@ -985,15 +1069,50 @@ impl BlobStore {
     }
 
     /// Cancel a transfer: readers and the writer get [`StoreError::Cancelled`], storage is
-    /// freed. Returns whether it existed.
+    /// freed, a tombstone remembers it. Returns whether it existed; a transfer removed
+    /// earlier whose tombstone is still kept is [`StoreError::Gone`].
     pub async fn cancel(&self, id: &str) -> Result<bool> {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
-        let existed = self.delete_row(id).await?.is_some();
+        let existed = self
+            .delete_row(id, Some(GoneReason::Cancelled))
+            .await?
+            .is_some();
         self.live_end(id, Phase::Cancelled);
         self.remove_files(id).await?;
+        if !existed {
+            if let Some(reason) = self.tombstone(id).await? {
+                return Err(StoreError::Gone(reason));
+            }
+        }
         Ok(existed)
+    }
+
+    /// Remove a complete blob after the last download its token allowed has completed, leaving
+    /// a [`GoneReason::Downloaded`] tombstone. If the upload that download followed is still
+    /// being committed, waits (bounded) for it first; a blob that is not complete then stays
+    /// (until its TTL). Returns whether it was removed.
+    pub async fn remove_downloaded(&self, id: &str) -> Result<bool> {
+        if !valid_id(id) {
+            return Err(StoreError::InvalidId);
+        }
+        if let Some(live) = self.live_get(id) {
+            let mut rx = live.tx.subscribe();
+            drop(live);
+            let settled = rx.wait_for(|p| !matches!(p.phase, Phase::Writing));
+            // A timeout or a closed channel: the index below decides.
+            let _ = tokio::time::timeout(DOWNLOADED_WAIT, settled).await;
+        }
+        let removed = self
+            .delete_row_if(id, Some(GoneReason::Downloaded), true)
+            .await?
+            .is_some();
+        if removed {
+            self.live_end(id, Phase::Gone);
+            self.remove_files(id).await?;
+        }
+        Ok(removed)
     }
 
     /// Make the completion of `id` durable: its data is fsync'd and it is renamed to `.blob`;
@@ -1140,19 +1259,75 @@ impl BlobStore {
                 self.sweep_one(&id, &mut report).await?;
             }
         }
-        if report.removed_blobs > 0 {
+        let retention = TOMBSTONE_RETENTION.as_secs();
+        self.sweep_tombstones(now.saturating_sub(retention), TOMBSTONE_MAX, &mut report)
+            .await?;
+        if report.removed_blobs > 0 || report.removed_tombstones > 0 {
             tracing::info!(
                 removed_blobs = report.removed_blobs,
                 removed_bytes = report.removed_bytes,
                 removed_partials = report.removed_partials,
+                removed_tombstones = report.removed_tombstones,
+                tombstones = report.tombstones,
                 "sweep"
             );
         }
         Ok(report)
     }
 
+    /// Remove tombstones from at or before `cutoff`, then the oldest beyond `max`.
+    async fn sweep_tombstones(
+        &self,
+        cutoff: u64,
+        max: u64,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        loop {
+            let writing = self.inner.writes.lock().await;
+            let n = sqlx::query(
+                "DELETE FROM tombstones WHERE id IN
+                    (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
+            )
+            .bind(i(cutoff))
+            .bind(SWEEP_BATCH)
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected();
+            drop(writing);
+            report.removed_tombstones += n;
+            if n == 0 {
+                break;
+            }
+        }
+        loop {
+            let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tombstones")
+                .fetch_one(&self.inner.pool)
+                .await?;
+            let count = u(count);
+            report.tombstones = count;
+            if count <= max {
+                return Ok(());
+            }
+            let excess = i(count - max).min(SWEEP_BATCH);
+            let writing = self.inner.writes.lock().await;
+            let n = sqlx::query(
+                "DELETE FROM tombstones WHERE id IN
+                    (SELECT id FROM tombstones ORDER BY removed LIMIT ?)",
+            )
+            .bind(excess)
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected();
+            drop(writing);
+            report.removed_tombstones += n;
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     async fn sweep_one(&self, id: &str, report: &mut SweepReport) -> Result<()> {
-        let state = self.delete_row(id).await?;
+        let state = self.delete_row(id, Some(GoneReason::Expired)).await?;
         self.live_end(id, Phase::Gone);
         let bytes = if valid_id(id) {
             self.remove_files(id).await?
@@ -1176,10 +1351,14 @@ impl BlobStore {
         )
         .fetch_one(&self.inner.pool)
         .await?;
+        let (tombstones,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tombstones")
+            .fetch_one(&self.inner.pool)
+            .await?;
         Ok(StoreStats {
             blobs: u(n),
             declared_bytes: u(bytes.unwrap_or(0)),
             complete_blobs: u(complete.unwrap_or(0)),
+            tombstones: u(tombstones),
         })
     }
 
@@ -1215,7 +1394,7 @@ impl BlobStore {
             let part = files.get(&format!("{id}.part")).copied();
             let ok_blob = blob == Some(size);
             if !valid_id(&id) {
-                self.delete_row(&id).await?;
+                self.delete_row(&id, None).await?;
                 continue;
             }
             if ok_blob {
@@ -1238,7 +1417,7 @@ impl BlobStore {
                 keep.insert(format!("{id}.part"));
             } else {
                 tracing::warn!(id, "recovery: index entry without usable data, removed");
-                self.delete_row(&id).await?;
+                self.delete_row(&id, None).await?;
             }
         }
         let dir = self.inner.blobs_dir.clone();
@@ -1525,7 +1704,7 @@ impl BlobWriter {
             Ok(actual) => actual,
             Err(actual) => {
                 let expected = self.sha256.clone().unwrap_or_default();
-                store.delete_row(&id).await?;
+                store.delete_row(&id, Some(GoneReason::Discarded)).await?;
                 store.live_end(&id, Phase::Gone);
                 store.remove_files(&id).await?;
                 return Err(StoreError::ShaMismatch { expected, actual });
@@ -1919,5 +2098,95 @@ mod tests {
             .await
             .expect("total");
         assert_eq!(total, 0);
+    }
+
+    #[tokio::test]
+    async fn tombstones_remember_removals_and_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = 1_700_000_000;
+        let clock = Arc::new(ManualClock::new(t0));
+        let config = StoreConfig {
+            min_free_bytes: 0,
+            clock: clock.clone(),
+            ..StoreConfig::default()
+        };
+        let store = BlobStore::open(dir.path(), config.clone())
+            .await
+            .expect("open");
+        let gone = |r: Result<BlobInfo>| match r {
+            Err(StoreError::Gone(reason)) => Some(reason),
+            _ => None,
+        };
+        // Cancelled.
+        store.create(blob("c", 3, "x")).await.expect("c");
+        assert!(store.cancel("c").await.expect("cancel"));
+        assert_eq!(gone(store.info("c").await), Some(GoneReason::Cancelled));
+        // Discarded (SHA-256 mismatch).
+        let mut bad = blob("d", 3, "x");
+        bad.sha256 = Some("00".repeat(32));
+        let w = store.create_writer(bad).await.expect("d");
+        assert!(matches!(
+            w.finish_with(vec![Bytes::from_static(b"abc")]).await,
+            Err(StoreError::ShaMismatch { .. })
+        ));
+        assert_eq!(gone(store.info("d").await), Some(GoneReason::Discarded));
+        // Downloaded (one-shot), then expired by a sweep from a second handle (cron).
+        let w = store.create_writer(blob("o", 3, "x")).await.expect("o");
+        w.finish_with(vec![Bytes::from_static(b"abc")])
+            .await
+            .expect("finish");
+        assert!(store.remove_downloaded("o").await.expect("remove"));
+        assert!(!store.remove_downloaded("o").await.expect("again"));
+        assert_eq!(gone(store.info("o").await), Some(GoneReason::Downloaded));
+        assert!(!dir.path().join("blobs/o.blob").exists());
+        let mut e = blob("e", 3, "x");
+        e.expires = t0 + 10;
+        store.create(e).await.expect("e");
+        clock.set(t0 + 10);
+        // Expired but not swept yet: gone already.
+        assert_eq!(gone(store.info("e").await), Some(GoneReason::Expired));
+        let cron = BlobStore::open_without_recovery(dir.path(), config)
+            .await
+            .expect("cron");
+        let rep = cron.sweep().await.expect("sweep");
+        assert_eq!((rep.removed_blobs, rep.tombstones), (1, 4));
+        cron.close().await;
+        assert_eq!(gone(store.info("e").await), Some(GoneReason::Expired));
+        // An id is never reused.
+        for id in ["c", "d", "o", "e"] {
+            assert!(matches!(
+                store.create(blob(id, 3, "x")).await,
+                Err(StoreError::Gone(_))
+            ));
+        }
+        assert!(matches!(
+            store.record_download("c", None).await,
+            Err(StoreError::Gone(GoneReason::Cancelled))
+        ));
+        assert!(matches!(
+            store.cancel("d").await,
+            Err(StoreError::Gone(GoneReason::Discarded))
+        ));
+        assert_eq!(store.stats().await.expect("stats").tombstones, 4);
+        // Retention: kept until TOMBSTONE_RETENTION after the removal, then swept.
+        clock.set(t0 + TOMBSTONE_RETENTION.as_secs() - 1);
+        let rep = store.sweep().await.expect("sweep");
+        assert_eq!((rep.removed_tombstones, rep.tombstones), (0, 4));
+        clock.set(t0 + 10 + TOMBSTONE_RETENTION.as_secs());
+        let rep = store.sweep().await.expect("sweep");
+        assert_eq!((rep.removed_tombstones, rep.tombstones), (4, 0));
+        assert!(matches!(store.info("c").await, Err(StoreError::NotFound)));
+        // The count bound drops the oldest first.
+        for (k, id) in ["k1", "k2", "k3"].into_iter().enumerate() {
+            clock.set(t0 + 1_000_000 + k as u64);
+            store.create(blob(id, 1, "x")).await.expect("create");
+            store.cancel(id).await.expect("cancel");
+        }
+        let mut rep = SweepReport::default();
+        store.sweep_tombstones(0, 2, &mut rep).await.expect("bound");
+        assert_eq!((rep.removed_tombstones, rep.tombstones), (1, 2));
+        assert!(matches!(store.info("k1").await, Err(StoreError::NotFound)));
+        assert!(matches!(store.info("k3").await, Err(StoreError::Gone(_))));
+        assert_totals(&store).await;
     }
 }

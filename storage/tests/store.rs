@@ -2,7 +2,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use msim_storage::{BlobStore, ManualClock, NewBlob, StoreConfig, StoreError, SweepReport};
+use msim_storage::{
+    BlobStore, GoneReason, ManualClock, NewBlob, StoreConfig, StoreError, SweepReport,
+};
 use sha2::{Digest, Sha256};
 
 const T0: u64 = 1_700_000_000;
@@ -117,9 +119,15 @@ async fn cancel_wakes_reader_and_writer_with_error() {
         w.append(vec![Bytes::from_static(b"d")]).await,
         Err(StoreError::Cancelled)
     ));
-    assert!(matches!(store.info("a").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.info("a").await,
+        Err(StoreError::Gone(GoneReason::Cancelled))
+    ));
     assert!(!dir.path().join("blobs/a.part").exists());
-    assert!(!store.cancel("a").await.unwrap());
+    assert!(matches!(
+        store.cancel("a").await,
+        Err(StoreError::Gone(GoneReason::Cancelled))
+    ));
 }
 
 #[tokio::test]
@@ -139,7 +147,9 @@ async fn sweep_of_expired_partial_wakes_reader() {
         SweepReport {
             removed_blobs: 1,
             removed_bytes: 3,
-            removed_partials: 1
+            removed_partials: 1,
+            removed_tombstones: 0,
+            tombstones: 1,
         }
     );
     assert!(matches!(waiter.await.unwrap(), Err(StoreError::Expired)));
@@ -260,7 +270,10 @@ async fn sweep_removes_only_expired_and_abandoned() {
     let rep = store.sweep().await.unwrap();
     assert_eq!(rep.removed_blobs, 1);
     assert_eq!(rep.removed_bytes, 4);
-    assert!(matches!(store.info("e1").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.info("e1").await,
+        Err(StoreError::Gone(GoneReason::Expired))
+    ));
     assert!(store.info("e2").await.is_ok());
 
     clock.set(T0 + 500);
@@ -279,9 +292,15 @@ async fn sweep_removes_only_expired_and_abandoned() {
     assert!(store.info("active").await.is_ok());
     assert!(matches!(
         store.info("stalled").await,
-        Err(StoreError::NotFound)
+        Err(StoreError::Gone(GoneReason::Expired))
     ));
-    assert_eq!(store.sweep().await.unwrap(), SweepReport::default());
+    assert_eq!(
+        store.sweep().await.unwrap(),
+        SweepReport {
+            tombstones: 3,
+            ..SweepReport::default()
+        }
+    );
 }
 
 #[tokio::test]
@@ -339,7 +358,10 @@ async fn sha_mismatch_discards_blob() {
         w.finish().await,
         Err(StoreError::ShaMismatch { .. })
     ));
-    assert!(matches!(store.info("s").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.info("s").await,
+        Err(StoreError::Gone(GoneReason::Discarded))
+    ));
     assert_eq!(
         std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
         0
@@ -373,7 +395,10 @@ async fn download_limit_and_incomplete_finish() {
     ));
     // Expired blobs are not served even before a sweep.
     clock.set(T0 + 100);
-    assert!(matches!(store.info("o").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.info("o").await,
+        Err(StoreError::Gone(GoneReason::Expired))
+    ));
 }
 
 #[tokio::test]
@@ -393,10 +418,13 @@ async fn sweep_from_another_handle_is_seen_by_the_server() {
     let rep = cron.sweep().await.unwrap();
     assert_eq!(rep.removed_blobs, 1);
     clock.set(T0);
-    assert!(matches!(server.info("x").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        server.info("x").await,
+        Err(StoreError::Gone(GoneReason::Expired))
+    ));
     assert!(matches!(
         server.reader("x", 0, 4).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::Gone(GoneReason::Expired))
     ));
 }
 
@@ -580,7 +608,10 @@ async fn concurrent_completions_are_grouped_durable_and_visible_after_restart() 
                 matches!(res, Err(StoreError::ShaMismatch { .. })),
                 "{res:?}"
             );
-            assert!(matches!(store.info(&id).await, Err(StoreError::NotFound)));
+            assert!(matches!(
+                store.info(&id).await,
+                Err(StoreError::Gone(GoneReason::Discarded))
+            ));
             continue;
         }
         assert_eq!(res.unwrap(), hex(&body));
@@ -602,7 +633,7 @@ async fn concurrent_completions_are_grouped_durable_and_visible_after_restart() 
     }
     assert!(matches!(
         store.info("group-7").await,
-        Err(StoreError::NotFound)
+        Err(StoreError::Gone(GoneReason::Discarded))
     ));
     assert_eq!(store.stats().await.unwrap().complete_blobs, (n - 1) as u64);
     // A finish that does not complete the blob stores the bytes and says so.
