@@ -17,9 +17,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use msim_shared::token::{valid_transfer_id, Capability, Direction, TokenError};
 use msim_storage::{BlobSink, BlobStore, BlobWriter, NewBlob, SharedBudget, StoreError};
-use tokio::sync::Notify;
 
 use crate::metrics::{GaugeGuard, Metrics, Refusal};
+use crate::waiters::Waiters;
 use crate::RelayConfig;
 
 /// Response body type.
@@ -30,8 +30,8 @@ pub struct State {
     pub config: RelayConfig,
     pub store: BlobStore,
     pub metrics: Metrics,
-    /// Signalled whenever this relay creates a blob (wakes downloads waiting for an upload).
-    pub created: Notify,
+    /// Downloads waiting for an upload to start, woken when it does.
+    pub waiters: Waiters,
     /// Memory for bytes received but not yet stored, shared by all uploads.
     pub upload_budget: SharedBudget,
 }
@@ -617,7 +617,7 @@ async fn create_upload(state: &Arc<State>, cap: &Capability) -> Result<Option<Bl
         .await;
     match created {
         Ok(w) => {
-            state.created.notify_waiters();
+            state.waiters.created(&cap.transfer_id);
             Ok(Some(w))
         }
         Err(StoreError::AlreadyExists) => Ok(None),
@@ -650,8 +650,9 @@ fn to_frame(
 /// Wait (bounded) for the upload of `id` to be created on this relay.
 async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<msim_storage::BlobInfo, StoreError> {
     let deadline = tokio::time::Instant::now() + state.config.wait_for_upload;
+    let waiting = state.waiters.wait(id);
     loop {
-        let notified = state.created.notified();
+        let notified = waiting.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         match state.store.info(id).await {

@@ -9,6 +9,7 @@ mod metrics;
 pub mod range;
 mod server;
 pub mod size;
+mod waiters;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

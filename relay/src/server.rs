@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use msim_storage::{BlobStore, SharedBudget};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
 use crate::metrics::Metrics;
@@ -32,7 +32,7 @@ pub async fn serve(
         config,
         store,
         metrics: Metrics::default(),
-        created: Notify::new(),
+        waiters: Default::default(),
         upload_budget: SharedBudget::new(UPLOAD_BUFFER_TOTAL),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
