@@ -279,8 +279,12 @@ async fn sweep(s: Settings) -> Result<()> {
     .await
     .with_context(|| format!("sweeping {}", s.data_dir.display()))?;
     println!(
-        "removed_blobs={} removed_bytes={} removed_partials={}",
-        report.removed_blobs, report.removed_bytes, report.removed_partials
+        "removed_blobs={} removed_bytes={} removed_partials={} removed_tombstones={} tombstones={}",
+        report.removed_blobs,
+        report.removed_bytes,
+        report.removed_partials,
+        report.removed_tombstones,
+        report.tombstones
     );
     Ok(())
 }

@@ -1000,6 +1000,7 @@ async fn sweep_removes_short_ttl_blobs() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("removed_blobs=1"), "{stdout}");
     assert!(stdout.contains("removed_bytes=4"), "{stdout}");
+    assert!(stdout.contains("tombstones=3"), "{stdout}");
     let down = relay.token("short-3", Direction::Download, 4, None);
     assert_gone_fast(&relay, "short-3", &down, "expired").await;
     let r = relay
