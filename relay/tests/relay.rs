@@ -116,6 +116,18 @@ impl Relay {
         .await
     }
 
+    /// `PATCH` `data` at `offset` (a tus-style resumed upload).
+    async fn patch(&self, id: &str, token: &str, offset: u64, data: &[u8]) -> Response<Incoming> {
+        self.send(
+            Method::PATCH,
+            &format!("/v1/transfers/{id}"),
+            Some(token),
+            &[("upload-offset", offset.to_string())],
+            full(data.to_vec()),
+        )
+        .await
+    }
+
     async fn get(&self, id: &str, token: &str, headers: &[(&str, String)]) -> Response<Incoming> {
         self.send(
             Method::GET,
@@ -330,39 +342,24 @@ async fn interrupted_upload_is_resumed_with_patch() {
     assert_eq!(header(&r, "upload-offset"), Some(offset.to_string()));
 
     // A PATCH at the wrong offset is refused and told the right one.
-    let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/resume-1",
-            Some(&up),
-            &[("upload-offset", "5".into())],
-            full(payload[5..10].to_vec()),
-        )
-        .await;
+    let r = relay.patch("resume-1", &up, 5, &payload[5..10]).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(header(&r, "upload-offset"), Some(offset.to_string()));
 
     // Continue in two PATCHes.
     let mid = 2 << 20;
     let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/resume-1",
-            Some(&up),
-            &[("upload-offset", offset.to_string())],
-            full(payload[offset as usize..mid].to_vec()),
+        .patch(
+            "resume-1",
+            &up,
+            offset as u64,
+            &payload[offset as usize..mid],
         )
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&r, "upload-offset"), Some(mid.to_string()));
     let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/resume-1",
-            Some(&up),
-            &[("upload-offset", mid.to_string())],
-            full(payload[mid..].to_vec()),
-        )
+        .patch("resume-1", &up, mid as u64, &payload[mid..])
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "msim-sha256"), Some(hex(&payload)));
@@ -432,15 +429,7 @@ async fn delete_cancels_a_running_transfer() {
     let size = payload.len() as u64;
     let up = relay.token("del", Direction::Upload, size, None);
     let down = relay.token("del", Direction::Download, size, None);
-    let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/del",
-            Some(&up),
-            &[("upload-offset", "0".into())],
-            full(payload[..1000].to_vec()),
-        )
-        .await;
+    let r = relay.patch("del", &up, 0, &payload[..1000]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = relay.get("del", &down, &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -483,15 +472,7 @@ async fn delete_cancels_a_running_transfer() {
     let r = relay.put("del", &up, &payload).await;
     assert_eq!(r.status(), StatusCode::GONE);
     assert!(body_text(r).await.contains("cancelled"));
-    let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/del",
-            Some(&up),
-            &[("upload-offset", "0".into())],
-            full(payload[..10].to_vec()),
-        )
-        .await;
+    let r = relay.patch("del", &up, 0, &payload[..10]).await;
     assert_eq!(r.status(), StatusCode::GONE);
     assert_eq!(
         std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
@@ -906,15 +887,7 @@ async fn one_shot_download_following_the_upload_removes_it_after_completion() {
     let payload = data(1 << 20);
     let size = payload.len() as u64;
     let up = relay.token("follow", Direction::Upload, size, None);
-    let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/follow",
-            Some(&up),
-            &[("upload-offset", "0".into())],
-            full(payload[..1000].to_vec()),
-        )
-        .await;
+    let r = relay.patch("follow", &up, 0, &payload[..1000]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let once = limited(&relay, "follow", size, 1);
     let r = relay.get("follow", &once, &[]).await;
@@ -922,15 +895,7 @@ async fn one_shot_download_following_the_upload_removes_it_after_completion() {
     assert_eq!(header(&r, "msim-upload-complete").as_deref(), Some("false"));
     let reading = tokio::spawn(body_bytes(r));
     // The rest (piped through the sink: the follower sees the bytes before the commit).
-    let r = relay
-        .send(
-            Method::PATCH,
-            "/v1/transfers/follow",
-            Some(&up),
-            &[("upload-offset", "1000".into())],
-            full(payload[1000..].to_vec()),
-        )
-        .await;
+    let r = relay.patch("follow", &up, 1000, &payload[1000..]).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(reading.await.unwrap(), payload);
     assert_eq!(head_status(&relay, "follow", &up).await, StatusCode::GONE);
