@@ -168,7 +168,14 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let timeout = self.sh.config.write_timeout;
-        match tokio::time::timeout(timeout, self.w.write_all(&self.out)).await {
+        // `flush` matters for TLS: tokio-rustls reports a write done once the bytes are in its
+        // own buffer, which only a flush (or a later write) pushes to the socket. For plain TCP
+        // it is a no-op.
+        let write = async {
+            self.w.write_all(&self.out).await?;
+            self.w.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
             Ok(r) => r?,
             Err(_) => return Err(SessionError::WriteTimeout),
         }

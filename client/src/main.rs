@@ -186,8 +186,13 @@ Examples:
         /// Send "stopped typing" (TYPING-END) instead
         #[arg(long)]
         stop: bool,
-        /// Keep typing for SECS (repeated every 5 s), then send "stopped typing"
-        #[arg(long = "for", value_name = "SECS", conflicts_with = "stop")]
+        /// Keep typing for SECS (repeated every 5 s; at most a day), then send "stopped typing"
+        #[arg(
+            long = "for",
+            value_name = "SECS",
+            conflicts_with = "stop",
+            value_parser = clap::value_parser!(u64).range(1..=86_400)
+        )]
         hold: Option<u64>,
     },
     /// Show and edit the contact list
@@ -1566,6 +1571,18 @@ mod tests {
         assert_eq!(parse(&["receive"]), Some(true));
         assert_eq!(parse(&["receive", "--accept-all"]), Some(false));
         assert_eq!(parse(&["listen"]), Some(false));
+    }
+
+    #[test]
+    fn typing_for_is_bounded() {
+        let parse =
+            |secs: &str| Cli::try_parse_from(["msim", "typing", "bob", "--for", secs]).map(|_| ());
+        assert!(parse("20").is_ok());
+        assert!(parse("86400").is_ok());
+        // Huge values would overflow the deadline (a panic): refused by the parser.
+        assert!(parse("86401").is_err());
+        assert!(parse("18446744073709551615").is_err());
+        assert!(parse("0").is_err());
     }
 
     #[test]

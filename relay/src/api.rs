@@ -723,7 +723,7 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
     let remove = last.then(|| (state.clone(), id.clone()));
     if size == 0 {
         if let Some((st, id)) = remove.clone() {
-            remove_downloaded(st, id).await;
+            let _ = tokio::spawn(remove_downloaded(st, id)).await;
         }
     }
     let chunk = state.config.chunk_size.max(16 << 10);
@@ -736,7 +736,7 @@ async fn download(state: &Arc<State>, req: &Request<Incoming>, cap: Capability) 
             .map_err(store_refusal)?;
         if let Some((st, id)) = remove.filter(|_| size > 0) {
             // In memory: removed before the one piece is sent.
-            remove_downloaded(st, id).await;
+            let _ = tokio::spawn(remove_downloaded(st, id)).await;
         }
         Metrics::add(&state.metrics.bytes_out, data.len() as u64);
         Metrics::add(&state.metrics.downloads_completed, 1);
@@ -823,8 +823,9 @@ async fn remove_downloaded(state: Arc<State>, id: String) {
     }
 }
 
-/// A removal in progress.
-type Removal = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A removal in progress: a task of its own, so that a client going away (which drops the
+/// response body) cannot stop it between the index update and the file removal.
+type Removal = tokio::task::JoinHandle<()>;
 
 /// A download body that removes its blob once the last bytes of the response are in hand
 /// (read from storage, about to be sent): the last download a token allowed. The last frame
@@ -850,7 +851,8 @@ impl hyper::body::Body for RemoveWhenSent {
         let this = self.get_mut();
         loop {
             if let Some((fut, _)) = this.removing.as_mut() {
-                ready!(fut.as_mut().poll(cx));
+                // A failed removal is logged by the task; the frame goes out either way.
+                let _ = ready!(Pin::new(fut).poll(cx));
                 if let Some((_, frame)) = this.removing.take() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -862,7 +864,8 @@ impl hyper::body::Body for RemoveWhenSent {
                         this.left = this.left.saturating_sub(d.len() as u64);
                         if this.left == 0 {
                             if let Some((st, id)) = this.remove.take() {
-                                this.removing = Some((Box::pin(remove_downloaded(st, id)), frame));
+                                this.removing =
+                                    Some((tokio::spawn(remove_downloaded(st, id)), frame));
                                 continue;
                             }
                         }

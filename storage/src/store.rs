@@ -44,8 +44,12 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// msim-chat issues (24 h), so a token never outlives the tombstone of its transfer.
 pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most tombstones kept (a row each, about 100 bytes with its index): beyond it a sweep
-/// removes the oldest first.
+/// removes the oldest first — but never one younger than [`TOMBSTONE_MIN_AGE`].
 pub const TOMBSTONE_MAX: u64 = 200_000;
+/// Tombstones younger than this are kept even beyond [`TOMBSTONE_MAX`]: a token may still be
+/// valid for their transfer (msim-chat's tokens live 24 h), and without its tombstone the id
+/// could be uploaded again — a second upload that a one-shot download token would accept.
+pub const TOMBSTONE_MIN_AGE: Duration = Duration::from_secs(2 * 24 * 3600);
 /// How long a one-shot removal waits for the upload it was following to be committed.
 const DOWNLOADED_WAIT: Duration = Duration::from_secs(60);
 /// Most completions committed together (one directory fsync, one index statement).
@@ -1260,8 +1264,14 @@ impl BlobStore {
             }
         }
         let retention = TOMBSTONE_RETENTION.as_secs();
-        self.sweep_tombstones(now.saturating_sub(retention), TOMBSTONE_MAX, &mut report)
-            .await?;
+        let young = now.saturating_sub(TOMBSTONE_MIN_AGE.as_secs());
+        self.sweep_tombstones(
+            now.saturating_sub(retention),
+            TOMBSTONE_MAX,
+            young,
+            &mut report,
+        )
+        .await?;
         if report.removed_blobs > 0 || report.removed_tombstones > 0 {
             tracing::info!(
                 removed_blobs = report.removed_blobs,
@@ -1275,11 +1285,13 @@ impl BlobStore {
         Ok(report)
     }
 
-    /// Remove tombstones from at or before `cutoff`, then the oldest beyond `max`.
+    /// Remove tombstones from at or before `cutoff`, then the oldest beyond `max` among those
+    /// from at or before `evictable`.
     async fn sweep_tombstones(
         &self,
         cutoff: u64,
         max: u64,
+        evictable: u64,
         report: &mut SweepReport,
     ) -> Result<()> {
         loop {
@@ -1312,8 +1324,9 @@ impl BlobStore {
             let writing = self.inner.writes.lock().await;
             let n = sqlx::query(
                 "DELETE FROM tombstones WHERE id IN
-                    (SELECT id FROM tombstones ORDER BY removed LIMIT ?)",
+                    (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
             )
+            .bind(i(evictable))
             .bind(excess)
             .execute(&self.inner.pool)
             .await?
@@ -1321,6 +1334,11 @@ impl BlobStore {
             drop(writing);
             report.removed_tombstones += n;
             if n == 0 {
+                tracing::warn!(
+                    tombstones = report.tombstones,
+                    max,
+                    "more recent tombstones than the bound: all are younger than the minimum age and kept"
+                );
                 return Ok(());
             }
         }
@@ -2182,8 +2200,19 @@ mod tests {
             store.create(blob(id, 1, "x")).await.expect("create");
             store.cancel(id).await.expect("cancel");
         }
+        // Young tombstones are kept even beyond the bound.
         let mut rep = SweepReport::default();
-        store.sweep_tombstones(0, 2, &mut rep).await.expect("bound");
+        store
+            .sweep_tombstones(0, 2, 0, &mut rep)
+            .await
+            .expect("bound");
+        assert_eq!((rep.removed_tombstones, rep.tombstones), (0, 3));
+        let mut rep = SweepReport::default();
+        let all_old = t0 + 2_000_000;
+        store
+            .sweep_tombstones(0, 2, all_old, &mut rep)
+            .await
+            .expect("bound");
         assert_eq!((rep.removed_tombstones, rep.tombstones), (1, 2));
         assert!(matches!(store.info("k1").await, Err(StoreError::NotFound)));
         assert!(matches!(store.info("k3").await, Err(StoreError::Gone(_))));
