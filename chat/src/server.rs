@@ -82,6 +82,13 @@ impl Server {
         } else {
             Keyring::from_secret_text(&config.relay_secret)?
         };
+        if config.tls.is_some() {
+            // Tokens travel in the relay URLs' requests: a TLS chat server handing out plain
+            // http relays would expose them on the network.
+            for url in config.relays.iter().filter(|u| u.starts_with("http://")) {
+                warn!(%url, "chat connections use TLS but this relay is plain http: transfer tokens and files cross the network in clear");
+            }
+        }
         let relays = Arc::new(RelayPool::new(&config.relays)?.with_tls(config.relay_tls.clone()));
         let salt_start = (config.clock.now_micros().max(0)) as u64;
         let throttle = Throttle::new(
