@@ -1295,17 +1295,7 @@ impl BlobStore {
         report: &mut SweepReport,
     ) -> Result<()> {
         loop {
-            let writing = self.inner.writes.lock().await;
-            let n = sqlx::query(
-                "DELETE FROM tombstones WHERE id IN
-                    (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
-            )
-            .bind(i(cutoff))
-            .bind(SWEEP_BATCH)
-            .execute(&self.inner.pool)
-            .await?
-            .rows_affected();
-            drop(writing);
+            let n = self.delete_oldest_tombstones(cutoff, SWEEP_BATCH).await?;
             report.removed_tombstones += n;
             if n == 0 {
                 break;
@@ -1321,17 +1311,7 @@ impl BlobStore {
                 return Ok(());
             }
             let excess = i(count - max).min(SWEEP_BATCH);
-            let writing = self.inner.writes.lock().await;
-            let n = sqlx::query(
-                "DELETE FROM tombstones WHERE id IN
-                    (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
-            )
-            .bind(i(evictable))
-            .bind(excess)
-            .execute(&self.inner.pool)
-            .await?
-            .rows_affected();
-            drop(writing);
+            let n = self.delete_oldest_tombstones(evictable, excess).await?;
             report.removed_tombstones += n;
             if n == 0 {
                 tracing::warn!(
@@ -1342,6 +1322,20 @@ impl BlobStore {
                 return Ok(());
             }
         }
+    }
+
+    /// Delete up to `limit` of the oldest tombstones from at or before `upto`; how many went.
+    async fn delete_oldest_tombstones(&self, upto: u64, limit: i64) -> Result<u64> {
+        let _writing = self.inner.writes.lock().await;
+        Ok(sqlx::query(
+            "DELETE FROM tombstones WHERE id IN
+                (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
+        )
+        .bind(i(upto))
+        .bind(limit)
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn sweep_one(&self, id: &str, report: &mut SweepReport) -> Result<()> {
