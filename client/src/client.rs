@@ -499,24 +499,13 @@ impl Client {
         name: Option<&str>,
         group: Option<&str>,
     ) -> Result<(), ClientError> {
-        let answer = self
-            .request(
-                ContactsAdd {
-                    id: id.to_owned(),
-                    name: name.map(str::to_owned),
-                    group: group.map(str::to_owned),
-                },
-                &["CONTACTS-ADD-OK", "CONTACTS-ADD-FAILED"],
-            )
-            .await?;
-        match answer {
-            Event::ContactsAddOk(_) => Ok(()),
-            Event::ContactsAddFailed(f) => Err(ClientError::ContactFailed {
-                id: f.id,
-                reason: f.reason,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        let add = ContactsAdd {
+            id: id.to_owned(),
+            name: name.map(str::to_owned),
+            group: group.map(str::to_owned),
+        };
+        self.contact_change(add, &["CONTACTS-ADD-OK", "CONTACTS-ADD-FAILED"])
+            .await
     }
 
     /// `CONTACTS-CHANGE id= [name=] [group=]`; `group: Some("")` removes the group.
@@ -526,40 +515,36 @@ impl Client {
         name: Option<&str>,
         group: Option<&str>,
     ) -> Result<(), ClientError> {
-        let answer = self
-            .request(
-                ContactsChange {
-                    id: id.to_owned(),
-                    name: name.map(str::to_owned),
-                    group: group.map(str::to_owned),
-                },
-                &["CONTACTS-CHANGE-OK", "CONTACTS-CHANGE-FAILED"],
-            )
-            .await?;
-        match answer {
-            Event::ContactsChangeOk(_) => Ok(()),
-            Event::ContactsChangeFailed(f) => Err(ClientError::ContactFailed {
-                id: f.id,
-                reason: f.reason,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        let change = ContactsChange {
+            id: id.to_owned(),
+            name: name.map(str::to_owned),
+            group: group.map(str::to_owned),
+        };
+        self.contact_change(change, &["CONTACTS-CHANGE-OK", "CONTACTS-CHANGE-FAILED"])
+            .await
     }
 
     /// `CONTACTS-DELETE id=`.
     pub async fn delete_contact(&self, id: &str) -> Result<(), ClientError> {
-        let answer = self
-            .request(
-                ContactsDelete { id: id.to_owned() },
-                &["CONTACTS-DELETE-OK", "CONTACTS-DELETE-FAILED"],
-            )
-            .await?;
-        match answer {
-            Event::ContactsDeleteOk(_) => Ok(()),
-            Event::ContactsDeleteFailed(f) => Err(ClientError::ContactFailed {
-                id: f.id,
-                reason: f.reason,
-            }),
+        let delete = ContactsDelete { id: id.to_owned() };
+        self.contact_change(delete, &["CONTACTS-DELETE-OK", "CONTACTS-DELETE-FAILED"])
+            .await
+    }
+
+    /// One contact-list change and its `-OK` / `-FAILED` answer.
+    async fn contact_change(
+        &self,
+        request: impl Into<Request>,
+        answers: &'static [&'static str],
+    ) -> Result<(), ClientError> {
+        let failed = |id, reason| Err(ClientError::ContactFailed { id, reason });
+        match self.request(request, answers).await? {
+            Event::ContactsAddOk(_) | Event::ContactsChangeOk(_) | Event::ContactsDeleteOk(_) => {
+                Ok(())
+            }
+            Event::ContactsAddFailed(f) => failed(f.id, f.reason),
+            Event::ContactsChangeFailed(f) => failed(f.id, f.reason),
+            Event::ContactsDeleteFailed(f) => failed(f.id, f.reason),
             other => Err(unexpected(&other)),
         }
     }
