@@ -678,11 +678,9 @@ impl BlobStore {
         }
     }
 
-    /// [`BlobStore::create`] and [`BlobStore::writer`] in one step, for a fresh upload: saves
-    /// an index lookup and a file-system round trip.
-    pub async fn create_writer(&self, new: NewBlob) -> Result<BlobWriter> {
-        self.insert(&new).await?;
-        let id = new.id.as_str();
+    /// Become the one writer of `id` (a new live entry starts at offset 0); `Busy` if another
+    /// writer is attached. The guard releases the claim when dropped.
+    fn claim_writer(&self, id: &str) -> Result<(Arc<Live>, WriterGuard)> {
         let live = self.live_get_or_insert(id, || 0);
         if live.writer_active.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Busy);
@@ -693,6 +691,15 @@ impl BlobStore {
             live: live.clone(),
             armed: true,
         };
+        Ok((live, guard))
+    }
+
+    /// [`BlobStore::create`] and [`BlobStore::writer`] in one step, for a fresh upload: saves
+    /// an index lookup and a file-system round trip.
+    pub async fn create_writer(&self, new: NewBlob) -> Result<BlobWriter> {
+        self.insert(&new).await?;
+        let id = new.id.as_str();
+        let (live, guard) = self.claim_writer(id)?;
         let part = self.part_path(id);
         let opened = tokio::task::spawn_blocking(move || {
             std::fs::OpenOptions::new()
@@ -861,16 +868,7 @@ impl BlobStore {
         }
         let part2 = self.part_path(id);
         // A new entry starts at 0 (a lower bound); the real offset is published below.
-        let live = self.live_get_or_insert(id, || 0);
-        if live.writer_active.swap(true, Ordering::SeqCst) {
-            return Err(StoreError::Busy);
-        }
-        let guard = WriterGuard {
-            store: self.clone(),
-            id: id.to_owned(),
-            live: live.clone(),
-            armed: true,
-        };
+        let (live, guard) = self.claim_writer(id)?;
         let size = info.size;
         let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, Sha256, u64)> {
             let mut f = std::fs::OpenOptions::new()
