@@ -77,8 +77,8 @@ pub struct Config {
     pub relay_tls: Option<Arc<ClientConfig>>,
     /// Relay base URLs (`http://host:port` or `https://host:port`). Empty = no relay (file offers get `no-relay`).
     pub relays: Vec<String>,
-    /// Relay token secret text (`kid:hex` lines, see `msim_shared::token`); empty = a random
-    /// key (tests with fake relays).
+    /// Relay token secret text (`kid:hex` lines, see `msim_shared::token`); must not be
+    /// empty when `relays` is not (start-up refuses); with no relay it may be empty.
     pub relay_secret: String,
     /// Relay health-check period.
     pub relay_health_interval: Duration,

@@ -40,56 +40,48 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(H[(b >> 4) as usize] as char);
-        s.push(H[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(bytes)
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(s).ok()
 }
 
-/// Reads a 32-byte hex secret from `path`, creating it (mode 0600) when missing.
-pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
+/// Reads the 32-byte hex secret at `path`; `None` when the file does not exist.
+pub fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, CryptoError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let bad = || CryptoError::BadKey(path.display().to_string());
+            let bytes = unhex(s.trim()).ok_or_else(bad)?;
+            bytes.try_into().map(Some).map_err(|_| bad())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CryptoError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Creates a new random secret at `path` (mode 0600, synced); fails if the file exists.
+pub fn create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
     let err = |source| CryptoError::KeyFile {
         path: path.display().to_string(),
         source,
     };
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let bytes =
-                unhex(s.trim()).ok_or_else(|| CryptoError::BadKey(path.display().to_string()))?;
-            bytes
-                .try_into()
-                .map_err(|_| CryptoError::BadKey(path.display().to_string()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_bytes::<32>();
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(path).map_err(err)?;
-            f.write_all(format!("{}\n", hex(&key)).as_bytes())
-                .map_err(err)?;
-            f.sync_all().map_err(err)?;
-            Ok(key)
-        }
-        Err(e) => Err(err(e)),
+    let key = random_bytes::<32>();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(format!("{}\n", hex(&key)).as_bytes())
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
+    Ok(key)
 }
 
 /// Seals and opens passwords.
@@ -163,7 +155,13 @@ impl Sealer {
             Some(b) => (login, b, true),
             None => ("", self.dummy.as_slice(), false),
         };
-        let password = self.open(aad, blob).unwrap_or_default();
+        // Fail closed: a stored password that cannot be opened (wrong or replaced key, a
+        // corrupt row, an account locked by `reset-secret-key`) never matches. The hash is
+        // still computed, on a fresh random value, so this path takes as long as the others.
+        let (password, opened) = match self.open(aad, blob) {
+            Ok(p) => (p, true),
+            Err(_) => (hex::encode(random_bytes::<16>()).into_bytes(), false),
+        };
         let expected = challenge_hash(salt, &password);
         let given = hash_hex.as_bytes();
         let eq: bool = if given.len() == expected.len() {
@@ -173,7 +171,7 @@ impl Sealer {
             let _ = expected.as_bytes().ct_eq(expected.as_bytes());
             false
         };
-        eq && known
+        eq && known && opened
     }
 }
 
@@ -220,6 +218,23 @@ mod tests {
         assert!(s.verify("alice", Some(&sealed), &salt, &h));
         assert!(!s.verify("alice", Some(&sealed), &salt, "00"));
         assert!(!s.verify("alice", None, &salt, &h));
+    }
+
+    #[test]
+    fn unopenable_password_never_matches() {
+        // The critical defect: an unopenable sealed value was taken as the empty password.
+        let old = Sealer::new(random_bytes());
+        let sealed = old.seal("alice", "password1");
+        let new = Sealer::new(random_bytes());
+        let salt = SaltGen::new(5).next();
+        for stored in [&sealed[..], &[], &[0u8; 40][..]] {
+            for answer in [
+                challenge_hash(&salt, b""),
+                challenge_hash(&salt, b"password1"),
+            ] {
+                assert!(!new.verify("alice", Some(stored), &salt, &answer));
+            }
+        }
     }
 
     #[test]

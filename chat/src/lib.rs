@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod db;
 pub mod hub;
 pub mod relays;
+pub mod secret_key;
 pub mod server;
 pub mod session;
 pub mod throttle;

@@ -24,6 +24,10 @@ fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
 #[command(version, about)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 struct Cli {
+    /// Operator commands; without one, the server runs.
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
     /// TOML configuration file (keys as the long flags, e.g. `domain = "example.org"`).
     #[arg(long, env = "MSIM_CHAT_CONFIG")]
     #[serde(skip)]
@@ -127,6 +131,58 @@ struct Cli {
     #[arg(skip)]
     #[serde(rename = "relay-health-interval")]
     file_relay_health_interval: Option<String>,
+}
+
+/// Operator commands on a stopped server's data directory (`--data-dir`, `--config` apply).
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Start over after secret.key is lost for good: makes a new key and clears every stored
+    /// password. Accounts keep their contacts and messages but cannot log in until an
+    /// operator runs `set-password` for them. Refused while the present key works. Stop
+    /// msim-chat first.
+    ResetSecretKey {
+        /// Confirms that every account is to be locked.
+        #[arg(long, required = true)]
+        lock_all_accounts: bool,
+    },
+    /// Sets an account's password, read from the first line of standard input.
+    SetPassword {
+        /// The account's login.
+        login: String,
+    },
+}
+
+/// Runs an operator command against the data directory.
+async fn operator_command(command: Command, config: &Config) -> Result<()> {
+    use msim_chat::secret_key;
+    let dir = &config.data_dir;
+    match command {
+        Command::ResetSecretKey { .. } => {
+            let locked = secret_key::reset_secret_key(dir).await?;
+            println!(
+                "new {}; {locked} account(s) locked until `msim-chat set-password LOGIN`",
+                dir.join("secret.key").display()
+            );
+        }
+        Command::SetPassword { login } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let chars = password.chars().count();
+            if chars < config.password_min || chars > config.password_max {
+                anyhow::bail!(
+                    "the password must have {} to {} characters",
+                    config.password_min,
+                    config.password_max
+                );
+            }
+            secret_key::set_password(dir, &login, password).await?;
+            println!("password of {login} set");
+        }
+    }
+    Ok(())
 }
 
 fn dur(flag: Option<Duration>, file: &Option<String>, name: &str) -> Result<Option<Duration>> {
@@ -261,6 +317,9 @@ async fn main() -> Result<()> {
         .or(file.relay_ca_file)
         .into_iter()
         .collect();
+    if let Some(command) = cli.command {
+        return operator_command(command, &config).await;
+    }
     let listen = cli
         .listen
         .or(file.listen)
@@ -327,6 +386,12 @@ async fn main() -> Result<()> {
                 "external relays need a token secret: --relay-secret-file or MSIM_RELAY_SECRET",
             )?,
         };
+        if config.relay_secret.trim().is_empty() {
+            anyhow::bail!(
+                "the relay token secret (--relay-secret-file or MSIM_RELAY_SECRET) is empty: \
+                 relays would refuse every token; use the same secret text as the relays"
+            );
+        }
     }
 
     if config.relays.iter().any(|u| u.starts_with("https://")) {

@@ -4,10 +4,11 @@
 use crate::cmd::files;
 use crate::commit::Writer;
 use crate::config::Config;
-use crate::crypto::{load_or_create_secret, CryptoError, SaltGen, Sealer};
+use crate::crypto::{CryptoError, SaltGen, Sealer};
 use crate::db::{Db, DbError};
 use crate::hub::Hub;
 use crate::relays::{BadRelayUrl, RelayPool};
+use crate::secret_key::{open_sealer, KeyError};
 use crate::session;
 use crate::throttle::Throttle;
 use msim_shared::token::{Keyring, TokenError};
@@ -31,9 +32,15 @@ pub enum Error {
     /// Key file.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The password key does not belong to the database.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// Relay URL.
     #[error(transparent)]
     Relay(#[from] BadRelayUrl),
+    /// Relays are configured but the relay token secret is empty.
+    #[error("the relay token secret is empty: relays would refuse every token (set --relay-secret-file or MSIM_RELAY_SECRET)")]
+    NoRelaySecret,
     /// Relay secret.
     #[error("relay secret: {0}")]
     Token(#[from] TokenError),
@@ -74,13 +81,19 @@ impl Server {
     /// Opens the data directory (database, keys) and prepares the server.
     pub async fn new(config: Config) -> Result<Server, Error> {
         crate::db::create_data_dir(&config.data_dir)?;
-        let key = load_or_create_secret(&config.data_dir.join("secret.key"))?;
         let db = Db::open(&config.data_dir).await?;
+        let sealer = open_sealer(&config.data_dir, &db).await?;
         let (writer, writer_task) = Writer::start(db.clone());
-        let keyring = if config.relay_secret.trim().is_empty() {
-            Keyring::from_secret_text(&msim_shared::token::generate_secret_text())?
-        } else {
-            Keyring::from_secret_text(&config.relay_secret)?
+        let keyring = match (
+            config.relay_secret.trim().is_empty(),
+            config.relays.is_empty(),
+        ) {
+            // Tokens signed with a key no relay knows would make every upload fail with 401
+            // while the health checks pass: refuse to start instead.
+            (true, false) => return Err(Error::NoRelaySecret),
+            // No relay: offers are refused with `no-relay`, the key signs nothing.
+            (true, true) => Keyring::from_secret_text(&msim_shared::token::generate_secret_text())?,
+            (false, _) => Keyring::from_secret_text(&config.relay_secret)?,
         };
         if config.tls.is_some() {
             // Tokens travel in the relay URLs' requests: a TLS chat server handing out plain
@@ -106,7 +119,7 @@ impl Server {
             hub: Hub::default(),
             throttle,
             salts: SaltGen::new(salt_start),
-            sealer: Sealer::new(key),
+            sealer,
             relays,
             keyring,
         });

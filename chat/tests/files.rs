@@ -39,6 +39,7 @@ async fn offer_accept_reject_and_errors() {
     let relays = vec![r1.clone(), r2.clone()];
     let srv = TestServer::start_with(|c| {
         c.relays = relays;
+        c.relay_secret = msim_shared::token::generate_secret_text();
         c.max_file_size = 1_000_000;
     })
     .await;
@@ -150,6 +151,7 @@ async fn offline_offer_and_expiry() {
     let (r1, _) = fake_relay(200).await;
     let srv = TestServer::start_with(|c| {
         c.relays = vec![r1];
+        c.relay_secret = msim_shared::token::generate_secret_text();
         c.offer_ttl = Duration::from_secs(3600);
         c.offer_sweep_interval = Duration::from_millis(20);
     })
@@ -189,6 +191,7 @@ async fn unhealthy_relay_gets_no_transfers() {
     let relays = vec![good.clone(), bad];
     let srv = TestServer::start_with(|c| {
         c.relays = relays;
+        c.relay_secret = msim_shared::token::generate_secret_text();
         c.relay_health_interval = Duration::from_millis(20);
     })
     .await;

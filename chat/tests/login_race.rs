@@ -62,7 +62,11 @@ async fn confirmations(a: &mut Client) -> (Vec<String>, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_during_traffic_delivers_each_item_exactly_once() {
     let relay = fake_relay().await;
-    let srv = TestServer::start_with(|c| c.relays = vec![relay]).await;
+    let srv = TestServer::start_with(|c| {
+        c.relays = vec![relay];
+        c.relay_secret = msim_shared::token::generate_secret_text();
+    })
+    .await;
     let mut a = srv.user("alice").await;
     for it in 0..ITERATIONS {
         let bob = format!("bob{it}");

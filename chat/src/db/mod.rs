@@ -3,6 +3,8 @@
 //! group-commit writer ([`crate::commit`]) applies in batches. The SQL is portable (no
 //! SQLite-only functions in queries) so a PostgreSQL backend can be added behind the same API.
 
+mod passwords;
+
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use std::collections::HashSet;
