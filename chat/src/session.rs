@@ -61,6 +61,9 @@ pub enum SessionError {
     /// The client did not take our data in time.
     #[error("write timed out")]
     WriteTimeout,
+    /// An earlier write failed; the connection takes no more data.
+    #[error("an earlier write failed")]
+    WriteFailed,
 }
 
 /// Where the session is in the login state machine.
@@ -103,6 +106,8 @@ pub struct Session<'a> {
     pub typing: Vec<(String, Instant)>,
     /// Set to close the connection after flushing.
     pub closing: bool,
+    /// A write failed or timed out: the stream is cut mid-packet, nothing more goes out.
+    write_failed: bool,
     /// Pipelined messages awaiting their commit, in request order.
     pub pending: VecDeque<InFlight>,
     /// Request rate limit: (micro-tokens left, when last refilled in clock micros).
@@ -164,6 +169,10 @@ impl<'a> Session<'a> {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
+        if self.write_failed {
+            self.out.clear();
+            return Err(SessionError::WriteFailed);
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -175,9 +184,17 @@ impl<'a> Session<'a> {
             self.w.write_all(&self.out).await?;
             self.w.flush().await
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(r) => r?,
-            Err(_) => return Err(SessionError::WriteTimeout),
+        let result = match tokio::time::timeout(timeout, write).await {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(_) => Err(SessionError::WriteTimeout),
+        };
+        if let Err(e) = result {
+            // An unknown part of `out` reached the client: writing it again would repeat
+            // packets and cut one in half. The connection is done; nothing more is written.
+            self.out = BytesMut::new();
+            self.write_failed = true;
+            self.closing = true;
+            return Err(e);
         }
         if self.out.capacity() > 8192 {
             self.out = BytesMut::new();
@@ -342,6 +359,7 @@ async fn serve_split<'a, R>(
         marks: [0; STREAMS],
         typing: Vec::new(),
         closing: false,
+        write_failed: false,
         pending: VecDeque::new(),
         bucket: None,
         out: BytesMut::new(),
@@ -422,6 +440,8 @@ async fn serve_split<'a, R>(
                                 }
                             }
                             Err(e) => {
+                                // Only *consecutive* over-long lines close (§1.2).
+                                too_long = 0;
                                 s.drain().await;
                                 s.push(&ErrorMalformed::from_packet_error(&e).to_packet());
                             }

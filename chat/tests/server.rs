@@ -6,7 +6,7 @@ use common::{field, Client, TestServer, PASSWORD};
 use std::time::Duration;
 
 #[tokio::test]
-async fn errors_and_keepalive() {
+async fn malformed_input_and_state_errors() {
     let srv = TestServer::start_with(|c| c.max_line = 120).await;
     let mut c = srv.client().await;
     c.send("PING ref=a1").await;
@@ -253,9 +253,23 @@ async fn offline_delivery_in_order_and_stored_receipts() {
     }
     b.sync().await;
     drop(b);
-    // Wait until the detached acks are committed: a fresh login sees nothing pending.
-    let mut b = srv.session("bob").await;
-    b.sync().await;
+    // Acknowledgements are best effort and committed in the background (§5.5): once they
+    // are, a fresh login gets nothing again — the very first answer is the PONG.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut b = loop {
+        let mut b = srv.session("bob").await;
+        b.send("PING ref=quiet").await;
+        let first = b.line().await;
+        if first == "PONG ref=quiet" {
+            break b;
+        }
+        assert!(first.starts_with("MESSAGE "), "{first}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ACK/READ never stopped redelivery"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let mut a = srv.session("alice").await;
     let r = a.expect_skip("MESSAGE-READ").await;
     assert_eq!(field(&r, "id").unwrap(), ids[0]);
@@ -266,7 +280,8 @@ async fn offline_delivery_in_order_and_stored_receipts() {
     let mut a = srv.session("alice").await;
     a.send("PING ref=x").await;
     assert_eq!(a.line().await, "PONG ref=x");
-    let _ = &mut b;
+    b.send("PING ref=y").await;
+    assert_eq!(b.line().await, "PONG ref=y");
     srv.stop().await;
 }
 
@@ -435,22 +450,6 @@ async fn login_timeout_closes_connection() {
     let srv = TestServer::start_with(|c| c.login_timeout = Duration::from_millis(100)).await;
     let mut c = srv.client().await;
     c.expect_closed().await;
-    srv.stop().await;
-}
-
-#[tokio::test]
-async fn slow_reader_is_disconnected() {
-    let srv = TestServer::start_with(|c| c.outbound_queue = 4).await;
-    let mut a = srv.user("alice").await;
-    let b = srv.user("bob").await;
-    // bob never reads; his queue and socket fill up and he is evicted, alice is unaffected.
-    let text = "y".repeat(16 * 1024);
-    for _ in 0..200 {
-        a.send(&format!("MESSAGE to=bob text={text}")).await;
-        a.expect("MESSAGE-SENT").await;
-    }
-    drop(b);
-    a.sync().await;
     srv.stop().await;
 }
 
