@@ -34,6 +34,9 @@ reasons! {
 pub enum Presence {
     Online,
     LastSeen(OffsetDateTime),
+    /// Only in `CONTACT-UPDATED`: the contact's presence is no longer shown to you (a request
+    /// denied or revoked, a block, or their `last-seen=` setting); wire form empty.
+    Hidden,
 }
 
 impl Presence {
@@ -42,6 +45,7 @@ impl Presence {
         match self {
             Presence::Online => "online".to_owned(),
             Presence::LastSeen(at) => timestamp::format(*at),
+            Presence::Hidden => String::new(),
         }
     }
 
@@ -49,6 +53,7 @@ impl Presence {
     pub fn parse(text: &str) -> Option<Presence> {
         match text {
             "online" => Some(Presence::Online),
+            "" => Some(Presence::Hidden),
             _ => timestamp::parse(text).map(Presence::LastSeen),
         }
     }

@@ -13,6 +13,7 @@ reasons! {
         FederationDisabled = "federation-disabled",
         NoRelay = "no-relay",
         TooManyOffers = "too-many-offers",
+        OfferQuotaExceeded = "offer-quota-exceeded",
         StorageError = "storage-error",
     }
 }

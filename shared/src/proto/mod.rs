@@ -16,6 +16,7 @@ pub mod contacts;
 pub mod errors;
 pub mod files;
 pub mod messages;
+pub mod privacy;
 pub mod profile;
 pub mod typing;
 
@@ -25,6 +26,7 @@ pub use errors::*;
 pub use fields::{FieldReader, ProtoError};
 pub use files::*;
 pub use messages::*;
+pub use privacy::*;
 pub use profile::*;
 pub use typing::*;
 
@@ -32,7 +34,10 @@ use crate::packet::Packet;
 
 /// The verbs that are always followed by a list block.
 pub fn carries_list(verb: &str) -> bool {
-    matches!(verb, ContactsList::VERB | ContactUpdated::VERB)
+    matches!(
+        verb,
+        ContactsList::VERB | ContactUpdated::VERB | PrivacySettings::VERB
+    )
 }
 
 /// A typed packet body with a fixed verb.
@@ -140,6 +145,12 @@ direction! {
         OfferFile(OfferFile),
         AcceptFile(AcceptFile),
         RejectFile(RejectFile),
+        PresenceApprove(PresenceApprove),
+        PresenceDeny(PresenceDeny),
+        Block(Block),
+        Unblock(Unblock),
+        PrivacySet(PrivacySet),
+        PrivacyGet(PrivacyGet),
         Ping(Ping),
         Pong(Pong),
     }
@@ -180,6 +191,17 @@ direction! {
         UploadGrant(UploadGrant),
         DownloadGrant(DownloadGrant),
         FileRejected(FileRejected),
+        PresenceRequest(PresenceRequest),
+        PresenceApproveOk(PresenceApproveOk),
+        PresenceDenyOk(PresenceDenyOk),
+        PresenceAnswerFailed(PresenceAnswerFailed),
+        BlockOk(BlockOk),
+        BlockFailed(BlockFailed),
+        UnblockOk(UnblockOk),
+        UnblockFailed(UnblockFailed),
+        PrivacySetOk(PrivacySetOk),
+        PrivacyFailed(PrivacyFailed),
+        PrivacySettings(PrivacySettings),
         ErrorMalformed(ErrorMalformed),
         ErrorLineTooLong(ErrorLineTooLong),
         ErrorNotLoggedIn(ErrorNotLoggedIn),
