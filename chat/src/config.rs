@@ -86,6 +86,40 @@ pub struct Config {
     pub relay_health_timeout: Duration,
     /// Source of wall-clock time.
     pub clock: Clock,
+    /// Most users one user may block.
+    pub max_blocks: usize,
+    /// Most open presence requests one user may have waiting (further ones are dropped).
+    pub max_presence_requests: usize,
+    /// Limits on the open file offers of one account and one address.
+    pub offer_quota: OfferQuota,
+}
+
+/// Limits on open file offers (PROTOCOL.md §10.2): an offer is open while unanswered and
+/// unexpired, and for `upload_window` after its acceptance.
+#[derive(Debug, Clone, Copy)]
+pub struct OfferQuota {
+    /// Most open offers per sender account.
+    pub per_account: u64,
+    /// Most bytes in open offers per sender account.
+    pub bytes_per_account: u64,
+    /// Most open offers per client address (IPv4 address or IPv6 /64).
+    pub per_address: u64,
+    /// Most bytes in open offers per client address.
+    pub bytes_per_address: u64,
+    /// How long an accepted offer still counts as open.
+    pub upload_window: Duration,
+}
+
+impl Default for OfferQuota {
+    fn default() -> OfferQuota {
+        OfferQuota {
+            per_account: 16,
+            bytes_per_account: 4 << 30,
+            per_address: 64,
+            bytes_per_address: 16 << 30,
+            upload_window: Duration::from_secs(600),
+        }
+    }
 }
 
 impl Default for Config {
@@ -127,6 +161,9 @@ impl Default for Config {
             relay_health_interval: Duration::from_secs(10),
             relay_health_timeout: Duration::from_secs(3),
             clock: Clock::system(),
+            max_blocks: 1_000,
+            max_presence_requests: 1_000,
+            offer_quota: OfferQuota::default(),
         }
     }
 }

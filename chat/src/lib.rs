@@ -11,6 +11,7 @@
 //! ```
 #![warn(missing_docs, clippy::unwrap_used)]
 
+pub mod blocks;
 pub mod clock;
 pub mod cmd;
 pub mod commit;

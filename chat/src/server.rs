@@ -69,6 +69,8 @@ pub struct Shared {
     pub relays: Arc<RelayPool>,
     /// Signs relay capability tokens.
     pub keyring: Keyring,
+    /// Who blocked whom (mirror of the `blocks` table).
+    pub blocks: crate::blocks::Blocks,
 }
 
 /// A server ready to accept connections.
@@ -83,6 +85,7 @@ impl Server {
         crate::db::create_data_dir(&config.data_dir)?;
         let db = Db::open(&config.data_dir).await?;
         let sealer = open_sealer(&config.data_dir, &db).await?;
+        let blocks = crate::blocks::Blocks::from_pairs(db.all_blocks().await?);
         let (writer, writer_task) = Writer::start(db.clone());
         let keyring = match (
             config.relay_secret.trim().is_empty(),
@@ -122,6 +125,7 @@ impl Server {
             sealer,
             relays,
             keyring,
+            blocks,
         });
         Ok(Server {
             shared,

@@ -50,6 +50,8 @@ pub struct InFlight {
     pub reference: Option<String>,
     /// The message as stored.
     pub message: StoredMessage,
+    /// The recipient blocked the sender: answered as sent, never stored or delivered.
+    pub discard: bool,
 }
 
 /// Why a connection ends early.
@@ -209,7 +211,7 @@ impl<'a> Session<'a> {
     pub async fn drain(&mut self) {
         while let Some(f) = self.pending.pop_front() {
             let r = f.done.await;
-            cmd::messages::complete(self, f.reference, f.message, r);
+            cmd::messages::complete(self, f.reference, f.message, f.discard, r);
         }
     }
 
@@ -220,7 +222,7 @@ impl<'a> Session<'a> {
                 return;
             };
             if let Some(f) = self.pending.pop_front() {
-                cmd::messages::complete(self, f.reference, f.message, r);
+                cmd::messages::complete(self, f.reference, f.message, f.discard, r);
             }
         }
     }
@@ -376,7 +378,7 @@ async fn serve_split<'a, R>(
             _ = shutdown.cancelled() => break,
             r = front_done(&mut s.pending) => {
                 if let Some(f) = s.pending.pop_front() {
-                    cmd::messages::complete(&mut s, f.reference, f.message, r);
+                    cmd::messages::complete(&mut s, f.reference, f.message, f.discard, r);
                 }
                 s.complete_ready();
             }

@@ -253,6 +253,8 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
         }
         Err(e) => warn!("pending notices: {e}"),
     }
+    // Presence requests waiting for an answer (repeated at every login until answered).
+    crate::cmd::privacy::requests_at_login(s, &login).await;
 }
 
 /// Cleans up after a connection: typing ends, hub removal, presence when last session.

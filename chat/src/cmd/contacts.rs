@@ -37,7 +37,8 @@ pub fn presence(s: &Session<'_>, login: &str, last_seen: Option<i64>) -> Option<
     }
 }
 
-fn record(s: &Session<'_>, row: &ContactRow) -> Contact {
+/// `visible`: whether the owner may see this contact's presence (§7.2).
+fn record(s: &Session<'_>, row: &ContactRow, visible: bool) -> Contact {
     let login_part = row.contact.split('@').next().unwrap_or(&row.contact);
     let name = row
         .name
@@ -47,6 +48,7 @@ fn record(s: &Session<'_>, row: &ContactRow) -> Contact {
     let presence = row
         .contact_local
         .as_deref()
+        .filter(|_| visible)
         .and_then(|l| presence(s, l, row.last_seen));
     Contact {
         id: row.contact.clone(),
@@ -65,9 +67,19 @@ fn to_other_sessions(s: &Session<'_>, login: &str, rec: ContactUpdate) {
 
 /// `CONTACTS-GET`.
 pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
-    match s.sh.db.contacts(login).await {
-        Ok(rows) => {
-            let contacts = rows.iter().map(|r| record(s, r)).collect();
+    let rows = match s.sh.db.contacts(login).await {
+        Ok(rows) => s.sh.db.visible_contacts(login).await.map(|v| (rows, v)),
+        Err(e) => Err(e),
+    };
+    match rows {
+        Ok((rows, visible)) => {
+            let contacts = rows
+                .iter()
+                .map(|r| {
+                    let v = r.contact_local.as_ref().is_some_and(|l| visible.contains(l));
+                    record(s, r, v)
+                })
+                .collect();
             s.reply(p, ContactsList { contacts }.to_packet());
         }
         Err(e) => {
@@ -129,6 +141,12 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
         Ok(Outcome::Done) => {
             let ok = ContactsAddOk { id: addr.clone() };
             s.reply(p, ok.to_packet());
+            let mut visible = false;
+            if let Some(l) = &local {
+                let sh = s.sh.clone();
+                crate::cmd::privacy::subscribe(&sh, login, l).await;
+                visible = sh.db.can_see_presence(l, login).await.unwrap_or(false);
+            }
             let profile = match &local {
                 Some(l) => s.sh.db.profile(l).await.ok().flatten(),
                 None => None,
@@ -142,7 +160,7 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
                 note: profile.as_ref().map(|p| p.note.clone()),
                 last_seen: profile.and_then(|p| p.last_seen),
             };
-            let c = record(s, &row);
+            let c = record(s, &row, visible);
             let rec = ContactUpdate {
                 id: c.id,
                 name: Some(c.name),
@@ -230,6 +248,9 @@ pub async fn delete(s: &mut Session<'_>, p: &Packet, r: ContactsDelete, login: &
         Ok(Outcome::Done) => {
             let ok = ContactsDeleteOk { id: addr.clone() };
             s.reply(p, ok.to_packet());
+            if let Target::Local(l) = &target {
+                crate::cmd::privacy::unsubscribe(&s.sh, login, l);
+            }
             let mut rec = ContactUpdate::new(addr);
             rec.deleted = true;
             to_other_sessions(s, login, rec);

@@ -4,7 +4,7 @@
 
 use crate::clock::datetime;
 use crate::cmd::{parse_target, Target};
-use crate::db::{Notice, Offer, Outcome, WriteOp};
+use crate::db::{Notice, Offer, OfferLimits, Outcome, PrivacyOp, PrivacyOutcome, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::server::Shared;
 use crate::session::Session;
@@ -16,6 +16,21 @@ use msim_shared::proto::{
     sanitize_filename, AnswerFailure, Body, DownloadGrant, ErrorMalformed, FileAnswerFailed,
     FileOffered, FilePending, FileRejected, FileRejection, OfferFile, UploadGrant,
 };
+
+/// The key under which a client address's open offers are counted: the IPv4 address, or the
+/// /64 prefix of an IPv6 address (one host usually holds a whole /64).
+pub fn address_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
 
 fn valid_sha256(v: &str) -> bool {
     v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
@@ -102,10 +117,43 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
         mime,
         created_at: now,
         expires_at: now + s.sh.config.offer_ttl.as_micros() as i64,
-        state: "pending".into(),
+        // An offer to a recipient who blocked the sender is stored hidden: never shown, it
+        // expires like an ignored one (SECURITY.md).
+        state: if s.sh.blocks.is_blocked(&recipient, login) {
+            "hidden".into()
+        } else {
+            "pending".into()
+        },
         relay: None,
     };
-    match s.sh.writer.write(WriteOp::CreateOffer(o.clone())).await {
+    let quota = s.sh.config.offer_quota;
+    let limits = OfferLimits {
+        account_count: quota.per_account.min(i64::MAX as u64) as i64,
+        account_bytes: quota.bytes_per_account.min(i64::MAX as u64) as i64,
+        addr_count: quota.per_address.min(i64::MAX as u64) as i64,
+        addr_bytes: quota.bytes_per_address.min(i64::MAX as u64) as i64,
+        accepted_since: now - quota.upload_window.as_micros() as i64,
+    };
+    let op = PrivacyOp::CreateOffer {
+        offer: o.clone(),
+        addr: address_key(s.peer.ip()),
+        limits,
+    };
+    match s.sh.writer.write(WriteOp::Privacy(op)).await {
+        Ok(Outcome::Privacy(PrivacyOutcome::TooManyOffers)) => {
+            s.reply(p, rejected(&id, FileRejection::TooManyOffers))
+        }
+        Ok(Outcome::Privacy(PrivacyOutcome::OfferQuotaExceeded)) => {
+            s.reply(p, rejected(&id, FileRejection::OfferQuotaExceeded))
+        }
+        Ok(Outcome::Stored(_)) if o.state == "hidden" => {
+            let pending = FilePending {
+                transfer_id: id,
+                to: s.addr(&recipient),
+                expires: datetime(o.expires_at),
+            };
+            s.reply(p, pending.to_packet());
+        }
         Ok(Outcome::Stored(seq)) => {
             let pending = FilePending {
                 transfer_id: id,
@@ -253,7 +301,10 @@ pub async fn sweep(sh: &Shared) {
                 // The recipient's login backlog no longer lists the offer; only the sender
                 // needs the result stored (stored before the recipient is told).
                 notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;
-                sh.hub.send_packet(&o.recipient, &pkt);
+                // A hidden offer (blocked sender) was never shown to its recipient.
+                if o.state != "hidden" {
+                    sh.hub.send_packet(&o.recipient, &pkt);
+                }
             }
         }
         Ok(_) => {}

@@ -3,7 +3,7 @@
 
 use crate::clock::datetime;
 use crate::cmd::{parse_target, typing, Target};
-use crate::db::{DbError, Outcome, StoredMessage, WriteOp};
+use crate::db::{DbError, Outcome, PrivacyOp, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::session::{InFlight, Session};
 use msim_shared::proto::{
@@ -66,11 +66,20 @@ pub async fn submit(s: &mut Session<'_>, p: &Packet, r: SendMessage) {
         text,
     };
     let reference = p.reference().map(str::to_owned);
-    match s.sh.writer.submit(WriteOp::InsertMessage(m.clone())).await {
+    // A recipient who blocked the sender never gets the message; the sender is answered
+    // `MESSAGE-SENT` as usual, after the next commit like a stored message (SECURITY.md).
+    let discard = s.sh.blocks.is_blocked(&m.recipient, &m.sender);
+    let op = if discard {
+        WriteOp::Privacy(PrivacyOp::Nothing)
+    } else {
+        WriteOp::InsertMessage(m.clone())
+    };
+    match s.sh.writer.submit(op).await {
         Ok(done) => s.pending.push_back(InFlight {
             done,
             reference,
             message: m,
+            discard,
         }),
         Err(e) => {
             warn!("message: {e}");
@@ -85,6 +94,7 @@ pub fn complete(
     s: &mut Session<'_>,
     reference: Option<String>,
     m: StoredMessage,
+    discard: bool,
     r: Result<Outcome, DbError>,
 ) {
     let mut seq = 0;
@@ -112,6 +122,11 @@ pub fn complete(
     }
     typing::clear(s, &m.recipient);
     let bytes = encode(&message_packet(s, &m));
+    if discard {
+        // Only the sender's other sessions see it, as for any sent message.
+        s.sh.hub.send_except(&m.sender, s.session_id(), &bytes);
+        return;
+    }
     // Tagged with its seq: a session whose login backlog already had it drops it.
     if m.recipient != m.sender {
         s.sh.hub

@@ -7,6 +7,7 @@ pub mod files;
 pub mod keepalive;
 pub mod messages;
 pub mod presence;
+pub mod privacy;
 pub mod profile;
 pub mod typing;
 
@@ -71,6 +72,12 @@ pub async fn dispatch(s: &mut Session<'_>, p: Packet) {
         Request::OfferFile(r) => files::offer(s, &p, r, &login).await,
         Request::AcceptFile(r) => files::answer(s, &p, r.transfer_id, &login, true).await,
         Request::RejectFile(r) => files::answer(s, &p, r.transfer_id, &login, false).await,
+        Request::PresenceApprove(r) => privacy::answer(s, &p, r.id, &login, true).await,
+        Request::PresenceDeny(r) => privacy::answer(s, &p, r.id, &login, false).await,
+        Request::Block(r) => privacy::block(s, &p, r, &login).await,
+        Request::Unblock(r) => privacy::unblock(s, &p, r, &login).await,
+        Request::PrivacySet(r) => privacy::set(s, &p, r, &login).await,
+        Request::PrivacyGet(_) => privacy::get(s, &p, &login).await,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Presence (PROTOCOL.md §7): when a user's first session logs in or the last one goes, every
-//! online user who has them as a contact gets `CONTACT-UPDATED` with `presence=`, and on going
+//! online approved watcher (§7.1) gets `CONTACT-UPDATED` with `presence=`, and on going
 //! offline also `UPDATE-LAST-SEEN`.
 
 use crate::clock::{datetime, rfc3339_micros};
@@ -23,14 +23,16 @@ pub async fn announce(sh: &Shared, login: &str, online: bool) {
     if !online && sh.hub.is_online(login) {
         return;
     }
-    let watchers = match sh.db.watchers(login).await {
-        Ok(w) => w,
+    // Only approved watchers, not blocked, and not when the user shows presence to nobody.
+    let watchers = match sh.db.approved_watchers(login).await {
+        Ok((_, vis)) if vis == "nobody" => return,
+        Ok((w, _)) => w,
         Err(e) => {
             warn!("presence watchers: {e}");
             return;
         }
     };
-    if watchers.iter().all(|(o, _)| !sh.hub.is_online(o)) {
+    if watchers.iter().all(|o| !sh.hub.is_online(o)) {
         return;
     }
     let addr = format!("{login}@{}", sh.config.domain);
@@ -53,7 +55,7 @@ pub async fn announce(sh: &Shared, login: &str, online: bool) {
         bytes.extend_from_slice(seen.to_packet().to_wire().as_bytes());
     }
     let bytes = bytes::Bytes::from(bytes);
-    for (owner, _) in watchers {
+    for owner in watchers {
         sh.hub.send(&owner, &bytes);
     }
 }

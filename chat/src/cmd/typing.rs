@@ -24,8 +24,13 @@ fn forward(s: &Session<'_>, to: &str, kind: Kind, from: &str) {
     s.sh.hub.send_packet(to, &p);
 }
 
+/// The local recipient of a typing notification; `None` (dropped) for bad and remote
+/// addresses and for a recipient who blocked the typist.
 fn target(s: &Session<'_>, to: &str) -> Option<String> {
     match parse_target(to, &s.sh.config.domain) {
+        Some(Target::Local(l)) if s.login().is_some_and(|me| s.sh.blocks.is_blocked(&l, me)) => {
+            None
+        }
         Some(Target::Local(l)) => Some(l),
         // Remote peers: nothing to forward while federation is off; bad addresses are ignored.
         _ => None,

@@ -12,6 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod privacy;
+pub use privacy::{OfferLimits, PrivacyOp, PrivacyOutcome};
+
 /// Storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -258,8 +261,6 @@ pub enum WriteOp {
         /// New note.
         note: Option<String>,
     },
-    /// Store a new offer (the recipient must exist).
-    CreateOffer(Offer),
     /// The recipient answers an offer.
     AnswerOffer {
         /// Transfer id.
@@ -278,6 +279,8 @@ pub enum WriteOp {
         /// Now (micros).
         now: i64,
     },
+    /// Presence consent, visibility, blocks and offer quotas.
+    Privacy(PrivacyOp),
 }
 
 /// The result of one [`WriteOp`].
@@ -324,6 +327,8 @@ pub enum Outcome {
     OfferExpired(Offer),
     /// Offers expired by a sweep.
     Expired(Vec<Offer>),
+    /// The result of a [`PrivacyOp`].
+    Privacy(PrivacyOutcome),
 }
 
 /// The database handle.
@@ -1184,29 +1189,6 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
                 last_seen,
             }))
         }
-        WriteOp::CreateOffer(o) => {
-            if !exists(tx, &o.recipient).await? {
-                return Ok(Outcome::UnknownUser);
-            }
-            let r = sqlx::query(
-                "INSERT INTO offers (id, sender, recipient, filename, size, sha256, mime, \
-                 created_at, expires_at, state, relay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&o.id)
-            .bind(&o.sender)
-            .bind(&o.recipient)
-            .bind(&o.filename)
-            .bind(o.size)
-            .bind(&o.sha256)
-            .bind(&o.mime)
-            .bind(o.created_at)
-            .bind(o.expires_at)
-            .bind(&o.state)
-            .bind(&o.relay)
-            .execute(&mut **tx)
-            .await?;
-            Ok(Outcome::Stored(r.last_insert_rowid()))
-        }
         WriteOp::AnswerOffer { id, by, relay, now } => {
             let r: Option<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {OFFER_COLS} FROM offers WHERE id = ?"
@@ -1232,9 +1214,10 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
                 "rejected".into()
             };
             offer.relay = relay;
-            sqlx::query("UPDATE offers SET state = ?, relay = ? WHERE id = ?")
+            sqlx::query("UPDATE offers SET state = ?, relay = ?, answered_at = ? WHERE id = ?")
                 .bind(&offer.state)
                 .bind(&offer.relay)
+                .bind(now)
                 .bind(&offer.id)
                 .execute(&mut **tx)
                 .await?;
@@ -1258,7 +1241,7 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
         }
         WriteOp::ExpireOffers { now } => {
             let rows: Vec<OfferTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {OFFER_COLS} FROM offers WHERE state = 'pending' AND expires_at <= ? LIMIT 10000"
+                "SELECT {OFFER_COLS} FROM offers WHERE state IN ('pending', 'hidden') AND expires_at <= ? LIMIT 10000"
             )))
             .bind(now)
             .fetch_all(&mut **tx)
@@ -1275,6 +1258,7 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, op: WriteOp) -> Result<Outcome,
                 .await?;
             Ok(Outcome::Expired(rows.into_iter().map(offer_from).collect()))
         }
+        WriteOp::Privacy(op) => privacy::apply(tx, op).await,
     }
 }
 

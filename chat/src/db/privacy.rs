@@ -1,0 +1,468 @@
+//! Presence consent, last-seen visibility, blocks (PROTOCOL.md §7) and offer quotas (§10.2):
+//! the SQL, kept out of `mod.rs`. Writes are [`PrivacyOp`]s applied by the group-commit writer
+//! as [`super::WriteOp::Privacy`].
+
+use super::{exists, DbError, Db, Offer, Outcome};
+use sqlx::{Sqlite, Transaction};
+use std::collections::HashSet;
+
+/// Limits on the open offers of one sender account and one sender address.
+#[derive(Debug, Clone, Copy)]
+pub struct OfferLimits {
+    /// Most open offers per account.
+    pub account_count: i64,
+    /// Most bytes in open offers per account.
+    pub account_bytes: i64,
+    /// Most open offers per address.
+    pub addr_count: i64,
+    /// Most bytes in open offers per address.
+    pub addr_bytes: i64,
+    /// Accepted offers answered after this time (micros) still count as open (their upload
+    /// may be running; msim-chat does not see the relay finish it).
+    pub accepted_since: i64,
+}
+
+/// A privacy or quota write.
+#[derive(Debug, Clone)]
+pub enum PrivacyOp {
+    /// `watcher` added `subject` (a local user) as a contact: ask for presence.
+    Subscribe {
+        /// Who wants to see.
+        watcher: String,
+        /// Whose presence.
+        subject: String,
+        /// Now (micros).
+        now: i64,
+        /// Most open requests one subject may have.
+        max_requests: i64,
+    },
+    /// `watcher` removed `subject` from their contacts: forget the request or approval (a
+    /// denial stays).
+    Unsubscribe {
+        /// Who watched.
+        watcher: String,
+        /// Whose presence.
+        subject: String,
+    },
+    /// `subject` approves or denies `watcher`.
+    Answer {
+        /// Whose presence.
+        subject: String,
+        /// Who asked.
+        watcher: String,
+        /// Approve (or deny / revoke).
+        approve: bool,
+        /// Now (micros).
+        now: i64,
+    },
+    /// `owner` blocks `blocked`.
+    Block {
+        /// Who blocks.
+        owner: String,
+        /// Who is blocked.
+        blocked: String,
+        /// Now (micros).
+        now: i64,
+        /// Most blocks per user.
+        max: i64,
+    },
+    /// `owner` unblocks `blocked`.
+    Unblock {
+        /// Who blocked.
+        owner: String,
+        /// Who was blocked.
+        blocked: String,
+    },
+    /// Set who sees `login`'s presence.
+    SetVisibility {
+        /// Login.
+        login: String,
+        /// `everyone`, `contacts` or `nobody`.
+        visibility: String,
+    },
+    /// Writes nothing: completes with the next commit (a blocked sender's message is answered
+    /// as late as a stored one would be).
+    Nothing,
+    /// Store an offer if the sender's account and address stay within `limits`.
+    CreateOffer {
+        /// The offer (its `state` is `pending`, or `hidden` when the recipient blocked the
+        /// sender: never shown, it expires like an ignored offer).
+        offer: Offer,
+        /// The sender's address key (see [`crate::cmd::files`]).
+        addr: String,
+        /// Limits.
+        limits: OfferLimits,
+    },
+}
+
+/// The result of a [`PrivacyOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrivacyOutcome {
+    /// After a subscription.
+    Subscribed {
+        /// The watcher may now see the subject (already approved, or mutual contacts).
+        approved: bool,
+        /// A request is open for the subject to answer (new or asked again).
+        request: bool,
+        /// The subject had asked to see the watcher: adding them back approved it.
+        approved_back: bool,
+    },
+    /// A request was answered; whether the watcher had been approved before.
+    Answered {
+        /// Approved before.
+        was_approved: bool,
+    },
+    /// The visibility before the change.
+    OldVisibility(String),
+    /// The sender's (or address's) open offers would exceed the count limit.
+    TooManyOffers,
+    /// The sender's (or address's) open offers would exceed the bytes limit.
+    OfferQuotaExceeded,
+}
+
+/// Applies one privacy op inside the writer's transaction.
+pub(super) async fn apply(
+    tx: &mut Transaction<'_, Sqlite>,
+    op: PrivacyOp,
+) -> Result<Outcome, DbError> {
+    let done = |o| Ok(Outcome::Privacy(o));
+    match op {
+        PrivacyOp::Subscribe {
+            watcher,
+            subject,
+            now,
+            max_requests,
+        } => {
+            // The mutual-contacts shortcut, part 1: adding someone who asked to see you
+            // approves them.
+            let back = sqlx::query(
+                "UPDATE presence_subs SET state = 'approved', at = ? \
+                 WHERE subject = ? AND watcher = ? AND state = 'requested'",
+            )
+            .bind(now)
+            .bind(&watcher)
+            .bind(&subject)
+            .execute(&mut **tx)
+            .await?;
+            let approved_back = back.rows_affected() > 0;
+            let state: Option<(String,)> = sqlx::query_as(
+                "SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?",
+            )
+            .bind(&subject)
+            .bind(&watcher)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let (approved, request) = match state.as_ref().map(|s| s.0.as_str()) {
+                Some("approved") => (true, false),
+                Some(_) => {
+                    // Asked again (also after a denial: the subject is asked, never bypassed).
+                    sqlx::query(
+                        "UPDATE presence_subs SET state = 'requested', at = ? \
+                         WHERE subject = ? AND watcher = ?",
+                    )
+                    .bind(now)
+                    .bind(&subject)
+                    .bind(&watcher)
+                    .execute(&mut **tx)
+                    .await?;
+                    (false, true)
+                }
+                None => {
+                    // Part 2: a subject who has the watcher as a contact (and did not block
+                    // them) pre-approved them by adding them.
+                    let (mutual,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM contacts c WHERE c.owner = ? AND c.contact_local = ? \
+                         AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = c.owner AND b.blocked = ?)",
+                    )
+                    .bind(&subject)
+                    .bind(&watcher)
+                    .bind(&watcher)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    let (open,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM presence_subs WHERE subject = ? AND state = 'requested'",
+                    )
+                    .bind(&subject)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    if mutual == 0 && open >= max_requests {
+                        // Too many open requests: dropped silently (the requester cannot tell).
+                        return done(PrivacyOutcome::Subscribed {
+                            approved: false,
+                            request: false,
+                            approved_back,
+                        });
+                    }
+                    let state = if mutual > 0 { "approved" } else { "requested" };
+                    sqlx::query(
+                        "INSERT INTO presence_subs (subject, watcher, state, at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&subject)
+                    .bind(&watcher)
+                    .bind(state)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                    (mutual > 0, mutual == 0)
+                }
+            };
+            done(PrivacyOutcome::Subscribed {
+                approved,
+                request,
+                approved_back,
+            })
+        }
+        PrivacyOp::Unsubscribe { watcher, subject } => {
+            sqlx::query(
+                "DELETE FROM presence_subs WHERE subject = ? AND watcher = ? AND state != 'denied'",
+            )
+            .bind(&subject)
+            .bind(&watcher)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Outcome::Done)
+        }
+        PrivacyOp::Answer {
+            subject,
+            watcher,
+            approve,
+            now,
+        } => {
+            let state: Option<(String,)> = sqlx::query_as(
+                "SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?",
+            )
+            .bind(&subject)
+            .bind(&watcher)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((state,)) = state else {
+                return Ok(Outcome::NotFound);
+            };
+            sqlx::query("UPDATE presence_subs SET state = ?, at = ? WHERE subject = ? AND watcher = ?")
+                .bind(if approve { "approved" } else { "denied" })
+                .bind(now)
+                .bind(&subject)
+                .bind(&watcher)
+                .execute(&mut **tx)
+                .await?;
+            done(PrivacyOutcome::Answered {
+                was_approved: state == "approved",
+            })
+        }
+        PrivacyOp::Block {
+            owner,
+            blocked,
+            now,
+            max,
+        } => {
+            if !exists(tx, &blocked).await? {
+                return Ok(Outcome::UnknownUser);
+            }
+            let there: Option<(i64,)> =
+                sqlx::query_as("SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?")
+                    .bind(&owner)
+                    .bind(&blocked)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if there.is_some() {
+                return Ok(Outcome::Exists);
+            }
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM blocks WHERE owner = ?")
+                .bind(&owner)
+                .fetch_one(&mut **tx)
+                .await?;
+            if n >= max {
+                return Ok(Outcome::TooMany);
+            }
+            sqlx::query("INSERT INTO blocks (owner, blocked, at) VALUES (?, ?, ?)")
+                .bind(&owner)
+                .bind(&blocked)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Outcome::Done)
+        }
+        PrivacyOp::Unblock { owner, blocked } => {
+            let r = sqlx::query("DELETE FROM blocks WHERE owner = ? AND blocked = ?")
+                .bind(&owner)
+                .bind(&blocked)
+                .execute(&mut **tx)
+                .await?;
+            Ok(if r.rows_affected() == 0 {
+                Outcome::NotFound
+            } else {
+                Outcome::Done
+            })
+        }
+        PrivacyOp::SetVisibility { login, visibility } => {
+            let old: Option<(String,)> =
+                sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = ?")
+                    .bind(&login)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let Some((old,)) = old else {
+                return Ok(Outcome::UnknownUser);
+            };
+            sqlx::query("UPDATE users SET last_seen_visibility = ? WHERE login = ?")
+                .bind(&visibility)
+                .bind(&login)
+                .execute(&mut **tx)
+                .await?;
+            done(PrivacyOutcome::OldVisibility(old))
+        }
+        PrivacyOp::Nothing => Ok(Outcome::Done),
+        PrivacyOp::CreateOffer {
+            offer: o,
+            addr,
+            limits,
+        } => {
+            let open = |column: &'static str| {
+                sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM offers WHERE {column} = ? AND \
+                     ((state IN ('pending', 'hidden') AND expires_at > ?) \
+                      OR (state = 'accepted' AND answered_at > ?))"
+                )))
+            };
+            for (column, key, max_count, max_bytes) in [
+                ("sender", &o.sender, limits.account_count, limits.account_bytes),
+                ("sender_addr", &addr, limits.addr_count, limits.addr_bytes),
+            ] {
+                let (n, bytes) = open(column)
+                    .bind(key)
+                    .bind(o.created_at)
+                    .bind(limits.accepted_since)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                if n >= max_count {
+                    return done(PrivacyOutcome::TooManyOffers);
+                }
+                if bytes.saturating_add(o.size) > max_bytes {
+                    return done(PrivacyOutcome::OfferQuotaExceeded);
+                }
+            }
+            if !exists(tx, &o.recipient).await? {
+                return Ok(Outcome::UnknownUser);
+            }
+            let r = sqlx::query(
+                "INSERT INTO offers (id, sender, recipient, filename, size, sha256, mime, \
+                 created_at, expires_at, state, relay, sender_addr) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&o.id)
+            .bind(&o.sender)
+            .bind(&o.recipient)
+            .bind(&o.filename)
+            .bind(o.size)
+            .bind(&o.sha256)
+            .bind(&o.mime)
+            .bind(o.created_at)
+            .bind(o.expires_at)
+            .bind(&o.state)
+            .bind(&o.relay)
+            .bind(&addr)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Outcome::Stored(r.last_insert_rowid()))
+        }
+    }
+}
+
+/// The condition "viewer ?2 sees the presence of subject u.login": not blocked, and the
+/// subject shows presence to everyone or to approved watchers of whom the viewer is one.
+const VISIBLE: &str = "NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = u.login AND b.blocked = ?2) \
+     AND (u.last_seen_visibility = 'everyone' OR (u.last_seen_visibility = 'contacts' AND EXISTS \
+     (SELECT 1 FROM presence_subs s WHERE s.subject = u.login AND s.watcher = ?2 AND s.state = 'approved')))";
+
+impl Db {
+    /// Every block, as (owner, blocked), to fill the in-memory mirror at start.
+    pub async fn all_blocks(&self) -> Result<Vec<(String, String)>, DbError> {
+        Ok(sqlx::query_as("SELECT owner, blocked FROM blocks")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Whether `viewer` may see `subject`'s presence (PROTOCOL.md §7.2).
+    pub async fn can_see_presence(&self, subject: &str, viewer: &str) -> Result<bool, DbError> {
+        let r: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM users u WHERE u.login = ?1 AND {VISIBLE}"
+        )))
+        .bind(subject)
+        .bind(viewer)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.is_some())
+    }
+
+    /// The local contacts of `owner` whose presence `owner` may see.
+    pub async fn visible_contacts(&self, owner: &str) -> Result<HashSet<String>, DbError> {
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT u.login FROM contacts c JOIN users u ON u.login = c.contact_local \
+             WHERE c.owner = ?1 AND c.contact_local IS NOT NULL AND {VISIBLE}"
+        )))
+        .bind(owner)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Approved watchers of `subject` that it has not blocked, and its visibility setting.
+    pub async fn approved_watchers(
+        &self,
+        subject: &str,
+    ) -> Result<(Vec<String>, String), DbError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'approved' \
+             AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher)",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        let vis = self.visibility(subject).await?;
+        Ok((rows.into_iter().map(|r| r.0).collect(), vis))
+    }
+
+    /// `login`'s visibility setting (`contacts` for an unknown user).
+    pub async fn visibility(&self, login: &str) -> Result<String, DbError> {
+        let r: Option<(String,)> =
+            sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = ?")
+                .bind(login)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.map_or_else(|| "contacts".to_owned(), |r| r.0))
+    }
+
+    /// Open presence requests to `subject` from users it has not blocked, oldest first.
+    pub async fn presence_requests(&self, subject: &str) -> Result<Vec<String>, DbError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'requested' \
+             AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher) \
+             ORDER BY s.at, s.watcher LIMIT 10000",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// `owner`'s blocked logins, ordered.
+    pub async fn blocked_by(&self, owner: &str) -> Result<Vec<String>, DbError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT blocked FROM blocks WHERE owner = ? ORDER BY blocked")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Whether `owner` has local user `contact` in their contact list.
+    pub async fn has_contact(&self, owner: &str, contact: &str) -> Result<bool, DbError> {
+        let r: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact_local = ?")
+                .bind(owner)
+                .bind(contact)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.is_some())
+    }
+}
