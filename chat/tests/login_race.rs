@@ -65,6 +65,10 @@ async fn login_during_traffic_delivers_each_item_exactly_once() {
     let srv = TestServer::start_with(|c| {
         c.relays = vec![relay];
         c.relay_secret = msim_shared::token::generate_secret_text();
+        // 300 offers stay unanswered here: beyond the default open-offer quota, which is not
+        // what this test is about.
+        c.offer_quota.per_account = (ITERATIONS * OFFERS) as u64;
+        c.offer_quota.per_address = (ITERATIONS * OFFERS) as u64;
     })
     .await;
     let mut a = srv.user("alice").await;

@@ -319,10 +319,18 @@ async fn contacts_and_presence() {
     a1.send("CONTACTS-ADD id=bob group=Work/Mobile").await;
     assert_eq!(a1.line().await, "CONTACTS-ADD-OK id=bob@localhost");
     assert_eq!(a2.line().await, "CONTACT-UPDATED");
+    // No presence until bob approves (PROTOCOL.md §7.1).
     assert_eq!(
         a2.list().await,
-        vec!["id=bob@localhost name=Bobby group=Work/Mobile note=busy presence=online"]
+        vec!["id=bob@localhost name=Bobby group=Work/Mobile note=busy"]
     );
+    assert_eq!(b.line().await, "PRESENCE-REQUEST from=alice@localhost");
+    b.send("PRESENCE-APPROVE id=alice").await;
+    assert_eq!(b.line().await, "PRESENCE-APPROVE-OK id=alice@localhost");
+    for c in [&mut a1, &mut a2] {
+        assert_eq!(c.line().await, "CONTACT-UPDATED");
+        assert_eq!(c.list().await, vec!["id=bob@localhost presence=online"]);
+    }
     a1.send("CONTACTS-ADD id=carol@other.org name=Carol").await;
     assert_eq!(a1.line().await, "CONTACTS-ADD-OK id=carol@other.org");
     a2.expect("CONTACT-UPDATED").await;

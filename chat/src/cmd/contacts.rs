@@ -76,7 +76,10 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
             let contacts = rows
                 .iter()
                 .map(|r| {
-                    let v = r.contact_local.as_ref().is_some_and(|l| visible.contains(l));
+                    let v = r
+                        .contact_local
+                        .as_ref()
+                        .is_some_and(|l| visible.contains(l));
                     record(s, r, v)
                 })
                 .collect();

@@ -247,7 +247,13 @@ pub async fn set(s: &mut Session<'_>, p: &Packet, r: PrivacySet, login: &str) {
             return s.reply(p, f.to_packet());
         }
     };
-    s.reply(p, PrivacySetOk { last_seen: r.last_seen.clone() }.to_packet());
+    s.reply(
+        p,
+        PrivacySetOk {
+            last_seen: r.last_seen.clone(),
+        }
+        .to_packet(),
+    );
     // Approved watchers see a change only between `nobody` and the other two settings.
     if (old == "nobody") == (r.last_seen == LastSeenVisibility::Nobody) {
         return;

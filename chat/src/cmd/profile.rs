@@ -93,8 +93,8 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, r: ProfileGet, login: &str) {
     match s.sh.db.profile(&who).await {
         Ok(Some(prof)) => {
             // Presence only for oneself and for viewers the user lets see it (§7.2).
-            let visible = who == login
-                || s.sh.db.can_see_presence(&who, login).await.unwrap_or(false);
+            let visible =
+                who == login || s.sh.db.can_see_presence(&who, login).await.unwrap_or(false);
             let presence = if !visible {
                 None
             } else if s.sh.hub.is_online(&who) {

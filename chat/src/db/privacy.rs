@@ -2,7 +2,7 @@
 //! the SQL, kept out of `mod.rs`. Writes are [`PrivacyOp`]s applied by the group-commit writer
 //! as [`super::WriteOp::Privacy`].
 
-use super::{exists, DbError, Db, Offer, Outcome};
+use super::{exists, Db, DbError, Offer, Outcome};
 use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;
 
@@ -145,13 +145,12 @@ pub(super) async fn apply(
             .execute(&mut **tx)
             .await?;
             let approved_back = back.rows_affected() > 0;
-            let state: Option<(String,)> = sqlx::query_as(
-                "SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?",
-            )
-            .bind(&subject)
-            .bind(&watcher)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let state: Option<(String,)> =
+                sqlx::query_as("SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?")
+                    .bind(&subject)
+                    .bind(&watcher)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             let (approved, request) = match state.as_ref().map(|s| s.0.as_str()) {
                 Some("approved") => (true, false),
                 Some(_) => {
@@ -228,23 +227,24 @@ pub(super) async fn apply(
             approve,
             now,
         } => {
-            let state: Option<(String,)> = sqlx::query_as(
-                "SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?",
-            )
-            .bind(&subject)
-            .bind(&watcher)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let state: Option<(String,)> =
+                sqlx::query_as("SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?")
+                    .bind(&subject)
+                    .bind(&watcher)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             let Some((state,)) = state else {
                 return Ok(Outcome::NotFound);
             };
-            sqlx::query("UPDATE presence_subs SET state = ?, at = ? WHERE subject = ? AND watcher = ?")
-                .bind(if approve { "approved" } else { "denied" })
-                .bind(now)
-                .bind(&subject)
-                .bind(&watcher)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "UPDATE presence_subs SET state = ?, at = ? WHERE subject = ? AND watcher = ?",
+            )
+            .bind(if approve { "approved" } else { "denied" })
+            .bind(now)
+            .bind(&subject)
+            .bind(&watcher)
+            .execute(&mut **tx)
+            .await?;
             done(PrivacyOutcome::Answered {
                 was_approved: state == "approved",
             })
@@ -324,7 +324,12 @@ pub(super) async fn apply(
                 )))
             };
             for (column, key, max_count, max_bytes) in [
-                ("sender", &o.sender, limits.account_count, limits.account_bytes),
+                (
+                    "sender",
+                    &o.sender,
+                    limits.account_count,
+                    limits.account_bytes,
+                ),
                 ("sender_addr", &addr, limits.addr_count, limits.addr_bytes),
             ] {
                 let (n, bytes) = open(column)
@@ -407,10 +412,7 @@ impl Db {
     }
 
     /// Approved watchers of `subject` that it has not blocked, and its visibility setting.
-    pub async fn approved_watchers(
-        &self,
-        subject: &str,
-    ) -> Result<(Vec<String>, String), DbError> {
+    pub async fn approved_watchers(&self, subject: &str) -> Result<(Vec<String>, String), DbError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'approved' \
              AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher)",

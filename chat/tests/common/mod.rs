@@ -92,7 +92,12 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).await.unwrap();
+        Client::from_stream(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// A client over an already connected stream.
+    #[allow(dead_code)]
+    pub fn from_stream(s: TcpStream) -> Client {
         let (r, w) = s.into_split();
         Client {
             r: BufReader::new(r),

@@ -456,8 +456,20 @@ fn privacy_packets_have_these_wire_lines() {
             PresenceDeny { id: "bob".into() }.into(),
             "PRESENCE-DENY id=bob\n",
         ),
-        (Block { id: "mallory".into() }.into(), "BLOCK id=mallory\n"),
-        (Unblock { id: "mallory".into() }.into(), "UNBLOCK id=mallory\n"),
+        (
+            Block {
+                id: "mallory".into(),
+            }
+            .into(),
+            "BLOCK id=mallory\n",
+        ),
+        (
+            Unblock {
+                id: "mallory".into(),
+            }
+            .into(),
+            "UNBLOCK id=mallory\n",
+        ),
         (
             PrivacySet {
                 last_seen: LastSeenVisibility::Nobody,
