@@ -156,7 +156,7 @@ impl Drop for OutgoingOffer {
     }
 }
 
-fn unexpected(event: &Event) -> ClientError {
+pub(crate) fn unexpected(event: &Event) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {}", event.verb()))
 }
 
@@ -316,7 +316,7 @@ impl Client {
 
     /// Sends a request with a fresh `ref=` and waits for one of `expects` (or an error
     /// packet, returned as an error).
-    async fn request(
+    pub(crate) async fn request(
         &self,
         request: impl Into<Request>,
         expects: &'static [&'static str],

@@ -1,8 +1,8 @@
 //! The client's error type.
 
 use msim_shared::proto::{
-    AnswerFailure, ConnectFailure, ContactFailure, FileRejection, ProfileFailure, ReadFailure,
-    RegisterFailure, SendFailure,
+    AnswerFailure, BlockFailure, ConnectFailure, ContactFailure, FileRejection, PresenceFailure,
+    ProfileFailure, ReadFailure, RegisterFailure, SendFailure,
 };
 
 /// Everything that can go wrong in the client library.
@@ -77,6 +77,22 @@ pub enum ClientError {
         transfer_id: String,
         /// Why.
         reason: AnswerFailure,
+    },
+    /// `PRESENCE-ANSWER-FAILED`, or `PRIVACY-FAILED` (without an `id`).
+    #[error("presence {}: {reason}", id.as_deref().unwrap_or("settings"))]
+    PresenceFailed {
+        /// The watcher answered.
+        id: Option<String>,
+        /// Why.
+        reason: PresenceFailure,
+    },
+    /// `BLOCK-FAILED`, `UNBLOCK-FAILED`.
+    #[error("block {id}: {reason}")]
+    BlockFailed {
+        /// The user.
+        id: String,
+        /// Why.
+        reason: BlockFailure,
     },
     /// `ERROR-RATE-LIMITED`.
     #[error("rate limited by the server; retry after {0} s")]
@@ -166,6 +182,8 @@ impl ClientError {
                 | ClientError::ProfileFailed(_)
                 | ClientError::FileRejected { .. }
                 | ClientError::AnswerFailed { .. }
+                | ClientError::PresenceFailed { .. }
+                | ClientError::BlockFailed { .. }
                 | ClientError::RateLimited(_)
         )
     }

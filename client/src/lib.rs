@@ -22,6 +22,7 @@ pub mod backoff;
 mod client;
 pub mod config;
 mod error;
+mod privacy;
 mod router;
 pub mod transfer;
 

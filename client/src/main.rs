@@ -198,6 +198,9 @@ Examples:
     /// Show and edit the contact list
     #[command(subcommand)]
     Contacts(ContactsCommand),
+    /// Who sees your presence, and whom you block
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
     /// Show and edit your profile
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -322,6 +325,78 @@ enum ProfileCommand {
         /// User [default: yourself]
         id: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// Let a user who asked (PRESENCE-REQUEST) see your presence
+    #[command(after_help = "Example:\n  msim privacy approve bob")]
+    Approve {
+        /// User
+        id: String,
+    },
+    /// Refuse a presence request, or stop showing your presence to a user
+    #[command(after_help = "Example:\n  msim privacy deny eve")]
+    Deny {
+        /// User
+        id: String,
+    },
+    /// Block a user: their messages, typing, offers and presence queries go nowhere
+    #[command(after_help = "Example:\n  msim privacy block mallory")]
+    Block {
+        /// User
+        id: String,
+    },
+    /// Unblock a user
+    #[command(after_help = "Example:\n  msim privacy unblock mallory")]
+    Unblock {
+        /// User
+        id: String,
+    },
+    /// Who sees your presence (online and last seen)
+    #[command(after_help = "Example:\n  msim privacy last-seen nobody")]
+    LastSeen {
+        /// everyone, contacts (approved watchers, the default) or nobody
+        #[arg(value_parser = ["everyone", "contacts", "nobody"])]
+        visibility: String,
+    },
+    /// Show your last-seen setting and block list
+    Show,
+}
+
+async fn privacy(settings: &Settings, cmd: PrivacyCommand) -> Result<()> {
+    use msim::proto::LastSeenVisibility;
+    let (client, _) = settings.login().await?;
+    let (id, done) = match cmd {
+        PrivacyCommand::Approve { id } => {
+            (client.approve_presence(&id).await.map(|_| id), "Approved")
+        }
+        PrivacyCommand::Deny { id } => (client.deny_presence(&id).await.map(|_| id), "Denied"),
+        PrivacyCommand::Block { id } => (client.block(&id).await.map(|_| id), "Blocked"),
+        PrivacyCommand::Unblock { id } => (client.unblock(&id).await.map(|_| id), "Unblocked"),
+        PrivacyCommand::LastSeen { visibility } => {
+            let v = LastSeenVisibility::parse(&visibility);
+            client.set_last_seen_visibility(v).await?;
+            settings.print(json!({"ok": true, "last-seen": visibility}), || {
+                format!("Presence shown to: {visibility}.")
+            });
+            return Ok(());
+        }
+        PrivacyCommand::Show => {
+            let p = client.privacy().await?;
+            let seen = p.last_seen.as_str().to_owned();
+            settings.print(json!({"last-seen": seen, "blocked": p.blocked}), || {
+                format!(
+                    "Presence shown to: {seen}\nBlocked: {}",
+                    p.blocked.join(", ")
+                )
+            });
+            return Ok(());
+        }
+    };
+    let id = id?;
+    settings.print(json!({"ok": true, "id": id}), || format!("{done} {id}."));
+    Ok(())
 }
 
 /// A problem with the invocation (exit code 2).
@@ -690,6 +765,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Typing { peer, stop, hold } => typing(&settings, &peer, stop, hold).await?,
         Command::Contacts(cmd) => contacts(&settings, cmd).await?,
+        Command::Privacy(cmd) => privacy(&settings, cmd).await?,
         Command::Profile(cmd) => profile(&settings, cmd).await?,
         Command::SendFile {
             to,
@@ -1430,6 +1506,7 @@ fn presence_text(p: &Presence) -> String {
     match p {
         Presence::Online => "online".to_owned(),
         Presence::LastSeen(at) => format!("last seen {}", timestamp::format(*at)),
+        Presence::Hidden => "presence hidden".to_owned(),
     }
 }
 
@@ -1494,6 +1571,10 @@ fn event_text(event: &Event) -> String {
         Event::Message(m) => format!("[{}] {}: {}    (id {})", time(m.at), m.from, m.text, m.id),
         Event::ReadReceipt(r) => format!("[{}] {} read your message {}", time(r.at), r.by, r.id),
         Event::TypingStarted(t) => format!("{} is typing…", t.from),
+        Event::PresenceRequest(r) => format!(
+            "{} asks to see your presence — `msim privacy approve {}` or `deny`",
+            r.from, r.from
+        ),
         Event::TypingEnded(t) => format!("{} stopped typing", t.from),
         Event::UpdateLastSeen(u) => format!("{} was last seen {}", u.id, time(u.at)),
         Event::ContactUpdated(c) => c

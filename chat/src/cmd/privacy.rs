@@ -33,10 +33,10 @@ fn push(sh: &Shared, subject: &str, viewer: &str, presence: Presence) {
     sh.hub.send_packet(viewer, &pkt.to_packet());
 }
 
-/// Tells `viewer` (when online) `subject`'s presence as it may now see it: the current one
-/// when visible, else `presence=` (hidden).
+/// Tells `viewer` (when online and `subject` is in its contact list) `subject`'s presence as
+/// it may now see it: the current one when visible, else `presence=` (hidden).
 pub async fn refresh(sh: &Shared, subject: &str, viewer: &str) {
-    if !sh.hub.is_online(viewer) {
+    if !sh.hub.is_online(viewer) || !sh.db.has_contact(viewer, subject).await.unwrap_or(false) {
         return;
     }
     let visible = match sh.db.can_see_presence(subject, viewer).await {
@@ -213,9 +213,7 @@ pub async fn unblock(s: &mut Session<'_>, p: &Packet, r: Unblock, login: &str) {
         Ok(Outcome::Done) => {
             sh.blocks.remove(login, &who);
             s.reply(p, UnblockOk { id: addr }.to_packet());
-            if sh.db.can_see_presence(login, &who).await.unwrap_or(false)
-                && sh.db.has_contact(&who, login).await.unwrap_or(false)
-            {
+            if sh.db.can_see_presence(login, &who).await.unwrap_or(false) {
                 refresh(&sh, login, &who).await;
             }
         }

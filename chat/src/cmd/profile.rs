@@ -59,7 +59,8 @@ pub async fn update(s: &mut Session<'_>, p: &Packet, r: ProfileUpdate, login: &s
     };
     let addr = s.addr(login);
     for (owner, defaulted) in watchers {
-        if !s.sh.hub.is_online(&owner) {
+        // Users this user blocked get nothing from them.
+        if !s.sh.hub.is_online(&owner) || s.sh.blocks.is_blocked(login, &owner) {
             continue;
         }
         let mut rec = ContactUpdate::new(addr.clone());
