@@ -97,6 +97,16 @@ async fn messages_receipts_contacts_profile() {
     assert_eq!(list[0].id, "bob@localhost");
     assert_eq!(list[0].name, "Bobby");
     assert_eq!(list[0].group.as_deref(), Some("Friends/Close"));
+    // No presence until bob approves alice's request (PROTOCOL.md §7.1).
+    assert_eq!(list[0].presence, None);
+    let from = next(&mut bob_events, |e| match e {
+        Event::PresenceRequest(r) => Some(r.from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, "alice@localhost");
+    bob.approve_presence("alice").await.unwrap();
+    let list = alice.contacts().await.unwrap();
     assert_eq!(list[0].presence, Some(Presence::Online));
     let err = alice.add_contact("bob", None, None).await.unwrap_err();
     assert!(
@@ -460,4 +470,76 @@ async fn raw_put_interrupted(url: &str, token: &str, body: &[u8], sent: usize) {
             .contains(&format!("upload-offset: {sent}")),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn presence_consent_blocking_and_visibility() {
+    use msim::proto::{BlockFailure, LastSeenVisibility, PresenceFailure};
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (carol, mut carol_events) = user(&srv, "carol").await;
+    let (eve, mut eve_events) = user(&srv, "eve").await;
+    eve.add_contact("carol", None, None).await.unwrap();
+    let from = next(&mut carol_events, |e| match e {
+        Event::PresenceRequest(r) => Some(r.from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, "eve@localhost");
+    assert_eq!(eve.profile(Some("carol")).await.unwrap().presence, None);
+    carol.approve_presence("eve").await.unwrap();
+    let seen = next(&mut eve_events, |e| match e {
+        Event::ContactUpdated(u) => u.updates[0].presence,
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, Presence::Online);
+    carol.deny_presence("eve").await.unwrap();
+    let seen = next(&mut eve_events, |e| match e {
+        Event::ContactUpdated(u) => u.updates[0].presence,
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, Presence::Hidden);
+    let err = carol.deny_presence("ghost").await.unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::PresenceFailed {
+            reason: PresenceFailure::NotFound,
+            ..
+        }
+    ));
+    carol
+        .set_last_seen_visibility(LastSeenVisibility::Everyone)
+        .await
+        .unwrap();
+    assert_eq!(
+        eve.profile(Some("carol")).await.unwrap().presence,
+        Some(Presence::Online)
+    );
+    carol.block("eve").await.unwrap();
+    assert_eq!(eve.profile(Some("carol")).await.unwrap().presence, None);
+    let settings = carol.privacy().await.unwrap();
+    assert_eq!(settings.last_seen, LastSeenVisibility::Everyone);
+    assert_eq!(settings.blocked, vec!["eve@localhost".to_owned()]);
+    // Blocked: eve's message is answered as sent but never reaches carol.
+    eve.send_message("carol", "let me in").await.unwrap();
+    carol.unblock("eve").await.unwrap();
+    eve.send_message("carol", "hello again").await.unwrap();
+    let text = next(&mut carol_events, |e| match e {
+        Event::Message(m) => Some(m.text),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, "hello again");
+    let err = carol.unblock("eve").await.unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::BlockFailed {
+            reason: BlockFailure::NotFound,
+            ..
+        }
+    ));
+    assert!(err.is_refusal());
 }
