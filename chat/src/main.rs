@@ -102,6 +102,22 @@ struct Cli {
     /// Maximum simultaneous connections [default: 25000].
     #[arg(long, env = "MSIM_CHAT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Most open file offers (unanswered, or accepted in the last 10 min) per sender account
+    /// [default: 16].
+    #[arg(long, env = "MSIM_CHAT_MAX_OPEN_OFFERS")]
+    max_open_offers: Option<u64>,
+    /// Most bytes in open file offers per sender account [default: 4294967296].
+    #[arg(long, env = "MSIM_CHAT_MAX_OFFERED_BYTES")]
+    max_offered_bytes: Option<u64>,
+    /// Most open file offers per client address (IPv4, IPv6 /64) [default: 64].
+    #[arg(long, env = "MSIM_CHAT_MAX_OPEN_OFFERS_PER_ADDRESS")]
+    max_open_offers_per_address: Option<u64>,
+    /// Most bytes in open file offers per client address [default: 17179869184].
+    #[arg(long, env = "MSIM_CHAT_MAX_OFFERED_BYTES_PER_ADDRESS")]
+    max_offered_bytes_per_address: Option<u64>,
+    /// Most users one user may block [default: 1000].
+    #[arg(long, env = "MSIM_CHAT_MAX_BLOCKS")]
+    max_blocks: Option<usize>,
     /// Unanswered file offers expire after this long [default: 24h].
     #[arg(long, env = "MSIM_CHAT_OFFER_TTL", value_parser = parse_duration)]
     #[serde(skip)]
@@ -280,8 +296,28 @@ async fn main() -> Result<()> {
         max_text,
         max_line,
         max_file_size,
-        max_connections
+        max_connections,
+        max_blocks
     );
+    let quota = &mut config.offer_quota;
+    for (flag, file, field) in [
+        (cli.max_open_offers, file.max_open_offers, &mut quota.per_account),
+        (cli.max_offered_bytes, file.max_offered_bytes, &mut quota.bytes_per_account),
+        (
+            cli.max_open_offers_per_address,
+            file.max_open_offers_per_address,
+            &mut quota.per_address,
+        ),
+        (
+            cli.max_offered_bytes_per_address,
+            file.max_offered_bytes_per_address,
+            &mut quota.bytes_per_address,
+        ),
+    ] {
+        if let Some(v) = flag.or(file) {
+            *field = v;
+        }
+    }
     if let Some(v) = dur(cli.offer_ttl, &file.file_offer_ttl, "offer-ttl")? {
         config.offer_ttl = v;
     }
