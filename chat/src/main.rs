@@ -301,8 +301,16 @@ async fn main() -> Result<()> {
     );
     let quota = &mut config.offer_quota;
     for (flag, file, field) in [
-        (cli.max_open_offers, file.max_open_offers, &mut quota.per_account),
-        (cli.max_offered_bytes, file.max_offered_bytes, &mut quota.bytes_per_account),
+        (
+            cli.max_open_offers,
+            file.max_open_offers,
+            &mut quota.per_account,
+        ),
+        (
+            cli.max_offered_bytes,
+            file.max_offered_bytes,
+            &mut quota.bytes_per_account,
+        ),
         (
             cli.max_open_offers_per_address,
             file.max_open_offers_per_address,

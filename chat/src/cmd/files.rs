@@ -135,7 +135,7 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
         accepted_since: now - quota.upload_window.as_micros() as i64,
     };
     let op = PrivacyOp::CreateOffer {
-        offer: o.clone(),
+        offer: Box::new(o.clone()),
         addr: address_key(s.peer.ip()),
         limits,
     };

@@ -87,7 +87,7 @@ pub enum PrivacyOp {
     CreateOffer {
         /// The offer (its `state` is `pending`, or `hidden` when the recipient blocked the
         /// sender: never shown, it expires like an ignored offer).
-        offer: Offer,
+        offer: Box<Offer>,
         /// The sender's address key (see [`crate::cmd::files`]).
         addr: String,
         /// Limits.
