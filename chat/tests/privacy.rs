@@ -373,3 +373,40 @@ async fn throwaway_accounts_cannot_reserve_unbounded_offers_from_one_address() {
     a.expect("SEND-FILE-PROXY-PENDING").await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_blocked_senders_offer_expires_unseen_like_an_ignored_one() {
+    let (relay, _) = fake_relay().await;
+    let srv = TestServer::start_with(|c| {
+        c.relays = vec![relay];
+        c.relay_secret = msim_shared::token::generate_secret_text();
+        c.offer_ttl = std::time::Duration::from_secs(3600);
+        c.offer_sweep_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let mut carol = srv.user("carol").await;
+    let mut mallory = srv.user("mallory").await;
+    carol.send("BLOCK id=mallory").await;
+    carol.expect("BLOCK-OK").await;
+    mallory
+        .send("SEND-FILE-PROXY to=carol filename=x.bin size=10")
+        .await;
+    let pending = mallory.expect("SEND-FILE-PROXY-PENDING").await;
+    let tid = field(&pending, "transfer-id").unwrap();
+    // Carol cannot answer what she never saw.
+    carol
+        .send(&format!("SEND-FILE-PROXY-ACCEPT transfer-id={tid}"))
+        .await;
+    assert_eq!(
+        carol.line().await,
+        format!("SEND-FILE-PROXY-ANSWER-FAILED transfer-id={tid} reason=already-answered")
+    );
+    srv.clock.advance(std::time::Duration::from_secs(3601));
+    assert_eq!(
+        mallory.line().await,
+        format!("SEND-FILE-PROXY-REJECTED transfer-id={tid} reason=expired")
+    );
+    // The sweep ran (mallory was told); carol heard nothing of it.
+    nothing_arrived(&mut carol).await;
+    srv.stop().await;
+}
