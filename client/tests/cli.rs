@@ -244,6 +244,35 @@ fn contacts_and_profile() {
 }
 
 #[test]
+fn privacy_commands() {
+    let srv = TestServer::start();
+    register(&srv, "alice");
+    register(&srv, "bob");
+    run_expect(srv.as_user("alice").args(["contacts", "add", "bob"]), 0);
+    run_expect(srv.as_user("bob").args(["privacy", "approve", "alice"]), 0);
+    run_expect(srv.as_user("bob").args(["privacy", "deny", "alice"]), 0);
+    // Nobody asked: refused (exit 4).
+    run_expect(srv.as_user("bob").args(["privacy", "approve", "carol"]), 4);
+    run_expect(
+        srv.as_user("bob").args(["privacy", "last-seen", "nobody"]),
+        0,
+    );
+    run_expect(
+        srv.as_user("bob")
+            .args(["privacy", "last-seen", "sometimes"]),
+        2,
+    );
+    run_expect(srv.as_user("bob").args(["privacy", "block", "alice"]), 0);
+    let out = run_expect(srv.as_user("bob").args(["privacy", "show", "--json"]), 0);
+    let v = &stdout_json(&out)[0];
+    assert_eq!(v["last-seen"], "nobody");
+    assert_eq!(v["blocked"][0], "alice@localhost");
+    run_expect(srv.as_user("bob").args(["privacy", "unblock", "alice"]), 0);
+    run_expect(srv.as_user("bob").args(["privacy", "unblock", "alice"]), 4);
+    run_expect(srv.as_user("bob").args(["privacy", "block", "bob"]), 4);
+}
+
+#[test]
 fn config_file_and_save() {
     let srv = TestServer::start();
     let dir = srv.subdir("cfg");
