@@ -34,8 +34,9 @@ fn push(sh: &Shared, subject: &str, viewer: &str, presence: Presence) {
 }
 
 /// Tells `viewer` (when online and `subject` is in its contact list) `subject`'s presence as
-/// it may now see it: the current one when visible, else `presence=` (hidden).
-pub async fn refresh(sh: &Shared, subject: &str, viewer: &str) {
+/// it may now see it: the current one when visible, else `presence=` (hidden) — unless
+/// `gained`, for a change that can only have made it visible (nothing to clear then).
+pub async fn refresh(sh: &Shared, subject: &str, viewer: &str, gained: bool) {
     if !sh.hub.is_online(viewer) || !sh.db.has_contact(viewer, subject).await.unwrap_or(false) {
         return;
     }
@@ -44,7 +45,10 @@ pub async fn refresh(sh: &Shared, subject: &str, viewer: &str) {
         Err(e) => return warn!("presence visibility: {e}"),
     };
     if !visible {
-        return push(sh, subject, viewer, Presence::Hidden);
+        if !gained {
+            push(sh, subject, viewer, Presence::Hidden);
+        }
+        return;
     }
     if let Some(p) = current(sh, subject).await {
         push(sh, subject, viewer, p);
@@ -75,7 +79,7 @@ pub async fn subscribe(sh: &Shared, watcher: &str, subject: &str) {
             .send_packet(subject, &PresenceRequest { from }.to_packet());
     }
     if approved_back {
-        refresh(sh, watcher, subject).await;
+        refresh(sh, watcher, subject, true).await;
     }
 }
 
@@ -141,7 +145,7 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, id: String, login: &str, ap
             s.reply(p, ok);
             if approve != was_approved {
                 let sh = s.sh.clone();
-                refresh(&sh, login, &watcher).await;
+                refresh(&sh, login, &watcher, approve).await;
             }
         }
         Ok(Outcome::NotFound) => s.reply(p, fail(PresenceFailure::NotFound)),
@@ -182,7 +186,7 @@ pub async fn block(s: &mut Session<'_>, p: &Packet, r: Block, login: &str) {
             sh.blocks.insert(login, &who);
             s.reply(p, BlockOk { id: addr }.to_packet());
             if saw {
-                refresh(&sh, login, &who).await;
+                refresh(&sh, login, &who, false).await;
             }
         }
         Ok(Outcome::UnknownUser) => s.reply(p, fail(&addr, BlockFailure::UnknownUser)),
@@ -213,9 +217,7 @@ pub async fn unblock(s: &mut Session<'_>, p: &Packet, r: Unblock, login: &str) {
         Ok(Outcome::Done) => {
             sh.blocks.remove(login, &who);
             s.reply(p, UnblockOk { id: addr }.to_packet());
-            if sh.db.can_see_presence(login, &who).await.unwrap_or(false) {
-                refresh(&sh, login, &who).await;
-            }
+            refresh(&sh, login, &who, true).await;
         }
         Ok(Outcome::NotFound) => s.reply(p, fail(&addr, BlockFailure::NotFound)),
         Ok(_) | Err(_) => s.reply(p, fail(&addr, BlockFailure::StorageError)),
@@ -258,8 +260,9 @@ pub async fn set(s: &mut Session<'_>, p: &Packet, r: PrivacySet, login: &str) {
     }
     match sh.db.approved_watchers(login).await {
         Ok((watchers, _)) => {
+            let gained = r.last_seen != LastSeenVisibility::Nobody;
             for w in watchers {
-                refresh(&sh, login, &w).await;
+                refresh(&sh, login, &w, gained).await;
             }
         }
         Err(e) => warn!("presence watchers: {e}"),
