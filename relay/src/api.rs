@@ -18,9 +18,10 @@ use hyper::body::{Frame, Incoming};
 use msim_shared::token::{valid_transfer_id, Capability, Direction, TokenError};
 use msim_storage::{BlobSink, BlobStore, BlobWriter, NewBlob, SharedBudget, StoreError};
 
+use crate::limits::next_frame;
 use crate::metrics::{GaugeGuard, Metrics, Refusal};
 use crate::waiters::Waiters;
-use crate::RelayConfig;
+use crate::{MetricsAccess, RelayConfig};
 
 /// Response body type.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -86,7 +87,7 @@ pub const MSIM_SHA256: &str = "msim-sha256";
 /// Header saying whether the upload is complete.
 pub const MSIM_COMPLETE: &str = "msim-upload-complete";
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into())
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -155,14 +156,8 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     let path = req.uri().path();
     match path {
         "/healthz" => return Ok(text(StatusCode::OK, "ok")),
-        "/metrics" => {
-            let stats = state.store.stats().await.ok();
-            let mut r = Response::new(full(state.metrics.render(stats)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            return Ok(r);
+        "/metrics" if state.config.metrics == MetricsAccess::MainPort => {
+            return Ok(crate::metrics::answer(state).await);
         }
         _ => {}
     }
@@ -495,7 +490,7 @@ async fn upload(
     let mut body_error = None;
     let mut push_error = None;
     loop {
-        let frame = match body.frame().await {
+        let frame = match next_frame(&mut body, state.config.body_idle_timeout).await {
             None => break,
             Some(Ok(f)) => f,
             Some(Err(e)) => {

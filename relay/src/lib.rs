@@ -5,6 +5,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod api;
+mod limits;
 mod metrics;
 pub mod range;
 mod server;
@@ -19,7 +20,7 @@ use msim_shared::tls::rustls::ServerConfig;
 use msim_shared::token::Keyring;
 use msim_storage::{BlobStore, Clock, StoreConfig, SweepReport, SystemClock};
 
-pub use server::serve;
+pub use server::{serve, serve_with_metrics};
 
 /// Errors from [`serve`] and [`sweep_dir`].
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +57,23 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     /// A partial upload with no progress for this long is swept.
     pub abandon_after: Duration,
+    /// A partial upload with no progress and no writer for this long loses its reservation
+    /// (it is removed) as soon as another upload needs its room; until then it stays
+    /// resumable (up to `abandon_after`).
+    pub reservation_idle: Duration,
     /// Simultaneous connections; further connections wait in the listen backlog.
     pub max_connections: usize,
+    /// Simultaneous connections from one client address (0: no limit); further connections
+    /// from it are closed at once.
+    pub max_connections_per_address: usize,
+    /// Longest wait for a complete request head, on a new connection and on an idle
+    /// keep-alive connection between requests.
+    pub header_timeout: Duration,
+    /// An upload whose client sends nothing for this long, or a download whose client takes
+    /// no bytes for this long, is cut (an upload cut this way stays resumable).
+    pub body_idle_timeout: Duration,
+    /// Where `GET /metrics` is answered.
+    pub metrics: MetricsAccess,
     /// How long a download waits for its upload to start.
     pub wait_for_upload: Duration,
     /// Size of the file reads that feed downloads (uploads are stored in batches of what has
@@ -74,6 +90,16 @@ pub struct RelayConfig {
     pub tls_handshake_timeout: Duration,
 }
 
+/// Where the relay answers `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Only on the separate metrics listener given to [`serve_with_metrics`] (if any); the
+    /// transfer port answers `404`.
+    Separate,
+    /// Also on the transfer port, to anyone who can reach it.
+    MainPort,
+}
+
 impl std::fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayConfig")
@@ -87,6 +113,13 @@ impl std::fmt::Debug for RelayConfig {
             .field("sweep_interval", &self.sweep_interval)
             .field("abandon_after", &self.abandon_after)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
+            .field("header_timeout", &self.header_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("metrics", &self.metrics)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -98,11 +131,22 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 100 << 20;
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3215";
+/// Default cap on simultaneous connections from one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Default deadline for a request head (and for an idle keep-alive connection).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default idle time after which a stalled upload or download is cut.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time after which a partial upload without progress and without a writer loses its
+/// reservation when another upload needs the room.
+pub const DEFAULT_RESERVATION_IDLE: Duration = Duration::from_secs(120);
 
 impl RelayConfig {
     /// Defaults: TTL 24 h, max file 100 MiB, capacity 10 GiB, free-disk watermark 1 GiB,
     /// per-sender quota 1 GiB, sweep every 5 min, abandon partial uploads after 1 h of no
-    /// progress, 1024 connections, downloads wait 30 s for their upload, 256 KiB chunks.
+    /// progress (2 min when the room is needed), 1024 connections (64 per address), 10 s for a
+    /// request head, 60 s of body idle time, downloads wait 30 s for their upload, 256 KiB
+    /// chunks, `/metrics` only on a separate listener.
     pub fn new(data_dir: impl Into<PathBuf>, keyring: Keyring) -> RelayConfig {
         RelayConfig {
             data_dir: data_dir.into(),
@@ -115,6 +159,11 @@ impl RelayConfig {
             sweep_interval: Duration::from_secs(300),
             abandon_after: Duration::from_secs(3600),
             max_connections: 1024,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            metrics: MetricsAccess::Separate,
+            reservation_idle: DEFAULT_RESERVATION_IDLE,
             wait_for_upload: Duration::from_secs(30),
             chunk_size: 256 << 10,
             shutdown_grace: Duration::from_secs(10),
@@ -131,6 +180,7 @@ impl RelayConfig {
             min_free_bytes: self.min_free,
             per_sender_quota_bytes: self.per_sender_quota,
             abandon_after: self.abandon_after,
+            reservation_idle: self.reservation_idle,
             clock: self.clock.clone(),
         }
     }

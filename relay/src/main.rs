@@ -85,6 +85,29 @@ struct Opts {
     /// Maximum simultaneous connections [default: 1024].
     #[arg(long, global = true, value_name = "N")]
     max_connections: Option<usize>,
+    /// Maximum simultaneous connections from one client address; more are closed at once
+    /// (0: no limit) [default: 64].
+    #[arg(long, global = true, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// Longest wait for a request head, on a new connection and on an idle keep-alive
+    /// connection [default: 10s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    header_timeout: Option<String>,
+    /// Cut an upload whose client sends nothing, or a download whose client reads nothing,
+    /// for this long; the upload stays resumable [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    body_idle_timeout: Option<String>,
+    /// A partial upload without progress (and no connection) for this long gives its
+    /// reserved room to a new upload that would otherwise be refused [default: 2m].
+    #[arg(long, global = true, value_name = "DURATION")]
+    reservation_idle: Option<String>,
+    /// Serve GET /metrics on this separate address (keep it internal). Without it, and
+    /// without --metrics-on-main-port, metrics are not served.
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Also serve GET /metrics on the transfer port, to anyone who can reach it.
+    #[arg(long, global = true)]
+    metrics_on_main_port: bool,
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
     #[arg(long, global = true, value_name = "FILE", env = "MSIM_RELAY_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -124,6 +147,12 @@ struct FileConfig {
     sweep_interval: Option<String>,
     abandon_after: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    header_timeout: Option<String>,
+    body_idle_timeout: Option<String>,
+    reservation_idle: Option<String>,
+    metrics_listen: Option<String>,
+    metrics_on_main_port: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -141,6 +170,12 @@ struct Settings {
     sweep_interval: Duration,
     abandon_after: Duration,
     max_connections: Option<usize>,
+    max_connections_per_address: usize,
+    header_timeout: Duration,
+    body_idle_timeout: Duration,
+    reservation_idle: Duration,
+    metrics_listen: Option<String>,
+    metrics_on_main_port: bool,
     /// Certificate chain and key files, both or neither.
     tls: Option<(PathBuf, PathBuf)>,
 }
@@ -150,6 +185,13 @@ fn duration(name: &str, v: Option<String>, default: Duration) -> Result<Duration
         None => Ok(default),
         Some(s) => humantime::parse_duration(&s).with_context(|| format!("--{name} {s:?}")),
     }
+}
+
+fn positive(d: Duration, name: &str) -> Result<Duration> {
+    if d.is_zero() {
+        bail!("--{name} must be more than 0");
+    }
+    Ok(d)
 }
 
 fn size(name: &str, v: Option<String>) -> Result<Option<u64>> {
@@ -195,6 +237,34 @@ fn settings(opts: Opts) -> Result<Settings> {
             Duration::from_secs(3600),
         )?,
         max_connections: opts.max_connections.or(file.max_connections),
+        max_connections_per_address: opts
+            .max_connections_per_address
+            .or(file.max_connections_per_address)
+            .unwrap_or(msim_relay::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+        header_timeout: positive(
+            duration(
+                "header-timeout",
+                opts.header_timeout.or(file.header_timeout),
+                msim_relay::DEFAULT_HEADER_TIMEOUT,
+            )?,
+            "header-timeout",
+        )?,
+        body_idle_timeout: positive(
+            duration(
+                "body-idle-timeout",
+                opts.body_idle_timeout.or(file.body_idle_timeout),
+                msim_relay::DEFAULT_BODY_IDLE_TIMEOUT,
+            )?,
+            "body-idle-timeout",
+        )?,
+        reservation_idle: duration(
+            "reservation-idle",
+            opts.reservation_idle.or(file.reservation_idle),
+            msim_relay::DEFAULT_RESERVATION_IDLE,
+        )?,
+        metrics_listen: opts.metrics_listen.or(file.metrics_listen),
+        metrics_on_main_port: opts.metrics_on_main_port
+            || file.metrics_on_main_port.unwrap_or(false),
         tls: match (
             opts.tls_cert.or(file.tls_cert),
             opts.tls_key.or(file.tls_key),
@@ -308,6 +378,13 @@ async fn serve(s: Settings) -> Result<()> {
     }
     config.sweep_interval = s.sweep_interval;
     config.abandon_after = s.abandon_after;
+    config.max_connections_per_address = s.max_connections_per_address;
+    config.header_timeout = s.header_timeout;
+    config.body_idle_timeout = s.body_idle_timeout;
+    config.reservation_idle = s.reservation_idle;
+    if s.metrics_on_main_port {
+        config.metrics = msim_relay::MetricsAccess::MainPort;
+    }
     if let Some((cert, key)) = &s.tls {
         let mut tls =
             msim_shared::tls::server_config(cert, key).context("TLS (--tls-cert, --tls-key)")?;
@@ -317,7 +394,15 @@ async fn serve(s: Settings) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
-    msim_relay::serve(listener, config, shutdown_signal())
+    let metrics_listener = match &s.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
+    msim_relay::serve_with_metrics(listener, metrics_listener, config, shutdown_signal())
         .await
         .context("relay failed")?;
     tracing::info!("stopped");

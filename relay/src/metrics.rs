@@ -57,6 +57,7 @@ pub struct Metrics {
     pub downloads_completed: AtomicU64,
     pub cancels: AtomicU64,
     pub connections: AtomicU64,
+    pub connections_over_address_cap: AtomicU64,
     pub sweeps: AtomicU64,
     pub swept_blobs: AtomicU64,
     pub swept_bytes: AtomicU64,
@@ -64,6 +65,17 @@ pub struct Metrics {
     pub swept_tombstones: AtomicU64,
     pub removed_downloaded: AtomicU64,
     refusals: [AtomicU64; REFUSALS.len()],
+}
+
+/// The answer to `GET /metrics`.
+pub async fn answer(state: &crate::api::State) -> http::Response<crate::api::Body> {
+    let stats = state.store.stats().await.ok();
+    let mut r = http::Response::new(crate::api::full(state.metrics.render(stats)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 /// Decrements a gauge when dropped.
@@ -158,6 +170,12 @@ impl Metrics {
             "counter",
             "Connections accepted.",
             g(&self.connections),
+        );
+        metric(
+            "msim_relay_connections_over_address_cap_total",
+            "counter",
+            "Connections closed at once: their address already had its maximum open.",
+            g(&self.connections_over_address_cap),
         );
         metric(
             "msim_relay_sweeps_total",

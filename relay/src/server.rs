@@ -13,17 +13,32 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
+use crate::limits::{PerAddress, WriteDeadline};
 use crate::metrics::Metrics;
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
 const READ_BUF_MAX: usize = 256 << 10;
 
+/// Connections the metrics listener serves at once.
+const METRICS_CONNECTIONS: usize = 8;
+
 /// Serve the relay on `listener` until `shutdown` completes, then stop accepting and give
 /// in-flight requests `config.shutdown_grace` to finish. Opens (and recovers) the storage in
 /// `config.data_dir` and runs the periodic sweeper.
 pub async fn serve(
     listener: TcpListener,
+    config: RelayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    serve_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`serve`], answering `GET /metrics` on `metrics_listener` too (a separate address that
+/// can stay internal while the transfer port is public).
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: RelayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
@@ -43,7 +58,12 @@ pub async fn serve(
         .clone()
         .map(msim_shared::tls::tokio_rustls::TlsAcceptor::from);
     let sweeper = tokio::spawn(sweeper(state.clone(), stop_rx));
+    let metrics_server =
+        metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone(), stop_rx2.clone())));
     let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let per_address = PerAddress::new(state.config.max_connections_per_address);
+    let header_timeout = state.config.header_timeout;
+    let idle = state.config.body_idle_timeout;
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, data_dir = %state.config.data_dir.display(), tls = tls.is_some(), "msim-relay listening");
@@ -69,6 +89,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // One address cannot take more than its share of the slots; over it, the connection
+        // is closed at once (the client sees a reset, not a hang).
+        let Some(address_slot) = per_address.admit(peer.ip()) else {
+            Metrics::add(&state.metrics.connections_over_address_cap, 1);
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            continue;
+        };
+        let permit = (permit, address_slot);
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
@@ -76,8 +104,8 @@ pub async fn serve(
         let st = state.clone();
         let service = service_fn(move |req| handle(st.clone(), req));
         let Some(acceptor) = tls.clone() else {
-            let conn =
-                graceful.watch(http1_builder().serve_connection(TokioIo::new(stream), service));
+            let io = TokioIo::new(WriteDeadline::new(stream, idle));
+            let conn = graceful.watch(http1_builder(header_timeout).serve_connection(io, service));
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -107,8 +135,8 @@ pub async fn serve(
                     return;
                 }
             };
-            let conn =
-                watcher.watch(http1_builder().serve_connection(TokioIo::new(stream), service));
+            let io = TokioIo::new(WriteDeadline::new(stream, idle));
+            let conn = watcher.watch(http1_builder(header_timeout).serve_connection(io, service));
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -125,18 +153,75 @@ pub async fn serve(
         tracing::warn!("shutdown grace period elapsed with requests in flight");
     }
     let _ = sweeper.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     state.store.close().await;
     Ok(())
 }
 
-fn http1_builder() -> http1::Builder {
+/// `header_timeout` bounds the wait for each request head, which also closes a keep-alive
+/// connection left idle that long (hyper starts the timer when it waits for the next request).
+fn http1_builder(header_timeout: Duration) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.keep_alive(true)
         .max_buf_size(READ_BUF_MAX)
         .writev(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(header_timeout.max(Duration::from_millis(1)));
     b
+}
+
+/// Answer `GET /metrics` (anything else: 404) on the metrics listener until `stop`.
+async fn serve_metrics(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
+    let limit = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let st = state.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let st = st.clone();
+            async move {
+                let r = if req.uri().path() == "/metrics" {
+                    crate::metrics::answer(&st).await
+                } else {
+                    let mut r = hyper::Response::new(crate::api::full("no such resource\n"));
+                    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                    r
+                };
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        });
+        let io = TokioIo::new(WriteDeadline::new(stream, state.config.body_idle_timeout));
+        let conn = http1_builder(state.config.header_timeout).serve_connection(io, service);
+        let mut stopping = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = stopping.changed() => {}
+            }
+            drop(permit);
+        });
+    }
 }
 
 async fn sweeper(state: Arc<State>, mut stop: watch::Receiver<bool>) {

@@ -701,7 +701,10 @@ async fn path_escapes_are_refused() {
 #[tokio::test]
 async fn health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), |_| {}).await;
+    let relay = Relay::start(dir.path(), |c| {
+        c.metrics = msim_relay::MetricsAccess::MainPort;
+    })
+    .await;
     let r = relay
         .send(Method::GET, "/healthz", None, &[], empty())
         .await;
@@ -917,6 +920,7 @@ async fn sweep_removes_short_ttl_blobs() {
         c.ttl = Duration::from_secs(10);
         c.clock = clock.clone();
         c.wait_for_upload = Duration::from_secs(30);
+        c.metrics = msim_relay::MetricsAccess::MainPort;
     })
     .await;
     for id in ["short-1", "short-2"] {
@@ -992,6 +996,12 @@ fn binary_help_and_secret() {
         "--max-file-size",
         "--sweep-interval",
         "--config",
+        "--max-connections-per-address",
+        "--header-timeout",
+        "--body-idle-timeout",
+        "--reservation-idle",
+        "--metrics-listen",
+        "--metrics-on-main-port",
         "sweep",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");

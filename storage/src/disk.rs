@@ -21,3 +21,47 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
     #[allow(clippy::unnecessary_cast)] // field types differ between platforms
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
+
+/// Create `dir` (and missing parents) with mode 0700 whatever the umask; an existing
+/// directory is left as the operator set it up.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // The mode given to mkdir is masked by the umask; set it exactly.
+    set_mode(dir, 0o700)
+}
+
+/// Set the permission bits of `path` to `mode` unless they already are.
+pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(path)?;
+    if m.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Options that create files with mode 0600 (umask 022 or 002 cannot widen 0600; an unusual
+/// umask can only narrow it).
+pub fn private_file_options() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Create `path` empty with mode 0600 if missing, or restrict an existing file to 0600. SQLite
+/// gives its `-wal` and `-shm` files the mode of the database file, so doing this to the
+/// database before SQLite opens it keeps all three private.
+pub fn private_file(path: &Path) -> io::Result<()> {
+    let mut o = private_file_options();
+    o.write(true).create(true).truncate(false);
+    drop(o.open(path)?);
+    set_mode(path, 0o600)
+}

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::{disk, valid_id, GoneReason, Result, StoreError};
 
+mod lapse;
+
 /// Bytes hashed per step when re-hashing a resumed upload's prefix.
 const REHASH_CHUNK: usize = 1 << 20;
 /// Rows handled per sweep query.
@@ -110,6 +112,11 @@ pub struct StoreConfig {
     pub per_sender_quota_bytes: u64,
     /// A partial upload with no progress for this long is removed by a sweep.
     pub abandon_after: Duration,
+    /// A partial upload with no progress and no writer attached for this long is removed when
+    /// an upload is refused for capacity, free disk or quota, and the upload is tried again:
+    /// an idle reservation cannot keep real uploads out, yet stays resumable while nobody
+    /// needs its room.
+    pub reservation_idle: Duration,
     /// Clock for expiry and progress times.
     pub clock: Arc<dyn Clock>,
 }
@@ -121,6 +128,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("min_free_bytes", &self.min_free_bytes)
             .field("per_sender_quota_bytes", &self.per_sender_quota_bytes)
             .field("abandon_after", &self.abandon_after)
+            .field("reservation_idle", &self.reservation_idle)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +140,7 @@ impl Default for StoreConfig {
             min_free_bytes: 1 << 30,
             per_sender_quota_bytes: 1 << 30,
             abandon_after: Duration::from_secs(3600),
+            reservation_idle: Duration::from_secs(120),
             clock: Arc::new(SystemClock),
         }
     }
@@ -320,6 +329,10 @@ struct Inner {
     dir: PathBuf,
     blobs_dir: PathBuf,
     pool: SqlitePool,
+    /// One connection with `synchronous=FULL` for the commits that mark uploads complete: a
+    /// completion answered `201` survives a power loss (the other writes use NORMAL; losing
+    /// one of them at worst loses progress that recovery reconciles with the files).
+    durable: SqlitePool,
     config: StoreConfig,
     /// Live partial uploads. A std mutex: held only for map lookups, never across an await.
     live: Mutex<HashMap<String, Arc<Live>>>,
@@ -463,16 +476,37 @@ impl BlobStore {
     ) -> Result<BlobStore> {
         let dir = dir.as_ref().to_path_buf();
         let blobs_dir = dir.join("blobs");
-        tokio::fs::create_dir_all(&blobs_dir).await?;
+        let index = dir.join("index.sqlite");
+        {
+            let (dir, blobs_dir, index) = (dir.clone(), blobs_dir.clone(), index.clone());
+            // Uploads are private: 0700 directories, 0600 files, whatever the umask.
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                disk::create_private_dir(&dir)?;
+                disk::create_private_dir(&blobs_dir)?;
+                disk::set_mode(&blobs_dir, 0o700)?;
+                disk::private_file(&index)?;
+                for suffix in ["-wal", "-shm"] {
+                    let mut p = index.clone().into_os_string();
+                    p.push(suffix);
+                    match disk::set_mode(Path::new(&p), 0o600) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(io::Error::other)??;
+        }
         let opts = SqliteConnectOptions::new()
-            .filename(dir.join("index.sqlite"))
+            .filename(index)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS blobs (
@@ -512,11 +546,16 @@ impl BlobStore {
             .execute(&pool)
             .await?;
         init_totals(&pool).await?;
+        let durable = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.synchronous(SqliteSynchronous::Full))
+            .await?;
         Ok(BlobStore {
             inner: Arc::new(Inner {
                 dir,
                 blobs_dir,
                 pool,
+                durable,
                 config,
                 live: Mutex::new(HashMap::new()),
                 recent_total: Arc::new(AtomicUsize::new(0)),
@@ -664,7 +703,15 @@ impl BlobStore {
     pub async fn create(&self, new: NewBlob) -> Result<()> {
         self.insert(&new).await?;
         let part = self.part_path(&new.id);
-        let res = tokio::task::spawn_blocking(move || File::create(part).map(drop)).await;
+        let res = tokio::task::spawn_blocking(move || {
+            disk::private_file_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(part)
+                .map(drop)
+        })
+        .await;
         match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -702,7 +749,7 @@ impl BlobStore {
         let (live, guard) = self.claim_writer(id)?;
         let part = self.part_path(id);
         let opened = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
+            disk::private_file_options()
                 .read(true)
                 .write(true)
                 .create(true)
@@ -747,8 +794,9 @@ impl BlobStore {
             return Err(StoreError::InvalidId);
         }
         let cfg = &self.inner.config;
-        let avail = disk::available_bytes(&self.inner.blobs_dir)?;
+        let mut avail = disk::available_bytes(&self.inner.blobs_dir)?;
         let mut attempts = 0;
+        let mut lapsed = false;
         loop {
             // Check and insert in one statement: atomic without a lock, also against another
             // process; the totals are kept by triggers (O(1), not a table scan).
@@ -801,18 +849,29 @@ impl BlobStore {
             if exists != 0 {
                 return Err(StoreError::AlreadyExists);
             }
-            if u(total).saturating_add(new.size) > cfg.capacity_bytes {
-                return Err(StoreError::CapacityExceeded);
-            }
             // Conservative: in-progress uploads may still need their whole declared size.
             let need = u(partial)
                 .saturating_add(new.size)
                 .saturating_add(cfg.min_free_bytes);
-            if avail < need {
-                return Err(StoreError::LowDisk);
-            }
-            if u(by_sender.unwrap_or(0)).saturating_add(new.size) > cfg.per_sender_quota_bytes {
-                return Err(StoreError::QuotaExceeded);
+            let refusal = if u(total).saturating_add(new.size) > cfg.capacity_bytes {
+                Some(StoreError::CapacityExceeded)
+            } else if avail < need {
+                Some(StoreError::LowDisk)
+            } else if u(by_sender.unwrap_or(0)).saturating_add(new.size)
+                > cfg.per_sender_quota_bytes
+            {
+                Some(StoreError::QuotaExceeded)
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                // Idle reservations give way to a real upload (once per request).
+                if !lapsed && self.lapse_idle_reservations().await? > 0 {
+                    lapsed = true;
+                    avail = disk::available_bytes(&self.inner.blobs_dir)?;
+                    continue;
+                }
+                return Err(refusal);
             }
             // The totals changed in between (an upload finished or was removed): try again.
             attempts += 1;
@@ -1196,7 +1255,7 @@ impl BlobStore {
             q = q.bind(&p.id).bind(&p.sha256);
         }
         let writing = self.inner.writes.lock().await;
-        let rows = q.fetch_all(&self.inner.pool).await?;
+        let rows = q.fetch_all(&self.inner.durable).await?;
         drop(writing);
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -1374,6 +1433,7 @@ impl BlobStore {
 
     /// Close the index database.
     pub async fn close(&self) {
+        self.inner.durable.close().await;
         self.inner.pool.close().await;
     }
 

@@ -1,0 +1,559 @@
+//! Attacks on the relay's connection slots, reserved capacity, files at rest and metrics,
+//! each run against a real relay over TCP, with a legitimate client shown unaffected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msim_relay::{MetricsAccess, RelayConfig};
+use msim_shared::token::{Capability, Direction, Keyring, TokenKey};
+use msim_storage::{Clock, ManualClock, SystemClock};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+/// Bound of every network wait in these tests.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn keyring() -> Keyring {
+    Keyring::new(vec![TokenKey {
+        id: "k1".into(),
+        secret: vec![7; 32],
+    }])
+}
+
+struct Relay {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    ring: Keyring,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(
+        dir: &Path,
+        metrics_listener: bool,
+        tweak: impl FnOnce(&mut RelayConfig),
+    ) -> Relay {
+        let mut config = RelayConfig::new(dir, keyring());
+        config.min_free = 0;
+        config.sweep_interval = Duration::from_secs(3600);
+        tweak(&mut config);
+        let ring = config.keyring.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = if metrics_listener {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            msim_relay::serve_with_metrics(listener, metrics, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Relay {
+            addr,
+            metrics_addr,
+            ring,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        timeout(WAIT, &mut self.task).await.unwrap().unwrap();
+    }
+
+    fn token(&self, id: &str, dir: Direction, size: u64) -> String {
+        self.ring.sign(&Capability {
+            transfer_id: id.into(),
+            direction: dir,
+            size,
+            sha256: None,
+            sender: "alice@example.com".into(),
+            max_downloads: None,
+            expires: SystemClock.now() + 3600,
+        })
+    }
+
+    /// A complete request on a fresh connection; returns status and body.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        exchange(self.addr, head.as_bytes(), body).await
+    }
+
+    async fn upload_and_download(&self, id: &str, data: &[u8]) {
+        let up = self.token(id, Direction::Upload, data.len() as u64);
+        let (status, body) = self
+            .request("PUT", &format!("/v1/transfers/{id}"), Some(&up), data)
+            .await;
+        assert_eq!(status, 201, "{}", utf8(&body));
+        let down = self.token(id, Direction::Download, data.len() as u64);
+        let (status, got) = self
+            .request("GET", &format!("/v1/transfers/{id}"), Some(&down), b"")
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(got, data);
+    }
+
+    /// Wait until the metrics (on the metrics listener) contain `line`.
+    async fn wait_for_metric(&self, line: &str) {
+        let addr = self.metrics_addr.expect("metrics listener");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, body) = exchange(
+                addr,
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                b"",
+            )
+            .await;
+            let text = utf8(&body);
+            if text.contains(line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {line:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Send `head` and `body` on a new connection and read the whole answer (status, body).
+async fn exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> (u16, Vec<u8>) {
+    timeout(WAIT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(head).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        parse_response(&out)
+    })
+    .await
+    .expect("request timed out")
+}
+
+fn parse_response(out: &[u8]) -> (u16, Vec<u8>) {
+    let status = std::str::from_utf8(out.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| out[at + 4..].to_vec())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn utf8(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A connection from `source` (another loopback address: the attacker).
+async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(format!("{source}:0").parse().unwrap())?;
+    s.connect(to).await
+}
+
+/// How long until the peer closes `s` (EOF or reset); `None` if not within `limit`.
+async fn closed_within(s: &mut (impl AsyncRead + Unpin), limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let r = timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    r.ok().map(|()| start.elapsed())
+}
+
+#[tokio::test]
+async fn slowloris_flood_from_one_address_leaves_health_and_transfers_working() {
+    let dir = tempfile::tempdir().unwrap();
+    // Few slots, and a head deadline far longer than the test: only the per-address cap
+    // protects the slots here.
+    let relay = Relay::start(dir.path(), false, |c| {
+        c.max_connections = 32;
+        c.max_connections_per_address = 8;
+        c.header_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let mut s = connect_from("127.0.0.2", relay.addr).await.unwrap();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+        held.push(s);
+    }
+    for s in &mut held {
+        if closed_within(s, Duration::from_millis(200)).await.is_some() {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 92, "all but 8 of the flood are closed at once");
+    let (status, body) = relay.request("GET", "/healthz", None, b"").await;
+    assert_eq!((status, utf8(&body).as_str()), (200, "ok\n"));
+    relay
+        .upload_and_download("during-flood", &vec![5u8; 100_000])
+        .await;
+    drop(held);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn slow_head_and_idle_keep_alive_are_closed_after_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), false, |c| {
+        c.header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Slowloris: an unfinished head.
+    let mut slow = TcpStream::connect(relay.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let took = closed_within(&mut slow, WAIT)
+        .await
+        .expect("slow head closed");
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    // Keep-alive: one request answered, then nothing.
+    let mut idle = BufReader::new(TcpStream::connect(relay.addr).await.unwrap());
+    idle.get_mut()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    timeout(WAIT, idle.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let took = closed_within(&mut idle, WAIT)
+        .await
+        .expect("idle keep-alive closed");
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_upload_is_cut_after_idle_time_and_stays_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), false, |c| {
+        c.body_idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let up = relay.token("stalled", Direction::Upload, 1000);
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/transfers/stalled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {up}\r\nContent-Length: 1000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&data[..100]).await.unwrap();
+    // The relay answers on its own (the client sends nothing more) and closes.
+    let start = Instant::now();
+    let mut out = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("stalled upload cut")
+        .ok();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("upload-offset: 100\r\n"),
+        "{text}"
+    );
+    // Resumed from where it stopped.
+    let head = format!(
+        "PATCH /v1/transfers/stalled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {up}\r\nUpload-Offset: 100\r\nContent-Length: 900\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = exchange(relay.addr, head.as_bytes(), &data[100..]).await;
+    assert_eq!(status, 200, "{}", utf8(&body));
+    let down = relay.token("stalled", Direction::Download, 1000);
+    let (status, got) = relay
+        .request("GET", "/v1/transfers/stalled", Some(&down), b"")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(got, data);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn downloader_that_stops_reading_is_cut_after_idle_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |c| {
+        c.body_idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let size = 16usize << 20;
+    let up = relay.token("big", Direction::Upload, size as u64);
+    let (status, body) = relay
+        .request("PUT", "/v1/transfers/big", Some(&up), &vec![1u8; size])
+        .await;
+    assert_eq!(status, 201, "{}", utf8(&body));
+    let down = relay.token("big", Direction::Download, size as u64);
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(relay.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/transfers/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {down}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    relay
+        .wait_for_metric("msim_relay_downloads_active 1\n")
+        .await;
+    // The client reads nothing: the relay gives the download up.
+    relay
+        .wait_for_metric("msim_relay_downloads_active 0\n")
+        .await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    timeout(WAIT, async {
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            got += n;
+        }
+    })
+    .await
+    .expect("connection closed");
+    assert!(got < size, "the whole file was sent ({got} bytes)");
+    // Other clients are served meanwhile and after.
+    relay.upload_and_download("after", b"hello").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn idle_reservations_do_not_keep_real_uploads_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let relay = Relay::start(dir.path(), true, |c| {
+        c.capacity = 10 << 20;
+        c.per_sender_quota = 100 << 20;
+        c.reservation_idle = Duration::from_secs(120);
+        c.clock = clock.clone();
+    })
+    .await;
+    // The attack: nine uploads each declare 1 MiB, send one byte after 100-continue, and go.
+    for k in 0..9 {
+        let id = format!("hoard-{k}");
+        let up = relay.token(&id, Direction::Upload, 1 << 20);
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        let head = format!(
+            "PUT /v1/transfers/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {up}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            1 << 20
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        let mut r = BufReader::new(s);
+        timeout(WAIT, r.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+        r.get_mut().write_all(b"x").await.unwrap();
+        drop(r);
+    }
+    relay.wait_for_metric("msim_relay_uploads_active 0\n").await;
+    let real = vec![9u8; 2 << 20];
+    let up = relay.token("real", Direction::Upload, real.len() as u64);
+    // Within reservation_idle the reservations hold (a hoarder that comes back may resume).
+    let (status, _) = relay
+        .request("PUT", "/v1/transfers/real", Some(&up), &real)
+        .await;
+    assert_eq!(status, 507);
+    let hoard0 = relay.token("hoard-0", Direction::Upload, 1 << 20);
+    let (status, text) = relay
+        .request("HEAD", "/v1/transfers/hoard-0", Some(&hoard0), b"")
+        .await;
+    assert_eq!(status, 200, "{}", utf8(&text));
+    // Once idle that long, they give way to the real upload at once.
+    clock.advance(121);
+    relay.upload_and_download("real-2", &real).await;
+    let (status, _) = relay
+        .request(
+            "HEAD",
+            "/v1/transfers/hoard-1",
+            Some(&relay.token("hoard-1", Direction::Upload, 1 << 20)),
+            b"",
+        )
+        .await;
+    assert_eq!(status, 410);
+    relay.stop().await;
+}
+
+/// PROTOCOL.md ("Relay HTTP API", status codes): a `Content-Length` above the declared size
+/// is `413`; one the HTTP layer cannot represent (2^64−2 and 2^64−1) is `431`; one that is not a
+/// number below 2^64 is `400`.
+#[tokio::test]
+async fn huge_content_length_answers_as_specified() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), false, |_| {}).await;
+    let up = relay.token("huge", Direction::Upload, 10);
+    for (len, want) in [
+        (u64::MAX.to_string(), 431),
+        ((u64::MAX - 1).to_string(), 431),
+        ((u64::MAX - 2).to_string(), 413),
+        ((1u64 << 63).to_string(), 413),
+        ("18446744073709551616".to_owned(), 400),
+        ("-1".to_owned(), 400),
+    ] {
+        let head = format!(
+            "PUT /v1/transfers/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {up}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = exchange(relay.addr, head.as_bytes(), b"").await;
+        assert_eq!(status, want, "Content-Length {len}: {}", utf8(&body));
+    }
+    // Nothing was stored: the transfer still starts normally.
+    relay.upload_and_download("huge", b"0123456789").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_only_where_the_operator_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |_| {}).await;
+    let (status, _) = relay.request("GET", "/metrics", None, b"").await;
+    assert_eq!(status, 404, "not on the transfer port by default");
+    relay.wait_for_metric("msim_relay_connections_total").await;
+    let (status, _) = exchange(
+        relay.metrics_addr.unwrap(),
+        b"GET /v1/transfers/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 404, "the metrics port serves nothing else");
+    relay.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), false, |c| c.metrics = MetricsAccess::MainPort).await;
+    let (status, body) = relay.request("GET", "/metrics", None, b"").await;
+    assert_eq!(status, 200);
+    let body = utf8(&body);
+    assert!(body.contains("msim_relay_connections_total"), "{body}");
+    relay.stop().await;
+}
+
+fn relay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_msim-relay"))
+}
+
+/// Read the relay's log until it has said where it listens for transfers and for metrics.
+async fn logged_addrs(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) -> (SocketAddr, SocketAddr) {
+    let (mut main, mut metrics) = (None, None);
+    while main.is_none() || metrics.is_none() {
+        let line = timeout(WAIT, lines.next_line())
+            .await
+            .expect("relay log")
+            .unwrap()
+            .expect("relay exited");
+        let Some(at) = line.find("addr=") else {
+            continue;
+        };
+        let addr: SocketAddr = line[at + 5..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if line.contains("metrics listening") {
+            metrics = Some(addr);
+        } else if line.contains("msim-relay listening") {
+            main = Some(addr);
+        }
+    }
+    (main.unwrap(), metrics.unwrap())
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay-data");
+    // The umask is set in the relay's own process (not this test process).
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$@\"")
+        .arg(relay_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env(
+            "MSIM_RELAY_SECRET",
+            "k1:0707070707070707070707070707070707070707070707070707070707070707",
+        )
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (addr, metrics_addr) = logged_addrs(&mut lines).await;
+    let relay = Relay {
+        addr,
+        metrics_addr: Some(metrics_addr),
+        ring: Keyring::from_secret_text(
+            "k1:0707070707070707070707070707070707070707070707070707070707070707",
+        )
+        .unwrap(),
+        stop: None,
+        task: tokio::spawn(async {}),
+    };
+    relay.upload_and_download("private", b"secret bytes").await;
+    let (status, _) = relay.request("GET", "/metrics", None, b"").await;
+    assert_eq!(status, 404);
+    relay
+        .wait_for_metric("msim_relay_uploads_completed_total 1\n")
+        .await;
+    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(mode(&data.join("blobs")), 0o700, "blobs/");
+    for f in [
+        "index.sqlite",
+        "index.sqlite-wal",
+        "index.sqlite-shm",
+        "blobs/private.blob",
+    ] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    child.kill().await.unwrap();
+}
