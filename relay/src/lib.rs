@@ -10,6 +10,7 @@ mod metrics;
 pub mod range;
 mod server;
 pub mod size;
+mod slots;
 mod waiters;
 
 use std::path::{Path, PathBuf};
@@ -61,7 +62,9 @@ pub struct RelayConfig {
     /// (it is removed) as soon as another upload needs its room; until then it stays
     /// resumable (up to `abandon_after`).
     pub reservation_idle: Duration,
-    /// Simultaneous connections; further connections wait in the listen backlog.
+    /// Simultaneous connections. When all are taken, a new connection takes the slot of the
+    /// connection that has gone longest without a request in progress (which is closed);
+    /// when every connection has one, new connections wait in the listen backlog.
     pub max_connections: usize,
     /// Simultaneous connections from one client address (0: no limit); further connections
     /// from it are closed at once.

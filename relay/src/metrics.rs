@@ -58,6 +58,7 @@ pub struct Metrics {
     pub cancels: AtomicU64,
     pub connections: AtomicU64,
     pub connections_over_address_cap: AtomicU64,
+    pub connections_evicted: AtomicU64,
     pub sweeps: AtomicU64,
     pub swept_blobs: AtomicU64,
     pub swept_bytes: AtomicU64,
@@ -176,6 +177,12 @@ impl Metrics {
             "counter",
             "Connections closed at once: their address already had its maximum open.",
             g(&self.connections_over_address_cap),
+        );
+        metric(
+            "msim_relay_connections_evicted_total",
+            "counter",
+            "Connections without a request in progress closed to give their slot to a new one.",
+            g(&self.connections_evicted),
         );
         metric(
             "msim_relay_sweeps_total",

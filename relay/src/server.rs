@@ -1,5 +1,6 @@
 //! Accept loop, connection limits, background sweeper, graceful shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
 use crate::limits::{PerAddress, WriteDeadline};
 use crate::metrics::Metrics;
+use crate::slots::{busy_until_sent, Slots};
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
@@ -60,7 +62,7 @@ pub async fn serve_with_metrics(
     let sweeper = tokio::spawn(sweeper(state.clone(), stop_rx));
     let metrics_server =
         metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone(), stop_rx2.clone())));
-    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let slots = Slots::new(state.config.max_connections);
     let per_address = PerAddress::new(state.config.max_connections_per_address);
     let header_timeout = state.config.header_timeout;
     let idle = state.config.body_idle_timeout;
@@ -70,13 +72,6 @@ pub async fn serve_with_metrics(
     }
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(v) => v,
@@ -96,51 +91,77 @@ pub async fn serve_with_metrics(
             tracing::debug!(%peer, "connection refused: too many from this address");
             continue;
         };
-        let permit = (permit, address_slot);
+        let (slot, evicted) = tokio::select! {
+            s = slots.acquire() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            () = &mut shutdown => break,
+        };
+        if evicted {
+            Metrics::add(&state.metrics.connections_evicted, 1);
+        }
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         Metrics::add(&state.metrics.connections, 1);
         let st = state.clone();
-        let service = service_fn(move |req| handle(st.clone(), req));
+        let conn_state = slot.conn.clone();
+        let service = service_fn(move |req| {
+            // Busy from the request head until the response body is sent.
+            let busy = conn_state.request();
+            let st = st.clone();
+            async move {
+                let resp = match handle(st, req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(resp.map(|body| busy_until_sent(body, busy)))
+            }
+        });
+        let held = (slot, address_slot);
         let Some(acceptor) = tls.clone() else {
             let io = TokioIo::new(WriteDeadline::new(stream, idle));
             let conn = graceful.watch(http1_builder(header_timeout).serve_connection(io, service));
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let conn_state = &held.0.conn;
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    () = conn_state.evicted() => tracing::debug!(%peer, "idle connection closed: its slot went to a new one"),
                 }
-                drop(permit);
+                drop(held);
             });
             continue;
         };
         // TLS: the handshake runs on the connection's own task, bounded in time; a slow or
-        // failed handshake never holds up the accept loop.
+        // failed handshake never holds up the accept loop (and its slot can be taken).
         let watcher = graceful.watcher();
         let timeout = state.config.tls_handshake_timeout;
         let mut stopping = stop_rx2.clone();
         tokio::spawn(async move {
+            let conn_state = &held.0.conn;
             let handshake = msim_shared::tls::accept(&acceptor, stream, timeout);
             let stream = tokio::select! {
                 r = handshake => match r {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(%peer, "{e}");
-                        drop(permit);
                         return;
                     }
                 },
-                _ = stopping.changed() => {
-                    drop(permit);
-                    return;
-                }
+                _ = stopping.changed() => return,
+                () = conn_state.evicted() => return,
             };
             let io = TokioIo::new(WriteDeadline::new(stream, idle));
             let conn = watcher.watch(http1_builder(header_timeout).serve_connection(io, service));
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                () = conn_state.evicted() => tracing::debug!(%peer, "idle connection closed: its slot went to a new one"),
             }
-            drop(permit);
         });
     }
     drop(listener);

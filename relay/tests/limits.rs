@@ -231,6 +231,72 @@ async fn slowloris_flood_from_one_address_leaves_health_and_transfers_working() 
 }
 
 #[tokio::test]
+async fn slowloris_from_many_addresses_cannot_keep_the_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    // Eight slots, no help from the per-address cap or the head deadline.
+    let relay = Relay::start(dir.path(), true, |c| {
+        c.max_connections = 8;
+        c.header_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // A legitimate upload in progress (half its body sent) holds one slot throughout.
+    let data = vec![3u8; 1000];
+    let up = relay.token("slow-but-real", Direction::Upload, 1000);
+    let mut upload = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/transfers/slow-but-real HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {up}\r\nContent-Length: 1000\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(&data[..500]).await.unwrap();
+    relay.wait_for_metric("msim_relay_uploads_active 1\n").await;
+    // Unfinished heads from 40 addresses, far more than the slots.
+    let mut attack = Vec::new();
+    for k in 0..40 {
+        let mut s = connect_from(&format!("127.0.0.{}", 10 + k), relay.addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        attack.push(s);
+    }
+    let (status, body) = relay.request("GET", "/healthz", None, b"").await;
+    assert_eq!((status, utf8(&body).as_str()), (200, "ok\n"));
+    relay.upload_and_download("meanwhile", b"fresh").await;
+    // The upload kept its slot and completes.
+    upload.write_all(&data[500..]).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    timeout(WAIT, async {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = upload.read(&mut buf).await.unwrap();
+            assert!(n > 0, "upload connection closed: {}", utf8(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("upload answer");
+    assert!(out.starts_with(b"HTTP/1.1 201"), "{}", utf8(&out));
+    let (_, metrics) = exchange(
+        relay.metrics_addr.unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    let metrics = utf8(&metrics);
+    assert!(
+        metrics.contains("msim_relay_connections_evicted_total "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("msim_relay_connections_evicted_total 0\n"),
+        "{metrics}"
+    );
+    drop(attack);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn slow_head_and_idle_keep_alive_are_closed_after_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), false, |c| {

@@ -1,0 +1,206 @@
+//! Connection slots that slow clients cannot keep: when all are taken, a new connection takes
+//! the slot of the connection that has gone longest without a request in progress (an
+//! unfinished request head, an idle keep-alive connection), which is closed. Connections with
+//! a request in progress keep their slots; when all have one, new connections wait.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Body;
+
+type Open = Arc<Mutex<HashMap<u64, Arc<Conn>>>>;
+
+/// All connection slots of a listener.
+pub struct Slots {
+    free: Arc<Semaphore>,
+    open: Open,
+    next_id: AtomicU64,
+}
+
+/// What the slot registry knows about one connection.
+pub struct Conn {
+    /// Requests in progress; a response counts until its body has been sent.
+    busy: AtomicUsize,
+    /// When the connection last had no request in progress (or opened).
+    idle_since: Mutex<Instant>,
+    /// Cancelled when a new connection takes this one's slot.
+    evicted: CancellationToken,
+}
+
+/// A taken slot; freed when dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    id: u64,
+    open: Open,
+    /// This connection's state.
+    pub conn: Arc<Conn>,
+}
+
+/// Marks a request in progress on its connection until dropped.
+pub struct Busy(Arc<Conn>);
+
+impl Slots {
+    /// `n` slots (at least 1).
+    pub fn new(n: usize) -> Slots {
+        Slots {
+            free: Arc::new(Semaphore::new(n.max(1))),
+            open: Arc::default(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot for a new connection: a free one, else the slot of the connection that has
+    /// been without a request longest (that connection is closed; `true` is returned with
+    /// the slot), else wait until a connection ends.
+    /// `None` only if the slots were closed (they are not).
+    pub async fn acquire(&self) -> Option<(Slot, bool)> {
+        let (permit, evicted) = match self.free.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                let evicted = self.evict_longest_idle();
+                (self.free.clone().acquire_owned().await.ok()?, evicted)
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            busy: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            evicted: CancellationToken::new(),
+        });
+        lock(&self.open).insert(id, conn.clone());
+        let slot = Slot {
+            _permit: permit,
+            id,
+            open: self.open.clone(),
+            conn,
+        };
+        Some((slot, evicted))
+    }
+
+    /// Close the connection that has gone longest without a request in progress; `false`
+    /// when every connection has one.
+    fn evict_longest_idle(&self) -> bool {
+        let open = lock(&self.open);
+        let victim = open
+            .values()
+            .filter(|c| c.busy.load(Ordering::SeqCst) == 0 && !c.evicted.is_cancelled())
+            .min_by_key(|c| *lock(&c.idle_since));
+        match victim {
+            Some(c) => {
+                c.evicted.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Conn {
+    /// A request starts on this connection.
+    pub fn request(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Completes when a new connection has taken this one's slot.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // Idle from now on; the stamp is set before the count drops so an eviction never
+        // sees a connection idle with an old stamp.
+        *lock(&self.0.idle_since) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.open).remove(&self.id);
+    }
+}
+
+/// `body`, keeping its connection marked busy until the body has been sent (or dropped).
+pub fn busy_until_sent(body: Body, busy: Busy) -> Body {
+    BusyBody {
+        inner: body,
+        _busy: busy,
+    }
+    .boxed_unsync()
+}
+
+/// A response body holding its connection's [`Busy`] mark; everything else passes through
+/// (the size hint too, so `Content-Length` is kept).
+struct BusyBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_house_evicts_the_longest_idle_connection_never_a_busy_one() {
+        let slots = Slots::new(2);
+        let (a, evicted) = slots.acquire().await.expect("slot");
+        assert!(!evicted);
+        let (b, _) = slots.acquire().await.expect("slot");
+        let busy = b.conn.request();
+        // a (idle) gives way to c.
+        let taking = tokio::spawn({
+            let slots = Arc::new(slots);
+            async move {
+                let (c, evicted) = slots.acquire().await.expect("slot");
+                (slots, c, evicted)
+            }
+        });
+        a.conn.evicted().await;
+        assert!(!b.conn.evicted.is_cancelled(), "busy connection kept");
+        drop(a);
+        let (slots, c, evicted) = taking.await.expect("task");
+        assert!(evicted);
+        // b busy, c idle: c goes next; once b's request ends, b is idle since later than c.
+        drop(busy);
+        assert!(slots.evict_longest_idle());
+        assert!(c.conn.evicted.is_cancelled());
+        assert!(!b.conn.evicted.is_cancelled());
+    }
+}
