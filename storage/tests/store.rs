@@ -15,6 +15,7 @@ fn config(clock: &Arc<ManualClock>) -> StoreConfig {
         min_free_bytes: 0,
         per_sender_quota_bytes: 1 << 30,
         abandon_after: Duration::from_secs(600),
+        reservation_idle: Duration::from_secs(120),
         clock: clock.clone(),
     }
 }
