@@ -49,6 +49,14 @@ struct Cli {
     /// Listen address of the embedded relay [default: 127.0.0.1:3215].
     #[arg(long, env = "MSIM_CHAT_EMBEDDED_RELAY_LISTEN")]
     embedded_relay_listen: Option<SocketAddr>,
+    /// Serve the embedded relay's GET /metrics on this separate address (keep it internal);
+    /// without it the embedded relay serves no metrics.
+    #[arg(
+        long,
+        env = "MSIM_CHAT_EMBEDDED_RELAY_METRICS_LISTEN",
+        value_name = "ADDR"
+    )]
+    embedded_relay_metrics_listen: Option<SocketAddr>,
     /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. The embedded
     /// relay, if any, serves TLS with the same certificate.
     #[arg(
@@ -396,6 +404,17 @@ async fn main() -> Result<()> {
             .await
             .with_context(|| format!("binding embedded relay on {relay_listen}"))?;
         let relay_addr = listener.local_addr()?;
+        let metrics_listener = match cli
+            .embedded_relay_metrics_listen
+            .or(file.embedded_relay_metrics_listen)
+        {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding embedded relay metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let mut rc = msim_relay::RelayConfig::new(config.data_dir.join("relay"), keyring);
         rc.max_file_size = config.max_file_size;
         rc.tls = tls.as_ref().map(|t| {
@@ -405,7 +424,8 @@ async fn main() -> Result<()> {
         });
         let stop2 = stop.clone();
         relay_task = Some(tokio::spawn(async move {
-            msim_relay::serve(listener, rc, stop2.cancelled_owned()).await
+            msim_relay::serve_with_metrics(listener, metrics_listener, rc, stop2.cancelled_owned())
+                .await
         }));
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = cli
