@@ -465,6 +465,9 @@ fn start_relay(args: &Args, data: &std::path::Path) -> Result<(procs::Proc, Keyr
             (u64::MAX / 4).to_string(),
             "--min-free".into(),
             "0".into(),
+            // Every load connection comes from this machine.
+            "--max-connections-per-address".into(),
+            "0".into(),
         ],
         addr,
         &[("MSIM_RELAY_SECRET", secret.as_str())],
