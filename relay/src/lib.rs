@@ -115,6 +115,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("per_sender_quota", &self.per_sender_quota)
             .field("sweep_interval", &self.sweep_interval)
             .field("abandon_after", &self.abandon_after)
+            .field("reservation_idle", &self.reservation_idle)
             .field("max_connections", &self.max_connections)
             .field(
                 "max_connections_per_address",

@@ -65,3 +65,22 @@ pub fn private_file(path: &Path) -> io::Result<()> {
     drop(o.open(path)?);
     set_mode(path, 0o600)
 }
+
+/// Uploads are private: create `dir` and `blobs_dir` with mode 0700 (`blobs_dir` is tightened
+/// if it exists) and the index database `index` with mode 0600 (its `-wal` and `-shm` files
+/// too, if they exist), whatever the umask.
+pub fn private_layout(dir: &Path, blobs_dir: &Path, index: &Path) -> io::Result<()> {
+    create_private_dir(dir)?;
+    create_private_dir(blobs_dir)?;
+    set_mode(blobs_dir, 0o700)?;
+    private_file(index)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut p = index.as_os_str().to_owned();
+        p.push(suffix);
+        match set_mode(Path::new(&p), 0o600) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -479,24 +479,9 @@ impl BlobStore {
         let index = dir.join("index.sqlite");
         {
             let (dir, blobs_dir, index) = (dir.clone(), blobs_dir.clone(), index.clone());
-            // Uploads are private: 0700 directories, 0600 files, whatever the umask.
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
-                disk::create_private_dir(&dir)?;
-                disk::create_private_dir(&blobs_dir)?;
-                disk::set_mode(&blobs_dir, 0o700)?;
-                disk::private_file(&index)?;
-                for suffix in ["-wal", "-shm"] {
-                    let mut p = index.clone().into_os_string();
-                    p.push(suffix);
-                    match disk::set_mode(Path::new(&p), 0o600) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
-                }
-                Ok(())
-            })
-            .await
-            .map_err(io::Error::other)??;
+            tokio::task::spawn_blocking(move || disk::private_layout(&dir, &blobs_dir, &index))
+                .await
+                .map_err(io::Error::other)??;
         }
         let opts = SqliteConnectOptions::new()
             .filename(index)
