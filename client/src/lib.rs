@@ -20,7 +20,6 @@
 
 pub mod backoff;
 mod client;
-pub mod config;
 mod error;
 mod privacy;
 mod router;

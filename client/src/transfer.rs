@@ -140,16 +140,7 @@ pub async fn sha256_file(path: &Path) -> Result<String, ClientError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    Ok(hex::encode(hasher.finalize()))
 }
 
 struct Target {

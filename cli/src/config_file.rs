@@ -1,4 +1,4 @@
-//! The client's configuration file (`~/.config/msim/config.toml`):
+//! `msim`'s configuration file (`~/.config/msim/config.toml`):
 //!
 //! ```toml
 //! server = "tls://chat.example.org:3214"   # or "127.0.0.1:3214" (plain TCP)
@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Every key is optional. Command-line flags override the environment (`MSIM_SERVER`,
-//! `MSIM_CA_FILE`, `MSIM_LOGIN`, `MSIM_PASSWORD`), which overrides the file. A file holding a password is
-//! written with mode 0600.
+//! `MSIM_CA_FILE`, `MSIM_LOGIN`, `MSIM_PASSWORD`), which overrides the file (see
+//! [`crate::settings`]). A file holding a password is written with mode 0600.
 
 use std::path::{Path, PathBuf};
 

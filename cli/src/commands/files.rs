@@ -1,0 +1,326 @@
+//! `send-file` and `receive`: file offers, and the transfers through the relay.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::HumanBytes;
+use msim::proto::{sanitize_filename, DownloadGrant, Event, FileOffered, OfferFile};
+use msim::transfer::{self, Transfer};
+use msim::{Client, ClientError};
+use msim_shared::timestamp;
+
+use super::Ctx;
+use crate::error::UsageError;
+use crate::output::json::FileLine;
+use crate::output::{human, progress};
+use crate::settings::Settings;
+
+/// `msim send-file TO PATH [--wait SECS] [--mime TYPE]`.
+pub async fn send_file(
+    ctx: &Ctx<'_>,
+    to: &str,
+    path: &Path,
+    wait: Option<u64>,
+    mime: Option<String>,
+) -> Result<()> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(UsageError(format!("{} is not a file", path.display())));
+    }
+    let filename = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(sanitize_filename)
+        .ok_or_else(|| UsageError(format!("{}: unusable file name", path.display())))?;
+    let size = meta.len();
+    let (sha256, offer) = ctx
+        .interruptible(async {
+            let sha256 = transfer::sha256_file(path).await?;
+            let (client, events) = ctx.settings.login().await?;
+            drop(events);
+            let offer = client
+                .offer_file(OfferFile {
+                    to: to.to_owned(),
+                    filename: filename.clone(),
+                    size,
+                    sha256: Some(sha256.clone()),
+                    mime: mime.or_else(|| guess_mime(&filename).map(str::to_owned)),
+                })
+                .await?;
+            Ok((sha256, offer))
+        })
+        .await?;
+    let transfer_id = offer.transfer_id().to_owned();
+    ctx.out.json_line(&FileLine::Pending {
+        transfer_id: &transfer_id,
+        to: &offer.pending.to,
+        expires: timestamp::format(offer.pending.expires),
+    });
+    ctx.out.notice(|| {
+        format!(
+            "Offered {filename} ({}) to {}; waiting for them to accept… (Ctrl-C to give up)",
+            HumanBytes(size),
+            offer.pending.to
+        )
+    });
+    let answer = offer.answer();
+    let grant = tokio::select! {
+        grant = async {
+            match wait {
+                Some(secs) => tokio::time::timeout(Duration::from_secs(secs), answer)
+                    .await
+                    .map_err(|_| anyhow!("{to} did not answer within {secs} s"))?
+                    .map_err(anyhow::Error::from),
+                None => answer.await.map_err(anyhow::Error::from),
+            }
+        } => grant?,
+        _ = ctx.cancel.cancelled() => bail!("interrupted while waiting for {to}"),
+    };
+    let bar = progress::bar(ctx.out.json, size, &filename);
+    let report = ctx
+        .interruptible(async {
+            let upload = transfer::upload(
+                &Transfer::from(&grant),
+                path,
+                Some(progress::callback(&bar)),
+                &ctx.settings.transfer_options(),
+            )
+            .await?;
+            Ok(upload)
+        })
+        .await;
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(relay_sha) = &report.sha256 {
+        if !relay_sha.eq_ignore_ascii_case(&sha256) {
+            bail!(ClientError::ChecksumMismatch {
+                expected: sha256,
+                actual: relay_sha.clone(),
+            });
+        }
+    }
+    let line = FileLine::Sent {
+        ok: true,
+        transfer_id: &transfer_id,
+        to,
+        filename: &filename,
+        size,
+        sha256: &sha256,
+    };
+    ctx.out.print(&line, || {
+        format!("Sent {filename} ({}) to {to}.", HumanBytes(size))
+    });
+    Ok(())
+}
+
+/// What `receive` does with each offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decide {
+    Accept,
+    Reject,
+    Ask,
+}
+
+impl Decide {
+    /// `--accept-all`, `--reject-all`, or asking (which needs a terminal on stdin).
+    pub fn from_flags(settings: &Settings, accept_all: bool, reject_all: bool) -> Result<Decide> {
+        if accept_all {
+            Ok(Decide::Accept)
+        } else if reject_all {
+            Ok(Decide::Reject)
+        } else if std::io::stdin().is_terminal() && !settings.password_from_stdin {
+            Ok(Decide::Ask)
+        } else {
+            bail!(UsageError(
+                "cannot ask without a terminal: use --accept-all or --reject-all".into()
+            ))
+        }
+    }
+}
+
+async fn ask(offer: &FileOffered) -> Result<bool> {
+    let question = format!(
+        "{} offers {} ({}). Accept? [y/N] ",
+        offer.from,
+        offer.filename,
+        HumanBytes(offer.size)
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        eprint!("{question}");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// `msim receive`: handles offers until Ctrl-C or `--count`.
+pub async fn receive(ctx: &Ctx<'_>, decide: Decide, out: &Path, count: Option<u64>) -> Result<()> {
+    tokio::fs::create_dir_all(out)
+        .await
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let (client, mut events) = ctx.interruptible(ctx.settings.login()).await?;
+    ctx.out.notice(|| {
+        format!(
+            "Waiting for files as {}; saving to {}. Ctrl-C to stop.",
+            client.me().unwrap_or_default(),
+            out.display()
+        )
+    });
+    if count == Some(0) {
+        return Ok(());
+    }
+    let mut handled = 0u64;
+    loop {
+        let event = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            event = events.recv() => event.ok_or(ClientError::Closed)?,
+        };
+        let offer = match event {
+            Event::FileOffered(offer) => offer,
+            Event::Message(m) if !ctx.out.json => {
+                eprintln!("{}", human::event(&Event::Message(m)));
+                continue;
+            }
+            _ => continue,
+        };
+        let accept = match decide {
+            Decide::Accept => true,
+            Decide::Reject => false,
+            Decide::Ask => tokio::select! {
+                _ = ctx.cancel.cancelled() => return Ok(()),
+                accept = ask(&offer) => accept?,
+            },
+        };
+        ctx.interruptible(answer(ctx, &client, &offer, accept, out))
+            .await?;
+        handled += 1;
+        if count.is_some_and(|n| handled >= n) {
+            return Ok(());
+        }
+    }
+}
+
+/// Accepts and downloads `offer`, or rejects it.
+async fn answer(
+    ctx: &Ctx<'_>,
+    client: &Client,
+    offer: &FileOffered,
+    accept: bool,
+    out: &Path,
+) -> Result<()> {
+    if accept {
+        let grant = client.accept_file(&offer.transfer_id).await?;
+        download_one(ctx, offer, &grant, out).await
+    } else {
+        client.reject_file(&offer.transfer_id).await?;
+        let line = FileLine::Rejected {
+            transfer_id: &offer.transfer_id,
+            from: &offer.from,
+            filename: &offer.filename,
+        };
+        ctx.out.print(&line, || {
+            format!("Rejected {} from {}.", offer.filename, offer.from)
+        });
+        Ok(())
+    }
+}
+
+async fn download_one(
+    ctx: &Ctx<'_>,
+    offer: &FileOffered,
+    grant: &DownloadGrant,
+    out: &Path,
+) -> Result<()> {
+    let name = sanitize_filename(&grant.filename)
+        .or_else(|| sanitize_filename(&offer.filename))
+        .unwrap_or_else(|| format!("transfer-{}", offer.transfer_id));
+    let dest = unique_path(out, &name);
+    let bar = progress::bar(ctx.out.json, grant.size, &name);
+    let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
+    let report = transfer::download(
+        &Transfer::from(grant),
+        &dest,
+        sha,
+        Some(progress::callback(&bar)),
+        &ctx.settings.transfer_options(),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    let line = FileLine::Received {
+        ok: true,
+        transfer_id: &offer.transfer_id,
+        from: &offer.from,
+        filename: &name,
+        path: &report.path,
+        size: report.size,
+        sha256: &report.sha256,
+        verified: report.verified,
+    };
+    ctx.out.print(&line, || {
+        format!(
+            "Received {} ({}) from {} → {}{}",
+            name,
+            HumanBytes(report.size),
+            offer.from,
+            report.path.display(),
+            if report.verified {
+                " (SHA-256 verified)"
+            } else {
+                ""
+            }
+        )
+    });
+    Ok(())
+}
+
+/// `dir/name`, or `dir/stem (N).ext` when that exists (or a partial download of it does not).
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let candidate = dir.join(name);
+    if !candidate.exists() {
+        return candidate;
+    }
+    let (stem, ext) = match name.rfind('.') {
+        Some(at) if at > 0 => (&name[..at], &name[at..]),
+        _ => (name, ""),
+    };
+    for n in 1..10_000 {
+        let candidate = dir.join(format!("{stem} ({n}){ext}"));
+        if !candidate.exists() {
+            return candidate;
+        }
+    }
+    dir.join(format!(
+        "{stem} ({}){ext}",
+        timestamp::now().unix_timestamp()
+    ))
+}
+
+fn guess_mime(filename: &str) -> Option<&'static str> {
+    let ext = filename.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "svg" => "image/svg+xml",
+        "bmp" => "image/bmp",
+        "txt" => "text/plain",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        _ => return None,
+    })
+}

@@ -1,0 +1,62 @@
+//! `msim` — the mSIM command-line client, over the `msim` library.
+//!
+//! Layout: [`args`] defines the command line; [`settings`] resolves it (flag > environment >
+//! config file > prompt) into the [`settings::Settings`] the commands read; [`commands`] holds
+//! one file per command family; [`output`] prints results (text or `--json`); [`cancel`] is
+//! the one Ctrl-C path; [`error`] maps failures to exit codes.
+
+mod args;
+mod cancel;
+mod commands;
+mod config_file;
+mod connect;
+mod error;
+mod output;
+mod settings;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::output::Output;
+use crate::settings::Settings;
+
+fn main() -> ExitCode {
+    let cli = args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("msim: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let out = Output { json: cli.json };
+    let result = runtime.block_on(run(cli));
+    // A blocking read of stdin (`send … -`, the y/n question) may still be running after
+    // Ctrl-C: do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => ExitCode::from(out.failure(&error).code()),
+    }
+}
+
+async fn run(cli: args::Cli) -> Result<()> {
+    let mut settings = Settings::from_cli(&cli)?;
+    // The password prompt comes before Ctrl-C is caught, so that Ctrl-C at the prompt still
+    // ends the program the usual way.
+    settings.resolve_password(&cli)?;
+    let cancel = cancel::on_ctrl_c();
+    commands::run(&settings, cli.command, &cancel).await
+}
