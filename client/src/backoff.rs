@@ -1,4 +1,5 @@
-//! Capped exponential backoff with jitter, for reconnecting after a lost connection.
+//! Capped exponential backoff with jitter, for reconnecting after a lost connection and for
+//! retrying interrupted transfers.
 //!
 //! The nominal delay starts at `initial` and doubles after every attempt up to `max`
 //! (0.5 s, 1 s, 2 s, 4 s, 8 s, 16 s, 30 s, 30 s, … by default). The delay actually waited is

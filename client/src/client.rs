@@ -9,10 +9,15 @@ use std::time::Duration;
 
 use futures::{SinkExt, Stream, StreamExt};
 use msim_shared::proto::{
-    self, AcceptFile, AckMessage, Connect, ConnectContinue, ConnectOk, Contact, ContactsAdd,
-    ContactsChange, ContactsDelete, ContactsGet, DownloadGrant, Event, FilePending, MarkRead,
-    MessageSent, OfferFile, Ping, Profile, ProfileFailure, ProfileGet, ProfileUpdate, Register,
-    RejectFile, Request, SendMessage, TypingStart, TypingStop, UploadGrant,
+    self, AcceptFile, AckMessage, Body, Connect, ConnectAck, ConnectContinue, ConnectFailed,
+    ConnectOk, Contact, ContactsAdd, ContactsAddFailed, ContactsAddOk, ContactsChange,
+    ContactsChangeFailed, ContactsChangeOk, ContactsDelete, ContactsDeleteFailed, ContactsDeleteOk,
+    ContactsGet, ContactsList, DownloadGrant, ErrorBadState, ErrorLineTooLong, ErrorMalformed,
+    ErrorNotImplemented, Event, FileAnswerFailed, FilePending, FileRejected, MarkRead,
+    MarkReadFailed, MessageSendFailed, MessageSent, OfferFile, Ping, Pong, Profile, ProfileFailure,
+    ProfileGet, ProfileGetFailed, ProfileUpdate, ProfileUpdateFailed, ProfileUpdateOk, Register,
+    RegisterFailed, RegisterOk, RejectFile, Request, SendMessage, TypingStart, TypingStop,
+    UploadGrant,
 };
 use msim_shared::tls::rustls::ClientConfig;
 use msim_shared::{Packet, PacketCodec};
@@ -166,22 +171,22 @@ fn check_error(event: Event) -> Result<Event, ClientError> {
         Event::ErrorRateLimited(e) => Err(ClientError::RateLimited(e.retry_after)),
         Event::ErrorNotLoggedIn(_) => Err(ClientError::NotLoggedIn),
         Event::ErrorMalformed(e) => Err(ClientError::Server {
-            verb: "ERROR-MALFORMED".into(),
+            verb: ErrorMalformed::VERB.into(),
             detail: match e.detail {
                 Some(d) => format!("{} ({d})", e.reason),
                 None => e.reason,
             },
         }),
         Event::ErrorBadState(e) => Err(ClientError::Server {
-            verb: "ERROR-BAD-STATE".into(),
+            verb: ErrorBadState::VERB.into(),
             detail: e.verb,
         }),
         Event::ErrorNotImplemented(e) => Err(ClientError::Server {
-            verb: "ERROR-NOT-IMPLEMENTED".into(),
+            verb: ErrorNotImplemented::VERB.into(),
             detail: e.verb,
         }),
         Event::ErrorLineTooLong(e) => Err(ClientError::Server {
-            verb: "ERROR-LINE-TOO-LONG".into(),
+            verb: ErrorLineTooLong::VERB.into(),
             detail: format!("max {}", e.max),
         }),
         other => Ok(other),
@@ -371,7 +376,7 @@ impl Client {
 
     /// `PING` → `PONG`: a round trip to the server.
     pub async fn ping(&self) -> Result<(), ClientError> {
-        self.request(Ping, &["PONG"]).await.map(|_| ())
+        self.request(Ping, &[Pong::VERB]).await.map(|_| ())
     }
 
     /// `REGISTER`: creates an account. Returns the canonical address (`login@domain`).
@@ -382,7 +387,7 @@ impl Client {
                     login: login.to_owned(),
                     password: password.to_owned(),
                 },
-                &["REGISTER-OK", "REGISTER-FAILED"],
+                &[RegisterOk::VERB, RegisterFailed::VERB],
             )
             .await?;
         match answer {
@@ -400,7 +405,7 @@ impl Client {
                 Connect {
                     login: login.to_owned(),
                 },
-                &["CONNECT-ACK", "CONNECT-FAILED"],
+                &[ConnectAck::VERB, ConnectFailed::VERB],
             )
             .await?
         {
@@ -415,7 +420,10 @@ impl Client {
         };
         let hash = proto::challenge_hash(&salt, password);
         match self
-            .request(ConnectContinue { hash }, &["CONNECT-OK", "CONNECT-FAILED"])
+            .request(
+                ConnectContinue { hash },
+                &[ConnectOk::VERB, ConnectFailed::VERB],
+            )
             .await?
         {
             Event::ConnectOk(ok) => {
@@ -438,7 +446,7 @@ impl Client {
                     to: to.to_owned(),
                     text: text.to_owned(),
                 },
-                &["MESSAGE-SENT", "MESSAGE-SEND-FAILED"],
+                &[MessageSent::VERB, MessageSendFailed::VERB],
             )
             .await?
         {
@@ -454,7 +462,7 @@ impl Client {
     /// `MESSAGE-READ id=`: marks a message read (the sender gets a receipt).
     pub async fn mark_read(&self, id: &str) -> Result<(), ClientError> {
         match self
-            .request_no_ack(MarkRead { id: id.to_owned() }, &["MESSAGE-READ-FAILED"])
+            .request_no_ack(MarkRead { id: id.to_owned() }, &[MarkReadFailed::VERB])
             .await?
         {
             None => Ok(()),
@@ -483,10 +491,7 @@ impl Client {
 
     /// `CONTACTS-GET`: the contact list.
     pub async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
-        match self
-            .request(ContactsGet, &["CONTACTS-GET-RESPONSE"])
-            .await?
-        {
+        match self.request(ContactsGet, &[ContactsList::VERB]).await? {
             Event::ContactsList(list) => Ok(list.contacts),
             other => Err(unexpected(&other)),
         }
@@ -504,7 +509,7 @@ impl Client {
             name: name.map(str::to_owned),
             group: group.map(str::to_owned),
         };
-        self.contact_change(add, &["CONTACTS-ADD-OK", "CONTACTS-ADD-FAILED"])
+        self.contact_change(add, &[ContactsAddOk::VERB, ContactsAddFailed::VERB])
             .await
     }
 
@@ -520,15 +525,21 @@ impl Client {
             name: name.map(str::to_owned),
             group: group.map(str::to_owned),
         };
-        self.contact_change(change, &["CONTACTS-CHANGE-OK", "CONTACTS-CHANGE-FAILED"])
-            .await
+        self.contact_change(
+            change,
+            &[ContactsChangeOk::VERB, ContactsChangeFailed::VERB],
+        )
+        .await
     }
 
     /// `CONTACTS-DELETE id=`.
     pub async fn delete_contact(&self, id: &str) -> Result<(), ClientError> {
         let delete = ContactsDelete { id: id.to_owned() };
-        self.contact_change(delete, &["CONTACTS-DELETE-OK", "CONTACTS-DELETE-FAILED"])
-            .await
+        self.contact_change(
+            delete,
+            &[ContactsDeleteOk::VERB, ContactsDeleteFailed::VERB],
+        )
+        .await
     }
 
     /// One contact-list change and its `-OK` / `-FAILED` answer.
@@ -561,7 +572,7 @@ impl Client {
                     name: name.map(str::to_owned),
                     note: note.map(str::to_owned),
                 },
-                &["PROFILE-UPDATE-OK", "PROFILE-UPDATE-FAILED"],
+                &[ProfileUpdateOk::VERB, ProfileUpdateFailed::VERB],
             )
             .await?;
         match answer {
@@ -578,7 +589,7 @@ impl Client {
                 ProfileGet {
                     id: id.map(str::to_owned),
                 },
-                &["PROFILE", "PROFILE-GET-FAILED"],
+                &[Profile::VERB, ProfileGetFailed::VERB],
             )
             .await?;
         match answer {
@@ -595,10 +606,7 @@ impl Client {
     /// [`OutgoingOffer::answer`].
     pub async fn offer_file(&self, offer: OfferFile) -> Result<OutgoingOffer, ClientError> {
         let answer = self
-            .request(
-                offer,
-                &["SEND-FILE-PROXY-PENDING", "SEND-FILE-PROXY-REJECTED"],
-            )
+            .request(offer, &[FilePending::VERB, FileRejected::VERB])
             .await?;
         match answer {
             Event::FilePending(pending) => Ok(OutgoingOffer {
@@ -634,10 +642,7 @@ impl Client {
             .router()
             .wait_transfer(transfer_id)
             .ok_or_else(|| ClientError::Protocol("transfer not watched".into()))?;
-        let direct = self.request(
-            accept,
-            &["SEND-FILE-PROXY-READY", "SEND-FILE-PROXY-ANSWER-FAILED"],
-        );
+        let direct = self.request(accept, &[DownloadGrant::VERB, FileAnswerFailed::VERB]);
         let timeout = self.inner.options.request_timeout;
         let answer = tokio::select! {
             direct = direct => direct?,
@@ -665,7 +670,7 @@ impl Client {
             transfer_id: transfer_id.to_owned(),
         };
         match self
-            .request_no_ack(reject, &["SEND-FILE-PROXY-ANSWER-FAILED"])
+            .request_no_ack(reject, &[FileAnswerFailed::VERB])
             .await?
         {
             None => Ok(()),
@@ -763,7 +768,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         if let Event::Ping(_) = event {
-            let pong = Packet::new("PONG").with_opt("ref", packet.reference());
+            let pong = Packet::new(Pong::VERB).with_opt("ref", packet.reference());
             if out.send(pong).await.is_err() {
                 break;
             }

@@ -3,8 +3,9 @@
 //! with [`Client::approve_presence`] or [`Client::deny_presence`].
 
 use msim_shared::proto::{
-    Block, Event, LastSeenVisibility, PresenceApprove, PresenceDeny, PrivacyGet, PrivacySet,
-    PrivacySettings, Unblock,
+    Block, BlockFailed, BlockOk, Body, Event, LastSeenVisibility, PresenceAnswerFailed,
+    PresenceApprove, PresenceApproveOk, PresenceDeny, PresenceDenyOk, PrivacyFailed, PrivacyGet,
+    PrivacySet, PrivacySetOk, PrivacySettings, Unblock, UnblockFailed, UnblockOk,
 };
 
 use crate::client::unexpected;
@@ -14,21 +15,21 @@ impl Client {
     /// `PRESENCE-APPROVE id=`: lets `id` see your presence.
     pub async fn approve_presence(&self, id: &str) -> Result<(), ClientError> {
         let r = PresenceApprove { id: id.to_owned() };
-        let expects = &["PRESENCE-APPROVE-OK", "PRESENCE-ANSWER-FAILED"];
+        let expects = &[PresenceApproveOk::VERB, PresenceAnswerFailed::VERB];
         presence_answer(self.request(r, expects).await?)
     }
 
     /// `PRESENCE-DENY id=`: refuses `id`'s request, or revokes an approval.
     pub async fn deny_presence(&self, id: &str) -> Result<(), ClientError> {
         let r = PresenceDeny { id: id.to_owned() };
-        let expects = &["PRESENCE-DENY-OK", "PRESENCE-ANSWER-FAILED"];
+        let expects = &[PresenceDenyOk::VERB, PresenceAnswerFailed::VERB];
         presence_answer(self.request(r, expects).await?)
     }
 
     /// `BLOCK id=`.
     pub async fn block(&self, id: &str) -> Result<(), ClientError> {
         let r = Block { id: id.to_owned() };
-        match self.request(r, &["BLOCK-OK", "BLOCK-FAILED"]).await? {
+        match self.request(r, &[BlockOk::VERB, BlockFailed::VERB]).await? {
             Event::BlockOk(_) => Ok(()),
             Event::BlockFailed(f) => Err(ClientError::BlockFailed {
                 id: f.id,
@@ -41,7 +42,10 @@ impl Client {
     /// `UNBLOCK id=`.
     pub async fn unblock(&self, id: &str) -> Result<(), ClientError> {
         let r = Unblock { id: id.to_owned() };
-        match self.request(r, &["UNBLOCK-OK", "UNBLOCK-FAILED"]).await? {
+        match self
+            .request(r, &[UnblockOk::VERB, UnblockFailed::VERB])
+            .await?
+        {
             Event::UnblockOk(_) => Ok(()),
             Event::UnblockFailed(f) => Err(ClientError::BlockFailed {
                 id: f.id,
@@ -60,7 +64,7 @@ impl Client {
             last_seen: visibility,
         };
         match self
-            .request(r, &["PRIVACY-SET-OK", "PRIVACY-FAILED"])
+            .request(r, &[PrivacySetOk::VERB, PrivacyFailed::VERB])
             .await?
         {
             Event::PrivacySetOk(_) => Ok(()),
@@ -71,7 +75,7 @@ impl Client {
     /// `PRIVACY-GET`: your last-seen visibility and block list.
     pub async fn privacy(&self) -> Result<PrivacySettings, ClientError> {
         match self
-            .request(PrivacyGet {}, &["PRIVACY", "PRIVACY-FAILED"])
+            .request(PrivacyGet {}, &[PrivacySettings::VERB, PrivacyFailed::VERB])
             .await?
         {
             Event::PrivacySettings(p) => Ok(p),

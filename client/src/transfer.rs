@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::ReaderStream;
 
+use crate::backoff::Backoff;
 use crate::error::ClientError;
 use msim_shared::tls::rustls::ClientConfig;
 
@@ -82,13 +83,24 @@ fn grant_url(url: &str, connect: &str, port: u16, id: &str) -> String {
 pub struct TransferOptions {
     /// Attempts (first try included) before giving up.
     pub attempts: u32,
-    /// Delay before the first retry; doubles each time.
+    /// Nominal delay before the first retry; doubles each time up to 30 s, and each wait is
+    /// drawn from the upper half of the nominal delay ([`Backoff`]'s jitter).
     pub retry_delay: Duration,
     /// Timeout for connecting and for each response's headers.
     pub timeout: Duration,
     /// Trust for `https://` relays (None: the bundled public roots). Build it with
     /// `msim_shared::tls::client_config`; certificates are always verified.
     pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// The longest wait between two attempts of a transfer.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+impl TransferOptions {
+    /// The wait schedule between attempts.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry_delay, MAX_RETRY_DELAY)
+    }
 }
 
 impl Default for TransferOptions {
@@ -316,7 +328,7 @@ pub async fn upload(
             actual: size,
         });
     }
-    let mut delay = options.retry_delay;
+    let mut backoff = options.backoff();
     let mut attempt = 0;
     let mut resumed = false;
     // The first attempt skips HEAD: a new transfer has nothing stored yet.
@@ -359,8 +371,7 @@ pub async fn upload(
             }
             Err(error) if transient(&error) && attempt < options.attempts => {
                 tracing::info!(%error, attempt, "upload interrupted; resuming");
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => return Err(error),
         }
@@ -482,7 +493,7 @@ pub async fn download(
 ) -> Result<DownloadReport, ClientError> {
     let target = target(&transfer.url)?;
     let part = part_path(dest);
-    let mut delay = options.retry_delay;
+    let mut backoff = options.backoff();
     let mut attempt = 0;
     let mut resumed = false;
     let mut relay_sha = None;
@@ -510,8 +521,7 @@ pub async fn download(
             Ok(()) => break,
             Err(error) if download_transient(&error) && attempt < options.attempts => {
                 tracing::info!(%error, attempt, "download interrupted; resuming");
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => return Err(error),
         }
