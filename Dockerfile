@@ -8,7 +8,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p msim-chat -p msim-relay -p msim \
+    cargo build --release --locked -p msim-chat -p msim-relay -p msim-cli \
  && mkdir -p /out \
  && cp target/release/msim-chat target/release/msim-relay target/release/msim /out/
 

@@ -5,15 +5,25 @@ use tokio_util::sync::CancellationToken;
 /// A token cancelled by the first Ctrl-C (SIGINT). Call inside the runtime.
 ///
 /// Commands that can stop cleanly (`listen`, `receive`, `typing --for`, the wait in
-/// `send-file`) watch it themselves; [`crate::commands::run`] turns it into
-/// [`crate::error::Interrupted`] for the others.
+/// `send-file`) watch it themselves; the others are wrapped in
+/// [`crate::commands::Ctx::interruptible`] and end with [`crate::error::Interrupted`].
 pub fn on_ctrl_c() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
+    // Registered here, before any command starts, so that no Ctrl-C falls between the two.
+    #[cfg(unix)]
+    let mut interrupt =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(signal) => signal,
+            // No handler: Ctrl-C keeps its default action (the process ends).
+            Err(_) => return token,
+        };
     tokio::spawn(async move {
-        // An error means no handler could be installed: nothing will cancel then, which is
-        // what the default SIGINT action gave before.
-        if tokio::signal::ctrl_c().await.is_ok() {
+        #[cfg(unix)]
+        let pressed = interrupt.recv().await.is_some();
+        #[cfg(not(unix))]
+        let pressed = tokio::signal::ctrl_c().await.is_ok();
+        if pressed {
             cancel.cancel();
         }
     });
