@@ -12,14 +12,14 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:3214";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  error (connection, I/O, protocol, relay)
-  2  usage error (bad arguments, missing credentials)
-  3  authentication failed (wrong login or password, throttled)
-  4  refused or rejected (unknown recipient, contact/profile refused,
-     registration refused, file rejected by the recipient or the server)
+    0  success
+    1  error (connection, I/O, protocol, relay)
+    2  usage error (bad arguments, missing credentials)
+    3  authentication failed (wrong login or password, throttled)
+    4  refused or rejected (unknown recipient, contact/profile refused,
+       registration refused, file rejected by the recipient or the server)
   130  interrupted by Ctrl-C (listen, receive and typing --for stop cleanly
-     with 0 instead)";
+       with 0 instead; send-file waiting for the answer exits with 1)";
 
 const EXAMPLES: &str = "\
 Examples:
