@@ -89,6 +89,7 @@ struct ListenState {
     seen: Seen,
 }
 
+/// `msim listen`: prints events until Ctrl-C or `--count`; reconnects unless `--no-reconnect`.
 pub async fn listen(ctx: &Ctx<'_>, options: &ListenOptions) -> Result<()> {
     let settings = ctx.settings;
     let (mut client, mut events) = ctx.interruptible(settings.login()).await?;

@@ -323,3 +323,89 @@ impl<'a> From<&'a Event> for EventLine<'a> {
         }
     }
 }
+
+/// The documented shapes, field by field: a change here is a change to a stable interface.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msim::proto::{Message, Ping, TypingStarted};
+    use serde_json::{json, Value};
+
+    fn value(v: &impl Serialize) -> Value {
+        serde_json::to_value(v).expect("serialisable")
+    }
+
+    #[test]
+    fn events_have_their_documented_fields() {
+        let at = timestamp::parse("2026-01-02T03:04:05.678Z").expect("time");
+        let message = Event::Message(Message {
+            id: "m1".into(),
+            from: "bob@x".into(),
+            to: "alice@x".into(),
+            at,
+            text: "hi".into(),
+        });
+        assert_eq!(
+            value(&EventLine::from(&message)),
+            json!({"type": "message", "id": "m1", "from": "bob@x", "to": "alice@x",
+                   "at": "2026-01-02T03:04:05.678Z", "text": "hi"})
+        );
+        let typing = Event::TypingStarted(TypingStarted {
+            from: "bob@x".into(),
+        });
+        assert_eq!(
+            value(&EventLine::from(&typing)),
+            json!({"type": "typing", "from": "bob@x", "typing": true})
+        );
+        assert_eq!(
+            value(&EventLine::from(&Event::Ping(Ping))),
+            json!({"type": "other", "packet": "PING"})
+        );
+    }
+
+    #[test]
+    fn results_have_their_documented_fields() {
+        assert_eq!(value(&Done::new()), json!({"ok": true}));
+        assert_eq!(
+            value(&Done::with_id("bob")),
+            json!({"ok": true, "id": "bob"})
+        );
+        let contact = Contact {
+            id: "bob@x".into(),
+            name: "Bob".into(),
+            group: None,
+            note: Some("away".into()),
+            presence: Some(Presence::Online),
+        };
+        assert_eq!(
+            value(&ContactLine::from(&contact)),
+            json!({"id": "bob@x", "name": "Bob", "group": null, "note": "away",
+                   "presence": "online"})
+        );
+        let received = FileLine::Received {
+            ok: true,
+            transfer_id: "t1",
+            from: "bob@x",
+            filename: "cat.jpg",
+            path: Path::new("/tmp/cat.jpg"),
+            size: 3,
+            sha256: "abc",
+            verified: true,
+        };
+        assert_eq!(
+            value(&received),
+            json!({"event": "received", "ok": true, "transfer_id": "t1", "from": "bob@x",
+                   "filename": "cat.jpg", "path": "/tmp/cat.jpg", "size": 3, "sha256": "abc",
+                   "verified": true})
+        );
+        let failure = Failure {
+            error: "no login".into(),
+            kind: "usage",
+            exit: 2,
+        };
+        assert_eq!(
+            value(&failure),
+            json!({"error": "no login", "kind": "usage", "exit": 2})
+        );
+    }
+}
