@@ -64,10 +64,27 @@ pub struct Config {
     pub throttle_max: Duration,
     /// One recorded failure is forgotten per this much time without failures.
     pub throttle_decay: Duration,
-    /// Registrations allowed per client IP in a burst (token bucket), 0 = unlimited.
+    /// How long an address from which a login succeeded stays known for that login (attempts
+    /// from it are not held back by other addresses' failures).
+    pub known_address_ttl: Duration,
+    /// Lifetime of the device cookies handed out at `CONNECT-OK`.
+    pub device_cookie_ttl: Duration,
+    /// Failed logins after which a device cookie is no longer trusted.
+    pub device_cookie_failures: u32,
+    /// Registrations one client address (IPv6: one /64) may make in a burst (token bucket);
+    /// 0 = unlimited.
     pub register_burst: u32,
-    /// Registrations per IP refilled per minute.
-    pub register_per_minute: u32,
+    /// Registrations per address refilled per hour.
+    pub register_per_hour: u32,
+    /// Registrations one network (IPv4 /24, IPv6 /48) may make in a burst; 0 = unlimited.
+    pub register_prefix_burst: u32,
+    /// Registrations per network refilled per hour.
+    pub register_prefix_per_hour: u32,
+    /// Lookups of unknown users (`unknown-user`, `unknown-recipient`) one account may make in a
+    /// burst; 0 = unlimited.
+    pub discovery_burst: u32,
+    /// Lookups of unknown users per account refilled per hour.
+    pub discovery_per_hour: u32,
     /// TLS for the chat listener (None: plain TCP). Build it with
     /// `msim_shared::tls::server_config`.
     pub tls: Option<Arc<ServerConfig>>,
@@ -151,8 +168,15 @@ impl Default for Config {
             throttle_base: Duration::from_secs(1),
             throttle_max: Duration::from_secs(300),
             throttle_decay: Duration::from_secs(600),
-            register_burst: 1_000,
-            register_per_minute: 600,
+            known_address_ttl: Duration::from_secs(30 * 86_400),
+            device_cookie_ttl: Duration::from_secs(90 * 86_400),
+            device_cookie_failures: 5,
+            register_burst: 5,
+            register_per_hour: 5,
+            register_prefix_burst: 20,
+            register_prefix_per_hour: 20,
+            discovery_burst: 20,
+            discovery_per_hour: 20,
             tls: None,
             tls_handshake_timeout: msim_shared::tls::HANDSHAKE_TIMEOUT,
             relay_tls: None,
@@ -169,12 +193,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A configuration for tests: data in `data_dir`, a manual clock, short timers.
+    /// A configuration for tests: data in `data_dir`, a manual clock, short timers, and no
+    /// registration limit (tests register many users from 127.0.0.1).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Config {
         Config {
             data_dir: data_dir.into(),
             clock: Clock::manual(),
             relay_secret: String::new(),
+            register_burst: 0,
+            register_prefix_burst: 0,
             ..Config::default()
         }
     }

@@ -98,6 +98,27 @@ struct Cli {
     /// Minimum password length [default: 8].
     #[arg(long, env = "MSIM_CHAT_PASSWORD_MIN")]
     password_min: Option<usize>,
+    /// Registrations one client address (IPv6: one /64) may make at once; 0 = unlimited
+    /// [default: 5].
+    #[arg(long, env = "MSIM_CHAT_REGISTER_BURST")]
+    register_burst: Option<u32>,
+    /// Registrations per client address refilled per hour [default: 5].
+    #[arg(long, env = "MSIM_CHAT_REGISTER_PER_HOUR")]
+    register_per_hour: Option<u32>,
+    /// Registrations one network (IPv4 /24, IPv6 /48) may make at once; 0 = unlimited
+    /// [default: 20].
+    #[arg(long, env = "MSIM_CHAT_REGISTER_PREFIX_BURST")]
+    register_prefix_burst: Option<u32>,
+    /// Registrations per network refilled per hour [default: 20].
+    #[arg(long, env = "MSIM_CHAT_REGISTER_PREFIX_PER_HOUR")]
+    register_prefix_per_hour: Option<u32>,
+    /// Lookups of unknown users (unknown-user, unknown-recipient) one account may make at
+    /// once; 0 = unlimited [default: 20].
+    #[arg(long, env = "MSIM_CHAT_DISCOVERY_BURST")]
+    discovery_burst: Option<u32>,
+    /// Lookups of unknown users per account refilled per hour [default: 20].
+    #[arg(long, env = "MSIM_CHAT_DISCOVERY_PER_HOUR")]
+    discovery_per_hour: Option<u32>,
     /// Maximum message text in bytes [default: 16384].
     #[arg(long, env = "MSIM_CHAT_MAX_TEXT")]
     max_text: Option<usize>,
@@ -305,7 +326,13 @@ async fn main() -> Result<()> {
         max_line,
         max_file_size,
         max_connections,
-        max_blocks
+        max_blocks,
+        register_burst,
+        register_per_hour,
+        register_prefix_burst,
+        register_prefix_per_hour,
+        discovery_burst,
+        discovery_per_hour
     );
     let quota = &mut config.offer_quota;
     for (flag, file, field) in [

@@ -6,11 +6,13 @@ use crate::commit::Writer;
 use crate::config::Config;
 use crate::crypto::{CryptoError, SaltGen, Sealer};
 use crate::db::{Db, DbError};
+use crate::device::DeviceCookies;
 use crate::hub::Hub;
+use crate::rate::Limits;
 use crate::relays::{BadRelayUrl, RelayPool};
 use crate::secret_key::{open_sealer, KeyError};
 use crate::session;
-use crate::throttle::Throttle;
+use crate::throttle::{Delays, Throttle};
 use msim_shared::token::{Keyring, TokenError};
 use std::future::Future;
 use std::sync::Arc;
@@ -61,6 +63,10 @@ pub struct Shared {
     pub hub: Hub,
     /// Login throttling.
     pub throttle: Throttle,
+    /// Device cookies (trusted devices skip the login throttle).
+    pub devices: DeviceCookies,
+    /// Registration and account-discovery rate limits.
+    pub limits: Limits,
     /// Login salts.
     pub salts: SaltGen,
     /// Password sealing.
@@ -109,18 +115,28 @@ impl Server {
         let salt_start = (config.clock.now_micros().max(0)) as u64;
         let throttle = Throttle::new(
             config.clock.clone(),
-            config.throttle_base,
-            config.throttle_max,
-            config.throttle_decay,
-            config.register_burst,
-            config.register_per_minute,
+            Delays {
+                base: config.throttle_base,
+                max: config.throttle_max,
+                decay: config.throttle_decay,
+                known_for: config.known_address_ttl,
+            },
         );
+        let devices = DeviceCookies::new(
+            &crate::device::load_or_create_key(&config.data_dir)?,
+            config.clock.clone(),
+            config.device_cookie_ttl,
+            config.device_cookie_failures,
+        );
+        let limits = Limits::new(&config);
         let shared = Arc::new(Shared {
             config,
             db,
             writer,
             hub: Hub::default(),
             throttle,
+            devices,
+            limits,
             salts: SaltGen::new(salt_start),
             sealer,
             relays,

@@ -81,6 +81,8 @@ pub enum State {
         sealed: Option<Vec<u8>>,
         /// The salt, good for this one attempt.
         salt: String,
+        /// The `device=` cookie presented with `CONNECT`, if any (checked with the answer).
+        device: Option<String>,
     },
     /// Logged in.
     LoggedIn {

@@ -106,7 +106,7 @@ async fn registration_rules() {
 
     let srv = TestServer::start_with(|c| {
         c.register_burst = 1;
-        c.register_per_minute = 1;
+        c.register_per_hour = 1;
     })
     .await;
     let mut c = srv.client().await;
@@ -119,11 +119,8 @@ async fn registration_rules() {
 
 #[tokio::test]
 async fn login_salts_and_throttling() {
-    let srv = TestServer::start_with(|c| {
-        c.throttle_base = Duration::from_secs(2);
-        c.throttle_max = Duration::from_secs(60);
-    })
-    .await;
+    // Default delays: 1 s after the first failure, as in PROTOCOL.md §13.1, doubling.
+    let srv = TestServer::start().await;
     let _a = srv.user("alice").await;
     let mut c = srv.client().await;
     // Unknown login: same form of ACK.
@@ -155,10 +152,10 @@ async fn login_salts_and_throttling() {
     c.send(&format!("CONNECT-CONTINUE hash={hash}")).await;
     assert_eq!(
         c.line().await,
-        "CONNECT-FAILED reason=throttled retry-after=2",
+        "CONNECT-FAILED reason=throttled retry-after=1",
         "even the right password waits out the delay"
     );
-    srv.clock.advance(Duration::from_secs(2));
+    srv.clock.advance(Duration::from_secs(1));
     c.send("CONNECT login=alice").await;
     let ack = c.expect("CONNECT-ACK").await;
     c.send("CONNECT-CONTINUE hash=bad").await;
@@ -168,7 +165,7 @@ async fn login_salts_and_throttling() {
     c.send("CONNECT-CONTINUE hash=bad").await;
     assert_eq!(
         c.line().await,
-        "CONNECT-FAILED reason=throttled retry-after=4"
+        "CONNECT-FAILED reason=throttled retry-after=2"
     );
     // Unknown logins are throttled the same way (per IP as well), after the same CONNECT-ACK.
     c.send("CONNECT login=nobody").await;
@@ -176,7 +173,7 @@ async fn login_salts_and_throttling() {
     c.send("CONNECT-CONTINUE hash=bad").await;
     c.expect("CONNECT-FAILED reason=throttled").await;
     let _ = ack;
-    srv.clock.advance(Duration::from_secs(4));
+    srv.clock.advance(Duration::from_secs(2));
     c.login("alice", PASSWORD).await;
     srv.stop().await;
 }

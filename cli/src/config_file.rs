@@ -104,6 +104,84 @@ impl ConfigFile {
     }
 }
 
+/// Most device cookies kept in the devices file (the newest win).
+const MAX_DEVICES: usize = 32;
+
+/// The device cookies file (`devices.toml` next to the configuration file): one cookie per
+/// server and login, from the last `CONNECT-OK` (PROTOCOL.md §4.3). Secret, mode 0600.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFile {
+    /// Cookies, oldest first.
+    #[serde(default)]
+    pub device: Vec<DeviceEntry>,
+}
+
+/// One device cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    /// Server as configured.
+    pub server: String,
+    /// Login as configured, lower-cased.
+    pub login: String,
+    /// The cookie.
+    pub cookie: String,
+}
+
+impl DeviceFile {
+    /// Where the cookies of the configuration file `config` live.
+    pub fn path_for(config: &Path) -> PathBuf {
+        config.with_file_name("devices.toml")
+    }
+
+    /// Reads `path`; a missing or unreadable file holds no cookies (a login without a cookie
+    /// still works).
+    pub fn load(path: &Path) -> DeviceFile {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// The cookie for `login` at `server`.
+    pub fn cookie(&self, server: &str, login: &str) -> Option<String> {
+        let login = login.to_lowercase();
+        self.device
+            .iter()
+            .rev()
+            .find(|d| d.server == server && d.login == login)
+            .map(|d| d.cookie.clone())
+    }
+
+    /// Replaces the cookie for `login` at `server`, keeping the newest [`MAX_DEVICES`].
+    pub fn set(&mut self, server: &str, login: &str, cookie: String) {
+        let login = login.to_lowercase();
+        self.device
+            .retain(|d| !(d.server == server && d.login == login));
+        self.device.push(DeviceEntry {
+            server: server.to_owned(),
+            login,
+            cookie,
+        });
+        let excess = self.device.len().saturating_sub(MAX_DEVICES);
+        self.device.drain(..excess);
+    }
+
+    /// Writes the file, readable only by the owner.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let io = |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let text = toml::to_string(self).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        write_private(path, text.as_bytes()).map_err(io)
+    }
+}
+
 #[cfg(unix)]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

@@ -1,10 +1,12 @@
 //! Connecting and logging in with the settled settings, with errors that say what to do.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use msim::{Client, ClientError, Events};
+use msim::{Client, ClientError, Events, LoginOptions};
 
+use crate::config_file::DeviceFile;
 use crate::settings::Settings;
 
 impl Settings {
@@ -45,12 +47,38 @@ impl Settings {
         }
     }
 
+    /// The device cookies file, when there is a saved configuration to keep it next to.
+    fn devices_path(&self) -> Option<PathBuf> {
+        let config = self.config_path.as_deref().filter(|p| p.exists())?;
+        Some(DeviceFile::path_for(config))
+    }
+
+    /// Logs in presenting this device's cookie, and keeps the new one.
+    async fn login_as(
+        &self,
+        client: &Client,
+        login: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let path = self.devices_path();
+        let mut devices = path.as_deref().map(DeviceFile::load).unwrap_or_default();
+        let options = LoginOptions::with_device(devices.cookie(&self.server, login));
+        let ok = client.login_with(login, password, &options).await?;
+        if let (Some(path), Some(cookie)) = (path, ok.device) {
+            devices.set(&self.server, login, cookie);
+            if let Err(e) = devices.save(&path) {
+                eprintln!("msim: cannot save the device cookie: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// A logged-in connection.
     pub async fn login(&self) -> Result<(Client, Events)> {
         let (login, password) = self.credentials()?;
         let (client, events) = self.connect().await?;
-        match client.login(login, password).await {
-            Ok(_) => Ok((client, events)),
+        match self.login_as(&client, login, password).await {
+            Ok(()) => Ok((client, events)),
             // After a recent failure the server asks to wait a little: do so once.
             Err(ClientError::AuthFailed {
                 retry_after: Some(secs),
@@ -60,7 +88,7 @@ impl Settings {
                 eprintln!("msim: login throttled; retrying in {secs} s");
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 let (client, events) = self.connect().await?;
-                client.login(login, password).await?;
+                self.login_as(&client, login, password).await?;
                 Ok((client, events))
             }
             Err(e) => Err(self.closed_hint(e)),

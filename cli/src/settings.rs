@@ -22,7 +22,7 @@ pub struct Settings {
     pub login: Option<String>,
     pub password: Option<String>,
     /// Where `--save` writes.
-    config_path: Option<PathBuf>,
+    pub(crate) config_path: Option<PathBuf>,
     /// The config file as read (kept whole so that `--save` keeps its other keys).
     file: ConfigFile,
     pub output: Output,

@@ -300,6 +300,24 @@ fn config_file_and_save() {
         .args(["login", "--json"]);
     let out = run_expect(&mut cmd, 0);
     assert_eq!(stdout_json(&out)[0]["login"], "alice@localhost");
+    // The device cookie of that login is kept next to the file, owner-only, and presented
+    // (and renewed) by the next login.
+    let devices = dir.join("devices.toml");
+    let first = std::fs::read_to_string(&devices).unwrap();
+    assert!(
+        first.contains("login = \"alice\"") && first.contains("cookie = "),
+        "{first}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&devices).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    run_expect(&mut cmd, 0);
+    let second = std::fs::read_to_string(&devices).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(second.matches("[[device]]").count(), 1);
     // A broken file is a usage error.
     std::fs::write(dir.join("bad.toml"), "pasword = 1").unwrap();
     run_expect(

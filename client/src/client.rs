@@ -56,6 +56,21 @@ impl Default for ClientOptions {
     }
 }
 
+/// Options of [`Client::login_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LoginOptions {
+    /// A device cookie from an earlier `CONNECT-OK` of the same login (PROTOCOL.md §4.3).
+    pub device: Option<String>,
+}
+
+impl LoginOptions {
+    /// Options presenting `device` (None: no cookie).
+    pub fn with_device(device: Option<String>) -> LoginOptions {
+        LoginOptions { device }
+    }
+}
+
 /// Pushed events from the server: messages, receipts, typing, presence, contact updates, file
 /// offers and grants not claimed by a waiting call, and error packets that answer no request.
 ///
@@ -300,6 +315,12 @@ impl Client {
     /// The canonical address after login.
     pub fn me(&self) -> Option<String> {
         self.session().map(|s| s.login)
+    }
+
+    /// The device cookie the server handed out at login (`CONNECT-OK device=`), to present
+    /// with [`LoginOptions::device`] next time. Secret: store it like a password (mode 0600).
+    pub fn device_cookie(&self) -> Option<String> {
+        self.session().and_then(|s| s.device)
     }
 
     fn new_ref(&self) -> String {

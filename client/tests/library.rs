@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{password, sha256_hex, test_bytes, TestServer};
 use msim::proto::{ConnectFailure, ContactFailure, OfferFile, Presence, SendFailure};
 use msim::transfer::{self, Transfer, TransferOptions};
-use msim::{Client, ClientError, Event, Events};
+use msim::{Client, ClientError, Event, Events, LoginOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound on waiting for one event; a hang fails instead of blocking forever.
@@ -237,6 +237,49 @@ async fn auth_and_send_errors_are_typed() {
     let (c, _) = Client::connect(srv.addr).await.unwrap();
     let err = c.contacts().await.unwrap_err();
     assert!(err.is_auth_failure(), "{err:?}");
+}
+
+#[tokio::test]
+async fn device_cookie_is_exposed_and_presented() {
+    let srv = tokio::task::spawn_blocking(TestServer::start)
+        .await
+        .unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let cookie = alice
+        .device_cookie()
+        .expect("CONNECT-OK carries a device cookie");
+    assert_eq!(
+        alice.session().unwrap().device.as_deref(),
+        Some(cookie.as_str())
+    );
+    // A wrong password from this address: an ordinary login now waits out the delay...
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    c.login("alice", "wrong-password").await.unwrap_err();
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let err = c.login("alice", &password("alice")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::AuthFailed {
+                reason: ConnectFailure::Throttled,
+                retry_after: Some(_),
+            }
+        ),
+        "{err:?}"
+    );
+    // ...but not with the device's cookie, which comes back renewed.
+    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let ok = c
+        .login_with(
+            "alice",
+            &password("alice"),
+            &LoginOptions::with_device(Some(cookie.clone())),
+        )
+        .await
+        .unwrap();
+    let renewed = ok.device.expect("a new cookie");
+    assert_ne!(renewed, cookie);
+    assert_eq!(c.device_cookie(), Some(renewed));
 }
 
 /// The offer → accept → upload → download flow, with both transfers streamed from / to disk,

@@ -18,14 +18,19 @@ pub fn parse(text: &str) -> Option<OffsetDateTime> {
         .ok()
 }
 
-/// Formats a time as RFC 3339 in UTC, with millisecond precision (`2018-09-09T11:22:31.123Z`).
+/// What [`format`] writes: always three fractional digits and `Z` (the `time` crate's own
+/// RFC 3339 formatter drops trailing zeros, `…:54.8Z`, which PROTOCOL.md §1.8 does not allow).
+const WIRE_FORM: &[BorrowedFormatItem<'static>] = format_description!(
+    version = 2,
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
+/// Formats a time as RFC 3339 in UTC, with exactly millisecond precision
+/// (`2018-09-09T11:22:31.123Z`, `2018-09-09T11:22:54.800Z`, `2018-09-09T11:22:31.000Z`).
 pub fn format(at: OffsetDateTime) -> String {
     let at = at.to_offset(UtcOffset::UTC);
-    let at = at
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .unwrap_or(at);
     // Formatting a UTC time with a four-digit year cannot fail; fall back to the unix time.
-    at.format(&Rfc3339)
+    at.format(WIRE_FORM)
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
@@ -55,5 +60,16 @@ mod tests {
         let t = parse("2018-09-09T14:22:31.123456+03:00").unwrap();
         assert_eq!(format(t), "2018-09-09T11:22:31.123Z");
         assert_eq!(parse(&format(t)).unwrap().millisecond(), 123);
+    }
+
+    #[test]
+    fn always_writes_three_fractional_digits() {
+        // The time crate's RFC 3339 formatter writes `54.8Z` and `31Z` for these.
+        let t = parse("2018-09-09T11:22:54.8Z").unwrap();
+        assert_eq!(format(t), "2018-09-09T11:22:54.800Z");
+        let t = parse("2018-09-09T11:22:31Z").unwrap();
+        assert_eq!(format(t), "2018-09-09T11:22:31.000Z");
+        let t = parse("2018-09-09T11:22:31.0999Z").unwrap();
+        assert_eq!(format(t), "2018-09-09T11:22:31.099Z");
     }
 }

@@ -51,6 +51,10 @@ impl Servers {
             registration_open,
             relays: vec![format!("http://{relay}")],
             relay_secret: secret,
+            // As an operator does for a benchmark (OPERATING.md): msim-load registers its
+            // users from a few addresses.
+            register_burst: 0,
+            register_prefix_burst: 0,
             ..msim_chat::Config::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();

@@ -41,7 +41,11 @@ pub async fn register(s: &mut Session<'_>, p: &Packet, r: Register) {
         Some(RegisterFailure::PasswordTooShort)
     } else if password.chars().count() > c.password_max {
         Some(RegisterFailure::PasswordTooLong)
-    } else if !s.sh.throttle.allow_register(s.peer.ip()) {
+    } else if !s
+        .sh
+        .limits
+        .allow_register(s.peer.ip(), c.clock.now_micros())
+    {
         Some(RegisterFailure::RateLimited)
     } else {
         None
@@ -92,10 +96,14 @@ fn connect_failed(reason: ConnectFailure) -> Packet {
     .to_packet()
 }
 
-/// `CONNECT login=`: always answered with `CONNECT-ACK salt=`, with the same work for known and
-/// unknown logins.
+/// `CONNECT login= [device=]`: always answered with `CONNECT-ACK salt=`, with the same work for
+/// known and unknown logins.
 pub async fn connect(s: &mut Session<'_>, p: &Packet, r: Connect) {
     let raw = r.login.as_str();
+    // A cookie too long to be ours is ignored rather than kept.
+    let device = r
+        .device
+        .filter(|d| d.len() <= crate::device::MAX_COOKIE_LEN);
     // Any text is accepted as a login: an invalid one behaves exactly like an unknown one.
     let login = match crate::cmd::parse_target(raw, &s.sh.config.domain) {
         Some(crate::cmd::Target::Local(l)) => l,
@@ -116,6 +124,7 @@ pub async fn connect(s: &mut Session<'_>, p: &Packet, r: Connect) {
         login,
         sealed,
         salt,
+        device,
     };
 }
 
@@ -126,24 +135,37 @@ pub async fn connect_continue(s: &mut Session<'_>, p: &Packet, r: ConnectContinu
         login,
         sealed,
         salt,
+        device,
     } = std::mem::replace(&mut s.state, State::Greeting)
     else {
         s.reply(p, connect_failed(ConnectFailure::BadState));
         return;
     };
     let ip = s.peer.ip();
-    let wait = s.sh.throttle.wait(&login, ip);
-    if !wait.is_zero() {
-        s.reply(p, throttled(wait));
-        return;
+    let sh = s.sh.clone();
+    // A trusted device answers for itself (its own failure budget); anyone else waits out
+    // the throttle (SECURITY.md, "Login hardening").
+    let device = device.and_then(|d| sh.devices.verify(&login, &d));
+    if device.is_none() {
+        let wait = sh.throttle.wait(&login, ip);
+        if !wait.is_zero() {
+            s.reply(p, throttled(wait));
+            return;
+        }
     }
-    if !s.sh.sealer.verify(&login, sealed.as_deref(), &salt, hash) {
-        s.sh.throttle.failure(&login, ip);
-        info!(peer = %s.peer, "login failed");
+    if !sh.sealer.verify(&login, sealed.as_deref(), &salt, hash) {
+        match device {
+            Some(d) => sh.devices.failure(d),
+            None => sh.throttle.failure(&login, ip),
+        }
+        info!(peer = %s.peer, device = device.is_some(), "login failed");
         s.reply(p, connect_failed(ConnectFailure::Invalid));
         return;
     }
-    s.sh.throttle.success(&login);
+    if let Some(d) = device {
+        sh.devices.success(d);
+    }
+    sh.throttle.success(&login, ip);
     logged_in(s, p, login).await;
 }
 
@@ -183,6 +205,7 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
         max_text: c.max_text as u64,
         max_file_size: c.max_file_size,
         server: concat!("msim-chat/", env!("CARGO_PKG_VERSION")).to_owned(),
+        device: Some(sh.devices.issue(&login)),
     };
     s.reply(p, ok.to_packet());
     if first {

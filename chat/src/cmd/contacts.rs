@@ -1,7 +1,7 @@
 //! Contacts (PROTOCOL.md §8). Changes reach the owner's other sessions as `CONTACT-UPDATED`.
 
 use crate::clock::datetime;
-use crate::cmd::{has_control, parse_target, Target};
+use crate::cmd::{discovery, has_control, parse_target, Target};
 use crate::db::{ContactRow, Outcome, WriteOp};
 use crate::hub::encode;
 use crate::session::Session;
@@ -132,6 +132,11 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
         Target::Local(l) => Some(l.clone()),
         Target::Remote(_) => None,
     };
+    if let Some(l) = &local {
+        if let Some(refused) = discovery::check(s, p, login, l).await {
+            return s.reply(p, refused);
+        }
+    }
     let op = WriteOp::AddContact {
         owner: login.to_owned(),
         contact: addr.clone(),
@@ -174,7 +179,10 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
             };
             to_other_sessions(s, login, rec);
         }
-        Ok(Outcome::UnknownUser) => s.reply(p, fail(&addr, ContactFailure::UnknownUser)),
+        Ok(Outcome::UnknownUser) => {
+            discovery::miss(s, login);
+            s.reply(p, fail(&addr, ContactFailure::UnknownUser));
+        }
         Ok(Outcome::Exists) => s.reply(p, fail(&addr, ContactFailure::AlreadyExists)),
         Ok(Outcome::TooMany) => s.reply(p, fail(&addr, ContactFailure::TooManyContacts)),
         Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),

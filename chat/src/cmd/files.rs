@@ -3,7 +3,7 @@
 //! per side. Expired offers are rejected by [`sweep`], run by a background task.
 
 use crate::clock::datetime;
-use crate::cmd::{parse_target, Target};
+use crate::cmd::{discovery, parse_target, Target};
 use crate::db::{Notice, Offer, OfferLimits, Outcome, PrivacyOp, PrivacyOutcome, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::server::Shared;
@@ -106,6 +106,9 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
     if !s.sh.relays.any_healthy() {
         return s.reply(p, rejected(&id, FileRejection::NoRelay));
     }
+    if let Some(refused) = discovery::check(s, p, login, &recipient).await {
+        return s.reply(p, refused);
+    }
     let now = s.sh.config.clock.now_micros();
     let o = Offer {
         id: id.clone(),
@@ -165,7 +168,10 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
             s.sh.hub
                 .send_seq(&recipient, None, Stream::Offers, seq, &req);
         }
-        Ok(Outcome::UnknownUser) => s.reply(p, rejected(&id, FileRejection::UnknownRecipient)),
+        Ok(Outcome::UnknownUser) => {
+            discovery::miss(s, login);
+            s.reply(p, rejected(&id, FileRejection::UnknownRecipient));
+        }
         Ok(_) | Err(_) => s.reply(p, rejected(&id, FileRejection::StorageError)),
     }
 }

@@ -2,7 +2,7 @@
 //! writer has committed the message.
 
 use crate::clock::datetime;
-use crate::cmd::{parse_target, typing, Target};
+use crate::cmd::{discovery, parse_target, typing, Target};
 use crate::db::{DbError, Outcome, PrivacyOp, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::session::{InFlight, Session};
@@ -57,6 +57,10 @@ pub async fn submit(s: &mut Session<'_>, p: &Packet, r: SendMessage) {
             return s.reply(p, failed(&id, reason));
         }
     };
+    if let Some(refused) = discovery::check(s, p, &login, &recipient).await {
+        s.drain().await;
+        return s.reply(p, refused);
+    }
     let m = StoredMessage {
         seq: 0,
         id: id.clone(),
@@ -99,7 +103,10 @@ pub fn complete(
 ) {
     let mut seq = 0;
     let answer = match r {
-        Ok(Outcome::UnknownUser) => failed(&m.id, SendFailure::UnknownRecipient),
+        Ok(Outcome::UnknownUser) => {
+            discovery::miss(s, &m.sender);
+            failed(&m.id, SendFailure::UnknownRecipient)
+        }
         Ok(o) => {
             if let Outcome::Stored(n) = o {
                 seq = n;

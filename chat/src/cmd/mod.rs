@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod contacts;
+pub mod discovery;
 pub mod files;
 pub mod keepalive;
 pub mod messages;

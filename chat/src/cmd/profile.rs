@@ -3,7 +3,7 @@
 
 use crate::clock::datetime;
 use crate::cmd::contacts::valid_name;
-use crate::cmd::{parse_target, Target};
+use crate::cmd::{discovery, parse_target, Target};
 use crate::db::{Outcome, WriteOp};
 use crate::session::Session;
 use msim_shared::proto::{
@@ -91,6 +91,9 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, r: ProfileGet, login: &str) {
         Some(Target::Remote(_)) => return s.reply(p, fail(ProfileGetFailure::FederationDisabled)),
         Some(Target::Local(l)) => l,
     };
+    if let Some(refused) = discovery::check(s, p, login, &who).await {
+        return s.reply(p, refused);
+    }
     match s.sh.db.profile(&who).await {
         Ok(Some(prof)) => {
             // Presence only for oneself and for viewers the user lets see it (§7.2).
@@ -111,7 +114,10 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, r: ProfileGet, login: &str) {
             };
             s.reply(p, pkt.to_packet());
         }
-        Ok(None) => s.reply(p, fail(ProfileGetFailure::UnknownUser)),
+        Ok(None) => {
+            discovery::miss(s, login);
+            s.reply(p, fail(ProfileGetFailure::UnknownUser));
+        }
         Err(e) => {
             warn!("profile get: {e}");
             s.reply(p, fail(ProfileGetFailure::StorageError));

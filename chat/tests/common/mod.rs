@@ -95,6 +95,18 @@ impl Client {
         Client::from_stream(TcpStream::connect(addr).await.unwrap())
     }
 
+    /// A connection from a chosen source address (any 127.0.0.0/8 address works on Linux
+    /// loopback), so tests can play clients at different addresses.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(source, 0)).unwrap();
+        let s = tokio::time::timeout(READ_TIMEOUT, sock.connect(addr))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        Self::from_stream(s)
+    }
+
     /// A client over an already connected stream.
     #[allow(dead_code)]
     pub fn from_stream(s: TcpStream) -> Client {
@@ -106,8 +118,11 @@ impl Client {
     }
 
     pub async fn send(&mut self, line: &str) {
-        self.w.write_all(line.as_bytes()).await.unwrap();
-        self.w.write_all(b"\n").await.unwrap();
+        // One write: a line split in two would wait for a delayed ACK (Nagle).
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -176,11 +191,29 @@ impl Client {
     }
 
     pub async fn login(&mut self, login: &str, password: &str) {
-        self.send(&format!("CONNECT login={login}")).await;
+        self.expect_login(login, password, None, "CONNECT-OK").await;
+    }
+
+    /// One login attempt (presenting `device` when given); returns the answer line, which
+    /// must start with `answer`.
+    pub async fn expect_login(
+        &mut self,
+        login: &str,
+        password: &str,
+        device: Option<&str>,
+        answer: &str,
+    ) -> String {
+        match device {
+            Some(d) => {
+                self.send(&format!("CONNECT login={login} device={d}"))
+                    .await
+            }
+            None => self.send(&format!("CONNECT login={login}")).await,
+        }
         let ack = self.expect("CONNECT-ACK").await;
         let salt = field(&ack, "salt").unwrap();
         let hash = msim_chat::crypto::challenge_hash(&salt, password.as_bytes());
         self.send(&format!("CONNECT-CONTINUE hash={hash}")).await;
-        self.expect("CONNECT-OK").await;
+        self.expect(answer).await
     }
 }

@@ -12,7 +12,7 @@ use msim_shared::proto::{
     TypingStart, TypingStop,
 };
 
-use super::{unexpected, Client, OutgoingOffer};
+use super::{unexpected, Client, LoginOptions, OutgoingOffer};
 use crate::error::ClientError;
 
 impl Client {
@@ -42,10 +42,24 @@ impl Client {
     /// Logs in with the salted challenge: `CONNECT` → `CONNECT-ACK salt=` →
     /// `CONNECT-CONTINUE hash=SHA-256(salt ‖ password)` → `CONNECT-OK`.
     pub async fn login(&self, login: &str, password: &str) -> Result<ConnectOk, ClientError> {
+        self.login_with(login, password, &LoginOptions::default())
+            .await
+    }
+
+    /// [`Client::login`] with options, e.g. the device cookie of an earlier login of this
+    /// login (`CONNECT device=`), so that strangers' failed guesses do not lock this device
+    /// out. Keep the new cookie of the answer ([`ConnectOk::device`]) for the next login.
+    pub async fn login_with(
+        &self,
+        login: &str,
+        password: &str,
+        options: &LoginOptions,
+    ) -> Result<ConnectOk, ClientError> {
         let salt = match self
             .request(
                 Connect {
                     login: login.to_owned(),
+                    device: options.device.clone(),
                 },
                 &[ConnectAck::VERB, ConnectFailed::VERB],
             )

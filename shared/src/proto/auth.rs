@@ -39,8 +39,9 @@ body! {
     RegisterFailed = "REGISTER-FAILED" { reason: (reason RegisterFailure) = "reason" }
 }
 body! {
-    /// `CONNECT login=` (→S).
-    Connect = "CONNECT" { login: text = "login" }
+    /// `CONNECT login= [device=]` (→S). `device=` is a cookie from an earlier `CONNECT-OK` of
+    /// this login (PROTOCOL.md §4.3).
+    Connect = "CONNECT" { login: text = "login", device: opt_text = "device" }
 }
 body! {
     /// `CONNECT-ACK salt=` (→C), sent for every login.
@@ -60,6 +61,8 @@ body! {
         max_text: u64 = "max-text",
         max_file_size: u64 = "max-file-size",
         server: text = "server",
+        /// Device cookie to present at the next `CONNECT` of this login (§4.3).
+        device: opt_text = "device",
     }
 }
 body! {

@@ -37,6 +37,12 @@ fn every_request_round_trips() {
         .into(),
         Connect {
             login: "vasya".into(),
+            device: None,
+        }
+        .into(),
+        Connect {
+            login: "vasya".into(),
+            device: Some("00ff.1.ab".into()),
         }
         .into(),
         ConnectContinue { hash: "ab".into() }.into(),
@@ -116,6 +122,7 @@ fn every_event_round_trips() {
             max_text: 16384,
             max_file_size: 1 << 27,
             server: "msim-chat/0.1".into(),
+            device: Some("00ff.1.ab".into()),
         }
         .into(),
         ConnectFailed {

@@ -406,6 +406,11 @@ fn start_chat(args: &Args, data: &std::path::Path) -> Result<procs::Proc> {
             chat_dir.display().to_string(),
             "--max-connections".into(),
             (args.connections + 2_000).to_string(),
+            // A benchmark registers thousands of users from a few addresses.
+            "--register-burst".into(),
+            "0".into(),
+            "--register-prefix-burst".into(),
+            "0".into(),
         ],
         addr,
         &[],

@@ -77,6 +77,7 @@ pub async fn login(wire: &mut Wire, login: &str, password: &str) -> Result<()> {
     wire.send(
         Connect {
             login: login.into(),
+            device: None,
         }
         .to_packet(),
     )
@@ -125,8 +126,9 @@ pub fn register_refused(server: SocketAddr, login: &str, reason: &str) -> anyhow
         ),
         "rate-limited" => anyhow::anyhow!(
             "the chat server at {server} rate-limits registration (REGISTER-FAILED \
-             reason=rate-limited; by default 1,000 per client address in a burst, then 600 a \
-             minute): use fewer --connections, more --sources (loopback only) or wait a minute"
+             reason=rate-limited; by default 5 per client address and 20 per /24 an hour, which \
+             suits people, not benchmarks): start that msim-chat with --register-burst 0 \
+             --register-prefix-burst 0 for the benchmark"
         ),
         other => anyhow::anyhow!("REGISTER {login} at {server}: REGISTER-FAILED reason={other}"),
     }
