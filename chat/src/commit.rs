@@ -2,7 +2,12 @@
 //! takes everything already queued (up to [`MAX_BATCH`]), applies it in one transaction, commits
 //! once, then answers each waiter through its oneshot. Many concurrent senders therefore share
 //! one fsync, and a reply (e.g. `MESSAGE-SENT`) is only sent after the data is durable.
+//!
+//! A failed commit (full disk, I/O error) fails every operation of its batch and the writer goes
+//! on with the next one, so writes succeed again as soon as the disk has room. Below the
+//! free-space watermark, writes that store new data are refused before they reach SQLite.
 
+use crate::db::space::Watermark;
 use crate::db::{Db, DbError, Outcome, WriteOp};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
@@ -32,9 +37,9 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Starts the writer task. It stops once every `Writer` handle is dropped, after
     /// committing what was queued; the returned handle completes then.
-    pub fn start(db: Db) -> (Writer, tokio::task::JoinHandle<()>) {
+    pub fn start(db: Db, space: Watermark) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(db, rx));
+        let task = tokio::spawn(run(db, space, rx));
         (Writer { tx }, task)
     }
 
@@ -92,11 +97,26 @@ impl std::future::Future for Pending {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Request>) {
+async fn run(db: Db, mut space: Watermark, mut rx: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let low = space.low();
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            if low && r.op.grows_storage() {
+                if let Some(reply) = r.reply {
+                    let _ = reply.send(Err(DbError::StorageFull));
+                }
+            } else {
+                ops.push(r.op);
+                replies.push(r.reply);
+            }
+        }
         let n = ops.len();
+        if n == 0 {
+            continue;
+        }
         match db.apply_batch(ops).await {
             Ok(results) => {
                 for (reply, res) in replies.into_iter().zip(results) {
@@ -107,6 +127,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Request>) {
             }
             Err(e) => {
                 error!(ops = n, "group commit failed: {e}");
+                space.recheck();
                 for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
                 }

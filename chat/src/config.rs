@@ -101,6 +101,23 @@ pub struct Config {
     pub relay_health_interval: Duration,
     /// Timeout of one health check.
     pub relay_health_timeout: Duration,
+    /// Below this many free bytes on the data directory's file system, new messages (and
+    /// other writes that store data) are refused with `storage-full`. 0 = no watermark.
+    pub min_free_space: u64,
+    /// How often free space is measured (one `statvfs`), at most.
+    pub free_space_check_interval: Duration,
+    /// Most pending (undelivered) messages one recipient may have; beyond it sending fails
+    /// with `recipient-queue-full`. 0 = unlimited.
+    pub max_pending_messages: u64,
+    /// A pending message not delivered within this time expires (its sender learns it).
+    pub message_ttl: Duration,
+    /// What a delivered message leaves behind for read receipts (sender, id, state; never
+    /// the text) and undelivered receipts are kept this long.
+    pub receipt_retention: Duration,
+    /// How often the retention job runs.
+    pub purge_interval: Duration,
+    /// Most rows of each kind one retention step removes (one writer transaction).
+    pub purge_batch: u32,
     /// Source of wall-clock time.
     pub clock: Clock,
     /// Most users one user may block.
@@ -184,6 +201,13 @@ impl Default for Config {
             relay_secret: String::new(),
             relay_health_interval: Duration::from_secs(10),
             relay_health_timeout: Duration::from_secs(3),
+            min_free_space: 64 << 20,
+            free_space_check_interval: Duration::from_secs(1),
+            max_pending_messages: 10_000,
+            message_ttl: Duration::from_secs(30 * 24 * 3600),
+            receipt_retention: Duration::from_secs(7 * 24 * 3600),
+            purge_interval: Duration::from_secs(60),
+            purge_batch: 1_000,
             clock: Clock::system(),
             max_blocks: 1_000,
             max_presence_requests: 1_000,
@@ -202,6 +226,8 @@ impl Config {
             relay_secret: String::new(),
             register_burst: 0,
             register_prefix_burst: 0,
+            // Tests must not depend on the host's free disk space; the watermark has its own.
+            min_free_space: 0,
             ..Config::default()
         }
     }

@@ -147,6 +147,28 @@ struct Cli {
     /// Most users one user may block [default: 1000].
     #[arg(long, env = "MSIM_CHAT_MAX_BLOCKS")]
     max_blocks: Option<usize>,
+    /// Refuse new messages (`storage-full`) when the data directory's file system has fewer
+    /// free bytes than this; 0 = off [default: 67108864 (64 MiB)].
+    #[arg(long, env = "MSIM_CHAT_MIN_FREE_SPACE")]
+    min_free_space: Option<u64>,
+    /// Most undelivered messages one recipient may have waiting (`recipient-queue-full`
+    /// beyond); 0 = unlimited [default: 10000].
+    #[arg(long, env = "MSIM_CHAT_MAX_PENDING_MESSAGES")]
+    max_pending_messages: Option<u64>,
+    /// Undelivered messages expire after this long; their senders get
+    /// `MESSAGE-SEND-FAILED reason=expired` [default: 30days].
+    #[arg(long, env = "MSIM_CHAT_MESSAGE_TTL", value_parser = parse_duration)]
+    #[serde(skip)]
+    message_ttl: Option<Duration>,
+    /// How long a delivered message's receipt data (id, sender, state; never its text) and
+    /// undelivered read receipts are kept [default: 7days].
+    #[arg(long, env = "MSIM_CHAT_RECEIPT_RETENTION", value_parser = parse_duration)]
+    #[serde(skip)]
+    receipt_retention: Option<Duration>,
+    /// How often the retention job runs (expiry, purge of delivered messages) [default: 60s].
+    #[arg(long, env = "MSIM_CHAT_PURGE_INTERVAL", value_parser = parse_duration)]
+    #[serde(skip)]
+    purge_interval: Option<Duration>,
     /// Unanswered file offers expire after this long [default: 24h].
     #[arg(long, env = "MSIM_CHAT_OFFER_TTL", value_parser = parse_duration)]
     #[serde(skip)]
@@ -167,6 +189,15 @@ struct Cli {
     #[arg(skip)]
     #[serde(rename = "offer-ttl")]
     file_offer_ttl: Option<String>,
+    #[arg(skip)]
+    #[serde(rename = "message-ttl")]
+    file_message_ttl: Option<String>,
+    #[arg(skip)]
+    #[serde(rename = "receipt-retention")]
+    file_receipt_retention: Option<String>,
+    #[arg(skip)]
+    #[serde(rename = "purge-interval")]
+    file_purge_interval: Option<String>,
     #[arg(skip)]
     #[serde(rename = "login-timeout")]
     file_login_timeout: Option<String>,
@@ -332,7 +363,9 @@ async fn main() -> Result<()> {
         register_prefix_burst,
         register_prefix_per_hour,
         discovery_burst,
-        discovery_per_hour
+        discovery_per_hour,
+        min_free_space,
+        max_pending_messages
     );
     let quota = &mut config.offer_quota;
     for (flag, file, field) in [
@@ -360,6 +393,23 @@ async fn main() -> Result<()> {
         if let Some(v) = flag.or(file) {
             *field = v;
         }
+    }
+    if let Some(v) = dur(cli.message_ttl, &file.file_message_ttl, "message-ttl")? {
+        config.message_ttl = v;
+    }
+    if let Some(v) = dur(
+        cli.receipt_retention,
+        &file.file_receipt_retention,
+        "receipt-retention",
+    )? {
+        config.receipt_retention = v;
+    }
+    if let Some(v) = dur(
+        cli.purge_interval,
+        &file.file_purge_interval,
+        "purge-interval",
+    )? {
+        config.purge_interval = v;
     }
     if let Some(v) = dur(cli.offer_ttl, &file.file_offer_ttl, "offer-ttl")? {
         config.offer_ttl = v;

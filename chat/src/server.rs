@@ -5,6 +5,7 @@ use crate::cmd::files;
 use crate::commit::Writer;
 use crate::config::Config;
 use crate::crypto::{CryptoError, SaltGen, Sealer};
+use crate::db::space::Watermark;
 use crate::db::{Db, DbError};
 use crate::device::DeviceCookies;
 use crate::hub::Hub;
@@ -89,10 +90,17 @@ impl Server {
     /// Opens the data directory (database, keys) and prepares the server.
     pub async fn new(config: Config) -> Result<Server, Error> {
         crate::db::create_data_dir(&config.data_dir)?;
-        let db = Db::open(&config.data_dir).await?;
+        let db = Db::open(&config.data_dir)
+            .await?
+            .with_pending_cap(config.max_pending_messages);
         let sealer = open_sealer(&config.data_dir, &db).await?;
         let blocks = crate::blocks::Blocks::from_pairs(db.all_blocks().await?);
-        let (writer, writer_task) = Writer::start(db.clone());
+        let space = Watermark::new(
+            &config.data_dir,
+            config.min_free_space,
+            config.free_space_check_interval,
+        );
+        let (writer, writer_task) = Writer::start(db.clone(), space);
         let keyring = match (
             config.relay_secret.trim().is_empty(),
             config.relays.is_empty(),
@@ -181,6 +189,11 @@ impl Server {
             })
         };
 
+        let purger = tokio::spawn(crate::cmd::messages::purge_loop(
+            shared.clone(),
+            stop.clone(),
+        ));
+
         let checkpointer = {
             let db = shared.db.clone();
             let stop = stop.clone();
@@ -254,6 +267,7 @@ impl Server {
         let _ = done_rx.recv().await;
         let _ = health.await;
         let _ = sweeper.await;
+        let _ = purger.await;
         let _ = checkpointer.await;
         // Last handle to the writer: it commits what is queued, then stops.
         let db = shared.db.clone();

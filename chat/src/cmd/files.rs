@@ -265,7 +265,12 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, id: String, login: &str, ac
 
 /// Stores file results for their users until `expires` (delivered at every login until then,
 /// PROTOCOL.md §10.6) and delivers them live, tagged with their seq.
-async fn notify(sh: &Shared, transfer: &str, expires: i64, notices: Vec<(String, Packet)>) {
+pub(crate) async fn notify(
+    sh: &Shared,
+    transfer: &str,
+    expires: i64,
+    notices: Vec<(String, Packet)>,
+) {
     let rows = notices
         .iter()
         .map(|(login, p)| Notice {

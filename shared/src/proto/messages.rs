@@ -9,6 +9,9 @@ reasons! {
         BadAddress = "bad-address",
         FederationDisabled = "federation-disabled",
         StorageError = "storage-error",
+        StorageFull = "storage-full",
+        RecipientQueueFull = "recipient-queue-full",
+        Expired = "expired",
     }
 }
 

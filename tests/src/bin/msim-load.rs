@@ -65,7 +65,7 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Run only these scenarios (baseline is always run).
-    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "relay"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "soak", "relay"])]
     only: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
@@ -88,6 +88,16 @@ struct Args {
     /// Seconds measured per message/login scenario (after 1 s of warm-up).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Soak: rounds of logins + messages + acknowledgements (RSS and database size after each)
+    /// [default: 40; 3 with --smoke].
+    #[arg(long)]
+    soak_rounds: Option<usize>,
+    /// Soak: sender→recipient pairs logging in per round [default: 200; 4 with --smoke].
+    #[arg(long)]
+    soak_pairs: Option<usize>,
+    /// Soak: messages per pair and round [default: 5].
+    #[arg(long)]
+    soak_messages: Option<usize>,
     /// Size of the large relayed transfer, bytes.
     #[arg(long, default_value_t = 1 << 30)]
     transfer_size: u64,
@@ -140,6 +150,17 @@ impl Args {
         self.transfer_size = 8 << 20;
         self.small_transfers = 20;
         self.concurrent = 8;
+        // Explicit soak sizes win: `--smoke --soak-rounds 40` soaks with quick baselines.
+        self.soak_rounds.get_or_insert(3);
+        self.soak_pairs.get_or_insert(4);
+    }
+
+    fn soak(&self) -> (usize, usize, usize) {
+        (
+            self.soak_rounds.unwrap_or(40),
+            self.soak_pairs.unwrap_or(200),
+            self.soak_messages.unwrap_or(5),
+        )
     }
 }
 
@@ -162,7 +183,7 @@ async fn main() -> Result<()> {
     if args.smoke {
         args.shrink_for_smoke();
     }
-    let chat_scenarios = ["connections", "messages", "latency", "logins"];
+    let chat_scenarios = ["connections", "messages", "latency", "logins", "soak"];
     let wants_chat = chat_scenarios.iter().any(|s| args.wants(s));
     // Everything about a given server is checked before the baselines, so a mistake costs
     // seconds, not a whole run.
@@ -386,35 +407,39 @@ async fn run_chat(
         );
     }
     drop(server);
+    if args.wants("soak") {
+        run_soak(args, data, report).await?;
+    }
     Ok(())
 }
 
 /// Starts target/<profile>/msim-chat with a fresh data directory.
 fn start_chat(args: &Args, data: &std::path::Path) -> Result<procs::Proc> {
+    start_chat_in(args, &data.join("chat"), &[])
+}
+
+/// Starts target/<profile>/msim-chat on `chat_dir` with extra flags.
+fn start_chat_in(args: &Args, chat_dir: &std::path::Path, extra: &[&str]) -> Result<procs::Proc> {
     let bin = procs::sibling_binary("msim-chat")?;
     let addr = procs::free_addr()?;
     let relay_addr = procs::free_addr()?;
-    let chat_dir = data.join("chat");
-    procs::start(
-        &bin,
-        &[
-            "--listen".into(),
-            addr.to_string(),
-            "--embedded-relay-listen".into(),
-            relay_addr.to_string(),
-            "--data-dir".into(),
-            chat_dir.display().to_string(),
-            "--max-connections".into(),
-            (args.connections + 2_000).to_string(),
-            // A benchmark registers thousands of users from a few addresses.
-            "--register-burst".into(),
-            "0".into(),
-            "--register-prefix-burst".into(),
-            "0".into(),
-        ],
-        addr,
-        &[],
-    )
+    let mut flags: Vec<String> = vec![
+        "--listen".into(),
+        addr.to_string(),
+        "--embedded-relay-listen".into(),
+        relay_addr.to_string(),
+        "--data-dir".into(),
+        chat_dir.display().to_string(),
+        "--max-connections".into(),
+        (args.connections + 2_000).to_string(),
+        // A benchmark registers thousands of users from a few addresses.
+        "--register-burst".into(),
+        "0".into(),
+        "--register-prefix-burst".into(),
+        "0".into(),
+    ];
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    procs::start(&bin, &flags, addr, &[])
 }
 
 /// Checks that `addr` speaks the chat protocol and accepts this run's users, by registering
@@ -656,6 +681,40 @@ async fn run_relay(
             Some("ratio < 1"),
         );
     }
+    drop(server);
+    Ok(())
+}
+
+/// The soak, on its own server (started here unless --chat): the receipt retention is cut to
+/// seconds so that "delivered messages leave" shows within the run, which the throughput
+/// scenarios' server should not pay for.
+async fn run_soak(args: &Args, data: &std::path::Path, report: &mut Report) -> Result<()> {
+    let (rounds, pairs, messages) = args.soak();
+    let dir = data.join("soak");
+    let (addr, pid, server, data_dir, prefix) = match args.chat {
+        Some(addr) => (addr, args.chat_pid, None, None, msim_tests::load::run_id()),
+        None => {
+            let flags = ["--receipt-retention", "1s", "--purge-interval", "1s"];
+            let server = start_chat_in(args, &dir, &flags)?;
+            (
+                server.addr,
+                Some(server.pid()),
+                Some(server),
+                Some(dir),
+                "soak",
+            )
+        }
+    };
+    let sources = wire::sources_for(addr, args.sources);
+    chat::register_users(addr, prefix, 2 * pairs, &sources).await?;
+    let run = msim_tests::load::soak::SoakRun {
+        rounds,
+        pairs,
+        messages,
+        pid,
+        data_dir,
+    };
+    msim_tests::load::soak::report_soak(addr, prefix, &run, &sources, report).await?;
     drop(server);
     Ok(())
 }

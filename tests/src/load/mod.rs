@@ -8,6 +8,7 @@ pub mod chat;
 pub mod procs;
 pub mod relay;
 pub mod report;
+pub mod soak;
 pub mod wire;
 
 /// An identifier of this run, unique across runs (`ld` + microseconds since the epoch in hex):
