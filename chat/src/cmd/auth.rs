@@ -251,7 +251,15 @@ async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
                 };
                 s.push(&pkt.to_packet());
             }
-            sh.writer.write_detached(WriteOp::DeleteReceipts(seqs));
+            // Sent first, then recorded, and the login waits for the record: a receipt is
+            // repeated only if the server stops in between, never to the next login (§5.6).
+            if s.flush().await.is_err() {
+                s.closing = true;
+                return;
+            }
+            if let Err(e) = sh.writer.write(WriteOp::DeleteReceipts(seqs)).await {
+                warn!("delivered receipts: {e}");
+            }
         }
         Ok(_) => {}
         Err(e) => warn!("pending receipts: {e}"),
