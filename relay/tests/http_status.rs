@@ -208,7 +208,11 @@ async fn capacity_full_is_507_before_100_continue() {
     .await
     .unwrap();
     let head = read_head(&mut s).await;
-    assert_eq!(status(&head), "507", "no 100 Continue, straight to 507: {head}");
+    assert_eq!(
+        status(&head),
+        "507",
+        "no 100 Continue, straight to 507: {head}"
+    );
     drop(s);
     // It stored nothing; 400 bytes still fit.
     assert_eq!(status(&relay.head("c2", &up2).await), "404");
@@ -255,7 +259,10 @@ async fn expect_100_continue_is_answered_only_after_the_checks() {
     .await
     .unwrap();
     let interim = read_head(&mut s).await;
-    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim}");
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
     s.write_all(b"hello").await.unwrap();
     let done = read_head(&mut s).await;
     assert_eq!(status(&done), "201", "{done}");
