@@ -520,6 +520,24 @@ impl Db {
         Ok(())
     }
 
+    /// `PRAGMA journal_mode` and `PRAGMA synchronous` (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA) of
+    /// the connection that commits, and of the pool the readers use: lets tests check the
+    /// durability docs/OPERATING.md promises.
+    pub async fn durability(&self) -> Result<[(String, i64); 2], DbError> {
+        let mut out: [(String, i64); 2] = Default::default();
+        for (slot, pool) in out.iter_mut().zip([&self.writes, &self.pool]) {
+            let mut conn = pool.acquire().await?;
+            let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await?;
+            let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await?;
+            *slot = (mode, sync);
+        }
+        Ok(out)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.writes.close().await;
