@@ -360,6 +360,7 @@ async fn run_chat(
             args.pairs, args.window
         );
         let r = chat::messages(addr, prefix, run(None)).await?;
+        check_messages(&r)?;
         report.add_ratio(
             "messages",
             "online→online delivered, durable",
@@ -378,6 +379,7 @@ async fn run_chat(
     if args.wants("latency") {
         eprintln!("== latency at {} msg/s offered", args.rate);
         let r = chat::messages(addr, prefix, run(Some(args.rate))).await?;
+        check_messages(&r)?;
         report.add(
             "latency",
             "delivered at fixed offered rate",
@@ -716,5 +718,17 @@ async fn run_soak(args: &Args, data: &std::path::Path, report: &mut Report) -> R
     };
     msim_tests::load::soak::report_soak(addr, prefix, &run, &sources, report).await?;
     drop(server);
+    Ok(())
+}
+
+/// Figures are worth nothing if the messages did not arrive as sent: any lost, duplicated or
+/// altered message fails the run (and so the `--smoke` run of CI).
+fn check_messages(r: &chat::MessageResult) -> Result<()> {
+    let i = &r.integrity;
+    i.ensure()?;
+    eprintln!(
+        "   checked: {} acknowledged, {} delivered, none lost, duplicated or altered",
+        i.acknowledged, i.delivered
+    );
     Ok(())
 }

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use futures::{SinkExt, StreamExt};
 use msim_shared::proto::{AckMessage, Body, Event, SendMessage};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use super::ledger::{self, Integrity, Received};
 use super::wire::{self, connect_from, frame, next_event};
 
 /// Password of every simulated user.
@@ -167,12 +168,19 @@ pub struct MessageResult {
     pub sent_per_sec: f64,
     /// End-to-end latency samples (send → recipient has it), seconds, sorted.
     pub latencies: Vec<f64>,
+    /// Lost, duplicated or altered messages over the whole run (warm-up included).
+    pub integrity: Integrity,
 }
+
+/// How long, after the senders stopped, their last acknowledgements and the recipients' last
+/// messages may take before they count as missing.
+const DRAIN: Duration = Duration::from_secs(30);
 
 /// Runs senders and recipients; latency is measured from just before the sender writes the
 /// message to when the recipient decodes it (both in this process, on one clock).
 pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Result<MessageResult> {
     let base = Instant::now();
+    let run_no = ledger::next_run();
     let delivered = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -180,26 +188,46 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
     let mut recipients = JoinSet::new();
     let mut senders = JoinSet::new();
 
+    // Each recipient learns, once its sender has stopped, which ids were acknowledged, and
+    // reads until it has them all (or DRAIN passes: they are lost).
+    let mut expect_tx = Vec::with_capacity(run.pairs);
     for r in 0..run.pairs {
         let mut w = frame(connect_from(server, None).await?);
         wire::login(&mut w, &user(prefix, run.pairs + r), PASSWORD).await?;
-        let (delivered, measuring, stop) = (delivered.clone(), measuring.clone(), stop.clone());
+        let (delivered, measuring) = (delivered.clone(), measuring.clone());
         let ack = run.ack;
+        let (tx, mut expect_rx) = oneshot::channel::<Vec<String>>();
+        expect_tx.push(Some(tx));
+        let from_login = user(prefix, r);
         recipients.spawn(async move {
             let mut samples = Vec::new();
+            let mut got = Received::default();
             let mut unflushed = 0usize;
+            // Acknowledged ids not received yet, once the sender has stopped.
+            let mut missing: Option<std::collections::HashSet<String>> = None;
+            let mut deadline = tokio::time::Instant::now() + Duration::from_secs(86_400);
             loop {
+                if missing.as_ref().is_some_and(|m| m.is_empty()) {
+                    break;
+                }
                 let next = tokio::select! {
                     next = w.next() => next,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if stop.load(Ordering::Relaxed) { break; }
+                    acked = &mut expect_rx, if missing.is_none() => {
+                        let acked = acked.unwrap_or_default();
+                        missing = Some(acked.into_iter().filter(|id| !got.has(id)).collect());
+                        deadline = tokio::time::Instant::now() + DRAIN;
                         continue;
                     }
+                    _ = tokio::time::sleep_until(deadline), if missing.is_some() => break,
                 };
                 let Some(item) = next else { break };
                 let packet = item?.map_err(|e| anyhow::anyhow!("{e}"))?;
                 match Event::from_packet(&packet)? {
                     Event::Message(m) => {
+                        got.record((run_no, r), &from_login, &m.id, &m.from, &m.text);
+                        if let Some(missing) = missing.as_mut() {
+                            missing.remove(&m.id);
+                        }
                         if measuring.load(Ordering::Relaxed) {
                             delivered.fetch_add(1, Ordering::Relaxed);
                             if let Some(sent_at) =
@@ -226,7 +254,11 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
                     unflushed = 0;
                 }
             }
-            anyhow::Ok(samples)
+            // Acknowledge everything received, so that the next run is not sent it again.
+            if unflushed > 0 {
+                w.flush().await?;
+            }
+            anyhow::Ok((r, samples, got))
         });
     }
 
@@ -243,7 +275,9 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
             let mut outstanding = 0usize;
             let start = tokio::time::Instant::now();
             let mut k: u32 = 0;
-            let padding = "x".repeat(40);
+            // Messages written so far (the tag's number) and ids acknowledged.
+            let mut n: u64 = 0;
+            let mut acked_ids = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let due = match period {
                     Some(p) => start + p * k,
@@ -256,8 +290,9 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
                         let Some(item) = next else { break };
                         let packet = item?.map_err(|e| anyhow::anyhow!("{e}"))?;
                         match Event::from_packet(&packet)? {
-                            Event::MessageSent(_) => {
+                            Event::MessageSent(m) => {
                                 outstanding -= 1;
+                                acked_ids.push(m.id);
                                 if measuring.load(Ordering::Relaxed) {
                                     acked.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -274,7 +309,8 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
                             Some(_) => due.into_std().saturating_duration_since(base).as_nanos() as u64,
                             None => base.elapsed().as_nanos() as u64,
                         };
-                        let m = SendMessage { to: to.clone(), text: format!("{stamp} {padding}") };
+                        let m = SendMessage { to: to.clone(), text: ledger::text(stamp, run_no, s, n) };
+                        n += 1;
                         if period.is_some() {
                             w.send(m.to_packet()).await?;
                             outstanding += 1;
@@ -284,7 +320,8 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
                             outstanding += 1;
                             while outstanding < window {
                                 let now = base.elapsed().as_nanos() as u64;
-                                let m = SendMessage { to: to.clone(), text: format!("{now} {padding}") };
+                                let m = SendMessage { to: to.clone(), text: ledger::text(now, run_no, s, n) };
+                                n += 1;
                                 w.feed(m.to_packet()).await?;
                                 outstanding += 1;
                             }
@@ -294,7 +331,31 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
                     }
                 }
             }
-            anyhow::Ok(())
+            // Collect the acknowledgements of what is still in flight.
+            let drained = tokio::time::timeout(DRAIN, async {
+                while outstanding > 0 {
+                    let Some(item) = w.next().await else {
+                        bail!("connection closed with {outstanding} messages unacknowledged")
+                    };
+                    let packet = item?.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    match Event::from_packet(&packet)? {
+                        Event::MessageSent(m) => {
+                            outstanding -= 1;
+                            acked_ids.push(m.id);
+                        }
+                        Event::MessageSendFailed(f) => bail!("send failed: {}", f.reason),
+                        Event::Ping(_) => w.send(msim_shared::Packet::new("PONG")).await?,
+                        _ => {}
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .await;
+            match drained {
+                Ok(r) => r?,
+                Err(_) => bail!("{outstanding} MESSAGE-SENT missing after {DRAIN:?}"),
+            }
+            anyhow::Ok((s, acked_ids))
         });
     }
 
@@ -309,20 +370,26 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
     let d = delivered.load(Ordering::Relaxed) - d0;
     let a = acked.load(Ordering::Relaxed) - a0;
     stop.store(true, Ordering::Relaxed);
-    senders.abort_all();
+    let mut acked = vec![Vec::new(); run.pairs];
     while let Some(r) = senders.join_next().await {
-        if let Ok(r) = r {
-            r?;
+        let (s, ids) = r??;
+        if let Some(tx) = expect_tx[s].take() {
+            let _ = tx.send(ids.clone());
         }
+        acked[s] = ids;
     }
     let mut latencies = Vec::new();
+    let mut integrity = Integrity::default();
     while let Some(r) = recipients.join_next().await {
-        latencies.extend(r??);
+        let (r, samples, got) = r??;
+        latencies.extend(samples);
+        integrity.add(&acked[r], &got);
     }
     latencies.sort_by(f64::total_cmp);
     Ok(MessageResult {
         delivered_per_sec: d as f64 / secs,
         sent_per_sec: a as f64 / secs,
         latencies,
+        integrity,
     })
 }

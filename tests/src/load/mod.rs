@@ -5,6 +5,8 @@
 
 pub mod baseline;
 pub mod chat;
+pub mod content;
+pub mod ledger;
 pub mod procs;
 pub mod relay;
 pub mod report;

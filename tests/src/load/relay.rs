@@ -15,6 +15,8 @@ use msim_shared::token::{Capability, Direction, Keyring};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use super::content;
+
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 const CHUNK: usize = 1 << 20;
@@ -79,7 +81,8 @@ impl Http {
         Ok(())
     }
 
-    /// Downloads a transfer, discarding the bytes; returns how many arrived.
+    /// Downloads a transfer, checking every byte against the generated file; returns how many
+    /// arrived.
     pub async fn download(&mut self, id: &str, token: &str) -> Result<u64> {
         let empty = Empty::<Bytes>::new()
             .map_err(|never| match never {})
@@ -94,12 +97,22 @@ impl Http {
                 refused(&self.host, "download", 0, status, &body).context(format!("download {id}"))
             );
         }
+        let declared = resp
+            .headers()
+            .get("msim-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut body = resp.into_body();
         let mut got = 0u64;
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
+                content::check(id, got, &data)?;
                 got += data.len() as u64;
             }
+        }
+        let want = content::sha256(got);
+        if declared.as_deref() != Some(want.as_str()) {
+            bail!("download {id}: Msim-Sha256 {declared:?}, the file's SHA-256 is {want}");
         }
         Ok(got)
     }
@@ -180,25 +193,21 @@ fn path(id: &str) -> String {
     format!("/v1/transfers/{id}")
 }
 
-/// A body of `size` bytes made of one shared 1 MiB buffer (cloning `Bytes` copies nothing).
+/// A body of the generated file of `size` bytes (slices of one shared pattern: no copies).
 fn generated_body(size: u64) -> BoxBody {
     if size <= CHUNK as u64 {
-        let data = Bytes::from(vec![0x5a; size as usize]);
+        let data = content::piece(0, size as usize);
         return Full::new(data).map_err(|never| match never {}).boxed();
     }
-    let chunk = Bytes::from(vec![0x5a; CHUNK]);
-    let stream = futures::stream::unfold(0u64, move |sent| {
-        let chunk = chunk.clone();
-        async move {
-            if sent >= size {
-                return None;
-            }
-            let n = (size - sent).min(CHUNK as u64) as usize;
-            Some((
-                Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n))),
-                sent + n as u64,
-            ))
+    let stream = futures::stream::unfold(0u64, move |sent| async move {
+        if sent >= size {
+            return None;
         }
+        let n = (size - sent).min(CHUNK as u64) as usize;
+        Some((
+            Ok::<_, std::io::Error>(Frame::data(content::piece(sent, n))),
+            sent + n as u64,
+        ))
     });
     BodyExt::boxed(StreamBody::new(stream))
 }
@@ -210,7 +219,8 @@ pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
         transfer_id: id.to_owned(),
         direction,
         size,
-        sha256: None,
+        // The relay checks every upload against it (422 on a mismatch).
+        sha256: Some(content::sha256(size)),
         sender: sender().into(),
         max_downloads: None,
         expires,
