@@ -5,6 +5,7 @@
 
 mod common;
 use common::{Client, TestServer};
+use std::time::Duration;
 
 /// The records of the next `CONTACT-UPDATED` that says more than presence (presence pushes
 /// depend on the presence rules, which are not what these tests are about).
@@ -67,7 +68,8 @@ async fn contact_list_is_limited_to_max_contacts() {
 
 #[tokio::test]
 async fn a_session_tracks_at_most_64_typing_peers() {
-    let srv = TestServer::start().await;
+    // No entry may expire during the test, however slow the machine.
+    let srv = TestServer::start_with(|c| c.typing_timeout = Duration::from_secs(3600)).await;
     let mut a = srv.user("alice").await;
     let mut b = srv.user("bob").await;
     let mut c = srv.user("carol").await;
@@ -106,21 +108,22 @@ async fn name_is_pushed_only_to_watchers_with_a_defaulted_name() {
     assert_eq!(own_name.line().await, "CONTACTS-ADD-OK id=bob@localhost");
 
     b.send("PROFILE-UPDATE name=Robert").await;
-    assert_eq!(b.line().await, "PROFILE-UPDATE-OK");
+    // (bob may first get the watchers' PRESENCE-REQUESTs, §7.1.)
+    b.expect_skip("PROFILE-UPDATE-OK").await;
     assert_eq!(
         next_update(&mut defaulted).await,
         vec!["id=bob@localhost name=Robert"]
     );
     // Cleared: the pushed name is the login.
     b.send("PROFILE-UPDATE name=").await;
-    assert_eq!(b.line().await, "PROFILE-UPDATE-OK");
+    b.expect_skip("PROFILE-UPDATE-OK").await;
     assert_eq!(
         next_update(&mut defaulted).await,
         vec!["id=bob@localhost name=bob"]
     );
     // Both watchers get the note; for dave it is the first change pushed, so neither name was.
     b.send("PROFILE-UPDATE note=away").await;
-    assert_eq!(b.line().await, "PROFILE-UPDATE-OK");
+    b.expect_skip("PROFILE-UPDATE-OK").await;
     for w in [&mut defaulted, &mut own_name] {
         assert_eq!(next_update(w).await, vec!["id=bob@localhost note=away"]);
     }
