@@ -1,8 +1,12 @@
-//! Free disk space via `statvfs(3)`.
+//! The file-system calls the store makes through libc: free space (`statvfs(3)`), positional
+//! reads into uninitialised memory (`pread(2)`) and early writeback (`sync_file_range(2)`),
+//! and the private file layout. Every `unsafe` block of the crate is here.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// Bytes available to unprivileged users on the file system holding `path`.
@@ -84,3 +88,54 @@ pub fn private_layout(dir: &Path, blobs_dir: &Path, index: &Path) -> io::Result<
     }
     Ok(())
 }
+
+/// Read up to `want` bytes at `pos` (fewer only at the end of the file), into a buffer that is
+/// not zeroed first.
+pub fn read_at_most(file: &File, pos: u64, want: usize) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    while buf.len() < want {
+        let at = i64::try_from(pos + buf.len() as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let left = want - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..left];
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; pread
+        // writes at most that many bytes into it and reports how many.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                at as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    Ok(buf)
+}
+
+/// Ask the kernel to start writing `from..to` of `file` back to disk, without waiting
+/// (best effort; the fsync at completion is what guarantees durability).
+#[cfg(target_os = "linux")]
+pub fn start_writeback(file: &File, from: u64, to: u64) {
+    let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    let _ =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn start_writeback(_file: &File, _from: u64, _to: u64) {}

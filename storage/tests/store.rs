@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use msim_storage::{
-    BlobStore, GoneReason, ManualClock, NewBlob, StoreConfig, StoreError, SweepReport,
+    BlobReader, BlobStore, GoneReason, ManualClock, NewBlob, StoreConfig, StoreError, SweepReport,
 };
 use sha2::{Digest, Sha256};
 
@@ -35,10 +35,25 @@ fn new(id: &str, size: u64, expires: u64) -> NewBlob {
 }
 
 fn hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(data))
+}
+
+/// Shorthands the store does not need: create a blob without writing to it (an upload that
+/// stopped at once), and look a blob up and open a reader in one step.
+trait StoreShorthands {
+    async fn create(&self, new: NewBlob) -> msim_storage::Result<()>;
+    async fn reader(&self, id: &str, start: u64, end: u64) -> msim_storage::Result<BlobReader>;
+}
+
+impl StoreShorthands for BlobStore {
+    async fn create(&self, new: NewBlob) -> msim_storage::Result<()> {
+        self.create_writer(new).await.map(drop)
+    }
+
+    async fn reader(&self, id: &str, start: u64, end: u64) -> msim_storage::Result<BlobReader> {
+        let info = self.info(id).await?;
+        self.reader_for(&info, start, end).await
+    }
 }
 
 fn data(n: usize) -> Vec<u8> {

@@ -4,8 +4,9 @@
 //! for `reservation_idle` and no writer is attached, it is removed as soon as an upload needs
 //! its room.
 
-use super::{i, BlobStore, Result, SweepReport, SWEEP_BATCH};
 use std::sync::atomic::Ordering;
+
+use super::{BlobStore, Result, SweepReport};
 
 impl BlobStore {
     /// Remove up to one batch of partial uploads idle for `reservation_idle` without a writer
@@ -13,16 +14,9 @@ impl BlobStore {
     pub(super) async fn lapse_idle_reservations(&self) -> Result<u64> {
         let idle = self.inner.config.reservation_idle.as_secs();
         let cutoff = self.now().saturating_sub(idle);
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM blobs WHERE state = 0 AND last_progress <= ?
-             ORDER BY last_progress LIMIT ?",
-        )
-        .bind(i(cutoff))
-        .bind(SWEEP_BATCH)
-        .fetch_all(&self.inner.pool)
-        .await?;
+        let ids = self.inner.index.idle_partials(cutoff).await?;
         let mut report = SweepReport::default();
-        for (id,) in ids {
+        for id in ids {
             // A stalled writer still attached is cut by the relay's body idle timeout first.
             let writing = self
                 .live_get(&id)
@@ -66,12 +60,12 @@ mod tests {
             .expect("open");
         // 2 = FULL: the WAL is fsync'd by the commit that marks an upload complete.
         let (full,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-            .fetch_one(&store.inner.durable)
+            .fetch_one(store.inner.index.durable_pool())
             .await
             .expect("pragma");
         assert_eq!(full, 2, "completion commits use synchronous=FULL");
         let (normal,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-            .fetch_one(&store.inner.pool)
+            .fetch_one(store.inner.index.pool())
             .await
             .expect("pragma");
         assert_eq!(normal, 1, "other writes stay NORMAL");

@@ -1,0 +1,94 @@
+//! The group commit: completions arriving at about the same time share one fsync of `blobs/`
+//! and one index statement.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+
+use super::BlobStore;
+use crate::Result;
+
+/// Most completions committed together (one directory fsync, one index statement).
+const COMMIT_GROUP_MAX: usize = 128;
+
+/// Uploads whose data is fsync'd and renamed to `.blob`, waiting for the directory fsync and
+/// the index update that make the completion durable; one task commits them in groups.
+#[derive(Default)]
+pub(super) struct CommitQueue {
+    pending: Vec<PendingCommit>,
+    /// A commit task is running (it takes whatever is pending when it starts a group).
+    running: bool,
+}
+
+struct PendingCommit {
+    id: String,
+    sha256: String,
+    /// Whether the index row was still there (not swept or cancelled meanwhile).
+    done: tokio::sync::oneshot::Sender<std::result::Result<bool, String>>,
+}
+
+impl BlobStore {
+    /// Make the completion of `id` durable: its data is fsync'd and it is renamed to `.blob`;
+    /// what is left is the fsync of `blobs/` and marking it complete in the index. Completions
+    /// arriving at about the same time share one directory fsync and one index statement.
+    /// Returns `false` if the index row is gone (swept or cancelled meanwhile).
+    pub(super) async fn commit_complete(&self, id: &str, sha256: &str) -> Result<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut q = self.inner.commits.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.push(PendingCommit {
+                id: id.to_owned(),
+                sha256: sha256.to_owned(),
+                done: tx,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if lead {
+            // A task of its own: a caller that goes away does not strand the others.
+            let store = self.clone();
+            tokio::spawn(async move { store.run_commits().await });
+        }
+        match rx.await {
+            Ok(Ok(updated)) => Ok(updated),
+            Ok(Err(e)) => Err(io::Error::other(e).into()),
+            Err(_) => Err(io::Error::other("commit task failed").into()),
+        }
+    }
+
+    /// Commit pending completions, a group at a time, until none are left.
+    async fn run_commits(&self) {
+        loop {
+            let group: Vec<PendingCommit> = {
+                let mut q = self.inner.commits.lock().unwrap_or_else(|e| e.into_inner());
+                if q.pending.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                let n = q.pending.len().min(COMMIT_GROUP_MAX);
+                q.pending.drain(..n).collect()
+            };
+            let res = self.commit_group(&group).await;
+            for p in group {
+                let r = match &res {
+                    Ok(updated) => Ok(updated.contains(&p.id)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = p.done.send(r);
+            }
+        }
+    }
+
+    /// One directory fsync (covers every rename of the group), then one index statement
+    /// marking the group complete. Returns the ids whose rows were updated.
+    async fn commit_group(&self, group: &[PendingCommit]) -> Result<HashSet<String>> {
+        let dir = self.inner.blobs_dir.clone();
+        tokio::task::spawn_blocking(move || File::open(&dir)?.sync_all())
+            .await
+            .map_err(io::Error::other)??;
+        let group: Vec<(&str, &str)> = group
+            .iter()
+            .map(|p| (p.id.as_str(), p.sha256.as_str()))
+            .collect();
+        self.inner.index.commit_complete(self.now(), &group).await
+    }
+}

@@ -1,0 +1,394 @@
+//! The index: every SQL statement of the store. The schema lives in `migrations/`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+use super::NewBlob;
+use crate::{GoneReason, Result, StoreStats};
+
+/// Rows handled per sweep query.
+pub(super) const SWEEP_BATCH: i64 = 256;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+
+/// SQLite stores integers as `i64`; sizes and times are never negative.
+pub(super) fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The `i64` SQLite stores for `v` (saturating: limits beyond it mean "no limit").
+pub(super) fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A blob's index row.
+#[derive(Debug, FromRow)]
+pub(super) struct BlobRow {
+    pub id: String,
+    pub size: i64,
+    pub expires: i64,
+    pub sender: String,
+    pub sha256: Option<String>,
+    /// 0 = partial upload, 1 = complete.
+    pub state: i64,
+    pub downloads: i64,
+    pub last_progress: i64,
+}
+
+impl BlobRow {
+    pub fn complete(&self) -> bool {
+        self.state == 1
+    }
+}
+
+/// What a counted download of a complete blob returns.
+#[derive(Debug, FromRow)]
+pub(super) struct CountedDownload {
+    pub expires: i64,
+    pub sender: String,
+    pub sha256: Option<String>,
+    pub downloads: i64,
+}
+
+/// The totals an admission check compares against, and whether the id is taken.
+#[derive(Debug, FromRow)]
+pub(super) struct Occupancy {
+    pub id_taken: bool,
+    pub total: i64,
+    pub partial: i64,
+    pub by_sender: Option<i64>,
+}
+
+/// What crash recovery needs of a row.
+#[derive(Debug, FromRow)]
+pub(super) struct RecoveryRow {
+    pub id: String,
+    pub size: i64,
+    pub state: i64,
+}
+
+/// The limits an insert must respect, all in bytes.
+pub(super) struct Admission {
+    pub capacity: u64,
+    pub min_free: u64,
+    pub available: u64,
+    pub per_sender_quota: u64,
+}
+
+pub(super) struct Index {
+    pool: SqlitePool,
+    /// One connection with `synchronous=FULL` for the commits that mark uploads complete: a
+    /// completion answered `201` survives a power loss (the other writes use NORMAL; losing
+    /// one of them at worst loses progress that recovery reconciles with the files).
+    durable: SqlitePool,
+    /// Taken around every write: SQLite lets one writer in at a time and makes the others back
+    /// off by sleeping (milliseconds); queueing here instead costs nothing.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl Index {
+    /// Open (creating if needed) the index database at `path` and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<Index> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.clone())
+            .await?;
+        if let Err(first) = MIGRATOR.run(&pool).await {
+            // A relay and a `sweep` process opening a new index at once both try to apply the
+            // first migration; the loser's bookkeeping insert fails. Its retry finds it applied.
+            tracing::debug!(error = %first, "index migration raced, retrying");
+            MIGRATOR.run(&pool).await.map_err(sqlx::Error::from)?;
+        }
+        let durable = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.synchronous(SqliteSynchronous::Full))
+            .await?;
+        Ok(Index {
+            pool,
+            durable,
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.durable.close().await;
+        self.pool.close().await;
+    }
+
+    pub async fn blob(&self, id: &str) -> Result<Option<BlobRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, size, expires, sender, sha256, state, downloads, last_progress
+             FROM blobs WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Why a removed transfer was removed, while its tombstone is kept.
+    pub async fn tombstone(&self, id: &str) -> Result<Option<GoneReason>> {
+        let r: Option<(i64,)> = sqlx::query_as("SELECT reason FROM tombstones WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|(c,)| GoneReason::from_code(c)))
+    }
+
+    /// Insert the row of `new` if its id is free (no row, no tombstone) and `limits` admit it.
+    /// Check and insert are one statement: atomic without a lock, also against another
+    /// process; the totals are kept by triggers (O(1), not a table scan).
+    pub async fn insert_if_admitted(
+        &self,
+        new: &NewBlob,
+        now: u64,
+        limits: &Admission,
+    ) -> Result<bool> {
+        let _writing = self.writes.lock().await;
+        let inserted = sqlx::query(
+            "INSERT INTO blobs
+                (id, size, expires, sender, sha256, state, downloads, last_progress, created)
+             SELECT ?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?6 FROM totals t
+             WHERE t.k = 0
+               AND NOT EXISTS (SELECT 1 FROM blobs WHERE id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)
+               AND t.total + ?2 <= ?7
+               AND t.partial + ?2 + ?8 <= ?9
+               AND COALESCE((SELECT total FROM sender_totals WHERE sender = ?4), 0) + ?2
+                   <= ?10",
+        )
+        .bind(&new.id)
+        .bind(signed(new.size))
+        .bind(signed(new.expires))
+        .bind(&new.sender)
+        .bind(&new.sha256)
+        .bind(signed(now))
+        .bind(signed(limits.capacity))
+        .bind(signed(limits.min_free))
+        .bind(signed(limits.available))
+        .bind(signed(limits.per_sender_quota))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    /// The totals an insert of `id` by `sender` was checked against.
+    pub async fn occupancy(&self, id: &str, sender: &str) -> Result<Occupancy> {
+        Ok(sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM blobs WHERE id = ?) AS id_taken, total, partial,
+                    (SELECT total FROM sender_totals WHERE sender = ?) AS by_sender
+             FROM totals WHERE k = 0",
+        )
+        .bind(id)
+        .bind(sender)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Delete the row of `id` (only if complete, with `complete_only`), leaving a tombstone
+    /// with `reason` in the same transaction when given and the row existed. Returns whether
+    /// the deleted row was complete, `None` if there was none.
+    pub async fn delete(
+        &self,
+        id: &str,
+        reason: Option<GoneReason>,
+        now: u64,
+        complete_only: bool,
+    ) -> Result<Option<bool>> {
+        let sql = if complete_only {
+            "DELETE FROM blobs WHERE id = ? AND state = 1 RETURNING state"
+        } else {
+            "DELETE FROM blobs WHERE id = ? RETURNING state"
+        };
+        let _writing = self.writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let state: Option<(i64,)> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let (Some(_), Some(reason)) = (state, reason) {
+            sqlx::query("INSERT OR REPLACE INTO tombstones (id, reason, removed) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(reason.code())
+                .bind(signed(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(state.map(|(s,)| s == 1))
+    }
+
+    /// Record that `id` made progress at `now` (restarts its abandonment clock).
+    pub async fn set_progress(&self, id: &str, now: u64) -> Result<()> {
+        let _writing = self.writes.lock().await;
+        sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
+            .bind(signed(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Mark `id` complete (recovery: its `.blob` file is there and whole).
+    pub async fn mark_complete(&self, id: &str) -> Result<()> {
+        let _writing = self.writes.lock().await;
+        sqlx::query("UPDATE blobs SET state = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Mark a group of `(id, sha256)` complete in one statement on the durable connection;
+    /// returns the ids whose rows were there.
+    pub async fn commit_complete(
+        &self,
+        now: u64,
+        group: &[(&str, &str)],
+    ) -> Result<HashSet<String>> {
+        let mut sql =
+            String::from("UPDATE blobs SET state = 1, last_progress = ?1, sha256 = CASE id");
+        for k in 0..group.len() {
+            let (a, b) = (2 + 2 * k, 3 + 2 * k);
+            sql.push_str(&format!(" WHEN ?{a} THEN ?{b}"));
+        }
+        sql.push_str(" END WHERE id IN (");
+        for k in 0..group.len() {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", 2 + 2 * k));
+        }
+        sql.push_str(") RETURNING id");
+        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(signed(now));
+        for (id, sha256) in group {
+            q = q.bind(*id).bind(*sha256);
+        }
+        let _writing = self.writes.lock().await;
+        let rows = q.fetch_all(&self.durable).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Count a download unless `limit` have started; the new count, `None` if not counted.
+    pub async fn count_download(&self, id: &str, limit: u32) -> Result<Option<u32>> {
+        let _writing = self.writes.lock().await;
+        let r: Option<(i64,)> = sqlx::query_as(
+            "UPDATE blobs SET downloads = downloads + 1 WHERE id = ? AND downloads < ?
+             RETURNING downloads",
+        )
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// Count a download of `id` if it is complete, `size` bytes, unexpired at `now` and under
+    /// `limit`; `None` (nothing counted) otherwise.
+    pub async fn count_complete_download(
+        &self,
+        id: &str,
+        size: u64,
+        now: u64,
+        limit: u32,
+    ) -> Result<Option<CountedDownload>> {
+        let _writing = self.writes.lock().await;
+        Ok(sqlx::query_as(
+            "UPDATE blobs SET downloads = downloads + 1
+             WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
+             RETURNING expires, sender, sha256, downloads",
+        )
+        .bind(id)
+        .bind(signed(size))
+        .bind(signed(now))
+        .bind(i64::from(limit))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A batch of blobs expired at `now`, oldest first.
+    pub async fn expired(&self, now: u64) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM blobs WHERE expires <= ? ORDER BY expires LIMIT ?")
+                .bind(signed(now))
+                .bind(SWEEP_BATCH)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// A batch of partial uploads with no progress since `cutoff`, longest idle first.
+    pub async fn idle_partials(&self, cutoff: u64) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM blobs WHERE state = 0 AND last_progress <= ?
+             ORDER BY last_progress LIMIT ?",
+        )
+        .bind(signed(cutoff))
+        .bind(SWEEP_BATCH)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Delete up to `limit` of the oldest tombstones from at or before `upto`; how many went.
+    pub async fn delete_oldest_tombstones(&self, upto: u64, limit: i64) -> Result<u64> {
+        let _writing = self.writes.lock().await;
+        Ok(sqlx::query(
+            "DELETE FROM tombstones WHERE id IN
+                (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
+        )
+        .bind(signed(upto))
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn tombstone_count(&self) -> Result<u64> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tombstones")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(unsigned(count))
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats> {
+        let (n, bytes, complete): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(size), SUM(CASE WHEN state = 1 THEN 1 ELSE 0 END) FROM blobs",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoreStats {
+            blobs: unsigned(n),
+            declared_bytes: unsigned(bytes.unwrap_or(0)),
+            complete_blobs: unsigned(complete.unwrap_or(0)),
+            tombstones: self.tombstone_count().await?,
+        })
+    }
+
+    /// Every row, as recovery reconciles them with the files.
+    pub async fn all_rows(&self) -> Result<Vec<RecoveryRow>> {
+        Ok(sqlx::query_as("SELECT id, size, state FROM blobs")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    #[cfg(test)]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    #[cfg(test)]
+    pub fn durable_pool(&self) -> &SqlitePool {
+        &self.durable
+    }
+}

@@ -1,0 +1,185 @@
+//! In-memory state of the partial uploads that have a writer or readers in this process.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::BlobStore;
+
+/// Recently written chunks kept in memory per live upload that has readers, so readers that
+/// keep up with the writer get the writer's buffers without reading the file (zero-copy).
+/// The last chunk stored is always kept (the writer's caller held it anyway).
+const RECENT_BYTES: usize = 4 << 20;
+/// Bound on [`RECENT_BYTES`] windows of all uploads together: beyond it, windows keep only
+/// their last chunk.
+const RECENT_BYTES_TOTAL: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// A writer is appending.
+    Writing,
+    /// No writer connected; the upload may resume.
+    Idle,
+    /// All bytes stored.
+    Complete,
+    /// Cancelled.
+    Cancelled,
+    /// Expired, abandoned or discarded.
+    Gone,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Progress {
+    pub written: u64,
+    pub phase: Phase,
+}
+
+/// In-memory state of a partial upload that has a writer or readers in this process.
+pub(super) struct LiveUpload {
+    pub tx: watch::Sender<Progress>,
+    pub writer_active: AtomicBool,
+    /// The most recently stored chunks (only kept while readers follow the upload).
+    recent: Mutex<RecentChunks>,
+}
+
+/// A window of the most recently stored bytes of an upload, as the writer's own buffers.
+pub(super) struct RecentChunks {
+    /// Offset of the first byte of `chunks`.
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    /// Bytes held by all windows of the store.
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for RecentChunks {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl RecentChunks {
+    fn end(&self) -> u64 {
+        self.start + self.bytes as u64
+    }
+
+    fn new(total: Arc<AtomicUsize>) -> RecentChunks {
+        RecentChunks {
+            start: 0,
+            chunks: VecDeque::new(),
+            bytes: 0,
+            total,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+    }
+
+    /// Record `bufs`, stored at `offset`; keeps at most [`RECENT_BYTES`], but always the last
+    /// chunk (it is in memory anyway until the writer's caller lets go of it).
+    pub fn push(&mut self, offset: u64, bufs: &[Bytes]) {
+        if self.chunks.is_empty() || self.end() != offset {
+            self.clear();
+            self.start = offset;
+        }
+        for b in bufs.iter().filter(|b| !b.is_empty()) {
+            self.chunks.push_back(b.clone());
+            self.bytes += b.len();
+            self.total.fetch_add(b.len(), Ordering::Relaxed);
+        }
+        while self.chunks.len() > 1
+            && (self.bytes > RECENT_BYTES
+                || self.total.load(Ordering::Relaxed) > RECENT_BYTES_TOTAL)
+        {
+            let Some(b) = self.chunks.pop_front() else {
+                break;
+            };
+            self.bytes -= b.len();
+            self.total.fetch_sub(b.len(), Ordering::Relaxed);
+            self.start += b.len() as u64;
+        }
+    }
+
+    /// Up to `max` bytes at `pos` (not past `end`), without copying, if still held.
+    pub fn get(&self, pos: u64, end: u64, max: usize) -> Option<Bytes> {
+        if pos < self.start || pos >= self.end() || pos >= end {
+            return None;
+        }
+        let mut at = self.start;
+        for c in &self.chunks {
+            let c_end = at + c.len() as u64;
+            if pos < c_end {
+                let from = usize::try_from(pos - at).ok()?;
+                let want = (c_end.min(end) - pos).min(max as u64);
+                let want = usize::try_from(want).ok()?;
+                return Some(c.slice(from..from + want));
+            }
+            at = c_end;
+        }
+        None
+    }
+}
+
+impl LiveUpload {
+    pub fn recent(&self) -> std::sync::MutexGuard<'_, RecentChunks> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The live uploads of a store, by id. A std mutex: held only for map lookups, never across
+/// an await.
+#[derive(Default)]
+pub(super) struct LiveUploads {
+    map: Mutex<HashMap<String, Arc<LiveUpload>>>,
+    /// Bytes held by the recent-chunk windows of all live uploads.
+    recent_total: Arc<AtomicUsize>,
+}
+
+impl LiveUploads {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveUpload>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl BlobStore {
+    pub(super) fn live_get(&self, id: &str) -> Option<Arc<LiveUpload>> {
+        self.inner.live.map().get(id).cloned()
+    }
+
+    pub(super) fn live_get_or_insert(
+        &self,
+        id: &str,
+        written: impl FnOnce() -> u64,
+    ) -> Arc<LiveUpload> {
+        let live = &self.inner.live;
+        live.map()
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(LiveUpload {
+                    tx: watch::channel(Progress {
+                        written: written(),
+                        phase: Phase::Idle,
+                    })
+                    .0,
+                    writer_active: AtomicBool::new(false),
+                    recent: Mutex::new(RecentChunks::new(live.recent_total.clone())),
+                })
+            })
+            .clone()
+    }
+
+    /// End a live entry: readers and writer see `phase`.
+    pub(super) fn live_end(&self, id: &str, phase: Phase) {
+        let live = self.inner.live.map().remove(id);
+        if let Some(live) = live {
+            live.recent().clear();
+            live.tx.send_modify(|p| p.phase = phase);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Readers and downloads: a reader follows the writer of an upload in progress (taking its
+//! recent buffers when it keeps up) and reads complete blobs with positional reads.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::index::unsigned;
+use super::live::{LiveUpload, Phase, Progress};
+use super::{BlobInfo, BlobStore};
+use crate::{disk, valid_id, Result, StoreError};
+
+/// How often a waiting reader re-checks the index (for sweeps done by another process).
+const READER_RECHECK: Duration = Duration::from_secs(5);
+
+impl BlobStore {
+    /// Open a reader for bytes `start..end` (`end` ≤ declared size) of a blob just looked up
+    /// with [`BlobStore::info`]. If the upload is still in progress the reader follows the
+    /// writer; a blob completed or removed since the lookup is handled.
+    pub async fn reader_for(&self, info: &BlobInfo, start: u64, end: u64) -> Result<BlobReader> {
+        let id = info.id.as_str();
+        let end = end.min(info.size);
+        let start = start.min(end);
+        let live = if info.complete {
+            None
+        } else {
+            Some(self.live_get_or_insert(id, || info.committed))
+        };
+        let rx = live.as_ref().map(|l| l.tx.subscribe());
+        let (part, blob) = (self.part_path(id), self.blob_path(id));
+        let complete = info.complete;
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, bool)> {
+            let (f, done) = 'open: {
+                if !complete {
+                    match File::open(&part) {
+                        Ok(f) => break 'open (f, false),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                // Completed meanwhile (renamed) or complete from the start.
+                (File::open(&blob)?, true)
+            };
+            Ok((f, done))
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let (file, is_complete) = match opened {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.missing(id).await),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(BlobReader {
+            store: self.clone(),
+            id: id.to_owned(),
+            file: Arc::new(file),
+            pos: start,
+            end,
+            rx: if is_complete { None } else { rx },
+            live: if is_complete { None } else { live },
+        })
+    }
+
+    /// Count a download; fails with [`StoreError::DownloadLimit`] once `limit` downloads have
+    /// started.
+    pub async fn record_download(&self, id: &str, limit: Option<u32>) -> Result<u32> {
+        let index = &self.inner.index;
+        match index.count_download(id, limit.unwrap_or(u32::MAX)).await? {
+            Some(n) => Ok(n),
+            None if index.blob(id).await?.is_some() => Err(StoreError::DownloadLimit),
+            None => Err(self.missing(id).await),
+        }
+    }
+
+    /// Count a download of a complete, unexpired blob of `size` bytes in one index statement
+    /// and return its info; `None` (nothing counted) if the blob is not like that or the
+    /// download limit is reached; the caller then takes the general path
+    /// ([`BlobStore::info`], [`BlobStore::record_download`]), which says why.
+    pub async fn record_complete_download(
+        &self,
+        id: &str,
+        limit: Option<u32>,
+        size: u64,
+    ) -> Result<Option<BlobInfo>> {
+        if !valid_id(id) {
+            return Err(StoreError::InvalidId);
+        }
+        let limit = limit.unwrap_or(u32::MAX);
+        let counted = self
+            .inner
+            .index
+            .count_complete_download(id, size, self.now(), limit);
+        Ok(counted.await?.map(|row| BlobInfo {
+            id: id.to_owned(),
+            size,
+            committed: size,
+            complete: true,
+            expires: unsigned(row.expires),
+            sender: row.sender,
+            sha256: row.sha256,
+            downloads: u32::try_from(row.downloads).unwrap_or(u32::MAX),
+        }))
+    }
+
+    /// Bytes `start..end` of a complete blob, read at once (open and read in one blocking
+    /// step): for small downloads.
+    pub async fn read_complete(&self, id: &str, start: u64, end: u64) -> Result<Bytes> {
+        if !valid_id(id) {
+            return Err(StoreError::InvalidId);
+        }
+        let blob = self.blob_path(id);
+        let want = usize::try_from(end.saturating_sub(start))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+        let read = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let f = File::open(&blob)?;
+            disk::read_at_most(&f, start, want)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let buf = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.missing(id).await),
+            Err(e) => return Err(e.into()),
+        };
+        if buf.len() != want {
+            // Truncated underneath: never serve a short body as if it were whole.
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than expected",
+            )));
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// Reads a range of a blob, following the writer while the upload is in progress.
+pub struct BlobReader {
+    store: BlobStore,
+    id: String,
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+    rx: Option<watch::Receiver<Progress>>,
+    /// The live upload (while following it): recent chunks are taken from memory.
+    live: Option<Arc<LiveUpload>>,
+}
+
+impl BlobReader {
+    /// The next chunk of at most `max` bytes; `None` at the end of the range. Waits for the
+    /// writer when it is behind; fails if the upload is cancelled, expires or is swept.
+    pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let avail_end = self.wait_available().await?;
+        let max = max.max(1);
+        // Caught up with the writer: take its buffers (no file read, no copy).
+        if let Some(live) = &self.live {
+            if let Some(b) = live.recent().get(self.pos, avail_end, max) {
+                self.pos += b.len() as u64;
+                return Ok(Some(b));
+            }
+        }
+        let want = (avail_end - self.pos).min(max as u64);
+        let file = self.file.clone();
+        let pos = self.pos;
+        // Positional reads: cancelling this future (the read finishes on its own) leaves the
+        // reader usable.
+        let buf = tokio::task::spawn_blocking(move || {
+            disk::read_at_most(&file, pos, usize::try_from(want).unwrap_or(0))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if buf.is_empty() {
+            // The writer said the bytes were there; the file is shorter: truncated underneath.
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than expected",
+            )));
+        }
+        self.pos += buf.len() as u64;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    fn stop_following(&mut self) {
+        self.rx = None;
+        self.live = None;
+    }
+
+    /// Wait until bytes past `pos` are stored; return how far we may read.
+    async fn wait_available(&mut self) -> Result<u64> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(self.end);
+        };
+        loop {
+            let p = *rx.borrow_and_update();
+            match p.phase {
+                Phase::Cancelled => return Err(StoreError::Cancelled),
+                Phase::Gone => return Err(StoreError::Expired),
+                Phase::Complete => {
+                    self.stop_following();
+                    return Ok(self.end);
+                }
+                Phase::Writing | Phase::Idle => {}
+            }
+            if p.written > self.pos {
+                return Ok(p.written.min(self.end));
+            }
+            match tokio::time::timeout(READER_RECHECK, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // Sender dropped after the entry ended; the last value tells why.
+                    let p = *rx.borrow();
+                    return match p.phase {
+                        Phase::Complete => {
+                            self.stop_following();
+                            Ok(self.end)
+                        }
+                        Phase::Cancelled => Err(StoreError::Cancelled),
+                        _ => Err(StoreError::Expired),
+                    };
+                }
+                Err(_) => {
+                    // Nothing for a while: make sure nobody (e.g. a cron sweep in another
+                    // process) removed the blob.
+                    match self.store.info(&self.id).await {
+                        Ok(i) if i.complete => {
+                            self.stop_following();
+                            return Ok(self.end);
+                        }
+                        Ok(_) => {}
+                        Err(StoreError::NotFound) => return Err(StoreError::Expired),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+}

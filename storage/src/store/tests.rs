@@ -1,0 +1,244 @@
+//! Unit tests that look inside the index.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+
+impl BlobStore {
+    /// Create a blob without writing to it (an upload that stopped at once).
+    pub(crate) async fn create(&self, new: NewBlob) -> Result<()> {
+        self.create_writer(new).await.map(drop)
+    }
+}
+
+/// The trigger-kept totals equal the sums over `blobs`.
+async fn assert_totals(store: &BlobStore) {
+    let pool = store.inner.index.pool();
+    let (total, partial): (i64, i64) =
+        sqlx::query_as("SELECT total, partial FROM totals WHERE k = 0")
+            .fetch_one(pool)
+            .await
+            .expect("totals");
+    let (t2, p2): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT SUM(size), SUM(CASE WHEN state = 0 THEN size ELSE 0 END) FROM blobs",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("sums");
+    assert_eq!((total, partial), (t2.unwrap_or(0), p2.unwrap_or(0)));
+    let a: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sender, total FROM sender_totals ORDER BY sender")
+            .fetch_all(pool)
+            .await
+            .expect("sender totals");
+    let b: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sender, SUM(size) FROM blobs GROUP BY sender HAVING SUM(size) > 0 ORDER BY sender",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("sender sums");
+    assert_eq!(a, b);
+}
+
+fn blob(id: &str, size: u64, sender: &str) -> NewBlob {
+    NewBlob {
+        id: id.into(),
+        size,
+        expires: 2_000_000_000,
+        sender: sender.into(),
+        sha256: None,
+    }
+}
+
+#[tokio::test]
+async fn totals_follow_every_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_700_000_000));
+    let config = StoreConfig {
+        min_free_bytes: 0,
+        clock: clock.clone(),
+        ..StoreConfig::default()
+    };
+    let store = BlobStore::open(dir.path(), config.clone())
+        .await
+        .expect("open");
+    assert_totals(&store).await;
+    store.create(blob("a", 3, "x")).await.expect("a");
+    store.create(blob("b", 5, "x")).await.expect("b");
+    store.create(blob("c", 7, "y")).await.expect("c");
+    assert_totals(&store).await;
+    let mut w = store.writer("a").await.expect("writer");
+    w.append(vec![Bytes::from_static(b"abc")])
+        .await
+        .expect("append");
+    w.finish().await.expect("finish");
+    assert_totals(&store).await;
+    assert!(store.cancel("c").await.expect("cancel"));
+    assert_totals(&store).await;
+    // Rebuilt from `blobs` when the tables are missing (an index from before them, and so
+    // from before migrations).
+    for table in ["totals", "_sqlx_migrations"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+            .execute(store.inner.index.pool())
+            .await
+            .expect("drop");
+    }
+    store.close().await;
+    let store = BlobStore::open(dir.path(), config).await.expect("reopen");
+    assert_totals(&store).await;
+    clock.advance(1_000_000_000);
+    store.sweep().await.expect("sweep");
+    assert_totals(&store).await;
+    let (total,): (i64,) = sqlx::query_as("SELECT total FROM totals")
+        .fetch_one(store.inner.index.pool())
+        .await
+        .expect("total");
+    assert_eq!(total, 0);
+}
+
+#[tokio::test]
+async fn tombstones_remember_removals_and_are_swept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t0 = 1_700_000_000;
+    let clock = Arc::new(ManualClock::new(t0));
+    let config = StoreConfig {
+        min_free_bytes: 0,
+        clock: clock.clone(),
+        ..StoreConfig::default()
+    };
+    let store = BlobStore::open(dir.path(), config.clone())
+        .await
+        .expect("open");
+    let gone = |r: Result<BlobInfo>| match r {
+        Err(StoreError::Gone(reason)) => Some(reason),
+        _ => None,
+    };
+    // Cancelled.
+    store.create(blob("c", 3, "x")).await.expect("c");
+    assert!(store.cancel("c").await.expect("cancel"));
+    assert_eq!(gone(store.info("c").await), Some(GoneReason::Cancelled));
+    // Discarded (SHA-256 mismatch).
+    let mut bad = blob("d", 3, "x");
+    bad.sha256 = Some("00".repeat(32));
+    let w = store.create_writer(bad).await.expect("d");
+    assert!(matches!(
+        w.finish_with(vec![Bytes::from_static(b"abc")]).await,
+        Err(StoreError::ShaMismatch { .. })
+    ));
+    assert_eq!(gone(store.info("d").await), Some(GoneReason::Discarded));
+    // Downloaded (one-shot), then expired by a sweep from a second handle (cron).
+    let w = store.create_writer(blob("o", 3, "x")).await.expect("o");
+    w.finish_with(vec![Bytes::from_static(b"abc")])
+        .await
+        .expect("finish");
+    assert!(store.remove_downloaded("o").await.expect("remove"));
+    assert!(!store.remove_downloaded("o").await.expect("again"));
+    assert_eq!(gone(store.info("o").await), Some(GoneReason::Downloaded));
+    assert!(!dir.path().join("blobs/o.blob").exists());
+    let mut e = blob("e", 3, "x");
+    e.expires = t0 + 10;
+    store.create(e).await.expect("e");
+    clock.set(t0 + 10);
+    // Expired but not swept yet: gone already.
+    assert_eq!(gone(store.info("e").await), Some(GoneReason::Expired));
+    let cron = BlobStore::open_without_recovery(dir.path(), config)
+        .await
+        .expect("cron");
+    let rep = cron.sweep().await.expect("sweep");
+    assert_eq!((rep.removed_blobs, rep.tombstones), (1, 4));
+    cron.close().await;
+    assert_eq!(gone(store.info("e").await), Some(GoneReason::Expired));
+    // An id is never reused.
+    for id in ["c", "d", "o", "e"] {
+        assert!(matches!(
+            store.create(blob(id, 3, "x")).await,
+            Err(StoreError::Gone(_))
+        ));
+    }
+    assert!(matches!(
+        store.record_download("c", None).await,
+        Err(StoreError::Gone(GoneReason::Cancelled))
+    ));
+    assert!(matches!(
+        store.cancel("d").await,
+        Err(StoreError::Gone(GoneReason::Discarded))
+    ));
+    assert_eq!(store.stats().await.expect("stats").tombstones, 4);
+    // Retention: kept until TOMBSTONE_RETENTION after the removal, then swept.
+    clock.set(t0 + TOMBSTONE_RETENTION.as_secs() - 1);
+    let rep = store.sweep().await.expect("sweep");
+    assert_eq!((rep.removed_tombstones, rep.tombstones), (0, 4));
+    clock.set(t0 + 10 + TOMBSTONE_RETENTION.as_secs());
+    let rep = store.sweep().await.expect("sweep");
+    assert_eq!((rep.removed_tombstones, rep.tombstones), (4, 0));
+    assert!(matches!(store.info("c").await, Err(StoreError::NotFound)));
+    // The count bound drops the oldest first.
+    for (k, id) in ["k1", "k2", "k3"].into_iter().enumerate() {
+        clock.set(t0 + 1_000_000 + k as u64);
+        store.create(blob(id, 1, "x")).await.expect("create");
+        store.cancel(id).await.expect("cancel");
+    }
+    // Young tombstones are kept even beyond the bound.
+    let mut rep = SweepReport::default();
+    store
+        .sweep_tombstones(0, 2, 0, &mut rep)
+        .await
+        .expect("bound");
+    assert_eq!((rep.removed_tombstones, rep.tombstones), (0, 3));
+    let mut rep = SweepReport::default();
+    let all_old = t0 + 2_000_000;
+    store
+        .sweep_tombstones(0, 2, all_old, &mut rep)
+        .await
+        .expect("bound");
+    assert_eq!((rep.removed_tombstones, rep.tombstones), (1, 2));
+    assert!(matches!(store.info("k1").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.info("k3").await, Err(StoreError::Gone(_))));
+    assert_totals(&store).await;
+}
+
+#[tokio::test]
+async fn an_index_made_before_migrations_opens_with_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The index as the code before migrations left it: its schema (what the first migration
+    // creates) with a complete blob and a tombstone, and no migration bookkeeping.
+    std::fs::create_dir_all(dir.path().join("blobs")).expect("blobs");
+    std::fs::write(dir.path().join("blobs/old.blob"), b"abc").expect("blob file");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("index.sqlite"))
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.expect("legacy");
+    sqlx::raw_sql(include_str!("migrations/0001_initial.sql"))
+        .execute(&pool)
+        .await
+        .expect("legacy schema");
+    sqlx::raw_sql(
+        "INSERT INTO blobs (id, size, expires, sender, state, last_progress, created)
+             VALUES ('old', 3, 2000000000, 'x', 1, 1, 1);
+         INSERT INTO tombstones (id, reason, removed) VALUES ('was', 1, 1);",
+    )
+    .execute(&pool)
+    .await
+    .expect("legacy rows");
+    pool.close().await;
+
+    let config = StoreConfig {
+        min_free_bytes: 0,
+        clock: Arc::new(ManualClock::new(1_700_000_000)),
+        ..StoreConfig::default()
+    };
+    let store = BlobStore::open(dir.path(), config).await.expect("open");
+    let info = store.info("old").await.expect("old blob kept");
+    assert!(info.complete);
+    assert_eq!(store.read_complete("old", 0, 3).await.expect("read"), "abc");
+    assert!(matches!(store.info("was").await, Err(StoreError::Gone(_))));
+    assert_totals(&store).await;
+    let (version,): (i64,) = sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(store.inner.index.pool())
+        .await
+        .expect("migrations recorded");
+    assert_eq!(version, 1);
+    store.close().await;
+}

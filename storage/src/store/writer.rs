@@ -1,0 +1,392 @@
+//! Writers: the one writer of an upload appends to its `.part` file, hashing as it goes, and
+//! completes it (fsync, rename to `.blob`, group commit).
+
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::live::{LiveUpload, Phase};
+use super::{BlobStore, NewBlob};
+use crate::{disk, GoneReason, Result, StoreError};
+
+/// Bytes hashed per step when re-hashing a resumed upload's prefix.
+const REHASH_CHUNK: usize = 1 << 20;
+/// Batches at least this large are hashed and written in parallel (two blocking threads).
+const PARALLEL_HASH_MIN: u64 = 128 << 10;
+/// Start writeback of stored data every this many bytes, so the fsync at completion has
+/// little left to flush (and dirty pages do not pile up).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+impl BlobStore {
+    /// Become the one writer of `id` (a new live entry starts at offset 0); `Busy` if another
+    /// writer is attached. The guard releases the claim when dropped.
+    fn claim_writer(&self, id: &str) -> Result<(Arc<LiveUpload>, WriterGuard)> {
+        let live = self.live_get_or_insert(id, || 0);
+        if live.writer_active.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Busy);
+        }
+        let guard = WriterGuard {
+            store: self.clone(),
+            id: id.to_owned(),
+            live: live.clone(),
+            armed: true,
+        };
+        Ok((live, guard))
+    }
+
+    /// [`BlobStore::create`] and [`BlobStore::writer`] in one step, for a fresh upload: saves
+    /// an index lookup and a file-system round trip.
+    pub async fn create_writer(&self, new: NewBlob) -> Result<BlobWriter> {
+        self.insert(&new).await?;
+        let id = new.id.as_str();
+        let (live, guard) = self.claim_writer(id)?;
+        let part = self.part_path(id);
+        let opened = tokio::task::spawn_blocking(move || {
+            disk::private_file_options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(part)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                drop(guard);
+                self.delete_row(id, None).await.ok();
+                self.live_end(id, Phase::Gone);
+                return Err(e.into());
+            }
+        };
+        live.tx.send_modify(|p| {
+            p.written = 0;
+            p.phase = Phase::Writing;
+        });
+        Ok(BlobWriter {
+            guard,
+            part: Some(PartFile {
+                file,
+                written: 0,
+                writeback_from: 0,
+            }),
+            hasher: Some(Sha256::new()),
+            offset: 0,
+            size: new.size,
+            sha256: new.sha256,
+            // `insert` set the progress time.
+            last_touch: self.now(),
+        })
+    }
+
+    /// Open a writer appending at the current offset (0 for a fresh upload, the stored length
+    /// for a resumed one; the prefix is re-hashed so the final SHA-256 covers the whole file).
+    pub async fn writer(&self, id: &str) -> Result<BlobWriter> {
+        let (info, last_progress) = self.live_row(id).await?;
+        if info.complete {
+            return Err(StoreError::AlreadyComplete);
+        }
+        let part2 = self.part_path(id);
+        // A new entry starts at 0 (a lower bound); the real offset is published below.
+        let (live, guard) = self.claim_writer(id)?;
+        let size = info.size;
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, Sha256, u64)> {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&part2)?;
+            let len = f.metadata()?.len();
+            if len > size {
+                f.set_len(size)?;
+            }
+            let len = len.min(size);
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; REHASH_CHUNK];
+            let mut left = len;
+            while left > 0 {
+                let n = usize::try_from(left.min(REHASH_CHUNK as u64)).unwrap_or(REHASH_CHUNK);
+                f.read_exact(&mut buf[..n])?;
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            // The cursor is now at `len`: appends continue from there.
+            Ok((f, hasher, len))
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let (file, hasher, offset) = match opened {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        live.tx.send_modify(|p| {
+            p.written = offset;
+            p.phase = Phase::Writing;
+        });
+        let now = self.now();
+        if last_progress != now {
+            // Restart the abandonment clock (already current right after `create`).
+            self.inner.index.set_progress(id, now).await?;
+        }
+        Ok(BlobWriter {
+            guard,
+            part: Some(PartFile {
+                file,
+                written: offset,
+                writeback_from: offset,
+            }),
+            hasher: Some(hasher),
+            offset,
+            size,
+            sha256: info.sha256,
+            last_touch: now,
+        })
+    }
+}
+
+/// Marks the live entry writer-free when a writer goes away.
+struct WriterGuard {
+    store: BlobStore,
+    id: String,
+    live: Arc<LiveUpload>,
+    armed: bool,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.live.recent().clear();
+            self.live.writer_active.store(false, Ordering::SeqCst);
+            self.live.tx.send_modify(|p| {
+                if p.phase == Phase::Writing {
+                    p.phase = Phase::Idle;
+                }
+            });
+        }
+    }
+}
+
+/// The open `.part` file of a writer.
+struct PartFile {
+    file: File,
+    /// Bytes in the file.
+    written: u64,
+    /// Start of the range whose writeback has not been started yet.
+    writeback_from: u64,
+}
+
+impl PartFile {
+    /// Append `bufs` (one `writev` where possible) and start writeback when due. Blocking.
+    fn write(&mut self, bufs: &[Bytes]) -> io::Result<()> {
+        write_all_vectored(&mut self.file, bufs)?;
+        self.written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+        if self.written - self.writeback_from >= WRITEBACK_EVERY {
+            disk::start_writeback(&self.file, self.writeback_from, self.written);
+            self.writeback_from = self.written;
+        }
+        Ok(())
+    }
+}
+
+fn hash(mut hasher: Sha256, bufs: &[Bytes]) -> Sha256 {
+    for b in bufs {
+        hasher.update(b);
+    }
+    hasher
+}
+
+fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+/// Appends to one blob. Dropping it without [`BlobWriter::finish`] leaves a resumable partial
+/// upload.
+pub struct BlobWriter {
+    guard: WriterGuard,
+    part: Option<PartFile>,
+    hasher: Option<Sha256>,
+    pub(super) offset: u64,
+    pub(super) size: u64,
+    sha256: Option<String>,
+    last_touch: u64,
+}
+
+fn writer_failed() -> StoreError {
+    io::Error::other("writer failed earlier").into()
+}
+
+impl BlobWriter {
+    /// Bytes stored so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Declared size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match self.guard.live.tx.borrow().phase {
+            Phase::Cancelled => Err(StoreError::Cancelled),
+            Phase::Gone => Err(StoreError::Expired),
+            _ => Ok(()),
+        }
+    }
+
+    /// Append buffers (hashed and written in one blocking step; no fsync). Readers are woken.
+    pub async fn append(&mut self, bufs: Vec<Bytes>) -> Result<()> {
+        self.check_alive()?;
+        let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        if n > self.size - self.offset {
+            return Err(StoreError::TooLarge);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (Some(mut part), Some(hasher)) = (self.part.take(), self.hasher.take()) else {
+            return Err(writer_failed());
+        };
+        let at = part.written;
+        let (part, hasher, bufs) = if n >= PARALLEL_HASH_MIN {
+            // Hashing and writing in parallel: a large batch costs the slower of the two.
+            let shared = bufs.clone();
+            let hashing = tokio::task::spawn_blocking(move || hash(hasher, &shared));
+            let writing = tokio::task::spawn_blocking(move || {
+                let res = part.write(&bufs);
+                (part, bufs, res)
+            });
+            let (hashed, written) = tokio::join!(hashing, writing);
+            let hasher = hashed.map_err(io::Error::other)?;
+            let (part, bufs, res) = written.map_err(io::Error::other)?;
+            res?;
+            (part, hasher, bufs)
+        } else {
+            let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
+                let hasher = hash(hasher, &bufs);
+                let res = part.write(&bufs);
+                (part, hasher, bufs, res)
+            })
+            .await
+            .map_err(io::Error::other)?;
+            res?;
+            (part, hasher, bufs)
+        };
+        // Tell readers: followers that keep up take these very buffers.
+        let live = &self.guard.live;
+        if live.tx.receiver_count() > 0 {
+            live.recent().push(at, &bufs);
+        }
+        let written = part.written;
+        live.tx.send_modify(|p| p.written = written);
+        self.offset = written;
+        self.part = Some(part);
+        self.hasher = Some(hasher);
+        self.touch().await
+    }
+
+    /// Record progress in the index (at most once per clock second).
+    async fn touch(&mut self) -> Result<()> {
+        let now = self.guard.store.now();
+        if now != self.last_touch {
+            self.last_touch = now;
+            let index = &self.guard.store.inner.index;
+            index.set_progress(&self.guard.id, now).await?;
+        }
+        Ok(())
+    }
+    /// Complete the upload: check the size and declared SHA-256 (a mismatch discards the
+    /// blob), fsync, rename to `.blob`, fsync the directory, mark complete. Returns the
+    /// lowercase hex SHA-256.
+    pub async fn finish(self) -> Result<String> {
+        self.finish_with(Vec::new()).await
+    }
+
+    /// Append the last buffers and complete the upload as [`BlobWriter::finish`] does: the
+    /// write, the hash, the SHA-256 check, the fsync and the rename happen in one blocking
+    /// step; the directory fsync and the index update are shared with completions finishing
+    /// at about the same time. Returns only once the completion is durable. If `bufs` do not
+    /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
+    pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
+        self.check_alive()?;
+        let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        if n > self.size - self.offset {
+            return Err(StoreError::TooLarge);
+        }
+        if self.offset + n != self.size {
+            self.append(bufs).await?;
+            return Err(StoreError::Incomplete {
+                received: self.offset,
+                size: self.size,
+            });
+        }
+        let (Some(mut part), Some(hasher)) = (self.part.take(), self.hasher.take()) else {
+            return Err(writer_failed());
+        };
+        let store = self.guard.store.clone();
+        let id = self.guard.id.clone();
+        let (part_path, blob_path) = (store.part_path(&id), store.blob_path(&id));
+        let expected = self.sha256.clone();
+        // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
+        let stored = tokio::task::spawn_blocking(
+            move || -> io::Result<std::result::Result<String, String>> {
+                let hasher = hash(hasher, &bufs);
+                if !bufs.is_empty() {
+                    part.write(&bufs)?;
+                }
+                let actual = hex::encode(hasher.finalize());
+                if expected.as_ref().is_some_and(|e| *e != actual) {
+                    return Ok(Err(actual));
+                }
+                part.file.sync_data()?;
+                drop(part);
+                std::fs::rename(&part_path, &blob_path)?;
+                Ok(Ok(actual))
+            },
+        )
+        .await
+        .map_err(io::Error::other)??;
+        let actual = match stored {
+            Ok(actual) => actual,
+            Err(actual) => {
+                let expected = self.sha256.clone().unwrap_or_default();
+                store.delete_row(&id, Some(GoneReason::Discarded)).await?;
+                store.live_end(&id, Phase::Gone);
+                store.remove_files(&id).await?;
+                return Err(StoreError::ShaMismatch { expected, actual });
+            }
+        };
+        self.offset = self.size;
+        if !store.commit_complete(&id, &actual).await? {
+            // Swept or cancelled meanwhile.
+            store.live_end(&id, Phase::Gone);
+            store.remove_files(&id).await?;
+            return Err(StoreError::Expired);
+        }
+        self.guard.live.tx.send_modify(|p| {
+            p.written = p.written.max(self.offset);
+            p.phase = Phase::Complete;
+        });
+        store.live_end(&id, Phase::Complete);
+        Ok(actual)
+    }
+}
