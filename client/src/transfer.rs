@@ -23,15 +23,13 @@ mod relay_http;
 
 use crate::backoff::Backoff;
 use crate::error::ClientError;
+use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, UPLOAD_OFFSET};
 use msim_shared::tls::rustls::ClientConfig;
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
 
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
-const UPLOAD_OFFSET: &str = "upload-offset";
-const MSIM_SHA256: &str = "msim-sha256";
-const MSIM_COMPLETE: &str = "msim-upload-complete";
 const CHUNK: usize = 64 * 1024;
 /// Error bodies are read up to this many bytes.
 const MAX_ERROR_BODY: usize = 4096;

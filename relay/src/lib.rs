@@ -8,6 +8,7 @@ mod api;
 mod limits;
 mod metrics;
 pub mod range;
+pub mod request;
 mod server;
 pub mod size;
 mod slots;

@@ -24,10 +24,15 @@ pub enum Refusal {
     ShaMismatch,
     DownloadLimit,
     RangeNotSatisfiable,
+    /// The transfer was removed (a tombstone says why), or expired while in use.
     Gone,
+    /// The transfer was cancelled while this request used it.
+    Cancelled,
+    /// Storage failed (I/O or index error): answered `500`.
+    StorageError,
 }
 
-const REFUSALS: [(Refusal, &str); 16] = [
+const REFUSALS: [(Refusal, &str); 18] = [
     (Refusal::MissingToken, "missing_token"),
     (Refusal::BadToken, "bad_token"),
     (Refusal::ExpiredToken, "expired_token"),
@@ -44,6 +49,8 @@ const REFUSALS: [(Refusal, &str); 16] = [
     (Refusal::DownloadLimit, "download_limit"),
     (Refusal::RangeNotSatisfiable, "range_not_satisfiable"),
     (Refusal::Gone, "gone"),
+    (Refusal::Cancelled, "cancelled"),
+    (Refusal::StorageError, "storage_error"),
 ];
 
 /// Relay counters (all relaxed atomics).
@@ -68,30 +75,19 @@ pub struct Metrics {
     refusals: [AtomicU64; REFUSALS.len()],
 }
 
-/// The answer to `GET /metrics`.
-pub async fn answer(state: &crate::api::State) -> http::Response<crate::api::Body> {
-    let stats = state.store.stats().await.ok();
-    let mut r = http::Response::new(crate::api::full(state.metrics.render(stats)));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
-}
-
 /// Decrements a gauge when dropped.
-pub struct GaugeGuard(Arc<crate::api::State>, fn(&Metrics) -> &AtomicU64);
+pub struct GaugeGuard(Arc<Metrics>, fn(&Metrics) -> &AtomicU64);
 
 impl GaugeGuard {
-    pub fn new(state: Arc<crate::api::State>, gauge: fn(&Metrics) -> &AtomicU64) -> Self {
-        gauge(&state.metrics).fetch_add(1, Ordering::Relaxed);
-        GaugeGuard(state, gauge)
+    pub fn new(metrics: Arc<Metrics>, gauge: fn(&Metrics) -> &AtomicU64) -> Self {
+        gauge(&metrics).fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(metrics, gauge)
     }
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        (self.1)(&self.0.metrics).fetch_sub(1, Ordering::Relaxed);
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn serve_with_metrics(
     let state = Arc::new(State {
         config,
         store,
-        metrics: Metrics::default(),
+        metrics: Arc::new(Metrics::default()),
         waiters: Default::default(),
         upload_budget: SharedBudget::new(UPLOAD_BUFFER_TOTAL),
     });
@@ -223,7 +223,7 @@ async fn serve_metrics(listener: TcpListener, state: Arc<State>, mut stop: watch
             let st = st.clone();
             async move {
                 let r = if req.uri().path() == "/metrics" {
-                    crate::metrics::answer(&st).await
+                    crate::api::metrics(&st).await
                 } else {
                     let mut r = hyper::Response::new(crate::api::full("no such resource\n"));
                     *r.status_mut() = hyper::StatusCode::NOT_FOUND;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod packet;
 pub mod percent;
 pub mod proto;
+pub mod relay_http;
 pub mod timestamp;
 pub mod tls;
 pub mod token;

@@ -240,11 +240,6 @@ impl BlobWriter {
         self.offset
     }
 
-    /// Declared size.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     fn check_alive(&self) -> Result<()> {
         match self.guard.live.tx.borrow().phase {
             Phase::Cancelled => Err(StoreError::Cancelled),

@@ -1,0 +1,278 @@
+//! Downloads: `GET`, whole or a byte range, of a complete blob or following an upload in
+//! progress; the last download a token allows removes the transfer.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256};
+use msim_shared::token::Capability;
+use msim_storage::{BlobInfo, StoreError};
+
+use super::remove_when_sent::{remove_downloaded, RemoveWhenSent};
+use super::responses::{full, header_str, hv, store_refusal, text, Answer, Body, Refuse};
+use super::State;
+use crate::metrics::{GaugeGuard, Metrics, Refusal};
+use crate::range::{parse_range, RangeReq};
+
+/// Chunks read ahead of the connection, per download.
+const DOWNLOAD_QUEUE: usize = 1;
+
+/// A download's next body frame from a reader's answer, counted in the metrics; `None` at
+/// the end. The flag is set after an error frame (nothing follows it).
+fn to_frame(
+    st: &State,
+    next: Result<Option<Bytes>, StoreError>,
+) -> (Option<Result<Frame<Bytes>, io::Error>>, bool) {
+    match next {
+        Ok(Some(b)) => {
+            Metrics::add(&st.metrics.bytes_out, b.len() as u64);
+            (Some(Ok(Frame::data(b))), false)
+        }
+        Ok(None) => {
+            Metrics::add(&st.metrics.downloads_completed, 1);
+            (None, true)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "download aborted");
+            (Some(Err(io::Error::other(e.to_string()))), true)
+        }
+    }
+}
+
+/// Wait (bounded) for the upload of `id` to be created on this relay.
+async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<BlobInfo, StoreError> {
+    let deadline = tokio::time::Instant::now() + state.config.wait_for_upload;
+    let waiting = state.waiters.wait(id);
+    loop {
+        let notified = waiting.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match state.store.info(id).await {
+            Err(StoreError::NotFound) => {}
+            other => return other,
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(StoreError::NotFound);
+        }
+    }
+}
+
+pub(super) async fn download(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+    cap: Capability,
+) -> Answer {
+    let id = cap.transfer_id.clone();
+    // A stored blob must have the token's size, so the range can be worked out up front.
+    let range = parse_range(req.headers().get(header::RANGE), cap.size);
+    // The common case, a complete blob: looked up and counted in one index statement.
+    let counted = match range {
+        RangeReq::Unsatisfiable => None,
+        _ => state
+            .store
+            .record_complete_download(&id, cap.max_downloads, cap.size)
+            .await
+            .map_err(store_refusal)?,
+    };
+    let is_counted = counted.is_some();
+    // Downloads counted so far, this one included.
+    let mut count = counted.as_ref().map_or(0, |i| i.downloads);
+    let info = match counted {
+        Some(info) => info,
+        None => {
+            let info = wait_for_blob(state, &id).await.map_err(store_refusal)?;
+            if info.size != cap.size {
+                return Err(Refuse::new(
+                    StatusCode::CONFLICT,
+                    Refusal::Conflict,
+                    "the stored transfer does not match this token",
+                ));
+            }
+            info
+        }
+    };
+    let size = info.size;
+    let (start, end_incl, partial) = match range {
+        RangeReq::Full => (0, size.saturating_sub(1), false),
+        RangeReq::Part(a, b) => (a, b, true),
+        RangeReq::Unsatisfiable => {
+            state.metrics.refuse(Refusal::RangeNotSatisfiable);
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_str(&format!("bytes */{size}")),
+            );
+            return Ok(r);
+        }
+    };
+    let end = if size == 0 { 0 } else { end_incl + 1 };
+    if !is_counted {
+        count = state
+            .store
+            .record_download(&id, cap.max_downloads)
+            .await
+            .map_err(store_refusal)?;
+    }
+    // The last download this token allows, of the whole file: once all of it is sent, the
+    // blob is removed (a partial or failed last download leaves it until its TTL).
+    let last = cap.max_downloads.is_some_and(|max| count >= max) && start == 0 && end == size;
+    let remove = last.then(|| (state.clone(), id.clone()));
+    if size == 0 {
+        if let Some((st, id)) = remove.clone() {
+            let _ = tokio::spawn(remove_downloaded(st, id)).await;
+        }
+    }
+    let chunk = state.config.chunk_size.max(16 << 10);
+    if info.complete && end - start <= chunk as u64 {
+        // Small and stored: read at once, answered in one piece.
+        let data = state
+            .store
+            .read_complete(&id, start, end)
+            .await
+            .map_err(store_refusal)?;
+        if let Some((st, id)) = remove.filter(|_| size > 0) {
+            // In memory: removed before the one piece is sent.
+            let _ = tokio::spawn(remove_downloaded(st, id)).await;
+        }
+        Metrics::add(&state.metrics.bytes_out, data.len() as u64);
+        Metrics::add(&state.metrics.downloads_completed, 1);
+        tracing::debug!(%id, start, end, complete = true, "download");
+        let r = Response::new(full(data));
+        return Ok(download_headers(r, &id, &info, start, end, partial));
+    }
+    let reader = state
+        .store
+        .reader_for(&info, start, end)
+        .await
+        .map_err(store_refusal)?;
+    tracing::debug!(%id, start, end, complete = info.complete, "download");
+
+    let guard = GaugeGuard::new(state.metrics.clone(), |m| &m.downloads_active);
+    let st = state.clone();
+    let body = if info.complete {
+        // A producer task reads ahead (file reads overlap with sending); it stops when the
+        // response body is dropped.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, io::Error>>(DOWNLOAD_QUEUE);
+        let mut reader = reader;
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let next = tokio::select! {
+                    r = reader.next_chunk(chunk) => r,
+                    () = tx.closed() => return,
+                };
+                let (frame, last) = to_frame(&st, next);
+                let Some(frame) = frame else { return };
+                if tx.send(frame).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed_unsync()
+    } else {
+        // Following the upload: chunks are mostly the writer's own buffers, handed over as
+        // they are stored; no task in between. Dropping the body drops the reader.
+        let stream = futures::stream::unfold(
+            (reader, guard, st, false),
+            move |(mut reader, guard, st, done)| async move {
+                if done {
+                    return None;
+                }
+                let next = reader.next_chunk(chunk).await;
+                let (frame, last) = to_frame(&st, next);
+                frame.map(|f| (f, (reader, guard, st, last)))
+            },
+        );
+        StreamBody::new(stream).boxed_unsync()
+    };
+    let body = match remove.filter(|_| size > 0) {
+        Some((st, id)) => RemoveWhenSent::new(body, end - start, st, id).boxed_unsync(),
+        None => body,
+    };
+    Ok(download_headers(
+        Response::new(body),
+        &id,
+        &info,
+        start,
+        end,
+        partial,
+    ))
+}
+
+/// Status and headers of a download answer for bytes `start..end` of the blob `info`.
+fn download_headers(
+    mut r: Response<Body>,
+    id: &str,
+    info: &BlobInfo,
+    start: u64,
+    end: u64,
+    partial: bool,
+) -> Response<Body> {
+    let size = info.size;
+    *r.status_mut() = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, hv(end - start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        header_str(&format!("attachment; filename=\"{id}\"")),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        MSIM_COMPLETE,
+        HeaderValue::from_static(if info.complete { "true" } else { "false" }),
+    );
+    if let Some(sha) = &info.sha256 {
+        h.insert(MSIM_SHA256, header_str(sha));
+    }
+    if partial {
+        let end_incl = end.saturating_sub(1);
+        h.insert(
+            header::CONTENT_RANGE,
+            header_str(&format!("bytes {start}-{end_incl}/{size}")),
+        );
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use crate::range::{parse_range, RangeReq};
+
+    fn p(s: &str, size: u64) -> Option<(u64, u64)> {
+        match parse_range(Some(&HeaderValue::from_str(s).expect("hv")), size) {
+            RangeReq::Part(a, b) => Some((a, b)),
+            RangeReq::Full => None,
+            RangeReq::Unsatisfiable => Some((u64::MAX, u64::MAX)),
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(p("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(p("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(p("bytes=90-1000", 100), Some((90, 99)));
+        assert_eq!(p("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(p("bytes=-1000", 100), Some((0, 99)));
+        assert_eq!(p("bytes=100-", 100), Some((u64::MAX, u64::MAX)));
+        assert_eq!(p("bytes=5-1", 100), None);
+        assert_eq!(p("bytes=0-1,5-6", 100), None);
+        assert_eq!(p("items=0-1", 100), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Remove-when-sent: the last download a token allows removes its transfer once the whole
+//! file is in hand.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::Frame;
+
+use super::responses::Body;
+use super::State;
+use crate::metrics::Metrics;
+
+/// Remove a blob after the last download its token allowed; failures are logged (the data
+/// then stays until its TTL).
+pub(super) async fn remove_downloaded(state: Arc<State>, id: String) {
+    match state.store.remove_downloaded(&id).await {
+        Ok(true) => {
+            Metrics::add(&state.metrics.removed_downloaded, 1);
+            tracing::info!(%id, "download limit reached: transfer removed");
+        }
+        Ok(false) => tracing::info!(%id, "download limit reached; transfer not complete, kept"),
+        Err(e) => tracing::warn!(%id, error = %e, "removing a downloaded transfer failed"),
+    }
+}
+
+/// A removal in progress: a task of its own, so that a client going away (which drops the
+/// response body) cannot stop it between the index update and the file removal.
+type Removal = tokio::task::JoinHandle<()>;
+
+/// A download body that removes its blob once the last bytes of the response are in hand
+/// (read from storage, about to be sent): the last download a token allowed. The last frame
+/// is handed over only after the removal, so a client that received everything finds the
+/// transfer gone. An error before that leaves the blob.
+pub(super) struct RemoveWhenSent {
+    inner: Body,
+    /// Bytes of the response not yet taken from `inner`.
+    left: u64,
+    remove: Option<(Arc<State>, String)>,
+    /// The removal in progress and the frame that waits for it.
+    removing: Option<(Removal, Frame<Bytes>)>,
+}
+
+impl RemoveWhenSent {
+    /// `inner`, a response of `len` bytes, that removes the transfer `id` before handing over
+    /// its last bytes.
+    pub fn new(inner: Body, len: u64, state: Arc<State>, id: String) -> Self {
+        RemoveWhenSent {
+            inner,
+            left: len,
+            remove: Some((state, id)),
+            removing: None,
+        }
+    }
+}
+
+impl hyper::body::Body for RemoveWhenSent {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some((fut, _)) = this.removing.as_mut() {
+                // A failed removal is logged by the task; the frame goes out either way.
+                let _ = ready!(Pin::new(fut).poll(cx));
+                if let Some((_, frame)) = this.removing.take() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+            let next = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            match next {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.left = this.left.saturating_sub(d.len() as u64);
+                        if this.left == 0 {
+                            if let Some((st, id)) = this.remove.take() {
+                                this.removing =
+                                    Some((tokio::spawn(remove_downloaded(st, id)), frame));
+                                continue;
+                            }
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(e)) => {
+                    this.remove = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.removing.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
