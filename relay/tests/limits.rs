@@ -1,5 +1,6 @@
 //! Attacks on the relay's connection slots, reserved capacity, files at rest and metrics,
-//! each run against a real relay over TCP, with a legitimate client shown unaffected.
+//! each run against a real relay over TCP, with a legitimate client shown unaffected; and the
+//! refusal labels of the metrics.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use msim_relay::MetricsAccess;
 use msim_shared::token::{Direction, Keyring};
 use msim_storage::{Clock, ManualClock, SystemClock};
-use support::{closed_within, connect_from, exchange, utf8, Relay, WAIT};
+use support::{closed_within, connect_from, exchange, parse_response, utf8, Relay, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -444,4 +445,115 @@ async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
     child.kill().await.unwrap();
+}
+
+// The refusal counter says what happened: a storage failure is not a bad request, a transfer
+// cancelled under a request is not a missing one.
+
+/// The metrics text (from the metrics listener).
+async fn metrics_text(relay: &Relay) -> String {
+    let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    utf8(
+        &exchange(relay.metrics_addr.expect("metrics"), head, b"")
+            .await
+            .1,
+    )
+}
+
+fn refusals(reason: &str, n: u64) -> String {
+    format!("msim_relay_refusals_total{{reason=\"{reason}\"}} {n}\n")
+}
+
+#[tokio::test]
+async fn a_storage_failure_is_counted_as_storage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |_| {}).await;
+    let data = vec![7u8; 1000];
+    relay.upload_and_download("t1", &data).await;
+    // The data file loses its tail behind the relay's back: reading it fails.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("blobs/t1.blob"))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let down = relay.token("t1", Direction::Download, 1000);
+    let (status, body) = relay
+        .request("GET", "/v1/transfers/t1", Some(&down), b"")
+        .await;
+    assert_eq!(status, 500, "{}", utf8(&body));
+    relay.wait_for_metric(&refusals("storage_error", 1)).await;
+    let text = metrics_text(&relay).await;
+    assert!(text.contains(&refusals("bad_request", 0)), "{text}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_cancelled_midway_is_counted_as_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |_| {}).await;
+    let size: usize = 1 << 20;
+    let up = relay.token("c1", Direction::Upload, size as u64);
+    // A streamed upload (large enough for the pipelined path) sends its first part...
+    let mut upload = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/transfers/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {up}\r\n\
+         Content-Length: {size}\r\nConnection: close\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(&vec![1u8; 300 << 10]).await.unwrap();
+    // ...which the relay stores...
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if head_offset(&relay, "c1", &up)
+            .await
+            .is_some_and(|offset| offset > 0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first part was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...then the transfer is cancelled under it.
+    let (status, body) = relay
+        .request("DELETE", "/v1/transfers/c1", Some(&up), b"")
+        .await;
+    assert_eq!(status, 204, "{}", utf8(&body));
+    // The rest may not be read any more: a write error is fine, the answer is what counts.
+    let _ = upload.write_all(&vec![1u8; size - (300 << 10)]).await;
+    let mut out = Vec::new();
+    let _ = timeout(WAIT, upload.read_to_end(&mut out))
+        .await
+        .expect("answer");
+    let (status, body) = parse_response(&out);
+    assert_eq!(status, 410, "{}", utf8(&body));
+    relay.wait_for_metric(&refusals("cancelled", 1)).await;
+    let text = metrics_text(&relay).await;
+    assert!(text.contains(&refusals("not_found", 0)), "{text}");
+    relay.stop().await;
+}
+
+/// The `Upload-Offset` a `HEAD` of `id` reports, if it answers `200`.
+async fn head_offset(relay: &Relay, id: &str, token: &str) -> Option<u64> {
+    let head = format!(
+        "HEAD /v1/transfers/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("HEAD answer")
+        .unwrap();
+    let text = utf8(&out);
+    let status = parse_response(&out).0;
+    text.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("upload-offset:")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|_| status == 200)
 }
