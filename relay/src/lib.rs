@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use msim_shared::clock::{Clock, SystemClock};
 use msim_shared::tls::rustls::ServerConfig;
 use msim_shared::token::Keyring;
-use msim_storage::{BlobStore, Clock, StoreConfig, SweepReport, SystemClock};
+use msim_storage::{BlobStore, StoreConfig, SweepReport};
 
 pub use server::{serve, serve_with_metrics};
 

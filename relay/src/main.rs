@@ -344,7 +344,7 @@ async fn sweep(s: Settings) -> Result<()> {
     let report = msim_relay::sweep_dir(
         &s.data_dir,
         s.abandon_after,
-        Arc::new(msim_storage::SystemClock),
+        Arc::new(msim_shared::clock::SystemClock),
     )
     .await
     .with_context(|| format!("sweeping {}", s.data_dir.display()))?;

@@ -3,6 +3,7 @@
 //! every packet family, and the relay's capability tokens.
 
 pub mod address;
+pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod packet;

@@ -23,16 +23,15 @@ mod error;
 mod store;
 
 pub use error::{GoneReason, StoreError};
+/// The clock the store reads (it lives in msim-shared: token checks use it too).
+pub use msim_shared::clock::{Clock, ManualClock, SystemClock};
+/// `true` when `id` is a valid blob id (`[A-Za-z0-9-]{1,64}`, a transfer id), so it is safe
+/// in a file name.
+pub use msim_shared::token::valid_transfer_id as valid_id;
 pub use store::{
-    BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, Clock, ManualClock, NewBlob,
-    SharedBudget, StoreConfig, StoreStats, SweepReport, SystemClock, TOMBSTONE_MAX,
-    TOMBSTONE_RETENTION,
+    BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, NewBlob, SharedBudget, StoreConfig,
+    StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_RETENTION,
 };
 
 /// Result alias for this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// `true` when `id` is a valid blob id (`[A-Za-z0-9-]{1,64}`), so it is safe in a file name.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}

@@ -1,8 +1,9 @@
-//! Clock, limits and the public data types of a store.
+//! Limits and the public data types of a store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use msim_shared::clock::{Clock, SystemClock};
 
 /// How long a removed transfer's tombstone is kept: a request for it within this time is
 /// answered "gone" (with the reason) at once. Seven days: longer than any token lifetime
@@ -15,50 +16,6 @@ pub const TOMBSTONE_MAX: u64 = 200_000;
 /// valid for their transfer (msim-chat's tokens live 24 h), and without its tombstone the id
 /// could be uploaded again — a second upload that a one-shot download token would accept.
 pub const TOMBSTONE_MIN_AGE: Duration = Duration::from_secs(2 * 24 * 3600);
-
-/// Source of "now" in unix seconds (injectable for tests).
-pub trait Clock: Send + Sync + 'static {
-    /// Current unix time in seconds.
-    fn now(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
-
-/// A clock set by hand (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock reading `now`.
-    pub fn new(now: u64) -> Self {
-        ManualClock(AtomicU64::new(now))
-    }
-    /// Set the time.
-    pub fn set(&self, now: u64) {
-        self.0.store(now, Ordering::SeqCst);
-    }
-    /// Move the time forward.
-    pub fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// Limits and policies of a store.
 #[derive(Clone)]

@@ -37,7 +37,8 @@ impl BlobStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BlobStore, ManualClock, NewBlob, StoreConfig};
+    use super::super::{BlobStore, NewBlob, StoreConfig};
+    use crate::ManualClock;
     use crate::StoreError;
     use std::sync::Arc;
     use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The blob store: a handle over the index, the files of `blobs/` and the live uploads.
 //!
-//! One concern per module: [`config`] (clock, limits, public data types), [`index`] (all SQL),
+//! One concern per module: [`config`] (limits, public data types), [`index`] (all SQL),
 //! [`live`] (state of uploads in progress), [`writer`] and [`sink`] (storing), [`reader`]
 //! (reading and counting downloads), [`commit`] (the group commit of completions), [`sweep`]
 //! and [`lapse`] (removals and tombstones), [`recovery`] (after a crash). The libc calls are in
@@ -27,8 +27,8 @@ mod tests;
 mod writer;
 
 pub use config::{
-    BlobInfo, Clock, ManualClock, NewBlob, StoreConfig, StoreStats, SweepReport, SystemClock,
-    TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
+    BlobInfo, NewBlob, StoreConfig, StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE,
+    TOMBSTONE_RETENTION,
 };
 pub use reader::BlobReader;
 pub use sink::{BlobSink, SharedBudget};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
+use crate::ManualClock;
 
 impl BlobStore {
     /// Create a blob without writing to it (an upload that stopped at once).
