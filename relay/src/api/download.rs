@@ -9,12 +9,13 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256};
 use msim_shared::token::Capability;
 use msim_storage::{BlobInfo, StoreError};
 
 use super::remove_when_sent::{remove_downloaded, RemoveWhenSent};
-use super::responses::{full, header_str, hv, store_refusal, text, Answer, Body, Refuse};
+use super::responses::{
+    blob_headers, full, header_str, hv, store_refusal, text, Answer, Body, Refuse,
+};
 use super::State;
 use crate::metrics::{GaugeGuard, Metrics, Refusal};
 use crate::range::{parse_range, RangeReq};
@@ -222,7 +223,7 @@ fn download_headers(
     };
     let h = r.headers_mut();
     h.insert(header::CONTENT_LENGTH, hv(end - start));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    blob_headers(h, info);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -231,14 +232,6 @@ fn download_headers(
         header::CONTENT_DISPOSITION,
         header_str(&format!("attachment; filename=\"{id}\"")),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        MSIM_COMPLETE,
-        HeaderValue::from_static(if info.complete { "true" } else { "false" }),
-    );
-    if let Some(sha) = &info.sha256 {
-        h.insert(MSIM_SHA256, header_str(sha));
-    }
     if partial {
         let end_incl = end.saturating_sub(1);
         h.insert(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, UPLOAD_LENGTH, UPLOAD_OFFSET};
+use msim_shared::relay_http::{UPLOAD_LENGTH, UPLOAD_OFFSET};
 use msim_shared::token::{Capability, Direction};
 use msim_storage::{BlobStore, SharedBudget};
 
@@ -23,7 +23,7 @@ mod remove_when_sent;
 mod responses;
 mod upload;
 
-use responses::{empty, header_str, hv, store_refusal, text, Answer, Refuse};
+use responses::{blob_headers, empty, hv, store_refusal, text, Answer, Refuse};
 pub(crate) use responses::{full, metrics, Body};
 
 /// Most bytes queued between receiving and storing for all uploads together: with many
@@ -156,14 +156,6 @@ async fn head(state: &Arc<State>, cap: Capability) -> Answer {
     h.insert(UPLOAD_OFFSET, hv(info.committed));
     h.insert(UPLOAD_LENGTH, hv(info.size));
     h.insert(header::CONTENT_LENGTH, hv(info.size));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        MSIM_COMPLETE,
-        HeaderValue::from_static(if info.complete { "true" } else { "false" }),
-    );
-    if let Some(sha) = &info.sha256 {
-        h.insert(MSIM_SHA256, header_str(sha));
-    }
+    blob_headers(h, &info);
     Ok(r)
 }

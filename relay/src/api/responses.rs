@@ -4,11 +4,12 @@
 use std::io;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use msim_storage::StoreError;
+use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256};
+use msim_storage::{BlobInfo, StoreError};
 
 use super::State;
 use crate::metrics::Refusal;
@@ -55,6 +56,20 @@ pub(super) fn hv(n: u64) -> HeaderValue {
 
 pub(super) fn header_str(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The headers a `HEAD` and a `GET` both describe a blob with: ranges accepted, not cached,
+/// complete or not, and its SHA-256 when known.
+pub(super) fn blob_headers(h: &mut HeaderMap, info: &BlobInfo) {
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        MSIM_COMPLETE,
+        HeaderValue::from_static(if info.complete { "true" } else { "false" }),
+    );
+    if let Some(sha) = &info.sha256 {
+        h.insert(MSIM_SHA256, header_str(sha));
+    }
 }
 
 /// The answer to a storage error.

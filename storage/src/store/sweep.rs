@@ -12,23 +12,21 @@ impl BlobStore {
     pub async fn sweep(&self) -> Result<SweepReport> {
         let now = self.now();
         let mut report = SweepReport::default();
-        loop {
-            let ids = self.inner.index.expired(now).await?;
-            if ids.is_empty() {
-                break;
-            }
-            for id in ids {
-                self.sweep_one(&id, &mut report).await?;
-            }
-        }
-        let cutoff = now.saturating_sub(self.inner.config.abandon_after.as_secs());
-        loop {
-            let ids = self.inner.index.idle_partials(cutoff).await?;
-            if ids.is_empty() {
-                break;
-            }
-            for id in ids {
-                self.sweep_one(&id, &mut report).await?;
+        let abandoned = now.saturating_sub(self.inner.config.abandon_after.as_secs());
+        for expired in [true, false] {
+            loop {
+                let index = &self.inner.index;
+                let ids = if expired {
+                    index.expired(now).await?
+                } else {
+                    index.idle_partials(abandoned).await?
+                };
+                if ids.is_empty() {
+                    break;
+                }
+                for id in ids {
+                    self.sweep_one(&id, &mut report).await?;
+                }
             }
         }
         let retention = TOMBSTONE_RETENTION.as_secs();

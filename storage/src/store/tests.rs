@@ -1,6 +1,7 @@
-//! Unit tests that look inside the index.
+//! Unit tests that look inside the index and the live uploads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -53,15 +54,20 @@ fn blob(id: &str, size: u64, sender: &str) -> NewBlob {
     }
 }
 
+/// Default limits without the free-disk watermark (test machines' disks vary), on `clock`.
+fn config(clock: &Arc<ManualClock>) -> StoreConfig {
+    StoreConfig {
+        min_free_bytes: 0,
+        clock: clock.clone(),
+        ..StoreConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn totals_follow_every_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(1_700_000_000));
-    let config = StoreConfig {
-        min_free_bytes: 0,
-        clock: clock.clone(),
-        ..StoreConfig::default()
-    };
+    let config = config(&clock);
     let store = BlobStore::open(dir.path(), config.clone())
         .await
         .expect("open");
@@ -104,11 +110,7 @@ async fn tombstones_remember_removals_and_are_swept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t0 = 1_700_000_000;
     let clock = Arc::new(ManualClock::new(t0));
-    let config = StoreConfig {
-        min_free_bytes: 0,
-        clock: clock.clone(),
-        ..StoreConfig::default()
-    };
+    let config = config(&clock);
     let store = BlobStore::open(dir.path(), config.clone())
         .await
         .expect("open");
@@ -225,11 +227,7 @@ async fn an_index_made_before_migrations_opens_with_its_data() {
     .expect("legacy rows");
     pool.close().await;
 
-    let config = StoreConfig {
-        min_free_bytes: 0,
-        clock: Arc::new(ManualClock::new(1_700_000_000)),
-        ..StoreConfig::default()
-    };
+    let config = config(&Arc::new(ManualClock::new(1_700_000_000)));
     let store = BlobStore::open(dir.path(), config).await.expect("open");
     let info = store.info("old").await.expect("old blob kept");
     assert!(info.complete);
@@ -241,5 +239,65 @@ async fn an_index_made_before_migrations_opens_with_its_data() {
         .await
         .expect("migrations recorded");
     assert_eq!(version, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn completions_commit_with_synchronous_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path(), StoreConfig::default())
+        .await
+        .expect("open");
+    // 2 = FULL: the WAL is fsync'd by the commit that marks an upload complete.
+    let (full,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+        .fetch_one(store.inner.index.durable_pool())
+        .await
+        .expect("pragma");
+    assert_eq!(full, 2, "completion commits use synchronous=FULL");
+    let (normal,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+        .fetch_one(store.inner.index.pool())
+        .await
+        .expect("pragma");
+    assert_eq!(normal, 1, "other writes stay NORMAL");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn idle_reservation_lapses_only_when_room_is_needed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let config = StoreConfig {
+        capacity_bytes: 1000,
+        reservation_idle: Duration::from_secs(120),
+        ..config(&clock)
+    };
+    let store = BlobStore::open(dir.path(), config).await.expect("open");
+    let mut w = store
+        .create_writer(blob("idle", 900, "mallory"))
+        .await
+        .expect("create");
+    w.append(vec![Bytes::from_static(b"x")])
+        .await
+        .expect("append");
+    drop(w);
+    // Attached writer or recent progress: the reservation holds.
+    clock.advance(119);
+    assert!(matches!(
+        store.create(blob("real", 500, "alice")).await,
+        Err(StoreError::CapacityExceeded)
+    ));
+    let held = store.writer("idle").await.expect("resumable");
+    clock.advance(200);
+    assert!(matches!(
+        store.create(blob("real", 500, "alice")).await,
+        Err(StoreError::CapacityExceeded)
+    ));
+    drop(held);
+    // Idle for longer than reservation_idle and no writer: it gives way.
+    store
+        .create(blob("real", 500, "alice"))
+        .await
+        .expect("admitted");
+    assert!(matches!(store.info("idle").await, Err(StoreError::Gone(_))));
     store.close().await;
 }
