@@ -30,7 +30,7 @@ pub use msim_shared::clock::{Clock, ManualClock, SystemClock};
 pub use msim_shared::token::valid_transfer_id as valid_id;
 pub use store::{
     BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, NewBlob, SharedBudget, StoreConfig,
-    StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_RETENTION,
+    StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
 };
 
 /// Result alias for this crate.

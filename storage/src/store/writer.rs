@@ -33,13 +33,13 @@ impl BlobStore {
             store: self.clone(),
             id: id.to_owned(),
             live: live.clone(),
-            armed: true,
         };
         Ok((live, guard))
     }
 
-    /// [`BlobStore::create`] and [`BlobStore::writer`] in one step, for a fresh upload: saves
-    /// an index lookup and a file-system round trip.
+    /// Create a blob for a fresh upload after the admission checks (capacity, free-disk
+    /// watermark, sender quota, in that order) and open its writer at offset 0, in one index
+    /// statement and one file-system step.
     pub async fn create_writer(&self, new: NewBlob) -> Result<BlobWriter> {
         self.insert(&new).await?;
         let id = new.id.as_str();
@@ -155,20 +155,17 @@ struct WriterGuard {
     store: BlobStore,
     id: String,
     live: Arc<LiveUpload>,
-    armed: bool,
 }
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        if self.armed {
-            self.live.recent().clear();
-            self.live.writer_active.store(false, Ordering::SeqCst);
-            self.live.tx.send_modify(|p| {
-                if p.phase == Phase::Writing {
-                    p.phase = Phase::Idle;
-                }
-            });
-        }
+        self.live.recent().clear();
+        self.live.writer_active.store(false, Ordering::SeqCst);
+        self.live.tx.send_modify(|p| {
+            if p.phase == Phase::Writing {
+                p.phase = Phase::Idle;
+            }
+        });
     }
 }
 
