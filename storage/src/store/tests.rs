@@ -301,3 +301,21 @@ async fn idle_reservation_lapses_only_when_room_is_needed() {
     assert!(matches!(store.info("idle").await, Err(StoreError::Gone(_))));
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_relay_and_a_sweep_opening_a_new_index_at_once_both_succeed() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_700_000_000));
+        let (serving, sweeping) = tokio::join!(
+            BlobStore::open(dir.path(), config(&clock)),
+            BlobStore::open_without_recovery(dir.path(), config(&clock)),
+        );
+        let (serving, sweeping) = (serving.expect("relay"), sweeping.expect("sweep"));
+        sweeping.sweep().await.expect("sweep");
+        serving.create(blob("a", 1, "x")).await.expect("create");
+        assert_totals(&serving).await;
+        sweeping.close().await;
+        serving.close().await;
+    }
+}
