@@ -284,16 +284,14 @@ async fn offline_delivery_in_order_and_stored_receipts() {
 
 #[tokio::test]
 async fn typing_forwarded_and_ended() {
-    let srv = TestServer::start_with(|c| c.typing_timeout = Duration::from_millis(200)).await;
+    // A timeout far beyond the test's run: every TYPING-END below is the one the step causes,
+    // however slowly the machine runs.
+    let srv = TestServer::start_with(|c| c.typing_timeout = Duration::from_secs(600)).await;
     let mut a = srv.user("alice").await;
     let mut b = srv.user("bob").await;
     a.send("TYPING-STARTED to=bob").await;
     assert_eq!(b.line().await, "TYPING-STARTED from=alice@localhost");
     a.send("TYPING-END to=bob").await;
-    assert_eq!(b.line().await, "TYPING-END from=alice@localhost");
-    // Silence past the timeout: the server ends it.
-    a.send("TYPING-STARTED to=bob").await;
-    assert_eq!(b.line().await, "TYPING-STARTED from=alice@localhost");
     assert_eq!(b.line().await, "TYPING-END from=alice@localhost");
     // Disconnect ends it.
     let mut a2 = srv.session("alice").await;
@@ -301,7 +299,25 @@ async fn typing_forwarded_and_ended() {
     assert_eq!(b.line().await, "TYPING-STARTED from=alice@localhost");
     drop(a2);
     assert_eq!(b.line().await, "TYPING-END from=alice@localhost");
+    b.send("PING ref=b").await;
+    assert_eq!(b.line().await, "PONG ref=b");
     a.sync().await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn typing_ended_by_the_server_after_silence() {
+    let srv = TestServer::start_with(|c| c.typing_timeout = Duration::from_millis(200)).await;
+    let mut a = srv.user("alice").await;
+    let mut b = srv.user("bob").await;
+    let started = std::time::Instant::now();
+    a.send("TYPING-STARTED to=bob").await;
+    assert_eq!(b.line().await, "TYPING-STARTED from=alice@localhost");
+    // Alice stays silent: the server ends it, not before the timeout.
+    assert_eq!(b.line().await, "TYPING-END from=alice@localhost");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    b.send("PING ref=b").await;
+    assert_eq!(b.line().await, "PONG ref=b");
     srv.stop().await;
 }
 

@@ -487,13 +487,6 @@ fn password_stdin_logs_in_and_a_wrong_one_exits_3() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("standard input"), "{err}");
-    // Nothing was sent.
-    let out = run_expect(
-        srv.as_user("alice")
-            .args(["listen", "--json", "--count", "0"]),
-        0,
-    );
-    assert!(stdout_json(&out).is_empty());
     // `send` with the text as an argument is fine.
     run_with_stdin(
         srv.msim().args([
@@ -507,6 +500,18 @@ fn password_stdin_logs_in_and_a_wrong_one_exits_3() {
         format!("{pw}\n").as_bytes(),
         0,
     );
+    // The refused `send … -` sent nothing: the oldest (and only) pending message is the note.
+    let out = run_expect(
+        srv.as_user("alice")
+            .args(["listen", "--json", "--count", "1", "--no-ack"]),
+        0,
+    );
+    let msgs: Vec<_> = stdout_json(&out)
+        .into_iter()
+        .filter(|v| v["type"] == "message")
+        .collect();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["text"], "note to self");
 }
 
 #[test]
