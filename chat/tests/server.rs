@@ -408,7 +408,8 @@ async fn contacts_and_presence() {
         a1.send(&format!("CONTACTS-CHANGE {args}")).await;
         assert_eq!(a1.line().await, want);
     }
-    // Profile change: the defaulted name and the note reach alice's sessions.
+    // Profile change: the new note reaches alice's sessions. (Which watchers get a new name,
+    // §9.1, is tested in contacts_typing_limits.rs.)
     b.send("PROFILE-UPDATE note=free").await;
     assert_eq!(b.line().await, "PROFILE-UPDATE-OK");
     for c in [&mut a1, &mut a2] {
