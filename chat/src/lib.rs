@@ -19,12 +19,14 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod device;
+pub mod embedded_relay;
 pub mod hub;
 pub mod rate;
 pub mod relays;
 pub mod secret_key;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod throttle;
 
 pub use clock::Clock;

@@ -10,6 +10,8 @@ pub mod packet;
 pub mod percent;
 pub mod proto;
 pub mod relay_http;
+#[cfg(feature = "settings")]
+pub mod settings;
 pub mod timestamp;
 pub mod tls;
 pub mod token;
