@@ -6,17 +6,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use msim_relay::size::parse_size;
+use msim_relay::size::ByteSize;
 use msim_relay::{RelayConfig, DEFAULT_LISTEN};
+use msim_shared::settings::HumanDuration;
 use msim_shared::token::{generate_secret_text, Keyring};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// mSIM file relay: authenticated HTTP/1.1 uploads, streaming downloads, temporary storage
 /// with a TTL.
 ///
 /// Sizes accept plain bytes or units (100MiB, 1.5GB, 512k); durations are humantime
-/// (90s, 5m, 24h, 7days). Options can also come from a TOML file (--config) with the same
-/// names as keys (e.g. `max-file-size = "100MiB"`); command-line flags win. With --tls-cert
+/// (90s, 5m, 24h, 7days). Every option is also an environment variable (MSIM_RELAY_*, e.g.
+/// MSIM_RELAY_MAX_FILE_SIZE) and a key of the TOML file given with --config (the long name,
+/// e.g. `max-file-size = "100MiB"`); flag > environment > file. With --tls-cert
 /// and --tls-key it serves HTTPS (the files are read at start; a new certificate needs a
 /// restart). The token secret
 /// is read from --secret-file or the MSIM_RELAY_SECRET environment variable and is never
@@ -24,6 +26,9 @@ use serde::Deserialize;
 #[derive(Parser, Debug)]
 #[command(name = "msim-relay", version, about, long_about)]
 struct Cli {
+    /// TOML configuration file with the same keys as the long options.
+    #[arg(long, global = true, value_name = "FILE", env = "MSIM_RELAY_CONFIG")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     opts: Opts,
     #[command(subcommand)]
@@ -39,18 +44,21 @@ enum Cmd {
     Sweep,
     /// Print a fresh random secret in the secret-file format (save it with umask 077).
     GenSecret,
+    /// Print the options given by flags, environment and --config file, merged, as TOML
+    /// (options not shown take their defaults), and exit.
+    PrintConfig,
 }
 
-#[derive(clap::Args, Debug, Default)]
+/// Every relay option: a flag, an `MSIM_RELAY_*` environment variable and a key of the TOML
+/// file (kebab-case, as the long flag). `None` = not set at this layer.
+#[derive(clap::Args, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 struct Opts {
-    /// TOML configuration file with the same keys as the long options.
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:3215].
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR", env = "MSIM_RELAY_LISTEN")]
     listen: Option<String>,
     /// Storage directory [default: ./relay-data].
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", env = "MSIM_RELAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// File with the token secret (`kid:secret` per line, the first signs). Without it the
     /// MSIM_RELAY_SECRET environment variable holds the secret text.
@@ -62,51 +70,97 @@ struct Opts {
     )]
     secret_file: Option<PathBuf>,
     /// How long an upload is kept [default: 24h].
-    #[arg(long, global = true, value_name = "DURATION")]
-    ttl: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION", env = "MSIM_RELAY_TTL")]
+    ttl: Option<HumanDuration>,
     /// Largest accepted file [default: 100MiB].
-    #[arg(long, global = true, value_name = "SIZE")]
-    max_file_size: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "SIZE",
+        env = "MSIM_RELAY_MAX_FILE_SIZE"
+    )]
+    max_file_size: Option<ByteSize>,
     /// Total bytes stored at once [default: 10GiB].
-    #[arg(long, global = true, value_name = "SIZE")]
-    capacity: Option<String>,
+    #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_CAPACITY")]
+    capacity: Option<ByteSize>,
     /// Free-disk watermark: refuse uploads that would leave less [default: 1GiB].
-    #[arg(long, global = true, value_name = "SIZE")]
-    min_free: Option<String>,
+    #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_MIN_FREE")]
+    min_free: Option<ByteSize>,
     /// Bytes one sender may store at once [default: 1GiB].
-    #[arg(long, global = true, value_name = "SIZE")]
-    quota: Option<String>,
+    #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_QUOTA")]
+    quota: Option<ByteSize>,
     /// Interval of the built-in sweeper [default: 5m].
-    #[arg(long, global = true, value_name = "DURATION")]
-    sweep_interval: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "MSIM_RELAY_SWEEP_INTERVAL"
+    )]
+    sweep_interval: Option<HumanDuration>,
     /// Sweep partial uploads with no progress for this long [default: 1h].
-    #[arg(long, global = true, value_name = "DURATION")]
-    abandon_after: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "MSIM_RELAY_ABANDON_AFTER"
+    )]
+    abandon_after: Option<HumanDuration>,
     /// Maximum simultaneous connections [default: 1024].
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        env = "MSIM_RELAY_MAX_CONNECTIONS"
+    )]
     max_connections: Option<usize>,
     /// Maximum simultaneous connections from one client address; more are closed at once
     /// (0: no limit) [default: 64].
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        env = "MSIM_RELAY_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
     max_connections_per_address: Option<usize>,
     /// Longest wait for a request head, on a new connection and on an idle keep-alive
     /// connection [default: 10s].
-    #[arg(long, global = true, value_name = "DURATION")]
-    header_timeout: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "MSIM_RELAY_HEADER_TIMEOUT"
+    )]
+    header_timeout: Option<HumanDuration>,
     /// Cut an upload whose client sends nothing, or a download whose client reads nothing,
     /// for this long; the upload stays resumable [default: 60s].
-    #[arg(long, global = true, value_name = "DURATION")]
-    body_idle_timeout: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "MSIM_RELAY_BODY_IDLE_TIMEOUT"
+    )]
+    body_idle_timeout: Option<HumanDuration>,
     /// A partial upload without progress (and no connection) for this long gives its
     /// reserved room to a new upload that would otherwise be refused [default: 2m].
-    #[arg(long, global = true, value_name = "DURATION")]
-    reservation_idle: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "MSIM_RELAY_RESERVATION_IDLE"
+    )]
+    reservation_idle: Option<HumanDuration>,
     /// Serve GET /metrics on this separate address (keep it internal). Without it, and
     /// without --metrics-on-main-port, metrics are not served.
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        env = "MSIM_RELAY_METRICS_LISTEN"
+    )]
     metrics_listen: Option<String>,
     /// Also serve GET /metrics on the transfer port, to anyone who can reach it.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "MSIM_RELAY_METRICS_ON_MAIN_PORT")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     metrics_on_main_port: bool,
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
     #[arg(long, global = true, value_name = "FILE", env = "MSIM_RELAY_TLS_CERT")]
@@ -116,48 +170,7 @@ struct Opts {
     tls_key: Option<PathBuf>,
 }
 
-/// A size in the config file: an integer or a string with a unit.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum SizeValue {
-    Int(u64),
-    Text(String),
-}
-
-impl SizeValue {
-    fn text(&self) -> String {
-        match self {
-            SizeValue::Int(n) => n.to_string(),
-            SizeValue::Text(s) => s.clone(),
-        }
-    }
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    secret_file: Option<PathBuf>,
-    ttl: Option<String>,
-    max_file_size: Option<SizeValue>,
-    capacity: Option<SizeValue>,
-    min_free: Option<SizeValue>,
-    quota: Option<SizeValue>,
-    sweep_interval: Option<String>,
-    abandon_after: Option<String>,
-    max_connections: Option<usize>,
-    max_connections_per_address: Option<usize>,
-    header_timeout: Option<String>,
-    body_idle_timeout: Option<String>,
-    reservation_idle: Option<String>,
-    metrics_listen: Option<String>,
-    metrics_on_main_port: Option<bool>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-}
-
-/// Flags merged over the config file.
+/// The options validated, with their defaults filled in.
 struct Settings {
     listen: String,
     data_dir: PathBuf,
@@ -180,13 +193,6 @@ struct Settings {
     tls: Option<(PathBuf, PathBuf)>,
 }
 
-fn duration(name: &str, v: Option<String>, default: Duration) -> Result<Duration> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(&s).with_context(|| format!("--{name} {s:?}")),
-    }
-}
-
 fn positive(d: Duration, name: &str) -> Result<Duration> {
     if d.is_zero() {
         bail!("--{name} must be more than 0");
@@ -194,81 +200,42 @@ fn positive(d: Duration, name: &str) -> Result<Duration> {
     Ok(d)
 }
 
-fn size(name: &str, v: Option<String>) -> Result<Option<u64>> {
-    v.map(|s| parse_size(&s).map_err(|e| anyhow::anyhow!("--{name}: {e}")))
-        .transpose()
-}
-
 fn settings(opts: Opts) -> Result<Settings> {
-    let file = match &opts.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str::<FileConfig>(&text)
-                .with_context(|| format!("parsing config file {}", path.display()))?
-        }
-        None => FileConfig::default(),
-    };
-    let sz = |flag: Option<String>, file: Option<SizeValue>| flag.or(file.map(|v| v.text()));
+    let dur = |v: Option<HumanDuration>, default: Duration| v.map_or(default, Duration::from);
     Ok(Settings {
-        listen: opts
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+        listen: opts.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
         data_dir: opts
             .data_dir
-            .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./relay-data")),
-        secret_file: opts.secret_file.or(file.secret_file),
-        ttl: duration("ttl", opts.ttl.or(file.ttl), msim_relay::DEFAULT_TTL)?,
-        max_file_size: size("max-file-size", sz(opts.max_file_size, file.max_file_size))?
-            .unwrap_or(msim_relay::DEFAULT_MAX_FILE_SIZE),
-        capacity: size("capacity", sz(opts.capacity, file.capacity))?,
-        min_free: size("min-free", sz(opts.min_free, file.min_free))?,
-        quota: size("quota", sz(opts.quota, file.quota))?,
-        sweep_interval: duration(
-            "sweep-interval",
-            opts.sweep_interval.or(file.sweep_interval),
-            Duration::from_secs(300),
-        )?,
-        abandon_after: duration(
-            "abandon-after",
-            opts.abandon_after.or(file.abandon_after),
-            Duration::from_secs(3600),
-        )?,
-        max_connections: opts.max_connections.or(file.max_connections),
+        secret_file: opts.secret_file,
+        ttl: dur(opts.ttl, msim_relay::DEFAULT_TTL),
+        max_file_size: opts
+            .max_file_size
+            .map_or(msim_relay::DEFAULT_MAX_FILE_SIZE, |s| s.0),
+        capacity: opts.capacity.map(|s| s.0),
+        min_free: opts.min_free.map(|s| s.0),
+        quota: opts.quota.map(|s| s.0),
+        sweep_interval: dur(opts.sweep_interval, Duration::from_secs(300)),
+        abandon_after: dur(opts.abandon_after, Duration::from_secs(3600)),
+        max_connections: opts.max_connections,
         max_connections_per_address: opts
             .max_connections_per_address
-            .or(file.max_connections_per_address)
             .unwrap_or(msim_relay::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
         header_timeout: positive(
-            duration(
-                "header-timeout",
-                opts.header_timeout.or(file.header_timeout),
-                msim_relay::DEFAULT_HEADER_TIMEOUT,
-            )?,
+            dur(opts.header_timeout, msim_relay::DEFAULT_HEADER_TIMEOUT),
             "header-timeout",
         )?,
         body_idle_timeout: positive(
-            duration(
-                "body-idle-timeout",
-                opts.body_idle_timeout.or(file.body_idle_timeout),
+            dur(
+                opts.body_idle_timeout,
                 msim_relay::DEFAULT_BODY_IDLE_TIMEOUT,
-            )?,
+            ),
             "body-idle-timeout",
         )?,
-        reservation_idle: duration(
-            "reservation-idle",
-            opts.reservation_idle.or(file.reservation_idle),
-            msim_relay::DEFAULT_RESERVATION_IDLE,
-        )?,
-        metrics_listen: opts.metrics_listen.or(file.metrics_listen),
-        metrics_on_main_port: opts.metrics_on_main_port
-            || file.metrics_on_main_port.unwrap_or(false),
-        tls: match (
-            opts.tls_cert.or(file.tls_cert),
-            opts.tls_key.or(file.tls_key),
-        ) {
+        reservation_idle: dur(opts.reservation_idle, msim_relay::DEFAULT_RESERVATION_IDLE),
+        metrics_listen: opts.metrics_listen,
+        metrics_on_main_port: opts.metrics_on_main_port,
+        tls: match (opts.tls_cert, opts.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => bail!("--tls-cert needs --tls-key"),
@@ -305,7 +272,12 @@ fn main() -> Result<()> {
         print!("{}", generate_secret_text());
         return Ok(());
     }
-    let s = settings(cli.opts)?;
+    let opts = msim_shared::settings::layer(&cli.opts, cli.config.as_deref())?;
+    if matches!(cli.cmd, Some(Cmd::PrintConfig)) {
+        print!("{}", toml::to_string(&opts)?);
+        return Ok(());
+    }
+    let s = settings(opts)?;
     tune_allocator();
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.cmd {
