@@ -15,76 +15,19 @@ use hyper_util::rt::TokioIo;
 use msim::transfer::{self, Transfer, TransferOptions};
 use msim::{Client, Events};
 use msim_shared::proto::{Event, OfferFile};
-use msim_shared::token::{generate_secret_text, Keyring};
-use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use msim_testkit::{sha256_hex, test_data, System, PASSWORD};
+use tokio::sync::{mpsc, watch};
 
 /// A chat server wired to `relays` real relays sharing one token secret.
-struct System {
-    chat: SocketAddr,
-    relays: Vec<SocketAddr>,
-    dir: tempfile::TempDir,
-    stops: Vec<oneshot::Sender<()>>,
+async fn start_system(relays: usize) -> System {
+    System::builder().relays(relays).start().await.unwrap()
 }
 
-impl System {
-    async fn start(relays: usize) -> System {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = generate_secret_text();
-        let mut stops = Vec::new();
-        let mut relay_addrs = Vec::new();
-        for i in 0..relays {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            relay_addrs.push(listener.local_addr().unwrap());
-            let config = msim_relay::RelayConfig::new(
-                dir.path().join(format!("relay{i}")),
-                Keyring::from_secret_text(&secret).unwrap(),
-            );
-            let (stop, stopped) = oneshot::channel::<()>();
-            stops.push(stop);
-            tokio::spawn(msim_relay::serve(listener, config, async move {
-                let _ = stopped.await;
-            }));
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let chat = listener.local_addr().unwrap();
-        let config = msim_chat::Config {
-            data_dir: dir.path().join("chat"),
-            relays: relay_addrs.iter().map(|a| format!("http://{a}")).collect(),
-            relay_secret: secret,
-            ..msim_chat::Config::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push(stop);
-        tokio::spawn(msim_chat::run(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        System {
-            chat,
-            relays: relay_addrs,
-            dir,
-            stops,
-        }
-    }
-
-    async fn user(&self, login: &str) -> (Client, Events) {
-        let (client, events) = Client::connect(self.chat).await.unwrap();
-        client
-            .register(login, "correct horse battery")
-            .await
-            .unwrap();
-        client.login(login, "correct horse battery").await.unwrap();
-        (client, events)
-    }
-}
-
-impl Drop for System {
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-    }
+async fn user(system: &System, login: &str) -> (Client, Events) {
+    let (client, events) = Client::connect(system.chat).await.unwrap();
+    client.register(login, PASSWORD).await.unwrap();
+    client.login(login, PASSWORD).await.unwrap();
+    (client, events)
 }
 
 async fn next_offer(events: &mut Events) -> msim_shared::proto::FileOffered {
@@ -100,13 +43,6 @@ async fn next_offer(events: &mut Events) -> msim_shared::proto::FileOffered {
             _ => continue,
         }
     }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Uploads `data` with a body we control: the first half, then (once `release` says so) the
@@ -161,14 +97,11 @@ fn tokio_stream_from<T: Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mib_picture_streams_to_the_recipient_while_it_is_uploaded() {
-    let system = System::start(1).await;
-    let (alice, _alice_events) = system.user("alice").await;
-    let (bob, mut bob_events) = system.user("bob").await;
+    let system = start_system(1).await;
+    let (alice, _alice_events) = user(&system, "alice").await;
+    let (bob, mut bob_events) = user(&system, "bob").await;
 
-    let data: Bytes = (0..20u32 << 20)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
+    let data = Bytes::from(test_data(20 << 20));
     let sha = sha256_hex(&data);
     let offer = alice
         .offer_file(OfferFile {
@@ -232,9 +165,9 @@ async fn a_20_mib_picture_streams_to_the_recipient_while_it_is_uploaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_server_with_two_relays_uses_both() {
-    let system = System::start(2).await;
-    let (alice, _alice_events) = system.user("alice").await;
-    let (bob, mut bob_events) = system.user("bob").await;
+    let system = start_system(2).await;
+    let (alice, _alice_events) = user(&system, "alice").await;
+    let (bob, mut bob_events) = user(&system, "bob").await;
     let source = system.dir.path().join("small.png");
     tokio::fs::write(&source, b"\x89PNG tiny picture")
         .await
@@ -301,9 +234,9 @@ async fn a_chat_server_with_two_relays_uses_both() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_and_receipts_flow_between_library_clients() {
-    let system = System::start(1).await;
-    let (alice, mut alice_events) = system.user("alice").await;
-    let (bob, mut bob_events) = system.user("bob").await;
+    let system = start_system(1).await;
+    let (alice, mut alice_events) = user(&system, "alice").await;
+    let (bob, mut bob_events) = user(&system, "bob").await;
     let sent = alice
         .send_message("bob", "Привет, Bob — 100% fluffy cat\nsecond line")
         .await

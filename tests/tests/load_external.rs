@@ -5,79 +5,29 @@
 //! in the backlog: no sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Output;
 
-use msim_shared::token::{generate_secret_text, Keyring};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use msim_shared::token::generate_secret_text;
+use msim_testkit::System;
 
 /// A relay and a chat server using it, stopped when dropped.
-struct Servers {
-    chat: SocketAddr,
-    relay: SocketAddr,
-    secret_file: PathBuf,
-    dir: tempfile::TempDir,
-    stops: Vec<oneshot::Sender<()>>,
-}
-
-impl Servers {
-    async fn start(registration_open: bool, max_file_size: u64) -> Servers {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = generate_secret_text();
-        let secret_file = dir.path().join("relay-secret");
-        std::fs::write(&secret_file, &secret).unwrap();
-        let mut stops = Vec::new();
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = listener.local_addr().unwrap();
-        let mut config = msim_relay::RelayConfig::new(
-            dir.path().join("relay"),
-            Keyring::from_secret_text(&secret).unwrap(),
-        );
-        config.max_file_size = max_file_size;
-        config.min_free = 0;
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push(stop);
-        tokio::spawn(msim_relay::serve(listener, config, async move {
-            let _ = stopped.await;
-        }));
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let chat = listener.local_addr().unwrap();
-        let config = msim_chat::Config {
-            data_dir: dir.path().join("chat"),
-            registration_open,
-            relays: vec![format!("http://{relay}")],
-            relay_secret: secret,
+async fn start_servers(registration_open: bool, max_file_size: u64) -> System {
+    System::builder()
+        .relays(1)
+        .relay(move |config| {
+            config.max_file_size = max_file_size;
+            config.min_free = 0;
+        })
+        .chat(move |config| {
+            config.registration_open = registration_open;
             // As an operator does for a benchmark (OPERATING.md): msim-load registers its
             // users from a few addresses.
-            register_burst: 0,
-            register_prefix_burst: 0,
-            ..msim_chat::Config::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push(stop);
-        tokio::spawn(msim_chat::run(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        Servers {
-            chat,
-            relay,
-            secret_file,
-            dir,
-            stops,
-        }
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-    }
+            config.register_burst = 0;
+            config.register_prefix_burst = 0;
+        })
+        .start()
+        .await
+        .unwrap()
 }
 
 /// Runs the real msim-load binary to completion (the servers keep running on this runtime's
@@ -108,14 +58,14 @@ fn figure(report: &serde_json::Value, scenario: &str, name: &str) -> Option<f64>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_run_against_a_running_chat_server_and_relay() {
-    let servers = Servers::start(true, 100 << 20).await;
+    let servers = start_servers(true, 100 << 20).await;
     let json = servers.dir.path().join("report.json");
     let out = msim_load(&args(&[
         "--smoke",
         "--chat",
         &servers.chat.to_string(),
         "--relay",
-        &servers.relay.to_string(),
+        &servers.relays[0].to_string(),
         "--relay-secret-file",
         servers.secret_file.to_str().unwrap(),
         "--json",
@@ -163,7 +113,7 @@ async fn smoke_run_against_a_running_chat_server_and_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_server_that_refuses_registration_is_reported() {
-    let servers = Servers::start(false, 100 << 20).await;
+    let servers = start_servers(false, 100 << 20).await;
     let out = msim_load(&args(&[
         "--smoke",
         "--only",
@@ -180,13 +130,13 @@ async fn a_chat_server_that_refuses_registration_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_whose_max_file_size_is_below_the_transfer_size_is_reported() {
     // The smoke transfer is 8 MiB.
-    let servers = Servers::start(true, 1 << 20).await;
+    let servers = start_servers(true, 1 << 20).await;
     let out = msim_load(&args(&[
         "--smoke",
         "--only",
         "relay",
         "--relay",
-        &servers.relay.to_string(),
+        &servers.relays[0].to_string(),
         "--relay-secret-file",
         servers.secret_file.to_str().unwrap(),
     ]))
@@ -199,8 +149,8 @@ async fn a_relay_whose_max_file_size_is_below_the_transfer_size_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_needs_its_secret_and_a_wrong_one_is_reported() {
-    let servers = Servers::start(true, 100 << 20).await;
-    let relay = servers.relay.to_string();
+    let servers = start_servers(true, 100 << 20).await;
+    let relay = servers.relays[0].to_string();
     let out = msim_load(&args(&["--smoke", "--only", "relay", "--relay", &relay])).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
