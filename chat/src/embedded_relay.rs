@@ -35,7 +35,7 @@ impl EmbeddedRelay {
 /// Starts the embedded relay on `listener` (and `GET /metrics` on `metrics_listener`) and
 /// points `config` at it: `config.relays` becomes its URL (`url`, or
 /// `http(s)://<listen address>`), `config.relay_secret` its secret. With `config.tls` it serves
-/// HTTPS with the same certificate; health checks then need `config.relay_tls` trusting it.
+/// HTTPS with the same certificate and handshake timeout; health checks then need `config.relay_tls` trusting it.
 pub fn start(
     config: &mut Config,
     listener: TcpListener,
@@ -51,6 +51,7 @@ pub fn start(
     let addr = listener.local_addr()?;
     let mut relay = msim_relay::RelayConfig::new(config.data_dir.join("relay"), keyring);
     relay.max_file_size = config.max_file_size;
+    relay.tls_handshake_timeout = config.tls_handshake_timeout;
     relay.tls = config.tls.as_ref().map(|chat_tls| {
         let mut tls = (**chat_tls).clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];

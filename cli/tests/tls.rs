@@ -1,5 +1,5 @@
 //! TLS end to end: msim-chat and msim-relay serving TLS with a self-signed certificate
-//! (generated here with rcgen), the `msim` program connecting with `--server tls://…` and
+//! (from msim-testkit), the `msim` program connecting with `--server tls://…` and
 //! `--ca-file`, messages and files over TLS; clear failures for an untrusted certificate and
 //! for a protocol mismatch (plain client on a TLS port, TLS client on a plain port), with the
 //! servers still serving others afterwards.
@@ -9,28 +9,18 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{password, run_expect, sha256_hex, stdout_json, test_bytes, TestServer};
 use msim_shared::tls;
+use msim_testkit::SelfSigned;
 use tokio::sync::oneshot;
 
 /// Longest a failing client may take (it runs with `--timeout 5`).
 const FAIL_WITHIN: Duration = Duration::from_secs(20);
-
-/// A self-signed certificate for localhost and 127.0.0.1.
-fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
 
 /// msim-chat and msim-relay, both with TLS, on their own thread and runtime.
 struct TlsServer {
@@ -45,9 +35,8 @@ struct TlsServer {
 impl TlsServer {
     fn start() -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = write_cert(dir.path());
+        let SelfSigned { cert, key } = SelfSigned::write_to(dir.path()).unwrap();
         let data = dir.path().join("data");
-        let secret = msim_shared::token::generate_secret_text();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (cert2, key2) = (cert.clone(), key.clone());
@@ -59,39 +48,37 @@ impl TlsServer {
                 .unwrap();
             rt.block_on(async move {
                 let server_tls = Arc::new(tls::server_config(&cert2, &key2).unwrap());
-                let keyring = msim_shared::token::Keyring::from_secret_text(&secret).unwrap();
                 let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let relay_addr = relay_listener.local_addr().unwrap();
                 let chat_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let chat_addr = chat_listener.local_addr().unwrap();
-                let mut rc = msim_relay::RelayConfig::new(data.join("relay"), keyring);
-                rc.tls = Some(server_tls.clone());
-                rc.tls_handshake_timeout = Duration::from_secs(3);
-                let (relay_stop_tx, relay_stop_rx) = oneshot::channel::<()>();
-                let relay = tokio::spawn(async move {
-                    msim_relay::serve(relay_listener, rc, async move {
-                        let _ = relay_stop_rx.await;
-                    })
-                    .await
-                });
-                let config = msim_chat::Config {
+                std::fs::create_dir_all(&data).unwrap();
+                let mut config = msim_chat::Config {
                     data_dir: data.clone(),
-                    // The name the certificate is for: SNI and verification use it.
-                    relays: vec![format!("https://localhost:{}", relay_addr.port())],
-                    relay_secret: secret,
                     relay_tls: Some(tls::client_config(std::slice::from_ref(&cert2)).unwrap()),
                     tls: Some(server_tls),
                     tls_handshake_timeout: Duration::from_secs(3),
                     ..msim_chat::Config::default()
                 };
+                // The embedded relay serves TLS with the chat server's certificate; its URL
+                // has the name the certificate is for: SNI and verification use it.
+                let relay_stop = tokio_util::sync::CancellationToken::new();
+                let relay = msim_chat::embedded_relay::start(
+                    &mut config,
+                    relay_listener,
+                    None,
+                    Some(format!("https://localhost:{}", relay_addr.port())),
+                    relay_stop.clone(),
+                )
+                .unwrap();
                 ready_tx.send((chat_addr, relay_addr)).unwrap();
                 msim_chat::run(chat_listener, config, async move {
                     let _ = stop_rx.await;
                 })
                 .await
                 .unwrap();
-                let _ = relay_stop_tx.send(());
-                let _ = relay.await;
+                relay_stop.cancel();
+                relay.stopped().await.unwrap();
             });
         });
         let (addr, relay) = ready_rx.recv().unwrap();

@@ -13,7 +13,6 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub relay: SocketAddr,
     pub dir: tempfile::TempDir,
-    secret: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -43,12 +42,7 @@ async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
 
 /// Runs msim-chat and msim-relay on their own thread, on `chat`/`relay` (port 0: any free
 /// port), with their data under `data`; returns once both listeners are bound.
-fn spawn_server(
-    data: PathBuf,
-    secret: String,
-    chat: SocketAddr,
-    relay: SocketAddr,
-) -> ServerThread {
+fn spawn_server(data: PathBuf, chat: SocketAddr, relay: SocketAddr) -> ServerThread {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -58,25 +52,25 @@ fn spawn_server(
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let keyring = msim_shared::token::Keyring::from_secret_text(&secret).unwrap();
             let relay_listener = bind(relay).await;
             let relay_addr = relay_listener.local_addr().unwrap();
             let chat_listener = bind(chat).await;
             let chat_addr = chat_listener.local_addr().unwrap();
-            let (relay_stop_tx, relay_stop_rx) = oneshot::channel::<()>();
-            let rc = msim_relay::RelayConfig::new(data.join("relay"), keyring);
-            let relay = tokio::spawn(async move {
-                msim_relay::serve(relay_listener, rc, async move {
-                    let _ = relay_stop_rx.await;
-                })
-                .await
-            });
-            let config = msim_chat::Config {
-                data_dir: data.clone(),
-                relays: vec![format!("http://{relay_addr}")],
-                relay_secret: secret,
+            std::fs::create_dir_all(&data).unwrap();
+            let mut config = msim_chat::Config {
+                data_dir: data,
                 ..msim_chat::Config::default()
             };
+            // The production wiring; relay.secret in the data directory survives restarts.
+            let relay_stop = tokio_util::sync::CancellationToken::new();
+            let relay = msim_chat::embedded_relay::start(
+                &mut config,
+                relay_listener,
+                None,
+                None,
+                relay_stop.clone(),
+            )
+            .unwrap();
             // Both listeners are bound: connections queue until the server accepts.
             ready_tx.send((chat_addr, relay_addr)).unwrap();
             msim_chat::run(chat_listener, config, async move {
@@ -84,8 +78,8 @@ fn spawn_server(
             })
             .await
             .unwrap();
-            let _ = relay_stop_tx.send(());
-            let _ = relay.await;
+            relay_stop.cancel();
+            relay.stopped().await.unwrap();
         });
     });
     let (addr, relay) = ready_rx.recv().expect("server thread started");
@@ -95,15 +89,12 @@ fn spawn_server(
 impl TestServer {
     pub fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let secret = msim_shared::token::generate_secret_text();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (addr, relay, stop, thread) =
-            spawn_server(dir.path().join("data"), secret.clone(), any, any);
+        let (addr, relay, stop, thread) = spawn_server(dir.path().join("data"), any, any);
         TestServer {
             addr,
             relay,
             dir,
-            secret,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -120,15 +111,11 @@ impl TestServer {
         }
     }
 
-    /// Starts the server again on the same ports with the same data directory and secret.
+    /// Starts the server again on the same ports with the same data directory (and relay.secret).
     pub fn start_again(&mut self) {
         assert!(self.thread.is_none(), "the server is running");
-        let (addr, relay, stop, thread) = spawn_server(
-            self.dir.path().join("data"),
-            self.secret.clone(),
-            self.addr,
-            self.relay,
-        );
+        let (addr, relay, stop, thread) =
+            spawn_server(self.dir.path().join("data"), self.addr, self.relay);
         assert_eq!((addr, relay), (self.addr, self.relay));
         self.stop = Some(stop);
         self.thread = Some(thread);
