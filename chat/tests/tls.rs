@@ -4,27 +4,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use msim_shared::tls;
+use msim_testkit::SelfSigned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "correct horse battery";
-
-fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
 
 /// The address logged on a line containing `marker`.
 fn addr_in(line: &str) -> Option<SocketAddr> {
@@ -155,7 +146,7 @@ async fn https_get(addr: SocketAddr, cert: &Path, path: &str) -> u16 {
 #[tokio::test]
 async fn chat_and_embedded_relay_serve_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path());
+    let SelfSigned { cert, key } = SelfSigned::write_to(dir.path()).unwrap();
     let (_child, chat, relay) = start(dir.path(), &cert, &key).await;
 
     let mut a = TlsClient::user(chat, &cert, "alice").await;
@@ -180,7 +171,7 @@ async fn chat_and_embedded_relay_serve_tls() {
 #[tokio::test]
 async fn bad_tls_options_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path());
+    let SelfSigned { cert, key } = SelfSigned::write_to(dir.path()).unwrap();
     let run = |args: Vec<std::ffi::OsString>| {
         let data = dir.path().join("data");
         async move {

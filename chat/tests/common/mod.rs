@@ -108,7 +108,6 @@ impl Client {
     }
 
     /// A client over an already connected stream.
-    #[allow(dead_code)]
     pub fn from_stream(s: TcpStream) -> Client {
         let (r, w) = s.into_split();
         Client {
