@@ -147,7 +147,9 @@ impl SystemBuilder {
             config.relay_secret = secret.clone();
         }
         if let Some(c) = &cert {
-            config.relay_tls = Some(msim_shared::tls::client_config(&[c.cert.clone()])?);
+            config.relay_tls = Some(msim_shared::tls::client_config(std::slice::from_ref(
+                &c.cert,
+            ))?);
         }
         let secret_file = dir.path().join("relay-secret");
         std::fs::write(&secret_file, &secret)?;

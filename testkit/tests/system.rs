@@ -35,10 +35,10 @@ async fn next_offer(events: &mut Events) -> msim_shared::proto::FileOffered {
 }
 
 async fn a_file_goes_through(system: System) {
-    let tls = match &system.cert {
-        Some(c) => Some(msim_shared::tls::client_config(&[c.cert.clone()]).expect("trust")),
-        None => None,
-    };
+    let tls = system
+        .cert
+        .as_ref()
+        .map(|c| msim_shared::tls::client_config(std::slice::from_ref(&c.cert)).expect("trust"));
     let options = ClientOptions {
         tls: tls.clone(),
         ..ClientOptions::default()
