@@ -14,7 +14,6 @@
 pub mod blocks;
 pub mod clock;
 pub mod cmd;
-pub mod commit;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -2,9 +2,9 @@
 //! clean shutdown (stop accepting, close sessions, finish pending commits).
 
 use crate::cmd::files;
-use crate::commit::Writer;
 use crate::config::Config;
 use crate::crypto::{CryptoError, SaltGen, Sealer};
+use crate::db::commit::Writer;
 use crate::db::space::Watermark;
 use crate::db::{Db, DbError};
 use crate::device::DeviceCookies;

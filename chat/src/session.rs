@@ -7,7 +7,7 @@
 //! write timeout, so a client that stops reading is disconnected rather than buffered forever.
 
 use crate::cmd;
-use crate::commit;
+use crate::db::commit;
 use crate::db::{DbError, Outcome, StoredMessage};
 use crate::hub::{Item, STREAMS};
 use crate::server::Shared;

@@ -4,7 +4,9 @@
 
 use crate::clock::datetime;
 use crate::cmd::{discovery, parse_target, Target};
-use crate::db::{Notice, Offer, OfferLimits, Outcome, PrivacyOp, PrivacyOutcome, WriteOp};
+use crate::db::{
+    Notice, Offer, OfferLimits, OfferState, Outcome, PrivacyOp, PrivacyOutcome, WriteOp,
+};
 use crate::hub::{encode, Stream};
 use crate::server::Shared;
 use crate::session::Session;
@@ -123,9 +125,9 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
         // An offer to a recipient who blocked the sender is stored hidden: never shown, it
         // expires like an ignored one (SECURITY.md).
         state: if s.sh.blocks.is_blocked(&recipient, login) {
-            "hidden".into()
+            OfferState::Hidden
         } else {
-            "pending".into()
+            OfferState::Pending
         },
         relay: None,
     };
@@ -149,7 +151,7 @@ pub async fn offer(s: &mut Session<'_>, p: &Packet, r: OfferFile, login: &str) {
         Ok(Outcome::Privacy(PrivacyOutcome::OfferQuotaExceeded)) => {
             s.reply(p, rejected(&id, FileRejection::OfferQuotaExceeded))
         }
-        Ok(Outcome::Stored(_)) if o.state == "hidden" => {
+        Ok(Outcome::Stored(_)) if o.state == OfferState::Hidden => {
             let pending = FilePending {
                 transfer_id: id,
                 to: s.addr(&recipient),
@@ -313,7 +315,7 @@ pub async fn sweep(sh: &Shared) {
                 // needs the result stored (stored before the recipient is told).
                 notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;
                 // A hidden offer (blocked sender) was never shown to its recipient.
-                if o.state != "hidden" {
+                if o.state != OfferState::Hidden {
                     sh.hub.send_packet(&o.recipient, &pkt);
                 }
             }

@@ -2,7 +2,8 @@
 //! batch (new messages and acknowledgements), multi-row statements for runs of them, and a
 //! savepoint per other operation. Failure handling is here too: see [`Db::apply_batch`].
 
-use super::{apply, Db, DbError, Outcome, StoredMessage, WriteOp};
+use super::apply::apply;
+use super::{Db, DbError, Outcome, StoredMessage, WriteOp};
 
 use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;

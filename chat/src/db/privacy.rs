@@ -2,7 +2,8 @@
 //! the SQL, kept out of `mod.rs`. Writes are [`PrivacyOp`]s applied by the group-commit writer
 //! as [`super::WriteOp::Privacy`].
 
-use super::{exists, Db, DbError, Offer, Outcome};
+use super::apply::exists;
+use super::{Db, DbError, Offer, Outcome};
 use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;
 
@@ -362,7 +363,7 @@ pub(super) async fn apply(
             .bind(&o.mime)
             .bind(o.created_at)
             .bind(o.expires_at)
-            .bind(&o.state)
+            .bind(o.state)
             .bind(&o.relay)
             .bind(&addr)
             .execute(&mut **tx)

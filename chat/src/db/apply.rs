@@ -1,0 +1,63 @@
+//! One write of the general path, inside its own savepoint: dispatch to the write families.
+
+use super::{contacts, files, messages, privacy, retention, users, DbError, Outcome, WriteOp};
+use sqlx::{Sqlite, Transaction};
+
+/// Whether a local user exists, read inside the writer's transaction.
+pub(super) async fn exists(tx: &mut Transaction<'_, Sqlite>, login: &str) -> Result<bool, DbError> {
+    let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE login = ?")
+        .bind(login)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(r.is_some())
+}
+
+/// Applies one write.
+pub(super) async fn apply(
+    tx: &mut Transaction<'_, Sqlite>,
+    op: WriteOp,
+) -> Result<Outcome, DbError> {
+    match op {
+        WriteOp::CreateUser { login, sealed, now } => {
+            users::create_user(tx, login, sealed, now).await
+        }
+        WriteOp::InsertMessage(m) => messages::insert_message(tx, m).await,
+        WriteOp::MarkRead { id, reader, at } => messages::mark_read(tx, id, reader, at).await,
+        WriteOp::Ack { id, recipient } => messages::ack(tx, id, recipient).await,
+        WriteOp::DeleteReceipts(seqs) => messages::delete_receipts(tx, seqs).await,
+        WriteOp::SetLastSeen { login, at } => users::set_last_seen(tx, login, at).await,
+        WriteOp::AddContact {
+            owner,
+            contact,
+            contact_local,
+            name,
+            group,
+            max,
+        } => contacts::add_contact(tx, owner, contact, contact_local, name, group, max).await,
+        WriteOp::ChangeContact {
+            owner,
+            contact,
+            name,
+            group,
+        } => contacts::change_contact(tx, owner, contact, name, group).await,
+        WriteOp::DeleteContact { owner, contact } => {
+            contacts::delete_contact(tx, owner, contact).await
+        }
+        WriteOp::UpdateProfile { login, name, note } => {
+            users::update_profile(tx, login, name, note).await
+        }
+        WriteOp::AnswerOffer { id, by, relay, now } => {
+            files::answer_offer(tx, id, by, relay, now).await
+        }
+        WriteOp::AddNotices(notices) => files::add_notices(tx, notices).await,
+        WriteOp::ExpireOffers { now } => files::expire_offers(tx, now).await,
+        WriteOp::Purge {
+            expire_before,
+            forget_before,
+            limit,
+        } => retention::purge(tx, expire_before, forget_before, limit)
+            .await
+            .map(Outcome::Purged),
+        WriteOp::Privacy(op) => privacy::apply(tx, op).await,
+    }
+}

@@ -1,0 +1,165 @@
+//! Opening the SQLite database: its files' modes, the pragmas, WAL checkpoints.
+
+use super::{Db, DbError};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Creates the data directory with mode 0700 when it does not exist (an existing directory is
+/// left as the operator set it up).
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates `path` empty with mode 0600 if missing (an empty file is an empty SQLite database),
+/// or restricts an existing one to 0600.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    drop(o.open(path)?);
+    restrict(path)
+}
+
+/// Sets an existing file to mode 0600 (no-op when it does not exist).
+fn restrict(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
+pub const WAL_RESTART_FRAMES: u64 = 8192;
+
+impl Db {
+    /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations. The
+    /// database file is created (or tightened) to mode 0600 before SQLite opens it; SQLite
+    /// gives its `-wal` and `-shm` files the database file's mode.
+    pub async fn open(dir: &Path) -> Result<Db, DbError> {
+        let file = dir.join("msim.db");
+        private_file(&file).map_err(DbError::Io)?;
+        for extra in ["msim.db-wal", "msim.db-shm"] {
+            restrict(&dir.join(extra)).map_err(DbError::Io)?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.join("msim.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            // Commits never checkpoint (a checkpoint writes and syncs the database file, tens
+            // of milliseconds that every waiting MESSAGE-SENT would pay); the server runs
+            // [`Db::checkpoint`] from a background task instead.
+            .pragma("wal_autocheckpoint", "0")
+            .busy_timeout(Duration::from_secs(10));
+        // Page cache per connection (negative: KiB). Readers serve short indexed lookups; the
+        // writer's cache keeps the indexes it appends to warm.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.clone().pragma("cache_size", "-2048"))
+            .await?;
+        sqlx::migrate!("src/db/migrations").run(&pool).await?;
+        // One connection that only the group-commit writer uses: its page cache stays warm
+        // (another connection's commit would invalidate it).
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.pragma("cache_size", "-8192"))
+            .await?;
+        // Retention deletes old rows, so after a restart seqs may be handed out again: harmless,
+        // they only order items for the sessions of one run (login marks, PROTOCOL.md §5.4).
+        let (last,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Db {
+            pool,
+            writes,
+            known: Arc::default(),
+            wal_frames: Arc::default(),
+            message_seq: Arc::new(std::sync::atomic::AtomicI64::new(last.unwrap_or(0))),
+            pending_cap: 0,
+            pending_bounds: Default::default(),
+        })
+    }
+
+    /// Limits the pending messages one recipient may have (0 = unlimited); messages beyond
+    /// it are answered [`Outcome::QueueFull`].
+    pub fn with_pending_cap(mut self, cap: u64) -> Db {
+        self.pending_cap = cap.min(i64::MAX as u64) as i64;
+        self
+    }
+
+    /// Copies committed WAL frames into the database file without blocking the writer
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`); the WAL is then reused from its start.
+    pub async fn checkpoint(&self) -> Result<(), DbError> {
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        self.wal_frames
+            .store(log.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Under sustained writes a passive checkpoint never catches up to the end of the log, so
+    /// the WAL would grow without bound. Called by the writer between batches: when the log
+    /// passed [`WAL_RESTART_FRAMES`], checkpoints the (few) frames the background checkpoint
+    /// has not copied yet and restarts the log from its beginning.
+    pub async fn restart_wal_if_large(&self) -> Result<(), DbError> {
+        use std::sync::atomic::Ordering;
+        if self.wal_frames.load(Ordering::Relaxed) < WAL_RESTART_FRAMES {
+            return Ok(());
+        }
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&self.writes)
+            .await?;
+        tracing::debug!(frames = log, "WAL restarted");
+        self.wal_frames.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `PRAGMA journal_mode` and `PRAGMA synchronous` (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA) of
+    /// the connection that commits, and of the pool the readers use: lets tests check the
+    /// durability docs/OPERATING.md promises.
+    pub async fn durability(&self) -> Result<[(String, i64); 2], DbError> {
+        let mut out: [(String, i64); 2] = Default::default();
+        for (slot, pool) in out.iter_mut().zip([&self.writes, &self.pool]) {
+            let mut conn = pool.acquire().await?;
+            let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await?;
+            let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await?;
+            *slot = (mode, sync);
+        }
+        Ok(out)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.writes.close().await;
+        self.pool.close().await;
+    }
+}
