@@ -53,19 +53,8 @@ impl Clock {
     }
 }
 
-/// Formats a time the one way every mSIM program does (`msim_shared::timestamp::format`:
-/// RFC 3339 UTC with `Z`, milliseconds).
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    msim_shared::timestamp::format(t)
-}
-
 /// Epoch microseconds as a date-time.
 pub fn datetime(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// Formats epoch microseconds as RFC 3339.
-pub fn rfc3339_micros(micros: i64) -> String {
-    rfc3339(datetime(micros))
 }

@@ -32,14 +32,14 @@ pub enum CryptoError {
 }
 
 /// Fills a buffer from the OS-seeded thread RNG.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::rng().fill_bytes(&mut b);
     b
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
@@ -48,7 +48,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Reads the 32-byte hex secret at `path`; `None` when the file does not exist.
-pub fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, CryptoError> {
+pub(crate) fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, CryptoError> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let bad = || CryptoError::BadKey(path.display().to_string());
@@ -64,7 +64,7 @@ pub fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, CryptoError> {
 }
 
 /// Creates a new random secret at `path` (mode 0600, synced); fails if the file exists.
-pub fn create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
+pub(crate) fn create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
     let err = |source| CryptoError::KeyFile {
         path: path.display().to_string(),
         source,
@@ -85,7 +85,7 @@ pub fn create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
 }
 
 /// Seals and opens passwords.
-pub struct Sealer {
+pub(crate) struct Sealer {
     cipher: ChaCha20Poly1305,
     /// A sealed random password used for unknown logins so both paths do the same work.
     dummy: Vec<u8>,
@@ -99,7 +99,7 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     /// A sealer with the given key.
-    pub fn new(key: [u8; 32]) -> Sealer {
+    pub(crate) fn new(key: [u8; 32]) -> Sealer {
         let cipher = ChaCha20Poly1305::new(&Key::from(key));
         let mut s = Sealer {
             cipher,
@@ -111,7 +111,7 @@ impl Sealer {
     }
 
     /// Seals `password`, bound to `login` (as associated data): nonce ‖ ciphertext.
-    pub fn seal(&self, login: &str, password: &str) -> Vec<u8> {
+    pub(crate) fn seal(&self, login: &str, password: &str) -> Vec<u8> {
         let nonce_bytes = random_bytes::<12>();
         let nonce = Nonce::from(nonce_bytes);
         let ct = self
@@ -131,7 +131,7 @@ impl Sealer {
     }
 
     /// Opens a sealed password.
-    pub fn open(&self, login: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub(crate) fn open(&self, login: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < 12 {
             return Err(CryptoError::Open);
         }
@@ -150,7 +150,13 @@ impl Sealer {
 
     /// Checks a login challenge answer. `sealed` is `None` for an unknown login: the same work
     /// is done on a dummy sealed password and the answer is always false.
-    pub fn verify(&self, login: &str, sealed: Option<&[u8]>, salt: &str, hash_hex: &str) -> bool {
+    pub(crate) fn verify(
+        &self,
+        login: &str,
+        sealed: Option<&[u8]>,
+        salt: &str,
+        hash_hex: &str,
+    ) -> bool {
         let (aad, blob, known) = match sealed {
             Some(b) => (login, b, true),
             None => ("", self.dummy.as_slice(), false),
@@ -184,20 +190,20 @@ pub fn challenge_hash(salt: &str, password: &[u8]) -> String {
 /// Generates login salts: `<32 hex random>-<decimal counter>`; the counter starts at the boot
 /// time in microseconds so it keeps increasing across restarts.
 #[derive(Debug)]
-pub struct SaltGen {
+pub(crate) struct SaltGen {
     counter: AtomicU64,
 }
 
 impl SaltGen {
     /// A generator whose counter starts at `start`.
-    pub fn new(start: u64) -> SaltGen {
+    pub(crate) fn new(start: u64) -> SaltGen {
         SaltGen {
             counter: AtomicU64::new(start),
         }
     }
 
     /// A fresh salt.
-    pub fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{}", hex(&random_bytes::<16>()), n)
     }

@@ -94,6 +94,7 @@ impl DeviceCookies {
     }
 
     /// The same with a smaller failure table (tests of the bound).
+    #[cfg(test)]
     pub fn with_capacity(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries.max(2);
         self
@@ -198,16 +199,12 @@ impl DeviceCookies {
     }
 
     /// Cookies with failures remembered (tests of the bound).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
-    }
-
-    /// Whether no failures are remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -98,11 +98,6 @@ impl Hub {
         self.lock().contains_key(login)
     }
 
-    /// Number of users online.
-    pub fn online_users(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Sends to every session of `login` except `except`; returns how many got it.
     pub fn send_except(&self, login: &str, except: Option<u64>, bytes: &Bytes) -> usize {
         self.send_item(

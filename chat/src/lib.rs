@@ -11,23 +11,26 @@
 //! ```
 #![warn(missing_docs, clippy::unwrap_used)]
 
-pub mod blocks;
-pub mod clock;
-pub mod cmd;
+// Public: what the binary (main.rs), the tests, msim-load and the client tests use; the rest
+// is crate-private so that rustc reports what nothing uses.
+
+pub(crate) mod blocks;
+pub(crate) mod clock;
+pub(crate) mod cmd;
 pub mod config;
 pub mod crypto;
 pub mod db;
-pub mod device;
+pub(crate) mod device;
 pub mod embedded_relay;
-pub mod hub;
-pub mod rate;
+pub(crate) mod hub;
+pub(crate) mod rate;
 pub mod relays;
 pub mod secret_key;
-pub mod server;
-pub mod session;
+pub(crate) mod server;
+pub(crate) mod session;
 pub mod settings;
-pub mod throttle;
+pub(crate) mod throttle;
 
 pub use clock::Clock;
 pub use config::Config;
-pub use server::{run, Error, Server};
+pub use server::{run, Error};

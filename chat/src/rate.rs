@@ -125,11 +125,13 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 
     /// Keys held (for tests of the bound).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Whether no key is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -33,7 +33,7 @@ impl Relay {
     }
 
     /// The URL of a transfer on this relay.
-    pub fn transfer_url(&self, id: &str) -> String {
+    pub(crate) fn transfer_url(&self, id: &str) -> String {
         format!("{}/v1/transfers/{}", self.base, id)
     }
 }
@@ -117,21 +117,9 @@ impl RelayPool {
         &self.relays
     }
 
-    /// The next healthy relay, round-robin.
-    pub fn pick(&self) -> Option<Arc<Relay>> {
-        let n = self.relays.len();
-        for _ in 0..n {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-            if self.relays[i].healthy() {
-                return Some(self.relays[i].clone());
-            }
-        }
-        None
-    }
-
-    /// The relay [`RelayPool::pick`] would return, without advancing the round robin; call
+    /// The next healthy relay, round-robin, without advancing the round robin; call
     /// [`RelayPool::used`] once it is really used (failed answers must not skew the rotation).
-    pub fn peek(&self) -> Option<Arc<Relay>> {
+    pub(crate) fn peek(&self) -> Option<Arc<Relay>> {
         let n = self.relays.len();
         let start = self.next.load(Ordering::Relaxed);
         (0..n)
@@ -141,20 +129,15 @@ impl RelayPool {
     }
 
     /// Advances the round robin past `relay` (after [`RelayPool::peek`]).
-    pub fn used(&self, relay: &Relay) {
+    pub(crate) fn used(&self, relay: &Relay) {
         if let Some(i) = self.relays.iter().position(|r| r.base == relay.base) {
             self.next.store(i + 1, Ordering::Relaxed);
         }
     }
 
     /// Whether any relay is healthy now (does not advance the round robin).
-    pub fn any_healthy(&self) -> bool {
+    pub(crate) fn any_healthy(&self) -> bool {
         self.relays.iter().any(|r| r.healthy())
-    }
-
-    /// A relay by base URL (for offers accepted before a restart).
-    pub fn by_base(&self, base: &str) -> Option<Arc<Relay>> {
-        self.relays.iter().find(|r| r.base == base).cloned()
     }
 
     /// Checks every relay once.
@@ -202,7 +185,7 @@ impl RelayPool {
     }
 
     /// Runs health checks every `every` until `stop` is cancelled.
-    pub async fn health_loop(
+    pub(crate) async fn health_loop(
         self: Arc<Self>,
         every: Duration,
         timeout: Duration,

@@ -66,7 +66,7 @@ fn key_path(data_dir: &Path) -> PathBuf {
 
 /// Loads the password key for `db`, creating it only for a database with no stored passwords,
 /// and proves it opens them.
-pub async fn open_sealer(data_dir: &Path, db: &Db) -> Result<Sealer, KeyError> {
+pub(crate) async fn open_sealer(data_dir: &Path, db: &Db) -> Result<Sealer, KeyError> {
     let path = key_path(data_dir);
     let key = match read_secret(&path)? {
         Some(key) => key,

@@ -206,6 +206,7 @@ impl Throttle {
 
     /// Keys held per table: (login and address, address, login, known addresses). For tests
     /// of the bound.
+    #[cfg(test)]
     pub fn sizes(&self) -> [usize; 4] {
         [
             len(&self.login_addr),
@@ -216,6 +217,7 @@ impl Throttle {
     }
 }
 
+#[cfg(test)]
 fn len<K, V>(m: &Mutex<HashMap<K, V>>) -> usize {
     m.lock().unwrap_or_else(|e| e.into_inner()).len()
 }

@@ -200,7 +200,7 @@ pub async fn answer(s: &mut Session<'_>, p: &Packet, id: String, login: &str, ac
         Ok(Outcome::UnknownTransfer) => return s.reply(p, fail(AnswerFailure::UnknownTransfer)),
         Ok(Outcome::NotRecipient) => return s.reply(p, fail(AnswerFailure::NotRecipient)),
         Ok(Outcome::AlreadyAnswered) => return s.reply(p, fail(AnswerFailure::AlreadyAnswered)),
-        Ok(Outcome::OfferExpired(_)) => return s.reply(p, fail(AnswerFailure::Expired)),
+        Ok(Outcome::OfferExpired) => return s.reply(p, fail(AnswerFailure::Expired)),
         Ok(_) | Err(_) => return s.reply(p, fail(AnswerFailure::StorageError)),
     };
     let sh = s.sh.clone();
@@ -276,7 +276,6 @@ pub(crate) async fn notify(
     let rows = notices
         .iter()
         .map(|(login, p)| Notice {
-            seq: 0,
             login: login.clone(),
             transfer_id: transfer.to_owned(),
             packet: p.to_wire(),

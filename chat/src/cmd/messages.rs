@@ -156,7 +156,6 @@ async fn tell_expired(sh: &Shared, expired: Vec<(String, String)>, now: i64) {
     let rows = packets
         .iter()
         .map(|(sender, p)| Notice {
-            seq: 0,
             login: sender.clone(),
             transfer_id: p.get("id").unwrap_or_default().to_owned(),
             packet: p.to_wire(),

@@ -2,20 +2,11 @@
 //! online approved watcher (§7.1) gets `CONTACT-UPDATED` with `presence=`, and on going
 //! offline also `UPDATE-LAST-SEEN`.
 
-use crate::clock::{datetime, rfc3339_micros};
+use crate::clock::datetime;
 use crate::hub::encode;
 use crate::server::Shared;
 use msim_shared::proto::{Body, ContactUpdate, ContactUpdated, Presence, UpdateLastSeen};
 use tracing::warn;
-
-/// The `presence=` value of a local user.
-pub fn presence_of(sh: &Shared, login: &str, last_seen: Option<i64>) -> Option<String> {
-    if sh.hub.is_online(login) {
-        Some("online".into())
-    } else {
-        last_seen.map(rfc3339_micros)
-    }
-}
 
 /// Tells the watchers of `login` that it came online or went offline.
 pub async fn announce(sh: &Shared, login: &str, online: bool) {

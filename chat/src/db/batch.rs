@@ -18,7 +18,7 @@ impl Db {
     /// a failed `COMMIT`: SQLite may then roll back the whole transaction) fails the whole
     /// batch, and the write connection is replaced: whatever state the failure left it in (an
     /// open transaction that later "commits" would only release a savepoint of) goes with it.
-    pub async fn apply_batch(
+    pub(crate) async fn apply_batch(
         &self,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {

@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
 /// Most operations in one transaction.
-pub const MAX_BATCH: usize = 2048;
+pub(crate) const MAX_BATCH: usize = 2048;
 /// Queue depth in front of the writer (back-pressure beyond it).
-pub const QUEUE: usize = 8192;
+pub(crate) const QUEUE: usize = 8192;
 
 struct Request {
     op: WriteOp,
@@ -24,7 +24,7 @@ struct Request {
 
 /// Handle used to submit writes.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     tx: mpsc::Sender<Request>,
 }
 
@@ -37,20 +37,20 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Starts the writer task. It stops once every `Writer` handle is dropped, after
     /// committing what was queued; the returned handle completes then.
-    pub fn start(db: Db, space: Watermark) -> (Writer, tokio::task::JoinHandle<()>) {
+    pub(crate) fn start(db: Db, space: Watermark) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(run(db, space, rx));
         (Writer { tx }, task)
     }
 
     /// Submits a write and waits until it is committed.
-    pub async fn write(&self, op: WriteOp) -> Result<Outcome, DbError> {
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<Outcome, DbError> {
         self.submit(op).await?.await
     }
 
     /// Queues a write (waiting only for room in the writer's queue) and returns a handle that
     /// completes once the write is committed. Lets a session pipeline many writes.
-    pub async fn submit(&self, op: WriteOp) -> Result<Pending, DbError> {
+    pub(crate) async fn submit(&self, op: WriteOp) -> Result<Pending, DbError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
@@ -63,7 +63,7 @@ impl Writer {
     }
 
     /// Submits a write without waiting for it (best effort, e.g. deleting delivered receipts).
-    pub fn write_detached(&self, op: WriteOp) {
+    pub(crate) fn write_detached(&self, op: WriteOp) {
         if let Err(e) = self.tx.try_send(Request { op, reply: None }) {
             debug!("detached write dropped: {e}");
         }
@@ -72,11 +72,11 @@ impl Writer {
 
 /// A submitted write; resolves to its outcome once committed.
 #[derive(Debug)]
-pub struct Pending(oneshot::Receiver<Result<Outcome, DbError>>);
+pub(crate) struct Pending(oneshot::Receiver<Result<Outcome, DbError>>);
 
 impl Pending {
     /// The outcome if the write has already been committed, without waiting.
-    pub fn try_take(&mut self) -> Option<Result<Outcome, DbError>> {
+    pub(crate) fn try_take(&mut self) -> Option<Result<Outcome, DbError>> {
         match self.0.try_recv() {
             Ok(r) => Some(r),
             Err(oneshot::error::TryRecvError::Empty) => None,

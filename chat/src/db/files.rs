@@ -27,7 +27,7 @@ pub(super) async fn answer_offer(
     if offer.state == OfferState::Expired
         || (offer.state == OfferState::Pending && offer.expires_at <= now)
     {
-        return Ok(Outcome::OfferExpired(offer));
+        return Ok(Outcome::OfferExpired);
     }
     if offer.state != OfferState::Pending {
         return Ok(Outcome::AlreadyAnswered);

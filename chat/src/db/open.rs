@@ -50,7 +50,7 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 }
 
 /// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
-pub const WAL_RESTART_FRAMES: u64 = 8192;
+pub(crate) const WAL_RESTART_FRAMES: u64 = 8192;
 
 impl Db {
     /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations. The
@@ -106,14 +106,14 @@ impl Db {
 
     /// Limits the pending messages one recipient may have (0 = unlimited); messages beyond
     /// it are answered [`Outcome::QueueFull`].
-    pub fn with_pending_cap(mut self, cap: u64) -> Db {
+    pub(crate) fn with_pending_cap(mut self, cap: u64) -> Db {
         self.pending_cap = cap.min(i64::MAX as u64) as i64;
         self
     }
 
     /// Copies committed WAL frames into the database file without blocking the writer
     /// (`PRAGMA wal_checkpoint(PASSIVE)`); the WAL is then reused from its start.
-    pub async fn checkpoint(&self) -> Result<(), DbError> {
+    pub(crate) async fn checkpoint(&self) -> Result<(), DbError> {
         let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&self.pool)
             .await?;
@@ -126,7 +126,7 @@ impl Db {
     /// the WAL would grow without bound. Called by the writer between batches: when the log
     /// passed [`WAL_RESTART_FRAMES`], checkpoints the (few) frames the background checkpoint
     /// has not copied yet and restarts the log from its beginning.
-    pub async fn restart_wal_if_large(&self) -> Result<(), DbError> {
+    pub(crate) async fn restart_wal_if_large(&self) -> Result<(), DbError> {
         use std::sync::atomic::Ordering;
         if self.wal_frames.load(Ordering::Relaxed) < WAL_RESTART_FRAMES {
             return Ok(());

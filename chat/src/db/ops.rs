@@ -4,7 +4,7 @@ use super::{Notice, Offer, PrivacyOp, PrivacyOutcome, Profile, Purged, StoredMes
 
 /// A write, applied by the group-commit writer inside a shared transaction.
 #[derive(Debug, Clone)]
-pub enum WriteOp {
+pub(crate) enum WriteOp {
     /// Register a user.
     CreateUser {
         /// Canonical login.
@@ -117,7 +117,7 @@ pub enum WriteOp {
 impl WriteOp {
     /// Whether the write stores new data (refused below the free-space watermark; writes that
     /// change or remove rows still run, they are what frees space).
-    pub fn grows_storage(&self) -> bool {
+    pub(crate) fn grows_storage(&self) -> bool {
         matches!(
             self,
             WriteOp::CreateUser { .. }
@@ -133,7 +133,7 @@ impl WriteOp {
 
 /// The result of one [`WriteOp`].
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done, nothing to report.
     Done,
     /// Stored with this sequence number (message seq, offer rowid).
@@ -172,7 +172,7 @@ pub enum Outcome {
     /// Already answered.
     AlreadyAnswered,
     /// Expired.
-    OfferExpired(Offer),
+    OfferExpired,
     /// Offers expired by a sweep.
     Expired(Vec<Offer>),
     /// The result of a [`PrivacyOp`].

@@ -7,7 +7,7 @@ use super::{Db, DbError};
 impl Db {
     /// How many accounts have a stored (sealed) password. Accounts locked by
     /// [`Db::clear_passwords`] hold an empty value and are not counted.
-    pub async fn sealed_password_count(&self) -> Result<i64, DbError> {
+    pub(crate) async fn sealed_password_count(&self) -> Result<i64, DbError> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE length(password) > 0")
             .fetch_one(&self.pool)
             .await?;
@@ -15,7 +15,7 @@ impl Db {
     }
 
     /// Up to `limit` `(login, sealed password)` pairs, oldest accounts first.
-    pub async fn sample_sealed_passwords(
+    pub(crate) async fn sample_sealed_passwords(
         &self,
         limit: i64,
     ) -> Result<Vec<(String, Vec<u8>)>, DbError> {
@@ -30,7 +30,7 @@ impl Db {
 
     /// Empties every stored password; returns how many accounts were locked. An empty sealed
     /// value never opens, so these accounts cannot log in until [`Db::set_password`].
-    pub async fn clear_passwords(&self) -> Result<u64, DbError> {
+    pub(crate) async fn clear_passwords(&self) -> Result<u64, DbError> {
         let r = sqlx::query("UPDATE users SET password = X'' WHERE length(password) > 0")
             .execute(&self.writes)
             .await?;
@@ -38,7 +38,7 @@ impl Db {
     }
 
     /// Replaces one account's sealed password; false when the login does not exist.
-    pub async fn set_password(&self, login: &str, sealed: &[u8]) -> Result<bool, DbError> {
+    pub(crate) async fn set_password(&self, login: &str, sealed: &[u8]) -> Result<bool, DbError> {
         let r = sqlx::query("UPDATE users SET password = ? WHERE login = ?")
             .bind(sealed)
             .bind(login)

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 /// Limits on the open offers of one sender account and one sender address.
 #[derive(Debug, Clone, Copy)]
-pub struct OfferLimits {
+pub(crate) struct OfferLimits {
     /// Most open offers per account.
     pub account_count: i64,
     /// Most bytes in open offers per account.
@@ -25,7 +25,7 @@ pub struct OfferLimits {
 
 /// A privacy or quota write.
 #[derive(Debug, Clone)]
-pub enum PrivacyOp {
+pub(crate) enum PrivacyOp {
     /// `watcher` added `subject` (a local user) as a contact: ask for presence.
     Subscribe {
         /// Who wants to see.
@@ -98,7 +98,7 @@ pub enum PrivacyOp {
 
 /// The result of a [`PrivacyOp`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrivacyOutcome {
+pub(crate) enum PrivacyOutcome {
     /// After a subscription.
     Subscribed {
         /// The watcher may now see the subject (already approved, or mutual contacts).
@@ -381,14 +381,18 @@ const VISIBLE: &str = "NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = u.logi
 
 impl Db {
     /// Every block, as (owner, blocked), to fill the in-memory mirror at start.
-    pub async fn all_blocks(&self) -> Result<Vec<(String, String)>, DbError> {
+    pub(crate) async fn all_blocks(&self) -> Result<Vec<(String, String)>, DbError> {
         Ok(sqlx::query_as("SELECT owner, blocked FROM blocks")
             .fetch_all(&self.pool)
             .await?)
     }
 
     /// Whether `viewer` may see `subject`'s presence (PROTOCOL.md §7.2).
-    pub async fn can_see_presence(&self, subject: &str, viewer: &str) -> Result<bool, DbError> {
+    pub(crate) async fn can_see_presence(
+        &self,
+        subject: &str,
+        viewer: &str,
+    ) -> Result<bool, DbError> {
         let r: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT 1 FROM users u WHERE u.login = ?1 AND {VISIBLE}"
         )))
@@ -400,7 +404,7 @@ impl Db {
     }
 
     /// The local contacts of `owner` whose presence `owner` may see.
-    pub async fn visible_contacts(&self, owner: &str) -> Result<HashSet<String>, DbError> {
+    pub(crate) async fn visible_contacts(&self, owner: &str) -> Result<HashSet<String>, DbError> {
         let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT u.login FROM contacts c JOIN users u ON u.login = c.contact_local \
              WHERE c.owner = ?1 AND c.contact_local IS NOT NULL AND {VISIBLE}"
@@ -413,7 +417,10 @@ impl Db {
     }
 
     /// Approved watchers of `subject` that it has not blocked, and its visibility setting.
-    pub async fn approved_watchers(&self, subject: &str) -> Result<(Vec<String>, String), DbError> {
+    pub(crate) async fn approved_watchers(
+        &self,
+        subject: &str,
+    ) -> Result<(Vec<String>, String), DbError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'approved' \
              AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher)",
@@ -426,7 +433,7 @@ impl Db {
     }
 
     /// `login`'s visibility setting (`contacts` for an unknown user).
-    pub async fn visibility(&self, login: &str) -> Result<String, DbError> {
+    pub(crate) async fn visibility(&self, login: &str) -> Result<String, DbError> {
         let r: Option<(String,)> =
             sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = ?")
                 .bind(login)
@@ -436,7 +443,7 @@ impl Db {
     }
 
     /// Open presence requests to `subject` from users it has not blocked, oldest first.
-    pub async fn presence_requests(&self, subject: &str) -> Result<Vec<String>, DbError> {
+    pub(crate) async fn presence_requests(&self, subject: &str) -> Result<Vec<String>, DbError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'requested' \
              AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher) \
@@ -449,7 +456,7 @@ impl Db {
     }
 
     /// `owner`'s blocked logins, ordered.
-    pub async fn blocked_by(&self, owner: &str) -> Result<Vec<String>, DbError> {
+    pub(crate) async fn blocked_by(&self, owner: &str) -> Result<Vec<String>, DbError> {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT blocked FROM blocks WHERE owner = ? ORDER BY blocked")
                 .bind(owner)
@@ -459,7 +466,7 @@ impl Db {
     }
 
     /// Whether `owner` has local user `contact` in their contact list.
-    pub async fn has_contact(&self, owner: &str, contact: &str) -> Result<bool, DbError> {
+    pub(crate) async fn has_contact(&self, owner: &str, contact: &str) -> Result<bool, DbError> {
         let r: Option<(i64,)> =
             sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact_local = ?")
                 .bind(owner)

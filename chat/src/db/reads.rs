@@ -5,7 +5,7 @@ use super::*;
 
 impl Db {
     /// The sealed password of a login.
-    pub async fn password(&self, login: &str) -> Result<Option<Vec<u8>>, DbError> {
+    pub(crate) async fn password(&self, login: &str) -> Result<Option<Vec<u8>>, DbError> {
         let r: Option<(Vec<u8>,)> = sqlx::query_as("SELECT password FROM users WHERE login = ?")
             .bind(login)
             .fetch_optional(&self.pool)
@@ -13,17 +13,8 @@ impl Db {
         Ok(r.map(|r| r.0))
     }
 
-    /// Whether a local user exists.
-    pub async fn user_exists(&self, login: &str) -> Result<bool, DbError> {
-        let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE login = ?")
-            .bind(login)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(r.is_some())
-    }
-
     /// A user's profile.
-    pub async fn profile(&self, login: &str) -> Result<Option<Profile>, DbError> {
+    pub(crate) async fn profile(&self, login: &str) -> Result<Option<Profile>, DbError> {
         Ok(
             sqlx::query_as("SELECT name, note, last_seen FROM users WHERE login = ?")
                 .bind(login)
@@ -34,7 +25,7 @@ impl Db {
 
     /// The high-water marks of the stored streams, read in one transaction. Every item
     /// committed so far has a sequence number at or below its mark, every later one above.
-    pub async fn marks(&self) -> Result<Marks, DbError> {
+    pub(crate) async fn marks(&self) -> Result<Marks, DbError> {
         let r: (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT COALESCE((SELECT MAX(seq) FROM messages), 0), \
              COALESCE((SELECT MAX(seq) FROM receipts), 0), \
@@ -52,14 +43,14 @@ impl Db {
     }
 
     /// Unexpired notices for `login` with `seq <= max_seq`, oldest first.
-    pub async fn pending_notices(
+    pub(crate) async fn pending_notices(
         &self,
         login: &str,
         now: i64,
         max_seq: i64,
     ) -> Result<Vec<Notice>, DbError> {
         Ok(sqlx::query_as(
-            "SELECT seq, login, transfer_id, packet, expires_at FROM notices \
+            "SELECT login, transfer_id, packet, expires_at FROM notices \
              WHERE login = ? AND seq <= ? AND expires_at > ? ORDER BY seq LIMIT 10000",
         )
         .bind(login)
@@ -71,7 +62,7 @@ impl Db {
 
     /// Pending (unacknowledged, unread) messages for `login` with `after_seq < seq <= max_seq`,
     /// oldest first.
-    pub async fn pending_messages(
+    pub(crate) async fn pending_messages(
         &self,
         login: &str,
         after_seq: i64,
@@ -91,7 +82,7 @@ impl Db {
     }
 
     /// Read receipts waiting for `sender` with `seq <= max_seq`, oldest first.
-    pub async fn pending_receipts(
+    pub(crate) async fn pending_receipts(
         &self,
         sender: &str,
         max_seq: i64,
@@ -107,7 +98,7 @@ impl Db {
     }
 
     /// Unanswered, unexpired offers for `recipient` with `rowid <= max_seq`, oldest first.
-    pub async fn pending_offers(
+    pub(crate) async fn pending_offers(
         &self,
         recipient: &str,
         now: i64,
@@ -125,7 +116,7 @@ impl Db {
     }
 
     /// The contact list of `owner`.
-    pub async fn contacts(&self, owner: &str) -> Result<Vec<ContactRow>, DbError> {
+    pub(crate) async fn contacts(&self, owner: &str) -> Result<Vec<ContactRow>, DbError> {
         Ok(sqlx::query_as(
             "SELECT c.contact, c.contact_local, c.name, c.grp, u.name AS profile_name, u.note, \
              u.last_seen FROM contacts c LEFT JOIN users u ON u.login = c.contact_local \
@@ -137,7 +128,7 @@ impl Db {
     }
 
     /// Owners who have local user `login` as a contact, with whether their name is defaulted.
-    pub async fn watchers(&self, login: &str) -> Result<Vec<(String, bool)>, DbError> {
+    pub(crate) async fn watchers(&self, login: &str) -> Result<Vec<(String, bool)>, DbError> {
         let rows: Vec<(String, Option<String>)> =
             sqlx::query_as("SELECT owner, name FROM contacts WHERE contact_local = ?")
                 .bind(login)

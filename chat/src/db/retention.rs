@@ -29,7 +29,7 @@ impl PendingBounds {
 
 /// What one retention step removed.
 #[derive(Debug, Clone, Default)]
-pub struct Purged {
+pub(crate) struct Purged {
     /// Pending messages that expired, as `(id, sender)`: their senders are told.
     pub expired: Vec<(String, String)>,
     /// Delivered messages and receipts forgotten.

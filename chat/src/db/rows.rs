@@ -2,7 +2,7 @@
 
 /// A stored message.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StoredMessage {
+pub(crate) struct StoredMessage {
     /// Insertion order.
     pub seq: i64,
     /// UUIDv7.
@@ -20,7 +20,7 @@ pub struct StoredMessage {
 
 /// A read receipt waiting for an offline sender.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// Row id (deleted once delivered).
     pub seq: i64,
     /// Message id.
@@ -34,9 +34,7 @@ pub struct Receipt {
 /// A file result, or a message expiry, stored for a user (delivered at each login until it
 /// expires).
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Notice {
-    /// Sequence number (0 until stored).
-    pub seq: i64,
+pub(crate) struct Notice {
     /// Recipient login.
     pub login: String,
     /// Transfer id (the message id for `MESSAGE-SEND-FAILED reason=expired`).
@@ -49,7 +47,7 @@ pub struct Notice {
 
 /// High-water marks of the stored streams at one instant (see [`crate::hub::Stream`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Marks {
+pub(crate) struct Marks {
     /// `messages.seq`.
     pub messages: i64,
     /// `receipts.seq`.
@@ -62,7 +60,7 @@ pub struct Marks {
 
 /// A user's profile.
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
-pub struct Profile {
+pub(crate) struct Profile {
     /// Display name ('' = none).
     pub name: String,
     /// Status note.
@@ -73,7 +71,7 @@ pub struct Profile {
 
 /// One contact list entry joined with the contact's profile when local.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ContactRow {
+pub(crate) struct ContactRow {
     /// Full address.
     pub contact: String,
     /// Local login of the contact, if on this server.
@@ -93,7 +91,7 @@ pub struct ContactRow {
 
 /// A file offer.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Offer {
+pub(crate) struct Offer {
     /// Transfer id.
     pub id: String,
     /// Sender login.
@@ -121,7 +119,7 @@ pub struct Offer {
 /// Where a file offer stands (stored as lowercase text in `offers.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum OfferState {
+pub(crate) enum OfferState {
     /// Waiting for the recipient's answer.
     Pending,
     /// To a recipient who blocked the sender: never shown, it expires like an ignored one.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Bytes available to unprivileged users on the file system holding `path` (`statvfs`).
-pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
+pub(crate) fn available_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -28,7 +28,7 @@ pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
 /// The free-space watermark, checked at most once per `interval` (one `statvfs` per check,
 /// never per message).
 #[derive(Debug)]
-pub struct Watermark {
+pub(crate) struct Watermark {
     dir: PathBuf,
     min_free: u64,
     interval: Duration,
@@ -38,7 +38,7 @@ pub struct Watermark {
 
 impl Watermark {
     /// `min_free` = 0 disables the check.
-    pub fn new(dir: &Path, min_free: u64, interval: Duration) -> Watermark {
+    pub(crate) fn new(dir: &Path, min_free: u64, interval: Duration) -> Watermark {
         Watermark {
             dir: dir.to_owned(),
             min_free,
@@ -50,7 +50,7 @@ impl Watermark {
 
     /// Whether free space is below the watermark (as of the last check, refreshed when it is
     /// older than the interval).
-    pub fn low(&mut self) -> bool {
+    pub(crate) fn low(&mut self) -> bool {
         if self.min_free == 0 {
             return false;
         }
@@ -83,7 +83,7 @@ impl Watermark {
     }
 
     /// Checks again at the next [`Watermark::low`] (after a failed commit).
-    pub fn recheck(&mut self) {
+    pub(crate) fn recheck(&mut self) {
         self.checked = None;
     }
 }
