@@ -1,11 +1,48 @@
 //! The storage boundary. Every SQL statement of msim-chat lives in this module; the protocol
-//! code only sees [`Db`]'s methods, the row types ([`rows`]) and the [`WriteOp`] / [`Outcome`]
-//! pair that the group-commit writer ([`commit`]) applies in batches.
+//! code only sees `Db`'s methods, the row types (`rows`) and the `WriteOp` / `Outcome`
+//! pair that the group-commit writer (`commit`) applies in batches.
 //!
-//! Layout: [`open`] (files, pragmas, checkpoints), [`rows`] (row models), [`reads`], [`ops`]
-//! (the writes), [`batch`] (one transaction per batch) over [`apply`] (one write of the
-//! general path) and one file per write family (`messages`, `contacts`, `users`, `files`,
-//! [`privacy`], `retention`, `passwords`).
+//! # What a backend must guarantee
+//!
+//! Only SQLite implements the store today. The SQL is *not* portable: `PRAGMA`s and WAL
+//! checkpoints (`open`), `offers.rowid` as the offers' sequence (`reads`'s marks and
+//! pending offers), `last_insert_rowid()` (`files`, `privacy`), `AUTOINCREMENT` (the
+//! migrations), and the one-trip `BEGIN IMMEDIATE; …; COMMIT;` query (`batch`). A second
+//! backend (PostgreSQL) must give the same guarantees, which the protocol code relies on:
+//!
+//! 1. **Durable before answered.** `Db::apply_batch` returns only once its transaction is
+//!    committed and on stable storage (SQLite: WAL with `synchronous=FULL`); the writer answers
+//!    its waiters after that, so `MESSAGE-SENT`, `FILE-PENDING` … always mean "stored".
+//! 2. **Commit order is sequence order.** `messages.seq`, `receipts.seq`, `notices.seq` and
+//!    the offers' sequence grow in commit order: everything committed before a
+//!    `Db::marks` read has a sequence number at or below its mark, everything committed
+//!    later one above. Offline catch-up at login (PROTOCOL.md §5.4) reads the backlog up to
+//!    the marks and takes live pushes above them, so an item is neither lost nor shown twice.
+//! 3. **No gap filled late.** A lower sequence number never becomes visible after a higher one
+//!    that a reader already used as its high-water mark. SQLite gets 2 and 3 from its single
+//!    writer connection: one transaction at a time, sequence numbers handed out inside it
+//!    (`messages.seq` by `Db` itself, the others by the table). A backend with concurrent
+//!    writers must serialise allocation with commit (e.g. keep the single writer); plain
+//!    PostgreSQL sequences would break 3.
+//! 4. **The group commit contract.** One transaction per batch, answers in op order. Ops
+//!    refused up front (below the free-space watermark: `StorageFull` for
+//!    `WriteOp::grows_storage`; a full recipient queue: `Outcome::QueueFull`) fail alone.
+//!    A constraint violation (unique, foreign key, not null, check) fails only its own op —
+//!    each non-hot op runs in a savepoint — or, for runs of messages written with one
+//!    multi-row statement, the messages of that statement. Any other error (I/O, full disk,
+//!    a failed `COMMIT`) fails the whole batch, and the write connection is replaced.
+//!
+//! Sequence numbers may be handed out again after a restart (retention deletes old rows):
+//! they only order items for the sessions of one run.
+//!
+//! # Layout
+//!
+//! The boundary: this file (`Db`, `DbError`), `rows` (row models), `ops` (the
+//! writes and their outcomes), `commit` (the writer task), `space` (the free-space
+//! watermark). The SQLite backend: `open` (files, pragmas, checkpoints), `reads`,
+//! `batch` (one transaction per batch) over `apply` (one write of the general path) and
+//! one file per write family (`messages`, `contacts`, `users`, `files`, `privacy`,
+//! `retention`, `passwords`).
 
 mod apply;
 mod batch;
