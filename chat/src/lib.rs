@@ -23,6 +23,7 @@ pub mod db;
 pub(crate) mod device;
 pub mod embedded_relay;
 pub(crate) mod hub;
+pub(crate) mod jobs;
 pub(crate) mod rate;
 pub mod relays;
 pub mod secret_key;

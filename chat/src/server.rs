@@ -1,7 +1,6 @@
 //! The server: shared state, the accept loop (bounded by a semaphore), background tasks and
 //! clean shutdown (stop accepting, close sessions, finish pending commits).
 
-use crate::cmd::files;
 use crate::config::Config;
 use crate::crypto::{CryptoError, SaltGen, Sealer};
 use crate::db::commit::Writer;
@@ -174,25 +173,8 @@ impl Server {
             shared.config.relay_health_timeout,
             stop.clone(),
         ));
-        let sweeper = {
-            let sh = shared.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(sh.config.offer_sweep_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => files::sweep(&sh).await,
-                    }
-                }
-            })
-        };
-
-        let purger = tokio::spawn(crate::cmd::messages::purge_loop(
-            shared.clone(),
-            stop.clone(),
-        ));
+        let sweeper = tokio::spawn(crate::jobs::sweep_loop(shared.clone(), stop.clone()));
+        let purger = tokio::spawn(crate::jobs::purge_loop(shared.clone(), stop.clone()));
 
         let checkpointer = {
             let db = shared.db.clone();

@@ -45,7 +45,7 @@ fn valid_mime(v: &str) -> bool {
         && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn rejected(id: &str, reason: FileRejection) -> Packet {
+pub(crate) fn rejected(id: &str, reason: FileRejection) -> Packet {
     FileRejected {
         transfer_id: id.to_owned(),
         reason,
@@ -298,28 +298,5 @@ pub(crate) async fn notify(
             Some(seq) => sh.hub.send_seq(login, None, Stream::Notices, *seq, &bytes),
             None => sh.hub.send(login, &bytes),
         };
-    }
-}
-
-/// Expires unanswered offers and tells both sides.
-pub async fn sweep(sh: &Shared) {
-    let now = sh.config.clock.now_micros();
-    match sh.writer.write(WriteOp::ExpireOffers { now }).await {
-        Ok(Outcome::Expired(offers)) => {
-            let expires = now + sh.config.offer_ttl.as_micros() as i64;
-            for o in offers {
-                info!(transfer = %o.id, "offer expired");
-                let pkt = rejected(&o.id, FileRejection::Expired);
-                // The recipient's login backlog no longer lists the offer; only the sender
-                // needs the result stored (stored before the recipient is told).
-                notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;
-                // A hidden offer (blocked sender) was never shown to its recipient.
-                if o.state != OfferState::Hidden {
-                    sh.hub.send_packet(&o.recipient, &pkt);
-                }
-            }
-        }
-        Ok(_) => {}
-        Err(e) => warn!("offer sweep: {e}"),
     }
 }

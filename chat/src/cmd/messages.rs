@@ -3,16 +3,15 @@
 
 use crate::clock::datetime;
 use crate::cmd::{discovery, parse_target, typing, Target};
-use crate::db::{DbError, Notice, Outcome, PrivacyOp, StoredMessage, WriteOp};
+use crate::db::{DbError, Outcome, PrivacyOp, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
-use crate::server::Shared;
 use crate::session::{InFlight, Session};
 use msim_shared::proto::{
     AckMessage, Body, MarkRead, MarkReadFailed, Message, MessageSendFailed, MessageSent,
     ReadFailure, ReadReceipt, SendFailure, SendMessage,
 };
 use msim_shared::Packet;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// The `MESSAGE` packet for a stored message.
 pub fn message_packet(s: &Session<'_>, m: &StoredMessage) -> Packet {
@@ -26,7 +25,7 @@ pub fn message_packet(s: &Session<'_>, m: &StoredMessage) -> Packet {
     .to_packet()
 }
 
-fn failed(id: &str, reason: SendFailure) -> Packet {
+pub(crate) fn failed(id: &str, reason: SendFailure) -> Packet {
     MessageSendFailed {
         id: id.to_owned(),
         reason,
@@ -91,92 +90,6 @@ pub async fn submit(s: &mut Session<'_>, p: &Packet, r: SendMessage) {
             s.drain().await;
             s.reply(p, failed(&id, SendFailure::StorageError));
         }
-    }
-}
-
-/// The retention job: every `purge_interval`, [`purge`] until nothing is left to do.
-pub async fn purge_loop(sh: std::sync::Arc<Shared>, stop: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(sh.config.purge_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                // Bounded steps; other writes get their turn in between.
-                while purge(&sh).await {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
-    }
-}
-
-/// One retention step (PROTOCOL.md §5.7): expires pending messages past `message_ttl`
-/// (their senders get `MESSAGE-SEND-FAILED reason=expired`, live and at their next logins
-/// until `receipt_retention` has passed) and forgets delivered messages and receipts older
-/// than `receipt_retention`. Returns whether more is left to do.
-pub async fn purge(sh: &Shared) -> bool {
-    let c = &sh.config;
-    let now = c.clock.now_micros();
-    let op = WriteOp::Purge {
-        expire_before: now.saturating_sub(c.message_ttl.as_micros() as i64),
-        forget_before: now.saturating_sub(c.receipt_retention.as_micros() as i64),
-        limit: i64::from(c.purge_batch.max(1)),
-    };
-    let purged = match sh.writer.write(op).await {
-        Ok(Outcome::Purged(p)) => p,
-        Ok(_) => return false,
-        Err(e) => {
-            warn!("message retention: {e}");
-            return false;
-        }
-    };
-    if purged.forgotten > 0 || !purged.expired.is_empty() {
-        info!(
-            expired = purged.expired.len(),
-            forgotten = purged.forgotten,
-            "message retention"
-        );
-    }
-    if !purged.expired.is_empty() {
-        tell_expired(sh, purged.expired, now).await;
-    }
-    purged.more
-}
-
-/// Tells senders that their messages expired: stored (one write for the whole step) for their
-/// logins until the receipt retention has passed, and pushed to their live sessions, tagged
-/// with the notice's seq so a session logging in meanwhile gets it once.
-async fn tell_expired(sh: &Shared, expired: Vec<(String, String)>, now: i64) {
-    let expires = now.saturating_add(sh.config.receipt_retention.as_micros() as i64);
-    let packets: Vec<(String, Packet)> = expired
-        .into_iter()
-        .map(|(id, sender)| (sender, failed(&id, SendFailure::Expired)))
-        .collect();
-    let rows = packets
-        .iter()
-        .map(|(sender, p)| Notice {
-            login: sender.clone(),
-            transfer_id: p.get("id").unwrap_or_default().to_owned(),
-            packet: p.to_wire(),
-            expires_at: expires,
-        })
-        .collect();
-    let seqs = match sh.writer.write(WriteOp::AddNotices(rows)).await {
-        Ok(Outcome::Notices(seqs)) => seqs,
-        r => {
-            if let Err(e) = r {
-                warn!("storing expiry notices: {e}");
-            }
-            Vec::new()
-        }
-    };
-    for (i, (sender, p)) in packets.iter().enumerate() {
-        let bytes = encode(p);
-        match seqs.get(i) {
-            Some(seq) => sh.hub.send_seq(sender, None, Stream::Notices, *seq, &bytes),
-            None => sh.hub.send(sender, &bytes),
-        };
     }
 }
 

@@ -1,0 +1,139 @@
+//! Periodic jobs: the offer-expiry sweep and the message retention purge. Each runs on its
+//! own interval until the server's stop token is cancelled.
+
+use crate::cmd::files::{notify, rejected};
+use crate::cmd::messages::failed;
+use crate::db::{Notice, OfferState, Outcome, WriteOp};
+use crate::hub::{encode, Stream};
+use crate::server::Shared;
+use msim_shared::proto::{FileRejection, SendFailure};
+use msim_shared::Packet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Runs `step` every `interval` until `stop` is cancelled (a late tick is delayed, not
+/// bunched up).
+async fn every<F, Fut>(interval: Duration, stop: CancellationToken, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => step().await,
+        }
+    }
+}
+
+/// The offer-expiry job: every `offer_sweep_interval`, [`sweep`].
+pub(crate) async fn sweep_loop(sh: Arc<Shared>, stop: CancellationToken) {
+    every(sh.config.offer_sweep_interval, stop, || sweep(&sh)).await
+}
+
+/// The retention job: every `purge_interval`, [`purge`] until nothing is left to do.
+pub(crate) async fn purge_loop(sh: Arc<Shared>, stop: CancellationToken) {
+    every(sh.config.purge_interval, stop, || async {
+        // Bounded steps; other writes get their turn in between.
+        while purge(&sh).await {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+/// Expires unanswered offers and tells both sides.
+async fn sweep(sh: &Shared) {
+    let now = sh.config.clock.now_micros();
+    match sh.writer.write(WriteOp::ExpireOffers { now }).await {
+        Ok(Outcome::Expired(offers)) => {
+            let expires = now + sh.config.offer_ttl.as_micros() as i64;
+            for o in offers {
+                info!(transfer = %o.id, "offer expired");
+                let pkt = rejected(&o.id, FileRejection::Expired);
+                // The recipient's login backlog no longer lists the offer; only the sender
+                // needs the result stored (stored before the recipient is told).
+                notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;
+                // A hidden offer (blocked sender) was never shown to its recipient.
+                if o.state != OfferState::Hidden {
+                    sh.hub.send_packet(&o.recipient, &pkt);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("offer sweep: {e}"),
+    }
+}
+
+/// One retention step (PROTOCOL.md §5.7): expires pending messages past `message_ttl`
+/// (their senders get `MESSAGE-SEND-FAILED reason=expired`, live and at their next logins
+/// until `receipt_retention` has passed) and forgets delivered messages and receipts older
+/// than `receipt_retention`. Returns whether more is left to do.
+async fn purge(sh: &Shared) -> bool {
+    let c = &sh.config;
+    let now = c.clock.now_micros();
+    let op = WriteOp::Purge {
+        expire_before: now.saturating_sub(c.message_ttl.as_micros() as i64),
+        forget_before: now.saturating_sub(c.receipt_retention.as_micros() as i64),
+        limit: i64::from(c.purge_batch.max(1)),
+    };
+    let purged = match sh.writer.write(op).await {
+        Ok(Outcome::Purged(p)) => p,
+        Ok(_) => return false,
+        Err(e) => {
+            warn!("message retention: {e}");
+            return false;
+        }
+    };
+    if purged.forgotten > 0 || !purged.expired.is_empty() {
+        info!(
+            expired = purged.expired.len(),
+            forgotten = purged.forgotten,
+            "message retention"
+        );
+    }
+    if !purged.expired.is_empty() {
+        tell_expired(sh, purged.expired, now).await;
+    }
+    purged.more
+}
+
+/// Tells senders that their messages expired: stored (one write for the whole step) for their
+/// logins until the receipt retention has passed, and pushed to their live sessions, tagged
+/// with the notice's seq so a session logging in meanwhile gets it once.
+async fn tell_expired(sh: &Shared, expired: Vec<(String, String)>, now: i64) {
+    let expires = now.saturating_add(sh.config.receipt_retention.as_micros() as i64);
+    let packets: Vec<(String, Packet)> = expired
+        .into_iter()
+        .map(|(id, sender)| (sender, failed(&id, SendFailure::Expired)))
+        .collect();
+    let rows = packets
+        .iter()
+        .map(|(sender, p)| Notice {
+            login: sender.clone(),
+            transfer_id: p.get("id").unwrap_or_default().to_owned(),
+            packet: p.to_wire(),
+            expires_at: expires,
+        })
+        .collect();
+    let seqs = match sh.writer.write(WriteOp::AddNotices(rows)).await {
+        Ok(Outcome::Notices(seqs)) => seqs,
+        r => {
+            if let Err(e) = r {
+                warn!("storing expiry notices: {e}");
+            }
+            Vec::new()
+        }
+    };
+    for (i, (sender, p)) in packets.iter().enumerate() {
+        let bytes = encode(p);
+        match seqs.get(i) {
+            Some(seq) => sh.hub.send_seq(sender, None, Stream::Notices, *seq, &bytes),
+            None => sh.hub.send(sender, &bytes),
+        };
+    }
+}
