@@ -5,10 +5,13 @@
 
 pub mod baseline;
 pub mod chat;
+pub mod chat_scenarios;
+pub mod cli;
 pub mod content;
 pub mod ledger;
 pub mod procs;
 pub mod relay;
+pub mod relay_scenarios;
 pub mod report;
 pub mod soak;
 pub mod wire;
