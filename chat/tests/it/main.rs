@@ -1,0 +1,22 @@
+//! The integration tests of this crate, one binary (one link) with a module per area.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+mod connection;
+mod contacts_typing_limits;
+mod crash;
+mod disk_full;
+mod durability;
+mod embedded_relay;
+mod files;
+mod limits;
+mod load;
+mod login_hardening;
+mod login_race;
+mod privacy;
+mod retention;
+mod secret_key;
+mod server;
+mod settings;
+mod tls;

@@ -1,0 +1,273 @@
+//! The password key and the database belong together (SECURITY.md): a server whose
+//! `secret.key` is missing or belongs to another installation refuses to start, and no stored
+//! password that cannot be opened ever matches — the critical login bypass of the review was a
+//! restart without the key, after which `hash = SHA-256(salt)` logged in to every account.
+
+use crate::common;
+use common::{field, Client, PASSWORD};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+enum Started {
+    Running(Child, SocketAddr),
+    Refused(String),
+}
+
+fn chat(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_msim-chat"));
+    c.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--embedded-relay-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    // Every failed login below must reach the password check, not the throttle.
+    .args(["--throttle-max", "0s"])
+    .env("RUST_LOG", "info")
+    .env("NO_COLOR", "1")
+    .kill_on_drop(true);
+    c
+}
+
+/// Starts the binary; either it listens, or it exits non-zero and its log is returned.
+async fn start(dir: &Path) -> Started {
+    let mut child = chat(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let listening = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("msim-chat listening") {
+                let rest = &line[at..];
+                let start = rest.find("127.0.0.1:").unwrap();
+                let addr = &rest[start..];
+                let end = addr
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                    .unwrap_or(addr.len());
+                return Some(addr[..end].parse::<SocketAddr>().unwrap());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        None
+    })
+    .await
+    .expect("msim-chat neither listened nor exited");
+    match listening {
+        Some(addr) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Started::Running(child, addr)
+        }
+        None => {
+            let status = tokio::time::timeout(DEADLINE, child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!status.success(), "exited 0 without listening:\n{log}");
+            Started::Refused(log)
+        }
+    }
+}
+
+async fn running(dir: &Path) -> (Child, SocketAddr) {
+    match start(dir).await {
+        Started::Running(c, a) => (c, a),
+        Started::Refused(log) => panic!("msim-chat refused to start:\n{log}"),
+    }
+}
+
+async fn refused(dir: &Path) -> String {
+    match start(dir).await {
+        Started::Running(..) => panic!("msim-chat started"),
+        Started::Refused(log) => log,
+    }
+}
+
+/// Runs an operator command; returns (success, stdout + stderr).
+async fn operator(dir: &Path, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = chat(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn stop(mut child: Child) {
+    child.kill().await.unwrap();
+}
+
+async fn register(addr: SocketAddr, login: &str, password: &str) {
+    let mut c = Client::connect(addr).await;
+    c.send(&format!("REGISTER login={login} password={password}"))
+        .await;
+    c.expect("REGISTER-OK").await;
+}
+
+/// Answers the challenge with `hash(salt)`; returns the server's verdict line.
+async fn login_answer(addr: SocketAddr, login: &str, hash: impl Fn(&str) -> String) -> String {
+    let mut c = Client::connect(addr).await;
+    c.send(&format!("CONNECT login={login}")).await;
+    let ack = c.expect("CONNECT-ACK").await;
+    let salt = field(&ack, "salt").unwrap();
+    c.send(&format!("CONNECT-CONTINUE hash={}", hash(&salt)))
+        .await;
+    c.line().await
+}
+
+fn password_hash(password: &'static str) -> impl Fn(&str) -> String {
+    move |salt| msim_chat::crypto::challenge_hash(salt, password.as_bytes())
+}
+
+/// The attack of the review: the hash of the empty password, which anyone can compute.
+fn empty_password_hash(salt: &str) -> String {
+    msim_chat::crypto::challenge_hash(salt, b"")
+}
+
+fn secret_key(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("secret.key")).unwrap()
+}
+
+#[tokio::test]
+async fn lost_key_refuses_to_start_and_never_logs_in_with_the_empty_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = running(dir.path()).await;
+    register(addr, "alice", "a-strong-password-1").await;
+    register(addr, "bob", PASSWORD).await;
+    stop(child).await;
+    let original_key = secret_key(dir.path());
+
+    // A backup restored without its key: msim-chat refuses, and makes no new key.
+    std::fs::remove_file(dir.path().join("secret.key")).unwrap();
+    let log = refused(dir.path()).await;
+    assert!(log.contains("secret.key is missing"), "{log}");
+    assert!(log.contains("2 sealed password"), "{log}");
+    assert!(!dir.path().join("secret.key").exists());
+
+    // Another installation's key: refused too.
+    let other = tempfile::tempdir().unwrap();
+    let (child, other_addr) = running(other.path()).await;
+    register(other_addr, "carol", PASSWORD).await;
+    stop(child).await;
+    std::fs::copy(
+        other.path().join("secret.key"),
+        dir.path().join("secret.key"),
+    )
+    .unwrap();
+    let log = refused(dir.path()).await;
+    assert!(log.contains("does not open the stored passwords"), "{log}");
+
+    // With the right key back, the users are unaffected.
+    std::fs::write(dir.path().join("secret.key"), &original_key).unwrap();
+    let (child, addr) = running(dir.path()).await;
+    let ok = login_answer(addr, "alice", password_hash("a-strong-password-1")).await;
+    assert!(ok.starts_with("CONNECT-OK"), "{ok}");
+    let attack = login_answer(addr, "alice", empty_password_hash).await;
+    assert!(attack.starts_with("CONNECT-FAILED"), "{attack}");
+    stop(child).await;
+}
+
+#[tokio::test]
+async fn reset_secret_key_locks_accounts_until_set_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = running(dir.path()).await;
+    register(addr, "alice", "a-strong-password-1").await;
+    register(addr, "bob", PASSWORD).await;
+    stop(child).await;
+
+    // Refused while the key works: it would lock everyone out for nothing.
+    let (ok, out) = operator(dir.path(), &["reset-secret-key", "--lock-all-accounts"], "").await;
+    assert!(!ok && out.contains("nothing to reset"), "{out}");
+    // Refused without the confirmation flag.
+    let (ok, _) = operator(dir.path(), &["reset-secret-key"], "").await;
+    assert!(!ok);
+
+    std::fs::remove_file(dir.path().join("secret.key")).unwrap();
+    let (ok, out) = operator(dir.path(), &["reset-secret-key", "--lock-all-accounts"], "").await;
+    assert!(ok && out.contains("2 account(s) locked"), "{out}");
+    let (ok, out) = operator(dir.path(), &["set-password", "alice"], "new-password-22\n").await;
+    assert!(ok, "{out}");
+    let (ok, out) = operator(dir.path(), &["set-password", "nobody"], "new-password-22\n").await;
+    assert!(!ok && out.contains("no account nobody"), "{out}");
+    let (ok, out) = operator(dir.path(), &["set-password", "bob"], "short\n").await;
+    assert!(!ok && out.contains("characters"), "{out}");
+
+    let (child, addr) = running(dir.path()).await;
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.path().join("secret.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode & 0o777, 0o600);
+    for (login, hash) in [
+        ("alice", empty_password_hash as fn(&str) -> String),
+        ("bob", empty_password_hash),
+        ("alice", |s: &str| {
+            msim_chat::crypto::challenge_hash(s, b"a-strong-password-1")
+        }),
+        ("bob", |s: &str| {
+            msim_chat::crypto::challenge_hash(s, PASSWORD.as_bytes())
+        }),
+    ] {
+        let verdict = login_answer(addr, login, hash).await;
+        assert!(verdict.starts_with("CONNECT-FAILED"), "{login}: {verdict}");
+    }
+    let ok = login_answer(addr, "alice", password_hash("new-password-22")).await;
+    assert!(ok.starts_with("CONNECT-OK"), "{ok}");
+    // A locked login name cannot be taken over by registering it again.
+    let mut c = Client::connect(addr).await;
+    c.send(&format!("REGISTER login=bob password={PASSWORD}"))
+        .await;
+    c.expect("REGISTER-FAILED").await;
+    stop(child).await;
+}
+
+#[tokio::test]
+async fn empty_relay_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let relay = ["--relay", "http://127.0.0.1:9"];
+    for (args, env) in [
+        (vec!["--relay-secret-file", empty.to_str().unwrap()], None),
+        (vec![], Some("")),
+        (vec![], Some("  \n")),
+    ] {
+        let mut cmd = chat(dir.path());
+        cmd.args(relay).args(&args).env_remove("MSIM_RELAY_SECRET");
+        if let Some(v) = env {
+            cmd.env("MSIM_RELAY_SECRET", v);
+        }
+        let out = tokio::time::timeout(DEADLINE, cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {args:?} {env:?}");
+        assert!(log.contains("relay token secret"), "{log}");
+    }
+}

@@ -1,0 +1,10 @@
+//! The integration tests of this crate, one binary (one link) with a module per area.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod cli;
+mod common;
+#[cfg(target_os = "linux")]
+mod interrupt;
+mod reconnect;
+mod tls;

@@ -1,0 +1,10 @@
+//! The integration tests of this crate, one binary (one link) with a module per area.
+
+mod access;
+mod crash;
+mod http_status;
+mod http_support;
+mod limits;
+mod settings;
+mod support;
+mod transfers;

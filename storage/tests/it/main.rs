@@ -1,0 +1,5 @@
+//! The integration tests of this crate, one binary (one link) with a module per area.
+
+mod lifecycle;
+mod store_support;
+mod streaming;
