@@ -1,7 +1,9 @@
 //! Test support for the mSIM workspace: [`System`] (a chat server with n relays, or with its
 //! embedded relay, TLS or not, in-process on free 127.0.0.1 ports), [`SelfSigned`]
-//! certificates, deterministic [`test_data`] and [`sha256_hex`].
+//! certificates, deterministic [`test_data`] and [`sha256_hex`], and throwaway PostgreSQL
+//! clusters ([`postgres`]).
 
+pub mod postgres;
 mod system;
 
 pub use system::{System, SystemBuilder};
