@@ -1,13 +1,13 @@
 //! Periodic jobs: the offer-expiry sweep and the message retention purge. Each runs on its
 //! own interval until the server's stop token is cancelled.
 
-use crate::cmd::files::{notify, rejected};
+use crate::cmd::context::Ctx;
+use crate::cmd::files::rejected;
 use crate::cmd::messages::failed;
-use crate::db::{Notice, OfferState, Outcome, WriteOp};
-use crate::hub::{encode, Stream};
+use crate::cmd::notices::{notify, Note};
+use crate::db::{OfferState, Outcome, WriteOp};
 use crate::server::Shared;
 use msim_shared::proto::{FileRejection, SendFailure};
-use msim_shared::Packet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,7 @@ pub(crate) async fn purge_loop(sh: Arc<Shared>, stop: CancellationToken) {
 
 /// Expires unanswered offers and tells both sides.
 async fn sweep(sh: &Shared) {
+    let ctx = Ctx::new(sh);
     let now = sh.config.clock.now_micros();
     match sh.writer.write(WriteOp::ExpireOffers { now }).await {
         Ok(Outcome::Expired(offers)) => {
@@ -57,7 +58,8 @@ async fn sweep(sh: &Shared) {
                 let pkt = rejected(&o.id, FileRejection::Expired);
                 // The recipient's login backlog no longer lists the offer; only the sender
                 // needs the result stored (stored before the recipient is told).
-                notify(sh, &o.id, expires, vec![(o.sender.clone(), pkt.clone())]).await;
+                let note = Note::new(o.sender.clone(), &o.id, pkt.clone());
+                notify(&ctx, expires, vec![note]).await;
                 // A hidden offer (blocked sender) was never shown to its recipient.
                 if o.state != OfferState::Hidden {
                     sh.hub.send_packet(&o.recipient, &pkt);
@@ -103,37 +105,12 @@ async fn purge(sh: &Shared) -> bool {
 }
 
 /// Tells senders that their messages expired: stored (one write for the whole step) for their
-/// logins until the receipt retention has passed, and pushed to their live sessions, tagged
-/// with the notice's seq so a session logging in meanwhile gets it once.
+/// logins until the receipt retention has passed, and pushed to their live sessions.
 async fn tell_expired(sh: &Shared, expired: Vec<(String, String)>, now: i64) {
     let expires = now.saturating_add(sh.config.receipt_retention.as_micros() as i64);
-    let packets: Vec<(String, Packet)> = expired
+    let notes = expired
         .into_iter()
-        .map(|(id, sender)| (sender, failed(&id, SendFailure::Expired)))
+        .map(|(id, sender)| Note::new(sender, &id, failed(&id, SendFailure::Expired)))
         .collect();
-    let rows = packets
-        .iter()
-        .map(|(sender, p)| Notice {
-            login: sender.clone(),
-            transfer_id: p.get("id").unwrap_or_default().to_owned(),
-            packet: p.to_wire(),
-            expires_at: expires,
-        })
-        .collect();
-    let seqs = match sh.writer.write(WriteOp::AddNotices(rows)).await {
-        Ok(Outcome::Notices(seqs)) => seqs,
-        r => {
-            if let Err(e) = r {
-                warn!("storing expiry notices: {e}");
-            }
-            Vec::new()
-        }
-    };
-    for (i, (sender, p)) in packets.iter().enumerate() {
-        let bytes = encode(p);
-        match seqs.get(i) {
-            Some(seq) => sh.hub.send_seq(sender, None, Stream::Notices, *seq, &bytes),
-            None => sh.hub.send(sender, &bytes),
-        };
-    }
+    notify(&Ctx::new(sh), expires, notes).await;
 }

@@ -1,30 +1,37 @@
-//! Registration and login (PROTOCOL.md §4), and what happens at login and logout.
+//! Registration and login (PROTOCOL.md §4). What happens once logged in (hub registration,
+//! the offline backlog, logout) is the session's (`crate::session::login`).
 
-use crate::clock::datetime;
-use crate::cmd::{files, presence};
+use crate::cmd::context::{Ctx, Gate, Reply, RequestRef};
 use crate::db::{Outcome, WriteOp};
-use crate::hub::Stream;
-use crate::session::{Session, State};
 use msim_shared::proto::{
-    Body, Connect, ConnectAck, ConnectContinue, ConnectFailed, ConnectFailure, ConnectOk,
-    ReadReceipt, Register, RegisterFailed, RegisterFailure, RegisterOk,
+    Body, Connect, ConnectAck, ConnectContinue, ConnectFailed, ConnectFailure, ConnectOk, Register,
+    RegisterFailed, RegisterFailure, RegisterOk,
 };
 use msim_shared::Packet;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// Pending messages sent per database page at login.
-const PAGE: i64 = 256;
+/// A login in progress: `CONNECT-ACK` sent, waiting for `CONNECT-CONTINUE`.
+#[derive(Debug)]
+pub(crate) struct Challenge {
+    /// Canonical login asked for.
+    login: String,
+    /// Sealed password (None: unknown login).
+    sealed: Option<Vec<u8>>,
+    /// The salt, good for this one attempt.
+    salt: String,
+    /// The `device=` cookie presented with `CONNECT`, if any (checked with the answer).
+    device: Option<String>,
+}
 
 fn failed(reason: RegisterFailure) -> Packet {
     RegisterFailed { reason }.to_packet()
 }
 
 /// `REGISTER login= password=` (the dispatcher has checked the state).
-pub async fn register(s: &mut Session<'_>, p: &Packet, r: Register) {
+pub(crate) async fn register(ctx: &Ctx<'_>, gate: &Gate<'_>, reply: Reply<'_>, r: Register) {
     let Register { login, password } = r;
     let password = password.as_str();
-    let c = &s.sh.config;
+    let c = ctx.config;
     let login = login.to_lowercase();
     let reason = if !c.registration_open {
         Some(RegisterFailure::Closed)
@@ -41,23 +48,17 @@ pub async fn register(s: &mut Session<'_>, p: &Packet, r: Register) {
         Some(RegisterFailure::PasswordTooShort)
     } else if password.chars().count() > c.password_max {
         Some(RegisterFailure::PasswordTooLong)
-    } else if !s
-        .sh
-        .limits
-        .allow_register(s.peer.ip(), c.clock.now_micros())
-    {
+    } else if !ctx.limits.allow_register(gate.peer.ip(), ctx.now()) {
         Some(RegisterFailure::RateLimited)
     } else {
         None
     };
     if let Some(r) = reason {
-        s.reply(p, failed(r));
-        return;
+        return reply.send(failed(r));
     }
-    let sealed = s.sh.sealer.seal(&login, password);
-    let now = s.sh.config.clock.now_micros();
-    match s
-        .sh
+    let sealed = gate.sealer.seal(&login, password);
+    let now = ctx.now();
+    match ctx
         .writer
         .write(WriteOp::CreateUser {
             login: login.clone(),
@@ -66,15 +67,15 @@ pub async fn register(s: &mut Session<'_>, p: &Packet, r: Register) {
         })
         .await
     {
-        Ok(Outcome::Taken) => s.reply(p, failed(RegisterFailure::LoginTaken)),
+        Ok(Outcome::Taken) => reply.send(failed(RegisterFailure::LoginTaken)),
         Ok(_) => {
             info!(login, "registered");
-            let login = s.addr(&login);
-            s.reply(p, RegisterOk { login }.to_packet());
+            let login = ctx.addr(&login);
+            reply.send(RegisterOk { login }.to_packet());
         }
         Err(e) => {
             warn!("register: {e}");
-            s.reply(p, failed(RegisterFailure::StorageError));
+            reply.send(failed(RegisterFailure::StorageError));
         }
     }
 }
@@ -88,7 +89,7 @@ fn throttled(wait: std::time::Duration) -> Packet {
     .to_packet()
 }
 
-fn connect_failed(reason: ConnectFailure) -> Packet {
+pub(crate) fn connect_failed(reason: ConnectFailure) -> Packet {
     ConnectFailed {
         reason,
         retry_after: None,
@@ -98,218 +99,100 @@ fn connect_failed(reason: ConnectFailure) -> Packet {
 
 /// `CONNECT login= [device=]`: always answered with `CONNECT-ACK salt=`, with the same work for
 /// known and unknown logins.
-pub async fn connect(s: &mut Session<'_>, p: &Packet, r: Connect) {
+pub(crate) async fn connect(
+    ctx: &Ctx<'_>,
+    gate: &Gate<'_>,
+    reply: Reply<'_>,
+    r: Connect,
+) -> Challenge {
     let raw = r.login.as_str();
     // A cookie too long to be ours is ignored rather than kept.
     let device = r
         .device
         .filter(|d| d.len() <= crate::device::MAX_COOKIE_LEN);
     // Any text is accepted as a login: an invalid one behaves exactly like an unknown one.
-    let login = match crate::cmd::parse_target(raw, &s.sh.config.domain) {
+    let login = match crate::cmd::parse_target(raw, &ctx.config.domain) {
         Some(crate::cmd::Target::Local(l)) => l,
         _ => raw.to_lowercase(),
     };
     // Throttling is enforced at CONNECT-CONTINUE: CONNECT is always answered with a salt
     // (design.md), so its answer never depends on the login's history.
-    let sealed = match s.sh.db.password(&login).await {
+    let sealed = match ctx.db.password(&login).await {
         Ok(v) => v,
         Err(e) => {
             warn!("connect: {e}");
             None
         }
     };
-    let salt = s.sh.salts.next();
-    s.reply(p, ConnectAck { salt: salt.clone() }.to_packet());
-    s.state = State::Challenged {
+    let salt = gate.salts.next();
+    reply.send(ConnectAck { salt: salt.clone() }.to_packet());
+    Challenge {
         login,
         sealed,
         salt,
         device,
-    };
+    }
 }
 
-/// `CONNECT-CONTINUE hash=`.
-pub async fn connect_continue(s: &mut Session<'_>, p: &Packet, r: ConnectContinue) {
+/// `CONNECT-CONTINUE hash=` answering `challenge` (None: no `CONNECT` before). Returns the
+/// login and the unsent reply when the password is right; the session then logs in and
+/// answers `CONNECT-OK`.
+pub(crate) fn connect_continue(
+    gate: &Gate<'_>,
+    reply: Reply<'_>,
+    challenge: Option<Challenge>,
+    r: ConnectContinue,
+) -> Option<(String, RequestRef)> {
     let hash = r.hash.as_str();
-    let State::Challenged {
+    let Some(Challenge {
         login,
         sealed,
         salt,
         device,
-    } = std::mem::replace(&mut s.state, State::Greeting)
+    }) = challenge
     else {
-        s.reply(p, connect_failed(ConnectFailure::BadState));
-        return;
+        reply.send(connect_failed(ConnectFailure::BadState));
+        return None;
     };
-    let ip = s.peer.ip();
-    let sh = s.sh.clone();
+    let ip = gate.peer.ip();
     // A trusted device answers for itself (its own failure budget); anyone else waits out
     // the throttle (SECURITY.md, "Login hardening").
-    let device = device.and_then(|d| sh.devices.verify(&login, &d));
+    let device = device.and_then(|d| gate.devices.verify(&login, &d));
     if device.is_none() {
-        let wait = sh.throttle.wait(&login, ip);
+        let wait = gate.throttle.wait(&login, ip);
         if !wait.is_zero() {
-            s.reply(p, throttled(wait));
-            return;
+            reply.send(throttled(wait));
+            return None;
         }
     }
-    if !sh.sealer.verify(&login, sealed.as_deref(), &salt, hash) {
+    if !gate.sealer.verify(&login, sealed.as_deref(), &salt, hash) {
         match device {
-            Some(d) => sh.devices.failure(d),
-            None => sh.throttle.failure(&login, ip),
+            Some(d) => gate.devices.failure(d),
+            None => gate.throttle.failure(&login, ip),
         }
-        info!(peer = %s.peer, device = device.is_some(), "login failed");
-        s.reply(p, connect_failed(ConnectFailure::Invalid));
-        return;
+        info!(peer = %gate.peer, device = device.is_some(), "login failed");
+        reply.send(connect_failed(ConnectFailure::Invalid));
+        return None;
     }
     if let Some(d) = device {
-        sh.devices.success(d);
+        gate.devices.success(d);
     }
-    sh.throttle.success(&login, ip);
-    logged_in(s, p, login).await;
+    gate.throttle.success(&login, ip);
+    Some((login, reply.defer()))
 }
 
-async fn logged_in(s: &mut Session<'_>, p: &Packet, login: String) {
-    let sh = s.sh.clone();
-    let c = &sh.config;
-    // Register first: from now on every stored item reaches this session live (queued in its
-    // channel). Then snapshot the high-water marks: the backlog sends every stored item up to
-    // them from the database, and the session drops live items at or below them (PROTOCOL.md
-    // §5.4). Nothing is lost and nothing is sent twice.
-    let (tx, rx) = mpsc::channel(c.outbound_queue);
-    let (id, first) = sh.hub.register(&login, tx);
-    let marks = match sh.db.marks().await {
-        Ok(v) => v,
-        Err(e) => {
-            warn!("login: {e}");
-            sh.hub.unregister(&login, id);
-            s.reply(p, connect_failed(ConnectFailure::Invalid));
-            return;
-        }
-    };
-    s.rx = Some(rx);
-    s.marks[Stream::Messages as usize] = marks.messages;
-    s.marks[Stream::Receipts as usize] = marks.receipts;
-    s.marks[Stream::Offers as usize] = marks.offers;
-    s.marks[Stream::Notices as usize] = marks.notices;
-    s.state = State::LoggedIn {
-        login: login.clone(),
-        id,
-    };
-    info!(login, session = id, peer = %s.peer, "logged in");
-    let ok = ConnectOk {
-        login: s.addr(&login),
+/// `CONNECT-OK` for `login`, with the server's limits and a fresh device cookie.
+pub(crate) fn connect_ok(ctx: &Ctx<'_>, gate: &Gate<'_>, login: &str) -> Packet {
+    let c = ctx.config;
+    ConnectOk {
+        login: ctx.addr(login),
         domain: c.domain.clone(),
         federation: false,
         max_line: c.max_line as u64,
         max_text: c.max_text as u64,
         max_file_size: c.max_file_size,
         server: concat!("msim-chat/", env!("CARGO_PKG_VERSION")).to_owned(),
-        device: Some(sh.devices.issue(&login)),
-    };
-    s.reply(p, ok.to_packet());
-    if first {
-        presence::announce(&sh, &login, true).await;
+        device: Some(gate.devices.issue(login)),
     }
-    // Pending messages, oldest first, page by page.
-    let mut after = 0;
-    loop {
-        let page = match sh
-            .db
-            .pending_messages(&login, after, marks.messages, PAGE)
-            .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                warn!("pending messages: {e}");
-                break;
-            }
-        };
-        for m in &page {
-            after = m.seq;
-            let pkt = crate::cmd::messages::message_packet(s, m);
-            s.push(&pkt);
-        }
-        if s.flush().await.is_err() {
-            s.closing = true;
-            return;
-        }
-        if (page.len() as i64) < PAGE {
-            break;
-        }
-    }
-    // Read receipts stored while this user was offline.
-    match sh.db.pending_receipts(&login, marks.receipts).await {
-        Ok(receipts) if !receipts.is_empty() => {
-            let mut seqs = Vec::with_capacity(receipts.len());
-            for r in receipts {
-                seqs.push(r.seq);
-                let pkt = ReadReceipt {
-                    id: r.message_id,
-                    by: s.addr(&r.reader),
-                    at: datetime(r.at),
-                };
-                s.push(&pkt.to_packet());
-            }
-            // Sent first, then recorded, and the login waits for the record: a receipt is
-            // repeated only if the server stops in between, never to the next login (§5.6).
-            if s.flush().await.is_err() {
-                s.closing = true;
-                return;
-            }
-            if let Err(e) = sh.writer.write(WriteOp::DeleteReceipts(seqs)).await {
-                warn!("delivered receipts: {e}");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => warn!("pending receipts: {e}"),
-    }
-    let now = c.clock.now_micros();
-    // File offers made while offline.
-    match sh.db.pending_offers(&login, now, marks.offers).await {
-        Ok(offers) => {
-            for o in offers {
-                let pkt = files::request_packet(s, &o);
-                s.push(&pkt);
-            }
-        }
-        Err(e) => warn!("pending offers: {e}"),
-    }
-    // File results (SEND-FILE-PROXY-OK / -REJECTED / -READY) stored for this user.
-    match sh.db.pending_notices(&login, now, marks.notices).await {
-        Ok(notices) => {
-            for n in notices {
-                s.push_bytes(n.packet.as_bytes());
-            }
-        }
-        Err(e) => warn!("pending notices: {e}"),
-    }
-    // Presence requests waiting for an answer (repeated at every login until answered).
-    crate::cmd::privacy::requests_at_login(s, &login).await;
-}
-
-/// Cleans up after a connection: typing ends, hub removal, presence when last session.
-pub async fn logout(s: &mut Session<'_>) {
-    let State::LoggedIn { login, id } = std::mem::replace(&mut s.state, State::Greeting) else {
-        return;
-    };
-    let sh = s.sh.clone();
-    crate::cmd::typing::end_all(s, &login);
-    s.rx = None;
-    let last = sh.hub.unregister(&login, id);
-    info!(login, session = id, "logged out");
-    if last {
-        let now = sh.config.clock.now_micros();
-        if let Err(e) = sh
-            .writer
-            .write(WriteOp::SetLastSeen {
-                login: login.clone(),
-                at: now,
-            })
-            .await
-        {
-            warn!("last seen: {e}");
-        }
-        presence::announce(&sh, &login, false).await;
-    }
+    .to_packet()
 }

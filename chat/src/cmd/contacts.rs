@@ -1,36 +1,35 @@
 //! Contacts (PROTOCOL.md §8). Changes reach the owner's other sessions as `CONTACT-UPDATED`.
 
 use crate::clock::datetime;
+use crate::cmd::context::{Ctx, Me, Reply};
 use crate::cmd::{discovery, has_control, parse_target, Target};
 use crate::db::{ContactRow, Outcome, WriteOp};
 use crate::hub::encode;
-use crate::session::Session;
 use msim_shared::proto::{
     Body, Contact, ContactFailure, ContactUpdate, ContactUpdated, ContactsAdd, ContactsAddFailed,
     ContactsAddOk, ContactsChange, ContactsChangeFailed, ContactsChangeOk, ContactsDelete,
     ContactsDeleteFailed, ContactsDeleteOk, ContactsGetFailed, ContactsGetFailure, ContactsList,
     Presence,
 };
-use msim_shared::Packet;
 use tracing::warn;
 
 /// Longest contact or profile name (characters).
-pub const MAX_NAME: usize = 128;
+pub(crate) const MAX_NAME: usize = 128;
 
 /// Whether a name is acceptable (non-empty, bounded, no control characters).
-pub fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.trim().is_empty() && n.chars().count() <= MAX_NAME && !has_control(n)
 }
 
 /// Whether a group path is acceptable: the shared rule (`a/b`, non-empty segments, at most
 /// 128 characters) and no control characters.
-pub fn valid_group(g: &str) -> bool {
+pub(crate) fn valid_group(g: &str) -> bool {
     msim_shared::proto::is_valid_group(g) && !has_control(g)
 }
 
 /// The presence of a local user: online, or last seen (None if never seen).
-pub fn presence(s: &Session<'_>, login: &str, last_seen: Option<i64>) -> Option<Presence> {
-    if s.sh.hub.is_online(login) {
+pub(crate) fn presence(ctx: &Ctx<'_>, login: &str, last_seen: Option<i64>) -> Option<Presence> {
+    if ctx.hub.is_online(login) {
         Some(Presence::Online)
     } else {
         last_seen.map(|at| Presence::LastSeen(datetime(at)))
@@ -38,7 +37,7 @@ pub fn presence(s: &Session<'_>, login: &str, last_seen: Option<i64>) -> Option<
 }
 
 /// `visible`: whether the owner may see this contact's presence (§7.2).
-fn record(s: &Session<'_>, row: &ContactRow, visible: bool) -> Contact {
+fn record(ctx: &Ctx<'_>, row: &ContactRow, visible: bool) -> Contact {
     let login_part = row.contact.split('@').next().unwrap_or(&row.contact);
     let name = row
         .name
@@ -49,7 +48,7 @@ fn record(s: &Session<'_>, row: &ContactRow, visible: bool) -> Contact {
         .contact_local
         .as_deref()
         .filter(|_| visible)
-        .and_then(|l| presence(s, l, row.last_seen));
+        .and_then(|l| presence(ctx, l, row.last_seen));
     Contact {
         id: row.contact.clone(),
         name,
@@ -59,16 +58,17 @@ fn record(s: &Session<'_>, row: &ContactRow, visible: bool) -> Contact {
     }
 }
 
-fn to_other_sessions(s: &Session<'_>, login: &str, rec: ContactUpdate) {
+fn to_other_sessions(ctx: &Ctx<'_>, me: Me<'_>, rec: ContactUpdate) {
     let pkt = ContactUpdated { updates: vec![rec] };
     let bytes = encode(&pkt.to_packet());
-    s.sh.hub.send_except(login, s.session_id(), &bytes);
+    ctx.hub.send_except(me.login, Some(me.session), &bytes);
 }
 
 /// `CONTACTS-GET`.
-pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
-    let rows = match s.sh.db.contacts(login).await {
-        Ok(rows) => s.sh.db.visible_contacts(login).await.map(|v| (rows, v)),
+pub(crate) async fn get(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>) {
+    let login = me.login;
+    let rows = match ctx.db.contacts(login).await {
+        Ok(rows) => ctx.db.visible_contacts(login).await.map(|v| (rows, v)),
         Err(e) => Err(e),
     };
     match rows {
@@ -80,10 +80,10 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
                         .contact_local
                         .as_ref()
                         .is_some_and(|l| visible.contains(l));
-                    record(s, r, v)
+                    record(ctx, r, v)
                 })
                 .collect();
-            s.reply(p, ContactsList { contacts }.to_packet());
+            reply.send(ContactsList { contacts }.to_packet());
         }
         Err(e) => {
             // Never an empty list in place of the real one: the client would show it.
@@ -91,7 +91,7 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, login: &str) {
             let failed = ContactsGetFailed {
                 reason: ContactsGetFailure::StorageError,
             };
-            s.reply(p, failed.to_packet());
+            reply.send(failed.to_packet());
         }
     }
 }
@@ -104,7 +104,8 @@ fn canonical(t: &Target, domain: &str) -> String {
 }
 
 /// `CONTACTS-ADD id= [name=] [group=]`.
-pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
+pub(crate) async fn add(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ContactsAdd) {
+    let login = me.login;
     let ContactsAdd { id, name, group } = r;
     let fail = |id: &str, reason: ContactFailure| {
         ContactsAddFailed {
@@ -113,28 +114,28 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
         }
         .to_packet()
     };
-    let domain = s.sh.config.domain.clone();
+    let domain = ctx.config.domain.clone();
     let Some(target) = parse_target(&id, &domain) else {
-        return s.reply(p, fail(&id, ContactFailure::BadAddress));
+        return reply.send(fail(&id, ContactFailure::BadAddress));
     };
     let addr = canonical(&target, &domain);
     if target == Target::Local(login.to_owned()) {
-        return s.reply(p, fail(&addr, ContactFailure::SelfContact));
+        return reply.send(fail(&addr, ContactFailure::SelfContact));
     }
     if name.as_deref().is_some_and(|n| !valid_name(n)) {
-        return s.reply(p, fail(&addr, ContactFailure::BadName));
+        return reply.send(fail(&addr, ContactFailure::BadName));
     }
     let group = group.filter(|g| !g.is_empty());
     if group.as_deref().is_some_and(|g| !valid_group(g)) {
-        return s.reply(p, fail(&addr, ContactFailure::BadGroup));
+        return reply.send(fail(&addr, ContactFailure::BadGroup));
     }
     let local = match &target {
         Target::Local(l) => Some(l.clone()),
         Target::Remote(_) => None,
     };
     if let Some(l) = &local {
-        if let Some(refused) = discovery::check(s, p, login, l).await {
-            return s.reply(p, refused);
+        if let Some(refused) = discovery::check(ctx, reply.verb(), login, l).await {
+            return reply.send(refused);
         }
     }
     let op = WriteOp::AddContact {
@@ -143,20 +144,19 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
         contact_local: local.clone(),
         name: name.clone(),
         group: group.clone(),
-        max: s.sh.config.max_contacts as i64,
+        max: ctx.config.max_contacts as i64,
     };
-    match s.sh.writer.write(op).await {
+    match ctx.writer.write(op).await {
         Ok(Outcome::Done) => {
             let ok = ContactsAddOk { id: addr.clone() };
-            s.reply(p, ok.to_packet());
+            reply.send(ok.to_packet());
             let mut visible = false;
             if let Some(l) = &local {
-                let sh = s.sh.clone();
-                crate::cmd::privacy::subscribe(&sh, login, l).await;
-                visible = sh.db.can_see_presence(l, login).await.unwrap_or(false);
+                crate::cmd::privacy::subscribe(ctx, login, l).await;
+                visible = ctx.db.can_see_presence(l, login).await.unwrap_or(false);
             }
             let profile = match &local {
-                Some(l) => s.sh.db.profile(l).await.ok().flatten(),
+                Some(l) => ctx.db.profile(l).await.ok().flatten(),
                 None => None,
             };
             let row = ContactRow {
@@ -168,7 +168,7 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
                 note: profile.as_ref().map(|p| p.note.clone()),
                 last_seen: profile.and_then(|p| p.last_seen),
             };
-            let c = record(s, &row, visible);
+            let c = record(ctx, &row, visible);
             let rec = ContactUpdate {
                 id: c.id,
                 name: Some(c.name),
@@ -177,20 +177,21 @@ pub async fn add(s: &mut Session<'_>, p: &Packet, r: ContactsAdd, login: &str) {
                 presence: c.presence,
                 deleted: false,
             };
-            to_other_sessions(s, login, rec);
+            to_other_sessions(ctx, me, rec);
         }
         Ok(Outcome::UnknownUser) => {
-            discovery::miss(s, login);
-            s.reply(p, fail(&addr, ContactFailure::UnknownUser));
+            discovery::miss(ctx, login);
+            reply.send(fail(&addr, ContactFailure::UnknownUser));
         }
-        Ok(Outcome::Exists) => s.reply(p, fail(&addr, ContactFailure::AlreadyExists)),
-        Ok(Outcome::TooMany) => s.reply(p, fail(&addr, ContactFailure::TooManyContacts)),
-        Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),
+        Ok(Outcome::Exists) => reply.send(fail(&addr, ContactFailure::AlreadyExists)),
+        Ok(Outcome::TooMany) => reply.send(fail(&addr, ContactFailure::TooManyContacts)),
+        Ok(_) | Err(_) => reply.send(fail(&addr, ContactFailure::StorageError)),
     }
 }
 
 /// `CONTACTS-CHANGE id= [name=] [group=]`.
-pub async fn change(s: &mut Session<'_>, p: &Packet, r: ContactsChange, login: &str) {
+pub(crate) async fn change(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ContactsChange) {
+    let login = me.login;
     let ContactsChange { id, name, group } = r;
     let fail = |id: &str, reason: ContactFailure| {
         ContactsChangeFailed {
@@ -199,21 +200,21 @@ pub async fn change(s: &mut Session<'_>, p: &Packet, r: ContactsChange, login: &
         }
         .to_packet()
     };
-    let domain = s.sh.config.domain.clone();
+    let domain = ctx.config.domain.clone();
     let Some(target) = parse_target(&id, &domain) else {
-        return s.reply(p, fail(&id, ContactFailure::NotFound));
+        return reply.send(fail(&id, ContactFailure::NotFound));
     };
     let addr = canonical(&target, &domain);
     let group = group.map(|g| Some(g).filter(|g| !g.is_empty()));
     if name.is_none() && group.is_none() {
-        return s.reply(p, fail(&addr, ContactFailure::NothingToChange));
+        return reply.send(fail(&addr, ContactFailure::NothingToChange));
     }
     if name.as_deref().is_some_and(|n| !valid_name(n)) {
-        return s.reply(p, fail(&addr, ContactFailure::BadName));
+        return reply.send(fail(&addr, ContactFailure::BadName));
     }
     if let Some(Some(g)) = &group {
         if !valid_group(g) {
-            return s.reply(p, fail(&addr, ContactFailure::BadGroup));
+            return reply.send(fail(&addr, ContactFailure::BadGroup));
         }
     }
     let op = WriteOp::ChangeContact {
@@ -222,22 +223,23 @@ pub async fn change(s: &mut Session<'_>, p: &Packet, r: ContactsChange, login: &
         name: name.clone(),
         group: group.clone(),
     };
-    match s.sh.writer.write(op).await {
+    match ctx.writer.write(op).await {
         Ok(Outcome::Done) => {
             let ok = ContactsChangeOk { id: addr.clone() };
-            s.reply(p, ok.to_packet());
+            reply.send(ok.to_packet());
             let mut rec = ContactUpdate::new(addr);
             rec.name = name;
             rec.group = group.map(Option::unwrap_or_default);
-            to_other_sessions(s, login, rec);
+            to_other_sessions(ctx, me, rec);
         }
-        Ok(Outcome::NotFound) => s.reply(p, fail(&addr, ContactFailure::NotFound)),
-        Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),
+        Ok(Outcome::NotFound) => reply.send(fail(&addr, ContactFailure::NotFound)),
+        Ok(_) | Err(_) => reply.send(fail(&addr, ContactFailure::StorageError)),
     }
 }
 
 /// `CONTACTS-DELETE id=`.
-pub async fn delete(s: &mut Session<'_>, p: &Packet, r: ContactsDelete, login: &str) {
+pub(crate) async fn delete(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ContactsDelete) {
+    let login = me.login;
     let id = r.id;
     let fail = |id: &str, reason: ContactFailure| {
         ContactsDeleteFailed {
@@ -246,27 +248,27 @@ pub async fn delete(s: &mut Session<'_>, p: &Packet, r: ContactsDelete, login: &
         }
         .to_packet()
     };
-    let domain = s.sh.config.domain.clone();
+    let domain = ctx.config.domain.clone();
     let Some(target) = parse_target(&id, &domain) else {
-        return s.reply(p, fail(&id, ContactFailure::NotFound));
+        return reply.send(fail(&id, ContactFailure::NotFound));
     };
     let addr = canonical(&target, &domain);
     let op = WriteOp::DeleteContact {
         owner: login.to_owned(),
         contact: addr.clone(),
     };
-    match s.sh.writer.write(op).await {
+    match ctx.writer.write(op).await {
         Ok(Outcome::Done) => {
             let ok = ContactsDeleteOk { id: addr.clone() };
-            s.reply(p, ok.to_packet());
+            reply.send(ok.to_packet());
             if let Target::Local(l) = &target {
-                crate::cmd::privacy::unsubscribe(&s.sh, login, l);
+                crate::cmd::privacy::unsubscribe(ctx, login, l);
             }
             let mut rec = ContactUpdate::new(addr);
             rec.deleted = true;
-            to_other_sessions(s, login, rec);
+            to_other_sessions(ctx, me, rec);
         }
-        Ok(Outcome::NotFound) => s.reply(p, fail(&addr, ContactFailure::NotFound)),
-        Ok(_) | Err(_) => s.reply(p, fail(&addr, ContactFailure::StorageError)),
+        Ok(Outcome::NotFound) => reply.send(fail(&addr, ContactFailure::NotFound)),
+        Ok(_) | Err(_) => reply.send(fail(&addr, ContactFailure::StorageError)),
     }
 }

@@ -4,27 +4,24 @@
 //! its contact is refused with `ERROR-RATE-LIMITED`, whether that user exists or not, so the
 //! refusal itself reveals nothing.
 
-use crate::session::Session;
+use crate::cmd::context::Ctx;
 use msim_shared::proto::{Body, ErrorRateLimited};
 use msim_shared::Packet;
 use tracing::warn;
 
 /// Whether `login` may look up local user `target` now; the `ERROR-RATE-LIMITED` answer to
-/// `req` when not.
-pub async fn check(s: &Session<'_>, req: &Packet, login: &str, target: &str) -> Option<Packet> {
-    let sh = &s.sh;
-    if target == login || sh.limits.discovery.unlimited() {
+/// a `verb` request when not.
+pub(crate) async fn check(ctx: &Ctx<'_>, verb: &str, login: &str, target: &str) -> Option<Packet> {
+    let discovery = &ctx.limits.discovery;
+    if target == login || discovery.unlimited() {
         return None;
     }
-    let wait = sh
-        .limits
-        .discovery
-        .wait(&login.to_owned(), sh.config.clock.now_micros());
+    let wait = discovery.wait(&login.to_owned(), ctx.now());
     if wait.is_zero() {
         return None;
     }
     // Contacts are known to exist: looking them up reveals nothing new.
-    match sh.db.has_contact(login, target).await {
+    match ctx.db.has_contact(login, target).await {
         Ok(true) => return None,
         Ok(false) => {}
         Err(e) => warn!("discovery: {e}"),
@@ -32,7 +29,7 @@ pub async fn check(s: &Session<'_>, req: &Packet, login: &str, target: &str) -> 
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     Some(
         ErrorRateLimited {
-            verb: req.verb.clone(),
+            verb: verb.to_owned(),
             retry_after: secs.max(1),
         }
         .to_packet(),
@@ -40,7 +37,6 @@ pub async fn check(s: &Session<'_>, req: &Packet, login: &str, target: &str) -> 
 }
 
 /// A lookup by `login` hit an unknown user: it costs one token.
-pub fn miss(s: &Session<'_>, login: &str) {
-    let now = s.sh.config.clock.now_micros();
-    s.sh.limits.discovery.take(login.to_owned(), now);
+pub(crate) fn miss(ctx: &Ctx<'_>, login: &str) {
+    ctx.limits.discovery.take(login.to_owned(), ctx.now());
 }

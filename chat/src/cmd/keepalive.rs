@@ -1,10 +1,9 @@
 //! `PING` / `PONG` (PROTOCOL.md §3). Server-initiated pings live in the session timers.
 
-use crate::session::Session;
+use crate::cmd::context::Reply;
 use msim_shared::proto::{Body, Pong};
-use msim_shared::Packet;
 
 /// Answers `PING` with `PONG`.
-pub fn ping(s: &mut Session<'_>, p: &Packet) {
-    s.reply(p, Pong.to_packet());
+pub(crate) fn ping(reply: Reply<'_>) {
+    reply.send(Pong.to_packet());
 }

@@ -2,10 +2,12 @@
 //! writer has committed the message.
 
 use crate::clock::datetime;
-use crate::cmd::{discovery, parse_target, typing, Target};
+use crate::cmd::context::{Ctx, Me, Reply, RequestRef};
+use crate::cmd::typing::Typing;
+use crate::cmd::{discovery, parse_target, Target};
+use crate::db::commit;
 use crate::db::{DbError, Outcome, PrivacyOp, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
-use crate::session::{InFlight, Session};
 use msim_shared::proto::{
     AckMessage, Body, MarkRead, MarkReadFailed, Message, MessageSendFailed, MessageSent,
     ReadFailure, ReadReceipt, SendFailure, SendMessage,
@@ -13,12 +15,25 @@ use msim_shared::proto::{
 use msim_shared::Packet;
 use tracing::warn;
 
+/// A `MESSAGE` submitted to the group-commit writer, waiting for its commit.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    /// Completes once committed.
+    pub(crate) done: commit::Pending,
+    /// Where the answer goes.
+    reply: RequestRef,
+    /// The message as stored.
+    message: StoredMessage,
+    /// The recipient blocked the sender: answered as sent, never stored or delivered.
+    discard: bool,
+}
+
 /// The `MESSAGE` packet for a stored message.
-pub fn message_packet(s: &Session<'_>, m: &StoredMessage) -> Packet {
+pub(crate) fn message_packet(ctx: &Ctx<'_>, m: &StoredMessage) -> Packet {
     Message {
         id: m.id.clone(),
-        from: s.addr(&m.sender),
-        to: s.addr(&m.recipient),
+        from: ctx.addr(&m.sender),
+        to: ctx.addr(&m.recipient),
         at: datetime(m.at),
         text: m.text.clone(),
     }
@@ -34,77 +49,80 @@ pub(crate) fn failed(id: &str, reason: SendFailure) -> Packet {
 }
 
 /// `MESSAGE to= text=`: validated, then submitted to the group-commit writer; the session
-/// answers it (in request order) once committed, see [`complete`].
-pub async fn submit(s: &mut Session<'_>, p: &Packet, r: SendMessage) {
-    let Some(login) = s.login().map(str::to_owned) else {
-        return;
-    };
+/// answers it (in request order) once committed, see [`complete`]. `Err`: the answer to send
+/// (after the answers to the messages before it).
+pub(crate) async fn submit(
+    ctx: &Ctx<'_>,
+    me: Me<'_>,
+    reply: Reply<'_>,
+    r: SendMessage,
+) -> Result<InFlight, (RequestRef, Packet)> {
+    let login = me.login.to_owned();
     let SendMessage { to, text } = r;
     let id = uuid::Uuid::now_v7().to_string();
-    let fail = match parse_target(&to, &s.sh.config.domain) {
+    let fail = match parse_target(&to, &ctx.config.domain) {
         None => Err(SendFailure::BadAddress),
         Some(Target::Remote(_)) => Err(SendFailure::FederationDisabled),
         Some(Target::Local(_)) if text.is_empty() => Err(SendFailure::EmptyText),
-        Some(Target::Local(_)) if text.len() > s.sh.config.max_text => {
-            Err(SendFailure::TextTooLong)
-        }
+        Some(Target::Local(_)) if text.len() > ctx.config.max_text => Err(SendFailure::TextTooLong),
         Some(Target::Local(l)) => Ok(l),
     };
     let recipient = match fail {
         Ok(r) => r,
-        Err(reason) => {
-            s.drain().await;
-            return s.reply(p, failed(&id, reason));
-        }
+        Err(reason) => return Err((reply.defer(), failed(&id, reason))),
     };
-    if let Some(refused) = discovery::check(s, p, &login, &recipient).await {
-        s.drain().await;
-        return s.reply(p, refused);
+    if let Some(refused) = discovery::check(ctx, reply.verb(), &login, &recipient).await {
+        return Err((reply.defer(), refused));
     }
     let m = StoredMessage {
         seq: 0,
         id: id.clone(),
         sender: login,
         recipient,
-        at: s.sh.config.clock.now_micros(),
+        at: ctx.now(),
         text,
     };
-    let reference = p.reference().map(str::to_owned);
     // A recipient who blocked the sender never gets the message; the sender is answered
     // `MESSAGE-SENT` as usual, after the next commit like a stored message (SECURITY.md).
-    let discard = s.sh.blocks.is_blocked(&m.recipient, &m.sender);
+    let discard = ctx.blocks.is_blocked(&m.recipient, &m.sender);
     let op = if discard {
         WriteOp::Privacy(PrivacyOp::Nothing)
     } else {
         WriteOp::InsertMessage(m.clone())
     };
-    match s.sh.writer.submit(op).await {
-        Ok(done) => s.pending.push_back(InFlight {
+    match ctx.writer.submit(op).await {
+        Ok(done) => Ok(InFlight {
             done,
-            reference,
+            reply: reply.defer(),
             message: m,
             discard,
         }),
         Err(e) => {
             warn!("message: {e}");
-            s.drain().await;
-            s.reply(p, failed(&id, SendFailure::StorageError));
+            Err((reply.defer(), failed(&id, SendFailure::StorageError)))
         }
     }
 }
 
-/// Answers a committed (or failed) message and delivers it.
-pub fn complete(
-    s: &mut Session<'_>,
-    reference: Option<String>,
-    m: StoredMessage,
-    discard: bool,
+/// Answers a committed (or failed) message, through `out`, and delivers it.
+pub(crate) fn complete(
+    ctx: &Ctx<'_>,
+    me: Me<'_>,
+    typing: &mut Typing,
+    out: &mut crate::session::Outbox,
+    f: InFlight,
     r: Result<Outcome, DbError>,
 ) {
+    let InFlight {
+        reply,
+        message: m,
+        discard,
+        ..
+    } = f;
     let mut seq = 0;
     let answer = match r {
         Ok(Outcome::UnknownUser) => {
-            discovery::miss(s, &m.sender);
+            discovery::miss(ctx, &m.sender);
             failed(&m.id, SendFailure::UnknownRecipient)
         }
         Ok(Outcome::QueueFull) => failed(&m.id, SendFailure::RecipientQueueFull),
@@ -125,36 +143,37 @@ pub fn complete(
         }
     };
     let ok = answer.verb == MessageSent::VERB;
-    s.push(&answer.with_opt("ref", reference));
+    Reply::resume(out, reply).send(answer);
     if !ok {
         return;
     }
-    typing::clear(s, &m.recipient);
-    let bytes = encode(&message_packet(s, &m));
+    typing.clear(&m.recipient);
+    let bytes = encode(&message_packet(ctx, &m));
     if discard {
         // Only the sender's other sessions see it, as for any sent message.
-        s.sh.hub.send_except(&m.sender, s.session_id(), &bytes);
+        ctx.hub.send_except(&m.sender, Some(me.session), &bytes);
         return;
     }
     // Tagged with its seq: a session whose login backlog already had it drops it.
     if m.recipient != m.sender {
-        s.sh.hub
+        ctx.hub
             .send_seq(&m.recipient, None, Stream::Messages, seq, &bytes);
         // Carbon copy to the sender's other sessions (never part of their backlog).
-        s.sh.hub.send_except(&m.sender, s.session_id(), &bytes);
+        ctx.hub.send_except(&m.sender, Some(me.session), &bytes);
     } else {
-        s.sh.hub
-            .send_seq(&m.sender, s.session_id(), Stream::Messages, seq, &bytes);
+        ctx.hub
+            .send_seq(&m.sender, Some(me.session), Stream::Messages, seq, &bytes);
     }
 }
 
 /// `MESSAGE-READ id=` from the recipient.
-pub async fn read(s: &mut Session<'_>, p: &Packet, r: MarkRead, login: &str) {
+pub(crate) async fn read(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: MarkRead) {
+    let login = me.login;
     let id = r.id.as_str();
     let op = WriteOp::MarkRead {
         id: id.to_owned(),
         reader: login.to_owned(),
-        at: s.sh.config.clock.now_micros(),
+        at: ctx.now(),
     };
     let fail = |reason: ReadFailure| {
         MarkReadFailed {
@@ -163,7 +182,7 @@ pub async fn read(s: &mut Session<'_>, p: &Packet, r: MarkRead, login: &str) {
         }
         .to_packet()
     };
-    match s.sh.writer.write(op).await {
+    match ctx.writer.write(op).await {
         Ok(Outcome::Read {
             sender,
             receipt,
@@ -171,34 +190,34 @@ pub async fn read(s: &mut Session<'_>, p: &Packet, r: MarkRead, login: &str) {
         }) => {
             let pkt = ReadReceipt {
                 id: id.to_owned(),
-                by: s.addr(login),
+                by: ctx.addr(login),
                 at: datetime(at),
             };
             let bytes = encode(&pkt.to_packet());
-            if s.sh
+            if ctx
                 .hub
                 .send_seq(&sender, None, Stream::Receipts, receipt, &bytes)
                 > 0
             {
-                s.sh.writer
+                ctx.writer
                     .write_detached(WriteOp::DeleteReceipts(vec![receipt]));
             }
             if sender != login {
-                s.sh.hub.send_except(login, s.session_id(), &bytes);
+                ctx.hub.send_except(login, Some(me.session), &bytes);
             }
         }
-        Ok(_) => s.reply(p, fail(ReadFailure::UnknownMessage)),
+        Ok(_) => reply.send(fail(ReadFailure::UnknownMessage)),
         Err(e) => {
             warn!("message read: {e}");
-            s.reply(p, fail(ReadFailure::StorageError));
+            reply.send(fail(ReadFailure::StorageError));
         }
     }
 }
 
 /// `MESSAGE-ACK id=`: stop redelivering.
-pub fn ack(s: &mut Session<'_>, r: AckMessage, login: &str) {
-    s.sh.writer.write_detached(WriteOp::Ack {
+pub(crate) fn ack(ctx: &Ctx<'_>, me: Me<'_>, r: AckMessage) {
+    ctx.writer.write_detached(WriteOp::Ack {
         id: r.id,
-        recipient: login.to_owned(),
+        recipient: me.login.to_owned(),
     });
 }

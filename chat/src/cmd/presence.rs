@@ -3,19 +3,19 @@
 //! offline also `UPDATE-LAST-SEEN`.
 
 use crate::clock::datetime;
+use crate::cmd::context::Ctx;
 use crate::hub::encode;
-use crate::server::Shared;
 use msim_shared::proto::{Body, ContactUpdate, ContactUpdated, Presence, UpdateLastSeen};
 use tracing::warn;
 
 /// Tells the watchers of `login` that it came online or went offline.
-pub async fn announce(sh: &Shared, login: &str, online: bool) {
+pub(crate) async fn announce(ctx: &Ctx<'_>, login: &str, online: bool) {
     // A newer session may have logged in meanwhile: never announce a stale "offline".
-    if !online && sh.hub.is_online(login) {
+    if !online && ctx.hub.is_online(login) {
         return;
     }
     // Only approved watchers, not blocked, and not when the user shows presence to nobody.
-    let watchers = match sh.db.approved_watchers(login).await {
+    let watchers = match ctx.db.approved_watchers(login).await {
         Ok((_, vis)) if vis == "nobody" => return,
         Ok((w, _)) => w,
         Err(e) => {
@@ -23,18 +23,18 @@ pub async fn announce(sh: &Shared, login: &str, online: bool) {
             return;
         }
     };
-    if watchers.iter().all(|o| !sh.hub.is_online(o)) {
+    if watchers.iter().all(|o| !ctx.hub.is_online(o)) {
         return;
     }
-    let addr = format!("{login}@{}", sh.config.domain);
+    let addr = ctx.addr(login);
     let (presence, at) = if online {
         (Presence::Online, None)
     } else {
-        let last = match sh.db.profile(login).await {
+        let last = match ctx.db.profile(login).await {
             Ok(Some(p)) => p.last_seen,
             _ => None,
         };
-        let t = datetime(last.unwrap_or_else(|| sh.config.clock.now_micros()));
+        let t = datetime(last.unwrap_or_else(|| ctx.now()));
         (Presence::LastSeen(t), Some(t))
     };
     let mut rec = ContactUpdate::new(addr.clone());
@@ -47,6 +47,6 @@ pub async fn announce(sh: &Shared, login: &str, online: bool) {
     }
     let bytes = bytes::Bytes::from(bytes);
     for owner in watchers {
-        sh.hub.send(&owner, &bytes);
+        ctx.hub.send(&owner, &bytes);
     }
 }

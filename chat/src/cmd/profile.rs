@@ -3,64 +3,64 @@
 
 use crate::clock::datetime;
 use crate::cmd::contacts::valid_name;
+use crate::cmd::context::{Ctx, Me, Reply};
 use crate::cmd::{discovery, parse_target, Target};
 use crate::db::{Outcome, WriteOp};
-use crate::session::Session;
 use msim_shared::proto::{
     Body, ContactUpdate, ContactUpdated, Presence, Profile, ProfileFailure, ProfileGet,
     ProfileGetFailed, ProfileGetFailure, ProfileUpdate, ProfileUpdateFailed, ProfileUpdateOk,
 };
-use msim_shared::Packet;
 use tracing::warn;
 
 /// Longest profile note (characters).
-pub const MAX_NOTE: usize = 1024;
+pub(crate) const MAX_NOTE: usize = 1024;
 
 /// `PROFILE-UPDATE [name=] [note=]`.
-pub async fn update(s: &mut Session<'_>, p: &Packet, r: ProfileUpdate, login: &str) {
+pub(crate) async fn update(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ProfileUpdate) {
+    let login = me.login;
     let fail = |reason: ProfileFailure| ProfileUpdateFailed { reason }.to_packet();
     let ProfileUpdate { name, note } = r;
     if name.is_none() && note.is_none() {
-        return s.reply(p, fail(ProfileFailure::NothingToChange));
+        return reply.send(fail(ProfileFailure::NothingToChange));
     }
     // An empty name clears it (contacts then show the login).
     if name
         .as_deref()
         .is_some_and(|n| !n.is_empty() && !valid_name(n))
     {
-        return s.reply(p, fail(ProfileFailure::BadName));
+        return reply.send(fail(ProfileFailure::BadName));
     }
     if note.as_deref().is_some_and(|n| {
         n.chars().count() > MAX_NOTE || n.chars().any(|c| c.is_control() && c != '\n')
     }) {
-        return s.reply(p, fail(ProfileFailure::NoteTooLong));
+        return reply.send(fail(ProfileFailure::NoteTooLong));
     }
     let op = WriteOp::UpdateProfile {
         login: login.to_owned(),
         name: name.clone(),
         note: note.clone(),
     };
-    let old = match s.sh.writer.write(op).await {
+    let old = match ctx.writer.write(op).await {
         Ok(Outcome::OldProfile(old)) => old,
-        Ok(_) | Err(_) => return s.reply(p, fail(ProfileFailure::StorageError)),
+        Ok(_) | Err(_) => return reply.send(fail(ProfileFailure::StorageError)),
     };
-    s.reply(p, ProfileUpdateOk {}.to_packet());
+    reply.send(ProfileUpdateOk {}.to_packet());
     let name_changed = name.as_ref().filter(|n| **n != old.name);
     let note_changed = note.as_ref().filter(|n| **n != old.note);
     if name_changed.is_none() && note_changed.is_none() {
         return;
     }
-    let watchers = match s.sh.db.watchers(login).await {
+    let watchers = match ctx.db.watchers(login).await {
         Ok(w) => w,
         Err(e) => {
             warn!("profile watchers: {e}");
             return;
         }
     };
-    let addr = s.addr(login);
+    let addr = ctx.addr(login);
     for (owner, defaulted) in watchers {
         // Users this user blocked get nothing from them.
-        if !s.sh.hub.is_online(&owner) || s.sh.blocks.is_blocked(login, &owner) {
+        if !ctx.hub.is_online(&owner) || ctx.blocks.is_blocked(login, &owner) {
             continue;
         }
         let mut rec = ContactUpdate::new(addr.clone());
@@ -70,14 +70,15 @@ pub async fn update(s: &mut Session<'_>, p: &Packet, r: ProfileUpdate, login: &s
         rec.note = note_changed.cloned();
         if rec.name.is_some() || rec.note.is_some() {
             let pkt = ContactUpdated { updates: vec![rec] };
-            s.sh.hub.send_packet(&owner, &pkt.to_packet());
+            ctx.hub.send_packet(&owner, &pkt.to_packet());
         }
     }
 }
 
 /// `PROFILE-GET [id=]`.
-pub async fn get(s: &mut Session<'_>, p: &Packet, r: ProfileGet, login: &str) {
-    let domain = s.sh.config.domain.clone();
+pub(crate) async fn get(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ProfileGet) {
+    let login = me.login;
+    let domain = ctx.config.domain.clone();
     let raw = r.id.unwrap_or_else(|| login.to_owned());
     let fail = |reason: ProfileGetFailure| {
         ProfileGetFailed {
@@ -87,40 +88,40 @@ pub async fn get(s: &mut Session<'_>, p: &Packet, r: ProfileGet, login: &str) {
         .to_packet()
     };
     let who = match parse_target(&raw, &domain) {
-        None => return s.reply(p, fail(ProfileGetFailure::BadAddress)),
-        Some(Target::Remote(_)) => return s.reply(p, fail(ProfileGetFailure::FederationDisabled)),
+        None => return reply.send(fail(ProfileGetFailure::BadAddress)),
+        Some(Target::Remote(_)) => return reply.send(fail(ProfileGetFailure::FederationDisabled)),
         Some(Target::Local(l)) => l,
     };
-    if let Some(refused) = discovery::check(s, p, login, &who).await {
-        return s.reply(p, refused);
+    if let Some(refused) = discovery::check(ctx, reply.verb(), login, &who).await {
+        return reply.send(refused);
     }
-    match s.sh.db.profile(&who).await {
+    match ctx.db.profile(&who).await {
         Ok(Some(prof)) => {
             // Presence only for oneself and for viewers the user lets see it (§7.2).
             let visible =
-                who == login || s.sh.db.can_see_presence(&who, login).await.unwrap_or(false);
+                who == login || ctx.db.can_see_presence(&who, login).await.unwrap_or(false);
             let presence = if !visible {
                 None
-            } else if s.sh.hub.is_online(&who) {
+            } else if ctx.hub.is_online(&who) {
                 Some(Presence::Online)
             } else {
                 prof.last_seen.map(|at| Presence::LastSeen(datetime(at)))
             };
             let pkt = Profile {
-                id: s.addr(&who),
+                id: ctx.addr(&who),
                 name: prof.name,
                 note: prof.note,
                 presence,
             };
-            s.reply(p, pkt.to_packet());
+            reply.send(pkt.to_packet());
         }
         Ok(None) => {
-            discovery::miss(s, login);
-            s.reply(p, fail(ProfileGetFailure::UnknownUser));
+            discovery::miss(ctx, login);
+            reply.send(fail(ProfileGetFailure::UnknownUser));
         }
         Err(e) => {
             warn!("profile get: {e}");
-            s.reply(p, fail(ProfileGetFailure::StorageError));
+            reply.send(fail(ProfileGetFailure::StorageError));
         }
     }
 }

@@ -6,16 +6,22 @@
 //! watches for shutdown. Direct answers are buffered in `out` and flushed after each event with a
 //! write timeout, so a client that stops reading is disconnected rather than buffered forever.
 
-use crate::cmd;
-use crate::db::commit;
-use crate::db::{DbError, Outcome, StoredMessage};
+mod backlog;
+mod login;
+mod outbox;
+
+pub(crate) use outbox::Outbox;
+
+use crate::cmd::auth::Challenge;
+use crate::cmd::context::{Ctx, Me, Reply};
+use crate::cmd::messages::InFlight;
+use crate::cmd::typing::Typing;
+use crate::cmd::{self, Conn, Effect};
+use crate::db::{DbError, Outcome};
 use crate::hub::{Item, STREAMS};
 use crate::server::Shared;
-use bytes::BytesMut;
 use futures::StreamExt;
-use msim_shared::proto::{
-    Body, ErrorLineTooLong, ErrorMalformed, ErrorRateLimited, FieldReader, Ping, SendMessage,
-};
+use msim_shared::proto::{Body, ErrorLineTooLong, ErrorMalformed, ErrorRateLimited, Ping};
 use msim_shared::{Packet, PacketCodec, PacketError};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -34,29 +40,16 @@ const READ_CAPACITY: usize = 256;
 const MAX_TOO_LONG: u32 = 3;
 /// Messages of one session submitted to the writer and not yet committed. While this many are
 /// in flight the session stops reading its socket (back-pressure to the client).
-pub const PIPELINE: usize = 128;
+const PIPELINE: usize = 128;
 /// Hub packets taken from the session's queue per loop iteration (one socket write for all).
 const HUB_BATCH: usize = 64;
 
 /// The write side of a connection (plain TCP or TLS).
 type Writer<'a> = Box<dyn AsyncWrite + Send + Sync + Unpin + 'a>;
 
-/// A `MESSAGE` submitted to the group-commit writer, waiting for its commit.
-#[derive(Debug)]
-pub struct InFlight {
-    /// Completes once committed.
-    pub done: commit::Pending,
-    /// The request's `ref=`.
-    pub reference: Option<String>,
-    /// The message as stored.
-    pub message: StoredMessage,
-    /// The recipient blocked the sender: answered as sent, never stored or delivered.
-    pub discard: bool,
-}
-
 /// Why a connection ends early.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+enum SessionError {
     /// Socket error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -68,55 +61,51 @@ pub enum SessionError {
     WriteFailed,
 }
 
-/// Where the session is in the login state machine.
+/// A logged-in session's identity.
 #[derive(Debug)]
-pub enum State {
-    /// Connected, not logged in.
-    Greeting,
-    /// `CONNECT-ACK` sent; waiting for `CONNECT-CONTINUE`.
-    Challenged {
-        /// Canonical login asked for.
-        login: String,
-        /// Sealed password (None: unknown login).
-        sealed: Option<Vec<u8>>,
-        /// The salt, good for this one attempt.
-        salt: String,
-        /// The `device=` cookie presented with `CONNECT`, if any (checked with the answer).
-        device: Option<String>,
-    },
-    /// Logged in.
-    LoggedIn {
-        /// Canonical login.
-        login: String,
-        /// Hub session id.
-        id: u64,
-    },
+struct LoggedIn {
+    /// Canonical login.
+    login: String,
+    /// Hub session id.
+    id: u64,
 }
 
-/// A connection's state.
-pub struct Session<'a> {
+impl LoggedIn {
+    fn me(&self) -> Me<'_> {
+        Me {
+            login: &self.login,
+            session: self.id,
+        }
+    }
+}
+
+/// A connection's state. Login state machine: no login and no challenge (greeting), a
+/// [`Challenge`] (`CONNECT-ACK` sent), then logged in.
+struct Session<'a> {
     /// Server state.
-    pub sh: Arc<Shared>,
+    sh: Arc<Shared>,
     /// Client address.
-    pub peer: SocketAddr,
-    /// Login state.
-    pub state: State,
+    peer: SocketAddr,
+    /// Set once logged in.
+    login: Option<LoggedIn>,
+    /// The login in progress, before `CONNECT-CONTINUE`.
+    challenge: Option<Challenge>,
     /// Hub queue, once logged in.
-    pub rx: Option<mpsc::Receiver<Item>>,
+    rx: Option<mpsc::Receiver<Item>>,
     /// Per stored stream, the high-water mark of the login backlog: live items at or below it
     /// were sent from the database and are dropped.
-    pub marks: [i64; STREAMS],
-    /// Typing notifications in progress: (recipient login, deadline).
-    pub typing: Vec<(String, Instant)>,
+    marks: [i64; STREAMS],
+    /// Typing notifications in progress.
+    typing: Typing,
     /// Set to close the connection after flushing.
-    pub closing: bool,
+    closing: bool,
     /// A write failed or timed out: the stream is cut mid-packet, nothing more goes out.
     write_failed: bool,
     /// Pipelined messages awaiting their commit, in request order.
-    pub pending: VecDeque<InFlight>,
+    pending: VecDeque<InFlight>,
     /// Request rate limit: (micro-tokens left, when last refilled in clock micros).
     bucket: Option<(u64, i64)>,
-    out: BytesMut,
+    out: Outbox,
     w: Writer<'a>,
     started: Instant,
     last_rx: Instant,
@@ -124,43 +113,6 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    /// The logged-in login.
-    pub fn login(&self) -> Option<&str> {
-        match &self.state {
-            State::LoggedIn { login, .. } => Some(login),
-            _ => None,
-        }
-    }
-
-    /// The hub id of this session.
-    pub fn session_id(&self) -> Option<u64> {
-        match &self.state {
-            State::LoggedIn { id, .. } => Some(*id),
-            _ => None,
-        }
-    }
-
-    /// `login@domain` for a local login.
-    pub fn addr(&self, login: &str) -> String {
-        format!("{login}@{}", self.sh.config.domain)
-    }
-
-    /// Queues a direct answer to `req`, echoing its `ref=`.
-    pub fn reply(&mut self, req: &Packet, p: Packet) {
-        let p = p.with_opt("ref", req.reference().map(str::to_owned));
-        self.push(&p);
-    }
-
-    /// Queues a packet.
-    pub fn push(&mut self, p: &Packet) {
-        self.out.extend_from_slice(p.to_wire().as_bytes());
-    }
-
-    /// Queues encoded bytes.
-    pub fn push_bytes(&mut self, b: &[u8]) {
-        self.out.extend_from_slice(b);
-    }
-
     /// Queues a hub item unless the login backlog already contained it.
     fn push_item(&mut self, item: &Item) {
         if let Some((stream, seq)) = item.seq {
@@ -168,11 +120,11 @@ impl<'a> Session<'a> {
                 return;
             }
         }
-        self.out.extend_from_slice(&item.bytes);
+        self.out.push_bytes(&item.bytes);
     }
 
     /// Writes everything queued.
-    pub async fn flush(&mut self) -> Result<(), SessionError> {
+    async fn flush(&mut self) -> Result<(), SessionError> {
         if self.write_failed {
             self.out.clear();
             return Err(SessionError::WriteFailed);
@@ -185,35 +137,39 @@ impl<'a> Session<'a> {
         // own buffer, which only a flush (or a later write) pushes to the socket. For plain TCP
         // it is a no-op.
         let write = async {
-            self.w.write_all(&self.out).await?;
+            self.w.write_all(self.out.bytes()).await?;
             self.w.flush().await
         };
         let result = match tokio::time::timeout(timeout, write).await {
             Ok(r) => r.map_err(SessionError::from),
             Err(_) => Err(SessionError::WriteTimeout),
         };
+        // On failure an unknown part reached the client: writing it again would repeat
+        // packets and cut one in half. The connection is done; nothing more is written.
+        self.out.clear();
         if let Err(e) = result {
-            // An unknown part of `out` reached the client: writing it again would repeat
-            // packets and cut one in half. The connection is done; nothing more is written.
-            self.out = BytesMut::new();
             self.write_failed = true;
             self.closing = true;
             return Err(e);
         }
-        if self.out.capacity() > 8192 {
-            self.out = BytesMut::new();
-        } else {
-            self.out.clear();
-        }
         Ok(())
+    }
+
+    /// Answers one committed (or failed) pipelined message.
+    fn complete(&mut self, f: InFlight, r: Result<Outcome, DbError>) {
+        let sh = self.sh.clone();
+        let Some(me) = self.login.as_ref().map(LoggedIn::me) else {
+            return;
+        };
+        cmd::messages::complete(&Ctx::new(&sh), me, &mut self.typing, &mut self.out, f, r);
     }
 
     /// Waits for every pipelined message to be committed and answers them, so that the next
     /// answer keeps request order.
-    pub async fn drain(&mut self) {
-        while let Some(f) = self.pending.pop_front() {
-            let r = f.done.await;
-            cmd::messages::complete(self, f.reference, f.message, f.discard, r);
+    async fn drain(&mut self) {
+        while let Some(mut f) = self.pending.pop_front() {
+            let r = (&mut f.done).await;
+            self.complete(f, r);
         }
     }
 
@@ -224,8 +180,41 @@ impl<'a> Session<'a> {
                 return;
             };
             if let Some(f) = self.pending.pop_front() {
-                cmd::messages::complete(self, f.reference, f.message, f.discard, r);
+                self.complete(f, r);
             }
+        }
+    }
+
+    /// Handles one decoded line: the rate limit, request order, then [`cmd::dispatch`].
+    async fn request(&mut self, p: Packet) {
+        if !self.take_token() {
+            self.drain().await;
+            let limited = ErrorRateLimited {
+                verb: p.verb.clone(),
+                retry_after: self.retry_after(),
+            };
+            return Reply::to(&mut self.out, &p).send(limited.to_packet());
+        }
+        let pipelined = cmd::is_pipelined(&p, self.login.is_some());
+        if !pipelined && !needs_no_drain(&p) {
+            self.drain().await;
+        }
+        let sh = self.sh.clone();
+        let conn = Conn {
+            out: &mut self.out,
+            peer: self.peer,
+            me: self.login.as_ref().map(LoggedIn::me),
+            challenge: &mut self.challenge,
+            typing: &mut self.typing,
+        };
+        match Box::pin(cmd::dispatch(&sh, conn, &p)).await {
+            Effect::Done => {}
+            Effect::Submitted(f) => self.pending.push_back(f),
+            Effect::AfterDrain(reply, answer) => {
+                self.drain().await;
+                Reply::resume(&mut self.out, reply).send(answer);
+            }
+            Effect::LoggedIn { login, reply } => Box::pin(self.log_in(login, reply)).await,
         }
     }
 
@@ -267,19 +256,20 @@ impl<'a> Session<'a> {
         if !self.pinged {
             d = d.min(self.last_rx + c.ping_after);
         }
-        if self.login().is_none() {
+        if self.login.is_none() {
             d = d.min(self.started + c.login_timeout);
         }
-        for (_, t) in &self.typing {
-            d = d.min(*t);
+        if let Some(t) = self.typing.next_deadline() {
+            d = d.min(t);
         }
         d
     }
 
-    async fn on_timer(&mut self) {
+    fn on_timer(&mut self) {
         let now = Instant::now();
-        let c = &self.sh.config;
-        if self.login().is_none() && now >= self.started + c.login_timeout {
+        let sh = self.sh.clone();
+        let c = &sh.config;
+        if self.login.is_none() && now >= self.started + c.login_timeout {
             debug!(peer = %self.peer, "login timeout");
             self.closing = true;
             return;
@@ -291,9 +281,11 @@ impl<'a> Session<'a> {
         }
         if !self.pinged && now >= self.last_rx + c.ping_after {
             self.pinged = true;
-            self.push(&Ping.to_packet());
+            self.out.push(&Ping.to_packet());
         }
-        cmd::typing::expire(self, now);
+        if let Some(l) = &self.login {
+            self.typing.expire(&Ctx::new(&sh), &l.login, now);
+        }
     }
 }
 
@@ -318,7 +310,7 @@ async fn recv(rx: &mut Option<mpsc::Receiver<Item>>) -> Option<Item> {
 }
 
 /// Serves one plain TCP connection until it closes or `shutdown` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     sh: Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -331,7 +323,7 @@ pub async fn serve(
 
 /// Serves one connection over any byte stream (e.g. TLS) until it closes or `shutdown`
 /// fires.
-pub async fn serve_stream<S>(
+pub(crate) async fn serve_stream<S>(
     sh: Arc<Shared>,
     stream: S,
     peer: SocketAddr,
@@ -358,15 +350,16 @@ async fn serve_split<'a, R>(
     let mut s = Session {
         sh,
         peer,
-        state: State::Greeting,
+        login: None,
+        challenge: None,
         rx: None,
         marks: [0; STREAMS],
-        typing: Vec::new(),
+        typing: Typing::default(),
         closing: false,
         write_failed: false,
         pending: VecDeque::new(),
         bucket: None,
-        out: BytesMut::new(),
+        out: Outbox::default(),
         w,
         started: now,
         last_rx: now,
@@ -380,7 +373,7 @@ async fn serve_split<'a, R>(
             _ = shutdown.cancelled() => break,
             r = front_done(&mut s.pending) => {
                 if let Some(f) = s.pending.pop_front() {
-                    cmd::messages::complete(&mut s, f.reference, f.message, f.discard, r);
+                    s.complete(f, r);
                 }
                 s.complete_ready();
             }
@@ -407,38 +400,14 @@ async fn serve_split<'a, R>(
                         s.last_rx = Instant::now();
                         s.pinged = false;
                         match decoded {
-                            Ok(p) if !s.take_token() => {
-                                too_long = 0;
-                                s.drain().await;
-                                let limited = ErrorRateLimited {
-                                    verb: p.verb.clone(),
-                                    retry_after: s.retry_after(),
-                                };
-                                s.reply(&p, limited.to_packet());
-                            }
                             Ok(p) => {
                                 too_long = 0;
-                                if p.verb == SendMessage::VERB && s.login().is_some() {
-                                    // Pipelined: answered when committed.
-                                    match SendMessage::read(&FieldReader::new(&p)) {
-                                        Ok(r) => Box::pin(cmd::messages::submit(&mut s, &p, r)).await,
-                                        Err(e) => {
-                                            s.drain().await;
-                                            let e = ErrorMalformed::from_proto_error(&e);
-                                            s.reply(&p, e.to_packet());
-                                        }
-                                    }
-                                } else {
-                                    if !needs_no_drain(&p) {
-                                        s.drain().await;
-                                    }
-                                    Box::pin(cmd::dispatch(&mut s, p)).await;
-                                }
+                                s.request(p).await;
                             }
                             Err(PacketError::LineTooLong(max)) => {
                                 s.drain().await;
                                 too_long += 1;
-                                s.push(&ErrorLineTooLong { max: max as u64 }.to_packet());
+                                s.out.push(&ErrorLineTooLong { max: max as u64 }.to_packet());
                                 if too_long >= MAX_TOO_LONG {
                                     s.closing = true;
                                 }
@@ -447,13 +416,13 @@ async fn serve_split<'a, R>(
                                 // Only *consecutive* over-long lines close (§1.2).
                                 too_long = 0;
                                 s.drain().await;
-                                s.push(&ErrorMalformed::from_packet_error(&e).to_packet());
+                                s.out.push(&ErrorMalformed::from_packet_error(&e).to_packet());
                             }
                         }
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => s.on_timer().await,
+            _ = tokio::time::sleep_until(deadline) => s.on_timer(),
         }
         if let Err(e) = s.flush().await {
             debug!(peer = %s.peer, "write failed: {e}");
@@ -465,7 +434,7 @@ async fn serve_split<'a, R>(
     }
     // Messages already submitted are committed anyway: deliver them before leaving.
     s.drain().await;
-    Box::pin(cmd::auth::logout(&mut s)).await;
+    Box::pin(s.log_out()).await;
     let _ = s.flush().await;
     let _ = s.w.shutdown().await;
 }

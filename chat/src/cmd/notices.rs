@@ -1,0 +1,61 @@
+//! Stored results for a user's next logins (file results, expired-message notices,
+//! PROTOCOL.md §5.7 and §10.6): written in one batch, then pushed to the users' live sessions
+//! tagged with their seq, so a session logging in meanwhile gets each one once.
+
+use crate::cmd::context::Ctx;
+use crate::db::{Notice, Outcome, WriteOp};
+use crate::hub::{encode, Stream};
+use msim_shared::Packet;
+use tracing::warn;
+
+/// One result for one user.
+pub(crate) struct Note {
+    /// Who gets it.
+    login: String,
+    /// What it is about (the transfer or message id).
+    subject: String,
+    packet: Packet,
+}
+
+impl Note {
+    pub(crate) fn new(login: String, subject: &str, packet: Packet) -> Note {
+        Note {
+            login,
+            subject: subject.to_owned(),
+            packet,
+        }
+    }
+}
+
+/// Stores `notes` until `expires` (delivered at every login until then) and delivers them live.
+/// When storing fails they still reach whoever is online.
+pub(crate) async fn notify(ctx: &Ctx<'_>, expires: i64, notes: Vec<Note>) {
+    let rows = notes
+        .iter()
+        .map(|n| Notice {
+            login: n.login.clone(),
+            transfer_id: n.subject.clone(),
+            packet: n.packet.to_wire(),
+            expires_at: expires,
+        })
+        .collect();
+    let seqs = match ctx.writer.write(WriteOp::AddNotices(rows)).await {
+        Ok(Outcome::Notices(seqs)) => seqs,
+        r => {
+            if let Err(e) = r {
+                let subject = notes.first().map_or("", |n| n.subject.as_str());
+                warn!(subject, "storing results: {e}");
+            }
+            Vec::new()
+        }
+    };
+    for (i, n) in notes.iter().enumerate() {
+        let bytes = encode(&n.packet);
+        match seqs.get(i) {
+            Some(seq) => ctx
+                .hub
+                .send_seq(&n.login, None, Stream::Notices, *seq, &bytes),
+            None => ctx.hub.send(&n.login, &bytes),
+        };
+    }
+}

@@ -1,0 +1,97 @@
+//! The login backlog (PROTOCOL.md §4.5, §5.4): what was stored for the user while it was
+//! offline, sent right after `CONNECT-OK` up to the high-water marks taken at login: messages
+//! (page by page), read receipts, file offers, file results, then open presence requests.
+
+use super::Session;
+use crate::clock::datetime;
+use crate::cmd::context::Ctx;
+use crate::cmd::files::request_packet;
+use crate::cmd::messages::message_packet;
+use crate::cmd::privacy::requests_at_login;
+use crate::db::{Marks, WriteOp};
+use msim_shared::proto::{Body, ReadReceipt};
+use tracing::warn;
+
+/// Pending messages sent per database page at login.
+const PAGE: i64 = 256;
+
+impl Session<'_> {
+    /// Sends the backlog of `login`; a failed write closes the connection.
+    pub(super) async fn replay_backlog(&mut self, ctx: &Ctx<'_>, login: &str, marks: &Marks) {
+        // Pending messages, oldest first, page by page.
+        let mut after = 0;
+        loop {
+            let page = match ctx
+                .db
+                .pending_messages(login, after, marks.messages, PAGE)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!("pending messages: {e}");
+                    break;
+                }
+            };
+            for m in &page {
+                after = m.seq;
+                self.out.push(&message_packet(ctx, m));
+            }
+            if self.flush().await.is_err() {
+                self.closing = true;
+                return;
+            }
+            if (page.len() as i64) < PAGE {
+                break;
+            }
+        }
+        // Read receipts stored while this user was offline.
+        match ctx.db.pending_receipts(login, marks.receipts).await {
+            Ok(receipts) if !receipts.is_empty() => {
+                let mut seqs = Vec::with_capacity(receipts.len());
+                for r in receipts {
+                    seqs.push(r.seq);
+                    let pkt = ReadReceipt {
+                        id: r.message_id,
+                        by: ctx.addr(&r.reader),
+                        at: datetime(r.at),
+                    };
+                    self.out.push(&pkt.to_packet());
+                }
+                // Sent first, then recorded, and the login waits for the record: a receipt is
+                // repeated only if the server stops in between, never to the next login (§5.6).
+                if self.flush().await.is_err() {
+                    self.closing = true;
+                    return;
+                }
+                if let Err(e) = ctx.writer.write(WriteOp::DeleteReceipts(seqs)).await {
+                    warn!("delivered receipts: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!("pending receipts: {e}"),
+        }
+        let now = ctx.now();
+        // File offers made while offline.
+        match ctx.db.pending_offers(login, now, marks.offers).await {
+            Ok(offers) => {
+                for o in offers {
+                    self.out.push(&request_packet(ctx, &o));
+                }
+            }
+            Err(e) => warn!("pending offers: {e}"),
+        }
+        // File results (SEND-FILE-PROXY-OK / -REJECTED / -READY) stored for this user.
+        match ctx.db.pending_notices(login, now, marks.notices).await {
+            Ok(notices) => {
+                for n in notices {
+                    self.out.push_bytes(n.packet.as_bytes());
+                }
+            }
+            Err(e) => warn!("pending notices: {e}"),
+        }
+        // Presence requests waiting for an answer (repeated at every login until answered).
+        for p in requests_at_login(ctx, login).await {
+            self.out.push(&p);
+        }
+    }
+}
