@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 /// Who blocked whom.
 #[derive(Debug, Default)]
-pub struct Blocks {
+pub(crate) struct Blocks {
     // owner → blocked logins. A std mutex: short map operations, never held across await.
     by_owner: Mutex<HashMap<String, HashSet<String>>>,
 }
@@ -19,7 +19,7 @@ impl Blocks {
     }
 
     /// A mirror of these (owner, blocked) pairs.
-    pub fn from_pairs(pairs: Vec<(String, String)>) -> Blocks {
+    pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Blocks {
         let b = Blocks::default();
         {
             let mut map = b.lock();
@@ -31,12 +31,12 @@ impl Blocks {
     }
 
     /// Whether `owner` blocked `who`.
-    pub fn is_blocked(&self, owner: &str, who: &str) -> bool {
+    pub(crate) fn is_blocked(&self, owner: &str, who: &str) -> bool {
         self.lock().get(owner).is_some_and(|s| s.contains(who))
     }
 
     /// Records a committed block.
-    pub fn insert(&self, owner: &str, who: &str) {
+    pub(crate) fn insert(&self, owner: &str, who: &str) {
         self.lock()
             .entry(owner.to_owned())
             .or_default()
@@ -44,7 +44,7 @@ impl Blocks {
     }
 
     /// Records a committed unblock.
-    pub fn remove(&self, owner: &str, who: &str) {
+    pub(crate) fn remove(&self, owner: &str, who: &str) {
         let mut map = self.lock();
         if let Some(set) = map.get_mut(owner) {
             set.remove(who);

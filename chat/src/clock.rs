@@ -54,7 +54,7 @@ impl Clock {
 }
 
 /// Epoch microseconds as a date-time.
-pub fn datetime(micros: i64) -> OffsetDateTime {
+pub(crate) fn datetime(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

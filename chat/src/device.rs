@@ -23,14 +23,14 @@ use std::time::Duration;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Most cookies with failures remembered at once (about 64 bytes each).
-pub const MAX_ENTRIES: usize = 100_000;
+pub(crate) const MAX_ENTRIES: usize = 100_000;
 /// Longest `device=` value looked at; anything longer is ignored.
-pub const MAX_COOKIE_LEN: usize = 160;
+pub(crate) const MAX_COOKIE_LEN: usize = 160;
 
 const NONCE: usize = 16;
 
 /// The cookie key in `<data_dir>/device.key`, created (random, mode 0600) when missing.
-pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], CryptoError> {
+pub(crate) fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], CryptoError> {
     let path = data_dir.join("device.key");
     match read_secret(&path)? {
         Some(key) => Ok(key),
@@ -40,7 +40,7 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], CryptoError> {
 
 /// A cookie that verified: its nonce keys its failure count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Device([u8; NONCE]);
+pub(crate) struct Device([u8; NONCE]);
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -53,7 +53,7 @@ struct Failures {
 
 /// Issues and checks device cookies.
 #[derive(Debug)]
-pub struct DeviceCookies {
+pub(crate) struct DeviceCookies {
     key: [u8; 32],
     clock: Clock,
     ttl: Duration,
@@ -76,7 +76,7 @@ fn unhex_into(s: &str, out: &mut [u8]) -> Option<()> {
 impl DeviceCookies {
     /// Cookies signed with a key derived from `secret` ([`load_or_create_key`]), valid for
     /// `ttl`, distrusted after `max_failures` failed logins.
-    pub fn new(secret: &[u8; 32], clock: Clock, ttl: Duration, max_failures: u32) -> Self {
+    pub(crate) fn new(secret: &[u8; 32], clock: Clock, ttl: Duration, max_failures: u32) -> Self {
         let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| {
             // HMAC takes keys of any length.
             unreachable!("HMAC key length")
@@ -95,7 +95,7 @@ impl DeviceCookies {
 
     /// The same with a smaller failure table (tests of the bound).
     #[cfg(test)]
-    pub fn with_capacity(mut self, max_entries: usize) -> Self {
+    pub(crate) fn with_capacity(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries.max(2);
         self
     }
@@ -116,7 +116,7 @@ impl DeviceCookies {
     }
 
     /// A new cookie for canonical `login`.
-    pub fn issue(&self, login: &str) -> String {
+    pub(crate) fn issue(&self, login: &str) -> String {
         let nonce = random_bytes::<NONCE>();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let expires = self.now_secs().saturating_add(ttl);
@@ -126,7 +126,7 @@ impl DeviceCookies {
 
     /// The device of `cookie` when it is a valid, unexpired cookie for canonical `login` that
     /// has not used up its failures; None otherwise (the attempt is then an ordinary one).
-    pub fn verify(&self, login: &str, cookie: &str) -> Option<Device> {
+    pub(crate) fn verify(&self, login: &str, cookie: &str) -> Option<Device> {
         if cookie.len() > MAX_COOKIE_LEN {
             return None;
         }
@@ -155,7 +155,7 @@ impl DeviceCookies {
 
     /// Counts a failed login made with `device`'s cookie. The entry is kept for at most one
     /// cookie lifetime (by then the cookie has expired anyway).
-    pub fn failure(&self, device: Device) {
+    pub(crate) fn failure(&self, device: Device) {
         let now = self.clock.now_micros();
         let expires = self
             .now_secs()
@@ -174,7 +174,7 @@ impl DeviceCookies {
     }
 
     /// A successful login with `device`'s cookie: its failures are forgotten.
-    pub fn success(&self, device: Device) {
+    pub(crate) fn success(&self, device: Device) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&device);
     }
@@ -200,7 +200,7 @@ impl DeviceCookies {
 
     /// Cookies with failures remembered (tests of the bound).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())

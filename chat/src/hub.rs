@@ -15,7 +15,7 @@ use tracing::warn;
 /// of such a stream carries its sequence number, so a session drops the live copies of items it
 /// already sent from its login backlog (PROTOCOL.md §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Messages to the user (`messages.seq`).
     Messages = 0,
     /// Read receipts for the user (`receipts.seq`).
@@ -27,15 +27,15 @@ pub enum Stream {
 }
 
 /// Number of [`Stream`]s.
-pub const STREAMS: usize = 4;
+pub(crate) const STREAMS: usize = 4;
 
 /// One queued packet for a session.
 #[derive(Debug, Clone)]
-pub struct Item {
+pub(crate) struct Item {
     /// The stored item's stream and sequence number; `None` for packets that are never stored.
-    pub seq: Option<(Stream, i64)>,
+    pub(crate) seq: Option<(Stream, i64)>,
     /// The encoded packet.
-    pub bytes: Bytes,
+    pub(crate) bytes: Bytes,
 }
 
 struct Slot {
@@ -45,7 +45,7 @@ struct Slot {
 
 /// The session registry.
 #[derive(Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     // A std mutex: every critical section is a short map operation, never held across await.
     users: Mutex<HashMap<String, Vec<Slot>>>,
     next_id: AtomicU64,
@@ -58,7 +58,7 @@ impl std::fmt::Debug for Hub {
 }
 
 /// Encodes a packet once for fan-out.
-pub fn encode(p: &Packet) -> Bytes {
+pub(crate) fn encode(p: &Packet) -> Bytes {
     Bytes::from(p.to_wire())
 }
 
@@ -68,7 +68,7 @@ impl Hub {
     }
 
     /// Registers a session; returns its id and whether it is the user's first live session.
-    pub fn register(&self, login: &str, tx: mpsc::Sender<Item>) -> (u64, bool) {
+    pub(crate) fn register(&self, login: &str, tx: mpsc::Sender<Item>) -> (u64, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut users = self.lock();
         let slots = users.entry(login.to_owned()).or_default();
@@ -78,7 +78,7 @@ impl Hub {
     }
 
     /// Removes a session; returns whether it was the user's last live session.
-    pub fn unregister(&self, login: &str, id: u64) -> bool {
+    pub(crate) fn unregister(&self, login: &str, id: u64) -> bool {
         let mut users = self.lock();
         let Some(slots) = users.get_mut(login) else {
             return false;
@@ -94,12 +94,12 @@ impl Hub {
     }
 
     /// Whether the user has a live session.
-    pub fn is_online(&self, login: &str) -> bool {
+    pub(crate) fn is_online(&self, login: &str) -> bool {
         self.lock().contains_key(login)
     }
 
     /// Sends to every session of `login` except `except`; returns how many got it.
-    pub fn send_except(&self, login: &str, except: Option<u64>, bytes: &Bytes) -> usize {
+    pub(crate) fn send_except(&self, login: &str, except: Option<u64>, bytes: &Bytes) -> usize {
         self.send_item(
             login,
             except,
@@ -112,7 +112,7 @@ impl Hub {
 
     /// Sends a stored item (with its sequence number) to every session of `login` except
     /// `except`; returns how many got it.
-    pub fn send_seq(
+    pub(crate) fn send_seq(
         &self,
         login: &str,
         except: Option<u64>,
@@ -131,7 +131,7 @@ impl Hub {
     }
 
     /// Sends an item to every session of `login` except `except`; returns how many got it.
-    pub fn send_item(&self, login: &str, except: Option<u64>, item: &Item) -> usize {
+    pub(crate) fn send_item(&self, login: &str, except: Option<u64>, item: &Item) -> usize {
         let mut users = self.lock();
         let Some(slots) = users.get_mut(login) else {
             return 0;
@@ -156,12 +156,12 @@ impl Hub {
     }
 
     /// Sends to every session of `login`.
-    pub fn send(&self, login: &str, bytes: &Bytes) -> usize {
+    pub(crate) fn send(&self, login: &str, bytes: &Bytes) -> usize {
         self.send_except(login, None, bytes)
     }
 
     /// Sends a packet to every session of `login`.
-    pub fn send_packet(&self, login: &str, p: &Packet) -> usize {
+    pub(crate) fn send_packet(&self, login: &str, p: &Packet) -> usize {
         if !self.is_online(login) {
             return 0;
         }

@@ -9,13 +9,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Most keys one table holds (about 64 bytes each, so a few MiB at most).
-pub const MAX_KEYS: usize = 100_000;
+pub(crate) const MAX_KEYS: usize = 100_000;
 
 const MICROS_PER_HOUR: f64 = 3_600e6;
 
 /// The key for "one host": an IPv4 address, or the /64 of an IPv6 address (one host usually
 /// owns a whole /64). IPv4-mapped IPv6 addresses count as IPv4.
-pub fn host_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn host_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -26,7 +26,7 @@ pub fn host_key(ip: IpAddr) -> IpAddr {
 }
 
 /// The key for "one network": the /24 of an IPv4 address, the /48 of an IPv6 address.
-pub fn prefix_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn prefix_key(ip: IpAddr) -> IpAddr {
     match host_key(ip) {
         IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
@@ -37,7 +37,7 @@ pub fn prefix_key(ip: IpAddr) -> IpAddr {
 /// completely is the same as no bucket, so the table only holds keys that spent tokens
 /// recently. `burst == 0` means unlimited.
 #[derive(Debug)]
-pub struct Buckets<K> {
+pub(crate) struct Buckets<K> {
     burst: f64,
     per_micro: f64,
     max_keys: usize,
@@ -47,7 +47,7 @@ pub struct Buckets<K> {
 
 impl<K: Hash + Eq + Clone> Buckets<K> {
     /// Buckets of `burst` tokens refilled at `per_hour` tokens per hour.
-    pub fn new(burst: u32, per_hour: u32, max_keys: usize) -> Buckets<K> {
+    pub(crate) fn new(burst: u32, per_hour: u32, max_keys: usize) -> Buckets<K> {
         Buckets {
             burst: f64::from(burst),
             per_micro: f64::from(per_hour) / MICROS_PER_HOUR,
@@ -57,7 +57,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 
     /// Whether this table limits nothing.
-    pub fn unlimited(&self) -> bool {
+    pub(crate) fn unlimited(&self) -> bool {
         self.burst == 0.0
     }
 
@@ -71,7 +71,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 
     /// How long until `key` has a whole token: zero when it has one now.
-    pub fn wait(&self, key: &K, now: i64) -> Duration {
+    pub(crate) fn wait(&self, key: &K, now: i64) -> Duration {
         if self.unlimited() {
             return Duration::ZERO;
         }
@@ -88,7 +88,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 
     /// Takes one token from `key`, even when that leaves the bucket in debt (several pipelined
     /// requests may pass [`Buckets::wait`] before the first is charged; each one is paid for).
-    pub fn take(&self, key: K, now: i64) {
+    pub(crate) fn take(&self, key: K, now: i64) {
         if self.unlimited() {
             return;
         }
@@ -126,31 +126,31 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 
     /// Keys held (for tests of the bound).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Whether no key is held.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 /// The rate limits of registration and account discovery.
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Registrations per host ([`host_key`]).
-    pub register_host: Buckets<IpAddr>,
+    pub(crate) register_host: Buckets<IpAddr>,
     /// Registrations per network ([`prefix_key`]).
-    pub register_prefix: Buckets<IpAddr>,
+    pub(crate) register_prefix: Buckets<IpAddr>,
     /// Lookups of unknown users per account.
-    pub discovery: Buckets<String>,
+    pub(crate) discovery: Buckets<String>,
 }
 
 impl Limits {
     /// The limits of `config`.
-    pub fn new(config: &crate::Config) -> Limits {
+    pub(crate) fn new(config: &crate::Config) -> Limits {
         Limits {
             register_host: Buckets::new(config.register_burst, config.register_per_hour, MAX_KEYS),
             register_prefix: Buckets::new(
@@ -164,7 +164,7 @@ impl Limits {
 
     /// Takes a registration token from `ip`'s host and network; false (nothing taken) when
     /// either is out of tokens.
-    pub fn allow_register(&self, ip: IpAddr, now: i64) -> bool {
+    pub(crate) fn allow_register(&self, ip: IpAddr, now: i64) -> bool {
         let (host, prefix) = (host_key(ip), prefix_key(ip));
         if !self.register_host.wait(&host, now).is_zero()
             || !self.register_prefix.wait(&prefix, now).is_zero()

@@ -16,13 +16,13 @@ use tracing::{info, warn};
 #[derive(Debug)]
 pub struct Relay {
     /// Base URL without trailing slash, e.g. `http://127.0.0.1:3215`.
-    pub base: String,
+    pub(crate) base: String,
     /// Host for `connect=`.
-    pub host: String,
+    pub(crate) host: String,
     /// Port for `port=`.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Whether the relay is reached over TLS (`https://`).
-    pub https: bool,
+    pub(crate) https: bool,
     healthy: AtomicBool,
 }
 

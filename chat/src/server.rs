@@ -52,42 +52,42 @@ pub enum Error {
 }
 
 /// State shared by every connection.
-pub struct Shared {
+pub(crate) struct Shared {
     /// Configuration.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Reads.
-    pub db: Db,
+    pub(crate) db: Db,
     /// Writes (group commit).
-    pub writer: Writer,
+    pub(crate) writer: Writer,
     /// Live sessions.
-    pub hub: Hub,
+    pub(crate) hub: Hub,
     /// Login throttling.
-    pub throttle: Throttle,
+    pub(crate) throttle: Throttle,
     /// Device cookies (trusted devices skip the login throttle).
-    pub devices: DeviceCookies,
+    pub(crate) devices: DeviceCookies,
     /// Registration and account-discovery rate limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Login salts.
-    pub salts: SaltGen,
+    pub(crate) salts: SaltGen,
     /// Password sealing.
-    pub sealer: Sealer,
+    pub(crate) sealer: Sealer,
     /// Relays.
-    pub relays: Arc<RelayPool>,
+    pub(crate) relays: Arc<RelayPool>,
     /// Signs relay capability tokens.
-    pub keyring: Keyring,
+    pub(crate) keyring: Keyring,
     /// Who blocked whom (mirror of the `blocks` table).
-    pub blocks: crate::blocks::Blocks,
+    pub(crate) blocks: crate::blocks::Blocks,
 }
 
 /// A server ready to accept connections.
-pub struct Server {
+pub(crate) struct Server {
     shared: Arc<Shared>,
     writer_task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
     /// Opens the data directory (database, keys) and prepares the server.
-    pub async fn new(config: Config) -> Result<Server, Error> {
+    pub(crate) async fn new(config: Config) -> Result<Server, Error> {
         crate::db::create_data_dir(&config.data_dir)?;
         let db = Db::open(&config.data_dir)
             .await?

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Most keys per table (each well under 100 bytes: a few MiB per table at most).
-pub const MAX_ENTRIES: usize = 100_000;
+pub(crate) const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -35,20 +35,20 @@ struct Entry {
 
 /// Timing of the throttle.
 #[derive(Debug, Clone, Copy)]
-pub struct Delays {
+pub(crate) struct Delays {
     /// Delay after the first failure.
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// Longest delay.
-    pub max: Duration,
+    pub(crate) max: Duration,
     /// One failure is forgotten per this much time without failures.
-    pub decay: Duration,
+    pub(crate) decay: Duration,
     /// How long an address stays known after a successful login from it.
-    pub known_for: Duration,
+    pub(crate) known_for: Duration,
 }
 
 /// Login throttling state.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     clock: Clock,
     delays: Delays,
     max_entries: usize,
@@ -66,12 +66,12 @@ fn micros(d: Duration) -> i64 {
 
 impl Throttle {
     /// A throttle with the given delays.
-    pub fn new(clock: Clock, delays: Delays) -> Throttle {
+    pub(crate) fn new(clock: Clock, delays: Delays) -> Throttle {
         Throttle::with_capacity(clock, delays, MAX_ENTRIES)
     }
 
     /// A throttle whose tables hold at most `max_entries` keys each.
-    pub fn with_capacity(clock: Clock, delays: Delays, max_entries: usize) -> Throttle {
+    pub(crate) fn with_capacity(clock: Clock, delays: Delays, max_entries: usize) -> Throttle {
         Throttle {
             clock,
             delays,
@@ -133,7 +133,7 @@ impl Throttle {
     }
 
     /// Whether `login` logged in successfully from `ip` within the known-address time.
-    pub fn is_known(&self, login: &str, ip: IpAddr) -> bool {
+    pub(crate) fn is_known(&self, login: &str, ip: IpAddr) -> bool {
         let now = self.clock.now_micros();
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known
@@ -143,7 +143,7 @@ impl Throttle {
 
     /// How long `login` from `ip` (without a valid device cookie) must still wait; zero = may
     /// try now.
-    pub fn wait(&self, login: &str, ip: IpAddr) -> Duration {
+    pub(crate) fn wait(&self, login: &str, ip: IpAddr) -> Duration {
         let now = self.clock.now_micros();
         let ip = host_key(ip);
         let mut w = self
@@ -156,7 +156,7 @@ impl Throttle {
     }
 
     /// Records a failed attempt without a valid device cookie.
-    pub fn failure(&self, login: &str, ip: IpAddr) {
+    pub(crate) fn failure(&self, login: &str, ip: IpAddr) {
         let now = self.clock.now_micros();
         let ip = host_key(ip);
         if !self.is_known(login, ip) {
@@ -172,7 +172,7 @@ impl Throttle {
     /// its record by logging into an account of its own between guesses at others), and the
     /// login's count of failures from unknown addresses (otherwise every login of the victim
     /// would restart the strangers' delay at 1 s).
-    pub fn success(&self, login: &str, ip: IpAddr) {
+    pub(crate) fn success(&self, login: &str, ip: IpAddr) {
         let now = self.clock.now_micros();
         let ip = host_key(ip);
         let key = (login.to_owned(), ip);
@@ -207,7 +207,7 @@ impl Throttle {
     /// Keys held per table: (login and address, address, login, known addresses). For tests
     /// of the bound.
     #[cfg(test)]
-    pub fn sizes(&self) -> [usize; 4] {
+    pub(crate) fn sizes(&self) -> [usize; 4] {
         [
             len(&self.login_addr),
             len(&self.addrs),
