@@ -96,29 +96,24 @@ pub(crate) async fn get(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>) {
     }
 }
 
-fn canonical(t: &Target, domain: &str) -> String {
-    match t {
-        Target::Local(l) => format!("{l}@{domain}"),
+/// The contact `id` names and its canonical address; `None` when it is not an address.
+fn address(ctx: &Ctx<'_>, id: &str) -> Option<(Target, String)> {
+    let target = parse_target(id, &ctx.config.domain)?;
+    let addr = match &target {
+        Target::Local(l) => ctx.addr(l),
         Target::Remote(a) => a.clone(),
-    }
+    };
+    Some((target, addr))
 }
 
 /// `CONTACTS-ADD id= [name=] [group=]`.
 pub(crate) async fn add(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ContactsAdd) {
     let login = me.login;
     let ContactsAdd { id, name, group } = r;
-    let fail = |id: &str, reason: ContactFailure| {
-        ContactsAddFailed {
-            id: id.to_owned(),
-            reason,
-        }
-        .to_packet()
-    };
-    let domain = ctx.config.domain.clone();
-    let Some(target) = parse_target(&id, &domain) else {
+    let fail = |id: &str, reason| ContactsAddFailed::new(id, reason).to_packet();
+    let Some((target, addr)) = address(ctx, &id) else {
         return reply.send(fail(&id, ContactFailure::BadAddress));
     };
-    let addr = canonical(&target, &domain);
     if target == Target::Local(login.to_owned()) {
         return reply.send(fail(&addr, ContactFailure::SelfContact));
     }
@@ -193,18 +188,10 @@ pub(crate) async fn add(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Contacts
 pub(crate) async fn change(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ContactsChange) {
     let login = me.login;
     let ContactsChange { id, name, group } = r;
-    let fail = |id: &str, reason: ContactFailure| {
-        ContactsChangeFailed {
-            id: id.to_owned(),
-            reason,
-        }
-        .to_packet()
-    };
-    let domain = ctx.config.domain.clone();
-    let Some(target) = parse_target(&id, &domain) else {
+    let fail = |id: &str, reason| ContactsChangeFailed::new(id, reason).to_packet();
+    let Some((_, addr)) = address(ctx, &id) else {
         return reply.send(fail(&id, ContactFailure::NotFound));
     };
-    let addr = canonical(&target, &domain);
     let group = group.map(|g| Some(g).filter(|g| !g.is_empty()));
     if name.is_none() && group.is_none() {
         return reply.send(fail(&addr, ContactFailure::NothingToChange));
@@ -241,18 +228,10 @@ pub(crate) async fn change(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Conta
 pub(crate) async fn delete(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ContactsDelete) {
     let login = me.login;
     let id = r.id;
-    let fail = |id: &str, reason: ContactFailure| {
-        ContactsDeleteFailed {
-            id: id.to_owned(),
-            reason,
-        }
-        .to_packet()
-    };
-    let domain = ctx.config.domain.clone();
-    let Some(target) = parse_target(&id, &domain) else {
+    let fail = |id: &str, reason| ContactsDeleteFailed::new(id, reason).to_packet();
+    let Some((target, addr)) = address(ctx, &id) else {
         return reply.send(fail(&id, ContactFailure::NotFound));
     };
-    let addr = canonical(&target, &domain);
     let op = WriteOp::DeleteContact {
         owner: login.to_owned(),
         contact: addr.clone(),

@@ -156,13 +156,7 @@ pub(crate) async fn answer(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, id: Stri
 /// `BLOCK id=`.
 pub(crate) async fn block(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Block) {
     let login = me.login;
-    let fail = |id: &str, reason| {
-        BlockFailed {
-            id: id.to_owned(),
-            reason,
-        }
-        .to_packet()
-    };
+    let fail = |id: &str, reason| BlockFailed::new(id, reason).to_packet();
     let who = match parse_target(&r.id, &ctx.config.domain) {
         None => return reply.send(fail(&r.id, BlockFailure::BadAddress)),
         Some(Target::Remote(a)) => return reply.send(fail(&a, BlockFailure::FederationDisabled)),
@@ -198,13 +192,7 @@ pub(crate) async fn block(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Block)
 /// `UNBLOCK id=`.
 pub(crate) async fn unblock(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Unblock) {
     let login = me.login;
-    let fail = |id: &str, reason| {
-        UnblockFailed {
-            id: id.to_owned(),
-            reason,
-        }
-        .to_packet()
-    };
+    let fail = |id: &str, reason| UnblockFailed::new(id, reason).to_packet();
     let Ok(who) = local(ctx, &r.id) else {
         return reply.send(fail(&r.id, BlockFailure::NotFound));
     };

@@ -215,30 +215,18 @@ body! {
     /// in its place).
     ContactsGetFailed = "CONTACTS-GET-FAILED" { reason: (reason ContactsGetFailure) = "reason" }
 }
-body! {
-    /// `CONTACTS-ADD-OK id=` (→C).
-    ContactsAddOk = "CONTACTS-ADD-OK" { id: text = "id" }
-}
-body! {
-    /// `CONTACTS-ADD-FAILED id= reason=` (→C).
-    ContactsAddFailed = "CONTACTS-ADD-FAILED" { id: text = "id", reason: (reason ContactFailure) = "reason" }
-}
-body! {
-    /// `CONTACTS-CHANGE-OK id=` (→C).
-    ContactsChangeOk = "CONTACTS-CHANGE-OK" { id: text = "id" }
-}
-body! {
-    /// `CONTACTS-CHANGE-FAILED id= reason=` (→C).
-    ContactsChangeFailed = "CONTACTS-CHANGE-FAILED" { id: text = "id", reason: (reason ContactFailure) = "reason" }
-}
-body! {
-    /// `CONTACTS-DELETE-OK id=` (→C).
-    ContactsDeleteOk = "CONTACTS-DELETE-OK" { id: text = "id" }
-}
-body! {
-    /// `CONTACTS-DELETE-FAILED id= reason=` (→C).
-    ContactsDeleteFailed = "CONTACTS-DELETE-FAILED" { id: text = "id", reason: (reason ContactFailure) = "reason" }
-}
+id_answers!(
+    ContactsAddOk = "CONTACTS-ADD-OK",
+    ContactsAddFailed = "CONTACTS-ADD-FAILED"(ContactFailure)
+);
+id_answers!(
+    ContactsChangeOk = "CONTACTS-CHANGE-OK",
+    ContactsChangeFailed = "CONTACTS-CHANGE-FAILED"(ContactFailure)
+);
+id_answers!(
+    ContactsDeleteOk = "CONTACTS-DELETE-OK",
+    ContactsDeleteFailed = "CONTACTS-DELETE-FAILED"(ContactFailure)
+);
 
 /// Whether `group` is a valid nested group path: `a/b`, non-empty segments, ≤ 128 chars.
 pub fn is_valid_group(group: &str) -> bool {

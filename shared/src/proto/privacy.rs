@@ -69,25 +69,17 @@ body! {
     Block = "BLOCK" { id: text = "id" }
 }
 body! {
-    /// `BLOCK-OK id=` (→C).
-    BlockOk = "BLOCK-OK" { id: text = "id" }
-}
-body! {
-    /// `BLOCK-FAILED id= reason=` (→C).
-    BlockFailed = "BLOCK-FAILED" { id: text = "id", reason: (reason BlockFailure) = "reason" }
-}
-body! {
     /// `UNBLOCK id=` (→S).
     Unblock = "UNBLOCK" { id: text = "id" }
 }
-body! {
-    /// `UNBLOCK-OK id=` (→C).
-    UnblockOk = "UNBLOCK-OK" { id: text = "id" }
-}
-body! {
-    /// `UNBLOCK-FAILED id= reason=` (→C).
-    UnblockFailed = "UNBLOCK-FAILED" { id: text = "id", reason: (reason BlockFailure) = "reason" }
-}
+id_answers!(
+    BlockOk = "BLOCK-OK",
+    BlockFailed = "BLOCK-FAILED"(BlockFailure)
+);
+id_answers!(
+    UnblockOk = "UNBLOCK-OK",
+    UnblockFailed = "UNBLOCK-FAILED"(BlockFailure)
+);
 body! {
     /// `PRIVACY-SET last-seen=` (→S).
     PrivacySet = "PRIVACY-SET" { last_seen: (reason LastSeenVisibility) = "last-seen" }

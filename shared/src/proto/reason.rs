@@ -97,3 +97,27 @@ macro_rules! body {
     (@write $p:ident (reason $t:ty) $key:literal $v:expr) => { $p.fields.set($key, $v.as_str()) };
     (@write $p:ident (opt_reason $t:ty) $key:literal $v:expr) => { $p.fields.set_opt($key, $v.as_ref().map(|r| r.as_str())) };
 }
+
+/// Declares the two answers to a request about one address: `VERB-OK id=` and
+/// `VERB-FAILED id= reason=` (both →C), with `Failed::new(id, reason)`.
+macro_rules! id_answers {
+    ($ok:ident = $ok_verb:literal, $failed:ident = $failed_verb:literal ($reason:ident)) => {
+        body! {
+            #[doc = concat!("`", $ok_verb, " id=` (→C).")]
+            $ok = $ok_verb { id: text = "id" }
+        }
+        body! {
+            #[doc = concat!("`", $failed_verb, " id= reason=` (→C).")]
+            $failed = $failed_verb { id: text = "id", reason: (reason $reason) = "reason" }
+        }
+        impl $failed {
+            /// The failure answer about address `id`.
+            pub fn new(id: &str, reason: $reason) -> $failed {
+                $failed {
+                    id: id.to_owned(),
+                    reason,
+                }
+            }
+        }
+    };
+}
