@@ -157,3 +157,31 @@ impl<'o> Reply<'o> {
         self.out.push(&p.with_opt("ref", self.reference.0));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(out: &Outbox) -> String {
+        String::from_utf8_lossy(out.bytes()).into_owned()
+    }
+
+    #[test]
+    fn a_reply_carries_the_requests_ref_now_or_later() {
+        let req = Packet::new("PING").with("ref", "r1");
+        let mut out = Outbox::default();
+        Reply::to(&mut out, &req).send(Packet::new("PONG"));
+        assert_eq!(wire(&out), Packet::new("PONG").with("ref", "r1").to_wire());
+
+        let mut later = Outbox::default();
+        let deferred = Reply::to(&mut later, &req).defer();
+        assert!(later.is_empty(), "deferring sends nothing");
+        Reply::resume(&mut later, deferred).send(Packet::new("PONG"));
+        assert_eq!(wire(&later), wire(&out));
+
+        let bare = Packet::new("PING");
+        let mut none = Outbox::default();
+        Reply::to(&mut none, &bare).send(Packet::new("PONG"));
+        assert_eq!(wire(&none), Packet::new("PONG").to_wire());
+    }
+}
