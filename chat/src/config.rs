@@ -14,6 +14,9 @@ pub struct Config {
     pub domain: String,
     /// Directory holding `msim.db` and `secret.key`.
     pub data_dir: PathBuf,
+    /// `postgres://…` URL of a PostgreSQL database (several nodes may share it); `None`:
+    /// SQLite in `data_dir/msim.db`.
+    pub database: Option<String>,
     /// Whether `REGISTER` is accepted.
     pub registration_open: bool,
     /// Minimum login length.
@@ -161,6 +164,7 @@ impl Default for Config {
         Config {
             domain: "localhost".into(),
             data_dir: PathBuf::from("./data"),
+            database: None,
             registration_open: true,
             login_min: 3,
             login_max: 32,

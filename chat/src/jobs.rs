@@ -2,12 +2,10 @@
 //! own interval until the server's stop token is cancelled.
 
 use crate::cmd::context::Ctx;
-use crate::cmd::files::rejected;
-use crate::cmd::messages::failed;
 use crate::cmd::notices::{notify, Note};
-use crate::db::{OfferState, Outcome, WriteOp};
+use crate::db::{NoticeBody, OfferState, Outcome, WriteOp};
 use crate::server::Shared;
-use msim_shared::proto::{FileRejection, SendFailure};
+use msim_shared::proto::FileRejection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +53,11 @@ async fn sweep(sh: &Shared) {
             let expires = now + sh.config.offer_ttl.as_micros() as i64;
             for o in offers {
                 info!(transfer = %o.id, "offer expired");
-                let pkt = rejected(&o.id, FileRejection::Expired);
+                let result = NoticeBody::rejected(&o.id, FileRejection::Expired);
+                let pkt = result.to_packet();
                 // The recipient's login backlog no longer lists the offer; only the sender
                 // needs the result stored (stored before the recipient is told).
-                let note = Note::new(o.sender.clone(), &o.id, pkt.clone());
+                let note = Note::new(o.sender.clone(), &o.id, result);
                 notify(&ctx, expires, vec![note]).await;
                 // A hidden offer (blocked sender) was never shown to its recipient.
                 if o.state != OfferState::Hidden {
@@ -110,7 +109,7 @@ async fn tell_expired(sh: &Shared, expired: Vec<(String, String)>, now: i64) {
     let expires = now.saturating_add(sh.config.receipt_retention.as_micros() as i64);
     let notes = expired
         .into_iter()
-        .map(|(id, sender)| Note::new(sender, &id, failed(&id, SendFailure::Expired)))
+        .map(|(id, sender)| Note::new(sender, &id, NoticeBody::expired_message(&id)))
         .collect();
     notify(&Ctx::new(sh), expires, notes).await;
 }

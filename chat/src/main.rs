@@ -59,7 +59,7 @@ async fn operator_command(
     let dir = &config.data_dir;
     match command {
         Command::ResetSecretKey { .. } => {
-            let locked = secret_key::reset_secret_key(dir).await?;
+            let locked = secret_key::reset_secret_key(dir, config.database.as_deref()).await?;
             println!(
                 "new {}; {locked} account(s) locked until `msim-chat set-password LOGIN`",
                 dir.join("secret.key").display()
@@ -80,7 +80,7 @@ async fn operator_command(
                     config.password_max
                 );
             }
-            secret_key::set_password(dir, &login, password).await?;
+            secret_key::set_password(dir, config.database.as_deref(), &login, password).await?;
             println!("password of {login} set");
         }
     }

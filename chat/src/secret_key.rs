@@ -103,8 +103,8 @@ async fn check_key(path: &Path, sealer: &Sealer, db: &Db) -> Result<(), KeyError
 /// `secret.key.replaced-<unix seconds>`, a new key is made, and every stored password is
 /// cleared, so existing accounts keep their data but cannot log in until an operator sets a
 /// new password. Refuses when the present key works. Returns the number of locked accounts.
-pub async fn reset_secret_key(data_dir: &Path) -> Result<u64, KeyError> {
-    let db = Db::open(data_dir).await?;
+pub async fn reset_secret_key(data_dir: &Path, database: Option<&str>) -> Result<u64, KeyError> {
+    let db = Db::open_configured(data_dir, database).await?;
     let path = key_path(data_dir);
     if let Some(key) = read_secret(&path)? {
         if check_key(&path, &Sealer::new(key), &db).await.is_ok() {
@@ -124,8 +124,13 @@ pub async fn reset_secret_key(data_dir: &Path) -> Result<u64, KeyError> {
 
 /// Sets `login`'s password, sealed under the data directory's key (which must match the
 /// database, as at start-up).
-pub async fn set_password(data_dir: &Path, login: &str, password: &str) -> Result<(), KeyError> {
-    let db = Db::open(data_dir).await?;
+pub async fn set_password(
+    data_dir: &Path,
+    database: Option<&str>,
+    login: &str,
+    password: &str,
+) -> Result<(), KeyError> {
+    let db = Db::open_configured(data_dir, database).await?;
     let sealer = open_sealer(data_dir, &db).await?;
     let stored = db
         .set_password(login, &sealer.seal(login, password))

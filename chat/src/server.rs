@@ -89,7 +89,7 @@ impl Server {
     /// Opens the data directory (database, keys) and prepares the server.
     pub(crate) async fn new(config: Config) -> Result<Server, Error> {
         crate::db::create_data_dir(&config.data_dir)?;
-        let db = Db::open(&config.data_dir)
+        let db = Db::open_configured(&config.data_dir, config.database.as_deref())
             .await?
             .with_pending_cap(config.max_pending_messages);
         let sealer = open_sealer(&config.data_dir, &db).await?;

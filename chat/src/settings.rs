@@ -29,6 +29,10 @@ pub struct ChatSettings {
     /// Data directory: msim.db (SQLite), secret.key, relay.secret, relay/ [default: ./data].
     #[arg(long, env = "MSIM_CHAT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL database URL (postgres://user:password@host:port/db, or ?host=/socket/dir);
+    /// several nodes may share one. Without it: SQLite in <data-dir>/msim.db.
+    #[arg(long, env = "MSIM_CHAT_DATABASE_URL", value_name = "URL")]
+    pub database: Option<String>,
     /// Relay base URL, e.g. http://relay1:3215 or https://relay1.example.org:3215 (repeatable).
     /// Without any, an embedded relay runs.
     #[arg(long = "relay", env = "MSIM_CHAT_RELAYS", value_delimiter = ',')]
@@ -181,6 +185,12 @@ impl ChatSettings {
         if let Some(v) = &self.data_dir {
             c.data_dir = v.clone();
         }
+        if let Some(v) = self.database.as_deref().map(str::trim) {
+            if !v.is_empty() && !crate::db::postgres::is_url(v) {
+                anyhow::bail!("--database must be a postgres:// or postgresql:// URL");
+            }
+            c.database = (!v.is_empty()).then(|| v.to_owned());
+        }
         if let Some(closed) = self.registration_closed {
             c.registration_open = !closed;
         }
@@ -260,6 +270,10 @@ mod tests {
         );
         assert_eq!(c.domain, "example.org");
         assert_eq!(c.data_dir, PathBuf::from("/srv/msim"));
+        assert_eq!(
+            c.database.as_deref(),
+            Some("postgres://msim:secret@db.example.org:5432/msim")
+        );
         assert!(!c.registration_open);
         assert_eq!((c.login_min, c.login_max, c.password_min), (4, 40, 12));
         assert_eq!((c.max_text, c.max_line), (2000, 9000));
@@ -308,5 +322,20 @@ mod tests {
         assert_eq!(r.config.message_ttl, d.message_ttl);
         assert!(r.config.registration_open);
         assert!(r.tls_files.is_none());
+        assert!(r.config.database.is_none());
+    }
+
+    /// `--database` takes a PostgreSQL URL; anything else is refused at start, not guessed.
+    #[test]
+    fn database_must_be_a_postgres_url() {
+        let with = |url: &str| ChatSettings {
+            database: Some(url.into()),
+            ..ChatSettings::default()
+        };
+        assert!(with("mysql://db/msim").resolve().is_err());
+        assert!(with("/var/lib/msim.db").resolve().is_err());
+        let r = with("postgresql://db/msim").resolve().expect("postgres");
+        assert_eq!(r.config.database.as_deref(), Some("postgresql://db/msim"));
+        assert!(with("").resolve().expect("empty").config.database.is_none());
     }
 }

@@ -135,7 +135,10 @@ fn skipped(test: &str) {
     if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
         panic!("{REQUIRE_ENV}=1 but {msg}");
     }
-    eprintln!("SKIPPED: {msg}");
+    // Straight to the process's stderr: the test harness would capture `eprintln!` and show
+    // it only for failing tests, and a skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
 }
 
 impl PgCluster {

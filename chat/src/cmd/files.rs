@@ -6,7 +6,9 @@ use crate::clock::datetime;
 use crate::cmd::context::{Ctx, Me, Relays, Reply};
 use crate::cmd::notices::{notify, Note};
 use crate::cmd::{discovery, parse_target, Target};
-use crate::db::{Offer, OfferLimits, OfferState, Outcome, PrivacyOp, PrivacyOutcome, WriteOp};
+use crate::db::{
+    NoticeBody, Offer, OfferLimits, OfferState, Outcome, PrivacyOp, PrivacyOutcome, WriteOp,
+};
 use crate::hub::{encode, Stream};
 use msim_shared::token::{Capability, Direction};
 use msim_shared::Packet;
@@ -226,7 +228,7 @@ pub(crate) async fn answer(
             FileRejection::Rejected
         };
         info!(transfer = %id, reason = reason.as_str(), "offer rejected");
-        let pkt = rejected(&id, reason);
+        let result = NoticeBody::rejected(&id, reason);
         let expires = ctx.now() + ctx.config.offer_ttl.as_micros() as i64;
         let mut to = vec![offer.sender.clone()];
         if accept {
@@ -234,7 +236,7 @@ pub(crate) async fn answer(
         }
         let notices = to
             .into_iter()
-            .map(|login| Note::new(login, &offer.id, pkt.clone()))
+            .map(|login| Note::new(login, &offer.id, result.clone()))
             .collect();
         notify(ctx, expires, notices).await;
         return;
@@ -262,8 +264,7 @@ pub(crate) async fn answer(
         url: url.clone(),
         token: up,
         expires,
-    }
-    .to_packet();
+    };
     let ready = DownloadGrant {
         transfer_id: offer.id.clone(),
         from: ctx.addr(&offer.sender),
@@ -276,11 +277,14 @@ pub(crate) async fn answer(
         expires,
         sha256: offer.sha256.clone(),
         mime: offer.mime.clone(),
-    }
-    .to_packet();
+    };
     let notices = vec![
-        Note::new(offer.sender.clone(), &offer.id, ok),
-        Note::new(offer.recipient.clone(), &offer.id, ready),
+        Note::new(offer.sender.clone(), &offer.id, NoticeBody::UploadGrant(ok)),
+        Note::new(
+            offer.recipient.clone(),
+            &offer.id,
+            NoticeBody::DownloadGrant(ready),
+        ),
     ];
     notify(ctx, expires_micros, notices).await;
 }

@@ -3,9 +3,8 @@
 //! tagged with their seq, so a session logging in meanwhile gets each one once.
 
 use crate::cmd::context::Ctx;
-use crate::db::{Notice, Outcome, WriteOp};
+use crate::db::{Notice, NoticeBody, Outcome, WriteOp};
 use crate::hub::{encode, Stream};
-use msim_shared::Packet;
 use tracing::warn;
 
 /// One result for one user.
@@ -14,15 +13,16 @@ pub(crate) struct Note {
     login: String,
     /// What it is about (the transfer or message id).
     subject: String,
-    packet: Packet,
+    /// What to tell them (stored as data, sent as its packet).
+    body: NoticeBody,
 }
 
 impl Note {
-    pub(crate) fn new(login: String, subject: &str, packet: Packet) -> Note {
+    pub(crate) fn new(login: String, subject: &str, body: NoticeBody) -> Note {
         Note {
             login,
             subject: subject.to_owned(),
-            packet,
+            body,
         }
     }
 }
@@ -35,7 +35,7 @@ pub(crate) async fn notify(ctx: &Ctx<'_>, expires: i64, notes: Vec<Note>) {
         .map(|n| Notice {
             login: n.login.clone(),
             transfer_id: n.subject.clone(),
-            packet: n.packet.to_wire(),
+            body: n.body.clone(),
             expires_at: expires,
         })
         .collect();
@@ -50,7 +50,7 @@ pub(crate) async fn notify(ctx: &Ctx<'_>, expires: i64, notes: Vec<Note>) {
         }
     };
     for (i, n) in notes.iter().enumerate() {
-        let bytes = encode(&n.packet);
+        let bytes = encode(&n.body.to_packet());
         match seqs.get(i) {
             Some(seq) => ctx
                 .hub

@@ -1,22 +1,20 @@
 //! One write of the general path, inside its own savepoint: dispatch to the write families.
 
-use super::{contacts, files, messages, privacy, retention, users, DbError, Outcome, WriteOp};
-use sqlx::{Sqlite, Transaction};
+use super::{
+    contacts, files, messages, notices, privacy, retention, users, DbError, Outcome, Tx, WriteOp,
+};
 
 /// Whether a local user exists, read inside the writer's transaction.
-pub(super) async fn exists(tx: &mut Transaction<'_, Sqlite>, login: &str) -> Result<bool, DbError> {
-    let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE login = ?")
+pub(super) async fn exists(tx: &mut Tx<'_>, login: &str) -> Result<bool, DbError> {
+    let r: Option<(i32,)> = on!(tx, c => sqlx::query_as("SELECT 1 FROM users WHERE login = $1")
         .bind(login)
-        .fetch_optional(&mut **tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
     Ok(r.is_some())
 }
 
 /// Applies one write.
-pub(super) async fn apply(
-    tx: &mut Transaction<'_, Sqlite>,
-    op: WriteOp,
-) -> Result<Outcome, DbError> {
+pub(super) async fn apply(tx: &mut Tx<'_>, op: WriteOp) -> Result<Outcome, DbError> {
     match op {
         WriteOp::CreateUser { login, sealed, now } => {
             users::create_user(tx, login, sealed, now).await
@@ -49,7 +47,7 @@ pub(super) async fn apply(
         WriteOp::AnswerOffer { id, by, relay, now } => {
             files::answer_offer(tx, id, by, relay, now).await
         }
-        WriteOp::AddNotices(notices) => files::add_notices(tx, notices).await,
+        WriteOp::AddNotices(notices) => notices::add_notices(tx, notices).await,
         WriteOp::ExpireOffers { now } => files::expire_offers(tx, now).await,
         WriteOp::Purge {
             expire_before,

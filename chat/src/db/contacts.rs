@@ -1,12 +1,12 @@
 //! Writes to contact lists.
 
 use super::apply::exists;
+use super::Tx;
 use super::*;
-use sqlx::{Sqlite, Transaction};
 
 /// Adds a contact (refused when present, when the list is full, or for an unknown local user).
 pub(super) async fn add_contact(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     owner: String,
     contact: String,
     contact_local: Option<String>,
@@ -19,83 +19,81 @@ pub(super) async fn add_contact(
             return Ok(Outcome::UnknownUser);
         }
     }
-    let r: Option<(i64,)> =
-        sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact = ?")
+    let r: Option<(i32,)> = on!(tx, c => sqlx::query_as("SELECT 1 FROM contacts WHERE owner = $1 AND contact = $2")
             .bind(&owner)
             .bind(&contact)
-            .fetch_optional(&mut **tx)
-            .await?;
+            .fetch_optional(c)
+            .await)?;
     if r.is_some() {
         return Ok(Outcome::Exists);
     }
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM contacts WHERE owner = ?")
+    let n: (i64,) = on!(tx, c => sqlx::query_as("SELECT COUNT(*) FROM contacts WHERE owner = $1")
         .bind(&owner)
-        .fetch_one(&mut **tx)
-        .await?;
+        .fetch_one(c)
+        .await)?;
     if n.0 >= max {
         return Ok(Outcome::TooMany);
     }
-    sqlx::query(
-        "INSERT INTO contacts (owner, contact, contact_local, name, grp) VALUES (?, ?, ?, ?, ?)",
+    on!(tx, c => sqlx::query(
+        "INSERT INTO contacts (owner, contact, contact_local, name, grp) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&owner)
     .bind(&contact)
     .bind(&contact_local)
     .bind(&name)
     .bind(&group)
-    .execute(&mut **tx)
-    .await?;
+    .execute(c)
+    .await.map(|r| r.rows_affected()))?;
     Ok(Outcome::Done)
 }
 
 /// Changes a contact; `Some(None)` clears the group.
 pub(super) async fn change_contact(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     owner: String,
     contact: String,
     name: Option<String>,
     group: Option<Option<String>>,
 ) -> Result<Outcome, DbError> {
-    let r: Option<(i64,)> =
-        sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact = ?")
+    let r: Option<(i32,)> = on!(tx, c => sqlx::query_as("SELECT 1 FROM contacts WHERE owner = $1 AND contact = $2")
             .bind(&owner)
             .bind(&contact)
-            .fetch_optional(&mut **tx)
-            .await?;
+            .fetch_optional(c)
+            .await)?;
     if r.is_none() {
         return Ok(Outcome::NotFound);
     }
     if let Some(name) = name {
-        sqlx::query("UPDATE contacts SET name = ? WHERE owner = ? AND contact = ?")
+        on!(tx, c => sqlx::query("UPDATE contacts SET name = $1 WHERE owner = $2 AND contact = $3")
             .bind(name)
             .bind(&owner)
             .bind(&contact)
-            .execute(&mut **tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected()))?;
     }
     if let Some(group) = group {
-        sqlx::query("UPDATE contacts SET grp = ? WHERE owner = ? AND contact = ?")
+        on!(tx, c => sqlx::query("UPDATE contacts SET grp = $1 WHERE owner = $2 AND contact = $3")
             .bind(group)
             .bind(&owner)
             .bind(&contact)
-            .execute(&mut **tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected()))?;
     }
     Ok(Outcome::Done)
 }
 
 /// Deletes a contact.
 pub(super) async fn delete_contact(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     owner: String,
     contact: String,
 ) -> Result<Outcome, DbError> {
-    let r = sqlx::query("DELETE FROM contacts WHERE owner = ? AND contact = ?")
+    let r = on!(tx, c => sqlx::query("DELETE FROM contacts WHERE owner = $1 AND contact = $2")
         .bind(&owner)
         .bind(&contact)
-        .execute(&mut **tx)
-        .await?;
-    Ok(if r.rows_affected() == 0 {
+        .execute(c)
+        .await.map(|r| r.rows_affected()))?;
+    Ok(if r == 0 {
         Outcome::NotFound
     } else {
         Outcome::Done

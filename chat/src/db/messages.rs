@@ -1,19 +1,16 @@
 //! Writes to messages and receipts (general path; runs of them go through [`super::batch`]).
 
 use super::apply::exists;
+use super::Tx;
 use super::*;
-use sqlx::{Sqlite, Transaction};
 
 /// Stores a message for a local recipient (the general path of [`super::batch`]).
-pub(super) async fn insert_message(
-    tx: &mut Transaction<'_, Sqlite>,
-    m: StoredMessage,
-) -> Result<Outcome, DbError> {
+pub(super) async fn insert_message(tx: &mut Tx<'_>, m: StoredMessage) -> Result<Outcome, DbError> {
     if !exists(tx, &m.recipient).await? {
         return Ok(Outcome::UnknownUser);
     }
-    sqlx::query(
-        "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES (?, ?, ?, ?, ?, ?)",
+    on!(tx, c => sqlx::query(
+        "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(m.seq)
     .bind(&m.id)
@@ -21,42 +18,41 @@ pub(super) async fn insert_message(
     .bind(&m.recipient)
     .bind(m.at)
     .bind(&m.text)
-    .execute(&mut **tx)
-    .await?;
+    .execute(c)
+    .await.map(|r| r.rows_affected()))?;
     Ok(Outcome::Done)
 }
 
 /// Marks a message read by its recipient and queues a receipt for the sender.
 pub(super) async fn mark_read(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     id: String,
     reader: String,
     at: i64,
 ) -> Result<Outcome, DbError> {
-    let r: Option<(String, Option<i64>)> =
-        sqlx::query_as("SELECT sender, read_at FROM messages WHERE id = ? AND recipient = ?")
+    let r: Option<(String, Option<i64>)> = on!(tx, c => sqlx::query_as("SELECT sender, read_at FROM messages WHERE id = $1 AND recipient = $2")
             .bind(&id)
             .bind(&reader)
-            .fetch_optional(&mut **tx)
-            .await?;
+            .fetch_optional(c)
+            .await)?;
     let Some((sender, read_at)) = r else {
         return Ok(Outcome::UnknownMessage);
     };
     let at = read_at.unwrap_or(at);
-    sqlx::query("UPDATE messages SET pending = 0, body = '', read_at = ? WHERE id = ?")
+    on!(tx, c => sqlx::query("UPDATE messages SET pending = 0, body = '', read_at = $1 WHERE id = $2")
         .bind(at)
         .bind(&id)
-        .execute(&mut **tx)
-        .await?;
-    let receipt: (i64,) = sqlx::query_as(
-        "INSERT INTO receipts (sender, message_id, reader, at) VALUES (?, ?, ?, ?) RETURNING seq",
+        .execute(c)
+        .await.map(|r| r.rows_affected()))?;
+    let receipt: (i64,) = on!(tx, c => sqlx::query_as(
+        "INSERT INTO receipts (sender, message_id, reader, at) VALUES ($1, $2, $3, $4) RETURNING seq",
     )
     .bind(&sender)
     .bind(&id)
     .bind(&reader)
     .bind(at)
-    .fetch_one(&mut **tx)
-    .await?;
+    .fetch_one(c)
+    .await)?;
     Ok(Outcome::Read {
         sender,
         receipt: receipt.0,
@@ -66,28 +62,25 @@ pub(super) async fn mark_read(
 
 /// The recipient has the message: stop redelivering it.
 pub(super) async fn ack(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     id: String,
     recipient: String,
 ) -> Result<Outcome, DbError> {
-    sqlx::query("UPDATE messages SET pending = 0, body = '' WHERE id = ? AND recipient = ?")
+    on!(tx, c => sqlx::query("UPDATE messages SET pending = 0, body = '' WHERE id = $1 AND recipient = $2")
         .bind(&id)
         .bind(&recipient)
-        .execute(&mut **tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected()))?;
     Ok(Outcome::Done)
 }
 
 /// Drops receipts delivered live.
-pub(super) async fn delete_receipts(
-    tx: &mut Transaction<'_, Sqlite>,
-    seqs: Vec<i64>,
-) -> Result<Outcome, DbError> {
+pub(super) async fn delete_receipts(tx: &mut Tx<'_>, seqs: Vec<i64>) -> Result<Outcome, DbError> {
     for s in seqs {
-        sqlx::query("DELETE FROM receipts WHERE seq = ?")
+        on!(tx, c => sqlx::query("DELETE FROM receipts WHERE seq = $1")
             .bind(s)
-            .execute(&mut **tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected()))?;
     }
     Ok(Outcome::Done)
 }

@@ -136,7 +136,7 @@ impl WriteOp {
 pub(crate) enum Outcome {
     /// Done, nothing to report.
     Done,
-    /// Stored with this sequence number (message seq, offer rowid).
+    /// Stored with this sequence number (message seq, offer seq).
     Stored(i64),
     /// Notices stored, with their sequence numbers.
     Notices(Vec<i64>),

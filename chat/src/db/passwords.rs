@@ -8,9 +8,11 @@ impl Db {
     /// How many accounts have a stored (sealed) password. Accounts locked by
     /// [`Db::clear_passwords`] hold an empty value and are not counted.
     pub(crate) async fn sealed_password_count(&self) -> Result<i64, DbError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE length(password) > 0")
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) = read!(self, p => sqlx::query_as(
+            "SELECT COUNT(*) FROM users WHERE length(password) > 0"
+        )
+        .fetch_one(p)
+        .await)?;
         Ok(n)
     }
 
@@ -19,31 +21,35 @@ impl Db {
         &self,
         limit: i64,
     ) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-        Ok(sqlx::query_as(
+        Ok(read!(self, p => sqlx::query_as(
             "SELECT login, password FROM users WHERE length(password) > 0 \
-             ORDER BY created_at, login LIMIT ?",
+             ORDER BY created_at, login LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// Empties every stored password; returns how many accounts were locked. An empty sealed
     /// value never opens, so these accounts cannot log in until [`Db::set_password`].
     pub(crate) async fn clear_passwords(&self) -> Result<u64, DbError> {
-        let r = sqlx::query("UPDATE users SET password = X'' WHERE length(password) > 0")
-            .execute(&self.writes)
-            .await?;
-        Ok(r.rows_affected())
+        Ok(writes!(self, w => sqlx::query(
+            "UPDATE users SET password = $1 WHERE length(password) > 0"
+        )
+        .bind(Vec::<u8>::new())
+        .execute(w)
+        .await
+        .map(|r| r.rows_affected()))?)
     }
 
     /// Replaces one account's sealed password; false when the login does not exist.
     pub(crate) async fn set_password(&self, login: &str, sealed: &[u8]) -> Result<bool, DbError> {
-        let r = sqlx::query("UPDATE users SET password = ? WHERE login = ?")
+        let n = writes!(self, w => sqlx::query("UPDATE users SET password = $1 WHERE login = $2")
             .bind(sealed)
             .bind(login)
-            .execute(&self.writes)
-            .await?;
-        Ok(r.rows_affected() == 1)
+            .execute(w)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
     }
 }

@@ -3,8 +3,8 @@
 //! as [`super::WriteOp::Privacy`].
 
 use super::apply::exists;
+use super::Tx;
 use super::{Db, DbError, Offer, Outcome};
-use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;
 
 /// Limits on the open offers of one sender account and one sender address.
@@ -122,10 +122,7 @@ pub(crate) enum PrivacyOutcome {
 }
 
 /// Applies one privacy op inside the writer's transaction.
-pub(super) async fn apply(
-    tx: &mut Transaction<'_, Sqlite>,
-    op: PrivacyOp,
-) -> Result<Outcome, DbError> {
+pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbError> {
     let done = |o| Ok(Outcome::Privacy(o));
     match op {
         PrivacyOp::Subscribe {
@@ -136,55 +133,54 @@ pub(super) async fn apply(
         } => {
             // The mutual-contacts shortcut, part 1: adding someone who asked to see you
             // approves them.
-            let back = sqlx::query(
-                "UPDATE presence_subs SET state = 'approved', at = ? \
-                 WHERE subject = ? AND watcher = ? AND state = 'requested'",
+            let back = on!(tx, c => sqlx::query(
+                "UPDATE presence_subs SET state = 'approved', at = $1 \
+                 WHERE subject = $2 AND watcher = $3 AND state = 'requested'",
             )
             .bind(now)
             .bind(&watcher)
             .bind(&subject)
-            .execute(&mut **tx)
-            .await?;
-            let approved_back = back.rows_affected() > 0;
-            let state: Option<(String,)> =
-                sqlx::query_as("SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?")
+            .execute(c)
+            .await.map(|r| r.rows_affected()))?;
+            let approved_back = back > 0;
+            let state: Option<(String,)> = on!(tx, c => sqlx::query_as("SELECT state FROM presence_subs WHERE subject = $1 AND watcher = $2")
                     .bind(&subject)
                     .bind(&watcher)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                    .fetch_optional(c)
+                    .await)?;
             let (approved, request) = match state.as_ref().map(|s| s.0.as_str()) {
                 Some("approved") => (true, false),
                 Some(_) => {
                     // Asked again (also after a denial: the subject is asked, never bypassed).
-                    sqlx::query(
-                        "UPDATE presence_subs SET state = 'requested', at = ? \
-                         WHERE subject = ? AND watcher = ?",
+                    on!(tx, c => sqlx::query(
+                        "UPDATE presence_subs SET state = 'requested', at = $1 \
+                         WHERE subject = $2 AND watcher = $3",
                     )
                     .bind(now)
                     .bind(&subject)
                     .bind(&watcher)
-                    .execute(&mut **tx)
-                    .await?;
+                    .execute(c)
+                    .await.map(|r| r.rows_affected()))?;
                     (false, true)
                 }
                 None => {
                     // Part 2: a subject who has the watcher as a contact (and did not block
                     // them) pre-approved them by adding them.
-                    let (mutual,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM contacts c WHERE c.owner = ? AND c.contact_local = ? \
-                         AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = c.owner AND b.blocked = ?)",
+                    let (mutual,): (i64,) = on!(tx, c => sqlx::query_as(
+                        "SELECT COUNT(*) FROM contacts c WHERE c.owner = $1 AND c.contact_local = $2 \
+                         AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = c.owner AND b.blocked = $3)",
                     )
                     .bind(&subject)
                     .bind(&watcher)
                     .bind(&watcher)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    let (open,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM presence_subs WHERE subject = ? AND state = 'requested'",
+                    .fetch_one(c)
+                    .await)?;
+                    let (open,): (i64,) = on!(tx, c => sqlx::query_as(
+                        "SELECT COUNT(*) FROM presence_subs WHERE subject = $1 AND state = 'requested'",
                     )
                     .bind(&subject)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                    .fetch_one(c)
+                    .await)?;
                     if mutual == 0 && open >= max_requests {
                         // Too many open requests: dropped silently (the requester cannot tell).
                         return done(PrivacyOutcome::Subscribed {
@@ -194,15 +190,15 @@ pub(super) async fn apply(
                         });
                     }
                     let state = if mutual > 0 { "approved" } else { "requested" };
-                    sqlx::query(
-                        "INSERT INTO presence_subs (subject, watcher, state, at) VALUES (?, ?, ?, ?)",
+                    on!(tx, c => sqlx::query(
+                        "INSERT INTO presence_subs (subject, watcher, state, at) VALUES ($1, $2, $3, $4)",
                     )
                     .bind(&subject)
                     .bind(&watcher)
                     .bind(state)
                     .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
+                    .execute(c)
+                    .await.map(|r| r.rows_affected()))?;
                     (mutual > 0, mutual == 0)
                 }
             };
@@ -213,13 +209,13 @@ pub(super) async fn apply(
             })
         }
         PrivacyOp::Unsubscribe { watcher, subject } => {
-            sqlx::query(
-                "DELETE FROM presence_subs WHERE subject = ? AND watcher = ? AND state != 'denied'",
+            on!(tx, c => sqlx::query(
+                "DELETE FROM presence_subs WHERE subject = $1 AND watcher = $2 AND state != 'denied'",
             )
             .bind(&subject)
             .bind(&watcher)
-            .execute(&mut **tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected()))?;
             Ok(Outcome::Done)
         }
         PrivacyOp::Answer {
@@ -228,24 +224,23 @@ pub(super) async fn apply(
             approve,
             now,
         } => {
-            let state: Option<(String,)> =
-                sqlx::query_as("SELECT state FROM presence_subs WHERE subject = ? AND watcher = ?")
+            let state: Option<(String,)> = on!(tx, c => sqlx::query_as("SELECT state FROM presence_subs WHERE subject = $1 AND watcher = $2")
                     .bind(&subject)
                     .bind(&watcher)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                    .fetch_optional(c)
+                    .await)?;
             let Some((state,)) = state else {
                 return Ok(Outcome::NotFound);
             };
-            sqlx::query(
-                "UPDATE presence_subs SET state = ?, at = ? WHERE subject = ? AND watcher = ?",
+            on!(tx, c => sqlx::query(
+                "UPDATE presence_subs SET state = $1, at = $2 WHERE subject = $3 AND watcher = $4",
             )
             .bind(if approve { "approved" } else { "denied" })
             .bind(now)
             .bind(&subject)
             .bind(&watcher)
-            .execute(&mut **tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected()))?;
             done(PrivacyOutcome::Answered {
                 was_approved: state == "approved",
             })
@@ -259,56 +254,54 @@ pub(super) async fn apply(
             if !exists(tx, &blocked).await? {
                 return Ok(Outcome::UnknownUser);
             }
-            let there: Option<(i64,)> =
-                sqlx::query_as("SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?")
+            let there: Option<(i32,)> = on!(tx, c => sqlx::query_as("SELECT 1 FROM blocks WHERE owner = $1 AND blocked = $2")
                     .bind(&owner)
                     .bind(&blocked)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                    .fetch_optional(c)
+                    .await)?;
             if there.is_some() {
                 return Ok(Outcome::Exists);
             }
-            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM blocks WHERE owner = ?")
+            let (n,): (i64,) = on!(tx, c => sqlx::query_as("SELECT COUNT(*) FROM blocks WHERE owner = $1")
                 .bind(&owner)
-                .fetch_one(&mut **tx)
-                .await?;
+                .fetch_one(c)
+                .await)?;
             if n >= max {
                 return Ok(Outcome::TooMany);
             }
-            sqlx::query("INSERT INTO blocks (owner, blocked, at) VALUES (?, ?, ?)")
+            on!(tx, c => sqlx::query("INSERT INTO blocks (owner, blocked, at) VALUES ($1, $2, $3)")
                 .bind(&owner)
                 .bind(&blocked)
                 .bind(now)
-                .execute(&mut **tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected()))?;
             Ok(Outcome::Done)
         }
         PrivacyOp::Unblock { owner, blocked } => {
-            let r = sqlx::query("DELETE FROM blocks WHERE owner = ? AND blocked = ?")
+            let r = on!(tx, c => sqlx::query("DELETE FROM blocks WHERE owner = $1 AND blocked = $2")
                 .bind(&owner)
                 .bind(&blocked)
-                .execute(&mut **tx)
-                .await?;
-            Ok(if r.rows_affected() == 0 {
+                .execute(c)
+                .await.map(|r| r.rows_affected()))?;
+            Ok(if r == 0 {
                 Outcome::NotFound
             } else {
                 Outcome::Done
             })
         }
         PrivacyOp::SetVisibility { login, visibility } => {
-            let old: Option<(String,)> =
-                sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = ?")
+            let old: Option<(String,)> = on!(tx, c => sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = $1")
                     .bind(&login)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                    .fetch_optional(c)
+                    .await)?;
             let Some((old,)) = old else {
                 return Ok(Outcome::UnknownUser);
             };
-            sqlx::query("UPDATE users SET last_seen_visibility = ? WHERE login = ?")
+            on!(tx, c => sqlx::query("UPDATE users SET last_seen_visibility = $1 WHERE login = $2")
                 .bind(&visibility)
                 .bind(&login)
-                .execute(&mut **tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected()))?;
             done(PrivacyOutcome::OldVisibility(old))
         }
         PrivacyOp::Nothing => Ok(Outcome::Done),
@@ -317,13 +310,6 @@ pub(super) async fn apply(
             addr,
             limits,
         } => {
-            let open = |column: &'static str| {
-                sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM offers WHERE {column} = ? AND \
-                     ((state IN ('pending', 'hidden') AND expires_at > ?) \
-                      OR (state = 'accepted' AND answered_at > ?))"
-                )))
-            };
             for (column, key, max_count, max_bytes) in [
                 (
                     "sender",
@@ -333,12 +319,17 @@ pub(super) async fn apply(
                 ),
                 ("sender_addr", &addr, limits.addr_count, limits.addr_bytes),
             ] {
-                let (n, bytes) = open(column)
+                let sql = format!(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM offers \
+                     WHERE {column} = $1 AND ((state IN ('pending', 'hidden') AND expires_at > $2) \
+                     OR (state = 'accepted' AND answered_at > $3))"
+                );
+                let (n, bytes): (i64, i64) = on!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(key)
                     .bind(o.created_at)
                     .bind(limits.accepted_since)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                    .fetch_one(c)
+                    .await)?;
                 if n >= max_count {
                     return done(PrivacyOutcome::TooManyOffers);
                 }
@@ -349,10 +340,10 @@ pub(super) async fn apply(
             if !exists(tx, &o.recipient).await? {
                 return Ok(Outcome::UnknownUser);
             }
-            let r = sqlx::query(
+            let (seq,): (i64,) = on!(tx, c => sqlx::query_as(
                 "INSERT INTO offers (id, sender, recipient, filename, size, sha256, mime, \
                  created_at, expires_at, state, relay, sender_addr) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
             )
             .bind(&o.id)
             .bind(&o.sender)
@@ -363,28 +354,30 @@ pub(super) async fn apply(
             .bind(&o.mime)
             .bind(o.created_at)
             .bind(o.expires_at)
-            .bind(o.state)
+            .bind(o.state.as_str())
             .bind(&o.relay)
             .bind(&addr)
-            .execute(&mut **tx)
-            .await?;
-            Ok(Outcome::Stored(r.last_insert_rowid()))
+            .fetch_one(c)
+            .await)?;
+            Ok(Outcome::Stored(seq))
         }
     }
 }
 
-/// The condition "viewer ?2 sees the presence of subject u.login": not blocked, and the
+/// The condition "viewer $2 sees the presence of subject u.login": not blocked, and the
 /// subject shows presence to everyone or to approved watchers of whom the viewer is one.
-const VISIBLE: &str = "NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = u.login AND b.blocked = ?2) \
+const VISIBLE: &str = "NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = u.login AND b.blocked = $2) \
      AND (u.last_seen_visibility = 'everyone' OR (u.last_seen_visibility = 'contacts' AND EXISTS \
-     (SELECT 1 FROM presence_subs s WHERE s.subject = u.login AND s.watcher = ?2 AND s.state = 'approved')))";
+     (SELECT 1 FROM presence_subs s WHERE s.subject = u.login AND s.watcher = $2 AND s.state = 'approved')))";
 
 impl Db {
     /// Every block, as (owner, blocked), to fill the in-memory mirror at start.
     pub(crate) async fn all_blocks(&self) -> Result<Vec<(String, String)>, DbError> {
-        Ok(sqlx::query_as("SELECT owner, blocked FROM blocks")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            read!(self, p => sqlx::query_as("SELECT owner, blocked FROM blocks")
+            .fetch_all(p)
+            .await)?,
+        )
     }
 
     /// Whether `viewer` may see `subject`'s presence (PROTOCOL.md §7.2).
@@ -393,26 +386,26 @@ impl Db {
         subject: &str,
         viewer: &str,
     ) -> Result<bool, DbError> {
-        let r: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT 1 FROM users u WHERE u.login = ?1 AND {VISIBLE}"
+        let r: Option<(i32,)> = read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM users u WHERE u.login = $1 AND {VISIBLE}"
         )))
         .bind(subject)
         .bind(viewer)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(p)
+        .await)?;
         Ok(r.is_some())
     }
 
     /// The local contacts of `owner` whose presence `owner` may see.
     pub(crate) async fn visible_contacts(&self, owner: &str) -> Result<HashSet<String>, DbError> {
-        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<(String,)> = read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT u.login FROM contacts c JOIN users u ON u.login = c.contact_local \
-             WHERE c.owner = ?1 AND c.contact_local IS NOT NULL AND {VISIBLE}"
+             WHERE c.owner = $1 AND c.contact_local IS NOT NULL AND {VISIBLE}"
         )))
         .bind(owner)
         .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -421,58 +414,55 @@ impl Db {
         &self,
         subject: &str,
     ) -> Result<(Vec<String>, String), DbError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'approved' \
+        let rows: Vec<(String,)> = read!(self, p => sqlx::query_as(
+            "SELECT s.watcher FROM presence_subs s WHERE s.subject = $1 AND s.state = 'approved' \
              AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher)",
         )
         .bind(subject)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await)?;
         let vis = self.visibility(subject).await?;
         Ok((rows.into_iter().map(|r| r.0).collect(), vis))
     }
 
     /// `login`'s visibility setting (`contacts` for an unknown user).
     pub(crate) async fn visibility(&self, login: &str) -> Result<String, DbError> {
-        let r: Option<(String,)> =
-            sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = ?")
+        let r: Option<(String,)> = read!(self, p => sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = $1")
                 .bind(login)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(p)
+                .await)?;
         Ok(r.map_or_else(|| "contacts".to_owned(), |r| r.0))
     }
 
     /// Open presence requests to `subject` from users it has not blocked, oldest first.
     pub(crate) async fn presence_requests(&self, subject: &str) -> Result<Vec<String>, DbError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT s.watcher FROM presence_subs s WHERE s.subject = ? AND s.state = 'requested' \
+        let rows: Vec<(String,)> = read!(self, p => sqlx::query_as(
+            "SELECT s.watcher FROM presence_subs s WHERE s.subject = $1 AND s.state = 'requested' \
              AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher) \
              ORDER BY s.at, s.watcher LIMIT 10000",
         )
         .bind(subject)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(p)
+        .await)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// `owner`'s blocked logins, ordered.
     pub(crate) async fn blocked_by(&self, owner: &str) -> Result<Vec<String>, DbError> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT blocked FROM blocks WHERE owner = ? ORDER BY blocked")
+        let rows: Vec<(String,)> = read!(self, p => sqlx::query_as("SELECT blocked FROM blocks WHERE owner = $1 ORDER BY blocked")
                 .bind(owner)
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(p)
+                .await)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Whether `owner` has local user `contact` in their contact list.
     pub(crate) async fn has_contact(&self, owner: &str, contact: &str) -> Result<bool, DbError> {
-        let r: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM contacts WHERE owner = ? AND contact_local = ?")
+        let r: Option<(i32,)> = read!(self, p => sqlx::query_as("SELECT 1 FROM contacts WHERE owner = $1 AND contact_local = $2")
                 .bind(owner)
                 .bind(contact)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(p)
+                .await)?;
         Ok(r.is_some())
     }
 }

@@ -6,58 +6,40 @@ use super::*;
 impl Db {
     /// The sealed password of a login.
     pub(crate) async fn password(&self, login: &str) -> Result<Option<Vec<u8>>, DbError> {
-        let r: Option<(Vec<u8>,)> = sqlx::query_as("SELECT password FROM users WHERE login = ?")
+        let r: Option<(Vec<u8>,)> = read!(self, p => sqlx::query_as("SELECT password FROM users WHERE login = $1")
             .bind(login)
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(p)
+            .await)?;
         Ok(r.map(|r| r.0))
     }
 
     /// A user's profile.
     pub(crate) async fn profile(&self, login: &str) -> Result<Option<Profile>, DbError> {
         Ok(
-            sqlx::query_as("SELECT name, note, last_seen FROM users WHERE login = ?")
+            read!(self, p => sqlx::query_as("SELECT name, note, last_seen FROM users WHERE login = $1")
                 .bind(login)
-                .fetch_optional(&self.pool)
-                .await?,
+                .fetch_optional(p)
+                .await)?,
         )
     }
 
     /// The high-water marks of the stored streams, read in one transaction. Every item
     /// committed so far has a sequence number at or below its mark, every later one above.
     pub(crate) async fn marks(&self) -> Result<Marks, DbError> {
-        let r: (i64, i64, i64, i64) = sqlx::query_as(
+        let r: (i64, i64, i64, i64) = read!(self, p => sqlx::query_as(
             "SELECT COALESCE((SELECT MAX(seq) FROM messages), 0), \
              COALESCE((SELECT MAX(seq) FROM receipts), 0), \
-             COALESCE((SELECT MAX(rowid) FROM offers), 0), \
+             COALESCE((SELECT MAX(seq) FROM offers), 0), \
              COALESCE((SELECT MAX(seq) FROM notices), 0)",
         )
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(p)
+        .await)?;
         Ok(Marks {
             messages: r.0,
             receipts: r.1,
             offers: r.2,
             notices: r.3,
         })
-    }
-
-    /// Unexpired notices for `login` with `seq <= max_seq`, oldest first.
-    pub(crate) async fn pending_notices(
-        &self,
-        login: &str,
-        now: i64,
-        max_seq: i64,
-    ) -> Result<Vec<Notice>, DbError> {
-        Ok(sqlx::query_as(
-            "SELECT login, transfer_id, packet, expires_at FROM notices \
-             WHERE login = ? AND seq <= ? AND expires_at > ? ORDER BY seq LIMIT 10000",
-        )
-        .bind(login)
-        .bind(max_seq)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Pending (unacknowledged, unread) messages for `login` with `after_seq < seq <= max_seq`,
@@ -69,16 +51,16 @@ impl Db {
         max_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, DbError> {
-        Ok(sqlx::query_as(
+        Ok(read!(self, p => sqlx::query_as(
             "SELECT seq, id, sender, recipient, at, body FROM messages \
-             WHERE recipient = ? AND pending = 1 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+             WHERE recipient = $1 AND pending = 1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
         )
         .bind(login)
         .bind(after_seq)
         .bind(max_seq)
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// Read receipts waiting for `sender` with `seq <= max_seq`, oldest first.
@@ -87,53 +69,52 @@ impl Db {
         sender: &str,
         max_seq: i64,
     ) -> Result<Vec<Receipt>, DbError> {
-        Ok(sqlx::query_as(
-            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = ? AND seq <= ? \
+        Ok(read!(self, p => sqlx::query_as(
+            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = $1 AND seq <= $2 \
              ORDER BY seq LIMIT 10000",
         )
         .bind(sender)
         .bind(max_seq)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(p)
+        .await)?)
     }
 
-    /// Unanswered, unexpired offers for `recipient` with `rowid <= max_seq`, oldest first.
+    /// Unanswered, unexpired offers for `recipient` with `seq <= max_seq`, oldest first.
     pub(crate) async fn pending_offers(
         &self,
         recipient: &str,
         now: i64,
         max_seq: i64,
     ) -> Result<Vec<Offer>, DbError> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {OFFER_COLS} FROM offers WHERE recipient = ? AND state = 'pending' \
-             AND expires_at > ? AND rowid <= ? ORDER BY rowid LIMIT 10000"
+        Ok(read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {OFFER_COLS} FROM offers WHERE recipient = $1 AND state = 'pending' \
+             AND expires_at > $2 AND seq <= $3 ORDER BY seq LIMIT 10000"
         )))
         .bind(recipient)
         .bind(now)
         .bind(max_seq)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// The contact list of `owner`.
     pub(crate) async fn contacts(&self, owner: &str) -> Result<Vec<ContactRow>, DbError> {
-        Ok(sqlx::query_as(
+        Ok(read!(self, p => sqlx::query_as(
             "SELECT c.contact, c.contact_local, c.name, c.grp, u.name AS profile_name, u.note, \
              u.last_seen FROM contacts c LEFT JOIN users u ON u.login = c.contact_local \
-             WHERE c.owner = ? ORDER BY c.contact",
+             WHERE c.owner = $1 ORDER BY c.contact",
         )
         .bind(owner)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// Owners who have local user `login` as a contact, with whether their name is defaulted.
     pub(crate) async fn watchers(&self, login: &str) -> Result<Vec<(String, bool)>, DbError> {
-        let rows: Vec<(String, Option<String>)> =
-            sqlx::query_as("SELECT owner, name FROM contacts WHERE contact_local = ?")
+        let rows: Vec<(String, Option<String>)> = read!(self, p => sqlx::query_as("SELECT owner, name FROM contacts WHERE contact_local = $1")
                 .bind(login)
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(p)
+                .await)?;
         Ok(rows.into_iter().map(|(o, n)| (o, n.is_none())).collect())
     }
 }

@@ -6,8 +6,8 @@
 //! writer is never held for long.
 
 use super::batch::{placeholders, IN_CHUNK};
+use super::Tx;
 use super::{Db, DbError, Outcome, WriteOp};
-use sqlx::{Sqlite, Transaction};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -77,13 +77,16 @@ impl Db {
             let sql = format!(
                 "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
                  AND recipient IN ({}) GROUP BY recipient",
-                placeholders(chunk.len(), 1)
+                placeholders(chunk.len(), 1, 1)
             );
-            let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
-            for r in chunk {
-                q = q.bind(*r);
-            }
-            counts.extend(q.persistent(false).fetch_all(&self.writes).await?);
+            let found: Vec<(String, i64)> = writes!(self, w => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for r in chunk {
+                    q = q.bind(*r);
+                }
+                q.persistent(false).fetch_all(w).await
+            })?;
+            counts.extend(found);
         }
         let mut bounds = self.pending_bounds.lock();
         if bounds.len() + recount.len() > MAX_BOUNDS {
@@ -110,47 +113,47 @@ impl Db {
 
 /// One retention step inside the writer's transaction.
 pub(super) async fn purge(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     expire_before: i64,
     forget_before: i64,
     limit: i64,
 ) -> Result<Purged, DbError> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT seq, id, sender FROM messages WHERE pending = 1 AND at < ? ORDER BY at LIMIT ?",
+    let rows: Vec<(i64, String, String)> = on!(tx, c => sqlx::query_as(
+        "SELECT seq, id, sender FROM messages WHERE pending = 1 AND at < $1 ORDER BY at LIMIT $2",
     )
     .bind(expire_before)
     .bind(limit)
-    .fetch_all(&mut **tx)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     for chunk in rows.chunks(IN_CHUNK) {
         let sql = format!(
             "DELETE FROM messages WHERE seq IN ({})",
-            placeholders(chunk.len(), 1)
+            placeholders(chunk.len(), 1, 1)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, _, _) in chunk {
-            q = q.bind(*seq);
-        }
-        q.persistent(false).execute(&mut **tx).await?;
+        on!(tx, c => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (seq, _, _) in chunk {
+                q = q.bind(*seq);
+            }
+            q.persistent(false).execute(c).await.map(|r| r.rows_affected())
+        })?;
     }
     let mut more = rows.len() as i64 >= limit;
-    let delivered = sqlx::query(
+    let delivered = on!(tx, c => sqlx::query(
         "DELETE FROM messages WHERE seq IN \
-         (SELECT seq FROM messages WHERE pending = 0 AND at < ? LIMIT ?)",
+         (SELECT seq FROM messages WHERE pending = 0 AND at < $1 LIMIT $2)",
     )
     .bind(forget_before)
     .bind(limit)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    let receipts = sqlx::query(
-        "DELETE FROM receipts WHERE seq IN (SELECT seq FROM receipts WHERE at < ? LIMIT ?)",
+    .execute(c)
+    .await.map(|r| r.rows_affected()))?;
+    let receipts = on!(tx, c => sqlx::query(
+        "DELETE FROM receipts WHERE seq IN (SELECT seq FROM receipts WHERE at < $1 LIMIT $2)",
     )
     .bind(forget_before)
     .bind(limit)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    .execute(c)
+    .await.map(|r| r.rows_affected()))?;
     more |= delivered as i64 >= limit || receipts as i64 >= limit;
     Ok(Purged {
         expired: rows

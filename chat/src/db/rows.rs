@@ -31,20 +31,6 @@ pub(crate) struct Receipt {
     pub at: i64,
 }
 
-/// A file result, or a message expiry, stored for a user (delivered at each login until it
-/// expires).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct Notice {
-    /// Recipient login.
-    pub login: String,
-    /// Transfer id (the message id for `MESSAGE-SEND-FAILED reason=expired`).
-    pub transfer_id: String,
-    /// The packet, one wire line.
-    pub packet: String,
-    /// Micros since epoch.
-    pub expires_at: i64,
-}
-
 /// High-water marks of the stored streams at one instant (see [`crate::hub::Stream`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Marks {
@@ -52,7 +38,7 @@ pub(crate) struct Marks {
     pub messages: i64,
     /// `receipts.seq`.
     pub receipts: i64,
-    /// `offers.rowid`.
+    /// `offers.seq`.
     pub offers: i64,
     /// `notices.seq`.
     pub notices: i64,
@@ -111,14 +97,14 @@ pub(crate) struct Offer {
     /// Expires (micros).
     pub expires_at: i64,
     /// Where the offer stands.
+    #[sqlx(try_from = "String")]
     pub state: OfferState,
     /// Relay base URL once accepted.
     pub relay: Option<String>,
 }
 
 /// Where a file offer stands (stored as lowercase text in `offers.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OfferState {
     /// Waiting for the recipient's answer.
     Pending,
@@ -130,6 +116,39 @@ pub(crate) enum OfferState {
     Rejected,
     /// Not answered in time.
     Expired,
+}
+
+impl OfferState {
+    /// The stored word.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OfferState::Pending => "pending",
+            OfferState::Hidden => "hidden",
+            OfferState::Accepted => "accepted",
+            OfferState::Rejected => "rejected",
+            OfferState::Expired => "expired",
+        }
+    }
+}
+
+/// A stored offer state this version does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown offer state {0:?}")]
+pub(crate) struct UnknownOfferState(String);
+
+impl TryFrom<String> for OfferState {
+    type Error = UnknownOfferState;
+
+    fn try_from(s: String) -> Result<OfferState, UnknownOfferState> {
+        Ok(match s.as_str() {
+            "pending" => OfferState::Pending,
+            "hidden" => OfferState::Hidden,
+            "accepted" => OfferState::Accepted,
+            "rejected" => OfferState::Rejected,
+            "expired" => OfferState::Expired,
+            _ => return Err(UnknownOfferState(s)),
+        })
+    }
 }
 
 /// The columns of [`Offer`], for `SELECT`s.

@@ -84,7 +84,7 @@ impl Session<'_> {
         match ctx.db.pending_notices(login, now, marks.notices).await {
             Ok(notices) => {
                 for n in notices {
-                    self.out.push_bytes(n.packet.as_bytes());
+                    self.out.push(&n.body.to_packet());
                 }
             }
             Err(e) => warn!("pending notices: {e}"),

@@ -56,7 +56,7 @@ async fn start(dir: &std::path::Path) -> (Child, SocketAddr) {
 async fn database_runs_in_wal_mode_with_synchronous_full() {
     let dir = tempfile::tempdir().unwrap();
     let db = msim_chat::db::Db::open(dir.path()).await.unwrap();
-    let [writer, readers] = db.durability().await.unwrap();
+    let [writer, readers] = db.durability().await.unwrap().expect("a SQLite database");
     // 2 = FULL: every commit (and so every MESSAGE-SENT) waits for the WAL fsync.
     assert_eq!(writer, ("wal".to_owned(), 2), "the committing connection");
     assert_eq!(readers, ("wal".to_owned(), 2), "the reading pool");

@@ -1,7 +1,12 @@
-//! Opening the SQLite database: its files' modes, the pragmas, WAL checkpoints.
+//! The SQLite backend: its files' modes, the pragmas, WAL checkpoints, the migrations
+//! (`sqlite/migrations`), the message sequence counter and the one-trip batch (`hot`).
 
-use super::{Db, DbError};
+mod hot;
+mod legacy;
+
+use super::{Backend, Db, DbError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +57,18 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 /// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
 pub(crate) const WAL_RESTART_FRAMES: u64 = 8192;
 
+/// The SQLite store: a reader pool and the writer's own connection.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub(super) pool: SqlitePool,
+    pub(super) writes: SqlitePool,
+    /// WAL size in frames at the last checkpoint.
+    wal_frames: std::sync::atomic::AtomicU64,
+    /// The last message sequence number handed out. The writer assigns `messages.seq` itself,
+    /// in commit order, so a seq read after a commit bounds every message committed before it.
+    message_seq: std::sync::atomic::AtomicI64,
+}
+
 impl Db {
     /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations. The
     /// database file is created (or tightened) to mode 0600 before SQLite opens it; SQLite
@@ -78,7 +95,10 @@ impl Db {
             .max_connections(4)
             .connect_with(opts.clone().pragma("cache_size", "-2048"))
             .await?;
-        sqlx::migrate!("src/db/migrations").run(&pool).await?;
+        sqlx::migrate!("src/db/sqlite/migrations")
+            .run(&pool)
+            .await?;
+        legacy::convert_notices(&pool).await?;
         // One connection that only the group-commit writer uses: its page cache stays warm
         // (another connection's commit would invalidate it).
         let writes = SqlitePoolOptions::new()
@@ -93,27 +113,36 @@ impl Db {
         let (last,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
             .fetch_one(&pool)
             .await?;
-        Ok(Db {
+        Ok(Db::with_backend(Backend::Sqlite(Arc::new(Store {
             pool,
             writes,
-            known: Arc::default(),
-            wal_frames: Arc::default(),
-            message_seq: Arc::new(std::sync::atomic::AtomicI64::new(last.unwrap_or(0))),
-            pending_cap: 0,
-            pending_bounds: Default::default(),
-        })
+            wal_frames: Default::default(),
+            message_seq: std::sync::atomic::AtomicI64::new(last.unwrap_or(0)),
+        }))))
     }
 
-    /// Limits the pending messages one recipient may have (0 = unlimited); messages beyond
-    /// it are answered [`Outcome::QueueFull`].
-    pub(crate) fn with_pending_cap(mut self, cap: u64) -> Db {
-        self.pending_cap = cap.min(i64::MAX as u64) as i64;
-        self
+    /// `PRAGMA journal_mode` and `PRAGMA synchronous` (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA) of
+    /// the connection that commits, and of the pool the readers use: lets tests check the
+    /// durability docs/OPERATING.md promises. `None` on PostgreSQL.
+    pub async fn durability(&self) -> Result<Option<[(String, i64); 2]>, DbError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.durability().await.map(Some),
+            Backend::Postgres(_) => Ok(None),
+        }
+    }
+}
+
+impl Store {
+    /// The next `n` message sequence numbers (the first is returned).
+    pub(super) fn allocate_message_seqs(&self, n: usize) -> i64 {
+        self.message_seq
+            .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     /// Copies committed WAL frames into the database file without blocking the writer
     /// (`PRAGMA wal_checkpoint(PASSIVE)`); the WAL is then reused from its start.
-    pub(crate) async fn checkpoint(&self) -> Result<(), DbError> {
+    pub(super) async fn checkpoint(&self) -> Result<(), DbError> {
         let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&self.pool)
             .await?;
@@ -126,7 +155,7 @@ impl Db {
     /// the WAL would grow without bound. Called by the writer between batches: when the log
     /// passed [`WAL_RESTART_FRAMES`], checkpoints the (few) frames the background checkpoint
     /// has not copied yet and restarts the log from its beginning.
-    pub(crate) async fn restart_wal_if_large(&self) -> Result<(), DbError> {
+    pub(super) async fn restart_wal_if_large(&self) -> Result<(), DbError> {
         use std::sync::atomic::Ordering;
         if self.wal_frames.load(Ordering::Relaxed) < WAL_RESTART_FRAMES {
             return Ok(());
@@ -139,10 +168,7 @@ impl Db {
         Ok(())
     }
 
-    /// `PRAGMA journal_mode` and `PRAGMA synchronous` (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA) of
-    /// the connection that commits, and of the pool the readers use: lets tests check the
-    /// durability docs/OPERATING.md promises.
-    pub async fn durability(&self) -> Result<[(String, i64); 2], DbError> {
+    async fn durability(&self) -> Result<[(String, i64); 2], DbError> {
         let mut out: [(String, i64); 2] = Default::default();
         for (slot, pool) in out.iter_mut().zip([&self.writes, &self.pool]) {
             let mut conn = pool.acquire().await?;
@@ -157,8 +183,7 @@ impl Db {
         Ok(out)
     }
 
-    /// Closes the pool.
-    pub async fn close(&self) {
+    pub(super) async fn close(&self) {
         self.writes.close().await;
         self.pool.close().await;
     }

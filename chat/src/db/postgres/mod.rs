@@ -1,0 +1,148 @@
+//! The PostgreSQL backend: a database that several msim-chat nodes may share. Opening (pools,
+//! `synchronous_commit`, the migrations in `postgres/migrations`) and how a batch transaction
+//! begins: [`lock_batch`] serialises the batches of every node and reserves the batch's
+//! message sequence numbers (see the guarantees in `db/mod.rs`).
+
+use super::{Backend, Db, DbError};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::PgConnection;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The transaction-level advisory lock every batch transaction takes first ("msimbtch").
+pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
+
+/// Reader connections per node.
+const READERS: u32 = 8;
+
+/// The PostgreSQL store: a reader pool and the writer's own connection.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub(in crate::db) pool: PgPool,
+    pub(in crate::db) writes: PgPool,
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub(crate) fn is_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` without its password, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some((auth, host)) => (Some(auth), host),
+        None => (None, rest),
+    };
+    match auth.map(|a| a.split_once(':').map_or(a, |(user, _)| user)) {
+        Some(user) if auth.is_some_and(|a| a.contains(':')) => {
+            format!("{scheme}://{user}:***@{host}")
+        }
+        Some(user) => format!("{scheme}://{user}@{host}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
+impl Db {
+    /// Connects to the PostgreSQL database at `url` and runs the migrations (nodes starting
+    /// together take turns: sqlx holds an advisory lock while migrating). Every connection
+    /// runs with `synchronous_commit = on`, whatever the server's default.
+    pub async fn open_postgres(url: &str) -> Result<Db, DbError> {
+        let opts = PgConnectOptions::from_str(url)?
+            .options([("synchronous_commit", "on")])
+            .application_name("msim-chat");
+        let pool = PgPoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("src/db/postgres/migrations")
+            .run(&pool)
+            .await?;
+        let writes = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        Ok(Db::with_backend(Backend::Postgres(Arc::new(Store {
+            pool,
+            writes,
+        }))))
+    }
+
+    /// `SHOW synchronous_commit` on the writer's connection and on a reader's (PostgreSQL
+    /// only): lets tests check the durability docs/OPERATING.md promises.
+    pub async fn synchronous_commit(&self) -> Result<Option<[String; 2]>, DbError> {
+        let Backend::Postgres(s) = &self.backend else {
+            return Ok(None);
+        };
+        let mut out: [String; 2] = Default::default();
+        for (slot, pool) in out.iter_mut().zip([&s.writes, &s.pool]) {
+            let (v,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+                .fetch_one(pool)
+                .await?;
+            *slot = v;
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Store {
+    pub(in crate::db) async fn close(&self) {
+        self.writes.close().await;
+        self.pool.close().await;
+    }
+}
+
+/// First statement of every batch transaction: takes [`BATCH_LOCK`] (held until the
+/// transaction ends, after its commit is durable and visible), so the batches of all nodes run
+/// one at a time, and reserves `messages` consecutive message sequence numbers, returning the
+/// first (0 when none were asked for). Numbers handed out under the lock are higher than every
+/// number of an earlier batch and become visible after them: commit order is sequence order.
+pub(in crate::db) async fn lock_batch(
+    tx: &mut PgConnection,
+    messages: usize,
+) -> Result<i64, sqlx::Error> {
+    if messages == 0 {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(BATCH_LOCK)
+            .execute(tx)
+            .await?;
+        return Ok(0);
+    }
+    let n = messages as i64;
+    // The materialised CTE is read (the lock taken) before the select list is computed.
+    let (last,): (i64,) = sqlx::query_as(
+        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1)) \
+         SELECT setval('message_seq', nextval('message_seq') + $2 - 1) FROM locked",
+    )
+    .bind(BATCH_LOCK)
+    .bind(n)
+    .fetch_one(tx)
+    .await?;
+    Ok(last - n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_recognised_and_redacted() {
+        assert!(is_url("postgres://u@h/db"));
+        assert!(is_url("postgresql://h/db"));
+        assert!(!is_url("sqlite://x"));
+        assert_eq!(
+            redact("postgres://msim:s3cret@db:5432/msim"),
+            "postgres://msim:***@db:5432/msim"
+        );
+        assert_eq!(redact("postgres://msim@db/msim"), "postgres://msim@db/msim");
+        assert_eq!(redact("postgres://db/msim"), "postgres://db/msim");
+    }
+}
