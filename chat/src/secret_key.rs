@@ -33,7 +33,7 @@ pub enum KeyError {
     /// The key file opens none of the stored passwords it was tried on.
     #[error(
         "{path} does not open the stored passwords ({checked} tried): it belongs to another \
-         data directory or backup. Restore the secret.key that was taken with this database; \
+         data directory or backup (nodes sharing one database need the same secret.key). Restore the secret.key that was taken with this database; \
          only if it is lost for good, run `msim-chat --data-dir <DIR> reset-secret-key \
          --lock-all-accounts`"
     )]

@@ -94,11 +94,13 @@ impl Server {
             .with_pending_cap(config.max_pending_messages);
         let sealer = open_sealer(&config.data_dir, &db).await?;
         let blocks = crate::blocks::Blocks::from_pairs(db.all_blocks().await?);
-        let space = Watermark::new(
-            &config.data_dir,
-            config.min_free_space,
-            config.free_space_check_interval,
-        );
+        // The watermark guards the file system SQLite writes to; PostgreSQL's disk is the
+        // database server's (a commit failing there fails its batch, as on SQLite).
+        let min_free = match config.database {
+            Some(_) => 0,
+            None => config.min_free_space,
+        };
+        let space = Watermark::new(&config.data_dir, min_free, config.free_space_check_interval);
         let (writer, writer_task) = Writer::start(db.clone(), space);
         let keyring = match (
             config.relay_secret.trim().is_empty(),

@@ -20,6 +20,7 @@ async fn start(dir: &std::path::Path) -> (Child, SocketAddr) {
         ])
         .arg("--data-dir")
         .arg(dir)
+        .envs(common::database_env(dir))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -89,7 +90,11 @@ async fn message_survives_sigkill() {
 async fn data_directory_and_database_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    let srv = common::TestServer::start_with(|c| c.data_dir = c.data_dir.join("new/data")).await;
+    let srv = common::TestServer::start_with(|c| {
+        c.data_dir = c.data_dir.join("new/data");
+        c.database = None; // SQLite's files
+    })
+    .await;
     let data = srv.dir.path().join("new/data");
     let mut a = srv.user("alice").await;
     a.send("MESSAGE to=alice text=hi").await;

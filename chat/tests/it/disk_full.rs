@@ -142,6 +142,7 @@ async fn acknowledged_messages_survive_a_full_disk() {
     let s = TestServer::start_in(data_dir_in(&fs), |c| {
         // No watermark: this test drives SQLite itself into the wall.
         c.min_free_space = 0;
+        c.database = None;
     })
     .await;
     register(&s, &["alice", "bob"]).await;
@@ -196,7 +197,11 @@ async fn acknowledged_messages_survive_a_full_disk() {
     drop(alice);
 
     let dir = s.stop().await;
-    let s = TestServer::start_in(dir, |c| c.min_free_space = 0).await;
+    let s = TestServer::start_in(dir, |c| {
+        c.min_free_space = 0;
+        c.database = None;
+    })
+    .await;
     let got = delivered(&s).await;
     let lost: Vec<_> = acked.iter().filter(|id| !got.contains(*id)).collect();
     assert!(
@@ -217,6 +222,7 @@ async fn free_space_watermark_refuses_new_messages_cleanly() {
     let s = TestServer::start_in(data_dir_in(&fs), |c| {
         c.min_free_space = 6 << 20;
         c.free_space_check_interval = Duration::ZERO;
+        c.database = None; // the watermark guards SQLite's file system
     })
     .await;
     register(&s, &["alice", "bob"]).await;
@@ -238,7 +244,11 @@ async fn free_space_watermark_refuses_new_messages_cleanly() {
     let (after, failed, _) = send_burst(&mut alice, 1, "after").await;
     assert_eq!((after.len(), failed.len()), (1, 0), "{failed:?}");
     let dir = s.stop().await;
-    let s = TestServer::start_in(dir, |c| c.min_free_space = 6 << 20).await;
+    let s = TestServer::start_in(dir, |c| {
+        c.min_free_space = 6 << 20;
+        c.database = None;
+    })
+    .await;
     let got = delivered(&s).await;
     assert!(got.contains(&before[0]) && got.contains(&after[0]) && got.len() == 2);
     s.stop().await;

@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod login_hardening;
 mod login_race;
+mod postgres;
 mod privacy;
 mod retention;
 mod secret_key;

@@ -147,6 +147,7 @@ async fn delivered_messages_leave_the_database() {
     let s = TestServer::start_with(|c| {
         c.receipt_retention = Duration::from_secs(600);
         c.purge_interval = Duration::from_millis(10);
+        c.database = None; // reads msim.db beside the server
     })
     .await;
     register(&s, &["alice", "bob"]).await;

@@ -33,6 +33,7 @@ fn chat(dir: &Path) -> Command {
     .args(["--throttle-max", "0s"])
     .env("RUST_LOG", "info")
     .env("NO_COLOR", "1")
+    .envs(common::database_env(dir))
     .kill_on_drop(true);
     c
 }

@@ -10,6 +10,48 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 pub const PASSWORD: &str = "correct-horse";
+
+/// Set to `postgres` to run every server of this suite on PostgreSQL (a database per data
+/// directory on msim-testkit's throwaway cluster) instead of SQLite: `.ci/run` runs the suite
+/// both ways.
+pub const BACKEND_ENV: &str = "MSIM_TEST_DATABASE";
+
+/// Whether this run keeps the servers' data in PostgreSQL (see [`BACKEND_ENV`]).
+pub fn on_postgres() -> bool {
+    std::env::var(BACKEND_ENV).is_ok_and(|v| v == "postgres")
+}
+
+/// The database of the servers using data directory `dir`: `None` (SQLite in `dir`) unless
+/// [`on_postgres`]; then a PostgreSQL database made for `dir` on first use and remembered in
+/// `dir/test-database-url`, so a server restarted on `dir` finds its data.
+pub fn database_for(dir: &std::path::Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    postgres_for(dir)
+}
+
+/// Like [`database_for`], whatever [`BACKEND_ENV`] says; `None` (after a loud `SKIPPED`) when
+/// PostgreSQL is not installed.
+pub fn postgres_for(dir: &std::path::Path) -> Option<String> {
+    let file = dir.join("test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let url = msim_testkit::postgres::database(&dir.display().to_string())?;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&file, &url).unwrap();
+    Some(url)
+}
+
+/// The environment that points a msim-chat binary using data directory `dir` at
+/// [`database_for`] (empty on SQLite).
+pub fn database_env(dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    database_for(dir)
+        .map(|url| ("MSIM_CHAT_DATABASE_URL", url))
+        .into_iter()
+        .collect()
+}
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
@@ -32,6 +74,7 @@ impl TestServer {
 
     pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::for_tests(dir.path());
+        config.database = database_for(dir.path());
         f(&mut config);
         let clock = config.clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

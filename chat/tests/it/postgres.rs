@@ -1,0 +1,116 @@
+//! msim-chat on PostgreSQL whatever `MSIM_TEST_DATABASE` says (the rest of the suite runs on
+//! it with `MSIM_TEST_DATABASE=postgres`): two nodes on one database serve the same users, and
+//! a node whose `secret.key` does not open the stored passwords refuses to start. Skipped
+//! loudly without PostgreSQL's binaries.
+
+use crate::common::{self, TestServer};
+use msim_chat::secret_key::KeyError;
+use msim_chat::{Config, Error};
+use std::time::Duration;
+
+/// A server on data directory `dir` using PostgreSQL database `url`.
+async fn node(dir: tempfile::TempDir, url: &str) -> TestServer {
+    let url = url.to_owned();
+    TestServer::start_in(dir, move |c| c.database = Some(url)).await
+}
+
+/// The database of a new data directory, or `None` (skipped) without PostgreSQL.
+async fn database() -> Option<(tempfile::TempDir, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let url = tokio::task::spawn_blocking(move || common::postgres_for(&path))
+        .await
+        .unwrap()?;
+    Some((dir, url))
+}
+
+/// A second data directory holding the first one's `secret.key` (what an operator copies to
+/// every node).
+fn sibling(of: &TestServer) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        of.dir.path().join("secret.key"),
+        dir.path().join("secret.key"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Users registered on one node log in on the other; a message sent on one node to a user
+/// who is offline is stored once and delivered at their login on the other node, with its
+/// read receipt going back.
+#[tokio::test]
+async fn two_nodes_on_one_database_serve_the_same_users() {
+    let Some((dir, url)) = database().await else {
+        return;
+    };
+    let a = node(dir, &url).await;
+    let mut alice = a.user("alice").await;
+    let b = node(sibling(&a), &url).await;
+    // bob registers on node b and goes away (node a has no session of his either way).
+    drop(b.user("bob").await);
+
+    alice.send("MESSAGE to=bob text=hello%20from%20a").await;
+    let sent = alice.expect("MESSAGE-SENT").await;
+    let id = common::field(&sent, "id").unwrap();
+
+    // bob logs in on node b: the backlog holds the message, once.
+    let mut bob = b.session("bob").await;
+    let m = bob.expect_skip("MESSAGE").await;
+    assert_eq!(common::field(&m, "id").as_deref(), Some(id.as_str()));
+    assert_eq!(common::field(&m, "text").as_deref(), Some("hello from a"));
+    bob.sync().await;
+    // alice has no session on node b: the receipt is stored, and her next login on node a
+    // gets it from the database.
+    bob.send(&format!("MESSAGE-READ id={id}")).await;
+    bob.sync().await;
+    drop(alice);
+    let mut alice = a.session("alice").await;
+    let r = alice.expect_skip("MESSAGE-READ").await;
+    assert_eq!(common::field(&r, "id").as_deref(), Some(id.as_str()));
+    // A session of alice on node b logs in with the password node a sealed.
+    let mut alice_b = b.session("alice").await;
+    alice_b.sync().await;
+}
+
+/// A node whose `secret.key` is missing, or another installation's, refuses to start on a
+/// shared database that holds passwords; with the same key it starts.
+#[tokio::test]
+async fn a_node_without_the_shared_key_refuses_to_start() {
+    let Some((dir, url)) = database().await else {
+        return;
+    };
+    let a = node(dir, &url).await;
+    a.user("alice").await;
+    let start = |dir: &std::path::Path| {
+        let mut config = Config::for_tests(dir);
+        config.database = Some(url.clone());
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                msim_chat::run(listener, config, std::future::ready(())),
+            )
+            .await
+            .expect("start decided in time")
+        }
+    };
+    let missing = tempfile::tempdir().unwrap();
+    match start(missing.path()).await {
+        Err(Error::Key(KeyError::Missing { accounts: 1, .. })) => {}
+        other => panic!("started without the key: {other:?}"),
+    }
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("secret.key"),
+        format!("{}\n", "07".repeat(32)),
+    )
+    .unwrap();
+    match start(other.path()).await {
+        Err(Error::Key(KeyError::Mismatch { .. })) => {}
+        other => panic!("started with another key: {other:?}"),
+    }
+    // The same key: starts (and stops at once: its shutdown future is ready).
+    let same = sibling(&a);
+    start(same.path()).await.expect("the shared key works");
+}
