@@ -54,7 +54,8 @@ pub struct RelayConfig {
     pub capacity: u64,
     /// Free-disk watermark: uploads are refused when they would leave less free space.
     pub min_free: u64,
-    /// Declared bytes one sender may store at once.
+    /// Declared bytes of undelivered transfers one sender may store at once (a transfer stops
+    /// counting once a download has handed over its last byte).
     pub per_sender_quota: u64,
     /// Interval of the built-in sweeper.
     pub sweep_interval: Duration,
@@ -135,6 +136,9 @@ impl std::fmt::Debug for RelayConfig {
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default maximum file size: 100 MiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 100 << 20;
+/// Default per-sender quota: 2 GiB, twice msim-chat's largest file (1 GiB), so a sender whose
+/// largest file still waits for its recipient can go on sending pictures.
+pub const DEFAULT_PER_SENDER_QUOTA: u64 = 2 << 30;
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3215";
 /// Default cap on simultaneous connections from one address.
@@ -149,7 +153,7 @@ pub const DEFAULT_RESERVATION_IDLE: Duration = Duration::from_secs(120);
 
 impl RelayConfig {
     /// Defaults: TTL 24 h, max file 100 MiB, capacity 10 GiB, free-disk watermark 1 GiB,
-    /// per-sender quota 1 GiB, sweep every 5 min, abandon partial uploads after 1 h of no
+    /// per-sender quota 2 GiB of undelivered files, sweep every 5 min, abandon partial uploads after 1 h of no
     /// progress (2 min when the room is needed), 1024 connections (64 per address), 10 s for a
     /// request head, 60 s of body idle time, downloads wait 30 s for their upload, 256 KiB
     /// chunks, `/metrics` only on a separate listener.
@@ -161,7 +165,7 @@ impl RelayConfig {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             capacity: 10 << 30,
             min_free: 1 << 30,
-            per_sender_quota: 1 << 30,
+            per_sender_quota: DEFAULT_PER_SENDER_QUOTA,
             sweep_interval: Duration::from_secs(300),
             abandon_after: Duration::from_secs(3600),
             max_connections: 1024,

@@ -86,7 +86,8 @@ struct Opts {
     /// Free-disk watermark: refuse uploads that would leave less [default: 1GiB].
     #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_MIN_FREE")]
     min_free: Option<ByteSize>,
-    /// Bytes one sender may store at once [default: 1GiB].
+    /// Bytes of undelivered files one sender may store at once (a file downloaded to its
+    /// last byte stops counting) [default: 2GiB].
     #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_QUOTA")]
     quota: Option<ByteSize>,
     /// Interval of the built-in sweeper [default: 5m].

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub swept_partials: AtomicU64,
     pub swept_tombstones: AtomicU64,
     pub removed_downloaded: AtomicU64,
+    pub delivered: AtomicU64,
     refusals: [AtomicU64; REFUSALS.len()],
 }
 
@@ -215,6 +216,12 @@ impl Metrics {
             "counter",
             "Blobs removed after the last download their token allowed.",
             g(&self.removed_downloaded),
+        );
+        metric(
+            "msim_relay_delivered_total",
+            "counter",
+            "Downloads that handed over a transfer's last byte: the transfer no longer counts against its sender's quota.",
+            g(&self.delivered),
         );
         if let Some(s) = stats {
             metric(

@@ -44,6 +44,15 @@ pub async fn serve_with_metrics(
     config: RelayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
+    if config.per_sender_quota < config.max_file_size.saturating_mul(2) {
+        tracing::warn!(
+            quota = config.per_sender_quota,
+            max_file_size = config.max_file_size,
+            "the per-sender quota is below twice the largest file: a sender whose largest \
+             file waits for its recipient may be refused (429) for everything else until it is \
+             downloaded"
+        );
+    }
     let store = BlobStore::open(&config.data_dir, config.store_config()).await?;
     let state = Arc::new(State {
         config,

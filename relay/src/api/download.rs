@@ -12,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use msim_shared::token::Capability;
 use msim_storage::{BlobInfo, StoreError};
 
-use super::remove_when_sent::{remove_downloaded, RemoveWhenSent};
+use super::remove_when_sent::{RemoveWhenSent, WhenSent};
 use super::responses::{
     blob_headers, full, header_str, hv, store_refusal, text, Answer, Body, Refuse,
 };
@@ -71,15 +71,25 @@ pub(super) async fn download(
     let id = cap.transfer_id.clone();
     // A stored blob must have the token's size, so the range can be worked out up front.
     let range = parse_range(req.headers().get(header::RANGE), cap.size);
+    let chunk = state.config.chunk_size.max(16 << 10);
+    // A response that ends with the file's last byte delivers it (also a resumed download:
+    // the recipient has the rest); a small one is answered in one piece, so the statement
+    // that counts it marks it delivered too.
+    let (delivers, one_piece) = match range {
+        RangeReq::Full => (true, cap.size <= chunk as u64),
+        RangeReq::Part(a, b) => (b + 1 == cap.size, b - a < chunk as u64),
+        RangeReq::Unsatisfiable => (false, false),
+    };
     // The common case, a complete blob: looked up and counted in one index statement.
     let counted = match range {
         RangeReq::Unsatisfiable => None,
         _ => state
             .store
-            .record_complete_download(&id, cap.max_downloads, cap.size)
+            .record_complete_download(&id, cap.max_downloads, cap.size, delivers && one_piece)
             .await
             .map_err(store_refusal)?,
     };
+    let delivered_when_counted = counted.is_some() && delivers && one_piece;
     let is_counted = counted.is_some();
     // Downloads counted so far, this one included.
     let mut count = counted.as_ref().map_or(0, |i| i.downloads);
@@ -122,13 +132,19 @@ pub(super) async fn download(
     // The last download this token allows, of the whole file: once all of it is sent, the
     // blob is removed (a partial or failed last download leaves it until its TTL).
     let last = cap.max_downloads.is_some_and(|max| count >= max) && start == 0 && end == size;
-    let remove = last.then(|| (state.clone(), id.clone()));
+    // What handing over the last byte does: removal covers delivery (the row goes).
+    let then = if last {
+        Some(WhenSent::Remove)
+    } else if delivers && !delivered_when_counted {
+        Some(WhenSent::Deliver)
+    } else {
+        None
+    };
     if size == 0 {
-        if let Some((st, id)) = remove.clone() {
-            let _ = tokio::spawn(remove_downloaded(st, id)).await;
+        if let Some(then) = then {
+            let _ = then.spawn(state.clone(), id.clone()).await;
         }
     }
-    let chunk = state.config.chunk_size.max(16 << 10);
     if info.complete && end - start <= chunk as u64 {
         // Small and stored: read at once, answered in one piece.
         let data = state
@@ -136,9 +152,12 @@ pub(super) async fn download(
             .read_complete(&id, start, end)
             .await
             .map_err(store_refusal)?;
-        if let Some((st, id)) = remove.filter(|_| size > 0) {
-            // In memory: removed before the one piece is sent.
-            let _ = tokio::spawn(remove_downloaded(st, id)).await;
+        if let Some(then) = then.filter(|_| size > 0) {
+            // In memory: removed (or delivered) before the one piece is sent.
+            let _ = then.spawn(state.clone(), id.clone()).await;
+        }
+        if delivered_when_counted {
+            Metrics::add(&state.metrics.delivered, 1);
         }
         Metrics::add(&state.metrics.bytes_out, data.len() as u64);
         Metrics::add(&state.metrics.downloads_completed, 1);
@@ -192,8 +211,10 @@ pub(super) async fn download(
         );
         StreamBody::new(stream).boxed_unsync()
     };
-    let body = match remove.filter(|_| size > 0) {
-        Some((st, id)) => RemoveWhenSent::new(body, end - start, st, id).boxed_unsync(),
+    let body = match then.filter(|_| size > 0) {
+        Some(then) => {
+            RemoveWhenSent::new(body, end - start, state.clone(), id.clone(), then).boxed_unsync()
+        }
         None => body,
     };
     Ok(download_headers(

@@ -1,5 +1,6 @@
 //! Remove-when-sent: the last download a token allows removes its transfer once the whole
-//! file is in hand.
+//! file is in hand; any other download that hands over the file's last byte marks the transfer
+//! delivered (off its sender's quota).
 
 use std::future::Future;
 use std::io;
@@ -27,31 +28,62 @@ pub(super) async fn remove_downloaded(state: Arc<State>, id: String) {
     }
 }
 
+/// Mark a blob delivered after a download handed over its last byte, so it stops counting
+/// against its sender's quota; failures are logged (the sender's quota then counts it until
+/// its TTL).
+pub(super) async fn mark_delivered(state: Arc<State>, id: String) {
+    Metrics::add(&state.metrics.delivered, 1);
+    match state.store.mark_delivered(&id).await {
+        Ok(true) => tracing::debug!(%id, "delivered: released from the sender's quota"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%id, error = %e, "marking a transfer delivered failed"),
+    }
+}
+
+/// What a download does once the last bytes of its response are in hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WhenSent {
+    /// The last download the token allowed: remove the transfer.
+    Remove,
+    /// The response ends with the file's last byte: mark the transfer delivered.
+    Deliver,
+}
+
+impl WhenSent {
+    /// Do it, on a task of its own (see [`Removal`]); awaiting the handle waits for it.
+    pub fn spawn(self, state: Arc<State>, id: String) -> Removal {
+        match self {
+            WhenSent::Remove => tokio::spawn(remove_downloaded(state, id)),
+            WhenSent::Deliver => tokio::spawn(mark_delivered(state, id)),
+        }
+    }
+}
+
 /// A removal in progress: a task of its own, so that a client going away (which drops the
 /// response body) cannot stop it between the index update and the file removal.
-type Removal = tokio::task::JoinHandle<()>;
+pub(super) type Removal = tokio::task::JoinHandle<()>;
 
-/// A download body that removes its blob once the last bytes of the response are in hand
-/// (read from storage, about to be sent): the last download a token allowed. The last frame
-/// is handed over only after the removal, so a client that received everything finds the
-/// transfer gone. An error before that leaves the blob.
+/// A download body that removes its blob (the last download a token allowed) or marks it
+/// delivered once the last bytes of the response are in hand (read from storage, about to be
+/// sent). The last frame is handed over only after that, so a client that received everything
+/// finds the transfer gone, or off its sender's quota. An error before that does neither.
 pub(super) struct RemoveWhenSent {
     inner: Body,
     /// Bytes of the response not yet taken from `inner`.
     left: u64,
-    remove: Option<(Arc<State>, String)>,
+    remove: Option<(Arc<State>, String, WhenSent)>,
     /// The removal in progress and the frame that waits for it.
     removing: Option<(Removal, Frame<Bytes>)>,
 }
 
 impl RemoveWhenSent {
-    /// `inner`, a response of `len` bytes, that removes the transfer `id` before handing over
-    /// its last bytes.
-    pub fn new(inner: Body, len: u64, state: Arc<State>, id: String) -> Self {
+    /// `inner`, a response of `len` bytes, that does `then` to the transfer `id` before
+    /// handing over its last bytes.
+    pub fn new(inner: Body, len: u64, state: Arc<State>, id: String, then: WhenSent) -> Self {
         RemoveWhenSent {
             inner,
             left: len,
-            remove: Some((state, id)),
+            remove: Some((state, id, then)),
             removing: None,
         }
     }
@@ -80,9 +112,8 @@ impl hyper::body::Body for RemoveWhenSent {
                     if let Some(d) = frame.data_ref() {
                         this.left = this.left.saturating_sub(d.len() as u64);
                         if this.left == 0 {
-                            if let Some((st, id)) = this.remove.take() {
-                                this.removing =
-                                    Some((tokio::spawn(remove_downloaded(st, id)), frame));
+                            if let Some((st, id, then)) = this.remove.take() {
+                                this.removing = Some((then.spawn(st, id), frame));
                                 continue;
                             }
                         }

@@ -2,6 +2,7 @@
 
 mod access;
 mod crash;
+mod delivery;
 mod http_status;
 mod http_support;
 mod limits;

@@ -54,7 +54,7 @@ impl Default for StoreConfig {
         StoreConfig {
             capacity_bytes: 10 << 30,
             min_free_bytes: 1 << 30,
-            per_sender_quota_bytes: 1 << 30,
+            per_sender_quota_bytes: 2 << 30,
             abandon_after: Duration::from_secs(3600),
             reservation_idle: Duration::from_secs(120),
             clock: Arc::new(SystemClock),

@@ -294,26 +294,46 @@ impl Index {
     }
 
     /// Count a download of `id` if it is complete, `size` bytes, unexpired at `now` and under
-    /// `limit`; `None` (nothing counted) otherwise.
+    /// `limit` (marking it delivered too with `deliver`); `None` (nothing counted) otherwise.
     pub async fn count_complete_download(
         &self,
         id: &str,
         size: u64,
         now: u64,
         limit: u32,
+        deliver: bool,
     ) -> Result<Option<CountedDownload>> {
-        let _writing = self.writes.lock().await;
-        Ok(sqlx::query_as(
+        let sql = if deliver {
+            "UPDATE blobs SET downloads = downloads + 1, delivered = 1
+             WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
+             RETURNING expires, sender, sha256, downloads"
+        } else {
             "UPDATE blobs SET downloads = downloads + 1
              WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
-             RETURNING expires, sender, sha256, downloads",
+             RETURNING expires, sender, sha256, downloads"
+        };
+        let _writing = self.writes.lock().await;
+        Ok(sqlx::query_as(sql)
+            .bind(id)
+            .bind(signed(size))
+            .bind(signed(now))
+            .bind(i64::from(limit))
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Mark the complete blob `id` delivered (its sender's quota no longer counts it);
+    /// whether it was complete and not delivered before.
+    pub async fn mark_delivered(&self, id: &str) -> Result<bool> {
+        let _writing = self.writes.lock().await;
+        Ok(sqlx::query(
+            "UPDATE blobs SET delivered = 1 WHERE id = ? AND state = 1 AND delivered = 0",
         )
         .bind(id)
-        .bind(signed(size))
-        .bind(signed(now))
-        .bind(i64::from(limit))
-        .fetch_optional(&self.pool)
-        .await?)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
     /// A batch of blobs expired at `now`, oldest first.

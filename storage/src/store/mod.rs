@@ -38,7 +38,7 @@ use commit::CommitQueue;
 use index::{unsigned, Admission, Index};
 use live::{LiveUploads, Phase};
 
-/// How long a one-shot removal waits for the upload it was following to be committed.
+/// How long a one-shot removal or a delivery waits for the upload it followed to be committed.
 const DOWNLOADED_WAIT: Duration = Duration::from_secs(60);
 
 struct Inner {
@@ -265,13 +265,7 @@ impl BlobStore {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
-        if let Some(live) = self.live_get(id) {
-            let mut rx = live.tx.subscribe();
-            drop(live);
-            let settled = rx.wait_for(|p| !matches!(p.phase, Phase::Writing));
-            // A timeout or a closed channel: the index below decides.
-            let _ = tokio::time::timeout(DOWNLOADED_WAIT, settled).await;
-        }
+        self.settle(id).await;
         let removed = self
             .inner
             .index
@@ -283,6 +277,31 @@ impl BlobStore {
             self.remove_files(id).await?;
         }
         Ok(removed)
+    }
+
+    /// Mark a complete blob delivered: a download has handed its last byte to the recipient,
+    /// so it no longer counts against its sender's quota (it still counts against capacity
+    /// and stays downloadable until it is removed). If the upload that download followed is
+    /// still being committed, waits (bounded) for it first. Returns whether it changed (false
+    /// if it was delivered before, is not complete, or is gone).
+    pub async fn mark_delivered(&self, id: &str) -> Result<bool> {
+        if !valid_id(id) {
+            return Err(StoreError::InvalidId);
+        }
+        self.settle(id).await;
+        self.inner.index.mark_delivered(id).await
+    }
+
+    /// Wait (bounded) until the upload of `id`, if one is live in this process, is no longer
+    /// being written (committed, idle or removed).
+    async fn settle(&self, id: &str) {
+        if let Some(live) = self.live_get(id) {
+            let mut rx = live.tx.subscribe();
+            drop(live);
+            let settled = rx.wait_for(|p| !matches!(p.phase, Phase::Writing));
+            // A timeout or a closed channel: the index decides.
+            let _ = tokio::time::timeout(DOWNLOADED_WAIT, settled).await;
+        }
     }
 
     /// Remove the data files of `id`; returns their bytes.

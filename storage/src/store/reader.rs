@@ -79,21 +79,24 @@ impl BlobStore {
     /// Count a download of a complete, unexpired blob of `size` bytes in one index statement
     /// and return its info; `None` (nothing counted) if the blob is not like that or the
     /// download limit is reached; the caller then takes the general path
-    /// ([`BlobStore::info`], [`BlobStore::record_download`]), which says why.
+    /// ([`BlobStore::info`], [`BlobStore::record_download`]), which says why. With `deliver`
+    /// the same statement marks it delivered (see [`BlobStore::mark_delivered`]): for a
+    /// download answered in one piece that holds the file's last byte.
     pub async fn record_complete_download(
         &self,
         id: &str,
         limit: Option<u32>,
         size: u64,
+        deliver: bool,
     ) -> Result<Option<BlobInfo>> {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
         let limit = limit.unwrap_or(u32::MAX);
-        let counted = self
-            .inner
-            .index
-            .count_complete_download(id, size, self.now(), limit);
+        let counted =
+            self.inner
+                .index
+                .count_complete_download(id, size, self.now(), limit, deliver);
         Ok(counted.await?.map(|row| BlobInfo {
             id: id.to_owned(),
             size,

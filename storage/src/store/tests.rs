@@ -36,7 +36,8 @@ async fn assert_totals(store: &BlobStore) {
             .await
             .expect("sender totals");
     let b: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sender, SUM(size) FROM blobs GROUP BY sender HAVING SUM(size) > 0 ORDER BY sender",
+        "SELECT sender, SUM(CASE WHEN delivered = 0 THEN size ELSE 0 END) AS undelivered
+         FROM blobs GROUP BY sender HAVING undelivered > 0 ORDER BY sender",
     )
     .fetch_all(pool)
     .await
@@ -82,15 +83,36 @@ async fn totals_follow_every_change() {
         .expect("append");
     w.finish().await.expect("finish");
     assert_totals(&store).await;
+    // A delivered blob leaves its sender's total, once; a partial one cannot be delivered.
+    assert!(store.mark_delivered("a").await.expect("deliver"));
+    assert!(!store.mark_delivered("a").await.expect("again"));
+    assert!(!store.mark_delivered("b").await.expect("partial"));
+    assert_totals(&store).await;
+    let mut w = store.writer("b").await.expect("writer b");
+    w.append(vec![Bytes::from_static(b"abcde")])
+        .await
+        .expect("append b");
+    w.finish().await.expect("finish b");
+    assert!(store.mark_delivered("b").await.expect("deliver b"));
+    assert_totals(&store).await;
     assert!(store.cancel("c").await.expect("cancel"));
     assert_totals(&store).await;
+    store.create(blob("d", 11, "x")).await.expect("d");
+    assert_totals(&store).await;
     // Rebuilt from `blobs` when the tables are missing (an index from before them, and so
-    // from before migrations).
-    for table in ["totals", "_sqlx_migrations"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+    // from before migrations: no totals, no `delivered` column).
+    for sql in [
+        "DROP TRIGGER blobs_totals_insert",
+        "DROP TRIGGER blobs_totals_delete",
+        "DROP TRIGGER blobs_totals_update",
+        "ALTER TABLE blobs DROP COLUMN delivered",
+        "DROP TABLE totals",
+        "DROP TABLE _sqlx_migrations",
+    ] {
+        sqlx::query(sql)
             .execute(store.inner.index.pool())
             .await
-            .expect("drop");
+            .expect(sql);
     }
     store.close().await;
     let store = BlobStore::open(dir.path(), config).await.expect("reopen");
@@ -238,7 +260,7 @@ async fn an_index_made_before_migrations_opens_with_its_data() {
         .fetch_one(store.inner.index.pool())
         .await
         .expect("migrations recorded");
-    assert_eq!(version, 1);
+    assert_eq!(version, 2, "up to the delivered column");
     store.close().await;
 }
 
