@@ -59,12 +59,14 @@ impl<'a> FieldReader<'a> {
         self.list.ok_or(ProtoError::MissingList(verb))
     }
 
-    /// A required text field.
+    /// A required text field. U+0000 (`%00`) is refused: no store keeps it (PostgreSQL's
+    /// `TEXT` cannot), so a value with it would fail the writes batched with it.
     pub fn text(&self, key: &'static str) -> Result<String, ProtoError> {
-        self.fields
-            .get(key)
-            .map(str::to_owned)
-            .ok_or(ProtoError::MissingField(key))
+        match self.fields.get(key) {
+            Some(v) if v.contains('\0') => Err(ProtoError::BadValue(key)),
+            Some(v) => Ok(v.to_owned()),
+            None => Err(ProtoError::MissingField(key)),
+        }
     }
 
     /// An optional text field.

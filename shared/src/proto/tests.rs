@@ -384,6 +384,13 @@ fn missing_and_bad_fields_are_reported() {
     );
     let p = Packet::parse_line(b"MESSAGE-SENT id=1 at=yesterday").unwrap();
     assert_eq!(Event::from_packet(&p), Err(ProtoError::BadValue("at")));
+    // NUL is refused in a required text field; other escaped control characters are kept.
+    let p = Packet::parse_line(b"MESSAGE to=bob text=a%00b").unwrap();
+    assert_eq!(Request::from_packet(&p), Err(ProtoError::BadValue("text")));
+    let p = Packet::parse_line(b"MESSAGE to=bob text=a%01%0Ab").unwrap();
+    assert!(
+        matches!(Request::from_packet(&p), Ok(Request::SendMessage(m)) if m.text == "a\u{1}\nb")
+    );
 }
 
 #[test]
