@@ -16,6 +16,22 @@ pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
 /// Reader connections per node.
 const READERS: u32 = 8;
 
+/// How long a transaction may sit idle before PostgreSQL ends it. A batch never waits between
+/// its statements, so an idle batch transaction means a frozen node (SIGSTOP, a stalled VM, a
+/// cut network): ending it releases [`BATCH_LOCK`], which every other node's writes wait for.
+pub(crate) const IDLE_IN_TRANSACTION: &str = "10s";
+
+/// The options of every connection: `synchronous_commit = on` whatever the server's default,
+/// and [`IDLE_IN_TRANSACTION`].
+pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?
+        .options([
+            ("synchronous_commit", "on"),
+            ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+        ])
+        .application_name("msim-chat"))
+}
+
 /// The PostgreSQL store: a reader pool and the writer's own connection.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -49,11 +65,9 @@ pub(crate) fn redact(url: &str) -> String {
 impl Db {
     /// Connects to the PostgreSQL database at `url` and runs the migrations (nodes starting
     /// together take turns: sqlx holds an advisory lock while migrating). Every connection
-    /// runs with `synchronous_commit = on`, whatever the server's default.
+    /// runs with [`connect_options`].
     pub async fn open_postgres(url: &str) -> Result<Db, DbError> {
-        let opts = PgConnectOptions::from_str(url)?
-            .options([("synchronous_commit", "on")])
-            .application_name("msim-chat");
+        let opts = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(Duration::from_secs(10))
@@ -128,6 +142,9 @@ pub(in crate::db) async fn lock_batch(
     .await?;
     Ok(last - n + 1)
 }
+
+#[cfg(test)]
+mod frozen_node_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,45 @@
+//! A node that freezes while holding the batch lock does not stop the other nodes' writes.
+
+use super::*;
+use crate::db::{Outcome, WriteOp};
+use sqlx::{Connection, Executor};
+
+/// A "node" takes [`BATCH_LOCK`] in a transaction with our connection options and then does
+/// nothing, like a process stopped mid-batch. Another node's batch must still commit: the
+/// frozen transaction is ended after [`IDLE_IN_TRANSACTION`]. Without that timeout the second
+/// batch waits as long as the frozen connection lives (hours, for a stopped process).
+#[tokio::test]
+async fn a_frozen_node_holding_the_batch_lock_is_cut_off() {
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("store: frozen node holding the batch lock")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let live = Db::open_postgres(&url).await.expect("live node");
+    let mut frozen = PgConnection::connect_with(&connect_options(&url).expect("options"))
+        .await
+        .expect("frozen node");
+    frozen.execute("BEGIN").await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(BATCH_LOCK)
+        .execute(&mut frozen)
+        .await
+        .expect("lock");
+    // The frozen node now holds the lock and goes silent.
+    let create = WriteOp::CreateUser {
+        login: "alice".into(),
+        sealed: vec![1; 8],
+        now: 1,
+    };
+    let done = tokio::time::timeout(Duration::from_secs(60), live.apply_batch(vec![create]))
+        .await
+        .expect("the live node's batch still waits for the frozen node's lock")
+        .expect("batch");
+    assert!(matches!(done[0], Ok(Outcome::Done)), "{:?}", done[0]);
+    // The frozen node's transaction was ended by the server.
+    let after = frozen.execute("SELECT 1").await;
+    assert!(after.is_err(), "the frozen transaction survived");
+    live.close().await;
+}
