@@ -273,9 +273,16 @@ pub(crate) async fn send_loop(
 enum Note {
     /// The listener (re)connected: everything may have been missed.
     Connected,
-    Live { login: String, bytes: Bytes },
+    Live {
+        login: String,
+        bytes: Bytes,
+    },
     LiveRow(i64),
-    Presence { node: i64, login: String, on: bool },
+    Presence {
+        node: i64,
+        login: String,
+        on: bool,
+    },
     Dead(Vec<i64>),
 }
 
@@ -317,7 +324,9 @@ fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> 
             })
         }
         "d" => {
-            let nodes = rest.split(' ').filter_map(|n| i64::from_str_radix(n, 16).ok());
+            let nodes = rest
+                .split(' ')
+                .filter_map(|n| i64::from_str_radix(n, 16).ok());
             Some(Note::Dead(nodes.collect()))
         }
         _ => None,

@@ -81,7 +81,10 @@ impl Holder {
 }
 
 /// A connection for the lock whose session PostgreSQL ends when the node goes silent.
-async fn connect(opts: &PgConnectOptions, heartbeat: Duration) -> Result<PgConnection, sqlx::Error> {
+async fn connect(
+    opts: &PgConnectOptions,
+    heartbeat: Duration,
+) -> Result<PgConnection, sqlx::Error> {
     let mut conn = opts.connect().await?;
     // PostgreSQL 14+: end this session (freeing the lock) when it is idle for three heartbeats.
     let idle = (heartbeat * 3).as_millis().max(1000);

@@ -45,14 +45,14 @@
 //! its tables, the commit writer calling [`Cluster::committed`], `cmd::auth` calling
 //! [`Cluster::session_opened`] / [`Cluster::session_closed`], `jobs` asking
 //! [`Cluster::is_leader`]). Until then only the tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 pub(crate) mod fanout;
 pub(crate) mod leader;
 pub(crate) mod nodes;
-pub(crate) mod throttle;
 #[cfg(test)]
 mod tests;
+pub(crate) mod throttle;
 
 use crate::hub::Hub;
 use sqlx::PgPool;
@@ -63,8 +63,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub(crate) use fanout::{Feed, FeedItem, Positions};
-#[allow(unused_imports)]
-use fanout::FeedItem as _;
 
 /// A node's id: random per process start, so a restarted node is a new node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -357,10 +355,13 @@ impl Heart {
     async fn reap(&self) {
         match nodes::reap(&self.pool, self.timing.node_timeout).await {
             Ok((dead, offline)) if !dead.is_empty() => {
-                info!(nodes = dead.len(), users = offline.len(), "dead nodes reaped");
+                info!(
+                    nodes = dead.len(),
+                    users = offline.len(),
+                    "dead nodes reaped"
+                );
                 self.outbox.dead(&dead);
-                if !offline.is_empty() && self.events.send(Event::Offline(offline)).await.is_err()
-                {
+                if !offline.is_empty() && self.events.send(Event::Offline(offline)).await.is_err() {
                     debug!("cluster events receiver gone");
                 }
             }

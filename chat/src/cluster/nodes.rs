@@ -28,10 +28,11 @@ pub(crate) async fn register(pool: &PgPool, node: NodeId, name: &str) -> Result<
 /// Records a heartbeat. `false`: the node's row is gone (it was declared dead while cut off)
 /// and the caller must register again and re-add its users.
 pub(crate) async fn heartbeat(pool: &PgPool, node: NodeId) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("UPDATE cluster_nodes SET heartbeat_at = clock_timestamp() WHERE node = $1")
-        .bind(node.0)
-        .execute(pool)
-        .await?;
+    let r =
+        sqlx::query("UPDATE cluster_nodes SET heartbeat_at = clock_timestamp() WHERE node = $1")
+            .bind(node.0)
+            .execute(pool)
+            .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -49,11 +50,13 @@ pub(crate) async fn session_opened(
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     lock_login(&mut tx, login).await?;
-    sqlx::query("INSERT INTO cluster_presence (login, node) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(login)
-        .bind(node.0)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO cluster_presence (login, node) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(login)
+    .bind(node.0)
+    .execute(&mut *tx)
+    .await?;
     let nodes: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
         .bind(login)
         .fetch_one(&mut *tx)

@@ -3,6 +3,8 @@
 //! test feed that allocates sequence numbers the way the backend must (under a table lock, so
 //! commit order is sequence order).
 
+#![allow(clippy::unwrap_used)] // Tests: a failed step is a failed test.
+
 use super::*;
 use crate::hub::{Item, Stream};
 use bytes::Bytes;
@@ -133,14 +135,16 @@ impl Node {
             .await
             .unwrap();
         for (i, t) in texts.iter().enumerate() {
-            sqlx::query("INSERT INTO test_items (seq, origin, login, packet) VALUES ($1, $2, $3, $4)")
-                .bind(base + 1 + i as i64)
-                .bind(self.cluster.node().0)
-                .bind(login)
-                .bind(t)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            sqlx::query(
+                "INSERT INTO test_items (seq, origin, login, packet) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(base + 1 + i as i64)
+            .bind(self.cluster.node().0)
+            .bind(login)
+            .bind(t)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         }
         tx.commit().await.unwrap();
         let top = base + texts.len() as i64;
@@ -321,7 +325,10 @@ async fn live_packets_and_presence_cross_nodes() {
     a.hub.send("bob", &large);
     let got = collect(&mut on_b, 2).await;
     assert_eq!(got[0].bytes, small);
-    assert_eq!(got[1].bytes, large, "the large packet came through cluster_events");
+    assert_eq!(
+        got[1].bytes, large,
+        "the large packet came through cluster_events"
+    );
     assert!(got.iter().all(|i| i.seq.is_none()));
     // Nobody online elsewhere: nothing is published at all.
     a.hub.send("carol", &small);
@@ -366,11 +373,18 @@ async fn presence_is_cluster_wide_and_a_dead_nodes_users_go_offline_within_the_b
     let died = Instant::now();
     c.cluster.crash().await;
     // The leader reaps c and reports carol (not dave: he is still on b) offline.
-    let ev = timeout(WAIT, a.events.recv()).await.expect("offline event").unwrap();
+    let ev = timeout(WAIT, a.events.recv())
+        .await
+        .expect("offline event")
+        .unwrap();
     let Event::Offline(logins) = ev;
     assert_eq!(logins, vec!["carol".to_owned()]);
     let bound = fast().node_timeout + fast().heartbeat * 3;
-    assert!(died.elapsed() < bound + Duration::from_secs(1), "took {:?}", died.elapsed());
+    assert!(
+        died.elapsed() < bound + Duration::from_secs(1),
+        "took {:?}",
+        died.elapsed()
+    );
     let deadline = Instant::now() + WAIT;
     while a.hub.is_online("carol") || b.hub.is_online("carol") {
         assert!(Instant::now() < deadline, "mirrors still show carol online");
@@ -396,14 +410,22 @@ async fn periodic_jobs_leader_is_taken_over_when_it_dies() {
         assert!(a.cluster.is_leader() != b.cluster.is_leader());
         tokio::time::sleep(fast().heartbeat).await;
     }
-    let (dead, survivor) = if a.cluster.is_leader() { (a, b) } else { (b, a) };
+    let (dead, survivor) = if a.cluster.is_leader() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     dead.cluster.crash().await;
     let died = Instant::now();
     while !survivor.cluster.is_leader() {
         assert!(died.elapsed() < WAIT, "leadership never moved");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(died.elapsed() < fast().heartbeat * 5, "took {:?}", died.elapsed());
+    assert!(
+        died.elapsed() < fast().heartbeat * 5,
+        "took {:?}",
+        died.elapsed()
+    );
 }
 
 /// An attacker spreading password guesses over nodes is slowed as if all hit one node.
@@ -437,17 +459,29 @@ async fn login_throttle_and_register_limits_are_shared_by_nodes() {
     r2.unwrap();
     // Either node makes the attacker wait as after three failures: 4 s.
     for n in [&n1, &n2] {
-        assert_eq!(n.wait("alice", attacker, now).await.unwrap(), Duration::from_secs(4));
+        assert_eq!(
+            n.wait("alice", attacker, now).await.unwrap(),
+            Duration::from_secs(4)
+        );
         // The same attacker at another login from the same address: the address count.
-        assert_eq!(n.wait("bob", attacker, now).await.unwrap(), Duration::from_secs(4));
+        assert_eq!(
+            n.wait("bob", attacker, now).await.unwrap(),
+            Duration::from_secs(4)
+        );
         // The owner's known address is not slowed by the strangers' failures.
         assert_eq!(n.wait("alice", owner, now).await.unwrap(), Duration::ZERO);
     }
     // Decay as on one node: one failure forgotten per 600 s.
     let later = now + 600_000_000;
-    assert_eq!(n2.wait("alice", attacker, later).await.unwrap(), Duration::ZERO);
+    assert_eq!(
+        n2.wait("alice", attacker, later).await.unwrap(),
+        Duration::ZERO
+    );
     n2.failure("alice", attacker, later).await.unwrap();
-    assert_eq!(n1.wait("alice", attacker, later).await.unwrap(), Duration::from_secs(4));
+    assert_eq!(
+        n1.wait("alice", attacker, later).await.unwrap(),
+        Duration::from_secs(4)
+    );
 
     // Registrations: burst 5 per host, shared; 20 concurrent attempts over two nodes.
     let l1 = throttle::SharedRegisterLimits::new(p1.clone(), (5, 5), (20, 20));
@@ -459,14 +493,23 @@ async fn login_throttle_and_register_limits_are_shared_by_nodes() {
     .await;
     assert_eq!(results.iter().filter(|ok| **ok).count(), 5);
     // A token back after 12 minutes (5 per hour), on either node.
-    assert!(l2.allow_register(attacker, now + 720_000_000).await.unwrap());
-    assert!(!l1.allow_register(attacker, now + 720_000_000).await.unwrap());
+    assert!(l2
+        .allow_register(attacker, now + 720_000_000)
+        .await
+        .unwrap());
+    assert!(!l1
+        .allow_register(attacker, now + 720_000_000)
+        .await
+        .unwrap());
     // Another host of the same /24 still has its own five.
     let neighbour: std::net::IpAddr = "203.0.113.8".parse().unwrap();
     assert!(l1.allow_register(neighbour, now).await.unwrap());
     // Pruning keeps live rows.
     throttle::prune(&p1, later).await.unwrap();
-    assert_eq!(n1.wait("alice", attacker, later).await.unwrap(), Duration::from_secs(4));
+    assert_eq!(
+        n1.wait("alice", attacker, later).await.unwrap(),
+        Duration::from_secs(4)
+    );
     // ... and removes what has decayed.
     let far = later + delays.horizon() + 1;
     throttle::prune(&p1, far).await.unwrap();

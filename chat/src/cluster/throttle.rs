@@ -38,7 +38,12 @@ impl SharedThrottle {
     }
 
     /// Whether `login` logged in successfully from `ip` within the known-address time.
-    pub(crate) async fn is_known(&self, login: &str, ip: IpAddr, now: i64) -> Result<bool, sqlx::Error> {
+    pub(crate) async fn is_known(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
         let at: Option<i64> = sqlx::query_scalar(
             "SELECT at_us FROM cluster_known_addresses WHERE login = $1 AND addr = $2",
         )
@@ -50,7 +55,12 @@ impl SharedThrottle {
     }
 
     /// How long `login` from `ip` must still wait; zero = may try now.
-    pub(crate) async fn wait(&self, login: &str, ip: IpAddr, now: i64) -> Result<Duration, sqlx::Error> {
+    pub(crate) async fn wait(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<Duration, sqlx::Error> {
         let ip = host_key(ip);
         let known = self.is_known(login, ip, now).await?;
         let rows: Vec<(i16, i32, i64)> = sqlx::query_as(
@@ -71,9 +81,13 @@ impl SharedThrottle {
             if scope == LOGIN && known {
                 continue;
             }
-            let n = self.delays.remaining(u32::try_from(failures).unwrap_or(0), last, now);
+            let n = self
+                .delays
+                .remaining(u32::try_from(failures).unwrap_or(0), last, now);
             let until = last + micros(self.delays.delay(n));
-            wait = wait.max(Duration::from_micros(u64::try_from(until - now).unwrap_or(0)));
+            wait = wait.max(Duration::from_micros(
+                u64::try_from(until - now).unwrap_or(0),
+            ));
         }
         Ok(wait)
     }
@@ -99,7 +113,12 @@ impl SharedThrottle {
     }
 
     /// Records a failed attempt without a valid device cookie.
-    pub(crate) async fn failure(&self, login: &str, ip: IpAddr, now: i64) -> Result<(), sqlx::Error> {
+    pub(crate) async fn failure(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         let ip = host_key(ip);
         if !self.is_known(login, ip, now).await? {
             self.fail(LOGIN, login, now).await?;
@@ -109,7 +128,12 @@ impl SharedThrottle {
     }
 
     /// Records a success, as `crate::throttle::Throttle::success`.
-    pub(crate) async fn success(&self, login: &str, ip: IpAddr, now: i64) -> Result<(), sqlx::Error> {
+    pub(crate) async fn success(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         let ip = host_key(ip);
         let mut tx = self.pool.begin().await?;
         let own: Option<(i32, i64)> = sqlx::query_as(
@@ -121,7 +145,8 @@ impl SharedThrottle {
         .fetch_optional(&mut *tx)
         .await?;
         let own = own.map_or(0, |(f, last)| {
-            self.delays.remaining(u32::try_from(f).unwrap_or(0), last, now)
+            self.delays
+                .remaining(u32::try_from(f).unwrap_or(0), last, now)
         });
         if own > 0 {
             let addr: Option<(i32, i64)> = sqlx::query_as(
@@ -177,11 +202,7 @@ pub(crate) struct SharedRegisterLimits {
 const MICROS_PER_HOUR: f64 = 3_600_000_000.0;
 
 impl SharedRegisterLimits {
-    pub(crate) fn new(
-        pool: PgPool,
-        host: (u32, u32),
-        prefix: (u32, u32),
-    ) -> SharedRegisterLimits {
+    pub(crate) fn new(pool: PgPool, host: (u32, u32), prefix: (u32, u32)) -> SharedRegisterLimits {
         let rate = |(burst, per_hour): (u32, u32)| {
             (f64::from(burst), f64::from(per_hour) / MICROS_PER_HOUR)
         };
@@ -233,7 +254,9 @@ impl SharedRegisterLimits {
             let left = level - 1.0;
             // Full again after (burst - left) / rate: the row means nothing from then on.
             let refill = if *per_micro > 0.0 {
-                ((burst - left) / per_micro).ceil().min(i64::MAX as f64 / 2.0) as i64
+                ((burst - left) / per_micro)
+                    .ceil()
+                    .min(i64::MAX as f64 / 2.0) as i64
             } else {
                 i64::MAX / 2
             };
@@ -256,7 +279,11 @@ impl SharedRegisterLimits {
 
 /// Leader job: deletes rows of the shared tables that mean nothing any more at `now`.
 pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
-    for table in ["cluster_login_failures", "cluster_known_addresses", "cluster_buckets"] {
+    for table in [
+        "cluster_login_failures",
+        "cluster_known_addresses",
+        "cluster_buckets",
+    ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE expires_us < $1"
         )))
