@@ -41,10 +41,13 @@
 //!
 //! Tables: `schema.sql` (idempotent; applied at start-up).
 //!
-//! Not wired into `server.rs` yet: that needs the PostgreSQL store backend (the [`Feed`] over
-//! its tables, the commit writer calling [`Cluster::committed`], `cmd::auth` calling
-//! [`Cluster::session_opened`] / [`Cluster::session_closed`], `jobs` asking
-//! [`Cluster::is_leader`]). Until then only the tests use it.
+//! Wired so far: `Shared::cluster` (always `None` until the PostgreSQL backend starts a
+//! cluster), which login/logout (`session::login`: first/last session anywhere) and the
+//! periodic jobs (`jobs`: leader only) consult. Still to wire with the backend: start-up
+//! ([`Cluster::start`] with the backend's [`Feed`]), the commit writer calling
+//! [`Cluster::committed`] after each batch, a task acting on [`Event::Offline`]
+//! (`cmd::presence::announce`), `cmd::auth` using the shared throttle and registration
+//! limits of `throttle` instead of the in-memory ones, and [`Cluster::stop`] at shutdown.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 pub(crate) mod fanout;
