@@ -166,7 +166,8 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Joins the cluster on `pool`'s database: creates the tables if needed, registers this
     /// node, hooks `hub` up to the other nodes and starts the heartbeat, leadership, sender
-    /// and reader tasks. `events` receives what the server must act on.
+    /// and reader tasks. `events` receives what the server must act on. The listener keeps
+    /// one of `pool`'s connections for itself (the leader lock uses one of its own).
     pub(crate) async fn start(
         pool: PgPool,
         hub: Arc<Hub>,
@@ -356,7 +357,7 @@ impl Heart {
     }
 
     async fn reap(&self) {
-        match nodes::reap(&self.pool, self.timing.node_timeout).await {
+        match nodes::reap(&self.pool, self.node, self.timing.node_timeout).await {
             Ok((dead, offline)) if !dead.is_empty() => {
                 info!(
                     nodes = dead.len(),

@@ -98,18 +98,22 @@ pub(crate) async fn online_elsewhere(
         .await
 }
 
-/// Leader job: removes nodes whose heartbeat is older than `timeout` (by the database's
+/// Leader job: removes nodes (other than `me`) whose heartbeat is older than `timeout` (by the database's
 /// clock, so the nodes' clocks do not matter). Returns the dead nodes and the logins that
 /// are now offline everywhere.
 pub(crate) async fn reap(
     pool: &PgPool,
+    me: NodeId,
     timeout: Duration,
 ) -> Result<(Vec<i64>, Vec<String>), sqlx::Error> {
+    // Never itself: the leader heartbeats just before reaping, and a leader whose own
+    // heartbeat failed has no business declaring its sessions gone.
     let dead: Vec<i64> = sqlx::query_scalar(
         "SELECT node FROM cluster_nodes \
-         WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1)",
+         WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) AND node <> $2",
     )
     .bind(timeout.as_secs_f64())
+    .bind(me.0)
     .fetch_all(pool)
     .await?;
     if dead.is_empty() {
