@@ -39,7 +39,8 @@
 //!   `crate::throttle` / `crate::rate`, with the counters in shared tables updated by
 //!   single atomic upserts.
 //!
-//! Tables: `schema.sql` (idempotent; applied at start-up).
+//! Tables: `db/postgres/migrations/0100_cluster.sql` (a PostgreSQL migration of the store; it is
+//! idempotent, and [`Cluster::start`] applies it too, for databases the store did not migrate).
 //!
 //! Wired so far: `Shared::cluster` (always `None` until the PostgreSQL backend starts a
 //! cluster), which login/logout (`session::login`: first/last session anywhere) and the
@@ -109,7 +110,7 @@ impl Default for Timing {
     }
 }
 
-/// Creates the cluster tables when missing.
+/// Creates the cluster tables when missing (the migration's SQL, idempotent).
 pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     // Several nodes may start at once: serialise the CREATE ... IF NOT EXISTS.
     let mut tx = pool.begin().await?;
@@ -117,7 +118,7 @@ pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error
         .bind(leader::SCHEMA_LOCK)
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(include_str!("schema.sql"))
+    sqlx::raw_sql(include_str!("../db/postgres/migrations/0100_cluster.sql"))
         .execute(&mut *tx)
         .await?;
     tx.commit().await

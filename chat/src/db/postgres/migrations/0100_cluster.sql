@@ -1,5 +1,6 @@
 -- Cluster state shared by the msim-chat nodes of one domain on PostgreSQL (chat/src/cluster).
--- Idempotent: applied by every node at start-up.
+-- Numbered 0100 to leave the store's own migrations their numbers. Idempotent: the cluster
+-- applies the same SQL itself at start-up (cluster::ensure_schema).
 
 -- One row per running node; a node whose heartbeat is older than the node timeout is dead.
 CREATE TABLE IF NOT EXISTS cluster_nodes (
