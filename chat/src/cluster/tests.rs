@@ -421,11 +421,10 @@ async fn periodic_jobs_leader_is_taken_over_when_it_dies() {
         assert!(died.elapsed() < WAIT, "leadership never moved");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        died.elapsed() < fast().heartbeat * 5,
-        "took {:?}",
-        died.elapsed()
-    );
+    // Bound: the lock is free when the dead node's session ends and is taken at the next
+    // check (one heartbeat); plus scheduling slack on a loaded machine.
+    let bound = fast().heartbeat * 2 + Duration::from_secs(1);
+    assert!(died.elapsed() < bound, "took {:?}", died.elapsed());
 }
 
 /// An attacker spreading password guesses over nodes is slowed as if all hit one node.
