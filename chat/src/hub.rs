@@ -7,7 +7,7 @@ use bytes::Bytes;
 use msim_shared::Packet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -43,12 +43,23 @@ struct Slot {
     tx: Option<mpsc::Sender<Item>>,
 }
 
+/// The other nodes of a cluster (`crate::cluster`), as the hub sees them.
+pub(crate) trait Remote: Send + Sync + 'static {
+    /// Whether `login` has a session on another node.
+    fn online_elsewhere(&self, login: &str) -> bool;
+    /// Hands a live-only packet to `login`'s sessions on the other nodes. (Stored items
+    /// reach them through the store, by sequence number.)
+    fn publish(&self, login: &str, bytes: &Bytes);
+}
+
 /// The session registry.
 #[derive(Default)]
 pub(crate) struct Hub {
     // A std mutex: every critical section is a short map operation, never held across await.
     users: Mutex<HashMap<String, Vec<Slot>>>,
     next_id: AtomicU64,
+    /// Set once when this node is part of a cluster.
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -93,9 +104,26 @@ impl Hub {
         false
     }
 
-    /// Whether the user has a live session.
+    /// Joins a cluster: presence and live packets then reach the other nodes too.
+    pub(crate) fn set_remote(&self, remote: Arc<dyn Remote>) {
+        if self.remote.set(remote).is_err() {
+            warn!("hub: cluster already set");
+        }
+    }
+
+    /// Whether the user has a live session (on any node of the cluster).
     pub(crate) fn is_online(&self, login: &str) -> bool {
+        self.is_local(login) || self.remote.get().is_some_and(|r| r.online_elsewhere(login))
+    }
+
+    /// Whether the user has a live session on this node.
+    pub(crate) fn is_local(&self, login: &str) -> bool {
         self.lock().contains_key(login)
+    }
+
+    /// Logins with a session on this node.
+    pub(crate) fn local_logins(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     /// Sends to every session of `login` except `except`; returns how many got it.
@@ -130,8 +158,20 @@ impl Hub {
         )
     }
 
-    /// Sends an item to every session of `login` except `except`; returns how many got it.
+    /// Sends an item to every session of `login` except `except` (a session of this node);
+    /// returns how many sessions of this node got it. A live-only item (no sequence number)
+    /// also goes to the user's sessions on the other nodes of a cluster.
     pub(crate) fn send_item(&self, login: &str, except: Option<u64>, item: &Item) -> usize {
+        if item.seq.is_none() {
+            if let Some(r) = self.remote.get().filter(|r| r.online_elsewhere(login)) {
+                r.publish(login, &item.bytes);
+            }
+        }
+        self.deliver_local(login, except, item)
+    }
+
+    /// Sends an item to the sessions of `login` on this node only.
+    pub(crate) fn deliver_local(&self, login: &str, except: Option<u64>, item: &Item) -> usize {
         let mut users = self.lock();
         let Some(slots) = users.get_mut(login) else {
             return 0;

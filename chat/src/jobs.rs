@@ -28,16 +28,27 @@ where
     }
 }
 
+/// Whether this node runs the periodic jobs now: always on one node; in a cluster only on
+/// the leader, so they run once per cluster.
+fn runs_jobs(sh: &Shared) -> bool {
+    sh.cluster.as_ref().is_none_or(|c| c.is_leader())
+}
+
 /// The offer-expiry job: every `offer_sweep_interval`, [`sweep`].
 pub(crate) async fn sweep_loop(sh: Arc<Shared>, stop: CancellationToken) {
-    every(sh.config.offer_sweep_interval, stop, || sweep(&sh)).await
+    every(sh.config.offer_sweep_interval, stop, || async {
+        if runs_jobs(&sh) {
+            sweep(&sh).await
+        }
+    })
+    .await
 }
 
 /// The retention job: every `purge_interval`, [`purge`] until nothing is left to do.
 pub(crate) async fn purge_loop(sh: Arc<Shared>, stop: CancellationToken) {
     every(sh.config.purge_interval, stop, || async {
         // Bounded steps; other writes get their turn in between.
-        while purge(&sh).await {
+        while runs_jobs(&sh) && purge(&sh).await {
             tokio::task::yield_now().await;
         }
     })

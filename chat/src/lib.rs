@@ -16,6 +16,7 @@
 
 pub(crate) mod blocks;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub(crate) mod cmd;
 pub mod config;
 pub mod crypto;

@@ -15,15 +15,46 @@ use tracing::{info, warn};
 /// One relay.
 #[derive(Debug)]
 pub struct Relay {
-    /// Base URL without trailing slash, e.g. `http://127.0.0.1:3215`.
+    /// Public base URL without trailing slash, e.g. `http://127.0.0.1:3215`: handed to clients.
     pub(crate) base: String,
     /// Host for `connect=`.
     pub(crate) host: String,
     /// Port for `port=`.
     pub(crate) port: u16,
-    /// Whether the relay is reached over TLS (`https://`).
-    pub(crate) https: bool,
+    /// Where msim-chat itself checks the relay's health: the internal URL when one is given
+    /// (`PUBLIC=INTERNAL`, e.g. inside a compose network), otherwise the public one.
+    check: Endpoint,
     healthy: AtomicBool,
+}
+
+/// Host, port and scheme of a relay URL.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    base: String,
+    host: String,
+    port: u16,
+    https: bool,
+}
+
+impl Endpoint {
+    fn parse(url: &str, given: &str) -> Result<Endpoint, BadRelayUrl> {
+        let base = url.trim_end_matches('/').to_owned();
+        let bad = || BadRelayUrl(given.to_owned());
+        let uri: http::Uri = base.parse().map_err(|_| bad())?;
+        let host = uri.host().ok_or_else(bad)?.to_owned();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad()),
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Endpoint {
+            base,
+            host,
+            port,
+            https,
+        })
+    }
 }
 
 impl Relay {
@@ -40,11 +71,14 @@ impl Relay {
 
 /// A relay URL could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("bad relay URL {0:?}: expected http://host:port or https://host:port")]
+#[error(
+    "bad relay URL {0:?}: expected http(s)://host:port, or PUBLIC=INTERNAL \
+     (the URL handed to clients = the URL msim-chat checks health at)"
+)]
 pub struct BadRelayUrl(pub String);
 
 /// One `GET /healthz` request over `io`.
-async fn get_healthz<S>(io: S, r: &Relay) -> Result<http::StatusCode, String>
+async fn get_healthz<S>(io: S, r: &Endpoint) -> Result<http::StatusCode, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -78,24 +112,23 @@ pub struct RelayPool {
 }
 
 impl RelayPool {
-    /// A pool of the given base URLs.
+    /// A pool of the given relays: each a base URL (`http://relay1:3215`), or
+    /// `PUBLIC=INTERNAL` — the URL handed to clients, then the URL where msim-chat checks
+    /// the relay's health (a relay behind a public name or port mapping).
     pub fn new(urls: &[String]) -> Result<RelayPool, BadRelayUrl> {
         let mut relays = Vec::new();
         for u in urls {
-            let base = u.trim_end_matches('/').to_owned();
-            let uri: http::Uri = base.parse().map_err(|_| BadRelayUrl(u.clone()))?;
-            let host = uri.host().ok_or_else(|| BadRelayUrl(u.clone()))?.to_owned();
-            let https = match uri.scheme_str() {
-                Some("https") => true,
-                Some("http") => false,
-                _ => return Err(BadRelayUrl(u.clone())),
+            let (public, internal) = match u.split_once('=') {
+                Some((public, internal)) => (public, internal),
+                None => (u.as_str(), u.as_str()),
             };
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let public = Endpoint::parse(public, u)?;
+            let check = Endpoint::parse(internal, u)?;
             relays.push(Arc::new(Relay {
-                base,
-                host,
-                port,
-                https,
+                base: public.base,
+                host: public.host,
+                port: public.port,
+                check,
                 healthy: AtomicBool::new(true),
             }));
         }
@@ -150,9 +183,11 @@ impl RelayPool {
             let ok = result.is_ok();
             let was = r.healthy.swap(ok, Ordering::Relaxed);
             match result {
-                Ok(()) if !was => info!(relay = %r.base, "relay healthy again"),
+                Ok(()) if !was => {
+                    info!(relay = %r.base, checked = %r.check.base, "relay healthy again")
+                }
                 Err(e) if was => {
-                    warn!(relay = %r.base, "relay unhealthy: no new transfers: {e}")
+                    warn!(relay = %r.base, checked = %r.check.base, "relay unhealthy: no new transfers: {e}")
                 }
                 _ => {}
             }
@@ -161,6 +196,7 @@ impl RelayPool {
 
     /// `GET /healthz` on a fresh connection (TLS for `https://`).
     async fn check(&self, r: &Relay, timeout: Duration) -> Result<(), String> {
+        let r = &r.check;
         let host = r.host.trim_start_matches('[').trim_end_matches(']');
         let tcp = tokio::net::TcpStream::connect((host, r.port))
             .await

@@ -1,6 +1,7 @@
 //! The server: shared state, the accept loop (bounded by a semaphore), background tasks and
 //! clean shutdown (stop accepting, close sessions, finish pending commits).
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::crypto::{CryptoError, SaltGen, Sealer};
 use crate::db::commit::Writer;
@@ -59,8 +60,12 @@ pub(crate) struct Shared {
     pub(crate) db: Db,
     /// Writes (group commit).
     pub(crate) writer: Writer,
-    /// Live sessions.
-    pub(crate) hub: Hub,
+    /// Live sessions (of this node).
+    pub(crate) hub: Arc<Hub>,
+    /// This node's cluster membership, with the PostgreSQL backend and several nodes; `None`
+    /// on SQLite (one node). (Joined by the PostgreSQL backend's start-up, which is not
+    /// merged yet: always `None` for now.)
+    pub(crate) cluster: Option<Arc<Cluster>>,
     /// Login throttling.
     pub(crate) throttle: Throttle,
     /// Device cookies (trusted devices skip the login throttle).
@@ -142,7 +147,8 @@ impl Server {
             config,
             db,
             writer,
-            hub: Hub::default(),
+            hub: Arc::new(Hub::default()),
+            cluster: None,
             throttle,
             devices,
             limits,

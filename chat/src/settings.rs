@@ -33,8 +33,9 @@ pub struct ChatSettings {
     /// several nodes may share one. Without it: SQLite in <data-dir>/msim.db.
     #[arg(long, env = "MSIM_CHAT_DATABASE_URL", value_name = "URL")]
     pub database: Option<String>,
-    /// Relay base URL, e.g. http://relay1:3215 or https://relay1.example.org:3215 (repeatable).
-    /// Without any, an embedded relay runs.
+    /// Relay base URL, e.g. http://relay1:3215 or https://relay1.example.org:3215 (repeatable),
+    /// or PUBLIC=INTERNAL: the URL handed to clients, then the URL msim-chat checks health at
+    /// (e.g. http://localhost:8215=http://relay1:3215). Without any, an embedded relay runs.
     #[arg(long = "relay", env = "MSIM_CHAT_RELAYS", value_delimiter = ',')]
     #[serde(rename = "relay", skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<String>,

@@ -60,7 +60,31 @@ pub(crate) struct Throttle {
     known: Mutex<HashMap<(String, IpAddr), i64>>,
 }
 
-fn micros(d: Duration) -> i64 {
+impl Delays {
+    /// Failures still counted at `now` of `failures` whose last was at `last` (micros).
+    pub(crate) fn remaining(&self, failures: u32, last: i64, now: i64) -> u32 {
+        let decay = micros(self.decay).max(1);
+        let forgotten = u32::try_from((now - last).max(0) / decay).unwrap_or(u32::MAX);
+        failures.saturating_sub(forgotten)
+    }
+
+    /// The delay after `failures` failures.
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (failures - 1).min(20);
+        self.base.saturating_mul(1u32 << shift).min(self.max)
+    }
+
+    /// Past this long without failures an entry may be forgotten: its penalty has decayed to
+    /// nothing (max 2^20 · base ≥ max).
+    pub(crate) fn horizon(&self) -> i64 {
+        micros(self.decay).saturating_mul(32)
+    }
+}
+
+pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -84,20 +108,11 @@ impl Throttle {
     }
 
     fn effective(&self, e: &Entry, now: i64) -> u32 {
-        let decay = micros(self.delays.decay).max(1);
-        let forgotten = u32::try_from((now - e.last).max(0) / decay).unwrap_or(u32::MAX);
-        e.failures.saturating_sub(forgotten)
+        self.delays.remaining(e.failures, e.last, now)
     }
 
     fn delay(&self, failures: u32) -> Duration {
-        if failures == 0 {
-            return Duration::ZERO;
-        }
-        let shift = (failures - 1).min(20);
-        self.delays
-            .base
-            .saturating_mul(1u32 << shift)
-            .min(self.delays.max)
+        self.delays.delay(failures)
     }
 
     fn wait_in<K: Hash + Eq>(&self, t: &Mutex<HashMap<K, Entry>>, key: &K, now: i64) -> Duration {
@@ -112,8 +127,7 @@ impl Throttle {
     fn fail_in<K: Hash + Eq>(&self, t: &Mutex<HashMap<K, Entry>>, key: K, now: i64) {
         let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
         if t.len() >= self.max_entries && !t.contains_key(&key) {
-            // Past this horizon every penalty has decayed to nothing (max 2^20 · base ≥ max).
-            let horizon = micros(self.delays.decay).saturating_mul(32);
+            let horizon = self.delays.horizon();
             t.retain(|_, e| now - e.last < horizon);
             if t.len() >= self.max_entries {
                 let mut lasts: Vec<i64> = t.values().map(|e| e.last).collect();

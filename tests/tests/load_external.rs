@@ -173,3 +173,58 @@ async fn a_relay_needs_its_secret_and_a_wrong_one_is_reported() {
     assert!(stderr.contains("401"), "{stderr}");
     assert!(stderr.contains("secret"), "{stderr}");
 }
+
+/// A second "node" of the service: a TCP forwarder in front of the same chat server, counting
+/// the connections it carries (one server, so delivery is the same; what is checked is that
+/// msim-load spreads senders and recipients over the nodes it is given).
+async fn forwarder(
+    to: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_the_nodes_given_with_chat_node() {
+    let servers = start_servers(true, 100 << 20).await;
+    let (node2, carried) = forwarder(servers.chat).await;
+    let json = servers.dir.path().join("report.json");
+    let out = msim_load(&args(&[
+        "--smoke",
+        "--only",
+        "messages,latency",
+        "--pairs",
+        "4",
+        "--chat",
+        &servers.chat.to_string(),
+        "--chat-node",
+        &node2.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "msim-load failed:\n{stderr}");
+    assert!(stderr.contains("2 chat nodes"), "{stderr}");
+    // Per run, of 4 pairs: senders 1 and 3 and recipients 0 and 2 use the second node.
+    assert_eq!(carried.load(std::sync::atomic::Ordering::SeqCst), 2 * 4);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(figure(&report, "messages", "online→online delivered, durable").unwrap() > 0.0);
+}

@@ -10,8 +10,11 @@ use tracing::warn;
 
 /// Tells the watchers of `login` that it came online or went offline.
 pub(crate) async fn announce(ctx: &Ctx<'_>, login: &str, online: bool) {
-    // A newer session may have logged in meanwhile: never announce a stale "offline".
-    if !online && ctx.hub.is_online(login) {
+    // A newer session may have logged in meanwhile: never announce a stale "offline". Only
+    // this node's sessions are asked: in a cluster the database already decided that no other
+    // node has one (`cluster::nodes::session_closed`), and the mirror of the other nodes'
+    // sessions may lag behind it.
+    if !online && ctx.hub.is_local(login) {
         return;
     }
     // Only approved watchers, not blocked, and not when the user shows presence to nobody.

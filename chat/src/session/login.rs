@@ -43,6 +43,11 @@ impl Session<'_> {
             login: login.clone(),
             id,
         });
+        // In a cluster, "first session" means first on any node (decided in the database).
+        let first = match &sh.cluster {
+            Some(cluster) if first => cluster.session_opened(&login).await,
+            _ => first,
+        };
         if first {
             presence::announce(&ctx, &login, true).await;
         }
@@ -60,6 +65,10 @@ impl Session<'_> {
         self.rx = None;
         let last = sh.hub.unregister(&login, id);
         info!(login, session = id, "logged out");
+        let last = match &sh.cluster {
+            Some(cluster) if last => cluster.session_closed(&login).await,
+            _ => last,
+        };
         if last {
             let op = WriteOp::SetLastSeen {
                 login: login.clone(),

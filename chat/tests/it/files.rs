@@ -222,6 +222,42 @@ async fn unhealthy_relay_gets_no_transfers() {
     srv.stop().await;
 }
 
+/// `--relay PUBLIC=INTERNAL`: clients get the public URL, health checks go to the internal one
+/// (a relay inside a compose network, published on another name and port).
+#[tokio::test]
+async fn relay_public_url_is_handed_out_internal_url_is_checked() {
+    let (internal, hits) = fake_relay(200).await;
+    // Nothing listens there; only a client outside would reach it.
+    let public = "http://relay1.public.example:8215";
+    let srv = TestServer::start_with(|c| {
+        c.relays = vec![format!("{public}={internal}")];
+        c.relay_secret = msim_shared::token::generate_secret_text();
+        c.relay_health_interval = Duration::from_millis(20);
+    })
+    .await;
+    let mut a = srv.user("alice").await;
+    let mut b = srv.user("bob").await;
+    // Two checks of the internal URL: the first result is recorded, and it passed.
+    while hits.load(Ordering::SeqCst) < 2 {
+        a.sync().await;
+    }
+    a.send("SEND-FILE-PROXY to=bob filename=f size=1").await;
+    let tid = field(&a.expect("SEND-FILE-PROXY-PENDING").await, "transfer-id").unwrap();
+    b.expect("SEND-FILE-PROXY-REQUEST").await;
+    b.send(&format!("SEND-FILE-PROXY-ACCEPT transfer-id={tid}"))
+        .await;
+    let ok = a.expect("SEND-FILE-PROXY-OK").await;
+    assert_eq!(
+        field(&ok, "url").unwrap(),
+        format!("{public}/v1/transfers/{tid}")
+    );
+    let ready = b.expect("SEND-FILE-PROXY-READY").await;
+    assert!(ready.contains(public), "{ready}");
+    srv.stop().await;
+
+    assert!(msim_chat::relays::RelayPool::new(&["http://a:1=ftp://b:2".to_owned()]).is_err());
+}
+
 /// PROTOCOL.md §10.6: results of an offer reach sessions that were offline when they happened.
 #[tokio::test]
 async fn offline_sender_gets_the_result_at_login() {

@@ -177,8 +177,17 @@ pub struct MessageResult {
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// Runs senders and recipients; latency is measured from just before the sender writes the
-/// message to when the recipient decodes it (both in this process, on one clock).
-pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Result<MessageResult> {
+/// message to when the recipient decodes it (both in this process, on one clock). `nodes`
+/// are the nodes of one service (usually one): pair `i`'s sender connects to node `i mod n`
+/// and its recipient to the next node, so with several nodes every message crosses nodes.
+pub async fn messages(
+    nodes: &[SocketAddr],
+    prefix: &str,
+    run: MessageRun,
+) -> Result<MessageResult> {
+    anyhow::ensure!(!nodes.is_empty(), "no chat node to connect to");
+    let sender_node = |i: usize| nodes[i % nodes.len()];
+    let recipient_node = |i: usize| nodes[(i + 1) % nodes.len()];
     let base = Instant::now();
     let run_no = ledger::next_run();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -192,7 +201,7 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
     // reads until it has them all (or DRAIN passes: they are lost).
     let mut expect_tx = Vec::with_capacity(run.pairs);
     for r in 0..run.pairs {
-        let mut w = frame(connect_from(server, None).await?);
+        let mut w = frame(connect_from(recipient_node(r), None).await?);
         wire::login(&mut w, &user(prefix, run.pairs + r), PASSWORD).await?;
         let (delivered, measuring) = (delivered.clone(), measuring.clone());
         let ack = run.ack;
@@ -263,7 +272,7 @@ pub async fn messages(server: SocketAddr, prefix: &str, run: MessageRun) -> Resu
     }
 
     for s in 0..run.pairs {
-        let mut w = frame(connect_from(server, None).await?);
+        let mut w = frame(connect_from(sender_node(s), None).await?);
         wire::login(&mut w, &user(prefix, s), PASSWORD).await?;
         let to = user(prefix, run.pairs + s);
         let (acked, measuring, stop) = (acked.clone(), measuring.clone(), stop.clone());

@@ -27,6 +27,16 @@ pub async fn run_chat(
             (server.addr, Some(server.pid()), Some(server), "load")
         }
     };
+    // Further nodes of the same service (--chat-node): message runs cross them.
+    let nodes: Vec<SocketAddr> = std::iter::once(addr)
+        .chain(args.chat_nodes.iter().copied())
+        .collect();
+    if nodes.len() > 1 {
+        eprintln!(
+            "== {} chat nodes: each message's sender and recipient are on different nodes",
+            nodes.len()
+        );
+    }
     let sources = wire::sources_for(addr, args.sources);
     let users = args.connections.max(2 * args.pairs);
     eprintln!("== registering {users} users");
@@ -95,7 +105,7 @@ pub async fn run_chat(
             "== message throughput at saturation ({} pairs, window {})",
             args.pairs, args.window
         );
-        let r = chat::messages(addr, prefix, run(None)).await?;
+        let r = chat::messages(&nodes, prefix, run(None)).await?;
         check_messages(&r)?;
         report.add_ratio(
             "messages",
@@ -114,7 +124,7 @@ pub async fn run_chat(
     }
     if args.wants("latency") {
         eprintln!("== latency at {} msg/s offered", args.rate);
-        let r = chat::messages(addr, prefix, run(Some(args.rate))).await?;
+        let r = chat::messages(&nodes, prefix, run(Some(args.rate))).await?;
         check_messages(&r)?;
         report.add(
             "latency",

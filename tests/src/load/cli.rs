@@ -106,6 +106,11 @@ pub struct Args {
     /// It must accept REGISTER: each run registers its own users (unique names).
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub chat: Option<SocketAddr>,
+    /// Another node of the same service as --chat (repeatable; e.g. msim-chat nodes on one
+    /// PostgreSQL): the message and latency runs put each sender on one node and its
+    /// recipient on the next, so every message crosses nodes. Users register at --chat.
+    #[arg(long = "chat-node", value_name = "ADDR", value_parser = parse_addr, requires = "chat")]
+    pub chat_nodes: Vec<SocketAddr>,
     /// Process id of the msim-chat at --chat (on this machine), for its RSS figures; without
     /// it they are not measured.
     #[arg(long, value_name = "PID", requires = "chat")]

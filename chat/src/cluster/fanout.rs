@@ -1,0 +1,513 @@
+//! Cross-node fan-out over `LISTEN`/`NOTIFY` on channel [`CHANNEL`] (design in `super`).
+//!
+//! Payloads (text, fields separated by one space, node ids in hex):
+//! - `p NODE H0 H1 H2 H3`: NODE committed items up to these sequence positions, one per
+//!   [`Stream`] (messages, receipts, offers, notices).
+//! - `e NODE LOGIN PACKET`: a live-only packet for LOGIN's sessions (the encoded wire text).
+//! - `x NODE ID`: the same, too large for a payload: row ID of `cluster_events`.
+//! - `s NODE LOGIN 1|0`: LOGIN has (1) or no longer has (0) a session on NODE.
+//! - `d NODE…`: these nodes were declared dead (their sessions are gone).
+
+use super::NodeId;
+use crate::hub::{Hub, Item, Stream, STREAMS};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The notification channel.
+pub(crate) const CHANNEL: &str = "msim_cluster";
+/// Largest live packet sent inside a NOTIFY payload (PostgreSQL's limit is 8000 bytes).
+pub(crate) const INLINE_MAX: usize = 7000;
+/// Live packets waiting to be published; more are dropped (like a slow client's, with a
+/// warning): they are never stored anyway.
+const OUTBOX: usize = 4096;
+/// Notifications waiting for the reader; more are dropped (a positions notice is coalesced
+/// separately and never lost this way).
+const INBOX: usize = 4096;
+/// Items read per stream per query.
+const PAGE: usize = 1000;
+/// Longest wait before reconnecting a lost listener.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Sequence positions, one per [`Stream`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Positions(pub(crate) [i64; STREAMS]);
+
+impl Positions {
+    /// Raises each position to at least `other`'s.
+    pub(crate) fn raise(&mut self, other: &Positions) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = (*a).max(b);
+        }
+    }
+
+    fn beyond(&self, other: &Positions) -> bool {
+        self.0.iter().zip(other.0).any(|(a, b)| *a > b)
+    }
+}
+
+/// A stored item as the reader sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedItem {
+    pub(crate) stream: Stream,
+    pub(crate) seq: i64,
+    /// The node that committed it (and pushed it to its own sessions).
+    pub(crate) origin: i64,
+    /// The recipient.
+    pub(crate) login: String,
+    /// The encoded packet.
+    pub(crate) bytes: Bytes,
+}
+
+/// The store's side of the fan-out (implemented by the PostgreSQL backend).
+pub(crate) trait Feed: Send + Sync + 'static {
+    /// The current positions: what is at or below them is not pushed by the reader (sessions
+    /// that log in later read it as their backlog).
+    fn heads(&self) -> BoxFuture<'_, Result<Positions, sqlx::Error>>;
+    /// Up to `limit` items per stream with a sequence number above `after`'s, in sequence
+    /// order per stream. The backend's commit order equals sequence order across nodes, so
+    /// nothing below a returned item can appear later.
+    fn after(
+        &self,
+        after: Positions,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<FeedItem>, sqlx::Error>>;
+}
+
+/// Who is online on the other nodes: login → nodes.
+#[derive(Debug, Default)]
+pub(crate) struct Mirror(Mutex<HashMap<String, HashSet<i64>>>);
+
+impl Mirror {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<i64>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn online(&self, login: &str) -> bool {
+        self.lock().contains_key(login)
+    }
+
+    fn set(&self, login: &str, node: i64, on: bool) {
+        let mut m = self.lock();
+        if on {
+            m.entry(login.to_owned()).or_default().insert(node);
+        } else if let Some(nodes) = m.get_mut(login) {
+            nodes.remove(&node);
+            if nodes.is_empty() {
+                m.remove(login);
+            }
+        }
+    }
+
+    fn drop_nodes(&self, dead: &[i64]) {
+        self.lock().retain(|_, nodes| {
+            nodes.retain(|n| !dead.contains(n));
+            !nodes.is_empty()
+        });
+    }
+
+    fn replace(&self, rows: Vec<(String, i64)>) {
+        let mut m = HashMap::<String, HashSet<i64>>::new();
+        for (login, node) in rows {
+            m.entry(login).or_default().insert(node);
+        }
+        *self.lock() = m;
+    }
+}
+
+/// A notice waiting to be sent.
+#[derive(Debug)]
+enum Out {
+    /// Sent as it is.
+    Payload(String),
+    /// A live packet too large for a payload: stored in `cluster_events` first.
+    Large { login: String, bytes: Bytes },
+}
+
+/// What this node sends: coalesced positions and a bounded queue of other notices.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    node: NodeId,
+    heads: Mutex<Option<Positions>>,
+    wake: Notify,
+    queue: mpsc::Sender<Out>,
+}
+
+/// The receiving end of an [`Outbox`], for [`send_loop`].
+#[derive(Debug)]
+pub(crate) struct OutboxRx(mpsc::Receiver<Out>);
+
+impl Outbox {
+    /// A new outbox and its receiving end.
+    pub(crate) fn new(node: NodeId) -> (Arc<Outbox>, OutboxRx) {
+        let (queue, rx) = mpsc::channel(OUTBOX);
+        let o = Outbox {
+            node,
+            heads: Mutex::new(None),
+            wake: Notify::new(),
+            queue,
+        };
+        (Arc::new(o), OutboxRx(rx))
+    }
+
+    /// A batch was committed up to `heads`: announced once the sender is free (the positions
+    /// of batches committed meanwhile go out in the same NOTIFY).
+    pub(crate) fn committed(&self, heads: Positions) {
+        let mut h = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        h.get_or_insert_with(Positions::default).raise(&heads);
+        drop(h);
+        self.wake.notify_one();
+    }
+
+    fn take_heads(&self) -> Option<Positions> {
+        self.heads.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn queue(&self, out: Out) {
+        if let Err(e) = self.queue.try_send(out) {
+            warn!("cluster outbox full: a live packet is dropped ({e})");
+        }
+    }
+
+    /// Publishes a live packet for `login`'s sessions on the other nodes.
+    pub(crate) fn live(&self, login: &str, bytes: &Bytes) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) if text.len() <= INLINE_MAX && !text.contains('\0') => {
+                self.queue(Out::Payload(format!("e {} {login} {text}", self.node)))
+            }
+            _ => self.queue(Out::Large {
+                login: login.to_owned(),
+                bytes: bytes.clone(),
+            }),
+        }
+    }
+
+    /// `login` got its first (`on`) or lost its last session on this node.
+    pub(crate) fn presence(&self, login: &str, on: bool) {
+        self.queue(Out::Payload(format!(
+            "s {} {login} {}",
+            self.node,
+            u8::from(on)
+        )));
+    }
+
+    /// `nodes` were declared dead.
+    pub(crate) fn dead(&self, nodes: &[i64]) {
+        let mut s = format!("d {}", self.node);
+        for n in nodes {
+            s.push_str(&format!(" {n:x}"));
+        }
+        self.queue(Out::Payload(s));
+    }
+}
+
+pub(crate) async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+    // Its own statement, after the commit: no database-wide lock held across a WAL flush.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Sends the outbox's notices in order until `stop`. Positions first: they are what other
+/// nodes must not miss for long. A failed send is logged and dropped (the readers' timer
+/// catches up positions; live packets are live only).
+pub(crate) async fn send_loop(
+    pool: PgPool,
+    outbox: Arc<Outbox>,
+    mut rx: OutboxRx,
+    stop: CancellationToken,
+) {
+    let node = outbox.node;
+    loop {
+        if let Some(h) = outbox.take_heads() {
+            let [a, b, c, d] = h.0;
+            if let Err(e) = notify(&pool, &format!("p {node} {a} {b} {c} {d}")).await {
+                warn!("cluster: announcing positions: {e}");
+            }
+            continue;
+        }
+        let out = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = outbox.wake.notified() => continue,
+            out = rx.0.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+        };
+        let sent = match out {
+            Out::Payload(p) => notify(&pool, &p).await,
+            Out::Large { login, bytes } => {
+                let id: Result<i64, sqlx::Error> = sqlx::query_scalar(
+                    "INSERT INTO cluster_events (origin, login, packet) VALUES ($1, $2, $3) \
+                     RETURNING id",
+                )
+                .bind(node.0)
+                .bind(&login)
+                .bind(bytes.as_ref())
+                .fetch_one(&pool)
+                .await;
+                match id {
+                    Ok(id) => notify(&pool, &format!("x {node} {id}")).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = sent {
+            warn!("cluster: a live packet is lost: {e}");
+        }
+    }
+}
+
+/// A parsed notification from another node.
+#[derive(Debug)]
+enum Note {
+    /// The listener (re)connected: everything may have been missed.
+    Connected,
+    Live {
+        login: String,
+        bytes: Bytes,
+    },
+    LiveRow(i64),
+    Presence {
+        node: i64,
+        login: String,
+        on: bool,
+    },
+    Dead(Vec<i64>),
+}
+
+/// Parses a payload; `None` for this node's own notices and for garbage.
+fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> Option<Note> {
+    let (kind, rest) = payload.split_once(' ')?;
+    let (node, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let node = i64::from_str_radix(node, 16).ok()?;
+    // Our own notices are already applied here, except the leader's reaping (`d`), which
+    // every mirror, the leader's too, must apply.
+    if node == me.0 && kind != "d" {
+        return None;
+    }
+    match kind {
+        "p" => {
+            let mut p = Positions::default();
+            let mut it = rest.split(' ');
+            for slot in p.0.iter_mut() {
+                *slot = it.next()?.parse().ok()?;
+            }
+            heads.lock().unwrap_or_else(|e| e.into_inner()).raise(&p);
+            wake.notify_one();
+            None
+        }
+        "e" => {
+            let (login, packet) = rest.split_once(' ')?;
+            Some(Note::Live {
+                login: login.to_owned(),
+                bytes: Bytes::copy_from_slice(packet.as_bytes()),
+            })
+        }
+        "x" => rest.parse().ok().map(Note::LiveRow),
+        "s" => {
+            let (login, on) = rest.split_once(' ')?;
+            Some(Note::Presence {
+                node,
+                login: login.to_owned(),
+                on: on == "1",
+            })
+        }
+        "d" => {
+            let nodes = rest
+                .split(' ')
+                .filter_map(|n| i64::from_str_radix(n, 16).ok());
+            Some(Note::Dead(nodes.collect()))
+        }
+        _ => None,
+    }
+}
+
+/// Keeps a `LISTEN` connection open (reconnecting with a short back-off) and forwards what
+/// it hears: positions into `heads` (coalesced, never dropped), the rest into `inbox`.
+async fn listen_loop(
+    pool: PgPool,
+    me: NodeId,
+    heads: Arc<Mutex<Positions>>,
+    wake: Arc<Notify>,
+    inbox: mpsc::Sender<Note>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let session = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(CHANNEL).await?;
+            // Listening: whatever is committed from now on is announced to us.
+            if inbox.send(Note::Connected).await.is_err() {
+                return Ok(());
+            }
+            backoff = Duration::from_millis(50);
+            loop {
+                // Any error or a lost connection: drop this listener, start a fresh one.
+                let Some(n) = l.try_recv().await? else {
+                    return Err(sqlx::Error::Protocol("listener connection lost".into()));
+                };
+                if let Some(note) = parse(me, n.payload(), &heads, &wake) {
+                    if inbox.try_send(note).is_err() {
+                        warn!("cluster inbox full: a live packet is dropped");
+                    }
+                }
+            }
+        };
+        let r: Result<(), sqlx::Error> = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session => r,
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) => warn!("cluster listener: {e}; reconnecting"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The node's reader: pushes other nodes' items and live packets to this node's sessions.
+pub(crate) struct Reader {
+    pub(crate) pool: PgPool,
+    pub(crate) me: NodeId,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) feed: Arc<dyn Feed>,
+    pub(crate) mirror: Arc<Mirror>,
+    pub(crate) poll: Duration,
+}
+
+impl Reader {
+    /// Runs until `stop`. Starts from the feed's current heads.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let heads = Arc::new(Mutex::new(Positions::default()));
+        let wake = Arc::new(Notify::new());
+        let (tx, mut inbox) = mpsc::channel(INBOX);
+        tokio::spawn(listen_loop(
+            self.pool.clone(),
+            self.me,
+            heads.clone(),
+            wake.clone(),
+            tx,
+            stop.clone(),
+        ));
+        let mut pos = loop {
+            match self.feed.heads().await {
+                Ok(p) => break p,
+                Err(e) => warn!("cluster reader: reading the heads: {e}"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MAX_BACKOFF) => {}
+            }
+        };
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.catch_up(&mut pos).await,
+                _ = wake.notified() => {
+                    let announced = *heads.lock().unwrap_or_else(|e| e.into_inner());
+                    if announced.beyond(&pos) {
+                        self.catch_up(&mut pos).await;
+                    }
+                }
+                note = inbox.recv() => match note {
+                    Some(Note::Connected) => {
+                        info!("cluster listener connected: catching up");
+                        match nodes_online(&self.pool, self.me).await {
+                            Ok(rows) => self.mirror.replace(rows),
+                            Err(e) => warn!("cluster: reloading presence: {e}"),
+                        }
+                        self.catch_up(&mut pos).await;
+                    }
+                    Some(note) => self.apply(note).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Pushes every item above `pos` that another node committed to its recipients'
+    /// sessions here, advancing `pos`. On an error `pos` keeps what was pushed; the next
+    /// notification or tick retries.
+    async fn catch_up(&self, pos: &mut Positions) {
+        loop {
+            let items = match self.feed.after(*pos, PAGE).await {
+                Ok(items) => items,
+                Err(e) => {
+                    warn!("cluster reader: {e}");
+                    return;
+                }
+            };
+            let mut per_stream = [0usize; STREAMS];
+            for it in &items {
+                let s = it.stream as usize;
+                per_stream[s] += 1;
+                if it.seq <= pos.0[s] {
+                    continue;
+                }
+                pos.0[s] = it.seq;
+                if it.origin != self.me.0 {
+                    let item = Item {
+                        seq: Some((it.stream, it.seq)),
+                        bytes: it.bytes.clone(),
+                    };
+                    self.hub.deliver_local(&it.login, None, &item);
+                }
+            }
+            if per_stream.iter().all(|n| *n < PAGE) {
+                return;
+            }
+        }
+    }
+
+    async fn apply(&self, note: Note) {
+        match note {
+            Note::Connected => {}
+            Note::Live { login, bytes } => {
+                self.hub
+                    .deliver_local(&login, None, &Item { seq: None, bytes });
+            }
+            Note::LiveRow(id) => {
+                let row: Result<Option<(String, Vec<u8>)>, _> =
+                    sqlx::query_as("SELECT login, packet FROM cluster_events WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await;
+                match row {
+                    Ok(Some((login, packet))) => {
+                        let item = Item {
+                            seq: None,
+                            bytes: Bytes::from(packet),
+                        };
+                        self.hub.deliver_local(&login, None, &item);
+                    }
+                    Ok(None) => debug!(id, "cluster event already pruned"),
+                    Err(e) => warn!("cluster event {id}: {e}"),
+                }
+            }
+            Note::Presence { node, login, on } => self.mirror.set(&login, node, on),
+            Note::Dead(nodes) => self.mirror.drop_nodes(&nodes),
+        }
+    }
+}
+
+async fn nodes_online(pool: &PgPool, me: NodeId) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    super::nodes::online_elsewhere(pool, me).await
+}

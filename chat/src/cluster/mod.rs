@@ -1,0 +1,396 @@
+//! Several msim-chat nodes on one PostgreSQL database, one service (docs/OPERATING.md,
+//! "Scaling out"). Everything the nodes share goes through the database; there is no cluster
+//! protocol of our own.
+//!
+//! - **Fan-out of stored items** (`fanout`). The node that commits a batch pushes its items to
+//!   its own sessions at once (as on one node), then sends ONE `NOTIFY msim_cluster` with its
+//!   node id and the batch's sequence positions — never bodies. The NOTIFY goes out in its own,
+//!   non-writing statement right after the commit instead of inside the batch transaction:
+//!   PostgreSQL holds a database-wide lock from a notifying transaction's pre-commit until its
+//!   commit record is flushed, which capped notifying *writing* commits at ~300–550/s on this
+//!   machine, while notifying non-writing statements ran at 7,500–30,000/s (BENCHMARKS.md,
+//!   "NOTIFY ceiling"). Announcements are coalesced (one in flight at a time, the newest
+//!   positions win), so the NOTIFY rate never exceeds what the database takes. Every node
+//!   `LISTEN`s; one reader task per node reads what is new by sequence number ([`Feed`]) and
+//!   pushes it to the recipients' sessions on this node, skipping items its own node
+//!   committed (already pushed). Its positions only grow, so each item reaches each node's
+//!   sessions once. Notifications sent while a listener is disconnected are lost: on every
+//!   (re)connect, and on a short timer (a node that dies between its commit and its NOTIFY),
+//!   the reader catches up from its positions.
+//! - **Live-only packets** (typing, presence, contact and profile pushes, file-offer answers
+//!   that are not stored): published as a NOTIFY of their own carrying the recipient and the
+//!   encoded packet (at most [`fanout::INLINE_MAX`] bytes; a larger one goes through the
+//!   `cluster_events` table, and the NOTIFY names its row). They are only sent when the
+//!   recipient is online on another node. Why a payload and not a table read by position like
+//!   stored items: these packets are not stored for offline sessions anyway, ordering per
+//!   sending node is what NOTIFY gives, and a table ordered by a plain sequence could show a
+//!   lower id after a higher one (the late-gap problem the message store solves with its
+//!   commit lock). A listener's reconnect loses the live packets of that moment, exactly
+//!   like a client's reconnect does.
+//! - **Presence** (`nodes`). `cluster_presence` holds (login, node) while a node has a
+//!   session of the user; transitions are decided under a per-login advisory lock, so exactly
+//!   one node announces "online" and one "offline". Each node heartbeats `cluster_nodes`;
+//!   the leader reaps nodes silent for longer than the node timeout and announces their
+//!   users offline. Every node mirrors who is online elsewhere (for `Hub::is_online`) from
+//!   presence NOTIFYs, reloaded on every listener (re)connect.
+//! - **Periodic jobs** (`leader`): run by the holder of a session-level advisory lock; when
+//!   that node dies, its database session ends and another node takes the lock.
+//! - **Login throttling and rate limits** (`throttle`): the same policy as
+//!   `crate::throttle` / `crate::rate`, with the counters in shared tables updated by
+//!   single atomic upserts.
+//!
+//! Tables: `db/postgres/migrations/0100_cluster.sql` (a PostgreSQL migration of the store; it is
+//! idempotent, and [`Cluster::start`] applies it too, for databases the store did not migrate).
+//!
+//! Wired so far: `Shared::cluster` (always `None` until the PostgreSQL backend starts a
+//! cluster), which login/logout (`session::login`: first/last session anywhere) and the
+//! periodic jobs (`jobs`: leader only) consult. Still to wire with the backend: start-up
+//! ([`Cluster::start`] with the backend's [`Feed`]), the commit writer calling
+//! [`Cluster::committed`] after each batch, a task acting on [`Event::Offline`]
+//! (`cmd::presence::announce`), `cmd::auth` using the shared throttle and registration
+//! limits of `throttle` instead of the in-memory ones, and [`Cluster::stop`] at shutdown.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
+pub(crate) mod fanout;
+pub(crate) mod leader;
+pub(crate) mod nodes;
+#[cfg(test)]
+mod tests;
+pub(crate) mod throttle;
+
+use crate::hub::Hub;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub(crate) use fanout::{Feed, FeedItem, Positions};
+
+/// A node's id: random per process start, so a restarted node is a new node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(pub i64);
+
+impl NodeId {
+    /// A fresh random id (positive, so it prints without a sign).
+    pub fn random() -> NodeId {
+        NodeId(i64::from_le_bytes(crate::crypto::random_bytes::<8>()) & i64::MAX)
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+/// Timing of the cluster.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How often a node heartbeats, the leader checks its lock and reaps dead nodes.
+    pub heartbeat: Duration,
+    /// A node silent for longer is dead: its sessions are declared offline.
+    pub node_timeout: Duration,
+    /// How often the reader catches up without a notification (bounds the delay after a
+    /// lost NOTIFY).
+    pub poll: Duration,
+    /// The server's clock (the shared throttle tables' expiry times are on it).
+    pub clock: crate::clock::Clock,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            poll: Duration::from_secs(1),
+            clock: crate::clock::Clock::system(),
+        }
+    }
+}
+
+/// Creates the cluster tables when missing (the migration's SQL, idempotent).
+pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    // Several nodes may start at once: serialise the CREATE ... IF NOT EXISTS.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(leader::SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(include_str!("../db/postgres/migrations/0100_cluster.sql"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// What the cluster asks of the rest of the server.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// These users lost their last session when their node died: tell their watchers
+    /// (`cmd::presence::announce`), as for a normal logout. Sent on the leader only.
+    Offline(Vec<String>),
+}
+
+/// The hub's view of the other nodes.
+struct RemoteNodes {
+    mirror: Arc<fanout::Mirror>,
+    outbox: Arc<fanout::Outbox>,
+}
+
+impl crate::hub::Remote for RemoteNodes {
+    fn online_elsewhere(&self, login: &str) -> bool {
+        self.mirror.online(login)
+    }
+
+    fn publish(&self, login: &str, bytes: &bytes::Bytes) {
+        self.outbox.live(login, bytes)
+    }
+}
+
+/// This node's membership of the cluster.
+pub(crate) struct Cluster {
+    node: NodeId,
+    pool: PgPool,
+    outbox: Arc<fanout::Outbox>,
+    leadership: leader::Leadership,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster({})", self.node)
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster on `pool`'s database: creates the tables if needed, registers this
+    /// node, hooks `hub` up to the other nodes and starts the heartbeat, leadership, sender
+    /// and reader tasks. `events` receives what the server must act on. The listener keeps
+    /// one of `pool`'s connections for itself (the leader lock uses one of its own).
+    pub(crate) async fn start(
+        pool: PgPool,
+        hub: Arc<Hub>,
+        feed: Arc<dyn Feed>,
+        timing: Timing,
+        name: &str,
+    ) -> Result<(Cluster, mpsc::Receiver<Event>), sqlx::Error> {
+        ensure_schema(&pool).await?;
+        let node = NodeId::random();
+        nodes::register(&pool, node, name).await?;
+        info!(node = %node, "joined the cluster");
+        let stop = CancellationToken::new();
+        let mirror = Arc::new(fanout::Mirror::default());
+        let (outbox, outbox_rx) = fanout::Outbox::new(node);
+        hub.set_remote(Arc::new(RemoteNodes {
+            mirror: mirror.clone(),
+            outbox: outbox.clone(),
+        }));
+        let leadership = leader::Leadership::default();
+        let (events_tx, events) = mpsc::channel(64);
+        let reader = fanout::Reader {
+            pool: pool.clone(),
+            me: node,
+            hub: hub.clone(),
+            feed,
+            mirror,
+            poll: timing.poll,
+        };
+        let tasks = vec![
+            tokio::spawn(fanout::send_loop(
+                pool.clone(),
+                outbox.clone(),
+                outbox_rx,
+                stop.clone(),
+            )),
+            tokio::spawn(reader.run(stop.clone())),
+            tokio::spawn(leader::run(
+                pool.connect_options().as_ref().clone(),
+                timing.heartbeat,
+                leadership.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(
+                Heart {
+                    pool: pool.clone(),
+                    node,
+                    name: name.to_owned(),
+                    hub,
+                    outbox: outbox.clone(),
+                    leadership: leadership.clone(),
+                    timing,
+                    events: events_tx,
+                }
+                .run(stop.clone()),
+            ),
+        ];
+        Ok((
+            Cluster {
+                node,
+                pool,
+                outbox,
+                leadership,
+                stop,
+                tasks,
+            },
+            events,
+        ))
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The commit writer's seam: a batch was committed up to `heads`.
+    pub(crate) fn committed(&self, heads: Positions) {
+        self.outbox.committed(heads)
+    }
+
+    /// `login` got its first session on this node; returns whether it is its first session
+    /// anywhere (then the caller announces it online). On a database error the user counts as
+    /// already online elsewhere: no announcement rather than a wrong one.
+    pub(crate) async fn session_opened(&self, login: &str) -> bool {
+        match nodes::session_opened(&self.pool, self.node, login).await {
+            Ok(first) => {
+                self.outbox.presence(login, true);
+                first
+            }
+            Err(e) => {
+                warn!(login, "cluster presence: {e}");
+                false
+            }
+        }
+    }
+
+    /// `login`'s last session on this node ended; returns whether it was its last anywhere.
+    pub(crate) async fn session_closed(&self, login: &str) -> bool {
+        match nodes::session_closed(&self.pool, self.node, login).await {
+            Ok(last) => {
+                self.outbox.presence(login, false);
+                last
+            }
+            Err(e) => {
+                warn!(login, "cluster presence: {e}");
+                false
+            }
+        }
+    }
+
+    /// Whether this node runs the cluster-wide periodic jobs now.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// Leaves the cluster: stops the tasks and removes this node's rows (its users without
+    /// other sessions are returned: the caller announces them offline).
+    pub(crate) async fn stop(self) -> Vec<String> {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        match nodes::deregister(&self.pool, self.node).await {
+            Ok(offline) => {
+                // The other nodes' mirrors forget this node now, not at their next reload.
+                let gone = format!("d {0} {0}", self.node);
+                if let Err(e) = fanout::notify(&self.pool, &gone).await {
+                    warn!("leaving the cluster: {e}");
+                }
+                offline
+            }
+            Err(e) => {
+                warn!("leaving the cluster: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The heartbeat task: keeps this node's row fresh and, on the leader, reaps dead nodes and
+/// prunes the shared tables.
+struct Heart {
+    pool: PgPool,
+    node: NodeId,
+    name: String,
+    hub: Arc<Hub>,
+    outbox: Arc<fanout::Outbox>,
+    leadership: leader::Leadership,
+    timing: Timing,
+    events: mpsc::Sender<Event>,
+}
+
+impl Heart {
+    async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.timing.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.beat().await;
+            if self.leadership.is_leader() {
+                self.reap().await;
+            }
+        }
+    }
+
+    async fn beat(&self) {
+        match nodes::heartbeat(&self.pool, self.node).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Declared dead while cut off: our users were announced offline. Come back.
+                warn!(node = %self.node, "this node was declared dead: registering again");
+                if let Err(e) = nodes::register(&self.pool, self.node, &self.name).await {
+                    warn!("cluster: registering again: {e}");
+                    return;
+                }
+                for login in self.hub.local_logins() {
+                    match nodes::session_opened(&self.pool, self.node, &login).await {
+                        Ok(_) => self.outbox.presence(&login, true),
+                        Err(e) => warn!("cluster: re-adding {login}: {e}"),
+                    }
+                }
+            }
+            Err(e) => warn!("cluster heartbeat: {e}"),
+        }
+    }
+
+    async fn reap(&self) {
+        match nodes::reap(&self.pool, self.node, self.timing.node_timeout).await {
+            Ok((dead, offline)) if !dead.is_empty() => {
+                info!(
+                    nodes = dead.len(),
+                    users = offline.len(),
+                    "dead nodes reaped"
+                );
+                self.outbox.dead(&dead);
+                if !offline.is_empty() && self.events.send(Event::Offline(offline)).await.is_err() {
+                    debug!("cluster events receiver gone");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!("cluster: reaping dead nodes: {e}"),
+        }
+        let now = self.timing.clock.now_micros();
+        if let Err(e) = throttle::prune(&self.pool, now).await {
+            warn!("cluster: pruning shared tables: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+impl Cluster {
+    /// Dies like a killed process: tasks aborted mid-flight, connections dropped, no
+    /// deregistration.
+    pub(crate) async fn crash(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.pool.close().await;
+    }
+}

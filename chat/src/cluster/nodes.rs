@@ -1,0 +1,168 @@
+//! Nodes and presence in the database: each node's heartbeat row, the (login, node) rows of
+//! users with sessions, and the leader's reaping of dead nodes.
+//!
+//! Presence transitions are decided under a transaction-level advisory lock per login
+//! (`pg_advisory_xact_lock(PRESENCE_LOCKS, hashtext(login))`), taken by every writer of that
+//! login's rows, so exactly one node sees "first session anywhere" and exactly one "last".
+
+use super::NodeId;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// First key of the per-login presence locks (two-key advisory lock form).
+const PRESENCE_LOCKS: i32 = 0x6d73_0001;
+
+/// Registers `node` (a fresh row).
+pub(crate) async fn register(pool: &PgPool, node: NodeId, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO cluster_nodes (node, name) VALUES ($1, $2) \
+         ON CONFLICT (node) DO UPDATE SET heartbeat_at = clock_timestamp()",
+    )
+    .bind(node.0)
+    .bind(name)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a heartbeat. `false`: the node's row is gone (it was declared dead while cut off)
+/// and the caller must register again and re-add its users.
+pub(crate) async fn heartbeat(pool: &PgPool, node: NodeId) -> Result<bool, sqlx::Error> {
+    let r =
+        sqlx::query("UPDATE cluster_nodes SET heartbeat_at = clock_timestamp() WHERE node = $1")
+            .bind(node.0)
+            .execute(pool)
+            .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Removes `node` and its presence rows at a clean shutdown; returns the logins that are now
+/// offline everywhere.
+pub(crate) async fn deregister(pool: &PgPool, node: NodeId) -> Result<Vec<String>, sqlx::Error> {
+    remove_nodes(pool, &[node.0]).await
+}
+
+/// `login` got its first session on `node`; returns whether it is the first anywhere.
+pub(crate) async fn session_opened(
+    pool: &PgPool,
+    node: NodeId,
+    login: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_login(&mut tx, login).await?;
+    sqlx::query(
+        "INSERT INTO cluster_presence (login, node) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(login)
+    .bind(node.0)
+    .execute(&mut *tx)
+    .await?;
+    let nodes: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
+        .bind(login)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(nodes == 1)
+}
+
+/// `login`'s last session on `node` ended; returns whether it was the last anywhere.
+pub(crate) async fn session_closed(
+    pool: &PgPool,
+    node: NodeId,
+    login: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_login(&mut tx, login).await?;
+    let removed = sqlx::query("DELETE FROM cluster_presence WHERE login = $1 AND node = $2")
+        .bind(login)
+        .bind(node.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
+        .bind(login)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(removed == 1 && left == 0)
+}
+
+/// Every (login, node) with a session on a node other than `me`.
+pub(crate) async fn online_elsewhere(
+    pool: &PgPool,
+    me: NodeId,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT login, node FROM cluster_presence WHERE node <> $1")
+        .bind(me.0)
+        .fetch_all(pool)
+        .await
+}
+
+/// Leader job: removes nodes (other than `me`) whose heartbeat is older than `timeout` (by the database's
+/// clock, so the nodes' clocks do not matter). Returns the dead nodes and the logins that
+/// are now offline everywhere.
+pub(crate) async fn reap(
+    pool: &PgPool,
+    me: NodeId,
+    timeout: Duration,
+) -> Result<(Vec<i64>, Vec<String>), sqlx::Error> {
+    // Never itself: the leader heartbeats just before reaping, and a leader whose own
+    // heartbeat failed has no business declaring its sessions gone.
+    let dead: Vec<i64> = sqlx::query_scalar(
+        "SELECT node FROM cluster_nodes \
+         WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) AND node <> $2",
+    )
+    .bind(timeout.as_secs_f64())
+    .bind(me.0)
+    .fetch_all(pool)
+    .await?;
+    if dead.is_empty() {
+        return Ok((dead, Vec::new()));
+    }
+    let offline = remove_nodes(pool, &dead).await?;
+    Ok((dead, offline))
+}
+
+/// Deletes `nodes` with their presence rows; returns the logins left without any session.
+async fn remove_nodes(pool: &PgPool, nodes: &[i64]) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut logins: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT login FROM cluster_presence WHERE node = ANY($1)")
+            .bind(nodes)
+            .fetch_all(&mut *tx)
+            .await?;
+    // Sorted, so two reapers (or a reaper and a shutdown) lock in the same order.
+    logins.sort();
+    for login in &logins {
+        lock_login(&mut tx, login).await?;
+    }
+    sqlx::query("DELETE FROM cluster_presence WHERE node = ANY($1)")
+        .bind(nodes)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM cluster_nodes WHERE node = ANY($1)")
+        .bind(nodes)
+        .execute(&mut *tx)
+        .await?;
+    let offline: Vec<String> = sqlx::query_scalar(
+        "SELECT l FROM unnest($1::text[]) AS l \
+         WHERE NOT EXISTS (SELECT 1 FROM cluster_presence p WHERE p.login = l)",
+    )
+    .bind(&logins)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(offline)
+}
+
+async fn lock_login(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    login: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(PRESENCE_LOCKS)
+        .bind(login)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! Login throttling and registration limits shared by the nodes of a cluster: the policy of
+//! `crate::throttle` (failures double the delay, decay one per `decay`; counted per login and
+//! address, per address, and per login for unknown addresses) and of `crate::rate` (token
+//! buckets per host and per network), with the counters in database tables. Each change is
+//! one atomic statement or one short transaction with row locks, so concurrent attempts on
+//! different nodes are all counted. Rows carry an expiry after which they mean nothing; the
+//! leader prunes them ([`prune`]), which bounds the tables by what was written within that
+//! time.
+
+use crate::rate::{host_key, prefix_key};
+use crate::throttle::{micros, Delays};
+use sqlx::PgPool;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const LOGIN_AT_ADDR: i16 = 0;
+const ADDR: i16 = 1;
+const LOGIN: i16 = 2;
+const BUCKET_HOST: i16 = 0;
+const BUCKET_PREFIX: i16 = 1;
+/// How long a large live packet stays in `cluster_events` (it is read within milliseconds).
+const EVENT_KEEP_SECS: f64 = 60.0;
+
+/// The shared login throttle.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedThrottle {
+    pool: PgPool,
+    delays: Delays,
+}
+
+fn pair_key(login: &str, ip: IpAddr) -> String {
+    format!("{login} {ip}")
+}
+
+impl SharedThrottle {
+    pub(crate) fn new(pool: PgPool, delays: Delays) -> SharedThrottle {
+        SharedThrottle { pool, delays }
+    }
+
+    /// Whether `login` logged in successfully from `ip` within the known-address time.
+    pub(crate) async fn is_known(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT at_us FROM cluster_known_addresses WHERE login = $1 AND addr = $2",
+        )
+        .bind(login)
+        .bind(host_key(ip).to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at.is_some_and(|at| now - at < micros(self.delays.known_for)))
+    }
+
+    /// How long `login` from `ip` must still wait; zero = may try now.
+    pub(crate) async fn wait(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<Duration, sqlx::Error> {
+        let ip = host_key(ip);
+        let known = self.is_known(login, ip, now).await?;
+        let rows: Vec<(i16, i32, i64)> = sqlx::query_as(
+            "SELECT scope, failures, last_us FROM cluster_login_failures \
+             WHERE (scope = $1 AND key = $2) OR (scope = $3 AND key = $4) \
+             OR (scope = $5 AND key = $6)",
+        )
+        .bind(LOGIN_AT_ADDR)
+        .bind(pair_key(login, ip))
+        .bind(ADDR)
+        .bind(ip.to_string())
+        .bind(LOGIN)
+        .bind(login)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut wait = Duration::ZERO;
+        for (scope, failures, last) in rows {
+            if scope == LOGIN && known {
+                continue;
+            }
+            let n = self
+                .delays
+                .remaining(u32::try_from(failures).unwrap_or(0), last, now);
+            let until = last + micros(self.delays.delay(n));
+            wait = wait.max(Duration::from_micros(
+                u64::try_from(until - now).unwrap_or(0),
+            ));
+        }
+        Ok(wait)
+    }
+
+    async fn fail(&self, scope: i16, key: &str, now: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO cluster_login_failures (scope, key, failures, last_us, expires_us) \
+             VALUES ($1, $2, 1, $3, $3 + $5) \
+             ON CONFLICT (scope, key) DO UPDATE SET \
+               failures = LEAST(GREATEST(cluster_login_failures.failures::bigint \
+                 - GREATEST(EXCLUDED.last_us - cluster_login_failures.last_us, 0) / $4, 0) + 1, \
+                 2147483647)::int, \
+               last_us = EXCLUDED.last_us, expires_us = EXCLUDED.expires_us",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .bind(micros(self.delays.decay).max(1))
+        .bind(self.delays.horizon())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt without a valid device cookie.
+    pub(crate) async fn failure(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        let ip = host_key(ip);
+        if !self.is_known(login, ip, now).await? {
+            self.fail(LOGIN, login, now).await?;
+        }
+        self.fail(LOGIN_AT_ADDR, &pair_key(login, ip), now).await?;
+        self.fail(ADDR, &ip.to_string(), now).await
+    }
+
+    /// Records a success, as `crate::throttle::Throttle::success`.
+    pub(crate) async fn success(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        let ip = host_key(ip);
+        let mut tx = self.pool.begin().await?;
+        let own: Option<(i32, i64)> = sqlx::query_as(
+            "DELETE FROM cluster_login_failures WHERE scope = $1 AND key = $2 \
+             RETURNING failures, last_us",
+        )
+        .bind(LOGIN_AT_ADDR)
+        .bind(pair_key(login, ip))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let own = own.map_or(0, |(f, last)| {
+            self.delays
+                .remaining(u32::try_from(f).unwrap_or(0), last, now)
+        });
+        if own > 0 {
+            let addr: Option<(i32, i64)> = sqlx::query_as(
+                "SELECT failures, last_us FROM cluster_login_failures \
+                 WHERE scope = $1 AND key = $2 FOR UPDATE",
+            )
+            .bind(ADDR)
+            .bind(ip.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((f, last)) = addr {
+                let left = self
+                    .delays
+                    .remaining(u32::try_from(f).unwrap_or(0), last, now)
+                    .saturating_sub(own);
+                sqlx::query(
+                    "UPDATE cluster_login_failures SET failures = $3, last_us = $4, \
+                     expires_us = $4 + $5 WHERE scope = $1 AND key = $2",
+                )
+                .bind(ADDR)
+                .bind(ip.to_string())
+                .bind(i32::try_from(left).unwrap_or(i32::MAX))
+                .bind(now)
+                .bind(self.delays.horizon())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO cluster_known_addresses (login, addr, at_us, expires_us) \
+             VALUES ($1, $2, $3, $3 + $4) ON CONFLICT (login, addr) \
+             DO UPDATE SET at_us = EXCLUDED.at_us, expires_us = EXCLUDED.expires_us",
+        )
+        .bind(login)
+        .bind(ip.to_string())
+        .bind(now)
+        .bind(micros(self.delays.known_for))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+}
+
+/// Registration limits shared by the nodes: `burst` tokens per host and per network,
+/// refilled at `per_hour`; `burst == 0`: unlimited.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedRegisterLimits {
+    pool: PgPool,
+    host: (f64, f64),
+    prefix: (f64, f64),
+}
+
+const MICROS_PER_HOUR: f64 = 3_600_000_000.0;
+
+impl SharedRegisterLimits {
+    pub(crate) fn new(pool: PgPool, host: (u32, u32), prefix: (u32, u32)) -> SharedRegisterLimits {
+        let rate = |(burst, per_hour): (u32, u32)| {
+            (f64::from(burst), f64::from(per_hour) / MICROS_PER_HOUR)
+        };
+        SharedRegisterLimits {
+            pool,
+            host: rate(host),
+            prefix: rate(prefix),
+        }
+    }
+
+    /// Takes a token from `ip`'s host and network buckets; false (nothing taken) when either
+    /// is empty. One transaction locking both rows, always host first.
+    pub(crate) async fn allow_register(&self, ip: IpAddr, now: i64) -> Result<bool, sqlx::Error> {
+        let buckets = [
+            (BUCKET_HOST, host_key(ip).to_string(), self.host),
+            (BUCKET_PREFIX, prefix_key(ip).to_string(), self.prefix),
+        ];
+        let limited: Vec<_> = buckets.iter().filter(|b| b.2 .0 > 0.0).collect();
+        if limited.is_empty() {
+            return Ok(true);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut levels = Vec::new();
+        for (scope, key, (burst, per_micro)) in &limited {
+            sqlx::query(
+                "INSERT INTO cluster_buckets (scope, key, level, at_us, expires_us) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(burst)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let (level, at): (f64, i64) = sqlx::query_as(
+                "SELECT level, at_us FROM cluster_buckets WHERE scope = $1 AND key = $2 FOR UPDATE",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            levels.push((level + (now - at).max(0) as f64 * per_micro).min(*burst));
+        }
+        if levels.iter().any(|l| *l < 1.0) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for ((scope, key, (burst, per_micro)), level) in limited.iter().zip(levels) {
+            let left = level - 1.0;
+            // Full again after (burst - left) / rate: the row means nothing from then on.
+            let refill = if *per_micro > 0.0 {
+                ((burst - left) / per_micro)
+                    .ceil()
+                    .min(i64::MAX as f64 / 2.0) as i64
+            } else {
+                i64::MAX / 2
+            };
+            sqlx::query(
+                "UPDATE cluster_buckets SET level = $3, at_us = $4, expires_us = $5 \
+                 WHERE scope = $1 AND key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(left)
+            .bind(now)
+            .bind(now.saturating_add(refill))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Leader job: deletes rows of the shared tables that mean nothing any more at `now`.
+pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
+    for table in [
+        "cluster_login_failures",
+        "cluster_known_addresses",
+        "cluster_buckets",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE expires_us < $1"
+        )))
+        .bind(now)
+        .execute(pool)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM cluster_events WHERE created_at < clock_timestamp() - make_interval(secs => $1)",
+    )
+    .bind(EVENT_KEEP_SECS)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
