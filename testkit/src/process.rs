@@ -19,6 +19,8 @@ pub struct ServerProcess {
     /// The process.
     pub child: Child,
     log: Option<Lines<BufReader<ChildStderr>>>,
+    /// The lines [`ServerProcess::wait_for_log`] has read.
+    seen: Vec<String>,
 }
 
 impl ServerProcess {
@@ -36,24 +38,39 @@ impl ServerProcess {
         Ok(ServerProcess {
             child,
             log: Some(BufReader::new(stderr).lines()),
+            seen: Vec::new(),
         })
     }
 
     /// The next log line `accept` takes (the lines before it are skipped); an error if the
     /// process exits first or none comes within [`LOG_WAIT`].
-    pub async fn wait_for_log(&mut self, mut accept: impl FnMut(&str) -> bool) -> anyhow::Result<String> {
-        let log = self.log.as_mut().context("the log is read in the background")?;
+    pub async fn wait_for_log(
+        &mut self,
+        mut accept: impl FnMut(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let log = self
+            .log
+            .as_mut()
+            .context("the log is read in the background")?;
+        let seen = &mut self.seen;
         tokio::time::timeout(LOG_WAIT, async {
             loop {
-                match log.next_line().await? {
-                    Some(line) if accept(&line) => return Ok(line),
-                    Some(_) => {}
-                    None => anyhow::bail!("the server exited"),
+                let Some(line) = log.next_line().await? else {
+                    anyhow::bail!("the server exited");
+                };
+                seen.push(line.clone());
+                if accept(&line) {
+                    return Ok(line);
                 }
             }
         })
         .await
         .context("no such log line in time")?
+    }
+
+    /// The log lines read so far, one a line.
+    pub fn log_so_far(&self) -> String {
+        self.seen.iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// The first address in the next log line containing `marker` (e.g. `msim-chat listening`).

@@ -58,9 +58,9 @@ pub struct System {
     pub chat: SocketAddr,
     /// The relays' addresses (the embedded relay's, if it runs).
     pub relays: Vec<SocketAddr>,
-    /// The relay token secret text, also written to [`System::secret_file`].
+    /// The relay token secret text (empty without relays).
     pub secret: String,
-    /// File holding the token secret.
+    /// File holding the token secret (none without relays).
     pub secret_file: PathBuf,
     /// The certificate every server presents, with TLS.
     pub cert: Option<SelfSigned>,
@@ -69,8 +69,17 @@ pub struct System {
     /// Holds `chat/` (the chat data directory), `relay<i>/` and the secret file.
     pub dir: tempfile::TempDir,
     plan: Plan,
-    stop: CancellationToken,
+    stop: StopOnDrop,
     servers: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Stops the servers when the [`System`] is dropped.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl std::fmt::Debug for System {
@@ -112,7 +121,7 @@ impl System {
     /// Stops every server and waits until they have shut down: connections closed, data on
     /// disk, ports no longer listening. The first error a server ended with, if any.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
+        self.stop.0.cancel();
         let mut result = Ok(());
         for server in self.servers.drain(..) {
             let ended = server
@@ -123,6 +132,13 @@ impl System {
             }
         }
         result
+    }
+
+    /// Stops every server and hands over [`System::dir`], e.g. for
+    /// [`SystemBuilder::in_dir`].
+    pub async fn stop_into_dir(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.stop().await?;
+        Ok(self.dir)
     }
 
     /// Stops every server, changes the chat configuration with `f`, and starts them again on
@@ -145,7 +161,11 @@ impl System {
             let listener = bind(relays[0]).await?;
             let addr = listener.local_addr()?;
             let url = self.plan.relay_host.as_ref().map(|host| {
-                let scheme = if config.tls.is_some() { "https" } else { "http" };
+                let scheme = if config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 format!("{scheme}://{host}:{}", addr.port())
             });
             // The production wiring; relay.secret in the data directory survives restarts.
@@ -155,7 +175,11 @@ impl System {
             self.secret = config.relay_secret.clone();
             self.servers.push(tokio::spawn(relay.stopped()));
         } else if !self.plan.relays.is_empty() {
-            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             config.relays.clear();
             for (relay, &addr) in self.plan.relays.iter().zip(relays) {
                 let listener = bind(addr).await?;
@@ -172,16 +196,11 @@ impl System {
         self.chat = listener.local_addr()?;
         self.relays = bound;
         let serve = msim_chat::run(listener, config, stop.clone().cancelled_owned());
-        self.servers
-            .push(tokio::spawn(async move { serve.await.context("chat server") }));
-        self.stop = stop;
+        self.servers.push(tokio::spawn(
+            async move { serve.await.context("chat server") },
+        ));
+        self.stop = StopOnDrop(stop);
         Ok(())
-    }
-}
-
-impl Drop for System {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -280,7 +299,7 @@ impl SystemBuilder {
         if let Some(f) = self.chat {
             f(&mut config);
         }
-        std::fs::create_dir_all(&config.data_dir)?;
+        msim_chat::db::create_data_dir(&config.data_dir)?;
         let mut relays = Vec::new();
         let mut secret = String::new();
         if let Relays::External(n) = self.relays {
@@ -325,11 +344,13 @@ impl SystemBuilder {
                 embedded: self.relays == Relays::Embedded,
                 relay_host: self.relay_host,
             },
-            stop: CancellationToken::new(),
+            stop: StopOnDrop(CancellationToken::new()),
             servers: Vec::new(),
         };
         system.launch(any, &relay_addrs).await?;
-        std::fs::write(&system.secret_file, &system.secret)?;
+        if !system.secret.is_empty() {
+            std::fs::write(&system.secret_file, &system.secret)?;
+        }
         Ok(system)
     }
 }

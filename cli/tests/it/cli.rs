@@ -373,7 +373,10 @@ fn send_file_and_receive_are_byte_identical() {
     assert_eq!(r["verified"], true);
     let path = std::path::PathBuf::from(r["path"].as_str().unwrap());
     assert_eq!(path, out_dir.join("cat picture (1).jpg"));
-    assert_eq!(sha256_file_hex(&path).unwrap(), sha256_file_hex(&src).unwrap());
+    assert_eq!(
+        sha256_file_hex(&path).unwrap(),
+        sha256_file_hex(&src).unwrap()
+    );
     assert_eq!(r["sha256"], sha256_file_hex(&src).unwrap().as_str());
     assert_eq!(
         std::fs::read(out_dir.join("cat picture.jpg")).unwrap(),

@@ -95,7 +95,10 @@ fn message_and_file_over_tls() {
     assert_eq!(r["verified"], true);
     let path = PathBuf::from(r["path"].as_str().unwrap());
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&src).unwrap());
-    assert_eq!(sha256_file_hex(&path).unwrap(), sha256_file_hex(&src).unwrap());
+    assert_eq!(
+        sha256_file_hex(&path).unwrap(),
+        sha256_file_hex(&src).unwrap()
+    );
 }
 
 #[test]

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{self, password};
-use msim_testkit::{pseudo_random_bytes, sha256_file_hex, ThreadedSystem};
 use msim::proto::{ConnectFailure, ContactFailure, OfferFile, Presence, SendFailure};
 use msim::transfer::{self, Transfer, TransferOptions};
 use msim::{Client, ClientError, Event, Events, LoginOptions};
+use msim_testkit::{pseudo_random_bytes, sha256_file_hex, ThreadedSystem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound on waiting for one event; a hang fails instead of blocking forever.
@@ -44,9 +44,7 @@ async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) 
 
 #[tokio::test]
 async fn messages_receipts_contacts_profile() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _alice_events) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let info = alice.session().unwrap();
@@ -153,9 +151,7 @@ async fn messages_receipts_contacts_profile() {
 
 #[tokio::test]
 async fn pipelined_requests_get_their_own_answers() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (_bob, mut bob_events) = user(&srv, "bob").await;
     let mut tasks = Vec::new();
@@ -197,9 +193,7 @@ async fn pipelined_requests_get_their_own_answers() {
 
 #[tokio::test]
 async fn auth_and_send_errors_are_typed() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let err = alice.send_message("nobody", "hi").await.unwrap_err();
     assert!(
@@ -240,9 +234,7 @@ async fn auth_and_send_errors_are_typed() {
 
 #[tokio::test]
 async fn device_cookie_is_exposed_and_presented() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let cookie = alice
         .device_cookie()
@@ -285,9 +277,7 @@ async fn device_cookie_is_exposed_and_presented() {
 /// progress reported, and the result byte-identical.
 #[tokio::test]
 async fn file_transfer_round_trip() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let dir = srv.subdir("files").unwrap();
@@ -361,9 +351,7 @@ async fn file_transfer_round_trip() {
 /// (learned from the relay), the download continues a `.part` file with `Range`.
 #[tokio::test]
 async fn transfers_resume() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let dir = srv.subdir("resume").unwrap();
@@ -449,9 +437,7 @@ async fn transfers_resume() {
 
 #[tokio::test]
 async fn rejected_offer_is_a_typed_error() {
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let offer = alice
@@ -517,9 +503,7 @@ async fn raw_put_interrupted(url: &str, token: &str, body: &[u8], sent: usize) {
 #[tokio::test]
 async fn presence_consent_blocking_and_visibility() {
     use msim::proto::{BlockFailure, LastSeenVisibility, PresenceFailure};
-    let srv = tokio::task::spawn_blocking(common::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (carol, mut carol_events) = user(&srv, "carol").await;
     let (eve, mut eve_events) = user(&srv, "eve").await;
     eve.add_contact("carol", None, None).await.unwrap();
