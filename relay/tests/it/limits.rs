@@ -418,16 +418,10 @@ async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (addr, metrics_addr) = logged_addrs(&mut lines).await;
-    let relay = Relay {
-        addr,
-        metrics_addr: Some(metrics_addr),
-        ring: Keyring::from_secret_text(
-            "k1:0707070707070707070707070707070707070707070707070707070707070707",
-        )
-        .unwrap(),
-        stop: None,
-        task: tokio::spawn(async {}),
-    };
+    let ring = Keyring::from_secret_text(
+        "k1:0707070707070707070707070707070707070707070707070707070707070707",
+    );
+    let relay = Relay::at(addr, Some(metrics_addr), ring.unwrap());
     relay.upload_and_download("private", b"secret bytes").await;
     let (status, _) = relay.request("GET", "/metrics", None, b"").await;
     assert_eq!(status, 404);
