@@ -6,6 +6,7 @@
 
 pub mod postgres;
 mod process;
+pub mod settings;
 mod system;
 mod threaded;
 
