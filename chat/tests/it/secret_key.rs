@@ -16,7 +16,7 @@ use tokio::process::Command;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 enum Started {
-    Running(ServerProcess, SocketAddr),
+    Running(Box<ServerProcess>, SocketAddr),
     Refused(String),
 }
 
@@ -40,7 +40,7 @@ async fn start(dir: &Path) -> Started {
     {
         Ok(line) => {
             server.keep_reading_log();
-            Started::Running(server, addr_in(&line).unwrap())
+            Started::Running(Box::new(server), addr_in(&line).unwrap())
         }
         Err(e) => {
             let status = tokio::time::timeout(DEADLINE, server.child.wait())
@@ -56,7 +56,7 @@ async fn start(dir: &Path) -> Started {
 
 async fn running(dir: &Path) -> (ServerProcess, SocketAddr) {
     match start(dir).await {
-        Started::Running(c, a) => (c, a),
+        Started::Running(c, a) => (*c, a),
         Started::Refused(log) => panic!("msim-chat refused to start:\n{log}"),
     }
 }
