@@ -79,6 +79,23 @@ impl ServerProcess {
         addr_in(&line).with_context(|| format!("no address in {line:?}"))
     }
 
+    /// For each of `markers`, the address in the log line containing it, whichever order
+    /// the lines come in (listeners started by separate tasks log in any order).
+    pub async fn listening_each(&mut self, markers: &[&str]) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut addrs: Vec<Option<SocketAddr>> = vec![None; markers.len()];
+        while addrs.iter().any(Option::is_none) {
+            let line = self
+                .wait_for_log(|l| markers.iter().any(|m| l.contains(m)))
+                .await?;
+            let at = markers
+                .iter()
+                .position(|m| line.contains(m))
+                .context("a marker")?;
+            addrs[at] = Some(addr_in(&line).with_context(|| format!("no address in {line:?}"))?);
+        }
+        Ok(addrs.into_iter().flatten().collect())
+    }
+
     /// Reads the rest of the log in the background; its lines arrive on the returned channel
     /// (and are dropped when it is dropped).
     pub fn keep_reading_log(&mut self) -> mpsc::UnboundedReceiver<String> {

@@ -1,7 +1,7 @@
 //! The embedded relay's metrics: on a separate address when asked, never on the transfer port.
 
 use crate::common;
-use msim_testkit::{addr_in, ServerProcess};
+use msim_testkit::ServerProcess;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,20 +30,12 @@ async fn embedded_relay_metrics_on_their_own_address_only() {
     let mut command = common::chat_binary(dir.path());
     command.args(["--embedded-relay-metrics-listen", "127.0.0.1:0"]);
     let mut server = ServerProcess::spawn(command).unwrap();
-    // The two listeners are logged in either order.
-    let (mut relay, mut metrics) = (None, None);
-    while relay.is_none() || metrics.is_none() {
-        let line = server
-            .wait_for_log(|l| l.contains("metrics listening") || l.contains("msim-relay listening"))
-            .await
-            .unwrap();
-        match line.contains("metrics listening") {
-            true => metrics = addr_in(&line),
-            false => relay = addr_in(&line),
-        }
-    }
+    let addrs = server
+        .listening_each(&["msim-relay listening", "metrics listening"])
+        .await
+        .unwrap();
     server.keep_reading_log();
-    let (relay, metrics) = (relay.unwrap(), metrics.unwrap());
+    let (relay, metrics) = (addrs[0], addrs[1]);
     let on_metrics = get(metrics, "/metrics").await;
     assert!(on_metrics.starts_with("HTTP/1.1 200"), "{on_metrics}");
     assert!(
