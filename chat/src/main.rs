@@ -106,13 +106,7 @@ async fn signal(stop: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    msim_shared::logging::init("info");
     let cli = Cli::parse();
     let settings = msim_shared::settings::layer(&cli.settings, cli.config.as_deref())?;
     let resolved = settings.resolve()?;

@@ -237,12 +237,8 @@ impl ChatSettings {
         set(&mut c.login_timeout, self.login_timeout);
         set(&mut c.throttle_max, self.throttle_max);
         set(&mut c.relay_health_interval, self.relay_health_interval);
-        let tls_files = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
-            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
-        };
+        let tls_files =
+            msim_shared::settings::tls_files(self.tls_cert.clone(), self.tls_key.clone())?;
         Ok(Resolved {
             config: c,
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),

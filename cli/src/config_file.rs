@@ -89,18 +89,13 @@ impl ConfigFile {
 
     /// Writes the file (creating its directory), readable only by the owner.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let io = |source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let text = toml::to_string(self).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         }
-        write_private(path, text.as_bytes()).map_err(io)
+        save_private(self, path)
     }
 }
 
@@ -170,16 +165,20 @@ impl DeviceFile {
 
     /// Writes the file, readable only by the owner.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let io = |source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let text = toml::to_string(self).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        write_private(path, text.as_bytes()).map_err(io)
+        save_private(self, path)
     }
+}
+
+/// Writes `value` as TOML to `path`, readable only by the owner.
+fn save_private(value: &impl Serialize, path: &Path) -> Result<(), ConfigError> {
+    let text = toml::to_string(value).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_private(path, text.as_bytes()).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(unix)]

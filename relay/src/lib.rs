@@ -147,9 +147,6 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default idle time after which a stalled upload or download is cut.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default time after which a partial upload without progress and without a writer loses its
-/// reservation when another upload needs the room.
-pub const DEFAULT_RESERVATION_IDLE: Duration = Duration::from_secs(120);
 
 impl RelayConfig {
     /// Defaults: TTL 24 h, max file 100 MiB, capacity 10 GiB, free-disk watermark 1 GiB,
@@ -158,22 +155,24 @@ impl RelayConfig {
     /// request head, 60 s of body idle time, downloads wait 30 s for their upload, 256 KiB
     /// chunks, `/metrics` only on a separate listener.
     pub fn new(data_dir: impl Into<PathBuf>, keyring: Keyring) -> RelayConfig {
+        // The storage limits' defaults are the store's own.
+        let store = StoreConfig::default();
         RelayConfig {
             data_dir: data_dir.into(),
             keyring,
             ttl: DEFAULT_TTL,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
-            capacity: 10 << 30,
-            min_free: 1 << 30,
+            capacity: store.capacity_bytes,
+            min_free: store.min_free_bytes,
             per_sender_quota: DEFAULT_PER_SENDER_QUOTA,
             sweep_interval: Duration::from_secs(300),
-            abandon_after: Duration::from_secs(3600),
+            abandon_after: store.abandon_after,
             max_connections: 1024,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             metrics: MetricsAccess::Separate,
-            reservation_idle: DEFAULT_RESERVATION_IDLE,
+            reservation_idle: store.reservation_idle,
             wait_for_upload: Duration::from_secs(30),
             chunk_size: 256 << 10,
             shutdown_grace: Duration::from_secs(10),

@@ -171,77 +171,59 @@ struct Opts {
     tls_key: Option<PathBuf>,
 }
 
-/// The options validated, with their defaults filled in.
-struct Settings {
-    listen: String,
-    data_dir: PathBuf,
-    secret_file: Option<PathBuf>,
-    ttl: Duration,
-    max_file_size: u64,
-    capacity: Option<u64>,
-    min_free: Option<u64>,
-    quota: Option<u64>,
-    sweep_interval: Duration,
-    abandon_after: Duration,
-    max_connections: Option<usize>,
-    max_connections_per_address: usize,
-    header_timeout: Duration,
-    body_idle_timeout: Duration,
-    reservation_idle: Duration,
-    metrics_listen: Option<String>,
-    metrics_on_main_port: bool,
-    /// Certificate chain and key files, both or neither.
-    tls: Option<(PathBuf, PathBuf)>,
-}
-
-fn positive(d: Duration, name: &str) -> Result<Duration> {
+fn positive(d: Duration, name: &str) -> Result<()> {
     if d.is_zero() {
         bail!("--{name} must be more than 0");
     }
-    Ok(d)
+    Ok(())
+}
+
+/// What `msim-relay` runs: the relay's configuration and where it listens.
+struct Settings {
+    /// The options laid over the defaults of [`RelayConfig::new`]. Its keyring is a throwaway
+    /// one until `serve` loads the token secret (`sweep` needs none).
+    config: RelayConfig,
+    listen: String,
+    metrics_listen: Option<String>,
+    /// Certificate chain and key files, both or neither; read when serving.
+    tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 fn settings(opts: Opts) -> Result<Settings> {
-    let dur = |v: Option<HumanDuration>, default: Duration| v.map_or(default, Duration::from);
+    let data_dir = opts
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("./relay-data"));
+    let throwaway = Keyring::from_secret_text(&generate_secret_text()).context("keyring")?;
+    let mut c = RelayConfig::new(data_dir, throwaway);
+    let set = |field: &mut Duration, v: Option<HumanDuration>| *field = v.map_or(*field, |v| v.0);
+    set(&mut c.ttl, opts.ttl);
+    set(&mut c.sweep_interval, opts.sweep_interval);
+    set(&mut c.abandon_after, opts.abandon_after);
+    set(&mut c.reservation_idle, opts.reservation_idle);
+    set(&mut c.header_timeout, opts.header_timeout);
+    set(&mut c.body_idle_timeout, opts.body_idle_timeout);
+    positive(c.header_timeout, "header-timeout")?;
+    positive(c.body_idle_timeout, "body-idle-timeout")?;
+    let set = |field: &mut u64, v: Option<ByteSize>| *field = v.map_or(*field, |v| v.0);
+    set(&mut c.max_file_size, opts.max_file_size);
+    set(&mut c.capacity, opts.capacity);
+    set(&mut c.min_free, opts.min_free);
+    set(&mut c.per_sender_quota, opts.quota);
+    let set = |field: &mut usize, v: Option<usize>| *field = v.unwrap_or(*field);
+    set(&mut c.max_connections, opts.max_connections);
+    set(
+        &mut c.max_connections_per_address,
+        opts.max_connections_per_address,
+    );
+    if opts.metrics_on_main_port {
+        c.metrics = msim_relay::MetricsAccess::MainPort;
+    }
+    let tls_files = msim_shared::settings::tls_files(opts.tls_cert, opts.tls_key)?;
     Ok(Settings {
+        config: c,
         listen: opts.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
-        data_dir: opts
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from("./relay-data")),
-        secret_file: opts.secret_file,
-        ttl: dur(opts.ttl, msim_relay::DEFAULT_TTL),
-        max_file_size: opts
-            .max_file_size
-            .map_or(msim_relay::DEFAULT_MAX_FILE_SIZE, |s| s.0),
-        capacity: opts.capacity.map(|s| s.0),
-        min_free: opts.min_free.map(|s| s.0),
-        quota: opts.quota.map(|s| s.0),
-        sweep_interval: dur(opts.sweep_interval, Duration::from_secs(300)),
-        abandon_after: dur(opts.abandon_after, Duration::from_secs(3600)),
-        max_connections: opts.max_connections,
-        max_connections_per_address: opts
-            .max_connections_per_address
-            .unwrap_or(msim_relay::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
-        header_timeout: positive(
-            dur(opts.header_timeout, msim_relay::DEFAULT_HEADER_TIMEOUT),
-            "header-timeout",
-        )?,
-        body_idle_timeout: positive(
-            dur(
-                opts.body_idle_timeout,
-                msim_relay::DEFAULT_BODY_IDLE_TIMEOUT,
-            ),
-            "body-idle-timeout",
-        )?,
-        reservation_idle: dur(opts.reservation_idle, msim_relay::DEFAULT_RESERVATION_IDLE),
         metrics_listen: opts.metrics_listen,
-        metrics_on_main_port: opts.metrics_on_main_port,
-        tls: match (opts.tls_cert, opts.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => bail!("--tls-cert needs --tls-key"),
-            (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
-        },
+        tls_files,
     })
 }
 
@@ -262,13 +244,7 @@ fn load_keyring(secret_file: Option<&Path>) -> Result<Keyring> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    msim_shared::logging::init("info");
     if matches!(cli.cmd, Some(Cmd::GenSecret)) {
         print!("{}", generate_secret_text());
         return Ok(());
@@ -278,12 +254,13 @@ fn main() -> Result<()> {
         print!("{}", toml::to_string(&opts)?);
         return Ok(());
     }
+    let secret_file = opts.secret_file.clone();
     let s = settings(opts)?;
     tune_allocator();
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.cmd {
         Some(Cmd::Sweep) => rt.block_on(sweep(s)),
-        _ => rt.block_on(serve(s)),
+        _ => rt.block_on(serve(s, secret_file.as_deref())),
     }
 }
 
@@ -307,20 +284,18 @@ fn tune_allocator() {
 }
 
 async fn sweep(s: Settings) -> Result<()> {
-    if !s.data_dir.join("index.sqlite").exists() {
-        println!(
-            "nothing to sweep: {} has no relay index",
-            s.data_dir.display()
-        );
+    let dir = &s.config.data_dir;
+    if !dir.join("index.sqlite").exists() {
+        println!("nothing to sweep: {} has no relay index", dir.display());
         return Ok(());
     }
     let report = msim_relay::sweep_dir(
-        &s.data_dir,
-        s.abandon_after,
+        dir,
+        s.config.abandon_after,
         Arc::new(msim_shared::clock::SystemClock),
     )
     .await
-    .with_context(|| format!("sweeping {}", s.data_dir.display()))?;
+    .with_context(|| format!("sweeping {}", dir.display()))?;
     println!(
         "removed_blobs={} removed_bytes={} removed_partials={} removed_tombstones={} tombstones={}",
         report.removed_blobs,
@@ -332,33 +307,10 @@ async fn sweep(s: Settings) -> Result<()> {
     Ok(())
 }
 
-async fn serve(s: Settings) -> Result<()> {
-    let keyring = load_keyring(s.secret_file.as_deref())?;
-    let mut config = RelayConfig::new(s.data_dir, keyring);
-    config.ttl = s.ttl;
-    config.max_file_size = s.max_file_size;
-    if let Some(v) = s.capacity {
-        config.capacity = v;
-    }
-    if let Some(v) = s.min_free {
-        config.min_free = v;
-    }
-    if let Some(v) = s.quota {
-        config.per_sender_quota = v;
-    }
-    if let Some(v) = s.max_connections {
-        config.max_connections = v;
-    }
-    config.sweep_interval = s.sweep_interval;
-    config.abandon_after = s.abandon_after;
-    config.max_connections_per_address = s.max_connections_per_address;
-    config.header_timeout = s.header_timeout;
-    config.body_idle_timeout = s.body_idle_timeout;
-    config.reservation_idle = s.reservation_idle;
-    if s.metrics_on_main_port {
-        config.metrics = msim_relay::MetricsAccess::MainPort;
-    }
-    if let Some((cert, key)) = &s.tls {
+async fn serve(s: Settings, secret_file: Option<&Path>) -> Result<()> {
+    let mut config = s.config;
+    config.keyring = load_keyring(secret_file)?;
+    if let Some((cert, key)) = &s.tls_files {
         let mut tls =
             msim_shared::tls::server_config(cert, key).context("TLS (--tls-cert, --tls-key)")?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];

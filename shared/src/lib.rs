@@ -6,6 +6,8 @@ pub mod address;
 pub mod clock;
 pub mod codec;
 pub mod error;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod packet;
 pub mod percent;
 pub mod proto;

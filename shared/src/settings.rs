@@ -5,7 +5,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,6 +21,30 @@ pub enum SettingsError {
     Parse { path: String, message: String },
     #[error("settings: {0}")]
     Encode(String),
+    #[error("--{given} needs --{missing}")]
+    Needs {
+        given: &'static str,
+        missing: &'static str,
+    },
+}
+
+/// The `--tls-cert` and `--tls-key` files of a server: both or neither.
+pub fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, SettingsError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(SettingsError::Needs {
+            given: "tls-cert",
+            missing: "tls-key",
+        }),
+        (None, Some(_)) => Err(SettingsError::Needs {
+            given: "tls-key",
+            missing: "tls-cert",
+        }),
+    }
 }
 
 /// `over` (what flags and environment set: its `None` fields and skipped fields are absent)

@@ -1,12 +1,18 @@
 //! Test support for the mSIM workspace: [`System`] (a chat server with n relays, or with its
 //! embedded relay, TLS or not, in-process on free 127.0.0.1 ports), [`SelfSigned`]
 //! certificates, deterministic [`test_data`] and [`sha256_hex`], and throwaway PostgreSQL
-//! clusters ([`postgres`]).
+//! clusters ([`postgres`]); [`ThreadedSystem`] runs a system on a runtime of its own for
+//! blocking tests, [`ServerProcess`] runs a server binary.
 
 pub mod postgres;
+mod process;
+pub mod settings;
 mod system;
+mod threaded;
 
+pub use process::{addr_in, ServerProcess, LOG_WAIT};
 pub use system::{System, SystemBuilder};
+pub use threaded::ThreadedSystem;
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -17,6 +23,27 @@ pub const PASSWORD: &str = "correct horse battery";
 /// Lower-case hex SHA-256 of `data`, as the protocol writes it.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// Lower-case hex SHA-256 of the file at `path`.
+pub fn sha256_file_hex(path: &Path) -> std::io::Result<String> {
+    Ok(sha256_hex(&std::fs::read(path)?))
+}
+
+/// `len` pseudo-random bytes (xorshift), a different sequence for each `seed`: data no
+/// compression or deduplication helps with.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 /// `len` bytes of a fixed, non-repeating-looking pattern (no run of equal bytes), so that a

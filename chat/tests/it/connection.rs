@@ -149,7 +149,7 @@ async fn login_raw(srv: &TestServer, login: &str) -> tokio::net::TcpStream {
     drop(srv.user(login).await);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(srv.addr).await.unwrap();
+    let mut stream = socket.connect(srv.chat).await.unwrap();
     let mut line = String::new();
     stream
         .write_all(format!("CONNECT login={login}\n").as_bytes())

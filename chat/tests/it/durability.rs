@@ -5,52 +5,11 @@
 use crate::common;
 use common::{field, Client, PASSWORD};
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Starts the binary on an ephemeral port; the address is read from its log.
-async fn start(dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msim-chat"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--embedded-relay-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = timeout(WAIT, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("binary exited");
-            if line.contains("msim-chat listening") {
-                let start = line.find("127.0.0.1:").unwrap();
-                let rest = &line[start..];
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                    .unwrap_or(rest.len());
-                break rest[..end].parse().unwrap();
-            }
-        }
-    })
-    .await
-    .expect("msim-chat did not start");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
 
 #[tokio::test]
 async fn database_runs_in_wal_mode_with_synchronous_full() {
@@ -66,7 +25,7 @@ async fn database_runs_in_wal_mode_with_synchronous_full() {
 #[tokio::test]
 async fn sigterm_commits_what_was_acknowledged_checkpoints_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start(dir.path()).await;
+    let (mut server, addr) = common::start_binary(common::chat_binary(dir.path())).await;
     let mut a = Client::connect(addr).await;
     for u in ["alice", "bob"] {
         a.send(&format!("REGISTER login={u} password={PASSWORD}"))
@@ -82,7 +41,7 @@ async fn sigterm_commits_what_was_acknowledged_checkpoints_and_exits_0() {
     }
     a.send_raw(batch.as_bytes()).await;
     let first = a.expect_skip("MESSAGE-SENT").await;
-    let pid = child.id().unwrap().to_string();
+    let pid = server.child.id().unwrap().to_string();
     let kill = Command::new("kill").args(["-TERM", &pid]).status();
     assert!(timeout(WAIT, kill).await.unwrap().unwrap().success());
     // Every acknowledgement the server still sends before it closes the session.
@@ -92,7 +51,7 @@ async fn sigterm_commits_what_was_acknowledged_checkpoints_and_exits_0() {
             acked.insert(field(&l, "id").unwrap());
         }
     }
-    let status = timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = timeout(WAIT, server.child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "exit status {status:?}");
     // Checkpointed and closed: the WAL was folded into msim.db (SQLite removes it on the last
     // clean close), so msim.db alone holds the data.
@@ -101,7 +60,7 @@ async fn sigterm_commits_what_was_acknowledged_checkpoints_and_exits_0() {
     assert_eq!(wal_len, 0, "msim.db-wal still holds {wal_len} bytes");
 
     // Every acknowledged message is delivered after a restart, once and intact.
-    let (mut child, addr) = start(dir.path()).await;
+    let (mut server, addr) = common::start_binary(common::chat_binary(dir.path())).await;
     let mut b = Client::connect(addr).await;
     b.login("bob", PASSWORD).await;
     b.send("PING ref=end").await;
@@ -120,6 +79,6 @@ async fn sigterm_commits_what_was_acknowledged_checkpoints_and_exits_0() {
     }
     let missing: Vec<_> = acked.difference(&got).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
-    child.start_kill().unwrap();
-    timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    server.child.start_kill().unwrap();
+    timeout(WAIT, server.child.wait()).await.unwrap().unwrap();
 }

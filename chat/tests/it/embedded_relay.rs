@@ -1,11 +1,11 @@
 //! The embedded relay's metrics: on a separate address when asked, never on the transfer port.
 
+use crate::common;
+use msim_testkit::ServerProcess;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -27,46 +27,15 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn embedded_relay_metrics_on_their_own_address_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msim-chat"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--embedded-relay-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--embedded-relay-metrics-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+    let mut command = common::chat_binary(dir.path());
+    command.args(["--embedded-relay-metrics-listen", "127.0.0.1:0"]);
+    let mut server = ServerProcess::spawn(command).unwrap();
+    let addrs = server
+        .listening_each(&["msim-relay listening", "metrics listening"])
+        .await
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut relay, mut metrics) = (None, None);
-    while relay.is_none() || metrics.is_none() {
-        let line = timeout(WAIT, lines.next_line())
-            .await
-            .expect("log in time")
-            .unwrap()
-            .expect("binary exited");
-        let Some(at) = line.find("addr=") else {
-            continue;
-        };
-        let addr: Option<SocketAddr> = line[at + 5..]
-            .split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok());
-        if line.contains("metrics listening") {
-            metrics = addr;
-        } else if line.contains("msim-relay listening") {
-            relay = addr;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (relay, metrics) = (relay.unwrap(), metrics.unwrap());
+    server.keep_reading_log();
+    let (relay, metrics) = (addrs[0], addrs[1]);
     let on_metrics = get(metrics, "/metrics").await;
     assert!(on_metrics.starts_with("HTTP/1.1 200"), "{on_metrics}");
     assert!(
@@ -76,6 +45,6 @@ async fn embedded_relay_metrics_on_their_own_address_only() {
     let on_relay = get(relay, "/metrics").await;
     assert!(on_relay.starts_with("HTTP/1.1 404"), "{on_relay}");
     assert!(get(relay, "/healthz").await.starts_with("HTTP/1.1 200"));
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
 }

@@ -264,8 +264,9 @@ async fn offline_sender_gets_the_result_at_login() {
     let (r1, _) = fake_relay(200).await;
     let secret = msim_shared::token::generate_secret_text();
     let keyring = msim_shared::token::Keyring::from_secret_text(&secret).unwrap();
-    let srv = TestServer::start_with(|c| {
-        c.relays = vec![r1.clone()];
+    let relays = vec![r1.clone()];
+    let srv = TestServer::start_with(move |c| {
+        c.relays = relays;
         c.relay_secret = secret;
         c.offer_ttl = Duration::from_secs(3600);
         c.offer_sweep_interval = Duration::from_millis(20);

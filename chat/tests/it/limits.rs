@@ -21,7 +21,7 @@ async fn with_default_registration() -> TestServer {
 }
 
 async fn register(srv: &TestServer, from: IpAddr, login: &str) -> String {
-    let mut c = Client::connect_from(srv.addr, from).await;
+    let mut c = Client::connect_from(srv.chat, from).await;
     c.send(&format!("REGISTER login={login} password={PASSWORD}"))
         .await;
     c.line().await
@@ -45,7 +45,7 @@ async fn registration_script_is_refused_while_other_addresses_register() {
         );
     }
     // A refused attempt had no effect.
-    let mut c = Client::connect_from(srv.addr, script).await;
+    let mut c = Client::connect_from(srv.chat, script).await;
     c.expect_login("bot5", PASSWORD, None, "CONNECT-FAILED reason=invalid")
         .await;
     // Another address registers.

@@ -17,7 +17,7 @@ const WRONG: &str = "not-the-password";
 /// One wrong guess for `login` from `from`: true when the hash was checked (`invalid`),
 /// false when the attempt was refused unchecked (`throttled`).
 async fn guess(srv: &TestServer, from: IpAddr, login: &str) -> bool {
-    let mut c = Client::connect_from(srv.addr, from).await;
+    let mut c = Client::connect_from(srv.chat, from).await;
     let answer = c.expect_login(login, WRONG, None, "CONNECT-FAILED").await;
     match field(&answer, "reason").as_deref() {
         Some("invalid") => true,
@@ -28,7 +28,7 @@ async fn guess(srv: &TestServer, from: IpAddr, login: &str) -> bool {
 
 /// Registers `login` from 127.0.0.1 and logs it in there once; returns its device cookie.
 async fn victim(srv: &TestServer, login: &str) -> String {
-    let mut c = Client::connect_from(srv.addr, ip(1)).await;
+    let mut c = Client::connect_from(srv.chat, ip(1)).await;
     c.send(&format!("REGISTER login={login} password={PASSWORD}"))
         .await;
     c.expect("REGISTER-OK").await;
@@ -48,7 +48,7 @@ async fn device_cookie_logs_in_through_a_rotating_address_attack() {
             guess(&srv, ip(10 + (round * 4 + k) % 40), "victim").await;
             srv.clock.advance(Duration::from_millis(100));
         }
-        let mut phone = Client::connect_from(srv.addr, ip(200)).await;
+        let mut phone = Client::connect_from(srv.chat, ip(200)).await;
         let ok = phone
             .expect_login("victim", PASSWORD, Some(&cookie), "CONNECT-OK")
             .await;
@@ -58,7 +58,7 @@ async fn device_cookie_logs_in_through_a_rotating_address_attack() {
     // The same login from that address without a cookie is held back by the strangers'
     // failures: the lockout still applies to everyone else (the victim's logins do not
     // reset it).
-    let mut c = Client::connect_from(srv.addr, ip(201)).await;
+    let mut c = Client::connect_from(srv.chat, ip(201)).await;
     c.expect_login("victim", PASSWORD, None, "CONNECT-FAILED reason=throttled")
         .await;
     // A cookie is bound to its login: it opens no other account's throttle.
@@ -66,7 +66,7 @@ async fn device_cookie_logs_in_through_a_rotating_address_attack() {
     for k in 0..3 {
         guess(&srv, ip(50 + k), "other").await;
     }
-    let mut c = Client::connect_from(srv.addr, ip(202)).await;
+    let mut c = Client::connect_from(srv.chat, ip(202)).await;
     c.expect_login(
         "other",
         PASSWORD,
@@ -87,7 +87,7 @@ async fn known_address_logs_in_without_a_cookie_while_strangers_guess_elsewhere(
             srv.clock.advance(Duration::from_millis(100));
         }
         // 127.0.0.1 logged into this account before: strangers elsewhere do not block it.
-        let mut home = Client::connect_from(srv.addr, ip(1)).await;
+        let mut home = Client::connect_from(srv.chat, ip(1)).await;
         home.expect_login("victim", PASSWORD, None, "CONNECT-OK")
             .await;
     }
@@ -132,7 +132,7 @@ async fn success_clears_failures_and_a_cookie_has_its_own_budget() {
     assert!(guess(&srv, home, "victim").await);
     srv.clock.advance(Duration::from_secs(1));
     assert!(guess(&srv, home, "victim").await);
-    let mut c = Client::connect_from(srv.addr, home).await;
+    let mut c = Client::connect_from(srv.chat, home).await;
     let answer = c
         .expect_login("victim", PASSWORD, None, "CONNECT-FAILED")
         .await;
@@ -141,7 +141,7 @@ async fn success_clears_failures_and_a_cookie_has_its_own_budget() {
     c.expect_login("victim", PASSWORD, None, "CONNECT-OK").await;
     // The success cleared them: the next mistake costs 1 s again, not 4 s.
     assert!(guess(&srv, home, "victim").await);
-    let mut c = Client::connect_from(srv.addr, home).await;
+    let mut c = Client::connect_from(srv.chat, home).await;
     let answer = c
         .expect_login("victim", PASSWORD, None, "CONNECT-FAILED")
         .await;
@@ -150,7 +150,7 @@ async fn success_clears_failures_and_a_cookie_has_its_own_budget() {
     // With the cookie, mistakes are counted on the cookie (5 allowed) and never delayed.
     let phone = ip(200);
     for _ in 0..4 {
-        let mut c = Client::connect_from(srv.addr, phone).await;
+        let mut c = Client::connect_from(srv.chat, phone).await;
         c.expect_login(
             "victim",
             WRONG,
@@ -159,12 +159,12 @@ async fn success_clears_failures_and_a_cookie_has_its_own_budget() {
         )
         .await;
     }
-    let mut c = Client::connect_from(srv.addr, phone).await;
+    let mut c = Client::connect_from(srv.chat, phone).await;
     c.expect_login("victim", PASSWORD, Some(&cookie), "CONNECT-OK")
         .await;
     // The success reset the cookie's count: five more mistakes, then it is used up.
     for _ in 0..5 {
-        let mut c = Client::connect_from(srv.addr, phone).await;
+        let mut c = Client::connect_from(srv.chat, phone).await;
         c.expect_login(
             "victim",
             WRONG,
@@ -175,7 +175,7 @@ async fn success_clears_failures_and_a_cookie_has_its_own_budget() {
     }
     // Now the cookie is worthless: the attempt is an ordinary one from an unknown address,
     // and the login is not locked (the cookie's failures never counted for it).
-    let mut c = Client::connect_from(srv.addr, phone).await;
+    let mut c = Client::connect_from(srv.chat, phone).await;
     c.expect_login(
         "victim",
         WRONG,
@@ -183,7 +183,7 @@ async fn success_clears_failures_and_a_cookie_has_its_own_budget() {
         "CONNECT-FAILED reason=invalid",
     )
     .await;
-    let mut c = Client::connect_from(srv.addr, phone).await;
+    let mut c = Client::connect_from(srv.chat, phone).await;
     c.expect_login(
         "victim",
         PASSWORD,
@@ -208,7 +208,7 @@ async fn tampered_or_foreign_cookies_are_ignored() {
         if nonce.ends_with('0') { '1' } else { '0' }
     );
     for bad in [flipped.as_str(), "garbage", &"f".repeat(1000)] {
-        let mut c = Client::connect_from(srv.addr, ip(200)).await;
+        let mut c = Client::connect_from(srv.chat, ip(200)).await;
         c.expect_login(
             "victim",
             PASSWORD,
@@ -220,7 +220,7 @@ async fn tampered_or_foreign_cookies_are_ignored() {
     // A cookie from another server (another secret.key) is just as useless.
     let other = TestServer::start().await;
     let foreign = victim(&other, "victim").await;
-    let mut c = Client::connect_from(srv.addr, ip(200)).await;
+    let mut c = Client::connect_from(srv.chat, ip(200)).await;
     c.expect_login(
         "victim",
         PASSWORD,
@@ -233,7 +233,7 @@ async fn tampered_or_foreign_cookies_are_ignored() {
     for k in 0..3 {
         guess(&srv, ip(20 + k), "victim").await;
     }
-    let mut c = Client::connect_from(srv.addr, ip(200)).await;
+    let mut c = Client::connect_from(srv.chat, ip(200)).await;
     c.expect_login(
         "victim",
         PASSWORD,

@@ -28,11 +28,10 @@ async fn database() -> Option<(tempfile::TempDir, String)> {
 /// every node).
 fn sibling(of: &TestServer) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        of.dir.path().join("secret.key"),
-        dir.path().join("secret.key"),
-    )
-    .unwrap();
+    // The chat data directory of a System is `chat/` in its directory.
+    let data = dir.path().join("chat");
+    msim_chat::db::create_data_dir(&data).unwrap();
+    std::fs::copy(of.chat_dir().join("secret.key"), data.join("secret.key")).unwrap();
     dir
 }
 
@@ -112,5 +111,7 @@ async fn a_node_without_the_shared_key_refuses_to_start() {
     }
     // The same key: starts (and stops at once: its shutdown future is ready).
     let same = sibling(&a);
-    start(same.path()).await.expect("the shared key works");
+    start(&same.path().join("chat"))
+        .await
+        .expect("the shared key works");
 }

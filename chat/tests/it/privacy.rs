@@ -288,7 +288,7 @@ async fn fake_relay() -> (String, tokio::task::JoinHandle<()>) {
 async fn user_from(srv: &TestServer, source: &str, login: &str) -> Client {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let stream = sock.connect(srv.addr).await.unwrap();
+    let stream = sock.connect(srv.chat).await.unwrap();
     let mut c = Client::from_stream(stream);
     c.send(&format!("REGISTER login={login} password={PASSWORD}"))
         .await;

@@ -43,7 +43,7 @@ async fn backlog(c: &mut Client) -> Vec<String> {
 /// Opens the server's database read-only, beside the running server (WAL mode).
 async fn database(s: &TestServer) -> sqlx::SqlitePool {
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(s.dir.path().join("msim.db"))
+        .filename(s.chat_dir().join("msim.db"))
         .read_only(true);
     sqlx::SqlitePool::connect_with(opts).await.unwrap()
 }

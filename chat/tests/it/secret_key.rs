@@ -5,85 +5,58 @@
 
 use crate::common;
 use common::{field, Client, PASSWORD};
+use msim_testkit::{addr_in, ServerProcess};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 enum Started {
-    Running(Child, SocketAddr),
+    Running(Box<ServerProcess>, SocketAddr),
     Refused(String),
 }
 
 fn chat(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_msim-chat"));
-    c.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--embedded-relay-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--data-dir")
-    .arg(dir)
+    let mut c = common::chat_binary(dir);
     // Every failed login below must reach the password check, not the throttle.
-    .args(["--throttle-max", "0s"])
-    .env("RUST_LOG", "info")
-    .env("NO_COLOR", "1")
-    .envs(common::database_env(dir))
-    .kill_on_drop(true);
+    c.args(["--throttle-max", "0s"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(common::database_env(dir))
+        .kill_on_drop(true);
     c
 }
 
 /// Starts the binary; either it listens, or it exits non-zero and its log is returned.
 async fn start(dir: &Path) -> Started {
-    let mut child = chat(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let listening = tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("msim-chat listening") {
-                let rest = &line[at..];
-                let start = rest.find("127.0.0.1:").unwrap();
-                let addr = &rest[start..];
-                let end = addr
-                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                    .unwrap_or(addr.len());
-                return Some(addr[..end].parse::<SocketAddr>().unwrap());
-            }
-            log.push_str(&line);
-            log.push('\n');
+    let mut server = ServerProcess::spawn(chat(dir)).unwrap();
+    match server
+        .wait_for_log(|l| l.contains("msim-chat listening"))
+        .await
+    {
+        Ok(line) => {
+            server.keep_reading_log();
+            Started::Running(Box::new(server), addr_in(&line).unwrap())
         }
-        None
-    })
-    .await
-    .expect("msim-chat neither listened nor exited");
-    match listening {
-        Some(addr) => {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Started::Running(child, addr)
-        }
-        None => {
-            let status = tokio::time::timeout(DEADLINE, child.wait())
+        Err(e) => {
+            let status = tokio::time::timeout(DEADLINE, server.child.wait())
                 .await
-                .unwrap()
+                .unwrap_or_else(|_| panic!("msim-chat neither listened nor exited: {e}"))
                 .unwrap();
+            let log = server.log_so_far();
             assert!(!status.success(), "exited 0 without listening:\n{log}");
             Started::Refused(log)
         }
     }
 }
 
-async fn running(dir: &Path) -> (Child, SocketAddr) {
+async fn running(dir: &Path) -> (ServerProcess, SocketAddr) {
     match start(dir).await {
-        Started::Running(c, a) => (c, a),
+        Started::Running(c, a) => (*c, a),
         Started::Refused(log) => panic!("msim-chat refused to start:\n{log}"),
     }
 }
@@ -116,8 +89,8 @@ async fn operator(dir: &Path, args: &[&str], stdin: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-async fn stop(mut child: Child) {
-    child.kill().await.unwrap();
+async fn stop(mut server: ServerProcess) {
+    server.child.kill().await.unwrap();
 }
 
 async fn register(addr: SocketAddr, login: &str, password: &str) {

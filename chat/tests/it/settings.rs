@@ -2,63 +2,20 @@
 //! docs/OPERATING.md is accepted from the TOML file and comes back from `print-config`, and
 //! a flag beats the environment, which beats the file.
 
+use msim_testkit::settings::{self, write_config as write};
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 const EVERY_KEY: &str = include_str!("../data/every-key.toml");
 const OPERATING: &str = include_str!("../../../docs/OPERATING.md");
 
-/// The long flags in the first column of the msim-chat options table, as TOML keys.
 fn documented_keys() -> BTreeSet<String> {
-    let section = OPERATING
-        .split("## msim-chat")
-        .nth(1)
-        .and_then(|s| s.split("### Options").nth(1))
-        .and_then(|s| s.split("\n### ").next())
-        .expect("docs/OPERATING.md has the msim-chat options table");
-    let mut keys = BTreeSet::new();
-    for row in section.lines().filter(|l| l.starts_with("| `--")) {
-        let first_cell = row.split('|').nth(1).expect("a table row");
-        for flag in first_cell.split("`--").skip(1) {
-            let name: String = flag
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            keys.insert(name);
-        }
-    }
-    keys.remove("config"); // names the file itself
-    keys
+    settings::documented_keys(OPERATING, "msim-chat")
 }
 
 /// `msim-chat print-config` with a clean MSIM_CHAT_* environment plus `env`.
 fn print_config(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msim-chat"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MSIM_CHAT_")) {
-        cmd.env_remove(name);
-    }
-    let out: Output = cmd
-        .args(args)
-        .arg("print-config")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run msim-chat");
-    assert!(
-        out.status.success(),
-        "msim-chat print-config failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .parse()
-        .expect("print-config prints TOML")
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_owned()
+    settings::print_config(env!("CARGO_BIN_EXE_msim-chat"), "MSIM_CHAT_", args, env)
 }
 
 #[test]

@@ -8,59 +8,33 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common;
 use msim_shared::tls;
-use msim_testkit::SelfSigned;
+use msim_testkit::{addr_in, SelfSigned, ServerProcess};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "correct horse battery";
 
-/// The address logged on a line containing `marker`.
-fn addr_in(line: &str) -> Option<SocketAddr> {
-    let start = line.find("127.0.0.1:")?;
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 /// Starts the binary with TLS; returns it with the chat and embedded relay addresses.
-async fn start(dir: &Path, cert: &Path, key: &Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msim-chat"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--embedded-relay-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
+async fn start(dir: &Path, cert: &Path, key: &Path) -> (ServerProcess, SocketAddr, SocketAddr) {
+    let mut command = common::chat_binary(&dir.join("data"));
+    command
         .arg("--tls-cert")
         .arg(cert)
         .arg("--tls-key")
-        .arg(key)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .arg(key);
+    let mut server = ServerProcess::spawn(command).unwrap();
+    let relay = server.listening("embedded relay").await.unwrap();
+    let line = server
+        .wait_for_log(|l| l.contains("msim-chat listening"))
+        .await
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut chat, mut relay) = (None, None);
-    while chat.is_none() || relay.is_none() {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the server starts in time")
-            .unwrap()
-            .expect("binary exited");
-        if line.contains("msim-chat listening") {
-            assert!(line.contains("tls=true"), "{line}");
-            chat = addr_in(&line);
-        } else if line.contains("embedded relay") {
-            relay = addr_in(&line);
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, chat.unwrap(), relay.unwrap())
+    assert!(line.contains("tls=true"), "{line}");
+    let chat = addr_in(&line).unwrap();
+    server.keep_reading_log();
+    (server, chat, relay)
 }
 
 type Stream = tls::ClientStream<tokio::net::TcpStream>;

@@ -5,9 +5,8 @@ use crate::common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use common::{
-    run_expect, run_with_stdin, sha256_hex, stdout_json, test_bytes, Running, TestServer,
-};
+use common::{run_expect, run_with_stdin, stdout_json, Running, TestServer};
+use msim_testkit::{pseudo_random_bytes, sha256_file_hex};
 
 /// How long a test waits for something observable before failing.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -274,7 +273,7 @@ fn privacy_commands() {
 #[test]
 fn config_file_and_save() {
     let srv = TestServer::start();
-    let dir = srv.subdir("cfg");
+    let dir = srv.subdir("cfg").unwrap();
     let config = dir.join("alice.toml");
     run_expect(
         srv.as_user("alice")
@@ -333,10 +332,10 @@ fn send_file_and_receive_are_byte_identical() {
     let srv = TestServer::start();
     register(&srv, "alice");
     register(&srv, "bob");
-    let files = srv.subdir("send");
-    let out_dir = srv.subdir("inbox");
+    let files = srv.subdir("send").unwrap();
+    let out_dir = srv.subdir("inbox").unwrap();
     let src = files.join("cat picture.jpg");
-    std::fs::write(&src, test_bytes(2_345_678, 7)).unwrap();
+    std::fs::write(&src, pseudo_random_bytes(2_345_678, 7)).unwrap();
     // A file with the same name already exists: it must not be overwritten.
     std::fs::write(out_dir.join("cat picture.jpg"), b"old").unwrap();
 
@@ -374,8 +373,11 @@ fn send_file_and_receive_are_byte_identical() {
     assert_eq!(r["verified"], true);
     let path = std::path::PathBuf::from(r["path"].as_str().unwrap());
     assert_eq!(path, out_dir.join("cat picture (1).jpg"));
-    assert_eq!(sha256_hex(&path), sha256_hex(&src));
-    assert_eq!(r["sha256"], sha256_hex(&src).as_str());
+    assert_eq!(
+        sha256_file_hex(&path).unwrap(),
+        sha256_file_hex(&src).unwrap()
+    );
+    assert_eq!(r["sha256"], sha256_file_hex(&src).unwrap().as_str());
     assert_eq!(
         std::fs::read(out_dir.join("cat picture.jpg")).unwrap(),
         b"old"
@@ -387,7 +389,7 @@ fn rejected_file_exits_with_4() {
     let srv = TestServer::start();
     register(&srv, "alice");
     register(&srv, "bob");
-    let src = srv.subdir("send").join("x.txt");
+    let src = srv.subdir("send").unwrap().join("x.txt");
     std::fs::write(&src, b"no thanks").unwrap();
     let receiver = srv
         .as_user("bob")

@@ -55,7 +55,7 @@ fn ctrl_c_stops_listen_and_receive_cleanly() {
     ctrl_c(&mut listen);
     assert_eq!(listen.wait_exit(WAIT).code(), Some(0));
 
-    let out = srv.subdir("in");
+    let out = srv.subdir("in").unwrap();
     let mut receive = Running::spawn(
         srv.as_user("bob")
             .args(["receive", "--accept-all", "--out"])
@@ -73,7 +73,7 @@ fn ctrl_c_gives_up_a_pending_file_offer() {
     let srv = TestServer::start();
     register(&srv, "alice");
     register(&srv, "bob");
-    let file = srv.subdir("out").join("note.txt");
+    let file = srv.subdir("out").unwrap().join("note.txt");
     std::fs::write(&file, b"hello").unwrap();
 
     let mut send = Running::spawn(srv.as_user("alice").arg("send-file").arg("bob").arg(&file));

@@ -39,14 +39,14 @@ fn listen_keeps_going_across_a_server_restart() {
     let v = bob.stdout.wait_for_json("one", WAIT, message_with("one"));
     assert_eq!(v["id"], one.as_str());
 
-    srv.stop();
+    srv.stop().unwrap();
     let notice = bob
         .stderr
         .wait_for("the disconnect notice", WAIT, |l| l.contains("lost"));
     assert!(notice.contains("reconnecting in"), "{notice}");
     bob.assert_running();
 
-    srv.start_again();
+    srv.restart().unwrap();
     bob.stderr
         .wait_for("the reconnect notice", WAIT, |l| l.contains("reconnected"));
     bob.assert_running();
@@ -103,10 +103,10 @@ fn default_ack_mode_prints_each_message_once_across_a_restart() {
     bob.stdout
         .wait_for_json("before", WAIT, message_with("before"));
     // Whether or not the server handled bob's ACK before it stopped, "before" is printed once.
-    srv.stop();
+    srv.stop().unwrap();
     bob.stderr
         .wait_for("the disconnect notice", WAIT, |l| l.contains("lost"));
-    srv.start_again();
+    srv.restart().unwrap();
     bob.stderr
         .wait_for("the reconnect notice", WAIT, |l| l.contains("reconnected"));
     send(&srv, "after");
@@ -130,7 +130,7 @@ fn listen_with_no_reconnect_exits_when_the_connection_drops() {
     let mut bob = Running::spawn(srv.as_user("bob").args(["listen", "--no-reconnect"]));
     bob.stderr
         .wait_for("the listening notice", WAIT, |l| l.contains("Listening as"));
-    srv.stop();
+    srv.stop().unwrap();
     let status = bob.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "stderr: {:?}", bob.stderr.seen());
     assert!(

@@ -7,130 +7,16 @@
 use crate::common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{password, run_expect, sha256_hex, stdout_json, test_bytes, TestServer};
+use common::{password, run_expect, stdout_json, TestServer};
 use msim_shared::tls;
-use msim_testkit::SelfSigned;
-use tokio::sync::oneshot;
+use msim_testkit::{pseudo_random_bytes, sha256_file_hex};
 
 /// Longest a failing client may take (it runs with `--timeout 5`).
 const FAIL_WITHIN: Duration = Duration::from_secs(20);
-
-/// msim-chat and msim-relay, both with TLS, on their own thread and runtime.
-struct TlsServer {
-    addr: SocketAddr,
-    relay: SocketAddr,
-    cert: PathBuf,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TlsServer {
-    fn start() -> TlsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let SelfSigned { cert, key } = SelfSigned::write_to(dir.path()).unwrap();
-        let data = dir.path().join("data");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (cert2, key2) = (cert.clone(), key.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let server_tls = Arc::new(tls::server_config(&cert2, &key2).unwrap());
-                let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let relay_addr = relay_listener.local_addr().unwrap();
-                let chat_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let chat_addr = chat_listener.local_addr().unwrap();
-                std::fs::create_dir_all(&data).unwrap();
-                let mut config = msim_chat::Config {
-                    data_dir: data.clone(),
-                    relay_tls: Some(tls::client_config(std::slice::from_ref(&cert2)).unwrap()),
-                    tls: Some(server_tls),
-                    tls_handshake_timeout: Duration::from_secs(3),
-                    ..msim_chat::Config::default()
-                };
-                // The embedded relay serves TLS with the chat server's certificate; its URL
-                // has the name the certificate is for: SNI and verification use it.
-                let relay_stop = tokio_util::sync::CancellationToken::new();
-                let relay = msim_chat::embedded_relay::start(
-                    &mut config,
-                    relay_listener,
-                    None,
-                    Some(format!("https://localhost:{}", relay_addr.port())),
-                    relay_stop.clone(),
-                )
-                .unwrap();
-                ready_tx.send((chat_addr, relay_addr)).unwrap();
-                msim_chat::run(chat_listener, config, async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-                relay_stop.cancel();
-                relay.stopped().await.unwrap();
-            });
-        });
-        let (addr, relay) = ready_rx.recv().unwrap();
-        TlsServer {
-            addr,
-            relay,
-            cert,
-            dir,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn tls_server(&self) -> String {
-        format!("tls://127.0.0.1:{}", self.addr.port())
-    }
-
-    /// `msim` with no config file and nothing from the environment.
-    fn bare(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_msim"));
-        c.env_remove("MSIM_LOGIN")
-            .env_remove("MSIM_PASSWORD")
-            .env_remove("MSIM_SERVER")
-            .env_remove("MSIM_CONFIG")
-            .env_remove("MSIM_CA_FILE")
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
-            .args(["--timeout", "5"]);
-        c
-    }
-
-    /// `msim --server tls://… --ca-file cert.pem` logged in as `login`.
-    fn as_user(&self, login: &str) -> Command {
-        let mut c = self.bare();
-        c.arg("--server")
-            .arg(self.tls_server())
-            .arg("--ca-file")
-            .arg(&self.cert)
-            .args(["--login", login, "--password", &password(login)]);
-        c
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Runs a command that must fail with exit code 1 within [`FAIL_WITHIN`]; returns stderr.
 fn fails_cleanly(cmd: &mut Command) -> String {
@@ -148,7 +34,7 @@ fn fails_cleanly(cmd: &mut Command) -> String {
 
 #[test]
 fn message_and_file_over_tls() {
-    let srv = TlsServer::start();
+    let srv = TestServer::start_tls();
     for login in ["alice", "bob"] {
         let out = run_expect(srv.as_user(login).args(["register", "--json"]), 0);
         assert_eq!(stdout_json(&out)[0]["login"], format!("{login}@localhost"));
@@ -156,8 +42,8 @@ fn message_and_file_over_tls() {
     // The CA file from the environment works as well as the flag.
     let out = run_expect(
         srv.bare()
-            .env("MSIM_CA_FILE", &srv.cert)
-            .args(["--server", &srv.tls_server(), "-l", "alice", "-p"])
+            .env("MSIM_CA_FILE", srv.ca_file())
+            .args(["--server", &srv.server(), "-l", "alice", "-p"])
             .arg(password("alice"))
             .args(["send", "bob", "hello over TLS ✓", "--json"]),
         0,
@@ -177,7 +63,7 @@ fn message_and_file_over_tls() {
 
     // A file through the https relay, byte-identical.
     let src = srv.dir.path().join("picture.bin");
-    std::fs::write(&src, test_bytes(1_234_567, 11)).unwrap();
+    std::fs::write(&src, pseudo_random_bytes(1_234_567, 11)).unwrap();
     let inbox = srv.dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     let receiver = srv
@@ -209,17 +95,20 @@ fn message_and_file_over_tls() {
     assert_eq!(r["verified"], true);
     let path = PathBuf::from(r["path"].as_str().unwrap());
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&src).unwrap());
-    assert_eq!(sha256_hex(&path), sha256_hex(&src));
+    assert_eq!(
+        sha256_file_hex(&path).unwrap(),
+        sha256_file_hex(&src).unwrap()
+    );
 }
 
 #[test]
 fn untrusted_certificate_is_a_clear_error() {
-    let srv = TlsServer::start();
+    let srv = TestServer::start_tls();
     run_expect(srv.as_user("alice").arg("register"), 0);
     // Without the CA file: the bundled public roots do not know the self-signed certificate.
     let stderr = fails_cleanly(
         srv.bare()
-            .args(["--server", &srv.tls_server(), "-l", "alice", "-p"])
+            .args(["--server", &srv.server(), "-l", "alice", "-p"])
             .arg(password("alice"))
             .arg("login"),
     );
@@ -233,7 +122,7 @@ fn untrusted_certificate_is_a_clear_error() {
     std::fs::write(&bogus, "not a certificate\n").unwrap();
     let out = run_expect(
         srv.bare()
-            .args(["--server", &srv.tls_server(), "--ca-file"])
+            .args(["--server", &srv.server(), "--ca-file"])
             .arg(&bogus)
             .args(["-l", "alice", "-p"])
             .arg(password("alice"))
@@ -248,21 +137,21 @@ fn untrusted_certificate_is_a_clear_error() {
 
 #[test]
 fn protocol_mismatches_fail_cleanly_and_servers_keep_serving() {
-    let srv = TlsServer::start();
+    let srv = TestServer::start_tls();
     run_expect(srv.as_user("alice").arg("register"), 0);
 
     // A connection that never starts its handshake does not hold up others.
-    let idle = std::net::TcpStream::connect(srv.addr).unwrap();
+    let idle = std::net::TcpStream::connect(srv.chat).unwrap();
 
     // Plain client on the TLS chat port: the server drops it, the client says so.
     fails_cleanly(
         srv.bare()
-            .args(["--server", &srv.addr.to_string(), "-l", "alice", "-p"])
+            .args(["--server", &srv.chat.to_string(), "-l", "alice", "-p"])
             .arg(password("alice"))
             .arg("login"),
     );
     // Raw plain text on the TLS port: the connection is closed, nothing is answered.
-    let mut raw = std::net::TcpStream::connect(srv.addr).unwrap();
+    let mut raw = std::net::TcpStream::connect(srv.chat).unwrap();
     raw.set_read_timeout(Some(FAIL_WITHIN)).unwrap();
     raw.write_all(b"PING\n").unwrap();
     let mut buf = Vec::new();
@@ -270,7 +159,7 @@ fn protocol_mismatches_fail_cleanly_and_servers_keep_serving() {
     assert!(!String::from_utf8_lossy(&buf).contains("PONG"), "{buf:?}");
 
     // Plain HTTP on the TLS relay port: no HTTP answer, the connection is closed.
-    let mut raw = std::net::TcpStream::connect(srv.relay).unwrap();
+    let mut raw = std::net::TcpStream::connect(srv.relays[0]).unwrap();
     raw.set_read_timeout(Some(FAIL_WITHIN)).unwrap();
     raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -283,9 +172,9 @@ fn protocol_mismatches_fail_cleanly_and_servers_keep_serving() {
     let stderr = fails_cleanly(
         srv.bare()
             .arg("--server")
-            .arg(format!("tls://127.0.0.1:{}", plain.addr.port()))
+            .arg(format!("tls://127.0.0.1:{}", plain.chat.port()))
             .arg("--ca-file")
-            .arg(&srv.cert)
+            .arg(srv.ca_file())
             .args(["-l", "alice", "-p"])
             .arg(password("alice"))
             .arg("login"),
@@ -308,14 +197,14 @@ fn protocol_mismatches_fail_cleanly_and_servers_keep_serving() {
 
 #[test]
 fn relay_health_checks_over_https() {
-    let srv = TlsServer::start();
+    let srv = TestServer::start_tls();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let url = format!("https://localhost:{}", srv.relay.port());
-        let trusted = tls::client_config(std::slice::from_ref(&srv.cert)).unwrap();
+        let url = format!("https://localhost:{}", srv.relays[0].port());
+        let trusted = tls::client_config(&[srv.ca_file().to_path_buf()]).unwrap();
         let pool = msim_chat::relays::RelayPool::new(std::slice::from_ref(&url))
             .unwrap()
             .with_tls(Some(trusted));
@@ -328,7 +217,7 @@ fn relay_health_checks_over_https() {
         assert!(!pool.relays()[0].healthy());
 
         // Plain http to the TLS relay: unhealthy too.
-        let plain = format!("http://localhost:{}", srv.relay.port());
+        let plain = format!("http://localhost:{}", srv.relays[0].port());
         let pool = msim_chat::relays::RelayPool::new(std::slice::from_ref(&plain)).unwrap();
         pool.check_all(Duration::from_secs(5)).await;
         assert!(!pool.relays()[0].healthy());

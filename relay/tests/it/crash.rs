@@ -5,15 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use msim_shared::token::{Capability, Direction, Keyring, TokenKey};
 use msim_storage::{Clock, SystemClock};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use msim_testkit::{pseudo_random_bytes, sha256_hex, ServerProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -22,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const SECRET: [u8; 32] = [7; 32];
 
 struct Relay {
-    child: Child,
+    server: ServerProcess,
     addr: SocketAddr,
     /// The relay's log lines (stderr).
     log: mpsc::UnboundedReceiver<String>,
@@ -47,72 +46,31 @@ fn token(id: &str, dir: Direction, size: u64) -> String {
     })
 }
 
-fn hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn data(n: usize, seed: u32) -> Vec<u8> {
-    let mut x: u32 = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 impl Relay {
     /// Starts the binary on an ephemeral port; the address is read from its log.
     async fn start(dir: &Path) -> Relay {
         let secret: String = SECRET.iter().map(|b| format!("{b:02x}")).collect();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_msim-relay"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_msim-relay"));
+        command
             .args(["--listen", "127.0.0.1:0", "--min-free", "0", "--data-dir"])
             .arg(dir)
-            .env("MSIM_RELAY_SECRET", format!("k1:{secret}"))
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (tx, log) = mpsc::unbounded_channel();
-        let addr = timeout(WAIT, async {
-            loop {
-                let line = lines.next_line().await.unwrap().expect("relay exited");
-                if let Some(at) = line.find("addr=127.0.0.1:") {
-                    let rest = &line[at + 5..];
-                    let end = rest
-                        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                        .unwrap_or(rest.len());
-                    break rest[..end].parse::<SocketAddr>().unwrap();
-                }
-            }
-        })
-        .await
-        .expect("relay did not start");
-        // Keep draining the log so the relay never blocks on a full pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                let _ = tx.send(l);
-            }
-        });
-        Relay { child, addr, log }
+            .env("MSIM_RELAY_SECRET", format!("k1:{secret}"));
+        let mut server = ServerProcess::spawn(command).unwrap();
+        let addr = server.listening("addr=127.0.0.1:").await.unwrap();
+        let log = server.keep_reading_log();
+        Relay { server, addr, log }
     }
 
     async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        timeout(WAIT, self.child.wait()).await.unwrap().unwrap();
+        self.server.child.start_kill().unwrap();
+        timeout(WAIT, self.server.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     fn sigterm(&self) {
-        let pid = self.child.id().unwrap() as libc::pid_t;
+        let pid = self.server.child.id().unwrap() as libc::pid_t;
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     }
@@ -294,10 +252,10 @@ async fn edit_index(dir: &Path, sql: &str) {
 async fn sigkill_during_uploads_and_after_201_then_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path()).await;
-    let done = data(3 << 20, 1);
-    let flipped = data(100_000, 2);
-    let lost = data(1000, 3);
-    let partial = data(6 << 20, 4);
+    let done = pseudo_random_bytes(3 << 20, 1);
+    let flipped = pseudo_random_bytes(100_000, 2);
+    let lost = pseudo_random_bytes(1000, 3);
+    let partial = pseudo_random_bytes(6 << 20, 4);
     for (id, p) in [("flipped", &flipped), ("lost", &lost)] {
         assert!(relay.put(id, p).await.starts_with("HTTP/1.1 201"));
     }
@@ -334,8 +292,8 @@ async fn sigkill_during_uploads_and_after_201_then_recovery() {
             header(&head, "msim-upload-complete").as_deref(),
             Some("true")
         );
-        assert_eq!(hex(&body), hex(p), "{id}");
-        assert_eq!(header(&head, "msim-sha256"), Some(hex(p)), "{id}");
+        assert_eq!(sha256_hex(&body), sha256_hex(p), "{id}");
+        assert_eq!(header(&head, "msim-sha256"), Some(sha256_hex(p)), "{id}");
     }
     // The partial upload resumes from what was stored.
     let size = partial.len() as u64;
@@ -351,9 +309,9 @@ async fn sigkill_during_uploads_and_after_201_then_recovery() {
         .patch("partial", size, offset as u64, &partial[offset..])
         .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    assert_eq!(header(&r, "msim-sha256"), Some(hex(&partial)));
+    assert_eq!(header(&r, "msim-sha256"), Some(sha256_hex(&partial)));
     let (_, body) = relay.get("partial", size).await;
-    assert_eq!(hex(&body), hex(&partial));
+    assert_eq!(sha256_hex(&body), sha256_hex(&partial));
     // The row without data was dropped, the orphans deleted.
     let h = relay.head("lost", lost.len() as u64).await;
     assert!(h.starts_with("HTTP/1.1 404"), "{h}");
@@ -369,8 +327,8 @@ async fn sigterm_finishes_downloads_keeps_uploads_resumable_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(dir.path()).await;
     // Large enough that the response is far from sent when SIGTERM arrives.
-    let big = data(24 << 20, 5);
-    let partial = data(4 << 20, 6);
+    let big = pseudo_random_bytes(24 << 20, 5);
+    let partial = pseudo_random_bytes(4 << 20, 6);
     assert!(relay.put("big", &big).await.starts_with("HTTP/1.1 201"));
     let mut download = relay.start_get("big", big.len() as u64).await;
     let first = read_body(&mut download, 1 << 20).await;
@@ -386,12 +344,15 @@ async fn sigterm_finishes_downloads_keeps_uploads_resumable_and_exits_0() {
     // The download in flight completes, byte for byte.
     let rest = read_body(&mut download, big.len() - first.len()).await;
     assert_eq!(rest.len(), big.len() - first.len(), "download cut short");
-    assert_eq!(hex(&[first, rest].concat()), hex(&big));
+    assert_eq!(sha256_hex(&[first, rest].concat()), sha256_hex(&big));
     drop(download);
     // The upload's client goes away mid-body: the relay keeps what arrived.
     upload.shutdown().await.unwrap();
     drop(upload);
-    let status = timeout(WAIT, relay.child.wait()).await.unwrap().unwrap();
+    let status = timeout(WAIT, relay.server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 
     let relay = Relay::start(dir.path()).await;
@@ -405,8 +366,8 @@ async fn sigterm_finishes_downloads_keeps_uploads_resumable_and_exits_0() {
         .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let (_, body) = relay.get("partial", size).await;
-    assert_eq!(hex(&body), hex(&partial));
+    assert_eq!(sha256_hex(&body), sha256_hex(&partial));
     let (_, body) = relay.get("big", big.len() as u64).await;
-    assert_eq!(hex(&body), hex(&big));
+    assert_eq!(sha256_hex(&body), sha256_hex(&big));
     relay.kill().await;
 }

@@ -1,76 +1,34 @@
 //! The status codes of PROTOCOL.md §11 that a client library would hide (`411`, `405`, `507`,
 //! `Expect: 100-continue`), over raw TCP to an in-process relay on 127.0.0.1:0.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::{Relay, WAIT};
 use msim_relay::RelayConfig;
-use msim_shared::token::{Capability, Direction, Keyring, TokenKey};
-use msim_storage::{Clock, SystemClock};
+use msim_shared::token::Direction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-/// Deadline of every network wait.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Relay {
-    addr: SocketAddr,
-    ring: Keyring,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// An in-process relay whose uploads wait 200 ms at most for their first byte.
+async fn start(tweak: impl FnOnce(&mut RelayConfig)) -> (Relay, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), false, |config| {
+        config.wait_for_upload = Duration::from_millis(200);
+        tweak(config);
+    })
+    .await;
+    (relay, dir)
 }
 
-impl Relay {
-    async fn start(tweak: impl FnOnce(&mut RelayConfig)) -> (Relay, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let ring = Keyring::new(vec![TokenKey {
-            id: "k1".into(),
-            secret: vec![7; 32],
-        }]);
-        let mut config = RelayConfig::new(dir.path(), ring.clone());
-        config.min_free = 0;
-        config.wait_for_upload = Duration::from_millis(200);
-        tweak(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            msim_relay::serve(listener, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        (
-            Relay {
-                addr,
-                ring,
-                stop,
-                task,
-            },
-            dir,
-        )
-    }
+/// Raw HTTP/1.1 exchanges with the relay.
+trait Raw {
+    async fn connect(&self) -> TcpStream;
+    async fn exchange(&self, request: &str) -> String;
+    async fn head(&self, id: &str, token: &str) -> String;
+}
 
-    fn token(&self, id: &str, dir: Direction, size: u64) -> String {
-        self.ring.sign(&Capability {
-            transfer_id: id.into(),
-            direction: dir,
-            size,
-            sha256: None,
-            sender: "alice@example.com".into(),
-            max_downloads: None,
-            expires: SystemClock.now() + 3600,
-        })
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        timeout(WAIT, self.task).await.unwrap().unwrap();
-    }
-
+impl Raw for Relay {
     async fn connect(&self) -> TcpStream {
         timeout(WAIT, TcpStream::connect(self.addr))
             .await
@@ -128,7 +86,7 @@ fn has_header(response: &str, line: &str) -> bool {
 
 #[tokio::test]
 async fn upload_without_content_length_is_411_and_stores_nothing() {
-    let (relay, _dir) = Relay::start(|_| {}).await;
+    let (relay, _dir) = start(|_| {}).await;
     let up = relay.token("nolen", Direction::Upload, 5);
     // No Content-Length at all (and no body).
     let r = relay
@@ -164,7 +122,7 @@ async fn upload_without_content_length_is_411_and_stores_nothing() {
 
 #[tokio::test]
 async fn other_methods_on_a_transfer_are_405_with_allow() {
-    let (relay, _dir) = Relay::start(|_| {}).await;
+    let (relay, _dir) = start(|_| {}).await;
     let up = relay.token("m1", Direction::Upload, 5);
     for method in ["POST", "OPTIONS", "TRACE"] {
         let r = relay
@@ -184,7 +142,7 @@ async fn other_methods_on_a_transfer_are_405_with_allow() {
 
 #[tokio::test]
 async fn capacity_full_is_507_before_100_continue() {
-    let (relay, _dir) = Relay::start(|c| c.capacity = 1000).await;
+    let (relay, _dir) = start(|c| c.capacity = 1000).await;
     // 600 of the 1000 bytes are taken.
     let up = relay.token("c1", Direction::Upload, 600);
     let body = "x".repeat(600);
@@ -231,7 +189,7 @@ async fn capacity_full_is_507_before_100_continue() {
 #[tokio::test]
 async fn free_disk_watermark_is_507() {
     // No disk has this much free space.
-    let (relay, _dir) = Relay::start(|c| c.min_free = u64::MAX / 4).await;
+    let (relay, _dir) = start(|c| c.min_free = u64::MAX / 4).await;
     let up = relay.token("w1", Direction::Upload, 5);
     let r = relay
         .exchange(&format!(
@@ -245,7 +203,7 @@ async fn free_disk_watermark_is_507() {
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_only_after_the_checks() {
-    let (relay, _dir) = Relay::start(|_| {}).await;
+    let (relay, _dir) = start(|_| {}).await;
     // Accepted upload: `100 Continue` first, then the body, then `201`.
     let up = relay.token("e1", Direction::Upload, 5);
     let mut s = relay.connect().await;

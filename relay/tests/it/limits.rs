@@ -4,7 +4,6 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use msim_relay::MetricsAccess;
 use msim_shared::token::{Direction, Keyring};
 use msim_storage::{Clock, ManualClock, SystemClock};
+use msim_testkit::ServerProcess;
 use support::{closed_within, connect_from, exchange, parse_response, utf8, Relay, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -352,35 +352,6 @@ fn relay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_msim-relay"))
 }
 
-/// Read the relay's log until it has said where it listens for transfers and for metrics.
-async fn logged_addrs(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-) -> (SocketAddr, SocketAddr) {
-    let (mut main, mut metrics) = (None, None);
-    while main.is_none() || metrics.is_none() {
-        let line = timeout(WAIT, lines.next_line())
-            .await
-            .expect("relay log")
-            .unwrap()
-            .expect("relay exited");
-        let Some(at) = line.find("addr=") else {
-            continue;
-        };
-        let addr: SocketAddr = line[at + 5..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        if line.contains("metrics listening") {
-            metrics = Some(addr);
-        } else if line.contains("msim-relay listening") {
-            main = Some(addr);
-        }
-    }
-    (main.unwrap(), metrics.unwrap())
-}
-
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -391,7 +362,8 @@ async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay-data");
     // The umask is set in the relay's own process (not this test process).
-    let mut child = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
         .arg("umask 022; exec \"$0\" \"$@\"")
         .arg(relay_bin())
@@ -409,25 +381,18 @@ async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
         .env(
             "MSIM_RELAY_SECRET",
             "k1:0707070707070707070707070707070707070707070707070707070707070707",
-        )
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        );
+    let mut server = ServerProcess::spawn(command).unwrap();
+    let addrs = server
+        .listening_each(&["msim-relay listening", "metrics listening"])
+        .await
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (addr, metrics_addr) = logged_addrs(&mut lines).await;
-    let relay = Relay {
-        addr,
-        metrics_addr: Some(metrics_addr),
-        ring: Keyring::from_secret_text(
-            "k1:0707070707070707070707070707070707070707070707070707070707070707",
-        )
-        .unwrap(),
-        stop: None,
-        task: tokio::spawn(async {}),
-    };
+    server.keep_reading_log();
+    let (addr, metrics_addr) = (addrs[0], addrs[1]);
+    let ring = Keyring::from_secret_text(
+        "k1:0707070707070707070707070707070707070707070707070707070707070707",
+    );
+    let relay = Relay::at(addr, Some(metrics_addr), ring.unwrap());
     relay.upload_and_download("private", b"secret bytes").await;
     let (status, _) = relay.request("GET", "/metrics", None, b"").await;
     assert_eq!(status, 404);
@@ -444,7 +409,7 @@ async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
     ] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
-    child.kill().await.unwrap();
+    server.child.kill().await.unwrap();
 }
 
 // The refusal counter says what happened: a storage failure is not a bad request, a transfer

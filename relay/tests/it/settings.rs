@@ -2,67 +2,26 @@
 //! docs/OPERATING.md is accepted from the TOML file (sizes also with units) and comes back
 //! from `print-config`, and a flag beats the environment, which beats the file.
 
+use msim_testkit::settings::{self, write_config as write};
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const EVERY_KEY: &str = include_str!("../data/every-key.toml");
 const OPERATING: &str = include_str!("../../../docs/OPERATING.md");
 
-/// The long options in the first column of the msim-relay options table, as TOML keys.
+const RELAY: &str = env!("CARGO_BIN_EXE_msim-relay");
+
 fn documented_keys() -> BTreeSet<String> {
-    let section = OPERATING
-        .split("## msim-relay")
-        .nth(1)
-        .and_then(|s| s.split("### Options").nth(1))
-        .and_then(|s| s.split("\n### ").next())
-        .expect("docs/OPERATING.md has the msim-relay options table");
-    let mut keys = BTreeSet::new();
-    for row in section.lines().filter(|l| l.starts_with("| `--")) {
-        let first_cell = row.split('|').nth(1).expect("a table row");
-        for flag in first_cell.split("`--").skip(1) {
-            let name: String = flag
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            keys.insert(name);
-        }
-    }
-    keys.remove("config"); // names the file itself
-    keys
+    settings::documented_keys(OPERATING, "msim-relay")
 }
 
 fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msim-relay"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MSIM_RELAY_")) {
-        cmd.env_remove(name);
-    }
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run msim-relay")
+    settings::run_clean(RELAY, "MSIM_RELAY_", args, env)
 }
 
 /// `msim-relay print-config` with a clean MSIM_RELAY_* environment plus `env`.
 fn print_config(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
-    let mut all = args.to_vec();
-    all.push("print-config");
-    let out = relay(&all, env);
-    assert!(
-        out.status.success(),
-        "msim-relay print-config failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .parse()
-        .expect("print-config prints TOML")
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_owned()
+    settings::print_config(RELAY, "MSIM_RELAY_", args, env)
 }
 
 #[test]

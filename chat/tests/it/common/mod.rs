@@ -1,13 +1,33 @@
 //! Test helpers: an in-process server on 127.0.0.1:0 and a raw line client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use msim_chat::{Clock, Config};
+use msim_chat::Config;
+use msim_testkit::{ServerProcess, System, SystemBuilder};
 use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
+
+/// `msim-chat` on free ports (`--listen` and `--embedded-relay-listen` 127.0.0.1:0) with its
+/// data in `data_dir`.
+pub fn chat_binary(data_dir: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_msim-chat"));
+    c.args(["--listen", "127.0.0.1:0"])
+        .args(["--embedded-relay-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir);
+    c
+}
+
+/// Starts `command` (a [`chat_binary`]); returns it once it listens, with its address.
+pub async fn start_binary(command: tokio::process::Command) -> (ServerProcess, SocketAddr) {
+    let mut server = ServerProcess::spawn(command).unwrap();
+    let addr = server.listening("msim-chat listening").await.unwrap();
+    server.keep_reading_log();
+    (server, addr)
+}
 
 pub const PASSWORD: &str = "correct-horse";
 
@@ -54,12 +74,10 @@ pub fn database_env(dir: &std::path::Path) -> Vec<(&'static str, String)> {
 }
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// msim-chat alone (msim-testkit's [`System`] without a relay, [`Config::for_tests`]: a manual
+/// clock), and raw line clients for it.
 pub struct TestServer {
-    pub addr: SocketAddr,
-    pub clock: Clock,
-    pub dir: tempfile::TempDir,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    system: System,
 }
 
 impl TestServer {
@@ -67,36 +85,32 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, f).await
+    pub async fn start_with(f: impl FnOnce(&mut Config) + Send + 'static) -> TestServer {
+        Self::with(System::builder(), f).await
     }
 
-    pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::for_tests(dir.path());
-        config.database = database_for(dir.path());
-        f(&mut config);
-        let clock = config.clock.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            msim_chat::run(listener, config, s.cancelled_owned())
-                .await
-                .unwrap();
+    /// A server on the data a stopped one left in `dir` (see [`TestServer::stop`]).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> TestServer {
+        Self::with(System::builder().in_dir(dir), f).await
+    }
+
+    async fn with(
+        builder: SystemBuilder,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> TestServer {
+        let builder = builder.without_relay().test_defaults().chat(move |c| {
+            c.database = database_for(&c.data_dir);
+            f(c);
         });
-        TestServer {
-            addr,
-            clock,
-            dir,
-            stop,
-            task,
-        }
+        let system = builder.start().await.expect("msim-chat starts");
+        TestServer { system }
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.addr).await
+        Client::connect(self.chat).await
     }
 
     /// Registers `login` and returns a logged-in client.
@@ -116,10 +130,18 @@ impl TestServer {
         c
     }
 
+    /// Stops the server, waits until it has shut down, and hands over its directory.
     pub async fn stop(self) -> tempfile::TempDir {
-        self.stop.cancel();
-        self.task.await.unwrap();
-        self.dir
+        let dir = self.system.stop_into_dir().await;
+        dir.expect("msim-chat stopped cleanly")
+    }
+}
+
+impl Deref for TestServer {
+    type Target = System;
+
+    fn deref(&self) -> &System {
+        &self.system
     }
 }
 

@@ -1,29 +1,80 @@
-//! The server side of the tests is the library's (`client/tests/common`, included below);
-//! this adds what drives the `msim` program: commands, running processes, their output.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../../../client/tests/common/mod.rs"]
-mod server;
+//! The servers behind the `msim` program's tests (msim-chat with its embedded relay, from
+//! msim-testkit, on a runtime of their own) and what drives the program: commands, running
+//! processes, their output.
 
 use std::io::{BufRead, BufReader, Read};
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub use server::*;
+use msim_testkit::{System, ThreadedSystem};
+
+/// msim-chat with its embedded relay, plain or TLS, and `msim` commands pointed at it.
+pub struct TestServer {
+    system: ThreadedSystem,
+}
 
 impl TestServer {
-    /// `msim --server ADDR` with no config file and no credentials from the environment.
-    pub fn msim(&self) -> Command {
+    /// A plain server.
+    pub fn start() -> TestServer {
+        Self::with(System::builder())
+    }
+
+    /// A server and relay serving TLS with a self-signed certificate for `localhost`; the
+    /// relay's URL names `localhost`, so that SNI and verification use it.
+    pub fn start_tls() -> TestServer {
+        Self::with(
+            System::builder()
+                .tls(true)
+                .relay_host("localhost")
+                .chat(|c| c.tls_handshake_timeout = Duration::from_secs(3)),
+        )
+    }
+
+    fn with(builder: msim_testkit::SystemBuilder) -> TestServer {
+        let system = builder.start_on_thread().expect("msim-chat starts");
+        TestServer { system }
+    }
+
+    /// The `--server` value: `tls://127.0.0.1:PORT` with TLS.
+    pub fn server(&self) -> String {
+        match self.cert {
+            Some(_) => format!("tls://127.0.0.1:{}", self.chat.port()),
+            None => self.chat.to_string(),
+        }
+    }
+
+    /// The certificate to trust (`--ca-file`) of a TLS server.
+    pub fn ca_file(&self) -> &std::path::Path {
+        &self.cert.as_ref().expect("a TLS server").cert
+    }
+
+    /// `msim` with no config file and no server, credentials or CA from the environment; a
+    /// TLS server's clients wait 5 s at most for an answer, so that failures show quickly.
+    pub fn bare(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_msim"));
-        c.arg("--server").arg(self.server());
         c.env_remove("MSIM_LOGIN")
             .env_remove("MSIM_PASSWORD")
             .env_remove("MSIM_SERVER")
             .env_remove("MSIM_CONFIG")
+            .env_remove("MSIM_CA_FILE")
             // No ~/.config/msim/config.toml from the machine running the tests.
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"));
+        if self.cert.is_some() {
+            c.args(["--timeout", "5"]);
+        }
+        c
+    }
+
+    /// `msim --server ADDR` (with `--ca-file` for TLS).
+    pub fn msim(&self) -> Command {
+        let mut c = self.bare();
+        c.arg("--server").arg(self.server());
+        if self.cert.is_some() {
+            c.arg("--ca-file").arg(self.ca_file());
+        }
         c
     }
 
@@ -33,6 +84,25 @@ impl TestServer {
         c.args(["--login", login, "--password", &password(login)]);
         c
     }
+}
+
+impl Deref for TestServer {
+    type Target = ThreadedSystem;
+
+    fn deref(&self) -> &ThreadedSystem {
+        &self.system
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut ThreadedSystem {
+        &mut self.system
+    }
+}
+
+/// The password the tests give `login`.
+pub fn password(login: &str) -> String {
+    format!("{login}-password-123")
 }
 
 /// Runs a command with `input` on its standard input; panics with stderr when the exit code

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{test_config, Server};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -18,8 +19,6 @@ use msim_relay::RelayConfig;
 use msim_shared::token::{Capability, Direction, Keyring, TokenKey};
 use msim_storage::{Clock, SystemClock};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 pub type B = BoxBody<Bytes, io::Error>;
 
@@ -36,44 +35,27 @@ pub fn now() -> u64 {
 
 pub struct Relay {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Server,
     pub ring: Keyring,
     pub client: Client<HttpConnector, B>,
 }
 
 impl Relay {
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut RelayConfig)) -> Relay {
-        let ring = Keyring::new(vec![key("k1", 7)]);
-        let mut config = RelayConfig::new(dir, ring.clone());
-        config.min_free = 0;
-        config.sweep_interval = Duration::from_secs(3600);
+        let mut config = test_config(dir, Keyring::new(vec![key("k1", 7)]));
         tweak(&mut config);
         let ring = config.keyring.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            msim_relay::serve(listener, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
+        let server = Server::start(config, false).await;
         Relay {
-            addr,
-            stop: Some(tx),
-            task,
+            addr: server.addr,
+            server,
             ring,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        (&mut self.task).await.unwrap();
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 
     pub fn url(&self, path: &str) -> String {

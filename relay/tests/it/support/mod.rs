@@ -23,25 +23,25 @@ pub fn keyring() -> Keyring {
     }])
 }
 
-pub struct Relay {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
-    pub ring: Keyring,
-    pub stop: Option<oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<()>,
+/// A relay configuration for tests, in `dir`: no free-disk watermark, no sweep during a test.
+pub fn test_config(dir: &Path, keyring: Keyring) -> RelayConfig {
+    let mut config = RelayConfig::new(dir, keyring);
+    config.min_free = 0;
+    config.sweep_interval = Duration::from_secs(3600);
+    config
 }
 
-impl Relay {
-    pub async fn start(
-        dir: &Path,
-        metrics_listener: bool,
-        tweak: impl FnOnce(&mut RelayConfig),
-    ) -> Relay {
-        let mut config = RelayConfig::new(dir, keyring());
-        config.min_free = 0;
-        config.sweep_interval = Duration::from_secs(3600);
-        tweak(&mut config);
-        let ring = config.keyring.clone();
+/// An in-process relay on 127.0.0.1:0 (with a metrics listener when asked), the one way the
+/// tests of this crate start one.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(config: RelayConfig, metrics_listener: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = if metrics_listener {
@@ -50,7 +50,7 @@ impl Relay {
             None
         };
         let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
+        let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             msim_relay::serve_with_metrics(listener, metrics, config, async {
                 let _ = rx.await;
@@ -58,20 +58,62 @@ impl Relay {
             .await
             .unwrap();
         });
-        Relay {
+        Server {
             addr,
             metrics_addr,
-            ring,
-            stop: Some(tx),
+            stop,
             task,
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+    /// Stops the relay and waits until it has shut down.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        timeout(WAIT, self.task).await.unwrap().unwrap();
+    }
+}
+
+/// A [`Server`] with the keyring of its tokens, driven over raw HTTP/1.1.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub ring: Keyring,
+    /// None for a relay run elsewhere ([`Relay::at`]).
+    server: Option<Server>,
+}
+
+impl Relay {
+    pub async fn start(
+        dir: &Path,
+        metrics_listener: bool,
+        tweak: impl FnOnce(&mut RelayConfig),
+    ) -> Relay {
+        let mut config = test_config(dir, keyring());
+        tweak(&mut config);
+        let ring = config.keyring.clone();
+        let server = Server::start(config, metrics_listener).await;
+        Relay {
+            addr: server.addr,
+            metrics_addr: server.metrics_addr,
+            ring,
+            server: Some(server),
         }
-        timeout(WAIT, &mut self.task).await.unwrap().unwrap();
+    }
+
+    /// The relay (e.g. the binary) listening on `addr` and signing with `ring`.
+    pub fn at(addr: SocketAddr, metrics_addr: Option<SocketAddr>, ring: Keyring) -> Relay {
+        Relay {
+            addr,
+            metrics_addr,
+            ring,
+            server: None,
+        }
+    }
+
+    pub async fn stop(self) {
+        if let Some(server) = self.server {
+            server.stop().await;
+        }
     }
 
     pub fn token(&self, id: &str, dir: Direction, size: u64) -> String {

@@ -1,30 +1,29 @@
-//! The library against a real msim-chat server and relay (in-process, see `common`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+//! The library against a real msim-chat server and its embedded relay (in-process, on a
+//! runtime of their own: see `common`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{password, sha256_hex, test_bytes, TestServer};
+use crate::common::{self, password};
 use msim::proto::{ConnectFailure, ContactFailure, OfferFile, Presence, SendFailure};
 use msim::transfer::{self, Transfer, TransferOptions};
 use msim::{Client, ClientError, Event, Events, LoginOptions};
+use msim_testkit::{pseudo_random_bytes, sha256_file_hex, ThreadedSystem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound on waiting for one event; a hang fails instead of blocking forever.
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn user(srv: &TestServer, login: &str) -> (Client, Events) {
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+async fn user(srv: &ThreadedSystem, login: &str) -> (Client, Events) {
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     c.register(login, &password(login)).await.unwrap();
     drop(c);
     session(srv, login).await
 }
 
-async fn session(srv: &TestServer, login: &str) -> (Client, Events) {
-    let (c, e) = Client::connect(srv.addr).await.unwrap();
+async fn session(srv: &ThreadedSystem, login: &str) -> (Client, Events) {
+    let (c, e) = Client::connect(srv.chat).await.unwrap();
     c.login(login, &password(login)).await.unwrap();
     (c, e)
 }
@@ -45,9 +44,7 @@ async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) 
 
 #[tokio::test]
 async fn messages_receipts_contacts_profile() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _alice_events) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let info = alice.session().unwrap();
@@ -154,9 +151,7 @@ async fn messages_receipts_contacts_profile() {
 
 #[tokio::test]
 async fn pipelined_requests_get_their_own_answers() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (_bob, mut bob_events) = user(&srv, "bob").await;
     let mut tasks = Vec::new();
@@ -198,9 +193,7 @@ async fn pipelined_requests_get_their_own_answers() {
 
 #[tokio::test]
 async fn auth_and_send_errors_are_typed() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let err = alice.send_message("nobody", "hi").await.unwrap_err();
     assert!(
@@ -215,7 +208,7 @@ async fn auth_and_send_errors_are_typed() {
     );
     assert!(err.is_refusal());
 
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     let err = c.login("alice", "wrong-password").await.unwrap_err();
     assert!(
         matches!(
@@ -229,21 +222,19 @@ async fn auth_and_send_errors_are_typed() {
     );
     assert!(err.is_auth_failure());
 
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     let err = c.register("alice", &password("alice")).await.unwrap_err();
     assert!(matches!(err, ClientError::RegisterFailed(_)), "{err:?}");
 
     // Requests before login are answered with a typed error, not a hang.
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     let err = c.contacts().await.unwrap_err();
     assert!(err.is_auth_failure(), "{err:?}");
 }
 
 #[tokio::test]
 async fn device_cookie_is_exposed_and_presented() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let cookie = alice
         .device_cookie()
@@ -253,9 +244,9 @@ async fn device_cookie_is_exposed_and_presented() {
         Some(cookie.as_str())
     );
     // A wrong password from this address: an ordinary login now waits out the delay...
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     c.login("alice", "wrong-password").await.unwrap_err();
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     let err = c.login("alice", &password("alice")).await.unwrap_err();
     assert!(
         matches!(
@@ -268,7 +259,7 @@ async fn device_cookie_is_exposed_and_presented() {
         "{err:?}"
     );
     // ...but not with the device's cookie, which comes back renewed.
-    let (c, _) = Client::connect(srv.addr).await.unwrap();
+    let (c, _) = Client::connect(srv.chat).await.unwrap();
     let ok = c
         .login_with(
             "alice",
@@ -286,16 +277,14 @@ async fn device_cookie_is_exposed_and_presented() {
 /// progress reported, and the result byte-identical.
 #[tokio::test]
 async fn file_transfer_round_trip() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
-    let dir = srv.subdir("files");
+    let dir = srv.subdir("files").unwrap();
     let src = dir.join("cat.jpg");
-    std::fs::write(&src, test_bytes(1_500_000, 1)).unwrap();
+    std::fs::write(&src, pseudo_random_bytes(1_500_000, 1)).unwrap();
     let sha = transfer::sha256_file(&src).await.unwrap();
-    assert_eq!(sha, sha256_hex(&src));
+    assert_eq!(sha, sha256_file_hex(&src).unwrap());
 
     let offer = alice
         .offer_file(OfferFile {
@@ -354,7 +343,7 @@ async fn file_transfer_round_trip() {
     assert_eq!(up_done.load(Ordering::Relaxed), 1_500_000);
     assert!(report.verified);
     assert_eq!(report.sha256, sha);
-    assert_eq!(sha256_hex(&dest), sha);
+    assert_eq!(sha256_file_hex(&dest).unwrap(), sha);
     assert!(!transfer::part_path(&dest).exists());
 }
 
@@ -362,16 +351,14 @@ async fn file_transfer_round_trip() {
 /// (learned from the relay), the download continues a `.part` file with `Range`.
 #[tokio::test]
 async fn transfers_resume() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
-    let dir = srv.subdir("resume");
+    let dir = srv.subdir("resume").unwrap();
     let src = dir.join("photo.png");
-    let bytes = test_bytes(300_000, 2);
+    let bytes = pseudo_random_bytes(300_000, 2);
     std::fs::write(&src, &bytes).unwrap();
-    let sha = sha256_hex(&src);
+    let sha = sha256_file_hex(&src).unwrap();
     let offer = alice
         .offer_file(OfferFile {
             to: "bob".into(),
@@ -450,9 +437,7 @@ async fn transfers_resume() {
 
 #[tokio::test]
 async fn rejected_offer_is_a_typed_error() {
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (alice, _) = user(&srv, "alice").await;
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let offer = alice
@@ -518,9 +503,7 @@ async fn raw_put_interrupted(url: &str, token: &str, body: &[u8], sent: usize) {
 #[tokio::test]
 async fn presence_consent_blocking_and_visibility() {
     use msim::proto::{BlockFailure, LastSeenVisibility, PresenceFailure};
-    let srv = tokio::task::spawn_blocking(TestServer::start)
-        .await
-        .unwrap();
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
     let (carol, mut carol_events) = user(&srv, "carol").await;
     let (eve, mut eve_events) = user(&srv, "eve").await;
     eve.add_contact("carol", None, None).await.unwrap();

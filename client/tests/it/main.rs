@@ -1,0 +1,6 @@
+//! The integration tests of this crate, one binary (one link) with a module per area.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+mod library;
