@@ -229,7 +229,7 @@ async fn relay_public_url_is_handed_out_internal_url_is_checked() {
     let (internal, hits) = fake_relay(200).await;
     // Nothing listens there; only a client outside would reach it.
     let public = "http://relay1.public.example:8215";
-    let srv = TestServer::start_with(|c| {
+    let srv = TestServer::start_with(move |c| {
         c.relays = vec![format!("{public}={internal}")];
         c.relay_secret = msim_shared::token::generate_secret_text();
         c.relay_health_interval = Duration::from_millis(20);
