@@ -90,6 +90,28 @@ pub(super) struct Index {
     writes: tokio::sync::Mutex<()>,
 }
 
+/// Holds an exclusive lock on `<index>.migrate-lock` (created 0600) until dropped; waits for
+/// another process holding it.
+async fn migration_lock(index: &Path) -> Result<std::fs::File> {
+    let mut name = index.as_os_str().to_owned();
+    name.push(".migrate-lock");
+    let path = std::path::PathBuf::from(name);
+    let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(file)
+}
+
 impl Index {
     /// Open (creating if needed) the index database at `path` and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<Index> {
@@ -103,12 +125,14 @@ impl Index {
             .max_connections(4)
             .connect_with(opts.clone())
             .await?;
-        if let Err(first) = MIGRATOR.run(&pool).await {
-            // A relay and a `sweep` process opening a new index at once both try to apply the
-            // first migration; the loser's bookkeeping insert fails. Its retry finds it applied.
-            tracing::debug!(error = %first, "index migration raced, retrying");
-            MIGRATOR.run(&pool).await.map_err(sqlx::Error::from)?;
-        }
+        // A relay and a `sweep` process may open a new (or older) index at once. sqlx's SQLite
+        // migrator takes no lock, so both would apply the same migrations and the loser's
+        // bookkeeping insert would fail: they take turns under an exclusive lock on a file
+        // beside the index instead.
+        let lock = migration_lock(path).await?;
+        let migrated = MIGRATOR.run(&pool).await;
+        drop(lock);
+        migrated.map_err(sqlx::Error::from)?;
         let durable = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.synchronous(SqliteSynchronous::Full))
