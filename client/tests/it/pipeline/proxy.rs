@@ -154,13 +154,11 @@ async fn relay_connection(
             };
             let body_len = data.len() - start;
             match fault {
-                Fault::CutFirstResponseAfter(limit) if first => {
-                    if body_seen + body_len >= limit {
-                        let keep = start + (limit - body_seen);
-                        let _ = client_write.write_all(&data[..keep]).await;
-                        // Both directions end here: a cut connection.
-                        return;
-                    }
+                Fault::CutFirstResponseAfter(limit) if first && body_seen + body_len >= limit => {
+                    let keep = start + (limit - body_seen);
+                    let _ = client_write.write_all(&data[..keep]).await;
+                    // Both directions end here: a cut connection.
+                    return;
                 }
                 Fault::FlipResponseByte(at) if body_seen <= at && at < body_seen + body_len => {
                     data[start + at - body_seen] ^= 0xff;
