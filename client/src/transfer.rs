@@ -376,7 +376,17 @@ pub async fn download(
                 tracing::info!(%error, attempt, "download interrupted; resuming");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            Err((_, error)) => return Err(error),
+            Err((kept, error)) => {
+                // An empty .part (nothing ever arrived) is not worth keeping for a retry.
+                if kept.is_none_or(|p| p.len() == 0) {
+                    if let Ok(meta) = tokio::fs::metadata(&part_name).await {
+                        if meta.len() == 0 {
+                            let _ = tokio::fs::remove_file(&part_name).await;
+                        }
+                    }
+                }
+                return Err(error);
+            }
         }
     }
     let Some(part) = part else {

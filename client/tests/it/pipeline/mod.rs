@@ -211,7 +211,7 @@ async fn a_file_changed_while_being_sent_is_refused() {
         matches!(err, ClientError::RelayStatus { status: 410, .. }),
         "{err:?}"
     );
-    assert!(!dest.exists());
+    assert!(!dest.exists() && !transfer::part_path(&dest).exists());
 }
 
 #[tokio::test]
