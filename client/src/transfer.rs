@@ -2,7 +2,8 @@
 //! (`HEAD` for the offset, `PUT` or `PATCH` with `Upload-Offset`) and streamed, resumable
 //! downloads (`GET` with `Range`), with SHA-256 checks and progress callbacks.
 //!
-//! Files are never loaded into memory: bodies are read from and written to disk in chunks.
+//! Files are never loaded into memory: bodies are read from and written to disk in 1 MiB units
+//! on blocking threads (`file_io`), and downloads are hashed as they are written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,15 +15,13 @@ use http::{header, Method, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use sha2::{Digest, Sha256};
-use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
 
+mod file_io;
 mod relay_http;
 
 use crate::backoff::Backoff;
 use crate::error::ClientError;
+use file_io::PartFile;
 use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, UPLOAD_OFFSET};
 use msim_shared::tls::rustls::ClientConfig;
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
@@ -30,7 +29,6 @@ use relay_http::{empty, error_status, header_text, header_u64, request, send, ta
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
-const CHUNK: usize = 64 * 1024;
 /// Error bodies are read up to this many bytes.
 const MAX_ERROR_BODY: usize = 4096;
 
@@ -138,19 +136,10 @@ pub struct DownloadReport {
     pub resumed: bool,
 }
 
-/// Lowercase hex SHA-256 of a file, streamed.
+/// Lowercase hex SHA-256 of a file, streamed (on a blocking thread, in 1 MiB reads).
 pub async fn sha256_file(path: &Path) -> Result<String, ClientError> {
-    let mut file = File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let path = path.to_owned();
+    file_io::blocking(move || file_io::sha256_file_blocking(&path)).await
 }
 
 /// Whether an error is worth retrying (the connection broke, or the relay is busy).
@@ -205,6 +194,14 @@ pub async fn upload(
             };
             if offset > 0 {
                 resumed = true;
+            }
+            // A file that changed size since it was offered is not retried.
+            let now = tokio::fs::metadata(path).await?.len();
+            if now != size {
+                return Err(ClientError::SizeMismatch {
+                    expected: size,
+                    actual: now,
+                });
             }
             upload_from(&target, transfer, path, size, offset, &progress, options).await
         }
@@ -274,15 +271,14 @@ async fn upload_from(
     progress: &Option<Progress>,
     options: &TransferOptions,
 ) -> Result<Step, ClientError> {
-    let mut file = File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
     let len = size - offset.min(size);
     let mut done = offset;
     if let Some(p) = progress {
         p(done, size);
     }
     let progress_cb = progress.clone();
-    let stream = ReaderStream::with_capacity(file.take(len), CHUNK).map(move |chunk| {
+    let mut units = file_io::read_units(path.to_owned(), offset, len);
+    let stream = futures::stream::poll_fn(move |cx| units.poll_recv(cx)).map(move |chunk| {
         chunk.map(|data| {
             done += data.len() as u64;
             if let Some(p) = &progress_cb {
@@ -346,62 +342,77 @@ pub async fn download(
     options: &TransferOptions,
 ) -> Result<DownloadReport, ClientError> {
     let target = target(&transfer.url)?;
-    let part = part_path(dest);
+    let part_name = part_path(dest);
     let mut backoff = options.backoff();
     let mut attempt = 0;
+    // Hashes what the .part file already holds, once; from here on the hash follows each write.
+    let mut part = Some(PartFile::open(&part_name).await?);
     let mut resumed = false;
     let mut relay_sha = None;
     loop {
         attempt += 1;
-        let have = match tokio::fs::metadata(&part).await {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
+        let current = match part.take() {
+            Some(p) => p,
+            // A write failed in the last attempt: what is on disk is the truth.
+            None => PartFile::open(&part_name).await?,
         };
-        if have > 0 {
-            resumed = true;
-        }
+        resumed |= current.len() > 0;
         let result = download_from(
             &target,
             transfer,
-            &part,
-            have,
+            current,
             &progress,
             options,
             &mut relay_sha,
         )
         .await;
         match result {
-            Ok(()) => break,
-            Err(error) if download_transient(&error) && attempt < options.attempts => {
+            Ok(done) => {
+                part = Some(done);
+                break;
+            }
+            Err((kept, error)) if download_transient(&error) && attempt < options.attempts => {
+                part = kept;
                 tracing::info!(%error, attempt, "download interrupted; resuming");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            Err(error) => return Err(error),
+            Err((kept, error)) => {
+                // An empty .part (nothing ever arrived) is not worth keeping for a retry.
+                if kept.is_none_or(|p| p.len() == 0) {
+                    if let Ok(meta) = tokio::fs::metadata(&part_name).await {
+                        if meta.len() == 0 {
+                            let _ = tokio::fs::remove_file(&part_name).await;
+                        }
+                    }
+                }
+                return Err(error);
+            }
         }
     }
-    let size = tokio::fs::metadata(&part).await?.len();
-    if transfer.size != 0 && size != transfer.size {
-        return Err(ClientError::SizeMismatch {
-            expected: transfer.size,
-            actual: size,
-        });
-    }
-    let sha256 = sha256_file(&part).await?;
+    let Some(part) = part else {
+        return Err(ClientError::Http("download lost its file".into()));
+    };
+    let (part_name, size, sha256) = part.finish().await?;
     let expected = expected_sha256
         .map(str::to_ascii_lowercase)
         .or(relay_sha.map(|s: String| s.to_ascii_lowercase()));
-    if let Some(expected) = &expected {
-        if *expected != sha256 {
-            // Keep nothing that does not match: a resumed .part could be the culprit.
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(ClientError::ChecksumMismatch {
-                expected: expected.clone(),
-                actual: sha256,
+    let size_wrong = transfer.size != 0 && size != transfer.size;
+    let sha_wrong = expected.as_ref().is_some_and(|e| *e != sha256);
+    if size_wrong || sha_wrong {
+        // Keep nothing that does not match: a resumed .part could be the culprit.
+        let _ = tokio::fs::remove_file(&part_name).await;
+        if size_wrong {
+            return Err(ClientError::SizeMismatch {
+                expected: transfer.size,
+                actual: size,
             });
         }
+        return Err(ClientError::ChecksumMismatch {
+            expected: expected.unwrap_or_default(),
+            actual: sha256,
+        });
     }
-    tokio::fs::rename(&part, dest).await?;
+    tokio::fs::rename(&part_name, dest).await?;
     Ok(DownloadReport {
         path: dest.to_owned(),
         size,
@@ -423,49 +434,45 @@ pub fn part_path(dest: &Path) -> PathBuf {
     dest.with_file_name(name)
 }
 
+/// One download attempt into `part`. On failure the part file comes back when it is still in
+/// step with its hash (then the next attempt resumes from it without reading it again).
 async fn download_from(
     target: &Target,
     transfer: &Transfer,
-    part: &Path,
-    have: u64,
+    part: PartFile,
     progress: &Option<Progress>,
     options: &TransferOptions,
     relay_sha: &mut Option<String>,
-) -> Result<(), ClientError> {
+) -> Result<PartFile, (Option<PartFile>, ClientError)> {
+    let have = part.len();
     if transfer.size != 0 && have >= transfer.size {
-        return Ok(());
+        return Ok(part);
     }
     let mut builder = request(Method::GET, target, &transfer.token);
     if have > 0 {
         builder = builder.header(header::RANGE, format!("bytes={have}-"));
     }
-    let req = builder
-        .body(empty())
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    let response = send(target, req, options).await?;
-    let (mut file, mut done) = match response.status() {
-        StatusCode::OK => {
-            let file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(part)
-                .await?;
-            (file, 0)
-        }
-        StatusCode::PARTIAL_CONTENT => {
-            let file = OpenOptions::new().append(true).open(part).await?;
-            (file, have)
-        }
+    let req = match builder.body(empty()) {
+        Ok(req) => req,
+        Err(e) => return Err((Some(part), ClientError::Http(e.to_string()))),
+    };
+    let response = match send(target, req, options).await {
+        Ok(response) => response,
+        Err(e) => return Err((Some(part), e)),
+    };
+    let part = match response.status() {
+        StatusCode::OK if have > 0 => part.restart().await.map_err(|e| (None, e))?,
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT => part,
         StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
             // We have everything (or more than the relay: then the check fails later).
-            return Ok(());
+            return Ok(part);
         }
-        _ => return Err(error_status(response).await),
+        _ => return Err((Some(part), error_status(response).await)),
     };
     if let Some(sha) = header_text(&response, MSIM_SHA256) {
         *relay_sha = Some(sha);
     }
+    let mut done = part.len();
     let total = if transfer.size != 0 {
         transfer.size
     } else {
@@ -474,19 +481,33 @@ async fn download_from(
     if let Some(p) = progress {
         p(done, total);
     }
+    let (writer, written) = part.writer();
     let mut body = response.into_body();
-    let result = async {
+    // Frames are handed to the writer thread in batches of about IO_UNIT bytes, without
+    // copying them.
+    let mut batch = Vec::new();
+    let mut batched = 0usize;
+    let received: Result<(), ClientError> = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                if transfer.size != 0 && done + data.len() as u64 > transfer.size {
-                    return Err(ClientError::SizeMismatch {
-                        expected: transfer.size,
-                        actual: done + data.len() as u64,
-                    });
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if transfer.size != 0 && done + data.len() as u64 > transfer.size {
+                return Err(ClientError::SizeMismatch {
+                    expected: transfer.size,
+                    actual: done + data.len() as u64,
+                });
+            }
+            done += data.len() as u64;
+            batched += data.len();
+            batch.push(data);
+            if batched >= file_io::IO_UNIT {
+                batched = 0;
+                if writer.send(std::mem::take(&mut batch)).await.is_err() {
+                    // The writer stopped on an error; its handle says which.
+                    break;
                 }
-                file.write_all(&data).await?;
-                done += data.len() as u64;
                 if let Some(p) = progress {
                     p(done, total);
                 }
@@ -496,16 +517,30 @@ async fn download_from(
     }
     .await;
     // Keep what arrived for the next attempt.
-    file.flush().await?;
-    file.sync_data().await?;
-    result?;
-    if transfer.size != 0 && done < transfer.size {
-        return Err(ClientError::Http(format!(
-            "connection closed after {done} of {} bytes",
-            transfer.size
-        )));
+    if !batch.is_empty() {
+        let _ = writer.send(batch).await;
     }
-    Ok(())
+    drop(writer);
+    let part = match written.await {
+        Ok(Ok(part)) => part,
+        Ok(Err(e)) => return Err((None, e.into())),
+        Err(e) => return Err((None, ClientError::Io(std::io::Error::other(e.to_string())))),
+    };
+    if let Err(e) = received {
+        return Err((Some(part), e));
+    }
+    if let Some(p) = progress {
+        p(part.len(), total);
+    }
+    if transfer.size != 0 && part.len() < transfer.size {
+        let error = ClientError::Http(format!(
+            "connection closed after {} of {} bytes",
+            part.len(),
+            transfer.size
+        ));
+        return Err((Some(part), error));
+    }
+    Ok(part)
 }
 
 #[cfg(test)]

@@ -39,8 +39,11 @@ pub async fn send_file(
     let size = meta.len();
     let (sha256, offer) = ctx
         .interruptible(async {
-            let sha256 = transfer::sha256_file(path).await?;
-            let (client, events) = ctx.settings.login().await?;
+            // The offer carries the SHA-256 (PROTOCOL.md §10.2: the relay checks the upload
+            // against it), so it must be known before the offer; hash while logging in.
+            let (sha256, login) = tokio::join!(transfer::sha256_file(path), ctx.settings.login());
+            let sha256 = sha256?;
+            let (client, events) = login?;
             drop(events);
             let offer = client
                 .offer_file(OfferFile {
@@ -94,7 +97,7 @@ pub async fn send_file(
         })
         .await;
     bar.finish_and_clear();
-    let report = report?;
+    let report = report.map_err(|e| source_changed(e, path))?;
     if let Some(relay_sha) = &report.sha256 {
         if !relay_sha.eq_ignore_ascii_case(&sha256) {
             bail!(ClientError::ChecksumMismatch {
@@ -115,6 +118,19 @@ pub async fn send_file(
         format!("Sent {filename} ({}) to {to}.", HumanBytes(size))
     });
     Ok(())
+}
+
+/// The relay refuses (`422`) an upload that does not match the offer's SHA-256: the file was
+/// changed between hashing and sending, or while it was being sent.
+fn source_changed(error: anyhow::Error, path: &Path) -> anyhow::Error {
+    match error.downcast_ref::<ClientError>() {
+        Some(ClientError::RelayStatus { status: 422, .. }) => error.context(format!(
+            "{} changed while it was being sent (it no longer matches the SHA-256 offered); \
+             the relay discarded the upload: send it again",
+            path.display()
+        )),
+        _ => error,
+    }
 }
 
 /// What `receive` does with each offer.

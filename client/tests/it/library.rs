@@ -13,9 +13,9 @@ use msim_testkit::{pseudo_random_bytes, sha256_file_hex, ThreadedSystem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound on waiting for one event; a hang fails instead of blocking forever.
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-async fn user(srv: &ThreadedSystem, login: &str) -> (Client, Events) {
+pub(crate) async fn user(srv: &ThreadedSystem, login: &str) -> (Client, Events) {
     let (c, _) = Client::connect(srv.chat).await.unwrap();
     c.register(login, &password(login)).await.unwrap();
     drop(c);
@@ -29,7 +29,7 @@ async fn session(srv: &ThreadedSystem, login: &str) -> (Client, Events) {
 }
 
 /// The next event that `pick` accepts (others, such as presence updates, are skipped).
-async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+pub(crate) async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
             let event = events.recv().await.expect("connection closed");

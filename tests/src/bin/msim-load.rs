@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use msim_tests::load::chat_scenarios::{check_chat, run_chat};
 use msim_tests::load::cli::Args;
+use msim_tests::load::cli_transfer::{run_cli_transfer, CliBaselines};
 use msim_tests::load::relay_scenarios::{load_keyring, run_relay, RelayBaselines};
 use msim_tests::load::report::Report;
 use msim_tests::load::{baseline, procs, relay};
@@ -117,6 +118,11 @@ async fn main() -> Result<()> {
             sha,
         };
         run_relay(&args, external_relay, &data, &mut report, b).await?;
+    }
+
+    if args.wants("cli-transfer") {
+        let b = CliBaselines { loopback, disk };
+        run_cli_transfer(&args, &data, &mut report, b).await?;
     }
 
     println!("{}", report.table());

@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub smoke: bool,
     /// Run only these scenarios (baseline is always run).
-    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "soak", "relay"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "soak", "relay", "cli-transfer"])]
     pub only: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
@@ -99,6 +99,17 @@ pub struct Args {
     /// Kept-alive connections for the 100 KiB transfers: one run per value.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub small_connections: Vec<usize>,
+    /// cli-transfer: pictures of 200 KB sent one after the other (after one warm-up picture).
+    #[arg(long, default_value_t = 50)]
+    pub pictures: usize,
+    /// cli-transfer: the `msim` program on both sides [default: target/<profile>/msim]; give
+    /// an older build to compare.
+    #[arg(long, value_name = "PATH")]
+    pub msim: Option<PathBuf>,
+    /// cli-transfer: a magic-wormhole transit relay (`twistd transitrelay`, PyPI
+    /// magic-wormhole-transit-relay) at host:port, to compare with a plain piping relay.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub transit_relay: Option<SocketAddr>,
     /// Directory for server data (default: a fresh temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -144,6 +155,7 @@ impl Args {
         self.transfer_size = 8 << 20;
         self.small_transfers = 20;
         self.concurrent = 8;
+        self.pictures = 5;
         // Explicit soak sizes win: `--smoke --soak-rounds 40` soaks with quick baselines.
         self.soak_rounds.get_or_insert(3);
         self.soak_pairs.get_or_insert(4);

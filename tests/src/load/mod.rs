@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod chat;
 pub mod chat_scenarios;
 pub mod cli;
+pub mod cli_transfer;
 pub mod content;
 pub mod ledger;
 pub mod procs;
