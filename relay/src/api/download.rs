@@ -136,7 +136,7 @@ pub(super) async fn download(
     let then = if last {
         Some(WhenSent::Remove)
     } else if delivers && !delivered_when_counted {
-        Some(WhenSent::Deliver)
+        Some(WhenSent::Deliver(size))
     } else {
         None
     };

@@ -31,9 +31,9 @@ pub(super) async fn remove_downloaded(state: Arc<State>, id: String) {
 /// Mark a blob delivered after a download handed over its last byte, so it stops counting
 /// against its sender's quota; failures are logged (the sender's quota then counts it until
 /// its TTL).
-pub(super) async fn mark_delivered(state: Arc<State>, id: String) {
+pub(super) async fn mark_delivered(state: Arc<State>, id: String, size: u64) {
     Metrics::add(&state.metrics.delivered, 1);
-    match state.store.mark_delivered(&id).await {
+    match state.store.mark_delivered(&id, size).await {
         Ok(true) => tracing::debug!(%id, "delivered: released from the sender's quota"),
         Ok(false) => {}
         Err(e) => tracing::warn!(%id, error = %e, "marking a transfer delivered failed"),
@@ -45,8 +45,9 @@ pub(super) async fn mark_delivered(state: Arc<State>, id: String) {
 pub(super) enum WhenSent {
     /// The last download the token allowed: remove the transfer.
     Remove,
-    /// The response ends with the file's last byte: mark the transfer delivered.
-    Deliver,
+    /// The response ends with the file's last byte (of a file of this size): mark the
+    /// transfer delivered.
+    Deliver(u64),
 }
 
 impl WhenSent {
@@ -54,7 +55,7 @@ impl WhenSent {
     pub fn spawn(self, state: Arc<State>, id: String) -> Removal {
         match self {
             WhenSent::Remove => tokio::spawn(remove_downloaded(state, id)),
-            WhenSent::Deliver => tokio::spawn(mark_delivered(state, id)),
+            WhenSent::Deliver(size) => tokio::spawn(mark_delivered(state, id, size)),
         }
     }
 }

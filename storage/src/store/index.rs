@@ -346,14 +346,15 @@ impl Index {
             .await?)
     }
 
-    /// Mark the complete blob `id` delivered (its sender's quota no longer counts it);
-    /// whether it was complete and not delivered before.
-    pub async fn mark_delivered(&self, id: &str) -> Result<bool> {
+    /// Mark `id` delivered (its sender's quota no longer counts it) if it is complete, or
+    /// with `all_written` also while its completion is being committed; whether it changed.
+    pub async fn mark_delivered(&self, id: &str, all_written: bool) -> Result<bool> {
         let _writing = self.writes.lock().await;
         Ok(sqlx::query(
-            "UPDATE blobs SET delivered = 1 WHERE id = ? AND state = 1 AND delivered = 0",
+            "UPDATE blobs SET delivered = 1 WHERE id = ? AND delivered = 0 AND (state = 1 OR ?)",
         )
         .bind(id)
+        .bind(all_written)
         .execute(&self.pool)
         .await?
         .rows_affected()

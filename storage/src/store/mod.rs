@@ -38,7 +38,7 @@ use commit::CommitQueue;
 use index::{unsigned, Admission, Index};
 use live::{LiveUploads, Phase};
 
-/// How long a one-shot removal or a delivery waits for the upload it followed to be committed.
+/// How long a one-shot removal waits for the upload it was following to be committed.
 const DOWNLOADED_WAIT: Duration = Duration::from_secs(60);
 
 struct Inner {
@@ -279,17 +279,21 @@ impl BlobStore {
         Ok(removed)
     }
 
-    /// Mark a complete blob delivered: a download has handed its last byte to the recipient,
-    /// so it no longer counts against its sender's quota (it still counts against capacity
-    /// and stays downloadable until it is removed). If the upload that download followed is
-    /// still being committed, waits (bounded) for it first. Returns whether it changed (false
-    /// if it was delivered before, is not complete, or is gone).
-    pub async fn mark_delivered(&self, id: &str) -> Result<bool> {
+    /// Mark a blob delivered: a download has handed its last byte to the recipient, so it no
+    /// longer counts against its sender's quota (it still counts against capacity and stays
+    /// downloadable until it is removed). The blob must be complete, or be an upload of `size`
+    /// bytes in this process whose bytes are all written (a download that followed it ends
+    /// before its commit; it is not waited for). Returns whether it changed (false if it was
+    /// delivered before, is not like that, or is gone).
+    pub async fn mark_delivered(&self, id: &str, size: u64) -> Result<bool> {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
-        self.settle(id).await;
-        self.inner.index.mark_delivered(id).await
+        let all_written = self.live_get(id).is_some_and(|live| {
+            let p = *live.tx.borrow();
+            matches!(p.phase, Phase::Writing | Phase::Complete) && p.written >= size
+        });
+        self.inner.index.mark_delivered(id, all_written).await
     }
 
     /// Wait (bounded) until the upload of `id`, if one is live in this process, is no longer

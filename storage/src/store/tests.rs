@@ -84,16 +84,23 @@ async fn totals_follow_every_change() {
     w.finish().await.expect("finish");
     assert_totals(&store).await;
     // A delivered blob leaves its sender's total, once; a partial one cannot be delivered.
-    assert!(store.mark_delivered("a").await.expect("deliver"));
-    assert!(!store.mark_delivered("a").await.expect("again"));
-    assert!(!store.mark_delivered("b").await.expect("partial"));
+    assert!(store.mark_delivered("a", 3).await.expect("deliver"));
+    assert!(!store.mark_delivered("a", 3).await.expect("again"));
+    assert!(!store.mark_delivered("b", 5).await.expect("partial"));
     assert_totals(&store).await;
     let mut w = store.writer("b").await.expect("writer b");
-    w.append(vec![Bytes::from_static(b"abcde")])
+    w.append(vec![Bytes::from_static(b"abcd")])
         .await
         .expect("append b");
+    // Not all written: a download cannot have had the last byte.
+    assert!(!store.mark_delivered("b", 5).await.expect("4 of 5"));
+    w.append(vec![Bytes::from_static(b"e")])
+        .await
+        .expect("append b");
+    // All written, completion not committed yet (a download that followed it ends here).
+    assert!(store.mark_delivered("b", 5).await.expect("deliver b"));
+    assert_totals(&store).await;
     w.finish().await.expect("finish b");
-    assert!(store.mark_delivered("b").await.expect("deliver b"));
     assert_totals(&store).await;
     assert!(store.cancel("c").await.expect("cancel"));
     assert_totals(&store).await;
