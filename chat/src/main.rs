@@ -47,6 +47,27 @@ enum Command {
     /// Prints the settings given by flags, environment and --config file, merged, as TOML
     /// (options not shown take their defaults), and exits.
     PrintConfig,
+    /// Database operations.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// `msim-chat db …`.
+#[derive(Debug, clap::Subcommand)]
+enum DbCommand {
+    /// Copies a SQLite installation into an empty PostgreSQL database: users with their
+    /// sealed passwords, profiles, contacts, presence consent, blocks, messages, receipts,
+    /// offers and stored file results, in one transaction. Stop msim-chat first; then start
+    /// the nodes with --database and the same secret.key (and relay secret) as the old data
+    /// directory.
+    Copy {
+        /// The SQLite data directory (or its msim.db).
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// The PostgreSQL database: postgres://user:password@host:5432/db.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 /// Runs an operator command against the data directory.
@@ -66,6 +87,14 @@ async fn operator_command(
             );
         }
         Command::PrintConfig => print!("{}", toml::to_string(settings)?),
+        Command::Db(DbCommand::Copy { from, to }) => {
+            let counts = msim_chat::db::copy::copy(&from, &to).await?;
+            let total: u64 = counts.iter().map(|(_, n)| n).sum();
+            for (table, n) in counts {
+                println!("{table}: {n}");
+            }
+            println!("copied {total} row(s) to PostgreSQL");
+        }
         Command::SetPassword { login } => {
             let mut line = String::new();
             std::io::stdin()

@@ -117,6 +117,7 @@ mod apply;
 mod batch;
 pub(crate) mod commit;
 mod contacts;
+pub mod copy;
 mod files;
 mod messages;
 pub(crate) mod notices;

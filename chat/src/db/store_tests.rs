@@ -621,3 +621,31 @@ async fn concurrent_nodes_never_fill_a_gap_below_a_seen_mark() {
     a.close().await;
     b.close().await;
 }
+
+/// Guarantee 1 on PostgreSQL: every connection commits with `synchronous_commit=on`, even on
+/// a server whose default is off.
+#[tokio::test]
+async fn postgres_connections_commit_synchronously() {
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("store: synchronous_commit")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let name = url.rsplit('/').next().and_then(|s| s.split('?').next());
+    let cluster = msim_testkit::postgres::shared("store: synchronous_commit").expect("cluster");
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET synchronous_commit = off",
+                name.expect("name")
+            ),
+        )
+        .expect("database default off");
+    let db = Db::open_postgres(&url).await.expect("open");
+    let on = ["on".to_owned(), "on".to_owned()];
+    assert_eq!(db.synchronous_commit().await.expect("show"), Some(on));
+    db.close().await;
+}

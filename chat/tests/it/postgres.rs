@@ -115,3 +115,54 @@ async fn a_node_without_the_shared_key_refuses_to_start() {
         .await
         .expect("the shared key works");
 }
+
+/// The operator's move (docs/OPERATING.md "Scaling out"): a SQLite installation stops,
+/// `msim-chat db copy` moves it, and a node on PostgreSQL with the old `secret.key` serves the
+/// same accounts (their passwords open) with their waiting messages.
+#[tokio::test]
+async fn db_copy_moves_a_sqlite_installation_to_postgres() {
+    let Some((pg_dir, url)) = database().await else {
+        return;
+    };
+    let old = TestServer::start_with(|c| c.database = None).await;
+    let mut alice = old.user("alice").await;
+    drop(old.user("bob").await);
+    alice.send("MESSAGE to=bob text=kept%20across").await;
+    alice.expect("MESSAGE-SENT").await;
+    drop(alice);
+    let old_dir = old.stop().await;
+    // The chat data directory of a System is `chat/` in its directory.
+    let old_data = old_dir.path().join("chat");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_msim-chat"))
+        .arg("--data-dir")
+        .arg(&old_data)
+        .args(["db", "copy", "--from"])
+        .arg(&old_data)
+        .args(["--to", &url])
+        .env("RUST_LOG", "warn")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("copy in time")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("users: 2") && stdout.contains("messages: 1"),
+        "{stdout}"
+    );
+
+    let new_data = pg_dir.path().join("chat");
+    msim_chat::db::create_data_dir(&new_data).unwrap();
+    std::fs::copy(old_data.join("secret.key"), new_data.join("secret.key")).unwrap();
+    let new = node(pg_dir, &url).await;
+    let mut bob = new.session("bob").await;
+    let m = bob.expect_skip("MESSAGE").await;
+    assert_eq!(common::field(&m, "text").as_deref(), Some("kept across"));
+    new.session("alice").await.sync().await;
+}
