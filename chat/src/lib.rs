@@ -21,6 +21,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub(crate) mod device;
+pub mod federation;
 pub mod embedded_relay;
 pub(crate) mod hub;
 pub(crate) mod jobs;

@@ -117,6 +117,7 @@ mod apply;
 mod batch;
 pub(crate) mod commit;
 mod contacts;
+mod federation;
 mod files;
 mod messages;
 pub(crate) mod notices;
@@ -134,6 +135,7 @@ mod store_tests;
 mod users;
 
 pub(crate) use notices::{Notice, NoticeBody};
+pub(crate) use federation::Queued;
 pub(crate) use ops::{Outcome, WriteOp};
 pub(crate) use privacy::{OfferLimits, PrivacyOp, PrivacyOutcome};
 pub(crate) use retention::Purged;

@@ -1,0 +1,192 @@
+//! Federation (PROTOCOL.md §12): users of different mSIM servers talk to each other.
+//!
+//! - [`keys`]: the server's Ed25519 key and the DNS TXT record format;
+//! - [`dns`]: key, SRV and address lookups with timeouts and a bounded key cache;
+//! - [`handshake`]: the signed challenge bound to the TLS session;
+//! - [`inbound`]: the s2s listener and what a peer may send us;
+//! - [`outbound`]: one dialer task per peer draining its durable queue;
+//! - [`hooks`]: what the client commands call for remote addresses.
+
+pub mod dns;
+pub mod handshake;
+pub mod hooks;
+pub mod inbound;
+pub mod keys;
+pub mod outbound;
+pub mod policy;
+mod tls;
+
+pub use policy::{FederationConfig, Mode};
+
+use crate::server::Shared;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Live (never queued) packets waiting for a peer's link, e.g. typing.
+const LIVE_QUEUE: usize = 64;
+
+/// A peer's outbound side.
+pub(crate) struct Peer {
+    /// Woken when something is queued for the peer.
+    pub wake: Arc<Notify>,
+    /// Live packets; only filled while the link is up.
+    pub live: mpsc::Sender<msim_shared::Packet>,
+    /// Whether the link is up (authenticated).
+    pub up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Federation state shared by the server.
+pub struct Federation {
+    /// Settings.
+    pub config: FederationConfig,
+    /// Our domain.
+    pub domain: String,
+    pub(crate) key: keys::ServerKey,
+    pub(crate) dns: dns::Dns,
+    pub(crate) tls_server: Arc<msim_shared::tls::rustls::ServerConfig>,
+    pub(crate) tls_client: Arc<msim_shared::tls::rustls::ClientConfig>,
+    peers: Mutex<HashMap<String, Peer>>,
+    /// Message ids being stored from any inbound link (a resend on a new link waits).
+    pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
+    /// Cancelled at shutdown: stops the peer tasks.
+    pub(crate) stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Federation({})", self.domain)
+    }
+}
+
+/// Start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// The key.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// I/O (resolver, listener).
+    #[error("federation: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS set-up.
+    #[error("federation TLS: {0}")]
+    Tls(String),
+}
+
+impl Federation {
+    /// Loads the key and builds the resolver and TLS configurations.
+    pub fn new(
+        config: FederationConfig,
+        domain: &str,
+        data_dir: &std::path::Path,
+        tls: Option<Arc<msim_shared::tls::rustls::ServerConfig>>,
+    ) -> Result<Federation, FederationError> {
+        let key = keys::load_newest(data_dir, domain)?;
+        let dns = dns::Dns::new(config.dns_server, config.dns)?;
+        let tls_server = match tls {
+            Some(t) => t,
+            None => tls::self_signed(domain).map_err(FederationError::Tls)?,
+        };
+        info!(%domain, kid = %key.kid, mode = ?config.mode, "federation on");
+        Ok(Federation {
+            config,
+            domain: domain.to_owned(),
+            key,
+            dns,
+            tls_server,
+            tls_client: tls::any_certificate(),
+            peers: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(Default::default()),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Wakes (starting if needed) the dialer of `peer`.
+    pub(crate) fn wake(&self, sh: &Arc<Shared>, peer: &str) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = peers.get(peer) {
+            p.wake.notify_one();
+            return;
+        }
+        let (tx, rx) = mpsc::channel(LIVE_QUEUE);
+        let p = Peer {
+            wake: Arc::new(Notify::new()),
+            live: tx,
+            up: Default::default(),
+        };
+        p.wake.notify_one();
+        let task = outbound::PeerTask {
+            sh: sh.clone(),
+            peer: peer.to_owned(),
+            wake: p.wake.clone(),
+            up: p.up.clone(),
+            live: rx,
+            stop: self.stop.clone(),
+        };
+        peers.insert(peer.to_owned(), p);
+        tokio::spawn(task.run());
+    }
+
+    /// Called by a peer task that found nothing to do: it ends unless woken meanwhile.
+    pub(crate) fn retire(&self, peer: &str, wake: &Arc<Notify>) -> bool {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get(peer) {
+            Some(p) if Arc::ptr_eq(&p.wake, wake) => {
+                peers.remove(peer);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Sends a live packet if the peer's link is up; otherwise it is dropped.
+    pub(crate) fn send_live(&self, peer: &str, p: msim_shared::Packet) {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = peers.get(peer) {
+            if peer.up.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = peer.live.try_send(p);
+            }
+        }
+    }
+}
+
+/// Starts federation's background work: the s2s listener, the dialers of peers with queued
+/// items, and the expiry job. Returns the tasks to await at shutdown.
+pub(crate) async fn start(
+    sh: Arc<Shared>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, FederationError> {
+    let Some(fed) = sh.federation.clone() else {
+        return Ok(Vec::new());
+    };
+    let stop = fed.stop.clone();
+    sh.db
+        .federation_tables()
+        .await
+        .map_err(|e| FederationError::Io(std::io::Error::other(e)))?;
+    let listener = match &fed.config.s2s_listener {
+        Some(l) => {
+            let l = l.try_clone()?;
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(fed.config.s2s_listen).await?,
+    };
+    info!(addr = ?listener.local_addr().ok(), "s2s listening");
+    let mut tasks = vec![tokio::spawn(inbound::accept_loop(
+        sh.clone(),
+        listener,
+        stop.clone(),
+    ))];
+    match sh.db.federation_peers().await {
+        Ok(peers) => {
+            for p in peers {
+                fed.wake(&sh, &p);
+            }
+        }
+        Err(e) => warn!("federation queue: {e}"),
+    }
+    tasks.push(tokio::spawn(outbound::expiry_loop(sh.clone(), stop)));
+    Ok(tasks)
+}
