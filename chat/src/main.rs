@@ -86,7 +86,9 @@ async fn operator_command(
         }
         Command::Federation(FederationCommand::Keygen { data_dir, domain }) => {
             let dir = data_dir.unwrap_or_else(|| dir.clone());
-            let domain = domain.unwrap_or_else(|| config.domain.clone()).to_ascii_lowercase();
+            let domain = domain
+                .unwrap_or_else(|| config.domain.clone())
+                .to_ascii_lowercase();
             msim_chat::db::create_data_dir(&dir)
                 .with_context(|| format!("creating {}", dir.display()))?;
             let key = msim_chat::federation::keys::generate(&dir, &domain)?;

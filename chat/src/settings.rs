@@ -166,11 +166,19 @@ pub struct ChatSettings {
     #[arg(long, env = "MSIM_CHAT_FEDERATION", value_name = "off|allowlist|open")]
     pub federation: Option<crate::federation::Mode>,
     /// Domain allowed to federate in allowlist mode (repeatable).
-    #[arg(long = "federation-allow", env = "MSIM_CHAT_FEDERATION_ALLOW", value_delimiter = ',')]
+    #[arg(
+        long = "federation-allow",
+        env = "MSIM_CHAT_FEDERATION_ALLOW",
+        value_delimiter = ','
+    )]
     #[serde(rename = "federation-allow", skip_serializing_if = "Vec::is_empty")]
     pub federation_allow: Vec<String>,
     /// Domain never federated with, in any mode (repeatable; deny wins over allow).
-    #[arg(long = "federation-deny", env = "MSIM_CHAT_FEDERATION_DENY", value_delimiter = ',')]
+    #[arg(
+        long = "federation-deny",
+        env = "MSIM_CHAT_FEDERATION_DENY",
+        value_delimiter = ','
+    )]
     #[serde(rename = "federation-deny", skip_serializing_if = "Vec::is_empty")]
     pub federation_deny: Vec<String>,
     /// Address of the server-to-server listener (TLS) [default: 127.0.0.1:3216].
@@ -262,8 +270,16 @@ impl ChatSettings {
         if let Some(m) = self.federation {
             f.mode = m;
         }
-        f.allow = self.federation_allow.iter().map(|d| d.to_ascii_lowercase()).collect();
-        f.deny = self.federation_deny.iter().map(|d| d.to_ascii_lowercase()).collect();
+        f.allow = self
+            .federation_allow
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        f.deny = self
+            .federation_deny
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
         if let Some(a) = self.s2s_listen {
             f.s2s_listen = a;
         }
@@ -335,10 +351,19 @@ mod tests {
         assert_eq!(c.relay_health_interval, Duration::from_secs(3));
         let f = &c.federation;
         assert_eq!(f.mode, crate::federation::Mode::Allowlist);
-        assert_eq!((f.allow.clone(), f.deny.clone()), (vec!["b.example".to_owned()], vec!["evil.example".to_owned()]));
+        assert_eq!(
+            (f.allow.clone(), f.deny.clone()),
+            (
+                vec!["b.example".to_owned()],
+                vec!["evil.example".to_owned()]
+            )
+        );
         assert_eq!(f.s2s_listen, "127.0.0.2:4004".parse().expect("address"));
         assert!(f.allow_private);
-        assert_eq!(f.dns_server, Some("127.0.0.53:53".parse().expect("address")));
+        assert_eq!(
+            f.dns_server,
+            Some("127.0.0.53:53".parse().expect("address"))
+        );
         // The relay keys are used by main.rs (embedded relay or external relays).
         assert_eq!(settings.relays.len(), 2);
         assert_eq!(

@@ -89,13 +89,15 @@ impl Db {
         .bind(expires_at)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("INSERT OR IGNORE INTO fed_sent (id, sender, recipient, at) VALUES (?, ?, ?, ?)")
-            .bind(message_id)
-            .bind(sender)
-            .bind(recipient)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO fed_sent (id, sender, recipient, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(message_id)
+        .bind(sender)
+        .bind(recipient)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Queued::Stored(seq))
     }
@@ -181,16 +183,15 @@ impl Db {
         forget_before: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(
-            format!(
+        let rows: Vec<(i64, String, String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM fed_queue WHERE seq IN \
                  (SELECT seq FROM fed_queue WHERE expires_at <= ? LIMIT ?) RETURNING {ITEM_COLUMNS}"
-            ),
-        ))
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.writes)
-        .await?;
+            )))
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.writes)
+            .await?;
         sqlx::query("DELETE FROM fed_sent WHERE at < ?")
             .bind(forget_before)
             .execute(&self.writes)

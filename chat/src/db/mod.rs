@@ -134,8 +134,8 @@ pub(crate) mod sqlite;
 mod store_tests;
 mod users;
 
+pub(crate) use federation::{QueueDone, QueueWrite};
 pub(crate) use notices::{Notice, NoticeBody};
-pub(crate) use federation::Queued;
 pub(crate) use ops::{Outcome, WriteOp};
 pub(crate) use privacy::{OfferLimits, PrivacyOp, PrivacyOutcome};
 pub(crate) use retention::Purged;

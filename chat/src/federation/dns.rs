@@ -4,9 +4,7 @@
 //! [`KeyCacheBounds`]; absent and revoked keys are cached too (negative caching), for shorter.
 
 use super::keys::{key_name, parse_txt, KeyRecord};
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -85,7 +83,6 @@ impl Dns {
         opts.attempts = 1;
         // Keys are cached here (so a failed signature can refetch exactly one name); the
         // resolver's own cache is kept small and bounded by the same TTL limits.
-        opts.positive_min_ttl = Some(Duration::from_secs(1));
         opts.positive_max_ttl = Some(bounds.max_ttl);
         opts.negative_max_ttl = Some(bounds.negative_ttl);
         opts.cache_size = 0;
@@ -127,17 +124,31 @@ impl Dns {
             }
         }
         let name = format!("{}.", key_name(kid, domain));
+        // Keys are cached here only: a lookup always asks the server.
+        self.resolver
+            .clear_lookup_cache(&*name, hickory_resolver::proto::rr::RecordType::TXT);
         let lookup = tokio::time::timeout(self.bounds.timeout, self.resolver.txt_lookup(&*name))
             .await
             .map_err(|_| DnsError::Failed(name.clone(), "timed out".into()))?;
         let now = Instant::now();
         let (answer, ttl) = match lookup {
             Ok(l) => {
-                let ttl = l.valid_until().saturating_duration_since(now);
+                // The records' own TTL (the resolver's view may be clamped by its options).
+                let ttl = Duration::from_secs(
+                    l.answers()
+                        .iter()
+                        .map(|r| u64::from(r.ttl))
+                        .min()
+                        .unwrap_or(0),
+                );
                 let mut found = KeyAnswer::NoKey;
                 for r in l.answers() {
                     if let RData::TXT(txt) = &r.data {
-                        let value: Vec<u8> = txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+                        let value: Vec<u8> = txt
+                            .txt_data
+                            .iter()
+                            .flat_map(|s| s.iter().copied())
+                            .collect();
                         match parse_txt(&String::from_utf8_lossy(&value)) {
                             Some(KeyRecord::Key(k)) => found = KeyAnswer::Key(k),
                             // A revocation wins over any key published beside it.
@@ -172,8 +183,12 @@ impl Dns {
     }
 
     /// Where `domain`'s s2s port is: the SRV targets in priority order (the first one that
-    /// resolves), else the domain's own addresses on [`DEFAULT_S2S_PORT`].
-    pub async fn s2s_addrs(&self, domain: &str) -> Result<Vec<SocketAddr>, DnsError> {
+    /// resolves), else the domain's own addresses on `default_port` ([`DEFAULT_S2S_PORT`]).
+    pub async fn s2s_addrs(
+        &self,
+        domain: &str,
+        default_port: u16,
+    ) -> Result<Vec<SocketAddr>, DnsError> {
         let srv_name = format!("_msim-s2s._tcp.{domain}.");
         let srv = tokio::time::timeout(self.bounds.timeout, self.resolver.srv_lookup(&*srv_name))
             .await
@@ -196,13 +211,16 @@ impl Dns {
         }
         targets.sort_by_key(|t| t.0);
         if targets.is_empty() {
-            targets.push((0, format!("{domain}."), DEFAULT_S2S_PORT));
+            targets.push((0, format!("{domain}."), default_port));
         }
         let mut last = DnsError::NotFound("A/AAAA", domain.to_owned());
         for (_, host, port) in targets.into_iter().take(8) {
             match self.ips(&host).await {
                 Ok(ips) if !ips.is_empty() => {
-                    return Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+                    return Ok(ips
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect())
                 }
                 Ok(_) => {}
                 Err(e) => last = e,

@@ -135,7 +135,13 @@ pub async fn check_auth(
     let (Some(kid), Some(at), Some(sig)) = (p.get("kid"), p.get("at"), p.get("sig")) else {
         return Err(AuthError::Malformed);
     };
-    if p.verb != "S2S-AUTH" || kid.is_empty() || kid.len() > 63 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if p.verb != "S2S-AUTH"
+        || kid.is_empty()
+        || kid.len() > 63
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(AuthError::Malformed);
     }
     let when = msim_shared::timestamp::parse(at).ok_or(AuthError::Malformed)?;

@@ -87,7 +87,13 @@ pub async fn send_message(s: &mut Session<'_>, p: &Packet, login: &str, to: Stri
 }
 
 /// A local user read a message from a remote sender: the receipt goes to the sender's server.
-pub async fn forward_receipt(sh: &std::sync::Arc<crate::server::Shared>, id: &str, sender: &str, reader: &str, at: i64) {
+pub async fn forward_receipt(
+    sh: &std::sync::Arc<crate::server::Shared>,
+    id: &str,
+    sender: &str,
+    reader: &str,
+    at: i64,
+) {
     let Some(fed) = sh.federation.clone() else {
         return;
     };
@@ -101,7 +107,12 @@ pub async fn forward_receipt(sh: &std::sync::Arc<crate::server::Shared>, id: &st
     let expires = at.saturating_add(fed.config.queue_ttl.as_micros() as i64);
     match sh
         .db
-        .federation_queue_other(&peer, line.trim_end(), expires, fed.config.queue_max_per_peer)
+        .federation_queue_other(
+            &peer,
+            line.trim_end(),
+            expires,
+            fed.config.queue_max_per_peer,
+        )
         .await
     {
         Ok(Queued::Stored(_)) => fed.wake(sh, &peer),

@@ -81,7 +81,9 @@ async fn serve(sh: Arc<Shared>, stream: TcpStream, addr: std::net::SocketAddr) {
         Ok(Ok(peer)) => peer,
         Ok(Err(reason)) => {
             info!(%addr, reason, "s2s handshake refused");
-            let _ = link.send(Packet::new("S2S-FAILED").with("reason", reason)).await;
+            let _ = link
+                .send(Packet::new("S2S-FAILED").with("reason", reason))
+                .await;
             return;
         }
         Err(_) => return debug!(%addr, "s2s handshake timed out"),
@@ -100,7 +102,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<String, &'static str> {
     let fed = sh.federation.as_ref().ok_or("federation-disabled")?;
     let hello = next(link).await.ok_or("malformed")?;
-    let (Some(from), Some(to), Some(nonce)) = (hello.get("from"), hello.get("to"), hello.get("nonce"))
+    let (Some(from), Some(to), Some(nonce)) =
+        (hello.get("from"), hello.get("to"), hello.get("nonce"))
     else {
         return Err("malformed");
     };
@@ -152,7 +155,9 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(from)
 }
 
-async fn next<S: AsyncRead + AsyncWrite + Unpin>(link: &mut Framed<S, PacketCodec>) -> Option<Packet> {
+async fn next<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Framed<S, PacketCodec>,
+) -> Option<Packet> {
     loop {
         match link.next().await? {
             Ok(Ok(p)) => return Some(p),
@@ -184,7 +189,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     let fed = sh.federation.clone().ok_or("off")?;
     let mut storing: VecDeque<Storing> = VecDeque::new();
     let mut violations = 0u32;
-    let (rate, burst) = (f64::from(fed.config.peer_rate), f64::from(fed.config.peer_burst));
+    let (rate, burst) = (
+        f64::from(fed.config.peer_rate),
+        f64::from(fed.config.peer_burst),
+    );
     let mut bucket = Bucket {
         tokens: burst,
         at: Instant::now(),
@@ -208,7 +216,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         let p = match event {
             Event::Stored(r) => {
                 let s = storing.pop_front().expect("front exists");
-                fed.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&s.message.id);
+                fed.inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&s.message.id);
                 let answer = stored(sh, &s, r);
                 link.send(answer).await.map_err(|e| e.to_string())?;
                 continue;
@@ -227,12 +238,15 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         if rate > 0.0 {
             let now = Instant::now();
-            bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+            bucket.tokens =
+                (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
             bucket.at = now;
             if bucket.tokens < 1.0 {
                 let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
                 let retry = Packet::new("S2S-RETRY").with("retry-after", wait.to_string());
-                let _ = link.send(retry.with_opt("qid", p.get("qid").map(str::to_owned))).await;
+                let _ = link
+                    .send(retry.with_opt("qid", p.get("qid").map(str::to_owned)))
+                    .await;
                 break Err("rate limited".into());
             }
             bucket.tokens -= 1.0;
@@ -274,7 +288,9 @@ enum Handled {
 }
 
 fn refused(qid: &str, reason: &str) -> Packet {
-    Packet::new("S2S-REFUSED").with("qid", qid).with("reason", reason)
+    Packet::new("S2S-REFUSED")
+        .with("qid", qid)
+        .with("reason", reason)
 }
 
 fn ack(qid: &str) -> Packet {
@@ -290,24 +306,35 @@ fn check_addresses(
 ) -> Result<(String, String), &'static str> {
     let domain = &sh.config.domain;
     match crate::cmd::parse_target(from, domain) {
-        Some(crate::cmd::Target::Remote(a)) if a.ends_with(&format!("@{peer}")) => match crate::cmd::parse_target(to, domain) {
-            Some(crate::cmd::Target::Local(l)) if to.contains('@') => Ok((a, l)),
-            _ => Err("bad-to"),
-        },
+        Some(crate::cmd::Target::Remote(a)) if a.ends_with(&format!("@{peer}")) => {
+            match crate::cmd::parse_target(to, domain) {
+                Some(crate::cmd::Target::Local(l)) if to.contains('@') => Ok((a, l)),
+                _ => Err("bad-to"),
+            }
+        }
         _ => Err("forged-from"),
     }
 }
 
-async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<Storing>) -> Handled {
+async fn handle(
+    sh: &Arc<Shared>,
+    peer: &str,
+    p: Packet,
+    storing: &mut VecDeque<Storing>,
+) -> Handled {
     let qid = p.get("qid").unwrap_or_default().to_owned();
     let field = |k: &str| p.get(k).map(str::to_owned);
     match p.verb.as_str() {
         "PING" => Handled::Reply(Packet::new("PONG").with_opt("ref", field("ref"))),
         "PONG" => Handled::Nothing,
         "S2S-MESSAGE" => {
-            let (Some(id), Some(from), Some(to), Some(at), Some(text)) =
-                (field("id"), field("from"), field("to"), field("at"), field("text"))
-            else {
+            let (Some(id), Some(from), Some(to), Some(at), Some(text)) = (
+                field("id"),
+                field("from"),
+                field("to"),
+                field("at"),
+                field("text"),
+            ) else {
                 return Handled::Violation(refused(&qid, "malformed"));
             };
             let (from, recipient) = match check_addresses(sh, peer, &from, &to) {
@@ -328,13 +355,25 @@ async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<
             }
             let id = id.to_ascii_lowercase();
             let fed = sh.federation.as_ref().expect("federation on");
-            if !fed.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone()) {
+            if !fed
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone())
+            {
                 // The same id is being stored from another link: ask for it again later.
-                return Handled::Retry(Packet::new("S2S-RETRY").with("qid", qid).with("retry-after", "1"));
+                return Handled::Retry(
+                    Packet::new("S2S-RETRY")
+                        .with("qid", qid)
+                        .with("retry-after", "1"),
+                );
             }
             let exists = sh.db.message_exists(&id).await;
             let release = || {
-                fed.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                fed.inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
             };
             match exists {
                 Ok(true) => {
@@ -345,7 +384,11 @@ async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<
                 Err(e) => {
                     release();
                     warn!("s2s: {e}");
-                    return Handled::Retry(Packet::new("S2S-RETRY").with("qid", qid).with("retry-after", "5"));
+                    return Handled::Retry(
+                        Packet::new("S2S-RETRY")
+                            .with("qid", qid)
+                            .with("retry-after", "5"),
+                    );
                 }
             }
             let m = StoredMessage {
@@ -362,18 +405,28 @@ async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<
             }
             match sh.writer.submit(WriteOp::InsertMessage(m.clone())).await {
                 Ok(done) => {
-                    storing.push_back(Storing { qid, message: m, done });
+                    storing.push_back(Storing {
+                        qid,
+                        message: m,
+                        done,
+                    });
                     Handled::Nothing
                 }
                 Err(e) => {
                     release();
                     warn!("s2s: {e}");
-                    Handled::Retry(Packet::new("S2S-RETRY").with("qid", qid).with("retry-after", "5"))
+                    Handled::Retry(
+                        Packet::new("S2S-RETRY")
+                            .with("qid", qid)
+                            .with("retry-after", "5"),
+                    )
                 }
             }
         }
         "S2S-READ" => {
-            let (Some(id), Some(by), Some(to), Some(at)) = (field("id"), field("by"), field("to"), field("at")) else {
+            let (Some(id), Some(by), Some(to), Some(at)) =
+                (field("id"), field("by"), field("to"), field("at"))
+            else {
                 return Handled::Violation(refused(&qid, "malformed"));
             };
             let (by, sender) = match check_addresses(sh, peer, &by, &to) {
@@ -393,15 +446,28 @@ async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<
                 Ok(_) => return Handled::Reply(refused(&qid, "unknown-message")),
                 Err(e) => {
                     warn!("s2s: {e}");
-                    return Handled::Retry(Packet::new("S2S-RETRY").with("qid", qid).with("retry-after", "5"));
+                    return Handled::Retry(
+                        Packet::new("S2S-RETRY")
+                            .with("qid", qid)
+                            .with("retry-after", "5"),
+                    );
                 }
             }
             match sh.db.federation_store_receipt(&sender, &id, &by, at).await {
                 Ok(seq) => {
-                    let pkt = ReadReceipt { id, by, at: datetime(at) }.to_packet();
+                    let pkt = ReadReceipt {
+                        id,
+                        by,
+                        at: datetime(at),
+                    }
+                    .to_packet();
                     let bytes = encode(&pkt);
                     if let Some(seq) = seq {
-                        if sh.hub.send_seq(&sender, None, Stream::Receipts, seq, &bytes) > 0 {
+                        if sh
+                            .hub
+                            .send_seq(&sender, None, Stream::Receipts, seq, &bytes)
+                            > 0
+                        {
                             sh.writer.write_detached(WriteOp::DeleteReceipts(vec![seq]));
                         }
                     }
@@ -409,12 +475,17 @@ async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<
                 }
                 Err(e) => {
                     warn!("s2s: {e}");
-                    Handled::Retry(Packet::new("S2S-RETRY").with("qid", qid).with("retry-after", "5"))
+                    Handled::Retry(
+                        Packet::new("S2S-RETRY")
+                            .with("qid", qid)
+                            .with("retry-after", "5"),
+                    )
                 }
             }
         }
         "S2S-TYPING" => {
-            let (Some(from), Some(to), Some(state)) = (field("from"), field("to"), field("state")) else {
+            let (Some(from), Some(to), Some(state)) = (field("from"), field("to"), field("state"))
+            else {
                 return Handled::Nothing;
             };
             let Ok((from, login)) = check_addresses(sh, peer, &from, &to) else {
@@ -426,7 +497,8 @@ async fn handle(sh: &Arc<Shared>, peer: &str, p: Packet, storing: &mut VecDeque<
                 _ => return Handled::Nothing,
             };
             if !sh.blocks.is_blocked(&login, &from) {
-                sh.hub.send_packet(&login, &Packet::new(verb).with("from", from));
+                sh.hub
+                    .send_packet(&login, &Packet::new(verb).with("from", from));
             }
             Handled::Nothing
         }
@@ -450,12 +522,15 @@ fn stored(sh: &Shared, s: &Storing, r: Result<Outcome, crate::db::DbError>) -> P
             }
             .to_packet();
             let seq = if let Outcome::Stored(n) = o { n } else { 0 };
-            sh.hub.send_seq(&m.recipient, None, Stream::Messages, seq, &encode(&pkt));
+            sh.hub
+                .send_seq(&m.recipient, None, Stream::Messages, seq, &encode(&pkt));
             ack(&s.qid)
         }
         Err(e) => {
             warn!("s2s: storing a message: {e}");
-            Packet::new("S2S-RETRY").with("qid", s.qid.clone()).with("retry-after", "5")
+            Packet::new("S2S-RETRY")
+                .with("qid", s.qid.clone())
+                .with("retry-after", "5")
         }
     }
 }

@@ -148,8 +148,7 @@ pub fn generate(data_dir: &Path, domain: &str) -> Result<ServerKey, KeyError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
     }
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Bad(dir.clone()))?;
@@ -251,8 +250,14 @@ mod tests {
     #[test]
     fn records_parse_and_revoke() {
         let pk = [7u8; 32];
-        assert_eq!(parse_txt(&txt_value(&pk)), Some(KeyRecord::Key(pk.to_vec())));
-        assert_eq!(parse_txt("v=msim1; k=ed25519; p="), Some(KeyRecord::Revoked));
+        assert_eq!(
+            parse_txt(&txt_value(&pk)),
+            Some(KeyRecord::Key(pk.to_vec()))
+        );
+        assert_eq!(
+            parse_txt("v=msim1; k=ed25519; p="),
+            Some(KeyRecord::Revoked)
+        );
         assert_eq!(parse_txt("k=ed25519;v=msim1;p= "), Some(KeyRecord::Revoked));
         assert_eq!(parse_txt("v=DKIM1; k=ed25519; p="), None);
         assert_eq!(parse_txt("v=msim1; k=rsa; p=AAAA"), None);

@@ -9,12 +9,12 @@
 
 pub mod dns;
 pub mod handshake;
-pub mod hooks;
-pub mod inbound;
+pub(crate) mod hooks;
+pub(crate) mod inbound;
 pub mod keys;
-pub mod outbound;
+pub(crate) mod outbound;
 pub mod policy;
-mod tls;
+pub mod tls;
 
 pub use policy::{FederationConfig, Mode};
 

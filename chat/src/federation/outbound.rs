@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 /// Most unacknowledged packets on a link.
 const WINDOW: i64 = 128;
 
-type Link = Framed<msim_shared::tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PacketCodec>;
+type Link =
+    Framed<msim_shared::tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PacketCodec>;
 
 /// Why a link ended.
 #[derive(Debug)]
@@ -81,7 +82,9 @@ impl PeerTask {
             match end {
                 LinkEnd::Idle => delay = fed.config.retry_base,
                 LinkEnd::Failed(why, after) => {
-                    let wait = jitter(delay).max(after.unwrap_or_default()).min(fed.config.retry_max);
+                    let wait = jitter(delay)
+                        .max(after.unwrap_or_default())
+                        .min(fed.config.retry_max);
                     info!(peer = %self.peer, %why, retry_in = ?wait, "s2s link out failed");
                     delay = (delay * 2).min(fed.config.retry_max);
                     tokio::select! {
@@ -115,7 +118,11 @@ impl PeerTask {
         if !fed.config.allows(&self.peer) {
             return Err("peer not allowed".into());
         }
-        let addrs = fed.dns.s2s_addrs(&self.peer).await.map_err(|e| e.to_string())?;
+        let addrs = fed
+            .dns
+            .s2s_addrs(&self.peer, fed.config.default_port)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut last = String::from("no usable address");
         let mut tcp = None;
         for addr in addrs {
@@ -135,7 +142,10 @@ impl PeerTask {
         let _ = tcp.set_nodelay(true);
         let connector = msim_shared::tls::tokio_rustls::TlsConnector::from(fed.tls_client.clone());
         let name = msim_shared::tls::server_name(&self.peer).map_err(|e| e.to_string())?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
         let exporter = handshake::exporter(tls.get_ref().1).ok_or("no TLS exporter")?;
         let mut link = Framed::new(tls, PacketCodec::new(S2S_MAX_LINE).with_max_records(0));
         let mut session = Session {
@@ -153,22 +163,37 @@ impl PeerTask {
         link.send(hello).await.map_err(|e| e.to_string())?;
         let challenge = next(&mut link).await?;
         match (challenge.verb.as_str(), challenge.get("nonce")) {
-            ("S2S-CHALLENGE", Some(n)) if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            ("S2S-CHALLENGE", Some(n))
+                if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
                 session.listener_nonce = n.to_ascii_lowercase();
             }
             _ => return Err(refusal(&challenge)),
         }
         let now = self.sh.config.clock.now_micros();
-        link.send(handshake::auth_packet(&session, Role::Dialer, &fed.key, now))
-            .await
-            .map_err(|e| e.to_string())?;
+        link.send(handshake::auth_packet(
+            &session,
+            Role::Dialer,
+            &fed.key,
+            now,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
         let auth = next(&mut link).await?;
         if auth.verb != "S2S-AUTH" {
             return Err(refusal(&auth));
         }
-        check_auth(&fed.dns, &session, Role::Listener, &self.peer, &auth, now, fed.config.max_clock_skew)
-            .await
-            .map_err(|e| format!("peer's proof: {e}"))?;
+        check_auth(
+            &fed.dns,
+            &session,
+            Role::Listener,
+            &self.peer,
+            &auth,
+            now,
+            fed.config.max_clock_skew,
+        )
+        .await
+        .map_err(|e| format!("peer's proof: {e}"))?;
         Ok(link)
     }
 
@@ -179,7 +204,12 @@ impl PeerTask {
         let mut unacked = 0i64;
         loop {
             if unacked < WINDOW {
-                match self.sh.db.federation_queued(&self.peer, last_sent, WINDOW - unacked).await {
+                match self
+                    .sh
+                    .db
+                    .federation_queued(&self.peer, last_sent, WINDOW - unacked)
+                    .await
+                {
                     Ok(items) => {
                         for it in items {
                             let Ok(p) = Packet::parse_line(it.line.as_bytes()) else {
@@ -288,7 +318,11 @@ pub(crate) async fn tell_failed(sh: &Shared, failed: Vec<(String, String)>, reas
     let packets: Vec<(String, Packet)> = failed
         .into_iter()
         .map(|(id, sender)| {
-            let p = MessageSendFailed { id, reason: reason.clone() }.to_packet();
+            let p = MessageSendFailed {
+                id,
+                reason: reason.clone(),
+            }
+            .to_packet();
             (sender, p)
         })
         .collect();

@@ -5,7 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `--federation off|allowlist|open`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// No federation: remote addresses fail with `federation-disabled`.
@@ -43,6 +53,8 @@ pub struct FederationConfig {
     /// A listener already bound (tests bind port 0 and publish it in DNS); wins over
     /// `s2s_listen`.
     pub s2s_listener: Option<Arc<std::net::TcpListener>>,
+    /// Port dialed when a peer has no SRV record (3216).
+    pub default_port: u16,
     /// Dial peers that resolve to loopback/private/link-local addresses.
     pub allow_private: bool,
     /// DNS server to use instead of the system's.
@@ -79,6 +91,7 @@ impl Default for FederationConfig {
             deny: Vec::new(),
             s2s_listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3216),
             s2s_listener: None,
+            default_port: super::dns::DEFAULT_S2S_PORT,
             allow_private: false,
             dns_server: None,
             dns: Default::default(),
@@ -174,7 +187,18 @@ mod tests {
 
     #[test]
     fn private_addresses_are_not_public() {
-        for a in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.1.1", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!is_public(a.parse().expect("ip")), "{a}");
         }
         for a in ["8.8.8.8", "2a00:1450::1"] {

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 /// A self-signed certificate for `domain`, made at start-up.
 pub fn self_signed(domain: &str) -> Result<Arc<ServerConfig>, String> {
-    let ck = rcgen::generate_simple_self_signed(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
+    let ck =
+        rcgen::generate_simple_self_signed(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
     let cert = CertificateDer::from(ck.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
