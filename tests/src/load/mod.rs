@@ -8,6 +8,7 @@ pub mod chat;
 pub mod chat_scenarios;
 pub mod cli;
 pub mod content;
+pub mod federation;
 pub mod ledger;
 pub mod procs;
 pub mod relay;
