@@ -8,6 +8,8 @@ use super::{Db, DbError};
 /// One queued packet for a peer.
 #[derive(Debug, Clone)]
 pub(crate) struct QueuedItem {
+    /// The peer domain.
+    pub peer: String,
     /// Queue order; also the `qid=` of the packet on the link.
     pub seq: i64,
     /// The packet without `qid=`, one wire line.
@@ -18,16 +20,35 @@ pub(crate) struct QueuedItem {
     pub message_id: String,
 }
 
-/// Result of queueing a message.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Queued {
-    /// Stored with this seq.
-    Stored(i64),
-    /// The peer's queue is full.
-    Full,
+const ITEM_COLUMNS: &str = "peer, seq, line, sender, message_id";
+
+/// One write to the outbound queue; a batch of them is one transaction
+/// ([`Db::federation_apply`]).
+#[derive(Debug, Clone)]
+pub(crate) enum QueueWrite {
+    /// Queue a packet for `peer`; for a message (`message_id` not empty) also remember it as
+    /// sent by `sender` to `recipient`, for its receipt.
+    Add {
+        peer: String,
+        line: String,
+        sender: String,
+        message_id: String,
+        recipient: String,
+        at: i64,
+        expires_at: i64,
+    },
+    /// Remove an item the peer answered.
+    Remove { peer: String, seq: i64 },
 }
 
-const ITEM_COLUMNS: &str = "seq, line, sender, message_id";
+/// The outcome of a [`QueueWrite`].
+#[derive(Debug)]
+pub(crate) enum QueueDone {
+    /// Added.
+    Added,
+    /// Removed (the item, if it was there).
+    Removed(Option<QueuedItem>),
+}
 
 impl Db {
     /// Creates the federation tables if missing.
@@ -56,79 +77,73 @@ impl Db {
         Ok(())
     }
 
-    /// Queues a message for `peer` (bounded by `max` items per peer) and records it as sent,
-    /// in one durable transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn federation_queue_message(
+    /// Applies a batch of queue writes in one durable transaction, results in order.
+    pub(crate) async fn federation_apply(
         &self,
-        peer: &str,
-        line: &str,
-        sender: &str,
-        message_id: &str,
-        recipient: &str,
-        at: i64,
-        expires_at: i64,
-        max: u64,
-    ) -> Result<Queued, DbError> {
+        batch: &[QueueWrite],
+    ) -> Result<Vec<QueueDone>, DbError> {
         let mut tx = self.writes.begin().await?;
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM fed_queue WHERE peer = ?")
-            .bind(peer)
-            .fetch_one(&mut *tx)
-            .await?;
-        if max > 0 && n as u64 >= max {
-            return Ok(Queued::Full);
+        let mut out = Vec::with_capacity(batch.len());
+        for w in batch {
+            match w {
+                QueueWrite::Add {
+                    peer,
+                    line,
+                    sender,
+                    message_id,
+                    recipient,
+                    at,
+                    expires_at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
+                         VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(peer)
+                    .bind(line)
+                    .bind(sender)
+                    .bind(message_id)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    if !message_id.is_empty() {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO fed_sent (id, sender, recipient, at) \
+                             VALUES (?, ?, ?, ?)",
+                        )
+                        .bind(message_id)
+                        .bind(sender)
+                        .bind(recipient)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    out.push(QueueDone::Added);
+                }
+                QueueWrite::Remove { peer, seq } => {
+                    let row: Option<(String, i64, String, String, String)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "DELETE FROM fed_queue WHERE peer = ? AND seq = ? RETURNING {ITEM_COLUMNS}"
+                        )))
+                        .bind(peer)
+                        .bind(seq)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    out.push(QueueDone::Removed(row.map(item)));
+                }
+            }
         }
-        let (seq,): (i64,) = sqlx::query_as(
-            "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
-             VALUES (?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(peer)
-        .bind(line)
-        .bind(sender)
-        .bind(message_id)
-        .bind(expires_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO fed_sent (id, sender, recipient, at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(message_id)
-        .bind(sender)
-        .bind(recipient)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(Queued::Stored(seq))
+        Ok(out)
     }
 
-    /// Queues a packet that is not a message (a receipt) for `peer`; dropped when the
-    /// peer's queue is full.
-    pub(crate) async fn federation_queue_other(
-        &self,
-        peer: &str,
-        line: &str,
-        expires_at: i64,
-        max: u64,
-    ) -> Result<Queued, DbError> {
-        let mut tx = self.writes.begin().await?;
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM fed_queue WHERE peer = ?")
-            .bind(peer)
-            .fetch_one(&mut *tx)
-            .await?;
-        if max > 0 && n as u64 >= max {
-            return Ok(Queued::Full);
-        }
-        let (seq,): (i64,) = sqlx::query_as(
-            "INSERT INTO fed_queue (peer, line, expires_at) VALUES (?, ?, ?) RETURNING seq",
+    /// Items queued per peer (the queue writer's counts at start-up).
+    pub(crate) async fn federation_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        Ok(
+            sqlx::query_as("SELECT peer, COUNT(*) FROM fed_queue GROUP BY peer")
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(peer)
-        .bind(line)
-        .bind(expires_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Queued::Stored(seq))
     }
 
     /// The next queued items of `peer` after `after`, in order.
@@ -138,7 +153,7 @@ impl Db {
         after: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        let rows: Vec<(String, i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(
             format!(
                 "SELECT {ITEM_COLUMNS} FROM fed_queue WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?"
             ),
@@ -149,22 +164,6 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(item).collect())
-    }
-
-    /// Removes an item the peer acknowledged (or refused); returns it if it was there.
-    pub(crate) async fn federation_dequeue(
-        &self,
-        peer: &str,
-        seq: i64,
-    ) -> Result<Option<QueuedItem>, DbError> {
-        let row: Option<(i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(
-            format!("DELETE FROM fed_queue WHERE peer = ? AND seq = ? RETURNING {ITEM_COLUMNS}"),
-        ))
-        .bind(peer)
-        .bind(seq)
-        .fetch_optional(&self.writes)
-        .await?;
-        Ok(row.map(item))
     }
 
     /// Peers with queued items (to start their links after a restart).
@@ -183,7 +182,7 @@ impl Db {
         forget_before: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(i64, String, String, String)> =
+        let rows: Vec<(String, i64, String, String, String)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM fed_queue WHERE seq IN \
                  (SELECT seq FROM fed_queue WHERE expires_at <= ? LIMIT ?) RETURNING {ITEM_COLUMNS}"
@@ -256,8 +255,11 @@ impl Db {
     }
 }
 
-fn item((seq, line, sender, message_id): (i64, String, String, String)) -> QueuedItem {
+fn item(
+    (peer, seq, line, sender, message_id): (String, i64, String, String, String),
+) -> QueuedItem {
     QueuedItem {
+        peer,
         seq,
         line,
         sender,

@@ -2,7 +2,8 @@
 
 use crate::clock::datetime;
 use crate::cmd::messages::failed;
-use crate::db::Queued;
+use crate::db::QueueWrite;
+use crate::federation::queue::QueueError;
 use crate::hub::encode;
 use crate::session::Session;
 use msim_shared::proto::{Body, Message, MessageSent, SendFailure};
@@ -50,21 +51,20 @@ pub async fn send_message(s: &mut Session<'_>, p: &Packet, login: &str, to: Stri
     wire.verb = "S2S-MESSAGE".into();
     let line = wire.to_wire();
     let expires = at.saturating_add(fed.config.queue_ttl.as_micros() as i64);
-    let queued = sh
-        .db
-        .federation_queue_message(
-            &peer,
-            line.trim_end(),
-            login,
-            &id,
-            &to,
+    let queued = fed
+        .queue()
+        .write(QueueWrite::Add {
+            peer: peer.clone(),
+            line: line.trim_end().to_owned(),
+            sender: login.to_owned(),
+            message_id: id.clone(),
+            recipient: to.clone(),
             at,
-            expires,
-            fed.config.queue_max_per_peer,
-        )
+            expires_at: expires,
+        })
         .await;
     match queued {
-        Ok(Queued::Stored(_)) => {
+        Ok(_) => {
             s.reply(
                 p,
                 MessageSent {
@@ -78,7 +78,7 @@ pub async fn send_message(s: &mut Session<'_>, p: &Packet, login: &str, to: Stri
                 .send_except(login, s.session_id(), &encode(&pkt.to_packet()));
             fed.wake(&sh, &peer);
         }
-        Ok(Queued::Full) => s.reply(p, failed(&id, SendFailure::RecipientQueueFull)),
+        Err(QueueError::Full) => s.reply(p, failed(&id, SendFailure::RecipientQueueFull)),
         Err(e) => {
             warn!("federation queue: {e}");
             s.reply(p, failed(&id, SendFailure::StorageError));
@@ -105,19 +105,19 @@ pub async fn forward_receipt(
         .with("at", msim_shared::timestamp::format(datetime(at)))
         .to_wire();
     let expires = at.saturating_add(fed.config.queue_ttl.as_micros() as i64);
-    match sh
-        .db
-        .federation_queue_other(
-            &peer,
-            line.trim_end(),
-            expires,
-            fed.config.queue_max_per_peer,
-        )
-        .await
-    {
-        Ok(Queued::Stored(_)) => fed.wake(sh, &peer),
-        Ok(Queued::Full) => warn!(%peer, "federation queue full: receipt dropped"),
-        Err(e) => warn!("federation queue: {e}"),
+    let add = QueueWrite::Add {
+        peer: peer.clone(),
+        line: line.trim_end().to_owned(),
+        sender: String::new(),
+        message_id: String::new(),
+        recipient: String::new(),
+        at,
+        expires_at: expires,
+    };
+    match fed.queue().write(add).await {
+        Ok(_) => fed.wake(sh, &peer),
+        Err(QueueError::Full) => warn!(%peer, "federation queue full: receipt dropped"),
+        Err(e) => warn!("{e}"),
     }
 }
 

@@ -14,6 +14,7 @@ pub(crate) mod inbound;
 pub mod keys;
 pub(crate) mod outbound;
 pub mod policy;
+pub(crate) mod queue;
 pub mod tls;
 
 pub use policy::{FederationConfig, Mode};
@@ -53,6 +54,8 @@ pub struct Federation {
     pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
     /// Cancelled at shutdown: stops the peer tasks.
     pub(crate) stop: CancellationToken,
+    /// The outbound queue's writer (set at start).
+    queue: std::sync::OnceLock<queue::QueueWriter>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -100,6 +103,7 @@ impl Federation {
             peers: Mutex::new(HashMap::new()),
             inflight: Mutex::new(Default::default()),
             stop: CancellationToken::new(),
+            queue: std::sync::OnceLock::new(),
         })
     }
 
@@ -141,6 +145,11 @@ impl Federation {
         }
     }
 
+    /// The queue writer (federation has started).
+    pub(crate) fn queue(&self) -> &queue::QueueWriter {
+        self.queue.get().expect("federation started")
+    }
+
     /// Sends a live packet if the peer's link is up; otherwise it is dropped.
     pub(crate) fn send_live(&self, peer: &str, p: msim_shared::Packet) {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -165,6 +174,10 @@ pub(crate) async fn start(
         .federation_tables()
         .await
         .map_err(|e| FederationError::Io(std::io::Error::other(e)))?;
+    let writer = queue::QueueWriter::start(sh.db.clone(), fed.config.queue_max_per_peer)
+        .await
+        .map_err(|e| FederationError::Io(std::io::Error::other(e)))?;
+    let _ = fed.queue.set(writer);
     let listener = match &fed.config.s2s_listener {
         Some(l) => {
             let l = l.try_clone()?;

@@ -6,7 +6,7 @@
 
 use super::handshake::{self, check_auth, Role, Session};
 use super::inbound::S2S_MAX_LINE;
-use crate::db::{Notice, Outcome, WriteOp};
+use crate::db::{Notice, Outcome, QueueDone, QueueWrite, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::server::Shared;
 use futures::{SinkExt, StreamExt};
@@ -202,8 +202,10 @@ impl PeerTask {
         let fed = self.sh.federation.clone().expect("federation on");
         let mut last_sent = 0i64;
         let mut unacked = 0i64;
+        // Whether the queue may hold items not sent yet (reads only then, not at every ack).
+        let mut more = true;
         loop {
-            if unacked < WINDOW {
+            if more && unacked <= WINDOW / 2 {
                 match self
                     .sh
                     .db
@@ -211,10 +213,16 @@ impl PeerTask {
                     .await
                 {
                     Ok(items) => {
+                        more = items.len() as i64 == WINDOW - unacked;
                         for it in items {
                             let Ok(p) = Packet::parse_line(it.line.as_bytes()) else {
                                 warn!(seq = it.seq, "federation queue: unreadable item dropped");
-                                let _ = self.sh.db.federation_dequeue(&self.peer, it.seq).await;
+                                fed.queue()
+                                    .write_detached(QueueWrite::Remove {
+                                        peer: self.peer.clone(),
+                                        seq: it.seq,
+                                    })
+                                    .await;
                                 continue;
                             };
                             if let Err(e) = link.feed(p.with("qid", it.seq.to_string())).await {
@@ -242,16 +250,14 @@ impl PeerTask {
                     match (p.verb.as_str(), qid) {
                         ("S2S-ACK", Some(q)) => {
                             unacked -= 1;
-                            if let Err(e) = self.sh.db.federation_dequeue(&self.peer, q).await {
-                                return LinkEnd::Failed(e.to_string(), None);
-                            }
+                            fed.queue().write_detached(QueueWrite::Remove { peer: self.peer.clone(), seq: q }).await;
                         }
                         ("S2S-REFUSED", Some(q)) => {
                             unacked -= 1;
                             let reason = p.get("reason").unwrap_or("refused").to_owned();
                             warn!(peer = %self.peer, qid = q, %reason, "s2s: peer refused a packet");
-                            match self.sh.db.federation_dequeue(&self.peer, q).await {
-                                Ok(Some(item)) if !item.message_id.is_empty() => {
+                            match fed.queue().write(QueueWrite::Remove { peer: self.peer.clone(), seq: q }).await {
+                                Ok(QueueDone::Removed(Some(item))) if !item.message_id.is_empty() => {
                                     tell_failed(&self.sh, vec![(item.message_id, item.sender)], SendFailure::parse(&reason)).await;
                                 }
                                 Ok(_) => {}
@@ -268,7 +274,7 @@ impl PeerTask {
                         _ => debug!(peer = %self.peer, verb = %p.verb, "s2s: ignored"),
                     }
                 }
-                _ = self.wake.notified(), if unacked < WINDOW => {}
+                _ = self.wake.notified() => more = true,
                 Some(live) = self.live.recv() => {
                     if let Err(e) = link.send(live).await {
                         return LinkEnd::Failed(e.to_string(), None);
@@ -367,6 +373,15 @@ pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
         let forget = now.saturating_sub(sh.config.receipt_retention.as_micros() as i64);
         match sh.db.federation_expire(now, forget, 1000).await {
             Ok(items) => {
+                if let Some(fed) = &sh.federation {
+                    let mut per_peer: std::collections::HashMap<String, u64> = Default::default();
+                    for i in &items {
+                        *per_peer.entry(i.peer.clone()).or_default() += 1;
+                    }
+                    for (peer, n) in per_peer {
+                        fed.queue().forget(peer, n);
+                    }
+                }
                 let failed: Vec<(String, String)> = items
                     .into_iter()
                     .filter(|i| !i.message_id.is_empty())

@@ -161,7 +161,11 @@ fn start_chat(args: &Args, data: &std::path::Path) -> Result<procs::Proc> {
 }
 
 /// Starts target/<profile>/msim-chat on `chat_dir` with extra flags.
-pub(super) fn start_chat_in(args: &Args, chat_dir: &std::path::Path, extra: &[&str]) -> Result<procs::Proc> {
+pub(super) fn start_chat_in(
+    args: &Args,
+    chat_dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<procs::Proc> {
     let bin = procs::sibling_binary("msim-chat")?;
     let addr = procs::free_addr()?;
     let relay_addr = procs::free_addr()?;

@@ -42,16 +42,25 @@ impl Dns {
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-                let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
                 let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
                 m.metadata.authoritative = true;
                 m.metadata.recursion_desired = q.metadata.recursion_desired;
                 m.queries = q.queries.clone();
                 if let Some(query) = q.queries.first() {
-                    let name = query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                    let name = query
+                        .name()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
                     let zone = z.lock().unwrap_or_else(|e| e.into_inner());
                     match zone.get(&(name, query.query_type())) {
-                        Some(d) => m.answers.push(Record::from_rdata(query.name().clone(), 60, d.clone())),
+                        Some(d) => {
+                            m.answers
+                                .push(Record::from_rdata(query.name().clone(), 60, d.clone()))
+                        }
                         None => m.metadata.response_code = ResponseCode::NXDomain,
                     }
                 }
@@ -65,13 +74,21 @@ impl Dns {
 
     fn set(&self, name: &str, data: RData) {
         let t = data.record_type();
-        self.zone.lock().unwrap_or_else(|e| e.into_inner()).insert((name.to_owned(), t), data);
+        self.zone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name.to_owned(), t), data);
     }
 }
 
 /// One federated server: a key made with `msim-chat federation keygen`, its records published,
 /// the process started.
-fn start_server(args: &Args, dns: &Dns, dir: &std::path::Path, domain: &str) -> Result<procs::Proc> {
+fn start_server(
+    args: &Args,
+    dns: &Dns,
+    dir: &std::path::Path,
+    domain: &str,
+) -> Result<procs::Proc> {
     let bin = procs::sibling_binary("msim-chat")?;
     let out = std::process::Command::new(&bin)
         .args(["federation", "keygen", "--data-dir"])
@@ -91,7 +108,12 @@ fn start_server(args: &Args, dns: &Dns, dir: &std::path::Path, domain: &str) -> 
     let target = format!("s2s.{domain}");
     dns.set(
         &format!("_msim-s2s._tcp.{domain}"),
-        RData::SRV(SRV::new(0, 0, s2s.port(), Name::from_ascii(format!("{target}."))?)),
+        RData::SRV(SRV::new(
+            0,
+            0,
+            s2s.port(),
+            Name::from_ascii(format!("{target}."))?,
+        )),
     );
     dns.set(&target, RData::A(A(Ipv4Addr::LOCALHOST)));
     let flags = [
@@ -111,7 +133,11 @@ fn start_server(args: &Args, dns: &Dns, dir: &std::path::Path, domain: &str) -> 
 }
 
 /// Runs the federation scenario and adds its figures.
-pub async fn run_federation(args: &Args, data: &std::path::Path, report: &mut Report) -> Result<()> {
+pub async fn run_federation(
+    args: &Args,
+    data: &std::path::Path,
+    report: &mut Report,
+) -> Result<()> {
     let dns = Dns::start().await?;
     let a = start_server(args, &dns, &data.join("fed-a"), "a.load")?;
     let b = start_server(args, &dns, &data.join("fed-b"), "b.load")?;
@@ -145,10 +171,16 @@ pub async fn run_federation(args: &Args, data: &std::path::Path, report: &mut Re
         Some(("one server", local.delivered_per_sec)),
         None,
     );
-    eprintln!("== federation: latency at {} msg/s offered, one server", args.rate);
+    eprintln!(
+        "== federation: latency at {} msg/s offered, one server",
+        args.rate
+    );
     let local = chat::messages(a.addr, prefix, run(Some(args.rate), None)).await?;
     check_messages(&local)?;
-    eprintln!("== federation: latency at {} msg/s offered, across servers", args.rate);
+    eprintln!(
+        "== federation: latency at {} msg/s offered, across servers",
+        args.rate
+    );
     let fed = chat::messages(a.addr, prefix, run(Some(args.rate), remote)).await?;
     check_messages(&fed)?;
     for (name, p) in [("p50", 50.0), ("p99", 99.0)] {
