@@ -396,7 +396,7 @@ async fn handle(
                 id: id.clone(),
                 sender: from,
                 recipient,
-                at: (at.unix_timestamp_nanos() / 1000) as i64,
+                at: sane_time(sh, at),
                 text,
             };
             if sh.blocks.is_blocked(&m.recipient, &m.sender) {
@@ -503,6 +503,23 @@ async fn handle(
             Handled::Nothing
         }
         _ => Handled::Reply(Packet::new("ERROR-NOT-IMPLEMENTED").with("type", p.verb.clone())),
+    }
+}
+
+/// A peer's timestamp in micros, or now when it is further from our clock than the handshake
+/// allows: retention counts from `at`, so a peer must not make its messages expire at once or
+/// never.
+fn sane_time(sh: &Shared, at: time::OffsetDateTime) -> i64 {
+    let now = sh.config.clock.now_micros();
+    let at = (at.unix_timestamp_nanos() / 1000) as i64;
+    let skew = sh
+        .federation
+        .as_ref()
+        .map_or(0, |f| f.config.max_clock_skew.as_micros() as i64);
+    if (at - now).abs() > skew {
+        now
+    } else {
+        at
     }
 }
 

@@ -188,3 +188,49 @@ async fn policy_empty_allowlist_deny_and_federation_off() {
     let f = olga.expect_skip("MESSAGE-SEND-FAILED").await;
     assert_eq!(field(&f, "reason").as_deref(), Some("federation-disabled"));
 }
+
+#[tokio::test]
+async fn undeliverable_messages_expire_with_a_failure_to_the_sender() {
+    let dns = TestDns::start().await;
+    let a = Fed::start(&dns, "a.test", |c| {
+        c.federation.queue_ttl = std::time::Duration::from_secs(3600);
+        c.purge_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let mut alice = a.user("alice").await;
+    // nowhere.test has no DNS records at all: the message waits in the queue.
+    let id = send(&mut alice, "bob@nowhere.test", "anyone%3F").await;
+    a.server.clock.advance(std::time::Duration::from_secs(3601));
+    let f = alice.expect_skip("MESSAGE-SEND-FAILED").await;
+    assert_eq!(field(&f, "id"), Some(id.clone()));
+    assert_eq!(field(&f, "reason").as_deref(), Some("expired"));
+    // Stored for the sender's next login too.
+    let mut again = a.session("alice").await;
+    let f = again.expect_skip("MESSAGE-SEND-FAILED").await;
+    assert_eq!(field(&f, "id"), Some(id));
+}
+
+#[tokio::test]
+async fn a_peers_queue_is_bounded_and_other_peers_are_unaffected() {
+    let dns = TestDns::start().await;
+    let a = Fed::start(&dns, "a.test", |c| c.federation.queue_max_per_peer = 3).await;
+    let _b = Fed::start(&dns, "b.test", |_| {}).await;
+    let mut alice = a.user("alice").await;
+    for i in 0..3 {
+        send(&mut alice, "bob@nowhere.test", &format!("m{i}")).await;
+    }
+    alice
+        .send("MESSAGE to=bob@nowhere.test text=one%20more")
+        .await;
+    let f = alice.expect_skip("MESSAGE-SEND-FAILED").await;
+    assert_eq!(field(&f, "reason").as_deref(), Some("recipient-queue-full"));
+    // Another peer's queue is separate: it takes its own 3 at once.
+    let mut bob = _b.user("bob").await;
+    for i in 0..3 {
+        send(&mut alice, "bob@b.test", &format!("b{i}")).await;
+    }
+    for i in 0..3 {
+        let m = next_message(&mut bob).await;
+        assert_eq!(field(&m, "text"), Some(format!("b{i}")));
+    }
+}
