@@ -1,11 +1,12 @@
 //! What the client commands do with remote addresses when federation is on.
 
+use super::queue::QueueError;
+use super::Federation;
 use crate::clock::datetime;
+use crate::cmd::context::{Ctx, Me};
 use crate::cmd::messages::failed;
 use crate::db::QueueWrite;
-use crate::federation::queue::QueueError;
 use crate::hub::encode;
-use crate::session::Session;
 use msim_shared::proto::{Body, Message, MessageSent, SendFailure};
 use msim_shared::Packet;
 use tracing::warn;
@@ -15,19 +16,20 @@ fn domain_of(addr: &str) -> &str {
     addr.rsplit_once('@').map(|(_, d)| d).unwrap_or(addr)
 }
 
-/// `MESSAGE to=<remote>`: queued durably for the peer, then `MESSAGE-SENT` (the message is
-/// then delivered or its sender told why not, PROTOCOL.md §12.6).
-pub async fn send_message(s: &mut Session<'_>, p: &Packet, login: &str, to: String, text: String) {
+/// `MESSAGE to=<remote>`: queued durably for the peer; returns the answer, `MESSAGE-SENT` once
+/// committed to the queue (the message is then delivered or its sender told why not,
+/// PROTOCOL.md §12.1).
+pub(crate) async fn send_message(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
+    me: Me<'_>,
+    to: String,
+    text: String,
+) -> Packet {
     let id = uuid::Uuid::now_v7().to_string();
-    let sh = s.sh.clone();
-    // Answers stay in request order.
-    s.drain().await;
-    let Some(fed) = sh.federation.clone() else {
-        return s.reply(p, failed(&id, SendFailure::FederationDisabled));
-    };
     let reason = if text.is_empty() {
         Some(SendFailure::EmptyText)
-    } else if text.len() > sh.config.max_text {
+    } else if text.len() > ctx.config.max_text {
         Some(SendFailure::TextTooLong)
     } else if !fed.config.allows(domain_of(&to)) {
         Some(SendFailure::Other("peer-not-allowed".into()))
@@ -35,14 +37,13 @@ pub async fn send_message(s: &mut Session<'_>, p: &Packet, login: &str, to: Stri
         None
     };
     if let Some(reason) = reason {
-        return s.reply(p, failed(&id, reason));
+        return failed(&id, reason);
     }
     let peer = domain_of(&to).to_owned();
-    let at = sh.config.clock.now_micros();
-    let from = s.addr(login);
+    let at = ctx.now();
     let pkt = Message {
         id: id.clone(),
-        from: from.clone(),
+        from: ctx.addr(me.login),
         to: to.clone(),
         at: datetime(at),
         text,
@@ -56,55 +57,52 @@ pub async fn send_message(s: &mut Session<'_>, p: &Packet, login: &str, to: Stri
         .write(QueueWrite::Add {
             peer: peer.clone(),
             line: line.trim_end().to_owned(),
-            sender: login.to_owned(),
+            sender: me.login.to_owned(),
             message_id: id.clone(),
-            recipient: to.clone(),
+            recipient: to,
             at,
             expires_at: expires,
         })
         .await;
     match queued {
         Ok(_) => {
-            s.reply(
-                p,
-                MessageSent {
-                    id: id.clone(),
-                    at: datetime(at),
-                }
-                .to_packet(),
-            );
             // Carbon copy to the sender's other sessions.
-            sh.hub
-                .send_except(login, s.session_id(), &encode(&pkt.to_packet()));
-            fed.wake(&sh, &peer);
+            ctx.hub
+                .send_except(me.login, Some(me.session), &encode(&pkt.to_packet()));
+            fed.wake(&peer);
+            MessageSent {
+                id,
+                at: datetime(at),
+            }
+            .to_packet()
         }
-        Err(QueueError::Full) => s.reply(p, failed(&id, SendFailure::RecipientQueueFull)),
+        Err(QueueError::Full) => failed(&id, SendFailure::RecipientQueueFull),
         Err(e) => {
-            warn!("federation queue: {e}");
-            s.reply(p, failed(&id, SendFailure::StorageError));
+            warn!("{e}");
+            failed(&id, SendFailure::StorageError)
         }
     }
 }
 
 /// A local user read a message from a remote sender: the receipt goes to the sender's server.
-pub async fn forward_receipt(
-    sh: &std::sync::Arc<crate::server::Shared>,
+pub(crate) async fn forward_receipt(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
     id: &str,
     sender: &str,
     reader: &str,
     at: i64,
 ) {
-    let Some(fed) = sh.federation.clone() else {
-        return;
-    };
     let peer = domain_of(sender).to_owned();
     let line = Packet::new("S2S-READ")
         .with("id", id)
-        .with("by", format!("{reader}@{}", sh.config.domain))
+        .with("by", ctx.addr(reader))
         .with("to", sender)
         .with("at", msim_shared::timestamp::format(datetime(at)))
         .to_wire();
-    let expires = at.saturating_add(fed.config.queue_ttl.as_micros() as i64);
+    let expires = ctx
+        .now()
+        .saturating_add(fed.config.queue_ttl.as_micros() as i64);
     let add = QueueWrite::Add {
         peer: peer.clone(),
         line: line.trim_end().to_owned(),
@@ -115,23 +113,20 @@ pub async fn forward_receipt(
         expires_at: expires,
     };
     match fed.queue().write(add).await {
-        Ok(_) => fed.wake(sh, &peer),
+        Ok(_) => fed.wake(&peer),
         Err(QueueError::Full) => warn!(%peer, "federation queue full: receipt dropped"),
         Err(e) => warn!("{e}"),
     }
 }
 
 /// `TYPING-STARTED`/`-END` to a remote user: sent live if the link is up, else dropped.
-pub fn typing(sh: &crate::server::Shared, login: &str, to: &str, started: bool) {
-    let Some(fed) = sh.federation.as_ref() else {
-        return;
-    };
+pub(crate) fn typing(fed: &Federation, ctx: &Ctx<'_>, login: &str, to: &str, started: bool) {
     let peer = domain_of(to);
     if !fed.config.allows(peer) {
         return;
     }
     let p = Packet::new("S2S-TYPING")
-        .with("from", format!("{login}@{}", sh.config.domain))
+        .with("from", ctx.addr(login))
         .with("to", to)
         .with("state", if started { "started" } else { "ended" });
     fed.send_live(peer, p);

@@ -56,6 +56,8 @@ pub struct Federation {
     pub(crate) stop: CancellationToken,
     /// The outbound queue's writer (set at start).
     queue: std::sync::OnceLock<queue::QueueWriter>,
+    /// The server's state, for the peer tasks (set at start; weak: the server owns us).
+    shared: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -104,11 +106,15 @@ impl Federation {
             inflight: Mutex::new(Default::default()),
             stop: CancellationToken::new(),
             queue: std::sync::OnceLock::new(),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
     /// Wakes (starting if needed) the dialer of `peer`.
-    pub(crate) fn wake(&self, sh: &Arc<Shared>, peer: &str) {
+    pub(crate) fn wake(&self, peer: &str) {
+        let Some(sh) = self.shared.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = peers.get(peer) {
             p.wake.notify_one();
@@ -178,6 +184,7 @@ pub(crate) async fn start(
         .await
         .map_err(|e| FederationError::Io(std::io::Error::other(e)))?;
     let _ = fed.queue.set(writer);
+    let _ = fed.shared.set(Arc::downgrade(&sh));
     let listener = match &fed.config.s2s_listener {
         Some(l) => {
             let l = l.try_clone()?;
@@ -195,7 +202,7 @@ pub(crate) async fn start(
     match sh.db.federation_peers().await {
         Ok(peers) => {
             for p in peers {
-                fed.wake(&sh, &p);
+                fed.wake(&p);
             }
         }
         Err(e) => warn!("federation queue: {e}"),
