@@ -131,3 +131,38 @@ pub(crate) fn typing(fed: &Federation, ctx: &Ctx<'_>, login: &str, to: &str, sta
         .with("state", if started { "started" } else { "ended" });
     fed.send_live(peer, p);
 }
+
+/// What the remote server said about one of its users.
+pub(crate) enum RemoteProfile {
+    /// The user exists: name and note.
+    Found { name: String, note: Option<String> },
+    /// No such user there.
+    Unknown,
+    /// No answer (unreachable, refused, timed out, not allowed).
+    NoAnswer(&'static str),
+}
+
+/// Asks `addr`'s server for that user's profile (also: whether the account exists).
+pub(crate) async fn remote_profile(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
+    me: Me<'_>,
+    addr: &str,
+) -> RemoteProfile {
+    let peer = domain_of(addr);
+    if !fed.config.allows(peer) {
+        return RemoteProfile::NoAnswer("peer-not-allowed");
+    }
+    let ask = Packet::new("S2S-PROFILE-GET")
+        .with("from", ctx.addr(me.login))
+        .with("id", addr);
+    let within = fed.config.handshake_timeout + std::time::Duration::from_secs(5);
+    match fed.request(peer, ask, within).await {
+        Some(p) if p.verb == "S2S-PROFILE" && p.get("id") == Some(addr) => RemoteProfile::Found {
+            name: p.get("name").unwrap_or_default().to_owned(),
+            note: p.get("note").map(str::to_owned),
+        },
+        Some(p) if p.get("reason") == Some("unknown-user") => RemoteProfile::Unknown,
+        _ => RemoteProfile::NoAnswer("peer-unreachable"),
+    }
+}

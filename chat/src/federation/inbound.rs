@@ -483,6 +483,34 @@ async fn handle(
                 }
             }
         }
+        "S2S-PROFILE-GET" => {
+            let (Some(rid), Some(from), Some(id)) = (field("rid"), field("from"), field("id"))
+            else {
+                return Handled::Violation(refused(&qid, "malformed"));
+            };
+            let login = match check_addresses(sh, peer, &from, &id) {
+                Ok((_, login)) => login,
+                Err(reason) => return Handled::Violation(refused(&qid, reason)),
+            };
+            // What any user of this server may see of a profile (PROTOCOL.md §9): name and
+            // note; presence is not shared across servers in this version.
+            Handled::Reply(match sh.db.profile(&login).await {
+                Ok(Some(p)) => Packet::new("S2S-PROFILE")
+                    .with("rid", rid)
+                    .with("id", format!("{login}@{}", sh.config.domain))
+                    .with("name", p.name)
+                    .with_opt("note", (!p.note.is_empty()).then_some(p.note)),
+                Ok(None) => Packet::new("S2S-PROFILE-FAILED")
+                    .with("rid", rid)
+                    .with("reason", "unknown-user"),
+                Err(e) => {
+                    warn!("s2s profile: {e}");
+                    Packet::new("S2S-PROFILE-FAILED")
+                        .with("rid", rid)
+                        .with("reason", "storage-error")
+                }
+            })
+        }
         "S2S-TYPING" => {
             let (Some(from), Some(to), Some(state)) = (field("from"), field("to"), field("state"))
             else {

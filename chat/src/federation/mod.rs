@@ -29,14 +29,24 @@ use tracing::{info, warn};
 /// Live (never queued) packets waiting for a peer's link, e.g. typing.
 const LIVE_QUEUE: usize = 64;
 
+/// A live packet for a peer's link; a request carries where its answer goes.
+pub(crate) struct Live {
+    pub packet: msim_shared::Packet,
+    pub reply: Option<tokio::sync::oneshot::Sender<msim_shared::Packet>>,
+}
+
 /// A peer's outbound side.
 pub(crate) struct Peer {
     /// Woken when something is queued for the peer.
     pub wake: Arc<Notify>,
     /// Live packets; only filled while the link is up.
-    pub live: mpsc::Sender<msim_shared::Packet>,
+    pub live: mpsc::Sender<Live>,
     /// Whether the link is up (authenticated).
     pub up: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests waiting for an answer: the link is dialed (and kept) for them.
+    pub wanted: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last attempt to reach the peer failed (requests fail at once until it is back).
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Federation state shared by the server.
@@ -125,6 +135,8 @@ impl Federation {
             wake: Arc::new(Notify::new()),
             live: tx,
             up: Default::default(),
+            wanted: Default::default(),
+            down: Default::default(),
         };
         p.wake.notify_one();
         let task = outbound::PeerTask {
@@ -132,6 +144,8 @@ impl Federation {
             peer: peer.to_owned(),
             wake: p.wake.clone(),
             up: p.up.clone(),
+            wanted: p.wanted.clone(),
+            down: p.down.clone(),
             live: rx,
             stop: self.stop.clone(),
         };
@@ -156,12 +170,52 @@ impl Federation {
         self.queue.get().expect("federation started")
     }
 
+    /// Sends a request to `peer` (dialing if needed) and waits for its answer, at most
+    /// `within`; `None` when there was none (peer unreachable, busy or silent).
+    pub(crate) async fn request(
+        &self,
+        peer: &str,
+        packet: msim_shared::Packet,
+        within: std::time::Duration,
+    ) -> Option<msim_shared::Packet> {
+        use std::sync::atomic::Ordering;
+        self.wake(peer);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let wanted = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let p = peers.get(peer)?;
+            p.live
+                .try_send(Live {
+                    packet,
+                    reply: Some(tx),
+                })
+                .ok()?;
+            p.wake.notify_one();
+            if p.down.load(Ordering::Relaxed) {
+                // Unreachable at the last attempt: answer now; the request (its answer
+                // discarded) still makes the peer task try again.
+                return None;
+            }
+            p.wanted.fetch_add(1, Ordering::Relaxed);
+            p.wanted.clone()
+        };
+        let answer = tokio::time::timeout(within, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        wanted.fetch_sub(1, Ordering::Relaxed);
+        answer
+    }
+
     /// Sends a live packet if the peer's link is up; otherwise it is dropped.
     pub(crate) fn send_live(&self, peer: &str, p: msim_shared::Packet) {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = peers.get(peer) {
             if peer.up.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = peer.live.try_send(p);
+                let _ = peer.live.try_send(Live {
+                    packet: p,
+                    reply: None,
+                });
             }
         }
     }

@@ -12,10 +12,11 @@ use crate::server::Shared;
 use futures::{SinkExt, StreamExt};
 use msim_shared::proto::{Body, MessageSendFailed, SendFailure};
 use msim_shared::{Packet, PacketCodec};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -41,7 +42,9 @@ pub(crate) struct PeerTask {
     pub peer: String,
     pub wake: Arc<Notify>,
     pub up: Arc<AtomicBool>,
-    pub live: mpsc::Receiver<Packet>,
+    pub wanted: Arc<std::sync::atomic::AtomicUsize>,
+    pub down: Arc<AtomicBool>,
+    pub live: mpsc::Receiver<super::Live>,
     pub stop: CancellationToken,
 }
 
@@ -65,8 +68,9 @@ impl PeerTask {
                     }
                 }
             }
+            let requests = self.wanted.load(Ordering::Relaxed) > 0 || !self.live.is_empty();
             match self.sh.db.federation_queued(&self.peer, 0, 1).await {
-                Ok(v) if v.is_empty() => continue,
+                Ok(v) if v.is_empty() && !requests => continue,
                 Ok(_) => {}
                 Err(e) => {
                     warn!("federation queue: {e}");
@@ -82,6 +86,9 @@ impl PeerTask {
             match end {
                 LinkEnd::Idle => delay = fed.config.retry_base,
                 LinkEnd::Failed(why, after) => {
+                    // Waiting requests fail now rather than after their timeout.
+                    self.down.store(true, Ordering::Relaxed);
+                    while self.live.try_recv().is_ok() {}
                     let wait = jitter(delay)
                         .max(after.unwrap_or_default())
                         .min(fed.config.retry_max);
@@ -106,10 +113,16 @@ impl PeerTask {
             Err(_) => return LinkEnd::Failed("handshake timed out".into(), None),
         };
         info!(peer = %self.peer, "s2s link out");
-        // Live packets from before the link was up are stale.
-        while self.live.try_recv().is_ok() {}
+        // Typing from before the link was up is stale; requests still wait for answers.
+        let mut early = Vec::new();
+        while let Ok(l) = self.live.try_recv() {
+            if l.reply.is_some() {
+                early.push(l);
+            }
+        }
         self.up.store(true, Ordering::Relaxed);
-        self.send_queue(&mut link).await
+        self.down.store(false, Ordering::Relaxed);
+        self.send_queue(&mut link, early).await
     }
 
     /// Resolves, connects, runs TLS and the handshake.
@@ -198,8 +211,16 @@ impl PeerTask {
     }
 
     /// Sends the queue in order and handles the peer's answers until idle or broken.
-    async fn send_queue(&mut self, link: &mut Link) -> LinkEnd {
+    async fn send_queue(&mut self, link: &mut Link, early: Vec<super::Live>) -> LinkEnd {
         let fed = self.sh.federation.clone().expect("federation on");
+        // Requests sent and not answered yet, by `rid=`.
+        let mut asked: HashMap<u64, oneshot::Sender<Packet>> = HashMap::new();
+        let mut next_rid = 0u64;
+        for l in early {
+            if let Err(e) = send_live(link, l, &mut asked, &mut next_rid).await {
+                return LinkEnd::Failed(e, None);
+            }
+        }
         let mut last_sent = 0i64;
         let mut unacked = 0i64;
         // Whether the queue may hold items not sent yet (reads only then, not at every ack).
@@ -268,6 +289,12 @@ impl PeerTask {
                             let after = p.get("retry-after").and_then(|s| s.parse::<u64>().ok()).map(|s| Duration::from_secs(s.min(3600)));
                             return LinkEnd::Failed("peer asked to retry later".into(), after);
                         }
+                        ("S2S-PROFILE" | "S2S-PROFILE-FAILED", _) => {
+                            let rid = p.get("rid").and_then(|r| r.parse::<u64>().ok());
+                            if let Some(tx) = rid.and_then(|r| asked.remove(&r)) {
+                                let _ = tx.send(p);
+                            }
+                        }
                         ("PING", _) => {
                             let _ = link.send(Packet::new("PONG").with_opt("ref", p.get("ref").map(str::to_owned))).await;
                         }
@@ -276,19 +303,46 @@ impl PeerTask {
                 }
                 _ = self.wake.notified() => more = true,
                 Some(live) = self.live.recv() => {
-                    if let Err(e) = link.send(live).await {
-                        return LinkEnd::Failed(e.to_string(), None);
+                    if let Err(e) = send_live(link, live, &mut asked, &mut next_rid).await {
+                        return LinkEnd::Failed(e, None);
                     }
                 }
                 _ = tokio::time::sleep(fed.config.link_idle) => {
-                    if unacked == 0 {
+                    if unacked == 0 && asked.is_empty() && self.wanted.load(Ordering::Relaxed) == 0 {
                         return LinkEnd::Idle;
+                    }
+                    if unacked == 0 {
+                        // A request went unanswered for a whole idle period: forget it.
+                        asked.clear();
+                        continue;
                     }
                     return LinkEnd::Failed("no acknowledgement".into(), None);
                 }
             }
         }
     }
+}
+
+/// Most requests waiting for answers on one link.
+const MAX_ASKED: usize = 256;
+
+/// Writes a live packet; a request gets a `rid=` and its answer's destination is kept.
+async fn send_live(
+    link: &mut Link,
+    live: super::Live,
+    asked: &mut HashMap<u64, oneshot::Sender<Packet>>,
+    next_rid: &mut u64,
+) -> Result<(), String> {
+    let mut packet = live.packet;
+    if let Some(reply) = live.reply {
+        if asked.len() >= MAX_ASKED || reply.is_closed() {
+            return Ok(());
+        }
+        *next_rid += 1;
+        asked.insert(*next_rid, reply);
+        packet = packet.with("rid", next_rid.to_string());
+    }
+    link.send(packet).await.map_err(|e| e.to_string())
 }
 
 async fn next(link: &mut Link) -> Result<Packet, String> {

@@ -234,3 +234,36 @@ async fn a_peers_queue_is_bounded_and_other_peers_are_unaffected() {
         assert_eq!(field(&m, "text"), Some(format!("b{i}")));
     }
 }
+
+#[tokio::test]
+async fn remote_profiles_and_account_existence() {
+    let dns = TestDns::start().await;
+    let a = Fed::start(&dns, "a.test", |_| {}).await;
+    let b = Fed::start(&dns, "b.test", |_| {}).await;
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    bob.send("PROFILE-UPDATE name=Bobby note=on%20b").await;
+    bob.expect("PROFILE-UPDATE-OK").await;
+    // No link exists yet: the request dials b.test.
+    alice.send("PROFILE-GET id=bob@b.test ref=p").await;
+    let p = alice.expect_skip("PROFILE").await;
+    assert_eq!(field(&p, "id").as_deref(), Some("bob@b.test"));
+    assert_eq!(field(&p, "name").as_deref(), Some("Bobby"));
+    assert_eq!(field(&p, "note").as_deref(), Some("on b"));
+    assert_eq!(field(&p, "ref").as_deref(), Some("p"));
+    alice.send("PROFILE-GET id=nobody@b.test").await;
+    let f = alice.expect_skip("PROFILE-GET-FAILED").await;
+    assert_eq!(field(&f, "reason").as_deref(), Some("unknown-user"));
+    // Adding a remote contact checks that the account exists.
+    alice.send("CONTACTS-ADD id=nobody@b.test").await;
+    let f = alice.expect_skip("CONTACTS-ADD-FAILED").await;
+    assert_eq!(field(&f, "reason").as_deref(), Some("unknown-user"));
+    alice.send("CONTACTS-ADD id=bob@b.test").await;
+    alice.expect_skip("CONTACTS-ADD-OK").await;
+    // A server that cannot be reached does not block adding (it cannot say "no").
+    alice.send("CONTACTS-ADD id=someone@nowhere.test").await;
+    alice.expect_skip("CONTACTS-ADD-OK").await;
+    alice.send("PROFILE-GET id=someone@nowhere.test").await;
+    let f = alice.expect_skip("PROFILE-GET-FAILED").await;
+    assert_eq!(field(&f, "reason").as_deref(), Some("peer-unreachable"));
+}
