@@ -158,12 +158,9 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 async fn next<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Framed<S, PacketCodec>,
 ) -> Option<Packet> {
-    loop {
-        match link.next().await? {
-            Ok(Ok(p)) => return Some(p),
-            Ok(Err(_)) => return None,
-            Err(_) => return None,
-        }
+    match link.next().await? {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 

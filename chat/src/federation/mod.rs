@@ -153,15 +153,11 @@ impl Federation {
         tokio::spawn(task.run());
     }
 
-    /// Called by a peer task that found nothing to do: it ends unless woken meanwhile.
-    pub(crate) fn retire(&self, peer: &str, wake: &Arc<Notify>) -> bool {
+    /// Called by a peer task that found nothing to do and ends: later wakes start a new one.
+    pub(crate) fn retire(&self, peer: &str, wake: &Arc<Notify>) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        match peers.get(peer) {
-            Some(p) if Arc::ptr_eq(&p.wake, wake) => {
-                peers.remove(peer);
-                true
-            }
-            _ => true,
+        if peers.get(peer).is_some_and(|p| Arc::ptr_eq(&p.wake, wake)) {
+            peers.remove(peer);
         }
     }
 

@@ -60,11 +60,17 @@ impl PeerTask {
                 _ = self.stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(fed.config.link_idle) => {
-                    match self.sh.db.federation_queued(&self.peer, 0, 1).await {
-                        Ok(v) if v.is_empty() => {
-                            if fed.retire(&self.peer, &self.wake) { return; }
+                    if let Ok(v) = self.sh.db.federation_queued(&self.peer, 0, 1).await {
+                        if v.is_empty() && self.live.is_empty() {
+                            fed.retire(&self.peer, &self.wake);
+                            // Something queued between the check and the retirement woke
+                            // this task, which is leaving: start a new one for it.
+                            let again = self.sh.db.federation_queued(&self.peer, 0, 1).await;
+                            if again.map_or(true, |v| !v.is_empty()) || !self.live.is_empty() {
+                                fed.wake(&self.peer);
+                            }
+                            return;
                         }
-                        _ => {}
                     }
                 }
             }

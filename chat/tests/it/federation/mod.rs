@@ -16,7 +16,6 @@ use std::time::Duration;
 /// One federated server under test.
 pub struct Fed {
     pub server: TestServer,
-    pub domain: String,
     /// The s2s port published in DNS.
     pub s2s: SocketAddr,
     pub kid: String,
@@ -85,7 +84,6 @@ impl Fed {
         .await;
         Fed {
             server,
-            domain: domain.to_owned(),
             s2s,
             kid,
         }
