@@ -2,8 +2,9 @@
 //! what a sent remote message leaves behind for its read receipt. Written with their own
 //! short transactions on the write connection (they share no sequence with `messages`);
 //! created at federation start-up so that servers without federation never have them.
+//! SQLite only for now: federation refuses to start on PostgreSQL.
 
-use super::{Db, DbError};
+use super::{Backend, Db, DbError};
 
 /// One queued packet for a peer.
 #[derive(Debug, Clone)]
@@ -51,6 +52,16 @@ pub(crate) enum QueueDone {
 }
 
 impl Db {
+    /// The SQLite store (federation's tables exist only there so far).
+    fn federation_store(&self) -> Result<&super::sqlite::Store, DbError> {
+        match &self.backend {
+            Backend::Sqlite(b) => Ok(b),
+            Backend::Postgres(_) => Err(DbError::Io(std::io::Error::other(
+                "federation needs the SQLite backend in this version",
+            ))),
+        }
+    }
+
     /// Creates the federation tables if missing.
     pub(crate) async fn federation_tables(&self) -> Result<(), DbError> {
         sqlx::raw_sql(
@@ -72,7 +83,7 @@ impl Db {
              );
              CREATE INDEX IF NOT EXISTS fed_sent_at ON fed_sent (at);",
         )
-        .execute(&self.writes)
+        .execute(&self.federation_store()?.writes)
         .await?;
         Ok(())
     }
@@ -82,7 +93,7 @@ impl Db {
         &self,
         batch: &[QueueWrite],
     ) -> Result<Vec<QueueDone>, DbError> {
-        let mut tx = self.writes.begin().await?;
+        let mut tx = self.federation_store()?.writes.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for w in batch {
             match w {
@@ -141,7 +152,7 @@ impl Db {
     pub(crate) async fn federation_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
         Ok(
             sqlx::query_as("SELECT peer, COUNT(*) FROM fed_queue GROUP BY peer")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.federation_store()?.pool)
                 .await?,
         )
     }
@@ -161,7 +172,7 @@ impl Db {
         .bind(peer)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.federation_store()?.pool)
         .await?;
         Ok(rows.into_iter().map(item).collect())
     }
@@ -169,7 +180,7 @@ impl Db {
     /// Peers with queued items (to start their links after a restart).
     pub(crate) async fn federation_peers(&self) -> Result<Vec<String>, DbError> {
         let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT peer FROM fed_queue")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.federation_store()?.pool)
             .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
@@ -189,11 +200,11 @@ impl Db {
             )))
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.writes)
+            .fetch_all(&self.federation_store()?.writes)
             .await?;
         sqlx::query("DELETE FROM fed_sent WHERE at < ?")
             .bind(forget_before)
-            .execute(&self.writes)
+            .execute(&self.federation_store()?.writes)
             .await?;
         Ok(rows.into_iter().map(item).collect())
     }
@@ -208,7 +219,7 @@ impl Db {
             sqlx::query_as("SELECT sender FROM fed_sent WHERE id = ? AND recipient = ?")
                 .bind(id)
                 .bind(recipient)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.federation_store()?.pool)
                 .await?;
         Ok(row.map(|r| r.0))
     }
@@ -222,7 +233,7 @@ impl Db {
         reader: &str,
         at: i64,
     ) -> Result<Option<i64>, DbError> {
-        let mut tx = self.writes.begin().await?;
+        let mut tx = self.federation_store()?.writes.begin().await?;
         let seen: Option<(i64,)> =
             sqlx::query_as("SELECT seq FROM receipts WHERE message_id = ? AND sender = ?")
                 .bind(id)
@@ -249,7 +260,7 @@ impl Db {
     pub(crate) async fn message_exists(&self, id: &str) -> Result<bool, DbError> {
         let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM messages WHERE id = ?")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.federation_store()?.pool)
             .await?;
         Ok(row.is_some())
     }

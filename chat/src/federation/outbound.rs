@@ -6,11 +6,12 @@
 
 use super::handshake::{self, check_auth, Role, Session};
 use super::inbound::S2S_MAX_LINE;
-use crate::db::{Notice, Outcome, QueueDone, QueueWrite, WriteOp};
-use crate::hub::{encode, Stream};
+use crate::cmd::context::Ctx;
+use crate::cmd::notices::{notify, Note};
+use crate::db::{NoticeBody, QueueDone, QueueWrite};
 use crate::server::Shared;
 use futures::{SinkExt, StreamExt};
-use msim_shared::proto::{Body, MessageSendFailed, SendFailure};
+use msim_shared::proto::{MessageSendFailed, SendFailure};
 use msim_shared::{Packet, PacketCodec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -379,44 +380,22 @@ fn jitter(d: Duration) -> Duration {
 /// Tells local senders that remote messages failed: stored for their logins (as expiry
 /// notices are, PROTOCOL.md §5.7) and pushed to their live sessions.
 pub(crate) async fn tell_failed(sh: &Shared, failed: Vec<(String, String)>, reason: SendFailure) {
-    let now = sh.config.clock.now_micros();
-    let expires = now.saturating_add(sh.config.receipt_retention.as_micros() as i64);
-    let packets: Vec<(String, Packet)> = failed
+    let expires = sh
+        .config
+        .clock
+        .now_micros()
+        .saturating_add(sh.config.receipt_retention.as_micros() as i64);
+    let notes = failed
         .into_iter()
         .map(|(id, sender)| {
-            let p = MessageSendFailed {
-                id,
+            let body = NoticeBody::MessageFailed(MessageSendFailed {
+                id: id.clone(),
                 reason: reason.clone(),
-            }
-            .to_packet();
-            (sender, p)
+            });
+            Note::new(sender, &id, body)
         })
         .collect();
-    let rows = packets
-        .iter()
-        .map(|(sender, p)| Notice {
-            login: sender.clone(),
-            transfer_id: p.get("id").unwrap_or_default().to_owned(),
-            packet: p.to_wire(),
-            expires_at: expires,
-        })
-        .collect();
-    let seqs = match sh.writer.write(WriteOp::AddNotices(rows)).await {
-        Ok(Outcome::Notices(seqs)) => seqs,
-        r => {
-            if let Err(e) = r {
-                warn!("storing federation failure notices: {e}");
-            }
-            Vec::new()
-        }
-    };
-    for (i, (sender, p)) in packets.iter().enumerate() {
-        let bytes = encode(p);
-        match seqs.get(i) {
-            Some(seq) => sh.hub.send_seq(sender, None, Stream::Notices, *seq, &bytes),
-            None => sh.hub.send(sender, &bytes),
-        };
-    }
+    notify(&Ctx::new(sh), expires, notes).await;
 }
 
 /// Expires queued items past their time (their senders get `reason=expired`) and forgets old

@@ -82,11 +82,7 @@ impl Fed {
             f(c);
         })
         .await;
-        Fed {
-            server,
-            s2s,
-            kid,
-        }
+        Fed { server, s2s, kid }
     }
 
     /// Stops the server; returns its data directory and s2s port for a restart.
