@@ -129,6 +129,8 @@ pub struct Config {
     pub max_presence_requests: usize,
     /// Limits on the open file offers of one account and one address.
     pub offer_quota: OfferQuota,
+    /// Federation with other servers (off by default).
+    pub federation: crate::federation::FederationConfig,
 }
 
 /// Limits on open file offers (PROTOCOL.md §10.2): an offer is open while unanswered and
@@ -216,6 +218,7 @@ impl Default for Config {
             max_blocks: 1_000,
             max_presence_requests: 1_000,
             offer_quota: OfferQuota::default(),
+            federation: Default::default(),
         }
     }
 }

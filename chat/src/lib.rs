@@ -23,6 +23,7 @@ pub mod crypto;
 pub mod db;
 pub(crate) mod device;
 pub mod embedded_relay;
+pub mod federation;
 pub(crate) mod hub;
 pub(crate) mod jobs;
 pub(crate) mod rate;

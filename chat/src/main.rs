@@ -44,6 +44,9 @@ enum Command {
         /// The account's login.
         login: String,
     },
+    /// Federation keys.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Prints the settings given by flags, environment and --config file, merged, as TOML
     /// (options not shown take their defaults), and exits.
     PrintConfig,
@@ -70,6 +73,22 @@ enum DbCommand {
     },
 }
 
+/// `msim-chat federation ...`.
+#[derive(Debug, clap::Subcommand)]
+enum FederationCommand {
+    /// Creates a new signing key (a new key id) in DATA-DIR/federation/ (mode 0600) and
+    /// prints the DNS TXT record to publish. The server signs with the newest key from its
+    /// next start; see docs/OPERATING.md "Federation" for rotation.
+    Keygen {
+        /// Data directory [default: --data-dir of the server settings].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// This server's domain [default: --domain of the server settings].
+        #[arg(long)]
+        domain: Option<String>,
+    },
+}
+
 /// Runs an operator command against the data directory.
 async fn operator_command(
     command: Command,
@@ -85,6 +104,21 @@ async fn operator_command(
                 "new {}; {locked} account(s) locked until `msim-chat set-password LOGIN`",
                 dir.join("secret.key").display()
             );
+        }
+        Command::Federation(FederationCommand::Keygen { data_dir, domain }) => {
+            let dir = data_dir.unwrap_or_else(|| dir.clone());
+            let domain = domain
+                .unwrap_or_else(|| config.domain.clone())
+                .to_ascii_lowercase();
+            msim_chat::db::create_data_dir(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let key = msim_chat::federation::keys::generate(&dir, &domain)?;
+            eprintln!(
+                "new federation key {} for {domain} in {}; publish this DNS record:",
+                key.kid,
+                msim_chat::federation::keys::key_dir(&dir).display()
+            );
+            println!("{}", key.record(&domain));
         }
         Command::PrintConfig => print!("{}", toml::to_string(settings)?),
         Command::Db(DbCommand::Copy { from, to }) => {

@@ -50,6 +50,9 @@ pub enum Error {
     /// I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Federation set-up (key, resolver, s2s listener).
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
 }
 
 /// State shared by every connection.
@@ -82,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) keyring: Keyring,
     /// Who blocked whom (mirror of the `blocks` table).
     pub(crate) blocks: crate::blocks::Blocks,
+    /// Federation, when on.
+    pub(crate) federation: Option<Arc<crate::federation::Federation>>,
 }
 
 /// A server ready to accept connections.
@@ -143,6 +148,15 @@ impl Server {
             config.device_cookie_failures,
         );
         let limits = Limits::new(&config);
+        let federation = match config.federation.enabled() {
+            true => Some(Arc::new(crate::federation::Federation::new(
+                config.federation.clone(),
+                &config.domain,
+                &config.data_dir,
+                config.tls.clone(),
+            )?)),
+            false => None,
+        };
         let shared = Arc::new(Shared {
             config,
             db,
@@ -157,6 +171,7 @@ impl Server {
             relays,
             keyring,
             blocks,
+            federation,
         });
         Ok(Server {
             shared,
@@ -183,6 +198,7 @@ impl Server {
         ));
         let sweeper = tokio::spawn(crate::jobs::sweep_loop(shared.clone(), stop.clone()));
         let purger = tokio::spawn(crate::jobs::purge_loop(shared.clone(), stop.clone()));
+        let federation = crate::federation::start(shared.clone()).await?;
 
         let checkpointer = {
             let db = shared.db.clone();
@@ -253,6 +269,12 @@ impl Server {
         }
         drop(listener);
         stop.cancel();
+        if let Some(fed) = &shared.federation {
+            fed.stop.cancel();
+        }
+        for t in federation {
+            let _ = t.await;
+        }
         drop(done_tx);
         let _ = done_rx.recv().await;
         let _ = health.await;

@@ -161,6 +161,36 @@ pub struct ChatSettings {
     /// Relay health-check period [default: 10s].
     #[arg(long, env = "MSIM_CHAT_RELAY_HEALTH_INTERVAL")]
     pub relay_health_interval: Option<HumanDuration>,
+    /// Federation with other mSIM servers: off, allowlist (only --federation-allow domains)
+    /// or open (all but --federation-deny); needs a key (`msim-chat federation keygen`)
+    /// [default: off].
+    #[arg(long, env = "MSIM_CHAT_FEDERATION", value_name = "off|allowlist|open")]
+    pub federation: Option<crate::federation::Mode>,
+    /// Domain allowed to federate in allowlist mode (repeatable).
+    #[arg(
+        long = "federation-allow",
+        env = "MSIM_CHAT_FEDERATION_ALLOW",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "federation-allow", skip_serializing_if = "Vec::is_empty")]
+    pub federation_allow: Vec<String>,
+    /// Domain never federated with, in any mode (repeatable; deny wins over allow).
+    #[arg(
+        long = "federation-deny",
+        env = "MSIM_CHAT_FEDERATION_DENY",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "federation-deny", skip_serializing_if = "Vec::is_empty")]
+    pub federation_deny: Vec<String>,
+    /// Address of the server-to-server listener (TLS) [default: 127.0.0.1:3216].
+    #[arg(long, env = "MSIM_CHAT_S2S_LISTEN")]
+    pub s2s_listen: Option<SocketAddr>,
+    /// Also dial peers whose addresses are loopback or private (tests, private networks).
+    #[arg(long, env = "MSIM_CHAT_S2S_ALLOW_PRIVATE")]
+    pub s2s_allow_private: Option<bool>,
+    /// DNS server (IP:PORT) for federation lookups instead of the system's resolver.
+    #[arg(long, env = "MSIM_CHAT_DNS_SERVER", value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// The settings that are not [`Config`] fields: where to listen and how to reach the relays.
@@ -237,6 +267,27 @@ impl ChatSettings {
         set(&mut c.login_timeout, self.login_timeout);
         set(&mut c.throttle_max, self.throttle_max);
         set(&mut c.relay_health_interval, self.relay_health_interval);
+        let f = &mut c.federation;
+        if let Some(m) = self.federation {
+            f.mode = m;
+        }
+        f.allow = self
+            .federation_allow
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        f.deny = self
+            .federation_deny
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        if let Some(a) = self.s2s_listen {
+            f.s2s_listen = a;
+        }
+        if let Some(p) = self.s2s_allow_private {
+            f.allow_private = p;
+        }
+        f.dns_server = self.dns_server;
         let tls_files =
             msim_shared::settings::tls_files(self.tls_cert.clone(), self.tls_key.clone())?;
         Ok(Resolved {
@@ -295,6 +346,21 @@ mod tests {
         );
         assert_eq!((c.discovery_burst, c.discovery_per_hour), (23, 24));
         assert_eq!(c.relay_health_interval, Duration::from_secs(3));
+        let f = &c.federation;
+        assert_eq!(f.mode, crate::federation::Mode::Allowlist);
+        assert_eq!(
+            (f.allow.clone(), f.deny.clone()),
+            (
+                vec!["b.example".to_owned()],
+                vec!["evil.example".to_owned()]
+            )
+        );
+        assert_eq!(f.s2s_listen, "127.0.0.2:4004".parse().expect("address"));
+        assert!(f.allow_private);
+        assert_eq!(
+            f.dns_server,
+            Some("127.0.0.53:53".parse().expect("address"))
+        );
         // The relay keys are used by main.rs (embedded relay or external relays).
         assert_eq!(settings.relays.len(), 2);
         assert_eq!(

@@ -187,7 +187,7 @@ pub(crate) fn connect_ok(ctx: &Ctx<'_>, gate: &Gate<'_>, login: &str) -> Packet 
     ConnectOk {
         login: ctx.addr(login),
         domain: c.domain.clone(),
-        federation: false,
+        federation: ctx.federation.is_some(),
         max_line: c.max_line as u64,
         max_text: c.max_text as u64,
         max_file_size: c.max_file_size,

@@ -124,6 +124,18 @@ pub(crate) async fn add(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Contacts
     if group.as_deref().is_some_and(|g| !valid_group(g)) {
         return reply.send(fail(&addr, ContactFailure::BadGroup));
     }
+    if let (Target::Remote(a), Some(fed)) = (&target, ctx.federation) {
+        // The remote server says whether the account exists (PROTOCOL.md §12.1); only a
+        // definite "no" refuses, an unreachable server does not.
+        use crate::federation::hooks::{remote_profile, RemoteProfile};
+        if let Some(refused) = discovery::check(ctx, reply.verb(), login, a).await {
+            return reply.send(refused);
+        }
+        if let RemoteProfile::Unknown = remote_profile(fed, ctx, me, a).await {
+            discovery::miss(ctx, login);
+            return reply.send(fail(&addr, ContactFailure::UnknownUser));
+        }
+    }
     let local = match &target {
         Target::Local(l) => Some(l.clone()),
         Target::Remote(_) => None,

@@ -34,6 +34,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) blocks: &'a Blocks,
     /// Registration and account-discovery rate limits.
     pub(crate) limits: &'a Limits,
+    /// Federation, when on (remote addresses).
+    pub(crate) federation: Option<&'a crate::federation::Federation>,
 }
 
 impl<'a> Ctx<'a> {
@@ -45,11 +47,16 @@ impl<'a> Ctx<'a> {
             hub: &sh.hub,
             blocks: &sh.blocks,
             limits: &sh.limits,
+            federation: sh.federation.as_deref(),
         }
     }
 
     /// `login@domain` for a local login.
     pub(crate) fn addr(&self, login: &str) -> String {
+        // Remote users (federation) are stored with their full address.
+        if login.contains('@') {
+            return login.to_owned();
+        }
         format!("{login}@{}", self.config.domain)
     }
 

@@ -62,7 +62,14 @@ pub(crate) async fn submit(
     let id = uuid::Uuid::now_v7().to_string();
     let fail = match parse_target(&to, &ctx.config.domain) {
         None => Err(SendFailure::BadAddress),
-        Some(Target::Remote(_)) => Err(SendFailure::FederationDisabled),
+        Some(Target::Remote(to)) => {
+            // Queued for the peer; answered in order after the messages before it.
+            let answer = match ctx.federation {
+                Some(fed) => crate::federation::hooks::send_message(fed, ctx, me, to, text).await,
+                None => failed(&id, SendFailure::FederationDisabled),
+            };
+            return Err((reply.defer(), answer));
+        }
         Some(Target::Local(_)) if text.is_empty() => Err(SendFailure::EmptyText),
         Some(Target::Local(_)) if text.len() > ctx.config.max_text => Err(SendFailure::TextTooLong),
         Some(Target::Local(l)) => Ok(l),
@@ -194,6 +201,14 @@ pub(crate) async fn read(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: MarkRea
                 at: datetime(at),
             };
             let bytes = encode(&pkt.to_packet());
+            if let (true, Some(fed)) = (sender.contains('@'), ctx.federation) {
+                // A remote sender's receipt travels to its server (PROTOCOL.md §12.5).
+                ctx.writer
+                    .write_detached(WriteOp::DeleteReceipts(vec![receipt]));
+                crate::federation::hooks::forward_receipt(fed, ctx, id, &sender, login, at).await;
+                ctx.hub.send_except(login, Some(me.session), &bytes);
+                return;
+            }
             if ctx
                 .hub
                 .send_seq(&sender, None, Stream::Receipts, receipt, &bytes)

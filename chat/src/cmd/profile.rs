@@ -89,7 +89,29 @@ pub(crate) async fn get(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: ProfileG
     };
     let who = match parse_target(&raw, &domain) {
         None => return reply.send(fail(ProfileGetFailure::BadAddress)),
-        Some(Target::Remote(_)) => return reply.send(fail(ProfileGetFailure::FederationDisabled)),
+        Some(Target::Remote(addr)) => {
+            use crate::federation::hooks::{remote_profile, RemoteProfile};
+            let Some(fed) = ctx.federation else {
+                return reply.send(fail(ProfileGetFailure::FederationDisabled));
+            };
+            if let Some(refused) = discovery::check(ctx, reply.verb(), login, &addr).await {
+                return reply.send(refused);
+            }
+            return reply.send(match remote_profile(fed, ctx, me, &addr).await {
+                RemoteProfile::Found { name, note } => Profile {
+                    id: addr,
+                    name,
+                    note: note.unwrap_or_default(),
+                    presence: None,
+                }
+                .to_packet(),
+                RemoteProfile::Unknown => {
+                    discovery::miss(ctx, login);
+                    fail(ProfileGetFailure::UnknownUser)
+                }
+                RemoteProfile::NoAnswer(why) => fail(ProfileGetFailure::Other(why.into())),
+            });
+        }
         Some(Target::Local(l)) => l,
     };
     if let Some(refused) = discovery::check(ctx, reply.verb(), login, &who).await {

@@ -74,8 +74,22 @@ fn target(ctx: &Ctx<'_>, me: Me<'_>, to: &str) -> Option<String> {
     }
 }
 
+/// Typing to a remote user goes over the peer's link when federation is on.
+fn remote(ctx: &Ctx<'_>, me: Me<'_>, to: &str, started: bool) -> bool {
+    match (parse_target(to, &ctx.config.domain), ctx.federation) {
+        (Some(Target::Remote(a)), Some(fed)) => {
+            crate::federation::hooks::typing(fed, ctx, me.login, &a, started);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// `TYPING-STARTED to=`.
 pub(crate) fn started(ctx: &Ctx<'_>, typing: &mut Typing, me: Me<'_>, to: &str) {
+    if remote(ctx, me, to, true) {
+        return;
+    }
     let Some(to) = target(ctx, me, to) else {
         return;
     };
@@ -93,6 +107,9 @@ pub(crate) fn started(ctx: &Ctx<'_>, typing: &mut Typing, me: Me<'_>, to: &str) 
 
 /// `TYPING-END to=`.
 pub(crate) fn ended(ctx: &Ctx<'_>, typing: &mut Typing, me: Me<'_>, to: &str) {
+    if remote(ctx, me, to, false) {
+        return;
+    }
     let Some(to) = target(ctx, me, to) else {
         return;
     };

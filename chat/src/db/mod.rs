@@ -118,6 +118,7 @@ mod batch;
 pub(crate) mod commit;
 mod contacts;
 pub mod copy;
+mod federation;
 mod files;
 mod messages;
 pub(crate) mod notices;
@@ -134,6 +135,7 @@ pub(crate) mod sqlite;
 mod store_tests;
 mod users;
 
+pub(crate) use federation::{QueueDone, QueueWrite};
 pub(crate) use notices::{Notice, NoticeBody};
 pub(crate) use ops::{Outcome, WriteOp};
 pub(crate) use privacy::{OfferLimits, PrivacyOp, PrivacyOutcome};

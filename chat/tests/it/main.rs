@@ -9,6 +9,7 @@ mod crash;
 mod disk_full;
 mod durability;
 mod embedded_relay;
+mod federation;
 mod files;
 mod limits;
 mod load;

@@ -35,7 +35,14 @@ async fn main() -> Result<()> {
     if args.smoke {
         args.shrink_for_smoke();
     }
-    let chat_scenarios = ["connections", "messages", "latency", "logins", "soak"];
+    let chat_scenarios = [
+        "connections",
+        "messages",
+        "latency",
+        "logins",
+        "soak",
+        "federation",
+    ];
     let wants_chat = chat_scenarios.iter().any(|s| args.wants(s));
     // Everything about a given server is checked before the baselines, so a mistake costs
     // seconds, not a whole run.

@@ -157,6 +157,8 @@ pub struct MessageRun {
     pub measure: Duration,
     /// Recipients acknowledge every message (MESSAGE-ACK), as a real client does.
     pub ack: bool,
+    /// Recipients are users of another, federated server: its address and domain.
+    pub remote: Option<(SocketAddr, &'static str)>,
 }
 
 /// What a message run measured.
@@ -201,7 +203,8 @@ pub async fn messages(
     // reads until it has them all (or DRAIN passes: they are lost).
     let mut expect_tx = Vec::with_capacity(run.pairs);
     for r in 0..run.pairs {
-        let mut w = frame(connect_from(recipient_node(r), None).await?);
+        let at = run.remote.map_or(recipient_node(r), |(addr, _)| addr);
+        let mut w = frame(connect_from(at, None).await?);
         wire::login(&mut w, &user(prefix, run.pairs + r), PASSWORD).await?;
         let (delivered, measuring) = (delivered.clone(), measuring.clone());
         let ack = run.ack;
@@ -274,7 +277,10 @@ pub async fn messages(
     for s in 0..run.pairs {
         let mut w = frame(connect_from(sender_node(s), None).await?);
         wire::login(&mut w, &user(prefix, s), PASSWORD).await?;
-        let to = user(prefix, run.pairs + s);
+        let to = match run.remote {
+            Some((_, domain)) => format!("{}@{domain}", user(prefix, run.pairs + s)),
+            None => user(prefix, run.pairs + s),
+        };
         let (acked, measuring, stop) = (acked.clone(), measuring.clone(), stop.clone());
         let period = run
             .rate

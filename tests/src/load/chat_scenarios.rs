@@ -99,6 +99,7 @@ pub async fn run_chat(
         warmup: Duration::from_secs_f64(if args.smoke { 0.2 } else { 1.0 }),
         measure: Duration::from_secs_f64(args.seconds),
         ack: true,
+        remote: None,
     };
     if args.wants("messages") {
         eprintln!(
@@ -155,6 +156,9 @@ pub async fn run_chat(
         );
     }
     drop(server);
+    if args.wants("federation") {
+        super::federation::run_federation(args, data, report).await?;
+    }
     if args.wants("soak") {
         run_soak(args, data, report).await?;
     }
@@ -167,7 +171,11 @@ fn start_chat(args: &Args, data: &std::path::Path) -> Result<procs::Proc> {
 }
 
 /// Starts target/<profile>/msim-chat on `chat_dir` with extra flags.
-fn start_chat_in(args: &Args, chat_dir: &std::path::Path, extra: &[&str]) -> Result<procs::Proc> {
+pub(super) fn start_chat_in(
+    args: &Args,
+    chat_dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<procs::Proc> {
     let bin = procs::sibling_binary("msim-chat")?;
     let addr = procs::free_addr()?;
     let relay_addr = procs::free_addr()?;
@@ -242,7 +250,7 @@ async fn run_soak(args: &Args, data: &std::path::Path, report: &mut Report) -> R
 
 /// Figures are worth nothing if the messages did not arrive as sent: any lost, duplicated or
 /// altered message fails the run (and so the `--smoke` run of CI).
-fn check_messages(r: &chat::MessageResult) -> Result<()> {
+pub(super) fn check_messages(r: &chat::MessageResult) -> Result<()> {
     let i = &r.integrity;
     i.ensure()?;
     eprintln!(

@@ -9,6 +9,7 @@ pub mod chat_scenarios;
 pub mod cli;
 pub mod cli_transfer;
 pub mod content;
+pub mod federation;
 pub mod ledger;
 pub mod procs;
 pub mod relay;

@@ -1,0 +1,437 @@
+//! One task per peer domain drains that peer's durable queue (PROTOCOL.md §12.6): dial
+//! (SRV, else A/AAAA on 3216), TLS, the signed handshake, then send the queued packets in order
+//! with `qid=` and delete each once the peer acknowledges it. A broken link is retried with a
+//! jittered exponential backoff capped at `retry_max` (minutes); items past their expiry fail
+//! back to their senders.
+
+use super::handshake::{self, check_auth, Role, Session};
+use super::inbound::S2S_MAX_LINE;
+use crate::cmd::context::Ctx;
+use crate::cmd::notices::{notify, Note};
+use crate::db::{NoticeBody, QueueDone, QueueWrite};
+use crate::server::Shared;
+use futures::{SinkExt, StreamExt};
+use msim_shared::proto::{MessageSendFailed, SendFailure};
+use msim_shared::{Packet, PacketCodec};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Most unacknowledged packets on a link.
+const WINDOW: i64 = 128;
+
+type Link =
+    Framed<msim_shared::tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PacketCodec>;
+
+/// Why a link ended.
+#[derive(Debug)]
+enum LinkEnd {
+    /// Nothing to send for a while.
+    Idle,
+    /// Broken or refused; back off (at least this long, when the peer said so).
+    Failed(String, Option<Duration>),
+}
+
+/// A peer's dialer.
+pub(crate) struct PeerTask {
+    pub sh: Arc<Shared>,
+    pub peer: String,
+    pub wake: Arc<Notify>,
+    pub up: Arc<AtomicBool>,
+    pub wanted: Arc<std::sync::atomic::AtomicUsize>,
+    pub down: Arc<AtomicBool>,
+    pub live: mpsc::Receiver<super::Live>,
+    pub stop: CancellationToken,
+}
+
+impl PeerTask {
+    pub(crate) async fn run(mut self) {
+        let Some(fed) = self.sh.federation.clone() else {
+            return;
+        };
+        let mut delay = fed.config.retry_base;
+        loop {
+            // Wait for work (the waker was notified once at spawn).
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(fed.config.link_idle) => {
+                    if let Ok(v) = self.sh.db.federation_queued(&self.peer, 0, 1).await {
+                        if v.is_empty() && self.live.is_empty() {
+                            fed.retire(&self.peer, &self.wake);
+                            // Something queued between the check and the retirement woke
+                            // this task, which is leaving: start a new one for it.
+                            let again = self.sh.db.federation_queued(&self.peer, 0, 1).await;
+                            if again.map_or(true, |v| !v.is_empty()) || !self.live.is_empty() {
+                                fed.wake(&self.peer);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            let requests = self.wanted.load(Ordering::Relaxed) > 0 || !self.live.is_empty();
+            match self.sh.db.federation_queued(&self.peer, 0, 1).await {
+                Ok(v) if v.is_empty() && !requests => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("federation queue: {e}");
+                    continue;
+                }
+            }
+            let stop = self.stop.clone();
+            let end = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.connect_and_send() => r,
+            };
+            self.up.store(false, Ordering::Relaxed);
+            match end {
+                LinkEnd::Idle => delay = fed.config.retry_base,
+                LinkEnd::Failed(why, after) => {
+                    // Waiting requests fail now rather than after their timeout.
+                    self.down.store(true, Ordering::Relaxed);
+                    while self.live.try_recv().is_ok() {}
+                    let wait = jitter(delay)
+                        .max(after.unwrap_or_default())
+                        .min(fed.config.retry_max);
+                    info!(peer = %self.peer, %why, retry_in = ?wait, "s2s link out failed");
+                    delay = (delay * 2).min(fed.config.retry_max);
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    // Try again even if nothing new was queued.
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    async fn connect_and_send(&mut self) -> LinkEnd {
+        let fed = self.sh.federation.clone().expect("federation on");
+        let mut link = match tokio::time::timeout(fed.config.handshake_timeout, self.dial()).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return LinkEnd::Failed(e, None),
+            Err(_) => return LinkEnd::Failed("handshake timed out".into(), None),
+        };
+        info!(peer = %self.peer, "s2s link out");
+        // Typing from before the link was up is stale; requests still wait for answers.
+        let mut early = Vec::new();
+        while let Ok(l) = self.live.try_recv() {
+            if l.reply.is_some() {
+                early.push(l);
+            }
+        }
+        self.up.store(true, Ordering::Relaxed);
+        self.down.store(false, Ordering::Relaxed);
+        self.send_queue(&mut link, early).await
+    }
+
+    /// Resolves, connects, runs TLS and the handshake.
+    async fn dial(&self) -> Result<Link, String> {
+        let fed = self.sh.federation.clone().expect("federation on");
+        if !fed.config.allows(&self.peer) {
+            return Err("peer not allowed".into());
+        }
+        let addrs = fed
+            .dns
+            .s2s_addrs(&self.peer, fed.config.default_port)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut last = String::from("no usable address");
+        let mut tcp = None;
+        for addr in addrs {
+            if !fed.config.may_dial(&addr) {
+                last = format!("{addr} is a private address (--s2s-allow-private)");
+                continue;
+            }
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
+        let _ = tcp.set_nodelay(true);
+        let connector = msim_shared::tls::tokio_rustls::TlsConnector::from(fed.tls_client.clone());
+        let name = msim_shared::tls::server_name(&self.peer).map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let exporter = handshake::exporter(tls.get_ref().1).ok_or("no TLS exporter")?;
+        let mut link = Framed::new(tls, PacketCodec::new(S2S_MAX_LINE).with_max_records(0));
+        let mut session = Session {
+            dialer: fed.domain.clone(),
+            listener: self.peer.clone(),
+            dialer_nonce: handshake::nonce(),
+            listener_nonce: String::new(),
+            exporter,
+        };
+        let hello = Packet::new("S2S-HELLO")
+            .with("version", handshake::VERSION)
+            .with("from", fed.domain.clone())
+            .with("to", self.peer.clone())
+            .with("nonce", session.dialer_nonce.clone());
+        link.send(hello).await.map_err(|e| e.to_string())?;
+        let challenge = next(&mut link).await?;
+        match (challenge.verb.as_str(), challenge.get("nonce")) {
+            ("S2S-CHALLENGE", Some(n))
+                if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                session.listener_nonce = n.to_ascii_lowercase();
+            }
+            _ => return Err(refusal(&challenge)),
+        }
+        let now = self.sh.config.clock.now_micros();
+        link.send(handshake::auth_packet(
+            &session,
+            Role::Dialer,
+            &fed.key,
+            now,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let auth = next(&mut link).await?;
+        if auth.verb != "S2S-AUTH" {
+            return Err(refusal(&auth));
+        }
+        check_auth(
+            &fed.dns,
+            &session,
+            Role::Listener,
+            &self.peer,
+            &auth,
+            now,
+            fed.config.max_clock_skew,
+        )
+        .await
+        .map_err(|e| format!("peer's proof: {e}"))?;
+        Ok(link)
+    }
+
+    /// Sends the queue in order and handles the peer's answers until idle or broken.
+    async fn send_queue(&mut self, link: &mut Link, early: Vec<super::Live>) -> LinkEnd {
+        let fed = self.sh.federation.clone().expect("federation on");
+        // Requests sent and not answered yet, by `rid=`.
+        let mut asked: HashMap<u64, oneshot::Sender<Packet>> = HashMap::new();
+        let mut next_rid = 0u64;
+        for l in early {
+            if let Err(e) = send_live(link, l, &mut asked, &mut next_rid).await {
+                return LinkEnd::Failed(e, None);
+            }
+        }
+        let mut last_sent = 0i64;
+        let mut unacked = 0i64;
+        // Whether the queue may hold items not sent yet (reads only then, not at every ack).
+        let mut more = true;
+        loop {
+            if more && unacked <= WINDOW / 2 {
+                match self
+                    .sh
+                    .db
+                    .federation_queued(&self.peer, last_sent, WINDOW - unacked)
+                    .await
+                {
+                    Ok(items) => {
+                        more = items.len() as i64 == WINDOW - unacked;
+                        for it in items {
+                            let Ok(p) = Packet::parse_line(it.line.as_bytes()) else {
+                                warn!(seq = it.seq, "federation queue: unreadable item dropped");
+                                fed.queue()
+                                    .write_detached(QueueWrite::Remove {
+                                        peer: self.peer.clone(),
+                                        seq: it.seq,
+                                    })
+                                    .await;
+                                continue;
+                            };
+                            if let Err(e) = link.feed(p.with("qid", it.seq.to_string())).await {
+                                return LinkEnd::Failed(e.to_string(), None);
+                            }
+                            last_sent = it.seq;
+                            unacked += 1;
+                        }
+                        if let Err(e) = link.flush().await {
+                            return LinkEnd::Failed(e.to_string(), None);
+                        }
+                    }
+                    Err(e) => return LinkEnd::Failed(e.to_string(), None),
+                }
+            }
+            tokio::select! {
+                p = link.next() => {
+                    let p = match p {
+                        Some(Ok(Ok(p))) => p,
+                        Some(Ok(Err(e))) => return LinkEnd::Failed(format!("bad line: {e}"), None),
+                        Some(Err(e)) => return LinkEnd::Failed(e.to_string(), None),
+                        None => return LinkEnd::Failed("closed by peer".into(), None),
+                    };
+                    let qid = p.get("qid").and_then(|q| q.parse::<i64>().ok());
+                    match (p.verb.as_str(), qid) {
+                        ("S2S-ACK", Some(q)) => {
+                            unacked -= 1;
+                            fed.queue().write_detached(QueueWrite::Remove { peer: self.peer.clone(), seq: q }).await;
+                        }
+                        ("S2S-REFUSED", Some(q)) => {
+                            unacked -= 1;
+                            let reason = p.get("reason").unwrap_or("refused").to_owned();
+                            warn!(peer = %self.peer, qid = q, %reason, "s2s: peer refused a packet");
+                            match fed.queue().write(QueueWrite::Remove { peer: self.peer.clone(), seq: q }).await {
+                                Ok(QueueDone::Removed(Some(item))) if !item.message_id.is_empty() => {
+                                    tell_failed(&self.sh, vec![(item.message_id, item.sender)], SendFailure::parse(&reason)).await;
+                                }
+                                Ok(_) => {}
+                                Err(e) => return LinkEnd::Failed(e.to_string(), None),
+                            }
+                        }
+                        ("S2S-RETRY", _) => {
+                            let after = p.get("retry-after").and_then(|s| s.parse::<u64>().ok()).map(|s| Duration::from_secs(s.min(3600)));
+                            return LinkEnd::Failed("peer asked to retry later".into(), after);
+                        }
+                        ("S2S-PROFILE" | "S2S-PROFILE-FAILED", _) => {
+                            let rid = p.get("rid").and_then(|r| r.parse::<u64>().ok());
+                            if let Some(tx) = rid.and_then(|r| asked.remove(&r)) {
+                                let _ = tx.send(p);
+                            }
+                        }
+                        ("PING", _) => {
+                            let _ = link.send(Packet::new("PONG").with_opt("ref", p.get("ref").map(str::to_owned))).await;
+                        }
+                        _ => debug!(peer = %self.peer, verb = %p.verb, "s2s: ignored"),
+                    }
+                }
+                _ = self.wake.notified() => more = true,
+                Some(live) = self.live.recv() => {
+                    if let Err(e) = send_live(link, live, &mut asked, &mut next_rid).await {
+                        return LinkEnd::Failed(e, None);
+                    }
+                }
+                _ = tokio::time::sleep(fed.config.link_idle) => {
+                    if unacked == 0 && asked.is_empty() && self.wanted.load(Ordering::Relaxed) == 0 {
+                        return LinkEnd::Idle;
+                    }
+                    if unacked == 0 {
+                        // A request went unanswered for a whole idle period: forget it.
+                        asked.clear();
+                        continue;
+                    }
+                    return LinkEnd::Failed("no acknowledgement".into(), None);
+                }
+            }
+        }
+    }
+}
+
+/// Most requests waiting for answers on one link.
+const MAX_ASKED: usize = 256;
+
+/// Writes a live packet; a request gets a `rid=` and its answer's destination is kept.
+async fn send_live(
+    link: &mut Link,
+    live: super::Live,
+    asked: &mut HashMap<u64, oneshot::Sender<Packet>>,
+    next_rid: &mut u64,
+) -> Result<(), String> {
+    let mut packet = live.packet;
+    if let Some(reply) = live.reply {
+        if asked.len() >= MAX_ASKED || reply.is_closed() {
+            return Ok(());
+        }
+        *next_rid += 1;
+        asked.insert(*next_rid, reply);
+        packet = packet.with("rid", next_rid.to_string());
+    }
+    link.send(packet).await.map_err(|e| e.to_string())
+}
+
+async fn next(link: &mut Link) -> Result<Packet, String> {
+    match link.next().await {
+        Some(Ok(Ok(p))) => Ok(p),
+        Some(Ok(Err(e))) => Err(format!("bad line: {e}")),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("closed by peer".into()),
+    }
+}
+
+fn refusal(p: &Packet) -> String {
+    match p.get("reason") {
+        Some(r) if p.verb == "S2S-FAILED" => format!("refused: {r}"),
+        _ => format!("unexpected {}", p.verb),
+    }
+}
+
+/// `d` ± 25 %, so that many servers retrying one peer spread out.
+fn jitter(d: Duration) -> Duration {
+    let spread = d.as_millis() as u64 / 2;
+    let mut b = [0u8; 8];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut b);
+    let r = u64::from_le_bytes(b) % (spread + 1);
+    Duration::from_millis(d.as_millis() as u64 * 3 / 4 + r)
+}
+
+/// Tells local senders that remote messages failed: stored for their logins (as expiry
+/// notices are, PROTOCOL.md §5.7) and pushed to their live sessions.
+pub(crate) async fn tell_failed(sh: &Shared, failed: Vec<(String, String)>, reason: SendFailure) {
+    let expires = sh
+        .config
+        .clock
+        .now_micros()
+        .saturating_add(sh.config.receipt_retention.as_micros() as i64);
+    let notes = failed
+        .into_iter()
+        .map(|(id, sender)| {
+            let body = NoticeBody::MessageFailed(MessageSendFailed {
+                id: id.clone(),
+                reason: reason.clone(),
+            });
+            Note::new(sender, &id, body)
+        })
+        .collect();
+    notify(&Ctx::new(sh), expires, notes).await;
+}
+
+/// Expires queued items past their time (their senders get `reason=expired`) and forgets old
+/// `fed_sent` rows, every purge interval.
+pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(sh.config.purge_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = sh.config.clock.now_micros();
+        let forget = now.saturating_sub(sh.config.receipt_retention.as_micros() as i64);
+        match sh.db.federation_expire(now, forget, 1000).await {
+            Ok(items) => {
+                if let Some(fed) = &sh.federation {
+                    let mut per_peer: std::collections::HashMap<String, u64> = Default::default();
+                    for i in &items {
+                        *per_peer.entry(i.peer.clone()).or_default() += 1;
+                    }
+                    for (peer, n) in per_peer {
+                        fed.queue().forget(peer, n);
+                    }
+                }
+                let failed: Vec<(String, String)> = items
+                    .into_iter()
+                    .filter(|i| !i.message_id.is_empty())
+                    .map(|i| (i.message_id, i.sender))
+                    .collect();
+                if !failed.is_empty() {
+                    info!(n = failed.len(), "federation: queued messages expired");
+                    tell_failed(&sh, failed, SendFailure::Expired).await;
+                }
+            }
+            Err(e) => warn!("federation expiry: {e}"),
+        }
+    }
+}
