@@ -161,6 +161,14 @@ pub struct ChatSettings {
     /// Relay health-check period [default: 10s].
     #[arg(long, env = "MSIM_CHAT_RELAY_HEALTH_INTERVAL")]
     pub relay_health_interval: Option<HumanDuration>,
+    /// With several nodes on one PostgreSQL database: how often each node records its heartbeat
+    /// [default: 2s].
+    #[arg(long, env = "MSIM_CHAT_CLUSTER_HEARTBEAT")]
+    pub cluster_heartbeat: Option<HumanDuration>,
+    /// With several nodes on one PostgreSQL database: a node silent for longer is declared
+    /// dead and its users go offline; at least three heartbeats [default: 10s].
+    #[arg(long, env = "MSIM_CHAT_CLUSTER_NODE_TIMEOUT")]
+    pub cluster_node_timeout: Option<HumanDuration>,
 }
 
 /// The settings that are not [`Config`] fields: where to listen and how to reach the relays.
@@ -237,6 +245,17 @@ impl ChatSettings {
         set(&mut c.login_timeout, self.login_timeout);
         set(&mut c.throttle_max, self.throttle_max);
         set(&mut c.relay_health_interval, self.relay_health_interval);
+        set(&mut c.cluster_heartbeat, self.cluster_heartbeat);
+        set(&mut c.cluster_node_timeout, self.cluster_node_timeout);
+        if c.cluster_heartbeat.is_zero() {
+            anyhow::bail!("--cluster-heartbeat must be more than 0");
+        }
+        // Fewer than three missed heartbeats would declare a merely slow node dead.
+        if c.cluster_node_timeout < c.cluster_heartbeat * 3 {
+            anyhow::bail!(
+                "--cluster-node-timeout must be at least three --cluster-heartbeat periods"
+            );
+        }
         let tls_files =
             msim_shared::settings::tls_files(self.tls_cert.clone(), self.tls_key.clone())?;
         Ok(Resolved {
@@ -295,6 +314,8 @@ mod tests {
         );
         assert_eq!((c.discovery_burst, c.discovery_per_hour), (23, 24));
         assert_eq!(c.relay_health_interval, Duration::from_secs(3));
+        assert_eq!(c.cluster_heartbeat, Duration::from_secs(1));
+        assert_eq!(c.cluster_node_timeout, Duration::from_secs(5));
         // The relay keys are used by main.rs (embedded relay or external relays).
         assert_eq!(settings.relays.len(), 2);
         assert_eq!(
@@ -323,6 +344,24 @@ mod tests {
     }
 
     /// `--database` takes a PostgreSQL URL; anything else is refused at start, not guessed.
+    /// A node timeout shorter than three heartbeats would declare slow nodes dead: refused.
+    #[test]
+    fn cluster_timing_is_checked() {
+        let with = |heartbeat: &str, timeout: &str| ChatSettings {
+            cluster_heartbeat: Some(heartbeat.parse().expect("duration")),
+            cluster_node_timeout: Some(timeout.parse().expect("duration")),
+            ..ChatSettings::default()
+        };
+        let r = with("1s", "3s").resolve().expect("three heartbeats");
+        assert_eq!(r.config.cluster_node_timeout, Duration::from_secs(3));
+        assert!(with("2s", "5s").resolve().is_err());
+        assert!(with("0s", "5s").resolve().is_err());
+        let d = ChatSettings::default().resolve().expect("defaults");
+        let timing = crate::cluster::Timing::from_config(&d.config);
+        assert_eq!(timing.heartbeat, Duration::from_secs(2));
+        assert_eq!(timing.node_timeout, Duration::from_secs(10));
+    }
+
     #[test]
     fn database_must_be_a_postgres_url() {
         let with = |url: &str| ChatSettings {

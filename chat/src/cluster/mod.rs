@@ -111,6 +111,18 @@ impl Default for Timing {
     }
 }
 
+impl Timing {
+    /// The operator's settings (`--cluster-heartbeat`, `--cluster-node-timeout`).
+    pub fn from_config(c: &crate::config::Config) -> Timing {
+        Timing {
+            heartbeat: c.cluster_heartbeat,
+            node_timeout: c.cluster_node_timeout,
+            clock: c.clock.clone(),
+            ..Timing::default()
+        }
+    }
+}
+
 /// Creates the cluster tables when missing (the migration's SQL, idempotent).
 pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     // Several nodes may start at once: serialise the CREATE ... IF NOT EXISTS.
