@@ -686,8 +686,10 @@ async fn a_leader_whose_connection_hangs_steps_down() {
     let a = node(&url, "a").await;
     wait_until("a never became leader", || a.cluster.is_leader()).await;
     let pid: i32 = sqlx::query_scalar(
+        // This test's database only: the other tests' leaders hold the same key in theirs.
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
-         AND ((classid::bigint << 32) | objid::bigint) = $1",
+         AND ((classid::bigint << 32) | objid::bigint) = $1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .bind(leader::LEADER_LOCK)
     .fetch_one(&a.pool)
