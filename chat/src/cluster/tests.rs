@@ -275,22 +275,33 @@ async fn listener_killed_mid_traffic_loses_nothing() {
     ];
     let mut on_b = nodes[1].session("bob").await;
     let admin = pool(&url).await;
+    let listening = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    // Waits until both listeners are (back) up, then kills them.
     let kill_listeners = || async {
-        let killed: Vec<bool> = sqlx::query_scalar(
+        let deadline = Instant::now() + WAIT;
+        while listening().await < 2 {
+            assert!(Instant::now() < deadline, "listeners never (re)connected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sqlx::query_scalar::<_, bool>(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
         )
         .fetch_all(&admin)
         .await
-        .unwrap();
-        killed.len()
+        .unwrap()
+        .into_iter()
+        .filter(|k| *k)
+        .count()
     };
-    // Both listeners are up.
-    let deadline = Instant::now() + WAIT;
-    while kill_listeners().await < 2 {
-        assert!(Instant::now() < deadline, "listeners never connected");
-        tokio::task::yield_now().await;
-    }
     let mut killed = 0;
     for j in 0..30 {
         nodes[0].commit("bob", &texts(&format!("k{j}-"), 5)).await;
