@@ -102,6 +102,12 @@ pub struct Config {
     pub relay_secret: String,
     /// Relay health-check period.
     pub relay_health_interval: Duration,
+    /// Several nodes on PostgreSQL: how often a node records its heartbeat (and the leader
+    /// checks its lock and reaps dead nodes).
+    pub cluster_heartbeat: Duration,
+    /// Several nodes on PostgreSQL: a node silent for longer is declared dead and its users
+    /// go offline. At least three heartbeats (start-up refuses less).
+    pub cluster_node_timeout: Duration,
     /// Timeout of one health check.
     pub relay_health_timeout: Duration,
     /// Below this many free bytes on the data directory's file system, new messages (and
@@ -207,6 +213,8 @@ impl Default for Config {
             relay_secret: String::new(),
             relay_health_interval: Duration::from_secs(10),
             relay_health_timeout: Duration::from_secs(3),
+            cluster_heartbeat: Duration::from_secs(2),
+            cluster_node_timeout: Duration::from_secs(10),
             min_free_space: 64 << 20,
             free_space_check_interval: Duration::from_secs(1),
             max_pending_messages: 10_000,

@@ -191,6 +191,14 @@ pub struct ChatSettings {
     /// DNS server (IP:PORT) for federation lookups instead of the system's resolver.
     #[arg(long, env = "MSIM_CHAT_DNS_SERVER", value_name = "IP:PORT")]
     pub dns_server: Option<SocketAddr>,
+    /// With several nodes on one PostgreSQL database: how often each node records its heartbeat
+    /// [default: 2s].
+    #[arg(long, env = "MSIM_CHAT_CLUSTER_HEARTBEAT")]
+    pub cluster_heartbeat: Option<HumanDuration>,
+    /// With several nodes on one PostgreSQL database: a node silent for longer is declared
+    /// dead and its users go offline; at least three heartbeats [default: 10s].
+    #[arg(long, env = "MSIM_CHAT_CLUSTER_NODE_TIMEOUT")]
+    pub cluster_node_timeout: Option<HumanDuration>,
 }
 
 /// The settings that are not [`Config`] fields: where to listen and how to reach the relays.
@@ -288,6 +296,17 @@ impl ChatSettings {
             f.allow_private = p;
         }
         f.dns_server = self.dns_server;
+        set(&mut c.cluster_heartbeat, self.cluster_heartbeat);
+        set(&mut c.cluster_node_timeout, self.cluster_node_timeout);
+        if c.cluster_heartbeat.is_zero() {
+            anyhow::bail!("--cluster-heartbeat must be more than 0");
+        }
+        // Fewer than three missed heartbeats would declare a merely slow node dead.
+        if c.cluster_node_timeout < c.cluster_heartbeat * 3 {
+            anyhow::bail!(
+                "--cluster-node-timeout must be at least three --cluster-heartbeat periods"
+            );
+        }
         let tls_files =
             msim_shared::settings::tls_files(self.tls_cert.clone(), self.tls_key.clone())?;
         Ok(Resolved {
@@ -361,6 +380,8 @@ mod tests {
             f.dns_server,
             Some("127.0.0.53:53".parse().expect("address"))
         );
+        assert_eq!(c.cluster_heartbeat, Duration::from_secs(1));
+        assert_eq!(c.cluster_node_timeout, Duration::from_secs(5));
         // The relay keys are used by main.rs (embedded relay or external relays).
         assert_eq!(settings.relays.len(), 2);
         assert_eq!(
@@ -389,6 +410,24 @@ mod tests {
     }
 
     /// `--database` takes a PostgreSQL URL; anything else is refused at start, not guessed.
+    /// A node timeout shorter than three heartbeats would declare slow nodes dead: refused.
+    #[test]
+    fn cluster_timing_is_checked() {
+        let with = |heartbeat: &str, timeout: &str| ChatSettings {
+            cluster_heartbeat: Some(heartbeat.parse().expect("duration")),
+            cluster_node_timeout: Some(timeout.parse().expect("duration")),
+            ..ChatSettings::default()
+        };
+        let r = with("1s", "3s").resolve().expect("three heartbeats");
+        assert_eq!(r.config.cluster_node_timeout, Duration::from_secs(3));
+        assert!(with("2s", "5s").resolve().is_err());
+        assert!(with("0s", "5s").resolve().is_err());
+        let d = ChatSettings::default().resolve().expect("defaults");
+        let timing = crate::cluster::Timing::from_config(&d.config);
+        assert_eq!(timing.heartbeat, Duration::from_secs(2));
+        assert_eq!(timing.node_timeout, Duration::from_secs(10));
+    }
+
     #[test]
     fn database_must_be_a_postgres_url() {
         let with = |url: &str| ChatSettings {

@@ -420,7 +420,12 @@ impl Reader {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => self.catch_up(&mut pos).await,
+                _ = tick.tick() => {
+                    // Presence notes dropped on a full inbox (or lost with a listener) are
+                    // repaired here: the table is the truth, the notes only make it quick.
+                    self.reload_presence().await;
+                    self.catch_up(&mut pos).await;
+                }
                 _ = wake.notified() => {
                     let announced = *heads.lock().unwrap_or_else(|e| e.into_inner());
                     if announced.beyond(&pos) {
@@ -430,10 +435,7 @@ impl Reader {
                 note = inbox.recv() => match note {
                     Some(Note::Connected) => {
                         info!("cluster listener connected: catching up");
-                        match nodes_online(&self.pool, self.me).await {
-                            Ok(rows) => self.mirror.replace(rows),
-                            Err(e) => warn!("cluster: reloading presence: {e}"),
-                        }
+                        self.reload_presence().await;
                         self.catch_up(&mut pos).await;
                     }
                     Some(note) => self.apply(note).await,
@@ -474,6 +476,14 @@ impl Reader {
             if per_stream.iter().all(|n| *n < PAGE) {
                 return;
             }
+        }
+    }
+
+    /// Replaces the mirror with the presence table (kept as it is on an error).
+    async fn reload_presence(&self) {
+        match nodes_online(&self.pool, self.me).await {
+            Ok(rows) => self.mirror.replace(rows),
+            Err(e) => warn!("cluster: reloading presence: {e}"),
         }
     }
 

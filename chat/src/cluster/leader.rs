@@ -3,14 +3,18 @@
 //! (kill -9, network cut) loses it when PostgreSQL ends the session: at once for a closed
 //! socket, after `idle_session_timeout` (set to a few heartbeats) for a silent one. The
 //! holder checks its connection every heartbeat; the others try to take the lock as often.
-//! Two nodes may briefly both believe they lead (the old leader cut off until its next
-//! check fails): the jobs are idempotent database updates, so a duplicate run is harmless.
+//! Every statement on that connection has a deadline of half the idle timeout: a leader cut
+//! off (or whose backend hangs) steps down at most a heartbeat plus that deadline after its
+//! last good check, before PostgreSQL ends its session and another node can take the lock.
+//! Two nodes may still both run a job at the hand-over (a job started just before the cut):
+//! the jobs are idempotent database updates, so a duplicate run is harmless.
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -38,22 +42,29 @@ struct Holder {
 impl Holder {
     /// One check: keeps or takes the lock. Returns whether this node leads.
     async fn check(&mut self, opts: &PgConnectOptions, heartbeat: Duration) -> bool {
+        let deadline = idle_timeout(heartbeat) / 2;
         if let Some(conn) = self.conn.as_mut().filter(|_| self.leads) {
-            // Held as long as the session answers (a lost session has freed the lock).
-            match sqlx::query("SELECT 1").execute(&mut *conn).await {
-                Ok(_) => return true,
-                Err(e) => {
-                    warn!("leader connection lost: {e}");
-                    self.conn = None;
-                    self.leads = false;
-                }
+            // Held as long as the session answers in time (a lost session has freed the lock;
+            // a silent one will be ended by the server: step down before that happens).
+            match timeout(deadline, sqlx::query("SELECT 1").execute(&mut *conn)).await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(e)) => warn!("leader connection lost: {e}"),
+                Err(_) => warn!("leader connection silent for {deadline:?}: stepping down"),
             }
+            // Dropping the connection closes its socket: the server frees the lock at once
+            // if it hears it, else when its idle timeout ends the session.
+            self.conn = None;
+            self.leads = false;
         }
         if self.conn.is_none() {
-            match connect(opts, heartbeat).await {
-                Ok(c) => self.conn = Some(c),
-                Err(e) => {
+            match timeout(deadline, connect(opts, heartbeat)).await {
+                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Err(e)) => {
                     warn!("leader connection: {e}");
+                    return false;
+                }
+                Err(_) => {
+                    warn!("leader connection: no answer within {deadline:?}");
                     return false;
                 }
             }
@@ -61,10 +72,12 @@ impl Holder {
         let Some(conn) = &mut self.conn else {
             return false;
         };
-        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        let lock = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *conn);
+        match timeout(deadline, lock)
             .await
+            .unwrap_or_else(|_| Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())))
         {
             Ok(got) => {
                 self.leads = got;
@@ -87,7 +100,7 @@ async fn connect(
 ) -> Result<PgConnection, sqlx::Error> {
     let mut conn = opts.connect().await?;
     // PostgreSQL 14+: end this session (freeing the lock) when it is idle for three heartbeats.
-    let idle = (heartbeat * 3).as_millis().max(1000);
+    let idle = idle_timeout(heartbeat).as_millis();
     if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET idle_session_timeout = {idle}"
     )))
@@ -97,6 +110,12 @@ async fn connect(
         warn!("idle_session_timeout not available ({e}): a cut-off leader keeps the lock until TCP notices");
     }
     Ok(conn)
+}
+
+/// How long the lock's session may be silent before PostgreSQL ends it (three heartbeats, at
+/// least a second).
+fn idle_timeout(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).max(Duration::from_secs(1))
 }
 
 /// Runs the leadership loop until `stop`, keeping `leadership` up to date.

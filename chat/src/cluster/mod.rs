@@ -32,7 +32,8 @@
 //!   one node announces "online" and one "offline". Each node heartbeats `cluster_nodes`;
 //!   the leader reaps nodes silent for longer than the node timeout and announces their
 //!   users offline. Every node mirrors who is online elsewhere (for `Hub::is_online`) from
-//!   presence NOTIFYs, reloaded on every listener (re)connect.
+//!   presence NOTIFYs, reloaded from the table on every listener (re)connect and poll tick
+//!   (which repairs notes dropped on a full inbox).
 //! - **Periodic jobs** (`leader`): run by the holder of a session-level advisory lock; when
 //!   that node dies, its database session ends and another node takes the lock.
 //! - **Login throttling and rate limits** (`throttle`): the same policy as
@@ -110,6 +111,18 @@ impl Default for Timing {
     }
 }
 
+impl Timing {
+    /// The operator's settings (`--cluster-heartbeat`, `--cluster-node-timeout`).
+    pub fn from_config(c: &crate::config::Config) -> Timing {
+        Timing {
+            heartbeat: c.cluster_heartbeat,
+            node_timeout: c.cluster_node_timeout,
+            clock: c.clock.clone(),
+            ..Timing::default()
+        }
+    }
+}
+
 /// Creates the cluster tables when missing (the migration's SQL, idempotent).
 pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     // Several nodes may start at once: serialise the CREATE ... IF NOT EXISTS.
@@ -123,6 +136,13 @@ pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error
         .await?;
     tx.commit().await
 }
+
+/// Events waiting for the server; more wait in the heartbeat task (see `Heart::flush`).
+#[cfg(not(test))]
+const EVENTS: usize = 64;
+/// One slot in tests, so a full channel is quick to reach.
+#[cfg(test)]
+const EVENTS: usize = 1;
 
 /// What the cluster asks of the rest of the server.
 #[derive(Debug)]
@@ -188,7 +208,7 @@ impl Cluster {
             outbox: outbox.clone(),
         }));
         let leadership = leader::Leadership::default();
-        let (events_tx, events) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(EVENTS);
         let reader = fanout::Reader {
             pool: pool.clone(),
             me: node,
@@ -221,6 +241,7 @@ impl Cluster {
                     leadership: leadership.clone(),
                     timing,
                     events: events_tx,
+                    offline: Vec::new(),
                 }
                 .run(stop.clone()),
             ),
@@ -318,10 +339,13 @@ struct Heart {
     leadership: leader::Leadership,
     timing: Timing,
     events: mpsc::Sender<Event>,
+    /// Users reaped offline whose event did not fit in `events` yet (at most every user who
+    /// was online on the dead nodes).
+    offline: Vec<String>,
 }
 
 impl Heart {
-    async fn run(self, stop: CancellationToken) {
+    async fn run(mut self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.timing.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -333,6 +357,27 @@ impl Heart {
             if self.leadership.is_leader() {
                 self.reap().await;
             }
+            self.flush();
+        }
+    }
+
+    /// Hands the reaped users to the server without waiting: a slow consumer must not stop
+    /// this task's heartbeats (the node would be declared dead) nor its reaping.
+    fn flush(&mut self) {
+        if self.offline.is_empty() {
+            return;
+        }
+        let logins = std::mem::take(&mut self.offline);
+        match self.events.try_send(Event::Offline(logins)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Event::Offline(logins))) => {
+                debug!(
+                    users = logins.len(),
+                    "cluster events full: retried next beat"
+                );
+                self.offline = logins;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => debug!("cluster events receiver gone"),
         }
     }
 
@@ -357,7 +402,7 @@ impl Heart {
         }
     }
 
-    async fn reap(&self) {
+    async fn reap(&mut self) {
         match nodes::reap(&self.pool, self.node, self.timing.node_timeout).await {
             Ok((dead, offline)) if !dead.is_empty() => {
                 info!(
@@ -366,9 +411,7 @@ impl Heart {
                     "dead nodes reaped"
                 );
                 self.outbox.dead(&dead);
-                if !offline.is_empty() && self.events.send(Event::Offline(offline)).await.is_err() {
-                    debug!("cluster events receiver gone");
-                }
+                self.offline.extend(offline);
             }
             Ok(_) => {}
             Err(e) => warn!("cluster: reaping dead nodes: {e}"),
