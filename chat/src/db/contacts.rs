@@ -4,6 +4,44 @@ use super::apply::exists;
 use super::Tx;
 use super::*;
 
+/// The per-owner lists with a size limit.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OwnedList {
+    Contacts,
+    Blocks,
+}
+
+/// Why `owner` may not add `other` to `list`: `Exists` when it is there already, `TooMany` when
+/// the list holds `max` entries; `None` when there is room.
+pub(super) async fn list_refusal(
+    tx: &mut Tx<'_>,
+    list: OwnedList,
+    owner: &str,
+    other: &str,
+    max: i64,
+) -> Result<Option<Outcome>, DbError> {
+    let (present, count) = match list {
+        OwnedList::Contacts => (
+            "SELECT 1 FROM contacts WHERE owner = $1 AND contact = $2",
+            "SELECT COUNT(*) FROM contacts WHERE owner = $1",
+        ),
+        OwnedList::Blocks => (
+            "SELECT 1 FROM blocks WHERE owner = $1 AND blocked = $2",
+            "SELECT COUNT(*) FROM blocks WHERE owner = $1",
+        ),
+    };
+    let there: Option<(i32,)> = on!(tx, c => sqlx::query_as(present)
+        .bind(owner)
+        .bind(other)
+        .fetch_optional(c)
+        .await)?;
+    if there.is_some() {
+        return Ok(Some(Outcome::Exists));
+    }
+    let (n,): (i64,) = on!(tx, c => sqlx::query_as(count).bind(owner).fetch_one(c).await)?;
+    Ok((n >= max).then_some(Outcome::TooMany))
+}
+
 /// Adds a contact (refused when present, when the list is full, or for an unknown local user).
 pub(super) async fn add_contact(
     tx: &mut Tx<'_>,
@@ -19,20 +57,8 @@ pub(super) async fn add_contact(
             return Ok(Outcome::UnknownUser);
         }
     }
-    let r: Option<(i32,)> = on!(tx, c => sqlx::query_as("SELECT 1 FROM contacts WHERE owner = $1 AND contact = $2")
-            .bind(&owner)
-            .bind(&contact)
-            .fetch_optional(c)
-            .await)?;
-    if r.is_some() {
-        return Ok(Outcome::Exists);
-    }
-    let n: (i64,) = on!(tx, c => sqlx::query_as("SELECT COUNT(*) FROM contacts WHERE owner = $1")
-        .bind(&owner)
-        .fetch_one(c)
-        .await)?;
-    if n.0 >= max {
-        return Ok(Outcome::TooMany);
+    if let Some(refusal) = list_refusal(tx, OwnedList::Contacts, &owner, &contact, max).await? {
+        return Ok(refusal);
     }
     on!(tx, c => sqlx::query(
         "INSERT INTO contacts (owner, contact, contact_local, name, grp) VALUES ($1, $2, $3, $4, $5)",

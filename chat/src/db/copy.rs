@@ -243,7 +243,7 @@ async fn insert(
     let sql = format!(
         "INSERT INTO {table} ({}) VALUES {}",
         names.join(", "),
-        super::batch::placeholders(rows, names.len(), 1)
+        super::batch::placeholders(super::batch::ParamStyle::Numbered, rows, names.len(), 1)
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for v in values {

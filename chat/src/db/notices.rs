@@ -80,6 +80,27 @@ impl NoticeBody {
 pub(super) const NOTICE_COLS: &str = "login, transfer_id, expires_at, kind, reason, peer, \
      filename, size, relay_host, relay_port, url, token, token_expires, sha256, mime";
 
+/// Binds a [`NoticeRow`]'s body columns (`kind` … `mime`, the order of [`NOTICE_COLS`]) to a
+/// query: the insert here and the legacy converter write the same twelve columns.
+macro_rules! bind_notice_body {
+    ($query:expr, $row:expr) => {
+        $query
+            .bind(&$row.kind)
+            .bind(&$row.reason)
+            .bind(&$row.peer)
+            .bind(&$row.filename)
+            .bind($row.size)
+            .bind(&$row.relay_host)
+            .bind($row.relay_port)
+            .bind(&$row.url)
+            .bind(&$row.token)
+            .bind($row.token_expires)
+            .bind(&$row.sha256)
+            .bind(&$row.mime)
+    };
+}
+pub(super) use bind_notice_body;
+
 /// One `notices` row as stored.
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub(super) struct NoticeRow {
@@ -219,24 +240,15 @@ pub(super) async fn insert(tx: &mut Tx<'_>, n: &Notice) -> Result<i64, DbError> 
         "INSERT INTO notices ({NOTICE_COLS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq"
     );
-    let (seq,): (i64,) = on!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(&r.login)
-        .bind(&r.transfer_id)
-        .bind(r.expires_at)
-        .bind(&r.kind)
-        .bind(&r.reason)
-        .bind(&r.peer)
-        .bind(&r.filename)
-        .bind(r.size)
-        .bind(&r.relay_host)
-        .bind(r.relay_port)
-        .bind(&r.url)
-        .bind(&r.token)
-        .bind(r.token_expires)
-        .bind(&r.sha256)
-        .bind(&r.mime)
-        .fetch_one(c)
-        .await)?;
+    let (seq,): (i64,) = on!(tx, c => bind_notice_body!(
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&r.login)
+            .bind(&r.transfer_id)
+            .bind(r.expires_at),
+        r
+    )
+    .fetch_one(c)
+    .await)?;
     Ok(seq)
 }
 

@@ -3,6 +3,7 @@
 //! as [`super::WriteOp::Privacy`].
 
 use super::apply::exists;
+use super::contacts::{list_refusal, OwnedList};
 use super::Tx;
 use super::{Db, DbError, Offer, Outcome};
 use std::collections::HashSet;
@@ -254,20 +255,10 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
             if !exists(tx, &blocked).await? {
                 return Ok(Outcome::UnknownUser);
             }
-            let there: Option<(i32,)> = on!(tx, c => sqlx::query_as("SELECT 1 FROM blocks WHERE owner = $1 AND blocked = $2")
-                    .bind(&owner)
-                    .bind(&blocked)
-                    .fetch_optional(c)
-                    .await)?;
-            if there.is_some() {
-                return Ok(Outcome::Exists);
-            }
-            let (n,): (i64,) = on!(tx, c => sqlx::query_as("SELECT COUNT(*) FROM blocks WHERE owner = $1")
-                .bind(&owner)
-                .fetch_one(c)
-                .await)?;
-            if n >= max {
-                return Ok(Outcome::TooMany);
+            if let Some(refusal) =
+                list_refusal(tx, OwnedList::Blocks, &owner, &blocked, max).await?
+            {
+                return Ok(refusal);
             }
             on!(tx, c => sqlx::query("INSERT INTO blocks (owner, blocked, at) VALUES ($1, $2, $3)")
                 .bind(&owner)

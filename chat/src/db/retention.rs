@@ -77,7 +77,7 @@ impl Db {
             let sql = format!(
                 "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
                  AND recipient IN ({}) GROUP BY recipient",
-                placeholders(chunk.len(), 1, 1)
+                placeholders(self.param_style(), chunk.len(), 1, 1)
             );
             let found: Vec<(String, i64)> = writes!(self, w => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
@@ -128,7 +128,7 @@ pub(super) async fn purge(
     for chunk in rows.chunks(IN_CHUNK) {
         let sql = format!(
             "DELETE FROM messages WHERE seq IN ({})",
-            placeholders(chunk.len(), 1, 1)
+            placeholders(tx.param_style(), chunk.len(), 1, 1)
         );
         on!(tx, c => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -2,14 +2,14 @@
 //! acknowledgements) as one multi-statement query.
 
 use super::Store;
-use crate::db::batch::{placeholders, statement_only, IN_CHUNK, ROW_CHUNK};
+use crate::db::batch::{placeholders, statement_only, ParamStyle, IN_CHUNK, ROW_CHUNK};
 use crate::db::{Db, DbError, Outcome, WriteOp};
 
 impl Db {
     /// The common batch — only new messages to known users and acknowledgements, each kind
     /// fitting one statement — in a single round trip to SQLite's thread: `BEGIN IMMEDIATE`,
     /// the multi-row `INSERT`, the `UPDATE` of acknowledged messages and `COMMIT` as one
-    /// multi-statement query (`$N` is the N-th argument of the whole query). The
+    /// multi-statement query (its `?` arguments, in order, span the whole query). The
     /// general path takes four round trips for the same work, each a wake-up of another thread;
     /// at moderate rates those hand-offs, not SQLite, were most of a batch's time. `None`: the
     /// batch is not of that kind, or the query failed (rolled back, nothing written); the
@@ -40,15 +40,15 @@ impl Db {
         if messages > 0 {
             sql.push_str(&format!(
                 "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {};",
-                placeholders(messages, 6, 1)
+                placeholders(ParamStyle::InOrder, messages, 6, 1)
             ));
         }
         if acks > 0 {
             sql.push_str(&format!(
                 "UPDATE messages SET pending = 0, body = '' WHERE id IN ({}) \
                  AND (id || ' ' || recipient) IN ({});",
-                placeholders(acks, 1, 6 * messages + 1),
-                placeholders(acks, 1, 6 * messages + acks + 1)
+                placeholders(ParamStyle::InOrder, acks, 1, 6 * messages + 1),
+                placeholders(ParamStyle::InOrder, acks, 1, 6 * messages + acks + 1)
             ));
         }
         sql.push_str("COMMIT;");

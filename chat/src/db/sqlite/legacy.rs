@@ -2,7 +2,7 @@
 //! lines (`legacy_packet`, kind `legacy`) become data columns. Runs at every open, in one
 //! transaction, and does nothing once no legacy row is left.
 
-use crate::db::notices::{Notice, NoticeBody, NoticeRow};
+use crate::db::notices::{bind_notice_body, Notice, NoticeBody, NoticeRow};
 use crate::db::DbError;
 use msim_shared::packet::Packet;
 use msim_shared::proto::{
@@ -53,26 +53,15 @@ pub(super) async fn convert_notices(pool: &SqlitePool) -> Result<(), DbError> {
             body,
             expires_at,
         });
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE notices SET kind = $1, reason = $2, peer = $3, filename = $4, size = $5, \
              relay_host = $6, relay_port = $7, url = $8, token = $9, token_expires = $10, \
              sha256 = $11, mime = $12, legacy_packet = NULL WHERE seq = $13",
-        )
-        .bind(&r.kind)
-        .bind(&r.reason)
-        .bind(&r.peer)
-        .bind(&r.filename)
-        .bind(r.size)
-        .bind(&r.relay_host)
-        .bind(r.relay_port)
-        .bind(&r.url)
-        .bind(&r.token)
-        .bind(r.token_expires)
-        .bind(&r.sha256)
-        .bind(&r.mime)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
+        );
+        bind_notice_body!(update, r)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         converted += 1;
     }
     tx.commit().await?;
