@@ -114,12 +114,27 @@ pub(super) async fn delete_contact(
     owner: String,
     contact: String,
 ) -> Result<Outcome, DbError> {
-    let r = on!(tx, c => sqlx::query("DELETE FROM contacts WHERE owner = $1 AND contact = $2")
-        .bind(&owner)
-        .bind(&contact)
+    list_remove(tx, OwnedList::Contacts, &owner, &contact).await
+}
+
+/// Removes `other` from `owner`'s `list`: `NotFound` when it was not there.
+pub(super) async fn list_remove(
+    tx: &mut Tx<'_>,
+    list: OwnedList,
+    owner: &str,
+    other: &str,
+) -> Result<Outcome, DbError> {
+    let sql = match list {
+        OwnedList::Contacts => "DELETE FROM contacts WHERE owner = $1 AND contact = $2",
+        OwnedList::Blocks => "DELETE FROM blocks WHERE owner = $1 AND blocked = $2",
+    };
+    let removed = on!(tx, c => sqlx::query(sql)
+        .bind(owner)
+        .bind(other)
         .execute(c)
-        .await.map(|r| r.rows_affected()))?;
-    Ok(if r == 0 {
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(if removed == 0 {
         Outcome::NotFound
     } else {
         Outcome::Done

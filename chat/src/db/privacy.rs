@@ -3,7 +3,7 @@
 //! as [`super::WriteOp::Privacy`].
 
 use super::apply::exists;
-use super::contacts::{list_refusal, OwnedList};
+use super::contacts::{list_refusal, list_remove, OwnedList};
 use super::Tx;
 use super::{Db, DbError, Offer, Outcome};
 use std::collections::HashSet;
@@ -269,16 +269,7 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
             Ok(Outcome::Done)
         }
         PrivacyOp::Unblock { owner, blocked } => {
-            let r = on!(tx, c => sqlx::query("DELETE FROM blocks WHERE owner = $1 AND blocked = $2")
-                .bind(&owner)
-                .bind(&blocked)
-                .execute(c)
-                .await.map(|r| r.rows_affected()))?;
-            Ok(if r == 0 {
-                Outcome::NotFound
-            } else {
-                Outcome::Done
-            })
+            list_remove(tx, OwnedList::Blocks, &owner, &blocked).await
         }
         PrivacyOp::SetVisibility { login, visibility } => {
             let old: Option<(String,)> = on!(tx, c => sqlx::query_as("SELECT last_seen_visibility FROM users WHERE login = $1")
