@@ -12,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use msim_shared::token::Capability;
 use msim_storage::{BlobInfo, StoreError};
 
-use super::remove_when_sent::{RemoveWhenSent, WhenSent};
+use super::remove_when_sent::{RemoveWhenSent, Served, WhenSent};
 use super::responses::{
     blob_headers, full, header_str, hv, store_refusal, text, Answer, Body, Refuse,
 };
@@ -72,24 +72,25 @@ pub(super) async fn download(
     // A stored blob must have the token's size, so the range can be worked out up front.
     let range = parse_range(req.headers().get(header::RANGE), cap.size);
     let chunk = state.config.chunk_size.max(16 << 10);
-    // A response that ends with the file's last byte delivers it (also a resumed download:
-    // the recipient has the rest); a small one is answered in one piece, so the statement
-    // that counts it marks it delivered too.
-    let (delivers, one_piece) = match range {
-        RangeReq::Full => (true, cap.size <= chunk as u64),
-        RangeReq::Part(a, b) => (b + 1 == cap.size, b - a < chunk as u64),
-        RangeReq::Unsatisfiable => (false, false),
+    // A response of the whole file delivers it; a small one is answered in one piece, so
+    // the statement that counts it marks it delivered too. A range only extends what was
+    // handed over from byte 0 on (a resumed download completes a delivery; the last byte
+    // alone delivers nothing), recorded once it is sent.
+    let whole_in_one_piece = match range {
+        RangeReq::Full => cap.size <= chunk as u64,
+        RangeReq::Part(a, b) => a == 0 && b + 1 == cap.size && b < chunk as u64,
+        RangeReq::Unsatisfiable => false,
     };
     // The common case, a complete blob: looked up and counted in one index statement.
     let counted = match range {
         RangeReq::Unsatisfiable => None,
         _ => state
             .store
-            .record_complete_download(&id, cap.max_downloads, cap.size, delivers && one_piece)
+            .record_complete_download(&id, cap.max_downloads, cap.size, whole_in_one_piece)
             .await
             .map_err(store_refusal)?,
     };
-    let delivered_when_counted = counted.is_some() && delivers && one_piece;
+    let delivered_when_counted = counted.is_some() && whole_in_one_piece;
     let is_counted = counted.is_some();
     // Downloads counted so far, this one included.
     let mut count = counted.as_ref().map_or(0, |i| i.downloads);
@@ -135,8 +136,8 @@ pub(super) async fn download(
     // What handing over the last byte does: removal covers delivery (the row goes).
     let then = if last {
         Some(WhenSent::Remove)
-    } else if delivers && !delivered_when_counted {
-        Some(WhenSent::Deliver(size))
+    } else if !delivered_when_counted {
+        Some(WhenSent::Serve(Served { start, end, size }))
     } else {
         None
     };

@@ -28,16 +28,30 @@ pub(super) async fn remove_downloaded(state: Arc<State>, id: String) {
     }
 }
 
-/// Mark a blob delivered after a download handed over its last byte, so it stops counting
-/// against its sender's quota; failures are logged (the sender's quota then counts it until
-/// its TTL).
-pub(super) async fn mark_delivered(state: Arc<State>, id: String, size: u64) {
-    Metrics::add(&state.metrics.delivered, 1);
-    match state.store.mark_delivered(&id, size).await {
-        Ok(true) => tracing::debug!(%id, "delivered: released from the sender's quota"),
+/// Record the bytes `start..end` a download handed over; once every byte from the first one
+/// on has been handed over, the blob is delivered and stops counting against its sender's
+/// quota. Failures are logged (the sender's quota then counts it until its TTL).
+pub(super) async fn record_served(state: Arc<State>, id: String, served: Served) {
+    match state
+        .store
+        .record_served(&id, served.start, served.end, served.size)
+        .await
+    {
+        Ok(true) => {
+            Metrics::add(&state.metrics.delivered, 1);
+            tracing::debug!(%id, "delivered: released from the sender's quota");
+        }
         Ok(false) => {}
-        Err(e) => tracing::warn!(%id, error = %e, "marking a transfer delivered failed"),
+        Err(e) => tracing::warn!(%id, error = %e, "recording a download failed"),
     }
+}
+
+/// Bytes `start..end` of a blob of `size` bytes, handed over by one download response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Served {
+    pub start: u64,
+    pub end: u64,
+    pub size: u64,
 }
 
 /// What a download does once the last bytes of its response are in hand.
@@ -45,9 +59,8 @@ pub(super) async fn mark_delivered(state: Arc<State>, id: String, size: u64) {
 pub(super) enum WhenSent {
     /// The last download the token allowed: remove the transfer.
     Remove,
-    /// The response ends with the file's last byte (of a file of this size): mark the
-    /// transfer delivered.
-    Deliver(u64),
+    /// Record what the response handed over: it may complete the transfer's delivery.
+    Serve(Served),
 }
 
 impl WhenSent {
@@ -55,7 +68,7 @@ impl WhenSent {
     pub fn spawn(self, state: Arc<State>, id: String) -> Removal {
         match self {
             WhenSent::Remove => tokio::spawn(remove_downloaded(state, id)),
-            WhenSent::Deliver(size) => tokio::spawn(mark_delivered(state, id, size)),
+            WhenSent::Serve(served) => tokio::spawn(record_served(state, id, served)),
         }
     }
 }

@@ -155,6 +155,45 @@ async fn only_a_download_to_the_last_byte_delivers() {
     relay.stop().await;
 }
 
+/// The attack: a download token's owner asks for the last byte alone (`Range: bytes=-1`,
+/// or `bytes=<size-1>-`) to release the sender's quota without taking the file, then repeats
+/// with the next upload. Only bytes handed out from the first one on count.
+#[tokio::test]
+async fn the_last_byte_alone_does_not_release_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(dir.path()).await;
+    let big = data(LARGEST);
+    let n = big.len();
+    assert_eq!(send(&relay, "big", &big).await.0, StatusCode::CREATED);
+    let down = relay.token("big", Direction::Download, n as u64, Some(&big));
+    let pic = data(PICTURE);
+    for range in ["bytes=-1".to_string(), format!("bytes={}-", n - 1)] {
+        let r = within(
+            "last byte",
+            relay.get("big", &down, &[("range", range.clone())]),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(within("body", body_bytes(r)).await, big[n - 1..]);
+        assert_eq!(
+            send(&relay, "pic", &pic).await.0,
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota released by {range}"
+        );
+    }
+    // The whole file, in two ranges that join up: delivered.
+    for range in [
+        format!("bytes=0-{}", n / 2),
+        format!("bytes={}-", n / 2 + 1),
+    ] {
+        let r = within("half", relay.get("big", &down, &[("range", range)])).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        within("half body", body_bytes(r)).await;
+    }
+    assert_eq!(send(&relay, "pic", &pic).await.0, StatusCode::CREATED);
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn download_following_the_upload_delivers_it() {
     use http::Method;

@@ -328,7 +328,7 @@ impl Index {
         deliver: bool,
     ) -> Result<Option<CountedDownload>> {
         let sql = if deliver {
-            "UPDATE blobs SET downloads = downloads + 1, delivered = 1
+            "UPDATE blobs SET downloads = downloads + 1, delivered = 1, served = size
              WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
              RETURNING expires, sender, sha256, downloads"
         } else {
@@ -346,19 +346,31 @@ impl Index {
             .await?)
     }
 
-    /// Mark `id` delivered (its sender's quota no longer counts it) if it is complete, or
-    /// with `all_written` also while its completion is being committed; whether it changed.
-    pub async fn mark_delivered(&self, id: &str, all_written: bool) -> Result<bool> {
+    /// Record that a download handed out bytes `start..end` of `id`: they extend the prefix
+    /// served from byte 0 if they start inside it, and a prefix that reaches the blob's size
+    /// marks it delivered (its sender's quota no longer counts it). The blob must be complete,
+    /// or with `all_written` have its completion being committed. Whether it became delivered.
+    pub async fn record_served(
+        &self,
+        id: &str,
+        start: u64,
+        end: u64,
+        all_written: bool,
+    ) -> Result<bool> {
         let _writing = self.writes.lock().await;
-        Ok(sqlx::query(
-            "UPDATE blobs SET delivered = 1 WHERE id = ? AND delivered = 0 AND (state = 1 OR ?)",
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE blobs SET served = MAX(served, ?2),
+                 delivered = (MAX(served, ?2) >= size)
+             WHERE id = ?1 AND delivered = 0 AND served >= ?3 AND (state = 1 OR ?4)
+             RETURNING delivered",
         )
         .bind(id)
+        .bind(signed(end))
+        .bind(signed(start))
         .bind(all_written)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some_and(|(d,)| d == 1))
     }
 
     /// A batch of blobs expired at `now`, oldest first.

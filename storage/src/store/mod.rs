@@ -279,21 +279,27 @@ impl BlobStore {
         Ok(removed)
     }
 
-    /// Mark a blob delivered: a download has handed its last byte to the recipient, so it no
-    /// longer counts against its sender's quota (it still counts against capacity and stays
-    /// downloadable until it is removed). The blob must be complete, or be an upload of `size`
-    /// bytes in this process whose bytes are all written (a download that followed it ends
-    /// before its commit; it is not waited for). Returns whether it changed (false if it was
-    /// delivered before, is not like that, or is gone).
-    pub async fn mark_delivered(&self, id: &str, size: u64) -> Result<bool> {
+    /// Record that a download handed out bytes `start..end` of a blob of `size` bytes. Once
+    /// the downloads have handed out every byte from the first one on (a resumed download
+    /// continues where an earlier one stopped), the blob is delivered: it no longer counts
+    /// against its sender's quota (it still counts against capacity and stays downloadable
+    /// until it is removed). A range that starts after what was served so far counts for
+    /// nothing, so asking for the last byte alone delivers nothing. The blob must be complete,
+    /// or be an upload of `size` bytes in this process whose bytes up to `end` are written (a
+    /// download that followed it ends before its commit; it is not waited for). Returns whether
+    /// it became delivered.
+    pub async fn record_served(&self, id: &str, start: u64, end: u64, size: u64) -> Result<bool> {
         if !valid_id(id) {
             return Err(StoreError::InvalidId);
         }
         let all_written = self.live_get(id).is_some_and(|live| {
             let p = *live.tx.borrow();
-            matches!(p.phase, Phase::Writing | Phase::Complete) && p.written >= size
+            matches!(p.phase, Phase::Writing | Phase::Complete) && p.written >= end.min(size)
         });
-        self.inner.index.mark_delivered(id, all_written).await
+        self.inner
+            .index
+            .record_served(id, start, end, all_written)
+            .await
     }
 
     /// Wait (bounded) until the upload of `id`, if one is live in this process, is no longer

@@ -80,8 +80,8 @@ impl BlobStore {
     /// and return its info; `None` (nothing counted) if the blob is not like that or the
     /// download limit is reached; the caller then takes the general path
     /// ([`BlobStore::info`], [`BlobStore::record_download`]), which says why. With `deliver`
-    /// the same statement marks it delivered (see [`BlobStore::mark_delivered`]): for a
-    /// download answered in one piece that holds the file's last byte.
+    /// the same statement marks it delivered (see [`BlobStore::record_served`]): for a
+    /// download of the whole file answered in one piece.
     pub async fn record_complete_download(
         &self,
         id: &str,

@@ -84,21 +84,24 @@ async fn totals_follow_every_change() {
     w.finish().await.expect("finish");
     assert_totals(&store).await;
     // A delivered blob leaves its sender's total, once; a partial one cannot be delivered.
-    assert!(store.mark_delivered("a", 3).await.expect("deliver"));
-    assert!(!store.mark_delivered("a", 3).await.expect("again"));
-    assert!(!store.mark_delivered("b", 5).await.expect("partial"));
+    // Only bytes handed out from the first one on count: the last byte alone does not.
+    assert!(!store.record_served("a", 2, 3, 3).await.expect("last byte"));
+    assert!(!store.record_served("a", 0, 1, 3).await.expect("first byte"));
+    assert!(store.record_served("a", 1, 3, 3).await.expect("the rest"));
+    assert!(!store.record_served("a", 0, 3, 3).await.expect("again"));
+    assert!(!store.record_served("b", 0, 5, 5).await.expect("partial"));
     assert_totals(&store).await;
     let mut w = store.writer("b").await.expect("writer b");
     w.append(vec![Bytes::from_static(b"abcd")])
         .await
         .expect("append b");
     // Not all written: a download cannot have had the last byte.
-    assert!(!store.mark_delivered("b", 5).await.expect("4 of 5"));
+    assert!(!store.record_served("b", 0, 5, 5).await.expect("4 of 5"));
     w.append(vec![Bytes::from_static(b"e")])
         .await
         .expect("append b");
     // All written, completion not committed yet (a download that followed it ends here).
-    assert!(store.mark_delivered("b", 5).await.expect("deliver b"));
+    assert!(store.record_served("b", 0, 5, 5).await.expect("deliver b"));
     assert_totals(&store).await;
     w.finish().await.expect("finish b");
     assert_totals(&store).await;
@@ -112,6 +115,7 @@ async fn totals_follow_every_change() {
         "DROP TRIGGER blobs_totals_insert",
         "DROP TRIGGER blobs_totals_delete",
         "DROP TRIGGER blobs_totals_update",
+        "ALTER TABLE blobs DROP COLUMN served",
         "ALTER TABLE blobs DROP COLUMN delivered",
         "DROP TABLE totals",
         "DROP TABLE _sqlx_migrations",
@@ -267,7 +271,7 @@ async fn an_index_made_before_migrations_opens_with_its_data() {
         .fetch_one(store.inner.index.pool())
         .await
         .expect("migrations recorded");
-    assert_eq!(version, 2, "up to the delivered column");
+    assert_eq!(version, 3, "up to the served column");
     store.close().await;
 }
 
