@@ -188,7 +188,10 @@ pub(crate) fn parse_target(text: &str, domain: &str) -> Option<Target> {
         return None;
     }
     let (login, host) = match text.split_once('@') {
-        Some((login, host)) => (login, Some(crate::federation::domain::canonical_domain(host)?)),
+        Some((login, host)) => (
+            login,
+            Some(crate::federation::domain::canonical_domain(host)?),
+        ),
         None => (text, None),
     };
     let login = login.to_lowercase();

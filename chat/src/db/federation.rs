@@ -172,11 +172,11 @@ impl Db {
     pub(crate) async fn federation_counts_by_sender(
         &self,
     ) -> Result<Vec<(String, String, i64)>, DbError> {
-        Ok(sqlx::query_as(
-            "SELECT peer, sender, COUNT(*) FROM fed_queue GROUP BY peer, sender",
+        Ok(
+            sqlx::query_as("SELECT peer, sender, COUNT(*) FROM fed_queue GROUP BY peer, sender")
+                .fetch_all(&self.federation_store()?.pool)
+                .await?,
         )
-        .fetch_all(&self.federation_store()?.pool)
-        .await?)
     }
 
     /// The next queued items of `peer` after `after`, in order.

@@ -323,10 +323,18 @@ mod tests {
     #[test]
     fn srv_targets_go_by_priority_then_weight() {
         for _ in 0..50 {
-            let order = srv_order(vec![t(10, 0, "c"), t(0, 5, "a"), t(0, 5, "b"), t(20, 1, "d")]);
+            let order = srv_order(vec![
+                t(10, 0, "c"),
+                t(0, 5, "a"),
+                t(0, 5, "b"),
+                t(20, 1, "d"),
+            ]);
             let hosts: Vec<&str> = order.iter().map(|t| t.host.as_str()).collect();
             assert_eq!(hosts.len(), 4);
-            assert!(hosts[..2].contains(&"a") && hosts[..2].contains(&"b"), "{hosts:?}");
+            assert!(
+                hosts[..2].contains(&"a") && hosts[..2].contains(&"b"),
+                "{hosts:?}"
+            );
             assert_eq!(&hosts[2..], ["c", "d"]);
         }
     }
@@ -334,12 +342,18 @@ mod tests {
     #[test]
     fn several_different_keys_under_one_id_are_refused() {
         let (a, b) = (KeyRecord::Key(vec![1; 32]), KeyRecord::Key(vec![2; 32]));
-        assert_eq!(key_of([a.clone()].into_iter(), "n"), KeyAnswer::Key(vec![1; 32]));
+        assert_eq!(
+            key_of([a.clone()].into_iter(), "n"),
+            KeyAnswer::Key(vec![1; 32])
+        );
         assert_eq!(
             key_of([a.clone(), a.clone()].into_iter(), "n"),
             KeyAnswer::Key(vec![1; 32])
         );
         assert_eq!(key_of([a.clone(), b].into_iter(), "n"), KeyAnswer::NoKey);
-        assert_eq!(key_of([a, KeyRecord::Revoked].into_iter(), "n"), KeyAnswer::NoKey);
+        assert_eq!(
+            key_of([a, KeyRecord::Revoked].into_iter(), "n"),
+            KeyAnswer::NoKey
+        );
     }
 }

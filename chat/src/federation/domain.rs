@@ -30,7 +30,9 @@ pub fn canonical_domain(text: &str) -> Option<String> {
             && label.len() <= MAX_LABEL
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
     let last = host.rsplit('.').next().unwrap_or(host);
     if !ok || last.bytes().all(|b| b.is_ascii_digit()) {
@@ -45,10 +47,19 @@ mod tests {
 
     #[test]
     fn one_form_per_domain() {
-        for same in ["b.example", "B.Example", "b.example.", "b.example:3216", "B.EXAMPLE.:1"] {
+        for same in [
+            "b.example",
+            "B.Example",
+            "b.example.",
+            "b.example:3216",
+            "B.EXAMPLE.:1",
+        ] {
             assert_eq!(c(same).as_deref(), Some("b.example"), "{same}");
         }
-        assert_eq!(c("xn--80ak6aa92e.com").as_deref(), Some("xn--80ak6aa92e.com"));
+        assert_eq!(
+            c("xn--80ak6aa92e.com").as_deref(),
+            Some("xn--80ak6aa92e.com")
+        );
         for bad in [
             "",
             ".",

@@ -91,7 +91,8 @@ async fn serve(
     };
     let codec = PacketCodec::new(fed.config.unauthenticated_max_line).with_max_records(0);
     let mut link = Framed::new(tls, codec);
-    let peer = match tokio::time::timeout_at(deadline, authenticate(&sh, &mut link, exporter)).await {
+    let peer = match tokio::time::timeout_at(deadline, authenticate(&sh, &mut link, exporter)).await
+    {
         Ok(Ok(peer)) => peer,
         Ok(Err(reason)) => {
             info!(%addr, reason, "s2s handshake refused");

@@ -228,7 +228,10 @@ mod tests {
             Duration::from_secs(600),
             now,
         );
-        assert!(matches!(c.get("a.test", "k1", false, now), Cached::Fresh(_)));
+        assert!(matches!(
+            c.get("a.test", "k1", false, now),
+            Cached::Fresh(_)
+        ));
         assert!(matches!(
             c.get("a.test", "k1", true, now + Duration::from_secs(1)),
             Cached::Fresh(_)
@@ -244,7 +247,13 @@ mod tests {
         let c = KeyCache::new(bounds(4, 8));
         let now = Instant::now();
         let key = KeyAnswer::Key(vec![1; 32]);
-        c.store("good.test", "k1", key.clone(), Duration::from_secs(600), now);
+        c.store(
+            "good.test",
+            "k1",
+            key.clone(),
+            Duration::from_secs(600),
+            now,
+        );
         for i in 0..100 {
             c.store(
                 "evil.test",

@@ -149,7 +149,12 @@ impl PeerTask {
             match tokio::time::timeout(fed.config.handshake_timeout, self.dial_one(addr)).await {
                 Ok(Ok(link)) => return Ok(link),
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: no handshake within {:?}", fed.config.handshake_timeout),
+                Err(_) => {
+                    last = format!(
+                        "{addr}: no handshake within {:?}",
+                        fed.config.handshake_timeout
+                    )
+                }
             }
             debug!(peer = %self.peer, "s2s dial: {last}");
         }
@@ -275,6 +280,13 @@ impl PeerTask {
                     Err(e) => return LinkEnd::Failed(e.to_string(), None),
                 }
             }
+            // Idle: close after `link_idle`; waiting for answers: give the peer at least the
+            // handshake's time before calling the link broken.
+            let quiet = if in_flight.is_empty() && asked.is_empty() {
+                fed.config.link_idle
+            } else {
+                fed.config.link_idle.max(fed.config.handshake_timeout)
+            };
             tokio::select! {
                 p = link.next() => {
                     let p = match p {
@@ -328,13 +340,13 @@ impl PeerTask {
                         return LinkEnd::Failed(e, None);
                     }
                 }
-                _ = tokio::time::sleep(fed.config.link_idle) => {
+                _ = tokio::time::sleep(quiet) => {
+                    // Requests whose askers gave up (their own deadline) are forgotten.
+                    asked.retain(|_, tx| !tx.is_closed());
                     if in_flight.is_empty() && asked.is_empty() && self.wanted.load(Ordering::Relaxed) == 0 {
                         return LinkEnd::Idle;
                     }
                     if in_flight.is_empty() {
-                        // A request went unanswered for a whole idle period: forget it.
-                        asked.clear();
                         continue;
                     }
                     return LinkEnd::Failed("no acknowledgement".into(), None);

@@ -48,7 +48,10 @@ async fn one_address_cannot_take_every_s2s_slot() {
     }
     for i in 0..12 {
         let mut extra = connect_from_other_host(b.s2s).await;
-        assert!(closed_by_server(&mut extra).await, "connection {i} beyond the cap kept");
+        assert!(
+            closed_by_server(&mut extra).await,
+            "connection {i} beyond the cap kept"
+        );
     }
     // A legitimate peer on another address is served while the places are held.
     let a = Fed::start(&dns, "a.test", |_| {}).await;
@@ -108,16 +111,23 @@ async fn the_rate_limit_covers_all_links_of_a_peer_domain() {
     let mut first = Raw::connect(b.s2s, "b.test").await;
     assert_eq!(first.login("c.test", "b.test", &key).await.verb, "S2S-AUTH");
     let mut second = Raw::connect(b.s2s, "b.test").await;
-    assert_eq!(second.login("c.test", "b.test", &key).await.verb, "S2S-AUTH");
+    assert_eq!(
+        second.login("c.test", "b.test", &key).await.verb,
+        "S2S-AUTH"
+    );
     let started = Instant::now();
     for i in 0..4 {
-        first.send(Packet::new("PING").with("ref", i.to_string())).await;
+        first
+            .send(Packet::new("PING").with("ref", i.to_string()))
+            .await;
         assert_eq!(first.next().await.unwrap().verb, "PONG");
     }
     let mut pongs = 0;
     let mut retry = None;
     for i in 0..6 {
-        second.send(Packet::new("PING").with("ref", i.to_string())).await;
+        second
+            .send(Packet::new("PING").with("ref", i.to_string()))
+            .await;
         match second.next().await {
             Some(p) if p.verb == "PONG" => pongs += 1,
             Some(p) if p.verb == "S2S-RETRY" => {
@@ -135,7 +145,10 @@ async fn the_rate_limit_covers_all_links_of_a_peer_domain() {
     assert!((1..=60).contains(&after), "{retry:?}");
     assert!(second.next().await.is_none(), "closed after S2S-RETRY");
     let mut third = Raw::connect(b.s2s, "b.test").await;
-    assert_eq!(third.login("d.test", "b.test", &other).await.verb, "S2S-AUTH");
+    assert_eq!(
+        third.login("d.test", "b.test", &other).await.verb,
+        "S2S-AUTH"
+    );
     third.send(Packet::new("PING").with("ref", "d")).await;
     assert_eq!(third.next().await.unwrap().verb, "PONG");
 }
@@ -189,7 +202,10 @@ async fn a_resend_after_the_row_is_gone_is_not_delivered_twice() {
             .with("id", id)
             .with("from", "carol@c.test")
             .with("to", "bob@b.test")
-            .with("at", msim_shared::timestamp::format(time::OffsetDateTime::now_utc()))
+            .with(
+                "at",
+                msim_shared::timestamp::format(time::OffsetDateTime::now_utc()),
+            )
             .with("text", "once")
     };
     let mut raw = Raw::connect(b.s2s, "b.test").await;
@@ -249,7 +265,10 @@ async fn s2s_is_tls13_only_with_the_operators_certificate() {
     let certs = tempfile::tempdir().unwrap();
     let files = msim_testkit::SelfSigned::write_to(certs.path()).unwrap();
     let config = msim_shared::tls::server_config(&files.cert, &files.key).unwrap();
-    let b = Fed::start(&dns, "b.test", move |c| c.tls = Some(std::sync::Arc::new(config))).await;
+    let b = Fed::start(&dns, "b.test", move |c| {
+        c.tls = Some(std::sync::Arc::new(config))
+    })
+    .await;
     let tls12 = |versions: &[&'static rustls::SupportedProtocolVersion]| {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let c = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -262,9 +281,12 @@ async fn s2s_is_tls13_only_with_the_operators_certificate() {
     };
     let name = msim_shared::tls::server_name("b.test").unwrap();
     let tcp = TcpStream::connect(b.s2s).await.unwrap();
-    let old = tokio::time::timeout(WAIT, tls12(&[&rustls::version::TLS12]).connect(name.clone(), tcp))
-        .await
-        .expect("an answer");
+    let old = tokio::time::timeout(
+        WAIT,
+        tls12(&[&rustls::version::TLS12]).connect(name.clone(), tcp),
+    )
+    .await
+    .expect("an answer");
     assert!(old.is_err(), "TLS 1.2 accepted on the s2s port");
     let tcp = TcpStream::connect(b.s2s).await.unwrap();
     let new = tokio::time::timeout(WAIT, tls12(&[&rustls::version::TLS13]).connect(name, tcp))
@@ -284,8 +306,10 @@ impl msim_shared::tls::rustls::client::danger::ServerCertVerifier for AnyCert {
         _: &msim_shared::tls::rustls::pki_types::ServerName<'_>,
         _: &[u8],
         _: msim_shared::tls::rustls::pki_types::UnixTime,
-    ) -> Result<msim_shared::tls::rustls::client::danger::ServerCertVerified, msim_shared::tls::rustls::Error>
-    {
+    ) -> Result<
+        msim_shared::tls::rustls::client::danger::ServerCertVerified,
+        msim_shared::tls::rustls::Error,
+    > {
         Ok(msim_shared::tls::rustls::client::danger::ServerCertVerified::assertion())
     }
 
@@ -294,9 +318,16 @@ impl msim_shared::tls::rustls::client::danger::ServerCertVerifier for AnyCert {
         m: &[u8],
         c: &msim_shared::tls::rustls::pki_types::CertificateDer<'_>,
         d: &msim_shared::tls::rustls::DigitallySignedStruct,
-    ) -> Result<msim_shared::tls::rustls::client::danger::HandshakeSignatureValid, msim_shared::tls::rustls::Error>
-    {
-        msim_shared::tls::rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    ) -> Result<
+        msim_shared::tls::rustls::client::danger::HandshakeSignatureValid,
+        msim_shared::tls::rustls::Error,
+    > {
+        msim_shared::tls::rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -304,9 +335,16 @@ impl msim_shared::tls::rustls::client::danger::ServerCertVerifier for AnyCert {
         m: &[u8],
         c: &msim_shared::tls::rustls::pki_types::CertificateDer<'_>,
         d: &msim_shared::tls::rustls::DigitallySignedStruct,
-    ) -> Result<msim_shared::tls::rustls::client::danger::HandshakeSignatureValid, msim_shared::tls::rustls::Error>
-    {
-        msim_shared::tls::rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    ) -> Result<
+        msim_shared::tls::rustls::client::danger::HandshakeSignatureValid,
+        msim_shared::tls::rustls::Error,
+    > {
+        msim_shared::tls::rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<msim_shared::tls::rustls::SignatureScheme> {

@@ -54,7 +54,10 @@ async fn failing_handshakes_do_not_make_us_query_dns_at_will() {
     let key = published_key(&dns, dir.path(), "c.test");
     let wrong = keys::generate(dir.path(), "c.test").unwrap();
     let name = keys::key_name(&key.kid, "c.test");
-    assert_eq!(login_as(&b, "c.test", &key.kid, &key).await.verb, "S2S-AUTH");
+    assert_eq!(
+        login_as(&b, "c.test", &key.kid, &key).await.verb,
+        "S2S-AUTH"
+    );
     assert_eq!(dns.asked(&name, RecordType::TXT), 1);
     for _ in 0..10 {
         let p = login_as(&b, "c.test", &key.kid, &wrong).await;
@@ -66,8 +69,15 @@ async fn failing_handshakes_do_not_make_us_query_dns_at_will() {
         let p = login_as(&b, "c.test", "nosuchkey", &wrong).await;
         assert_eq!(p.get("reason"), Some("unknown-key"));
     }
-    assert_eq!(dns.asked(&unknown, RecordType::TXT), 1, "negative cache ignored");
-    assert_eq!(login_as(&b, "c.test", &key.kid, &key).await.verb, "S2S-AUTH");
+    assert_eq!(
+        dns.asked(&unknown, RecordType::TXT),
+        1,
+        "negative cache ignored"
+    );
+    assert_eq!(
+        login_as(&b, "c.test", &key.kid, &key).await.verb,
+        "S2S-AUTH"
+    );
 }
 
 /// A different key published under a key id already seen is refused and logged: key ids are
@@ -80,7 +90,10 @@ async fn a_key_replaced_under_its_id_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let key = published_key(&dns, dir.path(), "c.test");
     let attacker = keys::generate(dir.path(), "c.test").unwrap();
-    assert_eq!(login_as(&b, "c.test", &key.kid, &key).await.verb, "S2S-AUTH");
+    assert_eq!(
+        login_as(&b, "c.test", &key.kid, &key).await.verb,
+        "S2S-AUTH"
+    );
     // Whoever can write c.test's DNS replaces the key under the same id.
     dns.set_txt(
         &keys::key_name(&key.kid, "c.test"),
@@ -91,7 +104,10 @@ async fn a_key_replaced_under_its_id_is_refused() {
         (p.verb.as_str(), p.get("reason")),
         ("S2S-FAILED", Some("bad-signature"))
     );
-    assert_eq!(login_as(&b, "c.test", &key.kid, &key).await.verb, "S2S-AUTH");
+    assert_eq!(
+        login_as(&b, "c.test", &key.kid, &key).await.verb,
+        "S2S-AUTH"
+    );
     // A new key under a new id is how keys change: accepted.
     let rotated = published_key(&dns, dir.path(), "c.test");
     assert_eq!(
@@ -112,13 +128,19 @@ async fn an_ambiguous_key_record_set_is_refused() {
     let name = keys::key_name(&key.kid, "c.test");
     dns.set_txts(
         &name,
-        &[keys::txt_value(key.public()), keys::txt_value(attacker.public())],
+        &[
+            keys::txt_value(key.public()),
+            keys::txt_value(attacker.public()),
+        ],
     );
     let p = login_as(&b, "c.test", &key.kid, &attacker).await;
     assert_eq!(p.get("reason"), Some("unknown-key"), "{p:?}");
     // Once the record set is one key again, its owner gets in.
     dns.set_txt(&name, &keys::txt_value(key.public()));
-    assert_eq!(login_as(&b, "c.test", &key.kid, &key).await.verb, "S2S-AUTH");
+    assert_eq!(
+        login_as(&b, "c.test", &key.kid, &key).await.verb,
+        "S2S-AUTH"
+    );
 }
 
 /// A flood of key ids (each "no key") from one claimed domain does not empty the cache: a
@@ -151,5 +173,9 @@ async fn a_flood_of_key_ids_does_not_empty_the_cache() {
         }
     }
     assert_eq!(resolver.key("c.test", &key.kid, false).await.unwrap(), good);
-    assert_eq!(dns.asked(&name, RecordType::TXT), 1, "the flood evicted c.test's key");
+    assert_eq!(
+        dns.asked(&name, RecordType::TXT),
+        1,
+        "the flood evicted c.test's key"
+    );
 }
