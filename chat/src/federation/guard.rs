@@ -130,16 +130,16 @@ mod tests {
             max_unauthenticated_per_ip: 2,
             ..Default::default()
         });
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let first = g.admit(a).unwrap();
-        let _second = g.admit(a).unwrap();
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = g.admit(a).expect("a place");
+        let _second = g.admit(a).expect("a place");
         assert!(g.admit(a).is_none());
         // Another address, and another /64, are not affected; the same /64 is.
-        assert!(g.admit("192.0.2.2".parse().unwrap()).is_some());
-        let _v6 = g.admit("2001:db8::1".parse().unwrap()).unwrap();
-        let _v6b = g.admit("2001:db8::2".parse().unwrap()).unwrap();
-        assert!(g.admit("2001:db8::3".parse().unwrap()).is_none());
-        assert!(g.admit("2001:db8:0:1::1".parse().unwrap()).is_some());
+        assert!(g.admit("192.0.2.2".parse().expect("ip")).is_some());
+        let _v6 = g.admit("2001:db8::1".parse().expect("ip")).expect("a place");
+        let _v6b = g.admit("2001:db8::2".parse().expect("ip")).expect("a place");
+        assert!(g.admit("2001:db8::3".parse().expect("ip")).is_none());
+        assert!(g.admit("2001:db8:0:1::1".parse().expect("ip")).is_some());
         drop(first);
         assert!(g.admit(a).is_some());
     }
