@@ -136,8 +136,12 @@ mod tests {
         assert!(g.admit(a).is_none());
         // Another address, and another /64, are not affected; the same /64 is.
         assert!(g.admit("192.0.2.2".parse().expect("ip")).is_some());
-        let _v6 = g.admit("2001:db8::1".parse().expect("ip")).expect("a place");
-        let _v6b = g.admit("2001:db8::2".parse().expect("ip")).expect("a place");
+        let _v6 = g
+            .admit("2001:db8::1".parse().expect("ip"))
+            .expect("a place");
+        let _v6b = g
+            .admit("2001:db8::2".parse().expect("ip"))
+            .expect("a place");
         assert!(g.admit("2001:db8::3".parse().expect("ip")).is_none());
         assert!(g.admit("2001:db8:0:1::1".parse().expect("ip")).is_some());
         drop(first);
