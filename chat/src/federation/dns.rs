@@ -20,6 +20,8 @@ pub const DEFAULT_S2S_PORT: u16 = 3216;
 const MAX_TARGETS: usize = 8;
 /// Most addresses of one host tried.
 const MAX_ADDRS_PER_HOST: usize = 4;
+/// Most addresses tried in one attempt (each gets the handshake's deadline).
+const MAX_ADDRS: usize = 8;
 
 /// Lookup failure.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +239,7 @@ impl Dns {
         if addrs.is_empty() {
             return Err(last);
         }
+        addrs.truncate(MAX_ADDRS);
         Ok(addrs)
     }
 

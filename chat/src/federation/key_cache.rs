@@ -158,7 +158,12 @@ impl Domains {
             let victim = self
                 .by_domain
                 .iter()
-                .filter_map(|(d, kids)| soonest(kids).map(|k| (kids[&k].until, d.clone(), k)))
+                .filter_map(|(d, kids)| {
+                    soonest(kids).map(|k| {
+                        let e = &kids[&k];
+                        ((e.pinned.is_some(), e.until), d.clone(), k)
+                    })
+                })
                 .min();
             if let Some((_, d, k)) = victim {
                 if let Some(kids) = self.by_domain.get_mut(&d) {
@@ -171,10 +176,11 @@ impl Domains {
     }
 }
 
-/// The key id of `kids` that expires first.
+/// The key id of `kids` to evict first: ids that never named a key before ids that did (their
+/// pin is what refuses a replaced key), then the one expiring first.
 fn soonest(kids: &HashMap<String, Entry>) -> Option<String> {
     kids.iter()
-        .min_by_key(|(_, e)| e.until)
+        .min_by_key(|(_, e)| (e.pinned.is_some(), e.until))
         .map(|(k, _)| k.clone())
 }
 
@@ -247,13 +253,19 @@ mod tests {
         let c = KeyCache::new(bounds(4, 8));
         let now = Instant::now();
         let key = KeyAnswer::Key(vec![1; 32]);
-        c.store(
-            "good.test",
-            "k1",
-            key.clone(),
-            Duration::from_secs(600),
-            now,
-        );
+        // Even a key expiring before the flood's "no key" answers stays: ids that named a key
+        // go last.
+        c.store("good.test", "k1", key.clone(), Duration::from_secs(30), now);
+        for i in 0..100 {
+            c.store(
+                "good.test",
+                &format!("x{i}"),
+                KeyAnswer::NoKey,
+                Duration::from_secs(60),
+                now,
+            );
+        }
+        assert!(matches!(c.get("good.test", "k1", false, now), Cached::Fresh(k) if k == key));
         for i in 0..100 {
             c.store(
                 "evil.test",
@@ -263,7 +275,7 @@ mod tests {
                 now,
             );
         }
-        assert!(c.len() <= 5);
+        assert!(c.len() <= 8);
         assert!(matches!(c.get("good.test", "k1", false, now), Cached::Fresh(k) if k == key));
         // Many domains: the whole cache stays bounded, expiring-first entries go first.
         for i in 0..100 {
