@@ -243,6 +243,8 @@ impl PeerTask {
         // Items sent on this link and not answered yet: only these may be acknowledged or
         // refused (a forged `qid=` must not open the window or remove anything).
         let mut in_flight: std::collections::HashSet<i64> = Default::default();
+        // Answers for anything else, ignored (counted to log once).
+        let mut stray = 0u64;
         // Whether the queue may hold items not sent yet (reads only then, not at every ack).
         let mut more = true;
         loop {
@@ -298,7 +300,10 @@ impl PeerTask {
                     let qid = p.get("qid").and_then(|q| q.parse::<i64>().ok());
                     let qid = match (p.verb.as_str(), qid) {
                         ("S2S-ACK" | "S2S-REFUSED", Some(q)) if !in_flight.remove(&q) => {
-                            warn!(peer = %self.peer, qid = q, verb = %p.verb, "s2s: answer for an item not in flight on this link; ignored");
+                            stray += 1;
+                            if stray == 1 {
+                                warn!(peer = %self.peer, qid = q, verb = %p.verb, "s2s: answer for an item not in flight on this link; ignored (logged once per link)");
+                            }
                             continue;
                         }
                         (_, q) => q,
