@@ -65,6 +65,34 @@ async fn one_address_cannot_take_every_s2s_slot() {
     drop(held);
 }
 
+/// TLS and the signed handshake share one deadline: a peer that is slow to start TLS does not
+/// get a fresh one for the handshake (the old code gave each its own, doubling how long a
+/// connection could hold a place without authenticating). The margins are wide: the deadline
+/// is 2 s, the old code closed at 3.5 s, the test accepts up to 3 s.
+#[tokio::test]
+async fn tls_and_the_handshake_share_one_deadline() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |c| {
+        c.federation.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let started = Instant::now();
+    let tcp = TcpStream::connect(b.s2s).await.unwrap();
+    // The slow part of the attack: TLS starts 1.5 s after the connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut raw = Raw::over(tcp, "b.test").await;
+    raw.hello("c.test", "b.test", &handshake::nonce())
+        .await
+        .expect("a challenge");
+    // No S2S-AUTH: the server closes the connection at the deadline.
+    assert!(raw.next().await.is_none(), "closed without an answer");
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_millis(1900) && held < Duration::from_secs(3),
+        "held {held:?} for a 2 s deadline"
+    );
+}
+
 /// Before the handshake, lines are short: a padded `S2S-HELLO` is refused (the old code
 /// buffered and accepted up to 256 KiB from anyone). After it, long lines are fine.
 #[tokio::test]
