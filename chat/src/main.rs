@@ -185,6 +185,10 @@ async fn main() -> Result<()> {
     let mut relay_cas: Vec<PathBuf> = settings.relay_ca_file.iter().cloned().collect();
     msim_chat::db::create_data_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Refuse at once, before any listener or relay starts, rather than half-start.
+    if config.federation.enabled() {
+        msim_chat::federation::keys::load_newest(&config.data_dir, &config.domain)?;
+    }
 
     let stop = CancellationToken::new();
     tokio::spawn(signal(stop.clone()));

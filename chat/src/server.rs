@@ -191,6 +191,9 @@ impl Server {
         // Every connection task holds a clone; when all are dropped, all sessions are done.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
 
+        // Federation first: if it cannot start (s2s port taken, tables), nothing else was
+        // started that would keep running after the error.
+        let federation = crate::federation::start(shared.clone()).await?;
         let health = tokio::spawn(shared.relays.clone().health_loop(
             shared.config.relay_health_interval,
             shared.config.relay_health_timeout,
@@ -198,7 +201,6 @@ impl Server {
         ));
         let sweeper = tokio::spawn(crate::jobs::sweep_loop(shared.clone(), stop.clone()));
         let purger = tokio::spawn(crate::jobs::purge_loop(shared.clone(), stop.clone()));
-        let federation = crate::federation::start(shared.clone()).await?;
 
         let checkpointer = {
             let db = shared.db.clone();

@@ -279,16 +279,17 @@ impl ChatSettings {
         if let Some(m) = self.federation {
             f.mode = m;
         }
-        f.allow = self
-            .federation_allow
-            .iter()
-            .map(|d| d.to_ascii_lowercase())
-            .collect();
-        f.deny = self
-            .federation_deny
-            .iter()
-            .map(|d| d.to_ascii_lowercase())
-            .collect();
+        // Policy compares canonical domains (lower case, no port, no trailing dot).
+        let domains = |list: &[String], flag: &str| {
+            list.iter()
+                .map(|d| {
+                    crate::federation::domain::canonical_domain(d)
+                        .ok_or_else(|| anyhow::anyhow!("--{flag} {d:?}: not a domain name"))
+                })
+                .collect::<anyhow::Result<Vec<String>>>()
+        };
+        f.allow = domains(&self.federation_allow, "federation-allow")?;
+        f.deny = domains(&self.federation_deny, "federation-deny")?;
         if let Some(a) = self.s2s_listen {
             f.s2s_listen = a;
         }
@@ -439,5 +440,15 @@ mod tests {
         let r = with("postgresql://db/msim").resolve().expect("postgres");
         assert_eq!(r.config.database.as_deref(), Some("postgresql://db/msim"));
         assert!(with("").resolve().expect("empty").config.database.is_none());
+    }
+
+    #[test]
+    fn federation_lists_hold_canonical_domains() {
+        let s: ChatSettings =
+            toml::from_str("federation-deny = [\"Evil.Example.:3216\"]").expect("toml");
+        let c = s.resolve().expect("resolves").config;
+        assert_eq!(c.federation.deny, vec!["evil.example".to_owned()]);
+        let s: ChatSettings = toml::from_str("federation-allow = [\"10.0.0.1\"]").expect("toml");
+        assert!(s.resolve().is_err(), "an IP address is not a domain");
     }
 }

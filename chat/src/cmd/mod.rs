@@ -21,7 +21,7 @@ use msim_shared::proto::{
     Body, Connect, ConnectContinue, ErrorBadState, ErrorMalformed, ErrorNotImplemented,
     ErrorNotLoggedIn, Ping, Pong, Register, Request, SendMessage,
 };
-use msim_shared::{Address, Packet};
+use msim_shared::Packet;
 use std::net::SocketAddr;
 
 /// The parts of a connection's state that requests may change, lent by the session.
@@ -180,21 +180,32 @@ pub(crate) enum Target {
     Remote(String),
 }
 
-/// Parses an address; `None` when it is not a valid address.
+/// Parses an address; `None` when it is not a valid address. The domain part is made
+/// canonical first (lower case, no `:port`, no trailing dot: `federation::domain`), so that one
+/// domain is one peer for policy, queues and DNS.
 pub(crate) fn parse_target(text: &str, domain: &str) -> Option<Target> {
-    let a = Address::parse(text).ok()?;
-    let login = a.login.to_lowercase();
-    if !login
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    if text.len() > msim_shared::address::MAX_ADDRESS_LEN {
+        return None;
+    }
+    let (login, host) = match text.split_once('@') {
+        Some((login, host)) => (
+            login,
+            Some(crate::federation::domain::canonical_domain(host)?),
+        ),
+        None => (text, None),
+    };
+    let login = login.to_lowercase();
+    if login.is_empty()
+        || !login
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         || login.len() > 64
     {
         return None;
     }
-    if a.is_local(domain) {
-        Some(Target::Local(login))
-    } else {
-        Some(Target::Remote(a.canonical(domain)))
+    match host {
+        Some(h) if !h.eq_ignore_ascii_case(domain) => Some(Target::Remote(format!("{login}@{h}"))),
+        _ => Some(Target::Local(login)),
     }
 }
 

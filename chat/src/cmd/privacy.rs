@@ -159,7 +159,12 @@ pub(crate) async fn block(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Block)
     let fail = |id: &str, reason| BlockFailed::new(id, reason).to_packet();
     let who = match parse_target(&r.id, &ctx.config.domain) {
         None => return reply.send(fail(&r.id, BlockFailure::BadAddress)),
-        Some(Target::Remote(a)) => return reply.send(fail(&a, BlockFailure::FederationDisabled)),
+        // A remote user is blocked by full address (nothing of theirs reaches this user: the
+        // s2s path checks blocks like local delivery); only with federation on.
+        Some(Target::Remote(a)) if ctx.federation.is_none() => {
+            return reply.send(fail(&a, BlockFailure::FederationDisabled))
+        }
+        Some(Target::Remote(a)) => a,
         Some(Target::Local(l)) => l,
     };
     let addr = ctx.addr(&who);
@@ -193,8 +198,10 @@ pub(crate) async fn block(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Block)
 pub(crate) async fn unblock(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Unblock) {
     let login = me.login;
     let fail = |id: &str, reason| UnblockFailed::new(id, reason).to_packet();
-    let Ok(who) = local(ctx, &r.id) else {
-        return reply.send(fail(&r.id, BlockFailure::NotFound));
+    let who = match parse_target(&r.id, &ctx.config.domain) {
+        Some(Target::Local(l)) => l,
+        Some(Target::Remote(a)) => a,
+        None => return reply.send(fail(&r.id, BlockFailure::NotFound)),
     };
     let addr = ctx.addr(&who);
     let op = PrivacyOp::Unblock {

@@ -40,6 +40,8 @@ pub(crate) enum QueueWrite {
     },
     /// Remove an item the peer answered.
     Remove { peer: String, seq: i64 },
+    /// Remember that `peer` delivered message `id` (inbound dedupe, [`Db::federation_known_message`]).
+    Seen { peer: String, id: String, at: i64 },
 }
 
 /// The outcome of a [`QueueWrite`].
@@ -49,6 +51,8 @@ pub(crate) enum QueueDone {
     Added,
     /// Removed (the item, if it was there).
     Removed(Option<QueuedItem>),
+    /// Remembered.
+    Seen,
 }
 
 impl Db {
@@ -81,7 +85,14 @@ impl Db {
                  recipient TEXT NOT NULL,
                  at INTEGER NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS fed_sent_at ON fed_sent (at);",
+             CREATE INDEX IF NOT EXISTS fed_sent_at ON fed_sent (at);
+             CREATE TABLE IF NOT EXISTS fed_seen (
+                 peer TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 PRIMARY KEY (peer, id)
+             );
+             CREATE INDEX IF NOT EXISTS fed_seen_at ON fed_seen (peer, at);",
         )
         .execute(&self.federation_store()?.writes)
         .await?;
@@ -142,16 +153,27 @@ impl Db {
                         .await?;
                     out.push(QueueDone::Removed(row.map(item)));
                 }
+                QueueWrite::Seen { peer, id, at } => {
+                    sqlx::query("INSERT OR IGNORE INTO fed_seen (peer, id, at) VALUES (?, ?, ?)")
+                        .bind(peer)
+                        .bind(id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    out.push(QueueDone::Seen);
+                }
             }
         }
         tx.commit().await?;
         Ok(out)
     }
 
-    /// Items queued per peer (the queue writer's counts at start-up).
-    pub(crate) async fn federation_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+    /// Items queued per (peer, local sender) (the queue writer's counts at start-up).
+    pub(crate) async fn federation_counts_by_sender(
+        &self,
+    ) -> Result<Vec<(String, String, i64)>, DbError> {
         Ok(
-            sqlx::query_as("SELECT peer, COUNT(*) FROM fed_queue GROUP BY peer")
+            sqlx::query_as("SELECT peer, sender, COUNT(*) FROM fed_queue GROUP BY peer, sender")
                 .fetch_all(&self.federation_store()?.pool)
                 .await?,
         )
@@ -256,13 +278,60 @@ impl Db {
         Ok(Some(seq))
     }
 
-    /// Whether a message with this id is stored.
-    pub(crate) async fn message_exists(&self, id: &str) -> Result<bool, DbError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM messages WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.federation_store()?.pool)
-            .await?;
+    /// Whether a message with this id is stored (from anyone: ids are unique), or `peer`
+    /// delivered it within the dedupe window.
+    pub(crate) async fn federation_known_message(
+        &self,
+        peer: &str,
+        id: &str,
+    ) -> Result<bool, DbError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM fed_seen WHERE peer = ? AND id = ? \
+             UNION ALL SELECT 1 FROM messages WHERE id = ? LIMIT 1",
+        )
+        .bind(peer)
+        .bind(id)
+        .bind(id)
+        .fetch_optional(&self.federation_store()?.pool)
+        .await?;
         Ok(row.is_some())
+    }
+
+    /// Forgets remembered message ids older than `before`, and each peer's oldest beyond
+    /// `max_per_peer` (0 = no bound); returns how many were forgotten.
+    pub(crate) async fn federation_forget_seen(
+        &self,
+        before: i64,
+        max_per_peer: u64,
+    ) -> Result<u64, DbError> {
+        let store = self.federation_store()?;
+        let mut n = sqlx::query("DELETE FROM fed_seen WHERE at < ?")
+            .bind(before)
+            .execute(&store.writes)
+            .await?
+            .rows_affected();
+        if max_per_peer == 0 {
+            return Ok(n);
+        }
+        let cap = i64::try_from(max_per_peer).unwrap_or(i64::MAX);
+        let over: Vec<(String,)> =
+            sqlx::query_as("SELECT peer FROM fed_seen GROUP BY peer HAVING COUNT(*) > ?")
+                .bind(cap)
+                .fetch_all(&store.pool)
+                .await?;
+        for (peer,) in over {
+            n += sqlx::query(
+                "DELETE FROM fed_seen WHERE peer = ? AND rowid IN \
+                 (SELECT rowid FROM fed_seen WHERE peer = ? ORDER BY at DESC LIMIT -1 OFFSET ?)",
+            )
+            .bind(&peer)
+            .bind(&peer)
+            .bind(cap)
+            .execute(&store.writes)
+            .await?
+            .rows_affected();
+        }
+        Ok(n)
     }
 }
 

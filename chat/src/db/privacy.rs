@@ -252,7 +252,8 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
             now,
             max,
         } => {
-            if !exists(tx, &blocked).await? {
+            // A remote user (full address, federation) cannot be checked here.
+            if !blocked.contains('@') && !exists(tx, &blocked).await? {
                 return Ok(Outcome::UnknownUser);
             }
             if let Some(refusal) =

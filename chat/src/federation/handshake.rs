@@ -121,8 +121,8 @@ pub fn auth_packet(s: &Session, role: Role, key: &ServerKey, now_micros: i64) ->
 }
 
 /// Checks the other side's `S2S-AUTH`: its time, then the signature with the key its `kid`
-/// names in `domain`'s DNS, fetched again once if a cached key does not verify (a key may
-/// have been rotated or republished since it was cached).
+/// names in `domain`'s DNS, fetched again if a cached key does not verify (a revocation may
+/// have been published since), at most once per refetch interval.
 pub async fn check_auth(
     dns: &Dns,
     s: &Session,
@@ -151,13 +151,16 @@ pub async fn check_auth(
     }
     let sig = B64.decode(sig).map_err(|_| AuthError::Malformed)?;
     let msg = transcript(s, role, kid, at);
-    for refresh in [false, true] {
-        match dns.key(domain, kid, refresh).await? {
-            KeyAnswer::Key(k) if verify(&k, &msg, &sig) => return Ok(kid.to_owned()),
-            KeyAnswer::Key(_) => {}
-            KeyAnswer::NoKey if refresh => return Err(AuthError::NoKey(kid.into(), domain.into())),
-            KeyAnswer::NoKey => {}
-        }
+    // "No key" is believed from the cache (negative caching); only a cached key that fails
+    // is fetched again, at most once per refetch interval (the cache decides).
+    match dns.key(domain, kid, false).await? {
+        KeyAnswer::Key(k) if verify(&k, &msg, &sig) => return Ok(kid.to_owned()),
+        KeyAnswer::Key(_) => {}
+        KeyAnswer::NoKey => return Err(AuthError::NoKey(kid.into(), domain.into())),
     }
-    Err(AuthError::BadSignature)
+    match dns.key(domain, kid, true).await? {
+        KeyAnswer::Key(k) if verify(&k, &msg, &sig) => Ok(kid.to_owned()),
+        KeyAnswer::Key(_) => Err(AuthError::BadSignature),
+        KeyAnswer::NoKey => Err(AuthError::NoKey(kid.into(), domain.into())),
+    }
 }

@@ -76,7 +76,10 @@ pub(crate) async fn send_message(
             }
             .to_packet()
         }
-        Err(QueueError::Full) => failed(&id, SendFailure::RecipientQueueFull),
+        // This server's bounds (per peer, per sender, peers): the remote server is not asked.
+        Err(QueueError::Full | QueueError::SenderFull | QueueError::TooManyPeers) => {
+            failed(&id, SendFailure::RecipientQueueFull)
+        }
         Err(e) => {
             warn!("{e}");
             failed(&id, SendFailure::StorageError)
@@ -114,7 +117,9 @@ pub(crate) async fn forward_receipt(
     };
     match fed.queue().write(add).await {
         Ok(_) => fed.wake(&peer),
-        Err(QueueError::Full) => warn!(%peer, "federation queue full: receipt dropped"),
+        Err(QueueError::Full | QueueError::SenderFull | QueueError::TooManyPeers) => {
+            warn!(%peer, "federation queue full: receipt dropped")
+        }
         Err(e) => warn!("{e}"),
     }
 }

@@ -1,18 +1,20 @@
 //! The s2s listener (PROTOCOL.md §12.4–12.5): TLS, the signed handshake, then what an
 //! authenticated peer may send. A packet whose `from` is not on the peer's domain, or whose
-//! `to` is not ours, is refused and logged; the third such packet closes the link.
+//! `to` is not ours, is refused and logged; the third such packet closes the link. Before the
+//! handshake is done a connection holds one of its address's few places, has one deadline for
+//! TLS and handshake together, and may send only short lines ([`super::guard`]).
 
 use super::handshake::{self, check_auth, Role, Session};
 use crate::clock::datetime;
-use crate::db::{Outcome, StoredMessage, WriteOp};
+use crate::db::{Outcome, QueueWrite, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
 use crate::server::Shared;
 use futures::{SinkExt, StreamExt};
 use msim_shared::proto::{Body, Message, ReadReceipt};
-use msim_shared::{Address, Packet, PacketCodec};
+use msim_shared::{Packet, PacketCodec};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -43,11 +45,16 @@ pub async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, stop: Cancellat
         };
         match accepted {
             Ok((stream, addr)) => {
+                let Some(place) = fed.guard.admit(addr.ip()) else {
+                    debug!(%addr, "s2s: too many unauthenticated connections from this address");
+                    drop(stream);
+                    continue;
+                };
                 let sh = sh.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve(sh, stream, addr) => {}
+                        _ = serve(sh, stream, addr, place) => {}
                         _ = stop.cancelled() => {}
                     }
                     drop(permit);
@@ -61,14 +68,20 @@ pub async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, stop: Cancellat
     }
 }
 
-async fn serve(sh: Arc<Shared>, stream: TcpStream, addr: std::net::SocketAddr) {
+async fn serve(
+    sh: Arc<Shared>,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+    place: super::guard::Unauthenticated,
+) {
     let Some(fed) = sh.federation.clone() else {
         return;
     };
     let _ = stream.set_nodelay(true);
     let acceptor = msim_shared::tls::tokio_rustls::TlsAcceptor::from(fed.tls_server.clone());
-    let deadline = fed.config.handshake_timeout;
-    let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+    // One deadline for TLS and the signed handshake together.
+    let deadline = tokio::time::Instant::now() + fed.config.handshake_timeout;
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return debug!(%addr, "s2s TLS: {e}"),
         Err(_) => return debug!(%addr, "s2s TLS handshake timed out"),
@@ -76,8 +89,10 @@ async fn serve(sh: Arc<Shared>, stream: TcpStream, addr: std::net::SocketAddr) {
     let Some(exporter) = handshake::exporter(tls.get_ref().1) else {
         return;
     };
-    let mut link = Framed::new(tls, PacketCodec::new(S2S_MAX_LINE).with_max_records(0));
-    let peer = match tokio::time::timeout(deadline, authenticate(&sh, &mut link, exporter)).await {
+    let codec = PacketCodec::new(fed.config.unauthenticated_max_line).with_max_records(0);
+    let mut link = Framed::new(tls, codec);
+    let peer = match tokio::time::timeout_at(deadline, authenticate(&sh, &mut link, exporter)).await
+    {
         Ok(Ok(peer)) => peer,
         Ok(Err(reason)) => {
             info!(%addr, reason, "s2s handshake refused");
@@ -88,6 +103,8 @@ async fn serve(sh: Arc<Shared>, stream: TcpStream, addr: std::net::SocketAddr) {
         }
         Err(_) => return debug!(%addr, "s2s handshake timed out"),
     };
+    drop(place);
+    *link.codec_mut() = PacketCodec::new(S2S_MAX_LINE).with_max_records(0);
     info!(%addr, %peer, "s2s link in");
     if let Err(e) = receive(&sh, &mut link, &peer).await {
         debug!(%peer, "s2s link in closed: {e}");
@@ -113,10 +130,12 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if !to.eq_ignore_ascii_case(&fed.domain) {
         return Err("unknown-domain");
     }
-    let from = from.to_ascii_lowercase();
-    if Address::parse(&format!("x@{from}")).is_err() || from.contains(':') || from == fed.domain {
+    // The peer's domain exactly in canonical form (no port, no trailing dot, lower case).
+    let Some(from) = super::domain::canonical_domain(from)
+        .filter(|d| from.eq_ignore_ascii_case(d) && *d != fed.domain)
+    else {
         return Err("malformed");
-    }
+    };
     if nonce.len() != 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("malformed");
     }
@@ -171,12 +190,6 @@ struct Storing {
     done: crate::db::commit::Pending,
 }
 
-/// Token bucket of one link.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// Serves an authenticated peer's packets.
 async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     sh: &Arc<Shared>,
@@ -186,14 +199,6 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     let fed = sh.federation.clone().ok_or("off")?;
     let mut storing: VecDeque<Storing> = VecDeque::new();
     let mut violations = 0u32;
-    let (rate, burst) = (
-        f64::from(fed.config.peer_rate),
-        f64::from(fed.config.peer_burst),
-    );
-    let mut bucket = Bucket {
-        tokens: burst,
-        at: Instant::now(),
-    };
     let idle = fed.config.link_idle * 2;
     let result = loop {
         let can_read = storing.len() < WINDOW;
@@ -218,6 +223,15 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&s.message.id);
                 let answer = stored(sh, &s, r);
+                if answer.verb == "S2S-ACK" {
+                    // Remembered for the peers' whole resend window, after the row is gone.
+                    let seen = QueueWrite::Seen {
+                        peer: peer.to_owned(),
+                        id: s.message.id.clone(),
+                        at: sh.config.clock.now_micros(),
+                    };
+                    fed.queue().write_detached(seen).await;
+                }
                 link.send(answer).await.map_err(|e| e.to_string())?;
                 continue;
             }
@@ -233,20 +247,13 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Read(Some(Ok(Ok(p)))) => p,
         };
-        if rate > 0.0 {
-            let now = Instant::now();
-            bucket.tokens =
-                (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
-            bucket.at = now;
-            if bucket.tokens < 1.0 {
-                let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
-                let retry = Packet::new("S2S-RETRY").with("retry-after", wait.to_string());
-                let _ = link
-                    .send(retry.with_opt("qid", p.get("qid").map(str::to_owned)))
-                    .await;
-                break Err("rate limited".into());
-            }
-            bucket.tokens -= 1.0;
+        // One bucket for the peer's domain, all its links together.
+        if let Err(wait) = fed.guard.take(peer) {
+            let retry = Packet::new("S2S-RETRY").with("retry-after", wait.to_string());
+            let _ = link
+                .send(retry.with_opt("qid", p.get("qid").map(str::to_owned)))
+                .await;
+            break Err("rate limited".into());
         }
         match handle(sh, peer, p, &mut storing).await {
             Handled::Reply(r) => link.send(r).await.map_err(|e| e.to_string())?,
@@ -365,7 +372,9 @@ async fn handle(
                         .with("retry-after", "1"),
                 );
             }
-            let exists = sh.db.message_exists(&id).await;
+            // Stored already, or seen from this peer within the resend window (the row may be
+            // gone: delivered and purged).
+            let exists = sh.db.federation_known_message(peer, &id).await;
             let release = || {
                 fed.inflight
                     .lock()
@@ -436,7 +445,12 @@ async fn handle(
             let Some(at) = msim_shared::timestamp::parse(&at) else {
                 return Handled::Violation(refused(&qid, "malformed"));
             };
-            let at = (at.unix_timestamp_nanos() / 1000) as i64;
+            if uuid::Uuid::parse_str(&id).is_err() || id.len() != 36 {
+                return Handled::Violation(refused(&qid, "malformed"));
+            }
+            let id = id.to_ascii_lowercase();
+            // A reading time far from our clock (past or future) is replaced by now.
+            let at = sane_time(sh, at);
             // Only a message this sender really sent to this reader gets a receipt.
             match sh.db.federation_sent_by(&id, &by).await {
                 Ok(Some(s)) if s == sender => {}

@@ -23,7 +23,11 @@ pub enum KeyError {
     #[error("{0}: the key is for {1}, this server is {2}")]
     Domain(PathBuf, String, String),
     /// No key at all.
-    #[error("no federation key in {0}: run `msim-chat federation keygen`")]
+    #[error(
+        "federation is on but there is no federation key in {0}: create one with \
+         `msim-chat federation keygen --data-dir DIR --domain DOMAIN`, publish the DNS record \
+         it prints (docs/OPERATING.md \"Federation\"), or set --federation off"
+    )]
     Missing(PathBuf),
 }
 

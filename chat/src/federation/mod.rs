@@ -1,16 +1,21 @@
 //! Federation (PROTOCOL.md §12): users of different mSIM servers talk to each other.
 //!
 //! - [`keys`]: the server's Ed25519 key and the DNS TXT record format;
-//! - [`dns`]: key, SRV and address lookups with timeouts and a bounded key cache;
+//! - [`domain`]: the one canonical form of a domain name;
+//! - [`dns`]: key, SRV and address lookups with timeouts; [`key_cache`] bounds and pins keys;
 //! - [`handshake`]: the signed challenge bound to the TLS session;
-//! - [`inbound`]: the s2s listener and what a peer may send us;
+//! - [`inbound`]: the s2s listener and what a peer may send us; [`guard`] limits
+//!   unauthenticated connections per address and packets per peer domain;
 //! - [`outbound`]: one dialer task per peer draining its durable queue;
 //! - [`hooks`]: what the client commands call for remote addresses.
 
 pub mod dns;
+pub mod domain;
+pub(crate) mod guard;
 pub mod handshake;
 pub(crate) mod hooks;
 pub(crate) mod inbound;
+pub(crate) mod key_cache;
 pub mod keys;
 pub(crate) mod outbound;
 pub mod policy;
@@ -21,6 +26,7 @@ pub use policy::{FederationConfig, Mode};
 
 use crate::server::Shared;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +45,9 @@ pub(crate) struct Live {
 pub(crate) struct Peer {
     /// Woken when something is queued for the peer.
     pub wake: Arc<Notify>,
+    /// Counts wakes (bumped under the peers lock): a task retires only if none came since it
+    /// last looked at the queue, so a wake-up cannot fall between its look and its exit.
+    pub wakes: Arc<AtomicU64>,
     /// Live packets; only filled while the link is up.
     pub live: mpsc::Sender<Live>,
     /// Whether the link is up (authenticated).
@@ -47,6 +56,14 @@ pub(crate) struct Peer {
     pub wanted: Arc<std::sync::atomic::AtomicUsize>,
     /// The last attempt to reach the peer failed (requests fail at once until it is back).
     pub down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Peer {
+    /// Wakes the task (call with the peers lock held).
+    fn poke(&self) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
 }
 
 /// Federation state shared by the server.
@@ -62,6 +79,8 @@ pub struct Federation {
     peers: Mutex<HashMap<String, Peer>>,
     /// Message ids being stored from any inbound link (a resend on a new link waits).
     pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
+    /// Unauthenticated connections per address, packets per authenticated peer domain.
+    pub(crate) guard: guard::Guard,
     /// Cancelled at shutdown: stops the peer tasks.
     pub(crate) stop: CancellationToken,
     /// The outbound queue's writer (set at start).
@@ -100,12 +119,15 @@ impl Federation {
     ) -> Result<Federation, FederationError> {
         let key = keys::load_newest(data_dir, domain)?;
         let dns = dns::Dns::new(config.dns_server, config.dns)?;
+        // s2s is TLS 1.3 only (the exporter binds the handshake), whatever the client port
+        // allows: the operator's certificate is reused, its protocol versions are not.
         let tls_server = match tls {
-            Some(t) => t,
+            Some(t) => tls::tls13_only(&t).map_err(FederationError::Tls)?,
             None => tls::self_signed(domain).map_err(FederationError::Tls)?,
         };
         info!(%domain, kid = %key.kid, mode = ?config.mode, "federation on");
         Ok(Federation {
+            guard: guard::Guard::new(&config),
             config,
             domain: domain.to_owned(),
             key,
@@ -122,42 +144,75 @@ impl Federation {
 
     /// Wakes (starting if needed) the dialer of `peer`.
     pub(crate) fn wake(&self, peer: &str) {
-        let Some(sh) = self.shared.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = peers.get(peer) {
-            p.wake.notify_one();
-            return;
+        // Peers with queued items are bounded by the queue (`max_peers`): always served.
+        if let Some(p) = self.task_locked(&mut peers, peer, false) {
+            p.poke();
         }
-        let (tx, rx) = mpsc::channel(LIVE_QUEUE);
-        let p = Peer {
-            wake: Arc::new(Notify::new()),
-            live: tx,
-            up: Default::default(),
-            wanted: Default::default(),
-            down: Default::default(),
-        };
-        p.wake.notify_one();
-        let task = outbound::PeerTask {
-            sh: sh.clone(),
-            peer: peer.to_owned(),
-            wake: p.wake.clone(),
-            up: p.up.clone(),
-            wanted: p.wanted.clone(),
-            down: p.down.clone(),
-            live: rx,
-            stop: self.stop.clone(),
-        };
-        peers.insert(peer.to_owned(), p);
-        tokio::spawn(task.run());
     }
 
-    /// Called by a peer task that found nothing to do and ends: later wakes start a new one.
-    pub(crate) fn retire(&self, peer: &str, wake: &Arc<Notify>) {
+    /// `peer`'s task, started if needed, with the peers lock held; `None` when no task may be
+    /// started (federation not started yet, or `limited` and `max_peers` tasks run already).
+    fn task_locked<'a>(
+        &self,
+        peers: &'a mut HashMap<String, Peer>,
+        peer: &str,
+        limited: bool,
+    ) -> Option<&'a Peer> {
+        let sh = self.shared.get().and_then(std::sync::Weak::upgrade)?;
+        if !peers.contains_key(peer) {
+            if limited && peers.len() >= self.config.max_peers {
+                warn!(%peer, "federation: too many peers at once; request refused");
+                return None;
+            }
+            let (tx, rx) = mpsc::channel(LIVE_QUEUE);
+            let p = Peer {
+                wake: Arc::new(Notify::new()),
+                wakes: Default::default(),
+                live: tx,
+                up: Default::default(),
+                wanted: Default::default(),
+                down: Default::default(),
+            };
+            let task = outbound::PeerTask {
+                sh,
+                peer: peer.to_owned(),
+                wake: p.wake.clone(),
+                wakes: p.wakes.clone(),
+                up: p.up.clone(),
+                wanted: p.wanted.clone(),
+                down: p.down.clone(),
+                live: rx,
+                stop: self.stop.clone(),
+            };
+            peers.insert(peer.to_owned(), p);
+            tokio::spawn(task.run());
+        }
+        peers.get(peer)
+    }
+
+    /// A peer task that found nothing to do asks to end. It may only if no wake came since it
+    /// read `seen` (before looking at the queue) and `idle()` (its live channel is empty) holds
+    /// — both decided under the lock every waker takes, so no wake-up is lost: a later wake
+    /// starts a new task.
+    pub(crate) fn retire(
+        &self,
+        peer: &str,
+        wake: &Arc<Notify>,
+        seen: u64,
+        idle: impl FnOnce() -> bool,
+    ) -> bool {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if peers.get(peer).is_some_and(|p| Arc::ptr_eq(&p.wake, wake)) {
-            peers.remove(peer);
+        match peers.get(peer) {
+            Some(p) if Arc::ptr_eq(&p.wake, wake) => {
+                if p.wakes.load(Ordering::SeqCst) != seen || !idle() {
+                    return false;
+                }
+                peers.remove(peer);
+                true
+            }
+            // Not ours (cannot happen: only the task removes its entry).
+            _ => true,
         }
     }
 
@@ -174,19 +229,18 @@ impl Federation {
         packet: msim_shared::Packet,
         within: std::time::Duration,
     ) -> Option<msim_shared::Packet> {
-        use std::sync::atomic::Ordering;
-        self.wake(peer);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let wanted = {
-            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            let p = peers.get(peer)?;
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let p = self.task_locked(&mut peers, peer, true)?;
+            // Pushed under the lock, then the wake: the task cannot retire in between.
             p.live
                 .try_send(Live {
                     packet,
                     reply: Some(tx),
                 })
                 .ok()?;
-            p.wake.notify_one();
+            p.poke();
             if p.down.load(Ordering::Relaxed) {
                 // Unreachable at the last attempt: answer now; the request (its answer
                 // discarded) still makes the peer task try again.
@@ -207,7 +261,7 @@ impl Federation {
     pub(crate) fn send_live(&self, peer: &str, p: msim_shared::Packet) {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = peers.get(peer) {
-            if peer.up.load(std::sync::atomic::Ordering::Relaxed) {
+            if peer.up.load(Ordering::Relaxed) {
                 let _ = peer.live.try_send(Live {
                     packet: p,
                     reply: None,
@@ -230,7 +284,12 @@ pub(crate) async fn start(
         .federation_tables()
         .await
         .map_err(|e| FederationError::Io(std::io::Error::other(e)))?;
-    let writer = queue::QueueWriter::start(sh.db.clone(), fed.config.queue_max_per_peer)
+    let limits = queue::Limits {
+        per_peer: fed.config.queue_max_per_peer,
+        per_sender: fed.config.queue_max_per_sender,
+        peers: fed.config.max_peers,
+    };
+    let writer = queue::QueueWriter::start(sh.db.clone(), limits)
         .await
         .map_err(|e| FederationError::Io(std::io::Error::other(e)))?;
     let _ = fed.queue.set(writer);

@@ -42,6 +42,7 @@ pub(crate) struct PeerTask {
     pub sh: Arc<Shared>,
     pub peer: String,
     pub wake: Arc<Notify>,
+    pub wakes: Arc<std::sync::atomic::AtomicU64>,
     pub up: Arc<AtomicBool>,
     pub wanted: Arc<std::sync::atomic::AtomicUsize>,
     pub down: Arc<AtomicBool>,
@@ -61,15 +62,11 @@ impl PeerTask {
                 _ = self.stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(fed.config.link_idle) => {
+                    // Read before looking at the queue: a wake after this stops the retirement.
+                    let seen = self.wakes.load(Ordering::SeqCst);
                     if let Ok(v) = self.sh.db.federation_queued(&self.peer, 0, 1).await {
-                        if v.is_empty() && self.live.is_empty() {
-                            fed.retire(&self.peer, &self.wake);
-                            // Something queued between the check and the retirement woke
-                            // this task, which is leaving: start a new one for it.
-                            let again = self.sh.db.federation_queued(&self.peer, 0, 1).await;
-                            if again.map_or(true, |v| !v.is_empty()) || !self.live.is_empty() {
-                                fed.wake(&self.peer);
-                            }
+                        let live = &self.live;
+                        if v.is_empty() && fed.retire(&self.peer, &self.wake, seen, || live.is_empty()) {
                             return;
                         }
                     }
@@ -113,11 +110,9 @@ impl PeerTask {
     }
 
     async fn connect_and_send(&mut self) -> LinkEnd {
-        let fed = self.sh.federation.clone().expect("federation on");
-        let mut link = match tokio::time::timeout(fed.config.handshake_timeout, self.dial()).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => return LinkEnd::Failed(e, None),
-            Err(_) => return LinkEnd::Failed("handshake timed out".into(), None),
+        let mut link = match self.dial().await {
+            Ok(l) => l,
+            Err(e) => return LinkEnd::Failed(e, None),
         };
         info!(peer = %self.peer, "s2s link out");
         // Typing from before the link was up is stale; requests still wait for answers.
@@ -132,7 +127,9 @@ impl PeerTask {
         self.send_queue(&mut link, early).await
     }
 
-    /// Resolves, connects, runs TLS and the handshake.
+    /// Resolves, then tries each address in order (SRV targets by priority and weight, then
+    /// the domain's own addresses), each with its own deadline for connect + TLS + handshake,
+    /// so one dead or silent target does not stall the peer.
     async fn dial(&self) -> Result<Link, String> {
         let fed = self.sh.federation.clone().expect("federation on");
         if !fed.config.allows(&self.peer) {
@@ -144,21 +141,32 @@ impl PeerTask {
             .await
             .map_err(|e| e.to_string())?;
         let mut last = String::from("no usable address");
-        let mut tcp = None;
         for addr in addrs {
             if !fed.config.may_dial(&addr) {
                 last = format!("{addr} is a private address (--s2s-allow-private)");
                 continue;
             }
-            match tokio::net::TcpStream::connect(addr).await {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
+            match tokio::time::timeout(fed.config.handshake_timeout, self.dial_one(addr)).await {
+                Ok(Ok(link)) => return Ok(link),
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => {
+                    last = format!(
+                        "{addr}: no handshake within {:?}",
+                        fed.config.handshake_timeout
+                    )
                 }
-                Err(e) => last = format!("{addr}: {e}"),
             }
+            debug!(peer = %self.peer, "s2s dial: {last}");
         }
-        let tcp = tcp.ok_or(last)?;
+        Err(last)
+    }
+
+    /// Connects to one address, runs TLS and the handshake.
+    async fn dial_one(&self, addr: std::net::SocketAddr) -> Result<Link, String> {
+        let fed = self.sh.federation.clone().expect("federation on");
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let connector = msim_shared::tls::tokio_rustls::TlsConnector::from(fed.tls_client.clone());
         let name = msim_shared::tls::server_name(&self.peer).map_err(|e| e.to_string())?;
@@ -167,7 +175,9 @@ impl PeerTask {
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         let exporter = handshake::exporter(tls.get_ref().1).ok_or("no TLS exporter")?;
-        let mut link = Framed::new(tls, PacketCodec::new(S2S_MAX_LINE).with_max_records(0));
+        // Short lines until the peer has proven its domain.
+        let codec = PacketCodec::new(fed.config.unauthenticated_max_line).with_max_records(0);
+        let mut link = Framed::new(tls, codec);
         let mut session = Session {
             dialer: fed.domain.clone(),
             listener: self.peer.clone(),
@@ -214,6 +224,7 @@ impl PeerTask {
         )
         .await
         .map_err(|e| format!("peer's proof: {e}"))?;
+        *link.codec_mut() = PacketCodec::new(S2S_MAX_LINE).with_max_records(0);
         Ok(link)
     }
 
@@ -229,10 +240,15 @@ impl PeerTask {
             }
         }
         let mut last_sent = 0i64;
-        let mut unacked = 0i64;
+        // Items sent on this link and not answered yet: only these may be acknowledged or
+        // refused (a forged `qid=` must not open the window or remove anything).
+        let mut in_flight: std::collections::HashSet<i64> = Default::default();
+        // Answers for anything else, ignored (counted to log once).
+        let mut stray = 0u64;
         // Whether the queue may hold items not sent yet (reads only then, not at every ack).
         let mut more = true;
         loop {
+            let unacked = in_flight.len() as i64;
             if more && unacked <= WINDOW / 2 {
                 match self
                     .sh
@@ -257,7 +273,7 @@ impl PeerTask {
                                 return LinkEnd::Failed(e.to_string(), None);
                             }
                             last_sent = it.seq;
-                            unacked += 1;
+                            in_flight.insert(it.seq);
                         }
                         if let Err(e) = link.flush().await {
                             return LinkEnd::Failed(e.to_string(), None);
@@ -266,6 +282,13 @@ impl PeerTask {
                     Err(e) => return LinkEnd::Failed(e.to_string(), None),
                 }
             }
+            // Idle: close after `link_idle`; waiting for answers: give the peer at least the
+            // handshake's time before calling the link broken.
+            let quiet = if in_flight.is_empty() && asked.is_empty() {
+                fed.config.link_idle
+            } else {
+                fed.config.link_idle.max(fed.config.handshake_timeout)
+            };
             tokio::select! {
                 p = link.next() => {
                     let p = match p {
@@ -275,13 +298,21 @@ impl PeerTask {
                         None => return LinkEnd::Failed("closed by peer".into(), None),
                     };
                     let qid = p.get("qid").and_then(|q| q.parse::<i64>().ok());
+                    let qid = match (p.verb.as_str(), qid) {
+                        ("S2S-ACK" | "S2S-REFUSED", Some(q)) if !in_flight.remove(&q) => {
+                            stray += 1;
+                            if stray == 1 {
+                                warn!(peer = %self.peer, qid = q, verb = %p.verb, "s2s: answer for an item not in flight on this link; ignored (logged once per link)");
+                            }
+                            continue;
+                        }
+                        (_, q) => q,
+                    };
                     match (p.verb.as_str(), qid) {
                         ("S2S-ACK", Some(q)) => {
-                            unacked -= 1;
                             fed.queue().write_detached(QueueWrite::Remove { peer: self.peer.clone(), seq: q }).await;
                         }
                         ("S2S-REFUSED", Some(q)) => {
-                            unacked -= 1;
                             let reason = p.get("reason").unwrap_or("refused").to_owned();
                             warn!(peer = %self.peer, qid = q, %reason, "s2s: peer refused a packet");
                             match fed.queue().write(QueueWrite::Remove { peer: self.peer.clone(), seq: q }).await {
@@ -314,13 +345,13 @@ impl PeerTask {
                         return LinkEnd::Failed(e, None);
                     }
                 }
-                _ = tokio::time::sleep(fed.config.link_idle) => {
-                    if unacked == 0 && asked.is_empty() && self.wanted.load(Ordering::Relaxed) == 0 {
+                _ = tokio::time::sleep(quiet) => {
+                    // Requests whose askers gave up (their own deadline) are forgotten.
+                    asked.retain(|_, tx| !tx.is_closed());
+                    if in_flight.is_empty() && asked.is_empty() && self.wanted.load(Ordering::Relaxed) == 0 {
                         return LinkEnd::Idle;
                     }
-                    if unacked == 0 {
-                        // A request went unanswered for a whole idle period: forget it.
-                        asked.clear();
+                    if in_flight.is_empty() {
                         continue;
                     }
                     return LinkEnd::Failed("no acknowledgement".into(), None);
@@ -399,7 +430,7 @@ pub(crate) async fn tell_failed(sh: &Shared, failed: Vec<(String, String)>, reas
 }
 
 /// Expires queued items past their time (their senders get `reason=expired`) and forgets old
-/// `fed_sent` rows, every purge interval.
+/// `fed_sent` rows and inbound message ids past the dedupe window, every purge interval.
 pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(sh.config.purge_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -413,13 +444,11 @@ pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
         match sh.db.federation_expire(now, forget, 1000).await {
             Ok(items) => {
                 if let Some(fed) = &sh.federation {
-                    let mut per_peer: std::collections::HashMap<String, u64> = Default::default();
-                    for i in &items {
-                        *per_peer.entry(i.peer.clone()).or_default() += 1;
-                    }
-                    for (peer, n) in per_peer {
-                        fed.queue().forget(peer, n);
-                    }
+                    let gone = items
+                        .iter()
+                        .map(|i| (i.peer.clone(), i.sender.clone()))
+                        .collect();
+                    fed.queue().forget(gone).await;
                 }
                 let failed: Vec<(String, String)> = items
                     .into_iter()
@@ -432,6 +461,16 @@ pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
                 }
             }
             Err(e) => warn!("federation expiry: {e}"),
+        }
+        if let Some(fed) = &sh.federation {
+            let before = now.saturating_sub(fed.config.dedupe_window.as_micros() as i64);
+            if let Err(e) = sh
+                .db
+                .federation_forget_seen(before, fed.config.dedupe_max_per_peer)
+                .await
+            {
+                warn!("federation dedupe expiry: {e}");
+            }
         }
     }
 }

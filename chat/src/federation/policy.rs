@@ -69,18 +69,33 @@ pub struct FederationConfig {
     pub queue_ttl: Duration,
     /// Most queued items per peer; beyond it sending fails with `recipient-queue-full`.
     pub queue_max_per_peer: u64,
+    /// Most queued items per local sender (all peers together); beyond it, too.
+    pub queue_max_per_sender: u64,
+    /// Most peer domains with queued items, and most peer tasks started for requests.
+    pub max_peers: usize,
     /// Longest time for connect + TLS + the signed handshake.
     pub handshake_timeout: Duration,
     /// Most clock difference accepted in a handshake's `at=`.
     pub max_clock_skew: Duration,
     /// An outbound link with nothing to send is closed after this long.
     pub link_idle: Duration,
-    /// Packets per second one inbound peer may send (bucket refill); 0 = unlimited.
+    /// Packets per second one peer domain may send, all its inbound links together (bucket
+    /// refill); 0 = unlimited.
     pub peer_rate: u32,
-    /// Packets one inbound peer may send in a burst.
+    /// Packets one peer domain may send in a burst.
     pub peer_burst: u32,
     /// Most inbound s2s connections at once.
     pub max_inbound: usize,
+    /// Most inbound s2s connections at once from one IP address (one /64 for IPv6) that have
+    /// not authenticated yet.
+    pub max_unauthenticated_per_ip: usize,
+    /// Longest line before a peer has authenticated (the handshake's packets are small).
+    pub unauthenticated_max_line: usize,
+    /// How long a peer's message ids are remembered to refuse duplicates (at least the
+    /// peers' resend window: their queues' time to live).
+    pub dedupe_window: Duration,
+    /// Most message ids remembered per peer (the oldest are forgotten first).
+    pub dedupe_max_per_peer: u64,
 }
 
 impl Default for FederationConfig {
@@ -99,12 +114,18 @@ impl Default for FederationConfig {
             retry_max: Duration::from_secs(300),
             queue_ttl: Duration::from_secs(3 * 86_400),
             queue_max_per_peer: 100_000,
+            queue_max_per_sender: 10_000,
+            max_peers: 10_000,
             handshake_timeout: Duration::from_secs(10),
             max_clock_skew: Duration::from_secs(300),
             link_idle: Duration::from_secs(120),
             peer_rate: 2_000,
             peer_burst: 10_000,
             max_inbound: 1_000,
+            max_unauthenticated_per_ip: 8,
+            unauthenticated_max_line: 4096,
+            dedupe_window: Duration::from_secs(7 * 86_400),
+            dedupe_max_per_peer: 1_000_000,
         }
     }
 }
@@ -134,8 +155,12 @@ impl FederationConfig {
     }
 }
 
-/// Whether an address is globally routable (not loopback, private, link-local, unspecified,
-/// multicast, CGNAT, documentation or unique-local).
+/// Whether an address is globally routable: not loopback, private, link-local, unspecified,
+/// broadcast, multicast, CGNAT (100.64/10), benchmarking (198.18/15), IETF (192.0.0/24),
+/// documentation, reserved (240/4), unique-local, site-local, discard-only (100::/64), and no
+/// IPv6 form that carries an IPv4 address a gateway would reach for us: IPv4-mapped and
+/// -compatible (`::ffff:a.b.c.d`, `::a.b.c.d`), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4
+/// (2002::/16) and Teredo (2001::/32). Such peers are dialed only with `--s2s-allow-private`.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -148,20 +173,27 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 192 && o[1] == 88 && o[2] == 99)
                 || o[0] == 0
                 || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
             let s = v6.segments();
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                || s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x2001 && s[1] == 0)
+                || s[0] == 0x2002
+                || (s[0] == 0x64 && s[1] == 0xff9b && (s[2] == 0 || s[2] == 1))
+                || (s[0] == 0x100 && s[1..4] == [0, 0, 0])
+                // ::/8: IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96) and the rest.
+                || (s[0] & 0xff00) == 0)
         }
     }
 }
@@ -198,6 +230,24 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "0.0.0.0",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "100.127.255.254",
+            "198.18.0.1",
+            "192.0.0.8",
+            "240.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:8.8.8.8",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "ff02::1",
+            "100::1",
+            "2001:db8::1",
         ] {
             assert!(!is_public(a.parse().expect("ip")), "{a}");
         }

@@ -1,6 +1,7 @@
 //! Group commit for the outbound queue: one task applies queue writes in batches (one
 //! transaction, one fsync for everything that arrived meanwhile), like the message writer of
-//! `db::commit`, and keeps each peer's item count for the per-peer bound.
+//! `db::commit`, and keeps item counts for its bounds: per peer, per local sender (one user
+//! cannot fill the queue with thousands of made-up domains) and the number of peers.
 
 use crate::db::{Db, DbError, QueueDone, QueueWrite};
 use std::collections::HashMap;
@@ -18,6 +19,12 @@ pub enum QueueError {
     /// The peer's queue holds its maximum.
     #[error("the peer's queue is full")]
     Full,
+    /// The sender has the most items queued a sender may have.
+    #[error("the sender's queued items are at their maximum")]
+    SenderFull,
+    /// Items are queued for the most peers there may be.
+    #[error("items are queued for too many peers")]
+    TooManyPeers,
     /// The database failed (or the task stopped).
     #[error("federation queue: {0}")]
     Db(String),
@@ -28,8 +35,8 @@ enum Op {
         QueueWrite,
         Option<oneshot::Sender<Result<QueueDone, QueueError>>>,
     ),
-    /// `n` items of `peer` left the queue some other way (expiry).
-    Forget(String, u64),
+    /// Items (peer, sender) that left the queue some other way (expiry).
+    Forget(Vec<(String, String)>),
 }
 
 /// Handle to the queue writer.
@@ -39,16 +46,18 @@ pub(crate) struct QueueWriter {
 }
 
 impl QueueWriter {
-    /// Starts the task with the stored counts; `max` bounds each peer (0 = unlimited).
-    pub(crate) async fn start(db: Db, max: u64) -> Result<QueueWriter, DbError> {
-        let counts: HashMap<String, u64> = db
-            .federation_counts()
-            .await?
-            .into_iter()
-            .map(|(p, n)| (p, n.max(0) as u64))
-            .collect();
+    /// Starts the task with the stored counts.
+    pub(crate) async fn start(db: Db, limits: Limits) -> Result<QueueWriter, DbError> {
+        let mut counts = Counts::default();
+        for (peer, sender, n) in db.federation_counts_by_sender().await? {
+            let n = n.max(0) as u64;
+            *counts.peers.entry(peer).or_default() += n;
+            if !sender.is_empty() {
+                *counts.senders.entry(sender).or_default() += n;
+            }
+        }
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(run(db, rx, counts, max));
+        tokio::spawn(run(db, rx, counts, limits));
         Ok(QueueWriter { tx })
     }
 
@@ -68,30 +77,85 @@ impl QueueWriter {
         let _ = self.tx.send(Op::Write(w, None)).await;
     }
 
-    /// Items removed by expiry.
-    pub(crate) fn forget(&self, peer: String, n: u64) {
-        let _ = self.tx.try_send(Op::Forget(peer, n));
+    /// Items (peer, sender) removed by expiry.
+    pub(crate) async fn forget(&self, items: Vec<(String, String)>) {
+        let _ = self.tx.send(Op::Forget(items)).await;
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: HashMap<String, u64>, max: u64) {
+/// The queue's bounds (0 = unlimited).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Items per peer.
+    pub per_peer: u64,
+    /// Items per local sender.
+    pub per_sender: u64,
+    /// Peers with items.
+    pub peers: usize,
+}
+
+/// Items queued per peer and per sender (entries at zero are removed).
+#[derive(Default)]
+struct Counts {
+    peers: HashMap<String, u64>,
+    senders: HashMap<String, u64>,
+}
+
+impl Counts {
+    /// Admits one more item or says which bound it hits.
+    fn admit(&mut self, peer: &str, sender: &str, l: Limits) -> Result<(), QueueError> {
+        let p = self.peers.get(peer).copied().unwrap_or(0);
+        if l.per_peer > 0 && p >= l.per_peer {
+            return Err(QueueError::Full);
+        }
+        if p == 0 && l.peers > 0 && self.peers.len() >= l.peers {
+            return Err(QueueError::TooManyPeers);
+        }
+        if !sender.is_empty() {
+            let s = self.senders.get(sender).copied().unwrap_or(0);
+            if l.per_sender > 0 && s >= l.per_sender {
+                return Err(QueueError::SenderFull);
+            }
+            *self.senders.entry(sender.to_owned()).or_default() += 1;
+        }
+        *self.peers.entry(peer.to_owned()).or_default() += 1;
+        Ok(())
+    }
+
+    /// One item of `peer` from `sender` left the queue.
+    fn release(&mut self, peer: &str, sender: &str) {
+        fn dec(map: &mut HashMap<String, u64>, k: &str) {
+            if let Some(c) = map.get_mut(k) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    map.remove(k);
+                }
+            }
+        }
+        dec(&mut self.peers, peer);
+        if !sender.is_empty() {
+            dec(&mut self.senders, sender);
+        }
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: Counts, limits: Limits) {
     let mut writes = Vec::with_capacity(BATCH);
     let mut replies = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(op) = next.take() {
             match op {
-                Op::Forget(peer, n) => {
-                    if let Some(c) = counts.get_mut(&peer) {
-                        *c = c.saturating_sub(n);
+                Op::Forget(items) => {
+                    for (peer, sender) in items {
+                        counts.release(&peer, &sender);
                     }
                 }
                 Op::Write(w, reply) => {
-                    if let QueueWrite::Add { peer, .. } = &w {
-                        let c = counts.entry(peer.clone()).or_default();
-                        if max > 0 && *c >= max {
+                    if let QueueWrite::Add { peer, sender, .. } = &w {
+                        if let Err(e) = counts.admit(peer, sender, limits) {
                             if let Some(r) = reply {
-                                let _ = r.send(Err(QueueError::Full));
+                                let _ = r.send(Err(e));
                             }
                             next = if writes.len() < BATCH {
                                 rx.try_recv().ok()
@@ -100,7 +164,6 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: HashMap<String, u64
                             };
                             continue;
                         }
-                        *c += 1;
                     }
                     writes.push(w);
                     replies.push(reply);
@@ -118,11 +181,10 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: HashMap<String, u64
             Ok(done) => {
                 for ((w, d), r) in writes.iter().zip(done).zip(replies.drain(..)) {
                     // A removal that found its item frees a place.
-                    if let (QueueWrite::Remove { peer, .. }, QueueDone::Removed(Some(_))) = (w, &d)
+                    if let (QueueWrite::Remove { peer, .. }, QueueDone::Removed(Some(item))) =
+                        (w, &d)
                     {
-                        if let Some(c) = counts.get_mut(peer) {
-                            *c = c.saturating_sub(1);
-                        }
+                        counts.release(peer, &item.sender);
                     }
                     if let Some(r) = r {
                         let _ = r.send(Ok(d));
@@ -132,10 +194,8 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: HashMap<String, u64
             Err(e) => {
                 warn!("federation queue: {e}");
                 for w in &writes {
-                    if let QueueWrite::Add { peer, .. } = w {
-                        if let Some(c) = counts.get_mut(peer) {
-                            *c = c.saturating_sub(1);
-                        }
+                    if let QueueWrite::Add { peer, sender, .. } = w {
+                        counts.release(peer, sender);
                     }
                 }
                 for r in replies.drain(..).flatten() {

@@ -27,6 +27,18 @@ pub fn self_signed(domain: &str) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The operator's server configuration (`--tls-cert`) restricted to TLS 1.3 for s2s: the same
+/// certificates, but never TLS 1.2, whatever the client port allows.
+pub fn tls13_only(config: &ServerConfig) -> Result<Arc<ServerConfig>, String> {
+    let provider = config.crypto_provider().clone();
+    let s2s = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(config.cert_resolver.clone());
+    Ok(Arc::new(s2s))
+}
+
 /// A client configuration that accepts any server certificate (TLS 1.3 only, for the
 /// exporter).
 pub fn any_certificate() -> Arc<ClientConfig> {

@@ -14,17 +14,22 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A hand-driven s2s connection.
-struct Raw {
-    link: Framed<TlsStream<TcpStream>, PacketCodec>,
-    exporter: [u8; 32],
+pub struct Raw {
+    pub link: Framed<TlsStream<TcpStream>, PacketCodec>,
+    pub exporter: [u8; 32],
 }
 
 impl Raw {
-    async fn connect(addr: SocketAddr, sni: &str) -> Raw {
+    pub async fn connect(addr: SocketAddr, sni: &str) -> Raw {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        Raw::over(tcp, sni).await
+    }
+
+    /// TLS over an already connected socket.
+    pub async fn over(tcp: TcpStream, sni: &str) -> Raw {
         let tls = TlsConnector::from(msim_chat::federation::tls::any_certificate())
             .connect(msim_shared::tls::server_name(sni).unwrap(), tcp)
             .await
@@ -36,12 +41,12 @@ impl Raw {
         }
     }
 
-    async fn send(&mut self, p: Packet) {
+    pub async fn send(&mut self, p: Packet) {
         self.link.send(p).await.unwrap();
     }
 
     /// The next packet, or None when the server closed the link.
-    async fn next(&mut self) -> Option<Packet> {
+    pub async fn next(&mut self) -> Option<Packet> {
         match tokio::time::timeout(WAIT, self.link.next())
             .await
             .expect("timed out")
@@ -52,7 +57,7 @@ impl Raw {
     }
 
     /// `S2S-HELLO`; returns the session (with the listener's nonce) or the refusal.
-    async fn hello(&mut self, from: &str, to: &str, nonce: &str) -> Result<Session, Packet> {
+    pub async fn hello(&mut self, from: &str, to: &str, nonce: &str) -> Result<Session, Packet> {
         self.send(
             Packet::new("S2S-HELLO")
                 .with("version", "1")
@@ -75,7 +80,7 @@ impl Raw {
     }
 
     /// The whole dialer handshake as `from` with `key`; returns the server's last answer.
-    async fn login(&mut self, from: &str, to: &str, key: &ServerKey) -> Packet {
+    pub async fn login(&mut self, from: &str, to: &str, key: &ServerKey) -> Packet {
         let s = self.hello(from, to, &handshake::nonce()).await.unwrap();
         let auth = handshake::auth_packet(&s, Role::Dialer, key, now());
         self.send(auth).await;
@@ -83,12 +88,12 @@ impl Raw {
     }
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
 /// A key for `domain` published in `dns` (a peer with no server behind it).
-fn published_key(dns: &TestDns, dir: &std::path::Path, domain: &str) -> ServerKey {
+pub fn published_key(dns: &TestDns, dir: &std::path::Path, domain: &str) -> ServerKey {
     let k = keys::generate(dir, domain).unwrap();
     dns.set_txt(
         &keys::key_name(&k.kid, domain),

@@ -14,6 +14,8 @@ use tokio::net::UdpSocket;
 #[derive(Default)]
 struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
+    /// Queries received per (name, type).
+    asked: HashMap<(String, RecordType), usize>,
     /// Answer every query with SERVFAIL.
     failing: bool,
 }
@@ -67,6 +69,33 @@ impl TestDns {
         }
     }
 
+    /// Several TXT records under one name.
+    pub fn set_txts(&self, name: &str, values: &[String]) {
+        let data = values
+            .iter()
+            .map(|v| RData::TXT(TXT::new(vec![v.clone()])))
+            .collect();
+        self.set(name, RecordType::TXT, data);
+    }
+
+    /// SRV records (priority, weight, port, target) under one name.
+    pub fn set_srvs(&self, name: &str, targets: &[(u16, u16, u16, &str)]) {
+        let data = targets
+            .iter()
+            .map(|&(priority, weight, port, target)| {
+                let target = Name::from_ascii(format!("{target}.")).unwrap();
+                RData::SRV(SRV::new(priority, weight, port, target))
+            })
+            .collect();
+        self.set(name, RecordType::SRV, data);
+    }
+
+    /// How many queries for `name` of type `t` arrived so far.
+    pub fn asked(&self, name: &str, t: RecordType) -> usize {
+        let z = self.zone.lock().unwrap();
+        z.asked.get(&key(name, t)).copied().unwrap_or(0)
+    }
+
     pub fn set_txt(&self, name: &str, value: &str) {
         self.set(
             name,
@@ -104,7 +133,12 @@ fn answer(zone: &Mutex<Zone>, q: &Message) -> Message {
     m.metadata.recursion_desired = q.metadata.recursion_desired;
     m.metadata.recursion_available = true;
     m.queries = q.queries.clone();
-    let z = zone.lock().unwrap();
+    let mut z = zone.lock().unwrap();
+    if let Some(q) = q.queries.first() {
+        *z.asked
+            .entry(key(&q.name().to_ascii(), q.query_type()))
+            .or_default() += 1;
+    }
     if z.failing {
         m.metadata.response_code = ResponseCode::ServFail;
         return m;

@@ -3,7 +3,11 @@
 
 mod attacks;
 mod dns;
+mod hardening;
+mod hostile;
+mod key_cache;
 mod messages;
+mod peers;
 
 use crate::common::{field, Client, TestServer, PASSWORD};
 use dns::TestDns;

@@ -1,0 +1,164 @@
+//! What bounds a peer before and after it authenticates (PROTOCOL.md §12.5, SECURITY.md):
+//!
+//! - before: at most `max_unauthenticated_per_ip` connections at once from one address (one
+//!   /64 for IPv6) that have not finished the handshake, so one host cannot take the
+//!   listener's slots (the global `max_inbound` cap alone let it lock out every peer);
+//! - after: one token bucket per peer domain shared by all its links, so opening more links
+//!   does not multiply its rate.
+
+use super::FederationConfig;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Most peer domains with a bucket; beyond it buckets that refilled are dropped first.
+const MAX_BUCKETS: usize = 10_000;
+
+/// The limits.
+pub(crate) struct Guard {
+    unauthenticated: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    rate: f64,
+    burst: f64,
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// An unauthenticated connection's place; freed when dropped.
+pub(crate) struct Unauthenticated {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The address a limit counts: IPv4 as is, IPv6 by its /64 (one host usually has a whole /64).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl Guard {
+    pub(crate) fn new(c: &FederationConfig) -> Guard {
+        Guard {
+            unauthenticated: Arc::default(),
+            max_per_ip: c.max_unauthenticated_per_ip,
+            buckets: Mutex::default(),
+            rate: f64::from(c.peer_rate),
+            burst: f64::from(c.peer_burst.max(1)),
+        }
+    }
+
+    /// A place for a new unauthenticated connection from `ip`, or `None` when that address
+    /// has all it may have.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<Unauthenticated> {
+        let key = ip_key(ip);
+        let mut m = self
+            .unauthenticated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_default();
+        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Unauthenticated {
+            map: self.unauthenticated.clone(),
+            key,
+        })
+    }
+
+    /// Takes one packet from `peer`'s bucket; `Err(seconds)` to wait when it is empty.
+    pub(crate) fn take(&self, peer: &str) -> Result<(), u64> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if !buckets.contains_key(peer) && buckets.len() >= MAX_BUCKETS {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            if buckets.len() >= MAX_BUCKETS {
+                return Err(1);
+            }
+        }
+        let b = buckets.entry(peer.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(((1.0 - b.tokens) / self.rate).ceil().max(1.0) as u64);
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_places_per_address_are_bounded_and_freed() {
+        let g = Guard::new(&FederationConfig {
+            max_unauthenticated_per_ip: 2,
+            ..Default::default()
+        });
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = g.admit(a).expect("a place");
+        let _second = g.admit(a).expect("a place");
+        assert!(g.admit(a).is_none());
+        // Another address, and another /64, are not affected; the same /64 is.
+        assert!(g.admit("192.0.2.2".parse().expect("ip")).is_some());
+        let _v6 = g
+            .admit("2001:db8::1".parse().expect("ip"))
+            .expect("a place");
+        let _v6b = g
+            .admit("2001:db8::2".parse().expect("ip"))
+            .expect("a place");
+        assert!(g.admit("2001:db8::3".parse().expect("ip")).is_none());
+        assert!(g.admit("2001:db8:0:1::1".parse().expect("ip")).is_some());
+        drop(first);
+        assert!(g.admit(a).is_some());
+    }
+
+    #[test]
+    fn one_bucket_per_peer_domain() {
+        let g = Guard::new(&FederationConfig {
+            peer_rate: 1,
+            peer_burst: 3,
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            assert!(g.take("c.test").is_ok());
+        }
+        assert_eq!(g.take("c.test"), Err(1));
+        assert!(g.take("d.test").is_ok());
+    }
+}
