@@ -1,8 +1,9 @@
 //! Federation's tables (PROTOCOL.md §12.6): the durable outbound queue per peer domain and
 //! what a sent remote message leaves behind for its read receipt. Written with their own
 //! short transactions on the write connection (they share no sequence with `messages`);
-//! created at federation start-up so that servers without federation never have them.
-//! SQLite only for now: federation refuses to start on PostgreSQL.
+//! created at federation start-up on SQLite so that servers without federation never have
+//! them, by the migration `0002_federation.sql` on PostgreSQL. The statements are shared by
+//! both backends (`$N` parameters, see `db/mod.rs`).
 
 use super::{Backend, Db, DbError};
 
@@ -52,18 +53,12 @@ pub(crate) enum QueueDone {
 }
 
 impl Db {
-    /// The SQLite store (federation's tables exist only there so far).
-    fn federation_store(&self) -> Result<&super::sqlite::Store, DbError> {
-        match &self.backend {
-            Backend::Sqlite(b) => Ok(b),
-            Backend::Postgres(_) => Err(DbError::Io(std::io::Error::other(
-                "federation needs the SQLite backend in this version",
-            ))),
-        }
-    }
-
     /// Creates the federation tables if missing.
     pub(crate) async fn federation_tables(&self) -> Result<(), DbError> {
+        let Backend::Sqlite(store) = &self.backend else {
+            // PostgreSQL: created by the migrations.
+            return Ok(());
+        };
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS fed_queue (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,9 +76,17 @@ impl Db {
                  recipient TEXT NOT NULL,
                  at INTEGER NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS fed_sent_at ON fed_sent (at);",
+             CREATE INDEX IF NOT EXISTS fed_sent_at ON fed_sent (at);
+             CREATE TABLE IF NOT EXISTS fed_subs (
+                 subject TEXT NOT NULL,
+                 watcher TEXT NOT NULL,
+                 peer TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 PRIMARY KEY (subject, watcher)
+             );
+             CREATE INDEX IF NOT EXISTS fed_subs_peer ON fed_subs (peer, subject);",
         )
-        .execute(&self.federation_store()?.writes)
+        .execute(&store.writes)
         .await?;
         Ok(())
     }
@@ -93,67 +96,68 @@ impl Db {
         &self,
         batch: &[QueueWrite],
     ) -> Result<Vec<QueueDone>, DbError> {
-        let mut tx = self.federation_store()?.writes.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for w in batch {
-            match w {
-                QueueWrite::Add {
-                    peer,
-                    line,
-                    sender,
-                    message_id,
-                    recipient,
-                    at,
-                    expires_at,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
-                         VALUES (?, ?, ?, ?, ?)",
-                    )
-                    .bind(peer)
-                    .bind(line)
-                    .bind(sender)
-                    .bind(message_id)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if !message_id.is_empty() {
+        writes!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for w in batch {
+                match w {
+                    QueueWrite::Add {
+                        peer,
+                        line,
+                        sender,
+                        message_id,
+                        recipient,
+                        at,
+                        expires_at,
+                    } => {
                         sqlx::query(
-                            "INSERT OR IGNORE INTO fed_sent (id, sender, recipient, at) \
-                             VALUES (?, ?, ?, ?)",
+                            "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
+                             VALUES ($1, $2, $3, $4, $5)",
                         )
-                        .bind(message_id)
+                        .bind(peer)
+                        .bind(line)
                         .bind(sender)
-                        .bind(recipient)
-                        .bind(at)
+                        .bind(message_id)
+                        .bind(expires_at)
                         .execute(&mut *tx)
                         .await?;
+                        if !message_id.is_empty() {
+                            sqlx::query(
+                                "INSERT INTO fed_sent (id, sender, recipient, at) \
+                                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(message_id)
+                            .bind(sender)
+                            .bind(recipient)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        out.push(QueueDone::Added);
                     }
-                    out.push(QueueDone::Added);
-                }
-                QueueWrite::Remove { peer, seq } => {
-                    let row: Option<(String, i64, String, String, String)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                            "DELETE FROM fed_queue WHERE peer = ? AND seq = ? RETURNING {ITEM_COLUMNS}"
+                    QueueWrite::Remove { peer, seq } => {
+                        let row: Option<ItemRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "DELETE FROM fed_queue WHERE peer = $1 AND seq = $2 RETURNING {ITEM_COLUMNS}"
                         )))
                         .bind(peer)
                         .bind(seq)
                         .fetch_optional(&mut *tx)
                         .await?;
-                    out.push(QueueDone::Removed(row.map(item)));
+                        out.push(QueueDone::Removed(row.map(item)));
+                    }
                 }
             }
-        }
-        tx.commit().await?;
-        Ok(out)
+            tx.commit().await?;
+            Ok(out)
+        })
     }
 
     /// Items queued per peer (the queue writer's counts at start-up).
     pub(crate) async fn federation_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
         Ok(
-            sqlx::query_as("SELECT peer, COUNT(*) FROM fed_queue GROUP BY peer")
-                .fetch_all(&self.federation_store()?.pool)
-                .await?,
+            read!(self, p => sqlx::query_as("SELECT peer, COUNT(*) FROM fed_queue GROUP BY peer")
+            .fetch_all(p)
+            .await)?,
         )
     }
 
@@ -164,24 +168,22 @@ impl Db {
         after: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(String, i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(
-            format!(
-                "SELECT {ITEM_COLUMNS} FROM fed_queue WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?"
-            ),
-        ))
+        let rows: Vec<ItemRow> = read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ITEM_COLUMNS} FROM fed_queue WHERE peer = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )))
         .bind(peer)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.federation_store()?.pool)
-        .await?;
+        .fetch_all(p)
+        .await)?;
         Ok(rows.into_iter().map(item).collect())
     }
 
     /// Peers with queued items (to start their links after a restart).
     pub(crate) async fn federation_peers(&self) -> Result<Vec<String>, DbError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT peer FROM fed_queue")
-            .fetch_all(&self.federation_store()?.pool)
-            .await?;
+        let rows: Vec<(String,)> = read!(self, p => sqlx::query_as("SELECT DISTINCT peer FROM fed_queue")
+            .fetch_all(p)
+            .await)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -193,19 +195,19 @@ impl Db {
         forget_before: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(String, i64, String, String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM fed_queue WHERE seq IN \
-                 (SELECT seq FROM fed_queue WHERE expires_at <= ? LIMIT ?) RETURNING {ITEM_COLUMNS}"
-            )))
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.federation_store()?.writes)
-            .await?;
-        sqlx::query("DELETE FROM fed_sent WHERE at < ?")
+        let rows: Vec<ItemRow> = writes!(self, w => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM fed_queue WHERE seq IN \
+             (SELECT seq FROM fed_queue WHERE expires_at <= $1 LIMIT $2) RETURNING {ITEM_COLUMNS}"
+        )))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(w)
+        .await)?;
+        writes!(self, w => sqlx::query("DELETE FROM fed_sent WHERE at < $1")
             .bind(forget_before)
-            .execute(&self.federation_store()?.writes)
-            .await?;
+            .execute(w)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(rows.into_iter().map(item).collect())
     }
 
@@ -215,17 +217,20 @@ impl Db {
         id: &str,
         recipient: &str,
     ) -> Result<Option<String>, DbError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT sender FROM fed_sent WHERE id = ? AND recipient = ?")
-                .bind(id)
-                .bind(recipient)
-                .fetch_optional(&self.federation_store()?.pool)
-                .await?;
+        let row: Option<(String,)> = read!(self, p => sqlx::query_as(
+            "SELECT sender FROM fed_sent WHERE id = $1 AND recipient = $2",
+        )
+        .bind(id)
+        .bind(recipient)
+        .fetch_optional(p)
+        .await)?;
         Ok(row.map(|r| r.0))
     }
 
     /// Stores a read receipt from a remote reader for a local sender (unless that message
-    /// already has one); returns its seq for live delivery.
+    /// already has one); returns its seq for live delivery. On PostgreSQL the transaction
+    /// takes the batch lock first, like every write that hands out `receipts.seq` (commit
+    /// order is sequence order, `db/mod.rs`).
     pub(crate) async fn federation_store_receipt(
         &self,
         sender: &str,
@@ -233,42 +238,59 @@ impl Db {
         reader: &str,
         at: i64,
     ) -> Result<Option<i64>, DbError> {
-        let mut tx = self.federation_store()?.writes.begin().await?;
-        let seen: Option<(i64,)> =
-            sqlx::query_as("SELECT seq FROM receipts WHERE message_id = ? AND sender = ?")
+        macro_rules! store {
+            ($tx:ident) => {{
+                let seen: Option<(i64,)> = sqlx::query_as(
+                    "SELECT seq FROM receipts WHERE message_id = $1 AND sender = $2",
+                )
                 .bind(id)
                 .bind(sender)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *$tx)
                 .await?;
-        if seen.is_some() {
-            return Ok(None);
+                if seen.is_some() {
+                    return Ok(None);
+                }
+                let (seq,): (i64,) = sqlx::query_as(
+                    "INSERT INTO receipts (sender, message_id, reader, at) \
+                     VALUES ($1, $2, $3, $4) RETURNING seq",
+                )
+                .bind(sender)
+                .bind(id)
+                .bind(reader)
+                .bind(at)
+                .fetch_one(&mut *$tx)
+                .await?;
+                $tx.commit().await?;
+                Ok(Some(seq))
+            }};
         }
-        let (seq,): (i64,) = sqlx::query_as(
-            "INSERT INTO receipts (sender, message_id, reader, at) VALUES (?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(sender)
-        .bind(id)
-        .bind(reader)
-        .bind(at)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(seq))
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writes.begin().await?;
+                store!(tx)
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.writes.begin().await?;
+                super::postgres::lock_batch(&mut tx, 0).await?;
+                store!(tx)
+            }
+        }
     }
 
     /// Whether a message with this id is stored.
     pub(crate) async fn message_exists(&self, id: &str) -> Result<bool, DbError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM messages WHERE id = ?")
+        let row: Option<(i64,)> = read!(self, p => sqlx::query_as("SELECT seq FROM messages WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.federation_store()?.pool)
-            .await?;
+            .fetch_optional(p)
+            .await)?;
         Ok(row.is_some())
     }
 }
 
-fn item(
-    (peer, seq, line, sender, message_id): (String, i64, String, String, String),
-) -> QueuedItem {
+/// A `fed_queue` row as read.
+type ItemRow = (String, i64, String, String, String);
+
+fn item((peer, seq, line, sender, message_id): ItemRow) -> QueuedItem {
     QueuedItem {
         peer,
         seq,

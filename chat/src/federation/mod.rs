@@ -5,7 +5,8 @@
 //! - [`handshake`]: the signed challenge bound to the TLS session;
 //! - [`inbound`]: the s2s listener and what a peer may send us;
 //! - [`outbound`]: one dialer task per peer draining its durable queue;
-//! - [`hooks`]: what the client commands call for remote addresses.
+//! - [`hooks`]: what the client commands call for remote addresses;
+//! - [`subscriptions`]: remote contacts' presence and profile changes, sent only when asked.
 
 pub mod dns;
 pub mod handshake;
@@ -15,6 +16,7 @@ pub mod keys;
 pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod queue;
+pub(crate) mod subscriptions;
 pub mod tls;
 
 pub use policy::{FederationConfig, Mode};

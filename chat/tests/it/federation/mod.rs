@@ -4,6 +4,8 @@
 mod attacks;
 mod dns;
 mod messages;
+mod presence;
+mod processes;
 
 use crate::common::{field, Client, TestServer, PASSWORD};
 use dns::TestDns;
@@ -34,9 +36,6 @@ fn federation_config(
     listener: std::net::TcpListener,
 ) {
     c.domain = domain.to_owned();
-    // Federation's queue lives in the SQLite store only so far (msim-chat refuses federation
-    // on PostgreSQL): these servers stay on SQLite when the suite runs on PostgreSQL.
-    c.database = None;
     let f = &mut c.federation;
     f.mode = Mode::Open;
     f.allow_private = true;
