@@ -119,6 +119,7 @@ pub(crate) mod commit;
 mod contacts;
 pub mod copy;
 mod federation;
+pub(crate) mod federation_files;
 pub(crate) mod federation_subs;
 mod files;
 mod messages;

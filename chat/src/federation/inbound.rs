@@ -537,6 +537,9 @@ async fn handle(
         "S2S-SUBSCRIBE" | "S2S-UNSUBSCRIBE" | "S2S-PRESENCE" | "S2S-PROFILE-CHANGED" => {
             super::subscriptions::handle(sh, peer, p).await
         }
+        "S2S-FILE-OFFER" | "S2S-FILE-ANSWER" | "S2S-FILE-READY" | "S2S-FILE-CLOSED" => {
+            super::files::handle(sh, peer, p).await
+        }
         _ => Handled::Reply(Packet::new("ERROR-NOT-IMPLEMENTED").with("type", p.verb.clone())),
     }
 }

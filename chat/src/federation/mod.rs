@@ -6,9 +6,11 @@
 //! - [`inbound`]: the s2s listener and what a peer may send us;
 //! - [`outbound`]: one dialer task per peer draining its durable queue;
 //! - [`hooks`]: what the client commands call for remote addresses;
-//! - [`subscriptions`]: remote contacts' presence and profile changes, sent only when asked.
+//! - [`subscriptions`]: remote contacts' presence and profile changes, sent only when asked;
+//! - [`files`]: file offers across servers (the file stays on the sender's relay).
 
 pub mod dns;
+pub(crate) mod files;
 pub mod handshake;
 pub(crate) mod hooks;
 pub(crate) mod inbound;

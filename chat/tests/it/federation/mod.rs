@@ -3,6 +3,7 @@
 
 mod attacks;
 mod dns;
+mod files;
 mod messages;
 mod presence;
 mod processes;
@@ -85,15 +86,41 @@ impl Fed {
         port: u16,
         f: impl FnOnce(&mut Config) + Send + 'static,
     ) -> Fed {
+        Fed::start_opts(dns, domain, dir, port, false, f).await
+    }
+
+    /// A new server for `domain` with msim-chat's embedded relay (file transfers).
+    pub async fn start_with_relay(
+        dns: &TestDns,
+        domain: &str,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Fed {
+        let dir = tempfile::tempdir().unwrap();
+        keys::generate(&dir.path().join("chat"), domain).unwrap();
+        Fed::start_opts(dns, domain, dir, 0, true, f).await
+    }
+
+    async fn start_opts(
+        dns: &TestDns,
+        domain: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        relay: bool,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Fed {
         let listener = s2s_socket(port);
         let s2s = listener.local_addr().unwrap();
         let kid = publish(dns, domain, &dir.path().join("chat"), s2s.port());
         let (dns_addr, domain_owned) = (dns.addr, domain.to_owned());
-        let server = TestServer::start_in(dir, move |c| {
+        let configure = move |c: &mut Config| {
             federation_config(c, dns_addr, &domain_owned, listener);
             f(c);
-        })
-        .await;
+        };
+        let server = if relay {
+            TestServer::start_in_with_relay(dir, configure).await
+        } else {
+            TestServer::start_in(dir, configure).await
+        };
         Fed { server, s2s, kid }
     }
 
