@@ -28,10 +28,18 @@ pub(crate) struct Subscriber {
     pub peer: String,
     /// The watcher's address.
     pub watcher: String,
-    /// Whether the watcher may see the subject's presence now: the subject has the watcher in
-    /// its contacts (a remote user's approval), has not blocked them, and does not show
-    /// presence to nobody.
-    pub sees_presence: bool,
+    /// The subject has the watcher in its contacts (a remote user's approval) and has not
+    /// blocked them.
+    pub approved: bool,
+    /// The subject's `last-seen` setting is not `nobody`.
+    pub shown: bool,
+}
+
+impl Subscriber {
+    /// Whether the watcher may see the subject's presence now.
+    pub(crate) fn sees_presence(&self) -> bool {
+        self.approved && self.shown
+    }
 }
 
 impl Db {
@@ -104,19 +112,20 @@ impl Db {
         Ok(())
     }
 
-    /// The remote watchers of local user `subject` (all of one peer: at most
-    /// [`MAX_SUBS_PER_PEER_SUBJECT`]), with whether each may see the presence. `only` limits
-    /// them to one watcher.
+    /// The remote watchers of local user `subject` (at most [`MAX_SUBS_PER_PEER_SUBJECT`] per
+    /// peer), with what decides whether each may see the presence. `only` limits them to one
+    /// watcher.
     pub(crate) async fn federation_subscribers(
         &self,
         subject: &str,
         only: Option<&str>,
     ) -> Result<Vec<Subscriber>, DbError> {
-        let rows: Vec<(String, String, i64)> = read!(self, p => sqlx::query_as(
-            "SELECT s.peer, s.watcher, CAST(CASE WHEN u.last_seen_visibility != 'nobody' \
-               AND EXISTS (SELECT 1 FROM contacts c WHERE c.owner = s.subject AND c.contact = s.watcher) \
+        let rows: Vec<(String, String, i64, i64)> = read!(self, p => sqlx::query_as(
+            "SELECT s.peer, s.watcher, CAST(CASE WHEN \
+               EXISTS (SELECT 1 FROM contacts c WHERE c.owner = s.subject AND c.contact = s.watcher) \
                AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.owner = s.subject AND b.blocked = s.watcher) \
-               THEN 1 ELSE 0 END AS BIGINT) \
+               THEN 1 ELSE 0 END AS BIGINT), \
+               CAST(CASE WHEN u.last_seen_visibility != 'nobody' THEN 1 ELSE 0 END AS BIGINT) \
              FROM fed_subs s JOIN users u ON u.login = s.subject \
              WHERE s.subject = $1 AND ($2 = '' OR s.watcher = $2) ORDER BY s.peer, s.watcher",
         )
@@ -126,10 +135,11 @@ impl Db {
         .await)?;
         Ok(rows
             .into_iter()
-            .map(|(peer, watcher, sees)| Subscriber {
+            .map(|(peer, watcher, approved, shown)| Subscriber {
                 peer,
                 watcher,
-                sees_presence: sees != 0,
+                approved: approved != 0,
+                shown: shown != 0,
             })
             .collect())
     }

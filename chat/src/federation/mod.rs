@@ -66,6 +66,8 @@ pub struct Federation {
     peers: Mutex<HashMap<String, Peer>>,
     /// Message ids being stored from any inbound link (a resend on a new link waits).
     pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
+    /// When each local user last renewed its subscriptions (at most once a minute).
+    pub(crate) renewals: subscriptions::Renewals,
     /// Cancelled at shutdown: stops the peer tasks.
     pub(crate) stop: CancellationToken,
     /// The outbound queue's writer (set at start).
@@ -118,6 +120,7 @@ impl Federation {
             tls_client: tls::any_certificate(),
             peers: Mutex::new(HashMap::new()),
             inflight: Mutex::new(Default::default()),
+            renewals: Default::default(),
             stop: CancellationToken::new(),
             queue: std::sync::OnceLock::new(),
             shared: std::sync::OnceLock::new(),

@@ -19,6 +19,9 @@ use crate::hub::encode;
 use crate::server::Shared;
 use msim_shared::proto::{Body, ContactUpdate, ContactUpdated, Presence, UpdateLastSeen};
 use msim_shared::Packet;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// The domain of a canonical address.
@@ -28,23 +31,45 @@ fn domain_of(addr: &str) -> &str {
 
 /// Queues a packet for `peer` (not a message: nobody is told if it fails).
 async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, p: Packet) {
-    if !fed.config.allows(peer) {
-        return;
-    }
-    let add = QueueWrite::Add {
-        peer: peer.to_owned(),
-        line: p.to_wire().trim_end().to_owned(),
-        sender: String::new(),
-        message_id: String::new(),
-        recipient: String::new(),
-        at: ctx.now(),
-        expires_at: ctx
-            .now()
-            .saturating_add(fed.config.queue_ttl.as_micros() as i64),
-    };
-    match fed.queue().write(add).await {
-        Ok(_) => fed.wake(peer),
-        Err(e) => warn!(%peer, verb = %p.verb, "federation queue: {e}: dropped"),
+    queue_all(fed, ctx, vec![(peer.to_owned(), p)]).await;
+}
+
+/// Queues packets for their peers, all at once (the queue writer commits them together, in
+/// this order).
+async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, items: Vec<(String, Packet)>) {
+    let expires_at = ctx
+        .now()
+        .saturating_add(fed.config.queue_ttl.as_micros() as i64);
+    let writes = items
+        .iter()
+        .filter(|(peer, _)| fed.config.allows(peer))
+        .map(|(peer, p)| async move {
+            let add = QueueWrite::Add {
+                peer: peer.clone(),
+                line: p.to_wire().trim_end().to_owned(),
+                sender: String::new(),
+                message_id: String::new(),
+                recipient: String::new(),
+                at: ctx.now(),
+                expires_at,
+            };
+            match fed.queue().write(add).await {
+                Ok(_) => Some(peer),
+                Err(e) => {
+                    warn!(%peer, verb = %p.verb, "federation queue: {e}: dropped");
+                    None
+                }
+            }
+        });
+    let mut woken = std::collections::HashSet::new();
+    for peer in futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        if woken.insert(peer) {
+            fed.wake(peer);
+        }
     }
 }
 
@@ -66,14 +91,57 @@ pub(crate) async fn unsubscribe(fed: &Federation, ctx: &Ctx<'_>, login: &str, su
     queue(fed, ctx, domain_of(subject), p).await;
 }
 
-/// Subscribes again to every remote contact of `login` (its first session logged in): their
-/// servers answer with the state of the moment.
+/// Renewals more often than this are skipped: a client reconnecting in a loop must not fill
+/// the per-peer queues (which messages share) with subscriptions.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// Most users remembered; beyond it, entries older than [`RENEW_EVERY`] are dropped, and if
+/// none are, all of them.
+const MAX_RENEWALS: usize = 100_000;
+
+/// When each local user last renewed its subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct Renewals(Mutex<HashMap<String, Instant>>);
+
+impl Renewals {
+    /// Whether `login` may renew now (and notes that it does).
+    fn take(&self, login: &str) -> bool {
+        let now = Instant::now();
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(login)
+            .is_some_and(|at| now.duration_since(*at) < RENEW_EVERY)
+        {
+            return false;
+        }
+        if m.len() >= MAX_RENEWALS {
+            m.retain(|_, at| now.duration_since(*at) < RENEW_EVERY);
+            if m.len() >= MAX_RENEWALS {
+                m.clear();
+            }
+        }
+        m.insert(login.to_owned(), now);
+        true
+    }
+}
+
+/// Subscribes again to every remote contact of `login` (its first session logged in; at most
+/// once per [`RENEW_EVERY`]): their servers answer with the state of the moment.
 async fn resubscribe_all(fed: &Federation, ctx: &Ctx<'_>, login: &str) {
+    if !fed.renewals.take(login) {
+        return;
+    }
     match ctx.db.remote_contacts(login).await {
         Ok(contacts) => {
-            for c in contacts {
-                subscribe(fed, ctx, login, &c).await;
-            }
+            let from = ctx.addr(login);
+            let items = contacts
+                .into_iter()
+                .map(|c| {
+                    let p = Packet::new("S2S-SUBSCRIBE")
+                        .with("from", from.clone())
+                        .with("to", c.clone());
+                    (domain_of(&c).to_owned(), p)
+                })
+                .collect();
+            queue_all(fed, ctx, items).await;
         }
         Err(e) => warn!("remote contacts: {e}"),
     }
@@ -111,12 +179,17 @@ async fn subscribers(ctx: &Ctx<'_>, subject: &str, only: Option<&str>) -> Vec<Su
 /// `login`'s own subscriptions.
 pub(crate) async fn presence_changed(fed: &Federation, ctx: &Ctx<'_>, login: &str, online: bool) {
     let subs = subscribers(ctx, login, None).await;
-    if subs.iter().any(|s| s.sees_presence) {
+    if subs.iter().any(|s| s.sees_presence()) {
         if let Some(presence) = presence_value(ctx, login).await {
-            for s in subs.iter().filter(|s| s.sees_presence) {
-                let p = presence_packet(ctx, login, &s.watcher, &presence);
-                queue(fed, ctx, &s.peer, p).await;
-            }
+            let items = subs
+                .iter()
+                .filter(|s| s.sees_presence())
+                .map(|s| {
+                    let p = presence_packet(ctx, login, &s.watcher, &presence);
+                    (s.peer.clone(), p)
+                })
+                .collect();
+            queue_all(fed, ctx, items).await;
         }
     }
     if online {
@@ -133,26 +206,31 @@ pub(crate) async fn profile_changed(
     name: Option<&String>,
     note: Option<&String>,
 ) {
-    for s in subscribers(ctx, login, None).await {
-        if ctx.blocks.is_blocked(login, &s.watcher) {
-            continue;
-        }
-        let p = Packet::new("S2S-PROFILE-CHANGED")
-            .with("from", ctx.addr(login))
-            .with("to", s.watcher.clone())
-            .with_opt(
-                "name",
-                name.map(|n| if n.is_empty() { login } else { n }.to_owned()),
-            )
-            .with_opt("note", note.cloned());
-        queue(fed, ctx, &s.peer, p).await;
-    }
+    let items = subscribers(ctx, login, None)
+        .await
+        .into_iter()
+        .filter(|s| !ctx.blocks.is_blocked(login, &s.watcher))
+        .map(|s| {
+            let p = Packet::new("S2S-PROFILE-CHANGED")
+                .with("from", ctx.addr(login))
+                .with("to", s.watcher)
+                .with_opt(
+                    "name",
+                    name.map(|n| if n.is_empty() { login } else { n }.to_owned()),
+                )
+                .with_opt("note", note.cloned());
+            (s.peer, p)
+        })
+        .collect();
+    queue_all(fed, ctx, items).await;
 }
 
 /// Something changed whether remote watchers (all of them, or `only` one) see `subject`'s
 /// presence (its `last-seen` setting, or it added or deleted the watcher as a contact): those
-/// who see it get the current presence; the others `presence=` (empty) — unless `gained`, for
-/// a change that can only have made it visible.
+/// who see it get the current presence; those who saw it before and no longer do get
+/// `presence=` (empty) — unless `gained`, for a change that can only have made it visible.
+/// Before a change that hid it, a watcher saw it if it is still approved (the setting moved
+/// to `nobody`) or the setting still shows it (the watcher lost its approval).
 pub(crate) async fn refresh(
     fed: &Federation,
     ctx: &Ctx<'_>,
@@ -165,16 +243,20 @@ pub(crate) async fn refresh(
         return;
     }
     let current = presence_value(ctx, subject).await;
+    let mut items = Vec::new();
     for s in subs {
-        let value = match (&current, s.sees_presence) {
+        let value = match (&current, s.sees_presence()) {
             (Some(v), true) => v.as_str(),
             (None, true) => continue,
-            (_, false) if gained => continue,
+            (_, false) if gained || !(s.approved || s.shown) => continue,
             (_, false) => "",
         };
-        let p = presence_packet(ctx, subject, &s.watcher, value);
-        queue(fed, ctx, &s.peer, p).await;
+        items.push((
+            s.peer.clone(),
+            presence_packet(ctx, subject, &s.watcher, value),
+        ));
     }
+    queue_all(fed, ctx, items).await;
 }
 
 // ---- What a peer sends (inbound link) ----
@@ -293,6 +375,7 @@ pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
 /// After a subscription: the subject's profile and, when the watcher sees it, its presence.
 async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &str) {
     let peer = domain_of(watcher).to_owned();
+    let mut items = Vec::new();
     if let Ok(Some(profile)) = ctx.db.profile(subject).await {
         if !ctx.blocks.is_blocked(subject, watcher) {
             let name = if profile.name.is_empty() {
@@ -305,19 +388,19 @@ async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &st
                 .with("to", watcher)
                 .with("name", name)
                 .with("note", profile.note);
-            queue(fed, ctx, &peer, p).await;
+            items.push((peer.clone(), p));
         }
     }
     let sees = subscribers(ctx, subject, Some(watcher))
         .await
         .first()
-        .is_some_and(|s| s.sees_presence);
+        .is_some_and(|s| s.sees_presence());
     if sees {
         if let Some(v) = presence_value(ctx, subject).await {
-            let p = presence_packet(ctx, subject, watcher, &v);
-            queue(fed, ctx, &peer, p).await;
+            items.push((peer, presence_packet(ctx, subject, watcher, &v)));
         }
     }
+    queue_all(fed, ctx, items).await;
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod files;
 mod messages;
 mod presence;
 mod processes;
+mod subscriptions_wire;
 
 use crate::common::{field, Client, TestServer, PASSWORD};
 use dns::TestDns;
