@@ -228,7 +228,13 @@ pub(crate) async fn answer(
                 None => return,
             }
         }
-        None => reply,
+        // Federation switched off since a remote sender's offer was stored: not ours to grant.
+        None => match ctx.db.offer_by_id(&id).await {
+            Ok(Some(o)) if o.sender.contains('@') => {
+                return reply.send(fail(AnswerFailure::Other("federation-disabled".into())))
+            }
+            _ => reply,
+        },
     };
     let relay = if accept { relays.pool.peek() } else { None };
     let op = WriteOp::AnswerOffer {

@@ -170,3 +170,24 @@ async fn rejection_refusal_and_expiry_cross_servers() {
     let f = expect_for(&mut bob, "SEND-FILE-PROXY-ANSWER-FAILED", &tid).await;
     assert_eq!(field(&f, "reason").as_deref(), Some("expired"));
 }
+
+#[tokio::test]
+async fn a_remote_offer_cannot_be_accepted_once_federation_is_off() {
+    let dns = TestDns::start().await;
+    let a = Fed::start_with_relay(&dns, "a.test", |_| {}).await;
+    let b = Fed::start(&dns, "b.test", |_| {}).await;
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    let tid = offer(&mut alice, "bob@b.test", "x.bin", 1000, &"ab".repeat(32)).await;
+    expect_for(&mut bob, "SEND-FILE-PROXY-REQUEST", &tid).await;
+    drop(bob);
+    let (dir, port) = b.stop().await;
+    let off = |c: &mut msim_chat::Config| c.federation.mode = msim_chat::federation::Mode::Off;
+    let b = Fed::start_in(&dns, "b.test", dir, port, off).await;
+    let mut bob = b.session("bob").await;
+    bob.send(&format!("SEND-FILE-PROXY-ACCEPT transfer-id={tid}"))
+        .await;
+    // Not granted from b.test's own relays: the file is on a.test's.
+    let f = expect_for(&mut bob, "SEND-FILE-PROXY-ANSWER-FAILED", &tid).await;
+    assert_eq!(field(&f, "reason").as_deref(), Some("federation-disabled"));
+}
