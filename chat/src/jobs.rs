@@ -68,8 +68,11 @@ async fn sweep(sh: &Shared) {
                 let pkt = result.to_packet();
                 // The recipient's login backlog no longer lists the offer; only the sender
                 // needs the result stored (stored before the recipient is told).
-                let note = Note::new(o.sender.clone(), &o.id, result);
-                notify(&ctx, expires, vec![note]).await;
+                // A remote sender's server expires its own copy of the offer (§12.10).
+                if !o.sender.contains('@') {
+                    let note = Note::new(o.sender.clone(), &o.id, result);
+                    notify(&ctx, expires, vec![note]).await;
+                }
                 // A hidden offer (blocked sender) was never shown to its recipient.
                 if o.state != OfferState::Hidden {
                     sh.hub.send_packet(&o.recipient, &pkt);

@@ -157,6 +157,12 @@ pub(crate) async fn add(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Contacts
         Ok(Outcome::Done) => {
             let ok = ContactsAddOk { id: addr.clone() };
             reply.send(ok.to_packet());
+            if let (Target::Remote(a), Some(fed)) = (&target, ctx.federation) {
+                use crate::federation::subscriptions as subs;
+                subs::subscribe(fed, ctx, login, a).await;
+                // Adding a remote user approves them (§12.9).
+                subs::refresh(fed, ctx, login, Some(a), true).await;
+            }
             let mut visible = false;
             if let Some(l) = &local {
                 crate::cmd::privacy::subscribe(ctx, login, l).await;
@@ -252,8 +258,14 @@ pub(crate) async fn delete(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Conta
         Ok(Outcome::Done) => {
             let ok = ContactsDeleteOk { id: addr.clone() };
             reply.send(ok.to_packet());
-            if let Target::Local(l) = &target {
-                crate::cmd::privacy::unsubscribe(ctx, login, l);
+            match (&target, ctx.federation) {
+                (Target::Local(l), _) => crate::cmd::privacy::unsubscribe(ctx, login, l),
+                (Target::Remote(a), Some(fed)) => {
+                    use crate::federation::subscriptions as subs;
+                    subs::unsubscribe(fed, ctx, login, a).await;
+                    subs::refresh(fed, ctx, login, Some(a), false).await;
+                }
+                (Target::Remote(_), None) => {}
             }
             let mut rec = ContactUpdate::new(addr);
             rec.deleted = true;

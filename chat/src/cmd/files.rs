@@ -35,11 +35,11 @@ pub(crate) fn address_key(ip: std::net::IpAddr) -> String {
     }
 }
 
-fn valid_sha256(v: &str) -> bool {
+pub(crate) fn valid_sha256(v: &str) -> bool {
     v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn valid_mime(v: &str) -> bool {
+pub(crate) fn valid_mime(v: &str) -> bool {
     v.len() <= 127
         && v.split_once('/')
             .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
@@ -101,12 +101,22 @@ pub(crate) async fn offer(
         return reply.send(bad_value("mime"));
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let recipient = match parse_target(&to, &ctx.config.domain) {
-        None => return reply.send(rejected(&id, FileRejection::BadAddress)),
-        Some(Target::Remote(_)) => {
+    // A remote recipient (federation on) is stored by address; its server shows the offer.
+    let (recipient, remote) = match (parse_target(&to, &ctx.config.domain), ctx.federation) {
+        (None, _) => return reply.send(rejected(&id, FileRejection::BadAddress)),
+        (Some(Target::Remote(_)), None) => {
             return reply.send(rejected(&id, FileRejection::FederationDisabled))
         }
-        Some(Target::Local(l)) => l,
+        (Some(Target::Remote(a)), Some(fed)) => {
+            if !crate::federation::files::may_offer(fed, &a) {
+                return reply.send(rejected(
+                    &id,
+                    FileRejection::Other("peer-not-allowed".into()),
+                ));
+            }
+            (a, true)
+        }
+        (Some(Target::Local(l)), _) => (l, false),
     };
     if size > ctx.config.max_file_size || size > i64::MAX as u64 {
         return reply.send(rejected(&id, FileRejection::FileTooLarge));
@@ -117,8 +127,10 @@ pub(crate) async fn offer(
     if !relays.pool.any_healthy() {
         return reply.send(rejected(&id, FileRejection::NoRelay));
     }
-    if let Some(refused) = discovery::check(ctx, reply.verb(), login, &recipient).await {
-        return reply.send(refused);
+    if !remote {
+        if let Some(refused) = discovery::check(ctx, reply.verb(), login, &recipient).await {
+            return reply.send(refused);
+        }
     }
     let now = ctx.now();
     let o = Offer {
@@ -175,6 +187,9 @@ pub(crate) async fn offer(
                 expires: datetime(o.expires_at),
             };
             reply.send(pending.to_packet());
+            if let (true, Some(fed)) = (remote, ctx.federation) {
+                return crate::federation::files::offered(fed, ctx, &o).await;
+            }
             let req = encode(&request_packet(ctx, &o));
             ctx.hub
                 .send_seq(&recipient, None, Stream::Offers, seq, &req);
@@ -204,6 +219,22 @@ pub(crate) async fn answer(
             reason,
         }
         .to_packet()
+    };
+    // An offer from a remote sender is answered through the sender's server (§12.10).
+    let reply = match ctx.federation {
+        Some(fed) => {
+            match crate::federation::files::answer(fed, ctx, login, reply, &id, accept).await {
+                Some(reply) => reply,
+                None => return,
+            }
+        }
+        // Federation switched off since a remote sender's offer was stored: not ours to grant.
+        None => match ctx.db.offer_by_id(&id).await {
+            Ok(Some(o)) if o.sender.contains('@') => {
+                return reply.send(fail(AnswerFailure::Other("federation-disabled".into())))
+            }
+            _ => reply,
+        },
     };
     let relay = if accept { relays.pool.peek() } else { None };
     let op = WriteOp::AnswerOffer {
@@ -241,7 +272,27 @@ pub(crate) async fn answer(
         notify(ctx, expires, notices).await;
         return;
     };
-    relays.pool.used(&relay);
+    let (ok, ready, expires_micros) = grants(ctx, relays, &offer, &relay);
+    let notices = vec![
+        Note::new(offer.sender.clone(), &offer.id, NoticeBody::UploadGrant(ok)),
+        Note::new(
+            offer.recipient.clone(),
+            &offer.id,
+            NoticeBody::DownloadGrant(ready),
+        ),
+    ];
+    notify(ctx, expires_micros, notices).await;
+}
+
+/// The upload grant for the sender and the download grant for the recipient of an accepted
+/// `offer` on `relay`, and when their tokens expire (micros).
+pub(crate) fn grants(
+    ctx: &Ctx<'_>,
+    relays: &Relays<'_>,
+    offer: &Offer,
+    relay: &crate::relays::Relay,
+) -> (UploadGrant, DownloadGrant, i64) {
+    relays.pool.used(relay);
     let expires_micros = ctx.now() + ctx.config.token_ttl.as_micros() as i64;
     let cap = |direction| Capability {
         transfer_id: offer.id.clone(),
@@ -256,7 +307,7 @@ pub(crate) async fn answer(
     let down = relays.keyring.sign(&cap(Direction::Download));
     let expires = datetime(expires_micros);
     let url = relay.transfer_url(&offer.id);
-    info!(transfer = %id, relay = %relay.base, "offer accepted");
+    info!(transfer = %offer.id, relay = %relay.base, "offer accepted");
     let ok = UploadGrant {
         transfer_id: offer.id.clone(),
         connect: relay.host.clone(),
@@ -278,13 +329,5 @@ pub(crate) async fn answer(
         sha256: offer.sha256.clone(),
         mime: offer.mime.clone(),
     };
-    let notices = vec![
-        Note::new(offer.sender.clone(), &offer.id, NoticeBody::UploadGrant(ok)),
-        Note::new(
-            offer.recipient.clone(),
-            &offer.id,
-            NoticeBody::DownloadGrant(ready),
-        ),
-    ];
-    notify(ctx, expires_micros, notices).await;
+    (ok, ready, expires_micros)
 }

@@ -17,6 +17,9 @@ pub(crate) async fn announce(ctx: &Ctx<'_>, login: &str, online: bool) {
     if !online && ctx.hub.is_local(login) {
         return;
     }
+    if let Some(fed) = ctx.federation {
+        crate::federation::subscriptions::presence_changed(fed, ctx, login, online).await;
+    }
     // Only approved watchers, not blocked, and not when the user shows presence to nobody.
     let watchers = match ctx.db.approved_watchers(login).await {
         Ok((_, vis)) if vis == "nobody" => return,

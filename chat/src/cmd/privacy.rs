@@ -252,6 +252,10 @@ pub(crate) async fn set(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: PrivacyS
     if (old == "nobody") == (r.last_seen == LastSeenVisibility::Nobody) {
         return;
     }
+    if let Some(fed) = ctx.federation {
+        let gained = r.last_seen != LastSeenVisibility::Nobody;
+        crate::federation::subscriptions::refresh(fed, ctx, login, None, gained).await;
+    }
     match ctx.db.approved_watchers(login).await {
         Ok((watchers, _)) => {
             let gained = r.last_seen != LastSeenVisibility::Nobody;

@@ -50,6 +50,10 @@ pub(crate) async fn update(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Profi
     if name_changed.is_none() && note_changed.is_none() {
         return;
     }
+    if let Some(fed) = ctx.federation {
+        use crate::federation::subscriptions::profile_changed;
+        profile_changed(fed, ctx, login, name_changed, note_changed).await;
+    }
     let watchers = match ctx.db.watchers(login).await {
         Ok(w) => w,
         Err(e) => {

@@ -1,8 +1,9 @@
 //! Federation's tables (PROTOCOL.md §12.6): the durable outbound queue per peer domain and
 //! what a sent remote message leaves behind for its read receipt. Written with their own
 //! short transactions on the write connection (they share no sequence with `messages`);
-//! created at federation start-up so that servers without federation never have them.
-//! SQLite only for now: federation refuses to start on PostgreSQL.
+//! created at federation start-up on SQLite so that servers without federation never have
+//! them, by the migration `0002_federation.sql` on PostgreSQL. The statements are shared by
+//! both backends (`$N` parameters, see `db/mod.rs`).
 
 use super::{Backend, Db, DbError};
 
@@ -56,18 +57,12 @@ pub(crate) enum QueueDone {
 }
 
 impl Db {
-    /// The SQLite store (federation's tables exist only there so far).
-    fn federation_store(&self) -> Result<&super::sqlite::Store, DbError> {
-        match &self.backend {
-            Backend::Sqlite(b) => Ok(b),
-            Backend::Postgres(_) => Err(DbError::Io(std::io::Error::other(
-                "federation needs the SQLite backend in this version",
-            ))),
-        }
-    }
-
     /// Creates the federation tables if missing.
     pub(crate) async fn federation_tables(&self) -> Result<(), DbError> {
+        let Backend::Sqlite(store) = &self.backend else {
+            // PostgreSQL: created by the migrations.
+            return Ok(());
+        };
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS fed_queue (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,6 +81,14 @@ impl Db {
                  at INTEGER NOT NULL
              );
              CREATE INDEX IF NOT EXISTS fed_sent_at ON fed_sent (at);
+             CREATE TABLE IF NOT EXISTS fed_subs (
+                 subject TEXT NOT NULL,
+                 watcher TEXT NOT NULL,
+                 peer TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 PRIMARY KEY (subject, watcher)
+             );
+             CREATE INDEX IF NOT EXISTS fed_subs_peer ON fed_subs (peer, subject);
              CREATE TABLE IF NOT EXISTS fed_seen (
                  peer TEXT NOT NULL,
                  id TEXT NOT NULL,
@@ -94,7 +97,7 @@ impl Db {
              );
              CREATE INDEX IF NOT EXISTS fed_seen_at ON fed_seen (peer, at);",
         )
-        .execute(&self.federation_store()?.writes)
+        .execute(&store.writes)
         .await?;
         Ok(())
     }
@@ -104,79 +107,83 @@ impl Db {
         &self,
         batch: &[QueueWrite],
     ) -> Result<Vec<QueueDone>, DbError> {
-        let mut tx = self.federation_store()?.writes.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for w in batch {
-            match w {
-                QueueWrite::Add {
-                    peer,
-                    line,
-                    sender,
-                    message_id,
-                    recipient,
-                    at,
-                    expires_at,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
-                         VALUES (?, ?, ?, ?, ?)",
-                    )
-                    .bind(peer)
-                    .bind(line)
-                    .bind(sender)
-                    .bind(message_id)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if !message_id.is_empty() {
+        writes!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for w in batch {
+                match w {
+                    QueueWrite::Add {
+                        peer,
+                        line,
+                        sender,
+                        message_id,
+                        recipient,
+                        at,
+                        expires_at,
+                    } => {
                         sqlx::query(
-                            "INSERT OR IGNORE INTO fed_sent (id, sender, recipient, at) \
-                             VALUES (?, ?, ?, ?)",
+                            "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
+                             VALUES ($1, $2, $3, $4, $5)",
                         )
-                        .bind(message_id)
+                        .bind(peer)
+                        .bind(line)
                         .bind(sender)
-                        .bind(recipient)
-                        .bind(at)
+                        .bind(message_id)
+                        .bind(expires_at)
                         .execute(&mut *tx)
                         .await?;
+                        if !message_id.is_empty() {
+                            sqlx::query(
+                                "INSERT INTO fed_sent (id, sender, recipient, at) \
+                                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(message_id)
+                            .bind(sender)
+                            .bind(recipient)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        out.push(QueueDone::Added);
                     }
-                    out.push(QueueDone::Added);
-                }
-                QueueWrite::Remove { peer, seq } => {
-                    let row: Option<(String, i64, String, String, String)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                            "DELETE FROM fed_queue WHERE peer = ? AND seq = ? RETURNING {ITEM_COLUMNS}"
+                    QueueWrite::Remove { peer, seq } => {
+                        let row: Option<ItemRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "DELETE FROM fed_queue WHERE peer = $1 AND seq = $2 RETURNING {ITEM_COLUMNS}"
                         )))
                         .bind(peer)
                         .bind(seq)
                         .fetch_optional(&mut *tx)
                         .await?;
-                    out.push(QueueDone::Removed(row.map(item)));
-                }
-                QueueWrite::Seen { peer, id, at } => {
-                    sqlx::query("INSERT OR IGNORE INTO fed_seen (peer, id, at) VALUES (?, ?, ?)")
+                        out.push(QueueDone::Removed(row.map(item)));
+                    }
+                    QueueWrite::Seen { peer, id, at } => {
+                        sqlx::query(
+                            "INSERT INTO fed_seen (peer, id, at) VALUES ($1, $2, $3) \
+                             ON CONFLICT DO NOTHING",
+                        )
                         .bind(peer)
                         .bind(id)
                         .bind(at)
                         .execute(&mut *tx)
                         .await?;
-                    out.push(QueueDone::Seen);
+                        out.push(QueueDone::Seen);
+                    }
                 }
             }
-        }
-        tx.commit().await?;
-        Ok(out)
+            tx.commit().await?;
+            Ok(out)
+        })
     }
 
     /// Items queued per (peer, local sender) (the queue writer's counts at start-up).
     pub(crate) async fn federation_counts_by_sender(
         &self,
     ) -> Result<Vec<(String, String, i64)>, DbError> {
-        Ok(
-            sqlx::query_as("SELECT peer, sender, COUNT(*) FROM fed_queue GROUP BY peer, sender")
-                .fetch_all(&self.federation_store()?.pool)
-                .await?,
+        Ok(read!(self, p => sqlx::query_as(
+            "SELECT peer, sender, COUNT(*) FROM fed_queue GROUP BY peer, sender"
         )
+        .fetch_all(p)
+        .await)?)
     }
 
     /// The next queued items of `peer` after `after`, in order.
@@ -186,24 +193,22 @@ impl Db {
         after: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(String, i64, String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(
-            format!(
-                "SELECT {ITEM_COLUMNS} FROM fed_queue WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?"
-            ),
-        ))
+        let rows: Vec<ItemRow> = read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ITEM_COLUMNS} FROM fed_queue WHERE peer = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )))
         .bind(peer)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.federation_store()?.pool)
-        .await?;
+        .fetch_all(p)
+        .await)?;
         Ok(rows.into_iter().map(item).collect())
     }
 
     /// Peers with queued items (to start their links after a restart).
     pub(crate) async fn federation_peers(&self) -> Result<Vec<String>, DbError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT peer FROM fed_queue")
-            .fetch_all(&self.federation_store()?.pool)
-            .await?;
+        let rows: Vec<(String,)> = read!(self, p => sqlx::query_as("SELECT DISTINCT peer FROM fed_queue")
+            .fetch_all(p)
+            .await)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -215,19 +220,19 @@ impl Db {
         forget_before: i64,
         limit: i64,
     ) -> Result<Vec<QueuedItem>, DbError> {
-        let rows: Vec<(String, i64, String, String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM fed_queue WHERE seq IN \
-                 (SELECT seq FROM fed_queue WHERE expires_at <= ? LIMIT ?) RETURNING {ITEM_COLUMNS}"
-            )))
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.federation_store()?.writes)
-            .await?;
-        sqlx::query("DELETE FROM fed_sent WHERE at < ?")
+        let rows: Vec<ItemRow> = writes!(self, w => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM fed_queue WHERE seq IN \
+             (SELECT seq FROM fed_queue WHERE expires_at <= $1 LIMIT $2) RETURNING {ITEM_COLUMNS}"
+        )))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(w)
+        .await)?;
+        writes!(self, w => sqlx::query("DELETE FROM fed_sent WHERE at < $1")
             .bind(forget_before)
-            .execute(&self.federation_store()?.writes)
-            .await?;
+            .execute(w)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(rows.into_iter().map(item).collect())
     }
 
@@ -237,17 +242,20 @@ impl Db {
         id: &str,
         recipient: &str,
     ) -> Result<Option<String>, DbError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT sender FROM fed_sent WHERE id = ? AND recipient = ?")
-                .bind(id)
-                .bind(recipient)
-                .fetch_optional(&self.federation_store()?.pool)
-                .await?;
+        let row: Option<(String,)> = read!(self, p => sqlx::query_as(
+            "SELECT sender FROM fed_sent WHERE id = $1 AND recipient = $2",
+        )
+        .bind(id)
+        .bind(recipient)
+        .fetch_optional(p)
+        .await)?;
         Ok(row.map(|r| r.0))
     }
 
     /// Stores a read receipt from a remote reader for a local sender (unless that message
-    /// already has one); returns its seq for live delivery.
+    /// already has one); returns its seq for live delivery. On PostgreSQL the transaction
+    /// takes the batch lock first, like every write that hands out `receipts.seq` (commit
+    /// order is sequence order, `db/mod.rs`).
     pub(crate) async fn federation_store_receipt(
         &self,
         sender: &str,
@@ -255,27 +263,43 @@ impl Db {
         reader: &str,
         at: i64,
     ) -> Result<Option<i64>, DbError> {
-        let mut tx = self.federation_store()?.writes.begin().await?;
-        let seen: Option<(i64,)> =
-            sqlx::query_as("SELECT seq FROM receipts WHERE message_id = ? AND sender = ?")
+        macro_rules! store {
+            ($tx:ident) => {{
+                let seen: Option<(i64,)> = sqlx::query_as(
+                    "SELECT seq FROM receipts WHERE message_id = $1 AND sender = $2",
+                )
                 .bind(id)
                 .bind(sender)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *$tx)
                 .await?;
-        if seen.is_some() {
-            return Ok(None);
+                if seen.is_some() {
+                    return Ok(None);
+                }
+                let (seq,): (i64,) = sqlx::query_as(
+                    "INSERT INTO receipts (sender, message_id, reader, at) \
+                     VALUES ($1, $2, $3, $4) RETURNING seq",
+                )
+                .bind(sender)
+                .bind(id)
+                .bind(reader)
+                .bind(at)
+                .fetch_one(&mut *$tx)
+                .await?;
+                $tx.commit().await?;
+                Ok(Some(seq))
+            }};
         }
-        let (seq,): (i64,) = sqlx::query_as(
-            "INSERT INTO receipts (sender, message_id, reader, at) VALUES (?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(sender)
-        .bind(id)
-        .bind(reader)
-        .bind(at)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(seq))
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writes.begin().await?;
+                store!(tx)
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.writes.begin().await?;
+                super::postgres::lock_batch(&mut tx, 0).await?;
+                store!(tx)
+            }
+        }
     }
 
     /// Whether a message with this id is stored (from anyone: ids are unique), or `peer`
@@ -285,59 +309,60 @@ impl Db {
         peer: &str,
         id: &str,
     ) -> Result<bool, DbError> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM fed_seen WHERE peer = ? AND id = ? \
-             UNION ALL SELECT 1 FROM messages WHERE id = ? LIMIT 1",
+        // Both columns are 64-bit integers on either backend (the row is only tested).
+        let row: Option<(i64,)> = read!(self, p => sqlx::query_as(
+            "SELECT at FROM fed_seen WHERE peer = $1 AND id = $2 \
+             UNION ALL SELECT seq FROM messages WHERE id = $2 LIMIT 1",
         )
         .bind(peer)
         .bind(id)
-        .bind(id)
-        .fetch_optional(&self.federation_store()?.pool)
-        .await?;
+        .fetch_optional(p)
+        .await)?;
         Ok(row.is_some())
     }
 
     /// Forgets remembered message ids older than `before`, and each peer's oldest beyond
-    /// `max_per_peer` (0 = no bound); returns how many were forgotten.
+    /// `max_per_peer` (0 = no bound; rows as old as the newest one beyond it stay too);
+    /// returns how many were forgotten.
     pub(crate) async fn federation_forget_seen(
         &self,
         before: i64,
         max_per_peer: u64,
     ) -> Result<u64, DbError> {
-        let store = self.federation_store()?;
-        let mut n = sqlx::query("DELETE FROM fed_seen WHERE at < ?")
+        let mut n = writes!(self, w => sqlx::query("DELETE FROM fed_seen WHERE at < $1")
             .bind(before)
-            .execute(&store.writes)
-            .await?
-            .rows_affected();
+            .execute(w)
+            .await
+            .map(|r| r.rows_affected()))?;
         if max_per_peer == 0 {
             return Ok(n);
         }
         let cap = i64::try_from(max_per_peer).unwrap_or(i64::MAX);
-        let over: Vec<(String,)> =
-            sqlx::query_as("SELECT peer FROM fed_seen GROUP BY peer HAVING COUNT(*) > ?")
-                .bind(cap)
-                .fetch_all(&store.pool)
-                .await?;
+        let over: Vec<(String,)> = read!(self, p => sqlx::query_as(
+            "SELECT peer FROM fed_seen GROUP BY peer HAVING COUNT(*) > $1"
+        )
+        .bind(cap)
+        .fetch_all(p)
+        .await)?;
         for (peer,) in over {
-            n += sqlx::query(
-                "DELETE FROM fed_seen WHERE peer = ? AND rowid IN \
-                 (SELECT rowid FROM fed_seen WHERE peer = ? ORDER BY at DESC LIMIT -1 OFFSET ?)",
+            n += writes!(self, w => sqlx::query(
+                "DELETE FROM fed_seen WHERE peer = $1 AND at < \
+                 (SELECT at FROM fed_seen WHERE peer = $1 ORDER BY at DESC LIMIT 1 OFFSET $2)",
             )
             .bind(&peer)
-            .bind(&peer)
             .bind(cap)
-            .execute(&store.writes)
-            .await?
-            .rows_affected();
+            .execute(w)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         Ok(n)
     }
 }
 
-fn item(
-    (peer, seq, line, sender, message_id): (String, i64, String, String, String),
-) -> QueuedItem {
+/// A `fed_queue` row as read.
+type ItemRow = (String, i64, String, String, String);
+
+fn item((peer, seq, line, sender, message_id): ItemRow) -> QueuedItem {
     QueuedItem {
         peer,
         seq,

@@ -119,6 +119,8 @@ pub(crate) mod commit;
 mod contacts;
 pub mod copy;
 mod federation;
+pub(crate) mod federation_files;
+pub(crate) mod federation_subs;
 mod files;
 mod messages;
 pub(crate) mod notices;

@@ -320,7 +320,8 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
                     return done(PrivacyOutcome::OfferQuotaExceeded);
                 }
             }
-            if !exists(tx, &o.recipient).await? {
+            // A remote recipient (an address) is checked by its own server.
+            if !o.recipient.contains('@') && !exists(tx, &o.recipient).await? {
                 return Ok(Outcome::UnknownUser);
             }
             let (seq,): (i64,) = on!(tx, c => sqlx::query_as(

@@ -284,25 +284,32 @@ enum Event {
     Read(Option<Result<Result<Packet, msim_shared::PacketError>, std::io::Error>>),
 }
 
-enum Handled {
+pub(super) enum Handled {
     Reply(Packet),
     Nothing,
     Violation(Packet),
     Retry(Packet),
 }
 
-fn refused(qid: &str, reason: &str) -> Packet {
+pub(super) fn refused(qid: &str, reason: &str) -> Packet {
     Packet::new("S2S-REFUSED")
         .with("qid", qid)
         .with("reason", reason)
 }
 
-fn ack(qid: &str) -> Packet {
+pub(super) fn ack(qid: &str) -> Packet {
     Packet::new("S2S-ACK").with("qid", qid)
 }
 
+/// `S2S-RETRY` for an item that could not be taken now.
+pub(super) fn retry(qid: &str, after_secs: u32) -> Packet {
+    Packet::new("S2S-RETRY")
+        .with("qid", qid)
+        .with("retry-after", after_secs.to_string())
+}
+
 /// Checks that `from` is a user of the peer and `to` one of ours; returns (from, local login).
-fn check_addresses(
+pub(super) fn check_addresses(
     sh: &Shared,
     peer: &str,
     from: &str,
@@ -540,6 +547,12 @@ async fn handle(
                     .send_packet(&login, &Packet::new(verb).with("from", from));
             }
             Handled::Nothing
+        }
+        "S2S-SUBSCRIBE" | "S2S-UNSUBSCRIBE" | "S2S-PRESENCE" | "S2S-PROFILE-CHANGED" => {
+            super::subscriptions::handle(sh, peer, p).await
+        }
+        "S2S-FILE-OFFER" | "S2S-FILE-ANSWER" | "S2S-FILE-READY" | "S2S-FILE-CLOSED" => {
+            super::files::handle(sh, peer, p).await
         }
         _ => Handled::Reply(Packet::new("ERROR-NOT-IMPLEMENTED").with("type", p.verb.clone())),
     }

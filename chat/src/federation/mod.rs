@@ -7,10 +7,13 @@
 //! - [`inbound`]: the s2s listener and what a peer may send us; [`guard`] limits
 //!   unauthenticated connections per address and packets per peer domain;
 //! - [`outbound`]: one dialer task per peer draining its durable queue;
-//! - [`hooks`]: what the client commands call for remote addresses.
+//! - [`hooks`]: what the client commands call for remote addresses;
+//! - [`subscriptions`]: remote contacts' presence and profile changes, sent only when asked;
+//! - [`files`]: file offers across servers (the file stays on the sender's relay).
 
 pub mod dns;
 pub mod domain;
+pub(crate) mod files;
 pub(crate) mod guard;
 pub mod handshake;
 pub(crate) mod hooks;
@@ -20,6 +23,7 @@ pub mod keys;
 pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod queue;
+pub(crate) mod subscriptions;
 pub mod tls;
 
 pub use policy::{FederationConfig, Mode};
@@ -81,6 +85,8 @@ pub struct Federation {
     pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
     /// Unauthenticated connections per address, packets per authenticated peer domain.
     pub(crate) guard: guard::Guard,
+    /// When each local user last renewed its subscriptions (at most once a minute).
+    pub(crate) renewals: subscriptions::Renewals,
     /// Cancelled at shutdown: stops the peer tasks.
     pub(crate) stop: CancellationToken,
     /// The outbound queue's writer (set at start).
@@ -136,6 +142,7 @@ impl Federation {
             tls_client: tls::any_certificate(),
             peers: Mutex::new(HashMap::new()),
             inflight: Mutex::new(Default::default()),
+            renewals: Default::default(),
             stop: CancellationToken::new(),
             queue: std::sync::OnceLock::new(),
             shared: std::sync::OnceLock::new(),

@@ -97,6 +97,22 @@ impl TestServer {
         Self::with(System::builder().in_dir(dir), f).await
     }
 
+    /// Like [`TestServer::start_in`], with msim-chat's embedded relay (for file transfers).
+    pub async fn start_in_with_relay(
+        dir: tempfile::TempDir,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> TestServer {
+        let builder = System::builder()
+            .in_dir(dir)
+            .test_defaults()
+            .chat(move |c| {
+                c.database = database_for(&c.data_dir);
+                f(c);
+            });
+        let system = builder.start().await.expect("msim-chat starts");
+        TestServer { system }
+    }
+
     async fn with(
         builder: SystemBuilder,
         f: impl FnOnce(&mut Config) + Send + 'static,

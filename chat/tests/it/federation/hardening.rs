@@ -214,6 +214,7 @@ async fn the_signature_is_bound_to_the_tls_exporter() {
 /// the row). A new id from the same peer is delivered.
 #[tokio::test]
 async fn a_resend_after_the_row_is_gone_is_not_delivered_twice() {
+    const ADVANCE: Duration = Duration::from_secs(660);
     let dns = TestDns::start().await;
     let b = Fed::start(&dns, "b.test", |c| {
         c.receipt_retention = Duration::from_secs(600);
@@ -244,20 +245,14 @@ async fn a_resend_after_the_row_is_gone_is_not_delivered_twice() {
     bob.send(&format!("MESSAGE-ACK id={id}")).await;
     bob.sync().await;
     drop(raw);
-    // Past the retention, the delivered row is purged.
-    b.server.clock.advance(Duration::from_secs(601));
-    let db = {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(b.server.chat_dir().join("msim.db"))
-            .read_only(true);
-        sqlx::SqlitePool::connect_with(opts).await.unwrap()
-    };
+    // Past the retention, the delivered row is purged. The message's `at` is the peer's
+    // (real) time, up to a few seconds after B's manual clock started (a server on
+    // PostgreSQL takes longer to start): advance well past the retention.
+    b.server.clock.advance(ADVANCE);
+    let messages = StoredMessages::open(b.server.chat_dir()).await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let n = messages.count().await;
         if n == 0 {
             break;
         }
@@ -270,7 +265,7 @@ async fn a_resend_after_the_row_is_gone_is_not_delivered_twice() {
         .hello("c.test", "b.test", &handshake::nonce())
         .await
         .unwrap();
-    let at = now() + 601_000_000;
+    let at = now() + ADVANCE.as_micros() as i64;
     raw.send(handshake::auth_packet(&s, Role::Dialer, &key, at))
         .await;
     assert_eq!(raw.next().await.unwrap().verb, "S2S-AUTH");
@@ -281,7 +276,6 @@ async fn a_resend_after_the_row_is_gone_is_not_delivered_twice() {
     assert_eq!(raw.next().await.unwrap().verb, "S2S-ACK");
     // The next message bob sees is the new one: the resend was not delivered.
     assert_eq!(field(&next_message(&mut bob).await, "id"), Some(fresh));
-    db.close().await;
 }
 
 /// s2s speaks TLS 1.3 only, also when the operator's certificate (`--tls-cert`) is used and
@@ -412,4 +406,33 @@ async fn federation_without_a_key_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("msim-chat federation keygen"), "{err}");
     assert!(!err.contains("listening"), "started something first: {err}");
+}
+
+/// Counts the `messages` rows of the server on `dir`, on whichever backend the suite runs.
+enum StoredMessages {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl StoredMessages {
+    async fn open(dir: &std::path::Path) -> StoredMessages {
+        match crate::common::database_for(dir) {
+            Some(url) => StoredMessages::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.join("msim.db"))
+                    .read_only(true);
+                StoredMessages::Sqlite(sqlx::SqlitePool::connect_with(opts).await.unwrap())
+            }
+        }
+    }
+
+    async fn count(&self) -> i64 {
+        let q = "SELECT COUNT(*) FROM messages";
+        let (n,): (i64,) = match self {
+            StoredMessages::Sqlite(p) => sqlx::query_as(q).fetch_one(p).await.unwrap(),
+            StoredMessages::Postgres(p) => sqlx::query_as(q).fetch_one(p).await.unwrap(),
+        };
+        n
+    }
 }

@@ -3,11 +3,15 @@
 
 mod attacks;
 mod dns;
+mod files;
 mod hardening;
 mod hostile;
 mod key_cache;
 mod messages;
 mod peers;
+mod presence;
+mod processes;
+mod subscriptions_wire;
 
 use crate::common::{field, Client, TestServer, PASSWORD};
 use dns::TestDns;
@@ -38,9 +42,6 @@ fn federation_config(
     listener: std::net::TcpListener,
 ) {
     c.domain = domain.to_owned();
-    // Federation's queue lives in the SQLite store only so far (msim-chat refuses federation
-    // on PostgreSQL): these servers stay on SQLite when the suite runs on PostgreSQL.
-    c.database = None;
     let f = &mut c.federation;
     f.mode = Mode::Open;
     f.allow_private = true;
@@ -90,15 +91,41 @@ impl Fed {
         port: u16,
         f: impl FnOnce(&mut Config) + Send + 'static,
     ) -> Fed {
+        Fed::start_opts(dns, domain, dir, port, false, f).await
+    }
+
+    /// A new server for `domain` with msim-chat's embedded relay (file transfers).
+    pub async fn start_with_relay(
+        dns: &TestDns,
+        domain: &str,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Fed {
+        let dir = tempfile::tempdir().unwrap();
+        keys::generate(&dir.path().join("chat"), domain).unwrap();
+        Fed::start_opts(dns, domain, dir, 0, true, f).await
+    }
+
+    async fn start_opts(
+        dns: &TestDns,
+        domain: &str,
+        dir: tempfile::TempDir,
+        port: u16,
+        relay: bool,
+        f: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Fed {
         let listener = s2s_socket(port);
         let s2s = listener.local_addr().unwrap();
         let kid = publish(dns, domain, &dir.path().join("chat"), s2s.port());
         let (dns_addr, domain_owned) = (dns.addr, domain.to_owned());
-        let server = TestServer::start_in(dir, move |c| {
+        let configure = move |c: &mut Config| {
             federation_config(c, dns_addr, &domain_owned, listener);
             f(c);
-        })
-        .await;
+        };
+        let server = if relay {
+            TestServer::start_in_with_relay(dir, configure).await
+        } else {
+            TestServer::start_in(dir, configure).await
+        };
         Fed { server, s2s, kid }
     }
 

@@ -1,0 +1,413 @@
+//! Presence and profile subscriptions across servers (PROTOCOL.md §12.9).
+//!
+//! The watcher's server asks (`S2S-SUBSCRIBE`) when a local user adds a remote contact, and
+//! again when that user's first session logs in (the subject's server then sends the state of
+//! the moment, so nothing missed while away or while either server restarted stays wrong);
+//! it cancels (`S2S-UNSUBSCRIBE`) when the user deletes the contact. The subject's server keeps
+//! the subscriptions (`fed_subs`, bounded per peer) and queues `S2S-PRESENCE` /
+//! `S2S-PROFILE-CHANGED` to subscribed watchers only, under the same consent rules as for local
+//! watchers (§7): presence only to a watcher the subject has as a contact (a remote user's
+//! approval), never to a blocked one, never with `last-seen=nobody`. Everything travels in the
+//! durable per-peer queue, so it is ordered and survives broken links and restarts.
+
+use super::inbound::{ack, check_addresses, refused, retry, Handled};
+use super::Federation;
+use crate::cmd::context::Ctx;
+use crate::db::federation_subs::{Subscribed, Subscriber};
+use crate::db::QueueWrite;
+use crate::hub::encode;
+use crate::server::Shared;
+use msim_shared::proto::{Body, ContactUpdate, ContactUpdated, Presence, UpdateLastSeen};
+use msim_shared::Packet;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// The domain of a canonical address.
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map_or(addr, |(_, d)| d)
+}
+
+/// Queues a packet for `peer` (not a message: nobody is told if it fails).
+async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, p: Packet) {
+    queue_all(fed, ctx, vec![(peer.to_owned(), p)]).await;
+}
+
+/// Queues packets for their peers, all at once (the queue writer commits them together, in
+/// this order).
+async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, items: Vec<(String, Packet)>) {
+    let expires_at = ctx
+        .now()
+        .saturating_add(fed.config.queue_ttl.as_micros() as i64);
+    let writes = items
+        .iter()
+        .filter(|(peer, _)| fed.config.allows(peer))
+        .map(|(peer, p)| async move {
+            let add = QueueWrite::Add {
+                peer: peer.clone(),
+                line: p.to_wire().trim_end().to_owned(),
+                sender: String::new(),
+                message_id: String::new(),
+                recipient: String::new(),
+                at: ctx.now(),
+                expires_at,
+            };
+            match fed.queue().write(add).await {
+                Ok(_) => Some(peer),
+                Err(e) => {
+                    warn!(%peer, verb = %p.verb, "federation queue: {e}: dropped");
+                    None
+                }
+            }
+        });
+    let mut woken = std::collections::HashSet::new();
+    for peer in futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        if woken.insert(peer) {
+            fed.wake(peer);
+        }
+    }
+}
+
+// ---- The watcher's side ----
+
+/// Local user `login` wants `subject`'s (a remote address) presence and profile changes.
+pub(crate) async fn subscribe(fed: &Federation, ctx: &Ctx<'_>, login: &str, subject: &str) {
+    let p = Packet::new("S2S-SUBSCRIBE")
+        .with("from", ctx.addr(login))
+        .with("to", subject);
+    queue(fed, ctx, domain_of(subject), p).await;
+}
+
+/// Local user `login` no longer has `subject` (a remote address) as a contact.
+pub(crate) async fn unsubscribe(fed: &Federation, ctx: &Ctx<'_>, login: &str, subject: &str) {
+    let p = Packet::new("S2S-UNSUBSCRIBE")
+        .with("from", ctx.addr(login))
+        .with("to", subject);
+    queue(fed, ctx, domain_of(subject), p).await;
+}
+
+/// Renewals more often than this are skipped: a client reconnecting in a loop must not fill
+/// the per-peer queues (which messages share) with subscriptions.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// Most users remembered; beyond it, entries older than [`RENEW_EVERY`] are dropped, and if
+/// none are, all of them.
+const MAX_RENEWALS: usize = 100_000;
+
+/// When each local user last renewed its subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct Renewals(Mutex<HashMap<String, Instant>>);
+
+impl Renewals {
+    /// Whether `login` may renew now (and notes that it does).
+    fn take(&self, login: &str) -> bool {
+        let now = Instant::now();
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(login)
+            .is_some_and(|at| now.duration_since(*at) < RENEW_EVERY)
+        {
+            return false;
+        }
+        if m.len() >= MAX_RENEWALS {
+            m.retain(|_, at| now.duration_since(*at) < RENEW_EVERY);
+            if m.len() >= MAX_RENEWALS {
+                m.clear();
+            }
+        }
+        m.insert(login.to_owned(), now);
+        true
+    }
+}
+
+/// Subscribes again to every remote contact of `login` (its first session logged in; at most
+/// once per [`RENEW_EVERY`]): their servers answer with the state of the moment.
+async fn resubscribe_all(fed: &Federation, ctx: &Ctx<'_>, login: &str) {
+    if !fed.renewals.take(login) {
+        return;
+    }
+    match ctx.db.remote_contacts(login).await {
+        Ok(contacts) => {
+            let from = ctx.addr(login);
+            let items = contacts
+                .into_iter()
+                .map(|c| {
+                    let p = Packet::new("S2S-SUBSCRIBE")
+                        .with("from", from.clone())
+                        .with("to", c.clone());
+                    (domain_of(&c).to_owned(), p)
+                })
+                .collect();
+            queue_all(fed, ctx, items).await;
+        }
+        Err(e) => warn!("remote contacts: {e}"),
+    }
+}
+
+// ---- The subject's side ----
+
+/// `subject`'s presence as a `presence=` value: `online`, the last-seen time, or `None` when
+/// never seen.
+async fn presence_value(ctx: &Ctx<'_>, subject: &str) -> Option<String> {
+    crate::cmd::privacy::current(ctx, subject)
+        .await
+        .map(|p| p.to_wire())
+}
+
+fn presence_packet(ctx: &Ctx<'_>, subject: &str, watcher: &str, presence: &str) -> Packet {
+    Packet::new("S2S-PRESENCE")
+        .with("from", ctx.addr(subject))
+        .with("to", watcher)
+        .with("presence", presence)
+}
+
+async fn subscribers(ctx: &Ctx<'_>, subject: &str, only: Option<&str>) -> Vec<Subscriber> {
+    match ctx.db.federation_subscribers(subject, only).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("federation subscribers: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Local user `login` came online (first session) or went offline (last session): its
+/// subscribed remote watchers who see its presence are told; coming online also renews
+/// `login`'s own subscriptions.
+pub(crate) async fn presence_changed(fed: &Federation, ctx: &Ctx<'_>, login: &str, online: bool) {
+    let subs = subscribers(ctx, login, None).await;
+    if subs.iter().any(|s| s.sees_presence()) {
+        if let Some(presence) = presence_value(ctx, login).await {
+            let items = subs
+                .iter()
+                .filter(|s| s.sees_presence())
+                .map(|s| {
+                    let p = presence_packet(ctx, login, &s.watcher, &presence);
+                    (s.peer.clone(), p)
+                })
+                .collect();
+            queue_all(fed, ctx, items).await;
+        }
+    }
+    if online {
+        resubscribe_all(fed, ctx, login).await;
+    }
+}
+
+/// Local user `login` changed its profile: every subscribed remote watcher is told (names and
+/// notes are not presence: visible to anyone who asks, §7.2).
+pub(crate) async fn profile_changed(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
+    login: &str,
+    name: Option<&String>,
+    note: Option<&String>,
+) {
+    let items = subscribers(ctx, login, None)
+        .await
+        .into_iter()
+        .filter(|s| !ctx.blocks.is_blocked(login, &s.watcher))
+        .map(|s| {
+            let p = Packet::new("S2S-PROFILE-CHANGED")
+                .with("from", ctx.addr(login))
+                .with("to", s.watcher)
+                .with_opt(
+                    "name",
+                    name.map(|n| if n.is_empty() { login } else { n }.to_owned()),
+                )
+                .with_opt("note", note.cloned());
+            (s.peer, p)
+        })
+        .collect();
+    queue_all(fed, ctx, items).await;
+}
+
+/// Something changed whether remote watchers (all of them, or `only` one) see `subject`'s
+/// presence (its `last-seen` setting, or it added or deleted the watcher as a contact): those
+/// who see it get the current presence; those who saw it before and no longer do get
+/// `presence=` (empty) — unless `gained`, for a change that can only have made it visible.
+/// Before a change that hid it, a watcher saw it if it is still approved (the setting moved
+/// to `nobody`) or the setting still shows it (the watcher lost its approval).
+pub(crate) async fn refresh(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
+    subject: &str,
+    only: Option<&str>,
+    gained: bool,
+) {
+    let subs = subscribers(ctx, subject, only).await;
+    if subs.is_empty() {
+        return;
+    }
+    let current = presence_value(ctx, subject).await;
+    let mut items = Vec::new();
+    for s in subs {
+        let value = match (&current, s.sees_presence()) {
+            (Some(v), true) => v.as_str(),
+            (None, true) => continue,
+            (_, false) if gained || !(s.approved || s.shown) => continue,
+            (_, false) => "",
+        };
+        items.push((
+            s.peer.clone(),
+            presence_packet(ctx, subject, &s.watcher, value),
+        ));
+    }
+    queue_all(fed, ctx, items).await;
+}
+
+// ---- What a peer sends (inbound link) ----
+
+/// `S2S-SUBSCRIBE`, `S2S-UNSUBSCRIBE`, `S2S-PRESENCE`, `S2S-PROFILE-CHANGED` from `peer`.
+pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
+    let qid = p.get("qid").unwrap_or_default().to_owned();
+    let (Some(from), Some(to)) = (p.get("from"), p.get("to")) else {
+        return Handled::Violation(refused(&qid, "malformed"));
+    };
+    let (from, login) = match check_addresses(sh, peer, from, to) {
+        Ok(x) => x,
+        Err(reason) => {
+            warn!(%peer, %from, %to, reason, verb = %p.verb, "s2s: refused");
+            return Handled::Violation(refused(&qid, reason));
+        }
+    };
+    let Some(fed) = sh.federation.as_deref() else {
+        return Handled::Nothing;
+    };
+    let ctx = Ctx::new(sh);
+    match p.verb.as_str() {
+        "S2S-SUBSCRIBE" => {
+            match sh
+                .db
+                .federation_subscribe(peer, &from, &login, ctx.now())
+                .await
+            {
+                Ok(Subscribed::Stored) => {
+                    send_state(fed, &ctx, &login, &from).await;
+                    Handled::Reply(ack(&qid))
+                }
+                Ok(Subscribed::UnknownUser) => Handled::Reply(refused(&qid, "unknown-user")),
+                Ok(Subscribed::TooMany) => {
+                    warn!(%peer, "s2s: subscription refused: too many");
+                    Handled::Reply(refused(&qid, "too-many-subscriptions"))
+                }
+                Err(e) => {
+                    warn!("s2s subscribe: {e}");
+                    Handled::Retry(retry(&qid, 5))
+                }
+            }
+        }
+        "S2S-UNSUBSCRIBE" => match sh.db.federation_unsubscribe(&from, &login).await {
+            Ok(()) => Handled::Reply(ack(&qid)),
+            Err(e) => {
+                warn!("s2s unsubscribe: {e}");
+                Handled::Retry(retry(&qid, 5))
+            }
+        },
+        "S2S-PRESENCE" => {
+            let Some(value) = p.get("presence") else {
+                return Handled::Violation(refused(&qid, "malformed"));
+            };
+            let presence = match value {
+                "" => Presence::Hidden,
+                "online" => Presence::Online,
+                t => match msim_shared::timestamp::parse(t) {
+                    Some(at) => Presence::LastSeen(at),
+                    None => return Handled::Violation(refused(&qid, "malformed")),
+                },
+            };
+            match ctx.db.contact_entry(&login, &from).await {
+                Ok(Some(_)) => {
+                    let mut rec = ContactUpdate::new(from.clone());
+                    rec.presence = Some(presence);
+                    let mut bytes =
+                        encode(&ContactUpdated { updates: vec![rec] }.to_packet()).to_vec();
+                    if let Presence::LastSeen(at) = presence {
+                        let seen = UpdateLastSeen { id: from, at };
+                        bytes.extend_from_slice(seen.to_packet().to_wire().as_bytes());
+                    }
+                    sh.hub.send(&login, &bytes::Bytes::from(bytes));
+                    Handled::Reply(ack(&qid))
+                }
+                // Deleted meanwhile (the unsubscription is on its way): dropped.
+                Ok(None) => Handled::Reply(ack(&qid)),
+                Err(e) => {
+                    warn!("s2s presence: {e}");
+                    Handled::Retry(retry(&qid, 5))
+                }
+            }
+        }
+        "S2S-PROFILE-CHANGED" => match ctx.db.contact_entry(&login, &from).await {
+            Ok(Some(own_name)) => {
+                let mut rec = ContactUpdate::new(from);
+                // A contact renamed by its owner keeps that name (as for local contacts, §9).
+                rec.name = p
+                    .get("name")
+                    .filter(|_| own_name.is_none())
+                    .filter(|n| crate::cmd::contacts::valid_name(n))
+                    .map(str::to_owned);
+                rec.note = p
+                    .get("note")
+                    .filter(|n| n.chars().count() <= crate::cmd::profile::MAX_NOTE)
+                    .map(str::to_owned);
+                if rec.name.is_some() || rec.note.is_some() {
+                    let pkt = ContactUpdated { updates: vec![rec] };
+                    sh.hub.send_packet(&login, &pkt.to_packet());
+                }
+                Handled::Reply(ack(&qid))
+            }
+            Ok(None) => Handled::Reply(ack(&qid)),
+            Err(e) => {
+                warn!("s2s profile change: {e}");
+                Handled::Retry(retry(&qid, 5))
+            }
+        },
+        other => {
+            debug!(%peer, verb = other, "s2s: not a subscription packet");
+            Handled::Nothing
+        }
+    }
+}
+
+/// After a subscription: the subject's profile and, when the watcher sees it, its presence.
+async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &str) {
+    let peer = domain_of(watcher).to_owned();
+    let mut items = Vec::new();
+    if let Ok(Some(profile)) = ctx.db.profile(subject).await {
+        if !ctx.blocks.is_blocked(subject, watcher) {
+            let name = if profile.name.is_empty() {
+                subject.to_owned()
+            } else {
+                profile.name
+            };
+            let p = Packet::new("S2S-PROFILE-CHANGED")
+                .with("from", ctx.addr(subject))
+                .with("to", watcher)
+                .with("name", name)
+                .with("note", profile.note);
+            items.push((peer.clone(), p));
+        }
+    }
+    let sees = subscribers(ctx, subject, Some(watcher))
+        .await
+        .first()
+        .is_some_and(|s| s.sees_presence());
+    if sees {
+        if let Some(v) = presence_value(ctx, subject).await {
+            items.push((peer, presence_packet(ctx, subject, watcher, &v)));
+        }
+    }
+    queue_all(fed, ctx, items).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn domain_of_takes_the_part_after_the_last_at() {
+        assert_eq!(super::domain_of("bob@b.example"), "b.example");
+        assert_eq!(super::domain_of("b.example"), "b.example");
+    }
+}
