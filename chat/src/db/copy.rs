@@ -1,9 +1,11 @@
 //! `msim-chat db copy --from <SQLite> --to postgres://…`: moves an installation that outgrew
 //! one machine to PostgreSQL, with everything it stores — users with their sealed passwords
 //! (so the same `secret.key` opens them), profiles, contacts, presence consent, blocks,
-//! pending and delivered messages, read receipts, offers and stored results — and their
-//! sequence numbers, in one PostgreSQL transaction. Run it with msim-chat stopped; the target
-//! must be empty (a second copy is refused instead of mixing two installations).
+//! pending and delivered messages, read receipts, offers and stored results, federation's
+//! queue — and their sequence numbers, read in one SQLite transaction (one moment) and written
+//! in one PostgreSQL transaction. Run it with msim-chat stopped (what a running server
+//! acknowledges after that moment stays behind); the target must be empty (a second copy is
+//! refused instead of mixing two installations).
 
 use super::{Backend, Db, DbError};
 use sqlx::{PgConnection, Row};
@@ -122,6 +124,44 @@ const TABLES: &[(&str, &[(&str, Kind)])] = {
     ]
 };
 
+/// Federation's tables (PROTOCOL.md §12), which SQLite has only once federation has run: the
+/// outbound queue holds messages whose senders already got `MESSAGE-SENT`.
+const FEDERATION_TABLES: &[(&str, &[(&str, Kind)])] = {
+    use Kind::*;
+    &[
+        (
+            "fed_queue",
+            &[
+                ("seq", Int),
+                ("peer", Text),
+                ("line", Text),
+                ("sender", Text),
+                ("message_id", Text),
+                ("expires_at", Int),
+            ],
+        ),
+        (
+            "fed_sent",
+            &[
+                ("id", Text),
+                ("sender", Text),
+                ("recipient", Text),
+                ("at", Int),
+            ],
+        ),
+        (
+            "fed_subs",
+            &[
+                ("subject", Text),
+                ("watcher", Text),
+                ("peer", Text),
+                ("at", Int),
+            ],
+        ),
+        ("fed_seen", &[("peer", Text), ("id", Text), ("at", Int)]),
+    ]
+};
+
 /// Rows read from SQLite and written to PostgreSQL per statement.
 const PAGE: i64 = 500;
 
@@ -145,20 +185,34 @@ pub enum CopyError {
     #[error("--to must be a postgres:// URL")]
     NotPostgres,
     /// The target already holds data.
-    #[error("the target database already holds {0} user(s): copy only into an empty database")]
-    NotEmpty(i64),
+    #[error(
+        "the target database already holds {1} row(s) in {0}: copy only into an empty database"
+    )]
+    NotEmpty(&'static str, i64),
+    /// `--from` names no msim-chat database.
+    #[error("{0} is not a msim-chat database (no such file)")]
+    NoSource(String),
+    /// The source holds no account: most likely the wrong `--from`.
+    #[error(
+        "the source database holds no user: nothing to copy (is --from the right data directory?)"
+    )]
+    EmptySource,
 }
 
 /// Copies the SQLite store at `from` (its data directory, or its `msim.db`) into the empty
 /// PostgreSQL database at `to`; returns the rows copied per table.
 pub async fn copy(from: &Path, to: &str) -> Result<Vec<(&'static str, u64)>, CopyError> {
-    let dir = if from.is_dir() {
-        from
+    let (dir, file) = if from.is_dir() {
+        (from, from.join("msim.db"))
     } else {
-        from.parent().unwrap_or(Path::new("."))
+        (from.parent().unwrap_or(Path::new(".")), from.to_path_buf())
     };
     if !super::postgres::is_url(to) {
         return Err(CopyError::NotPostgres);
+    }
+    // Opening creates a missing database: a mistyped path must not copy an empty one.
+    if file.file_name() != Some(std::ffi::OsStr::new("msim.db")) || !file.is_file() {
+        return Err(CopyError::NoSource(file.display().to_string()));
     }
     let source = Db::open(dir).await?;
     let target = Db::open_postgres(to).await?;
@@ -172,17 +226,39 @@ async fn copy_between(source: &Db, target: &Db) -> Result<Vec<(&'static str, u64
     let (Backend::Sqlite(src), Backend::Postgres(dst)) = (&source.backend, &target.backend) else {
         return Err(CopyError::NotPostgres);
     };
+    // One read transaction: every table as of one moment, whatever else writes meanwhile.
+    let mut snapshot = src.pool.begin().await?;
+    let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+        .fetch_one(&mut *snapshot)
+        .await?;
+    if users == 0 {
+        return Err(CopyError::EmptySource);
+    }
+    let mut tables: Vec<&(&str, &[(&str, Kind)])> = TABLES.iter().collect();
+    for t in FEDERATION_TABLES {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1")
+                .bind(t.0)
+                .fetch_one(&mut *snapshot)
+                .await?;
+        if n > 0 {
+            tables.push(t);
+        }
+    }
     let mut tx = dst.writes.begin().await?;
     // Nodes that run anyway wait for the copy (its numbers come first).
     super::postgres::lock_batch(&mut tx, 0).await?;
-    let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
-        .fetch_one(&mut *tx)
-        .await?;
-    if users > 0 {
-        return Err(CopyError::NotEmpty(users));
+    for (table, _) in TABLES.iter().chain(FEDERATION_TABLES) {
+        let (rows,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&mut *tx)
+                .await?;
+        if rows > 0 {
+            return Err(CopyError::NotEmpty(table, rows));
+        }
     }
-    let mut counts = Vec::with_capacity(TABLES.len());
-    for (table, cols) in TABLES {
+    let mut counts = Vec::with_capacity(tables.len());
+    for (table, cols) in tables {
         let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
         let select = format!(
             "SELECT rowid, {} FROM {table} WHERE rowid > $1 ORDER BY rowid LIMIT $2",
@@ -193,7 +269,7 @@ async fn copy_between(source: &Db, target: &Db) -> Result<Vec<(&'static str, u64
             let rows = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
                 .bind(after)
                 .bind(PAGE)
-                .fetch_all(&src.pool)
+                .fetch_all(&mut *snapshot)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.try_get(0)?;
@@ -220,7 +296,7 @@ async fn copy_between(source: &Db, target: &Db) -> Result<Vec<(&'static str, u64
     )
     .execute(&mut *tx)
     .await?;
-    for table in ["receipts", "offers", "notices"] {
+    for table in ["receipts", "offers", "notices", "fed_queue"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT setval(pg_get_serial_sequence('{table}', 'seq'), \
              COALESCE((SELECT MAX(seq) FROM {table}), 0) + 1, false)"
@@ -229,6 +305,7 @@ async fn copy_between(source: &Db, target: &Db) -> Result<Vec<(&'static str, u64
         .await?;
     }
     tx.commit().await?;
+    snapshot.rollback().await?;
     Ok(counts)
 }
 
@@ -393,17 +470,53 @@ mod tests {
         let source = Db::open(dir.path()).await.expect("sqlite");
         let r = source.apply_batch(ops()).await.expect("batch");
         assert!(r.iter().all(|o| o.is_ok()), "{r:?}");
+        // A federated installation: a message queued for a remote server, acknowledged to
+        // its sender, must come across.
+        source.federation_tables().await.expect("federation tables");
+        source
+            .federation_apply(&[crate::db::QueueWrite::Add {
+                peer: "b.example".into(),
+                line: "S2S-MESSAGE id=q1".into(),
+                sender: "alice".into(),
+                message_id: "q1".into(),
+                recipient: "zed@b.example".into(),
+                at: 11,
+                expires_at: i64::MAX,
+            }])
+            .await
+            .expect("queued");
         let before = view(&source).await;
         source.close().await;
+
+        // A mistyped --from is refused (it would have created an empty database), and so is
+        // an installation without users.
+        match copy(&dir.path().join("no-such-dir"), &url).await {
+            Err(CopyError::NoSource(_)) => {}
+            other => panic!("copied a missing source: {other:?}"),
+        }
+        let empty = tempfile::tempdir().expect("tempdir");
+        Db::open(empty.path()).await.expect("empty").close().await;
+        match copy(empty.path(), &url).await {
+            Err(CopyError::EmptySource) => {}
+            other => panic!("copied an empty source: {other:?}"),
+        }
 
         let counts = copy(&dir.path().join("msim.db"), &url).await.expect("copy");
         let count = |t: &str| counts.iter().find(|(n, _)| *n == t).map(|c| c.1);
         assert_eq!(count("users"), Some(3));
         assert_eq!(count("messages"), Some(3));
         assert_eq!(count("receipts"), Some(1));
+        assert_eq!(count("fed_queue"), Some(1));
+        assert_eq!(count("fed_sent"), Some(1));
 
         let target = Db::open_postgres(&url).await.expect("postgres");
         assert_eq!(view(&target).await, before);
+        let queued = target
+            .federation_queued("b.example", 0, 10)
+            .await
+            .expect("queue");
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].message_id, "q1");
         let marks = target.marks().await.expect("marks");
         let r = target
             .apply_batch(vec![WriteOp::InsertMessage(StoredMessage {
@@ -423,7 +536,7 @@ mod tests {
         target.close().await;
 
         match copy(dir.path(), &url).await {
-            Err(CopyError::NotEmpty(3)) => {}
+            Err(CopyError::NotEmpty("users", 3)) => {}
             other => panic!("copied twice: {other:?}"),
         }
     }
