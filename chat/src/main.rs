@@ -120,7 +120,14 @@ async fn operator_command(
             );
             println!("{}", key.record(&domain));
         }
-        Command::PrintConfig => print!("{}", toml::to_string(settings)?),
+        Command::PrintConfig => {
+            // Printed settings end up in bug reports: never the database password.
+            let mut shown = settings.clone();
+            shown.database = shown
+                .database
+                .map(|url| msim_chat::db::redact_database_url(&url));
+            print!("{}", toml::to_string(&shown)?)
+        }
         Command::Db(DbCommand::Copy { from, to }) => {
             let counts = msim_chat::db::copy::copy(&from, &to).await?;
             let total: u64 = counts.iter().map(|(_, n)| n).sum();

@@ -145,6 +145,11 @@ pub(crate) use retention::Purged;
 pub(crate) use rows::{ContactRow, Marks, Offer, OfferState, Profile, Receipt, StoredMessage};
 pub use sqlite::create_data_dir;
 
+/// `url` with its password replaced by `***`, for output and logs.
+pub fn redact_database_url(url: &str) -> String {
+    postgres::redact(url)
+}
+
 use sqlx::{PgConnection, SqliteConnection};
 use std::collections::HashSet;
 use std::path::Path;

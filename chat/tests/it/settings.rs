@@ -33,6 +33,18 @@ fn every_documented_key_is_accepted_from_the_file_and_printed_back() {
 }
 
 #[test]
+fn print_config_never_shows_the_database_password() {
+    let t = print_config(
+        &["--database", "postgres://msim:hunter2@db.example:5432/msim"],
+        &[],
+    );
+    assert_eq!(
+        t.get("database").and_then(|v| v.as_str()),
+        Some("postgres://msim:***@db.example:5432/msim")
+    );
+}
+
+#[test]
 fn unknown_keys_in_the_file_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(dir.path(), "chat.toml", "max-txt = 100\n");
