@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/msim"));
         assert_eq!(
             c.database.as_deref(),
-            Some("postgres://msim:secret@db.example.org:5432/msim")
+            Some("postgres://msim@db.example.org:5432/msim")
         );
         assert!(!c.registration_open);
         assert_eq!((c.login_min, c.login_max, c.password_min), (4, 40, 12));

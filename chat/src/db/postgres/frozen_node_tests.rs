@@ -43,3 +43,65 @@ async fn a_frozen_node_holding_the_batch_lock_is_cut_off() {
     assert!(after.is_err(), "the frozen transaction survived");
     live.close().await;
 }
+
+/// A node holding [`BATCH_LOCK`] while busy (a long statement: not idle, so
+/// [`IDLE_IN_TRANSACTION`] does not apply) makes the other nodes' batches fail after
+/// [`LOCK_TIMEOUT`] instead of waiting as long as the statement runs; once it is done, they
+/// commit again.
+#[tokio::test]
+async fn a_busy_holder_of_the_batch_lock_fails_other_batches_in_bounded_time() {
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("store: busy node holding the batch lock")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let live = Db::open_postgres(&url).await.expect("live node");
+    // Without our options' statement timeout: an operator's session.
+    let mut busy = PgConnection::connect(&url).await.expect("busy session");
+    busy.execute("BEGIN").await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(BATCH_LOCK)
+        .execute(&mut busy)
+        .await
+        .expect("lock");
+    let sleeper = tokio::spawn(async move {
+        let r = busy.execute("SELECT pg_sleep(45)").await.map(drop);
+        (busy, r)
+    });
+    let create = |login: &str| WriteOp::CreateUser {
+        login: login.into(),
+        sealed: vec![1; 8],
+        now: 1,
+    };
+    let failed = tokio::time::timeout(
+        Duration::from_secs(40),
+        live.apply_batch(vec![create("alice")]),
+    )
+    .await
+    .expect("the batch waited for the busy session's lock without end");
+    assert!(failed.is_err(), "{failed:?}");
+    // The busy session ends (its statement is cancelled, its transaction rolled back).
+    let (mut busy, _) = {
+        let pid: (i32,) = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(45)%' LIMIT 1",
+        )
+        .fetch_one(&mut PgConnection::connect(&url).await.expect("admin"))
+        .await
+        .expect("busy pid");
+        sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(pid.0)
+            .execute(&mut PgConnection::connect(&url).await.expect("admin"))
+            .await
+            .expect("cancel");
+        sleeper.await.expect("sleeper")
+    };
+    busy.execute("ROLLBACK").await.expect("rollback");
+    let done = live
+        .apply_batch(vec![create("bob")])
+        .await
+        .expect("batch after the lock was released");
+    assert!(matches!(done[0], Ok(Outcome::Done)), "{:?}", done[0]);
+    live.close().await;
+}

@@ -21,13 +21,24 @@ const READERS: u32 = 8;
 /// cut network): ending it releases [`BATCH_LOCK`], which every other node's writes wait for.
 pub(crate) const IDLE_IN_TRANSACTION: &str = "10s";
 
+/// How long a statement may wait for a lock. A session that holds [`BATCH_LOCK`] while busy
+/// (a long statement, an operator's transaction) is not idle, so [`IDLE_IN_TRANSACTION`] does
+/// not end it; the batches waiting behind it fail after this instead of waiting without end
+/// (nothing in them was acknowledged: their clients get errors and may resend).
+pub(crate) const LOCK_TIMEOUT: &str = "15s";
+
+/// How long one statement may run (migrations excepted).
+pub(crate) const STATEMENT_TIMEOUT: &str = "30s";
+
 /// The options of every connection: `synchronous_commit = on` whatever the server's default,
-/// and [`IDLE_IN_TRANSACTION`].
+/// [`IDLE_IN_TRANSACTION`], [`LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`].
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     Ok(PgConnectOptions::from_str(url)?
         .options([
             ("synchronous_commit", "on"),
             ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+            ("lock_timeout", LOCK_TIMEOUT),
+            ("statement_timeout", STATEMENT_TIMEOUT),
         ])
         .application_name("msim-chat"))
 }
@@ -73,9 +84,19 @@ impl Db {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.clone())
             .await?;
-        sqlx::migrate!("src/db/postgres/migrations")
-            .run(&pool)
+        // A migration may rebuild a large table: no statement timeout for it (a later
+        // `-c statement_timeout` wins); waiting for another node's migration lock is bounded by
+        // `lock_timeout` (start-up then fails).
+        let migrating = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone().options([("statement_timeout", "0")]))
             .await?;
+        let migrated = sqlx::migrate!("src/db/postgres/migrations")
+            .run(&migrating)
+            .await;
+        migrating.close().await;
+        migrated?;
         let writes = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(1)
