@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 mod file_io;
+mod receive;
 mod relay_http;
 
 use crate::backoff::Backoff;
@@ -24,6 +25,7 @@ use crate::error::ClientError;
 use file_io::PartFile;
 use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, UPLOAD_OFFSET};
 use msim_shared::tls::rustls::ClientConfig;
+use receive::{receive_held, receive_streamed};
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
 
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
@@ -195,8 +197,12 @@ pub async fn upload(
             if offset > 0 {
                 resumed = true;
             }
-            // A file that changed size since it was offered is not retried.
-            let now = tokio::fs::metadata(path).await?.len();
+            // A file that changed size since it was offered is not retried (the first
+            // attempt has just read its size).
+            let now = match attempt {
+                1 => size,
+                _ => tokio::fs::metadata(path).await?.len(),
+            };
             if now != size {
                 return Err(ClientError::SizeMismatch {
                     expected: size,
@@ -377,12 +383,12 @@ pub async fn download(
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err((kept, error)) => {
-                // An empty .part (nothing ever arrived) is not worth keeping for a retry.
-                if kept.is_none_or(|p| p.len() == 0) {
-                    if let Ok(meta) = tokio::fs::metadata(&part_name).await {
-                        if meta.len() == 0 {
-                            let _ = tokio::fs::remove_file(&part_name).await;
-                        }
+                // An empty .part (nothing ever written) is not worth keeping for a retry; what
+                // a small download held in memory goes with it.
+                drop(kept);
+                if let Ok(meta) = tokio::fs::metadata(&part_name).await {
+                    if meta.len() == 0 {
+                        let _ = tokio::fs::remove_file(&part_name).await;
                     }
                 }
                 return Err(error);
@@ -392,32 +398,19 @@ pub async fn download(
     let Some(part) = part else {
         return Err(ClientError::Http("download lost its file".into()));
     };
-    let (part_name, size, sha256) = part.finish().await?;
     let expected = expected_sha256
         .map(str::to_ascii_lowercase)
         .or(relay_sha.map(|s: String| s.to_ascii_lowercase()));
-    let size_wrong = transfer.size != 0 && size != transfer.size;
-    let sha_wrong = expected.as_ref().is_some_and(|e| *e != sha256);
-    if size_wrong || sha_wrong {
-        // Keep nothing that does not match: a resumed .part could be the culprit.
-        let _ = tokio::fs::remove_file(&part_name).await;
-        if size_wrong {
-            return Err(ClientError::SizeMismatch {
-                expected: transfer.size,
-                actual: size,
-            });
-        }
-        return Err(ClientError::ChecksumMismatch {
-            expected: expected.unwrap_or_default(),
-            actual: sha256,
-        });
-    }
-    tokio::fs::rename(&part_name, dest).await?;
+    let verified = expected.is_some();
+    // Keeps nothing that does not match.
+    let (size, sha256) = part
+        .finish_into(dest.to_owned(), transfer.size, expected)
+        .await?;
     Ok(DownloadReport {
         path: dest.to_owned(),
         size,
         sha256,
-        verified: expected.is_some(),
+        verified,
         resumed,
     })
 }
@@ -481,50 +474,15 @@ async fn download_from(
     if let Some(p) = progress {
         p(done, total);
     }
-    let (writer, written) = part.writer();
-    let mut body = response.into_body();
-    // Frames are handed to the writer thread in batches of about IO_UNIT bytes, without
-    // copying them.
-    let mut batch = Vec::new();
-    let mut batched = 0usize;
-    let received: Result<(), ClientError> = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if transfer.size != 0 && done + data.len() as u64 > transfer.size {
-                return Err(ClientError::SizeMismatch {
-                    expected: transfer.size,
-                    actual: done + data.len() as u64,
-                });
-            }
-            done += data.len() as u64;
-            batched += data.len();
-            batch.push(data);
-            if batched >= file_io::IO_UNIT {
-                batched = 0;
-                if writer.send(std::mem::take(&mut batch)).await.is_err() {
-                    // The writer stopped on an error; its handle says which.
-                    break;
-                }
-                if let Some(p) = progress {
-                    p(done, total);
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
-    // Keep what arrived for the next attempt.
-    if !batch.is_empty() {
-        let _ = writer.send(batch).await;
-    }
-    drop(writer);
-    let part = match written.await {
-        Ok(Ok(part)) => part,
-        Ok(Err(e)) => return Err((None, e.into())),
-        Err(e) => return Err((None, ClientError::Io(std::io::Error::other(e.to_string())))),
+    // A body of at most one unit (a picture) stays in memory until the download is finished:
+    // written, hashed, flushed and renamed in one blocking step, no writer thread.
+    let small = header_u64(&response, header::CONTENT_LENGTH.as_str())
+        .is_some_and(|n| n <= file_io::IO_UNIT as u64);
+    let body = response.into_body();
+    let (part, received) = if small {
+        receive_held(part, body, transfer.size, &mut done).await
+    } else {
+        receive_streamed(part, body, transfer.size, &mut done, progress, total).await?
     };
     if let Err(e) = received {
         return Err((Some(part), e));

@@ -26,19 +26,40 @@ const QUEUE: usize = 4;
 /// end has little left to write (the relay's store does the same).
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// Lowercase hex SHA-256 of the file at `path`, read in [`IO_UNIT`]s on the calling thread.
+/// Lowercase hex SHA-256 of the file at `path`, read in [`IO_UNIT`]s. A file larger than one
+/// unit is read on a second thread while the calling one hashes, so the copy out of the page
+/// cache (or the wait for the disk) no longer adds to the hash's time. Blocking.
 pub(super) fn sha256_file_blocking(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; IO_UNIT];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let first = read_unit(&mut file)?;
+    hasher.update(&first);
+    if first.len() == IO_UNIT {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(QUEUE);
+        std::thread::scope(|scope| {
+            scope.spawn(move || loop {
+                let unit = read_unit(&mut file);
+                let last = !unit.as_ref().is_ok_and(|u| u.len() == IO_UNIT);
+                // A send fails once the hashing side stopped on an error.
+                if tx.send(unit).is_err() || last {
+                    return;
+                }
+            });
+            for unit in rx {
+                hasher.update(&unit?);
+            }
+            std::io::Result::Ok(())
+        })?;
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The next [`IO_UNIT`] bytes of `file`, fewer only at its end; read into fresh, uninitialised
+/// memory.
+fn read_unit(file: &mut File) -> std::io::Result<Vec<u8>> {
+    let mut unit = Vec::with_capacity(IO_UNIT);
+    (&mut *file).take(IO_UNIT as u64).read_to_end(&mut unit)?;
+    Ok(unit)
 }
 
 /// Runs blocking `work` on tokio's blocking pool.
@@ -90,12 +111,17 @@ pub(super) fn read_units(
     rx
 }
 
-/// A download's `.part` file and the SHA-256 of everything in it, kept in step.
+/// A download's `.part` file and the SHA-256 of everything in it, kept in step, and the
+/// bytes of a small body held in memory until [`PartFile::finish_into`] writes them.
 pub(super) struct PartFile {
     path: PathBuf,
     file: File,
     hasher: Sha256,
+    /// Bytes in the file.
     len: u64,
+    /// Received, not written (nor hashed) yet: at most [`IO_UNIT`] bytes of a small body.
+    held: Vec<Bytes>,
+    held_len: u64,
 }
 
 impl PartFile {
@@ -125,14 +151,35 @@ impl PartFile {
                 file,
                 hasher,
                 len,
+                held: Vec::new(),
+                held_len: 0,
             })
         })
         .await
     }
 
-    /// Bytes in the file.
+    /// Bytes received: in the file and held.
     pub(super) fn len(&self) -> u64 {
-        self.len
+        self.len + self.held_len
+    }
+
+    /// Keeps `data` in memory, to be written by [`PartFile::finish_into`] (or by the next
+    /// [`PartFile::writer`]): for bodies of at most [`IO_UNIT`] bytes, so that a small file
+    /// costs one blocking step in all, not a writer thread and a step per action.
+    pub(super) fn hold(&mut self, data: Bytes) {
+        self.held_len += data.len() as u64;
+        self.held.push(data);
+    }
+
+    /// Writes and hashes the held bytes. Blocking.
+    fn write_held(&mut self) -> std::io::Result<()> {
+        for data in std::mem::take(&mut self.held) {
+            self.file.write_all(&data)?;
+            self.hasher.update(&data);
+            self.len += data.len() as u64;
+            self.held_len -= data.len() as u64;
+        }
+        Ok(())
     }
 
     /// Empties the file (the relay sent the whole body instead of the range asked for).
@@ -141,6 +188,8 @@ impl PartFile {
             self.file.set_len(0)?;
             self.hasher = Sha256::new();
             self.len = 0;
+            self.held.clear();
+            self.held_len = 0;
             Ok(self)
         })
         .await
@@ -158,6 +207,7 @@ impl PartFile {
         let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
         let handle = tokio::task::spawn_blocking(move || {
             let mut written_back = self.len;
+            self.write_held()?;
             while let Some(batch) = rx.blocking_recv() {
                 for data in batch {
                     self.file.write_all(&data)?;
@@ -174,14 +224,46 @@ impl PartFile {
         (tx, handle)
     }
 
-    /// Flushes the file to disk and returns its path, length and SHA-256 (lowercase hex).
-    pub(super) async fn finish(self) -> Result<(PathBuf, u64, String), ClientError> {
-        blocking(move || {
-            // The file is reported as received only once it is on disk.
-            self.file.sync_data()?;
-            Ok((self.path, self.len, hex::encode(self.hasher.finalize())))
+    /// Completes the download in one blocking step: writes what is held, flushes the file to
+    /// disk, checks its length (against `size`, unless 0) and SHA-256 (against `expected`, if
+    /// known) and renames it to `dest`. A file that does not match is removed (a resumed
+    /// `.part` could be the culprit). Returns its length and SHA-256 (lowercase hex).
+    pub(super) async fn finish_into(
+        mut self,
+        dest: PathBuf,
+        size: u64,
+        expected: Option<String>,
+    ) -> Result<(u64, String), ClientError> {
+        let checked = tokio::task::spawn_blocking(move || {
+            let written = self.write_held().and_then(|()| self.file.sync_data());
+            if let Err(e) = written {
+                return Err(ClientError::Io(e));
+            }
+            let sha256 = hex::encode(self.hasher.finalize());
+            let mismatch = if size != 0 && self.len != size {
+                Some(ClientError::SizeMismatch {
+                    expected: size,
+                    actual: self.len,
+                })
+            } else {
+                expected
+                    .filter(|e| *e != sha256)
+                    .map(|expected| ClientError::ChecksumMismatch {
+                        expected,
+                        actual: sha256.clone(),
+                    })
+            };
+            if let Some(error) = mismatch {
+                drop(self.file);
+                let _ = std::fs::remove_file(&self.path);
+                return Err(error);
+            }
+            // The file is reported as received only once it is on disk, under its name.
+            std::fs::rename(&self.path, &dest)?;
+            Ok((self.len, sha256))
         })
-        .await
+        .await;
+        checked.map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?
     }
 }
 

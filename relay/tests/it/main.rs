@@ -7,5 +7,6 @@ mod http_status;
 mod http_support;
 mod limits;
 mod settings;
+mod sha_check;
 mod support;
 mod transfers;

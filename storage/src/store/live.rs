@@ -35,6 +35,10 @@ pub(super) enum Phase {
 pub(super) struct Progress {
     pub written: u64,
     pub phase: Phase,
+    /// Every byte is written and the SHA-256 is checked (the declared one matched): readers
+    /// that follow the upload may take its last byte. Until then they stop one byte short,
+    /// so a download following an upload that fails its check never ends as if it were whole.
+    pub verified: bool,
 }
 
 /// In-memory state of a partial upload that has a writer or readers in this process.
@@ -165,6 +169,7 @@ impl BlobStore {
                     tx: watch::channel(Progress {
                         written: written(),
                         phase: Phase::Idle,
+                        verified: false,
                     })
                     .0,
                     writer_active: AtomicBool::new(false),

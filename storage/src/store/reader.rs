@@ -60,6 +60,7 @@ impl BlobStore {
             file: Arc::new(file),
             pos: start,
             end,
+            size: info.size,
             rx: if is_complete { None } else { rx },
             live: if is_complete { None } else { live },
         })
@@ -147,6 +148,8 @@ pub struct BlobReader {
     file: Arc<File>,
     pos: u64,
     end: u64,
+    /// The blob's declared size.
+    size: u64,
     rx: Option<watch::Receiver<Progress>>,
     /// The live upload (while following it): recent chunks are taken from memory.
     live: Option<Arc<LiveUpload>>,
@@ -210,8 +213,14 @@ impl BlobReader {
                 }
                 Phase::Writing | Phase::Idle => {}
             }
-            if p.written > self.pos {
-                return Ok(p.written.min(self.end));
+            // The file's last byte waits for its SHA-256 check (see `Progress::verified`).
+            let ready = if p.verified {
+                p.written
+            } else {
+                p.written.min(self.size.saturating_sub(1))
+            };
+            if ready > self.pos {
+                return Ok(ready.min(self.end));
             }
             match tokio::time::timeout(READER_RECHECK, rx.changed()).await {
                 Ok(Ok(())) => {}

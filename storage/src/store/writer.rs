@@ -68,6 +68,7 @@ impl BlobStore {
         live.tx.send_modify(|p| {
             p.written = 0;
             p.phase = Phase::Writing;
+            p.verified = false;
         });
         Ok(BlobWriter {
             guard,
@@ -128,6 +129,7 @@ impl BlobStore {
         live.tx.send_modify(|p| {
             p.written = offset;
             p.phase = Phase::Writing;
+            p.verified = false;
         });
         let now = self.now();
         if last_progress != now {
@@ -189,6 +191,18 @@ impl PartFile {
         }
         Ok(())
     }
+}
+
+/// Tell the followers of `live` that `bufs` (stored at `at`) end a checked file of `written`
+/// bytes.
+fn publish_verified(live: &LiveUpload, at: u64, bufs: &[Bytes], written: u64) {
+    if !bufs.is_empty() && live.tx.receiver_count() > 0 {
+        live.recent().push(at, bufs);
+    }
+    live.tx.send_modify(|p| {
+        p.written = p.written.max(written);
+        p.verified = true;
+    });
 }
 
 fn hash(mut hasher: Sha256, bufs: &[Bytes]) -> Sha256 {
@@ -338,10 +352,12 @@ impl BlobWriter {
         let id = self.guard.id.clone();
         let (part_path, blob_path) = (store.part_path(&id), store.blob_path(&id));
         let expected = self.sha256.clone();
+        let live = self.guard.live.clone();
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
         let stored = tokio::task::spawn_blocking(
             move || -> io::Result<std::result::Result<String, String>> {
                 let hasher = hash(hasher, &bufs);
+                let at = part.written;
                 if !bufs.is_empty() {
                     part.write(&bufs)?;
                 }
@@ -349,6 +365,10 @@ impl BlobWriter {
                 if expected.as_ref().is_some_and(|e| *e != actual) {
                     return Ok(Err(actual));
                 }
+                // Whole and checked: followers may have every byte now, while the fsyncs and
+                // the commit make it durable (they do not wait for those, as they do not
+                // for the earlier bytes of a streamed upload).
+                publish_verified(&live, at, &bufs, part.written);
                 part.file.sync_data()?;
                 drop(part);
                 std::fs::rename(&part_path, &blob_path)?;

@@ -3,3 +3,4 @@
 mod lifecycle;
 mod store_support;
 mod streaming;
+mod verified;

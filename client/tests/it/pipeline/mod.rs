@@ -4,6 +4,7 @@
 //! being sent is refused by the relay and never becomes a received file.
 
 mod proxy;
+mod small;
 
 use std::time::{Duration, Instant};
 

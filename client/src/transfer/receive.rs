@@ -1,0 +1,100 @@
+//! Receiving a download's body into its part file: small bodies are held in memory until the
+//! download is finished, larger ones go to a writer thread in batches of about one unit.
+
+use http_body_util::BodyExt;
+
+use super::file_io::{self, PartFile};
+use super::Progress;
+use crate::error::ClientError;
+
+/// Refuses a frame of `n` bytes that would take the download past the declared `size`.
+fn check_room(size: u64, done: u64, n: usize) -> Result<(), ClientError> {
+    if size != 0 && done + n as u64 > size {
+        return Err(ClientError::SizeMismatch {
+            expected: size,
+            actual: done + n as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Receives a small body (at most one unit, by its `Content-Length`) into memory; the part file
+/// comes back with whatever arrived, and how receiving ended.
+pub(super) async fn receive_held(
+    mut part: PartFile,
+    mut body: hyper::body::Incoming,
+    size: u64,
+    done: &mut u64,
+) -> (PartFile, Result<(), ClientError>) {
+    let mut held = 0usize;
+    let received = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            check_room(size, *done, data.len())?;
+            held += data.len();
+            if held > file_io::IO_UNIT {
+                return Err(ClientError::Http(
+                    "body longer than its Content-Length".into(),
+                ));
+            }
+            *done += data.len() as u64;
+            part.hold(data);
+        }
+        Ok(())
+    }
+    .await;
+    (part, received)
+}
+
+/// Receives a body through a writer thread, in batches of about one unit (the frames are
+/// handed over without copying). `Err` when the writer failed (the part file is then not in
+/// step with its hash); otherwise the part file and how receiving ended.
+pub(super) async fn receive_streamed(
+    part: PartFile,
+    mut body: hyper::body::Incoming,
+    size: u64,
+    done: &mut u64,
+    progress: &Option<Progress>,
+    total: u64,
+) -> Result<(PartFile, Result<(), ClientError>), (Option<PartFile>, ClientError)> {
+    let (writer, written) = part.writer();
+    let mut batch = Vec::new();
+    let mut batched = 0usize;
+    let received: Result<(), ClientError> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            check_room(size, *done, data.len())?;
+            *done += data.len() as u64;
+            batched += data.len();
+            batch.push(data);
+            if batched >= file_io::IO_UNIT {
+                batched = 0;
+                if writer.send(std::mem::take(&mut batch)).await.is_err() {
+                    // The writer stopped on an error; its handle says which.
+                    break;
+                }
+                if let Some(p) = progress {
+                    p(*done, total);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Keep what arrived for the next attempt.
+    if !batch.is_empty() {
+        let _ = writer.send(batch).await;
+    }
+    drop(writer);
+    match written.await {
+        Ok(Ok(part)) => Ok((part, received)),
+        Ok(Err(e)) => Err((None, e.into())),
+        Err(e) => Err((None, ClientError::Io(std::io::Error::other(e.to_string())))),
+    }
+}
