@@ -65,12 +65,14 @@ pub(crate) struct Shared {
     pub(crate) writer: Writer,
     /// Live sessions (of this node).
     pub(crate) hub: Arc<Hub>,
-    /// This node's cluster membership, with the PostgreSQL backend and several nodes; `None`
-    /// on SQLite (one node). (Joined by the PostgreSQL backend's start-up, which is not
-    /// merged yet: always `None` for now.)
+    /// This node's cluster membership: on PostgreSQL (any number of nodes); `None` on
+    /// SQLite (one node).
     pub(crate) cluster: Option<Arc<Cluster>>,
-    /// Login throttling.
+    /// Login throttling (on this node; in a cluster the shared counters of
+    /// [`Shared::shared_gate`] count too).
     pub(crate) throttle: Throttle,
+    /// In a cluster: the login throttle and registration limits every node shares.
+    pub(crate) shared_gate: Option<SharedGate>,
     /// Device cookies (trusted devices skip the login throttle).
     pub(crate) devices: DeviceCookies,
     /// Registration and account-discovery rate limits.
@@ -89,10 +91,19 @@ pub(crate) struct Shared {
     pub(crate) federation: Option<Arc<crate::federation::Federation>>,
 }
 
+/// The counters of login throttling and registration limits that the nodes of a cluster
+/// share (so an attacker gains nothing by spreading attempts over nodes).
+pub(crate) struct SharedGate {
+    pub(crate) throttle: crate::cluster::throttle::SharedThrottle,
+    pub(crate) register: crate::cluster::throttle::SharedRegisterLimits,
+}
+
 /// A server ready to accept connections.
 pub(crate) struct Server {
     shared: Arc<Shared>,
     writer_task: tokio::task::JoinHandle<()>,
+    /// What the cluster asks of the server (`None` on SQLite).
+    cluster_events: Option<mpsc::Receiver<crate::cluster::Event>>,
 }
 
 impl Server {
@@ -111,7 +122,8 @@ impl Server {
             None => config.min_free_space,
         };
         let space = Watermark::new(&config.data_dir, min_free, config.free_space_check_interval);
-        let (writer, writer_task) = Writer::start(db.clone(), space);
+        let hook = crate::db::commit::HookSlot::default();
+        let (writer, writer_task) = Writer::start(db.clone(), space, hook.clone());
         let keyring = match (
             config.relay_secret.trim().is_empty(),
             config.relays.is_empty(),
@@ -148,6 +160,25 @@ impl Server {
             config.device_cookie_failures,
         );
         let limits = Limits::new(&config);
+        let shared_gate = db.postgres_pool().map(|pool| SharedGate {
+            throttle: crate::cluster::throttle::SharedThrottle::new(
+                pool.clone(),
+                Delays {
+                    base: config.throttle_base,
+                    max: config.throttle_max,
+                    decay: config.throttle_decay,
+                    known_for: config.known_address_ttl,
+                },
+            ),
+            register: crate::cluster::throttle::SharedRegisterLimits::new(
+                pool,
+                (config.register_burst, config.register_per_hour),
+                (
+                    config.register_prefix_burst,
+                    config.register_prefix_per_hour,
+                ),
+            ),
+        });
         let federation = match config.federation.enabled() {
             true => Some(Arc::new(crate::federation::Federation::new(
                 config.federation.clone(),
@@ -157,13 +188,41 @@ impl Server {
             )?)),
             false => None,
         };
+        let hub = Arc::new(Hub::default());
+        let mut cluster_events = None;
+        let cluster = match db.postgres_pool() {
+            None => None,
+            Some(pool) => {
+                let feed = crate::cluster::StoreFeed::new(
+                    db.clone(),
+                    writer.clone(),
+                    config.domain.clone(),
+                );
+                let name = format!("{} pid {}", config.domain, std::process::id());
+                let (cluster, events) = Cluster::start(
+                    pool,
+                    hub.clone(),
+                    Arc::new(feed),
+                    crate::cluster::Timing::from_config(&config),
+                    &name,
+                )
+                .await
+                .map_err(DbError::Sql)?;
+                // Before any batch of this node commits: its rows carry this node's id.
+                db.set_node(cluster.node().0);
+                let _ = hook.set(cluster.commit_hook());
+                cluster_events = Some(events);
+                Some(Arc::new(cluster))
+            }
+        };
         let shared = Arc::new(Shared {
             config,
             db,
             writer,
-            hub: Arc::new(Hub::default()),
-            cluster: None,
+            hub,
+            cluster,
             throttle,
+            shared_gate,
             devices,
             limits,
             salts: SaltGen::new(salt_start),
@@ -176,6 +235,7 @@ impl Server {
         Ok(Server {
             shared,
             writer_task,
+            cluster_events,
         })
     }
 
@@ -185,6 +245,7 @@ impl Server {
         let Server {
             shared,
             writer_task,
+            cluster_events,
         } = self;
         let stop = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -201,6 +262,8 @@ impl Server {
         ));
         let sweeper = tokio::spawn(crate::jobs::sweep_loop(shared.clone(), stop.clone()));
         let purger = tokio::spawn(crate::jobs::purge_loop(shared.clone(), stop.clone()));
+        let offline = cluster_events
+            .map(|events| tokio::spawn(cluster_offline_loop(shared.clone(), events, stop.clone())));
 
         let checkpointer = {
             let db = shared.db.clone();
@@ -283,6 +346,15 @@ impl Server {
         let _ = sweeper.await;
         let _ = purger.await;
         let _ = checkpointer.await;
+        if let Some(t) = offline {
+            let _ = t.await;
+        }
+        if let Some(cluster) = &shared.cluster {
+            // Every session has logged out (and left the presence table); whoever is still
+            // recorded on this node goes offline with it.
+            let gone = cluster.stop().await;
+            went_offline(&shared, gone).await;
+        }
         // Last handle to the writer: it commits what is queued, then stops.
         let db = shared.db.clone();
         drop(shared);
@@ -290,6 +362,40 @@ impl Server {
         db.close().await;
         info!("msim-chat stopped");
         Ok(())
+    }
+}
+
+/// Acts on what the cluster reports until `stop`: users whose node died are offline.
+async fn cluster_offline_loop(
+    sh: Arc<Shared>,
+    mut events: mpsc::Receiver<crate::cluster::Event>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Some(crate::cluster::Event::Offline(logins)) => went_offline(&sh, logins).await,
+            None => return,
+        }
+    }
+}
+
+/// `logins` lost their last session without logging out (their node died or left): their
+/// last-seen time is now, and their watchers are told, as for a logout.
+async fn went_offline(sh: &Shared, logins: Vec<String>) {
+    let ctx = crate::cmd::context::Ctx::new(sh);
+    for login in logins {
+        let op = crate::db::WriteOp::SetLastSeen {
+            login: login.clone(),
+            at: ctx.now(),
+        };
+        if let Err(e) = sh.writer.write(op).await {
+            warn!("last seen: {e}");
+        }
+        crate::cmd::presence::announce(&ctx, &login, false).await;
     }
 }
 

@@ -47,10 +47,6 @@ impl Positions {
             *a = (*a).max(b);
         }
     }
-
-    fn beyond(&self, other: &Positions) -> bool {
-        self.0.iter().zip(other.0).any(|(a, b)| *a > b)
-    }
 }
 
 /// A stored item as the reader sees it.
@@ -72,13 +68,17 @@ pub(crate) trait Feed: Send + Sync + 'static {
     /// that log in later read it as their backlog).
     fn heads(&self) -> BoxFuture<'_, Result<Positions, sqlx::Error>>;
     /// Up to `limit` items per stream with a sequence number above `after`'s, in sequence
-    /// order per stream. The backend's commit order equals sequence order across nodes, so
-    /// nothing below a returned item can appear later.
+    /// order per stream, for the streams `want` names. The backend's commit order equals
+    /// sequence order across nodes, so nothing below a returned item can appear later.
     fn after(
         &self,
         after: Positions,
+        want: [bool; STREAMS],
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<FeedItem>, sqlx::Error>>;
+    /// These items of other nodes reached at least one session of this node (receipts are
+    /// then marked delivered).
+    fn delivered(&self, _items: Vec<(Stream, i64)>) {}
 }
 
 /// Who is online on the other nodes: login → nodes.
@@ -389,6 +389,9 @@ pub(crate) struct Reader {
     pub(crate) feed: Arc<dyn Feed>,
     pub(crate) mirror: Arc<Mirror>,
     pub(crate) poll: Duration,
+    /// Where the reader's positions are published for the heartbeat (`None` until it
+    /// starts): what every node has passed may be scrubbed.
+    pub(crate) fed: Arc<Mutex<Option<Positions>>>,
 }
 
 impl Reader {
@@ -415,8 +418,10 @@ impl Reader {
                 _ = tokio::time::sleep(MAX_BACKOFF) => {}
             }
         };
+        self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        const ALL: [bool; STREAMS] = [true; STREAMS];
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -424,19 +429,23 @@ impl Reader {
                     // Presence notes dropped on a full inbox (or lost with a listener) are
                     // repaired here: the table is the truth, the notes only make it quick.
                     self.reload_presence().await;
-                    self.catch_up(&mut pos).await;
+                    self.catch_up(&mut pos, ALL).await;
                 }
                 _ = wake.notified() => {
                     let announced = *heads.lock().unwrap_or_else(|e| e.into_inner());
-                    if announced.beyond(&pos) {
-                        self.catch_up(&mut pos).await;
+                    let mut want = [false; STREAMS];
+                    for (s, w) in want.iter_mut().enumerate() {
+                        *w = announced.0[s] > pos.0[s];
+                    }
+                    if want.contains(&true) {
+                        self.catch_up(&mut pos, want).await;
                     }
                 }
                 note = inbox.recv() => match note {
                     Some(Note::Connected) => {
                         info!("cluster listener connected: catching up");
                         self.reload_presence().await;
-                        self.catch_up(&mut pos).await;
+                        self.catch_up(&mut pos, ALL).await;
                     }
                     Some(note) => self.apply(note).await,
                     None => return,
@@ -448,16 +457,17 @@ impl Reader {
     /// Pushes every item above `pos` that another node committed to its recipients'
     /// sessions here, advancing `pos`. On an error `pos` keeps what was pushed; the next
     /// notification or tick retries.
-    async fn catch_up(&self, pos: &mut Positions) {
+    async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS]) {
         loop {
-            let items = match self.feed.after(*pos, PAGE).await {
+            let items = match self.feed.after(*pos, want, PAGE).await {
                 Ok(items) => items,
                 Err(e) => {
                     warn!("cluster reader: {e}");
-                    return;
+                    break;
                 }
             };
             let mut per_stream = [0usize; STREAMS];
+            let mut delivered = Vec::new();
             for it in &items {
                 let s = it.stream as usize;
                 per_stream[s] += 1;
@@ -465,18 +475,34 @@ impl Reader {
                     continue;
                 }
                 pos.0[s] = it.seq;
-                if it.origin != self.me.0 {
+                // Empty bytes: nothing to push (a scrubbed body), only the position moves.
+                if it.origin != self.me.0 && !it.bytes.is_empty() {
                     let item = Item {
                         seq: Some((it.stream, it.seq)),
                         bytes: it.bytes.clone(),
                     };
-                    self.hub.deliver_local(&it.login, None, &item);
+                    if self.hub.deliver_local(&it.login, None, &item) > 0 {
+                        delivered.push((it.stream, it.seq));
+                    }
                 }
             }
-            if per_stream.iter().all(|n| *n < PAGE) {
-                return;
+            if !delivered.is_empty() {
+                self.feed.delivered(delivered);
+            }
+            // Only full pages may have more behind them.
+            for (w, n) in want.iter_mut().zip(per_stream) {
+                *w = *w && n >= PAGE;
+            }
+            if !want.contains(&true) {
+                break;
             }
         }
+        self.publish(pos);
+    }
+
+    /// Makes `pos` the positions the heartbeat records.
+    fn publish(&self, pos: &Positions) {
+        *self.fed.lock().unwrap_or_else(|e| e.into_inner()) = Some(*pos);
     }
 
     /// Replaces the mirror with the presence table (kept as it is on an error).

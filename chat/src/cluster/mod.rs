@@ -40,34 +40,42 @@
 //!   `crate::throttle` / `crate::rate`, with the counters in shared tables updated by
 //!   single atomic upserts.
 //!
-//! Tables: `db/postgres/migrations/0100_cluster.sql` (a PostgreSQL migration of the store; it is
-//! idempotent, and [`Cluster::start`] applies it too, for databases the store did not migrate).
+//! - **Scrubbing** (`scrub`): bodies of acknowledged messages and receipts delivered live
+//!   stay until every node's reader has passed them (a user's other sessions may be on other
+//!   nodes); the leader then clears them.
 //!
-//! Wired so far: `Shared::cluster` (always `None` until the PostgreSQL backend starts a
-//! cluster), which login/logout (`session::login`: first/last session anywhere) and the
-//! periodic jobs (`jobs`: leader only) consult. Still to wire with the backend: start-up
-//! ([`Cluster::start`] with the backend's [`Feed`]), the commit writer calling
-//! [`Cluster::committed`] after each batch, a task acting on [`Event::Offline`]
-//! (`cmd::presence::announce`), `cmd::auth` using the shared throttle and registration
-//! limits of `throttle` instead of the in-memory ones, and [`Cluster::stop`] at shutdown.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+//! Tables: `db/postgres/migrations/0100_cluster.sql` and `0101_cluster_positions.sql`
+//! (PostgreSQL migrations of the store; they are idempotent, and [`Cluster::start`] applies
+//! them too, for databases the store did not migrate); the store's `0002_cluster_feed.sql`
+//! adds the `origin` columns the readers skip their own items by.
+//!
+//! Wiring (`server`): on PostgreSQL the server always joins ([`Cluster::start`] with
+//! [`StoreFeed`]); the commit writer tells [`Cluster::committed`] (through
+//! `db::commit::CommitHook`) after each durable batch; a task acts on [`Event::Offline`];
+//! `cmd::auth` uses the shared throttle and registration limits (`throttle`); the server
+//! leaves with [`Cluster::stop`] at shutdown.
 
 pub(crate) mod fanout;
 pub(crate) mod leader;
 pub(crate) mod nodes;
+mod scrub;
+mod store_feed;
 #[cfg(test)]
 mod tests;
 pub(crate) mod throttle;
 
 use crate::hub::Hub;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub(crate) use fanout::{Feed, FeedItem, Positions};
+#[cfg(test)]
+pub(crate) use fanout::FeedItem;
+pub(crate) use fanout::{Feed, Positions};
+pub(crate) use store_feed::StoreFeed;
 
 /// A node's id: random per process start, so a restarted node is a new node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +142,11 @@ pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error
     sqlx::raw_sql(include_str!("../db/postgres/migrations/0100_cluster.sql"))
         .execute(&mut *tx)
         .await?;
+    sqlx::raw_sql(include_str!(
+        "../db/postgres/migrations/0101_cluster_positions.sql"
+    ))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
@@ -175,7 +188,13 @@ pub(crate) struct Cluster {
     outbox: Arc<fanout::Outbox>,
     leadership: leader::Leadership,
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl crate::db::commit::CommitHook for fanout::Outbox {
+    fn committed(&self, heads: [i64; crate::hub::STREAMS]) {
+        fanout::Outbox::committed(self, Positions(heads))
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -209,6 +228,7 @@ impl Cluster {
         }));
         let leadership = leader::Leadership::default();
         let (events_tx, events) = mpsc::channel(EVENTS);
+        let fed = Arc::new(Mutex::new(None));
         let reader = fanout::Reader {
             pool: pool.clone(),
             me: node,
@@ -216,6 +236,7 @@ impl Cluster {
             feed,
             mirror,
             poll: timing.poll,
+            fed: fed.clone(),
         };
         let tasks = vec![
             tokio::spawn(fanout::send_loop(
@@ -231,6 +252,12 @@ impl Cluster {
                 leadership.clone(),
                 stop.clone(),
             )),
+            tokio::spawn(scrub_loop(
+                pool.clone(),
+                timing.heartbeat,
+                leadership.clone(),
+                stop.clone(),
+            )),
             tokio::spawn(
                 Heart {
                     pool: pool.clone(),
@@ -242,10 +269,12 @@ impl Cluster {
                     timing,
                     events: events_tx,
                     offline: Vec::new(),
+                    fed,
                 }
                 .run(stop.clone()),
             ),
         ];
+        let tasks = Mutex::new(tasks);
         Ok((
             Cluster {
                 node,
@@ -264,9 +293,16 @@ impl Cluster {
         self.node
     }
 
-    /// The commit writer's seam: a batch was committed up to `heads`.
+    /// A batch was committed up to `heads` (what the commit writer's [`Cluster::commit_hook`]
+    /// does).
+    #[cfg(test)]
     pub(crate) fn committed(&self, heads: Positions) {
         self.outbox.committed(heads)
+    }
+
+    /// What the commit writer tells after each batch (it announces [`Cluster::committed`]).
+    pub(crate) fn commit_hook(&self) -> Arc<dyn crate::db::commit::CommitHook> {
+        self.outbox.clone()
     }
 
     /// `login` got its first session on this node; returns whether it is its first session
@@ -306,9 +342,10 @@ impl Cluster {
 
     /// Leaves the cluster: stops the tasks and removes this node's rows (its users without
     /// other sessions are returned: the caller announces them offline).
-    pub(crate) async fn stop(self) -> Vec<String> {
+    pub(crate) async fn stop(&self) -> Vec<String> {
         self.stop.cancel();
-        for t in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
             let _ = t.await;
         }
         match nodes::deregister(&self.pool, self.node).await {
@@ -342,6 +379,39 @@ struct Heart {
     /// Users reaped offline whose event did not fit in `events` yet (at most every user who
     /// was online on the dead nodes).
     offline: Vec<String>,
+    /// The reader's positions, recorded with each heartbeat (for `scrub`).
+    fed: Arc<Mutex<Option<Positions>>>,
+}
+
+/// Runs [`scrub::run`] every `every` while this node leads, until `stop`. A task of its own:
+/// a long run never delays the heartbeats.
+async fn scrub_loop(
+    pool: PgPool,
+    every: Duration,
+    leadership: leader::Leadership,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !leadership.is_leader() {
+            continue;
+        }
+        let run = scrub::run(&pool);
+        let r = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = run => r,
+        };
+        match r {
+            Ok((0, 0)) => {}
+            Ok((cleared, deleted)) => debug!(cleared, deleted, "cluster scrub"),
+            Err(e) => warn!("cluster scrub: {e}"),
+        }
+    }
 }
 
 impl Heart {
@@ -382,7 +452,13 @@ impl Heart {
     }
 
     async fn beat(&self) {
-        match nodes::heartbeat(&self.pool, self.node).await {
+        let fed = self.fed.lock().unwrap_or_else(|e| e.into_inner()).map(|p| {
+            (
+                p.0[crate::hub::Stream::Messages as usize],
+                p.0[crate::hub::Stream::Receipts as usize],
+            )
+        });
+        match nodes::heartbeat(&self.pool, self.node, fed).await {
             Ok(true) => {}
             Ok(false) => {
                 // Declared dead while cut off: our users were announced offline. Come back.
@@ -428,10 +504,11 @@ impl Cluster {
     /// Dies like a killed process: tasks aborted mid-flight, connections dropped, no
     /// deregistration.
     pub(crate) async fn crash(self) {
-        for t in &self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks {
+        for t in tasks {
             let _ = t.await;
         }
         self.pool.close().await;

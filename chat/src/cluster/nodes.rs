@@ -27,12 +27,21 @@ pub(crate) async fn register(pool: &PgPool, node: NodeId, name: &str) -> Result<
 
 /// Records a heartbeat. `false`: the node's row is gone (it was declared dead while cut off)
 /// and the caller must register again and re-add its users.
-pub(crate) async fn heartbeat(pool: &PgPool, node: NodeId) -> Result<bool, sqlx::Error> {
-    let r =
-        sqlx::query("UPDATE cluster_nodes SET heartbeat_at = clock_timestamp() WHERE node = $1")
-            .bind(node.0)
-            .execute(pool)
-            .await?;
+/// `fed`: how far the node's reader has got (messages, receipts), once it has started.
+pub(crate) async fn heartbeat(
+    pool: &PgPool,
+    node: NodeId,
+    fed: Option<(i64, i64)>,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE cluster_nodes SET heartbeat_at = clock_timestamp(), \
+         fed_messages = $2, fed_receipts = $3 WHERE node = $1",
+    )
+    .bind(node.0)
+    .bind(fed.map(|f| f.0))
+    .bind(fed.map(|f| f.1))
+    .execute(pool)
+    .await?;
     Ok(r.rows_affected() == 1)
 }
 

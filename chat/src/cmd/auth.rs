@@ -48,7 +48,7 @@ pub(crate) async fn register(ctx: &Ctx<'_>, gate: &Gate<'_>, reply: Reply<'_>, r
         Some(RegisterFailure::PasswordTooShort)
     } else if password.chars().count() > c.password_max {
         Some(RegisterFailure::PasswordTooLong)
-    } else if !ctx.limits.allow_register(gate.peer.ip(), ctx.now()) {
+    } else if !allow_register(ctx, gate).await {
         Some(RegisterFailure::RateLimited)
     } else {
         None
@@ -77,6 +77,65 @@ pub(crate) async fn register(ctx: &Ctx<'_>, gate: &Gate<'_>, reply: Reply<'_>, r
             warn!("register: {e}");
             reply.send(failed(RegisterFailure::StorageError));
         }
+    }
+}
+
+/// Takes a registration token: from the buckets every node shares in a cluster (this node's
+/// own when the database cannot answer), else from this node's.
+async fn allow_register(ctx: &Ctx<'_>, gate: &Gate<'_>) -> bool {
+    let (ip, now) = (gate.peer.ip(), ctx.now());
+    if let Some(shared) = gate.shared {
+        match shared.register.allow_register(ip, now).await {
+            Ok(allowed) => return allowed,
+            Err(e) => warn!("shared registration limits: {e}"),
+        }
+    }
+    ctx.limits.allow_register(ip, now)
+}
+
+/// How long `login` from `ip` must still wait: the longer of this node's throttle and, in a
+/// cluster, the shared one (failures on every node count).
+async fn throttle_wait(
+    ctx: &Ctx<'_>,
+    gate: &Gate<'_>,
+    login: &str,
+    ip: std::net::IpAddr,
+) -> std::time::Duration {
+    let local = gate.throttle.wait(login, ip);
+    let Some(shared) = gate.shared else {
+        return local;
+    };
+    match shared.throttle.wait(login, ip, ctx.now()).await {
+        Ok(w) => w.max(local),
+        Err(e) => {
+            warn!("shared login throttle: {e}");
+            local
+        }
+    }
+}
+
+/// Records a failed (`ok == false`) or successful attempt without a trusted device, on this
+/// node and in the shared counters.
+async fn throttle_record(
+    ctx: &Ctx<'_>,
+    gate: &Gate<'_>,
+    login: &str,
+    ip: std::net::IpAddr,
+    ok: bool,
+) {
+    match ok {
+        true => gate.throttle.success(login, ip),
+        false => gate.throttle.failure(login, ip),
+    }
+    let Some(shared) = gate.shared else {
+        return;
+    };
+    let r = match ok {
+        true => shared.throttle.success(login, ip, ctx.now()).await,
+        false => shared.throttle.failure(login, ip, ctx.now()).await,
+    };
+    if let Err(e) = r {
+        warn!("shared login throttle: {e}");
     }
 }
 
@@ -137,7 +196,8 @@ pub(crate) async fn connect(
 /// `CONNECT-CONTINUE hash=` answering `challenge` (None: no `CONNECT` before). Returns the
 /// login and the unsent reply when the password is right; the session then logs in and
 /// answers `CONNECT-OK`.
-pub(crate) fn connect_continue(
+pub(crate) async fn connect_continue(
+    ctx: &Ctx<'_>,
     gate: &Gate<'_>,
     reply: Reply<'_>,
     challenge: Option<Challenge>,
@@ -159,7 +219,7 @@ pub(crate) fn connect_continue(
     // the throttle (SECURITY.md, "Login hardening").
     let device = device.and_then(|d| gate.devices.verify(&login, &d));
     if device.is_none() {
-        let wait = gate.throttle.wait(&login, ip);
+        let wait = throttle_wait(ctx, gate, &login, ip).await;
         if !wait.is_zero() {
             reply.send(throttled(wait));
             return None;
@@ -168,7 +228,7 @@ pub(crate) fn connect_continue(
     if !gate.sealer.verify(&login, sealed.as_deref(), &salt, hash) {
         match device {
             Some(d) => gate.devices.failure(d),
-            None => gate.throttle.failure(&login, ip),
+            None => throttle_record(ctx, gate, &login, ip, false).await,
         }
         info!(peer = %gate.peer, device = device.is_some(), "login failed");
         reply.send(connect_failed(ConnectFailure::Invalid));
@@ -177,7 +237,7 @@ pub(crate) fn connect_continue(
     if let Some(d) = device {
         gate.devices.success(d);
     }
-    gate.throttle.success(&login, ip);
+    throttle_record(ctx, gate, &login, ip, true).await;
     Some((login, reply.defer()))
 }
 

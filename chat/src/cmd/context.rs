@@ -53,11 +53,7 @@ impl<'a> Ctx<'a> {
 
     /// `login@domain` for a local login.
     pub(crate) fn addr(&self, login: &str) -> String {
-        // Remote users (federation) are stored with their full address.
-        if login.contains('@') {
-            return login.to_owned();
-        }
-        format!("{login}@{}", self.config.domain)
+        addr_in(&self.config.domain, login)
     }
 
     /// The server clock, in microseconds.
@@ -87,6 +83,8 @@ pub(crate) struct Gate<'a> {
     pub(crate) sealer: &'a Sealer,
     pub(crate) salts: &'a SaltGen,
     pub(crate) throttle: &'a Throttle,
+    /// In a cluster: the counters every node shares (they count too).
+    pub(crate) shared: Option<&'a crate::server::SharedGate>,
     pub(crate) devices: &'a DeviceCookies,
     pub(crate) peer: SocketAddr,
 }
@@ -97,6 +95,7 @@ impl<'a> Gate<'a> {
             sealer: &sh.sealer,
             salts: &sh.salts,
             throttle: &sh.throttle,
+            shared: sh.shared_gate.as_ref(),
             devices: &sh.devices,
             peer,
         }
@@ -191,4 +190,13 @@ mod tests {
         Reply::to(&mut none, &bare).send(Packet::new("PONG"));
         assert_eq!(wire(&none), Packet::new("PONG").to_wire());
     }
+}
+
+/// `login@domain` for a local login of `domain`.
+pub(crate) fn addr_in(domain: &str, login: &str) -> String {
+    // Remote users (federation) are stored with their full address.
+    if login.contains('@') {
+        return login.to_owned();
+    }
+    format!("{login}@{domain}")
 }

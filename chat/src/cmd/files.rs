@@ -64,9 +64,14 @@ fn bad_value(field: &str) -> Packet {
 
 /// The `SEND-FILE-PROXY-REQUEST` shown to the recipient.
 pub(crate) fn request_packet(ctx: &Ctx<'_>, o: &Offer) -> Packet {
+    request_packet_in(&ctx.config.domain, o)
+}
+
+/// The offer packet for the recipient of an offer of `domain`.
+pub(crate) fn request_packet_in(domain: &str, o: &Offer) -> Packet {
     FileOffered {
         transfer_id: o.id.clone(),
-        from: ctx.addr(&o.sender),
+        from: crate::cmd::context::addr_in(domain, &o.sender),
         filename: o.filename.clone(),
         size: o.size as u64,
         expires: datetime(o.expires_at),

@@ -2,7 +2,7 @@
 //! writer has committed the message.
 
 use crate::clock::datetime;
-use crate::cmd::context::{Ctx, Me, Reply, RequestRef};
+use crate::cmd::context::{addr_in, Ctx, Me, Reply, RequestRef};
 use crate::cmd::typing::Typing;
 use crate::cmd::{discovery, parse_target, Target};
 use crate::db::commit;
@@ -30,12 +30,27 @@ pub(crate) struct InFlight {
 
 /// The `MESSAGE` packet for a stored message.
 pub(crate) fn message_packet(ctx: &Ctx<'_>, m: &StoredMessage) -> Packet {
+    message_packet_in(&ctx.config.domain, m)
+}
+
+/// The `MESSAGE` packet for a stored message of `domain`.
+pub(crate) fn message_packet_in(domain: &str, m: &StoredMessage) -> Packet {
     Message {
         id: m.id.clone(),
-        from: ctx.addr(&m.sender),
-        to: ctx.addr(&m.recipient),
+        from: addr_in(domain, &m.sender),
+        to: addr_in(domain, &m.recipient),
         at: datetime(m.at),
         text: m.text.clone(),
+    }
+    .to_packet()
+}
+
+/// The `MESSAGE-READ` receipt packet: message `id` read by `reader` of `domain` at `at`.
+pub(crate) fn receipt_packet_in(domain: &str, id: &str, reader: &str, at: i64) -> Packet {
+    ReadReceipt {
+        id: id.to_owned(),
+        by: addr_in(domain, reader),
+        at: datetime(at),
     }
     .to_packet()
 }

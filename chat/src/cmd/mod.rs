@@ -118,7 +118,7 @@ pub(crate) async fn dispatch(sh: &Shared, conn: Conn<'_>, p: &Packet) -> Effect 
             Request::ConnectContinue(r) => {
                 let gate = Gate::new(sh, peer);
                 if let Some((login, reply)) =
-                    auth::connect_continue(&gate, reply, challenge.take(), r)
+                    auth::connect_continue(&ctx, &gate, reply, challenge.take(), r).await
                 {
                     return Effect::LoggedIn { login, reply };
                 }

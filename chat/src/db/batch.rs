@@ -85,10 +85,28 @@ impl Db {
             }
             Backend::Postgres(s) => {
                 let mut tx = s.writes.begin().await?;
-                let first = super::postgres::lock_batch(&mut tx, messages).await?;
-                number_messages(&mut ops, first);
+                let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
+                let locked = super::postgres::lock_batch(&mut tx, messages, node).await?;
+                number_messages(&mut ops, locked.first);
                 let out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
-                tx.commit().await?;
+                if let Err(e) = tx.commit().await {
+                    // The COMMIT may have been carried out with its answer lost: what the
+                    // clients are told must match what is stored (a "failed" message that is
+                    // in fact stored would be sent again by its user, and arrive twice).
+                    match super::postgres::commit_status(&s.pool, locked.xid).await {
+                        Some(true) => {
+                            tracing::warn!(
+                                "batch COMMIT failed ({e}) but the transaction committed"
+                            );
+                            // The write connection is replaced all the same.
+                            if let Ok(conn) = s.writes.acquire().await {
+                                let _ = conn.close().await;
+                            }
+                        }
+                        Some(false) => return Err(e.into()),
+                        None => return Err(DbError::InDoubt(e.to_string())),
+                    }
+                }
                 out
             }
         };
@@ -245,8 +263,9 @@ impl Db {
                 // `id IN (…)` uses the unique index; the second test keeps each id to its own
                 // recipient (logins never contain a space, so the pair is unambiguous).
                 let sql = format!(
-                    "UPDATE messages SET pending = 0, body = '' WHERE id IN ({}) \
+                    "UPDATE messages SET pending = 0{} WHERE id IN ({}) \
                      AND (id || ' ' || recipient) IN ({})",
+                    super::messages::clear_body(tx),
                     placeholders(tx.param_style(), chunk.len(), 1, 1),
                     placeholders(tx.param_style(), chunk.len(), 1, chunk.len() + 1)
                 );

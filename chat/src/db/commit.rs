@@ -8,9 +8,22 @@
 //! free-space watermark, writes that store new data are refused before they reach SQLite.
 
 use crate::db::space::Watermark;
-use crate::db::{Db, DbError, Outcome, WriteOp};
+use crate::db::{Db, DbError, Outcome, PrivacyOp, WriteOp};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
+
+/// Told, after each durable batch that stored items of the streams sessions load at login,
+/// the highest sequence number it stored in each (messages, receipts, offers, notices; 0:
+/// none). The cluster announces them to the other nodes (`cluster::Cluster::committed`).
+pub(crate) trait CommitHook: Send + Sync + 'static {
+    /// A batch was committed up to `heads`.
+    fn committed(&self, heads: [i64; 4]);
+}
+
+/// Where the writer finds its [`CommitHook`] once it is set (the cluster starts after the
+/// writer).
+pub(crate) type HookSlot = Arc<OnceLock<Arc<dyn CommitHook>>>;
 
 /// Most operations in one transaction.
 pub(crate) const MAX_BATCH: usize = 2048;
@@ -37,9 +50,13 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Starts the writer task. It stops once every `Writer` handle is dropped, after
     /// committing what was queued; the returned handle completes then.
-    pub(crate) fn start(db: Db, space: Watermark) -> (Writer, tokio::task::JoinHandle<()>) {
+    pub(crate) fn start(
+        db: Db,
+        space: Watermark,
+        hook: HookSlot,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(db, space, rx));
+        let task = tokio::spawn(run(db, space, hook, rx));
         (Writer { tx }, task)
     }
 
@@ -97,7 +114,34 @@ impl std::future::Future for Pending {
     }
 }
 
-async fn run(db: Db, mut space: Watermark, mut rx: mpsc::Receiver<Request>) {
+/// Which stream an op's stored item belongs to, if it stores one (see [`CommitHook`]).
+fn stream_of(op: &WriteOp) -> Option<usize> {
+    match op {
+        WriteOp::InsertMessage(_) => Some(0),
+        WriteOp::MarkRead { .. } => Some(1),
+        WriteOp::Privacy(PrivacyOp::CreateOffer { .. }) => Some(2),
+        WriteOp::AddNotices(_) => Some(3),
+        _ => None,
+    }
+}
+
+/// The highest sequence number of each stream among a batch's results.
+fn heads(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i64; 4] {
+    let mut heads = [0i64; 4];
+    for (s, r) in streams.iter().zip(results) {
+        let (Some(s), Ok(o)) = (s, r) else { continue };
+        let top = match o {
+            Outcome::Stored(seq) => *seq,
+            Outcome::Read { receipt, .. } => *receipt,
+            Outcome::Notices(seqs) => seqs.iter().copied().max().unwrap_or(0),
+            _ => 0,
+        };
+        heads[*s] = heads[*s].max(top);
+    }
+    heads
+}
+
+async fn run(db: Db, mut space: Watermark, hook: HookSlot, mut rx: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let low = space.low();
@@ -117,8 +161,18 @@ async fn run(db: Db, mut space: Watermark, mut rx: mpsc::Receiver<Request>) {
         if n == 0 {
             continue;
         }
+        let streams: Vec<Option<usize>> = match hook.get() {
+            Some(_) => ops.iter().map(stream_of).collect(),
+            None => Vec::new(),
+        };
         match db.apply_batch(ops).await {
             Ok(results) => {
+                if let Some(hook) = hook.get() {
+                    let heads = heads(&streams, &results);
+                    if heads.iter().any(|h| *h > 0) {
+                        hook.committed(heads);
+                    }
+                }
                 for (reply, res) in replies.into_iter().zip(results) {
                     if let Some(reply) = reply {
                         let _ = reply.send(res);

@@ -247,7 +247,7 @@ async fn copy_between(source: &Db, target: &Db) -> Result<Vec<(&'static str, u64
     }
     let mut tx = dst.writes.begin().await?;
     // Nodes that run anyway wait for the copy (its numbers come first).
-    super::postgres::lock_batch(&mut tx, 0).await?;
+    super::postgres::lock_batch(&mut tx, 0, 0).await?;
     for (table, _) in TABLES.iter().chain(FEDERATION_TABLES) {
         let (rows,): (i64,) =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))

@@ -39,7 +39,11 @@ pub(super) async fn mark_read(
         return Ok(Outcome::UnknownMessage);
     };
     let at = read_at.unwrap_or(at);
-    on!(tx, c => sqlx::query("UPDATE messages SET pending = 0, body = '', read_at = $1 WHERE id = $2")
+    let sql = format!(
+        "UPDATE messages SET pending = 0{}, read_at = $1 WHERE id = $2",
+        clear_body(tx)
+    );
+    on!(tx, c => sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(at)
         .bind(&id)
         .execute(c)
@@ -66,7 +70,11 @@ pub(super) async fn ack(
     id: String,
     recipient: String,
 ) -> Result<Outcome, DbError> {
-    on!(tx, c => sqlx::query("UPDATE messages SET pending = 0, body = '' WHERE id = $1 AND recipient = $2")
+    let sql = format!(
+        "UPDATE messages SET pending = 0{} WHERE id = $1 AND recipient = $2",
+        clear_body(tx)
+    );
+    on!(tx, c => sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&id)
         .bind(&recipient)
         .execute(c)
@@ -74,13 +82,30 @@ pub(super) async fn ack(
     Ok(Outcome::Done)
 }
 
-/// Drops receipts delivered live.
+/// Drops receipts delivered live. On PostgreSQL they are only marked delivered: the other
+/// nodes' readers may still have to push them to the sender's sessions there; the cluster's
+/// leader deletes them once every node has passed them (`cluster::scrub`).
 pub(super) async fn delete_receipts(tx: &mut Tx<'_>, seqs: Vec<i64>) -> Result<Outcome, DbError> {
+    let sql = match tx {
+        Tx::Sqlite(_) => "DELETE FROM receipts WHERE seq = $1",
+        Tx::Postgres(_) => "UPDATE receipts SET delivered = 1 WHERE seq = $1",
+    };
     for s in seqs {
-        on!(tx, c => sqlx::query("DELETE FROM receipts WHERE seq = $1")
+        on!(tx, c => sqlx::query(sql)
             .bind(s)
             .execute(c)
             .await.map(|r| r.rows_affected()))?;
     }
     Ok(Outcome::Done)
+}
+
+/// The `SET` clause that forgets an acknowledged or read message's body: at once on SQLite
+/// (one node); on PostgreSQL the body stays until every node's reader has pushed the message
+/// to its sessions (a recipient's other sessions may be on other nodes), then the cluster's
+/// leader clears it (`cluster::scrub`).
+pub(super) fn clear_body(tx: &Tx<'_>) -> &'static str {
+    match tx {
+        Tx::Sqlite(_) => ", body = ''",
+        Tx::Postgres(_) => "",
+    }
 }

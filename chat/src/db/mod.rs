@@ -121,6 +121,7 @@ pub mod copy;
 mod federation;
 pub(crate) mod federation_files;
 pub(crate) mod federation_subs;
+mod feed;
 mod files;
 mod messages;
 pub(crate) mod notices;
@@ -173,6 +174,10 @@ pub enum DbError {
     /// Refused: the data directory is below its free-space watermark.
     #[error("data directory below its free-space watermark")]
     StorageFull,
+    /// A batch's `COMMIT` failed and whether it took effect could not be learnt in time
+    /// (the database stayed unreachable): its writes may or may not be stored.
+    #[error("database: commit outcome unknown: {0}")]
+    InDoubt(String),
     /// `--database` is neither empty nor a `postgres://` URL.
     #[error("unsupported database URL (expected postgres://… or postgresql://…): {0}")]
     BadUrl(String),

@@ -69,14 +69,22 @@ impl Db {
         sender: &str,
         max_seq: i64,
     ) -> Result<Vec<Receipt>, DbError> {
-        Ok(read!(self, p => sqlx::query_as(
-            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = $1 AND seq <= $2 \
-             ORDER BY seq LIMIT 10000",
-        )
+        // PostgreSQL keeps receipts delivered live (marked) until every node has passed them.
+        let undelivered = match &self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => " AND delivered = 0",
+        };
+        let sql = format!(
+            "SELECT seq, message_id, reader, at FROM receipts WHERE sender = $1 AND seq <= $2{undelivered} \
+             ORDER BY seq LIMIT 10000"
+        );
+        Ok(
+            read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
         .bind(sender)
         .bind(max_seq)
         .fetch_all(p)
-        .await)?)
+        .await)?,
+        )
     }
 
     /// Unanswered, unexpired offers for `recipient` with `seq <= max_seq`, oldest first.

@@ -59,6 +59,7 @@ impl Feed for TestFeed {
     fn after(
         &self,
         after: Positions,
+        _want: [bool; crate::hub::STREAMS],
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<FeedItem>, sqlx::Error>> {
         Box::pin(async move {

@@ -7,14 +7,19 @@ use super::{Backend, Db, DbError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::PgConnection;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::warn;
 
 /// The transaction-level advisory lock every batch transaction takes first ("msimbtch").
 pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
 
-/// Reader connections per node.
-const READERS: u32 = 8;
+/// Reader connections per node (the cluster's listener keeps one of them).
+const READERS: u32 = 10;
+
+/// Longest wait for the outcome of a `COMMIT` whose answer was lost (see [`commit_status`]).
+pub(crate) const IN_DOUBT_MAX: Duration = Duration::from_secs(120);
 
 /// How long a transaction may sit idle before PostgreSQL ends it. A batch never waits between
 /// its statements, so an idle batch transaction means a frozen node (SIGSTOP, a stalled VM, a
@@ -48,6 +53,9 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error
 pub(crate) struct Store {
     pub(in crate::db) pool: PgPool,
     pub(in crate::db) writes: PgPool,
+    /// This node's cluster id (0 until the cluster started), stored with every item a batch
+    /// writes (`origin` columns).
+    pub(in crate::db) node: AtomicI64,
 }
 
 /// Whether `url` names a PostgreSQL database.
@@ -108,7 +116,23 @@ impl Db {
         Ok(Db::with_backend(Backend::Postgres(Arc::new(Store {
             pool,
             writes,
+            node: AtomicI64::new(0),
         }))))
+    }
+
+    /// The readers' pool, on PostgreSQL (the cluster's connections come from it).
+    pub(crate) fn postgres_pool(&self) -> Option<PgPool> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s.pool.clone()),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Records `node` as the origin of every item this node's batches write from now on.
+    pub(crate) fn set_node(&self, node: i64) {
+        if let Backend::Postgres(s) = &self.backend {
+            s.node.store(node, Ordering::Relaxed);
+        }
     }
 
     /// `SHOW synchronous_commit` on the writer's connection and on a reader's (PostgreSQL
@@ -135,33 +159,76 @@ impl Store {
     }
 }
 
+/// What [`lock_batch`] hands out.
+pub(in crate::db) struct Locked {
+    /// The first of the batch's message sequence numbers (0 when none were asked for).
+    pub(in crate::db) first: i64,
+    /// The transaction's id, for [`commit_status`].
+    pub(in crate::db) xid: i64,
+}
+
 /// First statement of every batch transaction: takes [`BATCH_LOCK`] (held until the
 /// transaction ends, after its commit is durable and visible), so the batches of all nodes run
-/// one at a time, and reserves `messages` consecutive message sequence numbers, returning the
-/// first (0 when none were asked for). Numbers handed out under the lock are higher than every
-/// number of an earlier batch and become visible after them: commit order is sequence order.
+/// one at a time, reserves `messages` consecutive message sequence numbers, sets `msim.node`
+/// (the `origin` of the rows the batch writes) for the transaction, and returns the
+/// transaction's id. Numbers handed out under the lock are higher than every number of an
+/// earlier batch and become visible after them: commit order is sequence order.
 pub(in crate::db) async fn lock_batch(
     tx: &mut PgConnection,
     messages: usize,
-) -> Result<i64, sqlx::Error> {
-    if messages == 0 {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(BATCH_LOCK)
-            .execute(tx)
-            .await?;
-        return Ok(0);
-    }
+    node: i64,
+) -> Result<Locked, sqlx::Error> {
     let n = messages as i64;
     // The materialised CTE is read (the lock taken) before the select list is computed.
-    let (last,): (i64,) = sqlx::query_as(
-        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1)) \
-         SELECT setval('message_seq', nextval('message_seq') + $2 - 1) FROM locked",
-    )
-    .bind(BATCH_LOCK)
-    .bind(n)
-    .fetch_one(tx)
-    .await?;
-    Ok(last - n + 1)
+    let sql = if n == 0 {
+        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
+         set_config('msim.node', $3, true)) \
+         SELECT $2::bigint, txid_current() FROM locked"
+    } else {
+        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
+         set_config('msim.node', $3, true)) \
+         SELECT setval('message_seq', nextval('message_seq') + $2 - 1), txid_current() \
+         FROM locked"
+    };
+    let (last, xid): (i64, i64) = sqlx::query_as(sql)
+        .bind(BATCH_LOCK)
+        .bind(n)
+        .bind(node.to_string())
+        .fetch_one(tx)
+        .await?;
+    Ok(Locked {
+        first: if n == 0 { 0 } else { last - n + 1 },
+        xid,
+    })
+}
+
+/// The outcome of a transaction whose `COMMIT` failed without an answer (the connection or
+/// the server went away while it ran): asked on another connection with `txid_status`, again
+/// and again while the server cannot answer or the transaction is still in progress, for at
+/// most [`IN_DOUBT_MAX`]. `Some(true)`: it committed; `Some(false)`: it did not; `None`: still
+/// unknown.
+pub(in crate::db) async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + IN_DOUBT_MAX;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let r: Result<Option<String>, sqlx::Error> = sqlx::query_scalar("SELECT txid_status($1)")
+            .bind(xid)
+            .fetch_one(pool)
+            .await;
+        match r.as_ref().map(Option::as_deref) {
+            Ok(Some("committed")) => return Some(true),
+            Ok(Some("aborted")) => return Some(false),
+            // Too old to be known: cannot happen seconds after the transaction ran.
+            Ok(None) => return None,
+            Ok(Some(_)) => {} // in progress: its backend has not noticed the loss yet
+            Err(e) => warn!("asking whether batch transaction {xid} committed: {e}"),
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]
