@@ -270,6 +270,16 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Stops the server ([`PgCluster::stop`]) and starts it again on the same data directory
+    /// and port; returns once it accepts connections again.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        let (pid, exited) = start_server(&self.bin, self.dir(), self.port, server_user()?)?;
+        self.pid = pid;
+        self.exited = Mutex::new(exited);
+        Ok(())
+    }
+
     /// Stops the server (fast shutdown: connections are closed, the data is kept) and waits
     /// for it to exit.
     pub fn stop(&self) -> anyhow::Result<()> {

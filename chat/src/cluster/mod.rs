@@ -270,6 +270,7 @@ impl Cluster {
                     events: events_tx,
                     offline: Vec::new(),
                     fed,
+                    healthy_since: None,
                 }
                 .run(stop.clone()),
             ),
@@ -381,6 +382,8 @@ struct Heart {
     offline: Vec<String>,
     /// The reader's positions, recorded with each heartbeat (for `scrub`).
     fed: Arc<Mutex<Option<Positions>>>,
+    /// Since when this node's heartbeats have been succeeding (`None`: the last one failed).
+    healthy_since: Option<tokio::time::Instant>,
 }
 
 /// Runs [`scrub::run`] every `every` while this node leads, until `stop`. A task of its own:
@@ -423,8 +426,19 @@ impl Heart {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            self.beat().await;
-            if self.leadership.is_leader() {
+            let ok = self.beat().await;
+            match (ok, self.healthy_since) {
+                (true, None) => self.healthy_since = Some(tokio::time::Instant::now()),
+                (false, _) => self.healthy_since = None,
+                (true, Some(_)) => {}
+            }
+            // Reaping judges other nodes by their heartbeats: only once this node's own have
+            // been going through for a whole node timeout. After the database was away, every
+            // node's heartbeat looks old; each gets that long to record a fresh one.
+            let settled = self
+                .healthy_since
+                .is_some_and(|t| t.elapsed() >= self.timing.node_timeout);
+            if settled && self.leadership.is_leader() {
                 self.reap().await;
             }
             self.flush();
@@ -451,7 +465,8 @@ impl Heart {
         }
     }
 
-    async fn beat(&self) {
+    /// Returns whether the heartbeat was recorded.
+    async fn beat(&self) -> bool {
         let fed = self.fed.lock().unwrap_or_else(|e| e.into_inner()).map(|p| {
             (
                 p.0[crate::hub::Stream::Messages as usize],
@@ -459,13 +474,13 @@ impl Heart {
             )
         });
         match nodes::heartbeat(&self.pool, self.node, fed).await {
-            Ok(true) => {}
+            Ok(true) => true,
             Ok(false) => {
                 // Declared dead while cut off: our users were announced offline. Come back.
                 warn!(node = %self.node, "this node was declared dead: registering again");
                 if let Err(e) = nodes::register(&self.pool, self.node, &self.name).await {
                     warn!("cluster: registering again: {e}");
-                    return;
+                    return false;
                 }
                 for login in self.hub.local_logins() {
                     match nodes::session_opened(&self.pool, self.node, &login).await {
@@ -473,8 +488,12 @@ impl Heart {
                         Err(e) => warn!("cluster: re-adding {login}: {e}"),
                     }
                 }
+                true
             }
-            Err(e) => warn!("cluster heartbeat: {e}"),
+            Err(e) => {
+                warn!("cluster heartbeat: {e}");
+                false
+            }
         }
     }
 

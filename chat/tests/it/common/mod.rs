@@ -211,8 +211,13 @@ impl Client {
 
     /// The next line, or None at EOF. Panics after a generous timeout.
     pub async fn try_line(&mut self) -> Option<String> {
+        self.try_line_within(READ_TIMEOUT).await
+    }
+
+    /// The next line, or None at EOF. Panics after `wait`.
+    pub async fn try_line_within(&mut self, wait: Duration) -> Option<String> {
         let mut s = String::new();
-        let n = tokio::time::timeout(READ_TIMEOUT, self.r.read_line(&mut s))
+        let n = tokio::time::timeout(wait, self.r.read_line(&mut s))
             .await
             .expect("timed out waiting for a line")
             .unwrap_or(0);
