@@ -53,7 +53,7 @@ async fn concurrent_senders_on_every_node_leave_no_gaps_or_duplicates() {
     }
     let mut senders = Vec::new();
     for (i, node) in n.iter().enumerate() {
-        senders.push(node.user(&format!("s{i}")).await);
+        senders.push(node.user(&format!("sender{i}")).await);
     }
     let mut bob0 = n[0].session("bob").await;
     let mut bob2 = n[2].session("bob").await;
