@@ -195,6 +195,35 @@ impl Hub {
         n
     }
 
+    /// The outgoing queues of `login`'s sessions on this node (for a sender that may wait
+    /// for room: the cluster's reader catching up).
+    pub(crate) fn local_queues(&self, login: &str) -> Vec<(u64, mpsc::Sender<Item>)> {
+        let users = self.lock();
+        let Some(slots) = users.get(login) else {
+            return Vec::new();
+        };
+        slots
+            .iter()
+            .filter_map(|s| s.tx.clone().map(|tx| (s.id, tx)))
+            .collect()
+    }
+
+    /// Disconnects session `id` of `login`, a reader too slow for its queue.
+    pub(crate) fn evict(&self, login: &str, id: u64) {
+        let mut users = self.lock();
+        if let Some(slot) = users
+            .get_mut(login)
+            .and_then(|slots| slots.iter_mut().find(|s| s.id == id))
+        {
+            warn!(
+                login,
+                session = id,
+                "outgoing queue full: disconnecting slow reader"
+            );
+            slot.tx = None;
+        }
+    }
+
     /// Sends to every session of `login`.
     pub(crate) fn send(&self, login: &str, bytes: &Bytes) -> usize {
         self.send_except(login, None, bytes)

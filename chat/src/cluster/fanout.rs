@@ -35,6 +35,11 @@ const INBOX: usize = 4096;
 const PAGE: usize = 1000;
 /// Longest wait before reconnecting a lost listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long, in all, the reader may wait for room in sessions' full queues per page it
+/// pushes. A reader catching up pushes a page at once, faster than any session drains; a
+/// session whose queue stays full beyond this is disconnected as slow (as on one node), so
+/// sessions that never read cannot stall this node's fan-out for more than this per page.
+const ROOM_WAIT: Duration = Duration::from_millis(250);
 
 /// Sequence positions, one per [`Stream`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -468,6 +473,7 @@ impl Reader {
             };
             let mut per_stream = [0usize; STREAMS];
             let mut delivered = Vec::new();
+            let mut room_wait = ROOM_WAIT;
             for it in &items {
                 let s = it.stream as usize;
                 per_stream[s] += 1;
@@ -481,7 +487,7 @@ impl Reader {
                         seq: Some((it.stream, it.seq)),
                         bytes: it.bytes.clone(),
                     };
-                    if self.hub.deliver_local(&it.login, None, &item) > 0 {
+                    if self.push(&it.login, item, &mut room_wait).await > 0 {
                         delivered.push((it.stream, it.seq));
                     }
                 }
@@ -498,6 +504,28 @@ impl Reader {
             }
         }
         self.publish(pos);
+    }
+
+    /// Queues `item` for every session of `login` on this node, waiting for room in a full
+    /// queue out of `room_wait` (what is left of it is left in it); returns how many got it.
+    async fn push(&self, login: &str, item: Item, room_wait: &mut Duration) -> usize {
+        let mut n = 0;
+        for (id, tx) in self.hub.local_queues(login) {
+            match tx.try_send(item.clone()) {
+                Ok(()) => n += 1,
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    let started = tokio::time::Instant::now();
+                    match tokio::time::timeout(*room_wait, tx.send(item)).await {
+                        Ok(Ok(())) => n += 1,
+                        Ok(Err(_)) => {} // the session is gone
+                        Err(_) => self.hub.evict(login, id),
+                    }
+                    *room_wait = room_wait.saturating_sub(started.elapsed());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        n
     }
 
     /// Makes `pos` the positions the heartbeat records.

@@ -1,5 +1,6 @@
 //! msim-chat on PostgreSQL whatever `MSIM_TEST_DATABASE` says (the rest of the suite runs on
-//! it with `MSIM_TEST_DATABASE=postgres`): two nodes on one database serve the same users, and
+//! it with `MSIM_TEST_DATABASE=postgres`): two nodes on one database serve the same users (the
+//! cluster itself: `cluster::`), and
 //! a node whose `secret.key` does not open the stored passwords refuses to start. Skipped
 //! loudly without PostgreSQL's binaries.
 
@@ -59,14 +60,13 @@ async fn two_nodes_on_one_database_serve_the_same_users() {
     assert_eq!(common::field(&m, "id").as_deref(), Some(id.as_str()));
     assert_eq!(common::field(&m, "text").as_deref(), Some("hello from a"));
     bob.sync().await;
-    // alice has no session on node b: the receipt is stored, and her next login on node a
-    // gets it from the database.
+    // alice's session is on node a: node b stores the receipt, node a reads it and pushes it
+    // to her.
     bob.send(&format!("MESSAGE-READ id={id}")).await;
     bob.sync().await;
-    drop(alice);
-    let mut alice = a.session("alice").await;
     let r = alice.expect_skip("MESSAGE-READ").await;
     assert_eq!(common::field(&r, "id").as_deref(), Some(id.as_str()));
+    assert_eq!(common::field(&r, "by").as_deref(), Some("bob@localhost"));
     // A session of alice on node b logs in with the password node a sealed.
     let mut alice_b = b.session("alice").await;
     alice_b.sync().await;

@@ -155,3 +155,28 @@ async fn a_lagging_node_still_pushes_what_another_session_acknowledged() {
     assert_eq!(field(&r, "id").as_ref(), Some(id));
     assert_eq!(field(&r, "by").as_deref(), Some("bob@localhost"));
 }
+
+/// A node that was held up (SIGSTOP) catches up a burst larger than a session's outgoing
+/// queue (256 items) in one page. Before, the reader pushed the page at once and the
+/// recipient's session, reading normally, was disconnected as a slow reader; now the reader
+/// waits (briefly, within a budget) for room, and the session gets everything once.
+#[tokio::test]
+async fn a_node_catching_up_a_burst_keeps_its_reading_sessions() {
+    let Some(url) = database("burst").await else {
+        return;
+    };
+    let n = nodes(&url, 2, &["--cluster-node-timeout", "60s"]).await;
+    let mut alice = n[0].user("alice").await;
+    drop(n[0].user("bob").await);
+    let mut bob = n[1].session("bob").await;
+    n[1].signal("STOP");
+    let texts: Vec<String> = (0..700).map(|i| format!("burst{i}")).collect();
+    let mut ids = Vec::new();
+    for chunk in texts.chunks(100) {
+        ids.extend(send_all(&mut alice, "bob", chunk).await);
+    }
+    send_all(&mut alice, "bob", &["end-0".into()]).await;
+    n[1].signal("CONT");
+    let got = messages_until(&mut bob, &ids, "end-0").await;
+    exactly_once("bob", &got, &ids);
+}

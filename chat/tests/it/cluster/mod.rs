@@ -143,6 +143,19 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// A failed test shows the node's log.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.count_log(&[]);
+            eprintln!("---- log of the node at {} ----", self.addr);
+            for l in &self.history {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 /// A database of the shared throwaway cluster, or `None` (skipped).
 pub async fn database(test: &str) -> Option<String> {
     let test = format!("cluster::{test}");
