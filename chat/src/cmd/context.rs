@@ -164,6 +164,15 @@ impl<'o> Reply<'o> {
     }
 }
 
+/// `login@domain` for a local login of `domain`.
+pub(crate) fn addr_in(domain: &str, login: &str) -> String {
+    // Remote users (federation) are stored with their full address.
+    if login.contains('@') {
+        return login.to_owned();
+    }
+    format!("{login}@{domain}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,13 +199,4 @@ mod tests {
         Reply::to(&mut none, &bare).send(Packet::new("PONG"));
         assert_eq!(wire(&none), Packet::new("PONG").to_wire());
     }
-}
-
-/// `login@domain` for a local login of `domain`.
-pub(crate) fn addr_in(domain: &str, login: &str) -> String {
-    // Remote users (federation) are stored with their full address.
-    if login.contains('@') {
-        return login.to_owned();
-    }
-    format!("{login}@{domain}")
 }
