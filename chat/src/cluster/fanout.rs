@@ -224,8 +224,8 @@ pub(crate) async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Err
 }
 
 /// Sends the outbox's notices in order until `stop`. Positions first: they are what other
-/// nodes must not miss for long. A failed send is logged and dropped (the readers' timer
-/// catches up positions; live packets are live only).
+/// nodes must not miss for long; a failed announcement is retried. A failed live packet is
+/// logged and dropped (live packets are live only).
 pub(crate) async fn send_loop(
     pool: PgPool,
     outbox: Arc<Outbox>,
@@ -233,11 +233,24 @@ pub(crate) async fn send_loop(
     stop: CancellationToken,
 ) {
     let node = outbox.node;
+    let mut backoff = Duration::from_millis(20);
     loop {
         if let Some(h) = outbox.take_heads() {
             let [a, b, c, d] = h.0;
-            if let Err(e) = notify(&pool, &format!("p {node} {a} {b} {c} {d}")).await {
-                warn!("cluster: announcing positions: {e}");
+            match notify(&pool, &format!("p {node} {a} {b} {c} {d}")).await {
+                Ok(()) => backoff = Duration::from_millis(20),
+                Err(e) => {
+                    // Kept (coalesced with what comes meanwhile, so nothing grows) and sent
+                    // again shortly: the other nodes' timers would find the items too, but
+                    // later.
+                    warn!("cluster: announcing positions: {e}; retrying");
+                    outbox.committed(h);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
             continue;
         }
