@@ -118,6 +118,10 @@ async fn main() -> Result<()> {
     if wants_chat {
         run_chat(&args, &data, &mut report, fsyncs, rtt_p50).await?;
     }
+    // Only on request: it starts a PostgreSQL cluster and three sets of servers.
+    if args.only.iter().any(|s| s == "cluster") {
+        msim_tests::load::cluster::run_cluster(&args, &data, &mut report, fsyncs).await?;
+    }
     if args.wants("relay") {
         let b = RelayBaselines {
             loopback,

@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub smoke: bool,
     /// Run only these scenarios (baseline is always run).
-    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "soak", "federation", "relay", "cli-transfer"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "soak", "federation", "relay", "cli-transfer", "cluster"])]
     pub only: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod chat_scenarios;
 pub mod cli;
 pub mod cli_transfer;
+pub mod cluster;
 pub mod content;
 pub mod federation;
 pub mod ledger;
