@@ -73,14 +73,19 @@ impl Db {
             return Ok(Fed::default());
         };
         let p = &s.pool;
+        let me = s.node.load(std::sync::atomic::Ordering::Relaxed);
         let mut fed = Fed::default();
         if want[0] {
+            // This node's own messages only move the reader's position (it pushed them when
+            // it committed them): their text is not fetched.
             fed.messages = sqlx::query_as(
-                "SELECT seq, id, sender, recipient, at, body, origin FROM messages \
+                "SELECT seq, id, sender, recipient, at, \
+                 CASE WHEN origin = $3 THEN '' ELSE body END AS body, origin FROM messages \
                  WHERE seq > $1 ORDER BY seq LIMIT $2",
             )
             .bind(after[0])
             .bind(limit)
+            .bind(me)
             .fetch_all(p)
             .await?;
         }

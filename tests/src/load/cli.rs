@@ -12,6 +12,7 @@ Examples:
   target/release/msim-load                 # everything, full size (minutes)
   target/release/msim-load --smoke         # every scenario, tiny, seconds
   target/release/msim-load --only messages --json out.json
+  target/release/msim-load --only cluster  # SQLite vs PostgreSQL 1 and 2 nodes (never by default)
 
 Against servers that are already running (nothing is started for the scenarios they serve):
   target/release/msim-load --only messages,latency --chat 127.0.0.1:3214 \\
@@ -53,7 +54,8 @@ pub struct Args {
     /// Run every scenario at a tiny size (seconds); used by CI to keep the tool working.
     #[arg(long)]
     pub smoke: bool,
-    /// Run only these scenarios (baseline is always run).
+    /// Run only these scenarios (baseline is always run). `cluster` runs only when named: it
+    /// starts a throwaway PostgreSQL (its server binaries must be installed).
     #[arg(long, value_delimiter = ',', value_parser = ["connections", "messages", "latency", "logins", "soak", "federation", "relay", "cli-transfer", "cluster"])]
     pub only: Vec<String>,
     /// Write the report as JSON to this file.

@@ -232,6 +232,8 @@ pub(in crate::db) async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool
 }
 
 #[cfg(test)]
+mod commit_status_tests;
+#[cfg(test)]
 mod frozen_node_tests;
 
 #[cfg(test)]
