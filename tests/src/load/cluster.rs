@@ -39,8 +39,21 @@ fn start_nodes(
         let data = dir.join(format!("node{i}"));
         if i > 0 {
             std::fs::create_dir_all(&data)?;
-            std::fs::copy(dir.join("node0/secret.key"), data.join("secret.key"))
-                .context("sharing secret.key")?;
+            // The first node listens before it has opened its data directory: wait for it.
+            let key = dir.join("node0/secret.key");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !key.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let listing: Vec<String> = std::fs::read_dir(dir.join("node0"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            std::fs::copy(&key, data.join("secret.key"))
+                .with_context(|| format!("sharing {} (node0 has {listing:?})", key.display()))?;
         }
         let addr = procs::free_addr()?;
         let relay_addr = procs::free_addr()?;
