@@ -254,7 +254,16 @@ impl Server {
 
         // Federation first: if it cannot start (s2s port taken, tables), nothing else was
         // started that would keep running after the error.
-        let federation = crate::federation::start(shared.clone()).await?;
+        let federation = match crate::federation::start(shared.clone()).await {
+            Ok(f) => f,
+            Err(e) => {
+                // The cluster was joined in `Server::new`: leave it too.
+                if let Some(cluster) = &shared.cluster {
+                    cluster.stop().await;
+                }
+                return Err(e.into());
+            }
+        };
         let health = tokio::spawn(shared.relays.clone().health_loop(
             shared.config.relay_health_interval,
             shared.config.relay_health_timeout,
