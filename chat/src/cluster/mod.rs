@@ -46,7 +46,7 @@
 //!
 //! Tables: `db/postgres/migrations/0100_cluster.sql` and `0101_cluster_positions.sql`
 //! (PostgreSQL migrations of the store; they are idempotent, and [`Cluster::start`] applies
-//! them too, for databases the store did not migrate); the store's `0002_cluster_feed.sql`
+//! them too, for databases the store did not migrate); the store's `0003_cluster_feed.sql`
 //! adds the `origin` columns the readers skip their own items by.
 //!
 //! Wiring (`server`): on PostgreSQL the server always joins ([`Cluster::start`] with

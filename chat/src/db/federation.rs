@@ -296,7 +296,8 @@ impl Db {
             }
             Backend::Postgres(b) => {
                 let mut tx = b.writes.begin().await?;
-                super::postgres::lock_batch(&mut tx, 0).await?;
+                let node = b.node.load(std::sync::atomic::Ordering::Relaxed);
+                super::postgres::lock_batch(&mut tx, 0, node).await?;
                 store!(tx)
             }
         }
