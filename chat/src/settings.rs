@@ -188,6 +188,13 @@ pub struct ChatSettings {
     /// Also dial peers whose addresses are loopback or private (tests, private networks).
     #[arg(long, env = "MSIM_CHAT_S2S_ALLOW_PRIVATE")]
     pub s2s_allow_private: Option<bool>,
+    /// Packets per second one peer domain may send us, all its links together; beyond that it
+    /// is told to retry later (S2S-RETRY) [default: 2000].
+    #[arg(long, env = "MSIM_CHAT_S2S_PEER_RATE", value_name = "N")]
+    pub s2s_peer_rate: Option<u32>,
+    /// Burst of packets a peer domain may send above --s2s-peer-rate [default: 10000].
+    #[arg(long, env = "MSIM_CHAT_S2S_PEER_BURST", value_name = "N")]
+    pub s2s_peer_burst: Option<u32>,
     /// DNS server (IP:PORT) for federation lookups instead of the system's resolver.
     #[arg(long, env = "MSIM_CHAT_DNS_SERVER", value_name = "IP:PORT")]
     pub dns_server: Option<SocketAddr>,
@@ -296,6 +303,12 @@ impl ChatSettings {
         if let Some(p) = self.s2s_allow_private {
             f.allow_private = p;
         }
+        if let Some(n) = self.s2s_peer_rate {
+            f.peer_rate = n;
+        }
+        if let Some(n) = self.s2s_peer_burst {
+            f.peer_burst = n;
+        }
         f.dns_server = self.dns_server;
         set(&mut c.cluster_heartbeat, self.cluster_heartbeat);
         set(&mut c.cluster_node_timeout, self.cluster_node_timeout);
@@ -377,6 +390,7 @@ mod tests {
         );
         assert_eq!(f.s2s_listen, "127.0.0.2:4004".parse().expect("address"));
         assert!(f.allow_private);
+        assert_eq!((f.peer_rate, f.peer_burst), (25, 26));
         assert_eq!(
             f.dns_server,
             Some("127.0.0.53:53".parse().expect("address"))

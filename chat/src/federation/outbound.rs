@@ -93,11 +93,8 @@ impl PeerTask {
                     // Waiting requests fail now rather than after their timeout.
                     self.down.store(true, Ordering::Relaxed);
                     while self.live.try_recv().is_ok() {}
-                    let wait = jitter(delay)
-                        .max(after.unwrap_or_default())
-                        .min(fed.config.retry_max);
+                    let wait = next_wait(&mut delay, after, &fed.config);
                     info!(peer = %self.peer, %why, retry_in = ?wait, "s2s link out failed");
-                    delay = (delay * 2).min(fed.config.retry_max);
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
@@ -400,6 +397,25 @@ fn refusal(p: &Packet) -> String {
 }
 
 /// `d` ± 25 %, so that many servers retrying one peer spread out.
+/// How long to wait before the next attempt after a link ended with a failure: `after` when
+/// the peer said when to come back (it is up and pacing us with its rate limit), without
+/// growing `delay`, the backoff for peers that are down (doubled here, capped at
+/// `retry_max`). Growing it on every `S2S-RETRY` made a busy peer wait minutes between bursts.
+fn next_wait(
+    delay: &mut Duration,
+    after: Option<Duration>,
+    config: &super::FederationConfig,
+) -> Duration {
+    match after {
+        Some(after) => (after + jitter(config.retry_base)).min(config.retry_max),
+        None => {
+            let wait = jitter(*delay).min(config.retry_max);
+            *delay = (*delay * 2).min(config.retry_max);
+            wait
+        }
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     let spread = d.as_millis() as u64 / 2;
     let mut b = [0u8; 8];
@@ -472,5 +488,31 @@ pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
                 warn!("federation dedupe expiry: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that keeps answering `S2S-RETRY retry-after=1` is tried again after about a
+    /// second each time; a peer that is down is tried after a growing delay.
+    #[test]
+    fn a_pacing_peer_does_not_grow_the_backoff() {
+        let config = super::super::FederationConfig::default();
+        let mut delay = config.retry_base;
+        for _ in 0..20 {
+            let wait = next_wait(&mut delay, Some(Duration::from_secs(1)), &config);
+            assert!(
+                wait <= Duration::from_secs(1) + config.retry_base * 5 / 4,
+                "{wait:?}"
+            );
+        }
+        assert_eq!(delay, config.retry_base);
+        let waits: Vec<Duration> = (0..20)
+            .map(|_| next_wait(&mut delay, None, &config))
+            .collect();
+        assert_eq!(delay, config.retry_max);
+        assert!(waits[10] > waits[0] * 8, "{waits:?}");
     }
 }

@@ -125,6 +125,12 @@ fn start_server(
         s2s.to_string(),
         "--s2s-allow-private".into(),
         "true".into(),
+        // The scenario measures the federation path, not the per-peer rate limit (2,000
+        // packets/s by default), which a saturating sender would hit at once.
+        "--s2s-peer-rate".into(),
+        "1000000".into(),
+        "--s2s-peer-burst".into(),
+        "1000000".into(),
         "--dns-server".into(),
         dns.addr.to_string(),
     ];
