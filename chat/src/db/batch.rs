@@ -86,9 +86,31 @@ impl Db {
             Backend::Postgres(s) => {
                 let mut tx = s.writes.begin().await?;
                 let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
+                // The pending cap is checked under the batch lock (every node's batches wait
+                // for it), then the kept messages are numbered: taking the lock again only
+                // reserves their numbers (the transaction already holds it).
+                let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
+                    super::postgres::lock_batch(&mut tx, 0, node).await?;
+                    let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
+                    let (idx, kept): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
+                    (Some(idx), kept, refused)
+                } else {
+                    (None, ops, Vec::new())
+                };
+                ops = kept;
+                let messages = ops
+                    .iter()
+                    .filter(|op| matches!(op, WriteOp::InsertMessage(_)))
+                    .count();
                 let locked = super::postgres::lock_batch(&mut tx, messages, node).await?;
                 number_messages(&mut ops, locked.first);
-                let out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
+                let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
+                if let Some(idx) = idx {
+                    for (i, r) in idx.into_iter().zip(out) {
+                        refused[i] = r;
+                    }
+                    out = refused;
+                }
                 if let Err(e) = tx.commit().await {
                     // The COMMIT may have been carried out with its answer lost: what the
                     // clients are told must match what is stored (a "failed" message that is

@@ -46,24 +46,22 @@ type Decided = Vec<Option<Result<Outcome, DbError>>>;
 impl Db {
     /// Answers [`Outcome::QueueFull`] for new messages whose recipient already has the most
     /// pending messages allowed (counting the batch's own earlier messages); the rest go on.
-    /// Runs in the writer task only, between batches.
+    /// Runs in the writer task only, between batches, on SQLite (one writer: its bounds in
+    /// memory are exact upper bounds). On PostgreSQL every op goes on: several nodes write,
+    /// so the cap is checked inside the batch transaction ([`Db::refuse_full_in_tx`]).
     pub(super) async fn refuse_full_queues(
         &self,
         ops: Vec<WriteOp>,
     ) -> Result<(Kept, Decided), DbError> {
-        let mut decided: Decided = Vec::with_capacity(ops.len());
-        decided.resize_with(ops.len(), || None);
         let cap = self.pending_cap;
-        if cap <= 0 || !ops.iter().any(|op| matches!(op, WriteOp::InsertMessage(_))) {
-            return Ok((ops.into_iter().enumerate().collect(), decided));
+        if cap <= 0
+            || matches!(self.backend, super::Backend::Postgres(_))
+            || !ops.iter().any(|op| matches!(op, WriteOp::InsertMessage(_)))
+        {
+            return Ok(keep_all(ops));
         }
+        let in_batch = batch_counts(&ops);
         // Recipients whose bound (unknown: no bound) plus this batch's messages reach the cap.
-        let mut in_batch: HashMap<&str, i64> = HashMap::new();
-        for op in &ops {
-            if let WriteOp::InsertMessage(m) = op {
-                *in_batch.entry(m.recipient.as_str()).or_insert(0) += 1;
-            }
-        }
         let recount: Vec<&str> = {
             let bounds = self.pending_bounds.lock();
             in_batch
@@ -74,11 +72,7 @@ impl Db {
         };
         let mut counts: HashMap<String, i64> = HashMap::with_capacity(recount.len());
         for chunk in recount.chunks(IN_CHUNK) {
-            let sql = format!(
-                "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
-                 AND recipient IN ({}) GROUP BY recipient",
-                placeholders(self.param_style(), chunk.len(), 1, 1)
-            );
+            let sql = pending_count_sql(self.param_style(), chunk.len());
             let found: Vec<(String, i64)> = writes!(self, w => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for r in chunk {
@@ -95,20 +89,81 @@ impl Db {
         for r in recount {
             bounds.insert(r.to_owned(), counts.get(r).copied().unwrap_or(0));
         }
-        let mut kept = Vec::with_capacity(ops.len());
-        for (i, op) in ops.into_iter().enumerate() {
-            if let WriteOp::InsertMessage(m) = &op {
-                let n = bounds.entry(m.recipient.clone()).or_insert(0);
-                if *n >= cap {
-                    decided[i] = Some(Ok(Outcome::QueueFull));
-                    continue;
-                }
-                *n += 1;
-            }
-            kept.push((i, op));
-        }
-        Ok((kept, decided))
+        Ok(refuse_over(ops, &mut *bounds, cap))
     }
+
+    /// PostgreSQL: the cap checked inside the batch transaction `tx`, which holds the batch
+    /// lock (`lock_batch`), so no other node's batch commits meanwhile: the pending counts
+    /// read here are exact for all nodes, and N nodes cannot let N times the cap through.
+    pub(super) async fn refuse_full_in_tx(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ops: Vec<WriteOp>,
+    ) -> Result<(Kept, Decided), DbError> {
+        let cap = self.pending_cap;
+        if cap <= 0 || !ops.iter().any(|op| matches!(op, WriteOp::InsertMessage(_))) {
+            return Ok(keep_all(ops));
+        }
+        let recipients: Vec<String> = batch_counts(&ops).into_keys().map(str::to_owned).collect();
+        let mut counts: HashMap<String, i64> = HashMap::with_capacity(recipients.len());
+        for chunk in recipients.chunks(IN_CHUNK) {
+            let sql = pending_count_sql(super::batch::ParamStyle::Numbered, chunk.len());
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r);
+            }
+            let found: Vec<(String, i64)> = q.persistent(false).fetch_all(&mut *tx).await?;
+            counts.extend(found);
+        }
+        Ok(refuse_over(ops, &mut counts, cap))
+    }
+}
+
+/// Every op goes on.
+fn keep_all(ops: Vec<WriteOp>) -> (Kept, Decided) {
+    let mut decided: Decided = Vec::with_capacity(ops.len());
+    decided.resize_with(ops.len(), || None);
+    (ops.into_iter().enumerate().collect(), decided)
+}
+
+/// New messages per recipient in the batch.
+fn batch_counts(ops: &[WriteOp]) -> HashMap<&str, i64> {
+    let mut in_batch: HashMap<&str, i64> = HashMap::new();
+    for op in ops {
+        if let WriteOp::InsertMessage(m) = op {
+            *in_batch.entry(m.recipient.as_str()).or_insert(0) += 1;
+        }
+    }
+    in_batch
+}
+
+/// Pending messages of `n` recipients (bound in order).
+fn pending_count_sql(style: super::batch::ParamStyle, n: usize) -> String {
+    format!(
+        "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
+         AND recipient IN ({}) GROUP BY recipient",
+        placeholders(style, n, 1, 1)
+    )
+}
+
+/// Refuses the new messages that would take their recipient's pending count (`counts`,
+/// missing: none) past `cap`, counting the batch's earlier messages; `counts` is updated.
+fn refuse_over(ops: Vec<WriteOp>, counts: &mut HashMap<String, i64>, cap: i64) -> (Kept, Decided) {
+    let mut decided: Decided = Vec::with_capacity(ops.len());
+    decided.resize_with(ops.len(), || None);
+    let mut kept = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        if let WriteOp::InsertMessage(m) = &op {
+            let n = counts.entry(m.recipient.clone()).or_insert(0);
+            if *n >= cap {
+                decided[i] = Some(Ok(Outcome::QueueFull));
+                continue;
+            }
+            *n += 1;
+        }
+        kept.push((i, op));
+    }
+    (kept, decided)
 }
 
 /// One retention step inside the writer's transaction.
