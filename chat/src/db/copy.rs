@@ -474,15 +474,18 @@ mod tests {
         // its sender, must come across.
         source.federation_tables().await.expect("federation tables");
         source
-            .federation_apply(&[crate::db::QueueWrite::Add {
-                peer: "b.example".into(),
-                line: "S2S-MESSAGE id=q1".into(),
-                sender: "alice".into(),
-                message_id: "q1".into(),
-                recipient: "zed@b.example".into(),
-                at: 11,
-                expires_at: i64::MAX,
-            }])
+            .federation_apply(
+                &[crate::db::QueueWrite::Add {
+                    peer: "b.example".into(),
+                    line: "S2S-MESSAGE id=q1".into(),
+                    sender: "alice".into(),
+                    message_id: "q1".into(),
+                    recipient: "zed@b.example".into(),
+                    at: 11,
+                    expires_at: i64::MAX,
+                }],
+                Default::default(),
+            )
             .await
             .expect("queued");
         let before = view(&source).await;

@@ -54,6 +54,94 @@ pub(crate) enum QueueDone {
     Removed(Option<QueuedItem>),
     /// Remembered.
     Seen,
+    /// Not added: the queue is at one of its [`QueueBounds`] (PostgreSQL; on SQLite the
+    /// queue writer's counts in memory refuse first).
+    Refused(QueueBound),
+}
+
+/// The outbound queue's bounds (0 = unlimited).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QueueBounds {
+    /// Items per peer.
+    pub per_peer: u64,
+    /// Items per local sender.
+    pub per_sender: u64,
+    /// Peers with items.
+    pub peers: u64,
+}
+
+/// Which of the [`QueueBounds`] an item hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueBound {
+    PerPeer,
+    PerSender,
+    Peers,
+}
+
+/// Serialises the queue writes of all nodes sharing a PostgreSQL database (transaction lock),
+/// so the bounds counted from the table hold for them all.
+const FED_QUEUE_LOCK: i64 = 0x6d73_696d_0003;
+
+/// The bounds check of [`Db::federation_apply`], per backend.
+trait BoundCheck {
+    async fn over_bound(
+        &mut self,
+        peer: &str,
+        sender: &str,
+        b: QueueBounds,
+    ) -> Result<Option<QueueBound>, sqlx::Error>;
+}
+
+impl BoundCheck for sqlx::SqliteConnection {
+    /// One node: the queue writer's counts in memory have checked already.
+    async fn over_bound(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: QueueBounds,
+    ) -> Result<Option<QueueBound>, sqlx::Error> {
+        Ok(None)
+    }
+}
+
+impl BoundCheck for sqlx::PgConnection {
+    async fn over_bound(
+        &mut self,
+        peer: &str,
+        sender: &str,
+        b: QueueBounds,
+    ) -> Result<Option<QueueBound>, sqlx::Error> {
+        over_bound(self, peer, sender, b).await
+    }
+}
+
+/// On PostgreSQL, which bound (if any) one more item for `peer` from `sender` would pass,
+/// counted from the table inside the transaction that holds [`FED_QUEUE_LOCK`].
+async fn over_bound(
+    tx: &mut sqlx::PgConnection,
+    peer: &str,
+    sender: &str,
+    b: QueueBounds,
+) -> Result<Option<QueueBound>, sqlx::Error> {
+    let cap = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let (for_peer, for_sender, peers): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1), \
+                (SELECT COUNT(*) FROM fed_queue WHERE sender = $2 AND $2 <> ''), \
+                (SELECT COUNT(DISTINCT peer) FROM fed_queue)",
+    )
+    .bind(peer)
+    .bind(sender)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(if b.per_peer > 0 && for_peer >= cap(b.per_peer) {
+        Some(QueueBound::PerPeer)
+    } else if for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
+        Some(QueueBound::Peers)
+    } else if b.per_sender > 0 && for_sender >= cap(b.per_sender) {
+        Some(QueueBound::PerSender)
+    } else {
+        None
+    })
 }
 
 impl Db {
@@ -103,13 +191,23 @@ impl Db {
     }
 
     /// Applies a batch of queue writes in one durable transaction, results in order.
+    /// On PostgreSQL each new item is first checked against `bounds` from the table (several
+    /// nodes add items); SQLite's one node counts in memory (`federation::queue`).
     pub(crate) async fn federation_apply(
         &self,
         batch: &[QueueWrite],
+        bounds: QueueBounds,
     ) -> Result<Vec<QueueDone>, DbError> {
         writes!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut out = Vec::with_capacity(batch.len());
+            let postgres = matches!(self.backend, Backend::Postgres(_));
+            if postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(FED_QUEUE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for w in batch {
                 match w {
                     QueueWrite::Add {
@@ -121,6 +219,11 @@ impl Db {
                         at,
                         expires_at,
                     } => {
+                        let hit = BoundCheck::over_bound(&mut *tx, peer, sender, bounds).await?;
+                        if let Some(hit) = hit {
+                            out.push(QueueDone::Refused(hit));
+                            continue;
+                        }
                         sqlx::query(
                             "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
                              VALUES ($1, $2, $3, $4, $5)",

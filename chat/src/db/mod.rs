@@ -138,7 +138,7 @@ pub(crate) mod sqlite;
 mod store_tests;
 mod users;
 
-pub(crate) use federation::{QueueDone, QueueWrite};
+pub(crate) use federation::{QueueBound, QueueBounds, QueueDone, QueueWrite};
 pub(crate) use notices::{Notice, NoticeBody};
 pub(crate) use ops::{Outcome, WriteOp};
 pub(crate) use privacy::{OfferLimits, PrivacyOp, PrivacyOutcome};

@@ -13,6 +13,7 @@
 
 pub mod dns;
 pub mod domain;
+pub(crate) mod drain;
 pub(crate) mod files;
 pub(crate) mod guard;
 pub mod handshake;
@@ -322,6 +323,13 @@ pub(crate) async fn start(
             }
         }
         Err(e) => warn!("federation queue: {e}"),
+    }
+    if sh.cluster.is_some() {
+        tasks.push(tokio::spawn(drain::leader_loop(
+            sh.clone(),
+            sh.config.cluster_heartbeat,
+            stop.clone(),
+        )));
     }
     tasks.push(tokio::spawn(outbound::expiry_loop(sh.clone(), stop)));
     Ok(tasks)

@@ -66,15 +66,18 @@ impl PeerTask {
                     let seen = self.wakes.load(Ordering::SeqCst);
                     if let Ok(v) = self.sh.db.federation_queued(&self.peer, 0, 1).await {
                         let live = &self.live;
-                        if v.is_empty() && fed.retire(&self.peer, &self.wake, seen, || live.is_empty()) {
+                        let nothing = v.is_empty() || !super::drain::may_drain(&self.sh);
+                        if nothing && fed.retire(&self.peer, &self.wake, seen, || live.is_empty()) {
                             return;
                         }
                     }
                 }
             }
             let requests = self.wanted.load(Ordering::Relaxed) > 0 || !self.live.is_empty();
+            // Another node drains the queue (a cluster's leader): only requests need a link.
+            let drains = super::drain::may_drain(&self.sh);
             match self.sh.db.federation_queued(&self.peer, 0, 1).await {
-                Ok(v) if v.is_empty() && !requests => continue,
+                Ok(v) if (v.is_empty() || !drains) && !requests => continue,
                 Ok(_) => {}
                 Err(e) => {
                     warn!("federation queue: {e}");
@@ -246,7 +249,9 @@ impl PeerTask {
         let mut more = true;
         loop {
             let unacked = in_flight.len() as i64;
-            if more && unacked <= WINDOW / 2 {
+            // Read only while this node drains (it may have stopped leading since the last
+            // read: what is in flight still gets its answers, the new leader sends the rest).
+            if more && unacked <= WINDOW / 2 && super::drain::may_drain(&self.sh) {
                 match self
                     .sh
                     .db

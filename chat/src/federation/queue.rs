@@ -1,9 +1,11 @@
 //! Group commit for the outbound queue: one task applies queue writes in batches (one
 //! transaction, one fsync for everything that arrived meanwhile), like the message writer of
 //! `db::commit`, and keeps item counts for its bounds: per peer, per local sender (one user
-//! cannot fill the queue with thousands of made-up domains) and the number of peers.
+//! cannot fill the queue with thousands of made-up domains) and the number of peers. On
+//! PostgreSQL several nodes add to one queue, so the bounds are counted from the table inside
+//! each batch's transaction (`Db::federation_apply`) instead of in this node's memory.
 
-use crate::db::{Db, DbError, QueueDone, QueueWrite};
+use crate::db::{Db, DbError, QueueBound, QueueBounds, QueueDone, QueueWrite};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -49,7 +51,13 @@ impl QueueWriter {
     /// Starts the task with the stored counts.
     pub(crate) async fn start(db: Db, limits: Limits) -> Result<QueueWriter, DbError> {
         let mut counts = Counts::default();
-        for (peer, sender, n) in db.federation_counts_by_sender().await? {
+        let in_table = db.backend_name() == "postgres";
+        let rows = if in_table {
+            Vec::new()
+        } else {
+            db.federation_counts_by_sender().await?
+        };
+        for (peer, sender, n) in rows {
             let n = n.max(0) as u64;
             *counts.peers.entry(peer).or_default() += n;
             if !sender.is_empty() {
@@ -57,7 +65,7 @@ impl QueueWriter {
             }
         }
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(run(db, rx, counts, limits));
+        tokio::spawn(run(db, rx, counts, limits, in_table));
         Ok(QueueWriter { tx })
     }
 
@@ -139,7 +147,19 @@ impl Counts {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: Counts, limits: Limits) {
+/// `in_table`: the bounds are checked by the database (PostgreSQL), `counts` stay empty.
+async fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<Op>,
+    mut counts: Counts,
+    limits: Limits,
+    in_table: bool,
+) {
+    let bounds = QueueBounds {
+        per_peer: limits.per_peer,
+        per_sender: limits.per_sender,
+        peers: limits.peers as u64,
+    };
     let mut writes = Vec::with_capacity(BATCH);
     let mut replies = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
@@ -152,7 +172,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: Counts, limits: Lim
                     }
                 }
                 Op::Write(w, reply) => {
-                    if let QueueWrite::Add { peer, sender, .. } = &w {
+                    if let (QueueWrite::Add { peer, sender, .. }, false) = (&w, in_table) {
                         if let Err(e) = counts.admit(peer, sender, limits) {
                             if let Some(r) = reply {
                                 let _ = r.send(Err(e));
@@ -176,7 +196,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: Counts, limits: Lim
         if writes.is_empty() {
             continue;
         }
-        let result = db.federation_apply(&writes).await;
+        let result = db.federation_apply(&writes, bounds).await;
         match result {
             Ok(done) => {
                 for ((w, d), r) in writes.iter().zip(done).zip(replies.drain(..)) {
@@ -187,7 +207,14 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>, mut counts: Counts, limits: Lim
                         counts.release(peer, &item.sender);
                     }
                     if let Some(r) = r {
-                        let _ = r.send(Ok(d));
+                        let _ = r.send(match d {
+                            QueueDone::Refused(QueueBound::PerPeer) => Err(QueueError::Full),
+                            QueueDone::Refused(QueueBound::PerSender) => {
+                                Err(QueueError::SenderFull)
+                            }
+                            QueueDone::Refused(QueueBound::Peers) => Err(QueueError::TooManyPeers),
+                            d => Ok(d),
+                        });
                     }
                 }
             }
