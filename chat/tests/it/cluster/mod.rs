@@ -5,6 +5,7 @@
 
 mod failover;
 mod fanout;
+mod federation;
 mod restart;
 mod throttle;
 
@@ -37,7 +38,16 @@ impl Node {
     /// Starts a node on database `url` with `key` as its `secret.key` (none: it makes one),
     /// the cluster timing above, registration unlimited, and `extra` arguments.
     pub async fn start(url: &str, key: Option<&[u8]>, extra: &[&str]) -> Node {
-        let dir = tempfile::tempdir().unwrap();
+        Node::start_in(tempfile::tempdir().unwrap(), url, key, extra).await
+    }
+
+    /// Like [`Node::start`], in a data directory prepared by the caller.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        url: &str,
+        key: Option<&[u8]>,
+        extra: &[&str],
+    ) -> Node {
         if let Some(key) = key {
             msim_chat::db::create_data_dir(dir.path()).unwrap();
             std::fs::write(dir.path().join("secret.key"), key).unwrap();
