@@ -233,3 +233,6 @@ async fn run(
         writes.clear();
     }
 }
+
+#[cfg(test)]
+mod cluster_tests;
