@@ -89,7 +89,7 @@ impl Db {
         for r in recount {
             bounds.insert(r.to_owned(), counts.get(r).copied().unwrap_or(0));
         }
-        Ok(refuse_over(ops, &mut *bounds, cap))
+        Ok(refuse_over(ops, &mut bounds, cap))
     }
 
     /// PostgreSQL: the cap checked inside the batch transaction `tx`, which holds the batch
