@@ -247,6 +247,10 @@ impl PeerTask {
         let mut stray = 0u64;
         // Whether the queue may hold items not sent yet (reads only then, not at every ack).
         let mut more = true;
+        // Last traffic on the link: the quiet timer runs from here, not from the last wake
+        // (a cluster leader is woken every heartbeat while items, in flight ones too, are
+        // queued: a silent peer must still time out).
+        let mut active = tokio::time::Instant::now();
         loop {
             let unacked = in_flight.len() as i64;
             // Read only while this node drains (it may have stopped leading since the last
@@ -276,6 +280,7 @@ impl PeerTask {
                             }
                             last_sent = it.seq;
                             in_flight.insert(it.seq);
+                            active = tokio::time::Instant::now();
                         }
                         if let Err(e) = link.flush().await {
                             return LinkEnd::Failed(e.to_string(), None);
@@ -293,6 +298,7 @@ impl PeerTask {
             };
             tokio::select! {
                 p = link.next() => {
+                    active = tokio::time::Instant::now();
                     let p = match p {
                         Some(Ok(Ok(p))) => p,
                         Some(Ok(Err(e))) => return LinkEnd::Failed(format!("bad line: {e}"), None),
@@ -343,17 +349,19 @@ impl PeerTask {
                 }
                 _ = self.wake.notified() => more = true,
                 Some(live) = self.live.recv() => {
+                    active = tokio::time::Instant::now();
                     if let Err(e) = send_live(link, live, &mut asked, &mut next_rid).await {
                         return LinkEnd::Failed(e, None);
                     }
                 }
-                _ = tokio::time::sleep(quiet) => {
+                _ = tokio::time::sleep_until(active + quiet) => {
                     // Requests whose askers gave up (their own deadline) are forgotten.
                     asked.retain(|_, tx| !tx.is_closed());
                     if in_flight.is_empty() && asked.is_empty() && self.wanted.load(Ordering::Relaxed) == 0 {
                         return LinkEnd::Idle;
                     }
                     if in_flight.is_empty() {
+                        active = tokio::time::Instant::now();
                         continue;
                     }
                     return LinkEnd::Failed("no acknowledgement".into(), None);
