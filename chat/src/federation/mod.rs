@@ -14,6 +14,7 @@
 pub mod dns;
 pub mod domain;
 pub(crate) mod files;
+mod grant_url;
 pub(crate) mod guard;
 pub mod handshake;
 pub(crate) mod hooks;
