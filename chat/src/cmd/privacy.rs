@@ -186,11 +186,11 @@ pub(crate) async fn block(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Block)
             reply.send(BlockOk { id: addr }.to_packet());
             if saw {
                 refresh(ctx, login, &who, false).await;
-                // A remote watcher subscribed on its server is told too (§12.9).
-                if let Some(fed) = ctx.federation {
-                    let only = Some(who.as_str());
-                    crate::federation::subscriptions::refresh(fed, ctx, login, only, false).await;
-                }
+            }
+            // A remote watcher subscribed on its server is told too (§12.9).
+            if let Some(fed) = ctx.federation {
+                let only = Some(who.as_str());
+                crate::federation::subscriptions::refresh(fed, ctx, login, only, false).await;
             }
         }
         Ok(Outcome::UnknownUser) => reply.send(fail(&addr, BlockFailure::UnknownUser)),

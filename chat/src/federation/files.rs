@@ -30,6 +30,8 @@ const MAX_TOKEN: usize = 4096;
 const MAX_HOST: usize = 255;
 /// Shortest life of a remote offer's copy here (µs; capped by the offer TTL): one hour.
 const MIN_OFFER_LIFETIME: i64 = 3_600_000_000;
+/// Appended to an accepted remote offer's relay marker once its download grant arrived.
+const READY_MARK: &str = "#ready";
 
 /// The domain of a canonical address.
 fn domain_of(addr: &str) -> &str {
@@ -392,6 +394,13 @@ async fn ready_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled {
         }
     };
     // One grant per accepted offer: a repeat is acknowledged, not stored again.
+    if offer
+        .relay
+        .as_deref()
+        .is_some_and(|r| r.ends_with(READY_MARK))
+    {
+        return Handled::Reply(ack(qid));
+    }
     match ctx
         .db
         .offer_mark_ready(&offer.id, offer.relay.as_deref().unwrap_or_default())
@@ -469,7 +478,11 @@ async fn closed_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled 
         } else {
             OfferState::Rejected
         };
-        let open = [OfferState::Pending, OfferState::Hidden, OfferState::Accepted];
+        let open = [
+            OfferState::Pending,
+            OfferState::Hidden,
+            OfferState::Accepted,
+        ];
         if !open.contains(&offer.state) {
             return Handled::Reply(ack(qid));
         }

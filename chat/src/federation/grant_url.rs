@@ -83,26 +83,82 @@ mod tests {
     #[test]
     fn only_the_transfer_on_the_stated_host_and_port() {
         let ok = |u: &str, c: &str, p: u16| valid(u, ID, c, p, false);
-        assert!(ok(&format!("https://relay.example:8443/v1/transfers/{ID}"), "relay.example", 8443));
-        assert!(ok(&format!("http://relay.example/v1/transfers/{ID}"), "relay.example", 80));
-        assert!(ok(&format!("https://[2001:db9::1]:443/v1/transfers/{ID}"), "2001:db9::1", 443));
+        assert!(ok(
+            &format!("https://relay.example:8443/v1/transfers/{ID}"),
+            "relay.example",
+            8443
+        ));
+        assert!(ok(
+            &format!("http://relay.example/v1/transfers/{ID}"),
+            "relay.example",
+            80
+        ));
+        assert!(ok(
+            &format!("https://[2001:db9::1]:443/v1/transfers/{ID}"),
+            "2001:db9::1",
+            443
+        ));
         for (u, c, p) in [
-            (format!("http://192.168.1.1/cgi-bin/x?a=/v1/transfers/{ID}"), "192.168.1.1", 80),
-            (format!("http://relay.example:80/v1/transfers/{ID}"), "192.168.1.1", 80),
-            (format!("http://relay.example:81/v1/transfers/{ID}"), "relay.example", 80),
-            (format!("http://u@relay.example/v1/transfers/{ID}"), "relay.example", 80),
-            (format!("http://relay.example/v1/transfers/{ID}#x"), "relay.example", 80),
-            (format!("http://relay.example/x/v1/transfers/{ID}"), "relay.example", 80),
-            (format!("http://127.0.0.1:80/v1/transfers/{ID}"), "127.0.0.1", 80),
+            (
+                format!("http://192.168.1.1/cgi-bin/x?a=/v1/transfers/{ID}"),
+                "192.168.1.1",
+                80,
+            ),
+            (
+                format!("http://relay.example:80/v1/transfers/{ID}"),
+                "192.168.1.1",
+                80,
+            ),
+            (
+                format!("http://relay.example:81/v1/transfers/{ID}"),
+                "relay.example",
+                80,
+            ),
+            (
+                format!("http://u@relay.example/v1/transfers/{ID}"),
+                "relay.example",
+                80,
+            ),
+            (
+                format!("http://relay.example/v1/transfers/{ID}#x"),
+                "relay.example",
+                80,
+            ),
+            (
+                format!("http://relay.example/x/v1/transfers/{ID}"),
+                "relay.example",
+                80,
+            ),
+            (
+                format!("http://127.0.0.1:80/v1/transfers/{ID}"),
+                "127.0.0.1",
+                80,
+            ),
             (format!("http://10.0.0.1/v1/transfers/{ID}"), "10.0.0.1", 80),
-            (format!("http://localhost/v1/transfers/{ID}"), "localhost", 80),
-            (format!("http://2130706433/v1/transfers/{ID}"), "2130706433", 80),
+            (
+                format!("http://localhost/v1/transfers/{ID}"),
+                "localhost",
+                80,
+            ),
+            (
+                format!("http://2130706433/v1/transfers/{ID}"),
+                "2130706433",
+                80,
+            ),
             (format!("http://0x7f.1/v1/transfers/{ID}"), "0x7f.1", 80),
-            (format!("ftp://relay.example/v1/transfers/{ID}"), "relay.example", 80),
+            (
+                format!("ftp://relay.example/v1/transfers/{ID}"),
+                "relay.example",
+                80,
+            ),
         ] {
             assert!(!ok(&u, c, p), "{u} {c} {p}");
         }
-        assert!(ok(&format!("http://cafe.be/v1/transfers/{ID}"), "cafe.be", 80));
+        assert!(ok(
+            &format!("http://cafe.be/v1/transfers/{ID}"),
+            "cafe.be",
+            80
+        ));
         // Private hosts only when the operator allows them.
         let local = format!("http://127.0.0.1:9000/v1/transfers/{ID}");
         assert!(valid(&local, ID, "127.0.0.1", 9000, true));
