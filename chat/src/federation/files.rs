@@ -110,6 +110,7 @@ pub(crate) async fn offered(fed: &Federation, ctx: &Ctx<'_>, o: &Offer) {
     if !queue(fed, ctx, domain_of(&o.recipient), &o.sender, p).await {
         // Never shown to the recipient: closed now rather than left to expire.
         let op = WriteOp::AnswerOffer {
+            sender: None,
             id: o.id.clone(),
             by: o.recipient.clone(),
             relay: None,
@@ -142,14 +143,15 @@ async fn answered(
     let relays = Relays::new(sh);
     let relay = if accept { relays.pool.peek() } else { None };
     let op = WriteOp::AnswerOffer {
+        sender: Some(login.to_owned()),
         id: id.to_owned(),
         by: from.to_owned(),
         relay: relay.as_ref().map(|r| r.base.clone()),
         now: ctx.now(),
     };
     let offer = match ctx.writer.write(op).await {
-        Ok(Outcome::Answered(o)) if o.sender == login => o,
-        Ok(Outcome::Answered(_) | Outcome::UnknownTransfer | Outcome::NotRecipient) => {
+        Ok(Outcome::Answered(o)) => o,
+        Ok(Outcome::UnknownTransfer | Outcome::NotRecipient) => {
             return Handled::Reply(refused(qid, "unknown-transfer"))
         }
         Ok(Outcome::OfferExpired) => {
@@ -215,6 +217,7 @@ pub(crate) async fn answer<'o>(
     };
     let peer = domain_of(&offer.sender).to_owned();
     let op = WriteOp::AnswerOffer {
+        sender: None,
         id: id.to_owned(),
         by: login.to_owned(),
         // Accepted offers name their relay; this one is on the sender's side.
@@ -463,6 +466,7 @@ async fn closed_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled 
     if offer.sender == login && offer.recipient == from {
         // Ours, refused by the recipient's server: no longer open.
         let op = WriteOp::AnswerOffer {
+            sender: Some(login.to_owned()),
             id: id.to_owned(),
             by: from.to_owned(),
             relay: None,

@@ -292,3 +292,47 @@ async fn a_blocked_remote_watcher_is_told_the_presence_is_hidden() {
     );
     link.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_peer_cannot_answer_an_offer_through_another_user() {
+    let dns = TestDns::start().await;
+    let b = Fed::start_with_relay(&dns, "b.test", |_| {}).await;
+    let mut c = FakePeer::start(&dns, "c.test").await;
+    b.register("carl").await;
+    let mut bob = b.user("bob").await;
+    bob.send(&format!(
+        "SEND-FILE-PROXY to=eve@c.test filename=x.bin size=1000 sha256={}",
+        "ab".repeat(32)
+    ))
+    .await;
+    let pending = bob.expect_skip("SEND-FILE-PROXY-PENDING").await;
+    let t = field(&pending, "transfer-id").unwrap();
+    assert_eq!(
+        c.next_of("S2S-FILE-OFFER").await.get("transfer-id"),
+        Some(t.as_str())
+    );
+    let answer = |qid: &str, to: &str, a: &str| {
+        Packet::new("S2S-FILE-ANSWER")
+            .with("qid", qid)
+            .with("transfer-id", t.clone())
+            .with("from", "eve@c.test")
+            .with("to", to)
+            .with("answer", a)
+    };
+    let mut link = c.dial(b.s2s, "b.test").await;
+    // Bob's offer answered as if it were carl's: refused, and bob's offer is untouched.
+    let r = ask(&mut link, answer("1", "carl@b.test", "reject")).await;
+    assert_eq!(
+        (r.verb.as_str(), r.get("reason")),
+        ("S2S-REFUSED", Some("unknown-transfer"))
+    );
+    // Eve's real answer still counts.
+    assert_eq!(
+        ask(&mut link, answer("2", "bob@b.test", "accept"))
+            .await
+            .verb,
+        "S2S-ACK"
+    );
+    let ok = bob.expect_skip("SEND-FILE-PROXY-OK").await;
+    assert_eq!(field(&ok, "transfer-id"), Some(t));
+}
