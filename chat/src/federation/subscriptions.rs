@@ -318,7 +318,7 @@ pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
                 "" => Presence::Hidden,
                 "online" => Presence::Online,
                 t => match msim_shared::timestamp::parse(t) {
-                    Some(at) => Presence::LastSeen(at),
+                    Some(at) => Presence::LastSeen(not_future(&ctx, fed, at)),
                     None => return Handled::Violation(refused(&qid, "malformed")),
                 },
             };
@@ -372,6 +372,18 @@ pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
             debug!(%peer, verb = other, "s2s: not a subscription packet");
             Handled::Nothing
         }
+    }
+}
+
+/// A peer's last-seen time, no later than our clock allows for (§12.5: like other `at=`, a
+/// time further ahead than the clock skew accepted is replaced by ours; a past one is kept).
+fn not_future(ctx: &Ctx<'_>, fed: &Federation, at: time::OffsetDateTime) -> time::OffsetDateTime {
+    let now = ctx.now();
+    let at_micros = (at.unix_timestamp_nanos() / 1000) as i64;
+    if at_micros > now.saturating_add(fed.config.max_clock_skew.as_micros() as i64) {
+        crate::clock::datetime(now)
+    } else {
+        at
     }
 }
 

@@ -336,3 +336,31 @@ async fn a_peer_cannot_answer_an_offer_through_another_user() {
     let ok = bob.expect_skip("SEND-FILE-PROXY-OK").await;
     assert_eq!(field(&ok, "transfer-id"), Some(t));
 }
+
+#[tokio::test]
+async fn a_peers_last_seen_in_the_future_is_replaced_by_now() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |_| {}).await;
+    let c = FakePeer::start(&dns, "c.test").await;
+    let mut bob = b.user("bob").await;
+    bob.send("CONTACTS-ADD id=eve@c.test").await;
+    bob.expect_skip("CONTACTS-ADD-OK").await;
+    let mut link = c.dial(b.s2s, "b.test").await;
+    let presence = |qid: &str, at: &str| {
+        Packet::new("S2S-PRESENCE")
+            .with("qid", qid)
+            .with("from", "eve@c.test")
+            .with("to", "bob@b.test")
+            .with("presence", at)
+    };
+    let future = "2999-01-01T00:00:00.000Z";
+    assert_eq!(ask(&mut link, presence("1", future)).await.verb, "S2S-ACK");
+    let seen = bob.expect_skip("UPDATE-LAST-SEEN").await;
+    let at = msim_shared::timestamp::parse(&field(&seen, "at").unwrap()).unwrap();
+    assert!(at <= time::OffsetDateTime::now_utc(), "{seen}");
+    // A time in the past is the peer's to say.
+    let past = "2026-01-01T00:00:00.000Z";
+    assert_eq!(ask(&mut link, presence("2", past)).await.verb, "S2S-ACK");
+    let seen = bob.expect_skip("UPDATE-LAST-SEEN").await;
+    assert_eq!(field(&seen, "at").as_deref(), Some(past));
+}
