@@ -364,3 +364,37 @@ async fn a_peers_last_seen_in_the_future_is_replaced_by_now() {
     let seen = bob.expect_skip("UPDATE-LAST-SEEN").await;
     assert_eq!(field(&seen, "at").as_deref(), Some(past));
 }
+
+#[tokio::test]
+async fn a_remote_offer_lives_long_enough_that_it_cannot_recycle_the_offer_limits() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |_| {}).await;
+    let mut c = FakePeer::start(&dns, "c.test").await;
+    let mut bob = b.user("bob").await;
+    let mut link = c.dial(b.s2s, "b.test").await;
+    // The peer asks for an offer that lapses in a second (and so frees its place at once).
+    let t = tid();
+    let soon = msim_shared::timestamp::format(
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(1),
+    );
+    let p = Packet::new("S2S-FILE-OFFER")
+        .with("qid", "1")
+        .with("transfer-id", t.clone())
+        .with("from", "eve@c.test")
+        .with("to", "bob@b.test")
+        .with("filename", "x.bin")
+        .with("size", "1000")
+        .with("expires", soon);
+    assert_eq!(ask(&mut link, p).await.verb, "S2S-ACK");
+    let req = bob.expect_skip("SEND-FILE-PROXY-REQUEST").await;
+    assert_eq!(field(&req, "transfer-id"), Some(t.clone()));
+    // A minute later it is still open here: bob's answer goes to the peer.
+    b.server.clock.advance(std::time::Duration::from_secs(60));
+    bob.send(&format!("SEND-FILE-PROXY-ACCEPT transfer-id={t}"))
+        .await;
+    let a = c.next_of("S2S-FILE-ANSWER").await;
+    assert_eq!(
+        (a.get("transfer-id"), a.get("answer")),
+        (Some(t.as_str()), Some("accept"))
+    );
+}
