@@ -243,6 +243,7 @@ pub(crate) async fn answer(
     };
     let relay = if accept { relays.pool.peek() } else { None };
     let op = WriteOp::AnswerOffer {
+        sender: None,
         id: id.clone(),
         by: login.to_owned(),
         relay: relay.as_ref().map(|r| r.base.clone()),

@@ -187,6 +187,11 @@ pub(crate) async fn block(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Block)
             if saw {
                 refresh(ctx, login, &who, false).await;
             }
+            // A remote watcher subscribed on its server is told too (§12.9).
+            if let Some(fed) = ctx.federation {
+                let only = Some(who.as_str());
+                crate::federation::subscriptions::refresh(fed, ctx, login, only, false).await;
+            }
         }
         Ok(Outcome::UnknownUser) => reply.send(fail(&addr, BlockFailure::UnknownUser)),
         Ok(Outcome::TooMany) => reply.send(fail(&addr, BlockFailure::TooManyBlocks)),
@@ -213,6 +218,10 @@ pub(crate) async fn unblock(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Unbl
             ctx.blocks.remove(login, &who);
             reply.send(UnblockOk { id: addr }.to_packet());
             refresh(ctx, login, &who, true).await;
+            if let Some(fed) = ctx.federation {
+                let only = Some(who.as_str());
+                crate::federation::subscriptions::refresh(fed, ctx, login, only, true).await;
+            }
         }
         Ok(Outcome::NotFound) => reply.send(fail(&addr, BlockFailure::NotFound)),
         Ok(_) | Err(_) => reply.send(fail(&addr, BlockFailure::StorageError)),

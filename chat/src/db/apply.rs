@@ -44,9 +44,13 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: WriteOp) -> Result<Outcome, DbErr
         WriteOp::UpdateProfile { login, name, note } => {
             users::update_profile(tx, login, name, note).await
         }
-        WriteOp::AnswerOffer { id, by, relay, now } => {
-            files::answer_offer(tx, id, by, relay, now).await
-        }
+        WriteOp::AnswerOffer {
+            id,
+            by,
+            sender,
+            relay,
+            now,
+        } => files::answer_offer(tx, id, by, sender, relay, now).await,
         WriteOp::AddNotices(notices) => notices::add_notices(tx, notices).await,
         WriteOp::ExpireOffers { now } => files::expire_offers(tx, now).await,
         WriteOp::Purge {

@@ -9,6 +9,7 @@ pub(super) async fn answer_offer(
     tx: &mut Tx<'_>,
     id: String,
     by: String,
+    sender: Option<String>,
     relay: Option<String>,
     now: i64,
 ) -> Result<Outcome, DbError> {
@@ -18,7 +19,7 @@ pub(super) async fn answer_offer(
     .bind(&id)
     .fetch_optional(c)
     .await)?;
-    let Some(mut offer) = r else {
+    let Some(mut offer) = r.filter(|o| sender.as_ref().is_none_or(|s| *s == o.sender)) else {
         return Ok(Outcome::UnknownTransfer);
     };
     if offer.recipient != by {

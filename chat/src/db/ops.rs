@@ -89,6 +89,9 @@ pub(crate) enum WriteOp {
         id: String,
         /// Who answers.
         by: String,
+        /// The sender the offer must be from (a peer's answer names it), checked in the same
+        /// transaction: any other offer is `UnknownTransfer` and unchanged.
+        sender: Option<String>,
         /// Accept (with this relay) or reject (`None`).
         relay: Option<String>,
         /// Now (micros).

@@ -28,6 +28,10 @@ use tracing::{info, warn};
 const MAX_URL: usize = 2048;
 const MAX_TOKEN: usize = 4096;
 const MAX_HOST: usize = 255;
+/// Shortest life of a remote offer's copy here (µs; capped by the offer TTL): one hour.
+const MIN_OFFER_LIFETIME: i64 = 3_600_000_000;
+/// Appended to an accepted remote offer's relay marker once its download grant arrived.
+const READY_MARK: &str = "#ready";
 
 /// The domain of a canonical address.
 fn domain_of(addr: &str) -> &str {
@@ -39,12 +43,19 @@ pub(crate) fn may_offer(fed: &Federation, to: &str) -> bool {
     fed.config.allows(domain_of(to))
 }
 
-/// Queues a packet for `peer`; false when it could not be queued.
-async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, p: Packet) -> bool {
+/// The queue budget of replies to `peer`'s packets (§12.5): a peer's packets cannot use up
+/// the local users' budgets.
+fn peer_budget(peer: &str) -> String {
+    format!("s2s:{peer}")
+}
+
+/// Queues a packet for `peer`, charged to `budget` (the local user it is for, or
+/// [`peer_budget`]); false when it could not be queued.
+async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Packet) -> bool {
     let add = QueueWrite::Add {
         peer: peer.to_owned(),
         line: p.to_wire().trim_end().to_owned(),
-        sender: String::new(),
+        sender: budget.to_owned(),
         message_id: String::new(),
         recipient: String::new(),
         at: ctx.now(),
@@ -96,9 +107,10 @@ pub(crate) async fn offered(fed: &Federation, ctx: &Ctx<'_>, o: &Offer) {
         )
         .with_opt("sha256", o.sha256.clone())
         .with_opt("mime", o.mime.clone());
-    if !queue(fed, ctx, domain_of(&o.recipient), p).await {
+    if !queue(fed, ctx, domain_of(&o.recipient), &o.sender, p).await {
         // Never shown to the recipient: closed now rather than left to expire.
         let op = WriteOp::AnswerOffer {
+            sender: None,
             id: o.id.clone(),
             by: o.recipient.clone(),
             relay: None,
@@ -131,24 +143,20 @@ async fn answered(
     let relays = Relays::new(sh);
     let relay = if accept { relays.pool.peek() } else { None };
     let op = WriteOp::AnswerOffer {
+        sender: Some(login.to_owned()),
         id: id.to_owned(),
         by: from.to_owned(),
         relay: relay.as_ref().map(|r| r.base.clone()),
         now: ctx.now(),
     };
     let offer = match ctx.writer.write(op).await {
-        Ok(Outcome::Answered(o)) if o.sender == login => o,
-        Ok(Outcome::Answered(_) | Outcome::UnknownTransfer | Outcome::NotRecipient) => {
+        Ok(Outcome::Answered(o)) => o,
+        Ok(Outcome::UnknownTransfer | Outcome::NotRecipient) => {
             return Handled::Reply(refused(qid, "unknown-transfer"))
         }
         Ok(Outcome::OfferExpired) => {
-            queue(
-                fed,
-                &ctx,
-                domain_of(from),
-                closed(id, &ctx.addr(login), from, "expired"),
-            )
-            .await;
+            let p = closed(id, &ctx.addr(login), from, "expired");
+            queue(fed, &ctx, domain_of(from), &peer_budget(domain_of(from)), p).await;
             return Handled::Reply(ack(qid));
         }
         Ok(Outcome::AlreadyAnswered) => return Handled::Reply(ack(qid)),
@@ -163,7 +171,7 @@ async fn answered(
         info!(transfer = %id, reason = reason.as_str(), "remote offer rejected");
         if accept {
             let p = closed(id, &ctx.addr(login), from, reason.as_str());
-            queue(fed, &ctx, domain_of(from), p).await;
+            queue(fed, &ctx, domain_of(from), &peer_budget(domain_of(from)), p).await;
         }
         tell(&ctx, login, id, reason).await;
         return Handled::Reply(ack(qid));
@@ -178,7 +186,7 @@ async fn answered(
         .with("url", ready.url)
         .with("token", ready.token)
         .with("expires", msim_shared::timestamp::format(ready.expires));
-    queue(fed, &ctx, domain_of(from), p).await;
+    queue(fed, &ctx, domain_of(from), &peer_budget(domain_of(from)), p).await;
     let note = Note::new(login.to_owned(), id, NoticeBody::UploadGrant(ok));
     notify(&ctx, expires, vec![note]).await;
     Handled::Reply(ack(qid))
@@ -209,6 +217,7 @@ pub(crate) async fn answer<'o>(
     };
     let peer = domain_of(&offer.sender).to_owned();
     let op = WriteOp::AnswerOffer {
+        sender: None,
         id: id.to_owned(),
         by: login.to_owned(),
         // Accepted offers name their relay; this one is on the sender's side.
@@ -232,7 +241,7 @@ pub(crate) async fn answer<'o>(
         .with("from", ctx.addr(login))
         .with("to", offer.sender.clone())
         .with("answer", if accept { "accept" } else { "reject" });
-    if !queue(fed, ctx, &peer, p).await && accept {
+    if !queue(fed, ctx, &peer, login, p).await && accept {
         tell(
             ctx,
             login,
@@ -285,12 +294,15 @@ async fn offer_in(sh: &Shared, peer: &str, from: String, login: String, p: &Pack
         }
     }
     let now = ctx.now();
-    // The sender's server decides when it lapses, within our own offer TTL.
-    let expires_at = ((expires.unix_timestamp_nanos() / 1000) as i64)
-        .min(now + ctx.config.offer_ttl.as_micros() as i64);
-    if expires_at <= now {
+    // The sender's server decides when it lapses, within our own offer TTL, and not sooner
+    // than a floor: offers lapsing within seconds would free the offer limits below for the
+    // next ones at once (the recipient's answer after the sender's expiry is closed there).
+    let ttl = ctx.config.offer_ttl.as_micros() as i64;
+    let asked = (expires.unix_timestamp_nanos() / 1000) as i64;
+    if asked <= now {
         return Handled::Reply(ack(qid));
     }
+    let expires_at = asked.clamp(now + ttl.min(MIN_OFFER_LIFETIME), now + ttl);
     let o = Offer {
         id: id.clone(),
         sender: from.clone(),
@@ -339,7 +351,7 @@ async fn offer_in(sh: &Shared, peer: &str, from: String, login: String, p: &Pack
         Ok(_) | Err(_) => return Handled::Retry(retry(qid, 5)),
     };
     let back = closed(&id, &ctx.addr(&login), &from, refusal.as_str());
-    queue(fed, &ctx, peer, back).await;
+    queue(fed, &ctx, peer, &peer_budget(peer), back).await;
     Handled::Reply(ack(qid))
 }
 
@@ -358,9 +370,12 @@ async fn ready_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled {
         return malformed();
     };
     let plain = |s: &str, max: usize| s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic());
-    let url_ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url.ends_with(&format!("/v1/transfers/{id}"));
-    if !url_ok
+    let Some(fed) = sh.federation.as_deref() else {
+        return Handled::Nothing;
+    };
+    let id = id.to_ascii_lowercase();
+    if uuid::Uuid::parse_str(&id).is_err()
+        || !super::grant_url::valid(url, &id, connect, port, fed.config.allow_private)
         || !plain(url, MAX_URL)
         || !plain(token, MAX_TOKEN)
         || !plain(connect, MAX_HOST)
@@ -369,7 +384,7 @@ async fn ready_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled {
         return malformed();
     }
     let ctx = Ctx::new(sh);
-    let offer = match ctx.db.offer_by_id(id).await {
+    let offer = match ctx.db.offer_by_id(&id).await {
         Ok(Some(o))
             if o.sender == from && o.recipient == login && o.state == OfferState::Accepted =>
         {
@@ -381,6 +396,26 @@ async fn ready_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled {
             return Handled::Retry(retry(qid, 5));
         }
     };
+    // One grant per accepted offer: a repeat is acknowledged, not stored again.
+    if offer
+        .relay
+        .as_deref()
+        .is_some_and(|r| r.ends_with(READY_MARK))
+    {
+        return Handled::Reply(ack(qid));
+    }
+    match ctx
+        .db
+        .offer_mark_ready(&offer.id, offer.relay.as_deref().unwrap_or_default())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Handled::Reply(ack(qid)),
+        Err(e) => {
+            warn!("s2s file ready: {e}");
+            return Handled::Retry(retry(qid, 5));
+        }
+    }
     let now = ctx.now();
     let expires_micros = ((expires.unix_timestamp_nanos() / 1000) as i64)
         .min(now + ctx.config.token_ttl.as_micros() as i64);
@@ -413,6 +448,12 @@ async fn closed_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled 
     let (Some(id), Some(reason)) = (p.get("transfer-id"), p.get("reason")) else {
         return Handled::Violation(refused(qid, "malformed"));
     };
+    // Only the reasons of §10.5, about a transfer id.
+    let reason = FileRejection::parse(reason);
+    if matches!(reason, FileRejection::Other(_)) || uuid::Uuid::parse_str(id).is_err() {
+        return Handled::Violation(refused(qid, "malformed"));
+    }
+    let id = &id.to_ascii_lowercase();
     let ctx = Ctx::new(sh);
     let offer = match ctx.db.offer_by_id(id).await {
         Ok(Some(o)) => o,
@@ -422,10 +463,10 @@ async fn closed_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled 
             return Handled::Retry(retry(qid, 5));
         }
     };
-    let reason = FileRejection::parse(reason);
     if offer.sender == login && offer.recipient == from {
         // Ours, refused by the recipient's server: no longer open.
         let op = WriteOp::AnswerOffer {
+            sender: Some(login.to_owned()),
             id: id.to_owned(),
             by: from.to_owned(),
             relay: None,
@@ -435,7 +476,28 @@ async fn closed_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled 
             tell(&ctx, login, id, reason).await;
         }
     } else if offer.sender == from && offer.recipient == login {
-        tell(&ctx, login, id, reason).await;
+        // Our copy closes once; the user hears of it only then, and never of a hidden offer.
+        let closed = if reason == FileRejection::Expired {
+            OfferState::Expired
+        } else {
+            OfferState::Rejected
+        };
+        let open = [
+            OfferState::Pending,
+            OfferState::Hidden,
+            OfferState::Accepted,
+        ];
+        if !open.contains(&offer.state) {
+            return Handled::Reply(ack(qid));
+        }
+        match ctx.db.offer_move(id, offer.state, closed).await {
+            Ok(true) if offer.state != OfferState::Hidden => tell(&ctx, login, id, reason).await,
+            Ok(_) => {}
+            Err(e) => {
+                warn!("s2s file closed: {e}");
+                return Handled::Retry(retry(qid, 5));
+            }
+        }
     }
     Handled::Reply(ack(qid))
 }

@@ -15,6 +15,7 @@ pub mod dns;
 pub mod domain;
 pub(crate) mod drain;
 pub(crate) mod files;
+mod grant_url;
 pub(crate) mod guard;
 pub mod handshake;
 pub(crate) mod hooks;

@@ -29,14 +29,17 @@ fn domain_of(addr: &str) -> &str {
     addr.rsplit_once('@').map_or(addr, |(_, d)| d)
 }
 
-/// Queues a packet for `peer` (not a message: nobody is told if it fails).
-async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, p: Packet) {
-    queue_all(fed, ctx, vec![(peer.to_owned(), p)]).await;
+/// Queues a packet for `peer` (not a message: nobody is told if it fails), charged to
+/// `budget` like [`queue_all`].
+async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Packet) {
+    queue_all(fed, ctx, budget, vec![(peer.to_owned(), p)]).await;
 }
 
 /// Queues packets for their peers, all at once (the queue writer commits them together, in
-/// this order).
-async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, items: Vec<(String, Packet)>) {
+/// this order), charged to `budget`: the local user they are about (its subscriptions,
+/// presence and profile share the per-sender bound with its messages, so one user cannot
+/// fill the queue with made-up domains), or `s2s:<peer>` for replies to a peer's packets.
+async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, budget: &str, items: Vec<(String, Packet)>) {
     let expires_at = ctx
         .now()
         .saturating_add(fed.config.queue_ttl.as_micros() as i64);
@@ -47,7 +50,7 @@ async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, items: Vec<(String, Packet)>
             let add = QueueWrite::Add {
                 peer: peer.clone(),
                 line: p.to_wire().trim_end().to_owned(),
-                sender: String::new(),
+                sender: budget.to_owned(),
                 message_id: String::new(),
                 recipient: String::new(),
                 at: ctx.now(),
@@ -80,7 +83,7 @@ pub(crate) async fn subscribe(fed: &Federation, ctx: &Ctx<'_>, login: &str, subj
     let p = Packet::new("S2S-SUBSCRIBE")
         .with("from", ctx.addr(login))
         .with("to", subject);
-    queue(fed, ctx, domain_of(subject), p).await;
+    queue(fed, ctx, domain_of(subject), login, p).await;
 }
 
 /// Local user `login` no longer has `subject` (a remote address) as a contact.
@@ -88,7 +91,7 @@ pub(crate) async fn unsubscribe(fed: &Federation, ctx: &Ctx<'_>, login: &str, su
     let p = Packet::new("S2S-UNSUBSCRIBE")
         .with("from", ctx.addr(login))
         .with("to", subject);
-    queue(fed, ctx, domain_of(subject), p).await;
+    queue(fed, ctx, domain_of(subject), login, p).await;
 }
 
 /// Renewals more often than this are skipped: a client reconnecting in a loop must not fill
@@ -141,7 +144,7 @@ async fn resubscribe_all(fed: &Federation, ctx: &Ctx<'_>, login: &str) {
                     (domain_of(&c).to_owned(), p)
                 })
                 .collect();
-            queue_all(fed, ctx, items).await;
+            queue_all(fed, ctx, login, items).await;
         }
         Err(e) => warn!("remote contacts: {e}"),
     }
@@ -189,7 +192,7 @@ pub(crate) async fn presence_changed(fed: &Federation, ctx: &Ctx<'_>, login: &st
                     (s.peer.clone(), p)
                 })
                 .collect();
-            queue_all(fed, ctx, items).await;
+            queue_all(fed, ctx, login, items).await;
         }
     }
     if online {
@@ -222,7 +225,7 @@ pub(crate) async fn profile_changed(
             (s.peer, p)
         })
         .collect();
-    queue_all(fed, ctx, items).await;
+    queue_all(fed, ctx, login, items).await;
 }
 
 /// Something changed whether remote watchers (all of them, or `only` one) see `subject`'s
@@ -256,7 +259,7 @@ pub(crate) async fn refresh(
             presence_packet(ctx, subject, &s.watcher, value),
         ));
     }
-    queue_all(fed, ctx, items).await;
+    queue_all(fed, ctx, subject, items).await;
 }
 
 // ---- What a peer sends (inbound link) ----
@@ -315,7 +318,7 @@ pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
                 "" => Presence::Hidden,
                 "online" => Presence::Online,
                 t => match msim_shared::timestamp::parse(t) {
-                    Some(at) => Presence::LastSeen(at),
+                    Some(at) => Presence::LastSeen(not_future(&ctx, fed, at)),
                     None => return Handled::Violation(refused(&qid, "malformed")),
                 },
             };
@@ -372,6 +375,18 @@ pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
     }
 }
 
+/// A peer's last-seen time, no later than our clock allows for (§12.5: like other `at=`, a
+/// time further ahead than the clock skew accepted is replaced by ours; a past one is kept).
+fn not_future(ctx: &Ctx<'_>, fed: &Federation, at: time::OffsetDateTime) -> time::OffsetDateTime {
+    let now = ctx.now();
+    let at_micros = (at.unix_timestamp_nanos() / 1000) as i64;
+    if at_micros > now.saturating_add(fed.config.max_clock_skew.as_micros() as i64) {
+        crate::clock::datetime(now)
+    } else {
+        at
+    }
+}
+
 /// After a subscription: the subject's profile and, when the watcher sees it, its presence.
 async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &str) {
     let peer = domain_of(watcher).to_owned();
@@ -397,10 +412,10 @@ async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &st
         .is_some_and(|s| s.sees_presence());
     if sees {
         if let Some(v) = presence_value(ctx, subject).await {
-            items.push((peer, presence_packet(ctx, subject, watcher, &v)));
+            items.push((peer.clone(), presence_packet(ctx, subject, watcher, &v)));
         }
     }
-    queue_all(fed, ctx, items).await;
+    queue_all(fed, ctx, &format!("s2s:{peer}"), items).await;
 }
 
 #[cfg(test)]

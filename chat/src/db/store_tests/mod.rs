@@ -348,6 +348,7 @@ async fn offers_and_notices_are_numbered_answered_and_expired() {
         );
         assert_eq!(open[0].mime.as_deref(), Some("text/plain"));
         let answer = |id: &str, by: &str, relay: Option<&str>| WriteOp::AnswerOffer {
+            sender: None,
             id: id.into(),
             by: by.into(),
             relay: relay.map(str::to_owned),

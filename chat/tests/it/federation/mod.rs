@@ -11,6 +11,7 @@ mod messages;
 mod peers;
 mod presence;
 mod processes;
+mod review_fixes;
 mod subscriptions_wire;
 
 use crate::common::{field, Client, TestServer, PASSWORD};

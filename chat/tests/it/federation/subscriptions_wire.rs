@@ -24,7 +24,9 @@ fn now() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-async fn next<S: AsyncRead + AsyncWrite + Unpin>(l: &mut Framed<S, PacketCodec>) -> Option<Packet> {
+pub(super) async fn next<S: AsyncRead + AsyncWrite + Unpin>(
+    l: &mut Framed<S, PacketCodec>,
+) -> Option<Packet> {
     match tokio::time::timeout(WAIT, l.next())
         .await
         .expect("timed out")
@@ -35,7 +37,7 @@ async fn next<S: AsyncRead + AsyncWrite + Unpin>(l: &mut Framed<S, PacketCodec>)
 }
 
 /// A peer server played by the test.
-struct FakePeer {
+pub(super) struct FakePeer {
     domain: String,
     key: Arc<ServerKey>,
     /// What other servers sent to our listener, in order.
@@ -46,7 +48,7 @@ struct FakePeer {
 impl FakePeer {
     /// Publishes a key and an s2s address for `domain` and listens there: every packet is
     /// recorded, acknowledged when it has a `qid`, and profile requests are answered.
-    async fn start(dns: &TestDns, domain: &str) -> FakePeer {
+    pub(super) async fn start(dns: &TestDns, domain: &str) -> FakePeer {
         let dir = tempfile::tempdir().unwrap();
         keys::generate(dir.path(), domain).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,7 +111,7 @@ impl FakePeer {
     }
 
     /// Dials `addr` (the server of `to`) as this peer and authenticates.
-    async fn dial(
+    pub(super) async fn dial(
         &self,
         addr: SocketAddr,
         to: &str,
@@ -161,7 +163,7 @@ impl FakePeer {
     }
 
     /// The next packet received with `verb`.
-    async fn next_of(&mut self, verb: &str) -> Packet {
+    pub(super) async fn next_of(&mut self, verb: &str) -> Packet {
         loop {
             let p = tokio::time::timeout(WAIT, self.received.recv())
                 .await
@@ -193,7 +195,7 @@ fn about_bob(p: &[Packet]) -> Vec<String> {
 }
 
 /// A request on `link` and its answer.
-async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Framed<S, PacketCodec>,
     p: Packet,
 ) -> Packet {
