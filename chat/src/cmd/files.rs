@@ -81,6 +81,28 @@ pub(crate) fn request_packet_in(domain: &str, o: &Offer) -> Packet {
     .to_packet()
 }
 
+/// The state a new offer from `sender` to `recipient` is stored in: hidden when the recipient
+/// blocked the sender (never shown, it expires like an ignored one; SECURITY.md).
+pub(crate) fn first_state(ctx: &Ctx<'_>, recipient: &str, sender: &str) -> OfferState {
+    if ctx.blocks.is_blocked(recipient, sender) {
+        OfferState::Hidden
+    } else {
+        OfferState::Pending
+    }
+}
+
+/// The open-offer limits (§10.2) a new offer is checked against at `now`.
+pub(crate) fn offer_limits(ctx: &Ctx<'_>, now: i64) -> OfferLimits {
+    let quota = ctx.config.offer_quota;
+    OfferLimits {
+        account_count: quota.per_account.min(i64::MAX as u64) as i64,
+        account_bytes: quota.bytes_per_account.min(i64::MAX as u64) as i64,
+        addr_count: quota.per_address.min(i64::MAX as u64) as i64,
+        addr_bytes: quota.bytes_per_address.min(i64::MAX as u64) as i64,
+        accepted_since: now - quota.upload_window.as_micros() as i64,
+    }
+}
+
 /// `SEND-FILE-PROXY to= filename= size= [sha256=] [mime=]`.
 pub(crate) async fn offer(
     ctx: &Ctx<'_>,
@@ -148,27 +170,13 @@ pub(crate) async fn offer(
         mime,
         created_at: now,
         expires_at: now + ctx.config.offer_ttl.as_micros() as i64,
-        // An offer to a recipient who blocked the sender is stored hidden: never shown, it
-        // expires like an ignored one (SECURITY.md).
-        state: if ctx.blocks.is_blocked(&recipient, login) {
-            OfferState::Hidden
-        } else {
-            OfferState::Pending
-        },
+        state: first_state(ctx, &recipient, login),
         relay: None,
-    };
-    let quota = ctx.config.offer_quota;
-    let limits = OfferLimits {
-        account_count: quota.per_account.min(i64::MAX as u64) as i64,
-        account_bytes: quota.bytes_per_account.min(i64::MAX as u64) as i64,
-        addr_count: quota.per_address.min(i64::MAX as u64) as i64,
-        addr_bytes: quota.bytes_per_address.min(i64::MAX as u64) as i64,
-        accepted_since: now - quota.upload_window.as_micros() as i64,
     };
     let op = PrivacyOp::CreateOffer {
         offer: Box::new(o.clone()),
         addr: address_key(peer.ip()),
-        limits,
+        limits: offer_limits(ctx, now),
     };
     match ctx.writer.write(WriteOp::Privacy(op)).await {
         Ok(Outcome::Privacy(PrivacyOutcome::TooManyOffers)) => {

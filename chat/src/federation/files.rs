@@ -6,15 +6,16 @@
 //! that transfer. A refusal or a failure on either side closes the other's copy
 //! (`S2S-FILE-CLOSED`). Both copies expire at the offer's `expires` on their own.
 
-use super::inbound::{ack, check_addresses, refused, retry, Handled};
+use super::answers::{ack, addressed, refused, retry, Handled};
 use super::Federation;
 use crate::clock::datetime;
 use crate::cmd::context::{Ctx, Relays, Reply};
-use crate::cmd::files::{grants, request_packet, valid_mime, valid_sha256};
+use crate::cmd::files::{
+    first_state, grants, offer_limits, request_packet, valid_mime, valid_sha256,
+};
 use crate::cmd::notices::{notify, Note};
 use crate::db::{
-    NoticeBody, Offer, OfferLimits, OfferState, Outcome, PrivacyOp, PrivacyOutcome, QueueWrite,
-    WriteOp,
+    NoticeBody, Offer, OfferState, Outcome, PrivacyOp, PrivacyOutcome, QueueWrite, WriteOp,
 };
 use crate::hub::{encode, Stream};
 use crate::server::Shared;
@@ -313,27 +314,15 @@ async fn offer_in(sh: &Shared, peer: &str, from: String, login: String, p: &Pack
         mime,
         created_at: now,
         expires_at,
-        state: if ctx.blocks.is_blocked(&login, &from) {
-            OfferState::Hidden
-        } else {
-            OfferState::Pending
-        },
+        state: first_state(&ctx, &login, &from),
         relay: None,
     };
     // A remote sender's open offers count against its account, and all of a peer's together
     // against one "address", with the local limits (§10.2).
-    let quota = ctx.config.offer_quota;
-    let limits = OfferLimits {
-        account_count: quota.per_account.min(i64::MAX as u64) as i64,
-        account_bytes: quota.bytes_per_account.min(i64::MAX as u64) as i64,
-        addr_count: quota.per_address.min(i64::MAX as u64) as i64,
-        addr_bytes: quota.bytes_per_address.min(i64::MAX as u64) as i64,
-        accepted_since: now - quota.upload_window.as_micros() as i64,
-    };
     let op = PrivacyOp::CreateOffer {
         offer: Box::new(o.clone()),
         addr: format!("s2s:{peer}"),
-        limits,
+        limits: offer_limits(&ctx, now),
     };
     let refusal = match ctx.writer.write(WriteOp::Privacy(op)).await {
         Ok(Outcome::Stored(seq)) => {
@@ -504,16 +493,9 @@ async fn closed_in(sh: &Shared, from: &str, login: &str, p: &Packet) -> Handled 
 
 /// `S2S-FILE-OFFER`, `S2S-FILE-ANSWER`, `S2S-FILE-READY`, `S2S-FILE-CLOSED` from `peer`.
 pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
-    let qid = p.get("qid").unwrap_or_default().to_owned();
-    let (Some(from), Some(to)) = (p.get("from"), p.get("to")) else {
-        return Handled::Violation(refused(&qid, "malformed"));
-    };
-    let (from, login) = match check_addresses(sh, peer, from, to) {
+    let (qid, from, login) = match addressed(sh, peer, &p) {
         Ok(x) => x,
-        Err(reason) => {
-            warn!(%peer, %from, %to, reason, verb = %p.verb, "s2s: refused");
-            return Handled::Violation(refused(&qid, reason));
-        }
+        Err(refusal) => return refusal,
     };
     match p.verb.as_str() {
         "S2S-FILE-OFFER" => offer_in(sh, peer, from, login, &p).await,

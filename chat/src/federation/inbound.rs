@@ -4,6 +4,7 @@
 //! handshake is done a connection holds one of its address's few places, has one deadline for
 //! TLS and handshake together, and may send only short lines ([`super::guard`]).
 
+use super::answers::{ack, check_addresses, refused, Handled};
 use super::handshake::{self, check_auth, Role, Session};
 use crate::clock::datetime;
 use crate::db::{Outcome, QueueWrite, StoredMessage, WriteOp};
@@ -282,49 +283,6 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
 enum Event {
     Stored(Result<Outcome, crate::db::DbError>),
     Read(Option<Result<Result<Packet, msim_shared::PacketError>, std::io::Error>>),
-}
-
-pub(super) enum Handled {
-    Reply(Packet),
-    Nothing,
-    Violation(Packet),
-    Retry(Packet),
-}
-
-pub(super) fn refused(qid: &str, reason: &str) -> Packet {
-    Packet::new("S2S-REFUSED")
-        .with("qid", qid)
-        .with("reason", reason)
-}
-
-pub(super) fn ack(qid: &str) -> Packet {
-    Packet::new("S2S-ACK").with("qid", qid)
-}
-
-/// `S2S-RETRY` for an item that could not be taken now.
-pub(super) fn retry(qid: &str, after_secs: u32) -> Packet {
-    Packet::new("S2S-RETRY")
-        .with("qid", qid)
-        .with("retry-after", after_secs.to_string())
-}
-
-/// Checks that `from` is a user of the peer and `to` one of ours; returns (from, local login).
-pub(super) fn check_addresses(
-    sh: &Shared,
-    peer: &str,
-    from: &str,
-    to: &str,
-) -> Result<(String, String), &'static str> {
-    let domain = &sh.config.domain;
-    match crate::cmd::parse_target(from, domain) {
-        Some(crate::cmd::Target::Remote(a)) if a.ends_with(&format!("@{peer}")) => {
-            match crate::cmd::parse_target(to, domain) {
-                Some(crate::cmd::Target::Local(l)) if to.contains('@') => Ok((a, l)),
-                _ => Err("bad-to"),
-            }
-        }
-        _ => Err("forged-from"),
-    }
 }
 
 async fn handle(

@@ -11,6 +11,7 @@
 //! - [`subscriptions`]: remote contacts' presence and profile changes, sent only when asked;
 //! - [`files`]: file offers across servers (the file stays on the sender's relay).
 
+pub(crate) mod answers;
 pub mod dns;
 pub mod domain;
 pub(crate) mod drain;

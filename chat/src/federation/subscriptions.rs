@@ -10,7 +10,7 @@
 //! approval), never to a blocked one, never with `last-seen=nobody`. Everything travels in the
 //! durable per-peer queue, so it is ordered and survives broken links and restarts.
 
-use super::inbound::{ack, check_addresses, refused, retry, Handled};
+use super::answers::{ack, addressed, refused, retry, Handled};
 use super::Federation;
 use crate::cmd::context::Ctx;
 use crate::db::federation_subs::{Subscribed, Subscriber};
@@ -266,16 +266,9 @@ pub(crate) async fn refresh(
 
 /// `S2S-SUBSCRIBE`, `S2S-UNSUBSCRIBE`, `S2S-PRESENCE`, `S2S-PROFILE-CHANGED` from `peer`.
 pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
-    let qid = p.get("qid").unwrap_or_default().to_owned();
-    let (Some(from), Some(to)) = (p.get("from"), p.get("to")) else {
-        return Handled::Violation(refused(&qid, "malformed"));
-    };
-    let (from, login) = match check_addresses(sh, peer, from, to) {
+    let (qid, from, login) = match addressed(sh, peer, &p) {
         Ok(x) => x,
-        Err(reason) => {
-            warn!(%peer, %from, %to, reason, verb = %p.verb, "s2s: refused");
-            return Handled::Violation(refused(&qid, reason));
-        }
+        Err(refusal) => return refusal,
     };
     let Some(fed) = sh.federation.as_deref() else {
         return Handled::Nothing;
