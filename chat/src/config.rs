@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Everything the server needs to run.
-#[derive(Debug, Clone)]
+/// Everything the server needs to run. Its `Debug` leaves out the relay secret and the
+/// database password, so a config printed into a log or a panic message leaks neither.
+#[derive(Clone)]
 pub struct Config {
     /// This server's domain (`login@domain`).
     pub domain: String,
@@ -231,6 +232,32 @@ impl Default for Config {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.relay_secret.is_empty() {
+            "<none>"
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("Config")
+            .field("domain", &self.domain)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database",
+                &self.database.as_deref().map(crate::db::redact_database_url),
+            )
+            .field("registration_open", &self.registration_open)
+            .field("tls", &self.tls.is_some())
+            .field("relays", &self.relays)
+            .field("relay_secret", &secret)
+            .field("max_connections", &self.max_connections)
+            .field("max_file_size", &self.max_file_size)
+            .field("offer_quota", &self.offer_quota)
+            .field("federation", &self.federation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Config {
     /// A configuration for tests: data in `data_dir`, a manual clock, short timers, and no
     /// registration limit (tests register many users from 127.0.0.1).
@@ -245,5 +272,24 @@ impl Config {
             min_free_space: 0,
             ..Config::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn debug_output_never_shows_the_relay_secret_or_the_database_password() {
+        let config = Config {
+            relay_secret: "k1:00112233445566778899aabbccddeeff".into(),
+            database: Some("postgres://msim:hunter2hunter2@db.example/msim".into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("00112233445566778899aabbccddeeff"), "{shown}");
+        assert!(!shown.contains("hunter2hunter2"), "{shown}");
+        assert!(shown.contains("db.example"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }
