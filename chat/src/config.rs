@@ -287,7 +287,10 @@ mod tests {
             ..Config::default()
         };
         let shown = format!("{config:?}");
-        assert!(!shown.contains("00112233445566778899aabbccddeeff"), "{shown}");
+        assert!(
+            !shown.contains("00112233445566778899aabbccddeeff"),
+            "{shown}"
+        );
         assert!(!shown.contains("hunter2hunter2"), "{shown}");
         assert!(shown.contains("db.example"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");

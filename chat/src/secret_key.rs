@@ -130,7 +130,7 @@ pub async fn set_password(
     login: &str,
     password: &str,
 ) -> Result<(), KeyError> {
-    let db = Db::open_configured(data_dir, database).await?;
+    let db = Db::open_configured_beside_server(data_dir, database).await?;
     let sealer = open_sealer(data_dir, &db).await?;
     let stored = db
         .set_password(login, &sealer.seal(login, password))

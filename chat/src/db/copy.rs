@@ -490,6 +490,7 @@ mod tests {
             .expect("queued");
         let before = view(&source).await;
         source.close().await;
+        drop(source);
 
         // A mistyped --from is refused (it would have created an empty database), and so is
         // an installation without users.

@@ -178,6 +178,9 @@ pub enum DbError {
     /// (the database stayed unreachable): its writes may or may not be stored.
     #[error("database: commit outcome unknown: {0}")]
     InDoubt(String),
+    /// Another process (a running server, a `db copy`) has this SQLite data directory open.
+    #[error("the data directory {0} is in use by another msim-chat process (a running server or `db copy`); stop it first")]
+    InUse(String),
     /// `--database` is neither empty nor a `postgres://` URL.
     #[error("unsupported database URL (expected postgres://… or postgresql://…): {0}")]
     BadUrl(String),
@@ -220,6 +223,18 @@ impl Db {
             None => Db::open(data_dir).await,
             Some(url) if postgres::is_url(url) => Db::open_postgres(url).await,
             Some(url) => Err(DbError::BadUrl(postgres::redact(url))),
+        }
+    }
+
+    /// [`Db::open_configured`] for an operator command that may run beside a live server
+    /// (SQLite: without the data directory's lock, see [`Db::open_beside_server`]).
+    pub async fn open_configured_beside_server(
+        data_dir: &Path,
+        database: Option<&str>,
+    ) -> Result<Db, DbError> {
+        match database.map(str::trim).filter(|u| !u.is_empty()) {
+            None => Db::open_beside_server(data_dir).await,
+            Some(_) => Db::open_configured(data_dir, database).await,
         }
     }
 

@@ -245,3 +245,43 @@ async fn empty_relay_secret_is_refused() {
         assert!(log.contains("relay token secret"), "{log}");
     }
 }
+
+/// One process at a time owns a SQLite data directory: a second server (or a `db copy`, or
+/// `reset-secret-key`) beside a live one is refused with a clear message instead of writing
+/// beside it; `set-password` still works beside the live server; the lock goes with the process.
+#[tokio::test]
+async fn a_live_sqlite_data_directory_is_not_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    if !common::database_env(dir.path()).is_empty() {
+        // On PostgreSQL several nodes share one database by design (cluster tests).
+        return;
+    }
+    let (child, addr) = running(dir.path()).await;
+    register(addr, "alice", "a-strong-password-1").await;
+
+    let log = refused(dir.path()).await;
+    assert!(log.contains("in use by another msim-chat process"), "{log}");
+    std::fs::remove_file(dir.path().join("secret.key")).unwrap();
+    let (ok, out) = operator(dir.path(), &["reset-secret-key", "--lock-all-accounts"], "").await;
+    assert!(
+        !ok && out.contains("in use by another msim-chat process"),
+        "{out}"
+    );
+    let (ok, out) = operator(dir.path(), &["set-password", "alice"], "new-password-22\n").await;
+    // The key file is gone, so the password cannot be sealed; the error is about the key, not
+    // the lock: set-password opened the live store.
+    assert!(!ok && !out.contains("in use"), "{out}");
+    let ok = login_answer(addr, "alice", password_hash("a-strong-password-1")).await;
+    assert!(ok.starts_with("CONNECT-OK"), "{ok}");
+    stop(child).await;
+
+    // The lock died with the process: the operator command now runs.
+    let (ok, out) = operator(dir.path(), &["reset-secret-key", "--lock-all-accounts"], "").await;
+    assert!(ok && out.contains("1 account(s) locked"), "{out}");
+    let (ok, out) = operator(dir.path(), &["set-password", "alice"], "new-password-22\n").await;
+    assert!(ok, "{out}");
+    let (child, addr) = running(dir.path()).await;
+    let ok = login_answer(addr, "alice", password_hash("new-password-22")).await;
+    assert!(ok.starts_with("CONNECT-OK"), "{ok}");
+    stop(child).await;
+}

@@ -213,6 +213,7 @@ mod tests {
             .collect();
         assert_eq!(offers, ["o2", "o1"]);
         db.close().await;
+        drop(db);
         // Opening again finds nothing left to convert.
         let db = Db::open(dir.path()).await.expect("reopen");
         assert_eq!(

@@ -54,6 +54,25 @@ fn restrict(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Takes the data directory's lock (`<dir>/msim.lock`, 0600) for as long as the returned file
+/// is open: one process at a time uses a SQLite store, so a second `msim-chat` or a `db copy`
+/// started against a live server's directory is refused instead of copying a store that is
+/// still changing or writing beside it. The kernel drops the lock when the process dies.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, DbError> {
+    let path = dir.join("msim.lock");
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let file = o.open(&path).map_err(DbError::Io)?;
+    restrict(&path).map_err(DbError::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbError::InUse(dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(DbError::Io(e)),
+    }
+}
+
 /// WAL size (frames, ~4 KiB each) beyond which the writer restarts the log.
 pub(crate) const WAL_RESTART_FRAMES: u64 = 8192;
 
@@ -67,13 +86,28 @@ pub(crate) struct Store {
     /// The last message sequence number handed out. The writer assigns `messages.seq` itself,
     /// in commit order, so a seq read after a commit bounds every message committed before it.
     message_seq: std::sync::atomic::AtomicI64,
+    /// The data directory's lock, held while the store is open ([`lock_data_dir`]).
+    _lock: Option<std::fs::File>,
 }
 
 impl Db {
     /// Opens (creating if needed) `<dir>/msim.db` in WAL mode and runs the migrations. The
     /// database file is created (or tightened) to mode 0600 before SQLite opens it; SQLite
     /// gives its `-wal` and `-shm` files the database file's mode.
+    /// Holds the data directory's lock while open: a second opener (another server, `db copy`)
+    /// gets [`DbError::InUse`].
     pub async fn open(dir: &Path) -> Result<Db, DbError> {
+        let lock = lock_data_dir(dir)?;
+        Db::open_sqlite(dir, Some(lock)).await
+    }
+
+    /// Opens the store beside a running server, without the data directory's lock: only for
+    /// short operator writes that SQLite's own locking makes safe (`set-password`).
+    pub async fn open_beside_server(dir: &Path) -> Result<Db, DbError> {
+        Db::open_sqlite(dir, None).await
+    }
+
+    async fn open_sqlite(dir: &Path, lock: Option<std::fs::File>) -> Result<Db, DbError> {
         let file = dir.join("msim.db");
         private_file(&file).map_err(DbError::Io)?;
         for extra in ["msim.db-wal", "msim.db-shm"] {
@@ -118,6 +152,7 @@ impl Db {
             writes,
             wal_frames: Default::default(),
             message_seq: std::sync::atomic::AtomicI64::new(last.unwrap_or(0)),
+            _lock: lock,
         }))))
     }
 
@@ -186,5 +221,34 @@ impl Store {
     pub(super) async fn close(&self) {
         self.writes.close().await;
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Db, DbError};
+
+    #[tokio::test]
+    async fn a_store_is_opened_by_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Db::open(dir.path()).await.expect("open");
+        let second = Db::open(dir.path()).await;
+        assert!(matches!(second, Err(DbError::InUse(_))), "{second:?}");
+        // An operator write beside the owner does not take the lock.
+        let beside = Db::open_beside_server(dir.path()).await.expect("beside");
+        beside.close().await;
+        first.close().await;
+        drop(first);
+        Db::open(dir.path())
+            .await
+            .expect("reopen after the owner is gone");
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.path().join("msim.lock"))
+                .expect("lock file")
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
