@@ -87,6 +87,9 @@ pub(crate) fn create_secret(path: &Path) -> Result<[u8; 32], CryptoError> {
 /// Seals and opens passwords.
 pub(crate) struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// A public name of the key (HMAC of a constant under it): stored in the database so a
+    /// node with another key is refused even before any password is stored.
+    fingerprint: String,
     /// A sealed random password used for unknown logins so both paths do the same work.
     dummy: Vec<u8>,
 }
@@ -100,14 +103,24 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer with the given key.
     pub(crate) fn new(key: [u8; 32]) -> Sealer {
+        use hmac::{Hmac, Mac};
         let cipher = ChaCha20Poly1305::new(&Key::from(key));
+        let mut mac = <Hmac<sha2::Sha256>>::new_from_slice(&key).expect("HMAC takes any key");
+        mac.update(b"msim-chat secret.key fingerprint v1");
+        let fingerprint = hex(&mac.finalize().into_bytes()[..16]);
         let mut s = Sealer {
             cipher,
+            fingerprint,
             dummy: Vec::new(),
         };
         let pw = hex(&random_bytes::<8>());
         s.dummy = s.seal("", &pw);
         s
+    }
+
+    /// The key's fingerprint (32 hex digits; reveals nothing about the key).
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Seals `password`, bound to `login` (as associated data): nonce ‖ ciphertext.

@@ -43,6 +43,32 @@ pub enum KeyError {
         /// How many stored passwords were tried.
         checked: usize,
     },
+    /// The key file is gone; no password is stored yet, but the database was set up with a key.
+    #[error(
+        "{path} is missing but this database was set up with a secret.key (fingerprint {recorded}). \
+         Nodes sharing one database need the same secret.key: copy it from a node that runs, \
+         or restore it from the backup of this data directory"
+    )]
+    MissingRecorded {
+        /// The key file.
+        path: PathBuf,
+        /// The recorded fingerprint.
+        recorded: String,
+    },
+    /// The database was set up with another key (its recorded fingerprint differs).
+    #[error(
+        "{path} (fingerprint {mine}) is not the secret.key this database was set up with \
+         (fingerprint {recorded}). Nodes sharing one database need the same secret.key: copy it \
+         from a node that runs (or restore the one taken with this database)"
+    )]
+    OtherKey {
+        /// The key file.
+        path: PathBuf,
+        /// This key's fingerprint.
+        mine: String,
+        /// The recorded fingerprint.
+        recorded: String,
+    },
     /// `reset-secret-key` on a key that works.
     #[error("{0} opens the stored passwords: there is nothing to reset")]
     KeyWorks(PathBuf),
@@ -75,11 +101,24 @@ pub(crate) async fn open_sealer(data_dir: &Path, db: &Db) -> Result<Sealer, KeyE
             if accounts > 0 {
                 return Err(KeyError::Missing { path, accounts });
             }
+            if let Some(recorded) = db.key_fingerprint().await? {
+                return Err(KeyError::MissingRecorded { path, recorded });
+            }
             create_secret(&path)?
         }
     };
     let sealer = Sealer::new(key);
     check_key(&path, &sealer, db).await?;
+    // Recorded by the first node to start; every later start (and every other node) must
+    // bring the same key, even while no password is stored yet.
+    let recorded = db.claim_key_fingerprint(sealer.fingerprint()).await?;
+    if recorded != sealer.fingerprint() {
+        return Err(KeyError::OtherKey {
+            path,
+            mine: sealer.fingerprint().to_string(),
+            recorded,
+        });
+    }
     Ok(sealer)
 }
 
@@ -107,7 +146,12 @@ pub async fn reset_secret_key(data_dir: &Path, database: Option<&str>) -> Result
     let db = Db::open_configured(data_dir, database).await?;
     let path = key_path(data_dir);
     if let Some(key) = read_secret(&path)? {
-        if check_key(&path, &Sealer::new(key), &db).await.is_ok() {
+        let sealer = Sealer::new(key);
+        let recorded = db.key_fingerprint().await?;
+        let same = recorded
+            .as_deref()
+            .is_none_or(|r| r == sealer.fingerprint());
+        if same && check_key(&path, &sealer, &db).await.is_ok() {
             return Err(KeyError::KeyWorks(path));
         }
         let now = std::time::SystemTime::now()
@@ -117,7 +161,9 @@ pub async fn reset_secret_key(data_dir: &Path, database: Option<&str>) -> Result
         std::fs::rename(&path, data_dir.join(format!("secret.key.replaced-{now}")))?;
     }
     let locked = db.clear_passwords().await?;
-    create_secret(&path)?;
+    let key = create_secret(&path)?;
+    db.replace_key_fingerprint(Sealer::new(key).fingerprint())
+        .await?;
     db.close().await;
     Ok(locked)
 }

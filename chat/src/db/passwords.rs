@@ -52,4 +52,43 @@ impl Db {
             .map(|r| r.rows_affected()))?;
         Ok(n == 1)
     }
+
+    /// The fingerprint of the password key this database was set up with, recording `mine`
+    /// first when none is recorded yet (the first node to start wins a race between fresh
+    /// nodes). The caller compares the answer with its own key's.
+    pub(crate) async fn claim_key_fingerprint(&self, mine: &str) -> Result<String, DbError> {
+        writes!(self, w => sqlx::query(
+            "INSERT INTO key_check (id, fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING"
+        )
+        .bind(mine)
+        .execute(w)
+        .await
+        .map(|r| r.rows_affected()))?;
+        self.key_fingerprint()
+            .await?
+            .ok_or_else(|| DbError::Sql(sqlx::Error::RowNotFound))
+    }
+
+    /// The recorded fingerprint of the password key, if any.
+    pub(crate) async fn key_fingerprint(&self) -> Result<Option<String>, DbError> {
+        let row: Option<(String,)> = read!(self, p => sqlx::query_as(
+            "SELECT fingerprint FROM key_check WHERE id = 1"
+        )
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Records a new password key (after `reset-secret-key`).
+    pub(crate) async fn replace_key_fingerprint(&self, fingerprint: &str) -> Result<(), DbError> {
+        writes!(self, w => sqlx::query(
+            "INSERT INTO key_check (id, fingerprint) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint"
+        )
+        .bind(fingerprint)
+        .execute(w)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
 }

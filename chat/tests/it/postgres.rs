@@ -116,6 +116,55 @@ async fn a_node_without_the_shared_key_refuses_to_start() {
         .expect("the shared key works");
 }
 
+/// Two fresh nodes on a new database, before anyone has registered: the first node's key is
+/// recorded (its fingerprint), and a node with no key or another key is refused instead of
+/// making its own — otherwise accounts registered on one node could never log in on the other.
+#[tokio::test]
+async fn fresh_nodes_must_share_the_first_nodes_key_before_any_password_is_stored() {
+    let Some((dir, url)) = database().await else {
+        return;
+    };
+    let a = node(dir, &url).await;
+    let start = |dir: &std::path::Path| {
+        let mut config = Config::for_tests(dir);
+        config.database = Some(url.clone());
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                msim_chat::run(listener, config, std::future::ready(())),
+            )
+            .await
+            .expect("start decided in time")
+        }
+    };
+    let empty = tempfile::tempdir().unwrap();
+    match start(empty.path()).await {
+        Err(Error::Key(KeyError::MissingRecorded { .. })) => {}
+        other => panic!("a node made its own key: {other:?}"),
+    }
+    assert!(!empty.path().join("secret.key").exists());
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("secret.key"),
+        format!("{}\n", "07".repeat(32)),
+    )
+    .unwrap();
+    match start(other.path()).await {
+        Err(Error::Key(e @ KeyError::OtherKey { .. })) => {
+            assert!(e.to_string().contains("copy it"), "{e}");
+        }
+        other => panic!("started with another key: {other:?}"),
+    }
+    start(&sibling(&a).path().join("chat"))
+        .await
+        .expect("the shared key works");
+    // Users registered on the first node log in on a node with the shared key.
+    a.user("alice").await;
+    let b = node(sibling(&a), &url).await;
+    b.session("alice").await.sync().await;
+}
+
 /// The operator's move (docs/OPERATING.md "Scaling out"): a SQLite installation stops,
 /// `msim-chat db copy` moves it, and a node on PostgreSQL with the old `secret.key` serves the
 /// same accounts (their passwords open) with their waiting messages.

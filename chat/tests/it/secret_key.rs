@@ -285,3 +285,30 @@ async fn a_live_sqlite_data_directory_is_not_opened_twice() {
     assert!(ok.starts_with("CONNECT-OK"), "{ok}");
     stop(child).await;
 }
+
+/// The key is bound to the database from the first start, before any password is stored: a
+/// data directory whose `secret.key` was swapped (another installation's backup) is refused,
+/// and `reset-secret-key` records the new key so the server starts again.
+#[tokio::test]
+async fn a_swapped_key_is_refused_even_before_anyone_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _) = running(dir.path()).await;
+    stop(child).await;
+    std::fs::write(
+        dir.path().join("secret.key"),
+        format!("{}\n", "07".repeat(32)),
+    )
+    .unwrap();
+    let log = refused(dir.path()).await;
+    assert!(
+        log.contains("is not the secret.key this database was set up with"),
+        "{log}"
+    );
+    let (ok, out) = operator(dir.path(), &["reset-secret-key", "--lock-all-accounts"], "").await;
+    assert!(ok && out.contains("0 account(s) locked"), "{out}");
+    let (child, addr) = running(dir.path()).await;
+    register(addr, "alice", "a-strong-password-1").await;
+    let ok = login_answer(addr, "alice", password_hash("a-strong-password-1")).await;
+    assert!(ok.starts_with("CONNECT-OK"), "{ok}");
+    stop(child).await;
+}
