@@ -48,9 +48,15 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Reads the 32-byte hex secret at `path`; `None` when the file does not exist.
+/// A key file readable by others (copied to a node with `cp` under a loose umask) is
+/// tightened to 0600 first.
 pub(crate) fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, CryptoError> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
+            tighten(path).map_err(|source| CryptoError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?;
             let bad = || CryptoError::BadKey(path.display().to_string());
             let bytes = unhex(s.trim()).ok_or_else(bad)?;
             bytes.try_into().map(Some).map_err(|_| bad())
@@ -61,6 +67,22 @@ pub(crate) fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, CryptoError> 
             source,
         }),
     }
+}
+
+/// Sets a key file that others may read or write to mode 0600, and says so.
+fn tighten(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "key file was readable by others; set to 0600");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Creates a new random secret at `path` (mode 0600, synced); fails if the file exists.

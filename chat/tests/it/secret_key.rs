@@ -304,6 +304,15 @@ async fn a_swapped_key_is_refused_even_before_anyone_registered() {
         log.contains("is not the secret.key this database was set up with"),
         "{log}"
     );
+    // The copied key file was left readable by others (umask 022): it is tightened.
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.path().join("secret.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode & 0o777, 0o600);
     let (ok, out) = operator(dir.path(), &["reset-secret-key", "--lock-all-accounts"], "").await;
     assert!(ok && out.contains("0 account(s) locked"), "{out}");
     let (child, addr) = running(dir.path()).await;

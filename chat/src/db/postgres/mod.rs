@@ -63,22 +63,33 @@ pub(crate) fn is_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// `url` without its password, for messages and logs.
+/// `url` without its password (in the user part or as a `password`/`sslpassword` query
+/// parameter), for messages and logs. A URL that does not parse is not shown at all: its
+/// password could be anywhere in it.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let Ok(mut parsed) = url::Url::parse(url.trim()) else {
+        return "<database URL that does not parse>".to_owned();
     };
-    let (auth, host) = match rest.split_once('@') {
-        Some((auth, host)) => (Some(auth), host),
-        None => (None, rest),
-    };
-    match auth.map(|a| a.split_once(':').map_or(a, |(user, _)| user)) {
-        Some(user) if auth.is_some_and(|a| a.contains(':')) => {
-            format!("{scheme}://{user}:***@{host}")
-        }
-        Some(user) => format!("{scheme}://{user}@{host}"),
-        None => format!("{scheme}://{host}"),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    let secret =
+        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 impl Db {
@@ -251,5 +262,20 @@ mod tests {
         );
         assert_eq!(redact("postgres://msim@db/msim"), "postgres://msim@db/msim");
         assert_eq!(redact("postgres://db/msim"), "postgres://db/msim");
+        // A password given as a query parameter, and one holding a raw `@`.
+        let shown = redact("postgres://msim@db/msim?sslmode=require&password=s3cret");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact("postgres://msim:pa@ss@db/msim"),
+            "postgres://msim:***@db/msim"
+        );
+        assert_eq!(
+            redact("postgres://msim:s3cret@db:5432"),
+            "postgres://msim:***@db:5432"
+        );
+        assert!(!redact("postgres://u:s3cret@[::1").contains("s3cret"));
     }
 }
