@@ -125,6 +125,8 @@ async fn fresh_nodes_must_share_the_first_nodes_key_before_any_password_is_store
         return;
     };
     let a = node(dir, &url).await;
+    // The first node has opened its key once it answers (its listener was bound before).
+    a.client().await.sync().await;
     let start = |dir: &std::path::Path| {
         let mut config = Config::for_tests(dir);
         config.database = Some(url.clone());
