@@ -78,7 +78,7 @@ async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Pac
 
 /// Tells local user `login` that transfer `id` ended with `reason` (stored for later logins
 /// like every file result, §10.6).
-async fn tell(ctx: &Ctx<'_>, login: &str, id: &str, reason: FileRejection) {
+pub(super) async fn tell(ctx: &Ctx<'_>, login: &str, id: &str, reason: FileRejection) {
     let expires = ctx.now() + ctx.config.offer_ttl.as_micros() as i64;
     let note = Note::new(login.to_owned(), id, NoticeBody::rejected(id, reason));
     notify(ctx, expires, vec![note]).await;

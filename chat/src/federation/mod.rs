@@ -15,6 +15,7 @@ pub(crate) mod answers;
 pub mod dns;
 pub mod domain;
 pub(crate) mod drain;
+pub(crate) mod file_refusals;
 pub(crate) mod files;
 mod grant_url;
 pub(crate) mod guard;

@@ -49,6 +49,16 @@ impl FakePeer {
     /// Publishes a key and an s2s address for `domain` and listens there: every packet is
     /// recorded, acknowledged when it has a `qid`, and profile requests are answered.
     pub(super) async fn start(dns: &TestDns, domain: &str) -> FakePeer {
+        FakePeer::start_refusing(dns, domain, &[]).await
+    }
+
+    /// Like [`FakePeer::start`], but queued packets with one of `verbs` are answered
+    /// `S2S-REFUSED reason=unknown-transfer` instead of acknowledged.
+    pub(super) async fn start_refusing(
+        dns: &TestDns,
+        domain: &str,
+        verbs: &'static [&'static str],
+    ) -> FakePeer {
         let dir = tempfile::tempdir().unwrap();
         keys::generate(dir.path(), domain).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,7 +105,14 @@ impl FakePeer {
                                 .with("name", "Eve");
                             let _ = link.send(answer).await;
                         } else if let Some(qid) = p.get("qid") {
-                            let _ = link.send(Packet::new("S2S-ACK").with("qid", qid)).await;
+                            let answer = if verbs.contains(&p.verb.as_str()) {
+                                Packet::new("S2S-REFUSED")
+                                    .with("qid", qid)
+                                    .with("reason", "unknown-transfer")
+                            } else {
+                                Packet::new("S2S-ACK").with("qid", qid)
+                            };
+                            let _ = link.send(answer).await;
                         }
                         let _ = tx.send(p);
                     }

@@ -1,0 +1,86 @@
+//! The last federation review findings of issue 14, each as the attack or failure a peer or a
+//! local user meets, over real sockets: a hand-driven peer `c.test` (see `subscriptions_wire`)
+//! talks to b.test, whose users are bob and friends.
+
+use super::dns::TestDns;
+use super::subscriptions_wire::{ask, FakePeer};
+use super::Fed;
+use crate::common::{field, Client};
+use msim_shared::Packet;
+
+/// The next line starting with `verb` whose `transfer-id` is `tid`.
+async fn expect_for(c: &mut Client, verb: &str, tid: &str) -> String {
+    loop {
+        let l = c.expect_skip(verb).await;
+        if field(&l, "transfer-id").as_deref() == Some(tid) {
+            return l;
+        }
+    }
+}
+
+fn in_an_hour() -> String {
+    msim_shared::timestamp::format(time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+}
+
+#[tokio::test]
+async fn a_peer_refusing_our_file_offer_or_answer_is_told_to_the_user() {
+    let dns = TestDns::start().await;
+    let b = Fed::start_with_relay(&dns, "b.test", |_| {}).await;
+    let mut c =
+        FakePeer::start_refusing(&dns, "c.test", &["S2S-FILE-OFFER", "S2S-FILE-ANSWER"]).await;
+    let mut bob = b.user("bob").await;
+
+    // Bob offers eve@c.test a file; her server refuses the offer: bob learns it, pushed and
+    // again at his next login (before: the offer stayed pending until it expired a day later).
+    bob.send("SEND-FILE-PROXY to=eve@c.test filename=a.bin size=10")
+        .await;
+    let pending = bob.expect_skip("SEND-FILE-PROXY-PENDING").await;
+    let t1 = field(&pending, "transfer-id").unwrap();
+    assert_eq!(
+        c.next_of("S2S-FILE-OFFER").await.get("transfer-id"),
+        Some(t1.as_str())
+    );
+    let r = expect_for(&mut bob, "SEND-FILE-PROXY-REJECTED", &t1).await;
+    assert_eq!(field(&r, "reason").as_deref(), Some("peer-refused"), "{r}");
+    drop(bob);
+    let mut bob = b.session("bob").await;
+    let r = expect_for(&mut bob, "SEND-FILE-PROXY-REJECTED", &t1).await;
+    assert_eq!(field(&r, "reason").as_deref(), Some("peer-refused"), "{r}");
+
+    // Eve offers bob a file; bob accepts; her server refuses the answer: bob learns that no
+    // download grant will come.
+    let mut link = c.dial(b.s2s, "b.test").await;
+    let t2 = uuid::Uuid::new_v4().to_string();
+    let offer = Packet::new("S2S-FILE-OFFER")
+        .with("qid", "1")
+        .with("transfer-id", t2.clone())
+        .with("from", "eve@c.test")
+        .with("to", "bob@b.test")
+        .with("filename", "x.bin")
+        .with("size", "1000")
+        .with("expires", in_an_hour());
+    assert_eq!(ask(&mut link, offer).await.verb, "S2S-ACK");
+    expect_for(&mut bob, "SEND-FILE-PROXY-REQUEST", &t2).await;
+    bob.send(&format!("SEND-FILE-PROXY-ACCEPT transfer-id={t2}"))
+        .await;
+    let answer = c.next_of("S2S-FILE-ANSWER").await;
+    assert_eq!(answer.get("answer"), Some("accept"));
+    let r = expect_for(&mut bob, "SEND-FILE-PROXY-REJECTED", &t2).await;
+    assert_eq!(field(&r, "reason").as_deref(), Some("peer-refused"), "{r}");
+    // Closed: a late grant for it is refused.
+    let ready = Packet::new("S2S-FILE-READY")
+        .with("qid", "2")
+        .with("transfer-id", t2.clone())
+        .with("from", "eve@c.test")
+        .with("to", "bob@b.test")
+        .with("connect", "relay.c.test")
+        .with("port", "443")
+        .with("url", format!("https://relay.c.test/v1/transfers/{t2}"))
+        .with("token", "t0ken")
+        .with("expires", in_an_hour());
+    let r = ask(&mut link, ready).await;
+    assert_eq!(
+        (r.verb.as_str(), r.get("reason")),
+        ("S2S-REFUSED", Some("unknown-transfer"))
+    );
+}
