@@ -124,18 +124,20 @@ async fn over_bound(
     b: QueueBounds,
 ) -> Result<Option<QueueBound>, sqlx::Error> {
     let cap = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    // Replies to a peer (`s2s:<peer>`) count only against their own budget (queue.rs).
     let (for_peer, for_sender, peers): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1), \
+        "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1 AND sender NOT LIKE 's2s:%'), \
                 (SELECT COUNT(*) FROM fed_queue WHERE sender = $2 AND $2 <> ''), \
-                (SELECT COUNT(DISTINCT peer) FROM fed_queue)",
+                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender NOT LIKE 's2s:%')",
     )
     .bind(peer)
     .bind(sender)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(if b.per_peer > 0 && for_peer >= cap(b.per_peer) {
+    let reply = crate::federation::queue::is_reply(sender);
+    Ok(if !reply && b.per_peer > 0 && for_peer >= cap(b.per_peer) {
         Some(QueueBound::PerPeer)
-    } else if for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
+    } else if !reply && for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
         Some(QueueBound::Peers)
     } else if b.per_sender > 0 && for_sender >= cap(b.per_sender) {
         Some(QueueBound::PerSender)

@@ -84,3 +84,65 @@ async fn a_peer_refusing_our_file_offer_or_answer_is_told_to_the_user() {
         ("S2S-REFUSED", Some("unknown-transfer"))
     );
 }
+
+/// A port nothing listens on.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `n` subscriptions from watchers on `c` to `subject`, each acknowledged: each queues the
+/// state of the moment back to `c` (a reply, charged to `s2s:c.test`).
+async fn subscribe_many(c: &FakePeer, server: &Fed, domain: &str, subject: &str, n: usize) {
+    let mut link = c.dial(server.s2s, domain).await;
+    for i in 0..n {
+        let sub = Packet::new("S2S-SUBSCRIBE")
+            .with("qid", i.to_string())
+            .with("from", format!("w{i}@c.test"))
+            .with("to", subject);
+        assert_eq!(ask(&mut link, sub).await.verb, "S2S-ACK");
+    }
+}
+
+#[tokio::test]
+async fn replies_to_a_peer_take_no_room_from_local_senders() {
+    let dns = TestDns::start().await;
+    // Tiny bounds: 3 items per peer, 1 peer domain with queued items.
+    let b = Fed::start(&dns, "b.test", |c| {
+        c.federation.queue_max_per_peer = 3;
+        c.federation.max_peers = 1;
+    })
+    .await;
+    let b2 = Fed::start(&dns, "b2.test", |c| {
+        c.federation.max_peers = 1;
+    })
+    .await;
+    let c = FakePeer::start(&dns, "c.test").await;
+    // c.test can dial in but cannot be reached: what is queued for it stays queued.
+    dns.set_srv("_msim-s2s._tcp.c.test", "s2s.c.test", dead_port());
+    let mut bob = b.user("bob").await;
+    let mut carol = b2.user("carol").await;
+
+    // c.test's requests fill its queue with replies beyond the per-peer cap...
+    subscribe_many(&c, &b, "b.test", "bob@b.test", 5).await;
+    // ... and bob still sends to a user of c.test (before: recipient-queue-full).
+    super::send(&mut bob, "eve@c.test", "hello").await;
+
+    // On b2.test (one peer domain with queued items at most), replies to c.test do not take
+    // that one place: carol reaches d.test (before: recipient-queue-full).
+    subscribe_many(&c, &b2, "b2.test", "carol@b2.test", 1).await;
+    super::send(&mut carol, "dan@d.test", "hello").await;
+    // The place is now d.test's: a message to yet another domain is refused as before.
+    carol.send("MESSAGE to=x@e.test text=hi").await;
+    let l = carol
+        .expect_skip_any(&["MESSAGE-SENT", "MESSAGE-SEND-FAILED"])
+        .await;
+    assert_eq!(
+        field(&l, "reason").as_deref(),
+        Some("recipient-queue-full"),
+        "{l}"
+    );
+}
