@@ -63,6 +63,7 @@ async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Pac
         expires_at: ctx
             .now()
             .saturating_add(fed.config.queue_ttl.as_micros() as i64),
+        merge_key: String::new(),
     };
     match fed.queue().write(add).await {
         Ok(_) => {

@@ -27,6 +27,7 @@ pub mod keys;
 pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod queue;
+pub(crate) mod sub_lifetime;
 pub(crate) mod subscriptions;
 pub mod tls;
 

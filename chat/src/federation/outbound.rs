@@ -504,6 +504,7 @@ pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
                 warn!("federation dedupe expiry: {e}");
             }
         }
+        super::sub_lifetime::tick(&sh).await;
     }
 }
 

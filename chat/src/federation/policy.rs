@@ -96,6 +96,9 @@ pub struct FederationConfig {
     pub dedupe_window: Duration,
     /// Most message ids remembered per peer (the oldest are forgotten first).
     pub dedupe_max_per_peer: u64,
+    /// A remote watcher's subscription not renewed within this time lapses (PROTOCOL.md §12.9);
+    /// our own are renewed every quarter of it for users online.
+    pub subscription_lifetime: Duration,
 }
 
 impl Default for FederationConfig {
@@ -126,6 +129,7 @@ impl Default for FederationConfig {
             unauthenticated_max_line: 4096,
             dedupe_window: Duration::from_secs(7 * 86_400),
             dedupe_max_per_peer: 1_000_000,
+            subscription_lifetime: Duration::from_secs(30 * 86_400),
         }
     }
 }

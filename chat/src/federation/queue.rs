@@ -218,10 +218,17 @@ async fn run(
             Ok(done) => {
                 for ((w, d), r) in writes.iter().zip(done).zip(replies.drain(..)) {
                     // A removal that found its item frees a place.
-                    if let (QueueWrite::Remove { peer, .. }, QueueDone::Removed(Some(item))) =
-                        (w, &d)
-                    {
-                        counts.release(peer, &item.sender);
+                    match (w, &d) {
+                        (QueueWrite::Remove { peer, .. }, QueueDone::Removed(Some(item))) => {
+                            counts.release(peer, &item.sender);
+                        }
+                        // The items a newer one replaced left the queue.
+                        (QueueWrite::Add { peer, .. }, QueueDone::Replaced(items)) => {
+                            for item in items {
+                                counts.release(peer, &item.sender);
+                            }
+                        }
+                        _ => {}
                     }
                     if let Some(r) = r {
                         let _ = r.send(match d {

@@ -146,3 +146,149 @@ async fn replies_to_a_peer_take_no_room_from_local_senders() {
         "{l}"
     );
 }
+
+/// What `packets` carry about `subject` for `watcher`: (verb, note or presence).
+fn about(packets: &[Packet], subject: &str, watcher: &str) -> Vec<(String, String)> {
+    packets
+        .iter()
+        .filter(|p| p.get("from") == Some(subject) && p.get("to") == Some(watcher))
+        .filter_map(|p| match p.verb.as_str() {
+            "S2S-PROFILE-CHANGED" => Some((p.verb.clone(), p.get("note")?.to_owned())),
+            "S2S-PRESENCE" => Some((p.verb.clone(), p.get("presence")?.to_owned())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn subscribe(qid: &str, watcher: &str, subject: &str, state: Option<&str>) -> Packet {
+    Packet::new("S2S-SUBSCRIBE")
+        .with("qid", qid)
+        .with("from", watcher)
+        .with("to", subject)
+        .with_opt("state", state.map(str::to_owned))
+}
+
+#[tokio::test]
+async fn presence_and_profile_changes_queued_for_a_watcher_are_coalesced() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |_| {}).await;
+    let mut c = FakePeer::start(&dns, "c.test").await;
+    // c.test dials in but cannot be reached for now: b.test's items for it stay queued.
+    dns.set_srv("_msim-s2s._tcp.c.test", "s2s.c.test", dead_port());
+    let mut bob = b.user("bob").await;
+    bob.send("CONTACTS-ADD id=eve@c.test").await;
+    bob.expect_skip("CONTACTS-ADD-OK").await;
+    let mut link = c.dial(b.s2s, "b.test").await;
+    let sub = subscribe("1", "eve@c.test", "bob@b.test", None);
+    assert_eq!(ask(&mut link, sub).await.verb, "S2S-ACK");
+
+    // Bob edits his note 30 times and comes and goes: one item per watcher and kind stays
+    // queued, the latest (before: one per change, 30 profile items and more).
+    for i in 0..30 {
+        bob.send(&format!("PROFILE-UPDATE note=n{i}")).await;
+        bob.expect_skip("PROFILE-UPDATE-OK").await;
+    }
+    for _ in 0..3 {
+        drop(bob);
+        bob = b.session("bob").await;
+    }
+    let id = super::send(&mut bob, "eve@c.test", "marker").await;
+    dns.set_srv("_msim-s2s._tcp.c.test", "s2s.c.test", c.port);
+    let before = c.until_message(&id).await;
+    let seen = about(&before, "bob@b.test", "eve@c.test");
+    let profiles: Vec<_> = seen
+        .iter()
+        .filter(|(v, _)| v == "S2S-PROFILE-CHANGED")
+        .collect();
+    assert_eq!(profiles.len(), 1, "{seen:?}");
+    assert_eq!(profiles[0].1, "n29");
+    let presences: Vec<_> = seen.iter().filter(|(v, _)| v == "S2S-PRESENCE").collect();
+    assert_eq!(presences.len(), 1, "{seen:?}");
+    assert_eq!(presences[0].1, "online");
+    // And the full name comes with a note change, so the one item says everything.
+    let p = before
+        .iter()
+        .find(|p| p.verb == "S2S-PROFILE-CHANGED")
+        .unwrap();
+    assert_eq!(p.get("name"), Some("bob"));
+}
+
+/// A subscription's lifetime in the lifetime test (the server's clock is advanced by hand).
+const LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[tokio::test]
+async fn subscriptions_lapse_unless_renewed_and_a_live_renewal_sends_no_state() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |c| {
+        c.federation.subscription_lifetime = LIFETIME;
+        c.purge_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let mut c = FakePeer::start(&dns, "c.test").await;
+    let mut bob = b.user("bob").await;
+    bob.send("CONTACTS-ADD id=eve@c.test").await;
+    bob.expect_skip("CONTACTS-ADD-OK").await;
+    let mut link = c.dial(b.s2s, "b.test").await;
+
+    // A new subscription gets the state of the moment.
+    let r = ask(&mut link, subscribe("1", "eve@c.test", "bob@b.test", None)).await;
+    assert_eq!(r.verb, "S2S-ACK");
+    let p = c.next_of("S2S-PRESENCE").await;
+    assert_eq!(p.get("to"), Some("eve@c.test"));
+
+    // A renewal of the live subscription with state=changed: no state again (before: the
+    // full state at every renewal); changes still come.
+    let r = ask(
+        &mut link,
+        subscribe("2", "eve@c.test", "bob@b.test", Some("changed")),
+    )
+    .await;
+    assert_eq!(r.verb, "S2S-ACK");
+    let id = super::send(&mut bob, "eve@c.test", "m1").await;
+    let before = c.until_message(&id).await;
+    assert_eq!(about(&before, "bob@b.test", "eve@c.test"), vec![]);
+    bob.send("PROFILE-UPDATE note=changed").await;
+    bob.expect_skip("PROFILE-UPDATE-OK").await;
+    let id = super::send(&mut bob, "eve@c.test", "m2").await;
+    let before = c.until_message(&id).await;
+    assert_eq!(
+        about(&before, "bob@b.test", "eve@c.test"),
+        vec![("S2S-PROFILE-CHANGED".to_owned(), "changed".to_owned())]
+    );
+    // A watcher that asks (no `state=`: it keeps no copy) gets it.
+    let r = ask(&mut link, subscribe("3", "eve@c.test", "bob@b.test", None)).await;
+    assert_eq!(r.verb, "S2S-ACK");
+    let id = super::send(&mut bob, "eve@c.test", "m3").await;
+    let before = c.until_message(&id).await;
+    assert_eq!(about(&before, "bob@b.test", "eve@c.test").len(), 2);
+
+    // b.test keeps its own subscription to eve alive on its own while bob stays online:
+    // every quarter of the lifetime, asking for no state.
+    b.server.clock.advance(LIFETIME / 4);
+    loop {
+        let keep = c.next_of("S2S-SUBSCRIBE").await;
+        if keep.get("from") == Some("bob@b.test") && keep.get("state") == Some("changed") {
+            break;
+        }
+    }
+
+    // Not renewed for a lifetime: eve hears nothing more of bob (before: forever).
+    b.server.clock.advance(LIFETIME);
+    bob.send("PROFILE-UPDATE note=late").await;
+    bob.expect_skip("PROFILE-UPDATE-OK").await;
+    let id = super::send(&mut bob, "eve@c.test", "late").await;
+    assert_eq!(
+        about(&c.until_message(&id).await, "bob@b.test", "eve@c.test"),
+        vec![]
+    );
+    // Subscribing again after the lapse is a new subscription: the state comes, even with
+    // state=changed.
+    let r = ask(
+        &mut link,
+        subscribe("4", "eve@c.test", "bob@b.test", Some("changed")),
+    )
+    .await;
+    assert_eq!(r.verb, "S2S-ACK");
+    let p = c.next_of("S2S-PROFILE-CHANGED").await;
+    assert_eq!(p.get("to"), Some("eve@c.test"));
+}

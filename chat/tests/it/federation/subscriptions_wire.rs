@@ -42,6 +42,8 @@ pub(super) struct FakePeer {
     key: Arc<ServerKey>,
     /// What other servers sent to our listener, in order.
     received: mpsc::UnboundedReceiver<Packet>,
+    /// The port of its s2s listener (published in DNS).
+    pub(super) port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -62,6 +64,7 @@ impl FakePeer {
         let dir = tempfile::tempdir().unwrap();
         keys::generate(dir.path(), domain).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         publish(
             dns,
             domain,
@@ -123,6 +126,7 @@ impl FakePeer {
             domain: domain.to_owned(),
             key,
             received,
+            port,
             _dir: dir,
         }
     }
@@ -165,7 +169,7 @@ impl FakePeer {
 
     /// Everything received until the `S2S-MESSAGE` with `id` (b.test's queue to us is ordered,
     /// so whatever it queued before that message arrives before it).
-    async fn until_message(&mut self, id: &str) -> Vec<Packet> {
+    pub(super) async fn until_message(&mut self, id: &str) -> Vec<Packet> {
         let mut before = Vec::new();
         loop {
             let p = tokio::time::timeout(WAIT, self.received.recv())
