@@ -47,7 +47,7 @@ pub(crate) fn may_offer(fed: &Federation, to: &str) -> bool {
 /// The queue budget of replies to `peer`'s packets (§12.5): a peer's packets cannot use up
 /// the local users' budgets.
 fn peer_budget(peer: &str) -> String {
-    format!("s2s:{peer}")
+    super::queue::reply_budget(peer)
 }
 
 /// Queues a packet for `peer`, charged to `budget` (the local user it is for, or
@@ -322,7 +322,7 @@ async fn offer_in(sh: &Shared, peer: &str, from: String, login: String, p: &Pack
     // against one "address", with the local limits (§10.2).
     let op = PrivacyOp::CreateOffer {
         offer: Box::new(o.clone()),
-        addr: format!("s2s:{peer}"),
+        addr: peer_budget(peer),
         limits: offer_limits(&ctx, now),
     };
     let refusal = match ctx.writer.write(WriteOp::Privacy(op)).await {

@@ -121,6 +121,12 @@ pub(crate) fn is_reply(sender: &str) -> bool {
 /// The prefix of the budget of replies to a peer (`s2s:<peer>`, PROTOCOL.md §12.6).
 pub(crate) const REPLY_BUDGET: &str = "s2s:";
 
+/// The budget of replies to `peer`: one per registrable domain (`s2s:evil.example` for every
+/// `*.evil.example`), so a zone's many names share one.
+pub(crate) fn reply_budget(peer: &str) -> String {
+    format!("{REPLY_BUDGET}{}", super::domain::registrable(peer))
+}
+
 impl Counts {
     /// Admits one more item or says which bound it hits.
     fn admit(&mut self, peer: &str, sender: &str, l: Limits) -> Result<(), QueueError> {

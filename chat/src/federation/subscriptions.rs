@@ -478,7 +478,7 @@ async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &st
             items.push((peer.clone(), presence_packet(ctx, subject, watcher, &v)));
         }
     }
-    queue_all(fed, ctx, &format!("s2s:{peer}"), items).await;
+    queue_all(fed, ctx, &super::queue::reply_budget(&peer), items).await;
 }
 
 #[cfg(test)]

@@ -292,3 +292,51 @@ async fn subscriptions_lapse_unless_renewed_and_a_live_renewal_sends_no_state() 
     let p = c.next_of("S2S-PROFILE-CHANGED").await;
     assert_eq!(p.get("to"), Some("eve@c.test"));
 }
+
+#[tokio::test]
+async fn the_names_of_one_zone_share_one_peers_limits() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |c| {
+        c.federation.max_links_per_domain = 2;
+        c.federation.peer_rate = 1;
+        c.federation.peer_burst = 4;
+    })
+    .await;
+    // One zone with a wildcard: any number of names, each with a key of its own.
+    let mut evil = Vec::new();
+    for i in 0..3 {
+        evil.push(FakePeer::start(&dns, &format!("a{i}.evil.test")).await);
+    }
+    let c = FakePeer::start(&dns, "c.test").await;
+
+    // Two links for all of *.evil.test; the third name is told to come back later and closed
+    // (before: a link per name, up to the listener's 1,000).
+    let mut l0 = evil[0].dial(b.s2s, "b.test").await;
+    let mut l1 = evil[1].dial(b.s2s, "b.test").await;
+    let mut l2 = evil[2].dial(b.s2s, "b.test").await;
+    let r = super::subscriptions_wire::next(&mut l2)
+        .await
+        .expect("a refusal");
+    assert_eq!(
+        (r.verb.as_str(), r.get("reason")),
+        ("S2S-RETRY", Some("too-many-links")),
+        "{r:?}"
+    );
+    assert!(r.get("retry-after").is_some());
+    assert!(super::subscriptions_wire::next(&mut l2).await.is_none());
+
+    // One bucket for the zone: 4 packets in a burst for both names together (before: 4 each).
+    let ping = |n: &str| Packet::new("PING").with("ref", n);
+    for n in ["1", "2"] {
+        assert_eq!(ask(&mut l0, ping(n)).await.verb, "PONG");
+        assert_eq!(ask(&mut l1, ping(n)).await.verb, "PONG");
+    }
+    let r = ask(&mut l1, ping("3")).await;
+    assert_eq!(r.verb, "S2S-RETRY", "{r:?}");
+
+    // Another domain is not affected.
+    let mut lc = c.dial(b.s2s, "b.test").await;
+    for n in ["1", "2", "3", "4"] {
+        assert_eq!(ask(&mut lc, ping(n)).await.verb, "PONG");
+    }
+}
