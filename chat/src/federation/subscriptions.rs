@@ -86,6 +86,9 @@ fn merge_key(p: &Packet) -> String {
     let kind = match p.verb.as_str() {
         "S2S-PRESENCE" => "presence",
         "S2S-PROFILE-CHANGED" => "profile",
+        // A keep-alive (`state=changed`) replaces only a keep-alive: it must not take the
+        // place of a renewal that asked for the state.
+        "S2S-SUBSCRIBE" if p.get("state").is_some() => "keep-alive",
         "S2S-SUBSCRIBE" | "S2S-UNSUBSCRIBE" => "subscription",
         _ => return String::new(),
     };
