@@ -188,8 +188,9 @@ pub struct ChatSettings {
     /// Also dial peers whose addresses are loopback or private (tests, private networks).
     #[arg(long, env = "MSIM_CHAT_S2S_ALLOW_PRIVATE")]
     pub s2s_allow_private: Option<bool>,
-    /// Packets per second one peer domain may send us, all its links to this node together;
-    /// beyond it the peer is told to retry later (S2S-RETRY) [default: 2000].
+    /// Packets per second one peer domain may send us (counted per registrable domain: all
+    /// names of one zone together), all its links to this node together; beyond it the peer
+    /// is told to retry later (S2S-RETRY) [default: 2000].
     #[arg(long, env = "MSIM_CHAT_S2S_PEER_RATE", value_name = "N")]
     pub s2s_peer_rate: Option<u32>,
     /// Burst of packets a peer domain may send above --s2s-peer-rate [default: 10000].

@@ -138,6 +138,7 @@ const FEDERATION_TABLES: &[(&str, &[(&str, Kind)])] = {
                 ("sender", Text),
                 ("message_id", Text),
                 ("expires_at", Int),
+                ("merge_key", Text),
             ],
         ),
         (
@@ -226,6 +227,8 @@ async fn copy_between(source: &Db, target: &Db) -> Result<Vec<(&'static str, u64
     let (Backend::Sqlite(src), Backend::Postgres(dst)) = (&source.backend, &target.backend) else {
         return Err(CopyError::NotPostgres);
     };
+    // Federation tables made by an older version get their newer columns first.
+    source.federation_columns().await?;
     // One read transaction: every table as of one moment, whatever else writes meanwhile.
     let mut snapshot = src.pool.begin().await?;
     let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
@@ -483,6 +486,7 @@ mod tests {
                     recipient: "zed@b.example".into(),
                     at: 11,
                     expires_at: i64::MAX,
+                    merge_key: String::new(),
                 }],
                 Default::default(),
             )

@@ -38,6 +38,10 @@ pub(crate) enum QueueWrite {
         recipient: String,
         at: i64,
         expires_at: i64,
+        /// Not empty: the item replaces every queued item of `peer` with the same key (only
+        /// the latest state of something needs to go, PROTOCOL.md §12.9); in flight ones are
+        /// sent again under the new `qid`, an answer for the old one removes nothing.
+        merge_key: String,
     },
     /// Remove an item the peer answered.
     Remove { peer: String, seq: i64 },
@@ -50,6 +54,8 @@ pub(crate) enum QueueWrite {
 pub(crate) enum QueueDone {
     /// Added.
     Added,
+    /// Added in place of these items (same merge key), now gone.
+    Replaced(Vec<QueuedItem>),
     /// Removed (the item, if it was there).
     Removed(Option<QueuedItem>),
     /// Remembered.
@@ -124,18 +130,20 @@ async fn over_bound(
     b: QueueBounds,
 ) -> Result<Option<QueueBound>, sqlx::Error> {
     let cap = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    // Replies to a peer (`s2s:<peer>`) count only against their own budget (queue.rs).
     let (for_peer, for_sender, peers): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1), \
+        "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1 AND sender NOT LIKE 's2s:%'), \
                 (SELECT COUNT(*) FROM fed_queue WHERE sender = $2 AND $2 <> ''), \
-                (SELECT COUNT(DISTINCT peer) FROM fed_queue)",
+                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender NOT LIKE 's2s:%')",
     )
     .bind(peer)
     .bind(sender)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(if b.per_peer > 0 && for_peer >= cap(b.per_peer) {
+    let reply = crate::federation::queue::is_reply(sender);
+    Ok(if !reply && b.per_peer > 0 && for_peer >= cap(b.per_peer) {
         Some(QueueBound::PerPeer)
-    } else if for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
+    } else if !reply && for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
         Some(QueueBound::Peers)
     } else if b.per_sender > 0 && for_sender >= cap(b.per_sender) {
         Some(QueueBound::PerSender)
@@ -158,7 +166,8 @@ impl Db {
                  line TEXT NOT NULL,
                  sender TEXT NOT NULL DEFAULT '',
                  message_id TEXT NOT NULL DEFAULT '',
-                 expires_at INTEGER NOT NULL
+                 expires_at INTEGER NOT NULL,
+                 merge_key TEXT NOT NULL DEFAULT ''
              );
              CREATE INDEX IF NOT EXISTS fed_queue_peer ON fed_queue (peer, seq);
              CREATE INDEX IF NOT EXISTS fed_queue_expiry ON fed_queue (expires_at);
@@ -177,6 +186,7 @@ impl Db {
                  PRIMARY KEY (subject, watcher)
              );
              CREATE INDEX IF NOT EXISTS fed_subs_peer ON fed_subs (peer, subject);
+             CREATE INDEX IF NOT EXISTS fed_subs_at ON fed_subs (at);
              CREATE TABLE IF NOT EXISTS fed_seen (
                  peer TEXT NOT NULL,
                  id TEXT NOT NULL,
@@ -187,6 +197,39 @@ impl Db {
         )
         .execute(&store.writes)
         .await?;
+        self.federation_columns().await?;
+        sqlx::raw_sql(
+            "CREATE INDEX IF NOT EXISTS fed_queue_merge ON fed_queue (peer, merge_key) \
+             WHERE merge_key <> ''",
+        )
+        .execute(&store.writes)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds the columns later versions gave the federation tables to SQLite tables made before
+    /// them (PostgreSQL: the migrations); tables that do not exist are left alone.
+    pub(crate) async fn federation_columns(&self) -> Result<(), DbError> {
+        let Backend::Sqlite(store) = &self.backend else {
+            return Ok(());
+        };
+        for (table, column, ddl) in [(
+            "fed_queue",
+            "merge_key",
+            "ALTER TABLE fed_queue ADD COLUMN merge_key TEXT NOT NULL DEFAULT ''",
+        )] {
+            let (tables, columns): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1), \
+                        (SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2)",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&store.writes)
+            .await?;
+            if tables > 0 && columns == 0 {
+                sqlx::raw_sql(ddl).execute(&store.writes).await?;
+            }
+        }
         Ok(())
     }
 
@@ -218,21 +261,36 @@ impl Db {
                         recipient,
                         at,
                         expires_at,
+                        merge_key,
                     } => {
+                        let replaced: Vec<ItemRow> = if merge_key.is_empty() {
+                            Vec::new()
+                        } else {
+                            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                                "DELETE FROM fed_queue WHERE peer = $1 AND merge_key = $2 \
+                                 RETURNING {ITEM_COLUMNS}"
+                            )))
+                            .bind(peer)
+                            .bind(merge_key)
+                            .fetch_all(&mut *tx)
+                            .await?
+                        };
                         let hit = BoundCheck::over_bound(&mut *tx, peer, sender, bounds).await?;
                         if let Some(hit) = hit {
                             out.push(QueueDone::Refused(hit));
                             continue;
                         }
                         sqlx::query(
-                            "INSERT INTO fed_queue (peer, line, sender, message_id, expires_at) \
-                             VALUES ($1, $2, $3, $4, $5)",
+                            "INSERT INTO fed_queue \
+                             (peer, line, sender, message_id, expires_at, merge_key) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
                         )
                         .bind(peer)
                         .bind(line)
                         .bind(sender)
                         .bind(message_id)
                         .bind(expires_at)
+                        .bind(merge_key)
                         .execute(&mut *tx)
                         .await?;
                         if !message_id.is_empty() {
@@ -247,7 +305,11 @@ impl Db {
                             .execute(&mut *tx)
                             .await?;
                         }
-                        out.push(QueueDone::Added);
+                        out.push(if replaced.is_empty() {
+                            QueueDone::Added
+                        } else {
+                            QueueDone::Replaced(replaced.into_iter().map(item).collect())
+                        });
                     }
                     QueueWrite::Remove { peer, seq } => {
                         let row: Option<ItemRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -13,8 +13,10 @@ pub(crate) const MAX_SUBS_PER_PEER_SUBJECT: i64 = 1_000;
 /// The result of storing a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Subscribed {
-    /// Stored (new, or renewed).
+    /// Stored: new, or one past its lifetime taken up again.
     Stored,
+    /// A live subscription renewed.
+    Renewed,
     /// No such local user.
     UnknownUser,
     /// The peer holds its maximum.
@@ -44,13 +46,14 @@ impl Subscriber {
 
 impl Db {
     /// Stores (or renews) `watcher`'s subscription to local user `subject`, within the
-    /// per-peer bounds.
+    /// per-peer bounds; one stored or renewed before `live_since` had lapsed (not swept yet).
     pub(crate) async fn federation_subscribe(
         &self,
         peer: &str,
         watcher: &str,
         subject: &str,
         now: i64,
+        live_since: i64,
     ) -> Result<Subscribed, DbError> {
         writes!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -61,16 +64,21 @@ impl Db {
             if user.is_none() {
                 return Ok(Subscribed::UnknownUser);
             }
-            let renewed = sqlx::query(
-                "UPDATE fed_subs SET at = $1 WHERE subject = $2 AND watcher = $3",
+            let before: Option<(i64,)> = sqlx::query_as(
+                "SELECT at FROM fed_subs WHERE subject = $1 AND watcher = $2",
             )
-            .bind(now)
             .bind(subject)
             .bind(watcher)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if renewed == 0 {
+            .fetch_optional(&mut *tx)
+            .await?;
+            if before.is_some() {
+                sqlx::query("UPDATE fed_subs SET at = $1 WHERE subject = $2 AND watcher = $3")
+                    .bind(now)
+                    .bind(subject)
+                    .bind(watcher)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
                 let (all, this): (i64, i64) = sqlx::query_as(
                     "SELECT COUNT(*), COALESCE(SUM(CASE WHEN subject = $2 THEN 1 ELSE 0 END), 0) \
                      FROM fed_subs WHERE peer = $1",
@@ -93,8 +101,28 @@ impl Db {
                 .await?;
             }
             tx.commit().await?;
-            Ok(Subscribed::Stored)
+            Ok(match before {
+                Some((at,)) if at >= live_since => Subscribed::Renewed,
+                _ => Subscribed::Stored,
+            })
         })
+    }
+
+    /// Forgets subscriptions not renewed since `before` (at most `limit`); returns how many.
+    pub(crate) async fn federation_subs_expire(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, DbError> {
+        Ok(writes!(self, w => sqlx::query(
+            "DELETE FROM fed_subs WHERE (subject, watcher) IN \
+             (SELECT subject, watcher FROM fed_subs WHERE at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(w)
+        .await
+        .map(|r| r.rows_affected()))?)
     }
 
     /// Forgets `watcher`'s subscription to `subject` (nothing when there is none).
@@ -113,12 +141,13 @@ impl Db {
     }
 
     /// The remote watchers of local user `subject` (at most [`MAX_SUBS_PER_PEER_SUBJECT`] per
-    /// peer), with what decides whether each may see the presence. `only` limits them to one
-    /// watcher.
+    /// peer) whose subscription was stored or renewed since `live_since`, with what decides
+    /// whether each may see the presence. `only` limits them to one watcher.
     pub(crate) async fn federation_subscribers(
         &self,
         subject: &str,
         only: Option<&str>,
+        live_since: i64,
     ) -> Result<Vec<Subscriber>, DbError> {
         let rows: Vec<(String, String, i64, i64)> = read!(self, p => sqlx::query_as(
             "SELECT s.peer, s.watcher, CAST(CASE WHEN \
@@ -127,10 +156,12 @@ impl Db {
                THEN 1 ELSE 0 END AS BIGINT), \
                CAST(CASE WHEN u.last_seen_visibility != 'nobody' THEN 1 ELSE 0 END AS BIGINT) \
              FROM fed_subs s JOIN users u ON u.login = s.subject \
-             WHERE s.subject = $1 AND ($2 = '' OR s.watcher = $2) ORDER BY s.peer, s.watcher",
+             WHERE s.subject = $1 AND ($2 = '' OR s.watcher = $2) AND s.at >= $3 \
+             ORDER BY s.peer, s.watcher",
         )
         .bind(subject)
         .bind(only.unwrap_or_default())
+        .bind(live_since)
         .fetch_all(p)
         .await)?;
         Ok(rows

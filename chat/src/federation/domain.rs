@@ -88,3 +88,30 @@ mod tests {
         assert!(c(&max[2..]).is_some());
     }
 }
+
+/// The registrable domain of a canonical domain (Public Suffix List: `a.b.example.co.uk` →
+/// `example.co.uk`; a name outside the list counts its last label as the suffix, so
+/// `x.evil.test` → `evil.test`), or the domain itself when it is a public suffix. Per-peer
+/// limits are kept per registrable domain: one DNS zone with a wildcard gives its owner any
+/// number of names (each with its own key), which must not multiply every budget
+/// (PROTOCOL.md §12.5).
+pub fn registrable(domain: &str) -> String {
+    psl::domain_str(domain).unwrap_or(domain).to_owned()
+}
+
+#[cfg(test)]
+mod registrable_tests {
+    use super::registrable;
+
+    #[test]
+    fn subdomains_share_their_registrable_domain() {
+        assert_eq!(registrable("a1.evil.test"), "evil.test");
+        assert_eq!(registrable("x.y.evil.test"), "evil.test");
+        assert_eq!(registrable("evil.test"), "evil.test");
+        assert_eq!(registrable("chat.example.co.uk"), "example.co.uk");
+        assert_eq!(registrable("alice.github.io"), "alice.github.io");
+        assert_ne!(registrable("b.test"), registrable("c.test"));
+        // A public suffix itself is its own group.
+        assert_eq!(registrable("co.uk"), "co.uk");
+    }
+}

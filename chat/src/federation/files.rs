@@ -47,7 +47,7 @@ pub(crate) fn may_offer(fed: &Federation, to: &str) -> bool {
 /// The queue budget of replies to `peer`'s packets (§12.5): a peer's packets cannot use up
 /// the local users' budgets.
 fn peer_budget(peer: &str) -> String {
-    format!("s2s:{peer}")
+    super::queue::reply_budget(peer)
 }
 
 /// Queues a packet for `peer`, charged to `budget` (the local user it is for, or
@@ -63,6 +63,7 @@ async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Pac
         expires_at: ctx
             .now()
             .saturating_add(fed.config.queue_ttl.as_micros() as i64),
+        merge_key: String::new(),
     };
     match fed.queue().write(add).await {
         Ok(_) => {
@@ -78,7 +79,7 @@ async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Pac
 
 /// Tells local user `login` that transfer `id` ended with `reason` (stored for later logins
 /// like every file result, §10.6).
-async fn tell(ctx: &Ctx<'_>, login: &str, id: &str, reason: FileRejection) {
+pub(super) async fn tell(ctx: &Ctx<'_>, login: &str, id: &str, reason: FileRejection) {
     let expires = ctx.now() + ctx.config.offer_ttl.as_micros() as i64;
     let note = Note::new(login.to_owned(), id, NoticeBody::rejected(id, reason));
     notify(ctx, expires, vec![note]).await;
@@ -321,7 +322,7 @@ async fn offer_in(sh: &Shared, peer: &str, from: String, login: String, p: &Pack
     // against one "address", with the local limits (§10.2).
     let op = PrivacyOp::CreateOffer {
         offer: Box::new(o.clone()),
-        addr: format!("s2s:{peer}"),
+        addr: peer_budget(peer),
         limits: offer_limits(&ctx, now),
     };
     let refusal = match ctx.writer.write(WriteOp::Privacy(op)).await {

@@ -3,8 +3,10 @@
 //! - before: at most `max_unauthenticated_per_ip` connections at once from one address (one
 //!   /64 for IPv6) that have not finished the handshake, so one host cannot take the
 //!   listener's slots (the global `max_inbound` cap alone let it lock out every peer);
-//! - after: one token bucket per peer domain shared by all its links, so opening more links
-//!   does not multiply its rate.
+//! - after: one token bucket per registrable domain shared by all its links and subdomains, so
+//!   opening more links, or using more names of one DNS zone, does not multiply its rate; one
+//!   bucket for all peers together; at most a few authenticated links per registrable domain
+//!   and a bound on all of them (PROTOCOL.md §12.5).
 
 use super::FederationConfig;
 use std::collections::HashMap;
@@ -22,6 +24,39 @@ pub(crate) struct Guard {
     buckets: Mutex<HashMap<String, Bucket>>,
     rate: f64,
     burst: f64,
+    /// All peers together.
+    total: Mutex<Bucket>,
+    total_rate: f64,
+    total_burst: f64,
+    links: Arc<Mutex<Links>>,
+    max_links_per_domain: usize,
+    max_authenticated: usize,
+}
+
+/// Authenticated inbound links: per registrable domain, and in all.
+#[derive(Default)]
+struct Links {
+    per_domain: HashMap<String, usize>,
+    all: usize,
+}
+
+/// An authenticated inbound link's place; freed when dropped.
+pub(crate) struct LinkPlace {
+    links: Arc<Mutex<Links>>,
+    domain: String,
+}
+
+impl Drop for LinkPlace {
+    fn drop(&mut self) {
+        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        l.all = l.all.saturating_sub(1);
+        if let Some(n) = l.per_domain.get_mut(&self.domain) {
+            *n -= 1;
+            if *n == 0 {
+                l.per_domain.remove(&self.domain);
+            }
+        }
+    }
 }
 
 /// A token bucket.
@@ -70,7 +105,36 @@ impl Guard {
             buckets: Mutex::default(),
             rate: f64::from(c.peer_rate),
             burst: f64::from(c.peer_burst.max(1)),
+            total: Mutex::new(Bucket {
+                tokens: f64::from(c.total_burst.max(1)),
+                at: Instant::now(),
+            }),
+            total_rate: f64::from(c.total_rate),
+            total_burst: f64::from(c.total_burst.max(1)),
+            links: Arc::default(),
+            max_links_per_domain: c.max_links_per_domain,
+            max_authenticated: c.max_authenticated,
         }
+    }
+
+    /// A place for an authenticated inbound link of registrable domain `domain`; `Err` with
+    /// the reason (`too-many-links`: that domain has all it may have; `busy`: all peers
+    /// together have) otherwise. 0 = unbounded.
+    pub(crate) fn link(&self, domain: &str) -> Result<LinkPlace, &'static str> {
+        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if self.max_authenticated > 0 && l.all >= self.max_authenticated {
+            return Err("busy");
+        }
+        let n = l.per_domain.get(domain).copied().unwrap_or(0);
+        if self.max_links_per_domain > 0 && n >= self.max_links_per_domain {
+            return Err("too-many-links");
+        }
+        l.all += 1;
+        *l.per_domain.entry(domain.to_owned()).or_default() += 1;
+        Ok(LinkPlace {
+            links: self.links.clone(),
+            domain: domain.to_owned(),
+        })
     }
 
     /// A place for a new unauthenticated connection from `ip`, or `None` when that address
@@ -92,8 +156,18 @@ impl Guard {
         })
     }
 
-    /// Takes one packet from `peer`'s bucket; `Err(seconds)` to wait when it is empty.
+    /// Takes one packet from the bucket of registrable domain `peer`, then from the one of all
+    /// peers; `Err(seconds)` to wait when either is empty.
     pub(crate) fn take(&self, peer: &str) -> Result<(), u64> {
+        self.take_peer(peer)?;
+        if self.total_rate <= 0.0 {
+            return Ok(());
+        }
+        let mut b = self.total.lock().unwrap_or_else(|e| e.into_inner());
+        refill_and_take(&mut b, self.total_rate, self.total_burst, Instant::now())
+    }
+
+    fn take_peer(&self, peer: &str) -> Result<(), u64> {
         if self.rate <= 0.0 {
             return Ok(());
         }
@@ -110,14 +184,19 @@ impl Guard {
             tokens: self.burst,
             at: now,
         });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
-        b.at = now;
-        if b.tokens < 1.0 {
-            return Err(((1.0 - b.tokens) / self.rate).ceil().max(1.0) as u64);
-        }
-        b.tokens -= 1.0;
-        Ok(())
+        refill_and_take(b, self.rate, self.burst, now)
     }
+}
+
+/// Refills `b` up to now, then takes one token; `Err(seconds)` until one is there.
+fn refill_and_take(b: &mut Bucket, rate: f64, burst: f64, now: Instant) -> Result<(), u64> {
+    b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+    b.at = now;
+    if b.tokens < 1.0 {
+        return Err(((1.0 - b.tokens) / rate).ceil().max(1.0) as u64);
+    }
+    b.tokens -= 1.0;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,5 +239,36 @@ mod tests {
         }
         assert_eq!(g.take("c.test"), Err(1));
         assert!(g.take("d.test").is_ok());
+    }
+
+    #[test]
+    fn one_bucket_for_all_peers_together() {
+        let g = Guard::new(&FederationConfig {
+            peer_rate: 100,
+            peer_burst: 100,
+            total_rate: 1,
+            total_burst: 4,
+            ..Default::default()
+        });
+        for d in ["a.test", "b.test", "c.test", "d.test"] {
+            assert!(g.take(d).is_ok());
+        }
+        assert_eq!(g.take("e.test"), Err(1));
+    }
+
+    #[test]
+    fn authenticated_links_are_bounded_per_domain_and_in_all() {
+        let g = Guard::new(&FederationConfig {
+            max_links_per_domain: 2,
+            max_authenticated: 3,
+            ..Default::default()
+        });
+        let a1 = g.link("evil.test").expect("a place");
+        let _a2 = g.link("evil.test").expect("a place");
+        assert_eq!(g.link("evil.test").err(), Some("too-many-links"));
+        let _b = g.link("b.test").expect("a place");
+        assert_eq!(g.link("c.test").err(), Some("busy"));
+        drop(a1);
+        assert!(g.link("evil.test").is_ok());
     }
 }

@@ -62,6 +62,7 @@ pub(crate) async fn send_message(
             recipient: to,
             at,
             expires_at: expires,
+            merge_key: String::new(),
         })
         .await;
     match queued {
@@ -114,6 +115,7 @@ pub(crate) async fn forward_receipt(
         recipient: String::new(),
         at,
         expires_at: expires,
+        merge_key: String::new(),
     };
     match fed.queue().write(add).await {
         Ok(_) => fed.wake(&peer),

@@ -27,6 +27,8 @@ use tracing::{debug, info, warn};
 const WINDOW: usize = 256;
 /// Refused packets after which a link is closed.
 const MAX_VIOLATIONS: u32 = 3;
+/// When a peer refused for its number of links may come back (`S2S-RETRY retry-after=`).
+const LINK_RETRY_SECS: u64 = 10;
 /// Longest s2s line (a message of max-text bytes percent-encoded fits).
 pub const S2S_MAX_LINE: usize = 256 * 1024;
 
@@ -105,6 +107,19 @@ async fn serve(
         Err(_) => return debug!(%addr, "s2s handshake timed out"),
     };
     drop(place);
+    // Limits count per registrable domain: one zone's many names are one peer for them.
+    let group = super::domain::registrable(&peer);
+    let _link_place = match fed.guard.link(&group) {
+        Ok(p) => p,
+        Err(reason) => {
+            info!(%addr, %peer, reason, "s2s link refused");
+            let retry = Packet::new("S2S-RETRY")
+                .with("retry-after", LINK_RETRY_SECS.to_string())
+                .with("reason", reason);
+            let _ = link.send(retry).await;
+            return;
+        }
+    };
     *link.codec_mut() = PacketCodec::new(S2S_MAX_LINE).with_max_records(0);
     info!(%addr, %peer, "s2s link in");
     if let Err(e) = receive(&sh, &mut link, &peer).await {
@@ -201,6 +216,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut storing: VecDeque<Storing> = VecDeque::new();
     let mut violations = 0u32;
     let idle = fed.config.link_idle * 2;
+    let group = super::domain::registrable(peer);
     let result = loop {
         let can_read = storing.len() < WINDOW;
         let event = {
@@ -248,8 +264,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Event::Read(Some(Ok(Ok(p)))) => p,
         };
-        // One bucket for the peer's domain, all its links together.
-        if let Err(wait) = fed.guard.take(peer) {
+        // One bucket for the peer's registrable domain, all its links together, and one for
+        // all peers.
+        if let Err(wait) = fed.guard.take(&group) {
             let retry = Packet::new("S2S-RETRY").with("retry-after", wait.to_string());
             let _ = link
                 .send(retry.with_opt("qid", p.get("qid").map(str::to_owned)))

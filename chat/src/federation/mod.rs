@@ -15,6 +15,7 @@ pub(crate) mod answers;
 pub mod dns;
 pub mod domain;
 pub(crate) mod drain;
+pub(crate) mod file_refusals;
 pub(crate) mod files;
 mod grant_url;
 pub(crate) mod guard;
@@ -26,6 +27,7 @@ pub mod keys;
 pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod queue;
+pub(crate) mod sub_lifetime;
 pub(crate) mod subscriptions;
 pub mod tls;
 

@@ -327,6 +327,9 @@ impl PeerTask {
                                 Ok(QueueDone::Removed(Some(item))) if !item.message_id.is_empty() => {
                                     tell_failed(&self.sh, vec![(item.message_id, item.sender)], SendFailure::parse(&reason)).await;
                                 }
+                                Ok(QueueDone::Removed(Some(item))) => {
+                                    super::file_refusals::refused(&self.sh, &self.peer, &item.line, &reason).await;
+                                }
                                 Ok(_) => {}
                                 Err(e) => return LinkEnd::Failed(e.to_string(), None),
                             }
@@ -501,6 +504,7 @@ pub(crate) async fn expiry_loop(sh: Arc<Shared>, stop: CancellationToken) {
                 warn!("federation dedupe expiry: {e}");
             }
         }
+        super::sub_lifetime::tick(&sh).await;
     }
 }
 

@@ -79,11 +79,20 @@ pub struct FederationConfig {
     pub max_clock_skew: Duration,
     /// An outbound link with nothing to send is closed after this long.
     pub link_idle: Duration,
-    /// Packets per second one peer domain may send, all its inbound links together (bucket
-    /// refill); 0 = unlimited.
+    /// Packets per second one registrable domain may send, all its inbound links (and
+    /// subdomains) together (bucket refill); 0 = unlimited.
     pub peer_rate: u32,
     /// Packets one peer domain may send in a burst.
     pub peer_burst: u32,
+    /// Packets per second all peers together may send (a global bucket beside each registrable
+    /// domain's); 0 = unlimited.
+    pub total_rate: u32,
+    /// Packets all peers together may send in a burst.
+    pub total_burst: u32,
+    /// Most authenticated inbound links of one registrable domain (all its subdomains).
+    pub max_links_per_domain: usize,
+    /// Most authenticated inbound links in all (the rest of `max_inbound` stays for handshakes).
+    pub max_authenticated: usize,
     /// Most inbound s2s connections at once.
     pub max_inbound: usize,
     /// Most inbound s2s connections at once from one IP address (one /64 for IPv6) that have
@@ -96,6 +105,9 @@ pub struct FederationConfig {
     pub dedupe_window: Duration,
     /// Most message ids remembered per peer (the oldest are forgotten first).
     pub dedupe_max_per_peer: u64,
+    /// A remote watcher's subscription not renewed within this time lapses (PROTOCOL.md §12.9);
+    /// our own are renewed every quarter of it for users online.
+    pub subscription_lifetime: Duration,
 }
 
 impl Default for FederationConfig {
@@ -121,11 +133,16 @@ impl Default for FederationConfig {
             link_idle: Duration::from_secs(120),
             peer_rate: 2_000,
             peer_burst: 10_000,
+            total_rate: 20_000,
+            total_burst: 100_000,
+            max_links_per_domain: 8,
+            max_authenticated: 500,
             max_inbound: 1_000,
             max_unauthenticated_per_ip: 8,
             unauthenticated_max_line: 4096,
             dedupe_window: Duration::from_secs(7 * 86_400),
             dedupe_max_per_peer: 1_000_000,
+            subscription_lifetime: Duration::from_secs(30 * 86_400),
         }
     }
 }

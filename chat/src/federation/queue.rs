@@ -59,7 +59,9 @@ impl QueueWriter {
         };
         for (peer, sender, n) in rows {
             let n = n.max(0) as u64;
-            *counts.peers.entry(peer).or_default() += n;
+            if !is_reply(&sender) {
+                *counts.peers.entry(peer).or_default() += n;
+            }
             if !sender.is_empty() {
                 *counts.senders.entry(sender).or_default() += n;
             }
@@ -109,14 +111,31 @@ struct Counts {
     senders: HashMap<String, u64>,
 }
 
+/// Whether an item is a reply to the peer's own packets (budget `s2s:<peer>`): bounded by that
+/// budget only, it neither counts toward the peer's queue cap nor toward the peers with items,
+/// so a peer's requests cannot take room from (or make room for) local senders' messages.
+pub(crate) fn is_reply(sender: &str) -> bool {
+    sender.starts_with(REPLY_BUDGET)
+}
+
+/// The prefix of the budget of replies to a peer (`s2s:<peer>`, PROTOCOL.md §12.6).
+pub(crate) const REPLY_BUDGET: &str = "s2s:";
+
+/// The budget of replies to `peer`: one per registrable domain (`s2s:evil.example` for every
+/// `*.evil.example`), so a zone's many names share one.
+pub(crate) fn reply_budget(peer: &str) -> String {
+    format!("{REPLY_BUDGET}{}", super::domain::registrable(peer))
+}
+
 impl Counts {
     /// Admits one more item or says which bound it hits.
     fn admit(&mut self, peer: &str, sender: &str, l: Limits) -> Result<(), QueueError> {
+        let reply = is_reply(sender);
         let p = self.peers.get(peer).copied().unwrap_or(0);
-        if l.per_peer > 0 && p >= l.per_peer {
+        if !reply && l.per_peer > 0 && p >= l.per_peer {
             return Err(QueueError::Full);
         }
-        if p == 0 && l.peers > 0 && self.peers.len() >= l.peers {
+        if !reply && p == 0 && l.peers > 0 && self.peers.len() >= l.peers {
             return Err(QueueError::TooManyPeers);
         }
         if !sender.is_empty() {
@@ -126,7 +145,9 @@ impl Counts {
             }
             *self.senders.entry(sender.to_owned()).or_default() += 1;
         }
-        *self.peers.entry(peer.to_owned()).or_default() += 1;
+        if !reply {
+            *self.peers.entry(peer.to_owned()).or_default() += 1;
+        }
         Ok(())
     }
 
@@ -140,7 +161,9 @@ impl Counts {
                 }
             }
         }
-        dec(&mut self.peers, peer);
+        if !is_reply(sender) {
+            dec(&mut self.peers, peer);
+        }
         if !sender.is_empty() {
             dec(&mut self.senders, sender);
         }
@@ -201,10 +224,17 @@ async fn run(
             Ok(done) => {
                 for ((w, d), r) in writes.iter().zip(done).zip(replies.drain(..)) {
                     // A removal that found its item frees a place.
-                    if let (QueueWrite::Remove { peer, .. }, QueueDone::Removed(Some(item))) =
-                        (w, &d)
-                    {
-                        counts.release(peer, &item.sender);
+                    match (w, &d) {
+                        (QueueWrite::Remove { peer, .. }, QueueDone::Removed(Some(item))) => {
+                            counts.release(peer, &item.sender);
+                        }
+                        // The items a newer one replaced left the queue.
+                        (QueueWrite::Add { peer, .. }, QueueDone::Replaced(items)) => {
+                            for item in items {
+                                counts.release(peer, &item.sender);
+                            }
+                        }
+                        _ => {}
                     }
                     if let Some(r) = r {
                         let _ = r.send(match d {

@@ -21,7 +21,7 @@ use msim_shared::proto::{Body, ContactUpdate, ContactUpdated, Presence, UpdateLa
 use msim_shared::Packet;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{debug, warn};
 
 /// The domain of a canonical address.
@@ -55,6 +55,7 @@ async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, budget: &str, items: Vec<(St
                 recipient: String::new(),
                 at: ctx.now(),
                 expires_at,
+                merge_key: merge_key(p),
             };
             match fed.queue().write(add).await {
                 Ok(_) => Some(peer),
@@ -74,6 +75,28 @@ async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, budget: &str, items: Vec<(St
             fed.wake(peer);
         }
     }
+}
+
+/// The key under which a queued, unsent item is replaced by a newer one (PROTOCOL.md §12.9):
+/// only the latest presence and profile of a subject for a watcher need to go, and only the
+/// last of a watcher's subscribe / unsubscribe for a subject. So a user toggling presence or
+/// its profile in a loop, or a watcher reconnecting in one, queues one item per watcher, not
+/// one per change.
+fn merge_key(p: &Packet) -> String {
+    let kind = match p.verb.as_str() {
+        "S2S-PRESENCE" => "presence",
+        "S2S-PROFILE-CHANGED" => "profile",
+        // A keep-alive (`state=changed`) replaces only a keep-alive: it must not take the
+        // place of a renewal that asked for the state.
+        "S2S-SUBSCRIBE" if p.get("state").is_some() => "keep-alive",
+        "S2S-SUBSCRIBE" | "S2S-UNSUBSCRIBE" => "subscription",
+        _ => return String::new(),
+    };
+    format!(
+        "{kind} {} {}",
+        p.get("from").unwrap_or_default(),
+        p.get("to").unwrap_or_default()
+    )
 }
 
 // ---- The watcher's side ----
@@ -101,22 +124,27 @@ const RENEW_EVERY: Duration = Duration::from_secs(60);
 /// none are, all of them.
 const MAX_RENEWALS: usize = 100_000;
 
-/// When each local user last renewed its subscriptions.
+/// When each local user last renewed its subscriptions (micros, the server's clock).
 #[derive(Debug, Default)]
-pub(crate) struct Renewals(Mutex<HashMap<String, Instant>>);
+pub(crate) struct Renewals(Mutex<HashMap<String, i64>>);
 
 impl Renewals {
-    /// Whether `login` may renew now (and notes that it does).
-    fn take(&self, login: &str) -> bool {
-        let now = Instant::now();
+    /// Whether `login` may renew at `now` (and notes that it does): at most once per
+    /// [`RENEW_EVERY`].
+    fn take(&self, login: &str, now: i64) -> bool {
+        self.due(login, RENEW_EVERY, now)
+    }
+
+    /// Whether `login` last renewed `every` before `now` or earlier (or never); if so, notes
+    /// that it renews now.
+    pub(crate) fn due(&self, login: &str, every: Duration, now: i64) -> bool {
+        let within = |at: i64, d: Duration| now.saturating_sub(at) < d.as_micros() as i64;
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.get(login)
-            .is_some_and(|at| now.duration_since(*at) < RENEW_EVERY)
-        {
+        if m.get(login).is_some_and(|at| within(*at, every)) {
             return false;
         }
         if m.len() >= MAX_RENEWALS {
-            m.retain(|_, at| now.duration_since(*at) < RENEW_EVERY);
+            m.retain(|_, at| within(*at, RENEW_EVERY));
             if m.len() >= MAX_RENEWALS {
                 m.clear();
             }
@@ -126,12 +154,17 @@ impl Renewals {
     }
 }
 
-/// Subscribes again to every remote contact of `login` (its first session logged in; at most
-/// once per [`RENEW_EVERY`]): their servers answer with the state of the moment.
-async fn resubscribe_all(fed: &Federation, ctx: &Ctx<'_>, login: &str) {
-    if !fed.renewals.take(login) {
-        return;
-    }
+/// Subscribes again to every remote contact of `login`. At a login of its first session (at
+/// most once per [`RENEW_EVERY`]) their servers answer with the state of the moment, which
+/// this server keeps no copy of; a renewal that only keeps the subscriptions alive
+/// (`state_wanted` false, [`super::sub_lifetime`]) asks for the state only where the
+/// subscription had lapsed (`state=changed`).
+pub(crate) async fn resubscribe_all(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
+    login: &str,
+    state_wanted: bool,
+) {
     match ctx.db.remote_contacts(login).await {
         Ok(contacts) => {
             let from = ctx.addr(login);
@@ -140,7 +173,8 @@ async fn resubscribe_all(fed: &Federation, ctx: &Ctx<'_>, login: &str) {
                 .map(|c| {
                     let p = Packet::new("S2S-SUBSCRIBE")
                         .with("from", from.clone())
-                        .with("to", c.clone());
+                        .with("to", c.clone())
+                        .with_opt("state", (!state_wanted).then(|| "changed".to_owned()));
                     (domain_of(&c).to_owned(), p)
                 })
                 .collect();
@@ -167,8 +201,17 @@ fn presence_packet(ctx: &Ctx<'_>, subject: &str, watcher: &str, presence: &str) 
         .with("presence", presence)
 }
 
+/// The first time (micros) at which a subscription stored or renewed then is still live.
+pub(crate) fn live_since(fed: &Federation, now: i64) -> i64 {
+    now.saturating_sub(fed.config.subscription_lifetime.as_micros() as i64)
+}
+
 async fn subscribers(ctx: &Ctx<'_>, subject: &str, only: Option<&str>) -> Vec<Subscriber> {
-    match ctx.db.federation_subscribers(subject, only).await {
+    let Some(fed) = ctx.federation else {
+        return Vec::new();
+    };
+    let since = live_since(fed, ctx.now());
+    match ctx.db.federation_subscribers(subject, only, since).await {
         Ok(s) => s,
         Err(e) => {
             warn!("federation subscribers: {e}");
@@ -195,13 +238,14 @@ pub(crate) async fn presence_changed(fed: &Federation, ctx: &Ctx<'_>, login: &st
             queue_all(fed, ctx, login, items).await;
         }
     }
-    if online {
-        resubscribe_all(fed, ctx, login).await;
+    if online && fed.renewals.take(login, ctx.now()) {
+        resubscribe_all(fed, ctx, login, true).await;
     }
 }
 
 /// Local user `login` changed its profile: every subscribed remote watcher is told (names and
-/// notes are not presence: visible to anyone who asks, §7.2).
+/// notes are not presence: visible to anyone who asks, §7.2). Both fields go, whichever
+/// changed, so that a newer change can replace an unsent one ([`merge_key`]).
 pub(crate) async fn profile_changed(
     fed: &Federation,
     ctx: &Ctx<'_>,
@@ -209,23 +253,54 @@ pub(crate) async fn profile_changed(
     name: Option<&String>,
     note: Option<&String>,
 ) {
-    let items = subscribers(ctx, login, None)
-        .await
+    if name.is_none() && note.is_none() {
+        return;
+    }
+    let subs = subscribers(ctx, login, None).await;
+    if subs.is_empty() {
+        return;
+    }
+    let Some(profile) = profile_fields(ctx, login).await else {
+        return;
+    };
+    let items = subs
         .into_iter()
         .filter(|s| !ctx.blocks.is_blocked(login, &s.watcher))
-        .map(|s| {
-            let p = Packet::new("S2S-PROFILE-CHANGED")
-                .with("from", ctx.addr(login))
-                .with("to", s.watcher)
-                .with_opt(
-                    "name",
-                    name.map(|n| if n.is_empty() { login } else { n }.to_owned()),
-                )
-                .with_opt("note", note.cloned());
-            (s.peer, p)
-        })
+        .map(|s| (s.peer, profile_packet(ctx, login, &s.watcher, &profile)))
         .collect();
     queue_all(fed, ctx, login, items).await;
+}
+
+/// `subject`'s profile as sent to watchers: (name, the login when unset; note).
+async fn profile_fields(ctx: &Ctx<'_>, subject: &str) -> Option<(String, String)> {
+    match ctx.db.profile(subject).await {
+        Ok(Some(p)) => {
+            let name = if p.name.is_empty() {
+                subject.to_owned()
+            } else {
+                p.name
+            };
+            Some((name, p.note))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!("federation profile: {e}");
+            None
+        }
+    }
+}
+
+fn profile_packet(
+    ctx: &Ctx<'_>,
+    subject: &str,
+    watcher: &str,
+    (name, note): &(String, String),
+) -> Packet {
+    Packet::new("S2S-PROFILE-CHANGED")
+        .with("from", ctx.addr(subject))
+        .with("to", watcher)
+        .with("name", name.clone())
+        .with("note", note.clone())
 }
 
 /// Something changed whether remote watchers (all of them, or `only` one) see `subject`'s
@@ -276,12 +351,17 @@ pub(super) async fn handle(sh: &Shared, peer: &str, p: Packet) -> Handled {
     let ctx = Ctx::new(sh);
     match p.verb.as_str() {
         "S2S-SUBSCRIBE" => {
+            // `state=changed`: the watcher only keeps the subscription alive; a live one gets
+            // no state of the moment (every change was pushed), one that had lapsed does.
+            let only_if_lapsed = p.get("state") == Some("changed");
+            let since = live_since(fed, ctx.now());
             match sh
                 .db
-                .federation_subscribe(peer, &from, &login, ctx.now())
+                .federation_subscribe(peer, &from, &login, ctx.now(), since)
                 .await
             {
-                Ok(Subscribed::Stored) => {
+                Ok(Subscribed::Renewed) if only_if_lapsed => Handled::Reply(ack(&qid)),
+                Ok(Subscribed::Stored | Subscribed::Renewed) => {
                     send_state(fed, &ctx, &login, &from).await;
                     Handled::Reply(ack(&qid))
                 }
@@ -384,19 +464,12 @@ fn not_future(ctx: &Ctx<'_>, fed: &Federation, at: time::OffsetDateTime) -> time
 async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &str) {
     let peer = domain_of(watcher).to_owned();
     let mut items = Vec::new();
-    if let Ok(Some(profile)) = ctx.db.profile(subject).await {
-        if !ctx.blocks.is_blocked(subject, watcher) {
-            let name = if profile.name.is_empty() {
-                subject.to_owned()
-            } else {
-                profile.name
-            };
-            let p = Packet::new("S2S-PROFILE-CHANGED")
-                .with("from", ctx.addr(subject))
-                .with("to", watcher)
-                .with("name", name)
-                .with("note", profile.note);
-            items.push((peer.clone(), p));
+    if !ctx.blocks.is_blocked(subject, watcher) {
+        if let Some(profile) = profile_fields(ctx, subject).await {
+            items.push((
+                peer.clone(),
+                profile_packet(ctx, subject, watcher, &profile),
+            ));
         }
     }
     let sees = subscribers(ctx, subject, Some(watcher))
@@ -408,7 +481,7 @@ async fn send_state(fed: &Federation, ctx: &Ctx<'_>, subject: &str, watcher: &st
             items.push((peer.clone(), presence_packet(ctx, subject, watcher, &v)));
         }
     }
-    queue_all(fed, ctx, &format!("s2s:{peer}"), items).await;
+    queue_all(fed, ctx, &super::queue::reply_budget(&peer), items).await;
 }
 
 #[cfg(test)]

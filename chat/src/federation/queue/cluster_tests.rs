@@ -11,6 +11,7 @@ fn add(peer: &str, sender: &str, n: usize) -> QueueWrite {
         recipient: format!("zed@{peer}"),
         at: 1,
         expires_at: i64::MAX,
+        merge_key: String::new(),
     }
 }
 

@@ -7,6 +7,7 @@ mod files;
 mod hardening;
 mod hostile;
 mod key_cache;
+mod last_findings;
 mod messages;
 mod peers;
 mod presence;

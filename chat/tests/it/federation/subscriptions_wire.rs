@@ -42,6 +42,8 @@ pub(super) struct FakePeer {
     key: Arc<ServerKey>,
     /// What other servers sent to our listener, in order.
     received: mpsc::UnboundedReceiver<Packet>,
+    /// The port of its s2s listener (published in DNS).
+    pub(super) port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -49,9 +51,20 @@ impl FakePeer {
     /// Publishes a key and an s2s address for `domain` and listens there: every packet is
     /// recorded, acknowledged when it has a `qid`, and profile requests are answered.
     pub(super) async fn start(dns: &TestDns, domain: &str) -> FakePeer {
+        FakePeer::start_refusing(dns, domain, &[]).await
+    }
+
+    /// Like [`FakePeer::start`], but queued packets with one of `verbs` are answered
+    /// `S2S-REFUSED reason=unknown-transfer` instead of acknowledged.
+    pub(super) async fn start_refusing(
+        dns: &TestDns,
+        domain: &str,
+        verbs: &'static [&'static str],
+    ) -> FakePeer {
         let dir = tempfile::tempdir().unwrap();
         keys::generate(dir.path(), domain).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         publish(
             dns,
             domain,
@@ -95,7 +108,14 @@ impl FakePeer {
                                 .with("name", "Eve");
                             let _ = link.send(answer).await;
                         } else if let Some(qid) = p.get("qid") {
-                            let _ = link.send(Packet::new("S2S-ACK").with("qid", qid)).await;
+                            let answer = if verbs.contains(&p.verb.as_str()) {
+                                Packet::new("S2S-REFUSED")
+                                    .with("qid", qid)
+                                    .with("reason", "unknown-transfer")
+                            } else {
+                                Packet::new("S2S-ACK").with("qid", qid)
+                            };
+                            let _ = link.send(answer).await;
                         }
                         let _ = tx.send(p);
                     }
@@ -106,6 +126,7 @@ impl FakePeer {
             domain: domain.to_owned(),
             key,
             received,
+            port,
             _dir: dir,
         }
     }
@@ -148,7 +169,7 @@ impl FakePeer {
 
     /// Everything received until the `S2S-MESSAGE` with `id` (b.test's queue to us is ordered,
     /// so whatever it queued before that message arrives before it).
-    async fn until_message(&mut self, id: &str) -> Vec<Packet> {
+    pub(super) async fn until_message(&mut self, id: &str) -> Vec<Packet> {
         let mut before = Vec::new();
         loop {
             let p = tokio::time::timeout(WAIT, self.received.recv())
