@@ -4,9 +4,12 @@
 //!
 //! - `index.sqlite` — the index (SQLite, WAL): one row per blob with its declared size, sender,
 //!   optional SHA-256, expiry and state; indexed on expiry so a sweep costs O(expired).
-//! - `blobs/<id>.part` — an upload in progress (or interrupted, resumable).
-//! - `blobs/<id>.blob` — a complete upload: the `.part` file is fsync'd, renamed and the directory
-//!   fsync'd before the index says "complete", so a blob presented as complete always is.
+//! - `blobs/<shard>/<id>.part` — an upload in progress (or interrupted, resumable); `<shard>` is
+//!   one of 256 subdirectories, `00`–`ff`, chosen by a hash of the id ([`shard_of`]).
+//! - `blobs/<shard>/<id>.blob` — a complete upload: the `.part` file is fsync'd, renamed and the
+//!   directory fsync'd before the index says "complete", so a blob presented as complete always
+//!   is. Files of a store from before the shards (directly in `blobs/`) are moved into their
+//!   shards when the relay opens the store.
 //!
 //! - tombstones — one index row per removed transfer (id, why, when), so a request for it is
 //!   answered "gone" at once and its id is never reused; swept after [`TOMBSTONE_RETENTION`],
@@ -29,8 +32,9 @@ pub use msim_shared::clock::{Clock, ManualClock, SystemClock};
 /// in a file name.
 pub use msim_shared::token::valid_transfer_id as valid_id;
 pub use store::{
-    BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, NewBlob, SharedBudget, StoreConfig,
-    StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
+    blob_file, shard_of, BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, NewBlob,
+    SharedBudget, StoreConfig, StoreStats, SweepReport, SHARDS, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE,
+    TOMBSTONE_RETENTION,
 };
 
 /// Result alias for this crate.

@@ -4,12 +4,12 @@
 use crate::http_support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use msim_shared::token::{Direction, Keyring};
+use msim_storage::blob_file;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,10 +23,6 @@ async fn raw(addr: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn blob_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("blobs")).unwrap().count()
 }
 
 async fn head_status(relay: &Relay, id: &str, token: &str) -> StatusCode {
@@ -258,10 +254,7 @@ async fn path_escapes_are_refused() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
-        0
-    );
+    assert_eq!(blob_files(dir.path()), 0);
     relay.stop().await;
 }
 
@@ -386,7 +379,7 @@ async fn last_permitted_download_removes_the_blob() {
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
     drop(body);
     assert_eq!(head_status(&relay, "fail", &up).await, StatusCode::OK);
-    assert!(dir.path().join("blobs/fail.blob").exists());
+    assert!(dir.path().join(blob_file("fail", true)).exists());
     relay.stop().await;
 }
 
@@ -453,7 +446,7 @@ async fn small_complete_downloads_and_files_removed_underneath() {
     assert_eq!(body_bytes(r).await, &payload[10..20]);
     // The data file removed behind the relay's back (another process): an error, never
     // other data.
-    std::fs::remove_file(dir.path().join("blobs").join("small.blob")).unwrap();
+    std::fs::remove_file(dir.path().join(blob_file("small", true))).unwrap();
     let r = relay.get("small", &down, &[]).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // The limit counted the three GETs that got past the checks (also the one that found no

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use msim_shared::token::{Capability, Direction, Keyring, TokenKey};
-use msim_storage::{Clock, SystemClock};
+use msim_storage::{blob_file, Clock, SystemClock};
 use msim_testkit::{pseudo_random_bytes, sha256_hex, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -277,11 +277,10 @@ async fn sigkill_during_uploads_and_after_201_then_recovery() {
     )
     .await;
     // - an index row whose data is gone (not servable, not resumable);
-    let blobs = dir.path().join("blobs");
-    std::fs::remove_file(blobs.join("lost.blob")).unwrap();
+    std::fs::remove_file(dir.path().join(blob_file("lost", true))).unwrap();
     // - orphan files with no index row.
-    std::fs::write(blobs.join("ghost.blob"), b"orphan").unwrap();
-    std::fs::write(blobs.join("ghost2.part"), b"orphan").unwrap();
+    std::fs::write(dir.path().join(blob_file("ghost", true)), b"orphan").unwrap();
+    std::fs::write(dir.path().join(blob_file("ghost2", false)), b"orphan").unwrap();
 
     let relay = Relay::start(dir.path()).await;
     // Completed uploads are served intact.
@@ -316,8 +315,8 @@ async fn sigkill_during_uploads_and_after_201_then_recovery() {
     let h = relay.head("lost", lost.len() as u64).await;
     assert!(h.starts_with("HTTP/1.1 404"), "{h}");
     assert!(relay.put("lost", &lost).await.starts_with("HTTP/1.1 201"));
-    assert!(!blobs.join("ghost.blob").exists());
-    assert!(!blobs.join("ghost2.part").exists());
+    assert!(!dir.path().join(blob_file("ghost", true)).exists());
+    assert!(!dir.path().join(blob_file("ghost2", false)).exists());
     assert!(relay.head("ghost", 6).await.starts_with("HTTP/1.1 404"));
     relay.kill().await;
 }

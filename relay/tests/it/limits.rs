@@ -401,13 +401,16 @@ async fn binary_under_umask_022_keeps_files_private_and_metrics_separate() {
         .await;
     assert_eq!(mode(&data), 0o700, "data directory");
     assert_eq!(mode(&data.join("blobs")), 0o700, "blobs/");
+    let shard = msim_storage::blob_file("private", true);
+    let shard = shard.parent().expect("shard directory");
+    assert_eq!(mode(&data.join(shard)), 0o700, "{}", shard.display());
     for f in [
-        "index.sqlite",
-        "index.sqlite-wal",
-        "index.sqlite-shm",
-        "blobs/private.blob",
+        Path::new("index.sqlite"),
+        Path::new("index.sqlite-wal"),
+        Path::new("index.sqlite-shm"),
+        &msim_storage::blob_file("private", true),
     ] {
-        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        assert_eq!(mode(&data.join(f)), 0o600, "{}", f.display());
     }
     server.child.kill().await.unwrap();
 }
@@ -438,7 +441,7 @@ async fn a_storage_failure_is_counted_as_storage_error() {
     // The data file loses its tail behind the relay's back: reading it fails.
     std::fs::OpenOptions::new()
         .write(true)
-        .open(dir.path().join("blobs/t1.blob"))
+        .open(dir.path().join(msim_storage::blob_file("t1", true)))
         .unwrap()
         .set_len(10)
         .unwrap();

@@ -301,10 +301,7 @@ async fn delete_cancels_a_running_transfer() {
     assert!(body_text(r).await.contains("cancelled"));
     let r = relay.patch("del", &up, 0, &payload[..10]).await;
     assert_eq!(r.status(), StatusCode::GONE);
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
-        0
-    );
+    assert_eq!(blob_files(dir.path()), 0);
     relay.stop().await;
 }
 

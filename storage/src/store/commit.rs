@@ -1,18 +1,17 @@
-//! The group commit: completions arriving at about the same time share one fsync of `blobs/`
-//! and one index statement.
+//! The group commit: completions arriving at about the same time share one index statement
+//! (one `synchronous=FULL` commit of the index).
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 
 use super::BlobStore;
 use crate::Result;
 
-/// Most completions committed together (one directory fsync, one index statement).
+/// Most completions committed together (one index statement).
 const COMMIT_GROUP_MAX: usize = 128;
 
-/// Uploads whose data is fsync'd and renamed to `.blob`, waiting for the directory fsync and
-/// the index update that make the completion durable; one task commits them in groups.
+/// Uploads whose data is fsync'd and renamed to `.blob` (and the rename fsync'd), waiting for
+/// the index update that makes the completion durable; one task commits them in groups.
 #[derive(Default)]
 pub(super) struct CommitQueue {
     pending: Vec<PendingCommit>,
@@ -28,9 +27,9 @@ struct PendingCommit {
 }
 
 impl BlobStore {
-    /// Make the completion of `id` durable: its data is fsync'd and it is renamed to `.blob`;
-    /// what is left is the fsync of `blobs/` and marking it complete in the index. Completions
-    /// arriving at about the same time share one directory fsync and one index statement.
+    /// Make the completion of `id` durable: its data is fsync'd and it is renamed to `.blob`
+    /// (durably); what is left is marking it complete in the index. Completions arriving at
+    /// about the same time share one index statement.
     /// Returns `false` if the index row is gone (swept or cancelled meanwhile).
     pub(super) async fn commit_complete(&self, id: &str, sha256: &str) -> Result<bool> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -78,13 +77,9 @@ impl BlobStore {
         }
     }
 
-    /// One directory fsync (covers every rename of the group), then one index statement
-    /// marking the group complete. Returns the ids whose rows were updated.
+    /// One index statement marking the group complete. Returns the ids whose rows were
+    /// updated.
     async fn commit_group(&self, group: &[PendingCommit]) -> Result<HashSet<String>> {
-        let dir = self.inner.blobs_dir.clone();
-        tokio::task::spawn_blocking(move || File::open(&dir)?.sync_all())
-            .await
-            .map_err(io::Error::other)??;
         let group: Vec<(&str, &str)> = group
             .iter()
             .map(|p| (p.id.as_str(), p.sha256.as_str()))

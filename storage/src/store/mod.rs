@@ -17,6 +17,7 @@ mod commit;
 mod config;
 mod index;
 mod lapse;
+mod layout;
 mod live;
 mod reader;
 mod recovery;
@@ -30,19 +31,21 @@ pub use config::{
     BlobInfo, NewBlob, StoreConfig, StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE,
     TOMBSTONE_RETENTION,
 };
+pub use layout::{blob_file, shard_of, SHARDS};
 pub use reader::BlobReader;
 pub use sink::{BlobSink, SharedBudget};
 pub use writer::BlobWriter;
 
 use commit::CommitQueue;
 use index::{unsigned, Admission, Index};
+use layout::Layout;
 use live::{LiveUploads, Phase};
 
 /// How long a one-shot removal waits for the upload it was following to be committed.
 const DOWNLOADED_WAIT: Duration = Duration::from_secs(60);
 
 struct Inner {
-    blobs_dir: PathBuf,
+    layout: Layout,
     index: Index,
     config: StoreConfig,
     live: LiveUploads,
@@ -74,16 +77,20 @@ impl BlobStore {
         let dir = dir.as_ref().to_path_buf();
         let blobs_dir = dir.join("blobs");
         let index = dir.join("index.sqlite");
+        let layout = Layout::new(blobs_dir.clone());
         {
-            let (blobs_dir, index) = (blobs_dir.clone(), index.clone());
-            tokio::task::spawn_blocking(move || disk::private_layout(&dir, &blobs_dir, &index))
-                .await
-                .map_err(io::Error::other)??;
+            let (layout, index) = (layout.clone(), index.clone());
+            tokio::task::spawn_blocking(move || {
+                disk::private_layout(&dir, &blobs_dir, &index)?;
+                layout.create_shards()
+            })
+            .await
+            .map_err(io::Error::other)??;
         }
         let index = Index::open(&index).await?;
         Ok(BlobStore {
             inner: Arc::new(Inner {
-                blobs_dir,
+                layout,
                 index,
                 config,
                 live: LiveUploads::default(),
@@ -98,10 +105,10 @@ impl BlobStore {
     }
 
     fn part_path(&self, id: &str) -> PathBuf {
-        self.inner.blobs_dir.join(format!("{id}.part"))
+        self.inner.layout.part_path(id)
     }
     fn blob_path(&self, id: &str) -> PathBuf {
-        self.inner.blobs_dir.join(format!("{id}.blob"))
+        self.inner.layout.blob_path(id)
     }
 
     /// The index row of an unexpired blob, and when it last made progress.
@@ -172,7 +179,7 @@ impl BlobStore {
             return Err(StoreError::InvalidId);
         }
         let cfg = &self.inner.config;
-        let mut avail = disk::available_bytes(&self.inner.blobs_dir)?;
+        let mut avail = disk::available_bytes(self.inner.layout.blobs_dir())?;
         let mut attempts = 0;
         let mut lapsed = false;
         loop {
@@ -216,7 +223,7 @@ impl BlobStore {
                 // Idle reservations give way to a real upload (once per request).
                 if !lapsed && self.lapse_idle_reservations().await? > 0 {
                     lapsed = true;
-                    avail = disk::available_bytes(&self.inner.blobs_dir)?;
+                    avail = disk::available_bytes(self.inner.layout.blobs_dir())?;
                     continue;
                 }
                 return Err(refusal);
@@ -314,9 +321,11 @@ impl BlobStore {
         }
     }
 
-    /// Remove the data files of `id`; returns their bytes.
+    /// Remove the data files of `id` (also where a store from before the shards kept them);
+    /// returns their bytes.
     async fn remove_files(&self, id: &str) -> Result<u64> {
-        let paths = [self.part_path(id), self.blob_path(id)];
+        let [old_part, old_blob] = self.inner.layout.legacy_paths(id);
+        let paths = [self.part_path(id), self.blob_path(id), old_part, old_blob];
         let n = tokio::task::spawn_blocking(move || -> io::Result<u64> {
             let mut bytes = 0;
             for p in paths {

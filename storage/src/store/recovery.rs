@@ -1,9 +1,10 @@
 //! Crash recovery: the index is reconciled with the files of `blobs/` when the serving process
 //! opens the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 
 use super::index::unsigned;
 use super::BlobStore;
@@ -13,57 +14,62 @@ impl BlobStore {
     /// Reconcile the index with the files after a crash or restart.
     pub(super) async fn recover(&self) -> Result<()> {
         let rows = self.inner.index.all_rows().await?;
-        let dir = self.inner.blobs_dir.clone();
-        // (name, len) of every file in blobs/.
-        let files: HashMap<String, u64> =
-            tokio::task::spawn_blocking(move || -> io::Result<HashMap<String, u64>> {
-                let mut m = HashMap::new();
-                for e in std::fs::read_dir(&dir)? {
-                    let e = e?;
-                    let len = e.metadata()?.len();
-                    m.insert(e.file_name().to_string_lossy().into_owned(), len);
+        let layout = self.inner.layout.clone();
+        // (path, len) of every file in blobs/, after moving an older store's files into
+        // their shards.
+        let files: HashMap<PathBuf, u64> =
+            tokio::task::spawn_blocking(move || -> io::Result<HashMap<PathBuf, u64>> {
+                let moved = layout.migrate_legacy()?;
+                if moved > 0 {
+                    tracing::info!(moved, "recovery: moved files into the blobs/ shards");
                 }
-                Ok(m)
+                Ok(layout.files()?.into_iter().collect())
             })
             .await
             .map_err(io::Error::other)??;
-        let mut keep: HashSet<String> = HashSet::new();
+        let mut keep: HashSet<PathBuf> = HashSet::new();
         let now = self.now();
         for row in rows {
             let (id, size, complete) = (row.id, unsigned(row.size), row.state == 1);
-            let blob = files.get(&format!("{id}.blob")).copied();
-            let part = files.get(&format!("{id}.part")).copied();
-            let ok_blob = blob == Some(size);
             if !valid_id(&id) {
                 self.delete_row(&id, None).await?;
                 continue;
             }
+            let (blob_path, part_path) = (self.blob_path(&id), self.part_path(&id));
+            let blob = files.get(&blob_path).copied();
+            let part = files.get(&part_path).copied();
+            let ok_blob = blob == Some(size);
             if ok_blob {
                 if !complete {
                     // Crashed between the rename and the index update: the rename only happens
                     // after the data is fsync'd and verified, so it is complete.
                     self.inner.index.mark_complete(&id).await?;
                 }
-                keep.insert(format!("{id}.blob"));
+                keep.insert(blob_path);
             } else if !complete && part.is_some_and(|l| l <= size) {
                 // Interrupted upload: keep it resumable; restart the abandonment clock.
                 self.inner.index.set_progress(&id, now).await?;
-                keep.insert(format!("{id}.part"));
+                keep.insert(part_path);
             } else {
                 tracing::warn!(id, "recovery: index entry without usable data, removed");
                 self.delete_row(&id, None).await?;
             }
         }
-        let dir = self.inner.blobs_dir.clone();
         let removed = tokio::task::spawn_blocking(move || -> io::Result<usize> {
             let mut n = 0;
-            for name in files.keys() {
-                if !keep.contains(name) {
-                    std::fs::remove_file(dir.join(name))?;
+            let mut dirs = BTreeSet::new();
+            for path in files.keys() {
+                if !keep.contains(path) {
+                    std::fs::remove_file(path)?;
+                    if let Some(dir) = path.parent() {
+                        dirs.insert(dir.to_path_buf());
+                    }
                     n += 1;
                 }
             }
-            File::open(&dir)?.sync_all()?;
+            for dir in dirs {
+                File::open(&dir)?.sync_all()?;
+            }
             Ok(n)
         })
         .await

@@ -172,7 +172,7 @@ async fn tombstones_remember_removals_and_are_swept() {
     assert!(store.remove_downloaded("o").await.expect("remove"));
     assert!(!store.remove_downloaded("o").await.expect("again"));
     assert_eq!(gone(store.info("o").await), Some(GoneReason::Downloaded));
-    assert!(!dir.path().join("blobs/o.blob").exists());
+    assert!(!dir.path().join(super::blob_file("o", true)).exists());
     let mut e = blob("e", 3, "x");
     e.expires = t0 + 10;
     store.create(e).await.expect("e");
@@ -265,6 +265,9 @@ async fn an_index_made_before_migrations_opens_with_its_data() {
     let info = store.info("old").await.expect("old blob kept");
     assert!(info.complete);
     assert_eq!(store.read_complete("old", 0, 3).await.expect("read"), "abc");
+    // The file of the old layout (directly in blobs/) moved into its shard.
+    assert!(!dir.path().join("blobs/old.blob").exists());
+    assert!(dir.path().join(super::blob_file("old", true)).exists());
     assert!(matches!(store.info("was").await, Err(StoreError::Gone(_))));
     assert_totals(&store).await;
     let (version,): (i64,) = sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations")

@@ -328,9 +328,9 @@ impl BlobWriter {
     }
 
     /// Append the last buffers and complete the upload as [`BlobWriter::finish`] does: the
-    /// write, the hash, the SHA-256 check, the fsync and the rename happen in one blocking
-    /// step; the directory fsync and the index update are shared with completions finishing
-    /// at about the same time. Returns only once the completion is durable. If `bufs` do not
+    /// write, the hash, the SHA-256 check, the fsync, the rename and the fsync of the shard's
+    /// directory happen in one blocking step; the index update is shared with completions
+    /// finishing at about the same time. Returns only once the completion is durable. If `bufs` do not
     /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
     pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
         self.check_alive()?;
@@ -351,6 +351,7 @@ impl BlobWriter {
         let store = self.guard.store.clone();
         let id = self.guard.id.clone();
         let (part_path, blob_path) = (store.part_path(&id), store.blob_path(&id));
+        let shard_dir = store.inner.layout.shard_dir(&id);
         let expected = self.sha256.clone();
         let live = self.guard.live.clone();
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
@@ -372,6 +373,10 @@ impl BlobWriter {
                 part.file.sync_data()?;
                 drop(part);
                 std::fs::rename(&part_path, &blob_path)?;
+                // The rename (and the file's creation) made durable on this thread: one
+                // hop fewer than a shared fsync, and other uploads' renames go to other
+                // shards' directories.
+                File::open(&shard_dir)?.sync_all()?;
                 Ok(Ok(actual))
             },
         )

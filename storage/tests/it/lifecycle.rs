@@ -107,9 +107,19 @@ async fn recovery_removes_orphans_and_reconciles() {
         store.close().await;
     }
     let blobs = dir.path().join("blobs");
-    std::fs::remove_file(blobs.join("gone.part")).unwrap();
-    std::fs::write(blobs.join("orphan.blob"), b"xx").unwrap();
-    std::fs::write(blobs.join("orphan2.part"), b"xx").unwrap();
+    std::fs::remove_file(dir.path().join(msim_storage::blob_file("gone", false))).unwrap();
+    // Orphans in the shards and, as an older relay left them, directly in blobs/.
+    std::fs::write(
+        dir.path().join(msim_storage::blob_file("orphan", true)),
+        b"xx",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(msim_storage::blob_file("orphan2", false)),
+        b"xx",
+    )
+    .unwrap();
+    std::fs::write(blobs.join("orphan3.blob"), b"xx").unwrap();
     std::fs::write(blobs.join("junk.tmp"), b"xx").unwrap();
     let store = open(dir.path(), &clock).await;
     assert!(matches!(
@@ -120,8 +130,92 @@ async fn recovery_removes_orphans_and_reconciles() {
         store.info("orphan").await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+    assert_eq!(stored_files(dir.path()), 0);
     assert_eq!(store.stats().await.unwrap().blobs, 0);
+}
+
+/// A store written before `blobs/` had shard subdirectories: every file directly in `blobs/`.
+/// After the upgrade its complete blobs are served, its interrupted upload resumes with its
+/// bytes kept, and its files end up in the shards.
+#[tokio::test]
+async fn a_store_of_the_old_flat_layout_opens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let body = data(3000);
+    {
+        let store = open(dir.path(), &clock).await;
+        let w = store
+            .create_writer(new("done", 3000, T0 + 100))
+            .await
+            .unwrap();
+        w.finish_with(vec![Bytes::from(body.clone())])
+            .await
+            .unwrap();
+        let mut w = store
+            .create_writer(new("half", 3000, T0 + 100))
+            .await
+            .unwrap();
+        w.append(vec![Bytes::from(body[..1000].to_vec())])
+            .await
+            .unwrap();
+        drop(w);
+        store.create_writer(new("swept", 3, T0 + 10)).await.unwrap();
+        store.close().await;
+    }
+    // Turn it into the old layout: files directly in blobs/, no shard directories.
+    let blobs = dir.path().join("blobs");
+    for (id, complete) in [("done", true), ("half", false), ("swept", false)] {
+        let name = format!("{id}.{}", if complete { "blob" } else { "part" });
+        std::fs::rename(
+            dir.path().join(msim_storage::blob_file(id, complete)),
+            blobs.join(&name),
+        )
+        .unwrap();
+    }
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            std::fs::remove_dir(e.path()).unwrap();
+        }
+    }
+    // A sweep from cron (no recovery) on the old layout removes an old file.
+    clock.set(T0 + 10);
+    let cron = BlobStore::open_without_recovery(dir.path(), config(&clock))
+        .await
+        .unwrap();
+    assert_eq!(cron.sweep().await.unwrap().removed_blobs, 1);
+    cron.close().await;
+    assert!(!blobs.join("swept.part").exists());
+
+    let store = open(dir.path(), &clock).await;
+    assert_eq!(
+        stored_files(dir.path()),
+        2,
+        "nothing lost, nothing left over"
+    );
+    assert!(dir
+        .path()
+        .join(msim_storage::blob_file("done", true))
+        .exists());
+    assert!(dir
+        .path()
+        .join(msim_storage::blob_file("half", false))
+        .exists());
+    assert!(store.info("done").await.unwrap().complete);
+    assert_eq!(read_all(&store, "done").await, body);
+    let info = store.info("half").await.unwrap();
+    assert_eq!((info.committed, info.complete), (1000, false));
+    let mut w = store.writer("half").await.unwrap();
+    assert_eq!(w.offset(), 1000);
+    w.append(vec![Bytes::from(body[1000..].to_vec())])
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    assert_eq!(read_all(&store, "half").await, body);
+    assert!(matches!(
+        store.info("swept").await,
+        Err(StoreError::Gone(GoneReason::Expired))
+    ));
 }
 
 #[tokio::test]

@@ -89,7 +89,10 @@ async fn cancel_wakes_reader_and_writer_with_error() {
         store.info("a").await,
         Err(StoreError::Gone(GoneReason::Cancelled))
     ));
-    assert!(!dir.path().join("blobs/a.part").exists());
+    assert!(!dir
+        .path()
+        .join(msim_storage::blob_file("a", false))
+        .exists());
     assert!(matches!(
         store.cancel("a").await,
         Err(StoreError::Gone(GoneReason::Cancelled))
@@ -294,8 +297,5 @@ async fn sha_mismatch_discards_blob() {
         store.info("s").await,
         Err(StoreError::Gone(GoneReason::Discarded))
     ));
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
-        0
-    );
+    assert_eq!(stored_files(dir.path()), 0);
 }

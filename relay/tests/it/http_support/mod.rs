@@ -197,3 +197,17 @@ pub async fn assert_gone_fast(relay: &Relay, id: &str, down: &str, why: &str) {
     let msg = body_text(r).await;
     assert!(msg.contains(why), "{id}: {msg}");
 }
+
+/// Files under `blobs/` (in its shard subdirectories, or directly in it).
+pub fn blob_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("blobs")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += std::fs::read_dir(e.path()).unwrap().count();
+        } else {
+            n += 1;
+        }
+    }
+    n
+}

@@ -68,3 +68,17 @@ pub async fn read_all(store: &BlobStore, id: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Files under `blobs/` (in the shard subdirectories and, from an older layout, directly in it).
+pub fn stored_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("blobs")).expect("blobs/") {
+        let e = e.expect("entry");
+        if e.file_type().expect("type").is_dir() {
+            n += std::fs::read_dir(e.path()).expect("shard").count();
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
