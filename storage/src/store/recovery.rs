@@ -39,7 +39,28 @@ impl BlobStore {
             let blob = files.get(&blob_path).copied();
             let part = files.get(&part_path).copied();
             let ok_blob = blob == Some(size);
-            if ok_blob {
+            let renamed = if complete && blob.is_none() && part == Some(size) {
+                // Committed while the fsync of its rename was still running: the data was
+                // fsync'd (and checked) before the commit began, so the `.part` is whole.
+                let (from, to) = (part_path.clone(), blob_path.clone());
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    std::fs::rename(&from, &to)?;
+                    match to.parent() {
+                        Some(dir) => File::open(dir)?.sync_all(),
+                        None => Ok(()),
+                    }
+                })
+                .await
+                .map_err(io::Error::other)??;
+                true
+            } else {
+                false
+            };
+            if renamed {
+                // Its old name is gone: not an orphan to remove.
+                keep.insert(part_path.clone());
+            }
+            if ok_blob || renamed {
                 if !complete {
                     // Crashed between the rename and the index update: the rename only happens
                     // after the data is fsync'd and verified, so it is complete.

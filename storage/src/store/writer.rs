@@ -328,9 +328,9 @@ impl BlobWriter {
     }
 
     /// Append the last buffers and complete the upload as [`BlobWriter::finish`] does: the
-    /// write, the hash, the SHA-256 check, the fsync, the rename and the fsync of the shard's
-    /// directory happen in one blocking step; the index update is shared with completions
-    /// finishing at about the same time. Returns only once the completion is durable. If `bufs` do not
+    /// write, the hash, the SHA-256 check, the fsync and the rename happen in one blocking
+    /// step; then the fsync of the shard's directory and the index update (shared with
+    /// completions finishing at about the same time) run side by side. Returns only once the completion is durable. If `bufs` do not
     /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
     pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
         self.check_alive()?;
@@ -373,10 +373,6 @@ impl BlobWriter {
                 part.file.sync_data()?;
                 drop(part);
                 std::fs::rename(&part_path, &blob_path)?;
-                // The rename (and the file's creation) made durable on this thread: one
-                // hop fewer than a shared fsync, and other uploads' renames go to other
-                // shards' directories.
-                File::open(&shard_dir)?.sync_all()?;
                 Ok(Ok(actual))
             },
         )
@@ -393,7 +389,14 @@ impl BlobWriter {
             }
         };
         self.offset = self.size;
-        if !store.commit_complete(&id, &actual).await? {
+        // The fsync of the shard's directory (the file's creation and rename) and the index
+        // commit run at the same time: the answer waits for both, one flush instead of two
+        // in a row. Recovery finds a complete row whose rename was lost as a whole `.part`
+        // (its data was fsync'd before the commit began) and finishes the rename.
+        let dir_synced = tokio::task::spawn_blocking(move || File::open(&shard_dir)?.sync_all());
+        let (dir_synced, committed) = tokio::join!(dir_synced, store.commit_complete(&id, &actual));
+        dir_synced.map_err(io::Error::other)??;
+        if !committed? {
             // Swept or cancelled meanwhile.
             store.live_end(&id, Phase::Gone);
             store.remove_files(&id).await?;

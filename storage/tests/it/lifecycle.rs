@@ -423,3 +423,51 @@ async fn concurrent_completions_are_grouped_durable_and_visible_after_restart() 
     );
     assert_eq!(store.info("short").await.unwrap().committed, 3);
 }
+
+/// The index commit of a completion and the fsync of its rename run side by side: a crash
+/// can leave the row complete and the file still at its `.part` name (whole: it was fsync'd
+/// before the commit began). Recovery finishes the rename and serves it.
+#[tokio::test]
+async fn a_committed_upload_whose_rename_was_lost_is_served_after_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let body = data(5000);
+    {
+        let store = open(dir.path(), &clock).await;
+        let w = store.create_writer(new("c", 5000, T0 + 100)).await.unwrap();
+        w.finish_with(vec![Bytes::from(body.clone())])
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let (blob, part) = (
+        dir.path().join(msim_storage::blob_file("c", true)),
+        dir.path().join(msim_storage::blob_file("c", false)),
+    );
+    std::fs::rename(&blob, &part).unwrap();
+    let store = open(dir.path(), &clock).await;
+    let info = store.info("c").await.unwrap();
+    assert!(info.complete);
+    assert_eq!(read_all(&store, "c").await, body);
+    assert!(blob.exists() && !part.exists());
+    // A complete row whose `.part` is short is not whole: removed, never served.
+    let w = store.create_writer(new("s", 5000, T0 + 100)).await.unwrap();
+    w.finish_with(vec![Bytes::from(body.clone())])
+        .await
+        .unwrap();
+    store.close().await;
+    let (blob, part) = (
+        dir.path().join(msim_storage::blob_file("s", true)),
+        dir.path().join(msim_storage::blob_file("s", false)),
+    );
+    std::fs::rename(&blob, &part).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .unwrap()
+        .set_len(4999)
+        .unwrap();
+    let store = open(dir.path(), &clock).await;
+    assert!(matches!(store.info("s").await, Err(StoreError::NotFound)));
+    assert_eq!(stored_files(dir.path()), 1);
+}
