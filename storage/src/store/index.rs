@@ -80,7 +80,13 @@ pub(super) struct Admission {
 }
 
 pub(super) struct Index {
+    /// Reads.
     pool: SqlitePool,
+    /// One connection for the writes other than completions (`synchronous=NORMAL`). Writes
+    /// take turns anyway (`writes`); on one connection its page cache stays valid from one
+    /// write to the next, where a pool of several made most writes begin on a connection
+    /// that had to drop its cache because another had written since.
+    writer: SqlitePool,
     /// One connection with `synchronous=FULL` for the commits that mark uploads complete: a
     /// completion answered `201` survives a power loss (the other writes use NORMAL; losing
     /// one of them at worst loses progress that recovery reconciles with the files).
@@ -133,12 +139,17 @@ impl Index {
         let migrated = MIGRATOR.run(&pool).await;
         drop(lock);
         migrated.map_err(sqlx::Error::from)?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
         let durable = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.synchronous(SqliteSynchronous::Full))
             .await?;
         Ok(Index {
             pool,
+            writer,
             durable,
             writes: tokio::sync::Mutex::new(()),
         })
@@ -146,6 +157,7 @@ impl Index {
 
     pub async fn close(&self) {
         self.durable.close().await;
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -200,7 +212,7 @@ impl Index {
         .bind(signed(limits.min_free))
         .bind(signed(limits.available))
         .bind(signed(limits.per_sender_quota))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(inserted > 0)
@@ -235,7 +247,7 @@ impl Index {
             "DELETE FROM blobs WHERE id = ? RETURNING state"
         };
         let _writing = self.writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let state: Option<(i64,)> = sqlx::query_as(sql)
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -258,7 +270,7 @@ impl Index {
         sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
             .bind(signed(now))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -268,7 +280,7 @@ impl Index {
         let _writing = self.writes.lock().await;
         sqlx::query("UPDATE blobs SET state = 1 WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -312,7 +324,7 @@ impl Index {
         )
         .bind(id)
         .bind(i64::from(limit))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(r.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
     }
@@ -342,7 +354,7 @@ impl Index {
             .bind(signed(size))
             .bind(signed(now))
             .bind(i64::from(limit))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?)
     }
 
@@ -368,7 +380,7 @@ impl Index {
         .bind(signed(end))
         .bind(signed(start))
         .bind(all_written)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(row.is_some_and(|(d,)| d == 1))
     }
@@ -406,7 +418,7 @@ impl Index {
         )
         .bind(signed(upto))
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected())
     }
