@@ -5,7 +5,7 @@
 //! - `index.sqlite` — the index (SQLite, WAL): one row per blob with its declared size, sender,
 //!   optional SHA-256, expiry and state; indexed on expiry so a sweep costs O(expired).
 //! - `blobs/<shard>/<id>.part` — an upload in progress (or interrupted, resumable); `<shard>` is
-//!   one of 256 subdirectories, `00`–`ff`, chosen by a hash of the id ([`shard_of`]).
+//!   one of 16 subdirectories, `00`–`0f`, chosen by a hash of the id ([`shard_of`]).
 //! - `blobs/<shard>/<id>.blob` — a complete upload: the `.part` file is fsync'd, renamed and the
 //!   directory fsync'd before the index says "complete", so a blob presented as complete always
 //!   is. Files of a store from before the shards (directly in `blobs/`) are moved into their

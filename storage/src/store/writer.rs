@@ -351,7 +351,6 @@ impl BlobWriter {
         let store = self.guard.store.clone();
         let id = self.guard.id.clone();
         let (part_path, blob_path) = (store.part_path(&id), store.blob_path(&id));
-        let shard_dir = store.inner.layout.shard_dir(&id);
         let expected = self.sha256.clone();
         let live = self.guard.live.clone();
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
@@ -389,14 +388,7 @@ impl BlobWriter {
             }
         };
         self.offset = self.size;
-        // The fsync of the shard's directory (the file's creation and rename) and the index
-        // commit run at the same time: the answer waits for both, one flush instead of two
-        // in a row. Recovery finds a complete row whose rename was lost as a whole `.part`
-        // (its data was fsync'd before the commit began) and finishes the rename.
-        let dir_synced = tokio::task::spawn_blocking(move || File::open(&shard_dir)?.sync_all());
-        let (dir_synced, committed) = tokio::join!(dir_synced, store.commit_complete(&id, &actual));
-        dir_synced.map_err(io::Error::other)??;
-        if !committed? {
+        if !store.commit_complete(&id, &actual).await? {
             // Swept or cancelled meanwhile.
             store.live_end(&id, Phase::Gone);
             store.remove_files(&id).await?;
