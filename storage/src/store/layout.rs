@@ -1,9 +1,9 @@
 //! Where a blob's files live: `blobs/<shard>/<id>.part` and `blobs/<shard>/<id>.blob`, where
 //! `<shard>` is one of [`SHARDS`] subdirectories named by two lowercase hex digits of a hash of
-//! the id ([`shard_of`]). Spreading the files over directories spreads their inodes over block
-//! groups (ext4 puts a file's inode near its directory's): creating a file in one busy
-//! `blobs/` scanned past recently deleted inodes, ~6 % of the relay's CPU with 16 concurrent
-//! uploads, and the uploads queued for that one directory's lock.
+//! the id ([`shard_of`]). Concurrent uploads create and rename their files under different
+//! directory locks, no directory grows huge, and the files' inodes spread over block groups
+//! (ext4 puts a file's inode near its directory's; creating one in a group with many recently
+//! freed inodes scans past each of them).
 //!
 //! Stores written before the shards (every file directly in `blobs/`) are moved into this
 //! layout by crash recovery when the serving process opens them; removals look in both places,
