@@ -84,6 +84,8 @@ pub(crate) trait Feed: Send + Sync + 'static {
     /// These items of other nodes reached at least one session of this node (receipts are
     /// then marked delivered).
     fn delivered(&self, _items: Vec<(Stream, i64)>) {}
+    /// This node's reader has pushed everything up to `pos` to its sessions.
+    fn passed(&self, _pos: &Positions) {}
 }
 
 /// Who is online on the other nodes: login → nodes.
@@ -543,6 +545,7 @@ impl Reader {
 
     /// Makes `pos` the positions the heartbeat records.
     fn publish(&self, pos: &Positions) {
+        self.feed.passed(pos);
         *self.fed.lock().unwrap_or_else(|e| e.into_inner()) = Some(*pos);
     }
 

@@ -6,7 +6,9 @@
 //! its reader has got (`cluster_nodes.fed_*`, with its heartbeat), and this job clears the
 //! bodies and deletes the receipts at or below the lowest position of all registered nodes. A
 //! node whose reader has not reported yet holds everything back (NULL counts as 0); a dead
-//! node stops holding anything back once it is reaped.
+//! node stops holding anything back once it is reaped. An acknowledgement of a message every
+//! node has already passed clears the body itself (`db::postgres::bulk::ack_messages`): this
+//! job only sees the rest.
 
 use sqlx::PgPool;
 

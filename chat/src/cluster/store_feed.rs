@@ -105,6 +105,11 @@ impl Feed for StoreFeed {
         })
     }
 
+    fn passed(&self, pos: &Positions) {
+        self.db
+            .set_messages_passed(pos.0[Stream::Messages as usize]);
+    }
+
     fn delivered(&self, items: Vec<(Stream, i64)>) {
         let receipts: Vec<i64> = items
             .into_iter()

@@ -86,11 +86,12 @@ impl Db {
             Backend::Postgres(s) => {
                 let mut tx = s.writes.begin().await?;
                 let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
-                // The pending cap is checked under the batch lock (every node's batches wait
-                // for it), then the kept messages are numbered: taking the lock again only
-                // reserves their numbers (the transaction already holds it).
+                // The batch lock first (every node's batches wait for it), which also
+                // reserves numbers for all the batch's messages; then the pending cap is
+                // checked under it. A refused message leaves a hole in the numbers.
+                let locked = super::postgres::lock_batch(&mut tx, messages, node).await?;
+                number_messages(&mut ops, locked.first);
                 let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
-                    super::postgres::lock_batch(&mut tx, 0, node).await?;
                     let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
                     let (idx, kept): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
                     (Some(idx), kept, refused)
@@ -98,12 +99,6 @@ impl Db {
                     (None, ops, Vec::new())
                 };
                 ops = kept;
-                let messages = ops
-                    .iter()
-                    .filter(|op| matches!(op, WriteOp::InsertMessage(_)))
-                    .count();
-                let locked = super::postgres::lock_batch(&mut tx, messages, node).await?;
-                number_messages(&mut ops, locked.first);
                 let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
                 if let Some(idx) = idx {
                     for (i, r) in idx.into_iter().zip(out) {
@@ -236,30 +231,37 @@ impl Db {
                     }
                 }
             }
-            for chunk in valid.chunks(ROW_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {}",
-                    placeholders(tx.param_style(), chunk.len(), 6, 1)
-                );
+            let rows = match tx {
+                Tx::Sqlite(_) => ROW_CHUNK,
+                Tx::Postgres(_) => super::postgres::bulk::ROWS,
+            };
+            for chunk in valid.chunks(rows) {
                 // A constraint failure is rolled back on its own (to the savepoint); the
                 // transaction goes on.
                 savepoint(tx).await?;
-                let r = on!(tx, c => {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for (_, m) in chunk {
-                        q = q
-                            .bind(m.seq)
-                            .bind(&m.id)
-                            .bind(&m.sender)
-                            .bind(&m.recipient)
-                            .bind(m.at)
-                            .bind(&m.text);
+                let r = match tx {
+                    Tx::Sqlite(c) => {
+                        let sql = format!(
+                            "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {}",
+                            placeholders(ParamStyle::InOrder, chunk.len(), 6, 1)
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for (_, m) in chunk {
+                            q = q
+                                .bind(m.seq)
+                                .bind(&m.id)
+                                .bind(&m.sender)
+                                .bind(&m.recipient)
+                                .bind(m.at)
+                                .bind(&m.text);
+                        }
+                        q.persistent(chunk.len() == ROW_CHUNK)
+                            .execute(&mut **c)
+                            .await
+                            .map(|r| r.rows_affected())
                     }
-                    q.persistent(chunk.len() == ROW_CHUNK)
-                        .execute(c)
-                        .await
-                        .map(|r| r.rows_affected())
-                });
+                    Tx::Postgres(c) => super::postgres::bulk::insert_messages(c, chunk).await,
+                };
                 if let Err(e) = r {
                     if !statement_only(&e) {
                         return Err(e.into());
@@ -281,26 +283,42 @@ impl Db {
         }
         if !bulk.acks.is_empty() {
             let acks = std::mem::take(&mut bulk.acks);
-            for chunk in acks.chunks(IN_CHUNK / 2) {
-                // `id IN (…)` uses the unique index; the second test keeps each id to its own
-                // recipient (logins never contain a space, so the pair is unambiguous).
-                let sql = format!(
-                    "UPDATE messages SET pending = 0{} WHERE id IN ({}) \
-                     AND (id || ' ' || recipient) IN ({})",
-                    super::messages::clear_body(tx),
-                    placeholders(tx.param_style(), chunk.len(), 1, 1),
-                    placeholders(tx.param_style(), chunk.len(), 1, chunk.len() + 1)
-                );
-                on!(tx, c => {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for (_, id, _) in chunk {
-                        q = q.bind(id);
+            let rows = match tx {
+                Tx::Sqlite(_) => IN_CHUNK / 2,
+                Tx::Postgres(_) => super::postgres::bulk::ROWS,
+            };
+            for chunk in acks.chunks(rows) {
+                match tx {
+                    Tx::Sqlite(c) => {
+                        // `id IN (…)` uses the unique index; the second test keeps each id to
+                        // its own recipient (logins never contain a space, so the pair is
+                        // unambiguous).
+                        let sql = format!(
+                            "UPDATE messages SET pending = 0, body = '' WHERE id IN ({}) \
+                             AND (id || ' ' || recipient) IN ({})",
+                            placeholders(ParamStyle::InOrder, chunk.len(), 1, 1),
+                            placeholders(ParamStyle::InOrder, chunk.len(), 1, chunk.len() + 1)
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for (_, id, _) in chunk {
+                            q = q.bind(id);
+                        }
+                        for (_, id, recipient) in chunk {
+                            q = q.bind(format!("{id} {recipient}"));
+                        }
+                        q.persistent(false).execute(&mut **c).await?;
                     }
-                    for (_, id, recipient) in chunk {
-                        q = q.bind(format!("{id} {recipient}"));
+                    Tx::Postgres(c) => {
+                        let (node, passed) = match &self.backend {
+                            Backend::Postgres(s) => (
+                                s.node.load(std::sync::atomic::Ordering::Relaxed),
+                                s.passed.load(std::sync::atomic::Ordering::Relaxed),
+                            ),
+                            Backend::Sqlite(_) => (0, 0),
+                        };
+                        super::postgres::bulk::ack_messages(c, chunk, node, passed).await?;
                     }
-                    q.persistent(false).execute(c).await.map(|r| r.rows_affected())
-                })?;
+                }
                 for (i, _, _) in chunk {
                     out[*i] = Some(Ok(Outcome::Done));
                 }

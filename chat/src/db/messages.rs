@@ -86,15 +86,20 @@ pub(super) async fn ack(
 /// nodes' readers may still have to push them to the sender's sessions there; the cluster's
 /// leader deletes them once every node has passed them (`cluster::scrub`).
 pub(super) async fn delete_receipts(tx: &mut Tx<'_>, seqs: Vec<i64>) -> Result<Outcome, DbError> {
-    let sql = match tx {
-        Tx::Sqlite(_) => "DELETE FROM receipts WHERE seq = $1",
-        Tx::Postgres(_) => "UPDATE receipts SET delivered = 1 WHERE seq = $1",
-    };
-    for s in seqs {
-        on!(tx, c => sqlx::query(sql)
-            .bind(s)
-            .execute(c)
-            .await.map(|r| r.rows_affected()))?;
+    match tx {
+        Tx::Sqlite(c) => {
+            for s in seqs {
+                sqlx::query("DELETE FROM receipts WHERE seq = $1")
+                    .bind(s)
+                    .execute(&mut **c)
+                    .await?;
+            }
+        }
+        Tx::Postgres(c) => {
+            for chunk in seqs.chunks(super::postgres::bulk::ROWS) {
+                super::postgres::bulk::receipts_delivered(c, chunk).await?;
+            }
+        }
     }
     Ok(Outcome::Done)
 }
@@ -102,7 +107,8 @@ pub(super) async fn delete_receipts(tx: &mut Tx<'_>, seqs: Vec<i64>) -> Result<O
 /// The `SET` clause that forgets an acknowledged or read message's body: at once on SQLite
 /// (one node); on PostgreSQL the body stays until every node's reader has pushed the message
 /// to its sessions (a recipient's other sessions may be on other nodes), then the cluster's
-/// leader clears it (`cluster::scrub`).
+/// leader clears it (`cluster::scrub`); the batched acknowledgement clears it at once when
+/// every node has already passed it (`postgres::bulk::ack_messages`).
 pub(super) fn clear_body(tx: &Tx<'_>) -> &'static str {
     match tx {
         Tx::Sqlite(_) => ", body = ''",

@@ -104,17 +104,16 @@ impl Db {
         if cap <= 0 || !ops.iter().any(|op| matches!(op, WriteOp::InsertMessage(_))) {
             return Ok(keep_all(ops));
         }
-        let recipients: Vec<String> = batch_counts(&ops).into_keys().map(str::to_owned).collect();
-        let mut counts: HashMap<String, i64> = HashMap::with_capacity(recipients.len());
-        for chunk in recipients.chunks(IN_CHUNK) {
-            let sql = pending_count_sql(super::batch::ParamStyle::Numbered, chunk.len());
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-            for r in chunk {
-                q = q.bind(r);
-            }
-            let found: Vec<(String, i64)> = q.persistent(false).fetch_all(&mut *tx).await?;
-            counts.extend(found);
-        }
+        let recipients: Vec<&str> = batch_counts(&ops).into_keys().collect();
+        // One statement whatever the number of recipients (planned once per connection).
+        let found: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
+             AND recipient = ANY($1::text[]) GROUP BY recipient",
+        )
+        .bind(recipients)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut counts: HashMap<String, i64> = found.into_iter().collect();
         Ok(refuse_over(ops, &mut counts, cap))
     }
 }

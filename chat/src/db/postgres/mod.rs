@@ -56,6 +56,10 @@ pub(crate) struct Store {
     /// This node's cluster id (0 until the cluster started), stored with every item a batch
     /// writes (`origin` columns).
     pub(in crate::db) node: AtomicI64,
+    /// How far this node's cluster reader has pushed the messages of other nodes to its
+    /// sessions (0: not yet): an acknowledgement at or below it may clear the body at once
+    /// (`bulk::ack_messages`).
+    pub(in crate::db) passed: AtomicI64,
 }
 
 /// Whether `url` names a PostgreSQL database.
@@ -128,6 +132,7 @@ impl Db {
             pool,
             writes,
             node: AtomicI64::new(0),
+            passed: AtomicI64::new(0),
         }))))
     }
 
@@ -143,6 +148,13 @@ impl Db {
     pub(crate) fn set_node(&self, node: i64) {
         if let Backend::Postgres(s) = &self.backend {
             s.node.store(node, Ordering::Relaxed);
+        }
+    }
+
+    /// This node's cluster reader has pushed every message up to `seq` to its sessions.
+    pub(crate) fn set_messages_passed(&self, seq: i64) {
+        if let Backend::Postgres(s) = &self.backend {
+            s.passed.fetch_max(seq, Ordering::Relaxed);
         }
     }
 
@@ -242,6 +254,7 @@ pub(in crate::db) async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool
     }
 }
 
+pub(in crate::db) mod bulk;
 #[cfg(test)]
 mod commit_status_tests;
 #[cfg(test)]
