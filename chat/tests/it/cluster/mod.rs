@@ -61,9 +61,11 @@ impl Node {
         let mut c = common::chat_binary(dir.path());
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         c.env("MSIM_CHAT_DATABASE_URL", url)
-            .args(["--cluster-heartbeat", &ms(HEARTBEAT)])
             .args(["--register-burst", "0", "--register-prefix-burst", "0"])
             .args(extra);
+        if !extra.contains(&"--cluster-heartbeat") {
+            c.args(["--cluster-heartbeat", &ms(HEARTBEAT)]);
+        }
         if !extra.contains(&"--cluster-node-timeout") {
             c.args(["--cluster-node-timeout", &ms(NODE_TIMEOUT)]);
         }
