@@ -86,6 +86,7 @@ impl Db {
             Backend::Postgres(s) => {
                 let mut tx = s.writes.begin().await?;
                 let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
+                let mark = Some(s.next_mark());
                 // The pending cap is checked under the batch lock (every node's batches wait
                 // for it), then the kept messages are numbered: taking the lock again only
                 // reserves their numbers (the transaction already holds it).
@@ -102,7 +103,8 @@ impl Db {
                     .iter()
                     .filter(|op| matches!(op, WriteOp::InsertMessage(_)))
                     .count();
-                let locked = super::postgres::lock_batch(&mut tx, messages, node).await?;
+                let locked =
+                    super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
                 number_messages(&mut ops, locked.first);
                 let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
                 if let Some(idx) = idx {
@@ -115,7 +117,7 @@ impl Db {
                     // The COMMIT may have been carried out with its answer lost: what the
                     // clients are told must match what is stored (a "failed" message that is
                     // in fact stored would be sent again by its user, and arrive twice).
-                    match super::postgres::commit_status(&s.pool, locked.xid).await {
+                    match super::postgres::commit_status(&s.pool, &locked).await {
                         Some(true) => {
                             tracing::warn!(
                                 "batch COMMIT failed ({e}) but the transaction committed"
