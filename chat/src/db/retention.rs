@@ -94,7 +94,8 @@ impl Db {
 
     /// PostgreSQL: the cap checked inside the batch transaction `tx`, which holds the batch
     /// lock (`lock_batch`), so no other node's batch commits meanwhile: the pending counts
-    /// read here are exact for all nodes, and N nodes cannot let N times the cap through.
+    /// read here (`pending_counts`, kept by triggers) are exact for all nodes, and N nodes
+    /// cannot let N times the cap through.
     pub(super) async fn refuse_full_in_tx(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -104,17 +105,15 @@ impl Db {
         if cap <= 0 || !ops.iter().any(|op| matches!(op, WriteOp::InsertMessage(_))) {
             return Ok(keep_all(ops));
         }
-        let recipients: Vec<String> = batch_counts(&ops).into_keys().map(str::to_owned).collect();
-        let mut counts: HashMap<String, i64> = HashMap::with_capacity(recipients.len());
-        for chunk in recipients.chunks(IN_CHUNK) {
-            let sql = pending_count_sql(super::batch::ParamStyle::Numbered, chunk.len());
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-            for r in chunk {
-                q = q.bind(r);
-            }
-            let found: Vec<(String, i64)> = q.persistent(false).fetch_all(&mut *tx).await?;
-            counts.extend(found);
-        }
+        let recipients: Vec<&str> = batch_counts(&ops).into_keys().collect();
+        // One index lookup per recipient: the counters the triggers of migration 0111 keep
+        // (counting the rows here cost up to the cap per recipient, under the lock).
+        let found: Vec<(String, i64)> =
+            sqlx::query_as("SELECT recipient, n FROM pending_counts WHERE recipient = ANY($1)")
+                .bind(&recipients)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut counts: HashMap<String, i64> = found.into_iter().collect();
         Ok(refuse_over(ops, &mut counts, cap))
     }
 }

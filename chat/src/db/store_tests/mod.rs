@@ -541,3 +541,4 @@ async fn a_full_recipient_queue_refuses_only_the_overflow() {
 }
 
 mod nodes;
+mod pending_cap;
