@@ -239,15 +239,19 @@ impl Db {
                 }
             }
             for chunk in valid.chunks(ROW_CHUNK) {
+                // A message whose id is taken (the same message stored through another node
+                // or link meanwhile) is skipped and answered alone: a unique violation would
+                // fail the whole chunk, other users' messages too.
                 let sql = format!(
-                    "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {}",
+                    "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {} \
+                     ON CONFLICT (id) DO NOTHING RETURNING seq",
                     placeholders(tx.param_style(), chunk.len(), 6, 1)
                 );
                 // A constraint failure is rolled back on its own (to the savepoint); the
                 // transaction goes on.
                 savepoint(tx).await?;
-                let r = on!(tx, c => {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let r: Result<Vec<(i64,)>, sqlx::Error> = on!(tx, c => {
+                    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                     for (_, m) in chunk {
                         q = q
                             .bind(m.seq)
@@ -257,26 +261,31 @@ impl Db {
                             .bind(m.at)
                             .bind(&m.text);
                     }
-                    q.persistent(chunk.len() == ROW_CHUNK)
-                        .execute(c)
-                        .await
-                        .map(|r| r.rows_affected())
+                    q.persistent(chunk.len() == ROW_CHUNK).fetch_all(c).await
                 });
-                if let Err(e) = r {
-                    if !statement_only(&e) {
-                        return Err(e.into());
+                let inserted = match r {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        if !statement_only(&e) {
+                            return Err(e.into());
+                        }
+                        roll_back(tx).await?;
+                        for (i, _) in chunk {
+                            out[*i] = Some(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
+                        }
+                        continue;
                     }
-                    roll_back(tx).await?;
-                    for (i, _) in chunk {
-                        out[*i] = Some(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
-                    }
-                    continue;
-                }
+                };
                 release(tx).await?;
+                let inserted: HashSet<i64> = inserted.into_iter().map(|(seq,)| seq).collect();
                 for (i, m) in chunk {
-                    out[*i] = Some(match &r {
-                        Ok(_) => Ok(Outcome::Stored(m.seq)),
-                        Err(e) => Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))),
+                    out[*i] = Some(if inserted.contains(&m.seq) {
+                        Ok(Outcome::Stored(m.seq))
+                    } else {
+                        Err(DbError::Sql(sqlx::Error::Protocol(format!(
+                            "message id {} is already stored",
+                            m.id
+                        ))))
                     });
                 }
             }
