@@ -106,7 +106,7 @@ impl Db {
             return Ok(keep_all(ops));
         }
         let recipients: Vec<&str> = batch_counts(&ops).into_keys().collect();
-        // One index lookup per recipient: the counters the triggers of migration 0111 keep
+        // One index lookup per recipient: the counters the triggers of migration 0121 keep
         // (counting the rows here cost up to the cap per recipient, under the lock).
         let found: Vec<(String, i64)> =
             sqlx::query_as("SELECT recipient, n FROM pending_counts WHERE recipient = ANY($1)")
