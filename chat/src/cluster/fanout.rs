@@ -367,6 +367,12 @@ async fn listen_loop(
     loop {
         let session = async {
             let mut l = PgListener::connect_with(&pool).await?;
+            // Named after the node, so the leader can end this session if the node is
+            // reaped while frozen (it would hold PostgreSQL's notification queue).
+            sqlx::query("SELECT set_config('application_name', $1, false)")
+                .bind(super::nodes::listener_name(me))
+                .execute(&mut l)
+                .await?;
             l.listen(CHANNEL).await?;
             // Listening: whatever is committed from now on is announced to us.
             if inbox.send(Note::Connected).await.is_err() {

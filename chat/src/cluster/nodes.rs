@@ -129,7 +129,23 @@ pub(crate) async fn reap(
         return Ok((dead, Vec::new()));
     }
     let offline = remove_nodes(pool, &dead).await?;
+    // A frozen node's listening session stays open but stops reading: PostgreSQL's
+    // notification queue cannot shrink past it and fills up until every NOTIFY (every node's
+    // commit announcements) fails. End its sessions; if the node wakes up, it reconnects.
+    let names: Vec<String> = dead.iter().map(|n| listener_name(NodeId(*n))).collect();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
+    )
+    .bind(&names)
+    .execute(pool)
+    .await?;
     Ok((dead, offline))
+}
+
+/// The `application_name` of `node`'s listening session.
+pub(crate) fn listener_name(node: NodeId) -> String {
+    format!("msim-chat node {}", node.0)
 }
 
 /// Deletes `nodes` with their presence rows; returns the logins left without any session.

@@ -87,9 +87,13 @@ impl Db {
                 let mut tx = s.writes.begin().await?;
                 let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
                 // The batch lock first (every node's batches wait for it), which also
-                // reserves numbers for all the batch's messages; then the pending cap is
-                // checked under it. A refused message leaves a hole in the numbers.
-                let locked = super::postgres::lock_batch(&mut tx, messages, node).await?;
+                // reserves numbers for all the batch's messages and stores the batch's mark
+                // (what tells, if the COMMIT's answer is lost, whether it committed); then the
+                // pending cap is checked under it. A refused message leaves a hole in the
+                // numbers.
+                let mark = Some(s.next_mark());
+                let locked =
+                    super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
                 number_messages(&mut ops, locked.first);
                 let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
                     let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
@@ -110,7 +114,7 @@ impl Db {
                     // The COMMIT may have been carried out with its answer lost: what the
                     // clients are told must match what is stored (a "failed" message that is
                     // in fact stored would be sent again by its user, and arrive twice).
-                    match super::postgres::commit_status(&s.pool, locked.xid).await {
+                    match super::postgres::commit_status(&s.pool, &locked).await {
                         Some(true) => {
                             tracing::warn!(
                                 "batch COMMIT failed ({e}) but the transaction committed"
@@ -236,16 +240,19 @@ impl Db {
                 Tx::Postgres(_) => super::postgres::bulk::ROWS,
             };
             for chunk in valid.chunks(rows) {
-                // A constraint failure is rolled back on its own (to the savepoint); the
-                // transaction goes on.
+                // A message whose id is taken (the same message stored through another node
+                // or link meanwhile) is skipped and answered alone: a unique violation would
+                // fail the whole chunk, other users' messages too. Any other constraint
+                // failure is rolled back on its own (to the savepoint); the transaction goes on.
                 savepoint(tx).await?;
-                let r = match tx {
+                let r: Result<Vec<i64>, sqlx::Error> = match tx {
                     Tx::Sqlite(c) => {
                         let sql = format!(
-                            "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {}",
+                            "INSERT INTO messages (seq, id, sender, recipient, at, body) VALUES {} \
+                             ON CONFLICT (id) DO NOTHING RETURNING seq",
                             placeholders(ParamStyle::InOrder, chunk.len(), 6, 1)
                         );
-                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
                         for (_, m) in chunk {
                             q = q
                                 .bind(m.seq)
@@ -256,27 +263,35 @@ impl Db {
                                 .bind(&m.text);
                         }
                         q.persistent(chunk.len() == ROW_CHUNK)
-                            .execute(&mut **c)
+                            .fetch_all(&mut **c)
                             .await
-                            .map(|r| r.rows_affected())
+                            .map(|rows| rows.into_iter().map(|(seq,)| seq).collect())
                     }
                     Tx::Postgres(c) => super::postgres::bulk::insert_messages(c, chunk).await,
                 };
-                if let Err(e) = r {
-                    if !statement_only(&e) {
-                        return Err(e.into());
+                let inserted = match r {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        if !statement_only(&e) {
+                            return Err(e.into());
+                        }
+                        roll_back(tx).await?;
+                        for (i, _) in chunk {
+                            out[*i] = Some(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
+                        }
+                        continue;
                     }
-                    roll_back(tx).await?;
-                    for (i, _) in chunk {
-                        out[*i] = Some(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
-                    }
-                    continue;
-                }
+                };
                 release(tx).await?;
+                let inserted: HashSet<i64> = inserted.into_iter().collect();
                 for (i, m) in chunk {
-                    out[*i] = Some(match &r {
-                        Ok(_) => Ok(Outcome::Stored(m.seq)),
-                        Err(e) => Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))),
+                    out[*i] = Some(if inserted.contains(&m.seq) {
+                        Ok(Outcome::Stored(m.seq))
+                    } else {
+                        Err(DbError::Sql(sqlx::Error::Protocol(format!(
+                            "message id {} is already stored",
+                            m.id
+                        ))))
                     });
                 }
             }

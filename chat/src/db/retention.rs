@@ -94,7 +94,8 @@ impl Db {
 
     /// PostgreSQL: the cap checked inside the batch transaction `tx`, which holds the batch
     /// lock (`lock_batch`), so no other node's batch commits meanwhile: the pending counts
-    /// read here are exact for all nodes, and N nodes cannot let N times the cap through.
+    /// read here (`pending_counts`, kept by triggers) are exact for all nodes, and N nodes
+    /// cannot let N times the cap through.
     pub(super) async fn refuse_full_in_tx(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -105,14 +106,13 @@ impl Db {
             return Ok(keep_all(ops));
         }
         let recipients: Vec<&str> = batch_counts(&ops).into_keys().collect();
-        // One statement whatever the number of recipients (planned once per connection).
-        let found: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
-             AND recipient = ANY($1::text[]) GROUP BY recipient",
-        )
-        .bind(recipients)
-        .fetch_all(&mut *tx)
-        .await?;
+        // One index lookup per recipient: the counters the triggers of migration 0121 keep
+        // (counting the rows here cost up to the cap per recipient, under the lock).
+        let found: Vec<(String, i64)> =
+            sqlx::query_as("SELECT recipient, n FROM pending_counts WHERE recipient = ANY($1)")
+                .bind(&recipients)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut counts: HashMap<String, i64> = found.into_iter().collect();
         Ok(refuse_over(ops, &mut counts, cap))
     }

@@ -11,22 +11,23 @@ use sqlx::PgConnection;
 /// Most rows per statement (a batch holds at most `commit::MAX_BATCH` ops).
 pub(in crate::db) const ROWS: usize = 2048;
 
-/// Inserts `rows` (already numbered) with one statement; the caller runs it in a savepoint
-/// (a constraint violation fails these rows, not the batch).
+/// Inserts `rows` (already numbered) with one statement and returns the seqs of the rows
+/// stored: a row whose id is already stored is skipped (answered alone by the caller). The
+/// caller runs it in a savepoint (another constraint violation fails these rows, not the batch).
 pub(in crate::db) async fn insert_messages(
     c: &mut PgConnection,
     rows: &[(usize, StoredMessage)],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     let seqs: Vec<i64> = rows.iter().map(|(_, m)| m.seq).collect();
     let ids: Vec<&str> = rows.iter().map(|(_, m)| m.id.as_str()).collect();
     let senders: Vec<&str> = rows.iter().map(|(_, m)| m.sender.as_str()).collect();
     let recipients: Vec<&str> = rows.iter().map(|(_, m)| m.recipient.as_str()).collect();
     let ats: Vec<i64> = rows.iter().map(|(_, m)| m.at).collect();
     let bodies: Vec<&str> = rows.iter().map(|(_, m)| m.text.as_str()).collect();
-    let r = sqlx::query(
+    let stored: Vec<(i64,)> = sqlx::query_as(
         "INSERT INTO messages (seq, id, sender, recipient, at, body) \
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-         $6::text[])",
+         $6::text[]) ON CONFLICT (id) DO NOTHING RETURNING seq",
     )
     .bind(seqs)
     .bind(ids)
@@ -34,9 +35,9 @@ pub(in crate::db) async fn insert_messages(
     .bind(recipients)
     .bind(ats)
     .bind(bodies)
-    .execute(c)
+    .fetch_all(c)
     .await?;
-    Ok(r.rows_affected())
+    Ok(stored.into_iter().map(|(seq,)| seq).collect())
 }
 
 /// Marks the messages `(id, recipient)` acknowledged with one statement. Rows already

@@ -60,6 +60,27 @@ pub(crate) struct Store {
     /// sessions (0: not yet): an acknowledgement at or below it may clear the body at once
     /// (`bulk::ack_messages`).
     pub(in crate::db) passed: AtomicI64,
+    /// This process's row in `batch_marks` (random: unique among the writers of a database).
+    pub(in crate::db) writer: i64,
+    /// The last mark a batch stored there.
+    pub(in crate::db) marks: AtomicI64,
+}
+
+/// What a batch transaction stores to prove, later, that it committed (see [`commit_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::db) struct BatchMark {
+    pub(in crate::db) writer: i64,
+    pub(in crate::db) mark: i64,
+}
+
+impl Store {
+    /// A mark no earlier batch of this writer used.
+    pub(in crate::db) fn next_mark(&self) -> BatchMark {
+        BatchMark {
+            writer: self.writer,
+            mark: self.marks.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
 }
 
 /// Whether `url` names a PostgreSQL database.
@@ -128,11 +149,19 @@ impl Db {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
+        // Rows of writers gone for a day (a live writer's batch updates its row).
+        sqlx::query(
+            "DELETE FROM batch_marks WHERE touched_at < clock_timestamp() - interval '1 day'",
+        )
+        .execute(&pool)
+        .await?;
         Ok(Db::with_backend(Backend::Postgres(Arc::new(Store {
             pool,
             writes,
             node: AtomicI64::new(0),
             passed: AtomicI64::new(0),
+            writer: rand::random::<i64>(),
+            marks: AtomicI64::new(0),
         }))))
     }
 
@@ -186,8 +215,10 @@ impl Store {
 pub(in crate::db) struct Locked {
     /// The first of the batch's message sequence numbers (0 when none were asked for).
     pub(in crate::db) first: i64,
-    /// The transaction's id, for [`commit_status`].
+    /// The transaction's id (for logs only: see [`commit_status`]).
     pub(in crate::db) xid: i64,
+    /// What the transaction stored to prove its commit ([`lock_batch_marked`]).
+    pub(in crate::db) mark: Option<BatchMark>,
 }
 
 /// First statement of every batch transaction: takes [`BATCH_LOCK`] (held until the
@@ -201,50 +232,77 @@ pub(in crate::db) async fn lock_batch(
     messages: usize,
     node: i64,
 ) -> Result<Locked, sqlx::Error> {
+    lock_batch_marked(tx, messages, node, None).await
+}
+
+/// [`lock_batch`], also storing `mark` in the writer's `batch_marks` row in the same statement
+/// (no extra round trip), after the lock is taken: if the `COMMIT`'s answer is lost,
+/// [`commit_status`] reads the row to learn whether the batch committed.
+pub(in crate::db) async fn lock_batch_marked(
+    tx: &mut PgConnection,
+    messages: usize,
+    node: i64,
+    mark: Option<BatchMark>,
+) -> Result<Locked, sqlx::Error> {
     let n = messages as i64;
-    // The materialised CTE is read (the lock taken) before the select list is computed.
-    let sql = if n == 0 {
-        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
-         set_config('msim.node', $3, true)) \
-         SELECT $2::bigint, txid_current() FROM locked"
+    // The materialised CTE is read (the lock taken) before the select list is computed, and
+    // before the mark is written (the insert reads it).
+    let marked = if mark.is_some() {
+        ", marked AS (INSERT INTO batch_marks (writer, mark) SELECT $4, $5 FROM locked \
+         ON CONFLICT (writer) DO UPDATE SET mark = excluded.mark, touched_at = clock_timestamp())"
     } else {
-        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
-         set_config('msim.node', $3, true)) \
-         SELECT setval('message_seq', nextval('message_seq') + $2 - 1), txid_current() \
+        ""
+    };
+    let select = if n == 0 {
+        "SELECT $2::bigint, txid_current() FROM locked"
+    } else {
+        "SELECT setval('message_seq', nextval('message_seq') + $2 - 1), txid_current() \
          FROM locked"
     };
-    let (last, xid): (i64, i64) = sqlx::query_as(sql)
+    let sql = format!(
+        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
+         set_config('msim.node', $3, true)){marked} {select}"
+    );
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(BATCH_LOCK)
         .bind(n)
-        .bind(node.to_string())
-        .fetch_one(tx)
-        .await?;
+        .bind(node.to_string());
+    if let Some(m) = mark {
+        q = q.bind(m.writer).bind(m.mark);
+    }
+    let (last, xid): (i64, i64) = q.fetch_one(tx).await?;
     Ok(Locked {
         first: if n == 0 { 0 } else { last - n + 1 },
         xid,
+        mark,
     })
 }
 
-/// The outcome of a transaction whose `COMMIT` failed without an answer (the connection or
-/// the server went away while it ran): asked on another connection with `txid_status`, again
-/// and again while the server cannot answer or the transaction is still in progress, for at
-/// most [`IN_DOUBT_MAX`]. `Some(true)`: it committed; `Some(false)`: it did not; `None`: still
-/// unknown.
-pub(in crate::db) async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool> {
+/// The outcome of a batch transaction whose `COMMIT` failed without an answer (the
+/// connection or the server went away while it ran), read from its writer's `batch_marks` row
+/// on another connection: `Some(true)` if the row holds the batch's mark (it committed),
+/// `Some(false)` if not, `None` if the batch stored no mark or the database could not be asked
+/// within [`IN_DOUBT_MAX`]. `FOR SHARE` waits while the transaction still runs (its backend has
+/// not noticed the loss yet: it holds the row's lock), so the answer is final.
+///
+/// Transaction ids are not used: after a crash or a failover, ids whose use never reached the
+/// WAL are handed out again, and `txid_status` would then tell another transaction's fate.
+pub(in crate::db) async fn commit_status(pool: &PgPool, batch: &Locked) -> Option<bool> {
+    let mark = batch.mark?;
     let deadline = tokio::time::Instant::now() + IN_DOUBT_MAX;
     let mut pause = Duration::from_millis(50);
     loop {
-        let r: Result<Option<String>, sqlx::Error> = sqlx::query_scalar("SELECT txid_status($1)")
-            .bind(xid)
-            .fetch_one(pool)
-            .await;
-        match r.as_ref().map(Option::as_deref) {
-            Ok(Some("committed")) => return Some(true),
-            Ok(Some("aborted")) => return Some(false),
-            // Too old to be known: cannot happen seconds after the transaction ran.
-            Ok(None) => return None,
-            Ok(Some(_)) => {} // in progress: its backend has not noticed the loss yet
-            Err(e) => warn!("asking whether batch transaction {xid} committed: {e}"),
+        let r: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT mark FROM batch_marks WHERE writer = $1 FOR SHARE")
+                .bind(mark.writer)
+                .fetch_optional(pool)
+                .await;
+        match r {
+            Ok(stored) => return Some(stored == Some(mark.mark)),
+            Err(e) => warn!(
+                "asking whether batch transaction {} committed: {e}",
+                batch.xid
+            ),
         }
         if tokio::time::Instant::now() + pause > deadline {
             return None;

@@ -6,6 +6,7 @@
 mod failover;
 mod fanout;
 mod federation;
+mod frozen;
 mod restart;
 mod throttle;
 
