@@ -69,8 +69,7 @@ async fn a_large_file_hashed_while_uploading_arrives_verified_by_the_senders_has
     // Bob downloads while Alice uploads (the relay streams), and waits for her hash.
     let dest = dir.join("dest.bin");
     let download = async {
-        transfer::download_deferred(&Transfer::from(&o.down), &dest, &o.watch, None, &quick())
-            .await
+        transfer::download_deferred(&Transfer::from(&o.down), &dest, &o.watch, None, &quick()).await
     };
     let upload = async {
         let report = transfer::upload_hashing(&Transfer::from(&o.up), &src, None, &quick())
@@ -161,7 +160,10 @@ async fn a_relay_that_stores_altered_bytes_is_caught_by_the_sender_and_the_recip
     .unwrap();
     assert_eq!(report.source_sha256.as_deref(), Some(sha.as_str()));
     let stored = report.sha256.clone().unwrap();
-    assert_ne!(stored, sha, "the sender sees the relay stored something else");
+    assert_ne!(
+        stored, sha,
+        "the sender sees the relay stored something else"
+    );
 
     // The sender declares what it read; the recipient's download (consistent with the
     // relay's own Msim-Sha256) is refused.
