@@ -51,6 +51,13 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: WriteOp) -> Result<Outcome, DbErr
             relay,
             now,
         } => files::answer_offer(tx, id, by, sender, relay, now).await,
+        WriteOp::AnswerWithResults {
+            id,
+            by,
+            relay,
+            now,
+            results,
+        } => files::answer_with_results(tx, id, by, relay, now, results).await,
         WriteOp::SetOfferHash {
             id,
             by,

@@ -49,6 +49,27 @@ pub(super) async fn answer_offer(
     Ok(Outcome::Answered(offer))
 }
 
+/// [`answer_offer`] of a local offer, storing `results` (notices) when the answer is recorded.
+pub(super) async fn answer_with_results(
+    tx: &mut Tx<'_>,
+    id: String,
+    by: String,
+    relay: Option<String>,
+    now: i64,
+    results: Vec<Notice>,
+) -> Result<Outcome, DbError> {
+    match answer_offer(tx, id, by, None, relay, now).await? {
+        Outcome::Answered(offer) => {
+            let mut seqs = Vec::with_capacity(results.len());
+            for n in &results {
+                seqs.push(super::notices::insert(tx, n).await?);
+            }
+            Ok(Outcome::AnsweredWithResults(offer, seqs))
+        }
+        other => Ok(other),
+    }
+}
+
 /// The sender `by` declares the SHA-256 of its accepted offer `id` that was offered without one
 /// (PROTOCOL.md §10.7): stored on the offer once, and as a notice for the recipient, in one
 /// transaction (so two racing declarations cannot both pass).
