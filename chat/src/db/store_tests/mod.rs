@@ -540,4 +540,5 @@ async fn a_full_recipient_queue_refuses_only_the_overflow() {
     .await;
 }
 
+mod answers;
 mod nodes;
