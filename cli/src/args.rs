@@ -206,6 +206,11 @@ Examples:
   msim send-file bob cat.jpg
   msim send-file bob holiday.mp4 --wait 120   # give up after 2 minutes without an answer
 
+Files of 8 MiB or more are hashed while they are uploaded (one read of the file) and the \
+SHA-256 is declared to the recipient afterwards; smaller ones, and files for users of other \
+servers, are hashed before the offer. If the relay stored something other than what was sent, \
+the transfer is cancelled and send-file fails.
+
 Exits with 4 when the recipient (or the server) rejects the file."
     )]
     SendFile {
@@ -224,7 +229,9 @@ Exits with 4 when the recipient (or the server) rejects the file."
     #[command(
         after_help = "Files are saved under --out (default: the config's download_dir, \
 else the current directory) with the sender's file name; an existing file is never overwritten \
-(\"cat (1).jpg\"). The SHA-256 is verified when the sender announced it.
+(\"cat (1).jpg\"). The SHA-256 is verified against the sender's: announced with the offer, or \
+declared by the sender right after its upload (files of 8 MiB or more); a file whose sender \
+declared none within 10 s is kept and reported as NOT verified.
 
 Examples:
   msim receive                       # ask y/n for each offer

@@ -23,6 +23,9 @@ use crate::error::ClientError;
 use crate::router::Router;
 
 mod calls;
+mod file_hash;
+
+pub use file_hash::HashWatch;
 
 /// Connection settings.
 #[derive(Debug, Clone)]

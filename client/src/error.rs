@@ -1,8 +1,8 @@
 //! The client's error type.
 
 use msim_shared::proto::{
-    AnswerFailure, BlockFailure, ConnectFailure, ContactFailure, FileRejection, PresenceFailure,
-    ProfileFailure, ReadFailure, RegisterFailure, SendFailure,
+    AnswerFailure, BlockFailure, ConnectFailure, ContactFailure, FileRejection, HashFailure,
+    PresenceFailure, ProfileFailure, ReadFailure, RegisterFailure, SendFailure,
 };
 
 /// Everything that can go wrong in the client library.
@@ -78,6 +78,18 @@ pub enum ClientError {
         /// Why.
         reason: AnswerFailure,
     },
+    /// `SEND-FILE-PROXY-HASH-FAILED`.
+    #[error("cannot declare the SHA-256 of transfer {transfer_id}: {reason}")]
+    HashFailed {
+        /// The transfer.
+        transfer_id: String,
+        /// Why.
+        reason: HashFailure,
+    },
+    /// The sender of a file offered without a SHA-256 did not declare one in time
+    /// (`SEND-FILE-PROXY-HASH`), so the download cannot be verified.
+    #[error("the sender did not confirm the file's SHA-256 (unverified download)")]
+    NoSenderHash,
     /// `PRESENCE-ANSWER-FAILED`, or `PRIVACY-FAILED` (without an `id`).
     #[error("presence {}: {reason}", id.as_deref().unwrap_or("settings"))]
     PresenceFailed {
@@ -182,6 +194,7 @@ impl ClientError {
                 | ClientError::ProfileFailed(_)
                 | ClientError::FileRejected { .. }
                 | ClientError::AnswerFailed { .. }
+                | ClientError::HashFailed { .. }
                 | ClientError::PresenceFailed { .. }
                 | ClientError::BlockFailed { .. }
                 | ClientError::RateLimited(_)

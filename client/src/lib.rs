@@ -25,7 +25,9 @@ mod privacy;
 mod router;
 pub mod transfer;
 
-pub use client::{Client, ClientOptions, Events, LoginOptions, OutgoingOffer, ServerAddr};
+pub use client::{
+    Client, ClientOptions, Events, HashWatch, LoginOptions, OutgoingOffer, ServerAddr,
+};
 pub use error::ClientError;
 pub use msim_shared::proto::{self, Event};
 pub use msim_shared::tls;

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use msim_shared::proto::{
     BlockFailed, BlockOk, Body, ConnectAck, ConnectFailed, ConnectOk, ContactsAddFailed,
     ContactsAddOk, ContactsChangeFailed, ContactsChangeOk, ContactsDeleteFailed, ContactsDeleteOk,
-    ContactsList, Event, FileAnswerFailed, FilePending, MarkReadFailed, MessageSendFailed,
-    MessageSent, Pong, PresenceAnswerFailed, PresenceApproveOk, PresenceDenyOk, PrivacyFailed,
-    PrivacySetOk, PrivacySettings, Profile, ProfileGetFailed, ProfileUpdateFailed, ProfileUpdateOk,
-    RegisterFailed, RegisterOk, UnblockFailed, UnblockOk,
+    ContactsList, Event, FileAnswerFailed, FileHashFailed, FileHashOk, FilePending, MarkReadFailed,
+    MessageSendFailed, MessageSent, Pong, PresenceAnswerFailed, PresenceApproveOk, PresenceDenyOk,
+    PrivacyFailed, PrivacySetOk, PrivacySettings, Profile, ProfileGetFailed, ProfileUpdateFailed,
+    ProfileUpdateOk, RegisterFailed, RegisterOk, UnblockFailed, UnblockOk,
 };
 use msim_shared::Packet;
 use tokio::sync::oneshot;
@@ -43,6 +43,8 @@ const REPLY_ONLY: &[&str] = &[
     ProfileGetFailed::VERB,
     FilePending::VERB,
     FileAnswerFailed::VERB,
+    FileHashOk::VERB,
+    FileHashFailed::VERB,
     PresenceApproveOk::VERB,
     PresenceDenyOk::VERB,
     PresenceAnswerFailed::VERB,
@@ -77,6 +79,8 @@ enum Slot {
 pub(crate) struct Router {
     pending: HashMap<String, Pending>,
     transfers: HashMap<String, Slot>,
+    /// Transfers whose sender's deferred SHA-256 (`SEND-FILE-PROXY-HASH`) is awaited.
+    hashes: HashMap<String, Slot>,
     seq: u64,
     closed: bool,
 }
@@ -136,6 +140,7 @@ impl Router {
         self.closed = true;
         self.pending.clear();
         self.transfers.clear();
+        self.hashes.clear();
     }
 
     /// Stops waiting for `reference` (the request was cancelled or timed out).
@@ -188,6 +193,44 @@ impl Router {
         self.transfers.remove(transfer_id);
     }
 
+    /// Starts watching for the sender's SHA-256 of `transfer_id` (`SEND-FILE-PROXY-HASH`), so
+    /// that it is kept for [`Router::wait_hash`] instead of going to the events. Returns false
+    /// when too many are watched.
+    pub(crate) fn arm_hash(&mut self, transfer_id: &str) -> bool {
+        if self.hashes.contains_key(transfer_id) {
+            return true;
+        }
+        if self.hashes.len() >= MAX_WATCHED_TRANSFERS {
+            return false;
+        }
+        self.hashes.insert(transfer_id.to_owned(), Slot::Armed);
+        true
+    }
+
+    /// The sender's hash packet for an armed transfer (at once if it already arrived). `None`
+    /// when the transfer is not armed.
+    pub(crate) fn wait_hash(&mut self, transfer_id: &str) -> Option<oneshot::Receiver<Event>> {
+        let (tx, rx) = oneshot::channel();
+        if self.closed {
+            return Some(rx);
+        }
+        match self.hashes.remove(transfer_id)? {
+            Slot::Arrived(event) => {
+                let _ = tx.send(*event);
+            }
+            Slot::Armed | Slot::Waiting(_) => {
+                self.hashes
+                    .insert(transfer_id.to_owned(), Slot::Waiting(tx));
+            }
+        }
+        Some(rx)
+    }
+
+    /// Stops watching for a transfer's hash.
+    pub(crate) fn disarm_hash(&mut self, transfer_id: &str) {
+        self.hashes.remove(transfer_id);
+    }
+
     /// Routes one incoming packet. Returns the event when it belongs to the event stream,
     /// `None` when it was handed to a waiting request.
     pub(crate) fn route(&mut self, packet: &Packet, event: Event) -> Option<Event> {
@@ -204,24 +247,17 @@ impl Router {
                 }
             }
         }
-        // 2. A transfer answer somebody is waiting for.
+        // 2. A transfer answer, or a sender's hash, somebody is waiting for.
         if let Some(id) = transfer_id(&event) {
-            if let Some(slot) = self.transfers.remove(id) {
-                match slot {
-                    Slot::Armed => {
-                        self.transfers
-                            .insert(id.to_owned(), Slot::Arrived(Box::new(event)));
-                        return None;
-                    }
-                    Slot::Waiting(tx) => {
-                        return tx.send(event).err();
-                    }
-                    Slot::Arrived(first) => {
-                        // A second answer for the same transfer: keep the first one.
-                        self.transfers.insert(id.to_owned(), Slot::Arrived(first));
-                        return Some(event);
-                    }
-                }
+            if self.transfers.contains_key(id) {
+                let id = id.to_owned();
+                return fill(&mut self.transfers, id, event);
+            }
+        }
+        if let Event::FileHash(h) = &event {
+            if self.hashes.contains_key(&h.transfer_id) {
+                let id = h.transfer_id.clone();
+                return fill(&mut self.hashes, id, event);
             }
         }
         // 3. A reply without (or with an unknown) ref: the oldest request expecting it.
@@ -262,6 +298,24 @@ impl Router {
         // The waiter gave up (timeout, cancellation): nothing to do.
         let _ = pending.tx.send(event);
         None
+    }
+}
+
+/// Hands `event` to the slot of `id` in `slots` (which holds one); returns it when the slot
+/// already had its event (the first one is kept) or its waiter is gone.
+fn fill(slots: &mut HashMap<String, Slot>, id: String, event: Event) -> Option<Event> {
+    match slots.remove(&id) {
+        Some(Slot::Armed) => {
+            slots.insert(id, Slot::Arrived(Box::new(event)));
+            None
+        }
+        Some(Slot::Waiting(tx)) => tx.send(event).err(),
+        Some(Slot::Arrived(first)) => {
+            // A second answer for the same transfer: keep the first one.
+            slots.insert(id, Slot::Arrived(first));
+            Some(event)
+        }
+        None => Some(event),
     }
 }
 

@@ -19,6 +19,7 @@ use hyper::body::Frame;
 mod file_io;
 mod receive;
 mod relay_http;
+mod source_hash;
 
 use crate::backoff::Backoff;
 use crate::error::ClientError;
@@ -27,6 +28,7 @@ use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, UPLOAD_OFFSET};
 use msim_shared::tls::rustls::ClientConfig;
 use receive::{receive_held, receive_streamed};
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
+use source_hash::SourceHash;
 
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -89,6 +91,9 @@ pub struct TransferOptions {
     /// Trust for `https://` relays (None: the bundled public roots). Build it with
     /// `msim_shared::tls::client_config`; certificates are always verified.
     pub tls: Option<Arc<ClientConfig>>,
+    /// How long [`download_deferred`] waits, once the file is downloaded, for the sender's
+    /// SHA-256 (`SEND-FILE-PROXY-HASH`, normally there within milliseconds of the last byte).
+    pub sender_hash_wait: Duration,
 }
 
 /// The longest wait between two attempts of a transfer.
@@ -108,6 +113,7 @@ impl Default for TransferOptions {
             retry_delay: Duration::from_millis(250),
             timeout: Duration::from_secs(60),
             tls: None,
+            sender_hash_wait: Duration::from_secs(10),
         }
     }
 }
@@ -121,6 +127,8 @@ pub struct UploadReport {
     pub sha256: Option<String>,
     /// Whether the upload continued an earlier, interrupted one.
     pub resumed: bool,
+    /// The SHA-256 of the bytes read from the file for the upload ([`upload_hashing`] only).
+    pub source_sha256: Option<String>,
 }
 
 /// What a completed download produced.
@@ -132,7 +140,8 @@ pub struct DownloadReport {
     pub size: u64,
     /// Its SHA-256 (lowercase hex).
     pub sha256: String,
-    /// Whether the SHA-256 was checked against an announced one.
+    /// Whether the SHA-256 was checked against an announced one ([`download_deferred`]: the
+    /// sender's own; false when the sender declared none in time).
     pub verified: bool,
     /// Whether the download continued an earlier, interrupted one.
     pub resumed: bool,
@@ -165,6 +174,46 @@ pub async fn upload(
     progress: Option<Progress>,
     options: &TransferOptions,
 ) -> Result<UploadReport, ClientError> {
+    upload_with(transfer, path, progress, options, None).await
+}
+
+/// [`upload`], hashing the file from the bytes it reads for the upload (one pass over the
+/// file): [`UploadReport::source_sha256`] is the SHA-256 to declare for an offer made without
+/// one (PROTOCOL.md §10.7). Compare it with [`UploadReport::sha256`], what the relay stored.
+pub async fn upload_hashing(
+    transfer: &Transfer,
+    path: &Path,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+) -> Result<UploadReport, ClientError> {
+    let hash = SourceHash::default();
+    let mut report = upload_with(transfer, path, progress, options, Some(hash.clone())).await?;
+    let (path, size) = (path.to_owned(), report.size);
+    report.source_sha256 = Some(file_io::blocking(move || hash.finish(&path, size)).await?);
+    Ok(report)
+}
+
+/// `DELETE`: cancels a transfer on the relay and frees its storage (§11.6). A transfer that
+/// is already gone (`404`, `410`) counts as cancelled.
+pub async fn cancel(transfer: &Transfer, options: &TransferOptions) -> Result<(), ClientError> {
+    let target = target(&transfer.url)?;
+    let req = request(Method::DELETE, &target, &transfer.token)
+        .body(empty())
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = send(&target, req, options).await?;
+    match response.status() {
+        s if s.is_success() || s == StatusCode::NOT_FOUND || s == StatusCode::GONE => Ok(()),
+        _ => Err(error_status(response).await),
+    }
+}
+
+async fn upload_with(
+    transfer: &Transfer,
+    path: &Path,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+    hash: Option<SourceHash>,
+) -> Result<UploadReport, ClientError> {
     let target = target(&transfer.url)?;
     let size = tokio::fs::metadata(path).await?.len();
     if transfer.size != 0 && transfer.size != size {
@@ -189,6 +238,7 @@ pub async fn upload(
                             size,
                             sha256: sha,
                             resumed: true,
+                            source_sha256: None,
                         }))
                     }
                     Offset::At(n) => n,
@@ -209,7 +259,11 @@ pub async fn upload(
                     actual: now,
                 });
             }
-            upload_from(&target, transfer, path, size, offset, &progress, options).await
+            let hash = hash.clone();
+            upload_from(
+                &target, transfer, path, size, offset, &progress, options, hash,
+            )
+            .await
         }
         .await;
         match result {
@@ -268,6 +322,7 @@ async fn upload_offset(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn upload_from(
     target: &Target,
     transfer: &Transfer,
@@ -276,6 +331,7 @@ async fn upload_from(
     offset: u64,
     progress: &Option<Progress>,
     options: &TransferOptions,
+    hash: Option<SourceHash>,
 ) -> Result<Step, ClientError> {
     let len = size - offset.min(size);
     let mut done = offset;
@@ -283,7 +339,7 @@ async fn upload_from(
         p(done, size);
     }
     let progress_cb = progress.clone();
-    let mut units = file_io::read_units(path.to_owned(), offset, len);
+    let mut units = file_io::read_units(path.to_owned(), offset, len, hash);
     let stream = futures::stream::poll_fn(move |cx| units.poll_recv(cx)).map(move |chunk| {
         chunk.map(|data| {
             done += data.len() as u64;
@@ -316,6 +372,7 @@ async fn upload_from(
             size,
             sha256: header_text(&response, MSIM_SHA256),
             resumed: offset > 0,
+            source_sha256: None,
         })),
         // Stored part of it (the relay wants more).
         StatusCode::NO_CONTENT => match relay_offset {
@@ -324,6 +381,7 @@ async fn upload_from(
                 size,
                 sha256: None,
                 resumed: offset > 0,
+                source_sha256: None,
             })),
             _ => Err(ClientError::Http("upload made no progress".into())),
         },
@@ -344,6 +402,41 @@ pub async fn download(
     transfer: &Transfer,
     dest: &Path,
     expected_sha256: Option<&str>,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+) -> Result<DownloadReport, ClientError> {
+    let expect = Expect::Known(expected_sha256);
+    download_with(transfer, dest, expect, progress, options).await
+}
+
+/// [`download`] of a file offered without a SHA-256 (PROTOCOL.md §10.7): hashed as it is
+/// received, then checked against the sender's SHA-256 from `sender_hash` (waiting up to
+/// [`TransferOptions::sender_hash_wait`] for it once the last byte is in). A mismatch is
+/// [`ClientError::ChecksumMismatch`] and keeps nothing; no hash in time keeps the file with
+/// [`DownloadReport::verified`] false (checked only against the relay's `Msim-Sha256`).
+pub async fn download_deferred(
+    transfer: &Transfer,
+    dest: &Path,
+    sender_hash: &crate::HashWatch,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+) -> Result<DownloadReport, ClientError> {
+    let expect = Expect::Deferred(sender_hash);
+    download_with(transfer, dest, expect, progress, options).await
+}
+
+/// Where a download's expected SHA-256 comes from.
+enum Expect<'a> {
+    /// Announced with the grant (or not at all: then the relay's `Msim-Sha256` counts).
+    Known(Option<&'a str>),
+    /// Declared by the sender after its upload.
+    Deferred(&'a crate::HashWatch),
+}
+
+async fn download_with(
+    transfer: &Transfer,
+    dest: &Path,
+    expect: Expect<'_>,
     progress: Option<Progress>,
     options: &TransferOptions,
 ) -> Result<DownloadReport, ClientError> {
@@ -398,10 +491,21 @@ pub async fn download(
     let Some(part) = part else {
         return Err(ClientError::Http("download lost its file".into()));
     };
-    let expected = expected_sha256
-        .map(str::to_ascii_lowercase)
-        .or(relay_sha.map(|s: String| s.to_ascii_lowercase()));
-    let verified = expected.is_some();
+    let relay_sha = relay_sha.map(|s: String| s.to_ascii_lowercase());
+    let (expected, verified) = match expect {
+        Expect::Known(sha) => {
+            let expected = sha.map(str::to_ascii_lowercase).or(relay_sha);
+            let verified = expected.is_some();
+            (expected, verified)
+        }
+        Expect::Deferred(watch) => {
+            match tokio::time::timeout(options.sender_hash_wait, watch.sha256()).await {
+                Ok(Ok(sha)) => (Some(sha), true),
+                // No word from the sender: the relay's hash still catches a damaged download.
+                _ => (relay_sha, false),
+            }
+        }
+    };
     // Keeps nothing that does not match.
     let (size, sha256) = part
         .finish_into(dest.to_owned(), transfer.size, expected)

@@ -4,7 +4,7 @@
 
 use crate::clock::datetime;
 use crate::cmd::context::{Ctx, Me, Relays, Reply};
-use crate::cmd::notices::{notify, Note};
+use crate::cmd::notices::{deliver, notify, Note};
 use crate::cmd::{discovery, parse_target, Target};
 use crate::db::{
     NoticeBody, Offer, OfferLimits, OfferState, Outcome, PrivacyOp, PrivacyOutcome, WriteOp,
@@ -250,44 +250,73 @@ pub(crate) async fn answer(
         },
     };
     let relay = if accept { relays.pool.peek() } else { None };
-    let op = WriteOp::AnswerOffer {
-        sender: None,
+    // The answer's results (the grants, or the rejection) are made from the offer as read now
+    // and stored in the answer's own transaction: one commit (one fsync) before the sender
+    // hears, instead of two. An offer no longer pending by then is refused by the write, which
+    // then stores nothing of them.
+    let planned = match ctx.db.offer_by_id(&id).await {
+        Ok(Some(o)) if o.recipient == login && o.state == OfferState::Pending => {
+            Some(results(ctx, relays, &o, relay.as_deref(), accept))
+        }
+        _ => None,
+    };
+    let (notes, expires) = planned.unwrap_or_default();
+    let op = WriteOp::AnswerWithResults {
         id: id.clone(),
         by: login.to_owned(),
         relay: relay.as_ref().map(|r| r.base.clone()),
         now: ctx.now(),
+        results: notes.iter().map(|n| n.stored(expires)).collect(),
     };
-    let offer = match ctx.writer.write(op).await {
-        Ok(Outcome::Answered(o)) => o,
+    let (offer, seqs) = match ctx.writer.write(op).await {
+        Ok(Outcome::AnsweredWithResults(o, seqs)) => (o, seqs),
         Ok(Outcome::UnknownTransfer) => return reply.send(fail(AnswerFailure::UnknownTransfer)),
         Ok(Outcome::NotRecipient) => return reply.send(fail(AnswerFailure::NotRecipient)),
         Ok(Outcome::AlreadyAnswered) => return reply.send(fail(AnswerFailure::AlreadyAnswered)),
         Ok(Outcome::OfferExpired) => return reply.send(fail(AnswerFailure::Expired)),
         Ok(_) | Err(_) => return reply.send(fail(AnswerFailure::StorageError)),
     };
+    if notes.is_empty() {
+        // Not planned (the read failed): stored in a second commit, as the results of an
+        // answer always were.
+        let (notes, expires) = results(ctx, relays, &offer, relay.as_deref(), accept);
+        notify(ctx, expires, notes).await;
+    } else {
+        deliver(ctx, &notes, &seqs);
+    }
+}
+
+/// What the users are told of the answer to `offer` (§10.3, §10.6), and until when it is kept
+/// for their logins (micros): the grants on `relay`; or the rejection (`rejected`, or
+/// `no-relay` for both sides when accepted without a healthy relay).
+fn results(
+    ctx: &Ctx<'_>,
+    relays: &Relays<'_>,
+    offer: &Offer,
+    relay: Option<&crate::relays::Relay>,
+    accept: bool,
+) -> (Vec<Note>, i64) {
     let Some(relay) = relay else {
-        // Rejected by the recipient, or accepted while no relay was healthy.
         let reason = if accept {
             FileRejection::NoRelay
         } else {
             FileRejection::Rejected
         };
-        info!(transfer = %id, reason = reason.as_str(), "offer rejected");
-        let result = NoticeBody::rejected(&id, reason);
+        info!(transfer = %offer.id, reason = reason.as_str(), "offer rejected");
+        let result = NoticeBody::rejected(&offer.id, reason);
         let expires = ctx.now() + ctx.config.offer_ttl.as_micros() as i64;
         let mut to = vec![offer.sender.clone()];
         if accept {
             to.push(offer.recipient.clone());
         }
-        let notices = to
+        let notes = to
             .into_iter()
             .map(|login| Note::new(login, &offer.id, result.clone()))
             .collect();
-        notify(ctx, expires, notices).await;
-        return;
+        return (notes, expires);
     };
-    let (ok, ready, expires_micros) = grants(ctx, relays, &offer, &relay);
-    let notices = vec![
+    let (ok, ready, expires_micros) = grants(ctx, relays, offer, relay);
+    let notes = vec![
         Note::new(offer.sender.clone(), &offer.id, NoticeBody::UploadGrant(ok)),
         Note::new(
             offer.recipient.clone(),
@@ -295,7 +324,7 @@ pub(crate) async fn answer(
             NoticeBody::DownloadGrant(ready),
         ),
     ];
-    notify(ctx, expires_micros, notices).await;
+    (notes, expires_micros)
 }
 
 /// The upload grant for the sender and the download grant for the recipient of an accepted

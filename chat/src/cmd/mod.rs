@@ -5,6 +5,7 @@ pub(crate) mod auth;
 pub(crate) mod contacts;
 pub(crate) mod context;
 pub(crate) mod discovery;
+pub(crate) mod file_hash;
 pub(crate) mod files;
 pub(crate) mod keepalive;
 pub(crate) mod messages;
@@ -154,6 +155,7 @@ pub(crate) async fn dispatch(sh: &Shared, conn: Conn<'_>, p: &Packet) -> Effect 
         Request::RejectFile(r) => {
             files::answer(&ctx, &Relays::new(sh), me, reply, r.transfer_id, false).await;
         }
+        Request::FileHash(r) => file_hash::declare(&ctx, me, reply, r).await,
         Request::PresenceApprove(r) => privacy::answer(&ctx, me, reply, r.id, true).await,
         Request::PresenceDeny(r) => privacy::answer(&ctx, me, reply, r.id, false).await,
         Request::Block(r) => privacy::block(&ctx, me, reply, r).await,

@@ -27,18 +27,22 @@ impl Note {
     }
 }
 
+impl Note {
+    /// The row that keeps it until `expires` (micros).
+    pub(crate) fn stored(&self, expires: i64) -> Notice {
+        Notice {
+            login: self.login.clone(),
+            transfer_id: self.subject.clone(),
+            body: self.body.clone(),
+            expires_at: expires,
+        }
+    }
+}
+
 /// Stores `notes` until `expires` (delivered at every login until then) and delivers them live.
 /// When storing fails they still reach whoever is online.
 pub(crate) async fn notify(ctx: &Ctx<'_>, expires: i64, notes: Vec<Note>) {
-    let rows = notes
-        .iter()
-        .map(|n| Notice {
-            login: n.login.clone(),
-            transfer_id: n.subject.clone(),
-            body: n.body.clone(),
-            expires_at: expires,
-        })
-        .collect();
+    let rows = notes.iter().map(|n| n.stored(expires)).collect();
     let seqs = match ctx.writer.write(WriteOp::AddNotices(rows)).await {
         Ok(Outcome::Notices(seqs)) => seqs,
         r => {
@@ -49,6 +53,11 @@ pub(crate) async fn notify(ctx: &Ctx<'_>, expires: i64, notes: Vec<Note>) {
             Vec::new()
         }
     };
+    deliver(ctx, &notes, &seqs);
+}
+
+/// Delivers `notes` live, each tagged with its stored seq (`seqs[i]`; untagged without one).
+pub(crate) fn deliver(ctx: &Ctx<'_>, notes: &[Note], seqs: &[i64]) {
     for (i, n) in notes.iter().enumerate() {
         let bytes = encode(&n.body.to_packet());
         match seqs.get(i) {

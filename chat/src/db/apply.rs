@@ -51,6 +51,19 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: WriteOp) -> Result<Outcome, DbErr
             relay,
             now,
         } => files::answer_offer(tx, id, by, sender, relay, now).await,
+        WriteOp::AnswerWithResults {
+            id,
+            by,
+            relay,
+            now,
+            results,
+        } => files::answer_with_results(tx, id, by, relay, now, results).await,
+        WriteOp::SetOfferHash {
+            id,
+            by,
+            sha256,
+            notice_expires,
+        } => files::set_offer_hash(tx, id, by, sha256, notice_expires).await,
         WriteOp::AddNotices(notices) => notices::add_notices(tx, notices).await,
         WriteOp::ExpireOffers { now } => files::expire_offers(tx, now).await,
         WriteOp::Purge {

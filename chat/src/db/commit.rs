@@ -120,7 +120,9 @@ fn stream_of(op: &WriteOp) -> Option<usize> {
         WriteOp::InsertMessage(_) => Some(0),
         WriteOp::MarkRead { .. } => Some(1),
         WriteOp::Privacy(PrivacyOp::CreateOffer { .. }) => Some(2),
-        WriteOp::AddNotices(_) => Some(3),
+        WriteOp::AddNotices(_)
+        | WriteOp::SetOfferHash { .. }
+        | WriteOp::AnswerWithResults { .. } => Some(3),
         _ => None,
     }
 }
@@ -134,6 +136,8 @@ fn heads(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i6
             Outcome::Stored(seq) => *seq,
             Outcome::Read { receipt, .. } => *receipt,
             Outcome::Notices(seqs) => seqs.iter().copied().max().unwrap_or(0),
+            Outcome::Hashed { seq, .. } => *seq,
+            Outcome::AnsweredWithResults(_, seqs) => seqs.iter().copied().max().unwrap_or(0),
             _ => 0,
         };
         heads[*s] = heads[*s].max(top);

@@ -6,7 +6,8 @@
 use super::{DbError, Outcome, Tx};
 use msim_shared::packet::Packet;
 use msim_shared::proto::{
-    Body, DownloadGrant, FileRejected, FileRejection, MessageSendFailed, SendFailure, UploadGrant,
+    Body, DownloadGrant, FileHash, FileRejected, FileRejection, MessageSendFailed, SendFailure,
+    UploadGrant,
 };
 use time::OffsetDateTime;
 
@@ -33,6 +34,8 @@ pub(crate) enum NoticeBody {
     DownloadGrant(DownloadGrant),
     /// `SEND-FILE-PROXY-REJECTED`.
     FileRejected(FileRejected),
+    /// `SEND-FILE-PROXY-HASH` for the recipient: the sender's SHA-256, declared after upload.
+    FileHash(FileHash),
     /// `MESSAGE-SEND-FAILED` (the message expired undelivered).
     MessageFailed(MessageSendFailed),
 }
@@ -44,6 +47,7 @@ impl NoticeBody {
             NoticeBody::UploadGrant(b) => b.to_packet(),
             NoticeBody::DownloadGrant(b) => b.to_packet(),
             NoticeBody::FileRejected(b) => b.to_packet(),
+            NoticeBody::FileHash(b) => b.to_packet(),
             NoticeBody::MessageFailed(b) => b.to_packet(),
         }
     }
@@ -71,6 +75,7 @@ impl NoticeBody {
             NoticeBody::UploadGrant(b) => &b.transfer_id,
             NoticeBody::DownloadGrant(b) => &b.transfer_id,
             NoticeBody::FileRejected(b) => &b.transfer_id,
+            NoticeBody::FileHash(b) => &b.transfer_id,
             NoticeBody::MessageFailed(b) => &b.id,
         }
     }
@@ -107,7 +112,7 @@ pub(super) struct NoticeRow {
     pub login: String,
     pub transfer_id: String,
     pub expires_at: i64,
-    /// `upload-grant`, `download-grant`, `file-rejected` or `message-failed`.
+    /// `upload-grant`, `download-grant`, `file-rejected`, `file-hash` or `message-failed`.
     pub kind: String,
     /// The rejection or failure reason code.
     pub reason: Option<String>,
@@ -169,6 +174,10 @@ impl From<&Notice> for NoticeRow {
                 r.kind = "file-rejected".into();
                 r.reason = Some(f.reason.as_str().to_owned());
             }
+            NoticeBody::FileHash(h) => {
+                r.kind = "file-hash".into();
+                r.sha256 = Some(h.sha256.clone());
+            }
             NoticeBody::MessageFailed(f) => {
                 r.kind = "message-failed".into();
                 r.reason = Some(f.reason.as_str().to_owned());
@@ -217,6 +226,10 @@ impl TryFrom<NoticeRow> for Notice {
             "file-rejected" => NoticeBody::FileRejected(FileRejected {
                 transfer_id: id,
                 reason: FileRejection::parse(&need(r.reason, "reason")?),
+            }),
+            "file-hash" => NoticeBody::FileHash(FileHash {
+                transfer_id: id,
+                sha256: need(r.sha256, "sha256")?,
             }),
             "message-failed" => NoticeBody::MessageFailed(MessageSendFailed {
                 id,
@@ -329,6 +342,10 @@ mod tests {
             NoticeBody::FileRejected(FileRejected {
                 transfer_id: "t1".into(),
                 reason: FileRejection::NoRelay,
+            }),
+            NoticeBody::FileHash(FileHash {
+                transfer_id: "t1".into(),
+                sha256: "cd".repeat(32),
             }),
             NoticeBody::MessageFailed(MessageSendFailed {
                 id: "t1".into(),

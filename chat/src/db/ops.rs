@@ -97,6 +97,34 @@ pub(crate) enum WriteOp {
         /// Now (micros).
         now: i64,
     },
+    /// The recipient answers a local offer ([`WriteOp::AnswerOffer`] without `sender`), and its
+    /// results for the users' logins (§10.6: the grants, or the rejection) are stored in the
+    /// same transaction when it is recorded: one commit, so the sender may upload one fsync
+    /// sooner.
+    AnswerWithResults {
+        /// Transfer id.
+        id: String,
+        /// Who answers.
+        by: String,
+        /// Accept (with this relay) or reject (`None`).
+        relay: Option<String>,
+        /// Now (micros).
+        now: i64,
+        /// Stored only when the answer is recorded.
+        results: Vec<Notice>,
+    },
+    /// The sender declares the SHA-256 of its accepted offer that had none
+    /// (`SEND-FILE-PROXY-HASH`): stored on the offer, and as a notice for the recipient.
+    SetOfferHash {
+        /// Transfer id.
+        id: String,
+        /// Who declares it (must be the offer's sender).
+        by: String,
+        /// Lowercase hex SHA-256.
+        sha256: String,
+        /// The recipient's notice is kept until then (micros).
+        notice_expires: i64,
+    },
     /// Store file results for delivery at login.
     AddNotices(Vec<Notice>),
     /// Mark every pending offer past its expiry as expired (and drop expired notices).
@@ -130,6 +158,8 @@ impl WriteOp {
                 | WriteOp::UpdateProfile { .. }
                 | WriteOp::Privacy(PrivacyOp::CreateOffer { .. })
                 | WriteOp::AddNotices(_)
+                | WriteOp::SetOfferHash { .. }
+                | WriteOp::AnswerWithResults { .. }
         )
     }
 }
@@ -168,6 +198,17 @@ pub(crate) enum Outcome {
     OldProfile(Profile),
     /// Offer answered (accepted or rejected).
     Answered(Offer),
+    /// Offer answered, and its results stored with these sequence numbers (in order).
+    AnsweredWithResults(Offer, Vec<i64>),
+    /// The sender's SHA-256 is stored on its offer and as the recipient's notice `seq`.
+    Hashed {
+        /// The offer's recipient (login).
+        recipient: String,
+        /// The notice's sequence number.
+        seq: i64,
+    },
+    /// `SEND-FILE-PROXY-HASH` refused.
+    HashRefused(msim_shared::proto::HashFailure),
     /// Offer does not exist.
     UnknownTransfer,
     /// Only the recipient may answer.

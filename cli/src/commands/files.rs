@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::HumanBytes;
 use msim::proto::{sanitize_filename, DownloadGrant, Event, FileOffered, OfferFile};
 use msim::transfer::{self, Transfer};
-use msim::{Client, ClientError};
+use msim::{Client, ClientError, HashWatch};
 use msim_shared::timestamp;
 
 use super::Ctx;
@@ -16,6 +16,22 @@ use crate::error::UsageError;
 use crate::output::json::FileLine;
 use crate::output::{human, progress};
 use crate::settings::Settings;
+
+/// Files from this size on are offered without a SHA-256 and hashed while they are uploaded;
+/// the hash is declared afterwards (`SEND-FILE-PROXY-HASH`, PROTOCOL.md §10.7), so the file is
+/// read once. Smaller ones are hashed first: that costs milliseconds, and the offer then
+/// carries the hash, which the relay checks.
+const DEFER_HASH_FROM: u64 = 8 << 20;
+
+/// Whether `address` is on another server than `me` (`login@domain`): the deferred hash does
+/// not cross servers, so such offers carry their hash. Unsure counts as remote.
+fn on_other_server(address: &str, me: Option<&str>) -> bool {
+    let Some((_, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    let mine = me.and_then(|m| m.rsplit_once('@')).map(|(_, d)| d);
+    mine.is_none_or(|mine| !mine.eq_ignore_ascii_case(domain.trim_end_matches('.')))
+}
 
 /// `msim send-file TO PATH [--wait SECS] [--mime TYPE]`.
 pub async fn send_file(
@@ -37,24 +53,36 @@ pub async fn send_file(
         .and_then(sanitize_filename)
         .ok_or_else(|| UsageError(format!("{}: unusable file name", path.display())))?;
     let size = meta.len();
-    let (sha256, offer) = ctx
+    let (declared, offer, client) = ctx
         .interruptible(async {
-            // The offer carries the SHA-256 (PROTOCOL.md §10.2: the relay checks the upload
-            // against it), so it must be known before the offer; hash while logging in.
-            let (sha256, login) = tokio::join!(transfer::sha256_file(path), ctx.settings.login());
-            let sha256 = sha256?;
+            // A small file's offer carries its SHA-256 (PROTOCOL.md §10.2: the relay checks
+            // the upload against it): hashed while logging in. A large one is hashed while
+            // it is uploaded, unless it goes to another server.
+            let (sha256, login) = if size < DEFER_HASH_FROM {
+                let (sha256, login) =
+                    tokio::join!(transfer::sha256_file(path), ctx.settings.login());
+                (Some(sha256?), login)
+            } else {
+                (None, ctx.settings.login().await)
+            };
             let (client, events) = login?;
             drop(events);
+            let sha256 = match sha256 {
+                None if on_other_server(to, client.me().as_deref()) => {
+                    Some(transfer::sha256_file(path).await?)
+                }
+                sha256 => sha256,
+            };
             let offer = client
                 .offer_file(OfferFile {
                     to: to.to_owned(),
                     filename: filename.clone(),
                     size,
-                    sha256: Some(sha256.clone()),
+                    sha256: sha256.clone(),
                     mime: mime.or_else(|| guess_mime(&filename).map(str::to_owned)),
                 })
                 .await?;
-            Ok((sha256, offer))
+            Ok((sha256, offer, client))
         })
         .await?;
     let transfer_id = offer.transfer_id().to_owned();
@@ -84,22 +112,42 @@ pub async fn send_file(
         _ = ctx.cancel.cancelled() => bail!("interrupted while waiting for {to}"),
     };
     let bar = progress::bar(ctx.out.json, size, &filename);
+    let upload = Transfer::from(&grant);
+    let options = ctx.settings.transfer_options();
     let report = ctx
         .interruptible(async {
-            let upload = transfer::upload(
-                &Transfer::from(&grant),
-                path,
-                Some(progress::callback(&bar)),
-                &ctx.settings.transfer_options(),
-            )
-            .await?;
+            let progress = Some(progress::callback(&bar));
+            let upload = match declared {
+                Some(_) => transfer::upload(&upload, path, progress, &options).await?,
+                None => transfer::upload_hashing(&upload, path, progress, &options).await?,
+            };
             Ok(upload)
         })
         .await;
     bar.finish_and_clear();
     let report = report.map_err(|e| source_changed(e, path))?;
+    let sha256 = match (declared, &report.source_sha256) {
+        (Some(sha256), _) => sha256,
+        (None, Some(sent)) => {
+            // Declared whatever the relay says: the recipient checks its download against
+            // what we read, so a relay that altered the bytes is caught there too.
+            ctx.interruptible(async {
+                client.declare_file_hash(&transfer_id, sent).await?;
+                Ok(())
+            })
+            .await
+            .context("the file was uploaded, but its SHA-256 could not be declared")?;
+            sent.clone()
+        }
+        (None, None) => bail!("the upload did not report the file's SHA-256"),
+    };
     if let Some(relay_sha) = &report.sha256 {
         if !relay_sha.eq_ignore_ascii_case(&sha256) {
+            // The relay stored something else than we sent: nobody should get it.
+            if let Err(e) = transfer::cancel(&upload, &options).await {
+                ctx.out
+                    .notice(|| format!("could not cancel the damaged transfer: {e}"));
+            }
             bail!(ClientError::ChecksumMismatch {
                 expected: sha256,
                 actual: relay_sha.clone(),
@@ -235,8 +283,17 @@ async fn answer(
     out: &Path,
 ) -> Result<()> {
     if accept {
+        // An offer without a SHA-256 from this server's user gets it from the sender after
+        // the upload (§10.7): watch for it from before accepting.
+        let me = client.me();
+        let sender_hash = match offer.sha256 {
+            None if !on_other_server(&offer.from, me.as_deref()) => {
+                Some(client.watch_file_hash(&offer.transfer_id)?)
+            }
+            _ => None,
+        };
         let grant = client.accept_file(&offer.transfer_id).await?;
-        download_one(ctx, offer, &grant, out).await
+        download_one(ctx, offer, &grant, out, sender_hash.as_ref()).await
     } else {
         client.reject_file(&offer.transfer_id).await?;
         let line = FileLine::Rejected {
@@ -256,6 +313,7 @@ async fn download_one(
     offer: &FileOffered,
     grant: &DownloadGrant,
     out: &Path,
+    sender_hash: Option<&HashWatch>,
 ) -> Result<()> {
     let name = sanitize_filename(&grant.filename)
         .or_else(|| sanitize_filename(&offer.filename))
@@ -263,14 +321,14 @@ async fn download_one(
     let dest = unique_path(out, &name);
     let bar = progress::bar(ctx.out.json, grant.size, &name);
     let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
-    let report = transfer::download(
-        &Transfer::from(grant),
-        &dest,
-        sha,
-        Some(progress::callback(&bar)),
-        &ctx.settings.transfer_options(),
-    )
-    .await;
+    let (download, progress) = (Transfer::from(grant), Some(progress::callback(&bar)));
+    let options = ctx.settings.transfer_options();
+    let report = match (sha, sender_hash) {
+        (None, Some(watch)) => {
+            transfer::download_deferred(&download, &dest, watch, progress, &options).await
+        }
+        _ => transfer::download(&download, &dest, sha, progress, &options).await,
+    };
     bar.finish_and_clear();
     let report = report?;
     let line = FileLine::Received {
@@ -293,7 +351,7 @@ async fn download_one(
             if report.verified {
                 " (SHA-256 verified)"
             } else {
-                ""
+                " (NOT verified: the sender declared no SHA-256)"
             }
         )
     });

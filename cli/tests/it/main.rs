@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod deferred_hash;
 #[cfg(target_os = "linux")]
 mod interrupt;
 mod reconnect;

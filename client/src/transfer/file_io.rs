@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::source_hash::SourceHash;
 use crate::error::ClientError;
 
 /// The unit of file reads and writes (and of the channel between the file thread and the
@@ -74,16 +75,23 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 /// Reads `len` bytes of `path` from `offset` on a blocking thread, in [`IO_UNIT`]s, into a
 /// bounded channel. A file shorter than announced ends the stream with `UnexpectedEof`.
+/// With `hash`, each unit is also hashed as it is read (after the hash is brought up to
+/// `offset`), so the upload needs no separate pass over the file.
 pub(super) fn read_units(
     path: PathBuf,
     offset: u64,
     len: u64,
+    hash: Option<SourceHash>,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::task::spawn_blocking(move || {
         let result = (|| {
             let mut file = File::open(&path)?;
+            if let Some(hash) = &hash {
+                hash.catch_up(&mut file, offset)?;
+            }
             file.seek(SeekFrom::Start(offset))?;
+            let mut at = offset;
             let mut left = len;
             while left > 0 {
                 let want = left.min(IO_UNIT as u64) as usize;
@@ -96,6 +104,10 @@ pub(super) fn read_units(
                         format!("{} got shorter while being sent", path.display()),
                     ));
                 }
+                if let Some(hash) = &hash {
+                    hash.update(at, &unit);
+                }
+                at += want as u64;
                 left -= want as u64;
                 if tx.blocking_send(Ok(Bytes::from(unit))).is_err() {
                     // The request was dropped (failed or cancelled): stop reading.

@@ -102,6 +102,38 @@ body! {
         mime: opt_text = "mime",
     }
 }
+reasons! {
+    /// `SEND-FILE-PROXY-HASH-FAILED reason=`.
+    HashFailure {
+        UnknownTransfer = "unknown-transfer",
+        NotSender = "not-sender",
+        NotAccepted = "not-accepted",
+        AlreadyHashed = "already-hashed",
+        RemoteRecipient = "remote-recipient",
+        StorageError = "storage-error",
+    }
+}
+
+body! {
+    /// `SEND-FILE-PROXY-HASH transfer-id= sha256=`: the sender declares the SHA-256 of a file
+    /// it offered without one, once it has uploaded it (→S); the server passes it on to every
+    /// session of the recipient (→C).
+    FileHash = "SEND-FILE-PROXY-HASH" {
+        transfer_id: text = "transfer-id",
+        sha256: text = "sha256",
+    }
+}
+body! {
+    /// `SEND-FILE-PROXY-HASH-OK transfer-id=` (→C sender): the hash is stored and passed on.
+    FileHashOk = "SEND-FILE-PROXY-HASH-OK" { transfer_id: text = "transfer-id" }
+}
+body! {
+    /// `SEND-FILE-PROXY-HASH-FAILED transfer-id= reason=` (→C sender).
+    FileHashFailed = "SEND-FILE-PROXY-HASH-FAILED" {
+        transfer_id: text = "transfer-id",
+        reason: (reason HashFailure) = "reason",
+    }
+}
 body! {
     /// `SEND-FILE-PROXY-REJECTED transfer-id= reason=` (→C sender).
     FileRejected = "SEND-FILE-PROXY-REJECTED" {

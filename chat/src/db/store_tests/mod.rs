@@ -545,6 +545,7 @@ async fn a_full_recipient_queue_refuses_only_the_overflow() {
     .await;
 }
 
+mod answers;
 mod duplicate_ids;
 mod nodes;
 mod pending_cap;

@@ -3,6 +3,7 @@
 //! corrupted download is refused and leaves no file; a source file that changes while it is
 //! being sent is refused by the relay and never becomes a received file.
 
+mod deferred;
 mod proxy;
 mod small;
 

@@ -18,6 +18,8 @@ pub enum Fault {
     FlipResponseByte(usize),
     /// Forward this many request bytes, then wait for [`Proxy::release`].
     HoldRequestAfter(usize),
+    /// Invert the request byte (head included) at this offset (every connection).
+    FlipRequestByte(usize),
 }
 
 pub struct Proxy {
@@ -103,6 +105,11 @@ async fn relay_connection(
                         .unwrap()
                         .push(String::from_utf8_lossy(&head[..end]).into_owned());
                     head_done = true;
+                }
+            }
+            if let Fault::FlipRequestByte(at) = fault {
+                if sent <= at && at < sent + n {
+                    buf[at - sent] ^= 0xff;
                 }
             }
             let mut chunk = &buf[..n];

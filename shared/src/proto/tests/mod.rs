@@ -91,6 +91,11 @@ fn every_request_round_trips() {
             transfer_id: "t".into(),
         }
         .into(),
+        FileHash {
+            transfer_id: "t".into(),
+            sha256: "ab".repeat(32),
+        }
+        .into(),
         Ping.into(),
         Pong.into(),
     ];
@@ -295,6 +300,20 @@ fn every_event_round_trips() {
         FileRejected {
             transfer_id: "t".into(),
             reason: FileRejection::Expired,
+        }
+        .into(),
+        FileHash {
+            transfer_id: "t".into(),
+            sha256: "ab".repeat(32),
+        }
+        .into(),
+        FileHashOk {
+            transfer_id: "t".into(),
+        }
+        .into(),
+        FileHashFailed {
+            transfer_id: "t".into(),
+            reason: HashFailure::NotSender,
         }
         .into(),
         ErrorMalformed {
