@@ -74,6 +74,8 @@ pub(crate) struct QueueBounds {
     pub per_sender: u64,
     /// Peers with items.
     pub peers: u64,
+    /// Peers one local sender may have items for.
+    pub peers_per_sender: u64,
 }
 
 /// Which of the [`QueueBounds`] an item hit.
@@ -82,6 +84,7 @@ pub(crate) enum QueueBound {
     PerPeer,
     PerSender,
     Peers,
+    SenderPeers,
 }
 
 /// Serialises the queue writes of all nodes sharing a PostgreSQL database (transaction lock),
@@ -131,20 +134,30 @@ async fn over_bound(
 ) -> Result<Option<QueueBound>, sqlx::Error> {
     let cap = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     // Replies to a peer (`s2s:<peer>`) count only against their own budget (queue.rs).
-    let (for_peer, for_sender, peers): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1 AND sender NOT LIKE 's2s:%'), \
+    let (for_peer, for_sender, peers, sender_has_peer, sender_peers): (i64, i64, i64, bool, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1 AND sender NOT LIKE 's2s:%'), \
                 (SELECT COUNT(*) FROM fed_queue WHERE sender = $2 AND $2 <> ''), \
-                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender NOT LIKE 's2s:%')",
-    )
-    .bind(peer)
-    .bind(sender)
-    .fetch_one(&mut *tx)
-    .await?;
+                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender NOT LIKE 's2s:%'), \
+                EXISTS (SELECT 1 FROM fed_queue WHERE sender = $2 AND peer = $1), \
+                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender = $2 AND $2 <> '')",
+        )
+        .bind(peer)
+        .bind(sender)
+        .fetch_one(&mut *tx)
+        .await?;
     let reply = crate::federation::queue::is_reply(sender);
+    let own = !reply && !sender.is_empty();
     Ok(if !reply && b.per_peer > 0 && for_peer >= cap(b.per_peer) {
         Some(QueueBound::PerPeer)
     } else if !reply && for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
         Some(QueueBound::Peers)
+    } else if own
+        && !sender_has_peer
+        && b.peers_per_sender > 0
+        && sender_peers >= cap(b.peers_per_sender)
+    {
+        Some(QueueBound::SenderPeers)
     } else if b.per_sender > 0 && for_sender >= cap(b.per_sender) {
         Some(QueueBound::PerSender)
     } else {

@@ -300,6 +300,7 @@ pub(crate) async fn start(
         per_peer: fed.config.queue_max_per_peer,
         per_sender: fed.config.queue_max_per_sender,
         peers: fed.config.max_peers,
+        peers_per_sender: fed.config.queue_max_peers_per_sender,
     };
     let writer = queue::QueueWriter::start(sh.db.clone(), limits)
         .await

@@ -71,6 +71,8 @@ pub struct FederationConfig {
     pub queue_max_per_peer: u64,
     /// Most queued items per local sender (all peers together); beyond it, too.
     pub queue_max_per_sender: u64,
+    /// Most peer domains one local user may have items queued for (well below `max_peers`).
+    pub queue_max_peers_per_sender: u64,
     /// Most peer domains with queued items, and most peer tasks started for requests.
     pub max_peers: usize,
     /// Longest time for connect + TLS + the signed handshake.
@@ -127,6 +129,7 @@ impl Default for FederationConfig {
             queue_ttl: Duration::from_secs(3 * 86_400),
             queue_max_per_peer: 100_000,
             queue_max_per_sender: 10_000,
+            queue_max_peers_per_sender: 100,
             max_peers: 10_000,
             handshake_timeout: Duration::from_secs(10),
             max_clock_skew: Duration::from_secs(300),

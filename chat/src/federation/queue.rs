@@ -60,7 +60,15 @@ impl QueueWriter {
         for (peer, sender, n) in rows {
             let n = n.max(0) as u64;
             if !is_reply(&sender) {
-                *counts.peers.entry(peer).or_default() += n;
+                *counts.peers.entry(peer.clone()).or_default() += n;
+            }
+            if !sender.is_empty() && !is_reply(&sender) {
+                *counts
+                    .sender_peers
+                    .entry(sender.clone())
+                    .or_default()
+                    .entry(peer.clone())
+                    .or_default() += n;
             }
             if !sender.is_empty() {
                 *counts.senders.entry(sender).or_default() += n;
@@ -102,6 +110,9 @@ pub(crate) struct Limits {
     pub per_sender: u64,
     /// Peers with items.
     pub peers: usize,
+    /// Peers one local sender may have items for (well below `peers`: one account cannot
+    /// take every peer place with made-up domains).
+    pub peers_per_sender: u64,
 }
 
 /// Items queued per peer and per sender (entries at zero are removed).
@@ -109,6 +120,8 @@ pub(crate) struct Limits {
 struct Counts {
     peers: HashMap<String, u64>,
     senders: HashMap<String, u64>,
+    /// Items per peer of each local sender (not replies).
+    sender_peers: HashMap<String, HashMap<String, u64>>,
 }
 
 /// Whether an item is a reply to the peer's own packets (budget `s2s:<peer>`): bounded by that
@@ -138,12 +151,28 @@ impl Counts {
         if !reply && p == 0 && l.peers > 0 && self.peers.len() >= l.peers {
             return Err(QueueError::TooManyPeers);
         }
+        let own = !sender.is_empty() && !reply;
+        if own && l.peers_per_sender > 0 {
+            if let Some(peers) = self.sender_peers.get(sender) {
+                if !peers.contains_key(peer) && peers.len() as u64 >= l.peers_per_sender {
+                    return Err(QueueError::TooManyPeers);
+                }
+            }
+        }
         if !sender.is_empty() {
             let s = self.senders.get(sender).copied().unwrap_or(0);
             if l.per_sender > 0 && s >= l.per_sender {
                 return Err(QueueError::SenderFull);
             }
             *self.senders.entry(sender.to_owned()).or_default() += 1;
+        }
+        if own {
+            *self
+                .sender_peers
+                .entry(sender.to_owned())
+                .or_default()
+                .entry(peer.to_owned())
+                .or_default() += 1;
         }
         if !reply {
             *self.peers.entry(peer.to_owned()).or_default() += 1;
@@ -167,6 +196,14 @@ impl Counts {
         if !sender.is_empty() {
             dec(&mut self.senders, sender);
         }
+        if !sender.is_empty() && !is_reply(sender) {
+            if let Some(peers) = self.sender_peers.get_mut(sender) {
+                dec(peers, peer);
+                if peers.is_empty() {
+                    self.sender_peers.remove(sender);
+                }
+            }
+        }
     }
 }
 
@@ -182,6 +219,7 @@ async fn run(
         per_peer: limits.per_peer,
         per_sender: limits.per_sender,
         peers: limits.peers as u64,
+        peers_per_sender: limits.peers_per_sender,
     };
     let mut writes = Vec::with_capacity(BATCH);
     let mut replies = Vec::with_capacity(BATCH);
@@ -242,7 +280,9 @@ async fn run(
                             QueueDone::Refused(QueueBound::PerSender) => {
                                 Err(QueueError::SenderFull)
                             }
-                            QueueDone::Refused(QueueBound::Peers) => Err(QueueError::TooManyPeers),
+                            QueueDone::Refused(QueueBound::Peers | QueueBound::SenderPeers) => {
+                                Err(QueueError::TooManyPeers)
+                            }
                             d => Ok(d),
                         });
                     }

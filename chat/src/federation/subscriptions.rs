@@ -36,10 +36,30 @@ async fn queue(fed: &Federation, ctx: &Ctx<'_>, peer: &str, budget: &str, p: Pac
 }
 
 /// Queues packets for their peers, all at once (the queue writer commits them together, in
-/// this order), charged to `budget`: the local user they are about (its subscriptions,
-/// presence and profile share the per-sender bound with its messages, so one user cannot
-/// fill the queue with made-up domains), or `s2s:<peer>` for replies to a peer's packets.
+/// this order), charged to `budget`: the local user who asks (its own subscriptions share
+/// the per-sender bounds with its messages, so one user cannot fill the queue with made-up
+/// domains), or `s2s:<peer>` for replies to a peer's packets.
 async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, budget: &str, items: Vec<(String, Packet)>) {
+    queue_charged(fed, ctx, Charge::To(budget), items).await
+}
+
+/// Whose budget queued items are charged to.
+#[derive(Clone, Copy)]
+enum Charge<'a> {
+    /// One budget for all: a local user, or `s2s:<peer>`.
+    To(&'a str),
+    /// Each item to the reply budget of its peer (`s2s:<registrable>`): pushes to remote
+    /// watchers, so the peers that subscribed pay for them, not the user they watch (else
+    /// a zone's many names subscribing to alice would fill her budget with one change).
+    ItsPeer,
+}
+
+async fn queue_charged(
+    fed: &Federation,
+    ctx: &Ctx<'_>,
+    charge: Charge<'_>,
+    items: Vec<(String, Packet)>,
+) {
     let expires_at = ctx
         .now()
         .saturating_add(fed.config.queue_ttl.as_micros() as i64);
@@ -47,10 +67,14 @@ async fn queue_all(fed: &Federation, ctx: &Ctx<'_>, budget: &str, items: Vec<(St
         .iter()
         .filter(|(peer, _)| fed.config.allows(peer))
         .map(|(peer, p)| async move {
+            let sender = match charge {
+                Charge::To(budget) => budget.to_owned(),
+                Charge::ItsPeer => super::queue::reply_budget(peer),
+            };
             let add = QueueWrite::Add {
                 peer: peer.clone(),
                 line: p.to_wire().trim_end().to_owned(),
-                sender: budget.to_owned(),
+                sender,
                 message_id: String::new(),
                 recipient: String::new(),
                 at: ctx.now(),
@@ -235,7 +259,7 @@ pub(crate) async fn presence_changed(fed: &Federation, ctx: &Ctx<'_>, login: &st
                     (s.peer.clone(), p)
                 })
                 .collect();
-            queue_all(fed, ctx, login, items).await;
+            queue_charged(fed, ctx, Charge::ItsPeer, items).await;
         }
     }
     if online && fed.renewals.take(login, ctx.now()) {
@@ -268,7 +292,7 @@ pub(crate) async fn profile_changed(
         .filter(|s| !ctx.blocks.is_blocked(login, &s.watcher))
         .map(|s| (s.peer, profile_packet(ctx, login, &s.watcher, &profile)))
         .collect();
-    queue_all(fed, ctx, login, items).await;
+    queue_charged(fed, ctx, Charge::ItsPeer, items).await;
 }
 
 /// `subject`'s profile as sent to watchers: (name, the login when unset; note).
@@ -334,7 +358,7 @@ pub(crate) async fn refresh(
             presence_packet(ctx, subject, &s.watcher, value),
         ));
     }
-    queue_all(fed, ctx, subject, items).await;
+    queue_charged(fed, ctx, Charge::ItsPeer, items).await;
 }
 
 // ---- What a peer sends (inbound link) ----

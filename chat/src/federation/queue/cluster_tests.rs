@@ -32,6 +32,7 @@ async fn bounds_hold_across_nodes() {
     let limits = Limits {
         per_peer: 4,
         per_sender: 3,
+        peers_per_sender: 0,
         peers: 2,
     };
     let wa = QueueWriter::start(a, limits).await.expect("writer a");

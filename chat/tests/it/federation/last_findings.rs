@@ -86,7 +86,7 @@ async fn a_peer_refusing_our_file_offer_or_answer_is_told_to_the_user() {
 }
 
 /// A port nothing listens on.
-fn dead_port() -> u16 {
+pub(super) fn dead_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -96,7 +96,13 @@ fn dead_port() -> u16 {
 
 /// `n` subscriptions from watchers on `c` to `subject`, each acknowledged: each queues the
 /// state of the moment back to `c` (a reply, charged to `s2s:c.test`).
-async fn subscribe_many(c: &FakePeer, server: &Fed, domain: &str, subject: &str, n: usize) {
+pub(super) async fn subscribe_many(
+    c: &FakePeer,
+    server: &Fed,
+    domain: &str,
+    subject: &str,
+    n: usize,
+) {
     let mut link = c.dial(server.s2s, domain).await;
     for i in 0..n {
         let sub = Packet::new("S2S-SUBSCRIBE")

@@ -2,6 +2,7 @@
 //! domain, key and s2s listener, all resolving each other through a test DNS server.
 
 mod attacks;
+mod budgets;
 pub(crate) mod dns;
 mod files;
 mod hardening;
