@@ -196,6 +196,14 @@ pub struct ChatSettings {
     /// Burst of packets a peer domain may send above --s2s-peer-rate [default: 10000].
     #[arg(long, env = "MSIM_CHAT_S2S_PEER_BURST", value_name = "N")]
     pub s2s_peer_burst: Option<u32>,
+    /// Packets per second all peer domains together may send us; beyond it a domain within
+    /// its fair share (this rate ÷ the domains sending) is still served, the others' links
+    /// are read more slowly; 0 = unlimited [default: 20000].
+    #[arg(long, env = "MSIM_CHAT_S2S_TOTAL_RATE", value_name = "N")]
+    pub s2s_total_rate: Option<u32>,
+    /// Burst of packets all peers together may send above --s2s-total-rate [default: 100000].
+    #[arg(long, env = "MSIM_CHAT_S2S_TOTAL_BURST", value_name = "N")]
+    pub s2s_total_burst: Option<u32>,
     /// DNS server (IP:PORT) for federation lookups instead of the system's resolver.
     #[arg(long, env = "MSIM_CHAT_DNS_SERVER", value_name = "IP:PORT")]
     pub dns_server: Option<SocketAddr>,
@@ -310,6 +318,12 @@ impl ChatSettings {
         if let Some(n) = self.s2s_peer_burst {
             f.peer_burst = n;
         }
+        if let Some(n) = self.s2s_total_rate {
+            f.total_rate = n;
+        }
+        if let Some(n) = self.s2s_total_burst {
+            f.total_burst = n;
+        }
         f.dns_server = self.dns_server;
         set(&mut c.cluster_heartbeat, self.cluster_heartbeat);
         set(&mut c.cluster_node_timeout, self.cluster_node_timeout);
@@ -392,6 +406,7 @@ mod tests {
         assert_eq!(f.s2s_listen, "127.0.0.2:4004".parse().expect("address"));
         assert!(f.allow_private);
         assert_eq!((f.peer_rate, f.peer_burst), (25, 26));
+        assert_eq!((f.total_rate, f.total_burst), (27, 28));
         assert_eq!(
             f.dns_server,
             Some("127.0.0.53:53".parse().expect("address"))

@@ -26,6 +26,8 @@ pub(crate) struct Guard {
     burst: f64,
     /// All peers together.
     total: Mutex<Bucket>,
+    /// Each domain's fair share of `total_rate` (see [`Guard::take`]).
+    shares: Mutex<Shares>,
     total_rate: f64,
     total_burst: f64,
     links: Arc<Mutex<Links>>,
@@ -57,6 +59,28 @@ impl Drop for LinkPlace {
             }
         }
     }
+}
+
+/// Per registrable domain, a bucket refilled at `total_rate ÷ active` (domains that sent in the
+/// last second, counted once a second): a domain sending within that share is never refused
+/// because all peers together are over `total_rate`, so a few domains flooding just under
+/// their own limit cannot shut every other peer out.
+#[derive(Default)]
+struct Shares {
+    buckets: HashMap<String, Bucket>,
+    /// Domains that sent since `counted`, and in the second before.
+    active: usize,
+    counted: Option<Instant>,
+}
+
+/// Why a packet was not admitted, and the seconds to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limited {
+    /// The domain's own bucket is empty: it is told to retry later.
+    Peer(u64),
+    /// All peers together are over their rate and this domain over its fair share: its link
+    /// is read more slowly (back-pressure), not closed.
+    Total(u64),
 }
 
 /// A token bucket.
@@ -109,6 +133,7 @@ impl Guard {
                 tokens: f64::from(c.total_burst.max(1)),
                 at: Instant::now(),
             }),
+            shares: Mutex::default(),
             total_rate: f64::from(c.total_rate),
             total_burst: f64::from(c.total_burst.max(1)),
             links: Arc::default(),
@@ -157,14 +182,46 @@ impl Guard {
     }
 
     /// Takes one packet from the bucket of registrable domain `peer`, then from the one of all
-    /// peers; `Err(seconds)` to wait when either is empty.
-    pub(crate) fn take(&self, peer: &str) -> Result<(), u64> {
-        self.take_peer(peer)?;
+    /// peers, or else from `peer`'s fair share of it.
+    pub(crate) fn take(&self, peer: &str) -> Result<(), Limited> {
+        self.take_peer(peer).map_err(Limited::Peer)?;
         if self.total_rate <= 0.0 {
             return Ok(());
         }
+        let now = Instant::now();
+        let within_share = self.take_share(peer, now);
         let mut b = self.total.lock().unwrap_or_else(|e| e.into_inner());
-        refill_and_take(&mut b, self.total_rate, self.total_burst, Instant::now())
+        match refill_and_take(&mut b, self.total_rate, self.total_burst, now) {
+            Ok(()) => Ok(()),
+            Err(_) if within_share => Ok(()),
+            Err(wait) => Err(Limited::Total(wait)),
+        }
+    }
+
+    /// Takes one packet from `peer`'s fair share (every packet counts, admitted by the global
+    /// bucket or not); whether there was one.
+    fn take_share(&self, peer: &str, now: Instant) -> bool {
+        let mut s = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = s
+            .counted
+            .is_none_or(|at| now.duration_since(at).as_secs_f64() >= 1.0);
+        if stale {
+            // Domains that sent in the last two seconds stay; the rest are forgotten.
+            s.buckets
+                .retain(|_, b| now.duration_since(b.at).as_secs_f64() < 2.0);
+            s.active = s.buckets.len().max(1);
+            s.counted = Some(now);
+        }
+        if !s.buckets.contains_key(peer) && s.buckets.len() >= MAX_BUCKETS {
+            return false;
+        }
+        let rate = self.total_rate / (s.active as f64);
+        let burst = rate.max(1.0);
+        let b = s.buckets.entry(peer.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        refill_and_take(b, rate, burst, now).is_ok()
     }
 
     fn take_peer(&self, peer: &str) -> Result<(), u64> {
@@ -237,7 +294,7 @@ mod tests {
         for _ in 0..3 {
             assert!(g.take("c.test").is_ok());
         }
-        assert_eq!(g.take("c.test"), Err(1));
+        assert_eq!(g.take("c.test"), Err(Limited::Peer(1)));
         assert!(g.take("d.test").is_ok());
     }
 
@@ -250,10 +307,13 @@ mod tests {
             total_burst: 4,
             ..Default::default()
         });
-        for d in ["a.test", "b.test", "c.test", "d.test"] {
-            assert!(g.take(d).is_ok());
+        // One domain takes the whole burst, then is over its share (the rate: alone).
+        for _ in 0..4 {
+            assert!(g.take("a.test").is_ok());
         }
-        assert_eq!(g.take("e.test"), Err(1));
+        assert_eq!(g.take("a.test"), Err(Limited::Total(1)));
+        // Another domain, within its fair share, is not refused.
+        assert!(g.take("b.test").is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! TLS and handshake together, and may send only short lines ([`super::guard`]).
 
 use super::answers::{ack, check_addresses, refused, Handled};
+use super::guard::Limited;
 use super::handshake::{self, check_auth, Role, Session};
 use crate::clock::datetime;
 use crate::db::{Outcome, QueueWrite, StoredMessage, WriteOp};
@@ -266,7 +267,15 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         // One bucket for the peer's registrable domain, all its links together, and one for
         // all peers.
-        if let Err(wait) = fed.guard.take(&group) {
+        // When only all peers together are over their rate (and this domain over its fair
+        // share), the link is read more slowly instead of being closed: a peer is not cut off
+        // because others send much.
+        let mut limited = fed.guard.take(&group);
+        while let Err(Limited::Total(wait)) = limited {
+            tokio::time::sleep(Duration::from_secs(wait.min(1))).await;
+            limited = fed.guard.take(&group);
+        }
+        if let Err(Limited::Peer(wait)) = limited {
             let retry = Packet::new("S2S-RETRY").with("retry-after", wait.to_string());
             let _ = link
                 .send(retry.with_opt("qid", p.get("qid").map(str::to_owned)))

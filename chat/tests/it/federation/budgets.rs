@@ -4,9 +4,11 @@
 
 use super::dns::TestDns;
 use super::last_findings::{dead_port, subscribe_many};
-use super::subscriptions_wire::FakePeer;
+use super::subscriptions_wire::{next, FakePeer};
 use super::{send, Fed};
 use crate::common::{field, Client};
+use futures::SinkExt;
+use msim_shared::Packet;
 
 /// The answer to a `MESSAGE` just sent: `None` when sent, else the failure's reason.
 async fn refusal(c: &mut Client, to: &str) -> Option<String> {
@@ -68,4 +70,50 @@ async fn one_sender_may_queue_for_a_bounded_number_of_peers() {
     assert_eq!(refusal(&mut mallory, "y@nowhere0.test").await, None);
     let mut carol = a.user("carol").await;
     assert_eq!(refusal(&mut carol, "x@nowhere2.test").await, None);
+}
+
+#[tokio::test]
+async fn a_flood_over_the_global_rate_does_not_shut_out_a_peer_within_its_share() {
+    let dns = TestDns::start().await;
+    // All peers together: 1 packet/s after a burst of 20 (each domain alone: the default).
+    let b = Fed::start(&dns, "b.test", |c| {
+        c.federation.total_rate = 1;
+        c.federation.total_burst = 20;
+    })
+    .await;
+    let flooder = FakePeer::start(&dns, "c.test").await;
+    let other = FakePeer::start(&dns, "d.test").await;
+    let mut flood = flooder.dial(b.s2s, "b.test").await;
+    for i in 0..40 {
+        let ping = Packet::new("PING").with("ref", i.to_string());
+        flood.feed(ping).await.unwrap();
+    }
+    flood.flush().await.unwrap();
+    // c.test takes the whole global burst.
+    for i in 0..20 {
+        let p = next(&mut flood).await.expect("a pong");
+        assert_eq!(
+            (p.verb.as_str(), p.get("ref")),
+            ("PONG", Some(i.to_string().as_str()))
+        );
+    }
+    // d.test, sending within its fair share, is served (before: S2S-RETRY and a closed link,
+    // for every peer while the flood lasted).
+    let mut link = other.dial(b.s2s, "b.test").await;
+    link.send(Packet::new("PING").with("ref", "d"))
+        .await
+        .unwrap();
+    let p = next(&mut link).await.expect("an answer");
+    assert_eq!(
+        (p.verb.as_str(), p.get("ref")),
+        ("PONG", Some("d")),
+        "{p:?}"
+    );
+    // The flooder is slowed down, not cut off: its next packet is answered later.
+    let p = next(&mut flood).await.expect("an answer");
+    assert_eq!(
+        (p.verb.as_str(), p.get("ref")),
+        ("PONG", Some("20")),
+        "{p:?}"
+    );
 }
