@@ -276,6 +276,14 @@ impl Db {
                         expires_at,
                         merge_key,
                     } => {
+                        // The items a merge replaces do not count against the bounds (they
+                        // go), but a refused item must not take them away: the deletion runs
+                        // under a savepoint rolled back on refusal (the peer gets the older
+                        // item rather than neither). SQLite's bounds were checked in memory.
+                        let savepoint = postgres && !merge_key.is_empty();
+                        if savepoint {
+                            sqlx::query("SAVEPOINT fed_merge").execute(&mut *tx).await?;
+                        }
                         let replaced: Vec<ItemRow> = if merge_key.is_empty() {
                             Vec::new()
                         } else {
@@ -290,8 +298,18 @@ impl Db {
                         };
                         let hit = BoundCheck::over_bound(&mut *tx, peer, sender, bounds).await?;
                         if let Some(hit) = hit {
+                            if savepoint {
+                                sqlx::query("ROLLBACK TO SAVEPOINT fed_merge")
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
                             out.push(QueueDone::Refused(hit));
                             continue;
+                        }
+                        if savepoint {
+                            sqlx::query("RELEASE SAVEPOINT fed_merge")
+                                .execute(&mut *tx)
+                                .await?;
                         }
                         sqlx::query(
                             "INSERT INTO fed_queue \

@@ -91,3 +91,60 @@ async fn bounds_hold_across_nodes() {
     );
     assert_eq!(ra + rb, 3, "s.test had 1 item, its bound is 4");
 }
+
+fn merge(peer: &str, sender: &str, key: &str) -> QueueWrite {
+    QueueWrite::Add {
+        peer: peer.into(),
+        line: format!("S2S-PRESENCE key={key} sender={sender}"),
+        sender: sender.into(),
+        message_id: String::new(),
+        recipient: String::new(),
+        at: 1,
+        expires_at: i64::MAX,
+        merge_key: key.into(),
+    }
+}
+
+/// On PostgreSQL the bounds are counted after a merge's older item is deleted (it goes), but
+/// when the newer one is refused the deletion is rolled back: before, the peer got neither.
+#[tokio::test]
+async fn a_refused_merge_deletes_nothing() {
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("federation queue: a refused merge")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let db = Db::open_postgres(&url).await.expect("node");
+    let limits = Limits {
+        per_peer: 0,
+        per_sender: 1,
+        peers_per_sender: 0,
+        peers: 0,
+    };
+    let w = QueueWriter::start(db.clone(), limits)
+        .await
+        .expect("writer");
+    w.write(merge("r.test", "s2s:r.test", "p:bob:w0"))
+        .await
+        .expect("first");
+    // A newer item of the same budget replaces it although the budget is full.
+    assert!(matches!(
+        w.write(merge("r.test", "s2s:r.test", "p:bob:w0")).await,
+        Ok(QueueDone::Replaced(items)) if items.len() == 1
+    ));
+    // Another budget, full: refused, and the older item stays.
+    w.write(add("q.test", "alice", 0)).await.expect("alice");
+    assert!(matches!(
+        w.write(merge("r.test", "alice", "p:bob:w0")).await,
+        Err(QueueError::SenderFull)
+    ));
+    let counts = db.federation_counts_by_sender().await.expect("counts");
+    assert!(
+        counts
+            .iter()
+            .any(|(p, s, n)| (p.as_str(), s.as_str(), *n) == ("r.test", "s2s:r.test", 1)),
+        "{counts:?}"
+    );
+}
