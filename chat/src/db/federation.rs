@@ -134,23 +134,25 @@ async fn over_bound(
 ) -> Result<Option<QueueBound>, sqlx::Error> {
     let cap = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     // Replies to a peer (`s2s:<peer>`) count only against their own budget (queue.rs).
+    // Peers with reply items get a dialer each: bounded by `peers` too, counted apart.
     let (for_peer, for_sender, peers, sender_has_peer, sender_peers): (i64, i64, i64, bool, i64) =
         sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1 AND sender NOT LIKE 's2s:%'), \
+            "SELECT (SELECT COUNT(*) FROM fed_queue WHERE peer = $1 AND (sender LIKE 's2s:%') = $3), \
                 (SELECT COUNT(*) FROM fed_queue WHERE sender = $2 AND $2 <> ''), \
-                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender NOT LIKE 's2s:%'), \
+                (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE (sender LIKE 's2s:%') = $3), \
                 EXISTS (SELECT 1 FROM fed_queue WHERE sender = $2 AND peer = $1), \
                 (SELECT COUNT(DISTINCT peer) FROM fed_queue WHERE sender = $2 AND $2 <> '')",
         )
         .bind(peer)
         .bind(sender)
+        .bind(crate::federation::queue::is_reply(sender))
         .fetch_one(&mut *tx)
         .await?;
     let reply = crate::federation::queue::is_reply(sender);
     let own = !reply && !sender.is_empty();
     Ok(if !reply && b.per_peer > 0 && for_peer >= cap(b.per_peer) {
         Some(QueueBound::PerPeer)
-    } else if !reply && for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
+    } else if for_peer == 0 && b.peers > 0 && peers >= cap(b.peers) {
         Some(QueueBound::Peers)
     } else if own
         && !sender_has_peer

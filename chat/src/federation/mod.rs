@@ -157,7 +157,8 @@ impl Federation {
     /// Wakes (starting if needed) the dialer of `peer`.
     pub(crate) fn wake(&self, peer: &str) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        // Peers with queued items are bounded by the queue (`max_peers`): always served.
+        // Peers with queued items are bounded by the queue (`max_peers` for local senders'
+        // items, and as many again for replies to peers): always served.
         if let Some(p) = self.task_locked(&mut peers, peer, false) {
             p.poke();
         }

@@ -122,6 +122,9 @@ struct Counts {
     senders: HashMap<String, u64>,
     /// Items per peer of each local sender (not replies).
     sender_peers: HashMap<String, HashMap<String, u64>>,
+    /// Reply items per peer: each such peer gets a dialer, so their number is bounded too
+    /// (by `peers`, apart from local senders' peers: replies take no room from them).
+    reply_peers: HashMap<String, u64>,
 }
 
 /// Whether an item is a reply to the peer's own packets (budget `s2s:<peer>`): bounded by that
@@ -151,6 +154,13 @@ impl Counts {
         if !reply && p == 0 && l.peers > 0 && self.peers.len() >= l.peers {
             return Err(QueueError::TooManyPeers);
         }
+        if reply
+            && l.peers > 0
+            && !self.reply_peers.contains_key(peer)
+            && self.reply_peers.len() >= l.peers
+        {
+            return Err(QueueError::TooManyPeers);
+        }
         let own = !sender.is_empty() && !reply;
         if own && l.peers_per_sender > 0 {
             if let Some(peers) = self.sender_peers.get(sender) {
@@ -174,7 +184,9 @@ impl Counts {
                 .entry(peer.to_owned())
                 .or_default() += 1;
         }
-        if !reply {
+        if reply {
+            *self.reply_peers.entry(peer.to_owned()).or_default() += 1;
+        } else {
             *self.peers.entry(peer.to_owned()).or_default() += 1;
         }
         Ok(())
@@ -190,7 +202,9 @@ impl Counts {
                 }
             }
         }
-        if !is_reply(sender) {
+        if is_reply(sender) {
+            dec(&mut self.reply_peers, peer);
+        } else {
             dec(&mut self.peers, peer);
         }
         if !sender.is_empty() {

@@ -4,7 +4,7 @@
 
 use super::dns::TestDns;
 use super::last_findings::{dead_port, subscribe_many};
-use super::subscriptions_wire::{next, FakePeer};
+use super::subscriptions_wire::{ask, next, FakePeer};
 use super::{send, Fed};
 use crate::common::{field, Client};
 use futures::SinkExt;
@@ -116,4 +116,53 @@ async fn a_flood_over_the_global_rate_does_not_shut_out_a_peer_within_its_share(
         ("PONG", Some("20")),
         "{p:?}"
     );
+}
+
+/// Replies to peers take no room from local senders, but every peer with queued items gets a
+/// dialer: peers with queued replies are bounded too (by the same `max_peers`, counted apart),
+/// else each name of a wildcard zone that sends one request would start one (review M2).
+#[tokio::test]
+async fn peers_with_queued_replies_are_bounded_too() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |c| c.federation.max_peers = 2).await;
+    let names = ["c1.test", "c2.test", "c3.test"];
+    let mut peers = Vec::new();
+    for name in names {
+        let p = FakePeer::start(&dns, name).await;
+        dns.set_srv(
+            &format!("_msim-s2s._tcp.{name}"),
+            &format!("s2s.{name}"),
+            dead_port(),
+        );
+        peers.push(p);
+    }
+    let mut bob = b.user("bob").await;
+    // Each peer subscribes to bob: the state of the moment is queued back to it, a reply.
+    for (p, name) in peers.iter().zip(names) {
+        let mut link = p.dial(b.s2s, "b.test").await;
+        let sub = Packet::new("S2S-SUBSCRIBE")
+            .with("qid", "1")
+            .with("from", format!("w@{name}"))
+            .with("to", "bob@b.test");
+        assert_eq!(ask(&mut link, sub).await.verb, "S2S-ACK");
+    }
+    // The third peer's reply found no place (before: it was queued, with its own dialer);
+    // the first one's was queued. Each queue is ordered: what was queued for a peer arrives
+    // before bob's marker message.
+    for i in [2, 0] {
+        let name = names[i];
+        dns.set_srv(
+            &format!("_msim-s2s._tcp.{name}"),
+            &format!("s2s.{name}"),
+            peers[i].port,
+        );
+        let id = send(&mut bob, &format!("eve@{name}"), "marker").await;
+        let before = peers[i].until_message(&id).await;
+        let watcher = format!("w@{name}");
+        let states = before
+            .iter()
+            .filter(|p| p.get("to") == Some(watcher.as_str()))
+            .count();
+        assert_eq!(states > 0, i == 0, "{name}: {before:?}");
+    }
 }
