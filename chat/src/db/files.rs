@@ -4,6 +4,16 @@ use super::rows::OFFER_COLS;
 use super::Tx;
 use super::*;
 
+/// The offer `id`, read inside the writer's transaction.
+async fn offer_by_id(tx: &mut Tx<'_>, id: &str) -> Result<Option<Offer>, DbError> {
+    Ok(on!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {OFFER_COLS} FROM offers WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(c)
+    .await)?)
+}
+
 /// The recipient accepts (with this relay) or rejects (`None`) an offer.
 pub(super) async fn answer_offer(
     tx: &mut Tx<'_>,
@@ -13,12 +23,7 @@ pub(super) async fn answer_offer(
     relay: Option<String>,
     now: i64,
 ) -> Result<Outcome, DbError> {
-    let r: Option<Offer> = on!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {OFFER_COLS} FROM offers WHERE id = $1"
-    )))
-    .bind(&id)
-    .fetch_optional(c)
-    .await)?;
+    let r = offer_by_id(tx, &id).await?;
     let Some(mut offer) = r.filter(|o| sender.as_ref().is_none_or(|s| *s == o.sender)) else {
         return Ok(Outcome::UnknownTransfer);
     };
@@ -81,12 +86,7 @@ pub(super) async fn set_offer_hash(
     notice_expires: i64,
 ) -> Result<Outcome, DbError> {
     use msim_shared::proto::{FileHash, HashFailure};
-    let r: Option<Offer> = on!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {OFFER_COLS} FROM offers WHERE id = $1"
-    )))
-    .bind(&id)
-    .fetch_optional(c)
-    .await)?;
+    let r = offer_by_id(tx, &id).await?;
     let refused = |reason| Ok(Outcome::HashRefused(reason));
     let Some(offer) = r else {
         return refused(HashFailure::UnknownTransfer);
