@@ -16,6 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
+mod download;
 mod file_io;
 mod receive;
 mod relay_http;
@@ -29,6 +30,8 @@ use msim_shared::tls::rustls::ClientConfig;
 use receive::{receive_held, receive_streamed};
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
 use source_hash::SourceHash;
+
+pub use download::{download, download_deferred, part_path};
 
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -391,218 +394,6 @@ async fn upload_from(
         }
         _ => Err(error_status(response).await),
     }
-}
-
-/// Downloads a transfer to `dest`, streaming (the relay may still be receiving the upload).
-///
-/// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`.
-/// The result is renamed to `dest` only when complete and, if `expected_sha256` (or the
-/// relay's `Msim-Sha256` header) is known, verified.
-pub async fn download(
-    transfer: &Transfer,
-    dest: &Path,
-    expected_sha256: Option<&str>,
-    progress: Option<Progress>,
-    options: &TransferOptions,
-) -> Result<DownloadReport, ClientError> {
-    let expect = Expect::Known(expected_sha256);
-    download_with(transfer, dest, expect, progress, options).await
-}
-
-/// [`download`] of a file offered without a SHA-256 (PROTOCOL.md §10.7): hashed as it is
-/// received, then checked against the sender's SHA-256 from `sender_hash` (waiting up to
-/// [`TransferOptions::sender_hash_wait`] for it once the last byte is in). A mismatch is
-/// [`ClientError::ChecksumMismatch`] and keeps nothing; no hash in time keeps the file with
-/// [`DownloadReport::verified`] false (checked only against the relay's `Msim-Sha256`).
-pub async fn download_deferred(
-    transfer: &Transfer,
-    dest: &Path,
-    sender_hash: &crate::HashWatch,
-    progress: Option<Progress>,
-    options: &TransferOptions,
-) -> Result<DownloadReport, ClientError> {
-    let expect = Expect::Deferred(sender_hash);
-    download_with(transfer, dest, expect, progress, options).await
-}
-
-/// Where a download's expected SHA-256 comes from.
-enum Expect<'a> {
-    /// Announced with the grant (or not at all: then the relay's `Msim-Sha256` counts).
-    Known(Option<&'a str>),
-    /// Declared by the sender after its upload.
-    Deferred(&'a crate::HashWatch),
-}
-
-async fn download_with(
-    transfer: &Transfer,
-    dest: &Path,
-    expect: Expect<'_>,
-    progress: Option<Progress>,
-    options: &TransferOptions,
-) -> Result<DownloadReport, ClientError> {
-    let target = target(&transfer.url)?;
-    let part_name = part_path(dest);
-    let mut backoff = options.backoff();
-    let mut attempt = 0;
-    // Hashes what the .part file already holds, once; from here on the hash follows each write.
-    let mut part = Some(PartFile::open(&part_name).await?);
-    let mut resumed = false;
-    let mut relay_sha = None;
-    loop {
-        attempt += 1;
-        let current = match part.take() {
-            Some(p) => p,
-            // A write failed in the last attempt: what is on disk is the truth.
-            None => PartFile::open(&part_name).await?,
-        };
-        resumed |= current.len() > 0;
-        let result = download_from(
-            &target,
-            transfer,
-            current,
-            &progress,
-            options,
-            &mut relay_sha,
-        )
-        .await;
-        match result {
-            Ok(done) => {
-                part = Some(done);
-                break;
-            }
-            Err((kept, error)) if download_transient(&error) && attempt < options.attempts => {
-                part = kept;
-                tracing::info!(%error, attempt, "download interrupted; resuming");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err((kept, error)) => {
-                // An empty .part (nothing ever written) is not worth keeping for a retry; what
-                // a small download held in memory goes with it.
-                drop(kept);
-                if let Ok(meta) = tokio::fs::metadata(&part_name).await {
-                    if meta.len() == 0 {
-                        let _ = tokio::fs::remove_file(&part_name).await;
-                    }
-                }
-                return Err(error);
-            }
-        }
-    }
-    let Some(part) = part else {
-        return Err(ClientError::Http("download lost its file".into()));
-    };
-    let relay_sha = relay_sha.map(|s: String| s.to_ascii_lowercase());
-    let (expected, verified) = match expect {
-        Expect::Known(sha) => {
-            let expected = sha.map(str::to_ascii_lowercase).or(relay_sha);
-            let verified = expected.is_some();
-            (expected, verified)
-        }
-        Expect::Deferred(watch) => {
-            match tokio::time::timeout(options.sender_hash_wait, watch.sha256()).await {
-                Ok(Ok(sha)) => (Some(sha), true),
-                // No word from the sender: the relay's hash still catches a damaged download.
-                _ => (relay_sha, false),
-            }
-        }
-    };
-    // Keeps nothing that does not match.
-    let (size, sha256) = part
-        .finish_into(dest.to_owned(), transfer.size, expected)
-        .await?;
-    Ok(DownloadReport {
-        path: dest.to_owned(),
-        size,
-        sha256,
-        verified,
-        resumed,
-    })
-}
-
-fn download_transient(error: &ClientError) -> bool {
-    // 404: the upload has not started yet (the relay waits a while, then says so).
-    transient(error) || matches!(error, ClientError::RelayStatus { status: 404, .. })
-}
-
-/// `dest` with `.part` appended to the file name.
-pub fn part_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    dest.with_file_name(name)
-}
-
-/// One download attempt into `part`. On failure the part file comes back when it is still in
-/// step with its hash (then the next attempt resumes from it without reading it again).
-async fn download_from(
-    target: &Target,
-    transfer: &Transfer,
-    part: PartFile,
-    progress: &Option<Progress>,
-    options: &TransferOptions,
-    relay_sha: &mut Option<String>,
-) -> Result<PartFile, (Option<PartFile>, ClientError)> {
-    let have = part.len();
-    if transfer.size != 0 && have >= transfer.size {
-        return Ok(part);
-    }
-    let mut builder = request(Method::GET, target, &transfer.token);
-    if have > 0 {
-        builder = builder.header(header::RANGE, format!("bytes={have}-"));
-    }
-    let req = match builder.body(empty()) {
-        Ok(req) => req,
-        Err(e) => return Err((Some(part), ClientError::Http(e.to_string()))),
-    };
-    let response = match send(target, req, options).await {
-        Ok(response) => response,
-        Err(e) => return Err((Some(part), e)),
-    };
-    let part = match response.status() {
-        StatusCode::OK if have > 0 => part.restart().await.map_err(|e| (None, e))?,
-        StatusCode::OK | StatusCode::PARTIAL_CONTENT => part,
-        StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
-            // We have everything (or more than the relay: then the check fails later).
-            return Ok(part);
-        }
-        _ => return Err((Some(part), error_status(response).await)),
-    };
-    if let Some(sha) = header_text(&response, MSIM_SHA256) {
-        *relay_sha = Some(sha);
-    }
-    let mut done = part.len();
-    let total = if transfer.size != 0 {
-        transfer.size
-    } else {
-        done + header_u64(&response, header::CONTENT_LENGTH.as_str()).unwrap_or(0)
-    };
-    if let Some(p) = progress {
-        p(done, total);
-    }
-    // A body of at most one unit (a picture) stays in memory until the download is finished:
-    // written, hashed, flushed and renamed in one blocking step, no writer thread.
-    let small = header_u64(&response, header::CONTENT_LENGTH.as_str())
-        .is_some_and(|n| n <= file_io::IO_UNIT as u64);
-    let body = response.into_body();
-    let (part, received) = if small {
-        receive_held(part, body, transfer.size, &mut done).await
-    } else {
-        receive_streamed(part, body, transfer.size, &mut done, progress, total).await?
-    };
-    if let Err(e) = received {
-        return Err((Some(part), e));
-    }
-    if let Some(p) = progress {
-        p(part.len(), total);
-    }
-    if transfer.size != 0 && part.len() < transfer.size {
-        let error = ClientError::Http(format!(
-            "connection closed after {} of {} bytes",
-            part.len(),
-            transfer.size
-        ));
-        return Err((Some(part), error));
-    }
-    Ok(part)
 }
 
 #[cfg(test)]
