@@ -144,38 +144,54 @@ pub(crate) async fn unsubscribe(fed: &Federation, ctx: &Ctx<'_>, login: &str, su
 /// Renewals more often than this are skipped: a client reconnecting in a loop must not fill
 /// the per-peer queues (which messages share) with subscriptions.
 const RENEW_EVERY: Duration = Duration::from_secs(60);
-/// Most users remembered; beyond it, entries older than [`RENEW_EVERY`] are dropped, and if
-/// none are, all of them.
+/// Most users remembered per kind of renewal; beyond it, entries older than their window are
+/// dropped, and if none are, all of them.
 const MAX_RENEWALS: usize = 100_000;
 
-/// When each local user last renewed its subscriptions (micros, the server's clock).
+/// When each local user last renewed its subscriptions (micros, the server's clock): at a
+/// login (which asks for the state) and by any renewal (keep-alives included). Apart, so a
+/// keep-alive never holds back the next login's renewal, which asks for the state.
 #[derive(Debug, Default)]
-pub(crate) struct Renewals(Mutex<HashMap<String, i64>>);
+pub(crate) struct Renewals {
+    logins: Mutex<HashMap<String, i64>>,
+    any: Mutex<HashMap<String, i64>>,
+}
 
 impl Renewals {
-    /// Whether `login` may renew at `now` (and notes that it does): at most once per
-    /// [`RENEW_EVERY`].
+    /// Whether `login` may renew at a login at `now` (and notes that it does): at most once
+    /// per [`RENEW_EVERY`].
     fn take(&self, login: &str, now: i64) -> bool {
-        self.due(login, RENEW_EVERY, now)
-    }
-
-    /// Whether `login` last renewed `every` before `now` or earlier (or never); if so, notes
-    /// that it renews now.
-    pub(crate) fn due(&self, login: &str, every: Duration, now: i64) -> bool {
-        let within = |at: i64, d: Duration| now.saturating_sub(at) < d.as_micros() as i64;
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.get(login).is_some_and(|at| within(*at, every)) {
+        if !note_if_due(&self.logins, login, RENEW_EVERY, now) {
             return false;
         }
-        if m.len() >= MAX_RENEWALS {
-            m.retain(|_, at| within(*at, RENEW_EVERY));
-            if m.len() >= MAX_RENEWALS {
-                m.clear();
-            }
-        }
-        m.insert(login.to_owned(), now);
+        note_if_due(&self.any, login, Duration::ZERO, now);
         true
     }
+
+    /// Whether `login` last renewed (at a login or not) `every` before `now` or earlier (or
+    /// never); if so, notes that it renews now.
+    pub(crate) fn due(&self, login: &str, every: Duration, now: i64) -> bool {
+        note_if_due(&self.any, login, every, now)
+    }
+}
+
+/// Whether `login`'s entry in `map` is `every` old or more (or missing); if so, sets it to
+/// `now`. Bounded: beyond [`MAX_RENEWALS`] entries, those older than `every` are dropped,
+/// and if none are, all of them.
+fn note_if_due(map: &Mutex<HashMap<String, i64>>, login: &str, every: Duration, now: i64) -> bool {
+    let within = |at: i64| now.saturating_sub(at) < every.as_micros() as i64;
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    if m.get(login).is_some_and(|at| within(*at)) {
+        return false;
+    }
+    if m.len() >= MAX_RENEWALS && !m.contains_key(login) {
+        m.retain(|_, at| within(*at));
+        if m.len() >= MAX_RENEWALS {
+            m.clear();
+        }
+    }
+    m.insert(login.to_owned(), now);
+    true
 }
 
 /// Subscribes again to every remote contact of `login`. At a login of its first session (at
@@ -514,5 +530,28 @@ mod tests {
     fn domain_of_takes_the_part_after_the_last_at() {
         assert_eq!(super::domain_of("bob@b.example"), "b.example");
         assert_eq!(super::domain_of("b.example"), "b.example");
+    }
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::{Renewals, RENEW_EVERY};
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    const US: i64 = 1_000_000;
+
+    #[test]
+    fn a_keep_alive_never_holds_back_a_login_renewal_but_a_login_counts_as_one() {
+        let r = Renewals::default();
+        // A keep-alive at t=0; a login a second later still renews (and asks for the state).
+        assert!(r.due("bob", DAY, 0));
+        assert!(r.take("bob", US));
+        // Not twice within RENEW_EVERY.
+        assert!(!r.take("bob", 2 * US));
+        assert!(r.take("bob", US + RENEW_EVERY.as_micros() as i64));
+        // The login renewed: no keep-alive is due until a day after it.
+        assert!(!r.due("bob", DAY, 3_600 * US));
+        assert!(r.due("bob", DAY, (86_400 + 61) * US));
     }
 }
