@@ -277,7 +277,12 @@ impl SharedRegisterLimits {
     }
 }
 
-/// Leader job: deletes rows of the shared tables that mean nothing any more at `now`.
+/// Most rows of each table one prune run deletes: a run stays short (well inside the
+/// statement timeout) however large an attacker grew a table; the next runs take the rest.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Leader job: deletes rows of the shared tables that mean nothing any more at `now`, at most
+/// [`PRUNE_BATCH`] per table and run (found through the expiry indexes of migration 0122).
 pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
     for table in [
         "cluster_login_failures",
@@ -285,16 +290,20 @@ pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
         "cluster_buckets",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE expires_us < $1"
+            "DELETE FROM {table} WHERE ctid IN \
+             (SELECT ctid FROM {table} WHERE expires_us < $1 LIMIT $2)"
         )))
         .bind(now)
+        .bind(PRUNE_BATCH)
         .execute(pool)
         .await?;
     }
     sqlx::query(
-        "DELETE FROM cluster_events WHERE created_at < clock_timestamp() - make_interval(secs => $1)",
+        "DELETE FROM cluster_events WHERE id IN (SELECT id FROM cluster_events \
+         WHERE created_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
     )
     .bind(EVENT_KEEP_SECS)
+    .bind(PRUNE_BATCH)
     .execute(pool)
     .await?;
     Ok(())

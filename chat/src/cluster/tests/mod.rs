@@ -531,6 +531,37 @@ async fn login_throttle_and_register_limits_are_shared_by_nodes() {
     assert_eq!(left, 0);
 }
 
+/// However many expired rows an attacker piled up, one prune run deletes a bounded number
+/// (the rest go in later runs), and live rows stay.
+#[tokio::test]
+async fn pruning_deletes_expired_rows_in_bounded_runs() {
+    let Some(url) = msim_testkit::postgres::database("cluster prune") else {
+        return;
+    };
+    let p = pool(&url).await;
+    ensure_schema(&p).await.unwrap();
+    sqlx::query(
+        "INSERT INTO cluster_buckets (scope, key, level, at_us, expires_us) \
+         SELECT 1, 'k' || g, 0, 0, CASE WHEN g <= 25000 THEN 10 ELSE 1000 END \
+         FROM generate_series(1, 25010) g",
+    )
+    .execute(&p)
+    .await
+    .unwrap();
+    let left = |p: PgPool| async move {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_buckets")
+            .fetch_one(&p)
+            .await
+            .unwrap();
+        n
+    };
+    throttle::prune(&p, 100).await.unwrap();
+    assert_eq!(left(p.clone()).await, 15_010);
+    throttle::prune(&p, 100).await.unwrap();
+    throttle::prune(&p, 100).await.unwrap();
+    assert_eq!(left(p.clone()).await, 10);
+}
+
 /// Waits until `cond` holds, failing with `what` after [`WAIT`].
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
