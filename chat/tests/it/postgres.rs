@@ -25,6 +25,20 @@ async fn database() -> Option<(tempfile::TempDir, String)> {
     Some((dir, url))
 }
 
+/// Starts a server on data directory `dir` and database `url` and stops it at once (its
+/// shutdown future is ready): whether it may start.
+async fn start_once(dir: &std::path::Path, url: &str) -> Result<(), Error> {
+    let mut config = Config::for_tests(dir);
+    config.database = Some(url.to_owned());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        msim_chat::run(listener, config, std::future::ready(())),
+    )
+    .await
+    .expect("start decided in time")
+}
+
 /// A second data directory holding the first one's `secret.key` (what an operator copies to
 /// every node).
 fn sibling(of: &TestServer) -> tempfile::TempDir {
@@ -81,21 +95,8 @@ async fn a_node_without_the_shared_key_refuses_to_start() {
     };
     let a = node(dir, &url).await;
     a.user("alice").await;
-    let start = |dir: &std::path::Path| {
-        let mut config = Config::for_tests(dir);
-        config.database = Some(url.clone());
-        async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tokio::time::timeout(
-                Duration::from_secs(20),
-                msim_chat::run(listener, config, std::future::ready(())),
-            )
-            .await
-            .expect("start decided in time")
-        }
-    };
     let missing = tempfile::tempdir().unwrap();
-    match start(missing.path()).await {
+    match start_once(missing.path(), &url).await {
         Err(Error::Key(KeyError::Missing { accounts: 1, .. })) => {}
         other => panic!("started without the key: {other:?}"),
     }
@@ -105,13 +106,13 @@ async fn a_node_without_the_shared_key_refuses_to_start() {
         format!("{}\n", "07".repeat(32)),
     )
     .unwrap();
-    match start(other.path()).await {
+    match start_once(other.path(), &url).await {
         Err(Error::Key(KeyError::Mismatch { .. })) => {}
         other => panic!("started with another key: {other:?}"),
     }
     // The same key: starts (and stops at once: its shutdown future is ready).
     let same = sibling(&a);
-    start(&same.path().join("chat"))
+    start_once(&same.path().join("chat"), &url)
         .await
         .expect("the shared key works");
 }
@@ -127,21 +128,8 @@ async fn fresh_nodes_must_share_the_first_nodes_key_before_any_password_is_store
     let a = node(dir, &url).await;
     // The first node has opened its key once it answers (its listener was bound before).
     a.client().await.sync().await;
-    let start = |dir: &std::path::Path| {
-        let mut config = Config::for_tests(dir);
-        config.database = Some(url.clone());
-        async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tokio::time::timeout(
-                Duration::from_secs(20),
-                msim_chat::run(listener, config, std::future::ready(())),
-            )
-            .await
-            .expect("start decided in time")
-        }
-    };
     let empty = tempfile::tempdir().unwrap();
-    match start(empty.path()).await {
+    match start_once(empty.path(), &url).await {
         Err(Error::Key(KeyError::MissingRecorded { .. })) => {}
         other => panic!("a node made its own key: {other:?}"),
     }
@@ -152,13 +140,13 @@ async fn fresh_nodes_must_share_the_first_nodes_key_before_any_password_is_store
         format!("{}\n", "07".repeat(32)),
     )
     .unwrap();
-    match start(other.path()).await {
+    match start_once(other.path(), &url).await {
         Err(Error::Key(e @ KeyError::OtherKey { .. })) => {
             assert!(e.to_string().contains("copy it"), "{e}");
         }
         other => panic!("started with another key: {other:?}"),
     }
-    start(&sibling(&a).path().join("chat"))
+    start_once(&sibling(&a).path().join("chat"), &url)
         .await
         .expect("the shared key works");
     // Users registered on the first node log in on a node with the shared key.
