@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::{ConnectOptions, Connection, FromRow, SqliteConnection, SqlitePool};
 
 use super::NewBlob;
 use crate::{GoneReason, Result, StoreStats};
@@ -80,20 +80,66 @@ pub(super) struct Admission {
 }
 
 pub(super) struct Index {
-    /// Reads.
+    /// Reads. A pooled statement would first check its connection with a round trip to the
+    /// connection's thread (`test_before_acquire`); a local database file cannot hang up, so
+    /// that check is off.
     pool: SqlitePool,
-    /// One connection for the writes other than completions (`synchronous=NORMAL`). Writes
-    /// take turns anyway (`writes`); on one connection its page cache stays valid from one
-    /// write to the next, where a pool of several made most writes begin on a connection
-    /// that had to drop its cache because another had written since.
-    writer: SqlitePool,
-    /// One connection with `synchronous=FULL` for the commits that mark uploads complete: a
-    /// completion answered `201` survives a power loss (the other writes use NORMAL; losing
-    /// one of them at worst loses progress that recovery reconciles with the files).
-    durable: SqlitePool,
-    /// Taken around every write: SQLite lets one writer in at a time and makes the others back
-    /// off by sleeping (milliseconds); queueing here instead costs nothing.
-    writes: tokio::sync::Mutex<()>,
+    /// The two write connections, taken together: SQLite lets one writer in at a time and
+    /// makes the others back off by sleeping (milliseconds); queueing here instead costs
+    /// nothing. They are held, not pooled: sqlx pings a pooled connection before and after
+    /// every statement, two more round trips to its thread per write.
+    writes: tokio::sync::Mutex<Writers>,
+}
+
+/// The write connections of the index, opened when first needed (and again after sqlx
+/// reports that a connection's thread is gone).
+struct Writers {
+    options: SqliteConnectOptions,
+    /// For the writes other than completions (`synchronous=NORMAL`). One connection: its page
+    /// cache stays valid from one write to the next, where several made most writes begin on
+    /// a connection that had to drop its cache because another had written since.
+    normal: Option<SqliteConnection>,
+    /// `synchronous=FULL`, for the commits that mark uploads complete: a completion answered
+    /// `201` survives a power loss (the other writes use NORMAL; losing one of them at worst
+    /// loses progress that recovery reconciles with the files).
+    durable: Option<SqliteConnection>,
+}
+
+impl Writers {
+    /// The NORMAL connection.
+    async fn normal(&mut self) -> sqlx::Result<&mut SqliteConnection> {
+        let opts = &self.options;
+        open_if_needed(&mut self.normal, || opts.clone()).await
+    }
+
+    /// The FULL connection.
+    async fn durable(&mut self) -> sqlx::Result<&mut SqliteConnection> {
+        let opts = &self.options;
+        open_if_needed(&mut self.durable, || {
+            opts.clone().synchronous(SqliteSynchronous::Full)
+        })
+        .await
+    }
+
+    /// Pass `res` on; a connection whose thread is gone is dropped (reopened by the next write).
+    fn check<T>(&mut self, res: sqlx::Result<T>) -> Result<T> {
+        if let Err(sqlx::Error::WorkerCrashed) = res {
+            self.normal = None;
+            self.durable = None;
+        }
+        Ok(res?)
+    }
+}
+
+async fn open_if_needed(
+    slot: &mut Option<SqliteConnection>,
+    options: impl FnOnce() -> SqliteConnectOptions,
+) -> sqlx::Result<&mut SqliteConnection> {
+    if slot.is_none() {
+        *slot = Some(options().connect().await?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| sqlx::Error::Protocol("index connection missing".into()))
 }
 
 /// Holds an exclusive lock on `<index>.migrate-lock` (created 0600) until dropped; waits for
@@ -129,6 +175,7 @@ impl Index {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         // A relay and a `sweep` process may open a new (or older) index at once. sqlx's SQLite
@@ -139,25 +186,26 @@ impl Index {
         let migrated = MIGRATOR.run(&pool).await;
         drop(lock);
         migrated.map_err(sqlx::Error::from)?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await?;
-        let durable = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.synchronous(SqliteSynchronous::Full))
-            .await?;
+        let mut writers = Writers {
+            options: opts,
+            normal: None,
+            durable: None,
+        };
+        // Opened now, so that a database the relay cannot write fails at start.
+        writers.normal().await?;
+        writers.durable().await?;
         Ok(Index {
             pool,
-            writer,
-            durable,
-            writes: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::Mutex::new(writers),
         })
     }
 
     pub async fn close(&self) {
-        self.durable.close().await;
-        self.writer.close().await;
+        let mut w = self.writes.lock().await;
+        for conn in [w.durable.take(), w.normal.take()].into_iter().flatten() {
+            let _ = conn.close().await;
+        }
+        drop(w);
         self.pool.close().await;
     }
 
@@ -189,8 +237,8 @@ impl Index {
         now: u64,
         limits: &Admission,
     ) -> Result<bool> {
-        let _writing = self.writes.lock().await;
-        let inserted = sqlx::query(
+        let mut w = self.writes.lock().await;
+        let res = sqlx::query(
             "INSERT INTO blobs
                 (id, size, expires, sender, sha256, state, downloads, last_progress, created)
              SELECT ?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?6 FROM totals t
@@ -212,10 +260,9 @@ impl Index {
         .bind(signed(limits.min_free))
         .bind(signed(limits.available))
         .bind(signed(limits.per_sender_quota))
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(inserted > 0)
+        .execute(w.normal().await?)
+        .await;
+        Ok(w.check(res)?.rows_affected() > 0)
     }
 
     /// The totals an insert of `id` by `sender` was checked against.
@@ -246,42 +293,50 @@ impl Index {
         } else {
             "DELETE FROM blobs WHERE id = ? RETURNING state"
         };
-        let _writing = self.writes.lock().await;
-        let mut tx = self.writer.begin().await?;
-        let state: Option<(i64,)> = sqlx::query_as(sql)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let (Some(_), Some(reason)) = (state, reason) {
-            sqlx::query("INSERT OR REPLACE INTO tombstones (id, reason, removed) VALUES (?, ?, ?)")
+        let mut w = self.writes.lock().await;
+        let res = async {
+            let mut tx = w.normal().await?.begin().await?;
+            let state: Option<(i64,)> = sqlx::query_as(sql)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let (Some(_), Some(reason)) = (state, reason) {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO tombstones (id, reason, removed) VALUES (?, ?, ?)",
+                )
                 .bind(id)
                 .bind(reason.code())
                 .bind(signed(now))
                 .execute(&mut *tx)
                 .await?;
+            }
+            tx.commit().await?;
+            Ok(state)
         }
-        tx.commit().await?;
-        Ok(state.map(|(s,)| s == 1))
+        .await;
+        Ok(w.check(res)?.map(|(s,)| s == 1))
     }
 
     /// Record that `id` made progress at `now` (restarts its abandonment clock).
     pub async fn set_progress(&self, id: &str, now: u64) -> Result<()> {
-        let _writing = self.writes.lock().await;
-        sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
+        let mut w = self.writes.lock().await;
+        let res = sqlx::query("UPDATE blobs SET last_progress = ? WHERE id = ?")
             .bind(signed(now))
             .bind(id)
-            .execute(&self.writer)
-            .await?;
+            .execute(w.normal().await?)
+            .await;
+        w.check(res)?;
         Ok(())
     }
 
     /// Mark `id` complete (recovery: its `.blob` file is there and whole).
     pub async fn mark_complete(&self, id: &str) -> Result<()> {
-        let _writing = self.writes.lock().await;
-        sqlx::query("UPDATE blobs SET state = 1 WHERE id = ?")
+        let mut w = self.writes.lock().await;
+        let res = sqlx::query("UPDATE blobs SET state = 1 WHERE id = ?")
             .bind(id)
-            .execute(&self.writer)
-            .await?;
+            .execute(w.normal().await?)
+            .await;
+        w.check(res)?;
         Ok(())
     }
 
@@ -310,23 +365,25 @@ impl Index {
         for (id, sha256) in group {
             q = q.bind(*id).bind(*sha256);
         }
-        let _writing = self.writes.lock().await;
-        let rows = q.fetch_all(&self.durable).await?;
+        let mut w = self.writes.lock().await;
+        let res = q.fetch_all(w.durable().await?).await;
+        let rows = w.check(res)?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Count a download unless `limit` have started; the new count, `None` if not counted.
     pub async fn count_download(&self, id: &str, limit: u32) -> Result<Option<u32>> {
-        let _writing = self.writes.lock().await;
-        let r: Option<(i64,)> = sqlx::query_as(
+        let mut w = self.writes.lock().await;
+        let res: sqlx::Result<Option<(i64,)>> = sqlx::query_as(
             "UPDATE blobs SET downloads = downloads + 1 WHERE id = ? AND downloads < ?
              RETURNING downloads",
         )
         .bind(id)
         .bind(i64::from(limit))
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(r.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
+        .fetch_optional(w.normal().await?)
+        .await;
+        Ok(w.check(res)?
+            .map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
     /// Count a download of `id` if it is complete, `size` bytes, unexpired at `now` and under
@@ -348,14 +405,15 @@ impl Index {
              WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
              RETURNING expires, sender, sha256, downloads"
         };
-        let _writing = self.writes.lock().await;
-        Ok(sqlx::query_as(sql)
+        let mut w = self.writes.lock().await;
+        let res = sqlx::query_as(sql)
             .bind(id)
             .bind(signed(size))
             .bind(signed(now))
             .bind(i64::from(limit))
-            .fetch_optional(&self.writer)
-            .await?)
+            .fetch_optional(w.normal().await?)
+            .await;
+        w.check(res)
     }
 
     /// Record that a download handed out bytes `start..end` of `id`: they extend the prefix
@@ -369,8 +427,8 @@ impl Index {
         end: u64,
         all_written: bool,
     ) -> Result<bool> {
-        let _writing = self.writes.lock().await;
-        let row: Option<(i64,)> = sqlx::query_as(
+        let mut w = self.writes.lock().await;
+        let res: sqlx::Result<Option<(i64,)>> = sqlx::query_as(
             "UPDATE blobs SET served = MAX(served, ?2),
                  delivered = (MAX(served, ?2) >= size)
              WHERE id = ?1 AND delivered = 0 AND served >= ?3 AND (state = 1 OR ?4)
@@ -380,9 +438,9 @@ impl Index {
         .bind(signed(end))
         .bind(signed(start))
         .bind(all_written)
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(row.is_some_and(|(d,)| d == 1))
+        .fetch_optional(w.normal().await?)
+        .await;
+        Ok(w.check(res)?.is_some_and(|(d,)| d == 1))
     }
 
     /// A batch of blobs expired at `now`, oldest first.
@@ -411,16 +469,16 @@ impl Index {
 
     /// Delete up to `limit` of the oldest tombstones from at or before `upto`; how many went.
     pub async fn delete_oldest_tombstones(&self, upto: u64, limit: i64) -> Result<u64> {
-        let _writing = self.writes.lock().await;
-        Ok(sqlx::query(
+        let mut w = self.writes.lock().await;
+        let res = sqlx::query(
             "DELETE FROM tombstones WHERE id IN
                 (SELECT id FROM tombstones WHERE removed <= ? ORDER BY removed LIMIT ?)",
         )
         .bind(signed(upto))
         .bind(limit)
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
+        .execute(w.normal().await?)
+        .await;
+        Ok(w.check(res)?.rows_affected())
     }
 
     pub async fn tombstone_count(&self) -> Result<u64> {
@@ -456,8 +514,19 @@ impl Index {
         &self.pool
     }
 
+    /// `PRAGMA synchronous` of the normal and the durable write connection.
     #[cfg(test)]
-    pub fn durable_pool(&self) -> &SqlitePool {
-        &self.durable
+    pub async fn write_synchronous(&self) -> Result<(i64, i64)> {
+        let mut w = self.writes.lock().await;
+        let mut get = async |durable: bool| -> Result<i64> {
+            let conn = if durable {
+                w.durable().await?
+            } else {
+                w.normal().await?
+            };
+            let (n,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(conn).await?;
+            Ok(n)
+        };
+        Ok((get(false).await?, get(true).await?))
     }
 }

@@ -285,16 +285,14 @@ async fn completions_commit_with_synchronous_full() {
         .await
         .expect("open");
     // 2 = FULL: the WAL is fsync'd by the commit that marks an upload complete.
-    let (full,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-        .fetch_one(store.inner.index.durable_pool())
-        .await
-        .expect("pragma");
+    let (normal, full) = store.inner.index.write_synchronous().await.expect("pragma");
     assert_eq!(full, 2, "completion commits use synchronous=FULL");
-    let (normal,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+    assert_eq!(normal, 1, "other writes stay NORMAL");
+    let (reads,): (i64,) = sqlx::query_as("PRAGMA synchronous")
         .fetch_one(store.inner.index.pool())
         .await
         .expect("pragma");
-    assert_eq!(normal, 1, "other writes stay NORMAL");
+    assert_eq!(reads, 1);
     store.close().await;
 }
 
