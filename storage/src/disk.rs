@@ -1,6 +1,8 @@
 //! The file-system calls the store makes through libc: free space (`statvfs(3)`), positional
-//! reads into uninitialised memory (`pread(2)`) and early writeback (`sync_file_range(2)`),
-//! and the private file layout. Every `unsafe` block of the crate is here.
+//! reads into uninitialised memory (`pread(2)`), reads that never wait for the disk
+//! (`openat2(2)` with `RESOLVE_CACHED`, `preadv2(2)` with `RWF_NOWAIT`), early writeback
+//! (`sync_file_range(2)`), and the private file layout. Every `unsafe` block of the crate is
+//! here.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -125,6 +127,76 @@ pub fn read_at_most(file: &File, pos: u64, want: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Open `path` read-only without waiting for the disk: only if every component of the path is
+/// in the kernel's lookup cache (`openat2(2)` with `RESOLVE_CACHED`). `Ok(None)` when the
+/// kernel would have to read a directory first, or cannot do this (before Linux 5.12); the
+/// caller then opens it the blocking way.
+#[cfg(target_os = "linux")]
+pub fn open_cached(path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::io::FromRawFd;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `open_how` is plain data; all-zero is a valid value of it.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    // SAFETY: `c` is a valid NUL-terminated string and `how` a valid `open_how` of the size
+    // passed; the kernel only reads them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ENOSYS | libc::EINVAL | libc::EPERM) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::other("bad descriptor"))?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(Some(unsafe { File::from_raw_fd(fd) }))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn open_cached(_path: &Path) -> io::Result<Option<File>> {
+    Ok(None)
+}
+
+/// Read exactly `want` bytes at `pos` if all of them are in the page cache now, without
+/// waiting for the disk (`preadv2(2)` with `RWF_NOWAIT`). `None` otherwise, also for a short
+/// read: the caller then reads the blocking way, which tells the end of the file from bytes
+/// that are not cached.
+#[cfg(target_os = "linux")]
+pub fn read_cached(file: &File, pos: u64, want: usize) -> Option<Vec<u8>> {
+    let at = libc::off_t::try_from(pos).ok()?;
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: `iov` describes writable memory of `iov_len` bytes owned by `buf`; preadv2
+    // writes at most that many bytes into it and reports how many.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &raw const iov, 1, at, libc::RWF_NOWAIT) };
+    if usize::try_from(n).ok()? != want {
+        return None;
+    }
+    // SAFETY: preadv2 initialised the first `want` bytes of the spare capacity.
+    unsafe { buf.set_len(want) };
+    Some(buf)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn read_cached(_file: &File, _pos: u64, _want: usize) -> Option<Vec<u8>> {
+    None
+}
+
 /// Ask the kernel to start writing `from..to` of `file` back to disk, without waiting
 /// (best effort; the fsync at completion is what guarantees durability).
 #[cfg(target_os = "linux")]
@@ -139,3 +211,30 @@ pub fn start_writeback(file: &File, from: u64, to: u64) {
 
 #[cfg(not(target_os = "linux"))]
 pub fn start_writeback(_file: &File, _from: u64, _to: u64) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_reads_return_whole_ranges_or_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        // Just written: in the page cache, so both calls succeed where the kernel has them
+        // (openat2 may be refused by an older kernel or a sandbox: then nothing is returned).
+        let Some(f) = open_cached(&path).expect("open_cached") else {
+            return;
+        };
+        assert_eq!(read_cached(&f, 10, 5000).as_deref(), Some(&data[10..5010]));
+        // A range past the end is never returned short: the caller reads the blocking way.
+        assert_eq!(read_cached(&f, 99_000, 5000), None);
+        let missing = open_cached(&dir.path().join("missing"));
+        assert!(
+            matches!(&missing, Ok(None))
+                || matches!(&missing, Err(e) if e.kind() == io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+    }
+}
