@@ -1,5 +1,6 @@
 //! Unit tests that look inside the index and the live uploads.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -362,4 +363,49 @@ async fn a_relay_and_a_sweep_opening_a_new_index_at_once_both_succeed() {
         sweeping.close().await;
         serving.close().await;
     }
+}
+
+/// The write connections are held, not pooled: a write whose caller went away midway (a
+/// request dropped by its client) must leave them usable and the index consistent.
+#[tokio::test]
+async fn writes_dropped_midway_leave_the_index_consistent_and_writable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_700_000_000));
+    let store = BlobStore::open(dir.path(), config(&clock))
+        .await
+        .expect("open");
+    let index = &store.inner.index;
+    for polls in 0..8 {
+        let id = format!("d{polls}");
+        store.create(blob(&id, 3, "x")).await.expect("create");
+        // Poll the removal (a transaction of two statements) `polls` times, then drop it.
+        {
+            let mut removal =
+                std::pin::pin!(index.delete(&id, Some(GoneReason::Cancelled), store.now(), false));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            for _ in 0..polls {
+                if removal.as_mut().poll(&mut cx).is_ready() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        // Whatever happened, it happened whole: the row without a tombstone, or the tombstone
+        // without the row.
+        let row = index.blob(&id).await.expect("row").is_some();
+        let tombstone = index.tombstone(&id).await.expect("tombstone").is_some();
+        assert!(row != tombstone, "{id}: row {row}, tombstone {tombstone}");
+        // And the next writes on the same connections go through.
+        store
+            .create(blob(&format!("n{polls}"), 3, "x"))
+            .await
+            .expect("next write");
+        let done = index
+            .commit_complete(store.now(), &[(&format!("n{polls}"), "00")])
+            .await
+            .expect("durable write");
+        assert_eq!(done.len(), 1);
+        assert_totals(&store).await;
+    }
+    store.close().await;
 }
