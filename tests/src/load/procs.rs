@@ -66,6 +66,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// Context switches of process `pid` so far (voluntary and involuntary, summed over its
+/// threads alive now: a thread that has exited takes its count with it), from Linux
+/// `/proc/PID/task/*/status`.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// Checks that `pid` is a process on this machine whose `/proc` figures can be read; warns on
 /// stderr when its command name is not `expected` (the figures would be some other program's).
 pub fn check_pid(pid: u32, expected: &str) -> Result<()> {

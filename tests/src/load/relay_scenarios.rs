@@ -181,7 +181,31 @@ pub async fn run_relay(
         "== {} transfers of 100 KiB, kept-alive",
         args.small_transfers
     );
+    // What the relay spends per transfer: CPU time and thread hand-overs (context switches),
+    // figures that depend much less on what else runs on the machine than throughput does.
+    type Costs = Option<(Option<f64>, Option<u64>)>;
+    let relay_costs =
+        || -> Costs { pid.map(|p| (procs::cpu_seconds(p), procs::context_switches(p))) };
+    let add_costs = |report: &mut Report, what: &str, before: Costs, after: Costs, n: usize| {
+        let (Some((Some(c0), Some(s0))), Some((Some(c1), Some(s1)))) = (before, after) else {
+            return;
+        };
+        let n = n.max(1) as f64;
+        report.add(
+            "relay",
+            &format!("relay CPU per {what}"),
+            (c1 - c0) / n * 1e3,
+            "ms",
+        );
+        report.add(
+            "relay",
+            &format!("relay context switches per {what}"),
+            s1.saturating_sub(s0) as f64 / n,
+            "1",
+        );
+    };
     for &conns in &args.small_connections {
+        let before = relay_costs();
         let small = relay::small(
             addr,
             &keyring,
@@ -190,6 +214,13 @@ pub async fn run_relay(
             conns.max(1),
         )
         .await?;
+        add_costs(
+            report,
+            &format!("100 KiB transfer, {conns} connections"),
+            before,
+            relay_costs(),
+            args.small_transfers,
+        );
         report.add_ratio(
             "relay",
             &format!("100 KiB transfers (upload+download), {conns} connections"),
@@ -212,7 +243,15 @@ pub async fn run_relay(
         );
     }
     eprintln!("== {} concurrent 1 MiB transfers", args.concurrent);
+    let before = relay_costs();
     let (per_sec, bytes) = relay::concurrent(addr, &keyring, 1 << 20, args.concurrent).await?;
+    add_costs(
+        report,
+        "concurrent 1 MiB transfer",
+        before,
+        relay_costs(),
+        args.concurrent,
+    );
     report.add("relay", "concurrent 1 MiB transfers", per_sec, "1/s");
     report.add_ratio(
         "relay",
