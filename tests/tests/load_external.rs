@@ -100,6 +100,11 @@ async fn smoke_run_against_a_running_chat_server_and_relay() {
         ("relay", "relay CPU per relayed GB"),
         ("relay", "CPU-bound ceiling of one relayed transfer"),
         ("relay", "relay peak RSS"),
+        ("relay", "relay CPU per concurrent 1 MiB transfer"),
+        (
+            "relay",
+            "relay context switches per concurrent 1 MiB transfer",
+        ),
     ] {
         assert_eq!(
             figure(&report, scenario, name),
