@@ -103,17 +103,25 @@ struct Writers {
     /// `201` survives a power loss (the other writes use NORMAL; losing one of them at worst
     /// loses progress that recovery reconciles with the files).
     durable: Option<SqliteConnection>,
+    /// Set by [`Index::close`]: writes fail from then on, as they did on a closed pool.
+    closed: bool,
 }
 
 impl Writers {
     /// The NORMAL connection.
     async fn normal(&mut self) -> sqlx::Result<&mut SqliteConnection> {
+        if self.closed {
+            return Err(sqlx::Error::PoolClosed);
+        }
         let opts = &self.options;
         open_if_needed(&mut self.normal, || opts.clone()).await
     }
 
     /// The FULL connection.
     async fn durable(&mut self) -> sqlx::Result<&mut SqliteConnection> {
+        if self.closed {
+            return Err(sqlx::Error::PoolClosed);
+        }
         let opts = &self.options;
         open_if_needed(&mut self.durable, || {
             opts.clone().synchronous(SqliteSynchronous::Full)
@@ -190,6 +198,7 @@ impl Index {
             options: opts,
             normal: None,
             durable: None,
+            closed: false,
         };
         // Opened now, so that a database the relay cannot write fails at start.
         writers.normal().await?;
@@ -202,6 +211,7 @@ impl Index {
 
     pub async fn close(&self) {
         let mut w = self.writes.lock().await;
+        w.closed = true;
         for conn in [w.durable.take(), w.normal.take()].into_iter().flatten() {
             let _ = conn.close().await;
         }

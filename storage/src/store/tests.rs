@@ -409,3 +409,16 @@ async fn writes_dropped_midway_leave_the_index_consistent_and_writable() {
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn writes_fail_after_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_700_000_000));
+    let store = BlobStore::open(dir.path(), config(&clock))
+        .await
+        .expect("open");
+    store.create(blob("a", 3, "x")).await.expect("before close");
+    store.close().await;
+    assert!(store.create(blob("b", 3, "x")).await.is_err());
+    assert!(store.cancel("a").await.is_err());
+}
