@@ -77,8 +77,12 @@ impl Settings {
     pub async fn login(&self) -> Result<(Client, Events)> {
         let (login, password) = self.credentials()?;
         let (client, events) = self.connect().await?;
+        msim::timing::mark("connected");
         match self.login_as(&client, login, password).await {
-            Ok(()) => Ok((client, events)),
+            Ok(()) => {
+                msim::timing::mark("logged-in");
+                Ok((client, events))
+            }
             // After a recent failure the server asks to wait a little: do so once.
             Err(ClientError::AuthFailed {
                 retry_after: Some(secs),

@@ -22,6 +22,7 @@ use crate::output::Output;
 use crate::settings::Settings;
 
 fn main() -> ExitCode {
+    msim::timing::mark("start");
     let cli = args::parse();
     msim_shared::logging::init("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
     // A blocking read of stdin (`send … -`, the y/n question) may still be running after
     // Ctrl-C: do not wait for it.
     runtime.shutdown_background();
+    msim::timing::mark("exit");
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => ExitCode::from(out.failure(&error).code()),

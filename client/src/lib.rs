@@ -23,6 +23,7 @@ mod client;
 mod error;
 mod privacy;
 mod router;
+pub mod timing;
 pub mod transfer;
 
 pub use client::{

@@ -367,7 +367,9 @@ async fn upload_from(
     let req = builder
         .body(body)
         .map_err(|e| ClientError::Http(e.to_string()))?;
+    crate::timing::mark("upload-request");
     let response = send(target, req, options).await?;
+    crate::timing::mark("upload-answered");
     let status = response.status();
     let relay_offset = header_u64(&response, UPLOAD_OFFSET);
     match status {

@@ -234,19 +234,21 @@ pub(crate) async fn answer(
         .to_packet()
     };
     // An offer from a remote sender is answered through the sender's server (§12.10).
-    let reply = match ctx.federation {
+    let (reply, read) = match ctx.federation {
         Some(fed) => {
             match crate::federation::files::answer(fed, ctx, login, reply, &id, accept).await {
-                Some(reply) => reply,
+                Some(reply) => (reply, ctx.db.offer_by_id(&id).await),
                 None => return,
             }
         }
         // Federation switched off since a remote sender's offer was stored: not ours to grant.
+        // The offer read for this check is the one the results are planned from (one read
+        // on the acceptance's path, not two).
         None => match ctx.db.offer_by_id(&id).await {
             Ok(Some(o)) if o.sender.contains('@') => {
                 return reply.send(fail(AnswerFailure::Other("federation-disabled".into())))
             }
-            _ => reply,
+            read => (reply, read),
         },
     };
     let relay = if accept { relays.pool.peek() } else { None };
@@ -254,7 +256,7 @@ pub(crate) async fn answer(
     // and stored in the answer's own transaction: one commit (one fsync) before the sender
     // hears, instead of two. An offer no longer pending by then is refused by the write, which
     // then stores nothing of them.
-    let planned = match ctx.db.offer_by_id(&id).await {
+    let planned = match read {
         Ok(Some(o)) if o.recipient == login && o.state == OfferState::Pending => {
             Some(results(ctx, relays, &o, relay.as_deref(), accept))
         }

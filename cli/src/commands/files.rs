@@ -73,6 +73,7 @@ pub async fn send_file(
                 }
                 sha256 => sha256,
             };
+            msim::timing::mark("offer-sent");
             let offer = client
                 .offer_file(OfferFile {
                     to: to.to_owned(),
@@ -85,6 +86,7 @@ pub async fn send_file(
             Ok((sha256, offer, client))
         })
         .await?;
+    msim::timing::mark("offer-pending");
     let transfer_id = offer.transfer_id().to_owned();
     ctx.out.json_line(&FileLine::Pending {
         transfer_id: &transfer_id,
@@ -111,6 +113,7 @@ pub async fn send_file(
         } => grant?,
         _ = ctx.cancel.cancelled() => bail!("interrupted while waiting for {to}"),
     };
+    msim::timing::mark("upload-grant");
     let bar = progress::bar(ctx.out.json, size, &filename);
     let upload = Transfer::from(&grant);
     let options = ctx.settings.transfer_options();
@@ -257,6 +260,7 @@ pub async fn receive(ctx: &Ctx<'_>, decide: Decide, out: &Path, count: Option<u6
             }
             _ => continue,
         };
+        msim::timing::mark("offer-received");
         let accept = match decide {
             Decide::Accept => true,
             Decide::Reject => false,
@@ -293,6 +297,7 @@ async fn answer(
             _ => None,
         };
         let grant = client.accept_file(&offer.transfer_id).await?;
+        msim::timing::mark("download-grant");
         download_one(ctx, offer, &grant, out, sender_hash.as_ref()).await
     } else {
         client.reject_file(&offer.transfer_id).await?;
@@ -341,6 +346,7 @@ async fn download_one(
         sha256: &report.sha256,
         verified: report.verified,
     };
+    msim::timing::mark("verified");
     ctx.out.print(&line, || {
         format!(
             "Received {} ({}) from {} → {}{}",

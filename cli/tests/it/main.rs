@@ -8,4 +8,5 @@ mod deferred_hash;
 #[cfg(target_os = "linux")]
 mod interrupt;
 mod reconnect;
+mod timing;
 mod tls;

@@ -116,10 +116,12 @@ async fn download_with(
             }
         }
     };
+    crate::timing::mark("download-hash-known");
     // Keeps nothing that does not match.
     let (size, sha256) = part
         .finish_into(dest.to_owned(), transfer.size, expected)
         .await?;
+    crate::timing::mark("download-synced-renamed");
     Ok(DownloadReport {
         path: dest.to_owned(),
         size,
@@ -163,6 +165,7 @@ async fn download_from(
         Ok(req) => req,
         Err(e) => return Err((Some(part), ClientError::Http(e.to_string()))),
     };
+    crate::timing::mark("download-request");
     let response = match send(target, req, options).await {
         Ok(response) => response,
         Err(e) => return Err((Some(part), e)),
@@ -201,6 +204,7 @@ async fn download_from(
     if let Err(e) = received {
         return Err((Some(part), e));
     }
+    crate::timing::mark("download-last-byte");
     if let Some(p) = progress {
         p(part.len(), total);
     }
