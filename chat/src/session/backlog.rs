@@ -18,14 +18,31 @@ const PAGE: i64 = 256;
 impl Session<'_> {
     /// Sends the backlog of `login`; a failed write closes the connection.
     pub(super) async fn replay_backlog(&mut self, ctx: &Ctx<'_>, login: &str, marks: &Marks) {
+        let now = ctx.now();
+        // Every part of the backlog is bounded by the marks taken at login, so its reads do
+        // not depend on each other: they run at once (on the readers' pool) instead of one
+        // after the other, and the session gets to the requests waiting behind the backlog
+        // (a `send-file`'s offer) sooner. What is sent, and in which order, is unchanged.
+        let (first_page, receipts, offers, notices, presence_requests) = tokio::join!(
+            ctx.db.pending_messages(login, 0, marks.messages, PAGE),
+            ctx.db.pending_receipts(login, marks.receipts),
+            ctx.db.pending_offers(login, now, marks.offers),
+            ctx.db.pending_notices(login, now, marks.notices),
+            requests_at_login(ctx, login),
+        );
         // Pending messages, oldest first, page by page.
         let mut after = 0;
+        let mut next_page = Some(first_page);
         loop {
-            let page = match ctx
-                .db
-                .pending_messages(login, after, marks.messages, PAGE)
-                .await
-            {
+            let read = match next_page.take() {
+                Some(page) => page,
+                None => {
+                    ctx.db
+                        .pending_messages(login, after, marks.messages, PAGE)
+                        .await
+                }
+            };
+            let page = match read {
                 Ok(v) => v,
                 Err(e) => {
                     warn!("pending messages: {e}");
@@ -45,7 +62,7 @@ impl Session<'_> {
             }
         }
         // Read receipts stored while this user was offline.
-        match ctx.db.pending_receipts(login, marks.receipts).await {
+        match receipts {
             Ok(receipts) if !receipts.is_empty() => {
                 let mut seqs = Vec::with_capacity(receipts.len());
                 for r in receipts {
@@ -70,9 +87,8 @@ impl Session<'_> {
             Ok(_) => {}
             Err(e) => warn!("pending receipts: {e}"),
         }
-        let now = ctx.now();
         // File offers made while offline.
-        match ctx.db.pending_offers(login, now, marks.offers).await {
+        match offers {
             Ok(offers) => {
                 for o in offers {
                     self.out.push(&request_packet(ctx, &o));
@@ -81,7 +97,7 @@ impl Session<'_> {
             Err(e) => warn!("pending offers: {e}"),
         }
         // File results (SEND-FILE-PROXY-OK / -REJECTED / -READY) stored for this user.
-        match ctx.db.pending_notices(login, now, marks.notices).await {
+        match notices {
             Ok(notices) => {
                 for n in notices {
                     self.out.push(&n.body.to_packet());
@@ -90,7 +106,7 @@ impl Session<'_> {
             Err(e) => warn!("pending notices: {e}"),
         }
         // Presence requests waiting for an answer (repeated at every login until answered).
-        for p in requests_at_login(ctx, login).await {
+        for p in presence_requests {
             self.out.push(&p);
         }
     }
