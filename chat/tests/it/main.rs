@@ -15,6 +15,7 @@ mod file_hash;
 mod files;
 mod limits;
 mod load;
+mod login_backlog;
 mod login_hardening;
 mod login_race;
 mod postgres;
