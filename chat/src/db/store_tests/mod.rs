@@ -549,3 +549,4 @@ mod answers;
 mod duplicate_ids;
 mod nodes;
 mod pending_cap;
+mod pipeline;
