@@ -12,10 +12,10 @@ use std::collections::HashSet;
 /// How the writer runs a batch among others in flight (PostgreSQL, `commit::run`).
 #[derive(Debug)]
 pub(crate) struct InOrder {
-    /// Told when the batch, holding the batch lock, sends its `COMMIT` (dropped unsent if it
-    /// never does): the writer then starts its next batch, which queues for the lock behind
-    /// this one and so commits after it.
-    pub(crate) committing: tokio::sync::oneshot::Sender<()>,
+    /// Told once the batch holds the batch lock (dropped unsent if it never does): the writer
+    /// then starts its next batch, which queues for the lock behind this one and so commits
+    /// after it.
+    pub(crate) locked: tokio::sync::oneshot::Sender<()>,
     /// The batch's slot (0 or 1; `postgres::Store::next_mark`): the batch before this slot's
     /// previous batch has ended.
     pub(crate) slot: u8,
@@ -154,12 +154,15 @@ impl Db {
         // numbers for all the batch's messages and stores the batch's mark (what tells, if
         // the COMMIT's answer is lost, whether it committed); then the pending cap is checked
         // under it. A refused message leaves a hole in the numbers.
-        let (slot, committing) = match order {
-            Some(o) => (o.slot, Some(o.committing)),
+        let (slot, locked_tx) = match order {
+            Some(o) => (o.slot, Some(o.locked)),
             None => (0, None),
         };
         let mark = Some(s.next_mark(slot));
         let locked = super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
+        if let Some(t) = locked_tx {
+            let _ = t.send(());
+        }
         number_messages(&mut ops, locked.first);
         let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
             let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
@@ -175,11 +178,6 @@ impl Db {
                 refused[i] = r;
             }
             out = refused;
-        }
-        // Still holding the lock: the next batch may start, and queue behind this one while
-        // it commits (not earlier, or it would take only the few writes queued by then).
-        if let Some(t) = committing {
-            let _ = t.send(());
         }
         if let Err(e) = tx.commit().await {
             // The COMMIT may have been carried out with its answer lost: what the clients

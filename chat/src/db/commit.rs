@@ -157,11 +157,11 @@ type Running =
 
 /// How many batches may be in flight at once: one on SQLite (one connection, one
 /// transaction at a time); on PostgreSQL one per writer connection. A batch starts only once
-/// the batch before it sends its `COMMIT` while holding the batch lock, so it queues behind
-/// that one in PostgreSQL's lock queue and commits after it (commit order stays sequence
-/// order, and a session's messages keep their order); meanwhile its first statements are on
-/// their way, and the answers of the batch before are handed out while it runs: one node
-/// overlaps its batches like two nodes do.
+/// the batch before it holds the batch lock, so it queues behind that one in PostgreSQL's
+/// lock queue and commits after it (commit order stays sequence order, and a session's
+/// messages keep their order); meanwhile its statements are already on their way, and the
+/// answers of the batch before are handed out while it runs: one node pipelines its batches
+/// like two nodes do.
 fn depth(db: &Db) -> usize {
     // Two slots (`InOrder::slot`) cover at most two batches in flight.
     const _: () = assert!(crate::db::postgres::WRITERS <= 2);
@@ -196,7 +196,7 @@ async fn run(db: Db, mut space: Watermark, hook: HookSlot, mut rx: mpsc::Receive
                     continue;
                 };
                 let (locked_tx, mut locked) = oneshot::channel();
-                let order = InOrder { committing: locked_tx, slot: (started % 2) as u8 };
+                let order = InOrder { locked: locked_tx, slot: (started % 2) as u8 };
                 started += 1;
                 let db2 = db.clone();
                 running.push_back(Box::pin(async move {
@@ -204,8 +204,8 @@ async fn run(db: Db, mut space: Watermark, hook: HookSlot, mut rx: mpsc::Receive
                     (taken, r)
                 }));
                 if depth > 1 {
-                    // The next batch starts once this one commits, holding the batch lock
-                    // (or ended); batches that end meanwhile are answered.
+                    // The next batch starts once this one holds the batch lock (or ended);
+                    // batches that end meanwhile are answered.
                     loop {
                         tokio::select! {
                             biased;

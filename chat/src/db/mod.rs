@@ -18,7 +18,7 @@
 //!
 //! The protocol code relies on these, on either backend:
 //!
-//! 1. **Durable before answered.** `Db::apply_batch_ordered` returns only once its transaction is
+//! 1. **Durable before answered.** `Db::apply_batch` returns only once its transaction is
 //!    committed and on stable storage; the writer answers its waiters after that, so
 //!    `MESSAGE-SENT`, `FILE-PENDING` … always mean "stored". SQLite: WAL with
 //!    `synchronous=FULL`. PostgreSQL: `synchronous_commit=on`, set on every connection (the
@@ -39,10 +39,7 @@
 //!    ([`postgres::BATCH_LOCK`]), so batches of all nodes run one at a time, and allocates its
 //!    numbers inside (messages: a block reserved from the `message_seq` sequence; the others:
 //!    identity columns). The lock is released only after the commit is durable and visible,
-//!    so the next batch's numbers are higher and become visible later. A node's writer keeps
-//!    up to two batch transactions going ([`postgres::WRITERS`] connections, `commit::run`):
-//!    it starts the next one only when the one before sends its `COMMIT`, holding the lock,
-//!    so the next one queues for the lock behind it and commits after it. `Db::marks` reads the
+//!    so the next batch's numbers are higher and become visible later. `Db::marks` reads the
 //!    four maxima in one statement (one snapshot).
 //! 4. **The group commit contract.** One transaction per batch, answers in op order. Ops
 //!    refused up front (below the free-space watermark: `StorageFull` for
