@@ -2,38 +2,17 @@
 //! messages and acknowledgements, and a savepoint per other operation (and per multi-row
 //! statement). The same code runs on either backend; how the transaction begins (and where
 //! message sequence numbers come from) is per backend, and SQLite first tries its one-trip
-//! batch (`sqlite::hot`). Failure handling is here too: see [`Db::apply_batch_ordered`].
+//! batch (`sqlite::hot`). Failure handling is here too: see [`Db::apply_batch`].
 
 use super::apply::apply;
 use super::{Backend, Db, DbError, Outcome, StoredMessage, Tx, WriteOp};
 
 use std::collections::HashSet;
 
-/// How the writer runs a batch among others in flight (PostgreSQL, `commit::run`).
-#[derive(Debug)]
-pub(crate) struct InOrder {
-    /// Told once the batch holds the batch lock (dropped unsent if it never does): the writer
-    /// then starts its next batch, which queues for the lock behind this one and so commits
-    /// after it.
-    pub(crate) locked: tokio::sync::oneshot::Sender<()>,
-    /// The batch's slot (0 or 1; `postgres::Store::next_mark`): the batch before this slot's
-    /// previous batch has ended.
-    pub(crate) slot: u8,
-}
-
 /// One answer per op of a batch, `None` until decided.
 type Answers = Vec<Option<Result<Outcome, DbError>>>;
 
 impl Db {
-    /// [`Db::apply_batch_ordered`] without being told when the batch lock is held.
-    #[cfg(test)]
-    pub(crate) async fn apply_batch(
-        &self,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {
-        self.apply_batch_ordered(ops, None).await
-    }
-
     /// Applies a batch of writes in one transaction and commits once. Runs of messages and
     /// acknowledgements (the hot path) are validated up front and written with one multi-row
     /// statement per chunk; every other op runs in its own savepoint, so a failing op does not
@@ -41,20 +20,17 @@ impl Db {
     ///
     /// An error that may have undone more than its own statement (a full disk, an I/O error,
     /// a lost connection, a failed `COMMIT`: the whole transaction may then be rolled back)
-    /// fails the whole batch, and the batch's write connection is replaced: whatever state
-    /// the failure left it in (an open transaction that later "commits" would only release a
+    /// fails the whole batch, and the write connection is replaced: whatever state the
+    /// failure left it in (an open transaction that later "commits" would only release a
     /// savepoint of) goes with it.
-    ///
-    /// With `order` (PostgreSQL's pipelined writer), see [`InOrder`].
-    pub(crate) async fn apply_batch_ordered(
+    pub(crate) async fn apply_batch(
         &self,
         ops: Vec<WriteOp>,
-        order: Option<InOrder>,
     ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {
         let r = match self.refuse_full_queues(ops).await {
             Ok((kept, mut out)) => {
                 let (idx, ops): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
-                self.apply_batch_inner(ops, order).await.map(|done| {
+                self.apply_batch_inner(ops).await.map(|done| {
                     for (i, r) in idx.into_iter().zip(done) {
                         out[i] = Some(r);
                     }
@@ -68,10 +44,16 @@ impl Db {
         if r.is_err() {
             // Users seen inside a transaction that did not commit may not exist.
             self.known_users().clear();
-            // PostgreSQL: the batch closed its own connection (`apply_postgres_batch`).
-            if let Backend::Sqlite(s) = &self.backend {
-                if let Ok(conn) = s.writes.acquire().await {
-                    let _ = conn.close().await;
+            match &self.backend {
+                Backend::Sqlite(s) => {
+                    if let Ok(conn) = s.writes.acquire().await {
+                        let _ = conn.close().await;
+                    }
+                }
+                Backend::Postgres(s) => {
+                    if let Ok(conn) = s.writes.acquire().await {
+                        let _ = conn.close().await;
+                    }
                 }
             }
         }
@@ -81,7 +63,6 @@ impl Db {
     async fn apply_batch_inner(
         &self,
         mut ops: Vec<WriteOp>,
-        order: Option<InOrder>,
     ) -> Result<Vec<Result<Outcome, DbError>>, DbError> {
         if ops.is_empty() {
             return Ok(Vec::new());
@@ -103,26 +84,51 @@ impl Db {
                 out
             }
             Backend::Postgres(s) => {
-                // The batch's own connection: closed (and replaced by the pool) after any
-                // failure, whatever state the failure left it in (an open transaction that
-                // later "commits" would only release a savepoint of). Other batches run on
-                // the pool's other connection meanwhile.
-                let mut conn = s.writes.acquire().await?;
-                let r = self
-                    .apply_postgres_batch(s, &mut *conn, messages, ops, order)
-                    .await;
-                match r {
-                    Ok((out, replace)) => {
-                        if replace {
-                            let _ = conn.close().await;
-                        }
-                        out
+                let mut tx = s.writes.begin().await?;
+                let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
+                // The batch lock first (every node's batches wait for it), which also
+                // reserves numbers for all the batch's messages and stores the batch's mark
+                // (what tells, if the COMMIT's answer is lost, whether it committed); then the
+                // pending cap is checked under it. A refused message leaves a hole in the
+                // numbers.
+                let mark = Some(s.next_mark());
+                let locked =
+                    super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
+                number_messages(&mut ops, locked.first);
+                let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
+                    let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
+                    let (idx, kept): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
+                    (Some(idx), kept, refused)
+                } else {
+                    (None, ops, Vec::new())
+                };
+                ops = kept;
+                let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
+                if let Some(idx) = idx {
+                    for (i, r) in idx.into_iter().zip(out) {
+                        refused[i] = r;
                     }
-                    Err(e) => {
-                        let _ = conn.close().await;
-                        return Err(e);
+                    out = refused;
+                }
+                if let Err(e) = tx.commit().await {
+                    // The COMMIT may have been carried out with its answer lost: what the
+                    // clients are told must match what is stored (a "failed" message that is
+                    // in fact stored would be sent again by its user, and arrive twice).
+                    match super::postgres::commit_status(&s.pool, &locked).await {
+                        Some(true) => {
+                            tracing::warn!(
+                                "batch COMMIT failed ({e}) but the transaction committed"
+                            );
+                            // The write connection is replaced all the same.
+                            if let Ok(conn) = s.writes.acquire().await {
+                                let _ = conn.close().await;
+                            }
+                        }
+                        Some(false) => return Err(e.into()),
+                        None => return Err(DbError::InDoubt(e.to_string())),
                     }
                 }
+                out
             }
         };
         tracing::debug!(
@@ -134,65 +140,6 @@ impl Db {
             .into_iter()
             .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
             .collect())
-    }
-
-    /// One batch transaction on PostgreSQL, on `conn`. Returns the answers, and whether the
-    /// connection must be replaced although the batch committed (its `COMMIT` failed
-    /// without an answer, and the batch's mark shows it committed).
-    async fn apply_postgres_batch(
-        &self,
-        s: &super::postgres::Store,
-        conn: &mut sqlx::PgConnection,
-        messages: usize,
-        mut ops: Vec<WriteOp>,
-        order: Option<InOrder>,
-    ) -> Result<(Answers, bool), DbError> {
-        use sqlx::Connection;
-        let mut tx = conn.begin().await?;
-        let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
-        // The batch lock first (every node's batches wait for it), which also reserves
-        // numbers for all the batch's messages and stores the batch's mark (what tells, if
-        // the COMMIT's answer is lost, whether it committed); then the pending cap is checked
-        // under it. A refused message leaves a hole in the numbers.
-        let (slot, locked_tx) = match order {
-            Some(o) => (o.slot, Some(o.locked)),
-            None => (0, None),
-        };
-        let mark = Some(s.next_mark(slot));
-        let locked = super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
-        if let Some(t) = locked_tx {
-            let _ = t.send(());
-        }
-        number_messages(&mut ops, locked.first);
-        let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
-            let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
-            let (idx, kept): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
-            (Some(idx), kept, refused)
-        } else {
-            (None, ops, Vec::new())
-        };
-        ops = kept;
-        let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
-        if let Some(idx) = idx {
-            for (i, r) in idx.into_iter().zip(out) {
-                refused[i] = r;
-            }
-            out = refused;
-        }
-        if let Err(e) = tx.commit().await {
-            // The COMMIT may have been carried out with its answer lost: what the clients
-            // are told must match what is stored (a "failed" message that is in fact stored
-            // would be sent again by its user, and arrive twice).
-            return match super::postgres::commit_status(&s.pool, &locked).await {
-                Some(true) => {
-                    tracing::warn!("batch COMMIT failed ({e}) but the transaction committed");
-                    Ok((out, true))
-                }
-                Some(false) => Err(e.into()),
-                None => Err(DbError::InDoubt(e.to_string())),
-            };
-        }
-        Ok((out, false))
     }
 
     /// Applies the ops inside the open transaction `tx`.

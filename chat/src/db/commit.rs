@@ -7,7 +7,6 @@
 //! on with the next one, so writes succeed again as soon as the disk has room. Below the
 //! free-space watermark, writes that store new data are refused before they reach SQLite.
 
-use crate::db::batch::InOrder;
 use crate::db::space::Watermark;
 use crate::db::{Db, DbError, Outcome, PrivacyOp, WriteOp};
 use std::sync::{Arc, OnceLock};
@@ -146,140 +145,55 @@ fn heads(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i6
     heads
 }
 
-/// A batch taken from the queue, waiting for its commit.
-struct Taken {
-    replies: Vec<Option<oneshot::Sender<Result<Outcome, DbError>>>>,
-    streams: Vec<Option<usize>>,
-}
-
-type Running =
-    futures::future::BoxFuture<'static, (Taken, Result<Vec<Result<Outcome, DbError>>, DbError>)>;
-
-/// How many batches may be in flight at once: one on SQLite (one connection, one
-/// transaction at a time); on PostgreSQL one per writer connection. A batch starts only once
-/// the batch before it holds the batch lock, so it queues behind that one in PostgreSQL's
-/// lock queue and commits after it (commit order stays sequence order, and a session's
-/// messages keep their order); meanwhile its statements are already on their way, and the
-/// answers of the batch before are handed out while it runs: one node pipelines its batches
-/// like two nodes do.
-fn depth(db: &Db) -> usize {
-    // Two slots (`InOrder::slot`) cover at most two batches in flight.
-    const _: () = assert!(crate::db::postgres::WRITERS <= 2);
-    match db.backend {
-        crate::db::Backend::Postgres(_) => crate::db::postgres::WRITERS as usize,
-        crate::db::Backend::Sqlite(_) => 1,
-    }
-}
-
 async fn run(db: Db, mut space: Watermark, hook: HookSlot, mut rx: mpsc::Receiver<Request>) {
-    use futures::StreamExt;
-    let depth = depth(&db);
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-    let mut running: futures::stream::FuturesOrdered<Running> =
-        futures::stream::FuturesOrdered::new();
-    let mut open = true;
-    // Batches started: their slots alternate; with at most two in flight, a slot's next batch
-    // starts only once its previous batch has ended (`running` yields in start order).
-    let mut started: u64 = 0;
-    while open || !running.is_empty() {
-        tokio::select! {
-            biased;
-            Some((taken, result)) = running.next(), if !running.is_empty() => {
-                finish(&hook, &mut space, taken, result);
-            }
-            n = rx.recv_many(&mut batch, MAX_BATCH), if open && running.len() < depth => {
-                if n == 0 {
-                    open = false;
-                    continue;
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let low = space.low();
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            if low && r.op.grows_storage() {
+                if let Some(reply) = r.reply {
+                    let _ = reply.send(Err(DbError::StorageFull));
                 }
-                let Some((ops, taken)) = take(&mut batch, space.low(), &hook) else {
-                    continue;
-                };
-                let (locked_tx, mut locked) = oneshot::channel();
-                let order = InOrder { locked: locked_tx, slot: (started % 2) as u8 };
-                started += 1;
-                let db2 = db.clone();
-                running.push_back(Box::pin(async move {
-                    let r = db2.apply_batch_ordered(ops, Some(order)).await;
-                    (taken, r)
-                }));
-                if depth > 1 {
-                    // The next batch starts once this one holds the batch lock (or ended);
-                    // batches that end meanwhile are answered.
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = &mut locked => break,
-                            Some((taken, result)) = running.next() => {
-                                finish(&hook, &mut space, taken, result);
-                            }
-                        }
+            } else {
+                ops.push(r.op);
+                replies.push(r.reply);
+            }
+        }
+        let n = ops.len();
+        if n == 0 {
+            continue;
+        }
+        let streams: Vec<Option<usize>> = match hook.get() {
+            Some(_) => ops.iter().map(stream_of).collect(),
+            None => Vec::new(),
+        };
+        match db.apply_batch(ops).await {
+            Ok(results) => {
+                if let Some(hook) = hook.get() {
+                    let heads = heads(&streams, &results);
+                    if heads.iter().any(|h| *h > 0) {
+                        hook.committed(heads);
+                    }
+                }
+                for (reply, res) in replies.into_iter().zip(results) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(res);
                     }
                 }
             }
-        }
-        if running.is_empty() {
-            if let Err(e) = db.restart_wal_if_large().await {
-                debug!("WAL restart: {e}");
-            }
-        }
-    }
-}
-
-/// Takes `batch` out of the queue's buffer: writes that would store new data below the
-/// free-space watermark (`low`) are refused at once; `None` when nothing is left to apply.
-fn take(batch: &mut Vec<Request>, low: bool, hook: &HookSlot) -> Option<(Vec<WriteOp>, Taken)> {
-    let mut ops = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    for r in batch.drain(..) {
-        if low && r.op.grows_storage() {
-            if let Some(reply) = r.reply {
-                let _ = reply.send(Err(DbError::StorageFull));
-            }
-        } else {
-            ops.push(r.op);
-            replies.push(r.reply);
-        }
-    }
-    if ops.is_empty() {
-        return None;
-    }
-    let streams: Vec<Option<usize>> = match hook.get() {
-        Some(_) => ops.iter().map(stream_of).collect(),
-        None => Vec::new(),
-    };
-    Some((ops, Taken { replies, streams }))
-}
-
-/// Answers a batch's writes once it committed (or failed), after telling the commit hook.
-fn finish(
-    hook: &HookSlot,
-    space: &mut Watermark,
-    taken: Taken,
-    result: Result<Vec<Result<Outcome, DbError>>, DbError>,
-) {
-    let n = taken.replies.len();
-    match result {
-        Ok(results) => {
-            if let Some(hook) = hook.get() {
-                let heads = heads(&taken.streams, &results);
-                if heads.iter().any(|h| *h > 0) {
-                    hook.committed(heads);
-                }
-            }
-            for (reply, res) in taken.replies.into_iter().zip(results) {
-                if let Some(reply) = reply {
-                    let _ = reply.send(res);
+            Err(e) => {
+                error!(ops = n, "group commit failed: {e}");
+                space.recheck();
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
                 }
             }
         }
-        Err(e) => {
-            error!(ops = n, "group commit failed: {e}");
-            space.recheck();
-            for reply in taken.replies.into_iter().flatten() {
-                let _ = reply.send(Err(DbError::Sql(sqlx::Error::Protocol(e.to_string()))));
-            }
+        debug!(ops = n, "group commit");
+        if let Err(e) = db.restart_wal_if_large().await {
+            debug!("WAL restart: {e}");
         }
     }
-    debug!(ops = n, "group commit");
 }

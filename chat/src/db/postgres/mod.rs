@@ -18,11 +18,6 @@ pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
 /// Reader connections per node (the cluster's listener keeps one of them).
 const READERS: u32 = 10;
 
-/// Writer connections per node: the group commit keeps up to this many batch transactions
-/// going, each queued for the batch lock behind the one before (`db::commit`), so the next
-/// batch's statements are sent while the one before commits.
-pub(in crate::db) const WRITERS: u32 = 2;
-
 /// Longest wait for the outcome of a `COMMIT` whose answer was lost (see [`commit_status`]).
 pub(crate) const IN_DOUBT_MAX: Duration = Duration::from_secs(120);
 
@@ -53,7 +48,7 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error
         .application_name("msim-chat"))
 }
 
-/// The PostgreSQL store: a reader pool and the writer's own connections.
+/// The PostgreSQL store: a reader pool and the writer's own connection.
 #[derive(Debug)]
 pub(crate) struct Store {
     pub(in crate::db) pool: PgPool,
@@ -65,8 +60,7 @@ pub(crate) struct Store {
     /// sessions (0: not yet): an acknowledgement at or below it may clear the body at once
     /// (`bulk::ack_messages`).
     pub(in crate::db) passed: AtomicI64,
-    /// This process's rows in `batch_marks`: `writer` and `writer + 1`, one per batch slot
-    /// ([`Store::next_mark`]; random and even: unique among the writers of a database).
+    /// This process's row in `batch_marks` (random: unique among the writers of a database).
     pub(in crate::db) writer: i64,
     /// The last mark a batch stored there.
     pub(in crate::db) marks: AtomicI64,
@@ -80,13 +74,10 @@ pub(in crate::db) struct BatchMark {
 }
 
 impl Store {
-    /// A mark no earlier batch of this writer used, in the row of batch slot `slot` (0 or
-    /// 1). Batches in flight at once have different slots, and a slot's next batch starts
-    /// only once its previous one has ended (`db::commit`): a row is never overwritten while
-    /// its batch may still have to ask it whether it committed.
-    pub(in crate::db) fn next_mark(&self, slot: u8) -> BatchMark {
+    /// A mark no earlier batch of this writer used.
+    pub(in crate::db) fn next_mark(&self) -> BatchMark {
         BatchMark {
-            writer: self.writer + i64::from(slot & 1),
+            writer: self.writer,
             mark: self.marks.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
@@ -151,8 +142,8 @@ impl Db {
         migrating.close().await;
         migrated?;
         let writes = PgPoolOptions::new()
-            .max_connections(WRITERS)
-            .min_connections(WRITERS)
+            .max_connections(1)
+            .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
@@ -169,7 +160,7 @@ impl Db {
             writes,
             node: AtomicI64::new(0),
             passed: AtomicI64::new(0),
-            writer: rand::random::<i64>() & !1,
+            writer: rand::random::<i64>(),
             marks: AtomicI64::new(0),
         }))))
     }

@@ -549,4 +549,3 @@ mod answers;
 mod duplicate_ids;
 mod nodes;
 mod pending_cap;
-mod pipeline;
