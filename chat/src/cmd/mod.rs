@@ -5,6 +5,7 @@ pub(crate) mod auth;
 pub(crate) mod contacts;
 pub(crate) mod context;
 pub(crate) mod discovery;
+pub(crate) mod file_done;
 pub(crate) mod file_hash;
 pub(crate) mod files;
 pub(crate) mod keepalive;
@@ -156,6 +157,7 @@ pub(crate) async fn dispatch(sh: &Shared, conn: Conn<'_>, p: &Packet) -> Effect 
             files::answer(&ctx, &Relays::new(sh), me, reply, r.transfer_id, false).await;
         }
         Request::FileHash(r) => file_hash::declare(&ctx, me, reply, r).await,
+        Request::FileDone(r) => file_done::done(&ctx, me, reply, r).await,
         Request::PresenceApprove(r) => privacy::answer(&ctx, me, reply, r.id, true).await,
         Request::PresenceDeny(r) => privacy::answer(&ctx, me, reply, r.id, false).await,
         Request::Block(r) => privacy::block(&ctx, me, reply, r).await,

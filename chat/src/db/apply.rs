@@ -65,6 +65,9 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: WriteOp) -> Result<Outcome, DbErr
             notice_expires,
         } => files::set_offer_hash(tx, id, by, sha256, notice_expires).await,
         WriteOp::AddNotices(notices) => notices::add_notices(tx, notices).await,
+        WriteOp::ForgetResults { login, transfer_id } => {
+            notices::forget(tx, &login, &transfer_id).await
+        }
         WriteOp::ExpireOffers { now } => files::expire_offers(tx, now).await,
         WriteOp::Purge {
             expire_before,

@@ -274,6 +274,22 @@ pub(super) async fn add_notices(tx: &mut Tx<'_>, notices: Vec<Notice>) -> Result
     Ok(Outcome::Notices(seqs))
 }
 
+/// Removes the results of transfer `transfer_id` stored for `login` (its other party's, if
+/// any, stay).
+pub(super) async fn forget(
+    tx: &mut Tx<'_>,
+    login: &str,
+    transfer_id: &str,
+) -> Result<Outcome, DbError> {
+    on!(tx, c => sqlx::query("DELETE FROM notices WHERE login = $1 AND transfer_id = $2")
+        .bind(login)
+        .bind(transfer_id)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+    Ok(Outcome::Done)
+}
+
 impl super::Db {
     /// Unexpired notices for `login` with `seq <= max_seq`, oldest first. A row this version
     /// cannot read is skipped (and logged).

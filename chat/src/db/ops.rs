@@ -127,6 +127,14 @@ pub(crate) enum WriteOp {
     },
     /// Store file results for delivery at login.
     AddNotices(Vec<Notice>),
+    /// The user has handled a transfer (`SEND-FILE-PROXY-DONE`): its results stored for that
+    /// user are no longer sent at login.
+    ForgetResults {
+        /// Whose results.
+        login: String,
+        /// Transfer id.
+        transfer_id: String,
+    },
     /// Mark every pending offer past its expiry as expired (and drop expired notices).
     ExpireOffers {
         /// Now (micros).

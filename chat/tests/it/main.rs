@@ -11,6 +11,7 @@ mod disk_full;
 mod durability;
 mod embedded_relay;
 mod federation;
+mod file_done;
 mod file_hash;
 mod files;
 mod limits;

@@ -134,6 +134,31 @@ body! {
         reason: (reason HashFailure) = "reason",
     }
 }
+reasons! {
+    /// `SEND-FILE-PROXY-DONE-FAILED reason=`.
+    DoneFailure {
+        StorageError = "storage-error",
+    }
+}
+
+body! {
+    /// `SEND-FILE-PROXY-DONE transfer-id=` (→S, sender or recipient): the user has handled the
+    /// transfer (uploaded, downloaded or dismissed it), so its stored results (§10.6) need not be
+    /// sent at the user's next logins.
+    FileDone = "SEND-FILE-PROXY-DONE" { transfer_id: text = "transfer-id" }
+}
+body! {
+    /// `SEND-FILE-PROXY-DONE-OK transfer-id=` (→C): the user's stored results of the transfer
+    /// are gone (also when there were none).
+    FileDoneOk = "SEND-FILE-PROXY-DONE-OK" { transfer_id: text = "transfer-id" }
+}
+body! {
+    /// `SEND-FILE-PROXY-DONE-FAILED transfer-id= reason=` (→C).
+    FileDoneFailed = "SEND-FILE-PROXY-DONE-FAILED" {
+        transfer_id: text = "transfer-id",
+        reason: (reason DoneFailure) = "reason",
+    }
+}
 body! {
     /// `SEND-FILE-PROXY-REJECTED transfer-id= reason=` (→C sender).
     FileRejected = "SEND-FILE-PROXY-REJECTED" {

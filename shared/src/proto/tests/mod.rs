@@ -96,6 +96,10 @@ fn every_request_round_trips() {
             sha256: "ab".repeat(32),
         }
         .into(),
+        FileDone {
+            transfer_id: "t".into(),
+        }
+        .into(),
         Ping.into(),
         Pong.into(),
     ];
@@ -314,6 +318,15 @@ fn every_event_round_trips() {
         FileHashFailed {
             transfer_id: "t".into(),
             reason: HashFailure::NotSender,
+        }
+        .into(),
+        FileDoneOk {
+            transfer_id: "t".into(),
+        }
+        .into(),
+        FileDoneFailed {
+            transfer_id: "t".into(),
+            reason: DoneFailure::StorageError,
         }
         .into(),
         ErrorMalformed {
