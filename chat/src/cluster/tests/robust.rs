@@ -76,3 +76,44 @@ async fn a_leader_whose_heartbeats_fail_steps_down() {
     }
     hold.rollback().await.unwrap();
 }
+
+/// An account logging in from ever new addresses keeps at most `KNOWN_PER_LOGIN` known
+/// addresses in the shared table: the most recent ones, so its owner's current address stays
+/// known.
+#[tokio::test]
+async fn known_addresses_are_capped_per_login() {
+    let Some(url) = msim_testkit::postgres::database("cluster known cap") else {
+        return;
+    };
+    let p = pool(&url).await;
+    ensure_schema(&p).await.unwrap();
+    let delays = crate::throttle::Delays {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+        decay: Duration::from_secs(600),
+        known_for: Duration::from_secs(3600),
+    };
+    let t = throttle::SharedThrottle::new(p.clone(), delays);
+    let now = 1_000_000_000_000;
+    let many = throttle::KNOWN_PER_LOGIN + 20;
+    for k in 0..many {
+        let ip: std::net::IpAddr = format!("10.0.{}.{}", k / 200, k % 200 + 1).parse().unwrap();
+        t.success("mallory", ip, now + k).await.unwrap();
+    }
+    let owner: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    t.success("alice", owner, now).await.unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cluster_known_addresses WHERE login = 'mallory'")
+            .fetch_one(&p)
+            .await
+            .unwrap();
+    assert_eq!(rows, throttle::KNOWN_PER_LOGIN);
+    let newest: std::net::IpAddr = format!("10.0.{}.{}", (many - 1) / 200, (many - 1) % 200 + 1)
+        .parse()
+        .unwrap();
+    let oldest: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+    assert!(t.is_known("mallory", newest, now + many).await.unwrap());
+    assert!(!t.is_known("mallory", oldest, now + many).await.unwrap());
+    // Another account is untouched.
+    assert!(t.is_known("alice", owner, now + many).await.unwrap());
+}
