@@ -10,13 +10,13 @@
 //! - `k NODE`: NODE's keep-alive, sent with each heartbeat: a listener that hears nothing
 //!   at all (not even its own node's keep-alives) for a node timeout is on a dead connection.
 
+use super::mirror::Mirror;
 use super::NodeId;
 use crate::hub::{Hub, Item, Stream, STREAMS};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -88,47 +88,6 @@ pub(crate) trait Feed: Send + Sync + 'static {
     fn delivered(&self, _items: Vec<(Stream, i64)>) {}
     /// This node's reader has pushed everything up to `pos` to its sessions.
     fn passed(&self, _pos: &Positions) {}
-}
-
-/// Who is online on the other nodes: login → nodes.
-#[derive(Debug, Default)]
-pub(crate) struct Mirror(Mutex<HashMap<String, HashSet<i64>>>);
-
-impl Mirror {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<i64>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn online(&self, login: &str) -> bool {
-        self.lock().contains_key(login)
-    }
-
-    fn set(&self, login: &str, node: i64, on: bool) {
-        let mut m = self.lock();
-        if on {
-            m.entry(login.to_owned()).or_default().insert(node);
-        } else if let Some(nodes) = m.get_mut(login) {
-            nodes.remove(&node);
-            if nodes.is_empty() {
-                m.remove(login);
-            }
-        }
-    }
-
-    fn drop_nodes(&self, dead: &[i64]) {
-        self.lock().retain(|_, nodes| {
-            nodes.retain(|n| !dead.contains(n));
-            !nodes.is_empty()
-        });
-    }
-
-    fn replace(&self, rows: Vec<(String, i64)>) {
-        let mut m = HashMap::<String, HashSet<i64>>::new();
-        for (login, node) in rows {
-            m.entry(login).or_default().insert(node);
-        }
-        *self.lock() = m;
-    }
 }
 
 /// A notice waiting to be sent.

@@ -57,6 +57,7 @@
 
 pub(crate) mod fanout;
 pub(crate) mod leader;
+mod mirror;
 pub(crate) mod nodes;
 mod presence;
 mod scrub;
@@ -185,7 +186,7 @@ pub(crate) enum Event {
 
 /// The hub's view of the other nodes.
 struct RemoteNodes {
-    mirror: Arc<fanout::Mirror>,
+    mirror: Arc<mirror::Mirror>,
     outbox: Arc<fanout::Outbox>,
 }
 
@@ -243,7 +244,7 @@ impl Cluster {
         nodes::register(&pool, node, name).await?;
         info!(node = %node, "joined the cluster");
         let stop = CancellationToken::new();
-        let mirror = Arc::new(fanout::Mirror::default());
+        let mirror = Arc::new(mirror::Mirror::default());
         let (outbox, outbox_rx) = fanout::Outbox::new(node);
         hub.set_remote(Arc::new(RemoteNodes {
             mirror: mirror.clone(),
