@@ -109,6 +109,9 @@ pub struct Config {
     /// Several nodes on PostgreSQL: a node silent for longer is declared dead and its users
     /// go offline. At least three heartbeats (start-up refuses less).
     pub cluster_node_timeout: Duration,
+    /// PostgreSQL: the longest a group commit, a heartbeat or a listener check may wait for
+    /// the database (a silent network: see docs/OPERATING.md "Scaling out").
+    pub database_timeout: Duration,
     /// Timeout of one health check.
     pub relay_health_timeout: Duration,
     /// Below this many free bytes on the data directory's file system, new messages (and
@@ -216,6 +219,7 @@ impl Default for Config {
             relay_health_timeout: Duration::from_secs(3),
             cluster_heartbeat: Duration::from_secs(2),
             cluster_node_timeout: Duration::from_secs(10),
+            database_timeout: Duration::from_secs(20),
             min_free_space: 64 << 20,
             free_space_check_interval: Duration::from_secs(1),
             max_pending_messages: 10_000,

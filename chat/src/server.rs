@@ -113,6 +113,7 @@ impl Server {
         let db = Db::open_configured(&config.data_dir, config.database.as_deref())
             .await?
             .with_pending_cap(config.max_pending_messages);
+        db.set_database_timeout(config.database_timeout);
         let sealer = open_sealer(&config.data_dir, &db).await?;
         let blocks = crate::blocks::Blocks::from_pairs(db.all_blocks().await?);
         // The watermark guards the file system SQLite writes to; PostgreSQL's disk is the
@@ -387,6 +388,12 @@ async fn cluster_offline_loop(
         };
         match event {
             Some(crate::cluster::Event::Offline(logins)) => went_offline(&sh, logins).await,
+            Some(crate::cluster::Event::Online(logins)) => {
+                let ctx = crate::cmd::context::Ctx::new(&sh);
+                for login in logins {
+                    crate::cmd::presence::announce(&ctx, &login, true).await;
+                }
+            }
             None => return,
         }
     }

@@ -215,6 +215,10 @@ pub struct ChatSettings {
     /// dead and its users go offline; at least three heartbeats [default: 10s].
     #[arg(long, env = "MSIM_CHAT_CLUSTER_NODE_TIMEOUT")]
     pub cluster_node_timeout: Option<HumanDuration>,
+    /// On PostgreSQL: the longest a group commit, a heartbeat or a listener check waits for
+    /// the database before it counts as failed (a silent network) [default: 20s].
+    #[arg(long, env = "MSIM_CHAT_DATABASE_TIMEOUT")]
+    pub database_timeout: Option<HumanDuration>,
 }
 
 /// The settings that are not [`Config`] fields: where to listen and how to reach the relays.
@@ -327,6 +331,10 @@ impl ChatSettings {
         f.dns_server = self.dns_server;
         set(&mut c.cluster_heartbeat, self.cluster_heartbeat);
         set(&mut c.cluster_node_timeout, self.cluster_node_timeout);
+        set(&mut c.database_timeout, self.database_timeout);
+        if c.database_timeout.is_zero() {
+            anyhow::bail!("--database-timeout must be more than 0");
+        }
         if c.cluster_heartbeat.is_zero() {
             anyhow::bail!("--cluster-heartbeat must be more than 0");
         }
@@ -413,6 +421,7 @@ mod tests {
         );
         assert_eq!(c.cluster_heartbeat, Duration::from_secs(1));
         assert_eq!(c.cluster_node_timeout, Duration::from_secs(5));
+        assert_eq!(c.database_timeout, Duration::from_secs(7));
         // The relay keys are used by main.rs (embedded relay or external relays).
         assert_eq!(settings.relays.len(), 2);
         assert_eq!(

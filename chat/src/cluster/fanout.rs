@@ -7,14 +7,16 @@
 //! - `x NODE ID`: the same, too large for a payload: row ID of `cluster_events`.
 //! - `s NODE LOGIN 1|0`: LOGIN has (1) or no longer has (0) a session on NODE.
 //! - `d NODE…`: these nodes were declared dead (their sessions are gone).
+//! - `k NODE`: NODE's keep-alive, sent with each heartbeat: a listener that hears nothing
+//!   at all (not even its own node's keep-alives) for a node timeout is on a dead connection.
 
+use super::mirror::Mirror;
 use super::NodeId;
 use crate::hub::{Hub, Item, Stream, STREAMS};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -86,47 +88,6 @@ pub(crate) trait Feed: Send + Sync + 'static {
     fn delivered(&self, _items: Vec<(Stream, i64)>) {}
     /// This node's reader has pushed everything up to `pos` to its sessions.
     fn passed(&self, _pos: &Positions) {}
-}
-
-/// Who is online on the other nodes: login → nodes.
-#[derive(Debug, Default)]
-pub(crate) struct Mirror(Mutex<HashMap<String, HashSet<i64>>>);
-
-impl Mirror {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<i64>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn online(&self, login: &str) -> bool {
-        self.lock().contains_key(login)
-    }
-
-    fn set(&self, login: &str, node: i64, on: bool) {
-        let mut m = self.lock();
-        if on {
-            m.entry(login.to_owned()).or_default().insert(node);
-        } else if let Some(nodes) = m.get_mut(login) {
-            nodes.remove(&node);
-            if nodes.is_empty() {
-                m.remove(login);
-            }
-        }
-    }
-
-    fn drop_nodes(&self, dead: &[i64]) {
-        self.lock().retain(|_, nodes| {
-            nodes.retain(|n| !dead.contains(n));
-            !nodes.is_empty()
-        });
-    }
-
-    fn replace(&self, rows: Vec<(String, i64)>) {
-        let mut m = HashMap::<String, HashSet<i64>>::new();
-        for (login, node) in rows {
-            m.entry(login).or_default().insert(node);
-        }
-        *self.lock() = m;
-    }
 }
 
 /// A notice waiting to be sent.
@@ -215,14 +176,29 @@ impl Outbox {
     }
 }
 
-pub(crate) async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+/// Sends `payload` on [`CHANNEL`], waiting at most `limit`.
+pub(crate) async fn notify(
+    pool: &PgPool,
+    payload: &str,
+    limit: Duration,
+) -> Result<(), sqlx::Error> {
     // Its own statement, after the commit: no database-wide lock held across a WAL flush.
-    sqlx::query("SELECT pg_notify($1, $2)")
+    let sent = sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(payload)
-        .execute(pool)
-        .await?;
+        .execute(pool);
+    within(limit, sent).await?;
     Ok(())
+}
+
+/// `f`, or a timed-out error after `limit` (a silent network must not hang a cluster task).
+pub(crate) async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| Err(crate::db::postgres::timed_out()))
 }
 
 /// Sends the outbox's notices in order until `stop`. Positions first: they are what other
@@ -232,6 +208,7 @@ pub(crate) async fn send_loop(
     pool: PgPool,
     outbox: Arc<Outbox>,
     mut rx: OutboxRx,
+    statement: Duration,
     stop: CancellationToken,
 ) {
     let node = outbox.node;
@@ -239,7 +216,7 @@ pub(crate) async fn send_loop(
     loop {
         if let Some(h) = outbox.take_heads() {
             let [a, b, c, d] = h.0;
-            match notify(&pool, &format!("p {node} {a} {b} {c} {d}")).await {
+            match notify(&pool, &format!("p {node} {a} {b} {c} {d}"), statement).await {
                 Ok(()) => backoff = Duration::from_millis(20),
                 Err(e) => {
                     // Kept (coalesced with what comes meanwhile, so nothing grows) and sent
@@ -264,24 +241,25 @@ pub(crate) async fn send_loop(
                 None => return,
             },
         };
-        let sent = match out {
-            Out::Payload(p) => notify(&pool, &p).await,
-            Out::Large { login, bytes } => {
-                let id: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        let sent =
+            match out {
+                Out::Payload(p) => notify(&pool, &p, statement).await,
+                Out::Large { login, bytes } => {
+                    let id: Result<i64, sqlx::Error> = within(statement, sqlx::query_scalar(
                     "INSERT INTO cluster_events (origin, login, packet) VALUES ($1, $2, $3) \
                      RETURNING id",
                 )
                 .bind(node.0)
                 .bind(&login)
                 .bind(bytes.as_ref())
-                .fetch_one(&pool)
+                .fetch_one(&pool))
                 .await;
-                match id {
-                    Ok(id) => notify(&pool, &format!("x {node} {id}")).await,
-                    Err(e) => Err(e),
+                    match id {
+                        Ok(id) => notify(&pool, &format!("x {node} {id}"), statement).await,
+                        Err(e) => Err(e),
+                    }
                 }
-            }
-        };
+            };
         if let Err(e) = sent {
             warn!("cluster: a live packet is lost: {e}");
         }
@@ -355,33 +333,49 @@ fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> 
 
 /// Keeps a `LISTEN` connection open (reconnecting with a short back-off) and forwards what
 /// it hears: positions into `heads` (coalesced, never dropped), the rest into `inbox`.
+/// A listener that hears nothing for `silence` (every node, this one too, sends a keep-alive
+/// each heartbeat) is on a dead connection (a silent network: no reset ever comes) and is
+/// replaced; `statement` bounds connecting and `LISTEN`.
+#[allow(clippy::too_many_arguments)]
 async fn listen_loop(
     pool: PgPool,
     me: NodeId,
     heads: Arc<Mutex<Positions>>,
     wake: Arc<Notify>,
     inbox: mpsc::Sender<Note>,
+    silence: Duration,
+    statement: Duration,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let session = async {
-            let mut l = PgListener::connect_with(&pool).await?;
-            // Named after the node, so the leader can end this session if the node is
-            // reaped while frozen (it would hold PostgreSQL's notification queue).
-            sqlx::query("SELECT set_config('application_name', $1, false)")
-                .bind(super::nodes::listener_name(me))
-                .execute(&mut l)
-                .await?;
-            l.listen(CHANNEL).await?;
+            let connect = async {
+                let mut l = PgListener::connect_with(&pool).await?;
+                // Named after the node, so the leader can end this session if the node is
+                // reaped while frozen (it would hold PostgreSQL's notification queue).
+                sqlx::query("SELECT set_config('application_name', $1, false)")
+                    .bind(super::nodes::listener_name(me))
+                    .execute(&mut l)
+                    .await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut l = within(statement, connect).await?;
             // Listening: whatever is committed from now on is announced to us.
             if inbox.send(Note::Connected).await.is_err() {
                 return Ok(());
             }
             backoff = Duration::from_millis(50);
             loop {
-                // Any error or a lost connection: drop this listener, start a fresh one.
-                let Some(n) = l.try_recv().await? else {
+                // Any error, a lost or a silent connection: drop this listener (the
+                // connection with it), start a fresh one.
+                let Ok(heard) = tokio::time::timeout(silence, l.try_recv()).await else {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "listener connection silent for {silence:?}"
+                    )));
+                };
+                let Some(n) = heard? else {
                     return Err(sqlx::Error::Protocol("listener connection lost".into()));
                 };
                 if let Some(note) = parse(me, n.payload(), &heads, &wake) {
@@ -418,6 +412,13 @@ pub(crate) struct Reader {
     /// Where the reader's positions are published for the heartbeat (`None` until it
     /// starts): what every node has passed may be scrubbed.
     pub(crate) fed: Arc<Mutex<Option<Positions>>>,
+    /// Where the reader starts: the feed's heads when the node joined (read before any
+    /// session could load a backlog, so nothing committed after that is skipped).
+    pub(crate) start: Positions,
+    /// A listener that hears nothing for longer is replaced (see [`listen_loop`]).
+    pub(crate) silence: Duration,
+    /// The deadline of each of the reader's statements.
+    pub(crate) statement: Duration,
 }
 
 impl Reader {
@@ -432,18 +433,11 @@ impl Reader {
             heads.clone(),
             wake.clone(),
             tx,
+            self.silence,
+            self.statement,
             stop.clone(),
         ));
-        let mut pos = loop {
-            match self.feed.heads().await {
-                Ok(p) => break p,
-                Err(e) => warn!("cluster reader: reading the heads: {e}"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(MAX_BACKOFF) => {}
-            }
-        };
+        let mut pos = self.start;
         self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -485,7 +479,7 @@ impl Reader {
     /// notification or tick retries.
     async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS]) {
         loop {
-            let items = match self.feed.after(*pos, want, PAGE).await {
+            let items = match within(self.statement, self.feed.after(*pos, want, PAGE)).await {
                 Ok(items) => items,
                 Err(e) => {
                     warn!("cluster reader: {e}");
@@ -557,7 +551,7 @@ impl Reader {
 
     /// Replaces the mirror with the presence table (kept as it is on an error).
     async fn reload_presence(&self) {
-        match nodes_online(&self.pool, self.me).await {
+        match within(self.statement, nodes_online(&self.pool, self.me)).await {
             Ok(rows) => self.mirror.replace(rows),
             Err(e) => warn!("cluster: reloading presence: {e}"),
         }
@@ -571,11 +565,10 @@ impl Reader {
                     .deliver_local(&login, None, &Item { seq: None, bytes });
             }
             Note::LiveRow(id) => {
-                let row: Result<Option<(String, Vec<u8>)>, _> =
-                    sqlx::query_as("SELECT login, packet FROM cluster_events WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(&self.pool)
-                        .await;
+                let read = sqlx::query_as("SELECT login, packet FROM cluster_events WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool);
+                let row: Result<Option<(String, Vec<u8>)>, _> = within(self.statement, read).await;
                 match row {
                     Ok(Some((login, packet))) => {
                         let item = Item {

@@ -8,6 +8,10 @@
 //! last good check, before PostgreSQL ends its session and another node can take the lock.
 //! Two nodes may still both run a job at the hand-over (a job started just before the cut):
 //! the jobs are idempotent database updates, so a duplicate run is harmless.
+//!
+//! A leader whose own heartbeats fail (its pool cut off, its statements hanging) while its
+//! lock connection still answers steps down too: it releases the lock and does not take it
+//! again before a heartbeat of its goes through, so a healthy node runs the jobs.
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -22,14 +26,37 @@ use tracing::{info, warn};
 pub(crate) const LEADER_LOCK: i64 = 0x6d73_696d_0001;
 pub(crate) const SCHEMA_LOCK: i64 = 0x6d73_696d_0002;
 
-/// Whether this node leads now.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Leadership(Arc<AtomicBool>);
+/// Whether this node leads now, and whether it may.
+#[derive(Debug, Clone)]
+pub(crate) struct Leadership {
+    leads: Arc<AtomicBool>,
+    /// Whether this node's last heartbeat went through.
+    healthy: Arc<AtomicBool>,
+}
+
+impl Default for Leadership {
+    fn default() -> Leadership {
+        Leadership {
+            leads: Arc::new(AtomicBool::new(false)),
+            // The node has just registered: its database answered.
+            healthy: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
 
 impl Leadership {
     /// Whether this node holds the lock (as of its last check).
     pub(crate) fn is_leader(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.leads.load(Ordering::Relaxed)
+    }
+
+    /// Records whether this node's last heartbeat went through.
+    pub(crate) fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 }
 
@@ -40,9 +67,28 @@ struct Holder {
 }
 
 impl Holder {
-    /// One check: keeps or takes the lock. Returns whether this node leads.
-    async fn check(&mut self, opts: &PgConnectOptions, heartbeat: Duration) -> bool {
+    /// One check: keeps or takes the lock (gives it up while `healthy` is false). Returns
+    /// whether this node leads.
+    async fn check(&mut self, opts: &PgConnectOptions, heartbeat: Duration, healthy: bool) -> bool {
         let deadline = idle_timeout(heartbeat) / 2;
+        if !healthy {
+            if let Some(mut conn) = self.conn.take().filter(|_| self.leads) {
+                warn!("this node's heartbeats fail: stepping down as leader");
+                let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(LEADER_LOCK)
+                    .execute(&mut conn);
+                match timeout(deadline, unlock).await {
+                    // Unlocked: the connection may stay for later.
+                    Ok(Ok(_)) => self.conn = Some(conn),
+                    // Dropped: the server frees the lock when it hears of it, or when its
+                    // idle timeout ends the session.
+                    Ok(Err(e)) => warn!("leader unlock: {e}"),
+                    Err(_) => warn!("leader unlock: no answer within {deadline:?}"),
+                }
+            }
+            self.leads = false;
+            return false;
+        }
         if let Some(conn) = self.conn.as_mut().filter(|_| self.leads) {
             // Held as long as the session answers in time (a lost session has freed the lock;
             // a silent one will be ended by the server: step down before that happens).
@@ -136,12 +182,12 @@ pub(crate) async fn run(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let leads = holder.check(&opts, heartbeat).await;
-        if leadership.0.swap(leads, Ordering::Relaxed) != leads {
+        let leads = holder.check(&opts, heartbeat, leadership.healthy()).await;
+        if leadership.leads.swap(leads, Ordering::Relaxed) != leads {
             info!(leader = leads, "cluster leadership changed");
         }
     }
-    leadership.0.store(false, Ordering::Relaxed);
+    leadership.leads.store(false, Ordering::Relaxed);
     if let Some(conn) = holder.conn.take() {
         let _ = conn.close().await;
     }

@@ -57,7 +57,9 @@
 
 pub(crate) mod fanout;
 pub(crate) mod leader;
+mod mirror;
 pub(crate) mod nodes;
+mod presence;
 mod scrub;
 mod store_feed;
 #[cfg(test)]
@@ -106,6 +108,9 @@ pub struct Timing {
     pub poll: Duration,
     /// The server's clock (the shared throttle tables' expiry times are on it).
     pub clock: crate::clock::Clock,
+    /// `--database-timeout`: the longest a heartbeat, a listener check or another cluster
+    /// statement waits for the database (a silent network must not hang them).
+    pub database_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -115,17 +120,26 @@ impl Default for Timing {
             node_timeout: Duration::from_secs(10),
             poll: Duration::from_secs(1),
             clock: crate::clock::Clock::system(),
+            database_timeout: crate::db::postgres::DEFAULT_TIMEOUT,
         }
     }
 }
 
 impl Timing {
+    /// How long one cluster statement (a heartbeat, a presence change, a listener check) may
+    /// wait: the database timeout, but never so long that a node whose heartbeat hangs misses
+    /// the node timeout without noticing.
+    pub(crate) fn statement(&self) -> Duration {
+        self.database_timeout.min(self.node_timeout / 2)
+    }
+
     /// The operator's settings (`--cluster-heartbeat`, `--cluster-node-timeout`).
     pub fn from_config(c: &crate::config::Config) -> Timing {
         Timing {
             heartbeat: c.cluster_heartbeat,
             node_timeout: c.cluster_node_timeout,
             clock: c.clock.clone(),
+            database_timeout: c.database_timeout,
             ..Timing::default()
         }
     }
@@ -161,13 +175,18 @@ const EVENTS: usize = 1;
 #[derive(Debug)]
 pub(crate) enum Event {
     /// These users lost their last session when their node died: tell their watchers
-    /// (`cmd::presence::announce`), as for a normal logout. Sent on the leader only.
+    /// (`cmd::presence::announce`), as for a normal logout. Sent on the leader, and on a
+    /// node whose presence change failed earlier (repaired at a heartbeat).
     Offline(Vec<String>),
+    /// These users are online again although no session of theirs just opened: this node
+    /// was declared dead while cut off from the database and stored its rows again (or a
+    /// change that failed earlier was repaired). Tell their watchers, as for a login.
+    Online(Vec<String>),
 }
 
 /// The hub's view of the other nodes.
 struct RemoteNodes {
-    mirror: Arc<fanout::Mirror>,
+    mirror: Arc<mirror::Mirror>,
     outbox: Arc<fanout::Outbox>,
 }
 
@@ -186,6 +205,8 @@ pub(crate) struct Cluster {
     node: NodeId,
     pool: PgPool,
     outbox: Arc<fanout::Outbox>,
+    presence: Arc<presence::Presence>,
+    statement: Duration,
     leadership: leader::Leadership,
     stop: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -216,17 +237,28 @@ impl Cluster {
         name: &str,
     ) -> Result<(Cluster, mpsc::Receiver<Event>), sqlx::Error> {
         ensure_schema(&pool).await?;
+        // Before any session of this node loads its backlog: what is committed from now on,
+        // the reader pushes (read later, items committed meanwhile would be skipped).
+        let start = fanout::within(timing.statement(), feed.heads()).await?;
         let node = NodeId::random();
         nodes::register(&pool, node, name).await?;
         info!(node = %node, "joined the cluster");
         let stop = CancellationToken::new();
-        let mirror = Arc::new(fanout::Mirror::default());
+        let mirror = Arc::new(mirror::Mirror::default());
         let (outbox, outbox_rx) = fanout::Outbox::new(node);
         hub.set_remote(Arc::new(RemoteNodes {
             mirror: mirror.clone(),
             outbox: outbox.clone(),
         }));
         let leadership = leader::Leadership::default();
+        let presence = Arc::new(presence::Presence::new(
+            pool.clone(),
+            node,
+            hub.clone(),
+            outbox.clone(),
+            timing.statement(),
+        ));
+        let statement = timing.statement();
         let (events_tx, events) = mpsc::channel(EVENTS);
         let fed = Arc::new(Mutex::new(None));
         let reader = fanout::Reader {
@@ -237,12 +269,16 @@ impl Cluster {
             mirror,
             poll: timing.poll,
             fed: fed.clone(),
+            start,
+            silence: timing.node_timeout,
+            statement: timing.statement(),
         };
         let tasks = vec![
             tokio::spawn(fanout::send_loop(
                 pool.clone(),
                 outbox.clone(),
                 outbox_rx,
+                timing.statement(),
                 stop.clone(),
             )),
             tokio::spawn(reader.run(stop.clone())),
@@ -263,12 +299,13 @@ impl Cluster {
                     pool: pool.clone(),
                     node,
                     name: name.to_owned(),
-                    hub,
                     outbox: outbox.clone(),
+                    presence: presence.clone(),
                     leadership: leadership.clone(),
                     timing,
                     events: events_tx,
                     offline: Vec::new(),
+                    online: Vec::new(),
                     fed,
                     healthy_since: None,
                 }
@@ -281,6 +318,8 @@ impl Cluster {
                 node,
                 pool,
                 outbox,
+                presence,
+                statement,
                 leadership,
                 stop,
                 tasks,
@@ -306,34 +345,18 @@ impl Cluster {
         self.outbox.clone()
     }
 
-    /// `login` got its first session on this node; returns whether it is its first session
-    /// anywhere (then the caller announces it online). On a database error the user counts as
-    /// already online elsewhere: no announcement rather than a wrong one.
+    /// `login` got its first session on this node (in the hub); returns whether it is its
+    /// first session anywhere (then the caller announces it online). On a database error
+    /// nothing is announced now; the next heartbeat stores the row and announces it then.
     pub(crate) async fn session_opened(&self, login: &str) -> bool {
-        match nodes::session_opened(&self.pool, self.node, login).await {
-            Ok(first) => {
-                self.outbox.presence(login, true);
-                first
-            }
-            Err(e) => {
-                warn!(login, "cluster presence: {e}");
-                false
-            }
-        }
+        self.presence.sync(login).await == Some(presence::Change::Online)
     }
 
-    /// `login`'s last session on this node ended; returns whether it was its last anywhere.
+    /// `login`'s last session on this node ended (in the hub); returns whether it was its
+    /// last anywhere. Whichever of an open and a close of one login runs last writes what
+    /// the hub holds then (see `presence`).
     pub(crate) async fn session_closed(&self, login: &str) -> bool {
-        match nodes::session_closed(&self.pool, self.node, login).await {
-            Ok(last) => {
-                self.outbox.presence(login, false);
-                last
-            }
-            Err(e) => {
-                warn!(login, "cluster presence: {e}");
-                false
-            }
-        }
+        self.presence.sync(login).await == Some(presence::Change::Offline)
     }
 
     /// Whether this node runs the cluster-wide periodic jobs now.
@@ -353,7 +376,7 @@ impl Cluster {
             Ok(offline) => {
                 // The other nodes' mirrors forget this node now, not at their next reload.
                 let gone = format!("d {0} {0}", self.node);
-                if let Err(e) = fanout::notify(&self.pool, &gone).await {
+                if let Err(e) = fanout::notify(&self.pool, &gone, self.statement).await {
                     warn!("leaving the cluster: {e}");
                 }
                 offline
@@ -372,14 +395,16 @@ struct Heart {
     pool: PgPool,
     node: NodeId,
     name: String,
-    hub: Arc<Hub>,
     outbox: Arc<fanout::Outbox>,
+    presence: Arc<presence::Presence>,
     leadership: leader::Leadership,
     timing: Timing,
     events: mpsc::Sender<Event>,
     /// Users reaped offline whose event did not fit in `events` yet (at most every user who
     /// was online on the dead nodes).
     offline: Vec<String>,
+    /// Users to announce online (see [`Event::Online`]) whose event did not fit yet.
+    online: Vec<String>,
     /// The reader's positions, recorded with each heartbeat (for `scrub`).
     fed: Arc<Mutex<Option<Positions>>>,
     /// Since when this node's heartbeats have been succeeding (`None`: the last one failed).
@@ -427,10 +452,20 @@ impl Heart {
                 _ = tick.tick() => {}
             }
             let ok = self.beat().await;
+            // A node whose own heartbeats fail lets another one lead: it may be cut off, and
+            // the jobs (reaping, retention, the federation queue) need a healthy node.
+            self.leadership.set_healthy(ok);
             match (ok, self.healthy_since) {
                 (true, None) => self.healthy_since = Some(tokio::time::Instant::now()),
                 (false, _) => self.healthy_since = None,
                 (true, Some(_)) => {}
+            }
+            if ok {
+                // Rows whose change failed, or that were removed while this node was
+                // declared dead, are stored again; the differences are announced.
+                let (online, offline) = self.presence.reconcile().await;
+                self.online.extend(online);
+                self.offline.extend(offline);
             }
             // Reaping judges other nodes by their heartbeats: only once this node's own have
             // been going through for a whole node timeout. After the database was away, every
@@ -445,27 +480,43 @@ impl Heart {
         }
     }
 
-    /// Hands the reaped users to the server without waiting: a slow consumer must not stop
+    /// Hands the announcements to the server without waiting: a slow consumer must not stop
     /// this task's heartbeats (the node would be declared dead) nor its reaping.
     fn flush(&mut self) {
-        if self.offline.is_empty() {
-            return;
-        }
-        let logins = std::mem::take(&mut self.offline);
-        match self.events.try_send(Event::Offline(logins)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Event::Offline(logins))) => {
-                debug!(
-                    users = logins.len(),
-                    "cluster events full: retried next beat"
-                );
-                self.offline = logins;
+        for online in [false, true] {
+            let pending = if online {
+                &mut self.online
+            } else {
+                &mut self.offline
+            };
+            if pending.is_empty() {
+                continue;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => debug!("cluster events receiver gone"),
+            let logins = std::mem::take(pending);
+            let event = if online {
+                Event::Online(logins)
+            } else {
+                Event::Offline(logins)
+            };
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(
+                    Event::Offline(logins) | Event::Online(logins),
+                )) => {
+                    debug!(
+                        users = logins.len(),
+                        "cluster events full: retried next beat"
+                    );
+                    *pending = logins;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    debug!("cluster events receiver gone")
+                }
+            }
         }
     }
 
-    /// Returns whether the heartbeat was recorded.
+    /// Returns whether the heartbeat was recorded (within the statement deadline).
     async fn beat(&self) -> bool {
         let fed = self.fed.lock().unwrap_or_else(|e| e.into_inner()).map(|p| {
             (
@@ -473,32 +524,40 @@ impl Heart {
                 p.0[crate::hub::Stream::Receipts as usize],
             )
         });
-        match nodes::heartbeat(&self.pool, self.node, fed).await {
+        let limit = self.timing.statement();
+        let ok = match fanout::within(limit, nodes::heartbeat(&self.pool, self.node, fed)).await {
             Ok(true) => true,
             Ok(false) => {
-                // Declared dead while cut off: our users were announced offline. Come back.
+                // Declared dead while cut off: our users were announced offline. Come back;
+                // the reconcile that follows stores their rows and announces them online.
                 warn!(node = %self.node, "this node was declared dead: registering again");
-                if let Err(e) = nodes::register(&self.pool, self.node, &self.name).await {
+                let again = nodes::register(&self.pool, self.node, &self.name);
+                if let Err(e) = fanout::within(limit, again).await {
                     warn!("cluster: registering again: {e}");
                     return false;
                 }
-                for login in self.hub.local_logins() {
-                    match nodes::session_opened(&self.pool, self.node, &login).await {
-                        Ok(_) => self.outbox.presence(&login, true),
-                        Err(e) => warn!("cluster: re-adding {login}: {e}"),
-                    }
-                }
+                self.presence.forget_all();
                 true
             }
             Err(e) => {
                 warn!("cluster heartbeat: {e}");
                 false
             }
+        };
+        if ok {
+            // The listeners' keep-alive (see `fanout::listen_loop`); losing one is harmless.
+            let alive = format!("k {}", self.node);
+            if let Err(e) = fanout::notify(&self.pool, &alive, limit).await {
+                debug!("cluster keep-alive: {e}");
+            }
         }
+        ok
     }
 
     async fn reap(&mut self) {
-        match nodes::reap(&self.pool, self.node, self.timing.node_timeout).await {
+        let limit = self.timing.database_timeout;
+        let reaped = nodes::reap(&self.pool, self.node, self.timing.node_timeout);
+        match fanout::within(limit, reaped).await {
             Ok((dead, offline)) if !dead.is_empty() => {
                 info!(
                     nodes = dead.len(),
@@ -512,7 +571,7 @@ impl Heart {
             Err(e) => warn!("cluster: reaping dead nodes: {e}"),
         }
         let now = self.timing.clock.now_micros();
-        if let Err(e) = throttle::prune(&self.pool, now).await {
+        if let Err(e) = fanout::within(limit, throttle::prune(&self.pool, now)).await {
             warn!("cluster: pruning shared tables: {e}");
         }
     }

@@ -20,6 +20,9 @@ const BUCKET_HOST: i16 = 0;
 const BUCKET_PREFIX: i16 = 1;
 /// How long a large live packet stays in `cluster_events` (it is read within milliseconds).
 const EVENT_KEEP_SECS: f64 = 60.0;
+/// Most known addresses kept per login (the most recent ones): an attacker who logs in to
+/// their own account from many addresses cannot grow the table past this per account.
+pub(crate) const KNOWN_PER_LOGIN: i64 = 32;
 
 /// The shared login throttle.
 #[derive(Debug, Clone)]
@@ -184,6 +187,17 @@ impl SharedThrottle {
         .bind(ip.to_string())
         .bind(now)
         .bind(micros(self.delays.known_for))
+        .execute(&mut *tx)
+        .await?;
+        // The oldest beyond the cap are forgotten (found through the primary key's login
+        // prefix): a legitimate user's recent addresses stay known.
+        sqlx::query(
+            "DELETE FROM cluster_known_addresses WHERE login = $1 AND addr IN \
+             (SELECT addr FROM cluster_known_addresses WHERE login = $1 \
+              ORDER BY at_us DESC, addr OFFSET $2)",
+        )
+        .bind(login)
+        .bind(KNOWN_PER_LOGIN)
         .execute(&mut *tx)
         .await?;
         tx.commit().await

@@ -50,11 +50,8 @@ impl Db {
                         let _ = conn.close().await;
                     }
                 }
-                Backend::Postgres(s) => {
-                    if let Ok(conn) = s.writes.acquire().await {
-                        let _ = conn.close().await;
-                    }
-                }
+                // `apply_postgres_batch` has already dropped a connection it failed on.
+                Backend::Postgres(_) => {}
             }
         }
         r
@@ -83,53 +80,7 @@ impl Db {
                 tx.commit().await?;
                 out
             }
-            Backend::Postgres(s) => {
-                let mut tx = s.writes.begin().await?;
-                let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
-                // The batch lock first (every node's batches wait for it), which also
-                // reserves numbers for all the batch's messages and stores the batch's mark
-                // (what tells, if the COMMIT's answer is lost, whether it committed); then the
-                // pending cap is checked under it. A refused message leaves a hole in the
-                // numbers.
-                let mark = Some(s.next_mark());
-                let locked =
-                    super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
-                number_messages(&mut ops, locked.first);
-                let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
-                    let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
-                    let (idx, kept): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
-                    (Some(idx), kept, refused)
-                } else {
-                    (None, ops, Vec::new())
-                };
-                ops = kept;
-                let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), ops).await?;
-                if let Some(idx) = idx {
-                    for (i, r) in idx.into_iter().zip(out) {
-                        refused[i] = r;
-                    }
-                    out = refused;
-                }
-                if let Err(e) = tx.commit().await {
-                    // The COMMIT may have been carried out with its answer lost: what the
-                    // clients are told must match what is stored (a "failed" message that is
-                    // in fact stored would be sent again by its user, and arrive twice).
-                    match super::postgres::commit_status(&s.pool, &locked).await {
-                        Some(true) => {
-                            tracing::warn!(
-                                "batch COMMIT failed ({e}) but the transaction committed"
-                            );
-                            // The write connection is replaced all the same.
-                            if let Ok(conn) = s.writes.acquire().await {
-                                let _ = conn.close().await;
-                            }
-                        }
-                        Some(false) => return Err(e.into()),
-                        None => return Err(DbError::InDoubt(e.to_string())),
-                    }
-                }
-                out
-            }
+            Backend::Postgres(s) => self.apply_postgres_batch(s, ops, messages).await?,
         };
         tracing::debug!(
             ops = out.len(),
@@ -140,6 +91,92 @@ impl Db {
             .into_iter()
             .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
             .collect())
+    }
+
+    /// The PostgreSQL batch. Everything up to the `COMMIT`'s answer must happen within the
+    /// database timeout: a silent network would hang it (and every write of this node behind
+    /// it) until the kernel gives the connection up. Cut off before its `COMMIT` was sent, the
+    /// batch did not commit (the server rolls it back when it ends the session); cut off
+    /// while the `COMMIT` was on its way, it is in doubt like a `COMMIT` whose answer was lost,
+    /// and its mark tells ([`super::postgres::commit_status`]). A connection that failed or
+    /// timed out is taken out of the pool without a goodbye (sqlx would first ping it, with no
+    /// deadline).
+    async fn apply_postgres_batch(
+        &self,
+        s: &super::postgres::Store,
+        mut ops: Vec<WriteOp>,
+        messages: usize,
+    ) -> Result<Answers, DbError> {
+        use super::postgres::timed_out;
+        let limit = s.timeout();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut conn = match tokio::time::timeout_at(deadline, s.writes.acquire()).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(timed_out().into()),
+        };
+        let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
+        let mark = Some(s.next_mark());
+        let work = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            // The batch lock first (every node's batches wait for it), which also reserves
+            // numbers for all the batch's messages and stores the batch's mark (what tells,
+            // if the COMMIT's answer is lost, whether it committed); then the pending cap is
+            // checked under it. A refused message leaves a hole in the numbers.
+            let locked = super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
+            number_messages(&mut ops, locked.first);
+            let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
+                let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;
+                let (idx, kept): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
+                (Some(idx), kept, refused)
+            } else {
+                (None, ops, Vec::new())
+            };
+            let mut out = self.apply_ops(&mut Tx::Postgres(&mut tx), kept).await?;
+            if let Some(idx) = idx {
+                for (i, r) in idx.into_iter().zip(out) {
+                    refused[i] = r;
+                }
+                out = refused;
+            }
+            Ok::<_, DbError>((tx, locked, out))
+        };
+        // (The transaction borrows `conn`: decided inside this block, acted on after it.)
+        let outcome = {
+            let done = tokio::time::timeout_at(deadline, work)
+                .await
+                .unwrap_or_else(|_| Err(timed_out().into()));
+            match done {
+                Ok((tx, locked, out)) => {
+                    match tokio::time::timeout_at(deadline, tx.commit()).await {
+                        Ok(Ok(())) => Ok((out, None)),
+                        Ok(Err(e)) => Ok((out, Some((e, locked)))),
+                        Err(_) => Ok((out, Some((timed_out(), locked)))),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let (out, lost) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                drop(conn.detach());
+                return Err(e);
+            }
+        };
+        if let Some((e, locked)) = lost {
+            drop(conn.detach());
+            // The COMMIT may have been carried out with its answer lost: what the clients
+            // are told must match what is stored (a "failed" message that is in fact stored
+            // would be sent again by its user, and arrive twice).
+            match super::postgres::commit_status(&s.pool, &locked, limit).await {
+                Some(true) => {
+                    tracing::warn!("batch COMMIT failed ({e}) but the transaction committed")
+                }
+                Some(false) => return Err(e.into()),
+                None => return Err(DbError::InDoubt(e.to_string())),
+            }
+        }
+        Ok(out)
     }
 
     /// Applies the ops inside the open transaction `tx`.

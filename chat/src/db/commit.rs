@@ -29,6 +29,9 @@ pub(crate) type HookSlot = Arc<OnceLock<Arc<dyn CommitHook>>>;
 pub(crate) const MAX_BATCH: usize = 2048;
 /// Queue depth in front of the writer (back-pressure beyond it).
 pub(crate) const QUEUE: usize = 8192;
+/// Receipts to delete that waited for room in a full queue (more are dropped: a receipt
+/// not deleted is only shown again at its sender's next login).
+const DEFERRED_RECEIPTS: usize = 65_536;
 
 struct Request {
     op: WriteOp,
@@ -39,6 +42,8 @@ struct Request {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Request>,
+    /// Receipt deletions that found the queue full: the writer adds them to its next batch.
+    deferred: Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -56,8 +61,9 @@ impl Writer {
         hook: HookSlot,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(db, space, hook, rx));
-        (Writer { tx }, task)
+        let deferred = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn(run(db, space, hook, rx, deferred.clone()));
+        (Writer { tx, deferred }, task)
     }
 
     /// Submits a write and waits until it is committed.
@@ -80,9 +86,26 @@ impl Writer {
     }
 
     /// Submits a write without waiting for it (best effort, e.g. deleting delivered receipts).
+    /// Receipt deletions that find the queue full wait beside it (bounded) for the next batch:
+    /// the queue is full precisely when many receipts are delivered.
     pub(crate) fn write_detached(&self, op: WriteOp) {
-        if let Err(e) = self.tx.try_send(Request { op, reply: None }) {
-            debug!("detached write dropped: {e}");
+        match self.tx.try_send(Request { op, reply: None }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Request {
+                op: WriteOp::DeleteReceipts(seqs),
+                ..
+            })) => {
+                let mut d = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+                let room = DEFERRED_RECEIPTS.saturating_sub(d.len());
+                if seqs.len() > room {
+                    debug!(
+                        dropped = seqs.len() - room,
+                        "deferred receipt deletions full"
+                    );
+                }
+                d.extend(seqs.into_iter().take(room));
+            }
+            Err(e) => debug!("detached write dropped: {e}"),
         }
     }
 }
@@ -145,9 +168,22 @@ fn heads(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i6
     heads
 }
 
-async fn run(db: Db, mut space: Watermark, hook: HookSlot, mut rx: mpsc::Receiver<Request>) {
+async fn run(
+    db: Db,
+    mut space: Watermark,
+    hook: HookSlot,
+    mut rx: mpsc::Receiver<Request>,
+    deferred: Arc<std::sync::Mutex<Vec<i64>>>,
+) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let waiting = std::mem::take(&mut *deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        if !waiting.is_empty() {
+            batch.push(Request {
+                op: WriteOp::DeleteReceipts(waiting),
+                reply: None,
+            });
+        }
         let low = space.low();
         let mut ops = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());

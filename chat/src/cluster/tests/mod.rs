@@ -22,6 +22,7 @@ fn fast() -> Timing {
         node_timeout: Duration::from_millis(600),
         poll: Duration::from_millis(200),
         clock: crate::clock::Clock::system(),
+        database_timeout: Duration::from_secs(5),
     }
 }
 
@@ -363,9 +364,15 @@ async fn presence_is_cluster_wide_and_a_dead_nodes_users_go_offline_within_the_b
     let b = node(&url, "b").await;
     let c = node(&url, "c").await;
     // First and last session anywhere, decided once.
+    let (on_a, _rx_a) = mpsc::channel(1);
+    let (on_a, _) = a.hub.register("bob", on_a);
     assert!(a.cluster.session_opened("bob").await);
+    let (on_b, _rx_b) = mpsc::channel(1);
+    let (on_b, _) = b.hub.register("bob", on_b);
     assert!(!b.cluster.session_opened("bob").await);
+    a.hub.unregister("bob", on_a);
     assert!(!a.cluster.session_closed("bob").await);
+    b.hub.unregister("bob", on_b);
     assert!(b.cluster.session_closed("bob").await);
     // Carol on c only, dave on c and b.
     let _carol = c.session("carol").await;
@@ -389,7 +396,9 @@ async fn presence_is_cluster_wide_and_a_dead_nodes_users_go_offline_within_the_b
         .await
         .expect("offline event")
         .unwrap();
-    let Event::Offline(logins) = ev;
+    let Event::Offline(logins) = ev else {
+        panic!("{ev:?}")
+    };
     assert_eq!(logins, vec!["carol".to_owned()]);
     let bound = fast().node_timeout + fast().heartbeat * 3;
     assert!(
@@ -572,3 +581,4 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 mod repair;
+mod robust;

@@ -116,10 +116,13 @@ async fn a_full_event_channel_does_not_stall_the_leaders_heartbeat() {
     wait_reaped(&a.pool, x3).await;
     let mut got = std::collections::BTreeSet::new();
     while got.len() < 3 {
-        let Event::Offline(logins) = timeout(WAIT, a.events.recv())
+        let ev = timeout(WAIT, a.events.recv())
             .await
             .expect("offline event")
             .unwrap();
+        let Event::Offline(logins) = ev else {
+            panic!("{ev:?}")
+        };
         got.extend(logins);
     }
     assert_eq!(got, ["u1", "u2", "u3"].map(String::from).into());

@@ -32,23 +32,32 @@ async fn a_lost_commit_is_told_as_it_ended() {
     c.execute("COMMIT").await.expect("commit");
     let rolled_back = marked_batch(&mut c, mark(7, 2)).await;
     c.execute("ROLLBACK").await.expect("rollback");
-    assert_eq!(commit_status(&pool, &committed).await, Some(true));
-    assert_eq!(commit_status(&pool, &rolled_back).await, Some(false));
+    assert_eq!(
+        commit_status(&pool, &committed, DEFAULT_TIMEOUT).await,
+        Some(true)
+    );
+    assert_eq!(
+        commit_status(&pool, &rolled_back, DEFAULT_TIMEOUT).await,
+        Some(false)
+    );
     // A writer whose first batch did not commit has no row at all.
     let first = marked_batch(&mut c, mark(8, 1)).await;
     c.execute("ROLLBACK").await.expect("rollback");
-    assert_eq!(commit_status(&pool, &first).await, Some(false));
+    assert_eq!(
+        commit_status(&pool, &first, DEFAULT_TIMEOUT).await,
+        Some(false)
+    );
     // Without a mark nothing can be proven.
     let unmarked = Locked {
         mark: None,
         ..first
     };
-    assert_eq!(commit_status(&pool, &unmarked).await, None);
+    assert_eq!(commit_status(&pool, &unmarked, DEFAULT_TIMEOUT).await, None);
 
     let running = marked_batch(&mut c, mark(7, 3)).await;
     let asked = tokio::spawn({
         let pool = pool.clone();
-        async move { commit_status(&pool, &running).await }
+        async move { commit_status(&pool, &running, DEFAULT_TIMEOUT).await }
     });
     // Still unknown while it runs: the question waits on the row the batch holds.
     let waiting = async {
@@ -106,7 +115,7 @@ async fn a_reused_transaction_id_is_not_taken_for_the_batch() {
     };
     let asked = tokio::spawn({
         let pool = pool.clone();
-        async move { commit_status(&pool, &lost).await }
+        async move { commit_status(&pool, &lost, DEFAULT_TIMEOUT).await }
     });
     // Other transactions (heartbeats, other nodes' batches) take the next ids.
     for _ in 0..5 {
@@ -173,8 +182,14 @@ async fn after_a_crash_the_marks_tell_what_committed() {
             .await
             .expect("txid");
     }
-    assert_eq!(commit_status(&pool, &committed).await, Some(true));
-    assert_eq!(commit_status(&pool, &open).await, Some(false));
+    assert_eq!(
+        commit_status(&pool, &committed, DEFAULT_TIMEOUT).await,
+        Some(true)
+    );
+    assert_eq!(
+        commit_status(&pool, &open, DEFAULT_TIMEOUT).await,
+        Some(false)
+    );
     db.close().await;
     drop(cluster);
 }

@@ -7,7 +7,7 @@ use super::{Backend, Db, DbError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::PgConnection;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -18,8 +18,15 @@ pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
 /// Reader connections per node (the cluster's listener keeps one of them).
 const READERS: u32 = 10;
 
-/// Longest wait for the outcome of a `COMMIT` whose answer was lost (see [`commit_status`]).
-pub(crate) const IN_DOUBT_MAX: Duration = Duration::from_secs(120);
+/// The default of `--database-timeout`: the longest a batch (from taking the write
+/// connection to its `COMMIT`'s answer), a heartbeat or a listener check waits for the
+/// database. A silent network (packets dropped, no reset) would otherwise hang them until the
+/// kernel gives the TCP connection up, a quarter of an hour later.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest wait for the outcome of a `COMMIT` whose answer was lost (see [`commit_status`]),
+/// in database timeouts (120 s at the default).
+pub(crate) const IN_DOUBT_TIMEOUTS: u32 = 6;
 
 /// How long a transaction may sit idle before PostgreSQL ends it. A batch never waits between
 /// its statements, so an idle batch transaction means a frozen node (SIGSTOP, a stalled VM, a
@@ -64,6 +71,8 @@ pub(crate) struct Store {
     pub(in crate::db) writer: i64,
     /// The last mark a batch stored there.
     pub(in crate::db) marks: AtomicI64,
+    /// `--database-timeout`, in milliseconds.
+    pub(in crate::db) timeout_ms: AtomicU64,
 }
 
 /// What a batch transaction stores to prove, later, that it committed (see [`commit_status`]).
@@ -74,6 +83,11 @@ pub(in crate::db) struct BatchMark {
 }
 
 impl Store {
+    /// `--database-timeout`.
+    pub(in crate::db) fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
     /// A mark no earlier batch of this writer used.
     pub(in crate::db) fn next_mark(&self) -> BatchMark {
         BatchMark {
@@ -162,6 +176,7 @@ impl Db {
             passed: AtomicI64::new(0),
             writer: rand::random::<i64>(),
             marks: AtomicI64::new(0),
+            timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64),
         }))))
     }
 
@@ -177,6 +192,14 @@ impl Db {
     pub(crate) fn set_node(&self, node: i64) {
         if let Backend::Postgres(s) = &self.backend {
             s.node.store(node, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets `--database-timeout` (PostgreSQL; see [`DEFAULT_TIMEOUT`]).
+    pub(crate) fn set_database_timeout(&self, limit: Duration) {
+        if let Backend::Postgres(s) = &self.backend {
+            let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+            s.timeout_ms.store(ms, Ordering::Relaxed);
         }
     }
 
@@ -282,21 +305,27 @@ pub(in crate::db) async fn lock_batch_marked(
 /// connection or the server went away while it ran), read from its writer's `batch_marks` row
 /// on another connection: `Some(true)` if the row holds the batch's mark (it committed),
 /// `Some(false)` if not, `None` if the batch stored no mark or the database could not be asked
-/// within [`IN_DOUBT_MAX`]. `FOR SHARE` waits while the transaction still runs (its backend has
-/// not noticed the loss yet: it holds the row's lock), so the answer is final.
+/// within [`IN_DOUBT_TIMEOUTS`] × `limit`. `FOR SHARE` waits while the transaction still runs
+/// (its backend has not noticed the loss yet: it holds the row's lock), so the answer is final.
+/// Each question has `limit` to be answered (a silent network hangs it, not this loop).
 ///
 /// Transaction ids are not used: after a crash or a failover, ids whose use never reached the
 /// WAL are handed out again, and `txid_status` would then tell another transaction's fate.
-pub(in crate::db) async fn commit_status(pool: &PgPool, batch: &Locked) -> Option<bool> {
+pub(in crate::db) async fn commit_status(
+    pool: &PgPool,
+    batch: &Locked,
+    limit: Duration,
+) -> Option<bool> {
     let mark = batch.mark?;
-    let deadline = tokio::time::Instant::now() + IN_DOUBT_MAX;
+    let deadline = tokio::time::Instant::now() + limit * IN_DOUBT_TIMEOUTS;
     let mut pause = Duration::from_millis(50);
     loop {
-        let r: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT mark FROM batch_marks WHERE writer = $1 FOR SHARE")
-                .bind(mark.writer)
-                .fetch_optional(pool)
-                .await;
+        let ask = sqlx::query_scalar("SELECT mark FROM batch_marks WHERE writer = $1 FOR SHARE")
+            .bind(mark.writer)
+            .fetch_optional(pool);
+        let r: Result<Option<i64>, sqlx::Error> = tokio::time::timeout(limit, ask)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
         match r {
             Ok(stored) => return Some(stored == Some(mark.mark)),
             Err(e) => warn!(
@@ -310,6 +339,14 @@ pub(in crate::db) async fn commit_status(pool: &PgPool, batch: &Locked) -> Optio
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
+}
+
+/// The error of a statement that got no answer within `--database-timeout`.
+pub(crate) fn timed_out() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer from the database within --database-timeout",
+    ))
 }
 
 pub(in crate::db) mod bulk;

@@ -7,6 +7,7 @@ mod failover;
 mod fanout;
 mod federation;
 mod frozen;
+mod netcut;
 mod restart;
 mod throttle;
 
