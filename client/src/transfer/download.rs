@@ -66,6 +66,7 @@ async fn download_with(
             None => PartFile::open(&part_name).await?,
         };
         resumed |= current.len() > 0;
+        let before = current.len();
         let result = download_from(
             &target,
             transfer,
@@ -80,7 +81,16 @@ async fn download_with(
                 part = Some(done);
                 break;
             }
-            Err((kept, error)) if download_transient(&error) && attempt < options.attempts => {
+            Err((kept, error))
+                if download_transient(&error)
+                    && (attempt < options.attempts || progressed(&kept, before)) =>
+            {
+                if progressed(&kept, before) {
+                    // Cut after progress (e.g. the relay cut a download that waited long for
+                    // a stalled upload, §11.5): a fresh round of attempts.
+                    attempt = 0;
+                    backoff = options.backoff();
+                }
                 part = kept;
                 tracing::info!(%error, attempt, "download interrupted; resuming");
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -129,6 +139,11 @@ async fn download_with(
         verified,
         resumed,
     })
+}
+
+/// Whether an attempt that began with `before` bytes left more in the part file.
+fn progressed(kept: &Option<PartFile>, before: u64) -> bool {
+    kept.as_ref().is_some_and(|p| p.len() > before)
 }
 
 fn download_transient(error: &ClientError) -> bool {

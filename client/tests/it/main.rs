@@ -5,3 +5,4 @@
 mod common;
 mod library;
 mod pipeline;
+mod stalled_upload;

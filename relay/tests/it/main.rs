@@ -10,3 +10,4 @@ mod settings;
 mod sha_check;
 mod support;
 mod transfers;
+mod waiting_downloads;
