@@ -6,8 +6,10 @@ use super::*;
 /// Downloads a transfer to `dest`, streaming (the relay may still be receiving the upload).
 ///
 /// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`.
-/// The result is renamed to `dest` only when complete and, if `expected_sha256` (or the
-/// relay's `Msim-Sha256` header) is known, verified.
+/// The result is renamed to `dest` only when complete and matching `expected_sha256` (without
+/// it: the relay's `Msim-Sha256` header, if any). [`DownloadReport::verified`] is true only
+/// with `expected_sha256`, a hash that came over the chat connection: the relay's own header
+/// shows only that the download matches what the relay stored (PROTOCOL.md §11.5).
 pub async fn download(
     transfer: &Transfer,
     dest: &Path,
@@ -37,7 +39,8 @@ pub async fn download_deferred(
 
 /// Where a download's expected SHA-256 comes from.
 enum Expect<'a> {
-    /// Announced with the grant (or not at all: then the relay's `Msim-Sha256` counts).
+    /// Announced with the grant (or not at all: then the relay's `Msim-Sha256` catches a
+    /// damaged download, but the file is not verified).
     Known(Option<&'a str>),
     /// Declared by the sender after its upload.
     Deferred(&'a crate::HashWatch),
@@ -114,9 +117,10 @@ async fn download_with(
     let relay_sha = relay_sha.map(|s: String| s.to_ascii_lowercase());
     let (expected, verified) = match expect {
         Expect::Known(sha) => {
-            let expected = sha.map(str::to_ascii_lowercase).or(relay_sha);
-            let verified = expected.is_some();
-            (expected, verified)
+            // Verified only against a hash from the chat connection: the relay's word alone
+            // (over http:// anyone on the path may rewrite body and header) is no proof.
+            let verified = sha.is_some();
+            (sha.map(str::to_ascii_lowercase).or(relay_sha), verified)
         }
         Expect::Deferred(watch) => {
             match tokio::time::timeout(options.sender_hash_wait, watch.sha256()).await {

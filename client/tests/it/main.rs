@@ -6,3 +6,4 @@ mod common;
 mod library;
 mod pipeline;
 mod stalled_upload;
+mod verification;
