@@ -323,19 +323,25 @@ async fn download_one(
     let name = sanitize_filename(&grant.filename)
         .or_else(|| sanitize_filename(&offer.filename))
         .unwrap_or_else(|| format!("transfer-{}", offer.transfer_id));
-    let dest = unique_path(out, &name);
+    // Downloaded under a name of its own transfer (so a `.part` left by another transfer of
+    // the same file name is never continued; the same transfer resumes it), then renamed.
+    let staging = staging_path(out, &offer.transfer_id);
     let bar = progress::bar(ctx.out.json, grant.size, &name);
     let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
     let (download, progress) = (Transfer::from(grant), Some(progress::callback(&bar)));
     let options = ctx.settings.transfer_options();
     let report = match (sha, sender_hash) {
         (None, Some(watch)) => {
-            transfer::download_deferred(&download, &dest, watch, progress, &options).await
+            transfer::download_deferred(&download, &staging, watch, progress, &options).await
         }
-        _ => transfer::download(&download, &dest, sha, progress, &options).await,
+        _ => transfer::download(&download, &staging, sha, progress, &options).await,
     };
     bar.finish_and_clear();
-    let report = report?;
+    let mut report = report?;
+    let dest = unique_path(out, &name);
+    std::fs::rename(&staging, &dest)
+        .with_context(|| format!("moving the download to {}", dest.display()))?;
+    report.path = dest;
     let line = FileLine::Received {
         ok: true,
         transfer_id: &offer.transfer_id,
@@ -362,6 +368,17 @@ async fn download_one(
         )
     });
     Ok(())
+}
+
+/// Where transfer `id` is downloaded (the library adds `.part` while it runs) before it gets
+/// its file name: named by the transfer, never by the file.
+fn staging_path(dir: &Path, id: &str) -> PathBuf {
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    dir.join(format!("msim-transfer-{id}"))
 }
 
 /// `dir/name`, or `dir/stem (N).ext` when that exists (or a partial download of it does not).

@@ -8,5 +8,6 @@ mod deferred_hash;
 #[cfg(target_os = "linux")]
 mod interrupt;
 mod reconnect;
+mod stale_part;
 mod timing;
 mod tls;

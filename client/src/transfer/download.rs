@@ -5,7 +5,9 @@ use super::*;
 
 /// Downloads a transfer to `dest`, streaming (the relay may still be receiving the upload).
 ///
-/// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`.
+/// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`
+/// (pick a `dest` of this transfer's own: a `.part` is taken as its bytes; one already of the
+/// full size is fetched again, never taken as complete without a request).
 /// The result is renamed to `dest` only when complete and matching `expected_sha256` (without
 /// it: the relay's `Msim-Sha256` header, if any). [`DownloadReport::verified`] is true only
 /// with `expected_sha256`, a hash that came over the chat connection: the relay's own header
@@ -167,15 +169,20 @@ pub fn part_path(dest: &Path) -> PathBuf {
 async fn download_from(
     target: &Target,
     transfer: &Transfer,
-    part: PartFile,
+    mut part: PartFile,
     progress: &Option<Progress>,
     options: &TransferOptions,
     relay_sha: &mut Option<String>,
 ) -> Result<PartFile, (Option<PartFile>, ClientError)> {
-    let have = part.len();
-    if transfer.size != 0 && have >= transfer.size {
-        return Ok(part);
+    if transfer.size != 0 && part.len() >= transfer.size {
+        // Already "complete" before asking: never taken as this transfer's file without a
+        // request (it may be another transfer's leftover): fetched again, whole.
+        part = match part.restart().await {
+            Ok(p) => p,
+            Err(e) => return Err((None, e)),
+        };
     }
+    let have = part.len();
     let mut builder = request(Method::GET, target, &transfer.token);
     if have > 0 {
         builder = builder.header(header::RANGE, format!("bytes={have}-"));

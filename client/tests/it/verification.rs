@@ -65,3 +65,54 @@ async fn the_relays_hash_alone_does_not_make_a_download_verified() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_part_file_already_full_size_is_fetched_again_not_taken_as_complete() {
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let dir = srv.subdir("full-part").unwrap();
+    let bytes = pseudo_random_bytes(30_000, 8);
+    let src = dir.join("src.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let offer = alice
+        .offer_file(OfferFile {
+            to: "bob".into(),
+            filename: "doc.bin".into(),
+            size: bytes.len() as u64,
+            sha256: None,
+            mime: None,
+        })
+        .await
+        .unwrap();
+    let offered = next(&mut bob_events, |e| match e {
+        Event::FileOffered(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
+    let up = offer.answer().await.unwrap();
+    transfer::upload(
+        &Transfer::from(&up),
+        &src,
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Someone else's bytes, exactly as many, already where this download would resume.
+    let dest = dir.join("doc.bin");
+    std::fs::write(transfer::part_path(&dest), pseudo_random_bytes(30_000, 99)).unwrap();
+    let report = transfer::download(
+        &Transfer::from(&grant),
+        &dest,
+        None,
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes, "the relay's bytes");
+    assert_eq!(report.sha256, sha256_hex(&bytes));
+    assert!(!report.verified, "no hash from the chat server");
+}
