@@ -2,6 +2,7 @@
 
 mod access;
 mod crash;
+mod data_dir_lock;
 mod delivery;
 mod http_status;
 mod http_support;
