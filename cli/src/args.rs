@@ -229,9 +229,18 @@ Exits with 4 when the recipient (or the server) rejects the file."
     #[command(
         after_help = "Files are saved under --out (default: the config's download_dir, \
 else the current directory) with the sender's file name; an existing file is never overwritten \
-(\"cat (1).jpg\"). The SHA-256 is verified against the sender's: announced with the offer, or \
-declared by the sender right after its upload (files of 8 MiB or more); a file whose sender \
-declared none within 10 s is kept and reported as NOT verified.
+(\"cat (1).jpg\"). While it downloads a file is msim-transfer-<transfer id>.part there, named \
+by its transfer (an interrupted download of the same transfer resumes it; another transfer of \
+the same file name never does). The SHA-256 is verified against the sender's: announced with \
+the offer, or declared by the sender right after its upload (files of 8 MiB or more); a file \
+whose sender declared none within 10 s, or an offer from another server without one, is kept \
+and reported as NOT verified (the relay's own hash only catches damage).
+
+Up to 4 files download at once (further accepted offers wait their turn). A transfer that fails \
+(a hash mismatch, a cancelled or expired transfer, no progress for 180 s) gets its own \
+\"Failed:\" line (event \"failed\" with --json) and receive goes on; with --count, receive \
+exits 1 at the end if any failed. A transfer accepted by an earlier run that did not finish is \
+resumed when receive logs in again (the server sends its download grant again).
 
 Examples:
   msim receive                       # ask y/n for each offer

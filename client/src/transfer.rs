@@ -143,8 +143,9 @@ pub struct DownloadReport {
     pub size: u64,
     /// Its SHA-256 (lowercase hex).
     pub sha256: String,
-    /// Whether the SHA-256 was checked against an announced one ([`download_deferred`]: the
-    /// sender's own; false when the sender declared none in time).
+    /// Whether the SHA-256 was checked against one received over the chat connection (the
+    /// offer's, or for [`download_deferred`] the sender's declaration; false when the sender
+    /// declared none in time). The relay's `Msim-Sha256` alone never makes a file verified.
     pub verified: bool,
     /// Whether the download continued an earlier, interrupted one.
     pub resumed: bool,

@@ -5,6 +5,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod api;
+mod downloaders;
 mod limits;
 mod metrics;
 pub mod range;
@@ -75,9 +76,13 @@ pub struct RelayConfig {
     /// Longest wait for a complete request head, on a new connection and on an idle
     /// keep-alive connection between requests.
     pub header_timeout: Duration,
-    /// An upload whose client sends nothing for this long, or a download whose client takes
-    /// no bytes for this long, is cut (an upload cut this way stays resumable).
+    /// An upload whose client sends nothing for this long, a download whose client takes no
+    /// bytes for this long, or a download that waited this long for upload data that did not
+    /// come, is cut (both stay resumable: the upload with `PATCH`, the download with `Range`).
     pub body_idle_timeout: Duration,
+    /// Downloads of one transfer in progress at once (0: no bound); more are refused with
+    /// `429` until one ends.
+    pub max_downloads_per_transfer: usize,
     /// Where `GET /metrics` is answered.
     pub metrics: MetricsAccess,
     /// How long a download waits for its upload to start.
@@ -126,6 +131,10 @@ impl std::fmt::Debug for RelayConfig {
             )
             .field("header_timeout", &self.header_timeout)
             .field("body_idle_timeout", &self.body_idle_timeout)
+            .field(
+                "max_downloads_per_transfer",
+                &self.max_downloads_per_transfer,
+            )
             .field("metrics", &self.metrics)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
@@ -145,6 +154,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3215";
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 /// Default deadline for a request head (and for an idle keep-alive connection).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on downloads of one transfer in progress at once.
+pub const DEFAULT_MAX_DOWNLOADS_PER_TRANSFER: usize = 8;
 /// Default idle time after which a stalled upload or download is cut.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -152,8 +163,8 @@ impl RelayConfig {
     /// Defaults: TTL 24 h, max file 100 MiB, capacity 10 GiB, free-disk watermark 1 GiB,
     /// per-sender quota 2 GiB of undelivered files, sweep every 5 min, abandon partial uploads after 1 h of no
     /// progress (2 min when the room is needed), 1024 connections (64 per address), 10 s for a
-    /// request head, 60 s of body idle time, downloads wait 30 s for their upload, 256 KiB
-    /// chunks, `/metrics` only on a separate listener.
+    /// request head, 60 s of body idle time, 8 downloads of one transfer at once, downloads wait
+    /// 30 s for their upload, 256 KiB chunks, `/metrics` only on a separate listener.
     pub fn new(data_dir: impl Into<PathBuf>, keyring: Keyring) -> RelayConfig {
         // The storage limits' defaults are the store's own.
         let store = StoreConfig::default();
@@ -171,6 +182,7 @@ impl RelayConfig {
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            max_downloads_per_transfer: DEFAULT_MAX_DOWNLOADS_PER_TRANSFER,
             metrics: MetricsAccess::Separate,
             reservation_idle: store.reservation_idle,
             wait_for_upload: Duration::from_secs(30),

@@ -16,7 +16,8 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// Open connections per client address, bounded by a cap.
+/// Open connections per client address (an IPv6 client by its /64: one host usually has a
+/// whole /64), bounded by a cap.
 #[derive(Clone)]
 pub struct PerAddress {
     cap: usize,
@@ -40,8 +41,7 @@ impl PerAddress {
 
     /// Count a connection from `ip`; `None` when that address already has `cap` open.
     pub fn admit(&self, ip: IpAddr) -> Option<AddressSlot> {
-        // IPv4-mapped IPv6 peers count as their IPv4 address.
-        let ip = ip.to_canonical();
+        let ip = address_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if self.cap > 0 && *n >= self.cap {
@@ -52,6 +52,17 @@ impl PerAddress {
             ip,
             open: self.open.clone(),
         })
+    }
+}
+
+/// What the per-address cap counts: IPv4 (also IPv4-mapped IPv6) as is, IPv6 by its /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -193,5 +204,16 @@ mod tests {
             limit.admit(a).is_some(),
             "a closed connection frees its slot"
         );
+        // One IPv6 host (its /64) counts once, whatever its interface ids.
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let _h1 = limit.admit(v6("2001:db8:1:2::1")).expect("first");
+        let _h2 = limit
+            .admit(v6("2001:db8:1:2:ffff::9"))
+            .expect("second, same /64");
+        assert!(
+            limit.admit(v6("2001:db8:1:2::3")).is_none(),
+            "third from the /64"
+        );
+        assert!(limit.admit(v6("2001:db8:1:3::1")).is_some(), "another /64");
     }
 }

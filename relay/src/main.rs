@@ -123,6 +123,15 @@ struct Opts {
         env = "MSIM_RELAY_MAX_CONNECTIONS_PER_ADDRESS"
     )]
     max_connections_per_address: Option<usize>,
+    /// Maximum downloads of one transfer in progress at once; more are answered 429 until one
+    /// ends (0: no limit) [default: 8].
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        env = "MSIM_RELAY_MAX_DOWNLOADS_PER_TRANSFER"
+    )]
+    max_downloads_per_transfer: Option<usize>,
     /// Longest wait for a request head, on a new connection and on an idle keep-alive
     /// connection [default: 10s].
     #[arg(
@@ -132,8 +141,9 @@ struct Opts {
         env = "MSIM_RELAY_HEADER_TIMEOUT"
     )]
     header_timeout: Option<HumanDuration>,
-    /// Cut an upload whose client sends nothing, or a download whose client reads nothing,
-    /// for this long; the upload stays resumable [default: 60s].
+    /// Cut an upload whose client sends nothing, a download whose client reads nothing, or a
+    /// download that waited for upload data that did not come, for this long; both stay
+    /// resumable [default: 60s].
     #[arg(
         long,
         global = true,
@@ -214,6 +224,10 @@ fn settings(opts: Opts) -> Result<Settings> {
     set(
         &mut c.max_connections_per_address,
         opts.max_connections_per_address,
+    );
+    set(
+        &mut c.max_downloads_per_transfer,
+        opts.max_downloads_per_transfer,
     );
     if opts.metrics_on_main_port {
         c.metrics = msim_relay::MetricsAccess::MainPort;

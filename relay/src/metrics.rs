@@ -23,6 +23,8 @@ pub enum Refusal {
     Quota,
     ShaMismatch,
     DownloadLimit,
+    /// Too many downloads of one transfer in progress at once.
+    TooManyDownloads,
     RangeNotSatisfiable,
     /// The transfer was removed (a tombstone says why), or expired while in use.
     Gone,
@@ -32,7 +34,7 @@ pub enum Refusal {
     StorageError,
 }
 
-const REFUSALS: [(Refusal, &str); 18] = [
+const REFUSALS: [(Refusal, &str); 19] = [
     (Refusal::MissingToken, "missing_token"),
     (Refusal::BadToken, "bad_token"),
     (Refusal::ExpiredToken, "expired_token"),
@@ -47,6 +49,7 @@ const REFUSALS: [(Refusal, &str); 18] = [
     (Refusal::Quota, "quota"),
     (Refusal::ShaMismatch, "sha_mismatch"),
     (Refusal::DownloadLimit, "download_limit"),
+    (Refusal::TooManyDownloads, "too_many_downloads"),
     (Refusal::RangeNotSatisfiable, "range_not_satisfiable"),
     (Refusal::Gone, "gone"),
     (Refusal::Cancelled, "cancelled"),

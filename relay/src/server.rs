@@ -16,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
 use crate::limits::{PerAddress, WriteDeadline};
 use crate::metrics::Metrics;
-use crate::slots::{busy_until_sent, Slots};
+use crate::slots::{busy_until_sent, ConnOf, Slots};
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
@@ -59,6 +59,7 @@ pub async fn serve_with_metrics(
         store,
         metrics: Arc::new(Metrics::default()),
         waiters: Default::default(),
+        downloaders: Default::default(),
         upload_budget: SharedBudget::new(UPLOAD_BUFFER_TOTAL),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -116,9 +117,10 @@ pub async fn serve_with_metrics(
         Metrics::add(&state.metrics.connections, 1);
         let st = state.clone();
         let conn_state = slot.conn.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             // Busy from the request head until the response body is sent.
             let busy = conn_state.request();
+            req.extensions_mut().insert(ConnOf(conn_state.clone()));
             let st = st.clone();
             async move {
                 let resp = match handle(st, req).await {

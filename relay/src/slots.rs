@@ -1,7 +1,8 @@
 //! Connection slots that slow clients cannot keep: when all are taken, a new connection takes
 //! the slot of the connection that has gone longest without a request in progress (an
-//! unfinished request head, an idle keep-alive connection), which is closed. Connections with
-//! a request in progress keep their slots; when all have one, new connections wait.
+//! unfinished request head, an idle keep-alive connection, a download waiting for upload data
+//! that has not arrived), which is closed. Connections with a request in progress keep their
+//! slots; when all have one, new connections wait.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -31,6 +32,9 @@ pub struct Slots {
 pub struct Conn {
     /// Requests in progress; a response counts until its body has been sent.
     busy: AtomicUsize,
+    /// Of those, requests waiting for an upload's data (not sending anything): they do not
+    /// protect the connection from eviction (a waiting download is resumed with `Range`).
+    waiting: AtomicUsize,
     /// When the connection last had no request in progress (or opened).
     idle_since: Mutex<Instant>,
     /// Cancelled when a new connection takes this one's slot.
@@ -46,8 +50,15 @@ pub struct Slot {
     pub conn: Arc<Conn>,
 }
 
+/// The connection a request arrived on (a request extension), for [`Conn::waiting`].
+#[derive(Clone)]
+pub struct ConnOf(pub Arc<Conn>);
+
 /// Marks a request in progress on its connection until dropped.
 pub struct Busy(Arc<Conn>);
+
+/// Marks a request as waiting for upload data until dropped (see [`Conn::waiting`]).
+pub struct Waiting(Arc<Conn>);
 
 impl Slots {
     /// `n` slots (at least 1).
@@ -74,6 +85,7 @@ impl Slots {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             busy: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             evicted: CancellationToken::new(),
         });
@@ -87,13 +99,13 @@ impl Slots {
         Some((slot, evicted))
     }
 
-    /// Close the connection that has gone longest without a request in progress; `false`
-    /// when every connection has one.
+    /// Close the connection that has gone longest without a request in progress (other than
+    /// one waiting for upload data); `false` when every connection has one.
     fn evict_longest_idle(&self) -> bool {
         let open = lock(&self.open);
         let victim = open
             .values()
-            .filter(|c| c.busy.load(Ordering::SeqCst) == 0 && !c.evicted.is_cancelled())
+            .filter(|c| c.evictable() && !c.evicted.is_cancelled())
             .min_by_key(|c| *lock(&c.idle_since));
         match victim {
             Some(c) => {
@@ -112,6 +124,21 @@ impl Conn {
         Busy(self.clone())
     }
 
+    /// A request on this connection waits for upload data that has not arrived: until the
+    /// mark is dropped the connection may be evicted as if idle (idle from now on).
+    pub fn waiting(self: &Arc<Self>) -> Waiting {
+        *lock(&self.idle_since) = Instant::now();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(self.clone())
+    }
+
+    /// No request in progress other than ones waiting for upload data.
+    fn evictable(&self) -> bool {
+        // `busy` first: a wait that ends between the two loads is seen as busy.
+        let busy = self.busy.load(Ordering::SeqCst);
+        busy <= self.waiting.load(Ordering::SeqCst)
+    }
+
     /// Completes when a new connection has taken this one's slot.
     pub async fn evicted(&self) {
         self.evicted.cancelled().await
@@ -124,6 +151,12 @@ impl Drop for Busy {
         // sees a connection idle with an old stamp.
         *lock(&self.0.idle_since) = Instant::now();
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

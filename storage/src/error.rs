@@ -3,6 +3,12 @@
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process serves from this data directory (it holds `relay.lock`).
+    #[error(
+        "the relay data directory {0} is in use by another running relay (it holds relay.lock); \
+         one relay (or msim-chat's embedded relay) per data directory"
+    )]
+    InUse(String),
     /// The id is not `[A-Za-z0-9-]{1,64}`.
     #[error("invalid blob id")]
     InvalidId,

@@ -329,6 +329,12 @@ fn results(
     (notes, expires_micros)
 }
 
+/// Downloads (`GET`s, resumed ones included) the relay allows per transfer with the tokens
+/// msim-chat issues (PROTOCOL.md §11.5): plenty for a recipient's devices and their retries,
+/// while one token cannot open downloads without end (with the relay's bound on downloads in
+/// progress at once, §11.7).
+pub(crate) const TOKEN_MAX_DOWNLOADS: u32 = 64;
+
 /// The upload grant for the sender and the download grant for the recipient of an accepted
 /// `offer` on `relay`, and when their tokens expire (micros).
 pub(crate) fn grants(
@@ -345,7 +351,7 @@ pub(crate) fn grants(
         size: offer.size as u64,
         sha256: offer.sha256.clone(),
         sender: ctx.addr(&offer.sender),
-        max_downloads: None,
+        max_downloads: Some(TOKEN_MAX_DOWNLOADS),
         expires: (expires_micros / 1_000_000) as u64,
     };
     let up = relays.keyring.sign(&cap(Direction::Upload));

@@ -11,6 +11,7 @@ use msim::transfer::{self, Transfer};
 use msim::{Client, ClientError, HashWatch};
 use msim_shared::timestamp;
 
+use super::receive_jobs::{Activity, Jobs, NO_PROGRESS};
 use super::Ctx;
 use crate::error::UsageError;
 use crate::output::json::FileLine;
@@ -230,7 +231,9 @@ async fn ask(offer: &FileOffered) -> Result<bool> {
     ))
 }
 
-/// `msim receive`: handles offers until Ctrl-C or `--count`.
+/// `msim receive`: handles offers until Ctrl-C or `--count`. Accepted offers download side by
+/// side (at most [`receive_jobs::MAX_DOWNLOADS`] at once, the rest wait their turn); a transfer
+/// that fails gets its own failure line and the others go on.
 pub async fn receive(ctx: &Ctx<'_>, decide: Decide, out: &Path, count: Option<u64>) -> Result<()> {
     tokio::fs::create_dir_all(out)
         .await
@@ -246,14 +249,27 @@ pub async fn receive(ctx: &Ctx<'_>, decide: Decide, out: &Path, count: Option<u6
     if count == Some(0) {
         return Ok(());
     }
+    let mut jobs = Jobs::default();
     let mut handled = 0u64;
     loop {
+        jobs.start_queued(ctx, &client, out).await;
+        let all_handled = count.is_some_and(|n| handled >= n);
+        if all_handled && jobs.is_idle() {
+            return jobs.result(handled);
+        }
         let event = tokio::select! {
             _ = ctx.cancel.cancelled() => return Ok(()),
-            event = events.recv() => event.ok_or(ClientError::Closed)?,
+            () = jobs.next_done(ctx) => continue,
+            event = events.recv(), if !all_handled => event.ok_or(ClientError::Closed)?,
         };
         let offer = match event {
             Event::FileOffered(offer) => offer,
+            // Replayed at login for an offer accepted before: resumed if a run of ours left
+            // its partial download here.
+            Event::DownloadGrant(grant) => {
+                jobs.resume(grant, out);
+                continue;
+            }
             Event::Message(m) if !ctx.out.json => {
                 eprintln!("{}", human::event(&Event::Message(m)));
                 continue;
@@ -264,56 +280,67 @@ pub async fn receive(ctx: &Ctx<'_>, decide: Decide, out: &Path, count: Option<u6
         let accept = match decide {
             Decide::Accept => true,
             Decide::Reject => false,
-            Decide::Ask => tokio::select! {
-                _ = ctx.cancel.cancelled() => return Ok(()),
-                accept = ask(&offer) => accept?,
-            },
+            // Downloads in progress go on while the question waits.
+            Decide::Ask => {
+                let asking = ask(&offer);
+                tokio::pin!(asking);
+                loop {
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => return Ok(()),
+                        accept = &mut asking => break accept?,
+                        () = jobs.next_done(ctx) => {}
+                    }
+                }
+            }
         };
-        ctx.interruptible(answer(ctx, &client, &offer, accept, out))
-            .await?;
-        handled += 1;
-        if count.is_some_and(|n| handled >= n) {
-            return Ok(());
+        if accept {
+            jobs.queue(offer);
+        } else if let Err(e) = ctx.interruptible(reject(ctx, &client, &offer)).await {
+            jobs.failed(ctx, &offer, &e)?;
         }
+        handled += 1;
     }
 }
 
-/// Accepts and downloads `offer`, or rejects it.
-async fn answer(
-    ctx: &Ctx<'_>,
+/// Rejects `offer`.
+async fn reject(ctx: &Ctx<'_>, client: &Client, offer: &FileOffered) -> Result<()> {
+    client.reject_file(&offer.transfer_id).await?;
+    let line = FileLine::Rejected {
+        transfer_id: &offer.transfer_id,
+        from: &offer.from,
+        filename: &offer.filename,
+    };
+    ctx.out.print(&line, || {
+        format!("Rejected {} from {}.", offer.filename, offer.from)
+    });
+    Ok(())
+}
+
+/// Accepts `offer`: its download grant, and the watch for the sender's SHA-256 when the offer
+/// has none and the sender is on this server (§10.7; watched from before accepting).
+pub(super) async fn accept(
     client: &Client,
     offer: &FileOffered,
-    accept: bool,
-    out: &Path,
-) -> Result<()> {
-    if accept {
-        // An offer without a SHA-256 from this server's user gets it from the sender after
-        // the upload (§10.7): watch for it from before accepting.
-        let me = client.me();
-        let sender_hash = match offer.sha256 {
-            None if !on_other_server(&offer.from, me.as_deref()) => {
-                Some(client.watch_file_hash(&offer.transfer_id)?)
-            }
-            _ => None,
-        };
-        let grant = client.accept_file(&offer.transfer_id).await?;
-        msim::timing::mark("download-grant");
-        download_one(ctx, offer, &grant, out, sender_hash.as_ref()).await
-    } else {
-        client.reject_file(&offer.transfer_id).await?;
-        let line = FileLine::Rejected {
-            transfer_id: &offer.transfer_id,
-            from: &offer.from,
-            filename: &offer.filename,
-        };
-        ctx.out.print(&line, || {
-            format!("Rejected {} from {}.", offer.filename, offer.from)
-        });
-        Ok(())
-    }
+) -> Result<(DownloadGrant, Option<HashWatch>)> {
+    let sender_hash = hash_watch(client, offer)?;
+    let grant = client.accept_file(&offer.transfer_id).await?;
+    msim::timing::mark("download-grant");
+    Ok((grant, sender_hash))
 }
 
-async fn download_one(
+/// The watch for the sender's declared SHA-256 of `offer`: for an offer without one from a
+/// user of this server (declarations do not cross servers).
+pub(super) fn hash_watch(client: &Client, offer: &FileOffered) -> Result<Option<HashWatch>> {
+    let me = client.me();
+    Ok(match offer.sha256 {
+        None if !on_other_server(&offer.from, me.as_deref()) => {
+            Some(client.watch_file_hash(&offer.transfer_id)?)
+        }
+        _ => None,
+    })
+}
+
+pub(super) async fn download_one(
     ctx: &Ctx<'_>,
     offer: &FileOffered,
     grant: &DownloadGrant,
@@ -323,19 +350,42 @@ async fn download_one(
     let name = sanitize_filename(&grant.filename)
         .or_else(|| sanitize_filename(&offer.filename))
         .unwrap_or_else(|| format!("transfer-{}", offer.transfer_id));
-    let dest = unique_path(out, &name);
+    // Downloaded under a name of its own transfer (so a `.part` left by another transfer of
+    // the same file name is never continued; the same transfer resumes it), then renamed.
+    let staging = staging_path(out, &offer.transfer_id);
     let bar = progress::bar(ctx.out.json, grant.size, &name);
     let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
-    let (download, progress) = (Transfer::from(grant), Some(progress::callback(&bar)));
+    let activity = Activity::new();
+    let progress: msim::Progress = {
+        let (bar, activity) = (progress::callback(&bar), activity.clone());
+        std::sync::Arc::new(move |done, total| {
+            activity.touch();
+            bar(done, total)
+        })
+    };
+    let (download, progress) = (Transfer::from(grant), Some(progress));
     let options = ctx.settings.transfer_options();
-    let report = match (sha, sender_hash) {
-        (None, Some(watch)) => {
-            transfer::download_deferred(&download, &dest, watch, progress, &options).await
+    let downloading = async {
+        match (sha, sender_hash) {
+            (None, Some(watch)) => {
+                transfer::download_deferred(&download, &staging, watch, progress, &options).await
+            }
+            _ => transfer::download(&download, &staging, sha, progress, &options).await,
         }
-        _ => transfer::download(&download, &dest, sha, progress, &options).await,
+    };
+    let report = tokio::select! {
+        r = downloading => r,
+        () = activity.stalled(NO_PROGRESS) => {
+            bar.finish_and_clear();
+            bail!("no progress for {}", humantime_secs(NO_PROGRESS));
+        }
     };
     bar.finish_and_clear();
-    let report = report?;
+    let mut report = report?;
+    let dest = unique_path(out, &name);
+    std::fs::rename(&staging, &dest)
+        .with_context(|| format!("moving the download to {}", dest.display()))?;
+    report.path = dest;
     let line = FileLine::Received {
         ok: true,
         transfer_id: &offer.transfer_id,
@@ -362,6 +412,17 @@ async fn download_one(
         )
     });
     Ok(())
+}
+
+/// Where transfer `id` is downloaded (the library adds `.part` while it runs) before it gets
+/// its file name: named by the transfer, never by the file.
+pub(super) fn staging_path(dir: &Path, id: &str) -> PathBuf {
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    dir.join(format!("msim-transfer-{id}"))
 }
 
 /// `dir/name`, or `dir/stem (N).ext` when that exists (or a partial download of it does not).
@@ -403,4 +464,9 @@ fn guess_mime(filename: &str) -> Option<&'static str> {
         "mp3" => "audio/mpeg",
         _ => return None,
     })
+}
+
+/// `d` as whole seconds, e.g. `180 s`.
+fn humantime_secs(d: Duration) -> String {
+    format!("{} s", d.as_secs())
 }

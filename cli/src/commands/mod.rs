@@ -8,6 +8,7 @@ mod listen;
 mod messages;
 mod privacy;
 mod profile;
+mod receive_jobs;
 
 use std::future::Future;
 

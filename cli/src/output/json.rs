@@ -192,6 +192,14 @@ pub enum FileLine<'a> {
         sha256: &'a str,
         verified: bool,
     },
+    /// `receive`: accepting or downloading this offer failed (the others go on).
+    Failed {
+        ok: bool,
+        transfer_id: &'a str,
+        from: &'a str,
+        filename: &'a str,
+        error: &'a str,
+    },
     /// `receive`: the offer was turned down.
     Rejected {
         transfer_id: &'a str,

@@ -7,6 +7,8 @@ mod common;
 mod deferred_hash;
 #[cfg(target_os = "linux")]
 mod interrupt;
+mod receive_many;
 mod reconnect;
+mod stale_part;
 mod timing;
 mod tls;

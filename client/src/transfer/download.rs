@@ -5,9 +5,13 @@ use super::*;
 
 /// Downloads a transfer to `dest`, streaming (the relay may still be receiving the upload).
 ///
-/// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`.
-/// The result is renamed to `dest` only when complete and, if `expected_sha256` (or the
-/// relay's `Msim-Sha256` header) is known, verified.
+/// Bytes go to `dest` + `.part` first; an existing `.part` file is continued with `Range`
+/// (pick a `dest` of this transfer's own: a `.part` is taken as its bytes; one already of the
+/// full size is fetched again, never taken as complete without a request).
+/// The result is renamed to `dest` only when complete and matching `expected_sha256` (without
+/// it: the relay's `Msim-Sha256` header, if any). [`DownloadReport::verified`] is true only
+/// with `expected_sha256`, a hash that came over the chat connection: the relay's own header
+/// shows only that the download matches what the relay stored (PROTOCOL.md §11.5).
 pub async fn download(
     transfer: &Transfer,
     dest: &Path,
@@ -37,7 +41,8 @@ pub async fn download_deferred(
 
 /// Where a download's expected SHA-256 comes from.
 enum Expect<'a> {
-    /// Announced with the grant (or not at all: then the relay's `Msim-Sha256` counts).
+    /// Announced with the grant (or not at all: then the relay's `Msim-Sha256` catches a
+    /// damaged download, but the file is not verified).
     Known(Option<&'a str>),
     /// Declared by the sender after its upload.
     Deferred(&'a crate::HashWatch),
@@ -66,6 +71,7 @@ async fn download_with(
             None => PartFile::open(&part_name).await?,
         };
         resumed |= current.len() > 0;
+        let before = current.len();
         let result = download_from(
             &target,
             transfer,
@@ -80,7 +86,16 @@ async fn download_with(
                 part = Some(done);
                 break;
             }
-            Err((kept, error)) if download_transient(&error) && attempt < options.attempts => {
+            Err((kept, error))
+                if download_transient(&error)
+                    && (attempt < options.attempts || progressed(&kept, before)) =>
+            {
+                if progressed(&kept, before) {
+                    // Cut after progress (e.g. the relay cut a download that waited long for
+                    // a stalled upload, §11.5): a fresh round of attempts.
+                    attempt = 0;
+                    backoff = options.backoff();
+                }
                 part = kept;
                 tracing::info!(%error, attempt, "download interrupted; resuming");
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -104,9 +119,10 @@ async fn download_with(
     let relay_sha = relay_sha.map(|s: String| s.to_ascii_lowercase());
     let (expected, verified) = match expect {
         Expect::Known(sha) => {
-            let expected = sha.map(str::to_ascii_lowercase).or(relay_sha);
-            let verified = expected.is_some();
-            (expected, verified)
+            // Verified only against a hash from the chat connection: the relay's word alone
+            // (over http:// anyone on the path may rewrite body and header) is no proof.
+            let verified = sha.is_some();
+            (sha.map(str::to_ascii_lowercase).or(relay_sha), verified)
         }
         Expect::Deferred(watch) => {
             match tokio::time::timeout(options.sender_hash_wait, watch.sha256()).await {
@@ -131,6 +147,11 @@ async fn download_with(
     })
 }
 
+/// Whether an attempt that began with `before` bytes left more in the part file.
+fn progressed(kept: &Option<PartFile>, before: u64) -> bool {
+    kept.as_ref().is_some_and(|p| p.len() > before)
+}
+
 fn download_transient(error: &ClientError) -> bool {
     // 404: the upload has not started yet (the relay waits a while, then says so).
     transient(error) || matches!(error, ClientError::RelayStatus { status: 404, .. })
@@ -148,15 +169,20 @@ pub fn part_path(dest: &Path) -> PathBuf {
 async fn download_from(
     target: &Target,
     transfer: &Transfer,
-    part: PartFile,
+    mut part: PartFile,
     progress: &Option<Progress>,
     options: &TransferOptions,
     relay_sha: &mut Option<String>,
 ) -> Result<PartFile, (Option<PartFile>, ClientError)> {
-    let have = part.len();
-    if transfer.size != 0 && have >= transfer.size {
-        return Ok(part);
+    if transfer.size != 0 && part.len() >= transfer.size {
+        // Already "complete" before asking: never taken as this transfer's file without a
+        // request (it may be another transfer's leftover): fetched again, whole.
+        part = match part.restart().await {
+            Ok(p) => p,
+            Err(e) => return Err((None, e)),
+        };
     }
+    let have = part.len();
     let mut builder = request(Method::GET, target, &transfer.token);
     if have > 0 {
         builder = builder.header(header::RANGE, format!("bytes={have}-"));

@@ -5,3 +5,5 @@
 mod common;
 mod library;
 mod pipeline;
+mod stalled_upload;
+mod verification;

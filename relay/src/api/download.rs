@@ -3,6 +3,8 @@
 
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -10,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use msim_shared::token::Capability;
-use msim_storage::{BlobInfo, StoreError};
+use msim_storage::{BlobInfo, BlobReader, StoreError};
 
 use super::remove_when_sent::{RemoveWhenSent, Served, WhenSent};
 use super::responses::{
@@ -19,6 +21,7 @@ use super::responses::{
 use super::State;
 use crate::metrics::{GaugeGuard, Metrics, Refusal};
 use crate::range::{parse_range, RangeReq};
+use crate::slots::{Conn, ConnOf};
 
 /// Chunks read ahead of the connection, per download.
 const DOWNLOAD_QUEUE: usize = 1;
@@ -45,8 +48,13 @@ fn to_frame(
     }
 }
 
-/// Wait (bounded) for the upload of `id` to be created on this relay.
-async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<BlobInfo, StoreError> {
+/// Wait (bounded) for the upload of `id` to be created on this relay; meanwhile the
+/// connection counts as idle for the slots (it sends nothing).
+async fn wait_for_blob(
+    state: &Arc<State>,
+    id: &str,
+    conn: Option<&Arc<Conn>>,
+) -> Result<BlobInfo, StoreError> {
     let deadline = tokio::time::Instant::now() + state.config.wait_for_upload;
     let waiting = state.waiters.wait(id);
     loop {
@@ -57,6 +65,7 @@ async fn wait_for_blob(state: &Arc<State>, id: &str) -> Result<BlobInfo, StoreEr
             Err(StoreError::NotFound) => {}
             other => return other,
         }
+        let _waiting = conn.map(|c| c.waiting());
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Err(StoreError::NotFound);
         }
@@ -69,6 +78,18 @@ pub(super) async fn download(
     cap: Capability,
 ) -> Answer {
     let id = cap.transfer_id.clone();
+    // Held until the response has been sent (or dropped).
+    let downloading = state
+        .downloaders
+        .admit(&id, state.config.max_downloads_per_transfer)
+        .ok_or_else(|| {
+            Refuse::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Refusal::TooManyDownloads,
+                "too many downloads of this transfer at once; retry later",
+            )
+        })?;
+    let conn = req.extensions().get::<ConnOf>().map(|c| c.0.clone());
     // A stored blob must have the token's size, so the range can be worked out up front.
     let range = parse_range(req.headers().get(header::RANGE), cap.size);
     let chunk = state.config.chunk_size.max(16 << 10);
@@ -97,7 +118,9 @@ pub(super) async fn download(
     let info = match counted {
         Some(info) => info,
         None => {
-            let info = wait_for_blob(state, &id).await.map_err(store_refusal)?;
+            let info = wait_for_blob(state, &id, conn.as_ref())
+                .await
+                .map_err(store_refusal)?;
             if info.size != cap.size {
                 return Err(Refuse::new(
                     StatusCode::CONFLICT,
@@ -183,6 +206,7 @@ pub(super) async fn download(
         let mut reader = reader;
         tokio::spawn(async move {
             let _guard = guard;
+            let _downloading = downloading;
             loop {
                 let next = tokio::select! {
                     r = reader.next_chunk(chunk) => r,
@@ -199,15 +223,17 @@ pub(super) async fn download(
     } else {
         // Following the upload: chunks are mostly the writer's own buffers, handed over as
         // they are stored; no task in between. Dropping the body drops the reader.
+        let idle = state.config.body_idle_timeout;
+        let held = (guard, downloading, conn);
         let stream = futures::stream::unfold(
-            (reader, guard, st, false),
-            move |(mut reader, guard, st, done)| async move {
+            (reader, held, st, false),
+            move |(mut reader, held, st, done)| async move {
                 if done {
                     return None;
                 }
-                let next = reader.next_chunk(chunk).await;
+                let next = next_following(&mut reader, held.2.as_ref(), idle, chunk).await;
                 let (frame, last) = to_frame(&st, next);
-                frame.map(|f| (f, (reader, guard, st, last)))
+                frame.map(|f| (f, (reader, held, st, last)))
             },
         );
         StreamBody::new(stream).boxed_unsync()
@@ -226,6 +252,35 @@ pub(super) async fn download(
         end,
         partial,
     ))
+}
+
+/// The next chunk of a download following an upload. While it waits for upload data its
+/// connection may be evicted like an idle one, and after `idle` without data it is cut (a
+/// short body: the client resumes with `Range`), so waiting downloads cannot hold the slots.
+async fn next_following(
+    reader: &mut BlobReader,
+    conn: Option<&Arc<Conn>>,
+    idle: Duration,
+    chunk: usize,
+) -> Result<Option<Bytes>, StoreError> {
+    {
+        let mut wait = std::pin::pin!(reader.wait_for_data());
+        if let Poll::Ready(r) = futures::poll!(wait.as_mut()) {
+            r?;
+        } else {
+            let _waiting = conn.map(|c| c.waiting());
+            match tokio::time::timeout(idle, wait).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(StoreError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no upload data for {}", humantime::format_duration(idle)),
+                    )))
+                }
+            }
+        }
+    }
+    reader.next_chunk(chunk).await
 }
 
 /// Status and headers of a download answer for bytes `start..end` of the blob `info`.

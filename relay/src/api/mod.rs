@@ -12,6 +12,7 @@ use msim_shared::relay_http::{UPLOAD_LENGTH, UPLOAD_OFFSET};
 use msim_shared::token::{Capability, Direction};
 use msim_storage::{BlobStore, SharedBudget};
 
+use crate::downloaders::Downloaders;
 use crate::metrics::{Metrics, Refusal};
 use crate::request;
 use crate::waiters::Waiters;
@@ -38,6 +39,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Downloads waiting for an upload to start, woken when it does.
     pub waiters: Waiters,
+    /// Downloads in progress per transfer (bounded).
+    pub downloaders: Downloaders,
     /// Memory for bytes received but not yet stored, shared by all uploads.
     pub upload_budget: SharedBudget,
 }

@@ -109,7 +109,7 @@ pub(super) fn store_refusal(e: StoreError) -> Refuse {
             format!("{e}; the upload was discarded"),
         ),
         StoreError::DownloadLimit => Refuse::new(S::GONE, Refusal::DownloadLimit, e.to_string()),
-        StoreError::Io(_) | StoreError::Db(_) => {
+        StoreError::Io(_) | StoreError::Db(_) | StoreError::InUse(_) => {
             tracing::error!(error = %e, "storage failure");
             Refuse::new(
                 S::INTERNAL_SERVER_ERROR,

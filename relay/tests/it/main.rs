@@ -2,11 +2,14 @@
 
 mod access;
 mod crash;
+mod data_dir_lock;
 mod delivery;
 mod http_status;
 mod http_support;
 mod limits;
+mod recovery_check;
 mod settings;
 mod sha_check;
 mod support;
 mod transfers;
+mod waiting_downloads;

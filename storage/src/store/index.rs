@@ -69,6 +69,7 @@ pub(super) struct RecoveryRow {
     pub id: String,
     pub size: i64,
     pub state: i64,
+    pub sha256: Option<String>,
 }
 
 /// The limits an insert must respect, all in bytes.
@@ -514,7 +515,7 @@ impl Index {
 
     /// Every row, as recovery reconciles them with the files.
     pub async fn all_rows(&self) -> Result<Vec<RecoveryRow>> {
-        Ok(sqlx::query_as("SELECT id, size, state FROM blobs")
+        Ok(sqlx::query_as("SELECT id, size, state, sha256 FROM blobs")
             .fetch_all(&self.pool)
             .await?)
     }

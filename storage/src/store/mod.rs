@@ -15,6 +15,7 @@ use crate::{disk, valid_id, GoneReason, Result, StoreError};
 
 mod commit;
 mod config;
+mod dir_lock;
 mod index;
 mod lapse;
 mod layout;
@@ -51,6 +52,9 @@ struct Inner {
     live: LiveUploads,
     /// Completions waiting for their group commit (directory fsync + index update).
     commits: Mutex<CommitQueue>,
+    /// The data directory's lock, held by a serving store ([`BlobStore::open`]) until it is
+    /// closed or dropped.
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// A temporary blob store. Cheap to clone.
@@ -63,7 +67,17 @@ impl BlobStore {
     /// Open (creating if needed) the store in `dir` and run crash recovery: orphan files are
     /// removed and the index is reconciled with the files. Use this in the serving process.
     pub async fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<BlobStore> {
-        let store = Self::open_without_recovery(dir, config).await?;
+        let dir = dir.as_ref().to_path_buf();
+        let store = Self::open_without_recovery(&dir, config).await?;
+        // Before recovery: a second serving process must not touch the files of a live one.
+        let lock = tokio::task::spawn_blocking(move || dir_lock::lock(&dir))
+            .await
+            .map_err(io::Error::other)??;
+        *store
+            .inner
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(lock);
         store.recover().await?;
         Ok(store)
     }
@@ -95,6 +109,7 @@ impl BlobStore {
                 config,
                 live: LiveUploads::default(),
                 commits: Mutex::new(CommitQueue::default()),
+                dir_lock: Mutex::new(None),
             }),
         })
     }
@@ -357,5 +372,11 @@ impl BlobStore {
     /// Close the index database.
     pub async fn close(&self) {
         self.inner.index.close().await;
+        // Another relay may serve from the directory now.
+        self.inner
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }

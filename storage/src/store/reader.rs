@@ -209,6 +209,16 @@ impl BlobReader {
         Ok(Some(Bytes::from(buf)))
     }
 
+    /// Completes once [`BlobReader::next_chunk`] would not wait for the writer (bytes past the
+    /// position are stored, the range is done, or the upload ended); its error is the one
+    /// `next_chunk` would return. Lets a caller tell waiting for data from sending it.
+    pub async fn wait_for_data(&mut self) -> Result<()> {
+        if self.pos < self.end {
+            self.wait_available().await?;
+        }
+        Ok(())
+    }
+
     fn stop_following(&mut self) {
         self.rx = None;
         self.live = None;

@@ -6,6 +6,8 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 
+use sha2::{Digest, Sha256};
+
 use super::index::unsigned;
 use super::BlobStore;
 use crate::{valid_id, Result};
@@ -41,21 +43,31 @@ impl BlobStore {
             let ok_blob = blob == Some(size);
             let renamed = if complete && blob.is_none() && part == Some(size) {
                 // Committed while the fsync of its rename was still running: the data was
-                // fsync'd (and checked) before the commit began, so the `.part` is whole.
+                // fsync'd (and checked) before the commit began, so the `.part` should be
+                // whole. Rare: checked against the stored SHA-256 all the same (data lost
+                // despite the fsync must not be served as complete).
                 let (from, to) = (part_path.clone(), blob_path.clone());
-                tokio::task::spawn_blocking(move || -> io::Result<()> {
-                    std::fs::rename(&from, &to)?;
-                    match to.parent() {
-                        Some(dir) => File::open(dir)?.sync_all(),
-                        None => Ok(()),
+                let expected = row.sha256.clone();
+                tokio::task::spawn_blocking(move || -> io::Result<bool> {
+                    if let Some(expected) = expected {
+                        if !hash_matches(&from, &expected)? {
+                            return Ok(false);
+                        }
                     }
+                    std::fs::rename(&from, &to)?;
+                    if let Some(dir) = to.parent() {
+                        File::open(dir)?.sync_all()?;
+                    }
+                    Ok(true)
                 })
                 .await
-                .map_err(io::Error::other)??;
-                true
+                .map_err(io::Error::other)??
             } else {
                 false
             };
+            if complete && blob.is_none() && part == Some(size) && !renamed {
+                tracing::warn!(id, "recovery: a completed file lost its rename and no longer matches its SHA-256; removed");
+            }
             if renamed {
                 // Its old name is gone: not an orphan to remove.
                 keep.insert(part_path.clone());
@@ -100,4 +112,19 @@ impl BlobStore {
         }
         Ok(())
     }
+}
+
+/// Whether the file at `path` hashes to `expected` (lowercase hex).
+fn hash_matches(path: &std::path::Path, expected: &str) -> io::Result<bool> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()).eq_ignore_ascii_case(expected))
 }

@@ -1,0 +1,118 @@
+//! What makes a downloaded file "verified": only a SHA-256 received over the chat connection.
+//! The relay's `Msim-Sha256` header is the relay's word (over `http://`, anyone on the path
+//! can rewrite body and header together): it catches damage but verifies nothing.
+
+use crate::common;
+use crate::library::{next, user};
+use msim::proto::OfferFile;
+use msim::transfer::{self, Transfer, TransferOptions};
+use msim::Event;
+use msim_testkit::{pseudo_random_bytes, sha256_hex};
+
+#[tokio::test]
+async fn the_relays_hash_alone_does_not_make_a_download_verified() {
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let dir = srv.subdir("verify").unwrap();
+    let bytes = pseudo_random_bytes(50_000, 5);
+    let sha = sha256_hex(&bytes);
+    for (name, announced) in [("plain.bin", None), ("hashed.bin", Some(sha.clone()))] {
+        let src = dir.join(format!("src-{name}"));
+        std::fs::write(&src, &bytes).unwrap();
+        let offer = alice
+            .offer_file(OfferFile {
+                to: "bob".into(),
+                filename: name.into(),
+                size: bytes.len() as u64,
+                sha256: announced.clone(),
+                mime: None,
+            })
+            .await
+            .unwrap();
+        let offered = next(&mut bob_events, |e| match e {
+            Event::FileOffered(o) => Some(o),
+            _ => None,
+        })
+        .await;
+        let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
+        let up = offer.answer().await.unwrap();
+        transfer::upload(
+            &Transfer::from(&up),
+            &src,
+            None,
+            &TransferOptions::default(),
+        )
+        .await
+        .unwrap();
+        // The way a client downloads an offer from another server that carried no sha256.
+        let dest = dir.join(name);
+        let report = transfer::download(
+            &Transfer::from(&grant),
+            &dest,
+            grant.sha256.as_deref(),
+            None,
+            &TransferOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.sha256, sha);
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+        assert_eq!(
+            report.verified,
+            announced.is_some(),
+            "{name}: verified only with a hash from the chat server"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_part_file_already_full_size_is_fetched_again_not_taken_as_complete() {
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let dir = srv.subdir("full-part").unwrap();
+    let bytes = pseudo_random_bytes(30_000, 8);
+    let src = dir.join("src.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let offer = alice
+        .offer_file(OfferFile {
+            to: "bob".into(),
+            filename: "doc.bin".into(),
+            size: bytes.len() as u64,
+            sha256: None,
+            mime: None,
+        })
+        .await
+        .unwrap();
+    let offered = next(&mut bob_events, |e| match e {
+        Event::FileOffered(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
+    let up = offer.answer().await.unwrap();
+    transfer::upload(
+        &Transfer::from(&up),
+        &src,
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Someone else's bytes, exactly as many, already where this download would resume.
+    let dest = dir.join("doc.bin");
+    std::fs::write(transfer::part_path(&dest), pseudo_random_bytes(30_000, 99)).unwrap();
+    let report = transfer::download(
+        &Transfer::from(&grant),
+        &dest,
+        None,
+        None,
+        &TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes, "the relay's bytes");
+    assert_eq!(report.sha256, sha256_hex(&bytes));
+    assert!(!report.verified, "no hash from the chat server");
+}
