@@ -1,8 +1,8 @@
 //! The client's error type.
 
 use msim_shared::proto::{
-    AnswerFailure, BlockFailure, ConnectFailure, ContactFailure, FileRejection, HashFailure,
-    PresenceFailure, ProfileFailure, ReadFailure, RegisterFailure, SendFailure,
+    AnswerFailure, BlockFailure, ConnectFailure, ContactFailure, DoneFailure, FileRejection,
+    HashFailure, PresenceFailure, ProfileFailure, ReadFailure, RegisterFailure, SendFailure,
 };
 
 /// Everything that can go wrong in the client library.
@@ -77,6 +77,14 @@ pub enum ClientError {
         transfer_id: String,
         /// Why.
         reason: AnswerFailure,
+    },
+    /// `SEND-FILE-PROXY-DONE-FAILED`.
+    #[error("cannot mark transfer {transfer_id} as done: {reason}")]
+    DoneFailed {
+        /// The transfer.
+        transfer_id: String,
+        /// Why.
+        reason: DoneFailure,
     },
     /// `SEND-FILE-PROXY-HASH-FAILED`.
     #[error("cannot declare the SHA-256 of transfer {transfer_id}: {reason}")]
@@ -195,6 +203,7 @@ impl ClientError {
                 | ClientError::FileRejected { .. }
                 | ClientError::AnswerFailed { .. }
                 | ClientError::HashFailed { .. }
+                | ClientError::DoneFailed { .. }
                 | ClientError::PresenceFailed { .. }
                 | ClientError::BlockFailed { .. }
                 | ClientError::RateLimited(_)

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use msim_shared::proto::{
     BlockFailed, BlockOk, Body, ConnectAck, ConnectFailed, ConnectOk, ContactsAddFailed,
     ContactsAddOk, ContactsChangeFailed, ContactsChangeOk, ContactsDeleteFailed, ContactsDeleteOk,
-    ContactsList, Event, FileAnswerFailed, FileHashFailed, FileHashOk, FilePending, MarkReadFailed,
-    MessageSendFailed, MessageSent, Pong, PresenceAnswerFailed, PresenceApproveOk, PresenceDenyOk,
-    PrivacyFailed, PrivacySetOk, PrivacySettings, Profile, ProfileGetFailed, ProfileUpdateFailed,
-    ProfileUpdateOk, RegisterFailed, RegisterOk, UnblockFailed, UnblockOk,
+    ContactsList, Event, FileAnswerFailed, FileDoneFailed, FileDoneOk, FileHashFailed, FileHashOk,
+    FilePending, MarkReadFailed, MessageSendFailed, MessageSent, Pong, PresenceAnswerFailed,
+    PresenceApproveOk, PresenceDenyOk, PrivacyFailed, PrivacySetOk, PrivacySettings, Profile,
+    ProfileGetFailed, ProfileUpdateFailed, ProfileUpdateOk, RegisterFailed, RegisterOk,
+    UnblockFailed, UnblockOk,
 };
 use msim_shared::Packet;
 use tokio::sync::oneshot;
@@ -45,6 +46,8 @@ const REPLY_ONLY: &[&str] = &[
     FileAnswerFailed::VERB,
     FileHashOk::VERB,
     FileHashFailed::VERB,
+    FileDoneOk::VERB,
+    FileDoneFailed::VERB,
     PresenceApproveOk::VERB,
     PresenceDenyOk::VERB,
     PresenceAnswerFailed::VERB,

@@ -169,6 +169,12 @@ pub async fn send_file(
     ctx.out.print(&line, || {
         format!("Sent {filename} ({}) to {to}.", HumanBytes(size))
     });
+    // Handled: the upload grant need not come again at this user's later logins (§10.6). The
+    // file is sent whatever this answer is, so a failure is only a notice.
+    if let Err(e) = client.file_done(&transfer_id).await {
+        ctx.out
+            .notice(|| format!("the server keeps this transfer's upload grant: {e}"));
+    }
     Ok(())
 }
 

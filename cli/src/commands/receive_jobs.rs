@@ -91,6 +91,11 @@ impl<'a> Jobs<'a> {
             match accepted {
                 Ok((grant, watch)) => self.running.push(Box::pin(async move {
                     let r = download_one(ctx, &offer, &grant, out, watch.as_ref()).await;
+                    if r.is_ok() {
+                        // Handled: the grant need not come again at later logins (§10.6; a
+                        // failure only means it does, and is then ignored: no partial file).
+                        let _ = client.file_done(&offer.transfer_id).await;
+                    }
                     (offer, r)
                 })),
                 Err(e) => {

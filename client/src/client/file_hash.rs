@@ -1,7 +1,9 @@
 //! The deferred SHA-256 of a large file (PROTOCOL.md §10.7): the sender declares it once its
 //! upload is done (`SEND-FILE-PROXY-HASH`); the recipient watches for it while it downloads.
 
-use msim_shared::proto::{Event, FileHash, FileHashFailed, FileHashOk};
+use msim_shared::proto::{
+    Event, FileDone, FileDoneFailed, FileDoneOk, FileHash, FileHashFailed, FileHashOk,
+};
 
 use super::{unexpected, Client};
 use crate::error::ClientError;
@@ -26,6 +28,26 @@ impl Client {
         {
             Event::FileHashOk(_) => Ok(()),
             Event::FileHashFailed(f) => Err(ClientError::HashFailed {
+                transfer_id: f.transfer_id,
+                reason: f.reason,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `SEND-FILE-PROXY-DONE` (PROTOCOL.md §10.6): this user has handled `transfer_id`
+    /// (uploaded, downloaded or dismissed it), so the server stops sending its stored results
+    /// at this user's later logins. Idempotent.
+    pub async fn file_done(&self, transfer_id: &str) -> Result<(), ClientError> {
+        let done = FileDone {
+            transfer_id: transfer_id.to_owned(),
+        };
+        match self
+            .request(done, &[FileDoneOk::VERB, FileDoneFailed::VERB])
+            .await?
+        {
+            Event::FileDoneOk(_) => Ok(()),
+            Event::FileDoneFailed(f) => Err(ClientError::DoneFailed {
                 transfer_id: f.transfer_id,
                 reason: f.reason,
             }),
