@@ -8,6 +8,7 @@
 //!   bucket for all peers together; at most a few authenticated links per registrable domain
 //!   and a bound on all of them (PROTOCOL.md §12.5).
 
+use super::links::{LinkPlace, Links};
 use super::FederationConfig;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,35 +31,7 @@ pub(crate) struct Guard {
     shares: Mutex<Shares>,
     total_rate: f64,
     total_burst: f64,
-    links: Arc<Mutex<Links>>,
-    max_links_per_domain: usize,
-    max_authenticated: usize,
-}
-
-/// Authenticated inbound links: per registrable domain, and in all.
-#[derive(Default)]
-struct Links {
-    per_domain: HashMap<String, usize>,
-    all: usize,
-}
-
-/// An authenticated inbound link's place; freed when dropped.
-pub(crate) struct LinkPlace {
-    links: Arc<Mutex<Links>>,
-    domain: String,
-}
-
-impl Drop for LinkPlace {
-    fn drop(&mut self) {
-        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        l.all = l.all.saturating_sub(1);
-        if let Some(n) = l.per_domain.get_mut(&self.domain) {
-            *n -= 1;
-            if *n == 0 {
-                l.per_domain.remove(&self.domain);
-            }
-        }
-    }
+    links: Links,
 }
 
 /// Per registrable domain, a bucket refilled at `total_rate ÷ active` (domains that sent in the
@@ -136,30 +109,14 @@ impl Guard {
             shares: Mutex::default(),
             total_rate: f64::from(c.total_rate),
             total_burst: f64::from(c.total_burst.max(1)),
-            links: Arc::default(),
-            max_links_per_domain: c.max_links_per_domain,
-            max_authenticated: c.max_authenticated,
+            links: Links::new(c.max_links_per_domain, c.max_authenticated),
         }
     }
 
-    /// A place for an authenticated inbound link of registrable domain `domain`; `Err` with
-    /// the reason (`too-many-links`: that domain has all it may have; `busy`: all peers
-    /// together have) otherwise. 0 = unbounded.
+    /// A place for an authenticated inbound link of registrable domain `domain` (see
+    /// [`Links::take`]).
     pub(crate) fn link(&self, domain: &str) -> Result<LinkPlace, &'static str> {
-        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if self.max_authenticated > 0 && l.all >= self.max_authenticated {
-            return Err("busy");
-        }
-        let n = l.per_domain.get(domain).copied().unwrap_or(0);
-        if self.max_links_per_domain > 0 && n >= self.max_links_per_domain {
-            return Err("too-many-links");
-        }
-        l.all += 1;
-        *l.per_domain.entry(domain.to_owned()).or_default() += 1;
-        Ok(LinkPlace {
-            links: self.links.clone(),
-            domain: domain.to_owned(),
-        })
+        self.links.take(domain)
     }
 
     /// A place for a new unauthenticated connection from `ip`, or `None` when that address
@@ -314,21 +271,5 @@ mod tests {
         assert_eq!(g.take("a.test"), Err(Limited::Total(1)));
         // Another domain, within its fair share, is not refused.
         assert!(g.take("b.test").is_ok());
-    }
-
-    #[test]
-    fn authenticated_links_are_bounded_per_domain_and_in_all() {
-        let g = Guard::new(&FederationConfig {
-            max_links_per_domain: 2,
-            max_authenticated: 3,
-            ..Default::default()
-        });
-        let a1 = g.link("evil.test").expect("a place");
-        let _a2 = g.link("evil.test").expect("a place");
-        assert_eq!(g.link("evil.test").err(), Some("too-many-links"));
-        let _b = g.link("b.test").expect("a place");
-        assert_eq!(g.link("c.test").err(), Some("busy"));
-        drop(a1);
-        assert!(g.link("evil.test").is_ok());
     }
 }

@@ -110,7 +110,7 @@ async fn serve(
     drop(place);
     // Limits count per registrable domain: one zone's many names are one peer for them.
     let group = super::domain::registrable(&peer);
-    let _link_place = match fed.guard.link(&group) {
+    let link_place = match fed.guard.link(&group) {
         Ok(p) => p,
         Err(reason) => {
             info!(%addr, %peer, reason, "s2s link refused");
@@ -123,8 +123,21 @@ async fn serve(
     };
     *link.codec_mut() = PacketCodec::new(S2S_MAX_LINE).with_max_records(0);
     info!(%addr, %peer, "s2s link in");
-    if let Err(e) = receive(&sh, &mut link, &peer).await {
-        debug!(%peer, "s2s link in closed: {e}");
+    tokio::select! {
+        r = receive(&sh, &mut link, &peer) => {
+            if let Err(e) = r {
+                debug!(%peer, "s2s link in closed: {e}");
+            }
+        }
+        () = link_place.evicted() => {
+            // Another peer took this place (places are shared out evenly when all are
+            // taken); what the peer sent and we did not acknowledge, it sends again.
+            info!(%peer, "s2s link in given up to another peer");
+            let retry = Packet::new("S2S-RETRY")
+                .with("retry-after", LINK_RETRY_SECS.to_string())
+                .with("reason", "busy");
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.send(retry)).await;
+        }
     }
 }
 

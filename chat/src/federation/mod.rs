@@ -24,6 +24,7 @@ pub(crate) mod hooks;
 pub(crate) mod inbound;
 pub(crate) mod key_cache;
 pub mod keys;
+pub(crate) mod links;
 pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod queue;

@@ -9,6 +9,7 @@ mod hardening;
 mod hostile;
 mod key_cache;
 mod last_findings;
+mod link_share;
 mod messages;
 mod peers;
 mod presence;
