@@ -7,6 +7,7 @@
 use super::answers::{ack, check_addresses, refused, Handled};
 use super::guard::Limited;
 use super::handshake::{self, check_auth, Role, Session};
+use super::links::link_retry;
 use crate::clock::datetime;
 use crate::db::{Outcome, QueueWrite, StoredMessage, WriteOp};
 use crate::hub::{encode, Stream};
@@ -28,8 +29,6 @@ use tracing::{debug, info, warn};
 const WINDOW: usize = 256;
 /// Refused packets after which a link is closed.
 const MAX_VIOLATIONS: u32 = 3;
-/// When a peer refused for its number of links may come back (`S2S-RETRY retry-after=`).
-const LINK_RETRY_SECS: u64 = 10;
 /// Longest s2s line (a message of max-text bytes percent-encoded fits).
 pub const S2S_MAX_LINE: usize = 256 * 1024;
 
@@ -114,10 +113,7 @@ async fn serve(
         Ok(p) => p,
         Err(reason) => {
             info!(%addr, %peer, reason, "s2s link refused");
-            let retry = Packet::new("S2S-RETRY")
-                .with("retry-after", LINK_RETRY_SECS.to_string())
-                .with("reason", reason);
-            let _ = link.send(retry).await;
+            let _ = link.send(link_retry(reason)).await;
             return;
         }
     };
@@ -133,10 +129,7 @@ async fn serve(
             // Another peer took this place (places are shared out evenly when all are
             // taken); what the peer sent and we did not acknowledge, it sends again.
             info!(%peer, "s2s link in given up to another peer");
-            let retry = Packet::new("S2S-RETRY")
-                .with("retry-after", LINK_RETRY_SECS.to_string())
-                .with("reason", "busy");
-            let _ = tokio::time::timeout(Duration::from_secs(1), link.send(retry)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.send(link_retry("busy"))).await;
         }
     }
 }

@@ -130,6 +130,17 @@ impl Drop for LinkPlace {
     }
 }
 
+/// When a peer refused for its number of links may come back (`S2S-RETRY retry-after=`).
+pub(crate) const LINK_RETRY_SECS: u64 = 10;
+
+/// `S2S-RETRY` for a link refused or given up for the number of links (`reason`).
+pub(crate) fn link_retry(reason: &str) -> msim_shared::Packet {
+    let after = LINK_RETRY_SECS.to_string();
+    msim_shared::Packet::new("S2S-RETRY")
+        .with("retry-after", after)
+        .with("reason", reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

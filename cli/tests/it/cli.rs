@@ -386,35 +386,15 @@ fn send_file_and_receive_are_byte_identical() {
     // next login (PROTOCOL §10.6).
     let tid = sent["transfer_id"].as_str().unwrap();
     assert_eq!(
-        stored_results_at_login(&srv, "alice"),
+        common::stored_results_at_login(&srv, "alice"),
         Vec::<String>::new(),
         "{tid}"
     );
     assert_eq!(
-        stored_results_at_login(&srv, "bob"),
+        common::stored_results_at_login(&srv, "bob"),
         Vec::<String>::new(),
         "{tid}"
     );
-}
-
-/// The events a fresh login of `login` gets before the answer to its first request: the
-/// results stored for it (§4.5, §10.6).
-fn stored_results_at_login(srv: &TestServer, login: &str) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, mut events) = msim::Client::connect(srv.server()).await.unwrap();
-        client.login(login, &common::password(login)).await.unwrap();
-        client.ping().await.unwrap();
-        let mut seen = Vec::new();
-        while let Ok(Some(e)) = tokio::time::timeout(std::time::Duration::ZERO, events.recv()).await
-        {
-            seen.push(format!("{e:?}"));
-        }
-        seen
-    })
 }
 
 #[test]

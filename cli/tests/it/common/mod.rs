@@ -301,3 +301,23 @@ pub fn stdout_json(out: &Output) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect()
 }
+
+/// The events a fresh login of `login` gets before the answer to its first request: the
+/// results stored for it (§4.5, §10.6).
+pub fn stored_results_at_login(srv: &TestServer, login: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, mut events) = msim::Client::connect(srv.server()).await.unwrap();
+        client.login(login, &password(login)).await.unwrap();
+        client.ping().await.unwrap();
+        let mut seen = Vec::new();
+        while let Ok(Some(e)) = tokio::time::timeout(std::time::Duration::ZERO, events.recv()).await
+        {
+            seen.push(format!("{e:?}"));
+        }
+        seen
+    })
+}
