@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 /// First key of the per-login presence locks (two-key advisory lock form).
-const PRESENCE_LOCKS: i32 = 0x6d73_0001;
+pub(super) const PRESENCE_LOCKS: i32 = 0x6d73_0001;
 
 /// Registers `node` (a fresh row).
 pub(crate) async fn register(pool: &PgPool, node: NodeId, name: &str) -> Result<(), sqlx::Error> {
@@ -74,11 +74,14 @@ pub(crate) async fn session_opened(
     Ok(nodes == 1)
 }
 
-/// `login`'s last session on `node` ended; returns whether it was the last anywhere.
+/// `login`'s last session on `node` ended; returns whether it was the last anywhere: its row
+/// removed here and no other left, or with `repair` (an earlier close may have removed the
+/// row without an answer, so nobody was told) no row left at all.
 pub(crate) async fn session_closed(
     pool: &PgPool,
     node: NodeId,
     login: &str,
+    repair: bool,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     lock_login(&mut tx, login).await?;
@@ -93,7 +96,7 @@ pub(crate) async fn session_closed(
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(removed == 1 && left == 0)
+    Ok((removed == 1 || repair) && left == 0)
 }
 
 /// Every (login, node) with a session on a node other than `me`.
