@@ -372,7 +372,9 @@ impl Cluster {
         for t in tasks {
             let _ = t.await;
         }
-        match nodes::deregister(&self.pool, self.node).await {
+        // Bounded: a silent database must not hang the shutdown (the rows are then reaped).
+        let leave = nodes::deregister(&self.pool, self.node);
+        match fanout::within(self.statement, leave).await {
             Ok(offline) => {
                 // The other nodes' mirrors forget this node now, not at their next reload.
                 let gone = format!("d {0} {0}", self.node);
@@ -555,7 +557,9 @@ impl Heart {
     }
 
     async fn reap(&mut self) {
-        let limit = self.timing.database_timeout;
+        // Inline in the heartbeat loop: bounded like a heartbeat, so a slow database cannot
+        // hold this node's own heartbeats past the node timeout.
+        let limit = self.timing.statement();
         let reaped = nodes::reap(&self.pool, self.node, self.timing.node_timeout);
         match fanout::within(limit, reaped).await {
             Ok((dead, offline)) if !dead.is_empty() => {
