@@ -60,6 +60,7 @@ pub(crate) mod leader;
 mod mirror;
 pub(crate) mod nodes;
 mod presence;
+mod reconciler;
 mod scrub;
 mod store_feed;
 #[cfg(test)]
@@ -273,6 +274,7 @@ impl Cluster {
             silence: timing.node_timeout,
             statement: timing.statement(),
         };
+        let reconciler = Arc::new(reconciler::Reconciler::default());
         let tasks = vec![
             tokio::spawn(fanout::send_loop(
                 pool.clone(),
@@ -294,6 +296,7 @@ impl Cluster {
                 leadership.clone(),
                 stop.clone(),
             )),
+            tokio::spawn(reconciler.clone().run(presence.clone(), stop.clone())),
             tokio::spawn(
                 Heart {
                     pool: pool.clone(),
@@ -301,6 +304,7 @@ impl Cluster {
                     name: name.to_owned(),
                     outbox: outbox.clone(),
                     presence: presence.clone(),
+                    reconciler,
                     leadership: leadership.clone(),
                     timing,
                     events: events_tx,
@@ -399,6 +403,7 @@ struct Heart {
     name: String,
     outbox: Arc<fanout::Outbox>,
     presence: Arc<presence::Presence>,
+    reconciler: Arc<reconciler::Reconciler>,
     leadership: leader::Leadership,
     timing: Timing,
     events: mpsc::Sender<Event>,
@@ -465,10 +470,11 @@ impl Heart {
             if ok {
                 // Rows whose change failed, or that were removed while this node was
                 // declared dead, are stored again; the differences are announced.
-                let (online, offline) = self.presence.reconcile().await;
-                self.online.extend(online);
-                self.offline.extend(offline);
+                self.reconciler.due();
             }
+            let (online, offline) = self.reconciler.take();
+            self.online.extend(online);
+            self.offline.extend(offline);
             // Reaping judges other nodes by their heartbeats: only once this node's own have
             // been going through for a whole node timeout. After the database was away, every
             // node's heartbeat looks old; each gets that long to record a fresh one.
@@ -560,8 +566,18 @@ impl Heart {
         // Inline in the heartbeat loop: bounded like a heartbeat, so a slow database cannot
         // hold this node's own heartbeats past the node timeout.
         let limit = self.timing.statement();
-        let reaped = nodes::reap(&self.pool, self.node, self.timing.node_timeout);
-        match fanout::within(limit, reaped).await {
+        // On its own connection, dropped on a timeout: a statement still waiting in the
+        // database (a lock) would otherwise keep its pool slot, every beat one more.
+        let reaped = async {
+            let mut conn = fanout::within(limit, self.pool.acquire()).await?;
+            let reap = nodes::reap(&mut conn, self.node, self.timing.node_timeout);
+            let r = fanout::within(limit, reap).await;
+            if r.is_err() {
+                drop(conn.detach());
+            }
+            r
+        };
+        match reaped.await {
             Ok((dead, offline)) if !dead.is_empty() => {
                 info!(
                     nodes = dead.len(),
