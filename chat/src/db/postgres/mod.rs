@@ -42,8 +42,21 @@ pub(crate) const LOCK_TIMEOUT: &str = "15s";
 /// How long one statement may run (migrations excepted).
 pub(crate) const STATEMENT_TIMEOUT: &str = "30s";
 
+/// The server's side of a silent network (a node cut off or frozen): TCP keep-alive probes on
+/// an idle session after 10 s, every 5 s, given up after 3 (its session, and any advisory
+/// lock or `LISTEN` it holds, ended within about 25 s, not the kernel's two hours), and
+/// unacknowledged data given up after 30 s (`tcp_user_timeout`, PostgreSQL 12 and later).
+/// Ignored on Unix-domain sockets.
+pub(crate) const SERVER_KEEPALIVES: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
+
 /// The options of every connection: `synchronous_commit = on` whatever the server's default,
-/// [`IDLE_IN_TRANSACTION`], [`LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`].
+/// [`IDLE_IN_TRANSACTION`], [`LOCK_TIMEOUT`], [`STATEMENT_TIMEOUT`] and
+/// [`SERVER_KEEPALIVES`].
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     Ok(PgConnectOptions::from_str(url)?
         .options([
@@ -52,6 +65,7 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error
             ("lock_timeout", LOCK_TIMEOUT),
             ("statement_timeout", STATEMENT_TIMEOUT),
         ])
+        .options(SERVER_KEEPALIVES)
         .application_name("msim-chat"))
 }
 
