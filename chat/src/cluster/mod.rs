@@ -60,6 +60,7 @@ pub(crate) mod leader;
 mod mirror;
 pub(crate) mod nodes;
 mod presence;
+mod reconciler;
 mod scrub;
 mod store_feed;
 #[cfg(test)]
@@ -273,6 +274,7 @@ impl Cluster {
             silence: timing.node_timeout,
             statement: timing.statement(),
         };
+        let reconciler = Arc::new(reconciler::Reconciler::default());
         let tasks = vec![
             tokio::spawn(fanout::send_loop(
                 pool.clone(),
@@ -294,6 +296,7 @@ impl Cluster {
                 leadership.clone(),
                 stop.clone(),
             )),
+            tokio::spawn(reconciler.clone().run(presence.clone(), stop.clone())),
             tokio::spawn(
                 Heart {
                     pool: pool.clone(),
@@ -301,6 +304,7 @@ impl Cluster {
                     name: name.to_owned(),
                     outbox: outbox.clone(),
                     presence: presence.clone(),
+                    reconciler,
                     leadership: leadership.clone(),
                     timing,
                     events: events_tx,
@@ -372,7 +376,9 @@ impl Cluster {
         for t in tasks {
             let _ = t.await;
         }
-        match nodes::deregister(&self.pool, self.node).await {
+        // Bounded: a silent database must not hang the shutdown (the rows are then reaped).
+        let leave = nodes::deregister(&self.pool, self.node);
+        match fanout::within(self.statement, leave).await {
             Ok(offline) => {
                 // The other nodes' mirrors forget this node now, not at their next reload.
                 let gone = format!("d {0} {0}", self.node);
@@ -397,6 +403,7 @@ struct Heart {
     name: String,
     outbox: Arc<fanout::Outbox>,
     presence: Arc<presence::Presence>,
+    reconciler: Arc<reconciler::Reconciler>,
     leadership: leader::Leadership,
     timing: Timing,
     events: mpsc::Sender<Event>,
@@ -463,10 +470,11 @@ impl Heart {
             if ok {
                 // Rows whose change failed, or that were removed while this node was
                 // declared dead, are stored again; the differences are announced.
-                let (online, offline) = self.presence.reconcile().await;
-                self.online.extend(online);
-                self.offline.extend(offline);
+                self.reconciler.due();
             }
+            let (online, offline) = self.reconciler.take();
+            self.online.extend(online);
+            self.offline.extend(offline);
             // Reaping judges other nodes by their heartbeats: only once this node's own have
             // been going through for a whole node timeout. After the database was away, every
             // node's heartbeat looks old; each gets that long to record a fresh one.
@@ -555,9 +563,21 @@ impl Heart {
     }
 
     async fn reap(&mut self) {
-        let limit = self.timing.database_timeout;
-        let reaped = nodes::reap(&self.pool, self.node, self.timing.node_timeout);
-        match fanout::within(limit, reaped).await {
+        // Inline in the heartbeat loop: bounded like a heartbeat, so a slow database cannot
+        // hold this node's own heartbeats past the node timeout.
+        let limit = self.timing.statement();
+        // On its own connection, dropped on a timeout: a statement still waiting in the
+        // database (a lock) would otherwise keep its pool slot, every beat one more.
+        let reaped = async {
+            let mut conn = fanout::within(limit, self.pool.acquire()).await?;
+            let reap = nodes::reap(&mut conn, self.node, self.timing.node_timeout);
+            let r = fanout::within(limit, reap).await;
+            if r.is_err() {
+                drop(conn.detach());
+            }
+            r
+        };
+        match reaped.await {
             Ok((dead, offline)) if !dead.is_empty() => {
                 info!(
                     nodes = dead.len(),

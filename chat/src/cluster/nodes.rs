@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 /// First key of the per-login presence locks (two-key advisory lock form).
-const PRESENCE_LOCKS: i32 = 0x6d73_0001;
+pub(super) const PRESENCE_LOCKS: i32 = 0x6d73_0001;
 
 /// Registers `node` (a fresh row).
 pub(crate) async fn register(pool: &PgPool, node: NodeId, name: &str) -> Result<(), sqlx::Error> {
@@ -48,7 +48,7 @@ pub(crate) async fn heartbeat(
 /// Removes `node` and its presence rows at a clean shutdown; returns the logins that are now
 /// offline everywhere.
 pub(crate) async fn deregister(pool: &PgPool, node: NodeId) -> Result<Vec<String>, sqlx::Error> {
-    remove_nodes(pool, &[node.0]).await
+    remove_nodes(&mut *pool.acquire().await?, &[node.0]).await
 }
 
 /// `login` got its first session on `node`; returns whether it is the first anywhere.
@@ -74,11 +74,14 @@ pub(crate) async fn session_opened(
     Ok(nodes == 1)
 }
 
-/// `login`'s last session on `node` ended; returns whether it was the last anywhere.
+/// `login`'s last session on `node` ended; returns whether it was the last anywhere: its row
+/// removed here and no other left, or with `repair` (an earlier close may have removed the
+/// row without an answer, so nobody was told) no row left at all.
 pub(crate) async fn session_closed(
     pool: &PgPool,
     node: NodeId,
     login: &str,
+    repair: bool,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     lock_login(&mut tx, login).await?;
@@ -93,7 +96,7 @@ pub(crate) async fn session_closed(
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(removed == 1 && left == 0)
+    Ok((removed == 1 || repair) && left == 0)
 }
 
 /// Every (login, node) with a session on a node other than `me`.
@@ -111,7 +114,7 @@ pub(crate) async fn online_elsewhere(
 /// clock, so the nodes' clocks do not matter). Returns the dead nodes and the logins that
 /// are now offline everywhere.
 pub(crate) async fn reap(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     me: NodeId,
     timeout: Duration,
 ) -> Result<(Vec<i64>, Vec<String>), sqlx::Error> {
@@ -123,12 +126,12 @@ pub(crate) async fn reap(
     )
     .bind(timeout.as_secs_f64())
     .bind(me.0)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     if dead.is_empty() {
         return Ok((dead, Vec::new()));
     }
-    let offline = remove_nodes(pool, &dead).await?;
+    let offline = remove_nodes(&mut *conn, &dead).await?;
     // A frozen node's listening session stays open but stops reading: PostgreSQL's
     // notification queue cannot shrink past it and fills up until every NOTIFY (every node's
     // commit announcements) fails. End its sessions; if the node wakes up, it reconnects.
@@ -138,7 +141,7 @@ pub(crate) async fn reap(
          WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
     )
     .bind(&names)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok((dead, offline))
 }
@@ -149,8 +152,11 @@ pub(crate) fn listener_name(node: NodeId) -> String {
 }
 
 /// Deletes `nodes` with their presence rows; returns the logins left without any session.
-async fn remove_nodes(pool: &PgPool, nodes: &[i64]) -> Result<Vec<String>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn remove_nodes(
+    conn: &mut sqlx::PgConnection,
+    nodes: &[i64],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     let mut logins: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT login FROM cluster_presence WHERE node = ANY($1)")
             .bind(nodes)

@@ -6,7 +6,9 @@
 //! Every change of one login runs alone on this node (a lock per login) and writes what the
 //! hub holds at that moment. A change that failed (the database away) is retried by
 //! [`Presence::reconcile`] at the next heartbeat, which also puts every row back after the
-//! node was declared dead while cut off.
+//! node was declared dead while cut off. A change that failed may still have committed (its
+//! answer timed out): the login's row is then unknown, and written again whatever the hub
+//! holds, until a change's answer arrives.
 
 use super::fanout::{within, Outbox};
 use super::{nodes, NodeId};
@@ -35,6 +37,9 @@ pub(crate) struct Presence {
     statement: Duration,
     /// Logins whose row this node has stored (as far as it knows).
     stored: Mutex<HashSet<String>>,
+    /// Logins whose last change failed: whether their row exists is unknown (a timed-out
+    /// write may have committed). Removed by the next change that gets an answer.
+    unknown: Mutex<HashSet<String>>,
     /// One lock per login with a change running (removed when the last user is done).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Logins whose row differed from the hub at the last reconcile; `None`: repair every
@@ -57,6 +62,7 @@ impl Presence {
             outbox,
             statement,
             stored: Mutex::new(HashSet::new()),
+            unknown: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
             suspects: Mutex::new(Some(HashSet::new())),
         }
@@ -64,6 +70,10 @@ impl Presence {
 
     fn stored(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.stored.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.unknown.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Brings `login`'s row in line with the hub; returns what to announce (nothing on a
@@ -87,34 +97,37 @@ impl Presence {
 
     async fn sync_locked(&self, login: &str) -> Option<Change> {
         let want = self.hub.is_local(login);
-        if want == self.stored().contains(login) {
+        // After a failed change nothing is known: write, and announce from the counts alone
+        // (the failed change announced nothing).
+        let repair = self.unknown().contains(login);
+        if !repair && want == self.stored().contains(login) {
             return None;
         }
-        if want {
+        let done = if want {
             let opened = nodes::session_opened(&self.pool, self.node, login);
-            match within(self.statement, opened).await {
-                Ok(first) => {
-                    self.stored().insert(login.to_owned());
-                    self.outbox.presence(login, true);
-                    first.then_some(Change::Online)
-                }
-                Err(e) => {
-                    warn!(login, "cluster presence: {e}");
-                    None
-                }
-            }
+            within(self.statement, opened).await.map(|first| {
+                self.stored().insert(login.to_owned());
+                first.then_some(Change::Online)
+            })
         } else {
-            let closed = nodes::session_closed(&self.pool, self.node, login);
-            match within(self.statement, closed).await {
-                Ok(last) => {
-                    self.stored().remove(login);
-                    self.outbox.presence(login, false);
-                    last.then_some(Change::Offline)
+            let closed = nodes::session_closed(&self.pool, self.node, login, repair);
+            within(self.statement, closed).await.map(|last| {
+                self.stored().remove(login);
+                last.then_some(Change::Offline)
+            })
+        };
+        match done {
+            Ok(change) => {
+                if repair {
+                    self.unknown().remove(login);
                 }
-                Err(e) => {
-                    warn!(login, "cluster presence: {e}");
-                    None
-                }
+                self.outbox.presence(login, want);
+                change
+            }
+            Err(e) => {
+                warn!(login, "cluster presence: {e}");
+                self.unknown().insert(login.to_owned());
+                None
             }
         }
     }
@@ -123,7 +136,7 @@ impl Presence {
     /// came online and went offline anywhere. Costs one pass over the local logins; only
     /// differences reach the database. A difference is only repaired when the previous
     /// reconcile saw it too: one that a session's own change is about to settle is left to
-    /// that change (which announces it).
+    /// that change (which announces it). Logins whose row is unknown are written every time.
     pub(crate) async fn reconcile(&self) -> (Vec<String>, Vec<String>) {
         let local: HashSet<String> = self.hub.local_logins().into_iter().collect();
         let differ: HashSet<String> = {
@@ -132,12 +145,13 @@ impl Presence {
         };
         let act: Vec<String> = {
             let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-            let act = match suspects.as_ref() {
+            let mut act: HashSet<String> = match suspects.as_ref() {
                 Some(before) => differ.intersection(before).cloned().collect(),
                 None => differ.iter().cloned().collect(),
             };
             *suspects = Some(differ);
-            act
+            act.extend(self.unknown().iter().cloned());
+            act.into_iter().collect()
         };
         let (mut online, mut offline) = (Vec::new(), Vec::new());
         for login in act {
@@ -154,6 +168,7 @@ impl Presence {
     /// and announces the users who are online nowhere else).
     pub(crate) fn forget_all(&self) {
         self.stored().clear();
+        self.unknown().clear();
         *self.suspects.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

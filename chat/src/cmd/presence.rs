@@ -10,11 +10,13 @@ use tracing::warn;
 
 /// Tells the watchers of `login` that it came online or went offline.
 pub(crate) async fn announce(ctx: &Ctx<'_>, login: &str, online: bool) {
-    // A newer session may have logged in meanwhile: never announce a stale "offline". Only
-    // this node's sessions are asked: in a cluster the database already decided that no other
-    // node has one (`cluster::nodes::session_closed`), and the mirror of the other nodes'
-    // sessions may lag behind it.
-    if !online && ctx.hub.is_local(login) {
+    // A newer session may have logged in meanwhile: never announce a stale "offline"; nor a
+    // stale "online" (a cluster heartbeat's, queued while the user logged out: sent after the
+    // logout's "offline" it would show the user online for good). Only this node's sessions
+    // are asked: in a cluster the database already decided that no other node has one
+    // (`cluster::nodes::session_closed`), and the mirror of the other nodes' sessions may lag
+    // behind it; an "online" is only ever announced by the node holding the session.
+    if online != ctx.hub.is_local(login) {
         return;
     }
     if let Some(fed) = ctx.federation {

@@ -114,6 +114,10 @@ impl Db {
             Ok(conn) => conn?,
             Err(_) => return Err(timed_out().into()),
         };
+        match tokio::time::timeout_at(deadline, s.restore_mark_row()).await {
+            Ok(restored) => restored?,
+            Err(_) => return Err(timed_out().into()),
+        }
         let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
         let mark = Some(s.next_mark());
         let work = async {
@@ -123,6 +127,11 @@ impl Db {
             // if the COMMIT's answer is lost, whether it committed); then the pending cap is
             // checked under it. A refused message leaves a hole in the numbers.
             let locked = super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
+            if mark.is_some() && locked.mark.is_none() {
+                tracing::warn!("this writer's batch_marks row was purged: adding it again");
+                s.mark_row_missing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             number_messages(&mut ops, locked.first);
             let (idx, kept, mut refused) = if self.pending_cap > 0 && messages > 0 {
                 let (kept, refused) = self.refuse_full_in_tx(&mut tx, ops).await?;

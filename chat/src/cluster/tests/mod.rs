@@ -580,5 +580,6 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+mod bounded;
 mod repair;
 mod robust;

@@ -117,3 +117,58 @@ async fn known_addresses_are_capped_per_login() {
     // Another account is untouched.
     assert!(t.is_known("alice", owner, now + many).await.unwrap());
 }
+
+/// A presence write whose answer timed out but which committed (here: held up by the login's
+/// lock until the node gave up, then the row stored as the write would have), and the user
+/// leaves at once. The node must not trust its own idea of the row: the close writes anyway,
+/// the row goes and the user is announced offline everywhere. Before, the close saw "no row
+/// stored, none wanted" and did nothing: the row stayed as long as the node lived, other
+/// nodes showed the user online, and later logins were never announced.
+#[tokio::test]
+async fn a_timed_out_presence_write_that_committed_is_repaired() {
+    let Some(url) = msim_testkit::postgres::database("cluster presence in doubt") else {
+        return;
+    };
+    // No heartbeat after the first (no reconcile to hide the defect), nobody reaped.
+    let quiet = Timing {
+        heartbeat: Duration::from_secs(3600),
+        node_timeout: Duration::from_secs(3600),
+        database_timeout: Duration::from_millis(300),
+        ..fast()
+    };
+    let a = node_with(&url, "a", quiet.clone()).await;
+    let b = node_with(&url, "b", quiet).await;
+    let admin = pool(&url).await;
+    let mut hold = admin.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext('alice'))")
+        .bind(nodes::PRESENCE_LOCKS)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let (tx, _rx) = mpsc::channel(10);
+    let (id, first) = a.hub.register("alice", tx);
+    assert!(first);
+    assert!(
+        !a.cluster.session_opened("alice").await,
+        "the write was held up: nothing announced"
+    );
+    // The write "committed" after all.
+    sqlx::query("INSERT INTO cluster_presence (login, node) VALUES ('alice', $1)")
+        .bind(a.cluster.node().0)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    hold.commit().await.unwrap();
+    wait_until("b never saw alice online", || b.hub.is_online("alice")).await;
+    assert!(a.hub.unregister("alice", id));
+    a.cluster.session_closed("alice").await;
+    let deadline = Instant::now() + WAIT;
+    while rows(&a.pool, "alice").await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "alice left but her presence row stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_until("b still shows alice online", || !b.hub.is_online("alice")).await;
+}

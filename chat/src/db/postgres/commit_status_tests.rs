@@ -3,10 +3,127 @@
 use super::*;
 use sqlx::{Connection, Executor};
 
-/// Opens a batch transaction on `c` that stores `mark`, as the writer does.
+/// Opens a batch transaction on `c` that stores `mark`, as the writer does (its row added
+/// first, as `open_postgres` does).
 async fn marked_batch(c: &mut PgConnection, mark: BatchMark) -> Locked {
+    sqlx::query("INSERT INTO batch_marks (writer, mark) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+        .bind(mark.writer)
+        .execute(&mut *c)
+        .await
+        .expect("writer's row");
     c.execute("BEGIN").await.expect("begin");
-    lock_batch_marked(c, 1, 0, Some(mark)).await.expect("lock")
+    let locked = lock_batch_marked(c, 1, 0, Some(mark)).await.expect("lock");
+    assert_eq!(locked.mark, Some(mark), "the mark was stored");
+    locked
+}
+
+fn store(db: &Db) -> &Store {
+    match &db.backend {
+        Backend::Postgres(s) => s,
+        Backend::Sqlite(_) => unreachable!("a PostgreSQL database"),
+    }
+}
+
+/// Waits until some transaction waits for another's row lock.
+async fn until_a_lock_is_waited_for(pool: &PgPool) {
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("locks");
+            if n > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the question waits for the running batch");
+}
+
+/// A writer's very first batch, its COMMIT's answer lost while the transaction still runs:
+/// the question must wait for it and tell "committed". When the first batch inserted the
+/// writer's row, `FOR SHARE` did not wait for the uncommitted insert, found no row and told
+/// "did not commit" at once: the batch then committed, its messages answered as failed and
+/// sent again (duplicates).
+#[tokio::test]
+async fn a_writers_first_batch_is_waited_for() {
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("store: commit status of a writer's first batch")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let db = Db::open_postgres(&url).await.expect("migrated");
+    let pool = db.postgres_pool().expect("pool");
+    let s = store(&db);
+    let mut c = PgConnection::connect(&url).await.expect("connection");
+    c.execute("BEGIN").await.expect("begin");
+    let first = lock_batch_marked(&mut c, 1, 0, Some(s.next_mark()))
+        .await
+        .expect("lock");
+    let asked = tokio::spawn({
+        let pool = pool.clone();
+        async move { commit_status(&pool, &first, DEFAULT_TIMEOUT).await }
+    });
+    until_a_lock_is_waited_for(&pool).await;
+    assert!(!asked.is_finished());
+    c.execute("COMMIT").await.expect("commit");
+    let told = tokio::time::timeout(Duration::from_secs(30), asked)
+        .await
+        .expect("told once it ended")
+        .expect("task");
+    assert_eq!(told, Some(true));
+    db.close().await;
+}
+
+/// A live writer's row purged (idle for a day when another node started): its next batch
+/// stores no mark (a lost answer is then in doubt, not guessed "failed"), and the batch after
+/// adds the row again and is marked.
+#[tokio::test]
+async fn a_purged_writer_row_is_added_again() {
+    use crate::db::{Outcome, WriteOp};
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("store: a purged batch_marks row")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let db = Db::open_postgres(&url).await.expect("migrated");
+    let pool = db.postgres_pool().expect("pool");
+    let writer = store(&db).writer;
+    let row = || async {
+        sqlx::query_scalar::<_, i64>("SELECT mark FROM batch_marks WHERE writer = $1")
+            .bind(writer)
+            .fetch_optional(&pool)
+            .await
+            .expect("row")
+    };
+    assert_eq!(row().await, Some(0), "the row is committed at start");
+    sqlx::query("DELETE FROM batch_marks WHERE writer = $1")
+        .bind(writer)
+        .execute(&pool)
+        .await
+        .expect("purge");
+    let create = |login: &str| WriteOp::CreateUser {
+        login: login.into(),
+        sealed: vec![1; 8],
+        now: 1,
+    };
+    let done = db.apply_batch(vec![create("alice")]).await.expect("batch");
+    assert!(matches!(done[0], Ok(Outcome::Done)), "{:?}", done[0]);
+    assert_eq!(row().await, None, "an unmarked batch inserts nothing");
+    let done = db.apply_batch(vec![create("bob")]).await.expect("batch");
+    assert!(matches!(done[0], Ok(Outcome::Done)), "{:?}", done[0]);
+    let mark = row().await.expect("the row is back");
+    assert!(mark > 0, "the batch after stored its mark: {mark}");
+    db.close().await;
 }
 
 fn mark(writer: i64, mark: i64) -> BatchMark {
@@ -40,7 +157,7 @@ async fn a_lost_commit_is_told_as_it_ended() {
         commit_status(&pool, &rolled_back, DEFAULT_TIMEOUT).await,
         Some(false)
     );
-    // A writer whose first batch did not commit has no row at all.
+    // A writer whose first batch did not commit still has its start-up row (mark 0).
     let first = marked_batch(&mut c, mark(8, 1)).await;
     c.execute("ROLLBACK").await.expect("rollback");
     assert_eq!(
@@ -60,23 +177,7 @@ async fn a_lost_commit_is_told_as_it_ended() {
         async move { commit_status(&pool, &running, DEFAULT_TIMEOUT).await }
     });
     // Still unknown while it runs: the question waits on the row the batch holds.
-    let waiting = async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
-            )
-            .fetch_one(&pool)
-            .await
-            .expect("locks");
-            if n > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), waiting)
-        .await
-        .expect("the question waits for the running batch");
+    until_a_lock_is_waited_for(&pool).await;
     assert!(!asked.is_finished());
     c.execute("COMMIT").await.expect("commit");
     let told = tokio::time::timeout(Duration::from_secs(30), asked)

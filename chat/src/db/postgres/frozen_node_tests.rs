@@ -105,3 +105,43 @@ async fn a_busy_holder_of_the_batch_lock_fails_other_batches_in_bounded_time() {
     assert!(matches!(done[0], Ok(Outcome::Done)), "{:?}", done[0]);
     live.close().await;
 }
+
+/// Over TCP every connection asks the server for keep-alive probes and a user timeout, so the
+/// server ends a silent node's sessions (its locks, its `LISTEN`) within seconds.
+#[tokio::test]
+async fn connections_ask_the_server_for_keepalives() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::PgCluster::start("store: server keep-alives")
+    })
+    .await
+    .expect("cluster thread")
+    .expect("cluster") else {
+        return;
+    };
+    let url = cluster.create_database().expect("database");
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|t| t.split('?').next())
+        .expect("database name");
+    let db = Db::open_postgres(&cluster.tcp_url(name))
+        .await
+        .expect("opened over TCP");
+    let pool = db.postgres_pool().expect("pool");
+    for (setting, want) in SERVER_KEEPALIVES {
+        let got: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(&pool)
+            .await
+            .expect("show");
+        // Shown with a unit (`10s`, `30s`) or without, depending on the setting.
+        let digits: String = got.chars().take_while(char::is_ascii_digit).collect();
+        let want_s = want.parse::<u64>().expect("number");
+        let ok = if setting == "tcp_user_timeout" {
+            got == "30s" || digits == want
+        } else {
+            digits.parse::<u64>().ok() == Some(want_s)
+        };
+        assert!(ok, "{setting} = {got}, wanted {want}");
+    }
+    db.close().await;
+}

@@ -7,7 +7,7 @@ use super::{Backend, Db, DbError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::PgConnection;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -42,8 +42,21 @@ pub(crate) const LOCK_TIMEOUT: &str = "15s";
 /// How long one statement may run (migrations excepted).
 pub(crate) const STATEMENT_TIMEOUT: &str = "30s";
 
+/// The server's side of a silent network (a node cut off or frozen): TCP keep-alive probes on
+/// an idle session after 10 s, every 5 s, given up after 3 (its session, and any advisory
+/// lock or `LISTEN` it holds, ended within about 25 s, not the kernel's two hours), and
+/// unacknowledged data given up after 30 s (`tcp_user_timeout`, PostgreSQL 12 and later).
+/// Ignored on Unix-domain sockets.
+pub(crate) const SERVER_KEEPALIVES: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
+
 /// The options of every connection: `synchronous_commit = on` whatever the server's default,
-/// [`IDLE_IN_TRANSACTION`], [`LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`].
+/// [`IDLE_IN_TRANSACTION`], [`LOCK_TIMEOUT`], [`STATEMENT_TIMEOUT`] and
+/// [`SERVER_KEEPALIVES`].
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     Ok(PgConnectOptions::from_str(url)?
         .options([
@@ -52,6 +65,7 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error
             ("lock_timeout", LOCK_TIMEOUT),
             ("statement_timeout", STATEMENT_TIMEOUT),
         ])
+        .options(SERVER_KEEPALIVES)
         .application_name("msim-chat"))
 }
 
@@ -71,6 +85,9 @@ pub(crate) struct Store {
     pub(in crate::db) writer: i64,
     /// The last mark a batch stored there.
     pub(in crate::db) marks: AtomicI64,
+    /// A batch found the row gone (purged by a node's start-up): the next batch first adds it
+    /// again ([`Store::restore_mark_row`]).
+    pub(in crate::db) mark_row_missing: AtomicBool,
     /// `--database-timeout`, in milliseconds.
     pub(in crate::db) timeout_ms: AtomicU64,
 }
@@ -86,6 +103,16 @@ impl Store {
     /// `--database-timeout`.
     pub(in crate::db) fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Adds this writer's `batch_marks` row again if a batch found it gone; until it is back,
+    /// batches store no mark (a lost `COMMIT`'s answer is then in doubt, never guessed).
+    pub(in crate::db) async fn restore_mark_row(&self) -> Result<(), sqlx::Error> {
+        if self.mark_row_missing.load(Ordering::Relaxed) {
+            add_writer(&self.pool, self.writer).await?;
+            self.mark_row_missing.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// A mark no earlier batch of this writer used.
@@ -163,19 +190,23 @@ impl Db {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        // Rows of writers gone for a day (a live writer's batch updates its row).
+        // Rows of writers gone for a day (a live writer's batch updates its row; a live
+        // writer idle that long whose row goes finds it missing: see `lock_batch_marked`).
         sqlx::query(
             "DELETE FROM batch_marks WHERE touched_at < clock_timestamp() - interval '1 day'",
         )
         .execute(&pool)
         .await?;
+        let writer = rand::random::<i64>();
+        add_writer(&pool, writer).await?;
         Ok(Db::with_backend(Backend::Postgres(Arc::new(Store {
             pool,
             writes,
             node: AtomicI64::new(0),
             passed: AtomicI64::new(0),
-            writer: rand::random::<i64>(),
+            writer,
             marks: AtomicI64::new(0),
+            mark_row_missing: AtomicBool::new(false),
             timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64),
         }))))
     }
@@ -258,9 +289,22 @@ pub(in crate::db) async fn lock_batch(
     lock_batch_marked(tx, messages, node, None).await
 }
 
-/// [`lock_batch`], also storing `mark` in the writer's `batch_marks` row in the same statement
-/// (no extra round trip), after the lock is taken: if the `COMMIT`'s answer is lost,
-/// [`commit_status`] reads the row to learn whether the batch committed.
+/// Commits `writer`'s row in `batch_marks` (mark 0) before its first batch. A batch only
+/// updates the row: were its first batch to insert it, [`commit_status`]'s `FOR SHARE` would
+/// not wait for that uncommitted insert, find no row, and answer "did not commit" for a batch
+/// that then commits (its messages answered as failed, sent again: duplicates).
+pub(in crate::db) async fn add_writer(pool: &PgPool, writer: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO batch_marks (writer, mark) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+        .bind(writer)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// [`lock_batch`], also storing `mark` in the writer's `batch_marks` row (see [`add_writer`])
+/// in the same statement (no extra round trip), after the lock is taken: if the `COMMIT`'s
+/// answer is lost, [`commit_status`] reads the row to learn whether the batch committed. If
+/// the row is gone the batch stores nothing and its [`Locked::mark`] is `None`.
 pub(in crate::db) async fn lock_batch_marked(
     tx: &mut PgConnection,
     messages: usize,
@@ -271,16 +315,23 @@ pub(in crate::db) async fn lock_batch_marked(
     // The materialised CTE is read (the lock taken) before the select list is computed, and
     // before the mark is written (the insert reads it).
     let marked = if mark.is_some() {
-        ", marked AS (INSERT INTO batch_marks (writer, mark) SELECT $4, $5 FROM locked \
-         ON CONFLICT (writer) DO UPDATE SET mark = excluded.mark, touched_at = clock_timestamp())"
+        ", marked AS (UPDATE batch_marks SET mark = $5, touched_at = clock_timestamp() \
+         FROM locked WHERE writer = $4 RETURNING 1)"
     } else {
         ""
     };
-    let select = if n == 0 {
-        "SELECT $2::bigint, txid_current() FROM locked"
+    let stored = if mark.is_some() {
+        "(SELECT count(*) FROM marked)"
     } else {
-        "SELECT setval('message_seq', nextval('message_seq') + $2 - 1), txid_current() \
-         FROM locked"
+        "0::bigint"
+    };
+    let select = if n == 0 {
+        format!("SELECT $2::bigint, txid_current(), {stored} FROM locked")
+    } else {
+        format!(
+            "SELECT setval('message_seq', nextval('message_seq') + $2 - 1), txid_current(), \
+             {stored} FROM locked"
+        )
     };
     let sql = format!(
         "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
@@ -293,11 +344,11 @@ pub(in crate::db) async fn lock_batch_marked(
     if let Some(m) = mark {
         q = q.bind(m.writer).bind(m.mark);
     }
-    let (last, xid): (i64, i64) = q.fetch_one(tx).await?;
+    let (last, xid, stored): (i64, i64, i64) = q.fetch_one(tx).await?;
     Ok(Locked {
         first: if n == 0 { 0 } else { last - n + 1 },
         xid,
-        mark,
+        mark: mark.filter(|_| stored == 1),
     })
 }
 
