@@ -5,26 +5,8 @@
 use crate::common;
 use common::{field, TestServer};
 
-/// A server whose relay list is a healthy fake (no bytes move in these tests).
 async fn server() -> TestServer {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
-                let _ = s.write_all(ok.as_bytes()).await;
-            });
-        }
-    });
-    TestServer::start_with(move |c| {
-        c.relays = vec![relay];
-        c.relay_secret = msim_shared::token::generate_secret_text();
-    })
-    .await
+    TestServer::with_fake_relay().await
 }
 
 #[tokio::test]

@@ -146,6 +146,29 @@ impl TestServer {
         c
     }
 
+    /// A server whose relay list is a healthy fake relay (answers every request `200 ok`; no
+    /// bytes move), for tests of offers and their results.
+    pub async fn with_fake_relay() -> TestServer {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                    let _ = s.write_all(ok.as_bytes()).await;
+                });
+            }
+        });
+        TestServer::start_with(move |c| {
+            c.relays = vec![relay];
+            c.relay_secret = msim_shared::token::generate_secret_text();
+        })
+        .await
+    }
+
     /// Stops the server, waits until it has shut down, and hands over its directory.
     pub async fn stop(self) -> tempfile::TempDir {
         let dir = self.system.stop_into_dir().await;
