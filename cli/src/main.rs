@@ -25,8 +25,11 @@ fn main() -> ExitCode {
     msim::timing::mark("start");
     let cli = args::parse();
     msim_shared::logging::init("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the protocol and the HTTP transfers: a command is a handful of
+    // connections, and every hand-over between the connection's tasks (request, writer,
+    // reader) stays on this thread instead of waking another core. File I/O and hashing run
+    // on tokio's blocking threads either way.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
