@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::HumanBytes;
 use msim::proto::{sanitize_filename, DownloadGrant, Event, FileOffered, OfferFile};
-use msim::transfer::{self, Transfer};
+use msim::transfer::{self, HeldFile, Transfer};
 use msim::{Client, ClientError, HashWatch};
 use msim_shared::timestamp;
 
@@ -62,7 +62,7 @@ pub async fn send_file(
         sha256,
         mime: mime.clone(),
     };
-    let (declared, offer, client) = ctx
+    let (declared, held, offer, client) = ctx
         .interruptible(async {
             if size >= DEFER_HASH_FROM && to.contains('@') {
                 // A large file may go to another server, where its offer must carry the
@@ -75,7 +75,7 @@ pub async fn send_file(
                 };
                 msim::timing::mark("offer-sent");
                 let offer = client.offer_file(offer_of(sha256.clone())).await?;
-                return Ok((sha256, offer, client));
+                return Ok((sha256, None, offer, client));
             }
             // The offer is known before the login: sent right behind it. A small file's
             // offer carries its SHA-256 (PROTOCOL.md §10.2: the relay checks the upload
@@ -87,7 +87,7 @@ pub async fn send_file(
                 .settings
                 .login_then(|client| async move {
                     let sha256 = match early {
-                        Some(early) => Some(early.get().await?),
+                        Some(early) => Some(early.get().await?.sha256.clone()),
                         None => None,
                     };
                     msim::timing::mark("offer-sent");
@@ -97,7 +97,13 @@ pub async fn send_file(
                 .await?;
             drop(events);
             let (sha256, offer) = offered?;
-            Ok((sha256, offer, client))
+            // Uploaded from memory when it was read whole (and is still the size offered).
+            let held = early
+                .as_ref()
+                .and_then(|e| e.done.get())
+                .map(|h| h.bytes.clone())
+                .filter(|b| b.len() as u64 == size);
+            Ok((sha256, held, offer, client))
         })
         .await?;
     msim::timing::mark("offer-pending");
@@ -134,9 +140,12 @@ pub async fn send_file(
     let report = ctx
         .interruptible(async {
             let progress = Some(progress::callback(&bar));
-            let upload = match declared {
-                Some(_) => transfer::upload(&upload, path, progress, &options).await?,
-                None => transfer::upload_hashing(&upload, path, progress, &options).await?,
+            let upload = match (&declared, held) {
+                (Some(_), Some(bytes)) => {
+                    transfer::upload_bytes(&upload, bytes, progress, &options).await?
+                }
+                (Some(_), None) => transfer::upload(&upload, path, progress, &options).await?,
+                (None, _) => transfer::upload_hashing(&upload, path, progress, &options).await?,
             };
             Ok(upload)
         })
@@ -467,17 +476,21 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The SHA-256 of the file to send, hashed on a blocking thread from the start of the
-/// command (while connecting and logging in); the offer waits for what is left of it.
+/// command (while connecting and logging in); the offer waits for what is left of it. A file
+/// of at most [`HOLD_UP_TO`] bytes is kept in memory too, and uploaded from there.
 struct EarlyHash {
     path: PathBuf,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<String, ClientError>>>>,
-    done: tokio::sync::OnceCell<String>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<HeldFile, ClientError>>>>,
+    done: tokio::sync::OnceCell<HeldFile>,
 }
+
+/// Files up to this size are read once, into memory, hashed and uploaded from there.
+const HOLD_UP_TO: usize = 1 << 20;
 
 impl EarlyHash {
     fn start(path: &Path) -> EarlyHash {
         let owned = path.to_owned();
-        let task = tokio::spawn(async move { transfer::sha256_file(&owned).await });
+        let task = tokio::spawn(async move { hash_file(&owned).await });
         EarlyHash {
             path: path.to_owned(),
             task: std::sync::Mutex::new(Some(task)),
@@ -486,18 +499,30 @@ impl EarlyHash {
     }
 
     /// The hash (the early one; hashed again only if that failed and is asked for again).
-    async fn get(&self) -> Result<String> {
-        let hash = self.done.get_or_try_init(|| async {
-            let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            match task {
-                Some(task) => task
-                    .await
-                    .map_err(|e| anyhow!("hashing: {e}"))?
-                    .map_err(Into::into),
-                None => Ok::<_, anyhow::Error>(transfer::sha256_file(&self.path).await?),
-            }
-        });
-        Ok(hash.await?.clone())
+    async fn get(&self) -> Result<&HeldFile> {
+        self.done
+            .get_or_try_init(|| async {
+                let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match task {
+                    Some(task) => task
+                        .await
+                        .map_err(|e| anyhow!("hashing: {e}"))?
+                        .map_err(Into::into),
+                    None => Ok::<_, anyhow::Error>(hash_file(&self.path).await?),
+                }
+            })
+            .await
+    }
+}
+
+/// The file's SHA-256, and its bytes if it is small (empty `bytes` otherwise).
+async fn hash_file(path: &Path) -> Result<HeldFile, ClientError> {
+    match transfer::read_held(path, HOLD_UP_TO).await? {
+        Some(held) => Ok(held),
+        None => Ok(HeldFile {
+            bytes: Default::default(),
+            sha256: transfer::sha256_file(path).await?,
+        }),
     }
 }
 
