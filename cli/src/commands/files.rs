@@ -485,7 +485,7 @@ struct EarlyHash {
 }
 
 /// Files up to this size are read once, into memory, hashed and uploaded from there.
-const HOLD_UP_TO: usize = 1 << 20;
+pub(crate) const HOLD_UP_TO: usize = 1 << 20;
 
 impl EarlyHash {
     fn start(path: &Path) -> EarlyHash {
