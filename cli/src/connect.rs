@@ -1,5 +1,6 @@
 //! Connecting and logging in with the settled settings, with errors that say what to do.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,35 +54,54 @@ impl Settings {
         Some(DeviceFile::path_for(config))
     }
 
-    /// Logs in presenting this device's cookie, and keeps the new one.
-    async fn login_as(
+    /// Logs in presenting this device's cookie, and keeps the new one; the request(s) of
+    /// `next` go out right behind the login ([`Client::login_then`]).
+    async fn login_as<T, Fut>(
         &self,
         client: &Client,
         login: &str,
         password: &str,
-    ) -> Result<(), ClientError> {
+        next: impl FnOnce(Client) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = T>,
+    {
         let path = self.devices_path();
         let mut devices = path.as_deref().map(DeviceFile::load).unwrap_or_default();
         let options = LoginOptions::with_device(devices.cookie(&self.server, login));
-        let ok = client.login_with(login, password, &options).await?;
+        let (ok, next) = client.login_then(login, password, &options, next).await?;
         if let (Some(path), Some(cookie)) = (path, ok.device) {
             devices.set(&self.server, login, cookie);
             if let Err(e) = devices.save(&path) {
                 eprintln!("msim: cannot save the device cookie: {e}");
             }
         }
-        Ok(())
+        Ok(next)
     }
 
     /// A logged-in connection.
     pub async fn login(&self) -> Result<(Client, Events)> {
+        let (client, events, ()) = self.login_then(|_| async {}).await?;
+        Ok((client, events))
+    }
+
+    /// A logged-in connection, and what `next` did with it: `next` runs right behind the
+    /// login, its request sent without waiting for `CONNECT-OK` (a one-shot command saves a
+    /// round trip). It runs again if the login is retried.
+    pub async fn login_then<T, Fut>(
+        &self,
+        next: impl Fn(Client) -> Fut,
+    ) -> Result<(Client, Events, T)>
+    where
+        Fut: Future<Output = T>,
+    {
         let (login, password) = self.credentials()?;
         let (client, events) = self.connect().await?;
         msim::timing::mark("connected");
-        match self.login_as(&client, login, password).await {
-            Ok(()) => {
+        match self.login_as(&client, login, password, &next).await {
+            Ok(t) => {
                 msim::timing::mark("logged-in");
-                Ok((client, events))
+                Ok((client, events, t))
             }
             // After a recent failure the server asks to wait a little: do so once.
             Err(ClientError::AuthFailed {
@@ -92,8 +112,8 @@ impl Settings {
                 eprintln!("msim: login throttled; retrying in {secs} s");
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 let (client, events) = self.connect().await?;
-                self.login_as(&client, login, password).await?;
-                Ok((client, events))
+                let t = self.login_as(&client, login, password, &next).await?;
+                Ok((client, events, t))
             }
             Err(e) => Err(self.closed_hint(e)),
         }

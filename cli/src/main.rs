@@ -25,11 +25,7 @@ fn main() -> ExitCode {
     msim::timing::mark("start");
     let cli = args::parse();
     msim_shared::logging::init("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("msim: cannot start the runtime: {e}");
@@ -46,6 +42,28 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => ExitCode::from(out.failure(&error).code()),
     }
+}
+
+/// Sending a picture runs on one thread: no worker threads to start, and the hand-overs
+/// between the connection's tasks (request, writer, reader) stay on it instead of waking
+/// another core. Everything else keeps two workers: a large upload or download was slower on
+/// one thread (BENCHMARKS.md, cli-transfer, sixth session).
+fn runtime_for(command: &args::Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let picture = match command {
+        args::Command::SendFile { path, .. } => {
+            std::fs::metadata(path).is_ok_and(|m| m.len() <= commands::files::HOLD_UP_TO as u64)
+        }
+        _ => false,
+    };
+    if picture {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 async fn run(cli: args::Cli) -> Result<()> {

@@ -24,6 +24,7 @@ use crate::router::Router;
 
 mod calls;
 mod file_hash;
+mod login;
 
 pub use file_hash::HashWatch;
 
@@ -206,6 +207,24 @@ fn check_error(event: Event) -> Result<Event, ClientError> {
     }
 }
 
+/// A sent request's answer, to wait for.
+pub(crate) struct Answer<'a> {
+    rx: oneshot::Receiver<Event>,
+    _guard: PendingGuard<'a>,
+}
+
+impl Answer<'_> {
+    /// The answer within the request timeout (an error packet as an error).
+    pub(crate) async fn answer(self) -> Result<Event, ClientError> {
+        let timeout = self._guard.client.inner.options.request_timeout;
+        let answer = tokio::time::timeout(timeout, self.rx)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Closed)?;
+        check_error(answer)
+    }
+}
+
 /// Removes a pending request from the router when its caller stops waiting.
 struct PendingGuard<'a> {
     client: &'a Client,
@@ -345,21 +364,27 @@ impl Client {
         request: impl Into<Request>,
         expects: &'static [&'static str],
     ) -> Result<Event, ClientError> {
+        self.send_request(request, expects).await?.answer().await
+    }
+
+    /// Sends a request with a fresh `ref=` (queued behind every packet sent before);
+    /// [`Answer::answer`] then waits for one of `expects`.
+    pub(crate) async fn send_request(
+        &self,
+        request: impl Into<Request>,
+        expects: &'static [&'static str],
+    ) -> Result<Answer<'_>, ClientError> {
         let request = request.into();
         let reference = self.new_ref();
         let mut packet = request.to_packet();
         packet.fields.set("ref", reference.as_str());
         let rx = self.router().register(&reference, request.verb(), expects);
-        let _guard = PendingGuard {
+        let guard = PendingGuard {
             client: self,
             reference,
         };
         self.send_packet(packet).await?;
-        let answer = tokio::time::timeout(self.inner.options.request_timeout, rx)
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|_| ClientError::Closed)?;
-        check_error(answer)
+        Ok(Answer { rx, _guard: guard })
     }
 
     /// Sends a request that has no success answer, then a `PING` as a barrier: the server

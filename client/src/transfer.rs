@@ -157,6 +157,23 @@ pub async fn sha256_file(path: &Path) -> Result<String, ClientError> {
     file_io::blocking(move || file_io::sha256_file_blocking(&path)).await
 }
 
+/// A small file read whole and hashed in one pass: what [`upload_bytes`] sends, so the
+/// upload is exactly the bytes the offer's SHA-256 was computed from.
+#[derive(Debug, Clone)]
+pub struct HeldFile {
+    /// The file's bytes.
+    pub bytes: Bytes,
+    /// Their SHA-256 (lowercase hex).
+    pub sha256: String,
+}
+
+/// Reads a file of at most `max` bytes into memory and hashes it, on a blocking thread;
+/// `None` when the file is larger.
+pub async fn read_held(path: &Path, max: usize) -> Result<Option<HeldFile>, ClientError> {
+    let path = path.to_owned();
+    file_io::blocking(move || file_io::read_held_blocking(&path, max)).await
+}
+
 /// Whether an error is worth retrying (the connection broke, or the relay is busy).
 fn transient(error: &ClientError) -> bool {
     match error {
@@ -178,7 +195,25 @@ pub async fn upload(
     progress: Option<Progress>,
     options: &TransferOptions,
 ) -> Result<UploadReport, ClientError> {
-    upload_with(transfer, path, progress, options, None).await
+    upload_with(transfer, Source::File(path), progress, options, None).await
+}
+
+/// [`upload`] from memory: a file read with [`read_held`] is sent without reading it again
+/// (and without a file thread), and an interrupted upload resumes from the same bytes.
+pub async fn upload_bytes(
+    transfer: &Transfer,
+    bytes: Bytes,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+) -> Result<UploadReport, ClientError> {
+    upload_with(transfer, Source::Memory(&bytes), progress, options, None).await
+}
+
+/// Where an upload's bytes come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    File(&'a Path),
+    Memory(&'a Bytes),
 }
 
 /// [`upload`], hashing the file from the bytes it reads for the upload (one pass over the
@@ -191,7 +226,8 @@ pub async fn upload_hashing(
     options: &TransferOptions,
 ) -> Result<UploadReport, ClientError> {
     let hash = SourceHash::default();
-    let mut report = upload_with(transfer, path, progress, options, Some(hash.clone())).await?;
+    let source = Source::File(path);
+    let mut report = upload_with(transfer, source, progress, options, Some(hash.clone())).await?;
     let (path, size) = (path.to_owned(), report.size);
     report.source_sha256 = Some(file_io::blocking(move || hash.finish(&path, size)).await?);
     Ok(report)
@@ -213,13 +249,16 @@ pub async fn cancel(transfer: &Transfer, options: &TransferOptions) -> Result<()
 
 async fn upload_with(
     transfer: &Transfer,
-    path: &Path,
+    source: Source<'_>,
     progress: Option<Progress>,
     options: &TransferOptions,
     hash: Option<SourceHash>,
 ) -> Result<UploadReport, ClientError> {
     let target = target(&transfer.url)?;
-    let size = tokio::fs::metadata(path).await?.len();
+    let size = match source {
+        Source::File(path) => tokio::fs::metadata(path).await?.len(),
+        Source::Memory(bytes) => bytes.len() as u64,
+    };
     if transfer.size != 0 && transfer.size != size {
         return Err(ClientError::SizeMismatch {
             expected: transfer.size,
@@ -253,9 +292,9 @@ async fn upload_with(
             }
             // A file that changed size since it was offered is not retried (the first
             // attempt has just read its size).
-            let now = match attempt {
-                1 => size,
-                _ => tokio::fs::metadata(path).await?.len(),
+            let now = match (attempt, source) {
+                (1, _) | (_, Source::Memory(_)) => size,
+                (_, Source::File(path)) => tokio::fs::metadata(path).await?.len(),
             };
             if now != size {
                 return Err(ClientError::SizeMismatch {
@@ -265,7 +304,7 @@ async fn upload_with(
             }
             let hash = hash.clone();
             upload_from(
-                &target, transfer, path, size, offset, &progress, options, hash,
+                &target, transfer, source, size, offset, &progress, options, hash,
             )
             .await
         }
@@ -330,7 +369,7 @@ async fn upload_offset(
 async fn upload_from(
     target: &Target,
     transfer: &Transfer,
-    path: &Path,
+    source: Source<'_>,
     size: u64,
     offset: u64,
     progress: &Option<Progress>,
@@ -343,8 +382,17 @@ async fn upload_from(
         p(done, size);
     }
     let progress_cb = progress.clone();
-    let mut units = file_io::read_units(path.to_owned(), offset, len, hash);
-    let stream = futures::stream::poll_fn(move |cx| units.poll_recv(cx)).map(move |chunk| {
+    let units: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = match source {
+        Source::File(path) => {
+            let mut units = file_io::read_units(path.to_owned(), offset, len, hash);
+            futures::stream::poll_fn(move |cx| units.poll_recv(cx)).boxed()
+        }
+        Source::Memory(bytes) => {
+            let rest = (len > 0).then(|| Ok(bytes.slice(offset as usize..)));
+            futures::stream::iter(rest).boxed()
+        }
+    };
+    let stream = units.map(move |chunk| {
         chunk.map(|data| {
             done += data.len() as u64;
             if let Some(p) = &progress_cb {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::HumanBytes;
 use msim::proto::{sanitize_filename, DownloadGrant, Event, FileOffered, OfferFile};
-use msim::transfer::{self, Transfer};
+use msim::transfer::{self, HeldFile, Transfer};
 use msim::{Client, ClientError, HashWatch};
 use msim_shared::timestamp;
 
@@ -54,37 +54,56 @@ pub async fn send_file(
         .and_then(sanitize_filename)
         .ok_or_else(|| UsageError(format!("{}: unusable file name", path.display())))?;
     let size = meta.len();
-    let (declared, offer, client) = ctx
+    let mime = mime.or_else(|| guess_mime(&filename).map(str::to_owned));
+    let offer_of = |sha256: Option<String>| OfferFile {
+        to: to.to_owned(),
+        filename: filename.clone(),
+        size,
+        sha256,
+        mime: mime.clone(),
+    };
+    let (declared, held, offer, client) = ctx
         .interruptible(async {
-            // A small file's offer carries its SHA-256 (PROTOCOL.md §10.2: the relay checks
-            // the upload against it): hashed while logging in. A large one is hashed while
-            // it is uploaded, unless it goes to another server.
-            let (sha256, login) = if size < DEFER_HASH_FROM {
-                let (sha256, login) =
-                    tokio::join!(transfer::sha256_file(path), ctx.settings.login());
-                (Some(sha256?), login)
-            } else {
-                (None, ctx.settings.login().await)
-            };
-            let (client, events) = login?;
-            drop(events);
-            let sha256 = match sha256 {
-                None if on_other_server(to, client.me().as_deref()) => {
-                    Some(transfer::sha256_file(path).await?)
-                }
-                sha256 => sha256,
-            };
-            msim::timing::mark("offer-sent");
-            let offer = client
-                .offer_file(OfferFile {
-                    to: to.to_owned(),
-                    filename: filename.clone(),
-                    size,
-                    sha256: sha256.clone(),
-                    mime: mime.or_else(|| guess_mime(&filename).map(str::to_owned)),
+            if size >= DEFER_HASH_FROM && to.contains('@') {
+                // A large file may go to another server, where its offer must carry the
+                // hash (declarations do not cross servers): known once logged in.
+                let (client, events) = ctx.settings.login().await?;
+                drop(events);
+                let sha256 = match on_other_server(to, client.me().as_deref()) {
+                    true => Some(transfer::sha256_file(path).await?),
+                    false => None,
+                };
+                msim::timing::mark("offer-sent");
+                let offer = client.offer_file(offer_of(sha256.clone())).await?;
+                return Ok((sha256, None, offer, client));
+            }
+            // The offer is known before the login: sent right behind it. A small file's
+            // offer carries its SHA-256 (PROTOCOL.md §10.2: the relay checks the upload
+            // against it), hashed from now on while connecting; a large one is hashed while
+            // it is uploaded (§10.7).
+            let early = (size < DEFER_HASH_FROM).then(|| EarlyHash::start(path));
+            let (early, offer_of) = (&early, &offer_of);
+            let (client, events, offered) = ctx
+                .settings
+                .login_then(|client| async move {
+                    let sha256 = match early {
+                        Some(early) => Some(early.get().await?.sha256.clone()),
+                        None => None,
+                    };
+                    msim::timing::mark("offer-sent");
+                    let offer = client.offer_file(offer_of(sha256.clone())).await?;
+                    Ok::<_, anyhow::Error>((sha256, offer))
                 })
                 .await?;
-            Ok((sha256, offer, client))
+            drop(events);
+            let (sha256, offer) = offered?;
+            // Uploaded from memory when it was read whole (and is still the size offered).
+            let held = early
+                .as_ref()
+                .and_then(|e| e.done.get())
+                .map(|h| h.bytes.clone())
+                .filter(|b| b.len() as u64 == size);
+            Ok((sha256, held, offer, client))
         })
         .await?;
     msim::timing::mark("offer-pending");
@@ -121,9 +140,12 @@ pub async fn send_file(
     let report = ctx
         .interruptible(async {
             let progress = Some(progress::callback(&bar));
-            let upload = match declared {
-                Some(_) => transfer::upload(&upload, path, progress, &options).await?,
-                None => transfer::upload_hashing(&upload, path, progress, &options).await?,
+            let upload = match (&declared, held) {
+                (Some(_), Some(bytes)) => {
+                    transfer::upload_bytes(&upload, bytes, progress, &options).await?
+                }
+                (Some(_), None) => transfer::upload(&upload, path, progress, &options).await?,
+                (None, _) => transfer::upload_hashing(&upload, path, progress, &options).await?,
             };
             Ok(upload)
         })
@@ -451,6 +473,70 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
         "{stem} ({}){ext}",
         timestamp::now().unix_timestamp()
     ))
+}
+
+/// The SHA-256 of the file to send, hashed on a blocking thread from the start of the
+/// command (while connecting and logging in); the offer waits for what is left of it. A file
+/// of at most [`HOLD_UP_TO`] bytes is kept in memory too, and uploaded from there.
+struct EarlyHash {
+    path: PathBuf,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<HeldFile, ClientError>>>>,
+    done: tokio::sync::OnceCell<HeldFile>,
+}
+
+/// Files up to this size are read once, into memory, hashed and uploaded from there.
+pub(crate) const HOLD_UP_TO: usize = 1 << 20;
+
+impl EarlyHash {
+    fn start(path: &Path) -> EarlyHash {
+        let owned = path.to_owned();
+        let task = tokio::spawn(async move { hash_file(&owned).await });
+        EarlyHash {
+            path: path.to_owned(),
+            task: std::sync::Mutex::new(Some(task)),
+            done: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The hash (the early one; hashed again only if that failed and is asked for again).
+    async fn get(&self) -> Result<&HeldFile> {
+        self.done
+            .get_or_try_init(|| async {
+                let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match task {
+                    Some(task) => task
+                        .await
+                        .map_err(|e| anyhow!("hashing: {e}"))?
+                        .map_err(Into::into),
+                    None => Ok::<_, anyhow::Error>(hash_file(&self.path).await?),
+                }
+            })
+            .await
+    }
+}
+
+/// The file's SHA-256, and its bytes if it is small (empty `bytes` otherwise).
+async fn hash_file(path: &Path) -> Result<HeldFile, ClientError> {
+    match transfer::read_held(path, HOLD_UP_TO).await? {
+        Some(held) => Ok(held),
+        None => Ok(HeldFile {
+            bytes: Default::default(),
+            sha256: transfer::sha256_file(path).await?,
+        }),
+    }
+}
+
+impl Drop for EarlyHash {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
 }
 
 fn guess_mime(filename: &str) -> Option<&'static str> {

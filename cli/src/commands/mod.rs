@@ -3,7 +3,7 @@
 
 mod account;
 mod contacts;
-mod files;
+pub(crate) mod files;
 mod listen;
 mod messages;
 mod privacy;

@@ -73,8 +73,9 @@ fn the_timing_log_shows_each_step_of_a_picture_only_when_asked_for() {
         &[
             "start",
             "connected",
-            "logged-in",
+            // The offer goes out right behind the login (PROTOCOL.md §4.5).
             "offer-sent",
+            "logged-in",
             "offer-pending",
             "upload-grant",
             "upload-request",

@@ -2,14 +2,13 @@
 //! the answer into a typed result or a [`ClientError`].
 
 use msim_shared::proto::{
-    self, AcceptFile, AckMessage, Body, Connect, ConnectAck, ConnectContinue, ConnectFailed,
-    ConnectOk, Contact, ContactsAdd, ContactsAddFailed, ContactsAddOk, ContactsChange,
-    ContactsChangeFailed, ContactsChangeOk, ContactsDelete, ContactsDeleteFailed, ContactsDeleteOk,
-    ContactsGet, ContactsList, DownloadGrant, Event, FileAnswerFailed, FilePending, FileRejected,
-    MarkRead, MarkReadFailed, MessageSendFailed, MessageSent, OfferFile, Ping, Pong, Profile,
-    ProfileFailure, ProfileGet, ProfileGetFailed, ProfileUpdate, ProfileUpdateFailed,
-    ProfileUpdateOk, Register, RegisterFailed, RegisterOk, RejectFile, Request, SendMessage,
-    TypingStart, TypingStop,
+    AcceptFile, AckMessage, Body, ConnectOk, Contact, ContactsAdd, ContactsAddFailed,
+    ContactsAddOk, ContactsChange, ContactsChangeFailed, ContactsChangeOk, ContactsDelete,
+    ContactsDeleteFailed, ContactsDeleteOk, ContactsGet, ContactsList, DownloadGrant, Event,
+    FileAnswerFailed, FilePending, FileRejected, MarkRead, MarkReadFailed, MessageSendFailed,
+    MessageSent, OfferFile, Ping, Pong, Profile, ProfileFailure, ProfileGet, ProfileGetFailed,
+    ProfileUpdate, ProfileUpdateFailed, ProfileUpdateOk, Register, RegisterFailed, RegisterOk,
+    RejectFile, Request, SendMessage, TypingStart, TypingStop,
 };
 
 use super::{unexpected, Client, LoginOptions, OutgoingOffer};
@@ -55,43 +54,7 @@ impl Client {
         password: &str,
         options: &LoginOptions,
     ) -> Result<ConnectOk, ClientError> {
-        let salt = match self
-            .request(
-                Connect {
-                    login: login.to_owned(),
-                    device: options.device.clone(),
-                },
-                &[ConnectAck::VERB, ConnectFailed::VERB],
-            )
-            .await?
-        {
-            Event::ConnectAck(ack) => ack.salt,
-            Event::ConnectFailed(f) => {
-                return Err(ClientError::AuthFailed {
-                    reason: f.reason,
-                    retry_after: f.retry_after,
-                })
-            }
-            other => return Err(unexpected(&other)),
-        };
-        let hash = proto::challenge_hash(&salt, password);
-        match self
-            .request(
-                ConnectContinue { hash },
-                &[ConnectOk::VERB, ConnectFailed::VERB],
-            )
-            .await?
-        {
-            Event::ConnectOk(ok) => {
-                *self.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(ok.clone());
-                Ok(ok)
-            }
-            Event::ConnectFailed(f) => Err(ClientError::AuthFailed {
-                reason: f.reason,
-                retry_after: f.retry_after,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        self.log_in(login, password, options).await
     }
 
     /// `MESSAGE to= text=`: waits until the server stored the message (`MESSAGE-SENT`).

@@ -55,6 +55,25 @@ pub(super) fn sha256_file_blocking(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// [`super::read_held`]: the whole file and its SHA-256 if it has at most `max` bytes.
+pub(super) fn read_held_blocking(
+    path: &Path,
+    max: usize,
+) -> std::io::Result<Option<super::HeldFile>> {
+    let mut file = File::open(path)?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells a larger file (or one that grew) apart.
+    (&mut file).take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Ok(None);
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok(Some(super::HeldFile {
+        bytes: Bytes::from(bytes),
+        sha256,
+    }))
+}
+
 /// The next [`IO_UNIT`] bytes of `file`, fewer only at its end; read into fresh, uninitialised
 /// memory.
 fn read_unit(file: &mut File) -> std::io::Result<Vec<u8>> {

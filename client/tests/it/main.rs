@@ -4,6 +4,7 @@
 
 mod common;
 mod library;
+mod login_then;
 mod pipeline;
 mod stalled_upload;
 mod verification;

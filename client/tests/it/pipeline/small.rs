@@ -96,3 +96,45 @@ async fn a_corrupted_small_download_is_refused_and_not_kept() {
     assert!(!dest.exists());
     assert!(!transfer::part_path(&dest).exists());
 }
+
+/// `read_held` + `upload_bytes` (what `msim send-file` does with a picture): the upload is
+/// the bytes that were hashed for the offer, even if the file changes on disk afterwards.
+#[tokio::test]
+async fn a_held_picture_is_uploaded_from_memory() {
+    let srv = server().await;
+    let dir = srv.subdir("held").unwrap();
+    let bytes = test_bytes(600_000, 23);
+    let src = dir.join("src.jpg");
+    std::fs::write(&src, &bytes).unwrap();
+    assert!(transfer::read_held(&src, 599_999).await.unwrap().is_none());
+    let held = transfer::read_held(&src, 600_000).await.unwrap().unwrap();
+    assert_eq!(held.sha256, sha256_hex(&src));
+    assert_eq!(&held.bytes[..], &bytes[..]);
+    let (up, down) = offered(&srv, &bytes, &held.sha256).await;
+    // Edited after it was offered: reading it again now would send what was not offered.
+    std::fs::write(&src, test_bytes(600_000, 24)).unwrap();
+    let report = tokio::time::timeout(
+        WAIT,
+        transfer::upload_bytes(&Transfer::from(&up), held.bytes.clone(), None, &quick()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.sha256.as_deref(), Some(held.sha256.as_str()));
+    let dest = dir.join("dest.jpg");
+    let got = tokio::time::timeout(
+        WAIT,
+        transfer::download(
+            &Transfer::from(&down),
+            &dest,
+            Some(&held.sha256),
+            None,
+            &quick(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(got.verified);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+}
