@@ -15,7 +15,7 @@ use super::NodeId;
 use crate::hub::{Hub, Item, Stream, STREAMS};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -350,8 +350,18 @@ async fn listen_loop(
     let mut backoff = Duration::from_millis(50);
     loop {
         let session = async {
+            // A pool of its own per session, not a reader slot: dropping a listener runs
+            // `UNLISTEN *` on its connection (sqlx, no deadline), which on a silent network
+            // would hold that connection until the kernel gives it up. Each time a silent
+            // listener was replaced the reader pool lost a slot, until it had none.
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(statement)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(pool.connect_options().as_ref().clone());
             let connect = async {
-                let mut l = PgListener::connect_with(&pool).await?;
+                let mut l = PgListener::connect_with(&own).await?;
                 // Named after the node, so the leader can end this session if the node is
                 // reaped while frozen (it would hold PostgreSQL's notification queue).
                 sqlx::query("SELECT set_config('application_name', $1, false)")

@@ -581,5 +581,6 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 mod bounded;
+mod listener;
 mod repair;
 mod robust;

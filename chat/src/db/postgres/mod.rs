@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 /// The transaction-level advisory lock every batch transaction takes first ("msimbtch").
 pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
 
-/// Reader connections per node (the cluster's listener keeps one of them).
+/// Reader connections per node (the cluster's listener has one more of its own).
 const READERS: u32 = 10;
 
 /// The default of `--database-timeout`: the longest a batch (from taking the write
