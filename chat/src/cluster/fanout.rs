@@ -33,7 +33,9 @@ const OUTBOX: usize = 4096;
 /// Notifications waiting for the reader; more are dropped (a positions notice is coalesced
 /// separately and never lost this way).
 const INBOX: usize = 4096;
-/// Items read per stream per query.
+/// Most items read per stream per query. A page that cannot be read within the statement
+/// limit is halved until one can (down to one item), and doubled again after reads that take
+/// under a quarter of the limit: a slow database slows the catch-up, it does not stop it.
 const PAGE: usize = 1000;
 /// Longest wait before reconnecting a lost listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -448,6 +450,7 @@ impl Reader {
             stop.clone(),
         ));
         let mut pos = self.start;
+        let mut page = PAGE;
         self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -459,7 +462,7 @@ impl Reader {
                     // Presence notes dropped on a full inbox (or lost with a listener) are
                     // repaired here: the table is the truth, the notes only make it quick.
                     self.reload_presence().await;
-                    self.catch_up(&mut pos, ALL).await;
+                    self.catch_up(&mut pos, ALL, &mut page).await;
                 }
                 _ = wake.notified() => {
                     let announced = *heads.lock().unwrap_or_else(|e| e.into_inner());
@@ -468,14 +471,14 @@ impl Reader {
                         *w = announced.0[s] > pos.0[s];
                     }
                     if want.contains(&true) {
-                        self.catch_up(&mut pos, want).await;
+                        self.catch_up(&mut pos, want, &mut page).await;
                     }
                 }
                 note = inbox.recv() => match note {
                     Some(Note::Connected) => {
                         info!("cluster listener connected: catching up");
                         self.reload_presence().await;
-                        self.catch_up(&mut pos, ALL).await;
+                        self.catch_up(&mut pos, ALL, &mut page).await;
                     }
                     Some(note) => self.apply(note).await,
                     None => return,
@@ -485,17 +488,28 @@ impl Reader {
     }
 
     /// Pushes every item above `pos` that another node committed to its recipients'
-    /// sessions here, advancing `pos`. On an error `pos` keeps what was pushed; the next
-    /// notification or tick retries.
-    async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS]) {
+    /// sessions here, advancing `pos`, `page` items per stream and query at most (see
+    /// [`PAGE`]). On an error `pos` keeps what was pushed; the next notification or tick
+    /// retries.
+    async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS], page: &mut usize) {
         loop {
-            let items = match within(self.statement, self.feed.after(*pos, want, PAGE)).await {
+            let started = tokio::time::Instant::now();
+            let items = match within(self.statement, self.feed.after(*pos, want, *page)).await {
                 Ok(items) => items,
+                Err(e) if is_timeout(&e) && *page > 1 => {
+                    *page = (*page / 2).max(1);
+                    warn!("cluster reader: {e}; reading {} items at a time", *page);
+                    continue;
+                }
                 Err(e) => {
                     warn!("cluster reader: {e}");
                     break;
                 }
             };
+            let full = *page;
+            if started.elapsed() < self.statement / 4 && *page < PAGE {
+                *page = (*page * 2).min(PAGE);
+            }
             let mut per_stream = [0usize; STREAMS];
             let mut delivered = Vec::new();
             let mut room_wait = ROOM_WAIT;
@@ -522,7 +536,7 @@ impl Reader {
             }
             // Only full pages may have more behind them.
             for (w, n) in want.iter_mut().zip(per_stream) {
-                *w = *w && n >= PAGE;
+                *w = *w && n >= full;
             }
             if !want.contains(&true) {
                 break;
@@ -594,6 +608,15 @@ impl Reader {
             Note::Presence { node, login, on } => self.mirror.set(&login, node, on),
             Note::Dead(nodes) => self.mirror.drop_nodes(&nodes),
         }
+    }
+}
+
+/// Whether `e` is a statement that ran out of time (ours or the server's `statement_timeout`).
+fn is_timeout(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        sqlx::Error::Database(d) => d.code().as_deref() == Some("57014"),
+        _ => false,
     }
 }
 

@@ -581,6 +581,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 mod bounded;
+mod catch_up;
 mod listener;
 mod repair;
 mod robust;
