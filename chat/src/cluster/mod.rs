@@ -58,6 +58,7 @@
 pub(crate) mod fanout;
 mod heart;
 pub(crate) mod leader;
+mod listener;
 mod mirror;
 pub(crate) mod nodes;
 mod presence;
