@@ -1,4 +1,5 @@
-//! Cross-node fan-out over `LISTEN`/`NOTIFY` on channel [`CHANNEL`] (design in `super`).
+//! Cross-node fan-out over `LISTEN`/`NOTIFY` on channel [`CHANNEL`] (design in `super`; the
+//! listening session in `super::listener`).
 //!
 //! Payloads (text, fields separated by one space, node ids in hex):
 //! - `p NODE H0 H1 H2 H3`: NODE committed items up to these sequence positions, one per
@@ -10,12 +11,12 @@
 //! - `k NODE`: NODE's keep-alive, sent with each heartbeat: a listener that hears nothing
 //!   at all (not even its own node's keep-alives) for a node timeout is on a dead connection.
 
+use super::listener::{listen_loop, Note};
 use super::mirror::Mirror;
 use super::NodeId;
 use crate::hub::{Hub, Item, Stream, STREAMS};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,10 +34,12 @@ const OUTBOX: usize = 4096;
 /// Notifications waiting for the reader; more are dropped (a positions notice is coalesced
 /// separately and never lost this way).
 const INBOX: usize = 4096;
-/// Items read per stream per query.
+/// Most items read per stream per query. A page that cannot be read within the statement
+/// limit is halved until one can (down to one item), and doubled again after reads that take
+/// under a quarter of the limit: a slow database slows the catch-up, it does not stop it.
 const PAGE: usize = 1000;
 /// Longest wait before reconnecting a lost listener.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long, in all, the reader may wait for room in sessions' full queues per page it
 /// pushes. A reader catching up pushes a page at once, faster than any session drains; a
 /// session whose queue stays full beyond this is disconnected as slow (as on one node), so
@@ -266,141 +269,6 @@ pub(crate) async fn send_loop(
     }
 }
 
-/// A parsed notification from another node.
-#[derive(Debug)]
-enum Note {
-    /// The listener (re)connected: everything may have been missed.
-    Connected,
-    Live {
-        login: String,
-        bytes: Bytes,
-    },
-    LiveRow(i64),
-    Presence {
-        node: i64,
-        login: String,
-        on: bool,
-    },
-    Dead(Vec<i64>),
-}
-
-/// Parses a payload; `None` for this node's own notices and for garbage.
-fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> Option<Note> {
-    let (kind, rest) = payload.split_once(' ')?;
-    let (node, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-    let node = i64::from_str_radix(node, 16).ok()?;
-    // Our own notices are already applied here, except the leader's reaping (`d`), which
-    // every mirror, the leader's too, must apply.
-    if node == me.0 && kind != "d" {
-        return None;
-    }
-    match kind {
-        "p" => {
-            let mut p = Positions::default();
-            let mut it = rest.split(' ');
-            for slot in p.0.iter_mut() {
-                *slot = it.next()?.parse().ok()?;
-            }
-            heads.lock().unwrap_or_else(|e| e.into_inner()).raise(&p);
-            wake.notify_one();
-            None
-        }
-        "e" => {
-            let (login, packet) = rest.split_once(' ')?;
-            Some(Note::Live {
-                login: login.to_owned(),
-                bytes: Bytes::copy_from_slice(packet.as_bytes()),
-            })
-        }
-        "x" => rest.parse().ok().map(Note::LiveRow),
-        "s" => {
-            let (login, on) = rest.split_once(' ')?;
-            Some(Note::Presence {
-                node,
-                login: login.to_owned(),
-                on: on == "1",
-            })
-        }
-        "d" => {
-            let nodes = rest
-                .split(' ')
-                .filter_map(|n| i64::from_str_radix(n, 16).ok());
-            Some(Note::Dead(nodes.collect()))
-        }
-        _ => None,
-    }
-}
-
-/// Keeps a `LISTEN` connection open (reconnecting with a short back-off) and forwards what
-/// it hears: positions into `heads` (coalesced, never dropped), the rest into `inbox`.
-/// A listener that hears nothing for `silence` (every node, this one too, sends a keep-alive
-/// each heartbeat) is on a dead connection (a silent network: no reset ever comes) and is
-/// replaced; `statement` bounds connecting and `LISTEN`.
-#[allow(clippy::too_many_arguments)]
-async fn listen_loop(
-    pool: PgPool,
-    me: NodeId,
-    heads: Arc<Mutex<Positions>>,
-    wake: Arc<Notify>,
-    inbox: mpsc::Sender<Note>,
-    silence: Duration,
-    statement: Duration,
-    stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let session = async {
-            let connect = async {
-                let mut l = PgListener::connect_with(&pool).await?;
-                // Named after the node, so the leader can end this session if the node is
-                // reaped while frozen (it would hold PostgreSQL's notification queue).
-                sqlx::query("SELECT set_config('application_name', $1, false)")
-                    .bind(super::nodes::listener_name(me))
-                    .execute(&mut l)
-                    .await?;
-                l.listen(CHANNEL).await?;
-                Ok::<_, sqlx::Error>(l)
-            };
-            let mut l = within(statement, connect).await?;
-            // Listening: whatever is committed from now on is announced to us.
-            if inbox.send(Note::Connected).await.is_err() {
-                return Ok(());
-            }
-            backoff = Duration::from_millis(50);
-            loop {
-                // Any error, a lost or a silent connection: drop this listener (the
-                // connection with it), start a fresh one.
-                let Ok(heard) = tokio::time::timeout(silence, l.try_recv()).await else {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "listener connection silent for {silence:?}"
-                    )));
-                };
-                let Some(n) = heard? else {
-                    return Err(sqlx::Error::Protocol("listener connection lost".into()));
-                };
-                if let Some(note) = parse(me, n.payload(), &heads, &wake) {
-                    if inbox.try_send(note).is_err() {
-                        warn!("cluster inbox full: a live packet is dropped");
-                    }
-                }
-            }
-        };
-        let r: Result<(), sqlx::Error> = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = session => r,
-        };
-        match r {
-            Ok(()) => return,
-            Err(e) => warn!("cluster listener: {e}; reconnecting"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
 /// The node's reader: pushes other nodes' items and live packets to this node's sessions.
 pub(crate) struct Reader {
     pub(crate) pool: PgPool,
@@ -438,6 +306,7 @@ impl Reader {
             stop.clone(),
         ));
         let mut pos = self.start;
+        let mut page = PAGE;
         self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -449,7 +318,7 @@ impl Reader {
                     // Presence notes dropped on a full inbox (or lost with a listener) are
                     // repaired here: the table is the truth, the notes only make it quick.
                     self.reload_presence().await;
-                    self.catch_up(&mut pos, ALL).await;
+                    self.catch_up(&mut pos, ALL, &mut page).await;
                 }
                 _ = wake.notified() => {
                     let announced = *heads.lock().unwrap_or_else(|e| e.into_inner());
@@ -458,14 +327,14 @@ impl Reader {
                         *w = announced.0[s] > pos.0[s];
                     }
                     if want.contains(&true) {
-                        self.catch_up(&mut pos, want).await;
+                        self.catch_up(&mut pos, want, &mut page).await;
                     }
                 }
                 note = inbox.recv() => match note {
                     Some(Note::Connected) => {
                         info!("cluster listener connected: catching up");
                         self.reload_presence().await;
-                        self.catch_up(&mut pos, ALL).await;
+                        self.catch_up(&mut pos, ALL, &mut page).await;
                     }
                     Some(note) => self.apply(note).await,
                     None => return,
@@ -475,17 +344,28 @@ impl Reader {
     }
 
     /// Pushes every item above `pos` that another node committed to its recipients'
-    /// sessions here, advancing `pos`. On an error `pos` keeps what was pushed; the next
-    /// notification or tick retries.
-    async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS]) {
+    /// sessions here, advancing `pos`, `page` items per stream and query at most (see
+    /// [`PAGE`]). On an error `pos` keeps what was pushed; the next notification or tick
+    /// retries.
+    async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS], page: &mut usize) {
         loop {
-            let items = match within(self.statement, self.feed.after(*pos, want, PAGE)).await {
+            let started = tokio::time::Instant::now();
+            let items = match within(self.statement, self.feed.after(*pos, want, *page)).await {
                 Ok(items) => items,
+                Err(e) if is_timeout(&e) && *page > 1 => {
+                    *page = (*page / 2).max(1);
+                    warn!("cluster reader: {e}; reading {} items at a time", *page);
+                    continue;
+                }
                 Err(e) => {
                     warn!("cluster reader: {e}");
                     break;
                 }
             };
+            let full = *page;
+            if started.elapsed() < self.statement / 4 && *page < PAGE {
+                *page = (*page * 2).min(PAGE);
+            }
             let mut per_stream = [0usize; STREAMS];
             let mut delivered = Vec::new();
             let mut room_wait = ROOM_WAIT;
@@ -512,7 +392,7 @@ impl Reader {
             }
             // Only full pages may have more behind them.
             for (w, n) in want.iter_mut().zip(per_stream) {
-                *w = *w && n >= PAGE;
+                *w = *w && n >= full;
             }
             if !want.contains(&true) {
                 break;
@@ -584,6 +464,15 @@ impl Reader {
             Note::Presence { node, login, on } => self.mirror.set(&login, node, on),
             Note::Dead(nodes) => self.mirror.drop_nodes(&nodes),
         }
+    }
+}
+
+/// Whether `e` is a statement that ran out of time (ours or the server's `statement_timeout`).
+fn is_timeout(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        sqlx::Error::Database(d) => d.code().as_deref() == Some("57014"),
+        _ => false,
     }
 }
 

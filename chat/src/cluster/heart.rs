@@ -186,7 +186,7 @@ impl Heart {
         // database (a lock) would otherwise keep its pool slot, every beat one more.
         let reaped = async {
             let mut conn = fanout::within(limit, self.pool.acquire()).await?;
-            let reap = nodes::reap(&mut conn, self.node, self.timing.node_timeout);
+            let reap = nodes::reap(&mut conn, self.node, self.timing.node_timeout, limit);
             let r = fanout::within(limit, reap).await;
             if r.is_err() {
                 drop(conn.detach());
@@ -207,7 +207,7 @@ impl Heart {
             Err(e) => warn!("cluster: reaping dead nodes: {e}"),
         }
         let now = self.timing.clock.now_micros();
-        if let Err(e) = fanout::within(limit, throttle::prune(&self.pool, now)).await {
+        if let Err(e) = fanout::within(limit, throttle::prune(&self.pool, now, limit)).await {
             warn!("cluster: pruning shared tables: {e}");
         }
     }

@@ -58,6 +58,7 @@
 pub(crate) mod fanout;
 mod heart;
 pub(crate) mod leader;
+mod listener;
 mod mirror;
 pub(crate) mod nodes;
 mod presence;
@@ -379,7 +380,7 @@ impl Cluster {
             let _ = t.await;
         }
         // Bounded: a silent database must not hang the shutdown (the rows are then reaped).
-        let leave = nodes::deregister(&self.pool, self.node);
+        let leave = nodes::deregister(&self.pool, self.node, self.statement);
         match fanout::within(self.statement, leave).await {
             Ok(offline) => {
                 // The other nodes' mirrors forget this node now, not at their next reload.

@@ -46,19 +46,25 @@ pub(crate) async fn heartbeat(
 }
 
 /// Removes `node` and its presence rows at a clean shutdown; returns the logins that are now
-/// offline everywhere.
-pub(crate) async fn deregister(pool: &PgPool, node: NodeId) -> Result<Vec<String>, sqlx::Error> {
-    remove_nodes(&mut *pool.acquire().await?, &[node.0]).await
+/// offline everywhere. `limit`: see [`lock_login`].
+pub(crate) async fn deregister(
+    pool: &PgPool,
+    node: NodeId,
+    limit: Duration,
+) -> Result<Vec<String>, sqlx::Error> {
+    remove_nodes(&mut *pool.acquire().await?, &[node.0], limit).await
 }
 
 /// `login` got its first session on `node`; returns whether it is the first anywhere.
+/// `limit`: see [`lock_login`].
 pub(crate) async fn session_opened(
     pool: &PgPool,
     node: NodeId,
     login: &str,
+    limit: Duration,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    lock_login(&mut tx, login).await?;
+    lock_login(&mut tx, login, limit).await?;
     sqlx::query(
         "INSERT INTO cluster_presence (login, node) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -76,15 +82,17 @@ pub(crate) async fn session_opened(
 
 /// `login`'s last session on `node` ended; returns whether it was the last anywhere: its row
 /// removed here and no other left, or with `repair` (an earlier close may have removed the
-/// row without an answer, so nobody was told) no row left at all.
+/// row without an answer, so nobody was told) no row left at all. `limit`: see
+/// [`lock_login`].
 pub(crate) async fn session_closed(
     pool: &PgPool,
     node: NodeId,
     login: &str,
     repair: bool,
+    limit: Duration,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    lock_login(&mut tx, login).await?;
+    lock_login(&mut tx, login, limit).await?;
     let removed = sqlx::query("DELETE FROM cluster_presence WHERE login = $1 AND node = $2")
         .bind(login)
         .bind(node.0)
@@ -112,11 +120,12 @@ pub(crate) async fn online_elsewhere(
 
 /// Leader job: removes nodes (other than `me`) whose heartbeat is older than `timeout` (by the database's
 /// clock, so the nodes' clocks do not matter). Returns the dead nodes and the logins that
-/// are now offline everywhere.
+/// are now offline everywhere. `limit`: see [`lock_login`].
 pub(crate) async fn reap(
     conn: &mut sqlx::PgConnection,
     me: NodeId,
     timeout: Duration,
+    limit: Duration,
 ) -> Result<(Vec<i64>, Vec<String>), sqlx::Error> {
     // Never itself: the leader heartbeats just before reaping, and a leader whose own
     // heartbeat failed has no business declaring its sessions gone.
@@ -131,7 +140,7 @@ pub(crate) async fn reap(
     if dead.is_empty() {
         return Ok((dead, Vec::new()));
     }
-    let offline = remove_nodes(&mut *conn, &dead).await?;
+    let offline = remove_nodes(&mut *conn, &dead, limit).await?;
     // A frozen node's listening session stays open but stops reading: PostgreSQL's
     // notification queue cannot shrink past it and fills up until every NOTIFY (every node's
     // commit announcements) fails. End its sessions; if the node wakes up, it reconnects.
@@ -155,8 +164,10 @@ pub(crate) fn listener_name(node: NodeId) -> String {
 async fn remove_nodes(
     conn: &mut sqlx::PgConnection,
     nodes: &[i64],
+    limit: Duration,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
+    bound(&mut tx, limit).await?;
     let mut logins: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT login FROM cluster_presence WHERE node = ANY($1)")
             .bind(nodes)
@@ -165,7 +176,7 @@ async fn remove_nodes(
     // Sorted, so two reapers (or a reaper and a shutdown) lock in the same order.
     logins.sort();
     for login in &logins {
-        lock_login(&mut tx, login).await?;
+        lock_login(&mut tx, login, limit).await?;
     }
     sqlx::query("DELETE FROM cluster_presence WHERE node = ANY($1)")
         .bind(nodes)
@@ -186,14 +197,45 @@ async fn remove_nodes(
     Ok(offline)
 }
 
+/// Takes `login`'s presence lock in `tx`, which from then on waits at most `limit` for a lock
+/// and runs each statement for at most `limit` (local to `tx`; the statement taking the lock
+/// is bounded by the session's `statement_timeout`). The node gives up on a statement after
+/// its own deadline; without these the database kept waiting (up to its `lock_timeout`, 15 s,
+/// or `statement_timeout`, 30 s), holding the pool connection and the login's lock meanwhile.
 async fn lock_login(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     login: &str,
+    limit: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(PRESENCE_LOCKS)
-        .bind(login)
-        .execute(&mut **tx)
-        .await?;
+    // The materialised CTE runs first: the lock is waited for under the new lock_timeout.
+    sqlx::query(
+        "WITH bounded AS MATERIALIZED (SELECT set_config('lock_timeout', $3, true), \
+         set_config('statement_timeout', $3, true)) \
+         SELECT pg_advisory_xact_lock($1, hashtext($2)) FROM bounded",
+    )
+    .bind(PRESENCE_LOCKS)
+    .bind(login)
+    .bind(millis(limit))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
+}
+
+/// Bounds every later statement of `tx`, and its lock waits, by `limit` (see [`lock_login`]).
+pub(crate) async fn bound(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    limit: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
+    )
+    .bind(millis(limit))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `limit` as a PostgreSQL duration setting (at least 1 ms: 0 would mean "no limit").
+fn millis(limit: Duration) -> String {
+    format!("{}ms", limit.as_millis().max(1))
 }

@@ -104,13 +104,14 @@ impl Presence {
             return None;
         }
         let done = if want {
-            let opened = nodes::session_opened(&self.pool, self.node, login);
+            let opened = nodes::session_opened(&self.pool, self.node, login, self.statement);
             within(self.statement, opened).await.map(|first| {
                 self.stored().insert(login.to_owned());
                 first.then_some(Change::Online)
             })
         } else {
-            let closed = nodes::session_closed(&self.pool, self.node, login, repair);
+            let closed =
+                nodes::session_closed(&self.pool, self.node, login, repair, self.statement);
             within(self.statement, closed).await.map(|last| {
                 self.stored().remove(login);
                 last.then_some(Change::Offline)

@@ -297,7 +297,12 @@ const PRUNE_BATCH: i64 = 10_000;
 
 /// Leader job: deletes rows of the shared tables that mean nothing any more at `now`, at most
 /// [`PRUNE_BATCH`] per table and run (found through the expiry indexes of migration 0122).
-pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
+/// One transaction whose statements and lock waits the database ends after `limit` (the
+/// caller's own deadline; a row locked by a stuck transaction would otherwise hold the pool
+/// connection up to the session's `lock_timeout`).
+pub(crate) async fn prune(pool: &PgPool, now: i64, limit: Duration) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    super::nodes::bound(&mut tx, limit).await?;
     for table in [
         "cluster_login_failures",
         "cluster_known_addresses",
@@ -309,7 +314,7 @@ pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
         )))
         .bind(now)
         .bind(PRUNE_BATCH)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     }
     sqlx::query(
@@ -318,7 +323,7 @@ pub(crate) async fn prune(pool: &PgPool, now: i64) -> Result<(), sqlx::Error> {
     )
     .bind(EVENT_KEEP_SECS)
     .bind(PRUNE_BATCH)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }

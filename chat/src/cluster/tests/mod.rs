@@ -525,14 +525,14 @@ async fn login_throttle_and_register_limits_are_shared_by_nodes() {
     let neighbour: std::net::IpAddr = "203.0.113.8".parse().unwrap();
     assert!(l1.allow_register(neighbour, now).await.unwrap());
     // Pruning keeps live rows.
-    throttle::prune(&p1, later).await.unwrap();
+    throttle::prune(&p1, later, WAIT).await.unwrap();
     assert_eq!(
         n1.wait("alice", attacker, later).await.unwrap(),
         Duration::from_secs(4)
     );
     // ... and removes what has decayed.
     let far = later + delays.horizon() + 1;
-    throttle::prune(&p1, far).await.unwrap();
+    throttle::prune(&p1, far, WAIT).await.unwrap();
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_login_failures")
         .fetch_one(&p1)
         .await
@@ -564,10 +564,10 @@ async fn pruning_deletes_expired_rows_in_bounded_runs() {
             .unwrap();
         n
     };
-    throttle::prune(&p, 100).await.unwrap();
+    throttle::prune(&p, 100, WAIT).await.unwrap();
     assert_eq!(left(p.clone()).await, 15_010);
-    throttle::prune(&p, 100).await.unwrap();
-    throttle::prune(&p, 100).await.unwrap();
+    throttle::prune(&p, 100, WAIT).await.unwrap();
+    throttle::prune(&p, 100, WAIT).await.unwrap();
     assert_eq!(left(p.clone()).await, 10);
 }
 
@@ -581,5 +581,8 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 mod bounded;
+mod catch_up;
+mod deadlines;
+mod listener;
 mod repair;
 mod robust;

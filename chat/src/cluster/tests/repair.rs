@@ -129,10 +129,10 @@ async fn a_full_event_channel_does_not_stall_the_leaders_heartbeat() {
 }
 
 /// Resumes a stopped PostgreSQL backend when dropped (also when the test fails).
-struct Stopped(u32);
+pub(super) struct Stopped(u32);
 
 impl Stopped {
-    fn stop(pid: u32) -> Stopped {
+    pub(super) fn stop(pid: u32) -> Stopped {
         signal("-STOP", pid);
         Stopped(pid)
     }

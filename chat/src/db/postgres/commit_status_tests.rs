@@ -294,3 +294,49 @@ async fn after_a_crash_the_marks_tell_what_committed() {
     db.close().await;
     drop(cluster);
 }
+
+/// A `COMMIT` that the server carries out for longer than the in-doubt limit (here: the
+/// transaction simply still open, its row locked) while the server answers every question:
+/// the batch is still running, so it is waited for and told as it ends. The old loop counted
+/// each question that waited out its limit (or got `lock_timeout`'s answer) toward giving up,
+/// and answered "unknown" after six: a batch that then committed was reported failed, and its
+/// messages, sent again, arrived twice.
+#[tokio::test]
+async fn a_batch_still_running_is_waited_for_past_the_limit() {
+    let Some(url) = tokio::task::spawn_blocking(|| {
+        msim_testkit::postgres::database("store: commit status of a long COMMIT")
+    })
+    .await
+    .expect("cluster thread") else {
+        return;
+    };
+    let db = Db::open_postgres(&url).await.expect("migrated");
+    let pool = db.postgres_pool().expect("pool");
+    let mut c = PgConnection::connect(&url).await.expect("connection");
+    let running = marked_batch(&mut c, mark(11, 1)).await;
+    let limit = Duration::from_millis(200);
+    let mut asked = tokio::spawn({
+        let pool = pool.clone();
+        async move { commit_status(&pool, &running, limit).await }
+    });
+    until_a_lock_is_waited_for(&pool).await;
+    // Three times as long as the old loop waited in all: still waiting.
+    let old_give_up = limit * IN_DOUBT_TIMEOUTS;
+    let early = tokio::time::timeout(old_give_up * 3, &mut asked).await;
+    assert!(early.is_err(), "gave up on a running batch: {early:?}");
+    c.execute("COMMIT").await.expect("commit");
+    let told = tokio::time::timeout(Duration::from_secs(30), asked)
+        .await
+        .expect("told once it ended")
+        .expect("task");
+    assert_eq!(told, Some(true));
+    // The questions' connections all went back to the pool (none was left waiting).
+    let idle = tokio::time::timeout(Duration::from_secs(30), async {
+        while pool.size() as usize != pool.num_idle() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(idle.is_ok(), "a question's connection is still busy");
+    db.close().await;
+}

@@ -10,12 +10,12 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// The transaction-level advisory lock every batch transaction takes first ("msimbtch").
 pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
 
-/// Reader connections per node (the cluster's listener keeps one of them).
+/// Reader connections per node (the cluster's listener has one more of its own).
 const READERS: u32 = 10;
 
 /// The default of `--database-timeout`: the longest a batch (from taking the write
@@ -355,10 +355,17 @@ pub(in crate::db) async fn lock_batch_marked(
 /// The outcome of a batch transaction whose `COMMIT` failed without an answer (the
 /// connection or the server went away while it ran), read from its writer's `batch_marks` row
 /// on another connection: `Some(true)` if the row holds the batch's mark (it committed),
-/// `Some(false)` if not, `None` if the batch stored no mark or the database could not be asked
-/// within [`IN_DOUBT_TIMEOUTS`] × `limit`. `FOR SHARE` waits while the transaction still runs
-/// (its backend has not noticed the loss yet: it holds the row's lock), so the answer is final.
-/// Each question has `limit` to be answered (a silent network hangs it, not this loop).
+/// `Some(false)` if not, `None` if the batch stored no mark or the database could not be asked.
+/// `FOR SHARE` waits while the transaction still runs (its backend has not noticed the loss
+/// yet, or its `COMMIT` is still being carried out: it holds the row's lock), so the answer is
+/// final.
+///
+/// Each question has `limit` to be answered (a silent network hangs it, not this loop). Only
+/// questions that fail (no connection, no answer) count toward giving up, after
+/// [`IN_DOUBT_TIMEOUTS`] × `limit` of them: a server that answers "the row is still locked"
+/// is alive and the batch still running, and giving up then would answer a batch that is
+/// about to commit as failed (its messages sent again: duplicates). So it is waited for as
+/// long as it runs.
 ///
 /// Transaction ids are not used: after a crash or a failover, ids whose use never reached the
 /// WAL are handed out again, and `txid_status` would then tell another transaction's fate.
@@ -368,28 +375,85 @@ pub(in crate::db) async fn commit_status(
     limit: Duration,
 ) -> Option<bool> {
     let mark = batch.mark?;
-    let deadline = tokio::time::Instant::now() + limit * IN_DOUBT_TIMEOUTS;
+    let mut failing = limit * IN_DOUBT_TIMEOUTS;
     let mut pause = Duration::from_millis(50);
     loop {
-        let ask = sqlx::query_scalar("SELECT mark FROM batch_marks WHERE writer = $1 FOR SHARE")
-            .bind(mark.writer)
-            .fetch_optional(pool);
-        let r: Result<Option<i64>, sqlx::Error> = tokio::time::timeout(limit, ask)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()));
-        match r {
-            Ok(stored) => return Some(stored == Some(mark.mark)),
-            Err(e) => warn!(
+        let started = tokio::time::Instant::now();
+        match ask_mark(pool, mark.writer, limit).await {
+            Asked::Mark(stored) => return Some(stored == Some(mark.mark)),
+            Asked::Held => {
+                debug!(
+                    "batch transaction {} still holds its mark: waiting",
+                    batch.xid
+                );
+                pause = Duration::from_millis(50);
+                continue;
+            }
+            Asked::Failed(e) => warn!(
                 "asking whether batch transaction {} committed: {e}",
                 batch.xid
             ),
         }
-        if tokio::time::Instant::now() + pause > deadline {
+        let spent = started.elapsed() + pause;
+        if spent >= failing {
             return None;
         }
+        failing -= spent;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
+}
+
+/// What one question of [`commit_status`] learnt.
+enum Asked {
+    /// The writer's row holds this mark (none: the row is gone).
+    Mark(Option<i64>),
+    /// The server answered that the row is still locked (the batch still runs).
+    Held,
+    /// No connection or no answer within the limit.
+    Failed(sqlx::Error),
+}
+
+/// Reads `writer`'s mark under `FOR SHARE` on a connection of its own, all within `limit`.
+/// The lock is waited for at most half of it (`lock_timeout`, local to the question), so a
+/// live server answers "still locked" before the limit, and a silence means a failure.
+async fn ask_mark(pool: &PgPool, writer: i64, limit: Duration) -> Asked {
+    let mut conn = match tokio::time::timeout(limit, pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Asked::Failed(e),
+        Err(_) => return Asked::Failed(timed_out()),
+    };
+    let lock_wait = format!("{}ms", (limit / 2).as_millis().max(1));
+    let asked = async {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(&lock_wait)
+            .execute(&mut *tx)
+            .await?;
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT mark FROM batch_marks WHERE writer = $1 FOR SHARE")
+                .bind(writer)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.rollback().await?;
+        Ok::<_, sqlx::Error>(stored)
+    };
+    match tokio::time::timeout(limit, asked).await {
+        Ok(Ok(stored)) => Asked::Mark(stored),
+        Ok(Err(e)) if is_lock_timeout(&e) => Asked::Held,
+        Ok(Err(e)) => Asked::Failed(e),
+        Err(_) => {
+            // Out of the pool without a goodbye: its state is unknown, and a silent network
+            // would hang sqlx's check of it.
+            drop(conn.detach());
+            Asked::Failed(timed_out())
+        }
+    }
+}
+
+/// Whether `e` is PostgreSQL's "lock not available" (`lock_timeout` expired).
+pub(crate) fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
 /// The error of a statement that got no answer within `--database-timeout`.

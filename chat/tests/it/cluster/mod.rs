@@ -8,6 +8,7 @@ mod fanout;
 mod federation;
 mod frozen;
 mod netcut;
+mod netcut_commit;
 mod restart;
 mod throttle;
 

@@ -5,25 +5,39 @@
 //! again to a watcher on the other node, and nothing acknowledged is lost.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// A TCP proxy to `upstream` that can be cut (bytes are accepted by the kernel and held,
 /// nothing is forwarded either way) and restored (the held bytes go on, as after a network
-/// cut that heals before TCP gives up).
-struct CuttableProxy {
-    addr: SocketAddr,
+/// cut that heals before TCP gives up). Armed, it cuts itself just after forwarding the next
+/// `COMMIT` of the node's writer connection (the one that stores batch marks): the COMMIT
+/// reaches PostgreSQL, its answer does not.
+pub(super) struct CuttableProxy {
+    pub(super) addr: SocketAddr,
     open: watch::Sender<bool>,
+    armed: Arc<AtomicBool>,
+    cut_at_commit: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Whether `hay` contains `needle`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 impl CuttableProxy {
-    async fn start(upstream: SocketAddr) -> CuttableProxy {
+    pub(super) async fn start(upstream: SocketAddr) -> CuttableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (open, _) = watch::channel(true);
         let gate = open.clone();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cut_at_commit = Arc::new(Notify::new());
+        let (arm, seen) = (armed.clone(), cut_at_commit.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(upstream).await else {
@@ -31,19 +45,38 @@ impl CuttableProxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, gate.subscribe()));
-                tokio::spawn(pump(sr, cw, gate.subscribe()));
+                let commit = Some((gate.clone(), arm.clone(), seen.clone()));
+                tokio::spawn(pump(cr, sw, gate.subscribe(), commit));
+                tokio::spawn(pump(sr, cw, gate.subscribe(), None));
             }
         });
-        CuttableProxy { addr, open, task }
+        CuttableProxy {
+            addr,
+            open,
+            armed,
+            cut_at_commit,
+            task,
+        }
     }
 
-    fn cut(&self) {
+    pub(super) fn cut(&self) {
         self.open.send_replace(false);
     }
 
-    fn restore(&self) {
+    pub(super) fn restore(&self) {
         self.open.send_replace(true);
+    }
+
+    /// Cuts the network just after the writer's next `COMMIT` has gone through.
+    pub(super) fn arm_commit_cut(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the armed cut happened.
+    pub(super) async fn commit_cut(&self) {
+        tokio::time::timeout(WAIT, self.cut_at_commit.notified())
+            .await
+            .expect("no COMMIT of the writer went through the proxy");
     }
 }
 
@@ -53,13 +86,21 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// What a client-to-server pump needs to cut at a `COMMIT`: the gate, whether armed, and
+/// whom to tell.
+type CommitCut = (watch::Sender<bool>, Arc<AtomicBool>, Arc<Notify>);
+
 /// Copies `from` to `to` while the gate is open; holds everything while it is shut.
+/// `commit`: this is a client-to-server direction (see [`CuttableProxy::arm_commit_cut`]).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut open: watch::Receiver<bool>,
+    commit: Option<CommitCut>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    // The writer's connection prepares the batch statement that stores marks.
+    let mut writer = false;
     loop {
         if open.wait_for(|o| *o).await.is_err() {
             return;
@@ -68,6 +109,19 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some((gate, armed, seen)) = &commit {
+            writer = writer || contains(&buf[..n], b"UPDATE batch_marks SET mark");
+            if writer && contains(&buf[..n], b"COMMIT") && armed.swap(false, Ordering::SeqCst) {
+                // Shut first (nothing comes back, no other connection gets through), then
+                // let this COMMIT reach the server.
+                gate.send_replace(false);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                seen.notify_one();
+                continue;
+            }
+        }
         // Read just before a cut: held until the network is back.
         if open.wait_for(|o| *o).await.is_err() {
             return;
@@ -81,7 +135,7 @@ async fn pump(
 
 /// `url` (a database of the shared test cluster, over its unix socket) over TCP through
 /// `proxy`.
-fn through(url: &str, proxy: SocketAddr) -> String {
+pub(super) fn through(url: &str, proxy: SocketAddr) -> String {
     let cluster = msim_testkit::postgres::shared("cluster::netcut").expect("running");
     let name = url
         .rsplit_once('/')
@@ -96,7 +150,7 @@ fn through(url: &str, proxy: SocketAddr) -> String {
 
 /// Sends one message until it is answered `MESSAGE-SENT` (a recovering node may still fail
 /// a few); returns its id and the ids answered with a failure meanwhile.
-async fn send_until_sent(c: &mut Client, to: &str, text: &str) -> (String, Vec<String>) {
+pub(super) async fn send_until_sent(c: &mut Client, to: &str, text: &str) -> (String, Vec<String>) {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut failed = Vec::new();
     loop {
