@@ -1,0 +1,324 @@
+//! `O_DIRECT` writes of large uploads: the whole blocks of a batch are copied into an aligned
+//! staging buffer (and hashed there while the bytes are hot in the CPU cache), then written to
+//! the device without the kernel's copy into the page cache. The partial blocks at either end
+//! of a batch (a resumed upload at an odd offset, the tail of a batch, the last bytes of the
+//! file) are written the buffered way, so the file always holds every byte acknowledged so
+//! far and readers (`pread` on a buffered descriptor) see them at once. The two never write
+//! the same block: direct writes start and end on block boundaries, after the buffered bytes
+//! of the block before them.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::disk;
+
+/// Alignment of direct writes (offset, length and memory): the page size, which every
+/// device's logical block size divides.
+const BLOCK: usize = 4096;
+/// Bytes of one direct write at most (the size of a staging buffer).
+const STAGING: usize = 1 << 20;
+/// Bytes copied (and then hashed) per step, small enough to stay in the CPU cache.
+const COPY_STEP: usize = 64 << 10;
+/// Staging buffers kept for reuse; more are allocated when more writes run at once and
+/// dropped afterwards (the blocking pool bounds how many run at once).
+const POOL_KEEP: usize = 4;
+
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A block-aligned window of [`STAGING`] bytes in a buffer from the pool.
+struct Staging {
+    buf: Vec<u8>,
+}
+
+impl Staging {
+    fn take() -> Staging {
+        let reused = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Staging {
+            buf: reused.unwrap_or_else(|| vec![0; STAGING + BLOCK]),
+        }
+    }
+
+    fn window(&mut self) -> &mut [u8] {
+        let start = self.buf.as_ptr().align_offset(BLOCK);
+        &mut self.buf[start..start + STAGING]
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_KEEP {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Walks the bytes of a batch in pieces.
+struct Cursor<'a> {
+    bufs: &'a [Bytes],
+    index: usize,
+    offset: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// The next at most `max` bytes (one buffer's worth at most).
+    fn next_piece(&mut self, max: usize) -> Option<&'a [u8]> {
+        while let Some(b) = self.bufs.get(self.index) {
+            let rest = &b[self.offset..];
+            if rest.is_empty() {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = rest.len().min(max);
+            self.offset += n;
+            return Some(&rest[..n]);
+        }
+        None
+    }
+
+    /// The next `n` bytes (fewer at the end) as slices of the buffers.
+    fn take(&mut self, mut n: usize) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let Some(piece) = self.next_piece(n) else {
+                break;
+            };
+            n -= piece.len();
+            out.push(piece);
+        }
+        out
+    }
+}
+
+/// Store `bufs` at `at` in `file`, hashing every byte into `hasher`: whole blocks through
+/// `direct` (a descriptor of the same file opened with `O_DIRECT`), the rest buffered through
+/// `file`. If the file system refuses a direct write (`EINVAL`: an alignment it does not
+/// support), those bytes are written the buffered way and `direct` is dropped, so the rest of
+/// the upload is written the buffered way too.
+pub(super) fn write_hashed(
+    file: &File,
+    direct: &mut Option<File>,
+    at: u64,
+    bufs: &[Bytes],
+    hasher: &mut Sha256,
+) -> io::Result<()> {
+    let refused = match direct {
+        Some(d) => write_hashed_with(
+            file,
+            &mut |data, pos| d.write_all_at(data, pos),
+            at,
+            bufs,
+            hasher,
+        )?,
+        None => write_buffered_hashed(file, at, bufs, hasher)?,
+    };
+    if refused {
+        *direct = None;
+    }
+    Ok(())
+}
+
+/// Without a direct descriptor: hash, then one buffered write.
+fn write_buffered_hashed(
+    file: &File,
+    at: u64,
+    bufs: &[Bytes],
+    hasher: &mut Sha256,
+) -> io::Result<bool> {
+    let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+    for s in &slices {
+        hasher.update(s);
+    }
+    disk::write_all_vectored_at(file, &slices, at)?;
+    Ok(false)
+}
+
+/// [`write_hashed`] with the direct write as a function (tests inject a refusing one).
+/// Returns whether a direct write was refused.
+fn write_hashed_with(
+    file: &File,
+    write_direct: &mut dyn FnMut(&[u8], u64) -> io::Result<()>,
+    at: u64,
+    bufs: &[Bytes],
+    hasher: &mut Sha256,
+) -> io::Result<bool> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut cursor = Cursor {
+        bufs,
+        index: 0,
+        offset: 0,
+    };
+    let mut pos = at;
+    let mut refused = false;
+    // The rest of a partly written block: buffered.
+    let misalign = usize::try_from(at % BLOCK as u64).unwrap_or(0);
+    let head = ((BLOCK - misalign) % BLOCK).min(total);
+    let buffered = |pieces: Vec<&[u8]>, pos: u64, hasher: &mut Sha256| -> io::Result<u64> {
+        for p in &pieces {
+            hasher.update(p);
+        }
+        disk::write_all_vectored_at(file, &pieces, pos)?;
+        Ok(pieces.iter().map(|p| p.len() as u64).sum())
+    };
+    pos += buffered(cursor.take(head), pos, hasher)?;
+    // Whole blocks: through the staging buffer, hashed as they are copied.
+    let mut blocks = (total - head) / BLOCK * BLOCK;
+    if blocks > 0 {
+        let mut staging = Staging::take();
+        let window = staging.window();
+        while blocks > 0 {
+            let n = blocks.min(STAGING);
+            let mut filled = 0;
+            while filled < n {
+                let Some(piece) = cursor.next_piece((n - filled).min(COPY_STEP)) else {
+                    break;
+                };
+                let dst = &mut window[filled..filled + piece.len()];
+                dst.copy_from_slice(piece);
+                hasher.update(&*dst);
+                filled += piece.len();
+            }
+            let data = &window[..n];
+            if refused {
+                file.write_all_at(data, pos)?;
+            } else {
+                match write_direct(data, pos) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        refused = true;
+                        file.write_all_at(data, pos)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            pos += n as u64;
+            blocks -= n;
+        }
+    }
+    // The start of a block the next batch completes: buffered.
+    let rest = total - usize::try_from(pos - at).unwrap_or(total);
+    buffered(cursor.take(rest), pos, hasher)?;
+    Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(data: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &c in cuts.iter().chain(std::iter::once(&data.len())) {
+            out.push(Bytes::copy_from_slice(&data[from..c]));
+            from = c;
+        }
+        out
+    }
+
+    /// Writes a file in odd batches, direct where it can, and checks bytes, hash and which
+    /// ranges went direct (block-aligned ones only).
+    #[test]
+    fn batches_at_odd_offsets_store_every_byte_once_hashed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        let data: Vec<u8> = (0..3 * STAGING + 12_345)
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let mut hasher = Sha256::new();
+        let mut direct_ranges = Vec::new();
+        let mut at = 0usize;
+        // A batch smaller than a block, one that crosses a block, one larger than the staging
+        // buffer, one ending exactly on a block, and the rest.
+        for len in [
+            100,
+            5_000,
+            STAGING + 9_999,
+            4096 * 3 - (at + 100 + 5_000 + STAGING + 9_999) % 4096,
+            usize::MAX,
+        ] {
+            let end = at.saturating_add(len).min(data.len());
+            let bufs = batch(&data[at..end], &[(end - at) / 3, (end - at) / 2]);
+            let refused = write_hashed_with(
+                &file,
+                &mut |d, pos| {
+                    direct_ranges.push((pos, d.len()));
+                    file.write_all_at(d, pos)
+                },
+                at as u64,
+                &bufs,
+                &mut hasher,
+            )
+            .expect("write");
+            assert!(!refused);
+            at = end;
+        }
+        assert_eq!(std::fs::read(&path).expect("read"), data);
+        assert_eq!(hasher.finalize()[..], Sha256::digest(&data)[..]);
+        assert!(!direct_ranges.is_empty());
+        for (pos, len) in direct_ranges {
+            assert_eq!(pos % BLOCK as u64, 0, "direct write at {pos}");
+            assert_eq!(len % BLOCK, 0, "direct write of {len}");
+        }
+    }
+
+    #[test]
+    fn a_refused_direct_write_is_written_buffered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        let data: Vec<u8> = (0..STAGING * 2 + 777).map(|i| (i % 241) as u8).collect();
+        let mut hasher = Sha256::new();
+        let mut tries = 0;
+        let refused = write_hashed_with(
+            &file,
+            &mut |_, _| {
+                tries += 1;
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            },
+            0,
+            &batch(&data, &[10]),
+            &mut hasher,
+        )
+        .expect("write");
+        assert!(refused);
+        // Tried once, then buffered for the rest of the batch.
+        assert_eq!(tries, 1);
+        assert_eq!(std::fs::read(&path).expect("read"), data);
+        assert_eq!(hasher.finalize()[..], Sha256::digest(&data)[..]);
+    }
+
+    #[test]
+    fn other_direct_errors_fail_the_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = File::create(dir.path().join("f")).expect("open");
+        let data = vec![1u8; 3 * BLOCK];
+        let err = write_hashed_with(
+            &file,
+            &mut |_, _| Err(io::Error::from_raw_os_error(libc::EIO)),
+            0,
+            &batch(&data, &[]),
+            &mut Sha256::new(),
+        )
+        .expect_err("EIO");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+}
