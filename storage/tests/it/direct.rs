@@ -24,7 +24,11 @@ async fn read_range(store: &BlobStore, id: &str, start: u64, end: u64) -> Vec<u8
     let mut r = store.reader(id, start, end).await.unwrap();
     let mut out = Vec::new();
     while out.len() < (end - start) as usize {
-        let c = r.next_chunk(1 << 16).await.unwrap().expect("bytes before the end");
+        let c = r
+            .next_chunk(1 << 16)
+            .await
+            .unwrap()
+            .expect("bytes before the end");
         out.extend_from_slice(&c);
     }
     out
