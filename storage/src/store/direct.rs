@@ -96,57 +96,48 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Store `bufs` at `at` in `file`, hashing every byte into `hasher`: whole blocks through
-/// `direct` (a descriptor of the same file opened with `O_DIRECT`), the rest buffered through
-/// `file`. If the file system refuses a direct write (`EINVAL`: an alignment it does not
-/// support), those bytes are written the buffered way and `direct` is dropped, so the rest of
-/// the upload is written the buffered way too.
-pub(super) fn write_hashed(
+/// Store `bufs` at `at` in `file`, hashing every byte into `hasher` if given: whole blocks
+/// through `direct` (a descriptor of the same file opened with `O_DIRECT`), the rest buffered
+/// through `file`. If the file system refuses a direct write (`EINVAL`: an alignment it does
+/// not support), those bytes are written the buffered way and `direct` is dropped, so the rest
+/// of the upload is written the buffered way too.
+pub(super) fn write(
     file: &File,
     direct: &mut Option<File>,
     at: u64,
     bufs: &[Bytes],
-    hasher: &mut Sha256,
+    hasher: Option<&mut Sha256>,
 ) -> io::Result<()> {
-    let refused = match direct {
-        Some(d) => write_hashed_with(
-            file,
-            &mut |data, pos| d.write_all_at(data, pos),
-            at,
-            bufs,
-            hasher,
-        )?,
-        None => write_buffered_hashed(file, at, bufs, hasher)?,
+    let Some(d) = direct else {
+        let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+        if let Some(hasher) = hasher {
+            for s in &slices {
+                hasher.update(s);
+            }
+        }
+        return disk::write_all_vectored_at(file, &slices, at);
     };
+    let refused = write_with(
+        file,
+        &mut |data, pos| d.write_all_at(data, pos),
+        at,
+        bufs,
+        hasher,
+    )?;
     if refused {
         *direct = None;
     }
     Ok(())
 }
 
-/// Without a direct descriptor: hash, then one buffered write.
-fn write_buffered_hashed(
-    file: &File,
-    at: u64,
-    bufs: &[Bytes],
-    hasher: &mut Sha256,
-) -> io::Result<bool> {
-    let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-    for s in &slices {
-        hasher.update(s);
-    }
-    disk::write_all_vectored_at(file, &slices, at)?;
-    Ok(false)
-}
-
-/// [`write_hashed`] with the direct write as a function (tests inject a refusing one).
+/// [`write`] with the direct write as a function (tests inject a refusing one).
 /// Returns whether a direct write was refused.
-fn write_hashed_with(
+fn write_with(
     file: &File,
     write_direct: &mut dyn FnMut(&[u8], u64) -> io::Result<()>,
     at: u64,
     bufs: &[Bytes],
-    hasher: &mut Sha256,
+    mut hasher: Option<&mut Sha256>,
 ) -> io::Result<bool> {
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let mut cursor = Cursor {
@@ -159,14 +150,16 @@ fn write_hashed_with(
     // The rest of a partly written block: buffered.
     let misalign = usize::try_from(at % BLOCK as u64).unwrap_or(0);
     let head = ((BLOCK - misalign) % BLOCK).min(total);
-    let buffered = |pieces: Vec<&[u8]>, pos: u64, hasher: &mut Sha256| -> io::Result<u64> {
-        for p in &pieces {
-            hasher.update(p);
+    let buffered = |pieces: Vec<&[u8]>, pos: u64, hasher: &mut Option<&mut Sha256>| {
+        if let Some(hasher) = hasher {
+            for p in &pieces {
+                hasher.update(p);
+            }
         }
         disk::write_all_vectored_at(file, &pieces, pos)?;
-        Ok(pieces.iter().map(|p| p.len() as u64).sum())
+        io::Result::Ok(pieces.iter().map(|p| p.len() as u64).sum::<u64>())
     };
-    pos += buffered(cursor.take(head), pos, hasher)?;
+    pos += buffered(cursor.take(head), pos, &mut hasher)?;
     // Whole blocks: through the staging buffer, hashed as they are copied.
     let mut blocks = (total - head) / BLOCK * BLOCK;
     if blocks > 0 {
@@ -181,7 +174,9 @@ fn write_hashed_with(
                 };
                 let dst = &mut window[filled..filled + piece.len()];
                 dst.copy_from_slice(piece);
-                hasher.update(&*dst);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&*dst);
+                }
                 filled += piece.len();
             }
             let data = &window[..n];
@@ -203,7 +198,7 @@ fn write_hashed_with(
     }
     // The start of a block the next batch completes: buffered.
     let rest = total - usize::try_from(pos - at).unwrap_or(total);
-    buffered(cursor.take(rest), pos, hasher)?;
+    buffered(cursor.take(rest), pos, &mut hasher)?;
     Ok(refused)
 }
 
@@ -251,7 +246,7 @@ mod tests {
         ] {
             let end = at.saturating_add(len).min(data.len());
             let bufs = batch(&data[at..end], &[(end - at) / 3, (end - at) / 2]);
-            let refused = write_hashed_with(
+            let refused = write_with(
                 &file,
                 &mut |d, pos| {
                     direct_ranges.push((pos, d.len()));
@@ -259,7 +254,7 @@ mod tests {
                 },
                 at as u64,
                 &bufs,
-                &mut hasher,
+                Some(&mut hasher),
             )
             .expect("write");
             assert!(!refused);
@@ -288,7 +283,7 @@ mod tests {
         let data: Vec<u8> = (0..STAGING * 2 + 777).map(|i| (i % 241) as u8).collect();
         let mut hasher = Sha256::new();
         let mut tries = 0;
-        let refused = write_hashed_with(
+        let refused = write_with(
             &file,
             &mut |_, _| {
                 tries += 1;
@@ -296,7 +291,7 @@ mod tests {
             },
             0,
             &batch(&data, &[10]),
-            &mut hasher,
+            Some(&mut hasher),
         )
         .expect("write");
         assert!(refused);
@@ -311,12 +306,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = File::create(dir.path().join("f")).expect("open");
         let data = vec![1u8; 3 * BLOCK];
-        let err = write_hashed_with(
+        let err = write_with(
             &file,
             &mut |_, _| Err(io::Error::from_raw_os_error(libc::EIO)),
             0,
             &batch(&data, &[]),
-            &mut Sha256::new(),
+            None,
         )
         .expect_err("EIO");
         assert_eq!(err.raw_os_error(), Some(libc::EIO));

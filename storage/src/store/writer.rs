@@ -197,26 +197,26 @@ impl PartFile {
         })
     }
 
-    /// Append `bufs` (one `pwritev` where possible) and start writeback when due. Blocking.
+    /// Append `bufs` (whole blocks direct where the upload writes direct, else one `pwritev`)
+    /// and start writeback when due. Blocking.
     fn write(&mut self, bufs: &[Bytes]) -> io::Result<()> {
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-        disk::write_all_vectored_at(&self.file, &slices, self.written)?;
+        direct::write(&self.file, &mut self.direct, self.written, bufs, None)?;
         self.wrote(bufs);
         Ok(())
     }
 
-    /// Append `bufs` and hash them, in one pass where the writes are direct. Blocking.
+    /// [`PartFile::write`] and hash: where the writes are direct, each block is hashed right
+    /// after it is copied into the staging buffer, while it is in the CPU cache. Blocking.
     fn write_hashed(&mut self, bufs: &[Bytes], hasher: &mut Sha256) -> io::Result<()> {
-        if self.direct.is_some() {
-            direct::write_hashed(&self.file, &mut self.direct, self.written, bufs, hasher)?;
-            self.wrote(bufs);
-            Ok(())
-        } else {
-            for b in bufs {
-                hasher.update(b);
-            }
-            self.write(bufs)
-        }
+        direct::write(
+            &self.file,
+            &mut self.direct,
+            self.written,
+            bufs,
+            Some(hasher),
+        )?;
+        self.wrote(bufs);
+        Ok(())
     }
 
     fn wrote(&mut self, bufs: &[Bytes]) {
@@ -292,19 +292,9 @@ impl BlobWriter {
             return Err(writer_failed());
         };
         let at = part.written;
-        let (part, hasher, bufs) = if part.direct.is_some() {
-            // Hashed while copied into the aligned staging buffer: one pass, one thread.
-            let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
-                let mut hasher = hasher;
-                let res = part.write_hashed(&bufs, &mut hasher);
-                (part, hasher, bufs, res)
-            })
-            .await
-            .map_err(io::Error::other)?;
-            res?;
-            (part, hasher, bufs)
-        } else if n >= PARALLEL_HASH_MIN {
-            // Hashing and writing in parallel: a large batch costs the slower of the two.
+        let (part, hasher, bufs) = if n >= PARALLEL_HASH_MIN {
+            // Hashing and writing in parallel: a large batch costs the slower of the two (the
+            // direct write of a large upload waits for the disk while the other thread hashes).
             let shared = bufs.clone();
             let hashing = tokio::task::spawn_blocking(move || hash(hasher, &shared));
             let writing = tokio::task::spawn_blocking(move || {
@@ -318,8 +308,8 @@ impl BlobWriter {
             (part, hasher, bufs)
         } else {
             let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
-                let hasher = hash(hasher, &bufs);
-                let res = part.write(&bufs);
+                let mut hasher = hasher;
+                let res = part.write_hashed(&bufs, &mut hasher);
                 (part, hasher, bufs, res)
             })
             .await
