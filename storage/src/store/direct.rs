@@ -24,11 +24,12 @@ const BLOCK: usize = 4096;
 const STAGING: usize = 1 << 20;
 /// Bytes copied (and then hashed) per step, small enough to stay in the CPU cache.
 const COPY_STEP: usize = 64 << 10;
-/// Staging buffers kept for reuse; more are allocated when more writes run at once and
-/// dropped afterwards (the blocking pool bounds how many run at once).
-const POOL_KEEP: usize = 4;
+/// Staging buffers in use at once, at most (their memory, 1 MiB each, is kept for reuse); a
+/// write that finds none free is written the buffered way.
+const STAGING_MAX: usize = 8;
 
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// The free staging buffers, and how many are lent out.
+static POOL: Mutex<(Vec<Vec<u8>>, usize)> = Mutex::new((Vec::new(), 0));
 
 /// A block-aligned window of [`STAGING`] bytes in a buffer from the pool.
 struct Staging {
@@ -36,11 +37,19 @@ struct Staging {
 }
 
 impl Staging {
-    fn take() -> Staging {
-        let reused = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        Staging {
+    /// A staging buffer, unless [`STAGING_MAX`] are in use.
+    fn take() -> Option<Staging> {
+        let reused = {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.1 >= STAGING_MAX {
+                return None;
+            }
+            pool.1 += 1;
+            pool.0.pop()
+        };
+        Some(Staging {
             buf: reused.unwrap_or_else(|| vec![0; STAGING + BLOCK]),
-        }
+        })
     }
 
     fn window(&mut self) -> &mut [u8] {
@@ -52,9 +61,8 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_KEEP {
-            pool.push(std::mem::take(&mut self.buf));
-        }
+        pool.1 -= 1;
+        pool.0.push(std::mem::take(&mut self.buf));
     }
 }
 
@@ -162,8 +170,8 @@ fn write_with(
     pos += buffered(cursor.take(head), pos, &mut hasher)?;
     // Whole blocks: through the staging buffer, hashed as they are copied.
     let mut blocks = (total - head) / BLOCK * BLOCK;
-    if blocks > 0 {
-        let mut staging = Staging::take();
+    let mut staging = if blocks > 0 { Staging::take() } else { None };
+    if let Some(staging) = staging.as_mut() {
         let window = staging.window();
         while blocks > 0 {
             let n = blocks.min(STAGING);
@@ -196,7 +204,8 @@ fn write_with(
             blocks -= n;
         }
     }
-    // The start of a block the next batch completes: buffered.
+    // What is left (the start of a block the next batch completes; everything when no staging
+    // buffer was free): buffered.
     let rest = total - usize::try_from(pos - at).unwrap_or(total);
     buffered(cursor.take(rest), pos, &mut hasher)?;
     Ok(refused)
@@ -205,6 +214,13 @@ fn write_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests share the staging pool: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     fn batch(data: &[u8], cuts: &[usize]) -> Vec<Bytes> {
         let mut out = Vec::new();
@@ -220,6 +236,7 @@ mod tests {
     /// ranges went direct (block-aligned ones only).
     #[test]
     fn batches_at_odd_offsets_store_every_byte_once_hashed() {
+        let _serial = serial();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
         let file = File::options()
@@ -271,6 +288,7 @@ mod tests {
 
     #[test]
     fn a_refused_direct_write_is_written_buffered() {
+        let _serial = serial();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
         let file = File::options()
@@ -303,6 +321,7 @@ mod tests {
 
     #[test]
     fn other_direct_errors_fail_the_write() {
+        let _serial = serial();
         let dir = tempfile::tempdir().expect("tempdir");
         let file = File::create(dir.path().join("f")).expect("open");
         let data = vec![1u8; 3 * BLOCK];
@@ -315,5 +334,51 @@ mod tests {
         )
         .expect_err("EIO");
         assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+
+    /// Staging memory is bounded: with every buffer lent out, writes go the buffered way
+    /// (and still store and hash every byte); a returned buffer is used again.
+    #[test]
+    fn writes_beyond_the_staging_bound_are_buffered() {
+        let _serial = serial();
+        let held: Vec<Staging> = std::iter::from_fn(Staging::take)
+            .take(STAGING_MAX + 1)
+            .collect();
+        assert_eq!(held.len(), STAGING_MAX);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        let data: Vec<u8> = (0..5 * BLOCK + 3).map(|i| (i % 239) as u8).collect();
+        let mut direct_writes = 0;
+        let mut hasher = Sha256::new();
+        let write = |at: usize, direct_writes: &mut i32, hasher: &mut Sha256| {
+            write_with(
+                &file,
+                &mut |d, pos| {
+                    *direct_writes += 1;
+                    file.write_all_at(d, pos)
+                },
+                at as u64,
+                &batch(&data[at..at + 2 * BLOCK], &[]),
+                Some(hasher),
+            )
+            .expect("write")
+        };
+        write(0, &mut direct_writes, &mut hasher);
+        assert_eq!(direct_writes, 0);
+        drop(held);
+        write(2 * BLOCK, &mut direct_writes, &mut hasher);
+        assert_eq!(direct_writes, 1);
+        assert_eq!(std::fs::read(&path).expect("read"), data[..4 * BLOCK]);
+        assert_eq!(
+            hasher.finalize()[..],
+            Sha256::digest(&data[..4 * BLOCK])[..]
+        );
     }
 }
