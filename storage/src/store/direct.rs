@@ -1,11 +1,11 @@
 //! `O_DIRECT` writes of large uploads: the whole blocks of a batch are copied into an aligned
-//! staging buffer (and hashed there while the bytes are hot in the CPU cache), then written to
-//! the device without the kernel's copy into the page cache. The partial blocks at either end
-//! of a batch (a resumed upload at an odd offset, the tail of a batch, the last bytes of the
-//! file) are written the buffered way, so the file always holds every byte acknowledged so
-//! far and readers (`pread` on a buffered descriptor) see them at once. The two never write
-//! the same block: direct writes start and end on block boundaries, after the buffered bytes
-//! of the block before them.
+//! staging buffer (and, when the same step hashes, hashed there while the bytes are hot in the
+//! CPU cache), then written to the device without the kernel's copy into the page cache. The
+//! partial blocks at either end of a batch (a resumed upload at an odd offset, the tail of a
+//! batch, the last bytes of the file) are written the buffered way, so the file always holds
+//! every byte acknowledged so far and readers (`pread` on a buffered descriptor) see them at
+//! once. A direct write never covers a block a buffered write touched: it starts and ends on
+//! block boundaries, after the buffered bytes of the block before it.
 
 use std::fs::File;
 use std::io;
