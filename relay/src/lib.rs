@@ -58,6 +58,9 @@ pub struct RelayConfig {
     /// Declared bytes of undelivered transfers one sender may store at once (a transfer stops
     /// counting once a download has handed over its last byte).
     pub per_sender_quota: u64,
+    /// Uploads of at least this many bytes write their whole blocks with `O_DIRECT` (no copy
+    /// into the page cache) where the file system allows it; 0 = never.
+    pub direct_write_min: u64,
     /// Interval of the built-in sweeper.
     pub sweep_interval: Duration,
     /// A partial upload with no progress for this long is swept.
@@ -121,6 +124,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("capacity", &self.capacity)
             .field("min_free", &self.min_free)
             .field("per_sender_quota", &self.per_sender_quota)
+            .field("direct_write_min", &self.direct_write_min)
             .field("sweep_interval", &self.sweep_interval)
             .field("abandon_after", &self.abandon_after)
             .field("reservation_idle", &self.reservation_idle)
@@ -176,6 +180,7 @@ impl RelayConfig {
             capacity: store.capacity_bytes,
             min_free: store.min_free_bytes,
             per_sender_quota: DEFAULT_PER_SENDER_QUOTA,
+            direct_write_min: store.direct_write_min,
             sweep_interval: Duration::from_secs(300),
             abandon_after: store.abandon_after,
             max_connections: 1024,
@@ -202,6 +207,7 @@ impl RelayConfig {
             per_sender_quota_bytes: self.per_sender_quota,
             abandon_after: self.abandon_after,
             reservation_idle: self.reservation_idle,
+            direct_write_min: self.direct_write_min,
             clock: self.clock.clone(),
         }
     }

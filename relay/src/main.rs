@@ -90,6 +90,15 @@ struct Opts {
     /// last byte stops counting) [default: 2GiB].
     #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_QUOTA")]
     quota: Option<ByteSize>,
+    /// Uploads of at least this size write their data with O_DIRECT, skipping the copy into
+    /// the page cache (where the file system allows it; 0 = never) [default: 8MiB].
+    #[arg(
+        long,
+        global = true,
+        value_name = "SIZE",
+        env = "MSIM_RELAY_DIRECT_WRITE_MIN"
+    )]
+    direct_write_min: Option<ByteSize>,
     /// Interval of the built-in sweeper [default: 5m].
     #[arg(
         long,
@@ -219,6 +228,7 @@ fn settings(opts: Opts) -> Result<Settings> {
     set(&mut c.capacity, opts.capacity);
     set(&mut c.min_free, opts.min_free);
     set(&mut c.per_sender_quota, opts.quota);
+    set(&mut c.direct_write_min, opts.direct_write_min);
     let set = |field: &mut usize, v: Option<usize>| *field = v.unwrap_or(*field);
     set(&mut c.max_connections, opts.max_connections);
     set(

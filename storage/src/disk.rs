@@ -212,6 +212,74 @@ pub fn start_writeback(file: &File, from: u64, to: u64) {
 #[cfg(not(target_os = "linux"))]
 pub fn start_writeback(_file: &File, _from: u64, _to: u64) {}
 
+/// Open `path` (which exists) for writing with `O_DIRECT`: writes from block-aligned memory at
+/// block-aligned offsets go to the device without a copy into the page cache. `Ok(None)` where
+/// the file system (or platform) refuses `O_DIRECT`; the caller then writes the buffered way.
+#[cfg(target_os = "linux")]
+pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn open_direct(_path: &Path) -> io::Result<Option<File>> {
+    Ok(None)
+}
+
+/// Write all of `bufs` at `pos` (`pwritev(2)`, repeated after a short write).
+pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut pos: u64) -> io::Result<()> {
+    let mut bufs: Vec<&[u8]> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
+    let mut first = 0;
+    while first < bufs.len() {
+        // At most IOV_MAX (1024 on Linux) slices per call.
+        let batch = &bufs[first..bufs.len().min(first + 1024)];
+        let iov: Vec<libc::iovec> = batch
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr().cast_mut().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let at = libc::off_t::try_from(pos)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(1024);
+        // SAFETY: every iovec describes memory of `iov_len` bytes borrowed from `bufs`, alive for
+        // the call; pwritev only reads it.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, at) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        pos += n as u64;
+        while n > 0 {
+            let b = bufs[first];
+            if n >= b.len() {
+                n -= b.len();
+                first += 1;
+            } else {
+                bufs[first] = &b[n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

@@ -33,8 +33,8 @@ pub use msim_shared::clock::{Clock, ManualClock, SystemClock};
 pub use msim_shared::token::valid_transfer_id as valid_id;
 pub use store::{
     blob_file, shard_of, BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, NewBlob,
-    SharedBudget, StoreConfig, StoreStats, SweepReport, SHARDS, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE,
-    TOMBSTONE_RETENTION,
+    SharedBudget, StoreConfig, StoreStats, SweepReport, DEFAULT_DIRECT_WRITE_MIN, SHARDS,
+    TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
 };
 
 /// Result alias for this crate.

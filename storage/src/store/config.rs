@@ -33,9 +33,16 @@ pub struct StoreConfig {
     /// an idle reservation cannot keep real uploads out, yet stays resumable while nobody
     /// needs its room.
     pub reservation_idle: Duration,
+    /// Uploads of at least this many bytes write their whole blocks with `O_DIRECT` (no copy
+    /// into the page cache) where the file system allows it; 0 turns it off. Smaller uploads
+    /// stay in the page cache, where their downloads read them without the disk.
+    pub direct_write_min: u64,
     /// Clock for expiry and progress times.
     pub clock: Arc<dyn Clock>,
 }
+
+/// Default of [`StoreConfig::direct_write_min`].
+pub const DEFAULT_DIRECT_WRITE_MIN: u64 = 8 << 20;
 
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("per_sender_quota_bytes", &self.per_sender_quota_bytes)
             .field("abandon_after", &self.abandon_after)
             .field("reservation_idle", &self.reservation_idle)
+            .field("direct_write_min", &self.direct_write_min)
             .finish_non_exhaustive()
     }
 }
@@ -57,6 +65,7 @@ impl Default for StoreConfig {
             per_sender_quota_bytes: 2 << 30,
             abandon_after: Duration::from_secs(3600),
             reservation_idle: Duration::from_secs(120),
+            direct_write_min: DEFAULT_DIRECT_WRITE_MIN,
             clock: Arc::new(SystemClock),
         }
     }

@@ -16,6 +16,7 @@ use crate::{disk, valid_id, GoneReason, Result, StoreError};
 mod commit;
 mod config;
 mod dir_lock;
+mod direct;
 mod index;
 mod lapse;
 mod layout;
@@ -29,8 +30,8 @@ mod tests;
 mod writer;
 
 pub use config::{
-    BlobInfo, NewBlob, StoreConfig, StoreStats, SweepReport, TOMBSTONE_MAX, TOMBSTONE_MIN_AGE,
-    TOMBSTONE_RETENTION,
+    BlobInfo, NewBlob, StoreConfig, StoreStats, SweepReport, DEFAULT_DIRECT_WRITE_MIN,
+    TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
 };
 pub use layout::{blob_file, shard_of, SHARDS};
 pub use reader::BlobReader;
@@ -124,6 +125,12 @@ impl BlobStore {
     }
     fn blob_path(&self, id: &str) -> PathBuf {
         self.inner.layout.blob_path(id)
+    }
+    /// Whether an upload of `size` bytes writes with `O_DIRECT` (see
+    /// [`StoreConfig::direct_write_min`]).
+    fn writes_direct(&self, size: u64) -> bool {
+        let min = self.inner.config.direct_write_min;
+        min > 0 && size >= min
     }
 
     /// The index row of an unexpired blob, and when it last made progress.

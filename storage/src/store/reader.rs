@@ -3,6 +3,8 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +23,24 @@ const READER_RECHECK: Duration = Duration::from_secs(5);
 /// and back; anything the kernel would wait for the disk for goes the blocking way.
 const INLINE_READ_MAX: usize = 256 << 10;
 
+/// Times a reader waits for an attached writer to create its upload's file.
+const CREATE_RETRIES: u32 = 3;
+/// Longest wait each time (a file creation; bounded so a stuck one cannot hold a reader).
+const CREATE_WAIT: Duration = Duration::from_secs(1);
+
+/// Open the `.part` file of an incomplete blob, or its `.blob` (completed meanwhile, or
+/// complete from the start); the flag says which.
+fn open_part_or_blob(part: &Path, blob: &Path, complete: bool) -> io::Result<(File, bool)> {
+    if !complete {
+        match File::open(part) {
+            Ok(f) => return Ok((f, false)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((File::open(blob)?, true))
+}
+
 impl BlobStore {
     /// Open a reader for bytes `start..end` (`end` ≤ declared size) of a blob just looked up
     /// with [`BlobStore::info`]. If the upload is still in progress the reader follows the
@@ -34,29 +54,35 @@ impl BlobStore {
         } else {
             Some(self.live_get_or_insert(id, || info.committed))
         };
-        let rx = live.as_ref().map(|l| l.tx.subscribe());
-        let (part, blob) = (self.part_path(id), self.blob_path(id));
-        let complete = info.complete;
-        let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, bool)> {
-            let (f, done) = 'open: {
-                if !complete {
-                    match File::open(&part) {
-                        Ok(f) => break 'open (f, false),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
+        let mut rx = live.as_ref().map(|l| l.tx.subscribe());
+        let mut tries = 0;
+        let (file, is_complete) = loop {
+            let (part, blob) = (self.part_path(id), self.blob_path(id));
+            let complete = info.complete;
+            let opened =
+                tokio::task::spawn_blocking(move || open_part_or_blob(&part, &blob, complete))
+                    .await
+                    .map_err(io::Error::other)?;
+            match opened {
+                Ok(v) => break v,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // The row is written before its upload's file is created: the writer
+                    // creates the file (or gives up) and then publishes its progress, so a
+                    // fresh upload's reader waits for that a little before calling it missing.
+                    let creating = info.committed == 0
+                        || live
+                            .as_ref()
+                            .is_some_and(|l| l.writer_active.load(Ordering::SeqCst));
+                    match rx.as_mut() {
+                        Some(rx) if creating && tries < CREATE_RETRIES => {
+                            tries += 1;
+                            let _ = tokio::time::timeout(CREATE_WAIT, rx.changed()).await;
+                        }
+                        _ => return Err(self.missing(id).await),
                     }
                 }
-                // Completed meanwhile (renamed) or complete from the start.
-                (File::open(&blob)?, true)
-            };
-            Ok((f, done))
-        })
-        .await
-        .map_err(io::Error::other)?;
-        let (file, is_complete) = match opened {
-            Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.missing(id).await),
-            Err(e) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            }
         };
         Ok(BlobReader {
             store: self.clone(),

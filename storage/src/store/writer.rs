@@ -2,13 +2,15 @@
 //! completes it (fsync, rename to `.blob`, group commit).
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::direct;
 use super::live::{LiveUpload, Phase};
 use super::{BlobStore, NewBlob};
 use crate::{disk, GoneReason, Result, StoreError};
@@ -45,19 +47,21 @@ impl BlobStore {
         let id = new.id.as_str();
         let (live, guard) = self.claim_writer(id)?;
         let part = self.part_path(id);
+        let direct = self.writes_direct(new.size);
         let opened = tokio::task::spawn_blocking(move || {
-            disk::private_file_options()
+            let file = disk::private_file_options()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(part)
+                .open(&part)?;
+            PartFile::new(file, &part, 0, direct)
         })
         .await
         .map_err(io::Error::other)
         .and_then(|r| r);
-        let file = match opened {
-            Ok(f) => f,
+        let part = match opened {
+            Ok(p) => p,
             Err(e) => {
                 drop(guard);
                 self.delete_row(id, None).await.ok();
@@ -72,11 +76,7 @@ impl BlobStore {
         });
         Ok(BlobWriter {
             guard,
-            part: Some(PartFile {
-                file,
-                written: 0,
-                writeback_from: 0,
-            }),
+            part: Some(part),
             hasher: Some(Sha256::new()),
             offset: 0,
             size: new.size,
@@ -97,7 +97,8 @@ impl BlobStore {
         // A new entry starts at 0 (a lower bound); the real offset is published below.
         let (live, guard) = self.claim_writer(id)?;
         let size = info.size;
-        let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, Sha256, u64)> {
+        let direct = self.writes_direct(size);
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<(PartFile, Sha256, u64)> {
             let mut f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -116,12 +117,12 @@ impl BlobStore {
                 hasher.update(&buf[..n]);
                 left -= n as u64;
             }
-            // The cursor is now at `len`: appends continue from there.
-            Ok((f, hasher, len))
+            // Appends continue at `len` (positional writes).
+            Ok((PartFile::new(f, &part2, len, direct)?, hasher, len))
         })
         .await
         .map_err(io::Error::other)?;
-        let (file, hasher, offset) = match opened {
+        let (part, hasher, offset) = match opened {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
@@ -138,11 +139,7 @@ impl BlobStore {
         }
         Ok(BlobWriter {
             guard,
-            part: Some(PartFile {
-                file,
-                written: offset,
-                writeback_from: offset,
-            }),
+            part: Some(part),
             hasher: Some(hasher),
             offset,
             size,
@@ -174,6 +171,9 @@ impl Drop for WriterGuard {
 /// The open `.part` file of a writer.
 struct PartFile {
     file: File,
+    /// The same file opened with `O_DIRECT`, for large uploads where the file system allows
+    /// it: whole blocks are then written without the copy into the page cache.
+    direct: Option<File>,
     /// Bytes in the file.
     written: u64,
     /// Start of the range whose writeback has not been started yet.
@@ -181,15 +181,51 @@ struct PartFile {
 }
 
 impl PartFile {
-    /// Append `bufs` (one `writev` where possible) and start writeback when due. Blocking.
+    /// A writer's file holding `written` bytes; `direct` asks for `O_DIRECT` writes (quietly
+    /// not used where the file system refuses them). Blocking.
+    fn new(file: File, path: &Path, written: u64, direct: bool) -> io::Result<PartFile> {
+        let direct = if direct {
+            disk::open_direct(path)?
+        } else {
+            None
+        };
+        Ok(PartFile {
+            file,
+            direct,
+            written,
+            writeback_from: written,
+        })
+    }
+
+    /// Append `bufs` (whole blocks direct where the upload writes direct, else one `pwritev`)
+    /// and start writeback when due. Blocking.
     fn write(&mut self, bufs: &[Bytes]) -> io::Result<()> {
-        write_all_vectored(&mut self.file, bufs)?;
+        direct::write(&self.file, &mut self.direct, self.written, bufs, None)?;
+        self.wrote(bufs);
+        Ok(())
+    }
+
+    /// [`PartFile::write`] and hash: where the writes are direct, each block is hashed right
+    /// after it is copied into the staging buffer, while it is in the CPU cache. Blocking.
+    fn write_hashed(&mut self, bufs: &[Bytes], hasher: &mut Sha256) -> io::Result<()> {
+        direct::write(
+            &self.file,
+            &mut self.direct,
+            self.written,
+            bufs,
+            Some(hasher),
+        )?;
+        self.wrote(bufs);
+        Ok(())
+    }
+
+    fn wrote(&mut self, bufs: &[Bytes]) {
         self.written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
         if self.written - self.writeback_from >= WRITEBACK_EVERY {
+            // Only the buffered blocks are dirty; the direct ones are on the device already.
             disk::start_writeback(&self.file, self.writeback_from, self.written);
             self.writeback_from = self.written;
         }
-        Ok(())
     }
 }
 
@@ -212,23 +248,6 @@ fn hash(mut hasher: Sha256, bufs: &[Bytes]) -> Sha256 {
     hasher
 }
 
-fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| IoSlice::new(b))
-        .collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        match file.write_vectored(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
 /// Appends to one blob. Dropping it without [`BlobWriter::finish`] leaves a resumable partial
 /// upload.
 pub struct BlobWriter {
@@ -274,7 +293,8 @@ impl BlobWriter {
         };
         let at = part.written;
         let (part, hasher, bufs) = if n >= PARALLEL_HASH_MIN {
-            // Hashing and writing in parallel: a large batch costs the slower of the two.
+            // Hashing and writing in parallel: a large batch costs the slower of the two (the
+            // direct write of a large upload waits for the disk while the other thread hashes).
             let shared = bufs.clone();
             let hashing = tokio::task::spawn_blocking(move || hash(hasher, &shared));
             let writing = tokio::task::spawn_blocking(move || {
@@ -288,8 +308,8 @@ impl BlobWriter {
             (part, hasher, bufs)
         } else {
             let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
-                let hasher = hash(hasher, &bufs);
-                let res = part.write(&bufs);
+                let mut hasher = hasher;
+                let res = part.write_hashed(&bufs, &mut hasher);
                 (part, hasher, bufs, res)
             })
             .await
@@ -356,10 +376,10 @@ impl BlobWriter {
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
         let stored = tokio::task::spawn_blocking(
             move || -> io::Result<std::result::Result<String, String>> {
-                let hasher = hash(hasher, &bufs);
+                let mut hasher = hasher;
                 let at = part.written;
                 if !bufs.is_empty() {
-                    part.write(&bufs)?;
+                    part.write_hashed(&bufs, &mut hasher)?;
                 }
                 let actual = hex::encode(hasher.finalize());
                 if expected.as_ref().is_some_and(|e| *e != actual) {

@@ -299,3 +299,45 @@ async fn sha_mismatch_discards_blob() {
     ));
     assert_eq!(stored_files(dir.path()), 0);
 }
+
+/// A reader that looks a blob up while its upload is being created (the row is in the index,
+/// the file not yet) follows the upload instead of failing with `NotFound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_racing_the_uploads_creation_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    let mut raced = 0;
+    for n in 0..300 {
+        let id = format!("r{n}");
+        let creating = {
+            let store = store.clone();
+            let id = id.clone();
+            tokio::spawn(async move { store.create_writer(new(&id, 3, T0 + 100)).await })
+        };
+        // Look the row up as soon as it exists, then open a reader at once.
+        let info = loop {
+            match store.info(&id).await {
+                Ok(info) => break info,
+                Err(StoreError::NotFound) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        if !creating.is_finished() {
+            raced += 1;
+        }
+        let mut r = store.reader_for(&info, 0, 3).await.unwrap_or_else(|e| {
+            panic!("reader for {id} while its upload is created: {e}");
+        });
+        let w = creating.await.unwrap().unwrap();
+        w.finish_with(vec![Bytes::from_static(b"abc")])
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(c) = r.next_chunk(10).await.unwrap() {
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got, b"abc");
+    }
+    eprintln!("{raced} of 300 readers opened while the upload was being created");
+}

@@ -15,6 +15,7 @@ pub fn config(clock: &Arc<ManualClock>) -> StoreConfig {
         per_sender_quota_bytes: 1 << 30,
         abandon_after: Duration::from_secs(600),
         reservation_idle: Duration::from_secs(120),
+        direct_write_min: msim_storage::DEFAULT_DIRECT_WRITE_MIN,
         clock: clock.clone(),
     }
 }
