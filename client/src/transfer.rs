@@ -49,7 +49,8 @@ pub struct Transfer {
     pub url: String,
     /// The capability token.
     pub token: String,
-    /// The declared size.
+    /// The declared size. Exact for a download (0 is an empty file: a relay sending more is
+    /// refused); for an upload, 0 means "the source's length" (an upload grant has no size).
     pub size: u64,
 }
 

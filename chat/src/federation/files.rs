@@ -295,6 +295,19 @@ async fn offer_in(sh: &Shared, peer: &str, from: String, login: String, p: &Pack
             return Handled::Retry(retry(qid, 5));
         }
     }
+    // Our own file size limit holds for remote senders too: a peer's offer above it (or
+    // declaring 0 bytes and streaming more: the recipient's client takes the size as exact)
+    // is closed back rather than shown.
+    if size > ctx.config.max_file_size {
+        let back = closed(
+            &id,
+            &ctx.addr(&login),
+            &from,
+            FileRejection::FileTooLarge.as_str(),
+        );
+        queue(fed, &ctx, peer, &peer_budget(peer), back).await;
+        return Handled::Reply(ack(qid));
+    }
     let now = ctx.now();
     // The sender's server decides when it lapses, within our own offer TTL, and not sooner
     // than a floor: offers lapsing within seconds would free the offer limits below for the

@@ -174,7 +174,7 @@ async fn download_from(
     options: &TransferOptions,
     relay_sha: &mut Option<String>,
 ) -> Result<PartFile, (Option<PartFile>, ClientError)> {
-    if transfer.size != 0 && part.len() >= transfer.size {
+    if part.len() >= transfer.size {
         // Already "complete" before asking: never taken as this transfer's file without a
         // request (it may be another transfer's leftover): fetched again, whole.
         part = match part.restart().await {
@@ -209,11 +209,8 @@ async fn download_from(
         *relay_sha = Some(sha);
     }
     let mut done = part.len();
-    let total = if transfer.size != 0 {
-        transfer.size
-    } else {
-        done + header_u64(&response, header::CONTENT_LENGTH.as_str()).unwrap_or(0)
-    };
+    // The grant's size is exact (0 is an empty file): a relay streaming more is refused.
+    let total = transfer.size;
     if let Some(p) = progress {
         p(done, total);
     }
@@ -234,7 +231,7 @@ async fn download_from(
     if let Some(p) = progress {
         p(part.len(), total);
     }
-    if transfer.size != 0 && part.len() < transfer.size {
+    if part.len() < transfer.size {
         let error = ClientError::Http(format!(
             "connection closed after {} of {} bytes",
             part.len(),

@@ -256,7 +256,7 @@ impl PartFile {
     }
 
     /// Completes the download in one blocking step: writes what is held, flushes the file to
-    /// disk, checks its length (against `size`, unless 0) and SHA-256 (against `expected`, if
+    /// disk, checks its length (against `size`, exact) and SHA-256 (against `expected`, if
     /// known) and renames it to `dest`. A file that does not match is removed (a resumed
     /// `.part` could be the culprit). Returns its length and SHA-256 (lowercase hex).
     pub(super) async fn finish_into(
@@ -271,7 +271,7 @@ impl PartFile {
                 return Err(ClientError::Io(e));
             }
             let sha256 = hex::encode(self.hasher.finalize());
-            let mismatch = if size != 0 && self.len != size {
+            let mismatch = if self.len != size {
                 Some(ClientError::SizeMismatch {
                     expected: size,
                     actual: self.len,

@@ -9,7 +9,7 @@ use crate::error::ClientError;
 
 /// Refuses a frame of `n` bytes that would take the download past the declared `size`.
 fn check_room(size: u64, done: u64, n: usize) -> Result<(), ClientError> {
-    if size != 0 && done + n as u64 > size {
+    if done + n as u64 > size {
         return Err(ClientError::SizeMismatch {
             expected: size,
             actual: done + n as u64,

@@ -116,3 +116,58 @@ async fn a_part_file_already_full_size_is_fetched_again_not_taken_as_complete() 
     assert_eq!(report.sha256, sha256_hex(&bytes));
     assert!(!report.verified, "no hash from the chat server");
 }
+
+/// An offer from another server may declare any size (`size=0`, say) while its relay streams
+/// far more: the grant's size is exact, so the download is refused, nothing is kept, and the
+/// recipient's disk is not filled. An honest empty file still arrives.
+#[tokio::test]
+async fn a_download_longer_than_the_offers_size_is_refused_even_for_size_zero() {
+    let srv = tokio::task::spawn_blocking(common::start).await.unwrap();
+    let (alice, _) = user(&srv, "alice").await;
+    let (bob, mut bob_events) = user(&srv, "bob").await;
+    let dir = srv.subdir("size-zero").unwrap();
+    for (name, bytes) in [
+        ("stuffed.bin", pseudo_random_bytes(300_000, 3)),
+        ("empty.bin", Vec::new()),
+    ] {
+        let src = dir.join(format!("src-{name}"));
+        std::fs::write(&src, &bytes).unwrap();
+        let offer = alice
+            .offer_file(OfferFile {
+                to: "bob".into(),
+                filename: name.into(),
+                size: bytes.len() as u64,
+                sha256: Some(sha256_hex(&bytes)),
+                mime: None,
+            })
+            .await
+            .unwrap();
+        let offered = next(&mut bob_events, |e| match e {
+            Event::FileOffered(o) => Some(o),
+            _ => None,
+        })
+        .await;
+        let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
+        let up = offer.answer().await.unwrap();
+        let options = TransferOptions::default();
+        transfer::upload(&Transfer::from(&up), &src, None, &options)
+            .await
+            .unwrap();
+        // What a lying remote offer would grant: the relay's bytes, declared as none.
+        let mut declared_empty = Transfer::from(&grant);
+        declared_empty.size = 0;
+        let dest = dir.join(name);
+        let got = transfer::download(&declared_empty, &dest, None, None, &options).await;
+        if bytes.is_empty() {
+            assert_eq!(got.unwrap().size, 0);
+            assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+        } else {
+            let err = got.expect_err("more bytes than the grant's size");
+            assert!(
+                matches!(err, msim::ClientError::SizeMismatch { expected: 0, .. }),
+                "{err}"
+            );
+            assert!(!dest.exists(), "nothing kept under the file's name");
+        }
+    }
+}

@@ -398,3 +398,33 @@ async fn a_remote_offer_lives_long_enough_that_it_cannot_recycle_the_offer_limit
         (Some(t.as_str()), Some("accept"))
     );
 }
+
+#[tokio::test]
+async fn a_remote_offer_above_our_file_size_limit_is_closed_back_and_never_shown() {
+    let dns = TestDns::start().await;
+    let b = Fed::start(&dns, "b.test", |c| c.max_file_size = 5_000).await;
+    let mut c = FakePeer::start(&dns, "c.test").await;
+    let mut bob = b.user("bob").await;
+    let mut link = c.dial(b.s2s, "b.test").await;
+    let (big, fits) = (tid(), tid());
+    let too_big = offer("1", "eve@c.test", &big).with("size", "5001");
+    assert_eq!(ask(&mut link, too_big).await.verb, "S2S-ACK");
+    let back = c.next_of("S2S-FILE-CLOSED").await;
+    assert_eq!(
+        (back.get("transfer-id"), back.get("reason")),
+        (Some(big.as_str()), Some("file-too-large"))
+    );
+    let at_limit = offer("2", "eve@c.test", &fits).with("size", "5000");
+    assert_eq!(ask(&mut link, at_limit).await.verb, "S2S-ACK");
+    let lines = drain(&mut bob).await;
+    assert_eq!(
+        count(&lines, "SEND-FILE-PROXY-REQUEST", &big),
+        0,
+        "{lines:?}"
+    );
+    assert_eq!(
+        count(&lines, "SEND-FILE-PROXY-REQUEST", &fits),
+        1,
+        "{lines:?}"
+    );
+}
