@@ -361,7 +361,9 @@ impl BlobWriter {
 
     /// Append the last buffers and complete the upload as [`BlobWriter::finish`] does: the
     /// write, the hash, the SHA-256 check, the fsync and the rename happen in one blocking
-    /// step; then the fsync of the shard's directory and the index update (shared with
+    /// step (followers get all but the file's last byte once the buffers are written, before
+    /// the hash; the last byte once the check passed); then the fsync of the shard's
+    /// directory and the index update (shared with
     /// completions finishing at about the same time) run side by side. Returns only once the completion is durable. If `bufs` do not
     /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
     pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
