@@ -229,6 +229,18 @@ impl PartFile {
     }
 }
 
+/// Tell the followers of `live` that `bufs` are stored at `at`, making `written` bytes in the
+/// file (not yet checked: followers stop one byte short of the file's end). Returns whether
+/// `bufs` went into the recent window (only when someone follows).
+fn publish_unverified(live: &LiveUpload, at: u64, bufs: &[Bytes], written: u64) -> bool {
+    if live.tx.receiver_count() == 0 {
+        return false;
+    }
+    live.recent().push(at, bufs);
+    live.tx.send_modify(|p| p.written = p.written.max(written));
+    true
+}
+
 /// Tell the followers of `live` that `bufs` (stored at `at`) end a checked file of `written`
 /// bytes.
 fn publish_verified(live: &LiveUpload, at: u64, bufs: &[Bytes], written: u64) {
@@ -349,7 +361,9 @@ impl BlobWriter {
 
     /// Append the last buffers and complete the upload as [`BlobWriter::finish`] does: the
     /// write, the hash, the SHA-256 check, the fsync and the rename happen in one blocking
-    /// step; then the fsync of the shard's directory and the index update (shared with
+    /// step (followers get all but the file's last byte once the buffers are written, before
+    /// the hash; the last byte once the check passed); then the fsync of the shard's
+    /// directory and the index update (shared with
     /// completions finishing at about the same time) run side by side. Returns only once the completion is durable. If `bufs` do not
     /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
     pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
@@ -376,10 +390,16 @@ impl BlobWriter {
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
         let stored = tokio::task::spawn_blocking(
             move || -> io::Result<std::result::Result<String, String>> {
-                let mut hasher = hasher;
                 let at = part.written;
+                let mut hasher = hasher;
+                let mut pushed = false;
                 if !bufs.is_empty() {
-                    part.write_hashed(&bufs, &mut hasher)?;
+                    // Stored first, hashed after: followers take all but the file's last byte
+                    // from these buffers while the hash is computed (a picture sent in one
+                    // request reaches its waiting download one SHA-256 earlier).
+                    part.write(&bufs)?;
+                    pushed = publish_unverified(&live, at, &bufs, part.written);
+                    hasher = hash(hasher, &bufs);
                 }
                 let actual = hex::encode(hasher.finalize());
                 if expected.as_ref().is_some_and(|e| *e != actual) {
@@ -388,7 +408,8 @@ impl BlobWriter {
                 // Whole and checked: followers may have every byte now, while the fsyncs and
                 // the commit make it durable (they do not wait for those, as they do not
                 // for the earlier bytes of a streamed upload).
-                publish_verified(&live, at, &bufs, part.written);
+                let unpushed: &[Bytes] = if pushed { &[] } else { &bufs };
+                publish_verified(&live, at, unpushed, part.written);
                 part.file.sync_data()?;
                 drop(part);
                 std::fs::rename(&part_path, &blob_path)?;
