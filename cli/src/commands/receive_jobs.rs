@@ -99,16 +99,7 @@ enum Start {
 }
 
 type Job<'a> = Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    FileOffered,
-                    DownloadGrant,
-                    Option<HashWatch>,
-                    Result<Ended>,
-                ),
-            > + 'a,
-    >,
+    Box<dyn Future<Output = (FileOffered, DownloadGrant, Option<HashWatch>, Result<Ended>)> + 'a>,
 >;
 
 /// The accepted offers of one `receive`: downloading, or waiting for their turn.

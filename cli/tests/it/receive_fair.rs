@@ -41,7 +41,8 @@ async fn dripper(srv: &TestServer, login: &str, count: usize, accepted: usize) -
                 .unwrap();
             patch(&grant.url, &grant.token, 0, &data[..1]).await;
         } else {
-            std::mem::forget(offer);
+            // Only our wait for the answer ends; the offer stays open on the server.
+            drop(offer);
         }
     }
     m
@@ -53,7 +54,7 @@ fn receive(srv: &TestServer, out_dir: &std::path::Path, window_ms: &str) -> Runn
             .env("MSIM_RECEIVE_SLOW_WINDOW_MS", window_ms)
             .env("MSIM_RECEIVE_SLOW_BYTES", "65536")
             .args(["receive", "--accept-all", "--json", "--out"])
-            .arg(&out_dir),
+            .arg(out_dir),
     )
 }
 
