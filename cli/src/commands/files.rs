@@ -11,7 +11,7 @@ use msim::transfer::{self, HeldFile, Transfer};
 use msim::{Client, ClientError, HashWatch};
 use msim_shared::timestamp;
 
-use super::receive_jobs::{Activity, Ended, Jobs, Pace, NO_PROGRESS};
+use super::receive_jobs::{Ended, Jobs, Pace, NO_PROGRESS};
 use super::Ctx;
 use crate::error::UsageError;
 use crate::output::json::FileLine;
@@ -385,13 +385,16 @@ pub(super) async fn download_one(
     let staging = staging_path(out, &offer.transfer_id);
     let bar = progress::bar(ctx.out.json, grant.size, &name);
     let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
-    let activity = Activity::new();
+    // Kept across pauses: a download without progress is given up after NO_PROGRESS in all.
+    let activity = pace.activity.clone();
     let progress: msim::Progress = {
         let (bar, activity) = (progress::callback(&bar), activity.clone());
         let pace = pace.clone();
         std::sync::Arc::new(move |done, total| {
-            activity.touch();
-            pace.moved_to(done);
+            // Only new bytes count (a resumed request reports what it already has).
+            if pace.moved_to(done) {
+                activity.touch();
+            }
             bar(done, total)
         })
     };

@@ -59,16 +59,29 @@ pub enum Ended {
 /// How one download is moving, and whether others wait for its slot.
 #[derive(Clone)]
 pub struct Pace {
+    /// When it last moved, over all its turns.
+    pub activity: Activity,
+    /// Bytes it has (the most reported), and when its current turn started.
     done: Arc<AtomicU64>,
+    turn_start: Arc<AtomicU64>,
     others_wait: Arc<AtomicBool>,
     window: Duration,
     min_bytes: u64,
 }
 
 impl Pace {
-    /// The download has `done` bytes.
-    pub fn moved_to(&self, done: u64) {
-        self.done.store(done, Ordering::Relaxed);
+    /// The download has `done` bytes: whether that is more than before.
+    pub fn moved_to(&self, done: u64) -> bool {
+        self.done.fetch_max(done, Ordering::Relaxed) < done
+    }
+
+    /// A paused download starts again: one that moved in its last turn has not stalled while
+    /// it waited in the queue (one that did not still is given up after [`NO_PROGRESS`]).
+    fn new_turn(&self) {
+        let done = self.done.load(Ordering::Relaxed);
+        if self.turn_start.swap(done, Ordering::Relaxed) < done {
+            self.activity.touch();
+        }
     }
 
     /// Completes at the end of a window in which the download moved less than the minimum
@@ -95,11 +108,21 @@ enum Start {
     /// A grant of a transfer accepted by an earlier run.
     Resume(DownloadGrant),
     /// Paused by us: its grant and sender-hash watch kept.
-    Paused(DownloadGrant, Option<HashWatch>),
+    Paused(DownloadGrant, Option<HashWatch>, Pace),
 }
 
 type Job<'a> = Pin<
-    Box<dyn Future<Output = (FileOffered, DownloadGrant, Option<HashWatch>, Result<Ended>)> + 'a>,
+    Box<
+        dyn Future<
+                Output = (
+                    FileOffered,
+                    DownloadGrant,
+                    Option<HashWatch>,
+                    Pace,
+                    Result<Ended>,
+                ),
+            > + 'a,
+    >,
 >;
 
 /// The accepted offers of one `receive`: downloading, or waiting for their turn.
@@ -194,19 +217,24 @@ impl<'a> Jobs<'a> {
             let accepted = match start {
                 // Resumed: a hash the sender declared is pushed again after the grant, but
                 // may have passed already; then the file is reported NOT verified.
-                Start::Resume(grant) => hash_watch(client, &offer).map(|w| (grant, w)),
-                Start::Paused(grant, watch) => Ok((grant, watch)),
-                Start::Accept => accept(client, &offer).await,
+                Start::Resume(grant) => hash_watch(client, &offer).map(|w| (grant, w, None)),
+                Start::Paused(grant, watch, pace) => {
+                    pace.new_turn();
+                    Ok((grant, watch, Some(pace)))
+                }
+                Start::Accept => accept(client, &offer).await.map(|(g, w)| (g, w, None)),
             };
             match accepted {
-                Ok((grant, watch)) => {
+                Ok((grant, watch, pace)) => {
                     *self.per_sender.entry(offer.from.clone()).or_default() += 1;
-                    let pace = Pace {
+                    let pace = pace.unwrap_or_else(|| Pace {
+                        activity: Activity::new(),
                         done: Arc::default(),
+                        turn_start: Arc::default(),
                         others_wait: self.others_wait.clone(),
                         window: self.window,
                         min_bytes: self.min_bytes,
-                    };
+                    });
                     self.running.push(Box::pin(async move {
                         let r = download_one(ctx, &offer, &grant, out, watch.as_ref(), &pace).await;
                         if matches!(r, Ok(Ended::Finished)) {
@@ -215,7 +243,7 @@ impl<'a> Jobs<'a> {
                             // file).
                             let _ = client.file_done(&offer.transfer_id).await;
                         }
-                        (offer, grant, watch, r)
+                        (offer, grant, watch, pace, r)
                     }))
                 }
                 Err(e) => {
@@ -238,7 +266,7 @@ impl<'a> Jobs<'a> {
         if self.running.is_empty() {
             return std::future::pending().await;
         }
-        let Some((offer, grant, watch, r)) = self.running.next().await else {
+        let Some((offer, grant, watch, pace, r)) = self.running.next().await else {
             return;
         };
         if let Some(n) = self.per_sender.get_mut(&offer.from) {
@@ -255,7 +283,8 @@ impl<'a> Jobs<'a> {
                         offer.filename, offer.from
                     )
                 });
-                self.queued.push_back((offer, Start::Paused(grant, watch)));
+                self.queued
+                    .push_back((offer, Start::Paused(grant, watch, pace)));
             }
             Ok(Ended::Finished) => {
                 self.known.remove(&offer.transfer_id);
