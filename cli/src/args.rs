@@ -236,7 +236,10 @@ the offer, or declared by the sender right after its upload (files of 8 MiB or m
 whose sender declared none within 10 s, or an offer from another server without one, is kept \
 and reported as NOT verified (the relay's own hash only catches damage).
 
-Up to 4 files download at once (further accepted offers wait their turn). A transfer that fails \
+Up to 4 files download at once, at most 2 from one sender (further accepted offers wait their \
+turn). While offers wait, a download that moved less than 64 KiB in the last 30 s is paused \
+(its .part kept) and queued behind them; it goes on from where it stopped at its next turn, so \
+senders that drip their uploads cannot hold the slots. A transfer that fails \
 (a hash mismatch, a cancelled or expired transfer, no progress for 180 s) gets its own \
 \"Failed:\" line (event \"failed\" with --json) and receive goes on; with --count, receive \
 exits 1 at the end if any failed. A transfer accepted by an earlier run that did not finish is \

@@ -11,7 +11,7 @@ use msim::transfer::{self, HeldFile, Transfer};
 use msim::{Client, ClientError, HashWatch};
 use msim_shared::timestamp;
 
-use super::receive_jobs::{Activity, Jobs, NO_PROGRESS};
+use super::receive_jobs::{Ended, Jobs, Pace, NO_PROGRESS};
 use super::Ctx;
 use crate::error::UsageError;
 use crate::output::json::FileLine;
@@ -260,7 +260,8 @@ async fn ask(offer: &FileOffered) -> Result<bool> {
 }
 
 /// `msim receive`: handles offers until Ctrl-C or `--count`. Accepted offers download side by
-/// side (at most [`receive_jobs::MAX_DOWNLOADS`] at once, the rest wait their turn); a transfer
+/// side (at most [`receive_jobs::MAX_DOWNLOADS`] at once, [`receive_jobs::MAX_PER_SENDER`] per
+/// sender, the rest wait their turn; a slow one yields its slot to waiting ones); a transfer
 /// that fails gets its own failure line and the others go on.
 pub async fn receive(ctx: &Ctx<'_>, decide: Decide, out: &Path, count: Option<u64>) -> Result<()> {
     tokio::fs::create_dir_all(out)
@@ -374,7 +375,8 @@ pub(super) async fn download_one(
     grant: &DownloadGrant,
     out: &Path,
     sender_hash: Option<&HashWatch>,
-) -> Result<()> {
+    pace: &Pace,
+) -> Result<Ended> {
     let name = sanitize_filename(&grant.filename)
         .or_else(|| sanitize_filename(&offer.filename))
         .unwrap_or_else(|| format!("transfer-{}", offer.transfer_id));
@@ -383,11 +385,16 @@ pub(super) async fn download_one(
     let staging = staging_path(out, &offer.transfer_id);
     let bar = progress::bar(ctx.out.json, grant.size, &name);
     let sha = grant.sha256.as_deref().or(offer.sha256.as_deref());
-    let activity = Activity::new();
+    // Kept across pauses: a download without progress is given up after NO_PROGRESS in all.
+    let activity = pace.activity.clone();
     let progress: msim::Progress = {
         let (bar, activity) = (progress::callback(&bar), activity.clone());
+        let pace = pace.clone();
         std::sync::Arc::new(move |done, total| {
-            activity.touch();
+            // Only new bytes count (a resumed request reports what it already has).
+            if pace.moved_to(done) {
+                activity.touch();
+            }
             bar(done, total)
         })
     };
@@ -406,6 +413,11 @@ pub(super) async fn download_one(
         () = activity.stalled(NO_PROGRESS) => {
             bar.finish_and_clear();
             bail!("no progress for {}", humantime_secs(NO_PROGRESS));
+        }
+        // Its `.part` stays: the download goes on with a Range request at its next turn.
+        () = pace.too_slow_while_others_wait() => {
+            bar.finish_and_clear();
+            return Ok(Ended::Paused);
         }
     };
     bar.finish_and_clear();
@@ -439,7 +451,7 @@ pub(super) async fn download_one(
             }
         )
     });
-    Ok(())
+    Ok(Ended::Finished)
 }
 
 /// Where transfer `id` is downloaded (the library adds `.part` while it runs) before it gets

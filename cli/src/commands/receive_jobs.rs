@@ -3,18 +3,23 @@
 //! one that makes no progress for [`NO_PROGRESS`] is given up, so a sender that stalls its
 //! upload cannot hold the receiver. Transfers accepted by an earlier run that did not finish
 //! are resumed from their download grant, which the server sends again at login.
+//!
+//! Fairness: at most [`MAX_PER_SENDER`] downloads per sender run at once, and a download that
+//! moves too little while other offers wait is paused and queued behind them (round robin), so
+//! senders that drip their uploads cannot hold the slots while honest files wait.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use futures::stream::{FuturesUnordered, StreamExt};
 use msim::proto::{DownloadGrant, FileOffered};
-use msim::Client;
+use msim::{Client, HashWatch};
 
 use super::files::{accept, download_one, hash_watch, staging_path};
 use super::Ctx;
@@ -24,29 +29,143 @@ use crate::output::json::FileLine;
 /// Downloads at once; further accepted offers wait their turn.
 pub const MAX_DOWNLOADS: usize = 4;
 
+/// Downloads from one sender at once, so one account cannot take every slot.
+pub const MAX_PER_SENDER: usize = 2;
+
 /// A download that has received nothing for this long is given up (the relay itself cuts a
 /// download waiting for upload data after its body idle time, 60 s by default, and the
 /// download is resumed a few times before that).
 pub const NO_PROGRESS: Duration = Duration::from_secs(180);
 
-type Job<'a> = Pin<Box<dyn Future<Output = (FileOffered, Result<()>)> + 'a>>;
+/// A download that moved less than [`SLOW_BYTES`] in [`SLOW_WINDOW`] while other offers wait
+/// for a slot is paused (its `.part` and grant kept) and queued behind them: senders that drip
+/// their uploads take turns with the others instead of holding the slots.
+pub const SLOW_WINDOW: Duration = Duration::from_secs(30);
+pub const SLOW_BYTES: u64 = 64 << 10;
+
+/// The environment variables that change [`SLOW_WINDOW`] (milliseconds) and [`SLOW_BYTES`]
+/// (for tests, which cannot wait 30 s).
+const SLOW_WINDOW_ENV: &str = "MSIM_RECEIVE_SLOW_WINDOW_MS";
+const SLOW_BYTES_ENV: &str = "MSIM_RECEIVE_SLOW_BYTES";
+
+/// How a download ended without an error.
+pub enum Ended {
+    /// Received, renamed and reported.
+    Finished,
+    /// Too slow while others waited: to go on later from its `.part`.
+    Paused,
+}
+
+/// How one download is moving, and whether others wait for its slot.
+#[derive(Clone)]
+pub struct Pace {
+    /// When it last moved, over all its turns.
+    pub activity: Activity,
+    /// Bytes it has (the most reported), and when its current turn started.
+    done: Arc<AtomicU64>,
+    turn_start: Arc<AtomicU64>,
+    others_wait: Arc<AtomicBool>,
+    window: Duration,
+    min_bytes: u64,
+}
+
+impl Pace {
+    /// The download has `done` bytes: whether that is more than before.
+    pub fn moved_to(&self, done: u64) -> bool {
+        self.done.fetch_max(done, Ordering::Relaxed) < done
+    }
+
+    /// A paused download starts again: one that moved in its last turn has not stalled while
+    /// it waited in the queue (one that did not still is given up after [`NO_PROGRESS`]).
+    fn new_turn(&self) {
+        let done = self.done.load(Ordering::Relaxed);
+        if self.turn_start.swap(done, Ordering::Relaxed) < done {
+            self.activity.touch();
+        }
+    }
+
+    /// Completes at the end of a window in which the download moved less than the minimum
+    /// while offers waited for a slot.
+    pub async fn too_slow_while_others_wait(&self) {
+        let mut before = self.done.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(self.window).await;
+            let now = self.done.load(Ordering::Relaxed);
+            if now.saturating_sub(before) < self.min_bytes
+                && self.others_wait.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            before = now;
+        }
+    }
+}
+
+/// How a queued offer starts downloading.
+enum Start {
+    /// Accepted now.
+    Accept,
+    /// A grant of a transfer accepted by an earlier run.
+    Resume(DownloadGrant),
+    /// Paused by us: its grant and sender-hash watch kept.
+    Paused(DownloadGrant, Option<HashWatch>, Pace),
+}
+
+type Job<'a> = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    FileOffered,
+                    DownloadGrant,
+                    Option<HashWatch>,
+                    Pace,
+                    Result<Ended>,
+                ),
+            > + 'a,
+    >,
+>;
 
 /// The accepted offers of one `receive`: downloading, or waiting for their turn.
-#[derive(Default)]
 pub struct Jobs<'a> {
     running: FuturesUnordered<Job<'a>>,
-    /// Accepted offers, and grants of transfers accepted before (to resume), in turn.
-    queued: VecDeque<(FileOffered, Option<DownloadGrant>)>,
+    /// Accepted offers, grants of transfers accepted before (to resume) and paused
+    /// downloads, in turn.
+    queued: VecDeque<(FileOffered, Start)>,
     /// Transfers queued or downloading.
     known: HashSet<String>,
+    /// Downloads running per sender.
+    per_sender: HashMap<String, usize>,
+    /// Whether a queued offer could start if a slot were free (read by the running ones).
+    others_wait: Arc<AtomicBool>,
+    window: Duration,
+    min_bytes: u64,
     failed: u64,
+}
+
+impl Default for Jobs<'_> {
+    fn default() -> Self {
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        Jobs {
+            running: FuturesUnordered::new(),
+            queued: VecDeque::new(),
+            known: HashSet::new(),
+            per_sender: HashMap::new(),
+            others_wait: Arc::default(),
+            window: env(SLOW_WINDOW_ENV)
+                .map(Duration::from_millis)
+                .filter(|w| !w.is_zero())
+                .unwrap_or(SLOW_WINDOW),
+            min_bytes: env(SLOW_BYTES_ENV).unwrap_or(SLOW_BYTES),
+            failed: 0,
+        }
+    }
 }
 
 impl<'a> Jobs<'a> {
     /// `offer` was accepted by the user: it downloads when there is room.
     pub fn queue(&mut self, offer: FileOffered) {
         if self.known.insert(offer.transfer_id.clone()) {
-            self.queued.push_back((offer, None));
+            self.queued.push_back((offer, Start::Accept));
         }
     }
 
@@ -68,7 +187,7 @@ impl<'a> Jobs<'a> {
             sha256: grant.sha256.clone(),
             mime: grant.mime.clone(),
         };
-        self.queued.push_back((offer, Some(grant)));
+        self.queued.push_back((offer, Start::Resume(grant)));
     }
 
     /// Nothing downloading or waiting.
@@ -76,28 +195,57 @@ impl<'a> Jobs<'a> {
         self.running.is_empty() && self.queued.is_empty()
     }
 
-    /// Accept waiting offers and start their downloads while there is room.
+    /// Whether `sender` may start another download.
+    fn sender_has_room(&self, sender: &str) -> bool {
+        self.per_sender.get(sender).copied().unwrap_or(0) < MAX_PER_SENDER
+    }
+
+    /// Accept waiting offers and start their downloads while there is room: the first in
+    /// turn whose sender has fewer than [`MAX_PER_SENDER`] downloads running.
     pub async fn start_queued(&mut self, ctx: &'a Ctx<'a>, client: &'a Client, out: &'a Path) {
         while self.running.len() < MAX_DOWNLOADS {
-            let Some((offer, grant)) = self.queued.pop_front() else {
-                return;
+            let Some(next) = self
+                .queued
+                .iter()
+                .position(|(offer, _)| self.sender_has_room(&offer.from))
+            else {
+                break;
             };
-            let accepted = match grant {
+            let Some((offer, start)) = self.queued.remove(next) else {
+                break;
+            };
+            let accepted = match start {
                 // Resumed: a hash the sender declared is pushed again after the grant, but
                 // may have passed already; then the file is reported NOT verified.
-                Some(grant) => hash_watch(client, &offer).map(|w| (grant, w)),
-                None => accept(client, &offer).await,
+                Start::Resume(grant) => hash_watch(client, &offer).map(|w| (grant, w, None)),
+                Start::Paused(grant, watch, pace) => {
+                    pace.new_turn();
+                    Ok((grant, watch, Some(pace)))
+                }
+                Start::Accept => accept(client, &offer).await.map(|(g, w)| (g, w, None)),
             };
             match accepted {
-                Ok((grant, watch)) => self.running.push(Box::pin(async move {
-                    let r = download_one(ctx, &offer, &grant, out, watch.as_ref()).await;
-                    if r.is_ok() {
-                        // Handled: the grant need not come again at later logins (§10.6; a
-                        // failure only means it does, and is then ignored: no partial file).
-                        let _ = client.file_done(&offer.transfer_id).await;
-                    }
-                    (offer, r)
-                })),
+                Ok((grant, watch, pace)) => {
+                    *self.per_sender.entry(offer.from.clone()).or_default() += 1;
+                    let pace = pace.unwrap_or_else(|| Pace {
+                        activity: Activity::new(),
+                        done: Arc::default(),
+                        turn_start: Arc::default(),
+                        others_wait: self.others_wait.clone(),
+                        window: self.window,
+                        min_bytes: self.min_bytes,
+                    });
+                    self.running.push(Box::pin(async move {
+                        let r = download_one(ctx, &offer, &grant, out, watch.as_ref(), &pace).await;
+                        if matches!(r, Ok(Ended::Finished)) {
+                            // Handled: the grant need not come again at later logins (§10.6;
+                            // a failure only means it does, and is then ignored: no partial
+                            // file).
+                            let _ = client.file_done(&offer.transfer_id).await;
+                        }
+                        (offer, grant, watch, pace, r)
+                    }))
+                }
                 Err(e) => {
                     self.known.remove(&offer.transfer_id);
                     // Only an interruption stops `receive`; it is seen at the next select.
@@ -105,16 +253,44 @@ impl<'a> Jobs<'a> {
                 }
             }
         }
+        let waiting = self
+            .queued
+            .iter()
+            .any(|(offer, _)| self.sender_has_room(&offer.from));
+        self.others_wait.store(waiting, Ordering::Relaxed);
     }
 
-    /// Completes when a download has ended (a failure is reported); never without downloads.
+    /// Completes when a download has ended (a failure is reported, a paused one queued
+    /// again); never without downloads.
     pub async fn next_done(&mut self, ctx: &Ctx<'_>) {
         if self.running.is_empty() {
             return std::future::pending().await;
         }
-        if let Some((offer, r)) = self.running.next().await {
-            self.known.remove(&offer.transfer_id);
-            if let Err(e) = r {
+        let Some((offer, grant, watch, pace, r)) = self.running.next().await else {
+            return;
+        };
+        if let Some(n) = self.per_sender.get_mut(&offer.from) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_sender.remove(&offer.from);
+            }
+        }
+        match r {
+            Ok(Ended::Paused) => {
+                ctx.out.notice(|| {
+                    format!(
+                        "Paused {} from {}: too slow while other files wait; it goes on later.",
+                        offer.filename, offer.from
+                    )
+                });
+                self.queued
+                    .push_back((offer, Start::Paused(grant, watch, pace)));
+            }
+            Ok(Ended::Finished) => {
+                self.known.remove(&offer.transfer_id);
+            }
+            Err(e) => {
+                self.known.remove(&offer.transfer_id);
                 let _ = self.failed(ctx, &offer, &e);
             }
         }

@@ -7,6 +7,7 @@ mod common;
 mod deferred_hash;
 #[cfg(target_os = "linux")]
 mod interrupt;
+mod receive_fair;
 mod receive_many;
 mod reconnect;
 mod stale_part;

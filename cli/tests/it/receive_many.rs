@@ -103,7 +103,7 @@ fn one_bad_and_one_stalled_transfer_do_not_stop_the_others() {
 }
 
 /// `PATCH` `piece` at `offset` of the transfer at `url` (an upload in pieces).
-async fn patch(url: &str, token: &str, offset: usize, piece: &[u8]) {
+pub(crate) async fn patch(url: &str, token: &str, offset: usize, piece: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
