@@ -586,3 +586,4 @@ mod deadlines;
 mod listener;
 mod repair;
 mod robust;
+mod throttle_cap;
