@@ -6,8 +6,8 @@ use super::*;
 /// bob on a and b; a's close is held up past a's database timeout, then commits; b's close
 /// (queued first on bob's lock) empties bob and announces him offline. a's repair at its
 /// next heartbeat must not announce him again. Today it does (`Event::Offline(["bob"])`):
-/// the repair announces from the counts alone and cannot tell whether another node did. Ignored until fixed (the fix:
-/// record in the database which change emptied a login).
+/// the repair announces from the counts alone and cannot tell whether another node did.
+/// Ignored until fixed (the fix: record in the database which change emptied a login).
 #[tokio::test]
 #[ignore = "known defect: duplicate offline announcement after a late close (issue 13)"]
 async fn a_late_close_that_committed_is_not_announced_twice() {
