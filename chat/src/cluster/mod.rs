@@ -44,7 +44,8 @@
 //!   stay until every node's reader has passed them (a user's other sessions may be on other
 //!   nodes); the leader then clears them.
 //!
-//! Tables: `db/postgres/migrations/0100_cluster.sql` and `0101_cluster_positions.sql`
+//! Tables: `db/postgres/migrations/0100_cluster.sql`, `0101_cluster_positions.sql` and
+//! `0140_throttle_row_counts.sql`
 //! (PostgreSQL migrations of the store; they are idempotent, and [`Cluster::start`] applies
 //! them too, for databases the store did not migrate); the store's `0003_cluster_feed.sql`
 //! adds the `origin` columns the readers skip their own items by.
@@ -162,6 +163,11 @@ pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error
         .await?;
     sqlx::raw_sql(include_str!(
         "../db/postgres/migrations/0101_cluster_positions.sql"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::raw_sql(include_str!(
+        "../db/postgres/migrations/0140_throttle_row_counts.sql"
     ))
     .execute(&mut *tx)
     .await?;

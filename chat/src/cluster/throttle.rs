@@ -6,6 +6,16 @@
 //! different nodes are all counted. Rows carry an expiry after which they mean nothing; the
 //! leader prunes them ([`prune`]), which bounds the tables by what was written within that
 //! time.
+//!
+//! Each scope of `cluster_login_failures` is also capped ([`ROWS_PER_SCOPE`], counted by the
+//! triggers of migration 0140): an attacker with many addresses (or logins) can fill it within
+//! that time. A failure whose key has no row while its scope is full is counted on a coarser
+//! shared key instead — the address's network (IPv4 /24, IPv6 /48), then one overflow row
+//! per scope — and [`SharedThrottle::wait`] takes the longest wait of every level, so a full
+//! table throttles more addresses (those sharing a network, then everyone without a row),
+//! never fewer. No row is dropped early to make room. A user at an address known for their
+//! login (a recent successful login) skips the shared rows, as it skips the login's count of
+//! strangers' failures: a full table does not lock owners out.
 
 use crate::rate::{host_key, prefix_key};
 use crate::throttle::{micros, Delays};
@@ -16,6 +26,17 @@ use std::time::Duration;
 const LOGIN_AT_ADDR: i16 = 0;
 const ADDR: i16 = 1;
 const LOGIN: i16 = 2;
+/// Failures of a login from an address counted on the address's network (LOGIN_AT_ADDR full).
+const LOGIN_AT_NET: i16 = 3;
+/// Failures of an address counted on its network (ADDR full).
+const ADDR_NET: i16 = 4;
+/// The last level: one row per scope (key [`OVER_LOGIN_AT`], [`OVER_ADDR`], [`OVER_LOGIN`]).
+const OVERFLOW: i16 = 5;
+const OVER_LOGIN_AT: &str = "login at address";
+const OVER_ADDR: &str = "address";
+const OVER_LOGIN: &str = "login";
+/// Most rows per capped scope of `cluster_login_failures` (as `crate::throttle::MAX_ENTRIES`).
+pub(crate) const ROWS_PER_SCOPE: i64 = 100_000;
 const BUCKET_HOST: i16 = 0;
 const BUCKET_PREFIX: i16 = 1;
 /// How long a large live packet stays in `cluster_events` (it is read within milliseconds).
@@ -29,15 +50,47 @@ pub(crate) const KNOWN_PER_LOGIN: i64 = 32;
 pub(crate) struct SharedThrottle {
     pool: PgPool,
     delays: Delays,
+    cap: i64,
 }
 
 fn pair_key(login: &str, ip: IpAddr) -> String {
     format!("{login} {ip}")
 }
 
+/// The keys a failure of `login` at `ip` (a host key) may be counted on, finest first, per
+/// counted scope: (login at address, address, login).
+fn levels(login: &str, ip: IpAddr) -> [Vec<(i16, String)>; 3] {
+    let net = prefix_key(ip);
+    [
+        vec![
+            (LOGIN_AT_ADDR, pair_key(login, ip)),
+            (LOGIN_AT_NET, pair_key(login, net)),
+            (OVERFLOW, OVER_LOGIN_AT.to_owned()),
+        ],
+        vec![
+            (ADDR, ip.to_string()),
+            (ADDR_NET, net.to_string()),
+            (OVERFLOW, OVER_ADDR.to_owned()),
+        ],
+        vec![(LOGIN, login.to_owned()), (OVERFLOW, OVER_LOGIN.to_owned())],
+    ]
+}
+
+/// Whether a row is skipped for an address known for the login: the login's count of
+/// failures from unknown addresses, and the shared rows of a full table (whoever guesses a
+/// login from an address that never logged into it still sees them).
+fn skipped_when_known(scope: i16) -> bool {
+    matches!(scope, LOGIN | LOGIN_AT_NET | ADDR_NET | OVERFLOW)
+}
+
 impl SharedThrottle {
     pub(crate) fn new(pool: PgPool, delays: Delays) -> SharedThrottle {
-        SharedThrottle { pool, delays }
+        SharedThrottle::with_cap(pool, delays, ROWS_PER_SCOPE)
+    }
+
+    /// With at most `cap` rows per capped scope (tests use a small one).
+    pub(crate) fn with_cap(pool: PgPool, delays: Delays, cap: i64) -> SharedThrottle {
+        SharedThrottle { pool, delays, cap }
     }
 
     /// Whether `login` logged in successfully from `ip` within the known-address time.
@@ -66,22 +119,19 @@ impl SharedThrottle {
     ) -> Result<Duration, sqlx::Error> {
         let ip = host_key(ip);
         let known = self.is_known(login, ip, now).await?;
+        let (scopes, keys): (Vec<i16>, Vec<String>) =
+            levels(login, ip).into_iter().flatten().unzip();
         let rows: Vec<(i16, i32, i64)> = sqlx::query_as(
             "SELECT scope, failures, last_us FROM cluster_login_failures \
-             WHERE (scope = $1 AND key = $2) OR (scope = $3 AND key = $4) \
-             OR (scope = $5 AND key = $6)",
+             WHERE (scope, key) IN (SELECT * FROM unnest($1::int2[], $2::text[]))",
         )
-        .bind(LOGIN_AT_ADDR)
-        .bind(pair_key(login, ip))
-        .bind(ADDR)
-        .bind(ip.to_string())
-        .bind(LOGIN)
-        .bind(login)
+        .bind(scopes)
+        .bind(keys)
         .fetch_all(&self.pool)
         .await?;
         let mut wait = Duration::ZERO;
         for (scope, failures, last) in rows {
-            if scope == LOGIN && known {
+            if known && skipped_when_known(scope) {
                 continue;
             }
             let n = self
@@ -95,23 +145,38 @@ impl SharedThrottle {
         Ok(wait)
     }
 
-    async fn fail(&self, scope: i16, key: &str, now: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO cluster_login_failures (scope, key, failures, last_us, expires_us) \
-             VALUES ($1, $2, 1, $3, $3 + $5) \
-             ON CONFLICT (scope, key) DO UPDATE SET \
-               failures = LEAST(GREATEST(cluster_login_failures.failures::bigint \
-                 - GREATEST(EXCLUDED.last_us - cluster_login_failures.last_us, 0) / $4, 0) + 1, \
-                 2147483647)::int, \
-               last_us = EXCLUDED.last_us, expires_us = EXCLUDED.expires_us",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(now)
-        .bind(micros(self.delays.decay).max(1))
-        .bind(self.delays.horizon())
-        .execute(&self.pool)
-        .await?;
+    /// Counts a failure on the first of `levels` that has a row or room for one (the last
+    /// always takes it).
+    async fn fail(&self, levels: &[(i16, String)], now: i64) -> Result<(), sqlx::Error> {
+        for (i, (scope, key)) in levels.iter().enumerate() {
+            let cap = if i + 1 == levels.len() {
+                i64::MAX
+            } else {
+                self.cap
+            };
+            let counted = sqlx::query(
+                "INSERT INTO cluster_login_failures (scope, key, failures, last_us, expires_us) \
+                 SELECT $1, $2, 1, $3, $3 + $5 \
+                 WHERE EXISTS (SELECT 1 FROM cluster_login_failures WHERE scope = $1 AND key = $2) \
+                   OR (SELECT coalesce(sum(n), 0) FROM cluster_throttle_rows WHERE scope = $1) < $6 \
+                 ON CONFLICT (scope, key) DO UPDATE SET \
+                   failures = LEAST(GREATEST(cluster_login_failures.failures::bigint \
+                     - GREATEST(EXCLUDED.last_us - cluster_login_failures.last_us, 0) / $4, 0) + 1, \
+                     2147483647)::int, \
+                   last_us = EXCLUDED.last_us, expires_us = EXCLUDED.expires_us",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(now)
+            .bind(micros(self.delays.decay).max(1))
+            .bind(self.delays.horizon())
+            .bind(cap)
+            .execute(&self.pool)
+            .await?;
+            if counted.rows_affected() > 0 {
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -123,14 +188,17 @@ impl SharedThrottle {
         now: i64,
     ) -> Result<(), sqlx::Error> {
         let ip = host_key(ip);
+        let [login_at_addr, addr, per_login] = levels(login, ip);
         if !self.is_known(login, ip, now).await? {
-            self.fail(LOGIN, login, now).await?;
+            self.fail(&per_login, now).await?;
         }
-        self.fail(LOGIN_AT_ADDR, &pair_key(login, ip), now).await?;
-        self.fail(ADDR, &ip.to_string(), now).await
+        self.fail(&login_at_addr, now).await?;
+        self.fail(&addr, now).await
     }
 
-    /// Records a success, as `crate::throttle::Throttle::success`.
+    /// Records a success, as `crate::throttle::Throttle::success`. Failures counted on a
+    /// shared network or overflow row (the table was full) are left to decay: forgiving
+    /// them would forgive the other addresses counted there.
     pub(crate) async fn success(
         &self,
         login: &str,
