@@ -584,7 +584,6 @@ mod bounded;
 mod catch_up;
 mod deadlines;
 mod listener;
-mod presence_dup;
 mod repair;
 mod robust;
 mod throttle_cap;
