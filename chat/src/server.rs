@@ -96,6 +96,8 @@ pub(crate) struct Shared {
 pub(crate) struct SharedGate {
     pub(crate) throttle: crate::cluster::throttle::SharedThrottle,
     pub(crate) register: crate::cluster::throttle::SharedRegisterLimits,
+    /// One password check at a time per login on this node (see `login_checks`).
+    pub(crate) checks: crate::cluster::login_checks::LoginChecks,
 }
 
 /// A server ready to accept connections.
@@ -179,6 +181,7 @@ impl Server {
                     config.register_prefix_per_hour,
                 ),
             ),
+            checks: Default::default(),
         });
         let federation = match config.federation.enabled() {
             true => Some(Arc::new(crate::federation::Federation::new(

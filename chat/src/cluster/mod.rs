@@ -60,6 +60,7 @@ pub(crate) mod fanout;
 mod heart;
 pub(crate) mod leader;
 mod listener;
+pub(crate) mod login_checks;
 mod mirror;
 pub(crate) mod nodes;
 mod presence;

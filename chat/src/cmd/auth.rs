@@ -218,6 +218,12 @@ pub(crate) async fn connect_continue(
     // A trusted device answers for itself (its own failure budget); anyone else waits out
     // the throttle (SECURITY.md, "Login hardening").
     let device = device.and_then(|d| gate.devices.verify(&login, &d));
+    // In a cluster, this login's guesses on this node take turns from the shared throttle's
+    // check to its record (one node's own throttle has no await in between).
+    let _turn = match (device, gate.shared) {
+        (None, Some(shared)) => Some(shared.checks.turn(&login).await),
+        _ => None,
+    };
     if device.is_none() {
         let wait = throttle_wait(ctx, gate, &login, ip).await;
         if !wait.is_zero() {

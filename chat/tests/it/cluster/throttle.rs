@@ -37,3 +37,43 @@ async fn guesses_spread_over_two_nodes_are_counted_together() {
         c.login("bob", PASSWORD).await;
     }
 }
+
+/// 40 wrong answers for one login sent at once, half to each node, from a fresh address.
+/// Before: every guess read "no wait" before the first failure was recorded (the check and
+/// the record are separate database round trips), so 10–14 of them were checked. Now a node
+/// checks one guess per login at a time, so at most one per node is checked; the rest are
+/// throttled.
+#[tokio::test]
+async fn a_burst_of_parallel_guesses_gets_at_most_one_check_per_node() {
+    let Some(url) = database("throttle burst").await else {
+        return;
+    };
+    let n = nodes(&url, 2, &[]).await;
+    drop(n[0].user("bob").await);
+    let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 3).into();
+    let mut guesses = Vec::new();
+    for k in 0..40 {
+        let mut c = Client::connect_from(n[k % 2].addr, attacker).await;
+        c.send("CONNECT login=bob").await;
+        c.expect("CONNECT-ACK").await;
+        guesses.push(c);
+    }
+    let wrong = "0".repeat(64);
+    for c in &mut guesses {
+        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
+    }
+    let mut checked = 0;
+    for c in &mut guesses {
+        let answer = c.expect("CONNECT-FAILED").await;
+        match field(&answer, "reason").as_deref() {
+            Some("invalid") => checked += 1,
+            Some("throttled") => {}
+            other => panic!("unexpected answer {other:?}: {answer}"),
+        }
+    }
+    assert!(checked >= 1, "the first guess is checked");
+    assert!(
+        checked <= 2,
+        "{checked} of 40 parallel guesses were checked"
+    );
+}
