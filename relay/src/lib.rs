@@ -70,7 +70,8 @@ pub struct RelayConfig {
     /// resumable (up to `abandon_after`).
     pub reservation_idle: Duration,
     /// Simultaneous connections. When all are taken, a new connection takes the slot of the
-    /// connection that has gone longest without a request in progress (which is closed);
+    /// connection that has gone longest without a request in progress or with one below
+    /// `min_rate` (which is closed);
     /// when every connection has one, new connections wait in the listen backlog.
     pub max_connections: usize,
     /// Simultaneous connections from one client address (0: no limit); further connections
