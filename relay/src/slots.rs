@@ -41,10 +41,13 @@ pub struct MinRate {
 }
 
 /// Since when a connection's rate is measured: its last change of state (a request started
-/// or ended, a wait for upload data started or ended) or the last judgement.
+/// or ended, a wait for upload data started or ended) or the last judgement; and that
+/// judgement, which holds until the next one (a full window later), so a connection judged
+/// slow stays evictable even when another was evicted in its place.
 struct RateWindow {
     start: Instant,
     bytes_at_start: u64,
+    slow: bool,
 }
 
 /// What the slot registry knows about one connection.
@@ -126,6 +129,7 @@ impl Slots {
             window: Mutex::new(RateWindow {
                 start: now,
                 bytes_at_start: 0,
+                slow: false,
             }),
         });
         lock(&self.open).insert(id, conn.clone());
@@ -177,11 +181,13 @@ impl Conn {
         *lock(&self.window) = RateWindow {
             start: Instant::now(),
             bytes_at_start: self.traffic.load(Ordering::SeqCst),
+            slow: false,
         };
     }
 
-    /// A request in progress has moved less than `min.bytes` per `min.window` over a full
-    /// window; a window judged is restarted, so a fast start cannot cover a later trickle.
+    /// A request in progress moved less than `min.bytes` per `min.window` over its last
+    /// judged window (at least `min.window` long). A judged window is restarted, so a fast
+    /// start cannot cover a later trickle; the verdict holds until the next window is judged.
     fn too_slow(&self, min: MinRate, now: Instant) -> bool {
         if min.bytes == 0 {
             return false;
@@ -189,7 +195,7 @@ impl Conn {
         let mut w = lock(&self.window);
         let elapsed = now.saturating_duration_since(w.start);
         if elapsed < min.window {
-            return false;
+            return w.slow;
         }
         let traffic = self.traffic.load(Ordering::SeqCst);
         let moved = traffic.saturating_sub(w.bytes_at_start);
@@ -199,6 +205,7 @@ impl Conn {
         *w = RateWindow {
             start: now,
             bytes_at_start: traffic,
+            slow,
         };
         slow
     }
@@ -323,5 +330,39 @@ mod tests {
         assert!(slots.evict_longest_idle());
         assert!(c.conn.evicted.is_cancelled());
         assert!(!b.conn.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_stays_evictable_after_another_was_evicted_fast_ones_never() {
+        let window = Duration::from_secs(10);
+        let min = MinRate {
+            bytes: 1000,
+            window,
+        };
+        let slots = Slots::new(3, min);
+        let (slow_a, _) = slots.acquire().await.expect("slot");
+        let (slow_b, _) = slots.acquire().await.expect("slot");
+        let (fast, _) = slots.acquire().await.expect("slot");
+        let _busy = [&slow_a, &slow_b, &fast].map(|s| s.conn.request());
+        let start = Instant::now();
+        // The fast connection moves its bytes; the slow ones almost nothing.
+        fast.conn.traffic().fetch_add(10_000, Ordering::SeqCst);
+        slow_a.conn.traffic().fetch_add(10, Ordering::SeqCst);
+        let early = start + window / 2;
+        assert!(
+            !slow_a.conn.evictable(min, early),
+            "not judged before a full window"
+        );
+        let judged = start + window;
+        // Judged as of one window later: both slow ones are evictable.
+        let verdicts: Vec<bool> = [&slow_a, &slow_b, &fast]
+            .iter()
+            .map(|s| s.conn.evictable(min, judged))
+            .collect();
+        assert_eq!(verdicts, [true, true, false]);
+        // The verdict holds within the next window (another connection was evicted first).
+        let soon = judged + window / 2;
+        assert!(slow_b.conn.evictable(min, soon));
+        assert!(!fast.conn.evictable(min, soon));
     }
 }
