@@ -70,7 +70,8 @@ pub struct RelayConfig {
     /// resumable (up to `abandon_after`).
     pub reservation_idle: Duration,
     /// Simultaneous connections. When all are taken, a new connection takes the slot of the
-    /// connection that has gone longest without a request in progress (which is closed);
+    /// connection that has gone longest without a request in progress or with one below
+    /// `min_rate` (which is closed);
     /// when every connection has one, new connections wait in the listen backlog.
     pub max_connections: usize,
     /// Simultaneous connections from one client address (0: no limit); further connections
@@ -83,6 +84,12 @@ pub struct RelayConfig {
     /// bytes for this long, or a download that waited this long for upload data that did not
     /// come, is cut (both stay resumable: the upload with `PATCH`, the download with `Range`).
     pub body_idle_timeout: Duration,
+    /// When connections are short, a connection whose request in progress moved (read plus
+    /// written) fewer than this many bytes over `min_rate_window` gives its slot to a new
+    /// connection like an idle one (0: no minimum). The cut transfer resumes (`PATCH`, `Range`).
+    pub min_rate: u64,
+    /// The window of `min_rate`.
+    pub min_rate_window: Duration,
     /// Downloads of one transfer in progress at once (0: no bound); more are refused with
     /// `429` until one ends.
     pub max_downloads_per_transfer: usize,
@@ -135,6 +142,8 @@ impl std::fmt::Debug for RelayConfig {
             )
             .field("header_timeout", &self.header_timeout)
             .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("min_rate", &self.min_rate)
+            .field("min_rate_window", &self.min_rate_window)
             .field(
                 "max_downloads_per_transfer",
                 &self.max_downloads_per_transfer,
@@ -160,6 +169,11 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on downloads of one transfer in progress at once.
 pub const DEFAULT_MAX_DOWNLOADS_PER_TRANSFER: usize = 8;
+/// Default minimum traffic per window of a connection with a request in progress (when
+/// connections are short): 64 KiB per 30 s, about 2 KiB/s.
+pub const DEFAULT_MIN_RATE: u64 = 64 << 10;
+/// Default window of the minimum rate.
+pub const DEFAULT_MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
 /// Default idle time after which a stalled upload or download is cut.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -167,7 +181,8 @@ impl RelayConfig {
     /// Defaults: TTL 24 h, max file 100 MiB, capacity 10 GiB, free-disk watermark 1 GiB,
     /// per-sender quota 2 GiB of undelivered files, sweep every 5 min, abandon partial uploads after 1 h of no
     /// progress (2 min when the room is needed), 1024 connections (64 per address), 10 s for a
-    /// request head, 60 s of body idle time, 8 downloads of one transfer at once, downloads wait
+    /// request head, 60 s of body idle time, at least 64 KiB per 30 s for a request in progress
+    /// to keep its slot when slots are short, 8 downloads of one transfer at once, downloads wait
     /// 30 s for their upload, 256 KiB chunks, `/metrics` only on a separate listener.
     pub fn new(data_dir: impl Into<PathBuf>, keyring: Keyring) -> RelayConfig {
         // The storage limits' defaults are the store's own.
@@ -187,6 +202,8 @@ impl RelayConfig {
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            min_rate: DEFAULT_MIN_RATE,
+            min_rate_window: DEFAULT_MIN_RATE_WINDOW,
             max_downloads_per_transfer: DEFAULT_MAX_DOWNLOADS_PER_TRANSFER,
             metrics: MetricsAccess::Separate,
             reservation_idle: store.reservation_idle,

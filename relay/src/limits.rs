@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,6 +101,8 @@ pub struct WriteDeadline<S> {
     idle: Duration,
     /// Running while a write waits for the peer to make room.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Bytes read and written, for the minimum-rate check of the connection slots.
+    traffic: Option<Arc<AtomicU64>>,
 }
 
 impl<S> WriteDeadline<S> {
@@ -109,6 +112,19 @@ impl<S> WriteDeadline<S> {
             inner,
             idle,
             stalled: None,
+            traffic: None,
+        }
+    }
+
+    /// Also add every byte read or written to `traffic`.
+    pub fn counting(mut self, traffic: Arc<AtomicU64>) -> WriteDeadline<S> {
+        self.traffic = Some(traffic);
+        self
+    }
+
+    fn count(&self, n: usize) {
+        if let Some(t) = &self.traffic {
+            t.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -139,6 +155,17 @@ impl<S> WriteDeadline<S> {
             }
         }
     }
+
+    fn track_written(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = r {
+            self.count(n);
+        }
+        self.track(cx, r)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
@@ -147,7 +174,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.count(buf.filled().len().saturating_sub(before));
+        }
+        r
     }
 }
 
@@ -158,7 +190,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.track(cx, r)
+        self.track_written(cx, r)
     }
 
     fn poll_write_vectored(
@@ -167,7 +199,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.track(cx, r)
+        self.track_written(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

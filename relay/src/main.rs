@@ -160,6 +160,19 @@ struct Opts {
         env = "MSIM_RELAY_BODY_IDLE_TIMEOUT"
     )]
     body_idle_timeout: Option<HumanDuration>,
+    /// When every connection slot is taken, a connection whose request in progress moved
+    /// fewer bytes than this over --min-rate-window is closed to make room for a new one (the
+    /// transfer resumes); 0: no minimum [default: 64KiB].
+    #[arg(long, global = true, value_name = "SIZE", env = "MSIM_RELAY_MIN_RATE")]
+    min_rate: Option<ByteSize>,
+    /// The window of --min-rate [default: 30s].
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "MSIM_RELAY_MIN_RATE_WINDOW"
+    )]
+    min_rate_window: Option<HumanDuration>,
     /// A partial upload without progress (and no connection) for this long gives its
     /// reserved room to a new upload that would otherwise be refused [default: 2m].
     #[arg(
@@ -221,6 +234,8 @@ fn settings(opts: Opts) -> Result<Settings> {
     set(&mut c.reservation_idle, opts.reservation_idle);
     set(&mut c.header_timeout, opts.header_timeout);
     set(&mut c.body_idle_timeout, opts.body_idle_timeout);
+    set(&mut c.min_rate_window, opts.min_rate_window);
+    positive(c.min_rate_window, "min-rate-window")?;
     positive(c.header_timeout, "header-timeout")?;
     positive(c.body_idle_timeout, "body-idle-timeout")?;
     let set = |field: &mut u64, v: Option<ByteSize>| *field = v.map_or(*field, |v| v.0);
@@ -229,6 +244,7 @@ fn settings(opts: Opts) -> Result<Settings> {
     set(&mut c.min_free, opts.min_free);
     set(&mut c.per_sender_quota, opts.quota);
     set(&mut c.direct_write_min, opts.direct_write_min);
+    set(&mut c.min_rate, opts.min_rate);
     let set = |field: &mut usize, v: Option<usize>| *field = v.unwrap_or(*field);
     set(&mut c.max_connections, opts.max_connections);
     set(

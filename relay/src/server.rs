@@ -16,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
 use crate::limits::{PerAddress, WriteDeadline};
 use crate::metrics::Metrics;
-use crate::slots::{busy_until_sent, ConnOf, Slots};
+use crate::slots::{busy_until_sent, ConnOf, MinRate, Slots};
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
@@ -72,7 +72,13 @@ pub async fn serve_with_metrics(
     let sweeper = tokio::spawn(sweeper(state.clone(), stop_rx));
     let metrics_server =
         metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone(), stop_rx2.clone())));
-    let slots = Slots::new(state.config.max_connections);
+    let slots = Slots::new(
+        state.config.max_connections,
+        MinRate {
+            bytes: state.config.min_rate,
+            window: state.config.min_rate_window,
+        },
+    );
     let per_address = PerAddress::new(state.config.max_connections_per_address);
     let header_timeout = state.config.header_timeout;
     let idle = state.config.body_idle_timeout;
@@ -130,9 +136,10 @@ pub async fn serve_with_metrics(
                 Ok::<_, Infallible>(resp.map(|body| busy_until_sent(body, busy)))
             }
         });
+        let traffic = slot.conn.traffic();
         let held = (slot, address_slot);
         let Some(acceptor) = tls.clone() else {
-            let io = TokioIo::new(WriteDeadline::new(stream, idle));
+            let io = TokioIo::new(WriteDeadline::new(stream, idle).counting(traffic));
             let conn = graceful.watch(http1_builder(header_timeout).serve_connection(io, service));
             tokio::spawn(async move {
                 let conn_state = &held.0.conn;
@@ -140,7 +147,7 @@ pub async fn serve_with_metrics(
                     r = conn => if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     },
-                    () = conn_state.evicted() => tracing::debug!(%peer, "idle connection closed: its slot went to a new one"),
+                    () = conn_state.evicted() => tracing::debug!(%peer, "idle or slow connection closed: its slot went to a new one"),
                 }
                 drop(held);
             });
@@ -165,13 +172,13 @@ pub async fn serve_with_metrics(
                 _ = stopping.changed() => return,
                 () = conn_state.evicted() => return,
             };
-            let io = TokioIo::new(WriteDeadline::new(stream, idle));
+            let io = TokioIo::new(WriteDeadline::new(stream, idle).counting(traffic));
             let conn = watcher.watch(http1_builder(header_timeout).serve_connection(io, service));
             tokio::select! {
                 r = conn => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 },
-                () = conn_state.evicted() => tracing::debug!(%peer, "idle connection closed: its slot went to a new one"),
+                () = conn_state.evicted() => tracing::debug!(%peer, "idle or slow connection closed: its slot went to a new one"),
             }
         });
     }

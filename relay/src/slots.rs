@@ -1,15 +1,16 @@
 //! Connection slots that slow clients cannot keep: when all are taken, a new connection takes
 //! the slot of the connection that has gone longest without a request in progress (an
 //! unfinished request head, an idle keep-alive connection, a download waiting for upload data
-//! that has not arrived), which is closed. Connections with a request in progress keep their
-//! slots; when all have one, new connections wait.
+//! that has not arrived, or a request moving fewer than the minimum bytes per window), which
+//! is closed. Connections with a request in progress at a good rate keep their slots; when all
+//! have one, new connections wait (and look again as windows pass).
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -26,6 +27,27 @@ pub struct Slots {
     free: Arc<Semaphore>,
     open: Open,
     next_id: AtomicU64,
+    min_rate: MinRate,
+}
+
+/// The least traffic (bytes read plus written) a connection with a request in progress must
+/// move per window to keep its slot when slots are short; `bytes == 0` turns the check off.
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    /// Bytes per window.
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+/// Since when a connection's rate is measured: its last change of state (a request started
+/// or ended, a wait for upload data started or ended) or the last judgement; and that
+/// judgement, which holds until the next one (a full window later), so a connection judged
+/// slow stays evictable even when another was evicted in its place.
+struct RateWindow {
+    start: Instant,
+    bytes_at_start: u64,
+    slow: bool,
 }
 
 /// What the slot registry knows about one connection.
@@ -39,6 +61,9 @@ pub struct Conn {
     idle_since: Mutex<Instant>,
     /// Cancelled when a new connection takes this one's slot.
     evicted: CancellationToken,
+    /// Bytes read from and written to the socket (counted by the connection's I/O).
+    traffic: Arc<AtomicU64>,
+    window: Mutex<RateWindow>,
 }
 
 /// A taken slot; freed when dropped.
@@ -62,32 +87,50 @@ pub struct Waiting(Arc<Conn>);
 
 impl Slots {
     /// `n` slots (at least 1).
-    pub fn new(n: usize) -> Slots {
+    pub fn new(n: usize, min_rate: MinRate) -> Slots {
         Slots {
             free: Arc::new(Semaphore::new(n.max(1))),
             open: Arc::default(),
             next_id: AtomicU64::new(0),
+            min_rate,
         }
     }
 
     /// A slot for a new connection: a free one, else the slot of the connection that has
     /// been without a request longest (that connection is closed; `true` is returned with
-    /// the slot), else wait until a connection ends.
+    /// the slot), else wait until a connection ends or one falls below the minimum rate.
     /// `None` only if the slots were closed (they are not).
     pub async fn acquire(&self) -> Option<(Slot, bool)> {
         let (permit, evicted) = match self.free.clone().try_acquire_owned() {
             Ok(p) => (p, false),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
-                let evicted = self.evict_longest_idle();
-                (self.free.clone().acquire_owned().await.ok()?, evicted)
+                let mut evicted = self.evict_longest_idle();
+                // A connection busy now may fall below the minimum rate later: look again
+                // a few times per window while waiting.
+                let recheck = (self.min_rate.window / 4).max(Duration::from_millis(10));
+                loop {
+                    tokio::select! {
+                        p = self.free.clone().acquire_owned() => break (p.ok()?, evicted),
+                        () = tokio::time::sleep(recheck), if !evicted && self.min_rate.bytes > 0 => {
+                            evicted = self.evict_longest_idle();
+                        }
+                    }
+                }
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let conn = Arc::new(Conn {
             busy: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
+            idle_since: Mutex::new(now),
             evicted: CancellationToken::new(),
+            traffic: Arc::default(),
+            window: Mutex::new(RateWindow {
+                start: now,
+                bytes_at_start: 0,
+                slow: false,
+            }),
         });
         lock(&self.open).insert(id, conn.clone());
         let slot = Slot {
@@ -100,12 +143,14 @@ impl Slots {
     }
 
     /// Close the connection that has gone longest without a request in progress (other than
-    /// one waiting for upload data); `false` when every connection has one.
+    /// one waiting for upload data, or one below the minimum rate); `false` when every
+    /// connection has one.
     fn evict_longest_idle(&self) -> bool {
         let open = lock(&self.open);
+        let now = Instant::now();
         let victim = open
             .values()
-            .filter(|c| c.evictable() && !c.evicted.is_cancelled())
+            .filter(|c| c.evictable(self.min_rate, now) && !c.evicted.is_cancelled())
             .min_by_key(|c| *lock(&c.idle_since));
         match victim {
             Some(c) => {
@@ -120,23 +165,66 @@ impl Slots {
 impl Conn {
     /// A request starts on this connection.
     pub fn request(self: &Arc<Self>) -> Busy {
+        self.restart_window();
         self.busy.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
+    }
+
+    /// The counter the connection's I/O adds its bytes to.
+    pub fn traffic(&self) -> Arc<AtomicU64> {
+        self.traffic.clone()
+    }
+
+    /// Measure the rate from now on (a change of state: the previous window says nothing
+    /// about the new one).
+    fn restart_window(&self) {
+        *lock(&self.window) = RateWindow {
+            start: Instant::now(),
+            bytes_at_start: self.traffic.load(Ordering::SeqCst),
+            slow: false,
+        };
+    }
+
+    /// A request in progress moved less than `min.bytes` per `min.window` over its last
+    /// judged window (at least `min.window` long). A judged window is restarted, so a fast
+    /// start cannot cover a later trickle; the verdict holds until the next window is judged.
+    fn too_slow(&self, min: MinRate, now: Instant) -> bool {
+        if min.bytes == 0 {
+            return false;
+        }
+        let mut w = lock(&self.window);
+        let elapsed = now.saturating_duration_since(w.start);
+        if elapsed < min.window {
+            return w.slow;
+        }
+        let traffic = self.traffic.load(Ordering::SeqCst);
+        let moved = traffic.saturating_sub(w.bytes_at_start);
+        // moved / elapsed < bytes / window, without division.
+        let slow =
+            u128::from(moved) * min.window.as_nanos() < u128::from(min.bytes) * elapsed.as_nanos();
+        *w = RateWindow {
+            start: now,
+            bytes_at_start: traffic,
+            slow,
+        };
+        slow
     }
 
     /// A request on this connection waits for upload data that has not arrived: until the
     /// mark is dropped the connection may be evicted as if idle (idle from now on).
     pub fn waiting(self: &Arc<Self>) -> Waiting {
+        self.restart_window();
         *lock(&self.idle_since) = Instant::now();
         self.waiting.fetch_add(1, Ordering::SeqCst);
         Waiting(self.clone())
     }
 
-    /// No request in progress other than ones waiting for upload data.
-    fn evictable(&self) -> bool {
+    /// No request in progress other than ones waiting for upload data, or requests in
+    /// progress below the minimum rate.
+    fn evictable(&self, min: MinRate, now: Instant) -> bool {
         // `busy` first: a wait that ends between the two loads is seen as busy.
         let busy = self.busy.load(Ordering::SeqCst);
-        busy <= self.waiting.load(Ordering::SeqCst)
+        busy <= self.waiting.load(Ordering::SeqCst) || self.too_slow(min, now)
     }
 
     /// Completes when a new connection has taken this one's slot.
@@ -151,11 +239,13 @@ impl Drop for Busy {
         // sees a connection idle with an old stamp.
         *lock(&self.0.idle_since) = Instant::now();
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        self.0.restart_window();
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        self.0.restart_window();
         self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -210,9 +300,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    const OFF: MinRate = MinRate {
+        bytes: 0,
+        window: Duration::from_secs(30),
+    };
+
     #[tokio::test]
     async fn a_full_house_evicts_the_longest_idle_connection_never_a_busy_one() {
-        let slots = Slots::new(2);
+        let slots = Slots::new(2, OFF);
         let (a, evicted) = slots.acquire().await.expect("slot");
         assert!(!evicted);
         let (b, _) = slots.acquire().await.expect("slot");
@@ -235,5 +330,39 @@ mod tests {
         assert!(slots.evict_longest_idle());
         assert!(c.conn.evicted.is_cancelled());
         assert!(!b.conn.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_stays_evictable_after_another_was_evicted_fast_ones_never() {
+        let window = Duration::from_secs(10);
+        let min = MinRate {
+            bytes: 1000,
+            window,
+        };
+        let slots = Slots::new(3, min);
+        let (slow_a, _) = slots.acquire().await.expect("slot");
+        let (slow_b, _) = slots.acquire().await.expect("slot");
+        let (fast, _) = slots.acquire().await.expect("slot");
+        let _busy = [&slow_a, &slow_b, &fast].map(|s| s.conn.request());
+        let start = Instant::now();
+        // The fast connection moves its bytes; the slow ones almost nothing.
+        fast.conn.traffic().fetch_add(10_000, Ordering::SeqCst);
+        slow_a.conn.traffic().fetch_add(10, Ordering::SeqCst);
+        let early = start + window / 2;
+        assert!(
+            !slow_a.conn.evictable(min, early),
+            "not judged before a full window"
+        );
+        let judged = start + window;
+        // Judged as of one window later: both slow ones are evictable.
+        let verdicts: Vec<bool> = [&slow_a, &slow_b, &fast]
+            .iter()
+            .map(|s| s.conn.evictable(min, judged))
+            .collect();
+        assert_eq!(verdicts, [true, true, false]);
+        // The verdict holds within the next window (another connection was evicted first).
+        let soon = judged + window / 2;
+        assert!(slow_b.conn.evictable(min, soon));
+        assert!(!fast.conn.evictable(min, soon));
     }
 }

@@ -10,6 +10,7 @@ mod limits;
 mod recovery_check;
 mod settings;
 mod sha_check;
+mod slow_transfers;
 mod support;
 mod transfers;
 mod waiting_downloads;
