@@ -202,6 +202,10 @@ mod tests {
 
     const ONE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
     #[test]
     fn links_are_bounded_per_domain_and_in_all() {
         let links = Links::new(2, 0, 3);
@@ -264,7 +268,7 @@ mod tests {
         let mut evil: Vec<_> = (0..500)
             .map(|d| links.take(&format!("evil{d}.test"), ONE).expect("a place"))
             .collect();
-        let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
+        let elsewhere: IpAddr = ip("198.51.100.7");
         let honest = links.take("honest.test", elsewhere).expect("a fair place");
         // The oldest link of the richest network was told to end.
         assert!(evil[0].evicted().now_or_never().is_some());
@@ -281,36 +285,33 @@ mod tests {
     #[test]
     fn links_are_bounded_per_source_network() {
         let links = Links::new(8, 2, 0);
-        let _a = links.take("a.test", "192.0.2.1".parse().unwrap()).unwrap();
-        let _b = links
-            .take("b.test", "192.0.2.200".parse().unwrap())
-            .unwrap();
+        let _a = links.take("a.test", ip("192.0.2.1")).expect("a place");
+        let _b = links.take("b.test", ip("192.0.2.200")).expect("a place");
         // Another address of the same /24, another domain: still that network's.
-        let c = links.take("c.test", "192.0.2.9".parse().unwrap());
+        let c = links.take("c.test", ip("192.0.2.9"));
         assert_eq!(c.err(), Some("too-many-links"));
-        assert!(links.take("c.test", "192.0.3.9".parse().unwrap()).is_ok());
+        assert!(links.take("c.test", ip("192.0.3.9")).is_ok());
         // IPv6 counts by /48; IPv4-mapped as IPv4.
         let _d = links
-            .take("d.test", "2001:db8:1:1::1".parse().unwrap())
-            .unwrap();
+            .take("d.test", ip("2001:db8:1:1::1"))
+            .expect("a place");
         let _e = links
-            .take("e.test", "2001:db8:1:ffff::2".parse().unwrap())
-            .unwrap();
-        let f = links.take("f.test", "2001:db8:1:2::3".parse().unwrap());
+            .take("e.test", ip("2001:db8:1:ffff::2"))
+            .expect("a place");
+        let f = links.take("f.test", ip("2001:db8:1:2::3"));
         assert_eq!(f.err(), Some("too-many-links"));
-        assert!(links
-            .take("f.test", "2001:db8:2::3".parse().unwrap())
-            .is_ok());
-        let mapped = links.take("g.test", "::ffff:192.0.2.77".parse().unwrap());
+        assert!(links.take("f.test", ip("2001:db8:2::3")).is_ok());
+        let mapped = links.take("g.test", ip("::ffff:192.0.2.77"));
         assert_eq!(mapped.err(), Some("too-many-links"));
     }
 
     #[test]
     fn two_honest_peers_settle_on_an_even_share_without_flapping() {
         let links = Links::new(8, 0, 4);
-        let (na, nb): (IpAddr, IpAddr) =
-            ("192.0.2.1".parse().unwrap(), "203.0.113.1".parse().unwrap());
-        let mut a: Vec<_> = (0..4).map(|_| links.take("a.test", na).unwrap()).collect();
+        let (na, nb): (IpAddr, IpAddr) = (ip("192.0.2.1"), ip("203.0.113.1"));
+        let mut a: Vec<_> = (0..4)
+            .map(|_| links.take("a.test", na).expect("a place"))
+            .collect();
         let b1 = links.take("b.test", nb).expect("a place");
         let b2 = links.take("b.test", nb).expect("a place");
         assert_eq!((links.held("a.test"), links.held("b.test")), (2, 2));
