@@ -5,8 +5,8 @@
 //!   listener's slots (the global `max_inbound` cap alone let it lock out every peer);
 //! - after: one token bucket per registrable domain shared by all its links and subdomains, so
 //!   opening more links, or using more names of one DNS zone, does not multiply its rate; one
-//!   bucket for all peers together; at most a few authenticated links per registrable domain
-//!   and a bound on all of them (PROTOCOL.md §12.5).
+//!   bucket for all peers together; at most a few authenticated links per registrable domain,
+//!   a few dozen per source network (IPv4 /24, IPv6 /48) and a bound on all of them (PROTOCOL.md §12.5).
 
 use super::links::{LinkPlace, Links};
 use super::FederationConfig;
@@ -109,14 +109,18 @@ impl Guard {
             shares: Mutex::default(),
             total_rate: f64::from(c.total_rate),
             total_burst: f64::from(c.total_burst.max(1)),
-            links: Links::new(c.max_links_per_domain, c.max_authenticated),
+            links: Links::new(
+                c.max_links_per_domain,
+                c.max_links_per_network,
+                c.max_authenticated,
+            ),
         }
     }
 
-    /// A place for an authenticated inbound link of registrable domain `domain` (see
-    /// [`Links::take`]).
-    pub(crate) fn link(&self, domain: &str) -> Result<LinkPlace, &'static str> {
-        self.links.take(domain)
+    /// A place for an authenticated inbound link of registrable domain `domain` from `ip`
+    /// (see [`Links::take`]).
+    pub(crate) fn link(&self, domain: &str, ip: IpAddr) -> Result<LinkPlace, &'static str> {
+        self.links.take(domain, ip)
     }
 
     /// A place for a new unauthenticated connection from `ip`, or `None` when that address

@@ -109,7 +109,7 @@ async fn serve(
     drop(place);
     // Limits count per registrable domain: one zone's many names are one peer for them.
     let group = super::domain::registrable(&peer);
-    let link_place = match fed.guard.link(&group) {
+    let link_place = match fed.guard.link(&group, addr.ip()) {
         Ok(p) => p,
         Err(reason) => {
             info!(%addr, %peer, reason, "s2s link refused");

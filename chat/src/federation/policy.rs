@@ -93,6 +93,9 @@ pub struct FederationConfig {
     pub total_burst: u32,
     /// Most authenticated inbound links of one registrable domain (all its subdomains).
     pub max_links_per_domain: usize,
+    /// Most authenticated inbound links from one source network (IPv4 /24, IPv6 /48), all
+    /// domains together: cheap registrable domains from one operator share it; 0 = unlimited.
+    pub max_links_per_network: usize,
     /// Most authenticated inbound links in all (the rest of `max_inbound` stays for handshakes).
     pub max_authenticated: usize,
     /// Most inbound s2s connections at once.
@@ -139,6 +142,7 @@ impl Default for FederationConfig {
             total_rate: 20_000,
             total_burst: 100_000,
             max_links_per_domain: 8,
+            max_links_per_network: 32,
             max_authenticated: 500,
             max_inbound: 1_000,
             max_unauthenticated_per_ip: 8,

@@ -11,6 +11,7 @@ mod key_cache;
 mod last_findings;
 mod link_share;
 mod messages;
+mod network_share;
 mod peers;
 mod presence;
 mod processes;

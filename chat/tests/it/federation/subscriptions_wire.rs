@@ -138,6 +138,31 @@ impl FakePeer {
         to: &str,
     ) -> Framed<impl AsyncRead + AsyncWrite + Unpin, PacketCodec> {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        self.authenticate(tcp, to).await
+    }
+
+    /// Like [`FakePeer::dial`], from source address `from` (any of 127.0.0.0/8 on loopback).
+    pub(super) async fn dial_from(
+        &self,
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        to: &str,
+    ) -> Framed<impl AsyncRead + AsyncWrite + Unpin, PacketCodec> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let tcp = tokio::time::timeout(WAIT, socket.connect(addr))
+            .await
+            .expect("timed out")
+            .unwrap();
+        self.authenticate(tcp, to).await
+    }
+
+    /// The dialer's TLS and signed handshake on `tcp`.
+    async fn authenticate(
+        &self,
+        tcp: TcpStream,
+        to: &str,
+    ) -> Framed<impl AsyncRead + AsyncWrite + Unpin, PacketCodec> {
         let tls = TlsConnector::from(msim_chat::federation::tls::any_certificate())
             .connect(msim_shared::tls::server_name(to).unwrap(), tcp)
             .await
