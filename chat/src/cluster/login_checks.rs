@@ -71,6 +71,6 @@ mod tests {
         );
         drop(first);
         drop(second.await);
-        assert!(checks.queues.lock().unwrap().is_empty());
+        assert!(checks.queues.lock().expect("not poisoned").is_empty());
     }
 }
