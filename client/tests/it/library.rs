@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{self, password};
-use msim::proto::{ConnectFailure, ContactFailure, OfferFile, Presence, SendFailure};
+use msim::proto::{
+    ConnectFailure, ContactFailure, DownloadGrant, OfferFile, Presence, SendFailure, UploadGrant,
+};
 use msim::transfer::{self, Transfer, TransferOptions};
 use msim::{Client, ClientError, Event, Events, LoginOptions};
 use msim_testkit::{pseudo_random_bytes, sha256_file_hex, ThreadedSystem};
@@ -40,6 +42,40 @@ pub(crate) async fn next<T>(events: &mut Events, mut pick: impl FnMut(Event) -> 
     })
     .await
     .expect("timed out waiting for an event")
+}
+
+/// `sender` offers a file to bob and bob accepts it: the sender's upload grant and bob's
+/// download grant, the way every transfer test starts.
+pub(crate) async fn offer_accepted(
+    sender: &Client,
+    bob: &Client,
+    bob_events: &mut Events,
+    filename: &str,
+    size: u64,
+    sha256: Option<String>,
+) -> (UploadGrant, DownloadGrant) {
+    let offer = sender
+        .offer_file(OfferFile {
+            to: "bob".into(),
+            filename: filename.into(),
+            size,
+            sha256,
+            mime: None,
+        })
+        .await
+        .unwrap();
+    let offered = next(bob_events, |e| match e {
+        Event::FileOffered(o) => Some(o),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offered.transfer_id, offer.transfer_id());
+    let download = bob.accept_file(&offered.transfer_id).await.unwrap();
+    let upload = tokio::time::timeout(WAIT, offer.answer())
+        .await
+        .expect("no answer to the offer")
+        .unwrap();
+    (upload, download)
 }
 
 #[tokio::test]
@@ -359,23 +395,15 @@ async fn transfers_resume() {
     let bytes = pseudo_random_bytes(300_000, 2);
     std::fs::write(&src, &bytes).unwrap();
     let sha = sha256_file_hex(&src).unwrap();
-    let offer = alice
-        .offer_file(OfferFile {
-            to: "bob".into(),
-            filename: "photo.png".into(),
-            size: bytes.len() as u64,
-            sha256: Some(sha.clone()),
-            mime: None,
-        })
-        .await
-        .unwrap();
-    let offered = next(&mut bob_events, |e| match e {
-        Event::FileOffered(o) => Some(o),
-        _ => None,
-    })
+    let (upload_grant, grant) = offer_accepted(
+        &alice,
+        &bob,
+        &mut bob_events,
+        "photo.png",
+        bytes.len() as u64,
+        Some(sha.clone()),
+    )
     .await;
-    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-    let upload_grant = offer.answer().await.unwrap();
 
     // An earlier attempt stored the first 100,000 bytes.
     raw_put_interrupted(&upload_grant.url, &upload_grant.token, &bytes, 100_000).await;

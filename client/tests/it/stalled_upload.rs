@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use crate::library::{next, user, WAIT};
-use msim::proto::OfferFile;
+use crate::library::{offer_accepted, user, WAIT};
 use msim::transfer::{self, Transfer, TransferOptions};
-use msim::Event;
 use msim_testkit::{pseudo_random_bytes, sha256_hex, System};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -47,23 +45,15 @@ async fn a_download_cut_while_the_upload_stalls_resumes_until_complete() {
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let bytes = pseudo_random_bytes(8_000, 3);
     let sha = sha256_hex(&bytes);
-    let offer = alice
-        .offer_file(OfferFile {
-            to: "bob".into(),
-            filename: "slow.bin".into(),
-            size: bytes.len() as u64,
-            sha256: Some(sha.clone()),
-            mime: None,
-        })
-        .await
-        .unwrap();
-    let offered = next(&mut bob_events, |e| match e {
-        Event::FileOffered(o) => Some(o),
-        _ => None,
-    })
+    let (upload_grant, grant) = offer_accepted(
+        &alice,
+        &bob,
+        &mut bob_events,
+        "slow.bin",
+        bytes.len() as u64,
+        Some(sha.clone()),
+    )
     .await;
-    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-    let upload_grant = offer.answer().await.unwrap();
     // The sender stalls for longer than the relay's idle time before each of 8 pieces: the
     // download is cut at least 8 times, more than a download's attempts.
     let uploader = tokio::spawn({

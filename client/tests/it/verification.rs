@@ -3,10 +3,8 @@
 //! can rewrite body and header together): it catches damage but verifies nothing.
 
 use crate::common;
-use crate::library::{next, user};
-use msim::proto::OfferFile;
+use crate::library::{offer_accepted, user};
 use msim::transfer::{self, Transfer, TransferOptions};
-use msim::Event;
 use msim_testkit::{pseudo_random_bytes, sha256_hex};
 
 #[tokio::test]
@@ -20,23 +18,15 @@ async fn the_relays_hash_alone_does_not_make_a_download_verified() {
     for (name, announced) in [("plain.bin", None), ("hashed.bin", Some(sha.clone()))] {
         let src = dir.join(format!("src-{name}"));
         std::fs::write(&src, &bytes).unwrap();
-        let offer = alice
-            .offer_file(OfferFile {
-                to: "bob".into(),
-                filename: name.into(),
-                size: bytes.len() as u64,
-                sha256: announced.clone(),
-                mime: None,
-            })
-            .await
-            .unwrap();
-        let offered = next(&mut bob_events, |e| match e {
-            Event::FileOffered(o) => Some(o),
-            _ => None,
-        })
+        let (up, grant) = offer_accepted(
+            &alice,
+            &bob,
+            &mut bob_events,
+            name,
+            bytes.len() as u64,
+            announced.clone(),
+        )
         .await;
-        let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-        let up = offer.answer().await.unwrap();
         transfer::upload(
             &Transfer::from(&up),
             &src,
@@ -75,23 +65,15 @@ async fn a_part_file_already_full_size_is_fetched_again_not_taken_as_complete() 
     let bytes = pseudo_random_bytes(30_000, 8);
     let src = dir.join("src.bin");
     std::fs::write(&src, &bytes).unwrap();
-    let offer = alice
-        .offer_file(OfferFile {
-            to: "bob".into(),
-            filename: "doc.bin".into(),
-            size: bytes.len() as u64,
-            sha256: None,
-            mime: None,
-        })
-        .await
-        .unwrap();
-    let offered = next(&mut bob_events, |e| match e {
-        Event::FileOffered(o) => Some(o),
-        _ => None,
-    })
+    let (up, grant) = offer_accepted(
+        &alice,
+        &bob,
+        &mut bob_events,
+        "doc.bin",
+        bytes.len() as u64,
+        None,
+    )
     .await;
-    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-    let up = offer.answer().await.unwrap();
     transfer::upload(
         &Transfer::from(&up),
         &src,
@@ -132,23 +114,15 @@ async fn a_download_longer_than_the_offers_size_is_refused_even_for_size_zero() 
     ] {
         let src = dir.join(format!("src-{name}"));
         std::fs::write(&src, &bytes).unwrap();
-        let offer = alice
-            .offer_file(OfferFile {
-                to: "bob".into(),
-                filename: name.into(),
-                size: bytes.len() as u64,
-                sha256: Some(sha256_hex(&bytes)),
-                mime: None,
-            })
-            .await
-            .unwrap();
-        let offered = next(&mut bob_events, |e| match e {
-            Event::FileOffered(o) => Some(o),
-            _ => None,
-        })
+        let (up, grant) = offer_accepted(
+            &alice,
+            &bob,
+            &mut bob_events,
+            name,
+            bytes.len() as u64,
+            Some(sha256_hex(&bytes)),
+        )
         .await;
-        let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-        let up = offer.answer().await.unwrap();
         let options = TransferOptions::default();
         transfer::upload(&Transfer::from(&up), &src, None, &options)
             .await

@@ -9,12 +9,12 @@ mod small;
 
 use std::time::{Duration, Instant};
 
-use msim::proto::{DownloadGrant, OfferFile, UploadGrant};
+use msim::proto::{DownloadGrant, UploadGrant};
 use msim::transfer::{self, Transfer, TransferOptions};
-use msim::{ClientError, Event};
+use msim::ClientError;
 
 use crate::common;
-use crate::library::{next, user, WAIT};
+use crate::library::{offer_accepted, user, WAIT};
 use msim_testkit::{pseudo_random_bytes as test_bytes, ThreadedSystem as TestServer};
 use proxy::{Fault, Proxy};
 
@@ -30,27 +30,15 @@ fn quick() -> TransferOptions {
 async fn offered(srv: &TestServer, bytes: &[u8], sha256: &str) -> (UploadGrant, DownloadGrant) {
     let (alice, _) = user(srv, "alice").await;
     let (bob, mut bob_events) = user(srv, "bob").await;
-    let offer = alice
-        .offer_file(OfferFile {
-            to: "bob".into(),
-            filename: "picture.jpg".into(),
-            size: bytes.len() as u64,
-            sha256: Some(sha256.to_owned()),
-            mime: None,
-        })
-        .await
-        .unwrap();
-    let offered = next(&mut bob_events, |e| match e {
-        Event::FileOffered(o) => Some(o),
-        _ => None,
-    })
-    .await;
-    let download = bob.accept_file(&offered.transfer_id).await.unwrap();
-    let upload = tokio::time::timeout(WAIT, offer.answer())
-        .await
-        .unwrap()
-        .unwrap();
-    (upload, download)
+    offer_accepted(
+        &alice,
+        &bob,
+        &mut bob_events,
+        "picture.jpg",
+        bytes.len() as u64,
+        Some(sha256.to_owned()),
+    )
+    .await
 }
 
 async fn server() -> TestServer {
