@@ -287,6 +287,8 @@ pub(crate) struct Reader {
     pub(crate) silence: Duration,
     /// The deadline of each of the reader's statements.
     pub(crate) statement: Duration,
+    /// Set while the reader's listener is listening (see [`listen_loop`]).
+    pub(crate) listening: tokio::sync::watch::Sender<bool>,
 }
 
 impl Reader {
@@ -303,6 +305,7 @@ impl Reader {
             tx,
             self.silence,
             self.statement,
+            self.listening.clone(),
             stop.clone(),
         ));
         let mut pos = self.start;

@@ -272,6 +272,7 @@ impl Cluster {
         let statement = timing.statement();
         let (events_tx, events) = mpsc::channel(EVENTS);
         let fed = Arc::new(Mutex::new(None));
+        let (listening, mut listener_up) = tokio::sync::watch::channel(false);
         let reader = fanout::Reader {
             pool: pool.clone(),
             me: node,
@@ -283,6 +284,7 @@ impl Cluster {
             start,
             silence: timing.node_timeout,
             statement: timing.statement(),
+            listening,
         };
         let reconciler = Arc::new(reconciler::Reconciler::default());
         let tasks = vec![
@@ -327,6 +329,13 @@ impl Cluster {
             ),
         ];
         let tasks = Mutex::new(tasks);
+        // Not before this node listens: its sessions' rows make the other nodes publish live
+        // packets for them (typing, presence, profile pushes), and a NOTIFY sent before the
+        // LISTEN is lost. (Bounded: a listener that cannot connect keeps retrying meanwhile.)
+        let up = tokio::time::timeout(statement, listener_up.wait_for(|up| *up)).await;
+        if !matches!(up, Ok(Ok(_))) {
+            warn!("the cluster listener is not listening yet: live packets may be missed");
+        }
         Ok((
             Cluster {
                 node,

@@ -586,4 +586,5 @@ mod deadlines;
 mod listener;
 mod repair;
 mod robust;
+mod startup;
 mod throttle_cap;
