@@ -310,6 +310,8 @@ impl Reader {
         ));
         let mut pos = self.start;
         let mut page = PAGE;
+        // The snapshot of the last presence read (`None`: read everything next).
+        let mut seen: Option<String> = None;
         self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -318,9 +320,10 @@ impl Reader {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    // Presence notes dropped on a full inbox (or lost with a listener) are
-                    // repaired here: the table is the truth, the notes only make it quick.
-                    self.reload_presence().await;
+                    // Presence notes dropped on a full inbox (or on a full outbox, or whose
+                    // NOTIFY failed) are repaired here: the table is the truth, the notes only
+                    // make it quick. Only the logins changed since the last read are read.
+                    self.reload_presence(&mut seen).await;
                     self.catch_up(&mut pos, ALL, &mut page).await;
                 }
                 _ = wake.notified() => {
@@ -336,7 +339,10 @@ impl Reader {
                 note = inbox.recv() => match note {
                     Some(Note::Connected) => {
                         info!("cluster listener connected: catching up");
-                        self.reload_presence().await;
+                        // Everything: the database may have restarted (a crash hands out
+                        // transaction ids again, and snapshots taken before it mean nothing).
+                        seen = None;
+                        self.reload_presence(&mut seen).await;
                         self.catch_up(&mut pos, ALL, &mut page).await;
                     }
                     Some(note) => self.apply(note).await,
@@ -432,10 +438,19 @@ impl Reader {
         *self.fed.lock().unwrap_or_else(|e| e.into_inner()) = Some(*pos);
     }
 
-    /// Replaces the mirror with the presence table (kept as it is on an error).
-    async fn reload_presence(&self) {
-        match within(self.statement, nodes_online(&self.pool, self.me)).await {
-            Ok(rows) => self.mirror.replace(rows),
+    /// Brings the mirror in line with the presence table: all of it (`seen` = `None`), or the
+    /// logins changed since the read in snapshot `seen`. On an error the mirror and `seen`
+    /// stay as they are (the next read covers what this one missed).
+    async fn reload_presence(&self, seen: &mut Option<String>) {
+        let read = super::nodes::presence_since(&self.pool, self.me, seen.as_deref());
+        match within(self.statement, read).await {
+            Ok(read) => {
+                match read.logins {
+                    None => self.mirror.replace(read.rows),
+                    Some(logins) => self.mirror.update(&logins, read.rows),
+                }
+                *seen = Some(read.snapshot);
+            }
             Err(e) => warn!("cluster: reloading presence: {e}"),
         }
     }
@@ -477,8 +492,4 @@ fn is_timeout(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().as_deref() == Some("57014"),
         _ => false,
     }
-}
-
-async fn nodes_online(pool: &PgPool, me: NodeId) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    super::nodes::online_elsewhere(pool, me).await
 }

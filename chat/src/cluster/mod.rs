@@ -29,10 +29,13 @@
 //!   like a client's reconnect does.
 //! - **Presence** (`nodes`). `cluster_presence` holds (login, node) while a node has a
 //!   session of the user; transitions are decided under a per-login advisory lock, so exactly
-//!   one node announces "online" and one "offline". Each node heartbeats `cluster_nodes`;
-//!   the leader reaps nodes silent for longer than the node timeout and announces their
-//!   users offline. Every node mirrors who is online elsewhere (for `Hub::is_online`) from
-//!   presence NOTIFYs, reloaded from the table on every listener (re)connect and poll tick
+//!   one node announces "online" and one "offline", and recorded with the change that made
+//!   them (`cluster_presence_last`), so a change whose answer was lost is announced once, by
+//!   its node's repair, and only if no later change superseded it. Each node heartbeats
+//!   `cluster_nodes`; the leader reaps nodes silent for longer than the node timeout and
+//!   announces their users offline. Every node mirrors who is online elsewhere (for
+//!   `Hub::is_online`) from presence NOTIFYs, reloaded from the table on every listener
+//!   (re)connect and, for the logins changed since the last read only, every poll tick
 //!   (which repairs notes dropped on a full inbox).
 //! - **Periodic jobs** (`leader`): run by the holder of a session-level advisory lock; when
 //!   that node dies, its database session ends and another node takes the lock.
@@ -44,8 +47,8 @@
 //!   stay until every node's reader has passed them (a user's other sessions may be on other
 //!   nodes); the leader then clears them.
 //!
-//! Tables: `db/postgres/migrations/0100_cluster.sql`, `0101_cluster_positions.sql` and
-//! `0140_throttle_row_counts.sql`
+//! Tables: `db/postgres/migrations/0100_cluster.sql`, `0101_cluster_positions.sql`,
+//! `0140_throttle_row_counts.sql` and `0160_cluster_presence_last.sql`
 //! (PostgreSQL migrations of the store; they are idempotent, and [`Cluster::start`] applies
 //! them too, for databases the store did not migrate); the store's `0003_cluster_feed.sql`
 //! adds the `origin` columns the readers skip their own items by.
@@ -169,6 +172,11 @@ pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error
     .await?;
     sqlx::raw_sql(include_str!(
         "../db/postgres/migrations/0140_throttle_row_counts.sql"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::raw_sql(include_str!(
+        "../db/postgres/migrations/0160_cluster_presence_last.sql"
     ))
     .execute(&mut *tx)
     .await?;

@@ -584,6 +584,7 @@ mod bounded;
 mod catch_up;
 mod deadlines;
 mod listener;
+mod presence_dup;
 mod repair;
 mod robust;
 mod startup;
