@@ -583,6 +583,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 mod bounded;
 mod catch_up;
 mod deadlines;
+mod idle_cost;
 mod listener;
 mod presence_dup;
 mod repair;
