@@ -106,6 +106,8 @@ enum Out {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     node: NodeId,
+    /// This node's batches (what the commit writer tells through this outbox).
+    pub(crate) own: Arc<super::own::OwnBatches>,
     heads: Mutex<Option<Positions>>,
     wake: Notify,
     queue: mpsc::Sender<Out>,
@@ -121,6 +123,7 @@ impl Outbox {
         let (queue, rx) = mpsc::channel(OUTBOX);
         let o = Outbox {
             node,
+            own: Arc::default(),
             heads: Mutex::new(None),
             wake: Notify::new(),
             queue,
@@ -289,6 +292,8 @@ pub(crate) struct Reader {
     pub(crate) statement: Duration,
     /// Set while the reader's listener is listening (see [`listen_loop`]).
     pub(crate) listening: tokio::sync::watch::Sender<bool>,
+    /// This node's own batches: their items in doubt are pushed here (see `super::own`).
+    pub(crate) own: Arc<super::own::OwnBatches>,
 }
 
 impl Reader {
@@ -324,6 +329,9 @@ impl Reader {
                     // NOTIFY failed) are repaired here: the table is the truth, the notes only
                     // make it quick. Only the logins changed since the last read are read.
                     self.reload_presence(&mut seen).await;
+                    self.catch_up(&mut pos, ALL, &mut page).await;
+                }
+                _ = self.own.in_doubt_settled.notified() => {
                     self.catch_up(&mut pos, ALL, &mut page).await;
                 }
                 _ = wake.notified() => {
@@ -386,7 +394,9 @@ impl Reader {
                 }
                 pos.0[s] = it.seq;
                 // Empty bytes: nothing to push (a scrubbed body), only the position moves.
-                if it.origin != self.me.0 && !it.bytes.is_empty() {
+                // This node's own items were pushed by their sessions, unless their batch's
+                // outcome was unknown.
+                if !it.bytes.is_empty() && (it.origin != self.me.0 || self.own.push_own(it)) {
                     let item = Item {
                         seq: Some((it.stream, it.seq)),
                         bytes: it.bytes.clone(),
@@ -406,6 +416,22 @@ impl Reader {
             if !want.contains(&true) {
                 break;
             }
+        }
+        // Own items read while their batch ran, which turned out in doubt.
+        let late = self.own.settled_items(pos);
+        let mut delivered = Vec::new();
+        let mut room_wait = ROOM_WAIT;
+        for it in late {
+            let item = Item {
+                seq: Some((it.stream, it.seq)),
+                bytes: it.bytes.clone(),
+            };
+            if self.push(&it.login, item, &mut room_wait).await > 0 {
+                delivered.push((it.stream, it.seq));
+            }
+        }
+        if !delivered.is_empty() {
+            self.feed.delivered(delivered);
         }
         self.publish(pos);
     }

@@ -66,6 +66,7 @@ mod listener;
 pub(crate) mod login_checks;
 mod mirror;
 pub(crate) mod nodes;
+mod own;
 mod presence;
 mod reconciler;
 mod scrub;
@@ -235,6 +236,14 @@ impl crate::db::commit::CommitHook for fanout::Outbox {
     fn committed(&self, heads: [i64; crate::hub::STREAMS]) {
         fanout::Outbox::committed(self, Positions(heads))
     }
+
+    fn started(&self) {
+        self.own.started()
+    }
+
+    fn settled(&self, in_doubt: Vec<(usize, i64)>) {
+        self.own.settled(in_doubt)
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -293,6 +302,7 @@ impl Cluster {
             silence: timing.node_timeout,
             statement: timing.statement(),
             listening,
+            own: outbox.own.clone(),
         };
         let reconciler = Arc::new(reconciler::Reconciler::default());
         let tasks = vec![

@@ -584,6 +584,7 @@ mod bounded;
 mod catch_up;
 mod deadlines;
 mod idle_cost;
+mod in_doubt;
 mod listener;
 mod presence_dup;
 mod repair;
