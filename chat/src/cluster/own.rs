@@ -3,8 +3,9 @@
 //! answered. A batch answered "commit outcome unknown" was pushed by nobody, yet may have
 //! committed: the commit writer hands its items over when it settles
 //! (`db::commit::CommitHook::settled`), and the reader pushes those it then finds stored,
-//! once. An own item read while a batch is running may be that batch's: it waits until the
-//! batch is settled (at most one batch's items: the writer runs one at a time).
+//! once. An own item above what the settled batches stored, read while a batch is running,
+//! may be that batch's: it waits until the batch is settled (at most one batch's items: the
+//! writer runs one batch at a time).
 
 use super::fanout::{FeedItem, Positions};
 use std::collections::HashSet;
@@ -23,6 +24,8 @@ struct State {
     running: bool,
     /// Batches settled so far.
     settled: u64,
+    /// The highest item the settled batches stored (or may have), per stream.
+    settled_heads: Positions,
     /// (stream, seq) of items of batches in doubt not yet read.
     in_doubt: HashSet<(usize, i64)>,
     /// Own items read while the batch numbered `.0` (settled count then) ran.
@@ -47,13 +50,15 @@ impl OwnBatches {
         self.state().running = true;
     }
 
-    /// The writer's batch is settled; `in_doubt`: its items if its outcome is unknown.
-    pub(crate) fn settled(&self, in_doubt: Vec<(usize, i64)>) {
+    /// The writer's batch is settled, having stored up to `heads`; `in_doubt`: its items if
+    /// its outcome is unknown.
+    pub(crate) fn settled(&self, heads: Positions, in_doubt: Vec<(usize, i64)>) {
         let wake = !in_doubt.is_empty();
         {
             let mut s = self.state();
             s.running = false;
             s.settled += 1;
+            s.settled_heads.raise(&heads);
             let room = IN_DOUBT_MAX.saturating_sub(s.in_doubt.len());
             if in_doubt.len() > room {
                 warn!(
@@ -69,13 +74,13 @@ impl OwnBatches {
     }
 
     /// Whether the reader pushes `item`, its own node's, just read: yes if its batch was in
-    /// doubt. Kept for later if its batch may still be running.
+    /// doubt. Kept for later if it may be the running batch's.
     pub(super) fn push_own(&self, item: &FeedItem) -> bool {
         let mut s = self.state();
         if s.in_doubt.remove(&(item.stream as usize, item.seq)) {
             return true;
         }
-        if s.running {
+        if s.running && item.seq > s.settled_heads.0[item.stream as usize] {
             if s.waiting.len() < WAITING_MAX {
                 let batch = s.settled;
                 s.waiting.push((batch, item.clone()));

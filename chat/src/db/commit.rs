@@ -26,9 +26,10 @@ pub(crate) trait CommitHook: Send + Sync + 'static {
     fn committed(&self, heads: [i64; 4]);
     /// A batch is being applied.
     fn started(&self) {}
-    /// The batch's outcome is settled; `in_doubt`: the (stream, sequence number) of the items
-    /// it would have stored if its outcome is unknown (none otherwise).
-    fn settled(&self, _in_doubt: Vec<(usize, i64)>) {}
+    /// The batch's outcome is settled: `heads` as for [`CommitHook::committed`] (zeros if it
+    /// failed); `in_doubt`: the (stream, sequence number) of the items it would have stored
+    /// if its outcome is unknown (none otherwise).
+    fn settled(&self, _heads: [i64; 4], _in_doubt: Vec<(usize, i64)>) {}
 }
 
 /// Where the writer finds its [`CommitHook`] once it is set (the cluster starts after the
@@ -236,10 +237,18 @@ async fn run(
         }
         let applied = db.apply_batch(ops).await;
         if let Some(hook) = hook.get() {
-            hook.settled(match &applied {
-                Err(DbError::InDoubt(_, would)) => in_doubt_items(&streams, &would.0),
-                _ => Vec::new(),
-            });
+            match &applied {
+                Ok(results) => hook.settled(heads(&streams, results), Vec::new()),
+                Err(DbError::InDoubt(_, would)) => {
+                    let items = in_doubt_items(&streams, &would.0);
+                    let mut top = [0; 4];
+                    for (s, seq) in &items {
+                        top[*s] = top[*s].max(*seq);
+                    }
+                    hook.settled(top, items)
+                }
+                Err(_) => hook.settled([0; 4], Vec::new()),
+            }
         }
         match applied {
             Ok(results) => {

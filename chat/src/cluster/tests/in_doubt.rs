@@ -57,6 +57,12 @@ fn in_doubt(seqs: &[i64]) -> Vec<(usize, i64)> {
         .collect()
 }
 
+/// What the commit writer tells when a batch storing `seqs` settles in doubt.
+fn settle_in_doubt(hook: &Arc<dyn crate::db::commit::CommitHook>, seqs: &[i64]) {
+    let top = seqs.iter().copied().max().unwrap_or(0);
+    hook.settled([top, 0, 0, 0], in_doubt(seqs));
+}
+
 #[tokio::test]
 async fn a_batch_in_doubt_that_committed_reaches_its_own_nodes_sessions_once() {
     let Some(url) = msim_testkit::postgres::database("cluster batch in doubt") else {
@@ -73,20 +79,24 @@ async fn a_batch_in_doubt_that_committed_reaches_its_own_nodes_sessions_once() {
     let first = store_unanswered(&b, "bob", &texts("doubt-a-", 3)).await;
     a.commit("carol", &texts("wake-1-", 1)).await;
     until_read(&b, first[2] + 1).await;
-    hook.settled(in_doubt(&first));
+    settle_in_doubt(&hook, &first);
     // 2. The batch settles in doubt before b's reader reads it.
     hook.started();
     let second = store_unanswered(&b, "bob", &texts("doubt-b-", 2)).await;
-    hook.settled(in_doubt(&second));
+    settle_in_doubt(&hook, &second);
     a.commit("carol", &texts("wake-2-", 1)).await;
     // 3. A batch answered as usual: its sessions pushed it; the reader must not again.
     hook.started();
     b.commit("bob", &texts("answered-", 2)).await;
-    hook.settled(Vec::new());
+    let top: i64 = sqlx::query_scalar("SELECT max(seq) FROM test_items")
+        .fetch_one(&b.pool)
+        .await
+        .unwrap();
+    hook.settled([top, 0, 0, 0], Vec::new());
     a.commit("carol", &texts("wake-3-", 1)).await;
     // 4. A batch in doubt that did not commit: nothing to push.
     hook.started();
-    hook.settled(in_doubt(&[10_000]));
+    settle_in_doubt(&hook, &[10_000]);
     let got = collect(&mut bob, 7).await;
     let mut seqs: Vec<i64> = got.iter().map(|i| i.seq.unwrap().1).collect();
     seqs.sort();
