@@ -13,8 +13,9 @@
 //!   positions win), so the NOTIFY rate never exceeds what the database takes. Every node
 //!   `LISTEN`s; one reader task per node reads what is new by sequence number ([`Feed`]) and
 //!   pushes it to the recipients' sessions on this node, skipping items its own node
-//!   committed (already pushed). Its positions only grow, so each item reaches each node's
-//!   sessions once. Notifications sent while a listener is disconnected are lost: on every
+//!   committed (already pushed; except a batch answered "outcome unknown", see `own`). Its
+//!   positions only grow, so each item reaches each node's sessions once. A node joins
+//!   once its listener listens (a NOTIFY sent before the `LISTEN` is lost). Notifications sent while a listener is disconnected are lost: on every
 //!   (re)connect, and on a short timer (a node that dies between its commit and its NOTIFY),
 //!   the reader catches up from its positions.
 //! - **Live-only packets** (typing, presence, contact and profile pushes, file-offer answers
