@@ -106,6 +106,8 @@ enum Out {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     node: NodeId,
+    /// This node's batches (what the commit writer tells through this outbox).
+    pub(crate) own: Arc<super::own::OwnBatches>,
     heads: Mutex<Option<Positions>>,
     wake: Notify,
     queue: mpsc::Sender<Out>,
@@ -121,6 +123,7 @@ impl Outbox {
         let (queue, rx) = mpsc::channel(OUTBOX);
         let o = Outbox {
             node,
+            own: Arc::default(),
             heads: Mutex::new(None),
             wake: Notify::new(),
             queue,
@@ -287,6 +290,10 @@ pub(crate) struct Reader {
     pub(crate) silence: Duration,
     /// The deadline of each of the reader's statements.
     pub(crate) statement: Duration,
+    /// Set while the reader's listener is listening (see [`listen_loop`]).
+    pub(crate) listening: tokio::sync::watch::Sender<bool>,
+    /// This node's own batches: their items in doubt are pushed here (see `super::own`).
+    pub(crate) own: Arc<super::own::OwnBatches>,
 }
 
 impl Reader {
@@ -303,10 +310,13 @@ impl Reader {
             tx,
             self.silence,
             self.statement,
+            self.listening.clone(),
             stop.clone(),
         ));
         let mut pos = self.start;
         let mut page = PAGE;
+        // The snapshot of the last presence read (`None`: read everything next).
+        let mut seen: Option<String> = None;
         self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -315,9 +325,13 @@ impl Reader {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    // Presence notes dropped on a full inbox (or lost with a listener) are
-                    // repaired here: the table is the truth, the notes only make it quick.
-                    self.reload_presence().await;
+                    // Presence notes dropped on a full inbox (or on a full outbox, or whose
+                    // NOTIFY failed) are repaired here: the table is the truth, the notes only
+                    // make it quick. Only the logins changed since the last read are read.
+                    self.reload_presence(&mut seen).await;
+                    self.catch_up(&mut pos, ALL, &mut page).await;
+                }
+                _ = self.own.in_doubt_settled.notified() => {
                     self.catch_up(&mut pos, ALL, &mut page).await;
                 }
                 _ = wake.notified() => {
@@ -333,7 +347,10 @@ impl Reader {
                 note = inbox.recv() => match note {
                     Some(Note::Connected) => {
                         info!("cluster listener connected: catching up");
-                        self.reload_presence().await;
+                        // Everything: the database may have restarted (a crash hands out
+                        // transaction ids again, and snapshots taken before it mean nothing).
+                        seen = None;
+                        self.reload_presence(&mut seen).await;
                         self.catch_up(&mut pos, ALL, &mut page).await;
                     }
                     Some(note) => self.apply(note).await,
@@ -377,7 +394,9 @@ impl Reader {
                 }
                 pos.0[s] = it.seq;
                 // Empty bytes: nothing to push (a scrubbed body), only the position moves.
-                if it.origin != self.me.0 && !it.bytes.is_empty() {
+                // This node's own items were pushed by their sessions, unless their batch's
+                // outcome was unknown.
+                if !it.bytes.is_empty() && (it.origin != self.me.0 || self.own.push_own(it)) {
                     let item = Item {
                         seq: Some((it.stream, it.seq)),
                         bytes: it.bytes.clone(),
@@ -397,6 +416,22 @@ impl Reader {
             if !want.contains(&true) {
                 break;
             }
+        }
+        // Own items read while their batch ran, which turned out in doubt.
+        let late = self.own.settled_items(pos);
+        let mut delivered = Vec::new();
+        let mut room_wait = ROOM_WAIT;
+        for it in late {
+            let item = Item {
+                seq: Some((it.stream, it.seq)),
+                bytes: it.bytes.clone(),
+            };
+            if self.push(&it.login, item, &mut room_wait).await > 0 {
+                delivered.push((it.stream, it.seq));
+            }
+        }
+        if !delivered.is_empty() {
+            self.feed.delivered(delivered);
         }
         self.publish(pos);
     }
@@ -429,10 +464,19 @@ impl Reader {
         *self.fed.lock().unwrap_or_else(|e| e.into_inner()) = Some(*pos);
     }
 
-    /// Replaces the mirror with the presence table (kept as it is on an error).
-    async fn reload_presence(&self) {
-        match within(self.statement, nodes_online(&self.pool, self.me)).await {
-            Ok(rows) => self.mirror.replace(rows),
+    /// Brings the mirror in line with the presence table: all of it (`seen` = `None`), or the
+    /// logins changed since the read in snapshot `seen`. On an error the mirror and `seen`
+    /// stay as they are (the next read covers what this one missed).
+    async fn reload_presence(&self, seen: &mut Option<String>) {
+        let read = super::nodes::presence_since(&self.pool, self.me, seen.as_deref());
+        match within(self.statement, read).await {
+            Ok(read) => {
+                match read.logins {
+                    None => self.mirror.replace(read.rows),
+                    Some(logins) => self.mirror.update(&logins, read.rows),
+                }
+                *seen = Some(read.snapshot);
+            }
             Err(e) => warn!("cluster: reloading presence: {e}"),
         }
     }
@@ -474,8 +518,4 @@ fn is_timeout(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().as_deref() == Some("57014"),
         _ => false,
     }
-}
-
-async fn nodes_online(pool: &PgPool, me: NodeId) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    super::nodes::online_elsewhere(pool, me).await
 }

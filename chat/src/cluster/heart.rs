@@ -11,6 +11,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How long the record of a login offline everywhere is kept (`nodes::prune_last`).
+const PRESENCE_KEEP: Duration = Duration::from_secs(3600);
+/// Most such records deleted per heartbeat.
+const PRESENCE_PRUNE: i64 = 10_000;
+
 /// The heartbeat task: keeps this node's row fresh and, on the leader, reaps dead nodes and
 /// prunes the shared tables.
 pub(super) struct Heart {
@@ -205,6 +210,10 @@ impl Heart {
             }
             Ok(_) => {}
             Err(e) => warn!("cluster: reaping dead nodes: {e}"),
+        }
+        let pruned = nodes::prune_last(&self.pool, PRESENCE_KEEP, PRESENCE_PRUNE);
+        if let Err(e) = fanout::within(limit, pruned).await {
+            warn!("cluster: pruning presence records: {e}");
         }
         let now = self.timing.clock.now_micros();
         if let Err(e) = fanout::within(limit, throttle::prune(&self.pool, now, limit)).await {

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -81,7 +81,8 @@ fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> 
 /// it hears: positions into `heads` (coalesced, never dropped), the rest into `inbox`.
 /// A listener that hears nothing for `silence` (every node, this one too, sends a keep-alive
 /// each heartbeat) is on a dead connection (a silent network: no reset ever comes) and is
-/// replaced; `statement` bounds connecting and `LISTEN`.
+/// replaced; `statement` bounds connecting and `LISTEN`. `listening` is set once a `LISTEN`
+/// went through (and cleared while a replacement connects).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn listen_loop(
     pool: PgPool,
@@ -91,6 +92,7 @@ pub(super) async fn listen_loop(
     inbox: mpsc::Sender<Note>,
     silence: Duration,
     statement: Duration,
+    listening: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -119,6 +121,7 @@ pub(super) async fn listen_loop(
             };
             let mut l = within(statement, connect).await?;
             // Listening: whatever is committed from now on is announced to us.
+            listening.send_replace(true);
             if inbox.send(Note::Connected).await.is_err() {
                 return Ok(());
             }
@@ -145,6 +148,7 @@ pub(super) async fn listen_loop(
             _ = stop.cancelled() => return,
             r = session => r,
         };
+        listening.send_replace(false);
         match r {
             Ok(()) => return,
             Err(e) => warn!("cluster listener: {e}; reconnecting"),

@@ -1,5 +1,7 @@
 //! Who is online on the other nodes, as this node knows it (for `Hub::is_online`): kept from
-//! the presence notifications and reloaded from `cluster_presence` (see `fanout::Reader`).
+//! the presence notifications, and from `cluster_presence`: all of it when the listener
+//! (re)connects, the logins changed since the last read on every poll tick (see
+//! `fanout::Reader`, `nodes::presence_since`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -34,6 +36,17 @@ impl Mirror {
             nodes.retain(|n| !dead.contains(n));
             !nodes.is_empty()
         });
+    }
+
+    /// Replaces what is known of `logins` with `rows` (theirs).
+    pub(super) fn update(&self, logins: &[String], rows: Vec<(String, i64)>) {
+        let mut m = self.lock();
+        for login in logins {
+            m.remove(login);
+        }
+        for (login, node) in rows {
+            m.entry(login).or_default().insert(node);
+        }
     }
 
     pub(super) fn replace(&self, rows: Vec<(String, i64)>) {

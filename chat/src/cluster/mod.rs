@@ -13,8 +13,9 @@
 //!   positions win), so the NOTIFY rate never exceeds what the database takes. Every node
 //!   `LISTEN`s; one reader task per node reads what is new by sequence number ([`Feed`]) and
 //!   pushes it to the recipients' sessions on this node, skipping items its own node
-//!   committed (already pushed). Its positions only grow, so each item reaches each node's
-//!   sessions once. Notifications sent while a listener is disconnected are lost: on every
+//!   committed (already pushed; except a batch answered "outcome unknown", see `own`). Its
+//!   positions only grow, so each item reaches each node's sessions once. A node joins
+//!   once its listener listens (a NOTIFY sent before the `LISTEN` is lost). Notifications sent while a listener is disconnected are lost: on every
 //!   (re)connect, and on a short timer (a node that dies between its commit and its NOTIFY),
 //!   the reader catches up from its positions.
 //! - **Live-only packets** (typing, presence, contact and profile pushes, file-offer answers
@@ -29,10 +30,13 @@
 //!   like a client's reconnect does.
 //! - **Presence** (`nodes`). `cluster_presence` holds (login, node) while a node has a
 //!   session of the user; transitions are decided under a per-login advisory lock, so exactly
-//!   one node announces "online" and one "offline". Each node heartbeats `cluster_nodes`;
-//!   the leader reaps nodes silent for longer than the node timeout and announces their
-//!   users offline. Every node mirrors who is online elsewhere (for `Hub::is_online`) from
-//!   presence NOTIFYs, reloaded from the table on every listener (re)connect and poll tick
+//!   one node announces "online" and one "offline", and recorded with the change that made
+//!   them (`cluster_presence_last`), so a change whose answer was lost is announced once, by
+//!   its node's repair, and only if no later change superseded it. Each node heartbeats
+//!   `cluster_nodes`; the leader reaps nodes silent for longer than the node timeout and
+//!   announces their users offline. Every node mirrors who is online elsewhere (for
+//!   `Hub::is_online`) from presence NOTIFYs, reloaded from the table on every listener
+//!   (re)connect and, for the logins changed since the last read only, every poll tick
 //!   (which repairs notes dropped on a full inbox).
 //! - **Periodic jobs** (`leader`): run by the holder of a session-level advisory lock; when
 //!   that node dies, its database session ends and another node takes the lock.
@@ -44,8 +48,8 @@
 //!   stay until every node's reader has passed them (a user's other sessions may be on other
 //!   nodes); the leader then clears them.
 //!
-//! Tables: `db/postgres/migrations/0100_cluster.sql`, `0101_cluster_positions.sql` and
-//! `0140_throttle_row_counts.sql`
+//! Tables: `db/postgres/migrations/0100_cluster.sql`, `0101_cluster_positions.sql`,
+//! `0140_throttle_row_counts.sql` and `0160_cluster_presence_last.sql`
 //! (PostgreSQL migrations of the store; they are idempotent, and [`Cluster::start`] applies
 //! them too, for databases the store did not migrate); the store's `0003_cluster_feed.sql`
 //! adds the `origin` columns the readers skip their own items by.
@@ -63,6 +67,7 @@ mod listener;
 pub(crate) mod login_checks;
 mod mirror;
 pub(crate) mod nodes;
+mod own;
 mod presence;
 mod reconciler;
 mod scrub;
@@ -172,6 +177,11 @@ pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error
     ))
     .execute(&mut *tx)
     .await?;
+    sqlx::raw_sql(include_str!(
+        "../db/postgres/migrations/0160_cluster_presence_last.sql"
+    ))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
@@ -227,6 +237,14 @@ impl crate::db::commit::CommitHook for fanout::Outbox {
     fn committed(&self, heads: [i64; crate::hub::STREAMS]) {
         fanout::Outbox::committed(self, Positions(heads))
     }
+
+    fn started(&self) {
+        self.own.started()
+    }
+
+    fn settled(&self, heads: [i64; crate::hub::STREAMS], in_doubt: Vec<(usize, i64)>) {
+        self.own.settled(Positions(heads), in_doubt)
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -272,6 +290,7 @@ impl Cluster {
         let statement = timing.statement();
         let (events_tx, events) = mpsc::channel(EVENTS);
         let fed = Arc::new(Mutex::new(None));
+        let (listening, mut listener_up) = tokio::sync::watch::channel(false);
         let reader = fanout::Reader {
             pool: pool.clone(),
             me: node,
@@ -283,6 +302,8 @@ impl Cluster {
             start,
             silence: timing.node_timeout,
             statement: timing.statement(),
+            listening,
+            own: outbox.own.clone(),
         };
         let reconciler = Arc::new(reconciler::Reconciler::default());
         let tasks = vec![
@@ -327,6 +348,13 @@ impl Cluster {
             ),
         ];
         let tasks = Mutex::new(tasks);
+        // Not before this node listens: its sessions' rows make the other nodes publish live
+        // packets for them (typing, presence, profile pushes), and a NOTIFY sent before the
+        // LISTEN is lost. (Bounded: a listener that cannot connect keeps retrying meanwhile.)
+        let up = tokio::time::timeout(statement, listener_up.wait_for(|up| *up)).await;
+        if !matches!(up, Ok(Ok(_))) {
+            warn!("the cluster listener is not listening yet: live packets may be missed");
+        }
         Ok((
             Cluster {
                 node,

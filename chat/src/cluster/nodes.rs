@@ -52,70 +52,152 @@ pub(crate) async fn deregister(
     node: NodeId,
     limit: Duration,
 ) -> Result<Vec<String>, sqlx::Error> {
-    remove_nodes(&mut *pool.acquire().await?, &[node.0], limit).await
+    remove_nodes(&mut *pool.acquire().await?, &[node.0], node, limit).await
 }
 
-/// `login` got its first session on `node`; returns whether it is the first anywhere.
-/// `limit`: see [`lock_login`].
-pub(crate) async fn session_opened(
+/// The last transition of a login (`cluster_presence_last`): whether it left the login
+/// online, and the id of the change that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) online: bool,
+    pub(crate) change: i64,
+}
+
+/// What one presence change of a login found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Changed {
+    /// The login's last transition before this change.
+    pub(crate) before: Option<Transition>,
+    /// Its last transition after it (this change's own, if it made one).
+    pub(crate) after: Option<Transition>,
+    /// Whether this change made a transition (the first row stored or the last removed).
+    pub(crate) made: bool,
+}
+
+/// Gives `login` a row on `node` (`online`) or removes it, as change `change` (a random id);
+/// `limit`: see [`lock_login`]. A transition (first row anywhere, last row gone) is recorded
+/// with `change` in the same transaction, so whoever asks later knows whose it was.
+pub(crate) async fn set_presence(
     pool: &PgPool,
     node: NodeId,
     login: &str,
+    online: bool,
+    change: i64,
     limit: Duration,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Changed, sqlx::Error> {
     let mut tx = pool.begin().await?;
     lock_login(&mut tx, login, limit).await?;
-    sqlx::query(
-        "INSERT INTO cluster_presence (login, node) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(login)
-    .bind(node.0)
-    .execute(&mut *tx)
-    .await?;
-    let nodes: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
-        .bind(login)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(nodes == 1)
-}
-
-/// `login`'s last session on `node` ended; returns whether it was the last anywhere: its row
-/// removed here and no other left, or with `repair` (an earlier close may have removed the
-/// row without an answer, so nobody was told) no row left at all. `limit`: see
-/// [`lock_login`].
-pub(crate) async fn session_closed(
-    pool: &PgPool,
-    node: NodeId,
-    login: &str,
-    repair: bool,
-    limit: Duration,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    lock_login(&mut tx, login, limit).await?;
-    let removed = sqlx::query("DELETE FROM cluster_presence WHERE login = $1 AND node = $2")
+    let before: Option<(bool, i64)> =
+        sqlx::query_as("SELECT online, change FROM cluster_presence_last WHERE login = $1")
+            .bind(login)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let before = before.map(|(online, change)| Transition { online, change });
+    let written = if online {
+        "INSERT INTO cluster_presence (login, node) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM cluster_presence WHERE login = $1 AND node = $2"
+    };
+    let written = sqlx::query(written)
         .bind(login)
         .bind(node.0)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
         .bind(login)
         .fetch_one(&mut *tx)
         .await?;
+    let made = written == 1 && if online { rows == 1 } else { rows == 0 };
+    let mut after = before;
+    if made {
+        // The trigger on cluster_presence has moved the record's `xid` (what the other
+        // nodes' readers look for) and created it if missing; the transition is ours.
+        sqlx::query(
+            "UPDATE cluster_presence_last SET online = $2, node = $3, change = $4 \
+             WHERE login = $1",
+        )
+        .bind(login)
+        .bind(online)
+        .bind(node.0)
+        .bind(change)
+        .execute(&mut *tx)
+        .await?;
+        after = Some(Transition { online, change });
+    }
     tx.commit().await?;
-    Ok((removed == 1 || repair) && left == 0)
+    Ok(Changed {
+        before,
+        after,
+        made,
+    })
 }
 
-/// Every (login, node) with a session on a node other than `me`.
-pub(crate) async fn online_elsewhere(
+/// Who is online on nodes other than `me`, as of a snapshot (see [`presence_since`]).
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// The snapshot the rows were read in (`pg_snapshot` text).
+    pub(crate) snapshot: String,
+    /// The logins read: every login (`None`), or only these (a change since the last read).
+    pub(crate) logins: Option<Vec<String>>,
+    /// Their (login, node) rows on other nodes.
+    pub(crate) rows: Vec<(String, i64)>,
+}
+
+/// Every (login, node) with a session on a node other than `me` (`since` = `None`), or only
+/// those of the logins changed since the read in snapshot `since`: their records' `xid` was
+/// not visible in it (committed after it, or still running then), so no change is missed
+/// whatever the commit order. An idle cluster costs one index probe that finds nothing.
+pub(crate) async fn presence_since(
     pool: &PgPool,
     me: NodeId,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT login, node FROM cluster_presence WHERE node <> $1")
-        .bind(me.0)
-        .fetch_all(pool)
-        .await
+    since: Option<&str>,
+) -> Result<Seen, sqlx::Error> {
+    // One statement: the snapshot and the rows come from the same snapshot.
+    let rows: Vec<(Option<String>, Option<String>, Option<i64>)> = match since {
+        None => {
+            sqlx::query_as(
+                "SELECT pg_current_snapshot()::text, NULL::text, NULL::bigint \
+                 UNION ALL SELECT NULL, login, node FROM cluster_presence WHERE node <> $1",
+            )
+            .bind(me.0)
+            .fetch_all(pool)
+            .await?
+        }
+        Some(since) => {
+            sqlx::query_as(
+                "WITH changed AS MATERIALIZED (SELECT login FROM cluster_presence_last \
+                 WHERE xid >= pg_snapshot_xmin($2::pg_snapshot) \
+                 AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot)) \
+                 SELECT pg_current_snapshot()::text, NULL::text, NULL::bigint \
+                 UNION ALL SELECT NULL, c.login, p.node FROM changed c \
+                 LEFT JOIN cluster_presence p ON p.login = c.login AND p.node <> $1",
+            )
+            .bind(me.0)
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let mut seen = Seen {
+        logins: since.map(|_| Vec::new()),
+        ..Seen::default()
+    };
+    for (snapshot, login, node) in rows {
+        match (snapshot, login, node) {
+            (Some(snapshot), _, _) => seen.snapshot = snapshot,
+            (None, Some(login), node) => {
+                if let Some(logins) = seen.logins.as_mut() {
+                    logins.push(login.clone());
+                }
+                if let Some(node) = node {
+                    seen.rows.push((login, node));
+                }
+            }
+            (None, None, _) => {}
+        }
+    }
+    Ok(seen)
 }
 
 /// Leader job: removes nodes (other than `me`) whose heartbeat is older than `timeout` (by the database's
@@ -140,7 +222,7 @@ pub(crate) async fn reap(
     if dead.is_empty() {
         return Ok((dead, Vec::new()));
     }
-    let offline = remove_nodes(&mut *conn, &dead, limit).await?;
+    let offline = remove_nodes(&mut *conn, &dead, me, limit).await?;
     // A frozen node's listening session stays open but stops reading: PostgreSQL's
     // notification queue cannot shrink past it and fills up until every NOTIFY (every node's
     // commit announcements) fails. End its sessions; if the node wakes up, it reconnects.
@@ -160,10 +242,12 @@ pub(crate) fn listener_name(node: NodeId) -> String {
     format!("msim-chat node {}", node.0)
 }
 
-/// Deletes `nodes` with their presence rows; returns the logins left without any session.
+/// Deletes `nodes` with their presence rows; returns the logins left without any session
+/// (transitions recorded as `by`'s, which announces them).
 async fn remove_nodes(
     conn: &mut sqlx::PgConnection,
     nodes: &[i64],
+    by: NodeId,
     limit: Duration,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
@@ -186,13 +270,19 @@ async fn remove_nodes(
         .bind(nodes)
         .execute(&mut *tx)
         .await?;
-    let offline: Vec<String> = sqlx::query_scalar(
-        "SELECT l FROM unnest($1::text[]) AS l \
-         WHERE NOT EXISTS (SELECT 1 FROM cluster_presence p WHERE p.login = l)",
+    // A login left without rows: the transition is `by`'s.
+    let mut offline: Vec<String> = sqlx::query_scalar(
+        "UPDATE cluster_presence_last l SET online = false, node = $2, change = $3 \
+         WHERE login = ANY($1) \
+         AND NOT EXISTS (SELECT 1 FROM cluster_presence p WHERE p.login = l.login) \
+         RETURNING login",
     )
     .bind(&logins)
+    .bind(by.0)
+    .bind(change_id())
     .fetch_all(&mut *tx)
     .await?;
+    offline.sort();
     tx.commit().await?;
     Ok(offline)
 }
@@ -233,6 +323,31 @@ pub(crate) async fn bound(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A fresh change id (random, never 0: see [`set_presence`]).
+pub(crate) fn change_id() -> i64 {
+    i64::from_le_bytes(crate::crypto::random_bytes::<8>()) | 1
+}
+
+/// Deletes records of logins offline for longer than `keep` (at most `batch` per run; a
+/// change's id matters for seconds).
+pub(crate) async fn prune_last(
+    pool: &PgPool,
+    keep: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM cluster_presence_last \
+         WHERE NOT online AND at < clock_timestamp() - make_interval(secs => $1) \
+         AND login IN (SELECT login FROM cluster_presence_last WHERE NOT online \
+         AND at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(keep.as_secs_f64())
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// `limit` as a PostgreSQL duration setting (at least 1 ms: 0 would mean "no limit").

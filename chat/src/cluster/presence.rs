@@ -9,6 +9,14 @@
 //! node was declared dead while cut off. A change that failed may still have committed (its
 //! answer timed out): the login's row is then unknown, and written again whatever the hub
 //! holds, until a change's answer arrives.
+//!
+//! Announcements: a change that got its answer announces the transition it made, if any.
+//! One without an answer announced nothing, yet may have made a transition; the database
+//! records each login's last transition with the id of the change that made it
+//! (`nodes::set_presence`), and the repair announces it only if it is still the latest and
+//! was made by one of this node's unanswered changes. Deciding from the counts alone, as
+//! before, announced "offline" a second time when another node's close had emptied the login
+//! (and announced it) after this node's late close.
 
 use super::fanout::{within, Outbox};
 use super::{nodes, NodeId};
@@ -18,6 +26,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::warn;
+
+/// Unanswered change ids kept per login: a change commits within its statement limits or
+/// not at all, and a repair is tried every heartbeat, so older ones are long settled.
+const UNANSWERED: usize = 8;
 
 /// What a change means for the user's watchers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +49,10 @@ pub(crate) struct Presence {
     statement: Duration,
     /// Logins whose row this node has stored (as far as it knows).
     stored: Mutex<HashSet<String>>,
-    /// Logins whose last change failed: whether their row exists is unknown (a timed-out
-    /// write may have committed). Removed by the next change that gets an answer.
-    unknown: Mutex<HashSet<String>>,
+    /// Logins whose last change failed, with the ids of their changes that got no answer
+    /// (the latest [`UNANSWERED`]): whether their row exists is unknown (a timed-out write may
+    /// have committed). Removed by the next change that gets an answer.
+    unknown: Mutex<HashMap<String, Vec<i64>>>,
     /// One lock per login with a change running (removed when the last user is done).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Logins whose row differed from the hub at the last reconcile; `None`: repair every
@@ -62,7 +75,7 @@ impl Presence {
             outbox,
             statement,
             stored: Mutex::new(HashSet::new()),
-            unknown: Mutex::new(HashSet::new()),
+            unknown: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             suspects: Mutex::new(Some(HashSet::new())),
         }
@@ -72,7 +85,7 @@ impl Presence {
         self.stored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unknown(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<i64>>> {
         self.unknown.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -97,37 +110,35 @@ impl Presence {
 
     async fn sync_locked(&self, login: &str) -> Option<Change> {
         let want = self.hub.is_local(login);
-        // After a failed change nothing is known: write, and announce from the counts alone
-        // (the failed change announced nothing).
-        let repair = self.unknown().contains(login);
-        if !repair && want == self.stored().contains(login) {
+        // After a failed change nothing is known: write, and let the database tell what was
+        // announced (see the module's comment).
+        let unanswered = self.unknown().get(login).cloned();
+        if unanswered.is_none() && want == self.stored().contains(login) {
             return None;
         }
-        let done = if want {
-            let opened = nodes::session_opened(&self.pool, self.node, login, self.statement);
-            within(self.statement, opened).await.map(|first| {
-                self.stored().insert(login.to_owned());
-                first.then_some(Change::Online)
-            })
-        } else {
-            let closed =
-                nodes::session_closed(&self.pool, self.node, login, repair, self.statement);
-            within(self.statement, closed).await.map(|last| {
-                self.stored().remove(login);
-                last.then_some(Change::Offline)
-            })
-        };
-        match done {
-            Ok(change) => {
-                if repair {
+        let change = nodes::change_id();
+        let set = nodes::set_presence(&self.pool, self.node, login, want, change, self.statement);
+        match within(self.statement, set).await {
+            Ok(changed) => {
+                if want {
+                    self.stored().insert(login.to_owned());
+                } else {
+                    self.stored().remove(login);
+                }
+                if unanswered.is_some() {
                     self.unknown().remove(login);
                 }
                 self.outbox.presence(login, want);
-                change
+                announcement(&changed, unanswered.as_deref().unwrap_or_default())
             }
             Err(e) => {
                 warn!(login, "cluster presence: {e}");
-                self.unknown().insert(login.to_owned());
+                let mut unknown = self.unknown();
+                let ids = unknown.entry(login.to_owned()).or_default();
+                if ids.len() == UNANSWERED {
+                    ids.remove(0);
+                }
+                ids.push(change);
                 None
             }
         }
@@ -151,7 +162,7 @@ impl Presence {
                 None => differ.iter().cloned().collect(),
             };
             *suspects = Some(differ);
-            act.extend(self.unknown().iter().cloned());
+            act.extend(self.unknown().keys().cloned());
             act.into_iter().collect()
         };
         let (mut online, mut offline) = (Vec::new(), Vec::new());
@@ -171,5 +182,87 @@ impl Presence {
         self.stored().clear();
         self.unknown().clear();
         *self.suspects.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// What to announce after a change that got its answer, given the ids of this node's earlier
+/// changes of the login that got none (`unanswered`; those announced nothing).
+fn announcement(changed: &nodes::Changed, unanswered: &[i64]) -> Option<Change> {
+    let state = |online| {
+        if online {
+            Change::Online
+        } else {
+            Change::Offline
+        }
+    };
+    let unannounced = |t: &Option<nodes::Transition>| {
+        t.filter(|t| unanswered.contains(&t.change))
+            .map(|t| t.online)
+    };
+    if changed.made {
+        // Undoing a transition nobody announced: the watchers already see this state.
+        if unannounced(&changed.before).is_some() {
+            return None;
+        }
+        return changed.after.map(|t| state(t.online));
+    }
+    // The latest transition is one of ours that nobody announced: announce it now. Made by
+    // another node (after ours, or ours never committed): that node announces it.
+    unannounced(&changed.after).map(state)
+}
+
+#[cfg(test)]
+impl Presence {
+    /// The ids of `login`'s changes that got no answer (tests simulate their late commit).
+    pub(crate) fn unanswered(&self, login: &str) -> Vec<i64> {
+        self.unknown().get(login).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nodes::{Changed, Transition};
+    use super::*;
+
+    fn t(online: bool, change: i64) -> Option<Transition> {
+        Some(Transition { online, change })
+    }
+
+    #[test]
+    fn announcements_after_unanswered_changes() {
+        let c = |before, after, made| Changed {
+            before,
+            after,
+            made,
+        };
+        // A plain change: its own transition, or nothing.
+        assert_eq!(
+            announcement(&c(t(true, 5), t(false, 9), true), &[]),
+            Some(Change::Offline)
+        );
+        assert_eq!(announcement(&c(t(true, 5), t(true, 5), false), &[]), None);
+        // Our late close emptied the login and nobody came since: the repair announces it.
+        assert_eq!(
+            announcement(&c(t(false, 7), t(false, 7), false), &[7]),
+            Some(Change::Offline)
+        );
+        // Another node emptied it after our late close (and announced it): nothing.
+        assert_eq!(
+            announcement(&c(t(false, 8), t(false, 8), false), &[7]),
+            None
+        );
+        // Our late open made the login online, unannounced; the repair closes it again: the
+        // watchers never saw it online, nothing to say.
+        assert_eq!(announcement(&c(t(true, 7), t(false, 9), true), &[7]), None);
+        // Our late close never committed; the repair's close is the transition.
+        assert_eq!(
+            announcement(&c(t(true, 3), t(false, 9), true), &[7]),
+            Some(Change::Offline)
+        );
+        // Our late open made the login online and it still is: announced by the repair.
+        assert_eq!(
+            announcement(&c(t(true, 7), t(true, 7), false), &[7]),
+            Some(Change::Online)
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! batch (`sqlite::hot`). Failure handling is here too: see [`Db::apply_batch`].
 
 use super::apply::apply;
-use super::{Backend, Db, DbError, Outcome, StoredMessage, Tx, WriteOp};
+use super::{Backend, Db, DbError, InDoubtOutcomes, Outcome, StoredMessage, Tx, WriteOp};
 
 use std::collections::HashSet;
 
@@ -30,14 +30,26 @@ impl Db {
         let r = match self.refuse_full_queues(ops).await {
             Ok((kept, mut out)) => {
                 let (idx, ops): (Vec<usize>, Vec<WriteOp>) = kept.into_iter().unzip();
-                self.apply_batch_inner(ops).await.map(|done| {
-                    for (i, r) in idx.into_iter().zip(done) {
-                        out[i] = Some(r);
+                match self.apply_batch_inner(ops).await {
+                    Ok(done) => {
+                        for (i, r) in idx.into_iter().zip(done) {
+                            out[i] = Some(r);
+                        }
+                        Ok(out
+                            .into_iter()
+                            .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
+                            .collect())
                     }
-                    out.into_iter()
-                        .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
-                        .collect()
-                })
+                    // The outcomes in the order of the ops asked for (refused ones: none).
+                    Err(DbError::InDoubt(e, InDoubtOutcomes(kept))) => {
+                        let mut would = vec![None; out.len()];
+                        for (i, o) in idx.into_iter().zip(kept) {
+                            would[i] = o;
+                        }
+                        Err(DbError::InDoubt(e, InDoubtOutcomes(would)))
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -182,7 +194,10 @@ impl Db {
                     tracing::warn!("batch COMMIT failed ({e}) but the transaction committed")
                 }
                 Some(false) => return Err(e.into()),
-                None => return Err(DbError::InDoubt(e.to_string())),
+                None => {
+                    let would = out.into_iter().map(|o| o.and_then(|r| r.ok())).collect();
+                    return Err(DbError::InDoubt(e.to_string(), InDoubtOutcomes(would)));
+                }
             }
         }
         Ok(out)

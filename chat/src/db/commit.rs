@@ -16,9 +16,20 @@ use tracing::{debug, error};
 /// Told, after each durable batch that stored items of the streams sessions load at login,
 /// the highest sequence number it stored in each (messages, receipts, offers, notices; 0:
 /// none). The cluster announces them to the other nodes (`cluster::Cluster::committed`).
+///
+/// Around every batch it is also told when the batch starts and when its outcome is settled,
+/// with the items of a batch whose commit outcome stayed unknown: nobody here pushed them
+/// (the writer answered "outcome unknown"), and the cluster's reader, which skips this
+/// node's own items, pushes those among them that turn out stored.
 pub(crate) trait CommitHook: Send + Sync + 'static {
     /// A batch was committed up to `heads`.
     fn committed(&self, heads: [i64; 4]);
+    /// A batch is being applied.
+    fn started(&self) {}
+    /// The batch's outcome is settled: `heads` as for [`CommitHook::committed`] (zeros if it
+    /// failed); `in_doubt`: the (stream, sequence number) of the items it would have stored
+    /// if its outcome is unknown (none otherwise).
+    fn settled(&self, _heads: [i64; 4], _in_doubt: Vec<(usize, i64)>) {}
 }
 
 /// Where the writer finds its [`CommitHook`] once it is set (the cluster starts after the
@@ -155,17 +166,33 @@ fn heads(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i6
     let mut heads = [0i64; 4];
     for (s, r) in streams.iter().zip(results) {
         let (Some(s), Ok(o)) = (s, r) else { continue };
-        let top = match o {
-            Outcome::Stored(seq) => *seq,
-            Outcome::Read { receipt, .. } => *receipt,
-            Outcome::Notices(seqs) => seqs.iter().copied().max().unwrap_or(0),
-            Outcome::Hashed { seq, .. } => *seq,
-            Outcome::AnsweredWithResults(_, seqs) => seqs.iter().copied().max().unwrap_or(0),
-            _ => 0,
-        };
+        let top = item_seqs(o).max().unwrap_or(0);
         heads[*s] = heads[*s].max(top);
     }
     heads
+}
+
+/// The sequence numbers of the stored items an outcome reports.
+fn item_seqs(o: &Outcome) -> Box<dyn Iterator<Item = i64> + '_> {
+    match o {
+        Outcome::Stored(seq) | Outcome::Hashed { seq, .. } => Box::new(std::iter::once(*seq)),
+        Outcome::Read { receipt, .. } => Box::new(std::iter::once(*receipt)),
+        Outcome::Notices(seqs) | Outcome::AnsweredWithResults(_, seqs) => {
+            Box::new(seqs.iter().copied())
+        }
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+/// The (stream, sequence number) of every item a batch in doubt would have stored.
+fn in_doubt_items(streams: &[Option<usize>], would: &[Option<Outcome>]) -> Vec<(usize, i64)> {
+    let mut items = Vec::new();
+    for (s, o) in streams.iter().zip(would) {
+        if let (Some(s), Some(o)) = (s, o) {
+            items.extend(item_seqs(o).filter(|seq| *seq > 0).map(|seq| (*s, seq)));
+        }
+    }
+    items
 }
 
 async fn run(
@@ -205,7 +232,25 @@ async fn run(
             Some(_) => ops.iter().map(stream_of).collect(),
             None => Vec::new(),
         };
-        match db.apply_batch(ops).await {
+        if let Some(hook) = hook.get() {
+            hook.started();
+        }
+        let applied = db.apply_batch(ops).await;
+        if let Some(hook) = hook.get() {
+            match &applied {
+                Ok(results) => hook.settled(heads(&streams, results), Vec::new()),
+                Err(DbError::InDoubt(_, would)) => {
+                    let items = in_doubt_items(&streams, &would.0);
+                    let mut top = [0; 4];
+                    for (s, seq) in &items {
+                        top[*s] = top[*s].max(*seq);
+                    }
+                    hook.settled(top, items)
+                }
+                Err(_) => hook.settled([0; 4], Vec::new()),
+            }
+        }
+        match applied {
             Ok(results) => {
                 if let Some(hook) = hook.get() {
                     let heads = heads(&streams, &results);
@@ -231,5 +276,28 @@ async fn run(
         if let Err(e) = db.restart_wal_if_large().await {
             debug!("WAL restart: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The items of a batch in doubt are every stored item its outcomes name, in their
+    /// streams; ops that store nothing, or failed, name none.
+    #[test]
+    fn items_of_a_batch_in_doubt() {
+        let streams = [Some(0), None, Some(3), Some(0), Some(1)];
+        let would = [
+            Some(Outcome::Stored(7)),
+            Some(Outcome::Done),
+            Some(Outcome::Notices(vec![4, 5])),
+            None,
+            Some(Outcome::Done),
+        ];
+        assert_eq!(
+            in_doubt_items(&streams, &would),
+            vec![(0, 7), (3, 4), (3, 5)]
+        );
     }
 }

@@ -156,6 +156,11 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// The outcome each op of a batch in doubt would have had (`None`: failed or unknown), in
+/// the order of the batch's ops.
+#[derive(Debug, Clone, Default)]
+pub struct InDoubtOutcomes(pub(crate) Vec<Option<Outcome>>);
+
 /// Storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -175,9 +180,11 @@ pub enum DbError {
     #[error("data directory below its free-space watermark")]
     StorageFull,
     /// A batch's `COMMIT` failed and whether it took effect could not be learnt in time
-    /// (the database stayed unreachable): its writes may or may not be stored.
+    /// (the database stayed unreachable): its writes may or may not be stored. With each op's
+    /// outcome had it committed (the writer hands the items to the cluster's reader, which
+    /// pushes them here if they turn out stored).
     #[error("database: commit outcome unknown: {0}")]
-    InDoubt(String),
+    InDoubt(String, InDoubtOutcomes),
     /// Another process (a running server, a `db copy`) has this SQLite data directory open.
     #[error("the data directory {0} is in use by another msim-chat process (a running server or `db copy`); stop it first")]
     InUse(String),

@@ -583,7 +583,11 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 mod bounded;
 mod catch_up;
 mod deadlines;
+mod idle_cost;
+mod in_doubt;
 mod listener;
+mod presence_dup;
 mod repair;
 mod robust;
+mod startup;
 mod throttle_cap;
