@@ -196,7 +196,7 @@ async fn download_from(
         Ok(response) => response,
         Err(e) => return Err((Some(part), e)),
     };
-    let part = match response.status() {
+    let mut part = match response.status() {
         StatusCode::OK if have > 0 => part.restart().await.map_err(|e| (None, e))?,
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => part,
         StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
@@ -208,6 +208,7 @@ async fn download_from(
     if let Some(sha) = header_text(&response, MSIM_SHA256) {
         *relay_sha = Some(sha);
     }
+    part.expect_size(transfer.size);
     let mut done = part.len();
     // The grant's size is exact (0 is an empty file): a relay streaming more is refused.
     let total = transfer.size;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::direct_write::{DirectWriter, DIRECT_MIN_SIZE};
 use super::source_hash::SourceHash;
 use crate::error::ClientError;
 
@@ -153,6 +154,8 @@ pub(super) struct PartFile {
     /// Received, not written (nor hashed) yet: at most [`IO_UNIT`] bytes of a small body.
     held: Vec<Bytes>,
     held_len: u64,
+    /// The download's full size, if known: a large one is written with `O_DIRECT`.
+    size: u64,
 }
 
 impl PartFile {
@@ -184,6 +187,7 @@ impl PartFile {
                 len,
                 held: Vec::new(),
                 held_len: 0,
+                size: 0,
             })
         })
         .await
@@ -192,6 +196,12 @@ impl PartFile {
     /// Bytes received: in the file and held.
     pub(super) fn len(&self) -> u64 {
         self.len + self.held_len
+    }
+
+    /// Tells the download's full size: [`PartFile::writer`] writes a file of at least
+    /// [`DIRECT_MIN_SIZE`] bytes with `O_DIRECT`, past the page cache.
+    pub(super) fn expect_size(&mut self, size: u64) {
+        self.size = size;
     }
 
     /// Keeps `data` in memory, to be written by [`PartFile::finish_into`] (or by the next
@@ -239,16 +249,31 @@ impl PartFile {
         let handle = tokio::task::spawn_blocking(move || {
             let mut written_back = self.len;
             self.write_held()?;
+            let mut direct = if self.size >= DIRECT_MIN_SIZE {
+                DirectWriter::open(&self.path, self.len)
+            } else {
+                None
+            };
             while let Some(batch) = rx.blocking_recv() {
                 for data in batch {
-                    self.file.write_all(&data)?;
-                    self.hasher.update(&data);
+                    match direct.as_mut() {
+                        Some(d) => d.write(&mut self.file, &data, &mut self.hasher)?,
+                        None => {
+                            self.file.write_all(&data)?;
+                            self.hasher.update(&data);
+                        }
+                    }
                     self.len += data.len() as u64;
                 }
-                if self.len - written_back >= WRITEBACK_EVERY {
+                if direct.is_none() && self.len - written_back >= WRITEBACK_EVERY {
                     start_writeback(&self.file, written_back, self.len);
                     written_back = self.len;
                 }
+            }
+            // Every byte received is in the file when it is handed back (a later attempt
+            // resumes from its length).
+            if let Some(d) = direct.as_mut() {
+                d.finish(&mut self.file)?;
             }
             Ok(self)
         });
