@@ -197,7 +197,14 @@ mod tests {
     #[test]
     fn odd_offsets_and_sizes_store_every_byte_once_hashed() {
         for prefix_len in [0, 1, 4095, 4096, 12_345] {
-            for body_len in [0, 100, BLOCK, STAGING - 1, STAGING + BLOCK + 17, 2 * STAGING + 5] {
+            for body_len in [
+                0,
+                100,
+                BLOCK,
+                STAGING - 1,
+                STAGING + BLOCK + 17,
+                2 * STAGING + 5,
+            ] {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let data = pattern(prefix_len + body_len);
                 let (path, mut file) = part_file(dir.path(), &data[..prefix_len]);
@@ -226,7 +233,10 @@ mod tests {
                 for &(pos, len) in ranges.iter() {
                     assert_eq!(pos % BLOCK as u64, 0, "{case}: direct write at {pos}");
                     assert_eq!(len % BLOCK, 0, "{case}: direct write of {len}");
-                    assert!(pos >= first_block as u64, "{case}: {pos} overlaps the prefix");
+                    assert!(
+                        pos >= first_block as u64,
+                        "{case}: {pos} overlaps the prefix"
+                    );
                 }
                 let direct: usize = ranges.iter().map(|r| r.1).sum();
                 let expected = data.len().saturating_sub(first_block) / BLOCK * BLOCK;
