@@ -187,7 +187,7 @@ mod tests {
     fn recording(path: &Path, ranges: Arc<Mutex<Vec<(u64, usize)>>>) -> DirectWrite {
         let file = File::options().write(true).open(path).expect("open");
         Box::new(move |data, at| {
-            ranges.lock().unwrap().push((at, data.len()));
+            ranges.lock().expect("lock").push((at, data.len()));
             file.write_all_at(data, at)
         })
     }
@@ -228,7 +228,7 @@ mod tests {
                 let case = format!("prefix {prefix_len}, body {body_len}");
                 assert_eq!(std::fs::read(&path).expect("read"), data, "{case}");
                 assert_eq!(hasher.finalize()[..], Sha256::digest(&data)[..], "{case}");
-                let ranges = ranges.lock().unwrap();
+                let ranges = ranges.lock().expect("lock");
                 let first_block = prefix_len.div_ceil(BLOCK) * BLOCK;
                 for &(pos, len) in ranges.iter() {
                     assert_eq!(pos % BLOCK as u64, 0, "{case}: direct write at {pos}");
@@ -255,7 +255,7 @@ mod tests {
         let counted = tries.clone();
         let mut writer = DirectWriter::with(
             Box::new(move |_, _| {
-                *counted.lock().unwrap() += 1;
+                *counted.lock().expect("lock") += 1;
                 Err(io::Error::from_raw_os_error(libc::EINVAL))
             }),
             10,
@@ -266,7 +266,7 @@ mod tests {
             writer.write(&mut file, piece, &mut hasher).expect("write");
         }
         writer.finish(&mut file).expect("finish");
-        assert_eq!(*tries.lock().unwrap(), 1);
+        assert_eq!(*tries.lock().expect("lock"), 1);
         assert_eq!(std::fs::read(&path).expect("read"), data);
         assert_eq!(hasher.finalize()[..], Sha256::digest(&data)[..]);
     }
