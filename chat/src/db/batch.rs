@@ -69,22 +69,6 @@ impl Db {
         r
     }
 
-    /// Drops the idle PostgreSQL write connection, so that the next batch opens it again from
-    /// the calling runtime, whose reactor then delivers its answers (the writer's own runtime,
-    /// [`super::commit`]). With `close`, ends its session politely first (when that runtime is
-    /// about to stop). A no-op on SQLite, whose connections run on threads of their own.
-    pub(crate) async fn drop_write_connection(&self, close: bool) {
-        if let Backend::Postgres(s) = &self.backend {
-            if let Some(conn) = s.writes.try_acquire() {
-                if close {
-                    let _ = conn.close().await;
-                } else {
-                    drop(conn.detach());
-                }
-            }
-        }
-    }
-
     async fn apply_batch_inner(
         &self,
         mut ops: Vec<WriteOp>,

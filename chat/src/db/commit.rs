@@ -73,7 +73,7 @@ impl Writer {
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let deferred = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let task = spawn_on_own_thread(db, space, hook, rx, deferred.clone());
+        let task = tokio::spawn(run(db, space, hook, rx, deferred.clone()));
         (Writer { tx, deferred }, task)
     }
 
@@ -193,53 +193,6 @@ fn in_doubt_items(streams: &[Option<usize>], would: &[Option<Outcome>]) -> Vec<(
         }
     }
     items
-}
-
-/// Runs the writer on a thread and single-threaded runtime of its own, so that between the
-/// round trips of a batch it is polled again as soon as the database answers instead of
-/// waiting behind the sessions' tasks on the shared workers (a PostgreSQL batch is about
-/// seven round trips). The returned handle completes when the writer has stopped.
-fn spawn_on_own_thread(
-    db: Db,
-    space: Watermark,
-    hook: HookSlot,
-    rx: mpsc::Receiver<Request>,
-    deferred: Arc<std::sync::Mutex<Vec<i64>>>,
-) -> tokio::task::JoinHandle<()> {
-    let (done_tx, done_rx) = oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("msim-writer")
-        .build();
-    match runtime {
-        Ok(runtime) => {
-            let spawned = std::thread::Builder::new()
-                .name("msim-writer".into())
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        // The write connection was opened on the caller's runtime, whose
-                        // reactor would deliver its answers: open it again on this one, and
-                        // close it before this runtime goes.
-                        db.drop_write_connection(false).await;
-                        run(db.clone(), space, hook, rx, deferred).await;
-                        db.drop_write_connection(true).await;
-                    });
-                    let _ = done_tx.send(());
-                });
-            if let Err(e) = spawned {
-                // Threads exhausted: `done_tx` was dropped with the closure, so the handle
-                // completes at once and every write fails with `WriterGone`.
-                error!("writer thread not started: {e}");
-            }
-            tokio::spawn(async move {
-                let _ = done_rx.await;
-            })
-        }
-        Err(e) => {
-            error!("writer runtime not built ({e}): the writer shares the server's runtime");
-            tokio::spawn(run(db, space, hook, rx, deferred))
-        }
-    }
 }
 
 async fn run(
