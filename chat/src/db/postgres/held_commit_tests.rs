@@ -167,7 +167,8 @@ async fn a_commit_waiting_for_a_missing_standby_is_ended_and_told_done() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), waits)
+    // (Generous: the checkpointer applies the reload, slowly on a loaded machine.)
+    tokio::time::timeout(Duration::from_secs(90), waits)
         .await
         .expect("commits wait for the missing standby");
 
