@@ -347,6 +347,7 @@ impl Server {
         }
         drop(listener);
         stop.cancel();
+        shared.db.stop_waiting();
         if let Some(fed) = &shared.federation {
             fed.stop.cancel();
         }

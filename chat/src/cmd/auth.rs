@@ -220,8 +220,16 @@ pub(crate) async fn connect_continue(
     let device = device.and_then(|d| gate.devices.verify(&login, &d));
     // In a cluster, this login's guesses on this node take turns from the shared throttle's
     // check to its record (one node's own throttle has no await in between).
+    // Bounded: a flood of guesses for the login is answered `throttled`, not queued for.
     let _turn = match (device, gate.shared) {
-        (None, Some(shared)) => Some(shared.checks.turn(&login).await),
+        (None, Some(shared)) => match shared.checks.turn(&login).await {
+            Some(turn) => Some(turn),
+            None => {
+                info!(peer = %gate.peer, "login check queue full or slow: throttled");
+                reply.send(throttled(std::time::Duration::from_secs(1)));
+                return None;
+            }
+        },
         _ => None,
     };
     if device.is_none() {

@@ -189,7 +189,7 @@ impl Db {
             // The COMMIT may have been carried out with its answer lost: what the clients
             // are told must match what is stored (a "failed" message that is in fact stored
             // would be sent again by its user, and arrive twice).
-            match super::postgres::commit_status(&s.pool, &locked, limit).await {
+            match super::postgres::commit_status(&s.pool, &locked, limit, &s.stopping).await {
                 Some(true) => {
                     tracing::warn!("batch COMMIT failed ({e}) but the transaction committed")
                 }

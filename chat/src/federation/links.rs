@@ -2,12 +2,14 @@
 //! registrable domain, `max_links_per_network` per source network (IPv4 /24, IPv6 /48) and
 //! `max_authenticated` in all. When all places are taken, a newcomer takes the oldest link of
 //! the source network holding the most — if that network holds at least two more than the
-//! newcomer's would — or else the oldest link of the domain holding the most, on the same
-//! condition. So the places are shared out evenly, first between networks, then between
+//! newcomer's would — or else the oldest link of the address block (IPv4 /16, IPv6 /32)
+//! holding the most, or else of the domain holding the most, on the same condition. So the
+//! places are shared out evenly, first between networks, then between blocks, then between
 //! domains: cheap registrable domains (PSL private suffixes), each at its cap, cannot keep
-//! every other peer out, not even hundreds of them with one link each from one address
-//! (they used to get `busy` for every peer for as long as they kept their links alive). The
-//! "two more" keeps honest peers stable: an even share is never taken from again.
+//! every other peer out, not even hundreds of them with one link each from one address (they
+//! used to get `busy` for every peer for as long as they kept their links alive), nor from as
+//! many /48s of one /32 (a hosting or LIR allocation is cheap) or /24s of one /16. The "two
+//! more" keeps honest peers stable: an even share is never taken from again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -29,12 +31,14 @@ struct State {
     links: BTreeMap<u64, Held>,
     per_domain: HashMap<String, usize>,
     per_network: HashMap<IpAddr, usize>,
+    per_block: HashMap<IpAddr, usize>,
     next_id: u64,
 }
 
 struct Held {
     domain: String,
     network: IpAddr,
+    block: IpAddr,
     evicted: CancellationToken,
 }
 
@@ -64,6 +68,25 @@ pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address block a link's network belongs to, the level above [`network_of`] when places
+/// are shared out: an IPv4 /16 or an IPv6 /32 (IPv4-mapped IPv6 as IPv4), the size of a
+/// typical allocation to a provider, so its many networks count together.
+pub(crate) fn block_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, _, _] = v4.octets();
+            IpAddr::from([a, b, 0, 0])
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => block_of(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], 0, 0, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 impl Links {
     /// 0 = unbounded.
     pub(crate) fn new(max_per_domain: usize, max_per_network: usize, max_all: usize) -> Links {
@@ -80,9 +103,11 @@ impl Links {
     /// `busy`: the places are shared out evenly already) otherwise.
     pub(crate) fn take(&self, domain: &str, ip: IpAddr) -> Result<LinkPlace, &'static str> {
         let network = network_of(ip);
+        let block = block_of(ip);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let held = s.per_domain.get(domain).copied().unwrap_or(0);
         let held_net = s.per_network.get(&network).copied().unwrap_or(0);
+        let held_block = s.per_block.get(&block).copied().unwrap_or(0);
         if self.max_per_domain > 0 && held >= self.max_per_domain {
             return Err("too-many-links");
         }
@@ -92,6 +117,7 @@ impl Links {
         if self.max_all > 0 && s.links.len() >= self.max_all {
             let victim = s
                 .oldest_of_richest(&s.per_network, held_net, |h| &h.network)
+                .or_else(|| s.oldest_of_richest(&s.per_block, held_block, |h| &h.block))
                 .or_else(|| s.oldest_of_richest(&s.per_domain, held, |h| &h.domain));
             let Some(victim) = victim else {
                 return Err("busy");
@@ -103,11 +129,13 @@ impl Links {
         let evicted = CancellationToken::new();
         *s.per_domain.entry(domain.to_owned()).or_default() += 1;
         *s.per_network.entry(network).or_default() += 1;
+        *s.per_block.entry(block).or_default() += 1;
         s.links.insert(
             id,
             Held {
                 domain: domain.to_owned(),
                 network,
+                block,
                 evicted: evicted.clone(),
             },
         );
@@ -127,7 +155,7 @@ impl Links {
 }
 
 impl State {
-    /// The oldest link of the group (network or domain) holding the most, if it holds at least
+    /// The oldest link of the group (network, block or domain) holding the most, if it holds at least
     /// two more than the newcomer's group (`newcomer_holds`) would after taking a place: less
     /// would only move the imbalance (and two honest peers would take turns evicting each other).
     fn oldest_of_richest<K: Eq + std::hash::Hash>(
@@ -157,6 +185,7 @@ impl State {
         }
         decrement(&mut self.per_domain, &h.domain);
         decrement(&mut self.per_network, &h.network);
+        decrement(&mut self.per_block, &h.block);
     }
 }
 
@@ -280,6 +309,67 @@ mod tests {
         assert_eq!(links.take("evil0.test", ONE).err(), Some("busy"));
         let _second = links.take("honest.test", elsewhere).expect("a place");
         assert!(honest.evicted().now_or_never().is_none());
+    }
+
+    #[test]
+    fn many_domains_from_the_48s_of_one_32_cannot_keep_another_network_out() {
+        // The review's IPv6 variant of attack M3: 500 cheap domains, each from its own /48 of
+        // one /32. Every network and every domain held 1: neither rule fired, all got busy.
+        let links = Links::new(8, 32, 500);
+        let from = |d: u16| ip(&format!("2001:db8:{d:x}::1"));
+        let mut evil: Vec<_> = (0..500)
+            .map(|d| {
+                links
+                    .take(&format!("evil{d}.test"), from(d))
+                    .expect("a place")
+            })
+            .collect();
+        let elsewhere = ip("2001:db9:1::7");
+        let honest = links.take("honest.test", elsewhere).expect("a fair place");
+        assert!(evil[0].evicted().now_or_never().is_some());
+        assert!(evil[1..]
+            .iter()
+            .all(|p| p.evicted().now_or_never().is_none()));
+        evil.remove(0);
+        // Another /48 of the same /32 cannot take it back; the honest peer gets a second.
+        assert_eq!(links.take("evil0.test", from(600)).err(), Some("busy"));
+        let _second = links.take("honest.test", elsewhere).expect("a place");
+        assert!(honest.evicted().now_or_never().is_none());
+        // The same with IPv4: /24s of one /16.
+        let links = Links::new(8, 32, 250);
+        let _evil: Vec<_> = (0..250)
+            .map(|d| {
+                let at = ip(&format!("198.18.{d}.1"));
+                links.take(&format!("evil{d}.test"), at).expect("a place")
+            })
+            .collect();
+        assert!(links.take("honest.test", ip("203.0.113.5")).is_ok());
+    }
+
+    #[test]
+    fn blocks_are_ipv4_16s_and_ipv6_32s() {
+        assert_eq!(block_of(ip("192.0.2.77")), ip("192.0.0.0"));
+        assert_eq!(block_of(ip("2001:db8:1:2::3")), ip("2001:db8::"));
+        assert_eq!(block_of(ip("::ffff:192.0.2.77")), ip("192.0.0.0"));
+        assert_ne!(block_of(ip("2001:db8::1")), block_of(ip("2001:db9::1")));
+    }
+
+    #[test]
+    fn peers_sharing_a_block_keep_an_even_share() {
+        // Two honest peers in two /24s of one /16 and one elsewhere: once the blocks hold an
+        // even share, nobody takes from anybody.
+        let links = Links::new(8, 0, 4);
+        let (a, b, c) = (ip("192.0.2.1"), ip("192.0.3.1"), ip("203.0.113.1"));
+        let held: Vec<_> = [a, b, c, c]
+            .iter()
+            .enumerate()
+            .map(|(i, at)| links.take(&format!("p{i}.test"), *at).expect("a place"))
+            .collect();
+        for _ in 0..5 {
+            assert_eq!(links.take("p0.test", a).err(), Some("busy"));
+            assert_eq!(links.take("p2.test", c).err(), Some("busy"));
+        }
+        assert!(held.iter().all(|p| p.evicted().now_or_never().is_none()));
     }
 
     #[test]

@@ -17,6 +17,11 @@ async fn marked_batch(c: &mut PgConnection, mark: BatchMark) -> Locked {
     locked
 }
 
+/// A server that never stops.
+fn never() -> CancellationToken {
+    CancellationToken::new()
+}
+
 fn store(db: &Db) -> &Store {
     match &db.backend {
         Backend::Postgres(s) => s,
@@ -69,7 +74,7 @@ async fn a_writers_first_batch_is_waited_for() {
         .expect("lock");
     let asked = tokio::spawn({
         let pool = pool.clone();
-        async move { commit_status(&pool, &first, DEFAULT_TIMEOUT).await }
+        async move { commit_status(&pool, &first, DEFAULT_TIMEOUT, &never()).await }
     });
     until_a_lock_is_waited_for(&pool).await;
     assert!(!asked.is_finished());
@@ -150,18 +155,18 @@ async fn a_lost_commit_is_told_as_it_ended() {
     let rolled_back = marked_batch(&mut c, mark(7, 2)).await;
     c.execute("ROLLBACK").await.expect("rollback");
     assert_eq!(
-        commit_status(&pool, &committed, DEFAULT_TIMEOUT).await,
+        commit_status(&pool, &committed, DEFAULT_TIMEOUT, &never()).await,
         Some(true)
     );
     assert_eq!(
-        commit_status(&pool, &rolled_back, DEFAULT_TIMEOUT).await,
+        commit_status(&pool, &rolled_back, DEFAULT_TIMEOUT, &never()).await,
         Some(false)
     );
     // A writer whose first batch did not commit still has its start-up row (mark 0).
     let first = marked_batch(&mut c, mark(8, 1)).await;
     c.execute("ROLLBACK").await.expect("rollback");
     assert_eq!(
-        commit_status(&pool, &first, DEFAULT_TIMEOUT).await,
+        commit_status(&pool, &first, DEFAULT_TIMEOUT, &never()).await,
         Some(false)
     );
     // Without a mark nothing can be proven.
@@ -169,12 +174,15 @@ async fn a_lost_commit_is_told_as_it_ended() {
         mark: None,
         ..first
     };
-    assert_eq!(commit_status(&pool, &unmarked, DEFAULT_TIMEOUT).await, None);
+    assert_eq!(
+        commit_status(&pool, &unmarked, DEFAULT_TIMEOUT, &never()).await,
+        None
+    );
 
     let running = marked_batch(&mut c, mark(7, 3)).await;
     let asked = tokio::spawn({
         let pool = pool.clone();
-        async move { commit_status(&pool, &running, DEFAULT_TIMEOUT).await }
+        async move { commit_status(&pool, &running, DEFAULT_TIMEOUT, &never()).await }
     });
     // Still unknown while it runs: the question waits on the row the batch holds.
     until_a_lock_is_waited_for(&pool).await;
@@ -212,11 +220,12 @@ async fn a_reused_transaction_id_is_not_taken_for_the_batch() {
     let lost = Locked {
         first: 1,
         xid: next + 3,
+        pid: 0,
         mark: Some(mark(9, 1)),
     };
     let asked = tokio::spawn({
         let pool = pool.clone();
-        async move { commit_status(&pool, &lost, DEFAULT_TIMEOUT).await }
+        async move { commit_status(&pool, &lost, DEFAULT_TIMEOUT, &never()).await }
     });
     // Other transactions (heartbeats, other nodes' batches) take the next ids.
     for _ in 0..5 {
@@ -284,59 +293,13 @@ async fn after_a_crash_the_marks_tell_what_committed() {
             .expect("txid");
     }
     assert_eq!(
-        commit_status(&pool, &committed, DEFAULT_TIMEOUT).await,
+        commit_status(&pool, &committed, DEFAULT_TIMEOUT, &never()).await,
         Some(true)
     );
     assert_eq!(
-        commit_status(&pool, &open, DEFAULT_TIMEOUT).await,
+        commit_status(&pool, &open, DEFAULT_TIMEOUT, &never()).await,
         Some(false)
     );
     db.close().await;
     drop(cluster);
-}
-
-/// A `COMMIT` that the server carries out for longer than the in-doubt limit (here: the
-/// transaction simply still open, its row locked) while the server answers every question:
-/// the batch is still running, so it is waited for and told as it ends. The old loop counted
-/// each question that waited out its limit (or got `lock_timeout`'s answer) toward giving up,
-/// and answered "unknown" after six: a batch that then committed was reported failed, and its
-/// messages, sent again, arrived twice.
-#[tokio::test]
-async fn a_batch_still_running_is_waited_for_past_the_limit() {
-    let Some(url) = tokio::task::spawn_blocking(|| {
-        msim_testkit::postgres::database("store: commit status of a long COMMIT")
-    })
-    .await
-    .expect("cluster thread") else {
-        return;
-    };
-    let db = Db::open_postgres(&url).await.expect("migrated");
-    let pool = db.postgres_pool().expect("pool");
-    let mut c = PgConnection::connect(&url).await.expect("connection");
-    let running = marked_batch(&mut c, mark(11, 1)).await;
-    let limit = Duration::from_millis(200);
-    let mut asked = tokio::spawn({
-        let pool = pool.clone();
-        async move { commit_status(&pool, &running, limit).await }
-    });
-    until_a_lock_is_waited_for(&pool).await;
-    // Three times as long as the old loop waited in all: still waiting.
-    let old_give_up = limit * IN_DOUBT_TIMEOUTS;
-    let early = tokio::time::timeout(old_give_up * 3, &mut asked).await;
-    assert!(early.is_err(), "gave up on a running batch: {early:?}");
-    c.execute("COMMIT").await.expect("commit");
-    let told = tokio::time::timeout(Duration::from_secs(30), asked)
-        .await
-        .expect("told once it ended")
-        .expect("task");
-    assert_eq!(told, Some(true));
-    // The questions' connections all went back to the pool (none was left waiting).
-    let idle = tokio::time::timeout(Duration::from_secs(30), async {
-        while pool.size() as usize != pool.num_idle() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(idle.is_ok(), "a question's connection is still busy");
-    db.close().await;
 }

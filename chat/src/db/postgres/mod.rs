@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
 
 /// The transaction-level advisory lock every batch transaction takes first ("msimbtch").
 pub(crate) const BATCH_LOCK: i64 = 0x6d73_696d_6274_6368;
@@ -90,6 +90,9 @@ pub(crate) struct Store {
     pub(in crate::db) mark_row_missing: AtomicBool,
     /// `--database-timeout`, in milliseconds.
     pub(in crate::db) timeout_ms: AtomicU64,
+    /// Cancelled when the server stops: a lost `COMMIT`'s answer is then no longer waited for
+    /// ([`commit_status`]).
+    pub(in crate::db) stopping: CancellationToken,
 }
 
 /// What a batch transaction stores to prove, later, that it committed (see [`commit_status`]).
@@ -208,6 +211,7 @@ impl Db {
             marks: AtomicI64::new(0),
             mark_row_missing: AtomicBool::new(false),
             timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64),
+            stopping: CancellationToken::new(),
         }))))
     }
 
@@ -231,6 +235,14 @@ impl Db {
         if let Backend::Postgres(s) = &self.backend {
             let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
             s.timeout_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The server is stopping: a batch whose `COMMIT`'s answer was lost and whose transaction
+    /// PostgreSQL still holds is ended now, not after [`commit_status::HELD_QUESTIONS`].
+    pub(crate) fn stop_waiting(&self) {
+        if let Backend::Postgres(s) = &self.backend {
+            s.stopping.cancel();
         }
     }
 
@@ -269,8 +281,11 @@ impl Store {
 pub(in crate::db) struct Locked {
     /// The first of the batch's message sequence numbers (0 when none were asked for).
     pub(in crate::db) first: i64,
-    /// The transaction's id (for logs only: see [`commit_status`]).
+    /// The transaction's id (for logs, and to check [`Locked::pid`] still runs it).
     pub(in crate::db) xid: i64,
+    /// The process id of the transaction's backend: a transaction held for too long while its
+    /// `COMMIT`'s answer is lost is ended with `pg_terminate_backend` ([`commit_status`]).
+    pub(in crate::db) pid: i32,
     /// What the transaction stored to prove its commit ([`lock_batch_marked`]).
     pub(in crate::db) mark: Option<BatchMark>,
 }
@@ -326,11 +341,11 @@ pub(in crate::db) async fn lock_batch_marked(
         "0::bigint"
     };
     let select = if n == 0 {
-        format!("SELECT $2::bigint, txid_current(), {stored} FROM locked")
+        format!("SELECT $2::bigint, txid_current(), pg_backend_pid(), {stored} FROM locked")
     } else {
         format!(
             "SELECT setval('message_seq', nextval('message_seq') + $2 - 1), txid_current(), \
-             {stored} FROM locked"
+             pg_backend_pid(), {stored} FROM locked"
         )
     };
     let sql = format!(
@@ -344,111 +359,13 @@ pub(in crate::db) async fn lock_batch_marked(
     if let Some(m) = mark {
         q = q.bind(m.writer).bind(m.mark);
     }
-    let (last, xid, stored): (i64, i64, i64) = q.fetch_one(tx).await?;
+    let (last, xid, pid, stored): (i64, i64, i32, i64) = q.fetch_one(tx).await?;
     Ok(Locked {
         first: if n == 0 { 0 } else { last - n + 1 },
         xid,
+        pid,
         mark: mark.filter(|_| stored == 1),
     })
-}
-
-/// The outcome of a batch transaction whose `COMMIT` failed without an answer (the
-/// connection or the server went away while it ran), read from its writer's `batch_marks` row
-/// on another connection: `Some(true)` if the row holds the batch's mark (it committed),
-/// `Some(false)` if not, `None` if the batch stored no mark or the database could not be asked.
-/// `FOR SHARE` waits while the transaction still runs (its backend has not noticed the loss
-/// yet, or its `COMMIT` is still being carried out: it holds the row's lock), so the answer is
-/// final.
-///
-/// Each question has `limit` to be answered (a silent network hangs it, not this loop). Only
-/// questions that fail (no connection, no answer) count toward giving up, after
-/// [`IN_DOUBT_TIMEOUTS`] × `limit` of them: a server that answers "the row is still locked"
-/// is alive and the batch still running, and giving up then would answer a batch that is
-/// about to commit as failed (its messages sent again: duplicates). So it is waited for as
-/// long as it runs.
-///
-/// Transaction ids are not used: after a crash or a failover, ids whose use never reached the
-/// WAL are handed out again, and `txid_status` would then tell another transaction's fate.
-pub(in crate::db) async fn commit_status(
-    pool: &PgPool,
-    batch: &Locked,
-    limit: Duration,
-) -> Option<bool> {
-    let mark = batch.mark?;
-    let mut failing = limit * IN_DOUBT_TIMEOUTS;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let started = tokio::time::Instant::now();
-        match ask_mark(pool, mark.writer, limit).await {
-            Asked::Mark(stored) => return Some(stored == Some(mark.mark)),
-            Asked::Held => {
-                debug!(
-                    "batch transaction {} still holds its mark: waiting",
-                    batch.xid
-                );
-                pause = Duration::from_millis(50);
-                continue;
-            }
-            Asked::Failed(e) => warn!(
-                "asking whether batch transaction {} committed: {e}",
-                batch.xid
-            ),
-        }
-        let spent = started.elapsed() + pause;
-        if spent >= failing {
-            return None;
-        }
-        failing -= spent;
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// What one question of [`commit_status`] learnt.
-enum Asked {
-    /// The writer's row holds this mark (none: the row is gone).
-    Mark(Option<i64>),
-    /// The server answered that the row is still locked (the batch still runs).
-    Held,
-    /// No connection or no answer within the limit.
-    Failed(sqlx::Error),
-}
-
-/// Reads `writer`'s mark under `FOR SHARE` on a connection of its own, all within `limit`.
-/// The lock is waited for at most half of it (`lock_timeout`, local to the question), so a
-/// live server answers "still locked" before the limit, and a silence means a failure.
-async fn ask_mark(pool: &PgPool, writer: i64, limit: Duration) -> Asked {
-    let mut conn = match tokio::time::timeout(limit, pool.acquire()).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Asked::Failed(e),
-        Err(_) => return Asked::Failed(timed_out()),
-    };
-    let lock_wait = format!("{}ms", (limit / 2).as_millis().max(1));
-    let asked = async {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(&lock_wait)
-            .execute(&mut *tx)
-            .await?;
-        let stored: Option<i64> =
-            sqlx::query_scalar("SELECT mark FROM batch_marks WHERE writer = $1 FOR SHARE")
-                .bind(writer)
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.rollback().await?;
-        Ok::<_, sqlx::Error>(stored)
-    };
-    match tokio::time::timeout(limit, asked).await {
-        Ok(Ok(stored)) => Asked::Mark(stored),
-        Ok(Err(e)) if is_lock_timeout(&e) => Asked::Held,
-        Ok(Err(e)) => Asked::Failed(e),
-        Err(_) => {
-            // Out of the pool without a goodbye: its state is unknown, and a silent network
-            // would hang sqlx's check of it.
-            drop(conn.detach());
-            Asked::Failed(timed_out())
-        }
-    }
 }
 
 /// Whether `e` is PostgreSQL's "lock not available" (`lock_timeout` expired).
@@ -465,10 +382,14 @@ pub(crate) fn timed_out() -> sqlx::Error {
 }
 
 pub(in crate::db) mod bulk;
+mod commit_status;
+pub(in crate::db) use commit_status::commit_status;
 #[cfg(test)]
 mod commit_status_tests;
 #[cfg(test)]
 mod frozen_node_tests;
+#[cfg(test)]
+mod held_commit_tests;
 
 #[cfg(test)]
 mod tests {

@@ -77,3 +77,82 @@ async fn a_burst_of_parallel_guesses_gets_at_most_one_check_per_node() {
         "{checked} of 40 parallel guesses were checked"
     );
 }
+
+/// A flood of guesses for one login while the database answers slowly (here: the throttle's
+/// table locked by an operator's transaction). Before, every guess queued for the login's turn
+/// without bound, and the owner's correct login waited behind them until the database came
+/// back (15 s of `lock_timeout` per stuck check). Now at most 8 checks hold or wait for one
+/// login's turn on a node, each at most 3 s: the rest, the owner included, are answered
+/// `throttled retry-after=1` at once, and the owner logs in as soon as the database answers.
+#[tokio::test]
+async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
+    use sqlx::Connection;
+    let Some(url) = database("throttle queue").await else {
+        return;
+    };
+    let n = nodes(&url, 1, &[]).await;
+    let owner: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+    drop(n[0].user("bob").await);
+    let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 5).into();
+    let mut guesses = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect_from(n[0].addr, attacker).await;
+        c.send("CONNECT login=bob").await;
+        c.expect("CONNECT-ACK").await;
+        guesses.push(c);
+    }
+    let mut owner_client = Client::connect_from(n[0].addr, owner).await;
+    owner_client.send("CONNECT login=bob").await;
+    let ack = owner_client.expect("CONNECT-ACK").await;
+
+    let mut slow = sqlx::PgConnection::connect(&url).await.expect("connection");
+    sqlx::query("BEGIN")
+        .execute(&mut slow)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE cluster_login_failures IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut slow)
+        .await
+        .expect("lock");
+    let wrong = "0".repeat(64);
+    for c in &mut guesses {
+        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
+    }
+    let salt = field(&ack, "salt").expect("salt");
+    let hash = msim_chat::crypto::challenge_hash(&salt, PASSWORD.as_bytes());
+    owner_client
+        .send(&format!("CONNECT-CONTINUE hash={hash}"))
+        .await;
+    // While the database is still stuck: the guesses past the queue's bound at once, those
+    // waiting after the turn's wait, and the owner too; only the check holding the turn waits.
+    // (Less than the client's own read timeout: the check holding the turn is not answered.)
+    let within = Duration::from_secs(8);
+    let answers = futures::future::join_all(
+        guesses
+            .iter_mut()
+            .chain([&mut owner_client])
+            .map(|c| tokio::time::timeout(within, c.expect("CONNECT-FAILED"))),
+    )
+    .await;
+    let owners = answers[20]
+        .as_ref()
+        .expect("the owner is answered within the turn's bound, not queued behind the flood");
+    assert_eq!(field(owners, "reason").as_deref(), Some("throttled"));
+    assert_eq!(
+        field(owners, "retry-after").as_deref(),
+        Some("1"),
+        "{owners}"
+    );
+    let throttled = answers[..20]
+        .iter()
+        .filter(|a| matches!(a, Ok(l) if field(l, "reason").as_deref() == Some("throttled")))
+        .count();
+    assert_eq!(throttled, 19, "{answers:?}");
+    // The database answers again: the owner logs in.
+    sqlx::query("COMMIT")
+        .execute(&mut slow)
+        .await
+        .expect("commit");
+    let mut c = Client::connect_from(n[0].addr, owner).await;
+    c.login("bob", PASSWORD).await;
+}
