@@ -293,26 +293,27 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
             addr,
             limits,
         } => {
-            for (column, key, max_count, max_bytes) in [
+            // The open offers of the sender and of its address, and whether the recipient
+            // exists, in one statement (one trip to the database's thread instead of three);
+            // checked in the same order as ever.
+            let (account_n, account_bytes, addr_n, addr_bytes, known): (i64, i64, i64, i64, i32) =
+                on!(tx, c => sqlx::query_as(OFFER_CHECK)
+                    .bind(&o.sender)
+                    .bind(&addr)
+                    .bind(o.created_at)
+                    .bind(limits.accepted_since)
+                    .bind(&o.recipient)
+                    .fetch_one(c)
+                    .await)?;
+            for (n, bytes, max_count, max_bytes) in [
                 (
-                    "sender",
-                    &o.sender,
+                    account_n,
+                    account_bytes,
                     limits.account_count,
                     limits.account_bytes,
                 ),
-                ("sender_addr", &addr, limits.addr_count, limits.addr_bytes),
+                (addr_n, addr_bytes, limits.addr_count, limits.addr_bytes),
             ] {
-                let sql = format!(
-                    "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM offers \
-                     WHERE {column} = $1 AND ((state IN ('pending', 'hidden') AND expires_at > $2) \
-                     OR (state = 'accepted' AND answered_at > $3))"
-                );
-                let (n, bytes): (i64, i64) = on!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(key)
-                    .bind(o.created_at)
-                    .bind(limits.accepted_since)
-                    .fetch_one(c)
-                    .await)?;
                 if n >= max_count {
                     return done(PrivacyOutcome::TooManyOffers);
                 }
@@ -321,7 +322,7 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
                 }
             }
             // A remote recipient (an address) is checked by its own server.
-            if !o.recipient.contains('@') && !exists(tx, &o.recipient).await? {
+            if !o.recipient.contains('@') && known == 0 {
                 return Ok(Outcome::UnknownUser);
             }
             let (seq,): (i64,) = on!(tx, c => sqlx::query_as(
@@ -347,6 +348,17 @@ pub(super) async fn apply(tx: &mut Tx<'_>, op: PrivacyOp) -> Result<Outcome, DbE
         }
     }
 }
+
+/// The open offers (count, bytes) of sender $1 and of address $2 — pending or hidden and
+/// unexpired at $3, or accepted since $4 — and whether user $5 exists (1) or not (0).
+const OFFER_CHECK: &str = "SELECT a.n, a.b, s.n, s.b, \
+     CASE WHEN EXISTS (SELECT 1 FROM users WHERE login = $5) THEN 1 ELSE 0 END \
+     FROM (SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS b FROM offers \
+     WHERE sender = $1 AND ((state IN ('pending', 'hidden') AND expires_at > $3) \
+     OR (state = 'accepted' AND answered_at > $4))) a, \
+     (SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS b FROM offers \
+     WHERE sender_addr = $2 AND ((state IN ('pending', 'hidden') AND expires_at > $3) \
+     OR (state = 'accepted' AND answered_at > $4))) s";
 
 /// The condition "viewer $2 sees the presence of subject u.login": not blocked, and the
 /// subject shows presence to everyone or to approved watchers of whom the viewer is one.
