@@ -6,13 +6,17 @@
 //!
 //! Fairness: at most [`MAX_PER_SENDER`] downloads per sender run at once, and a download that
 //! moves too little while other offers wait is paused and queued behind them (round robin), so
-//! senders that drip their uploads cannot hold the slots while honest files wait.
+//! senders that drip their uploads cannot hold the slots while honest files wait. A free slot
+//! goes first to an offer whose sender has nothing running or paused: however many paused
+//! drips wait, a new sender's file starts within one window. A download paused
+//! [`MAX_PAUSES`] times is given up for this run (each turn costs one of the grant's
+//! downloads on the relay); its `.part` stays and the next `msim receive` resumes it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,10 +47,16 @@ pub const NO_PROGRESS: Duration = Duration::from_secs(180);
 pub const SLOW_WINDOW: Duration = Duration::from_secs(30);
 pub const SLOW_BYTES: u64 = 64 << 10;
 
-/// The environment variables that change [`SLOW_WINDOW`] (milliseconds) and [`SLOW_BYTES`]
-/// (for tests, which cannot wait 30 s).
+/// Pauses after which a download is given up for this run: every turn is one more `GET`,
+/// which the relay counts against the grant's downloads (64 for a one-to-one transfer), so
+/// a file that keeps being paused stops well before it could exhaust them.
+pub const MAX_PAUSES: u32 = 16;
+
+/// The environment variables that change [`SLOW_WINDOW`] (milliseconds), [`SLOW_BYTES`] and
+/// [`MAX_PAUSES`] (for tests, which cannot wait 30 s).
 const SLOW_WINDOW_ENV: &str = "MSIM_RECEIVE_SLOW_WINDOW_MS";
 const SLOW_BYTES_ENV: &str = "MSIM_RECEIVE_SLOW_BYTES";
+const MAX_PAUSES_ENV: &str = "MSIM_RECEIVE_MAX_PAUSES";
 
 /// How a download ended without an error.
 pub enum Ended {
@@ -64,6 +74,8 @@ pub struct Pace {
     /// Bytes it has (the most reported), and when its current turn started.
     done: Arc<AtomicU64>,
     turn_start: Arc<AtomicU64>,
+    /// Times it was paused.
+    pauses: Arc<AtomicU32>,
     others_wait: Arc<AtomicBool>,
     window: Duration,
     min_bytes: u64,
@@ -139,6 +151,7 @@ pub struct Jobs<'a> {
     others_wait: Arc<AtomicBool>,
     window: Duration,
     min_bytes: u64,
+    max_pauses: u32,
     failed: u64,
 }
 
@@ -156,6 +169,10 @@ impl Default for Jobs<'_> {
                 .filter(|w| !w.is_zero())
                 .unwrap_or(SLOW_WINDOW),
             min_bytes: env(SLOW_BYTES_ENV).unwrap_or(SLOW_BYTES),
+            max_pauses: env(MAX_PAUSES_ENV)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(MAX_PAUSES),
             failed: 0,
         }
     }
@@ -200,15 +217,34 @@ impl<'a> Jobs<'a> {
         self.per_sender.get(sender).copied().unwrap_or(0) < MAX_PER_SENDER
     }
 
-    /// Accept waiting offers and start their downloads while there is room: the first in
-    /// turn whose sender has fewer than [`MAX_PER_SENDER`] downloads running.
-    pub async fn start_queued(&mut self, ctx: &'a Ctx<'a>, client: &'a Client, out: &'a Path) {
-        while self.running.len() < MAX_DOWNLOADS {
-            let Some(next) = self
+    /// Whether `sender` has a download running or paused.
+    fn sender_is_busy(&self, sender: &str) -> bool {
+        self.per_sender.contains_key(sender)
+            || self
                 .queued
                 .iter()
-                .position(|(offer, _)| self.sender_has_room(&offer.from))
-            else {
+                .any(|(o, start)| o.from == sender && matches!(start, Start::Paused(..)))
+    }
+
+    /// The queued offer to start next: the first in turn whose sender has nothing running or
+    /// paused (a new sender is not kept behind the paused downloads of others), else the first
+    /// whose sender has fewer than [`MAX_PER_SENDER`] downloads running.
+    fn next_to_start(&self) -> Option<usize> {
+        self.queued
+            .iter()
+            .position(|(offer, _)| !self.sender_is_busy(&offer.from))
+            .or_else(|| {
+                self.queued
+                    .iter()
+                    .position(|(offer, _)| self.sender_has_room(&offer.from))
+            })
+    }
+
+    /// Accept waiting offers and start their downloads while there is room, in the order of
+    /// [`Jobs::next_to_start`].
+    pub async fn start_queued(&mut self, ctx: &'a Ctx<'a>, client: &'a Client, out: &'a Path) {
+        while self.running.len() < MAX_DOWNLOADS {
+            let Some(next) = self.next_to_start() else {
                 break;
             };
             let Some((offer, start)) = self.queued.remove(next) else {
@@ -231,6 +267,7 @@ impl<'a> Jobs<'a> {
                         activity: Activity::new(),
                         done: Arc::default(),
                         turn_start: Arc::default(),
+                        pauses: Arc::default(),
                         others_wait: self.others_wait.clone(),
                         window: self.window,
                         min_bytes: self.min_bytes,
@@ -276,6 +313,20 @@ impl<'a> Jobs<'a> {
             }
         }
         match r {
+            Ok(Ended::Paused)
+                if pace.pauses.fetch_add(1, Ordering::Relaxed) + 1 >= self.max_pauses =>
+            {
+                self.known.remove(&offer.transfer_id);
+                let e = anyhow!(
+                    "given up after {} pauses (each moved less than {} bytes in {} ms while \
+                     other files waited); its partial download is kept and the next `msim \
+                     receive` resumes it",
+                    self.max_pauses,
+                    self.min_bytes,
+                    self.window.as_millis()
+                );
+                let _ = self.failed(ctx, &offer, &e);
+            }
             Ok(Ended::Paused) => {
                 ctx.out.notice(|| {
                     format!(

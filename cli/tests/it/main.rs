@@ -9,6 +9,7 @@ mod deferred_hash;
 mod interrupt;
 mod receive_fair;
 mod receive_many;
+mod receive_turns;
 mod reconnect;
 mod stale_part;
 mod timing;

@@ -19,7 +19,12 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `login` offers `count` files of 1 MiB to carol; the first `accepted` are accepted (carol's
 /// receive runs them) and get one byte each: drips that never finish. The client is returned
 /// so the offers stay open.
-async fn dripper(srv: &TestServer, login: &str, count: usize, accepted: usize) -> Client {
+pub(crate) async fn dripper(
+    srv: &TestServer,
+    login: &str,
+    count: usize,
+    accepted: usize,
+) -> Client {
     let data = pseudo_random_bytes(1 << 20, 3);
     let (m, _events) = Client::connect(srv.chat).await.unwrap();
     m.login(login, &password(login)).await.unwrap();
@@ -59,7 +64,11 @@ fn receive(srv: &TestServer, out_dir: &std::path::Path, window_ms: &str) -> Runn
 }
 
 /// Bob sends `pic.jpg` with the CLI; carol's receive reports it verified within [`WAIT`].
-fn honest_picture_arrives(srv: &TestServer, carol: &mut Running, out_dir: &std::path::Path) {
+pub(crate) fn honest_picture_arrives(
+    srv: &TestServer,
+    carol: &mut Running,
+    out_dir: &std::path::Path,
+) {
     let picture = pseudo_random_bytes(200_000, 11);
     let path = srv.subdir("bob").unwrap().join("pic.jpg");
     std::fs::write(&path, &picture).unwrap();

@@ -140,8 +140,12 @@ async fn download_with(
             }
             Err((kept, error)) => {
                 // An empty .part (nothing ever written) is not worth keeping for a retry; what
-                // a small download held in memory goes with it.
+                // a small download held in memory goes with it. A paused one is kept even
+                // empty: it marks the download as begun, to be continued.
                 drop(kept);
+                if matches!(error, ClientError::Paused) {
+                    return Err(error);
+                }
                 if let Ok(meta) = tokio::fs::metadata(&part_name).await {
                     if meta.len() == 0 {
                         let _ = tokio::fs::remove_file(&part_name).await;
