@@ -73,7 +73,8 @@ pub struct RelayConfig {
     /// Simultaneous connections. When all are taken, a new connection takes the slot of the
     /// connection that has gone longest without a request in progress or with one below
     /// `min_rate` (which is closed);
-    /// when every connection has one, new connections wait in the listen backlog.
+    /// when every connection has one, a new connection gets one of a few health-check slots
+    /// (`/healthz` answered at once; other requests wait there for a slot).
     pub max_connections: usize,
     /// Simultaneous connections from one client address (0: no limit); further connections
     /// from it are closed at once.

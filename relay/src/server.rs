@@ -73,13 +73,13 @@ pub async fn serve_with_metrics(
     let sweeper = tokio::spawn(sweeper(state.clone(), stop_rx));
     let metrics_server =
         metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone(), stop_rx2.clone())));
-    let slots = Slots::new(
+    let slots = Arc::new(Slots::new(
         state.config.max_connections,
         MinRate {
             bytes: state.config.min_rate,
             window: state.config.min_rate_window,
         },
-    );
+    ));
     let per_address = PerAddress::new(state.config.max_connections_per_address);
     let header_timeout = state.config.header_timeout;
     let idle = state.config.body_idle_timeout;
@@ -124,12 +124,22 @@ pub async fn serve_with_metrics(
         Metrics::add(&state.metrics.connections, 1);
         let st = state.clone();
         let conn_state = slot.conn.clone();
+        let all_slots = slots.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            // Busy from the request head until the response body is sent.
-            let busy = conn_state.request();
-            req.extensions_mut().insert(ConnOf(conn_state.clone()));
+            let (conn_state, all_slots) = (conn_state.clone(), all_slots.clone());
             let st = st.clone();
             async move {
+                // On a health slot, anything but a health check first waits for a transfer
+                // slot (idle meanwhile: another health check may take the slot).
+                if conn_state.health_only()
+                    && !is_health_check(&st, req.uri().path())
+                    && all_slots.upgrade(&conn_state).await
+                {
+                    Metrics::add(&st.metrics.connections_evicted, 1);
+                }
+                // Busy from the request head until the response body is sent.
+                let busy = conn_state.request();
+                req.extensions_mut().insert(ConnOf(conn_state.clone()));
                 let resp = match handle(st, req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
@@ -198,6 +208,12 @@ pub async fn serve_with_metrics(
     }
     state.store.close().await;
     Ok(())
+}
+
+/// Requests a health slot serves: `/healthz`, and `/metrics` when served on this port.
+fn is_health_check(state: &State, path: &str) -> bool {
+    path == "/healthz"
+        || (path == "/metrics" && state.config.metrics == crate::MetricsAccess::MainPort)
 }
 
 /// `header_timeout` bounds the wait for each request head, which also closes a keep-alive

@@ -3,11 +3,14 @@
 //! unfinished request head, an idle keep-alive connection, a download waiting for upload data
 //! that has not arrived, or a request moving fewer than the minimum bytes per window), which
 //! is closed. Connections with a request in progress at a good rate keep their slots; when all
-//! have one, new connections wait (and look again as windows pass).
+//! have one, a new connection gets one of [`HEALTH_SLOTS`] reserved slots, on which `/healthz`
+//! (and `/metrics`) are answered at once while any other request waits for a transfer slot
+//! (looking again as windows pass), so health checks answer even when every transfer slot is
+//! taken.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,9 +25,15 @@ use crate::api::Body;
 
 type Open = Arc<Mutex<HashMap<u64, Arc<Conn>>>>;
 
+/// Slots kept for health checks when every transfer slot is taken (a new connection that
+/// finds them all taken too takes the one of the longest idle among them).
+pub const HEALTH_SLOTS: usize = 4;
+
 /// All connection slots of a listener.
 pub struct Slots {
     free: Arc<Semaphore>,
+    /// The [`HEALTH_SLOTS`].
+    health: Arc<Semaphore>,
     open: Open,
     next_id: AtomicU64,
     min_rate: MinRate,
@@ -94,11 +103,14 @@ pub struct Conn {
     /// Bytes read from and written to the socket (counted by the connection's I/O).
     traffic: Arc<AtomicU64>,
     window: Mutex<RateWindow>,
+    /// The slot's permit: a transfer slot's, or a health slot's until [`Slots::upgrade`].
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// On a health slot: only `/healthz` and `/metrics` are served before an upgrade.
+    health_only: AtomicBool,
 }
 
 /// A taken slot; freed when dropped.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
     id: u64,
     open: Open,
     /// This connection's state.
@@ -128,6 +140,7 @@ impl Slots {
         }
         Slots {
             free: Arc::new(Semaphore::new(n.max(1))),
+            health: Arc::new(Semaphore::new(HEALTH_SLOTS)),
             open,
             next_id: AtomicU64::new(0),
             min_rate,
@@ -139,19 +152,25 @@ impl Slots {
     /// the slot), else wait until a connection ends or one falls below the minimum rate.
     /// `None` only if the slots were closed (they are not).
     pub async fn acquire(&self) -> Option<(Slot, bool)> {
-        let (permit, evicted) = match self.free.clone().try_acquire_owned() {
-            Ok(p) => (p, false),
+        let (permit, evicted, health_only) = match self.free.clone().try_acquire_owned() {
+            Ok(p) => (p, false, false),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
-                let mut evicted = self.evict_longest_idle();
-                // A connection busy now may fall below the minimum rate later: look again
-                // a few times per window while waiting.
-                let recheck = (self.min_rate.window / 4).max(Duration::from_millis(10));
-                loop {
+                if self.evict_longest_idle(false) {
+                    let p = self.free.clone().acquire_owned().await.ok()?;
+                    (p, true, false)
+                } else if let Ok(p) = self.health.clone().try_acquire_owned() {
+                    (p, false, true)
+                } else if self.evict_longest_idle(true) {
+                    let p = self.health.clone().acquire_owned().await.ok()?;
+                    (p, true, true)
+                } else {
+                    // Every health slot has a request in progress (answered at once).
                     tokio::select! {
-                        p = self.free.clone().acquire_owned() => break (p.ok()?, evicted),
-                        () = tokio::time::sleep(recheck), if !evicted && self.min_rate.bytes > 0 => {
-                            evicted = self.evict_longest_idle();
+                        p = self.transfer_permit() => {
+                            let (p, evicted) = p?;
+                            (p, evicted, false)
                         }
+                        p = self.health.clone().acquire_owned() => (p.ok()?, false, true),
                     }
                 }
             }
@@ -165,10 +184,11 @@ impl Slots {
             evicted: CancellationToken::new(),
             traffic: Arc::default(),
             window: Mutex::new(RateWindow::starting(now, 0)),
+            permit: Mutex::new(Some(permit)),
+            health_only: AtomicBool::new(health_only),
         });
         lock(&self.open).insert(id, conn.clone());
         let slot = Slot {
-            _permit: permit,
             id,
             open: self.open.clone(),
             conn,
@@ -176,14 +196,52 @@ impl Slots {
         Some((slot, evicted))
     }
 
-    /// Close the connection that has gone longest without a request in progress (other than
-    /// one waiting for upload data, or one below the minimum rate); `false` when every
-    /// connection has one.
-    fn evict_longest_idle(&self) -> bool {
+    /// A transfer slot's permit: a free one, else that of a connection closed for it, else
+    /// wait for one (looking again for a connection to close a few times per window).
+    /// `None` only if the slots were closed (they are not).
+    async fn transfer_permit(&self) -> Option<(OwnedSemaphorePermit, bool)> {
+        if let Ok(p) = self.free.clone().try_acquire_owned() {
+            return Some((p, false));
+        }
+        let mut evicted = self.evict_longest_idle(false);
+        // A connection busy now may fall below the minimum rate later: look again a few
+        // times per window while waiting.
+        let recheck = (self.min_rate.window / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                p = self.free.clone().acquire_owned() => return Some((p.ok()?, evicted)),
+                () = tokio::time::sleep(recheck), if !evicted && self.min_rate.bytes > 0 => {
+                    evicted = self.evict_longest_idle(false);
+                }
+            }
+        }
+    }
+
+    /// Move `conn` from its health slot to a transfer slot (waiting for one as a new
+    /// connection would), before it serves anything but a health check; `true` when a
+    /// connection was closed for it.
+    pub async fn upgrade(&self, conn: &Conn) -> bool {
+        if !conn.health_only.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some((permit, evicted)) = self.transfer_permit().await else {
+            return false;
+        };
+        // The health slot's permit is dropped here: free for the next health check.
+        *lock(&conn.permit) = Some(permit);
+        conn.health_only.store(false, Ordering::SeqCst);
+        evicted
+    }
+
+    /// Close the connection, among those on transfer slots (or on health slots), that has
+    /// gone longest without a request in progress (other than one waiting for upload data,
+    /// or one below the minimum rate); `false` when every such connection has one.
+    fn evict_longest_idle(&self, on_health_slots: bool) -> bool {
         let open = lock(&self.open);
         let now = Instant::now();
         let victim = open
             .values()
+            .filter(|c| c.health_only.load(Ordering::SeqCst) == on_health_slots)
             .filter(|c| c.evictable(self.min_rate, now) && !c.evicted.is_cancelled())
             .min_by_key(|c| *lock(&c.idle_since));
         match victim {
@@ -217,6 +275,11 @@ async fn sample_every_quarter_window(
 }
 
 impl Conn {
+    /// Whether the connection is on a health slot (see [`Slots::upgrade`]).
+    pub fn health_only(&self) -> bool {
+        self.health_only.load(Ordering::SeqCst)
+    }
+
     /// A request starts on this connection.
     pub fn request(self: &Arc<Self>) -> Busy {
         self.restart_window();
@@ -312,6 +375,8 @@ impl Drop for Waiting {
 impl Drop for Slot {
     fn drop(&mut self) {
         lock(&self.open).remove(&self.id);
+        // The connection has ended: its slot is free even while requests hold `conn`.
+        lock(&self.conn.permit).take();
     }
 }
 
@@ -386,7 +451,7 @@ mod tests {
         assert!(evicted);
         // b busy, c idle: c goes next; once b's request ends, b is idle since later than c.
         drop(busy);
-        assert!(slots.evict_longest_idle());
+        assert!(slots.evict_longest_idle(false));
         assert!(c.conn.evicted.is_cancelled());
         assert!(!b.conn.evicted.is_cancelled());
     }
