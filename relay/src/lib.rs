@@ -154,6 +154,7 @@ impl std::fmt::Debug for RelayConfig {
                 "max_downloads_per_transfer",
                 &self.max_downloads_per_transfer,
             )
+            .field("max_requests_per_sender", &self.max_requests_per_sender)
             .field("metrics", &self.metrics)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
