@@ -148,10 +148,12 @@ pub(crate) struct Seen {
 /// those of the logins changed since the read in snapshot `since`: their records' `xid` was
 /// not visible in it (committed after it, or still running then), so no change is missed
 /// whatever the commit order. An idle cluster costs one index probe that finds nothing.
+/// `recheck`: logins read as well, changed or not (only with `since`).
 pub(crate) async fn presence_since(
     pool: &PgPool,
     me: NodeId,
     since: Option<&str>,
+    recheck: &[String],
 ) -> Result<Seen, sqlx::Error> {
     // One statement: the snapshot and the rows come from the same snapshot.
     let rows: Vec<(Option<String>, Option<String>, Option<i64>)> = match since {
@@ -168,13 +170,15 @@ pub(crate) async fn presence_since(
             sqlx::query_as(
                 "WITH changed AS MATERIALIZED (SELECT login FROM cluster_presence_last \
                  WHERE xid >= pg_snapshot_xmin($2::pg_snapshot) \
-                 AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot)) \
+                 AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot) \
+                 UNION SELECT unnest($3::text[])) \
                  SELECT pg_current_snapshot()::text, NULL::text, NULL::bigint \
                  UNION ALL SELECT NULL, c.login, p.node FROM changed c \
                  LEFT JOIN cluster_presence p ON p.login = c.login AND p.node <> $1",
             )
             .bind(me.0)
             .bind(since)
+            .bind(recheck)
             .fetch_all(pool)
             .await?
         }
