@@ -335,22 +335,28 @@ pub(crate) fn change_id() -> i64 {
 }
 
 /// Deletes records of logins offline for longer than `keep` (at most `batch` per run; a
-/// change's id matters for seconds).
+/// change's id matters for seconds), within `limit` (PostgreSQL's own timeouts too). Records
+/// locked by a running presence change are skipped, not waited for. The cutoff is `now()`
+/// (stable, unlike `clock_timestamp()`): the partial index on `at` is used.
 pub(crate) async fn prune_last(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     keep: Duration,
     batch: i64,
+    limit: Duration,
 ) -> Result<u64, sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    bound(&mut tx, limit).await?;
     let r = sqlx::query(
         "DELETE FROM cluster_presence_last \
-         WHERE NOT online AND at < clock_timestamp() - make_interval(secs => $1) \
-         AND login IN (SELECT login FROM cluster_presence_last WHERE NOT online \
-         AND at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
+         WHERE login IN (SELECT login FROM cluster_presence_last WHERE NOT online \
+         AND at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(keep.as_secs_f64())
     .bind(batch)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(r.rows_affected())
 }
 

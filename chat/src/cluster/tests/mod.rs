@@ -588,6 +588,7 @@ mod in_doubt;
 mod listener;
 mod presence_dup;
 mod presence_stale;
+mod prune_last;
 mod repair;
 mod robust;
 mod startup;
