@@ -13,6 +13,7 @@
 
 use super::listener::{listen_loop, Note};
 use super::mirror::Mirror;
+use super::presence_read::PresenceCursor;
 use super::NodeId;
 use crate::hub::{Hub, Item, Stream, STREAMS};
 use bytes::Bytes;
@@ -302,12 +303,14 @@ impl Reader {
         let heads = Arc::new(Mutex::new(Positions::default()));
         let wake = Arc::new(Notify::new());
         let (tx, mut inbox) = mpsc::channel(INBOX);
+        let mut cursor = PresenceCursor::default();
         tokio::spawn(listen_loop(
             self.pool.clone(),
             self.me,
             heads.clone(),
             wake.clone(),
             tx,
+            cursor.dropped.clone(),
             self.silence,
             self.statement,
             self.listening.clone(),
@@ -315,8 +318,6 @@ impl Reader {
         ));
         let mut pos = self.start;
         let mut page = PAGE;
-        // The snapshot of the last presence read (`None`: read everything next).
-        let mut seen: Option<String> = None;
         self.publish(&pos);
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -327,8 +328,9 @@ impl Reader {
                 _ = tick.tick() => {
                     // Presence notes dropped on a full inbox (or on a full outbox, or whose
                     // NOTIFY failed) are repaired here: the table is the truth, the notes only
-                    // make it quick. Only the logins changed since the last read are read.
-                    self.reload_presence(&mut seen).await;
+                    // make it quick. Only the logins changed since the last read are read
+                    // (and those of the notes applied since: see `PresenceCursor`).
+                    self.reload_presence(&mut cursor).await;
                     self.catch_up(&mut pos, ALL, &mut page).await;
                 }
                 _ = self.own.in_doubt_settled.notified() => {
@@ -349,11 +351,16 @@ impl Reader {
                         info!("cluster listener connected: catching up");
                         // Everything: the database may have restarted (a crash hands out
                         // transaction ids again, and snapshots taken before it mean nothing).
-                        seen = None;
-                        self.reload_presence(&mut seen).await;
+                        cursor.reset();
+                        self.reload_presence(&mut cursor).await;
                         self.catch_up(&mut pos, ALL, &mut page).await;
                     }
-                    Some(note) => self.apply(note).await,
+                    Some(note) => {
+                        if let Note::Presence { login, .. } = &note {
+                            cursor.applied(login);
+                        }
+                        self.apply(note).await;
+                    }
                     None => return,
                 },
             }
@@ -464,18 +471,25 @@ impl Reader {
         *self.fed.lock().unwrap_or_else(|e| e.into_inner()) = Some(*pos);
     }
 
-    /// Brings the mirror in line with the presence table: all of it (`seen` = `None`), or the
-    /// logins changed since the read in snapshot `seen`. On an error the mirror and `seen`
-    /// stay as they are (the next read covers what this one missed).
-    async fn reload_presence(&self, seen: &mut Option<String>) {
-        let read = super::nodes::presence_since(&self.pool, self.me, seen.as_deref());
+    /// Brings the mirror in line with the presence table: all of it, or the logins changed
+    /// since the last read and those of the notes applied since (see `PresenceCursor`). On an
+    /// error the mirror and `cursor` stay as they are (the next read covers what this one
+    /// missed).
+    async fn reload_presence(&self, cursor: &mut PresenceCursor) {
+        let next = cursor.next();
+        let (since, recheck) = match &next {
+            Some((seen, recheck)) => (Some(seen.as_str()), recheck.as_slice()),
+            None => (None, &[][..]),
+        };
+        let read = super::nodes::presence_since(&self.pool, self.me, since, recheck);
         match within(self.statement, read).await {
             Ok(read) => {
+                let full = read.logins.is_none();
                 match read.logins {
                     None => self.mirror.replace(read.rows),
                     Some(logins) => self.mirror.update(&logins, read.rows),
                 }
-                *seen = Some(read.snapshot);
+                cursor.done(read.snapshot, full);
             }
             Err(e) => warn!("cluster: reloading presence: {e}"),
         }

@@ -211,8 +211,17 @@ impl Heart {
             Ok(_) => {}
             Err(e) => warn!("cluster: reaping dead nodes: {e}"),
         }
-        let pruned = nodes::prune_last(&self.pool, PRESENCE_KEEP, PRESENCE_PRUNE);
-        if let Err(e) = fanout::within(limit, pruned).await {
+        // Like reaping: its own connection, dropped on a timeout.
+        let pruned = async {
+            let mut conn = fanout::within(limit, self.pool.acquire()).await?;
+            let prune = nodes::prune_last(&mut conn, PRESENCE_KEEP, PRESENCE_PRUNE, limit);
+            let r = fanout::within(limit, prune).await;
+            if r.is_err() {
+                drop(conn.detach());
+            }
+            r
+        };
+        if let Err(e) = pruned.await {
             warn!("cluster: pruning presence records: {e}");
         }
         let now = self.timing.clock.now_micros();

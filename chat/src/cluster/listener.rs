@@ -6,6 +6,7 @@ use super::NodeId;
 use bytes::Bytes;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -90,6 +91,7 @@ pub(super) async fn listen_loop(
     heads: Arc<Mutex<Positions>>,
     wake: Arc<Notify>,
     inbox: mpsc::Sender<Note>,
+    dropped: Arc<AtomicBool>,
     silence: Duration,
     statement: Duration,
     listening: watch::Sender<bool>,
@@ -139,6 +141,9 @@ pub(super) async fn listen_loop(
                 };
                 if let Some(note) = parse(me, n.payload(), &heads, &wake) {
                     if inbox.try_send(note).is_err() {
+                        // A presence note may be among them: the reader's next presence
+                        // read is a full one.
+                        dropped.store(true, Ordering::Relaxed);
                         warn!("cluster inbox full: a live packet is dropped");
                     }
                 }

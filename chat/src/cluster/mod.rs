@@ -69,6 +69,7 @@ mod mirror;
 pub(crate) mod nodes;
 mod own;
 mod presence;
+mod presence_read;
 mod reconciler;
 mod scrub;
 mod store_feed;

@@ -148,10 +148,12 @@ pub(crate) struct Seen {
 /// those of the logins changed since the read in snapshot `since`: their records' `xid` was
 /// not visible in it (committed after it, or still running then), so no change is missed
 /// whatever the commit order. An idle cluster costs one index probe that finds nothing.
+/// `recheck`: logins read as well, changed or not (only with `since`).
 pub(crate) async fn presence_since(
     pool: &PgPool,
     me: NodeId,
     since: Option<&str>,
+    recheck: &[String],
 ) -> Result<Seen, sqlx::Error> {
     // One statement: the snapshot and the rows come from the same snapshot.
     let rows: Vec<(Option<String>, Option<String>, Option<i64>)> = match since {
@@ -168,13 +170,15 @@ pub(crate) async fn presence_since(
             sqlx::query_as(
                 "WITH changed AS MATERIALIZED (SELECT login FROM cluster_presence_last \
                  WHERE xid >= pg_snapshot_xmin($2::pg_snapshot) \
-                 AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot)) \
+                 AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot) \
+                 UNION SELECT unnest($3::text[])) \
                  SELECT pg_current_snapshot()::text, NULL::text, NULL::bigint \
                  UNION ALL SELECT NULL, c.login, p.node FROM changed c \
                  LEFT JOIN cluster_presence p ON p.login = c.login AND p.node <> $1",
             )
             .bind(me.0)
             .bind(since)
+            .bind(recheck)
             .fetch_all(pool)
             .await?
         }
@@ -331,22 +335,28 @@ pub(crate) fn change_id() -> i64 {
 }
 
 /// Deletes records of logins offline for longer than `keep` (at most `batch` per run; a
-/// change's id matters for seconds).
+/// change's id matters for seconds), within `limit` (PostgreSQL's own timeouts too). Records
+/// locked by a running presence change are skipped, not waited for. The cutoff is `now()`
+/// (stable, unlike `clock_timestamp()`): the partial index on `at` is used.
 pub(crate) async fn prune_last(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     keep: Duration,
     batch: i64,
+    limit: Duration,
 ) -> Result<u64, sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    bound(&mut tx, limit).await?;
     let r = sqlx::query(
         "DELETE FROM cluster_presence_last \
-         WHERE NOT online AND at < clock_timestamp() - make_interval(secs => $1) \
-         AND login IN (SELECT login FROM cluster_presence_last WHERE NOT online \
-         AND at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
+         WHERE login IN (SELECT login FROM cluster_presence_last WHERE NOT online \
+         AND at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
     )
     .bind(keep.as_secs_f64())
     .bind(batch)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(r.rows_affected())
 }
 

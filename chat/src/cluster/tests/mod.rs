@@ -587,6 +587,8 @@ mod idle_cost;
 mod in_doubt;
 mod listener;
 mod presence_dup;
+mod presence_stale;
+mod prune_last;
 mod repair;
 mod robust;
 mod startup;

@@ -9,6 +9,21 @@
 -- xid: the transaction that last changed any of the login's cluster_presence rows. Every
 -- node reads only the logins changed since its previous read (the rows whose xid was not
 -- visible in that read's snapshot: none is missed, whatever the commit order).
+
+-- xid8 and pg_visible_in_snapshot came in PostgreSQL 13: say so, rather than "type xid8 does
+-- not exist" (docs/OPERATING.md, Requirements).
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int < 130000 THEN
+        RAISE EXCEPTION 'mSIM needs PostgreSQL 13 or later; this server is PostgreSQL %',
+            current_setting('server_version');
+    END IF;
+END
+$$;
+-- CREATE TRIGGER locks cluster_presence (SHARE ROW EXCLUSIVE): on a live cluster, give up
+-- rather than queue every node's presence writes behind a stuck transaction.
+SET LOCAL lock_timeout = '10s';
+
 CREATE TABLE IF NOT EXISTS cluster_presence_last (
     login TEXT PRIMARY KEY,
     online BOOLEAN NOT NULL,
@@ -23,7 +38,8 @@ CREATE INDEX IF NOT EXISTS cluster_presence_last_at ON cluster_presence_last (at
 -- Every insert or delete of a cluster_presence row moves its login's xid, whoever writes it
 -- (a cascade from cluster_nodes too): the readers' "changed since" misses nothing. A login
 -- without a record gets one here (online: whether it has rows; of no node's change: id 0).
-CREATE OR REPLACE FUNCTION cluster_presence_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION cluster_presence_touch() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 DECLARE
     l TEXT := CASE WHEN TG_OP = 'DELETE' THEN OLD.login ELSE NEW.login END;
 BEGIN
