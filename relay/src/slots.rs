@@ -5,7 +5,7 @@
 //! is closed. Connections with a request in progress at a good rate keep their slots; when all
 //! have one, new connections wait (and look again as windows pass).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,14 +40,44 @@ pub struct MinRate {
     pub window: Duration,
 }
 
-/// Since when a connection's rate is measured: its last change of state (a request started
-/// or ended, a wait for upload data started or ended) or the last judgement; and that
-/// judgement, which holds until the next one (a full window later), so a connection judged
-/// slow stays evictable even when another was evicted in its place.
+/// Samples of a connection's traffic counter, taken every quarter window (by the slots'
+/// ticker, and whenever the connection is judged) since its last change of state (a request
+/// started or ended, a wait for upload data started or ended): a judgement compares the
+/// counter with the newest sample at least a window old, so only the last window counts, not
+/// everything since the state changed. The last verdict holds until a new one can be made, so
+/// a connection judged slow stays evictable even when another was evicted in its place.
 struct RateWindow {
-    start: Instant,
-    bytes_at_start: u64,
+    /// Oldest first; at most one is a window old or older (older ones say nothing new).
+    samples: VecDeque<(Instant, u64)>,
     slow: bool,
+}
+
+impl RateWindow {
+    fn starting(now: Instant, traffic: u64) -> RateWindow {
+        RateWindow {
+            samples: VecDeque::from([(now, traffic)]),
+            slow: false,
+        }
+    }
+
+    /// Add a sample if the newest is a quarter window old, and forget those that are older
+    /// than the newest one at least a window old.
+    fn sample(&mut self, now: Instant, traffic: u64, window: Duration) {
+        let due = self
+            .samples
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= window / 4);
+        if due {
+            self.samples.push_back((now, traffic));
+        }
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= window)
+        {
+            self.samples.pop_front();
+        }
+    }
 }
 
 /// What the slot registry knows about one connection.
@@ -86,11 +116,19 @@ pub struct Busy(Arc<Conn>);
 pub struct Waiting(Arc<Conn>);
 
 impl Slots {
-    /// `n` slots (at least 1).
+    /// `n` slots (at least 1). With a minimum rate, a task samples every connection's
+    /// traffic each quarter window while the slots exist (needs a Tokio runtime).
     pub fn new(n: usize, min_rate: MinRate) -> Slots {
+        let open: Open = Arc::default();
+        if min_rate.bytes > 0 {
+            tokio::spawn(sample_every_quarter_window(
+                Arc::downgrade(&open),
+                min_rate.window,
+            ));
+        }
         Slots {
             free: Arc::new(Semaphore::new(n.max(1))),
-            open: Arc::default(),
+            open,
             next_id: AtomicU64::new(0),
             min_rate,
         }
@@ -126,11 +164,7 @@ impl Slots {
             idle_since: Mutex::new(now),
             evicted: CancellationToken::new(),
             traffic: Arc::default(),
-            window: Mutex::new(RateWindow {
-                start: now,
-                bytes_at_start: 0,
-                slow: false,
-            }),
+            window: Mutex::new(RateWindow::starting(now, 0)),
         });
         lock(&self.open).insert(id, conn.clone());
         let slot = Slot {
@@ -162,6 +196,26 @@ impl Slots {
     }
 }
 
+/// Sample the traffic of every open connection each quarter `window`, until the slots are
+/// dropped, so a judgement always finds a sample about a window old.
+async fn sample_every_quarter_window(
+    open: std::sync::Weak<Mutex<HashMap<u64, Arc<Conn>>>>,
+    window: Duration,
+) {
+    let mut tick = tokio::time::interval((window / 4).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(open) = open.upgrade() else { return };
+        let conns: Vec<Arc<Conn>> = lock(&open).values().cloned().collect();
+        drop(open);
+        let now = Instant::now();
+        for c in conns {
+            c.sample(window, now);
+        }
+    }
+}
+
 impl Conn {
     /// A request starts on this connection.
     pub fn request(self: &Arc<Self>) -> Busy {
@@ -178,36 +232,41 @@ impl Conn {
     /// Measure the rate from now on (a change of state: the previous window says nothing
     /// about the new one).
     fn restart_window(&self) {
-        *lock(&self.window) = RateWindow {
-            start: Instant::now(),
-            bytes_at_start: self.traffic.load(Ordering::SeqCst),
-            slow: false,
-        };
+        *lock(&self.window) =
+            RateWindow::starting(Instant::now(), self.traffic.load(Ordering::SeqCst));
     }
 
-    /// A request in progress moved less than `min.bytes` per `min.window` over its last
-    /// judged window (at least `min.window` long). A judged window is restarted, so a fast
-    /// start cannot cover a later trickle; the verdict holds until the next window is judged.
+    /// Take a sample of the traffic counter (see [`RateWindow`]).
+    fn sample(&self, window: Duration, now: Instant) {
+        let traffic = self.traffic.load(Ordering::SeqCst);
+        lock(&self.window).sample(now, traffic, window);
+    }
+
+    /// A request in progress moved less than `min.bytes` per `min.window` over the last
+    /// window (measured from the newest sample at least a window old, so between one and
+    /// one and a quarter windows): a fast start cannot cover a later trickle, nor a slow start
+    /// condemn a request that is fast now. Before a window has passed since the last change
+    /// of state, the last verdict holds.
     fn too_slow(&self, min: MinRate, now: Instant) -> bool {
         if min.bytes == 0 {
             return false;
         }
-        let mut w = lock(&self.window);
-        let elapsed = now.saturating_duration_since(w.start);
-        if elapsed < min.window {
-            return w.slow;
-        }
         let traffic = self.traffic.load(Ordering::SeqCst);
-        let moved = traffic.saturating_sub(w.bytes_at_start);
-        // moved / elapsed < bytes / window, without division.
-        let slow =
-            u128::from(moved) * min.window.as_nanos() < u128::from(min.bytes) * elapsed.as_nanos();
-        *w = RateWindow {
-            start: now,
-            bytes_at_start: traffic,
-            slow,
+        let mut w = lock(&self.window);
+        w.sample(now, traffic, min.window);
+        let Some(&(from, bytes_then)) = w
+            .samples
+            .front()
+            .filter(|(at, _)| now.saturating_duration_since(*at) >= min.window)
+        else {
+            return w.slow;
         };
-        slow
+        let elapsed = now.saturating_duration_since(from);
+        let moved = traffic.saturating_sub(bytes_then);
+        // moved / elapsed < bytes / window, without division.
+        w.slow =
+            u128::from(moved) * min.window.as_nanos() < u128::from(min.bytes) * elapsed.as_nanos();
+        w.slow
     }
 
     /// A request on this connection waits for upload data that has not arrived: until the

@@ -7,6 +7,7 @@ mod delivery;
 mod http_status;
 mod http_support;
 mod limits;
+mod rate_window;
 mod recovery_check;
 mod settings;
 mod sha_check;
