@@ -18,6 +18,11 @@ pub enum ClientError {
     /// The connection to the server is closed.
     #[error("connection to the server closed")]
     Closed,
+    /// A download was paused on request ([`crate::transfer::download_pausable`]): its
+    /// `.part` file holds every byte received, written and closed, and a later download of
+    /// the same transfer to the same place continues it.
+    #[error("download paused")]
+    Paused,
     /// The server did not answer in time.
     #[error("timed out waiting for the server")]
     Timeout,

@@ -32,7 +32,7 @@ use receive::{receive_held, receive_streamed};
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
 use source_hash::SourceHash;
 
-pub use download::{download, download_deferred, part_path};
+pub use download::{download, download_deferred, download_pausable, part_path};
 
 /// Progress callback: `(bytes done, bytes total)`. Called from the transfer's tasks.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;

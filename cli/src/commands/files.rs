@@ -400,13 +400,22 @@ pub(super) async fn download_one(
     };
     let (download, progress) = (Transfer::from(grant), Some(progress));
     let options = ctx.settings.transfer_options();
-    let downloading = async {
-        match (sha, sender_hash) {
-            (None, Some(watch)) => {
-                transfer::download_deferred(&download, &staging, watch, progress, &options).await
-            }
-            _ => transfer::download(&download, &staging, sha, progress, &options).await,
-        }
+    // A pause is asked of the download, never done by dropping it: it returns once its
+    // writer has handed the `.part` back whole, so the next turn measures a file at rest.
+    let pause = tokio_util::sync::CancellationToken::new();
+    let downloading = transfer::download_pausable(
+        &download,
+        &staging,
+        sha,
+        sender_hash,
+        progress,
+        &options,
+        &pause,
+    );
+    let asking_to_pause = async {
+        pace.too_slow_while_others_wait().await;
+        pause.cancel();
+        std::future::pending::<std::convert::Infallible>().await
     };
     let report = tokio::select! {
         r = downloading => r,
@@ -414,13 +423,13 @@ pub(super) async fn download_one(
             bar.finish_and_clear();
             bail!("no progress for {}", humantime_secs(NO_PROGRESS));
         }
-        // Its `.part` stays: the download goes on with a Range request at its next turn.
-        () = pace.too_slow_while_others_wait() => {
-            bar.finish_and_clear();
-            return Ok(Ended::Paused);
-        }
+        never = asking_to_pause => match never {},
     };
     bar.finish_and_clear();
+    // Its `.part` stays: the download goes on with a Range request at its next turn.
+    if matches!(report, Err(ClientError::Paused)) {
+        return Ok(Ended::Paused);
+    }
     let mut report = report?;
     let dest = unique_path(out, &name);
     std::fs::rename(&staging, &dest)

@@ -2,6 +2,7 @@
 //! renamed to `dest` only when complete and verified (PROTOCOL.md §11.5, §10.7).
 
 use super::*;
+use tokio_util::sync::CancellationToken;
 
 /// Downloads a transfer to `dest`, streaming (the relay may still be receiving the upload).
 ///
@@ -20,7 +21,7 @@ pub async fn download(
     options: &TransferOptions,
 ) -> Result<DownloadReport, ClientError> {
     let expect = Expect::Known(expected_sha256);
-    download_with(transfer, dest, expect, progress, options).await
+    download_with(transfer, dest, expect, progress, options, None).await
 }
 
 /// [`download`] of a file offered without a SHA-256 (PROTOCOL.md §10.7): hashed as it is
@@ -36,7 +37,38 @@ pub async fn download_deferred(
     options: &TransferOptions,
 ) -> Result<DownloadReport, ClientError> {
     let expect = Expect::Deferred(sender_hash);
-    download_with(transfer, dest, expect, progress, options).await
+    download_with(transfer, dest, expect, progress, options, None).await
+}
+
+/// [`download`] (or [`download_deferred`] when `expected_sha256` is `None` and there is a
+/// `sender_hash`) that stops when `pause` is cancelled while the body is being received or
+/// awaited: the bytes received so far are written to the `.part` file and the writer has
+/// handed it back before this returns [`ClientError::Paused`], so a later call continues the
+/// file as it is on disk. A pause once the last byte is in changes nothing (the download is
+/// finished and checked). Cancel `pause` rather than dropping the future: a dropped download
+/// may still be writing its `.part` for a moment.
+pub async fn download_pausable(
+    transfer: &Transfer,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+    sender_hash: Option<&crate::HashWatch>,
+    progress: Option<Progress>,
+    options: &TransferOptions,
+    pause: &CancellationToken,
+) -> Result<DownloadReport, ClientError> {
+    let expect = match (expected_sha256, sender_hash) {
+        (None, Some(watch)) => Expect::Deferred(watch),
+        (sha, _) => Expect::Known(sha),
+    };
+    download_with(transfer, dest, expect, progress, options, Some(pause)).await
+}
+
+/// Completes when `pause` is cancelled; never without one.
+pub(super) async fn paused(pause: Option<&CancellationToken>) {
+    match pause {
+        Some(p) => p.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Where a download's expected SHA-256 comes from.
@@ -54,6 +86,7 @@ async fn download_with(
     expect: Expect<'_>,
     progress: Option<Progress>,
     options: &TransferOptions,
+    pause: Option<&CancellationToken>,
 ) -> Result<DownloadReport, ClientError> {
     let target = target(&transfer.url)?;
     let part_name = part_path(dest);
@@ -79,6 +112,7 @@ async fn download_with(
             &progress,
             options,
             &mut relay_sha,
+            pause,
         )
         .await;
         match result {
@@ -98,7 +132,11 @@ async fn download_with(
                 }
                 part = kept;
                 tracing::info!(%error, attempt, "download interrupted; resuming");
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    // Nothing is being written between attempts.
+                    () = paused(pause) => return Err(ClientError::Paused),
+                }
             }
             Err((kept, error)) => {
                 // An empty .part (nothing ever written) is not worth keeping for a retry; what
@@ -173,6 +211,7 @@ async fn download_from(
     progress: &Option<Progress>,
     options: &TransferOptions,
     relay_sha: &mut Option<String>,
+    pause: Option<&CancellationToken>,
 ) -> Result<PartFile, (Option<PartFile>, ClientError)> {
     if part.len() >= transfer.size {
         // Already "complete" before asking: never taken as this transfer's file without a
@@ -192,7 +231,12 @@ async fn download_from(
         Err(e) => return Err((Some(part), ClientError::Http(e.to_string()))),
     };
     crate::timing::mark("download-request");
-    let response = match send(target, req, options).await {
+    let sent = tokio::select! {
+        r = send(target, req, options) => r,
+        // Nothing written yet in this attempt.
+        () = paused(pause) => Err(ClientError::Paused),
+    };
+    let response = match sent {
         Ok(response) => response,
         Err(e) => return Err((Some(part), e)),
     };
@@ -221,9 +265,9 @@ async fn download_from(
         .is_some_and(|n| n <= file_io::IO_UNIT as u64);
     let body = response.into_body();
     let (part, received) = if small {
-        receive_held(part, body, transfer.size, &mut done).await
+        receive_held(part, body, transfer.size, &mut done, pause).await
     } else {
-        receive_streamed(part, body, transfer.size, &mut done, progress, total).await?
+        receive_streamed(part, body, transfer.size, &mut done, progress, total, pause).await?
     };
     if let Err(e) = received {
         return Err((Some(part), e));

@@ -1,8 +1,11 @@
 //! Receiving a download's body into its part file: small bodies are held in memory until the
 //! download is finished, larger ones go to a writer thread in batches of about one unit.
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
 
+use super::download::paused;
 use super::file_io::{self, PartFile};
 use super::Progress;
 use crate::error::ClientError;
@@ -18,6 +21,28 @@ fn check_room(size: u64, done: u64, n: usize) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The next data of `body` (`None` at its end), or [`ClientError::Paused`] once `pause` is
+/// cancelled (checked first, so a fast body cannot keep a pause waiting).
+async fn next_data(
+    body: &mut hyper::body::Incoming,
+    pause: Option<&CancellationToken>,
+) -> Result<Option<Bytes>, ClientError> {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = paused(pause) => return Err(ClientError::Paused),
+            f = body.frame() => f,
+        };
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+        let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
+    }
+}
+
 /// Receives a small body (at most one unit, by its `Content-Length`) into memory; the part file
 /// comes back with whatever arrived, and how receiving ended.
 pub(super) async fn receive_held(
@@ -25,14 +50,11 @@ pub(super) async fn receive_held(
     mut body: hyper::body::Incoming,
     size: u64,
     done: &mut u64,
+    pause: Option<&CancellationToken>,
 ) -> (PartFile, Result<(), ClientError>) {
     let mut held = 0usize;
     let received = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        while let Some(data) = next_data(&mut body, pause).await? {
             check_room(size, *done, data.len())?;
             held += data.len();
             if held > file_io::IO_UNIT {
@@ -51,7 +73,9 @@ pub(super) async fn receive_held(
 
 /// Receives a body through a writer thread, in batches of about one unit (the frames are
 /// handed over without copying). `Err` when the writer failed (the part file is then not in
-/// step with its hash); otherwise the part file and how receiving ended.
+/// step with its hash); otherwise the part file and how receiving ended. The part file comes
+/// back only once the writer has written everything received and stopped, also when
+/// `pause` ends the receiving early.
 pub(super) async fn receive_streamed(
     part: PartFile,
     mut body: hyper::body::Incoming,
@@ -59,16 +83,13 @@ pub(super) async fn receive_streamed(
     done: &mut u64,
     progress: &Option<Progress>,
     total: u64,
+    pause: Option<&CancellationToken>,
 ) -> Result<(PartFile, Result<(), ClientError>), (Option<PartFile>, ClientError)> {
     let (writer, written) = part.writer();
     let mut batch = Vec::new();
     let mut batched = 0usize;
     let received: Result<(), ClientError> = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        while let Some(data) = next_data(&mut body, pause).await? {
             check_room(size, *done, data.len())?;
             *done += data.len() as u64;
             batched += data.len();
@@ -93,7 +114,12 @@ pub(super) async fn receive_streamed(
     }
     drop(writer);
     match written.await {
-        Ok(Ok(part)) => Ok((part, received)),
+        Ok(Ok(part)) => {
+            if let Some(p) = progress {
+                p(part.len(), total);
+            }
+            Ok((part, received))
+        }
         Ok(Err(e)) => Err((None, e.into())),
         Err(e) => Err((None, ClientError::Io(std::io::Error::other(e.to_string())))),
     }

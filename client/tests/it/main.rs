@@ -5,6 +5,7 @@
 mod common;
 mod library;
 mod login_then;
+mod pause;
 mod pipeline;
 mod stalled_upload;
 mod verification;
