@@ -8,6 +8,7 @@ mod api;
 mod downloaders;
 mod limits;
 mod metrics;
+mod per_sender;
 pub mod range;
 pub mod request;
 mod server;
@@ -93,6 +94,10 @@ pub struct RelayConfig {
     /// Downloads of one transfer in progress at once (0: no bound); more are refused with
     /// `429` until one ends.
     pub max_downloads_per_transfer: usize,
+    /// Uploads of one sender (the token's `sender`) in progress at once, and apart from them
+    /// downloads of one sender's files (0: no bound); more are refused with `429` until one
+    /// ends, so one account cannot hold many connection slots even above `min_rate`.
+    pub max_requests_per_sender: usize,
     /// Where `GET /metrics` is answered.
     pub metrics: MetricsAccess,
     /// How long a download waits for its upload to start.
@@ -163,6 +168,9 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 100 << 20;
 pub const DEFAULT_PER_SENDER_QUOTA: u64 = 2 << 30;
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3215";
+/// Default cap on requests in progress per sender and direction: a real client runs a
+/// handful (msim: one upload per file sent, a few downloads per file).
+pub const DEFAULT_MAX_REQUESTS_PER_SENDER: usize = 32;
 /// Default cap on simultaneous connections from one address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 /// Default deadline for a request head (and for an idle keep-alive connection).
@@ -205,6 +213,7 @@ impl RelayConfig {
             min_rate: DEFAULT_MIN_RATE,
             min_rate_window: DEFAULT_MIN_RATE_WINDOW,
             max_downloads_per_transfer: DEFAULT_MAX_DOWNLOADS_PER_TRANSFER,
+            max_requests_per_sender: DEFAULT_MAX_REQUESTS_PER_SENDER,
             metrics: MetricsAccess::Separate,
             reservation_idle: store.reservation_idle,
             wait_for_upload: Duration::from_secs(30),

@@ -141,6 +141,16 @@ struct Opts {
         env = "MSIM_RELAY_MAX_DOWNLOADS_PER_TRANSFER"
     )]
     max_downloads_per_transfer: Option<usize>,
+    /// Maximum uploads of one sender (the account a token names) in progress at once, and
+    /// apart from them downloads of one sender's files; more are answered 429 until one ends,
+    /// so one account cannot hold many connection slots (0: no limit) [default: 32].
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        env = "MSIM_RELAY_MAX_REQUESTS_PER_SENDER"
+    )]
+    max_requests_per_sender: Option<usize>,
     /// Longest wait for a request head, on a new connection and on an idle keep-alive
     /// connection [default: 10s].
     #[arg(
@@ -255,6 +265,7 @@ fn settings(opts: Opts) -> Result<Settings> {
         &mut c.max_downloads_per_transfer,
         opts.max_downloads_per_transfer,
     );
+    set(&mut c.max_requests_per_sender, opts.max_requests_per_sender);
     if opts.metrics_on_main_port {
         c.metrics = msim_relay::MetricsAccess::MainPort;
     }

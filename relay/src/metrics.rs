@@ -25,6 +25,8 @@ pub enum Refusal {
     DownloadLimit,
     /// Too many downloads of one transfer in progress at once.
     TooManyDownloads,
+    /// Too many uploads of one sender (or downloads of its files) in progress at once.
+    TooManySenderRequests,
     RangeNotSatisfiable,
     /// The transfer was removed (a tombstone says why), or expired while in use.
     Gone,
@@ -34,7 +36,7 @@ pub enum Refusal {
     StorageError,
 }
 
-const REFUSALS: [(Refusal, &str); 19] = [
+const REFUSALS: [(Refusal, &str); 20] = [
     (Refusal::MissingToken, "missing_token"),
     (Refusal::BadToken, "bad_token"),
     (Refusal::ExpiredToken, "expired_token"),
@@ -50,6 +52,7 @@ const REFUSALS: [(Refusal, &str); 19] = [
     (Refusal::ShaMismatch, "sha_mismatch"),
     (Refusal::DownloadLimit, "download_limit"),
     (Refusal::TooManyDownloads, "too_many_downloads"),
+    (Refusal::TooManySenderRequests, "too_many_sender_requests"),
     (Refusal::RangeNotSatisfiable, "range_not_satisfiable"),
     (Refusal::Gone, "gone"),
     (Refusal::Cancelled, "cancelled"),

@@ -61,6 +61,7 @@ pub async fn serve_with_metrics(
         waiters: Default::default(),
         downloaders: Default::default(),
         upload_budget: SharedBudget::new(UPLOAD_BUFFER_TOTAL),
+        sender_requests: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx2 = stop_rx.clone();

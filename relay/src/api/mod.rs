@@ -14,6 +14,7 @@ use msim_storage::{BlobStore, SharedBudget};
 
 use crate::downloaders::Downloaders;
 use crate::metrics::{Metrics, Refusal};
+use crate::per_sender::{counted_until_sent, SenderRequest, SenderRequests};
 use crate::request;
 use crate::waiters::Waiters;
 use crate::{MetricsAccess, RelayConfig};
@@ -43,6 +44,23 @@ pub struct State {
     pub downloaders: Downloaders,
     /// Memory for bytes received but not yet stored, shared by all uploads.
     pub upload_budget: SharedBudget,
+    /// Uploads and downloads in progress per token sender (bounded).
+    pub sender_requests: SenderRequests,
+}
+
+/// Counts a transfer request against its token's sender, or refuses it (`429`) when the
+/// sender has `max_requests_per_sender` of that direction in progress.
+fn admit_sender(state: &State, cap: &Capability) -> Result<SenderRequest, Refuse> {
+    state
+        .sender_requests
+        .admit(cap, state.config.max_requests_per_sender)
+        .ok_or_else(|| {
+            Refuse::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Refusal::TooManySenderRequests,
+                "too many transfers of this sender at once; retry later",
+            )
+        })
 }
 
 /// Entry point for every request.
@@ -98,6 +116,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     match *req.method() {
         Method::PUT => {
             let cap = auth::authorize(state, &req, &id, Some(Direction::Upload))?;
+            let _counted = admit_sender(state, &cap)?;
             upload::upload(state, req, cap, None).await
         }
         Method::PATCH => {
@@ -109,11 +128,14 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
                     "PATCH needs an Upload-Offset header",
                 )
             })?;
+            let _counted = admit_sender(state, &cap)?;
             upload::upload(state, req, cap, Some(offset)).await
         }
         Method::GET => {
             let cap = auth::authorize(state, &req, &id, Some(Direction::Download))?;
-            download::download(state, &req, cap).await
+            let counted = admit_sender(state, &cap)?;
+            let response = download::download(state, &req, cap).await?;
+            Ok(response.map(|body| counted_until_sent(body, counted)))
         }
         Method::HEAD => {
             let cap = auth::authorize(state, &req, &id, None)?;

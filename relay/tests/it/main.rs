@@ -7,6 +7,7 @@ mod delivery;
 mod http_status;
 mod http_support;
 mod limits;
+mod per_sender;
 mod rate_window;
 mod recovery_check;
 mod settings;

@@ -1,0 +1,144 @@
+//! Requests in progress per token sender, bounded: one account holding many grants cannot
+//! take many connection slots at once, even with every transfer above the minimum rate
+//! (attack H1). Uploads and downloads are counted apart (a downloader's token names the
+//! file's sender, not the downloader): the sender's own uploads, and the downloads of its files.
+//! A real client runs a handful at once; over the bound the relay answers `429` (retried).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use msim_shared::token::{Capability, Direction};
+
+use crate::api::Body;
+
+type Counts = Arc<Mutex<HashMap<(String, Direction), usize>>>;
+
+/// Requests in progress, by sender and direction.
+#[derive(Default)]
+pub struct SenderRequests {
+    counts: Counts,
+}
+
+/// One counted request; uncounted when dropped.
+pub struct SenderRequest {
+    key: (String, Direction),
+    counts: Counts,
+}
+
+impl SenderRequests {
+    /// Count a request with `cap`; `None` when `max` of its sender and direction are already
+    /// in progress (`max == 0`: no bound).
+    pub fn admit(&self, cap: &Capability, max: usize) -> Option<SenderRequest> {
+        let key = (cap.sender.clone(), cap.direction);
+        let mut map = lock(&self.counts);
+        let n = map.entry(key.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            if *n == 0 {
+                map.remove(&key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SenderRequest {
+            key,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for SenderRequest {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// `body`, keeping `request` counted until the body has been sent (or dropped).
+pub fn counted_until_sent(body: Body, request: SenderRequest) -> Body {
+    CountedBody {
+        inner: body,
+        _request: request,
+    }
+    .boxed_unsync()
+}
+
+/// A response body holding its request's count; everything else passes through.
+struct CountedBody {
+    inner: Body,
+    _request: SenderRequest,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(sender: &str, direction: Direction) -> Capability {
+        Capability {
+            transfer_id: "t".into(),
+            direction,
+            size: 1,
+            sha256: None,
+            sender: sender.into(),
+            max_downloads: None,
+            expires: 0,
+        }
+    }
+
+    #[test]
+    fn bounded_per_sender_and_direction_and_released() {
+        let r = SenderRequests::default();
+        let up = cap("mallory@x", Direction::Upload);
+        let a = r.admit(&up, 2).expect("first");
+        let _b = r.admit(&up, 2).expect("second");
+        assert!(
+            r.admit(&up, 2).is_none(),
+            "third upload of one sender refused"
+        );
+        let _down = r
+            .admit(&cap("mallory@x", Direction::Download), 2)
+            .expect("downloads are counted apart");
+        let _other = r
+            .admit(&cap("alice@x", Direction::Upload), 2)
+            .expect("another sender unaffected");
+        drop(a);
+        assert!(
+            r.admit(&up, 2).is_some(),
+            "a finished request frees its place"
+        );
+        assert!(r.admit(&up, 0).is_some(), "0: no bound");
+    }
+}

@@ -1,0 +1,84 @@
+//! Transfers in progress per token sender (attack H1 leftover): one account holding many
+//! grants cannot take more than `max_requests_per_sender` connection slots with uploads, however
+//! fast each one moves; other senders are unaffected, and a place frees when a transfer ends.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use msim_shared::clock::{Clock, SystemClock};
+use msim_shared::token::{Capability, Direction};
+use support::{utf8, Relay, WAIT};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const SIZE: u64 = 1 << 20;
+
+fn mallory_token(relay: &Relay, id: &str) -> String {
+    relay.ring.sign(&Capability {
+        transfer_id: id.into(),
+        direction: Direction::Upload,
+        size: SIZE,
+        sha256: None,
+        sender: "mallory@example.com".into(),
+        max_downloads: None,
+        expires: SystemClock.now() + 3600,
+    })
+}
+
+/// An upload of `id` that has sent its head and part of its body and stays open.
+async fn held_upload(relay: &Relay, id: &str) -> TcpStream {
+    let token = mallory_token(relay, id);
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/transfers/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {SIZE}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'm'; 4096]).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn one_sender_cannot_hold_more_than_its_share_of_transfers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |c| {
+        c.max_requests_per_sender = 2;
+        // The slots are plenty and nobody is slow: only the per-sender bound applies.
+        c.min_rate = 0;
+    })
+    .await;
+    let first = held_upload(&relay, "m1").await;
+    let second = held_upload(&relay, "m2").await;
+    relay.wait_for_metric("msim_relay_uploads_active 2\n").await;
+    let token = mallory_token(&relay, "m3");
+    let body = vec![b'm'; SIZE as usize];
+    let (status, answer) = relay
+        .request("PUT", "/v1/transfers/m3", Some(&token), &body)
+        .await;
+    assert_eq!(status, 429, "{}", utf8(&answer));
+    assert!(utf8(&answer).contains("too many transfers of this sender"));
+    relay
+        .wait_for_metric("msim_relay_refusals_total{reason=\"too_many_sender_requests\"} 1\n")
+        .await;
+    // Another sender (alice) uploads and downloads as usual.
+    relay
+        .upload_and_download("honest", &vec![7u8; 300_000])
+        .await;
+    // One of mallory's uploads ends: its place is free again (the relay sees the close soon).
+    drop(first);
+    relay.wait_for_metric("msim_relay_uploads_active 1\n").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, answer) = relay
+            .request("PUT", "/v1/transfers/m3", Some(&token), &body)
+            .await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 429, "{}", utf8(&answer));
+        assert!(Instant::now() < deadline, "the place was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(second);
+    relay.stop().await;
+}
