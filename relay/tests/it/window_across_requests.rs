@@ -114,14 +114,14 @@ async fn a_keep_alive_client_with_many_small_fast_requests_keeps_its_slot() {
         c.max_connections = 1;
         c.header_timeout = Duration::from_secs(60);
         c.body_idle_timeout = Duration::from_secs(60);
-        // 16 KiB/s, over a longer window than the attack's so that a loaded test machine
-        // stalling the client for a moment does not fail it.
+        // 8 KiB/s, over a longer window than the attack's so that a loaded test machine
+        // slowing some requests down does not fail it.
         c.min_rate = 16 << 10;
-        c.min_rate_window = Duration::from_secs(1);
+        c.min_rate_window = Duration::from_secs(2);
     })
     .await;
-    // 16 KiB per request every 25 ms (about 640 KiB/s, forty times the minimum), idle most
-    // of the time between requests: 2 MiB in 128 requests, about three windows.
+    // 16 KiB per request every 25 ms (about 640 KiB/s, eighty times the minimum), idle most
+    // of the time between requests: 2 MiB in 128 requests, about two windows.
     let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
     let up = relay.token("small", Direction::Upload, data.len() as u64);
     let (judged_tx, mut judged) = mpsc::unbounded_channel();
@@ -129,6 +129,7 @@ async fn a_keep_alive_client_with_many_small_fast_requests_keeps_its_slot() {
     let sent = data.clone();
     let client = tokio::spawn(async move {
         let mut s = TcpStream::connect(addr).await?;
+        let started = std::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(25));
         let parts: Vec<&[u8]> = sent.chunks(16 << 10).collect();
         let mut buf = [0u8; 4096];
@@ -145,24 +146,35 @@ async fn a_keep_alive_client_with_many_small_fast_requests_keeps_its_slot() {
                     utf8(&buf[..n])
                 )));
             }
-            // Past a window and a half the connection has been judged: the newcomer may come.
-            if i == 60 {
+            // Past a window and a quarter the connection has been judged: the newcomer may come.
+            if started.elapsed() >= Duration::from_millis(2500) {
                 let _ = judged_tx.send(());
             }
         }
         Ok::<_, std::io::Error>(())
     });
-    timeout(WAIT, judged.recv())
+    timeout(WAIT * 3, judged.recv())
         .await
-        .expect("the client ran a window and a half")
+        .expect("the client ran a window and a quarter")
         .expect("signal");
     // The only slot is held by a fast client: the newcomer waits until it is done.
-    let (status, body) = relay.request("GET", "/healthz", None, b"").await;
-    assert_eq!((status, utf8(&body).as_str()), (200, "ok\n"));
-    client
+    let mut newcomer = TcpStream::connect(relay.addr).await.unwrap();
+    newcomer
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
+        .unwrap();
+    timeout(WAIT * 3, client)
+        .await
+        .expect("the client finished")
         .unwrap()
         .expect("the client kept its connection");
+    let mut out = Vec::new();
+    timeout(WAIT, newcomer.read_to_end(&mut out))
+        .await
+        .expect("the newcomer was answered")
+        .unwrap();
+    let (status, body) = support::parse_response(&out);
+    assert_eq!((status, utf8(&body).as_str()), (200, "ok\n"));
     relay
         .wait_for_metric("msim_relay_connections_evicted_total 0\n")
         .await;
