@@ -1,8 +1,9 @@
 //! Connection slots that slow clients cannot keep: when all are taken, a new connection takes
 //! the slot of the connection that has gone longest without a request in progress (an
-//! unfinished request head, an idle keep-alive connection, a download waiting for upload data
-//! that has not arrived, or a request moving fewer than the minimum bytes per window), which
-//! is closed. Connections with a request in progress at a good rate keep their slots; when all
+//! unfinished request head, an idle keep-alive connection whose last window was not above the
+//! minimum rate, a download waiting for upload data that has not arrived, or a request moving
+//! fewer than the minimum bytes per window, judged across request boundaries), which is
+//! closed. Connections with a request in progress at a good rate keep their slots; when all
 //! have one, a new connection gets one of [`HEALTH_SLOTS`] reserved slots, on which `/healthz`
 //! (and `/metrics`) are answered at once while any other request waits for a transfer slot
 //! (looking again as windows pass), so health checks answer even when every transfer slot is
@@ -50,22 +51,25 @@ pub struct MinRate {
 }
 
 /// Samples of a connection's traffic counter, taken every quarter window (by the slots'
-/// ticker, and whenever the connection is judged) since its last change of state (a request
-/// started or ended, a wait for upload data started or ended): a judgement compares the
+/// ticker, and whenever the connection is judged) since the window was last restarted (the
+/// connection opened, a request started after a window or more of idleness, a wait for upload
+/// data started or ended; not at every request): a judgement compares the
 /// counter with the newest sample at least a window old, so only the last window counts, not
 /// everything since the state changed. The last verdict holds until a new one can be made, so
 /// a connection judged slow stays evictable even when another was evicted in its place.
 struct RateWindow {
     /// Oldest first; at most one is a window old or older (older ones say nothing new).
     samples: VecDeque<(Instant, u64)>,
-    slow: bool,
+    /// Whether the last full window judged was below the minimum; `None` until a window has
+    /// passed since the last restart.
+    slow: Option<bool>,
 }
 
 impl RateWindow {
     fn starting(now: Instant, traffic: u64) -> RateWindow {
         RateWindow {
             samples: VecDeque::from([(now, traffic)]),
-            slow: false,
+            slow: None,
         }
     }
 
@@ -107,6 +111,8 @@ pub struct Conn {
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     /// On a health slot: only `/healthz` and `/metrics` are served before an upgrade.
     health_only: AtomicBool,
+    /// The minimum rate's window (see [`Conn::request`]).
+    rate_window: Duration,
 }
 
 /// A taken slot; freed when dropped.
@@ -186,6 +192,7 @@ impl Slots {
             window: Mutex::new(RateWindow::starting(now, 0)),
             permit: Mutex::new(Some(permit)),
             health_only: AtomicBool::new(health_only),
+            rate_window: self.min_rate.window,
         });
         lock(&self.open).insert(id, conn.clone());
         let slot = Slot {
@@ -280,9 +287,16 @@ impl Conn {
         self.health_only.load(Ordering::SeqCst)
     }
 
-    /// A request starts on this connection.
+    /// A request starts on this connection. The rate window goes on across requests, so
+    /// short requests one after another cannot keep a window from ever completing (one byte
+    /// per `PATCH`, just before each window ends). Only a connection that has been idle for a
+    /// whole window starts afresh: it was evictable all that time, and its pause should not
+    /// condemn the request it starts now.
     pub fn request(self: &Arc<Self>) -> Busy {
-        self.restart_window();
+        let idle_for = Instant::now().saturating_duration_since(*lock(&self.idle_since));
+        if self.busy.load(Ordering::SeqCst) == 0 && idle_for >= self.rate_window {
+            self.restart_window();
+        }
         self.busy.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
@@ -311,9 +325,12 @@ impl Conn {
     /// condemn a request that is fast now. Before a window has passed since the last change
     /// of state, the last verdict holds.
     fn too_slow(&self, min: MinRate, now: Instant) -> bool {
-        if min.bytes == 0 {
-            return false;
-        }
+        min.bytes > 0 && self.verdict(min, now).unwrap_or(false)
+    }
+
+    /// The last window's verdict (`Some(true)`: below the minimum), made now if a window has
+    /// passed; `None` if none was made since the window was last restarted.
+    fn verdict(&self, min: MinRate, now: Instant) -> Option<bool> {
         let traffic = self.traffic.load(Ordering::SeqCst);
         let mut w = lock(&self.window);
         w.sample(now, traffic, min.window);
@@ -327,8 +344,9 @@ impl Conn {
         let elapsed = now.saturating_duration_since(from);
         let moved = traffic.saturating_sub(bytes_then);
         // moved / elapsed < bytes / window, without division.
-        w.slow =
+        let slow =
             u128::from(moved) * min.window.as_nanos() < u128::from(min.bytes) * elapsed.as_nanos();
+        w.slow = Some(slow);
         w.slow
     }
 
@@ -341,12 +359,19 @@ impl Conn {
         Waiting(self.clone())
     }
 
-    /// No request in progress other than ones waiting for upload data, or requests in
-    /// progress below the minimum rate.
+    /// Requests in progress below the minimum rate, or none in progress (other than ones
+    /// waiting for upload data) unless the last full window was judged above the minimum:
+    /// a keep-alive connection between two requests of a fast client keeps its slot, but only
+    /// until its last window (idle time counting as no traffic) falls below the minimum; a
+    /// new connection, or one not yet judged since it opened or started waiting, is evictable
+    /// at once.
     fn evictable(&self, min: MinRate, now: Instant) -> bool {
         // `busy` first: a wait that ends between the two loads is seen as busy.
         let busy = self.busy.load(Ordering::SeqCst);
-        busy <= self.waiting.load(Ordering::SeqCst) || self.too_slow(min, now)
+        if busy <= self.waiting.load(Ordering::SeqCst) {
+            return min.bytes == 0 || self.verdict(min, now) != Some(false);
+        }
+        self.too_slow(min, now)
     }
 
     /// Completes when a new connection has taken this one's slot.
@@ -361,7 +386,6 @@ impl Drop for Busy {
         // sees a connection idle with an old stamp.
         *lock(&self.0.idle_since) = Instant::now();
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
-        self.0.restart_window();
     }
 }
 

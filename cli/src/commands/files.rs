@@ -417,9 +417,14 @@ pub(super) async fn download_one(
         pause.cancel();
         std::future::pending::<std::convert::Infallible>().await
     };
+    tokio::pin!(downloading);
     let report = tokio::select! {
-        r = downloading => r,
+        r = &mut downloading => r,
         () = activity.stalled(NO_PROGRESS) => {
+            // Given up through a pause, so what arrived is written to the `.part` (kept for
+            // a later resume) before this returns.
+            pause.cancel();
+            let _ = downloading.await;
             bar.finish_and_clear();
             bail!("no progress for {}", humantime_secs(NO_PROGRESS));
         }

@@ -269,7 +269,7 @@ async fn download_from(
         .is_some_and(|n| n <= file_io::IO_UNIT as u64);
     let body = response.into_body();
     let (part, received) = if small {
-        receive_held(part, body, transfer.size, &mut done, pause).await
+        receive_held(part, body, transfer.size, &mut done, progress, total, pause).await
     } else {
         receive_streamed(part, body, transfer.size, &mut done, progress, total, pause).await?
     };

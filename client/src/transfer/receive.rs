@@ -1,6 +1,8 @@
 //! Receiving a download's body into its part file: small bodies are held in memory until the
 //! download is finished, larger ones go to a writer thread in batches of about one unit.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
@@ -9,6 +11,43 @@ use super::download::paused;
 use super::file_io::{self, PartFile};
 use super::Progress;
 use crate::error::ClientError;
+
+/// Progress is reported as bytes arrive, not per write batch (a slow sender's batch of one
+/// unit can take minutes, and a caller giving up downloads without progress must see its
+/// bytes flow): after this many new bytes ...
+const REPORT_EVERY_BYTES: u64 = 64 << 10;
+/// ... or after this long with any new bytes.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Calls the progress callback with the bytes received, at most every
+/// [`REPORT_EVERY_BYTES`] or [`REPORT_EVERY`].
+struct Reporter<'a> {
+    progress: Option<&'a Progress>,
+    total: u64,
+    reported: u64,
+    at: Instant,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(progress: Option<&'a Progress>, total: u64, done: u64) -> Self {
+        Reporter {
+            progress,
+            total,
+            reported: done,
+            at: Instant::now(),
+        }
+    }
+
+    fn arrived(&mut self, done: u64) {
+        let Some(p) = self.progress else { return };
+        let new = done.saturating_sub(self.reported);
+        if new >= REPORT_EVERY_BYTES || (new > 0 && self.at.elapsed() >= REPORT_EVERY) {
+            p(done, self.total);
+            self.reported = done;
+            self.at = Instant::now();
+        }
+    }
+}
 
 /// Refuses a frame of `n` bytes that would take the download past the declared `size`.
 fn check_room(size: u64, done: u64, n: usize) -> Result<(), ClientError> {
@@ -50,9 +89,12 @@ pub(super) async fn receive_held(
     mut body: hyper::body::Incoming,
     size: u64,
     done: &mut u64,
+    progress: &Option<Progress>,
+    total: u64,
     pause: Option<&CancellationToken>,
 ) -> (PartFile, Result<(), ClientError>) {
     let mut held = 0usize;
+    let mut reporter = Reporter::new(progress.as_ref(), total, *done);
     let received = async {
         while let Some(data) = next_data(&mut body, pause).await? {
             check_room(size, *done, data.len())?;
@@ -64,6 +106,7 @@ pub(super) async fn receive_held(
             }
             *done += data.len() as u64;
             part.hold(data);
+            reporter.arrived(*done);
         }
         Ok(())
     }
@@ -88,6 +131,7 @@ pub(super) async fn receive_streamed(
     let (writer, written) = part.writer();
     let mut batch = Vec::new();
     let mut batched = 0usize;
+    let mut reporter = Reporter::new(progress.as_ref(), total, *done);
     let received: Result<(), ClientError> = async {
         while let Some(data) = next_data(&mut body, pause).await? {
             check_room(size, *done, data.len())?;
@@ -100,10 +144,8 @@ pub(super) async fn receive_streamed(
                     // The writer stopped on an error; its handle says which.
                     break;
                 }
-                if let Some(p) = progress {
-                    p(*done, total);
-                }
             }
+            reporter.arrived(*done);
         }
         Ok(())
     }

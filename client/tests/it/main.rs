@@ -7,5 +7,6 @@ mod library;
 mod login_then;
 mod pause;
 mod pipeline;
+mod slow_sender;
 mod stalled_upload;
 mod verification;

@@ -17,3 +17,4 @@ mod slow_transfers;
 mod support;
 mod transfers;
 mod waiting_downloads;
+mod window_across_requests;
