@@ -118,6 +118,27 @@ async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
     for c in &mut guesses {
         c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
     }
+    // A guess holds the login's turn (its check waits for the locked table) before the owner
+    // asks: otherwise the owner could take the turn first and wait for the database itself.
+    let mut watch = sqlx::PgConnection::connect(&url).await.expect("connection");
+    let held = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks \
+                 WHERE relation = 'cluster_login_failures'::regclass AND NOT granted",
+            )
+            .fetch_one(&mut watch)
+            .await
+            .expect("locks");
+            if waiting > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("a guess's check waits for the locked table");
     let salt = field(&ack, "salt").expect("salt");
     let hash = msim_chat::crypto::challenge_hash(&salt, PASSWORD.as_bytes());
     owner_client
