@@ -6,6 +6,7 @@
 
 mod api;
 mod downloaders;
+mod held_body;
 mod limits;
 mod metrics;
 mod per_sender;

@@ -5,16 +5,9 @@
 //! A real client runs a handful at once; over the bound the relay answers `429` (retried).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
 use msim_shared::token::{Capability, Direction};
-
-use crate::api::Body;
 
 type Counts = Arc<Mutex<HashMap<(String, Direction), usize>>>;
 
@@ -60,41 +53,6 @@ impl Drop for SenderRequest {
                 map.remove(&self.key);
             }
         }
-    }
-}
-
-/// `body`, keeping `request` counted until the body has been sent (or dropped).
-pub fn counted_until_sent(body: Body, request: SenderRequest) -> Body {
-    CountedBody {
-        inner: body,
-        _request: request,
-    }
-    .boxed_unsync()
-}
-
-/// A response body holding its request's count; everything else passes through.
-struct CountedBody {
-    inner: Body,
-    _request: SenderRequest,
-}
-
-impl hyper::body::Body for CountedBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
+use crate::held_body::held_until_sent;
 use crate::limits::{PerAddress, WriteDeadline};
 use crate::metrics::Metrics;
-use crate::slots::{busy_until_sent, ConnOf, MinRate, Slots};
+use crate::slots::{ConnOf, MinRate, Slots};
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
@@ -144,7 +145,7 @@ pub async fn serve_with_metrics(
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
-                Ok::<_, Infallible>(resp.map(|body| busy_until_sent(body, busy)))
+                Ok::<_, Infallible>(resp.map(|body| held_until_sent(body, busy)))
             }
         });
         let traffic = slot.conn.traffic();

@@ -10,19 +10,12 @@
 //! taken.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
-
-use crate::api::Body;
 
 type Open = Arc<Mutex<HashMap<u64, Arc<Conn>>>>;
 
@@ -401,42 +394,6 @@ impl Drop for Slot {
         lock(&self.open).remove(&self.id);
         // The connection has ended: its slot is free even while requests hold `conn`.
         lock(&self.conn.permit).take();
-    }
-}
-
-/// `body`, keeping its connection marked busy until the body has been sent (or dropped).
-pub fn busy_until_sent(body: Body, busy: Busy) -> Body {
-    BusyBody {
-        inner: body,
-        _busy: busy,
-    }
-    .boxed_unsync()
-}
-
-/// A response body holding its connection's [`Busy`] mark; everything else passes through
-/// (the size hint too, so `Content-Length` is kept).
-struct BusyBody {
-    inner: Body,
-    _busy: Busy,
-}
-
-impl hyper::body::Body for BusyBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

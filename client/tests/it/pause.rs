@@ -5,10 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::library::{next, user, WAIT};
-use msim::proto::OfferFile;
+use crate::library::{offer_accepted, user, WAIT};
 use msim::transfer::{self, Transfer, TransferOptions};
-use msim::{ClientError, Event};
+use msim::ClientError;
 use msim_testkit::{pseudo_random_bytes, sha256_hex, System};
 use tokio_util::sync::CancellationToken;
 
@@ -26,23 +25,15 @@ async fn a_download_paused_mid_write_hands_back_its_part_and_resumes_to_the_righ
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let bytes = pseudo_random_bytes(24 << 20, 11);
     let sha = sha256_hex(&bytes);
-    let offer = alice
-        .offer_file(OfferFile {
-            to: "bob".into(),
-            filename: "big.bin".into(),
-            size: bytes.len() as u64,
-            sha256: Some(sha.clone()),
-            mime: None,
-        })
-        .await
-        .unwrap();
-    let offered = next(&mut bob_events, |e| match e {
-        Event::FileOffered(o) => Some(o),
-        _ => None,
-    })
+    let (upload_grant, grant) = offer_accepted(
+        &alice,
+        &bob,
+        &mut bob_events,
+        "big.bin",
+        bytes.len() as u64,
+        Some(sha.clone()),
+    )
     .await;
-    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-    let upload_grant = offer.answer().await.unwrap();
     let options = TransferOptions::default();
     tokio::time::timeout(
         WAIT * 2,

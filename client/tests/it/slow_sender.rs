@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::library::{next, user, WAIT};
-use msim::proto::OfferFile;
+use crate::library::{offer_accepted, user, WAIT};
 use msim::transfer::{self, Transfer, TransferOptions};
-use msim::Event;
 use msim_testkit::{pseudo_random_bytes, sha256_hex, System};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,23 +28,16 @@ async fn progress_flows_while_the_sender_is_slow(size: usize, first: usize, seen
     let (bob, mut bob_events) = user(&srv, "bob").await;
     let bytes = pseudo_random_bytes(size, 5);
     let sha = sha256_hex(&bytes);
-    let offer = alice
-        .offer_file(OfferFile {
-            to: "bob".into(),
-            filename: "slow.bin".into(),
-            size: bytes.len() as u64,
-            sha256: Some(sha.clone()),
-            mime: None,
-        })
-        .await
-        .unwrap();
-    let offered = next(&mut bob_events, |e| match e {
-        Event::FileOffered(o) => Some(o),
-        _ => None,
-    })
+    let (upload_grant, grant) = offer_accepted(
+        &alice,
+        &bob,
+        &mut bob_events,
+        "slow.bin",
+        bytes.len() as u64,
+        Some(sha.clone()),
+    )
     .await;
-    let grant = bob.accept_file(&offered.transfer_id).await.unwrap();
-    let upload = Transfer::from(&offer.answer().await.unwrap());
+    let upload = Transfer::from(&upload_grant);
     // The sender: one PUT whose body stops after `first` bytes until progress is seen.
     let rest = upload.url.strip_prefix("http://").expect("plain relay URL");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));

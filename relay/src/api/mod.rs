@@ -13,8 +13,9 @@ use msim_shared::token::{Capability, Direction};
 use msim_storage::{BlobStore, SharedBudget};
 
 use crate::downloaders::Downloaders;
+use crate::held_body::held_until_sent;
 use crate::metrics::{Metrics, Refusal};
-use crate::per_sender::{counted_until_sent, SenderRequest, SenderRequests};
+use crate::per_sender::{SenderRequest, SenderRequests};
 use crate::request;
 use crate::waiters::Waiters;
 use crate::{MetricsAccess, RelayConfig};
@@ -135,7 +136,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             let cap = auth::authorize(state, &req, &id, Some(Direction::Download))?;
             let counted = admit_sender(state, &cap)?;
             let response = download::download(state, &req, cap).await?;
-            Ok(response.map(|body| counted_until_sent(body, counted)))
+            Ok(response.map(|body| held_until_sent(body, counted)))
         }
         Method::HEAD => {
             let cap = auth::authorize(state, &req, &id, None)?;

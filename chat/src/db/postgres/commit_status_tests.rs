@@ -5,7 +5,7 @@ use sqlx::{Connection, Executor};
 
 /// Opens a batch transaction on `c` that stores `mark`, as the writer does (its row added
 /// first, as `open_postgres` does).
-async fn marked_batch(c: &mut PgConnection, mark: BatchMark) -> Locked {
+pub(super) async fn marked_batch(c: &mut PgConnection, mark: BatchMark) -> Locked {
     sqlx::query("INSERT INTO batch_marks (writer, mark) VALUES ($1, 0) ON CONFLICT DO NOTHING")
         .bind(mark.writer)
         .execute(&mut *c)
@@ -29,8 +29,8 @@ fn store(db: &Db) -> &Store {
     }
 }
 
-/// Waits until some transaction waits for another's row lock.
-async fn until_a_lock_is_waited_for(pool: &PgPool) {
+/// Waits (at most 30 s) until some transaction waits for another's row lock.
+pub(super) async fn until_a_lock_is_waited_for(pool: &PgPool) {
     let waiting = async {
         loop {
             let n: i64 = sqlx::query_scalar(

@@ -3,42 +3,13 @@
 //! server stops, and tells the exact outcome.
 
 use super::commit_status::HELD_QUESTIONS;
+use super::commit_status_tests::{marked_batch, until_a_lock_is_waited_for};
 use super::*;
 use sqlx::{Connection, Executor};
 
-/// Waits (at most 30 s) until some transaction waits for another's row lock.
-async fn until_a_lock_is_waited_for(pool: &PgPool) {
-    let waiting = async {
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
-            )
-            .fetch_one(pool)
-            .await
-            .expect("locks");
-            if n > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), waiting)
-        .await
-        .expect("the question waits for the running batch");
-}
-
-/// Opens, on `c`, a batch transaction that stores `mark` and stays open (its row locked).
+/// Opens, on `c`, a batch transaction that stores mark 1 and stays open (its row locked).
 async fn open_batch(c: &mut PgConnection, writer: i64) -> Locked {
-    sqlx::query("INSERT INTO batch_marks (writer, mark) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-        .bind(writer)
-        .execute(&mut *c)
-        .await
-        .expect("writer's row");
-    c.execute("BEGIN").await.expect("begin");
-    let mark = BatchMark { writer, mark: 1 };
-    let locked = lock_batch_marked(c, 1, 0, Some(mark)).await.expect("lock");
-    assert_eq!(locked.mark, Some(mark));
-    locked
+    marked_batch(c, BatchMark { writer, mark: 1 }).await
 }
 
 /// A transaction that keeps its row locked past the questions' patience (the old loop waited
