@@ -29,15 +29,8 @@ async fn held_upload(relay: &Relay, id: &str) -> TcpStream {
 #[tokio::test]
 async fn health_checks_answer_while_every_transfer_slot_is_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.max_connections = 2;
-        c.header_timeout = Duration::from_secs(60);
-        c.body_idle_timeout = Duration::from_secs(60);
-        // Nobody is judged within the test: both uploads keep their slots.
-        c.min_rate = 64 << 10;
-        c.min_rate_window = Duration::from_secs(600);
-    })
-    .await;
+    // Nobody is judged within the test: both uploads keep their slots.
+    let relay = Relay::start_judging_rate(dir.path(), 2, 64 << 10, Duration::from_secs(600)).await;
     let first = held_upload(&relay, "u1").await;
     let second = held_upload(&relay, "u2").await;
     relay.wait_for_metric("msim_relay_uploads_active 2\n").await;

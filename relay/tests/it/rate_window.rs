@@ -16,15 +16,8 @@ use tokio::time::timeout;
 async fn an_upload_that_started_slowly_and_is_fast_now_keeps_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let window = Duration::from_millis(300);
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.max_connections = 1;
-        c.header_timeout = Duration::from_secs(60);
-        c.body_idle_timeout = Duration::from_secs(60);
-        // About 107 KiB/s.
-        c.min_rate = 32 << 10;
-        c.min_rate_window = window;
-    })
-    .await;
+    // About 107 KiB/s.
+    let relay = Relay::start_judging_rate(dir.path(), 1, 32 << 10, window).await;
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     let up = relay.token("late", Direction::Upload, data.len() as u64);
     let (fast_for_a_while, mut newcomer_may_come) = oneshot::channel();

@@ -72,15 +72,9 @@ async fn paced_upload(
 #[tokio::test]
 async fn dripping_uploads_in_every_slot_leave_health_and_transfers_working() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.max_connections = 4;
-        // Neither the head deadline nor the body idle time helps: only the minimum rate.
-        c.header_timeout = Duration::from_secs(60);
-        c.body_idle_timeout = Duration::from_secs(60);
-        c.min_rate = 64 << 10;
-        c.min_rate_window = Duration::from_millis(300);
-    })
-    .await;
+    // Neither the head deadline nor the body idle time helps: only the minimum rate.
+    let relay =
+        Relay::start_judging_rate(dir.path(), 4, 64 << 10, Duration::from_millis(300)).await;
     let (closed_tx, mut closed) = mpsc::unbounded_channel();
     let mut drips = Vec::new();
     for i in 0..4 {
@@ -121,14 +115,7 @@ async fn dripping_uploads_in_every_slot_leave_health_and_transfers_working() {
 #[tokio::test]
 async fn a_slow_honest_upload_above_the_minimum_keeps_its_slot_under_pressure() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.max_connections = 2;
-        c.header_timeout = Duration::from_secs(60);
-        c.body_idle_timeout = Duration::from_secs(60);
-        c.min_rate = 64 << 10;
-        c.min_rate_window = Duration::from_secs(1);
-    })
-    .await;
+    let relay = Relay::start_judging_rate(dir.path(), 2, 64 << 10, Duration::from_secs(1)).await;
     // About 640 KiB/s, ten times the minimum (a phone on a slow link); 2 MiB in all.
     let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 253) as u8).collect();
     let up = relay.token("phone", Direction::Upload, data.len() as u64);

@@ -61,14 +61,7 @@ async fn window_resetter(
 #[tokio::test]
 async fn one_byte_patches_before_each_window_ends_lose_their_slots() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.max_connections = 4;
-        c.header_timeout = Duration::from_secs(60);
-        c.body_idle_timeout = Duration::from_secs(60);
-        c.min_rate = 64 << 10;
-        c.min_rate_window = WINDOW;
-    })
-    .await;
+    let relay = Relay::start_judging_rate(dir.path(), 4, 64 << 10, WINDOW).await;
     let (round_tx, mut rounds) = mpsc::unbounded_channel();
     let (closed_tx, mut closed) = mpsc::unbounded_channel();
     let mut attackers = Vec::new();
@@ -110,16 +103,9 @@ async fn one_byte_patches_before_each_window_ends_lose_their_slots() {
 #[tokio::test]
 async fn a_keep_alive_client_with_many_small_fast_requests_keeps_its_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.max_connections = 1;
-        c.header_timeout = Duration::from_secs(60);
-        c.body_idle_timeout = Duration::from_secs(60);
-        // 8 KiB/s, over a longer window than the attack's so that a loaded test machine
-        // slowing some requests down does not fail it.
-        c.min_rate = 16 << 10;
-        c.min_rate_window = Duration::from_secs(2);
-    })
-    .await;
+    // 8 KiB/s, over a longer window than the attack's so that a loaded test machine
+    // slowing some requests down does not fail it.
+    let relay = Relay::start_judging_rate(dir.path(), 1, 16 << 10, Duration::from_secs(2)).await;
     // 16 KiB per request every 25 ms (about 640 KiB/s, eighty times the minimum), idle most
     // of the time between requests: 2 MiB in 128 requests, about two windows.
     let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();

@@ -100,6 +100,24 @@ impl Relay {
         }
     }
 
+    /// A relay of `slots` connection slots where only the minimum rate (`min_rate` bytes per
+    /// `window`) frees a slot: the head deadline and the body idle time are out of the way.
+    pub async fn start_judging_rate(
+        dir: &Path,
+        slots: usize,
+        min_rate: u64,
+        window: std::time::Duration,
+    ) -> Relay {
+        Relay::start(dir, true, |c| {
+            c.max_connections = slots;
+            c.header_timeout = std::time::Duration::from_secs(60);
+            c.body_idle_timeout = std::time::Duration::from_secs(60);
+            c.min_rate = min_rate;
+            c.min_rate_window = window;
+        })
+        .await
+    }
+
     /// The relay (e.g. the binary) listening on `addr` and signing with `ring`.
     pub fn at(addr: SocketAddr, metrics_addr: Option<SocketAddr>, ring: Keyring) -> Relay {
         Relay {
