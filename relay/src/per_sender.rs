@@ -29,14 +29,11 @@ impl SenderRequests {
     pub fn admit(&self, cap: &Capability, max: usize) -> Option<SenderRequest> {
         let key = (cap.sender.clone(), cap.direction);
         let mut map = lock(&self.counts);
-        let n = map.entry(key.clone()).or_insert(0);
-        if max > 0 && *n >= max {
-            if *n == 0 {
-                map.remove(&key);
-            }
+        // Only an admitted request creates an entry, so a refusal leaves the map unchanged.
+        if max > 0 && map.get(&key).is_some_and(|n| *n >= max) {
             return None;
         }
-        *n += 1;
+        *map.entry(key.clone()).or_insert(0) += 1;
         Some(SenderRequest {
             key,
             counts: self.counts.clone(),
