@@ -156,7 +156,9 @@ impl Args {
         self.seconds = 0.5;
         self.transfer_size = 8 << 20;
         self.small_transfers = 20;
-        self.concurrent = 8;
+        // Above the relay's default `--max-requests-per-sender` (32), so that a smoke run
+        // shows the concurrent scenario still spreads its transfers over many senders.
+        self.concurrent = 40;
         self.pictures = 5;
         // Explicit soak sizes win: `--smoke --soak-rounds 40` soaks with quick baselines.
         self.soak_rounds.get_or_insert(3);

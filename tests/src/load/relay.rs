@@ -132,6 +132,11 @@ fn refused(host: &str, what: &str, size: u64, status: StatusCode, body: &[u8]) -
         StatusCode::UNAUTHORIZED => "the relay does not accept msim-load's tokens: \
              --relay-secret-file must be the relay's own secret file (msim-relay --secret-file)"
             .to_owned(),
+        StatusCode::TOO_MANY_REQUESTS if body.contains("of this sender at once") => {
+            "a sender has more requests in progress than the relay's \
+             --max-requests-per-sender: raise it, or lower --concurrent"
+                .to_owned()
+        }
         StatusCode::TOO_MANY_REQUESTS => "the relay's per-sender --quota is used up: raise it, \
              or lower --transfer-size, --small-transfers or --concurrent"
             .to_owned(),
@@ -215,13 +220,14 @@ fn generated_body(size: u64) -> BoxBody {
 /// Signs a pair of tokens for a new transfer.
 pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
     let expires = msim_shared::timestamp::now().unix_timestamp() as u64 + 3600;
+    let sender = sender();
     let cap = |direction| Capability {
         transfer_id: id.to_owned(),
         direction,
         size,
         // The relay checks every upload against it (422 on a mismatch).
         sha256: Some(content::sha256(size)),
-        sender: sender().into(),
+        sender: sender.clone(),
         max_downloads: None,
         expires,
     };
@@ -231,11 +237,19 @@ pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
     )
 }
 
-/// The sender named in this run's tokens: one per run, so that what a run leaves on a
-/// long-running relay (until its TTL) does not count against the next run's per-sender quota.
-fn sender() -> &'static str {
-    static SENDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SENDER.get_or_init(|| format!("{}@localhost", super::run_id()))
+/// How many senders a run's transfers are spread over, round robin: many users send at once,
+/// as in real traffic, so the relay's per-sender limits (`--max-requests-per-sender`, 32 by
+/// default) do not cap the concurrent scenarios.
+const SENDERS: u64 = 64;
+
+/// The sender named in the next transfer's tokens: new names each run, so that what a run
+/// leaves on a long-running relay (until its TTL) does not count against the next run's
+/// per-sender quota.
+fn sender() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % SENDERS;
+    format!("{}-{n}@localhost", super::run_id())
 }
 
 fn new_id() -> String {
