@@ -24,7 +24,6 @@ use tracing::{info, warn};
 
 /// Advisory lock keys (one 64-bit keyspace; the per-login locks use the two-key form).
 pub(crate) const LEADER_LOCK: i64 = 0x6d73_696d_0001;
-pub(crate) const SCHEMA_LOCK: i64 = 0x6d73_696d_0002;
 
 /// Whether this node leads now, and whether it may.
 #[derive(Debug, Clone)]

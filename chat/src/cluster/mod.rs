@@ -157,33 +157,67 @@ impl Timing {
     }
 }
 
-/// Creates the cluster tables when missing (the migration's SQL, idempotent).
+/// The cluster's migrations, in order, with their versions (`_sqlx_migrations`).
+const SCHEMA: [(i64, &str); 5] = [
+    (
+        100,
+        include_str!("../db/postgres/migrations/0100_cluster.sql"),
+    ),
+    (
+        101,
+        include_str!("../db/postgres/migrations/0101_cluster_positions.sql"),
+    ),
+    (
+        140,
+        include_str!("../db/postgres/migrations/0140_throttle_row_counts.sql"),
+    ),
+    (
+        160,
+        include_str!("../db/postgres/migrations/0160_cluster_presence_last.sql"),
+    ),
+    (
+        161,
+        include_str!("../db/postgres/migrations/0161_cluster_presence_online.sql"),
+    ),
+];
+
+/// Creates the cluster tables when missing (the migrations' SQL, idempotent), unless the
+/// store's migrator has applied them all (always, outside tests): then nothing runs, and a
+/// node's start no longer replaces the trigger function. Under the store migrator's own lock
+/// (review LOW 8c): a node starting while another node's migrator applies a migration waits
+/// for it instead of running the same DDL at once ("tuple concurrently updated", or
+/// duplicate keys in the catalogue on a fresh database).
 pub(crate) async fn ensure_schema(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    // Several nodes may start at once: serialise the CREATE ... IF NOT EXISTS.
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(leader::SCHEMA_LOCK)
-        .execute(&mut *tx)
+    use sqlx::migrate::Migrate;
+    use sqlx::Connection;
+    // A session lock: on a connection of its own, closed (or dropped on an error) after,
+    // so the lock never goes back to the pool.
+    let mut conn = pool.acquire().await?.detach();
+    conn.lock().await?;
+    let versions: Vec<i64> = SCHEMA.iter().map(|(v, _)| *v).collect();
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(&mut conn)
         .await?;
-    sqlx::raw_sql(include_str!("../db/postgres/migrations/0100_cluster.sql"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(include_str!(
-        "../db/postgres/migrations/0101_cluster_positions.sql"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::raw_sql(include_str!(
-        "../db/postgres/migrations/0140_throttle_row_counts.sql"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::raw_sql(include_str!(
-        "../db/postgres/migrations/0160_cluster_presence_last.sql"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    let applied: i64 = match table {
+        None => 0,
+        Some(_) => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM _sqlx_migrations WHERE success AND version = ANY($1)",
+            )
+            .bind(&versions)
+            .fetch_one(&mut conn)
+            .await?
+        }
+    };
+    if applied < versions.len() as i64 {
+        let mut tx = conn.begin().await?;
+        for (_, sql) in SCHEMA {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    conn.unlock().await?;
+    conn.close().await
 }
 
 /// Events waiting for the server; more wait in the heartbeat task (see `Heart::flush`).
@@ -286,6 +320,7 @@ impl Cluster {
             node,
             hub.clone(),
             outbox.clone(),
+            mirror.clone(),
             timing.statement(),
         ));
         let statement = timing.statement();

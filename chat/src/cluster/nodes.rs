@@ -86,11 +86,25 @@ pub(crate) async fn set_presence(
     limit: Duration,
 ) -> Result<Changed, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    lock_login(&mut tx, login, limit).await?;
+    let changed = write_presence(&mut tx, node, login, online, change, limit).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// [`set_presence`]'s work in `tx` (tests commit a change in a transaction of their own).
+pub(super) async fn write_presence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    node: NodeId,
+    login: &str,
+    online: bool,
+    change: i64,
+    limit: Duration,
+) -> Result<Changed, sqlx::Error> {
+    lock_login(tx, login, limit).await?;
     let before: Option<(bool, i64)> =
         sqlx::query_as("SELECT online, change FROM cluster_presence_last WHERE login = $1")
             .bind(login)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
     let before = before.map(|(online, change)| Transition { online, change });
     let written = if online {
@@ -101,12 +115,12 @@ pub(crate) async fn set_presence(
     let written = sqlx::query(written)
         .bind(login)
         .bind(node.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_presence WHERE login = $1")
         .bind(login)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
     let made = written == 1 && if online { rows == 1 } else { rows == 0 };
     let mut after = before;
@@ -121,11 +135,10 @@ pub(crate) async fn set_presence(
         .bind(online)
         .bind(node.0)
         .bind(change)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         after = Some(Transition { online, change });
     }
-    tx.commit().await?;
     Ok(Changed {
         before,
         after,

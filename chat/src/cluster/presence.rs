@@ -17,9 +17,16 @@
 //! was made by one of this node's unanswered changes. Deciding from the counts alone, as
 //! before, announced "offline" a second time when another node's close had emptied the login
 //! (and announced it) after this node's late close.
+//!
+//! Two unanswered changes that both committed and both made transitions (online then
+//! offline, or offline then online) leave the login as the watchers last saw it: the repair
+//! finds the second one, its own and unannounced, yet must not announce it (review LOW 5).
+//! So the login's entry keeps the state the watchers saw when its first change failed (this
+//! node's row, or another node's in the mirror), and the repair announces only a state that
+//! differs from it.
 
 use super::fanout::{within, Outbox};
-use super::{nodes, NodeId};
+use super::{mirror::Mirror, nodes, NodeId};
 use crate::hub::Hub;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -30,6 +37,15 @@ use tracing::warn;
 /// Unanswered change ids kept per login: a change commits within its statement limits or
 /// not at all, and a repair is tried every heartbeat, so older ones are long settled.
 const UNANSWERED: usize = 8;
+
+/// A login whose changes got no answer.
+#[derive(Debug, Clone, Default)]
+struct Unknown {
+    /// The ids of its changes that got no answer (the latest [`UNANSWERED`]).
+    ids: Vec<i64>,
+    /// Whether its watchers saw it online when the first of them failed.
+    seen_online: bool,
+}
 
 /// What a change means for the user's watchers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +65,11 @@ pub(crate) struct Presence {
     statement: Duration,
     /// Logins whose row this node has stored (as far as it knows).
     stored: Mutex<HashSet<String>>,
-    /// Logins whose last change failed, with the ids of their changes that got no answer
-    /// (the latest [`UNANSWERED`]): whether their row exists is unknown (a timed-out write may
-    /// have committed). Removed by the next change that gets an answer.
-    unknown: Mutex<HashMap<String, Vec<i64>>>,
+    /// Logins whose last change failed: whether their row exists is unknown (a timed-out
+    /// write may have committed). Removed by the next change that gets an answer.
+    unknown: Mutex<HashMap<String, Unknown>>,
+    /// Who is online on the other nodes (as this node's reader last saw).
+    mirror: Arc<Mirror>,
     /// One lock per login with a change running (removed when the last user is done).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Logins whose row differed from the hub at the last reconcile; `None`: repair every
@@ -66,6 +83,7 @@ impl Presence {
         node: NodeId,
         hub: Arc<Hub>,
         outbox: Arc<Outbox>,
+        mirror: Arc<Mirror>,
         statement: Duration,
     ) -> Presence {
         Presence {
@@ -76,6 +94,7 @@ impl Presence {
             statement,
             stored: Mutex::new(HashSet::new()),
             unknown: Mutex::new(HashMap::new()),
+            mirror,
             locks: Mutex::new(HashMap::new()),
             suspects: Mutex::new(Some(HashSet::new())),
         }
@@ -85,7 +104,7 @@ impl Presence {
         self.stored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<i64>>> {
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unknown>> {
         self.unknown.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -129,16 +148,25 @@ impl Presence {
                     self.unknown().remove(login);
                 }
                 self.outbox.presence(login, want);
-                announcement(&changed, unanswered.as_deref().unwrap_or_default())
+                match unanswered {
+                    Some(u) => announcement(&changed, &u.ids, Some(u.seen_online)),
+                    None => announcement(&changed, &[], None),
+                }
             }
             Err(e) => {
                 warn!(login, "cluster presence: {e}");
+                // Before this change (`stored` moves only on an answer): online if this
+                // node's row or another node's was there.
+                let seen_online = self.stored().contains(login) || self.mirror.online(login);
                 let mut unknown = self.unknown();
-                let ids = unknown.entry(login.to_owned()).or_default();
-                if ids.len() == UNANSWERED {
-                    ids.remove(0);
+                let u = unknown.entry(login.to_owned()).or_insert(Unknown {
+                    ids: Vec::new(),
+                    seen_online,
+                });
+                if u.ids.len() == UNANSWERED {
+                    u.ids.remove(0);
                 }
-                ids.push(change);
+                u.ids.push(change);
                 None
             }
         }
@@ -186,8 +214,13 @@ impl Presence {
 }
 
 /// What to announce after a change that got its answer, given the ids of this node's earlier
-/// changes of the login that got none (`unanswered`; those announced nothing).
-fn announcement(changed: &nodes::Changed, unanswered: &[i64]) -> Option<Change> {
+/// changes of the login that got none (`unanswered`; those announced nothing) and whether the
+/// watchers saw the login online when the first of those failed (`seen_online`).
+fn announcement(
+    changed: &nodes::Changed,
+    unanswered: &[i64],
+    seen_online: Option<bool>,
+) -> Option<Change> {
     let state = |online| {
         if online {
             Change::Online
@@ -207,15 +240,21 @@ fn announcement(changed: &nodes::Changed, unanswered: &[i64]) -> Option<Change> 
         return changed.after.map(|t| state(t.online));
     }
     // The latest transition is one of ours that nobody announced: announce it now. Made by
-    // another node (after ours, or ours never committed): that node announces it.
-    unannounced(&changed.after).map(state)
+    // another node (after ours, or ours never committed): that node announces it. Undone
+    // meanwhile by an earlier one of ours (also unannounced): the watchers see this state.
+    unannounced(&changed.after)
+        .filter(|online| Some(*online) != seen_online)
+        .map(state)
 }
 
 #[cfg(test)]
 impl Presence {
     /// The ids of `login`'s changes that got no answer (tests simulate their late commit).
     pub(crate) fn unanswered(&self, login: &str) -> Vec<i64> {
-        self.unknown().get(login).cloned().unwrap_or_default()
+        self.unknown()
+            .get(login)
+            .map(|u| u.ids.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -237,32 +276,49 @@ mod tests {
         };
         // A plain change: its own transition, or nothing.
         assert_eq!(
-            announcement(&c(t(true, 5), t(false, 9), true), &[]),
+            announcement(&c(t(true, 5), t(false, 9), true), &[], None),
             Some(Change::Offline)
         );
-        assert_eq!(announcement(&c(t(true, 5), t(true, 5), false), &[]), None);
+        assert_eq!(
+            announcement(&c(t(true, 5), t(true, 5), false), &[], None),
+            None
+        );
         // Our late close emptied the login and nobody came since: the repair announces it.
         assert_eq!(
-            announcement(&c(t(false, 7), t(false, 7), false), &[7]),
+            announcement(&c(t(false, 7), t(false, 7), false), &[7], Some(true)),
             Some(Change::Offline)
         );
         // Another node emptied it after our late close (and announced it): nothing.
         assert_eq!(
-            announcement(&c(t(false, 8), t(false, 8), false), &[7]),
+            announcement(&c(t(false, 8), t(false, 8), false), &[7], Some(true)),
             None
         );
         // Our late open made the login online, unannounced; the repair closes it again: the
         // watchers never saw it online, nothing to say.
-        assert_eq!(announcement(&c(t(true, 7), t(false, 9), true), &[7]), None);
+        assert_eq!(
+            announcement(&c(t(true, 7), t(false, 9), true), &[7], Some(false)),
+            None
+        );
         // Our late close never committed; the repair's close is the transition.
         assert_eq!(
-            announcement(&c(t(true, 3), t(false, 9), true), &[7]),
+            announcement(&c(t(true, 3), t(false, 9), true), &[7], Some(true)),
             Some(Change::Offline)
         );
         // Our late open made the login online and it still is: announced by the repair.
         assert_eq!(
-            announcement(&c(t(true, 7), t(true, 7), false), &[7]),
+            announcement(&c(t(true, 7), t(true, 7), false), &[7], Some(false)),
             Some(Change::Online)
+        );
+        // Two late changes of ours, both committed, both transitions: online then offline
+        // (the watchers saw offline), or offline then online (they saw online). The repair
+        // finds the second, ours and unannounced, and must not repeat what they saw.
+        assert_eq!(
+            announcement(&c(t(false, 8), t(false, 8), false), &[7, 8], Some(false)),
+            None
+        );
+        assert_eq!(
+            announcement(&c(t(true, 8), t(true, 8), false), &[7, 8], Some(true)),
+            None
         );
     }
 }
