@@ -277,8 +277,14 @@ impl crate::db::commit::CommitHook for fanout::Outbox {
         self.own.started()
     }
 
-    fn settled(&self, heads: [i64; crate::hub::STREAMS], in_doubt: Vec<(usize, i64)>) {
-        self.own.settled(Positions(heads), in_doubt)
+    fn settled(
+        &self,
+        heads: [i64; crate::hub::STREAMS],
+        lows: [i64; crate::hub::STREAMS],
+        in_doubt: Vec<(usize, i64)>,
+    ) {
+        self.own
+            .settled(Positions(heads), Positions(lows), in_doubt)
     }
 }
 

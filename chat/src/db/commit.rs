@@ -27,9 +27,10 @@ pub(crate) trait CommitHook: Send + Sync + 'static {
     /// A batch is being applied.
     fn started(&self) {}
     /// The batch's outcome is settled: `heads` as for [`CommitHook::committed`] (zeros if it
-    /// failed); `in_doubt`: the (stream, sequence number) of the items it would have stored
-    /// if its outcome is unknown (none otherwise).
-    fn settled(&self, _heads: [i64; 4], _in_doubt: Vec<(usize, i64)>) {}
+    /// failed); `lows`: the lowest sequence number it stored in each stream (0: none, or it
+    /// did not commit); `in_doubt`: the (stream, sequence number) of the items it would have
+    /// stored if its outcome is unknown (none otherwise).
+    fn settled(&self, _heads: [i64; 4], _lows: [i64; 4], _in_doubt: Vec<(usize, i64)>) {}
 }
 
 /// Where the writer finds its [`CommitHook`] once it is set (the cluster starts after the
@@ -172,6 +173,22 @@ fn heads(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i6
     heads
 }
 
+/// The lowest sequence number of each stream among a batch's results (0: none).
+fn lows(streams: &[Option<usize>], results: &[Result<Outcome, DbError>]) -> [i64; 4] {
+    let mut lows = [0i64; 4];
+    for (s, r) in streams.iter().zip(results) {
+        let (Some(s), Ok(o)) = (s, r) else { continue };
+        if let Some(low) = item_seqs(o).filter(|seq| *seq > 0).min() {
+            lows[*s] = if lows[*s] == 0 {
+                low
+            } else {
+                lows[*s].min(low)
+            };
+        }
+    }
+    lows
+}
+
 /// The sequence numbers of the stored items an outcome reports.
 fn item_seqs(o: &Outcome) -> Box<dyn Iterator<Item = i64> + '_> {
     match o {
@@ -238,16 +255,20 @@ async fn run(
         let applied = db.apply_batch(ops).await;
         if let Some(hook) = hook.get() {
             match &applied {
-                Ok(results) => hook.settled(heads(&streams, results), Vec::new()),
+                Ok(results) => hook.settled(
+                    heads(&streams, results),
+                    lows(&streams, results),
+                    Vec::new(),
+                ),
                 Err(DbError::InDoubt(_, would)) => {
                     let items = in_doubt_items(&streams, &would.0);
                     let mut top = [0; 4];
                     for (s, seq) in &items {
                         top[*s] = top[*s].max(*seq);
                     }
-                    hook.settled(top, items)
+                    hook.settled(top, [0; 4], items)
                 }
-                Err(_) => hook.settled([0; 4], Vec::new()),
+                Err(_) => hook.settled([0; 4], [0; 4], Vec::new()),
             }
         }
         match applied {
