@@ -587,6 +587,7 @@ mod idle_cost;
 mod in_doubt;
 mod listener;
 mod presence_dup;
+mod presence_future_xid;
 mod presence_online;
 mod presence_stale;
 mod prune_last;
