@@ -157,6 +157,17 @@ pub(crate) struct Seen {
     pub(crate) rows: Vec<(String, i64)>,
 }
 
+/// [`presence_since`]'s read of the logins changed since a snapshot: `$1` this node, `$2`
+/// that snapshot, `$3` logins to read as well.
+pub(super) const CHANGED_SINCE: &str = "WITH changed AS MATERIALIZED (\
+    SELECT login FROM cluster_presence_last \
+    WHERE xid >= pg_snapshot_xmin($2::pg_snapshot) \
+    AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot) \
+    UNION SELECT unnest($3::text[])) \
+    SELECT pg_current_snapshot()::text, NULL::text, NULL::bigint \
+    UNION ALL SELECT NULL, c.login, p.node FROM changed c \
+    LEFT JOIN cluster_presence p ON p.login = c.login AND p.node <> $1";
+
 /// Every (login, node) with a session on a node other than `me` (`since` = `None`), or only
 /// those of the logins changed since the read in snapshot `since`: their records' `xid` was
 /// not visible in it (committed after it, or still running then), so no change is missed
@@ -193,20 +204,12 @@ pub(crate) async fn presence_since(
             .await?
         }
         Some(since) => {
-            sqlx::query_as(
-                "WITH changed AS MATERIALIZED (SELECT login FROM cluster_presence_last \
-                 WHERE xid >= pg_snapshot_xmin($2::pg_snapshot) \
-                 AND NOT pg_visible_in_snapshot(xid, $2::pg_snapshot) \
-                 UNION SELECT unnest($3::text[])) \
-                 SELECT pg_current_snapshot()::text, NULL::text, NULL::bigint \
-                 UNION ALL SELECT NULL, c.login, p.node FROM changed c \
-                 LEFT JOIN cluster_presence p ON p.login = c.login AND p.node <> $1",
-            )
-            .bind(me.0)
-            .bind(since)
-            .bind(recheck)
-            .fetch_all(pool)
-            .await?
+            sqlx::query_as(CHANGED_SINCE)
+                .bind(me.0)
+                .bind(since)
+                .bind(recheck)
+                .fetch_all(pool)
+                .await?
         }
     };
     let mut seen = Seen {
