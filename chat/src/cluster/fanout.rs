@@ -92,6 +92,16 @@ pub(crate) trait Feed: Send + Sync + 'static {
     fn delivered(&self, _items: Vec<(Stream, i64)>) {}
     /// This node's reader has pushed everything up to `pos` to its sessions.
     fn passed(&self, _pos: &Positions) {}
+    /// The packet of this node's own item `seq` of `stream`, for a feed that leaves own
+    /// items' bytes out of [`Feed::after`] (their sessions pushed them): needed when the
+    /// item's batch was in doubt. `None`: the feed gives own items with their bytes.
+    fn own_bytes(
+        &self,
+        _stream: Stream,
+        _seq: i64,
+    ) -> BoxFuture<'_, Result<Option<Bytes>, sqlx::Error>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A notice waiting to be sent.
@@ -402,11 +412,18 @@ impl Reader {
                 pos.0[s] = it.seq;
                 // Empty bytes: nothing to push (a scrubbed body), only the position moves.
                 // This node's own items were pushed by their sessions, unless their batch's
-                // outcome was unknown.
-                if !it.bytes.is_empty() && (it.origin != self.me.0 || self.own.push_own(it)) {
+                // outcome was unknown (the feed may have left their bytes out).
+                let bytes = if it.origin != self.me.0 {
+                    it.bytes.clone()
+                } else if self.own.push_own(it) {
+                    self.own_bytes(it).await
+                } else {
+                    Bytes::new()
+                };
+                if !bytes.is_empty() {
                     let item = Item {
                         seq: Some((it.stream, it.seq)),
-                        bytes: it.bytes.clone(),
+                        bytes,
                     };
                     if self.push(&it.login, item, &mut room_wait).await > 0 {
                         delivered.push((it.stream, it.seq));
@@ -429,9 +446,13 @@ impl Reader {
         let mut delivered = Vec::new();
         let mut room_wait = ROOM_WAIT;
         for it in late {
+            let bytes = self.own_bytes(&it).await;
+            if bytes.is_empty() {
+                continue;
+            }
             let item = Item {
                 seq: Some((it.stream, it.seq)),
-                bytes: it.bytes.clone(),
+                bytes,
             };
             if self.push(&it.login, item, &mut room_wait).await > 0 {
                 delivered.push((it.stream, it.seq));
@@ -441,6 +462,22 @@ impl Reader {
             self.feed.delivered(delivered);
         }
         self.publish(pos);
+    }
+
+    /// The packet of this node's own item `it` (in doubt, so nobody pushed it): its bytes, or
+    /// the feed's if it left them out; empty if there is nothing to push or on an error.
+    async fn own_bytes(&self, it: &FeedItem) -> Bytes {
+        if !it.bytes.is_empty() {
+            return it.bytes.clone();
+        }
+        match within(self.statement, self.feed.own_bytes(it.stream, it.seq)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => Bytes::new(),
+            Err(e) => {
+                warn!("cluster reader: an item in doubt is not pushed live: {e}");
+                Bytes::new()
+            }
+        }
     }
 
     /// Queues `item` for every session of `login` on this node, waiting for room in a full

@@ -168,6 +168,24 @@ impl Db {
                 .unwrap_or_else(|_| Err(timed_out().into()));
             match done {
                 Ok((tx, locked, out)) => {
+                    #[cfg(test)]
+                    let (tx, locked) = match s.take_lost_commit() {
+                        None => (tx, locked),
+                        Some(commit) => {
+                            // A fault injected by a test: the answer is lost, and so is
+                            // the way to tell the outcome (as `commit_status` gives up).
+                            let _ = if commit {
+                                tx.commit().await
+                            } else {
+                                tx.rollback().await
+                            };
+                            let would = out.into_iter().map(|o| o.and_then(|r| r.ok())).collect();
+                            return Err(DbError::InDoubt(
+                                "injected: COMMIT answer lost".into(),
+                                InDoubtOutcomes(would),
+                            ));
+                        }
+                    };
                     match tokio::time::timeout_at(deadline, tx.commit()).await {
                         Ok(Ok(())) => Ok((out, None)),
                         Ok(Err(e)) => Ok((out, Some((e, locked)))),

@@ -59,6 +59,20 @@ pub(crate) struct Fed {
 }
 
 impl Db {
+    /// Message `seq` with its text, whoever committed it (this node's own batch in doubt:
+    /// [`Db::fed_after`] leaves its text out).
+    pub(crate) async fn fed_message(&self, seq: i64) -> Result<Option<FedMessage>, DbError> {
+        let Backend::Postgres(s) = &self.backend else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_as(
+            "SELECT seq, id, sender, recipient, at, body, origin FROM messages WHERE seq = $1",
+        )
+        .bind(seq)
+        .fetch_optional(&s.pool)
+        .await?)
+    }
+
     /// Up to `limit` items per stream above `after` (messages, receipts, offers, notices),
     /// skipping streams whose `want` is false. Every message, acknowledged or not (a user's
     /// other sessions get it live whatever one session did with it); receipts delivered or

@@ -585,6 +585,7 @@ mod catch_up;
 mod deadlines;
 mod idle_cost;
 mod in_doubt;
+mod in_doubt_writer;
 mod listener;
 mod presence_dup;
 mod presence_future_xid;

@@ -93,6 +93,20 @@ pub(crate) struct Store {
     /// Cancelled when the server stops: a lost `COMMIT`'s answer is then no longer waited for
     /// ([`commit_status`]).
     pub(in crate::db) stopping: CancellationToken,
+    /// Tests: the next batches' `COMMIT` answers to lose, their outcome untold (each `true`:
+    /// the batch commits, `false`: it does not).
+    #[cfg(test)]
+    pub(in crate::db) lost_commits: std::sync::Mutex<std::collections::VecDeque<bool>>,
+}
+
+#[cfg(test)]
+impl Store {
+    pub(in crate::db) fn take_lost_commit(&self) -> Option<bool> {
+        self.lost_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
 }
 
 /// What a batch transaction stores to prove, later, that it committed (see [`commit_status`]).
@@ -212,6 +226,8 @@ impl Db {
             mark_row_missing: AtomicBool::new(false),
             timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64),
             stopping: CancellationToken::new(),
+            #[cfg(test)]
+            lost_commits: Default::default(),
         }))))
     }
 
@@ -220,6 +236,18 @@ impl Db {
         match &self.backend {
             Backend::Postgres(s) => Some(s.pool.clone()),
             Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Tests: the next batch's `COMMIT` answer is lost, and whether it committed cannot be
+    /// told (the writer answers "outcome unknown"); `committed`: whether it did.
+    #[cfg(test)]
+    pub(crate) fn lose_next_commit(&self, committed: bool) {
+        if let Backend::Postgres(s) = &self.backend {
+            s.lost_commits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(committed);
         }
     }
 
