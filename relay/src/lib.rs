@@ -97,8 +97,9 @@ pub struct RelayConfig {
     /// `429` until one ends.
     pub max_downloads_per_transfer: usize,
     /// Uploads of one sender (the token's `sender`) in progress at once, and apart from them
-    /// downloads of one sender's files (0: no bound); more are refused with `429` until one
-    /// ends, so one account cannot hold many connection slots even above `min_rate`.
+    /// downloads of one sender's files from one client address (0: no bound); more are
+    /// refused with `429` until one ends, so one account cannot hold many connection slots
+    /// even above `min_rate`.
     pub max_requests_per_sender: usize,
     /// Where `GET /metrics` is answered.
     pub metrics: MetricsAccess,

@@ -57,7 +57,7 @@ impl PerAddress {
 }
 
 /// What the per-address cap counts: IPv4 (also IPv4-mapped IPv6) as is, IPv6 by its /64.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

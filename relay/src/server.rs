@@ -17,7 +17,7 @@ use crate::api::{handle, State, UPLOAD_BUFFER_TOTAL};
 use crate::held_body::held_until_sent;
 use crate::limits::{PerAddress, WriteDeadline};
 use crate::metrics::Metrics;
-use crate::slots::{ConnOf, MinRate, Slots};
+use crate::slots::{ConnOf, MinRate, PeerOf, Slots};
 use crate::{RelayConfig, RelayError};
 
 /// Largest read buffer of a connection: upload bodies arrive in frames up to this size.
@@ -124,6 +124,7 @@ pub async fn serve_with_metrics(
         }
         Metrics::add(&state.metrics.connections, 1);
         let st = state.clone();
+        let peer_key = crate::limits::address_key(peer.ip());
         let conn_state = slot.conn.clone();
         let all_slots = slots.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -141,6 +142,7 @@ pub async fn serve_with_metrics(
                 // Busy from the request head until the response body is sent.
                 let busy = conn_state.request();
                 req.extensions_mut().insert(ConnOf(conn_state.clone()));
+                req.extensions_mut().insert(PeerOf(peer_key));
                 let resp = match handle(st, req).await {
                     Ok(r) => r,
                     Err(never) => match never {},

@@ -120,6 +120,11 @@ pub struct Slot {
 #[derive(Clone)]
 pub struct ConnOf(pub Arc<Conn>);
 
+/// The client's address as the per-address cap counts it (IPv6 by its /64), a request
+/// extension.
+#[derive(Clone, Copy)]
+pub struct PeerOf(pub std::net::IpAddr);
+
 /// Marks a request in progress on its connection until dropped.
 pub struct Busy(Arc<Conn>);
 

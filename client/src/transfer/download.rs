@@ -139,11 +139,13 @@ async fn download_with(
                 }
             }
             Err((kept, error)) => {
-                // An empty .part (nothing ever written) is not worth keeping for a retry; what
-                // a small download held in memory goes with it. A paused one is kept even
-                // empty: it marks the download as begun, to be continued.
+                // An empty .part is kept when the download may still succeed later (paused, or
+                // out of attempts on a busy, restarting or not yet uploaded relay): it marks
+                // the download as begun, so that `msim receive` continues its grant at the next
+                // login. After a final refusal (gone, forbidden, a wrong file) it goes; what a
+                // small download held in memory goes with it.
                 drop(kept);
-                if matches!(error, ClientError::Paused) {
+                if matches!(error, ClientError::Paused) || download_transient(&error) {
                     return Err(error);
                 }
                 if let Ok(meta) = tokio::fs::metadata(&part_name).await {

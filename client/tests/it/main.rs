@@ -3,6 +3,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
+mod failed_start;
 mod library;
 mod login_then;
 mod pause;

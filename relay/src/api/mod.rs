@@ -17,6 +17,7 @@ use crate::held_body::held_until_sent;
 use crate::metrics::{Metrics, Refusal};
 use crate::per_sender::{SenderRequest, SenderRequests};
 use crate::request;
+use crate::slots::PeerOf;
 use crate::waiters::Waiters;
 use crate::{MetricsAccess, RelayConfig};
 
@@ -51,10 +52,15 @@ pub struct State {
 
 /// Counts a transfer request against its token's sender, or refuses it (`429`) when the
 /// sender has `max_requests_per_sender` of that direction in progress.
-fn admit_sender(state: &State, cap: &Capability) -> Result<SenderRequest, Refuse> {
+fn admit_sender(
+    state: &State,
+    req: &Request<Incoming>,
+    cap: &Capability,
+) -> Result<SenderRequest, Refuse> {
+    let from = req.extensions().get::<PeerOf>().map(|p| p.0);
     state
         .sender_requests
-        .admit(cap, state.config.max_requests_per_sender)
+        .admit(cap, from, state.config.max_requests_per_sender)
         .ok_or_else(|| {
             Refuse::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -117,7 +123,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     match *req.method() {
         Method::PUT => {
             let cap = auth::authorize(state, &req, &id, Some(Direction::Upload))?;
-            let _counted = admit_sender(state, &cap)?;
+            let _counted = admit_sender(state, &req, &cap)?;
             upload::upload(state, req, cap, None).await
         }
         Method::PATCH => {
@@ -129,12 +135,12 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Answer {
                     "PATCH needs an Upload-Offset header",
                 )
             })?;
-            let _counted = admit_sender(state, &cap)?;
+            let _counted = admit_sender(state, &req, &cap)?;
             upload::upload(state, req, cap, Some(offset)).await
         }
         Method::GET => {
             let cap = auth::authorize(state, &req, &id, Some(Direction::Download))?;
-            let counted = admit_sender(state, &cap)?;
+            let counted = admit_sender(state, &req, &cap)?;
             let response = download::download(state, &req, cap).await?;
             Ok(response.map(|body| held_until_sent(body, counted)))
         }

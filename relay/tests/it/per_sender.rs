@@ -82,3 +82,83 @@ async fn one_sender_cannot_hold_more_than_its_share_of_transfers_at_once() {
     drop(second);
     relay.stop().await;
 }
+
+/// A GET from `local` (a loopback address of its own) of `id`; returns the connection once the
+/// response head has come, with the status. The body (the upload is held) keeps coming
+/// slowly, so the download stays in progress while the connection is open.
+async fn download_from(relay: &Relay, local: [u8; 4], id: &str) -> (TcpStream, u16) {
+    let token = relay.token(id, Direction::Download, SIZE);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((local, 0).into()).unwrap();
+    let mut s = socket.connect(relay.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/transfers/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+            .await
+            .expect("a response head in time")
+            .unwrap();
+        assert!(n > 0, "closed before a response head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = utf8(&got[9..12]).parse().unwrap();
+    (s, status)
+}
+
+/// Attack 4, M1: a download token names the file's sender, not the downloader, so when
+/// downloads were counted by sender alone, one recipient of a few of Alice's files holding
+/// downloads open took every place and locked Alice's other recipients out with `429`. Now
+/// downloads are counted per downloading address too: Mallory is held to his share, Bob is not.
+#[tokio::test]
+async fn one_recipient_cannot_take_the_places_of_a_senders_other_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |c| {
+        c.max_requests_per_sender = 2;
+        c.min_rate = 0;
+    })
+    .await;
+    // Two of Alice's files, their uploads begun and held: downloads of them stay open.
+    let mut uploads = Vec::new();
+    for id in ["a1", "a2"] {
+        let token = relay.token(id, Direction::Upload, SIZE);
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        let head = format!(
+            "PUT /v1/transfers/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {SIZE}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[b'a'; 4096]).await.unwrap();
+        uploads.push(s);
+    }
+    relay.wait_for_metric("msim_relay_uploads_active 2\n").await;
+    let mallory = [127, 0, 0, 66];
+    let mut open = Vec::new();
+    for (from, id, expected, why) in [
+        (mallory, "a1", 200, "Mallory's first"),
+        (mallory, "a2", 200, "Mallory's second"),
+        (
+            mallory,
+            "a1",
+            429,
+            "Mallory is held to his share of Alice's places",
+        ),
+        // Bob, at another address, downloads Alice's files as usual.
+        (
+            [127, 0, 0, 2],
+            "a1",
+            200,
+            "Bob is not locked out by Mallory's downloads",
+        ),
+        ([127, 0, 0, 2], "a2", 200, "Bob's second"),
+    ] {
+        let (s, status) = download_from(&relay, from, id).await;
+        assert_eq!(status, expected, "{why}");
+        open.push(s);
+    }
+    drop(open);
+    drop(uploads);
+    relay.stop().await;
+}
