@@ -42,9 +42,11 @@ pub async fn send_file(
     wait: Option<u64>,
     mime: Option<String>,
 ) -> Result<()> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    // A plain stat on this thread: `tokio::fs` would first start a blocking thread and hop
+    // to it and back before the connection could begin (a picture's critical path; the
+    // command runs alone on its runtime, so nothing else waits behind the stat).
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_file() {
         bail!(UsageError(format!("{} is not a file", path.display())));
     }

@@ -62,7 +62,9 @@ pub(super) fn read_held_blocking(
     max: usize,
 ) -> std::io::Result<Option<super::HeldFile>> {
     let mut file = File::open(path)?;
-    let mut bytes = Vec::new();
+    // Sized from the start: one read for the whole file instead of a read per doubling.
+    let expected = file.metadata().map_or(0, |m| m.len()).min(max as u64) as usize;
+    let mut bytes = Vec::with_capacity(expected + 1);
     // One byte more than allowed tells a larger file (or one that grew) apart.
     (&mut file).take(max as u64 + 1).read_to_end(&mut bytes)?;
     if bytes.len() > max {
