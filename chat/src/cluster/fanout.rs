@@ -92,14 +92,15 @@ pub(crate) trait Feed: Send + Sync + 'static {
     fn delivered(&self, _items: Vec<(Stream, i64)>) {}
     /// This node's reader has pushed everything up to `pos` to its sessions.
     fn passed(&self, _pos: &Positions) {}
-    /// The packet of this node's own item `seq` of `stream`, for a feed that leaves own
-    /// items' bytes out of [`Feed::after`] (their sessions pushed them): needed when the
-    /// item's batch was in doubt. `None`: the feed gives own items with their bytes.
-    fn own_bytes(
-        &self,
+    /// The packet of this node's own item `seq` of `stream` for `login`, for a feed that
+    /// leaves own items' bytes out of [`Feed::after`] (their sessions pushed them): needed
+    /// when the item's batch was in doubt. `None`: the feed gives own items with their bytes.
+    fn own_bytes<'a>(
+        &'a self,
         _stream: Stream,
         _seq: i64,
-    ) -> BoxFuture<'_, Result<Option<Bytes>, sqlx::Error>> {
+        _login: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, sqlx::Error>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -470,7 +471,12 @@ impl Reader {
         if !it.bytes.is_empty() {
             return it.bytes.clone();
         }
-        match within(self.statement, self.feed.own_bytes(it.stream, it.seq)).await {
+        match within(
+            self.statement,
+            self.feed.own_bytes(it.stream, it.seq, &it.login),
+        )
+        .await
+        {
             Ok(Some(bytes)) => bytes,
             Ok(None) => Bytes::new(),
             Err(e) => {

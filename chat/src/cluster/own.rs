@@ -62,9 +62,11 @@ impl OwnBatches {
     /// its outcome is unknown.
     /// `lows`: the lowest item it stored per stream (0: none), if it committed.
     pub(crate) fn settled(&self, heads: Positions, lows: Positions, in_doubt: Vec<(usize, i64)>) {
-        let wake = !in_doubt.is_empty();
+        let mut wake = !in_doubt.is_empty();
         {
             let mut s = self.state();
+            // Items held for this batch are pushed (or dropped) at once, not at the next tick.
+            wake |= !s.waiting.is_empty();
             s.running = false;
             s.settled += 1;
             s.settled_heads.raise(&heads);

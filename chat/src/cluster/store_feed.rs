@@ -105,17 +105,18 @@ impl Feed for StoreFeed {
         })
     }
 
-    fn own_bytes(
-        &self,
+    fn own_bytes<'a>(
+        &'a self,
         stream: Stream,
         seq: i64,
-    ) -> BoxFuture<'_, Result<Option<Bytes>, sqlx::Error>> {
+        login: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, sqlx::Error>> {
         Box::pin(async move {
             // Only messages come without their text (`Db::fed_after`).
             if stream != Stream::Messages {
                 return Ok(None);
             }
-            let m = self.db.fed_message(seq).await.map_err(sql)?;
+            let m = self.db.fed_message(seq, login).await.map_err(sql)?;
             Ok(Some(match m {
                 Some(m) if !m.message.text.is_empty() => {
                     encode(&message_packet_in(&self.domain, &m.message))

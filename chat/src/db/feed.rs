@@ -59,16 +59,26 @@ pub(crate) struct Fed {
 }
 
 impl Db {
-    /// Message `seq` with its text, whoever committed it (this node's own batch in doubt:
-    /// [`Db::fed_after`] leaves its text out).
-    pub(crate) async fn fed_message(&self, seq: i64) -> Result<Option<FedMessage>, DbError> {
+    /// This node's own message `seq` to `recipient`, with its text (its batch was in doubt:
+    /// [`Db::fed_after`] leaves the text of own messages out). Matched on node and recipient
+    /// too: after a failover that lost the batch, another node may have reused the number for
+    /// someone else's message, which must not reach this recipient.
+    pub(crate) async fn fed_message(
+        &self,
+        seq: i64,
+        recipient: &str,
+    ) -> Result<Option<FedMessage>, DbError> {
         let Backend::Postgres(s) = &self.backend else {
             return Ok(None);
         };
+        let me = s.node.load(std::sync::atomic::Ordering::Relaxed);
         Ok(sqlx::query_as(
-            "SELECT seq, id, sender, recipient, at, body, origin FROM messages WHERE seq = $1",
+            "SELECT seq, id, sender, recipient, at, body, origin FROM messages \
+             WHERE seq = $1 AND recipient = $2 AND origin = $3",
         )
         .bind(seq)
+        .bind(recipient)
+        .bind(me)
         .fetch_optional(&s.pool)
         .await?)
     }

@@ -163,10 +163,12 @@ async fn a_late_close_that_emptied_the_login_is_announced_once_by_the_repair() {
 
 /// bob opens and closes his only session, on a; both changes are held up past a's database
 /// timeout, then both commit: bob went online and offline again, and nobody announced
-/// either. The watchers saw him offline throughout: a's repair must not announce anything.
-/// It announced him offline (the last transition was a's own, unannounced: review LOW 5).
+/// either. The watchers saw him offline throughout. a's repair may say so once more (it
+/// cannot know what the watchers saw without guessing from a view another node's change can
+/// make stale: a guess hid real changes, review of the presence fixes, item 1), but it must
+/// never announce him online, nor repeat itself.
 #[tokio::test]
-async fn two_late_changes_that_undid_each_other_are_not_announced() {
+async fn two_late_changes_that_undid_each_other_never_announce_the_wrong_state() {
     let Some(url) = msim_testkit::postgres::database("cluster presence late open and close") else {
         return;
     };
@@ -188,7 +190,12 @@ async fn two_late_changes_that_undid_each_other_are_not_announced() {
     assert_ne!(opened, closed);
     commit_late(hold, a.cluster.node(), &[(true, opened), (false, closed)]).await;
     let got = events_for_thirty_beats(&mut a).await;
-    assert!(got.is_empty(), "a announced: {got:?}");
+    assert!(
+        got.iter()
+            .all(|e| matches!(e, Event::Offline(l) if l == &["bob".to_owned()])),
+        "a announced: {got:?}"
+    );
+    assert!(got.len() <= 1, "a repeated itself: {got:?}");
     assert!(
         a.cluster.presence.unanswered("bob").is_empty(),
         "a repaired"

@@ -8,7 +8,8 @@
 -- change 0, as for a record it creates): a change of this version that made the transition
 -- then records itself, in the same transaction.
 
--- The function's replacement locks no table; the repair below row-locks records.
+-- The function's replacement locks no table; the repair below holds writes to cluster_presence
+-- for its one statement.
 SET LOCAL lock_timeout = '10s';
 
 CREATE OR REPLACE FUNCTION cluster_presence_touch() RETURNS trigger LANGUAGE plpgsql
@@ -28,7 +29,9 @@ END
 $$;
 
 -- Records such a node already left behind: offline now (pruned once old enough), and read
--- again by every node (the xid moves).
+-- again by every node (the xid moves). The table lock keeps a presence write from committing
+-- between this statement's snapshot and its row locks (its row would be unseen by NOT EXISTS).
+LOCK TABLE cluster_presence IN SHARE MODE;
 UPDATE cluster_presence_last r SET online = false, node = 0, change = 0,
     xid = pg_current_xact_id(), at = clock_timestamp()
 WHERE online AND NOT EXISTS (SELECT 1 FROM cluster_presence p WHERE p.login = r.login);
