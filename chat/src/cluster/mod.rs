@@ -326,7 +326,6 @@ impl Cluster {
             node,
             hub.clone(),
             outbox.clone(),
-            mirror.clone(),
             timing.statement(),
         ));
         let statement = timing.statement();

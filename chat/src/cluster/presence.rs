@@ -19,14 +19,13 @@
 //! (and announced it) after this node's late close.
 //!
 //! Two unanswered changes that both committed and both made transitions (online then
-//! offline, or offline then online) leave the login as the watchers last saw it: the repair
-//! finds the second one, its own and unannounced, yet must not announce it (review LOW 5).
-//! So the login's entry keeps the state the watchers saw when its first change failed (this
-//! node's row, or another node's in the mirror), and the repair announces only a state that
-//! differs from it.
+//! offline, or offline then online) leave the login as the watchers last saw it, and the
+//! repair announces that state once more: what the watchers saw cannot be told from this
+//! node's view without a guess that another node's change can make stale, and such a guess
+//! hid real changes; a repeat is harmless.
 
 use super::fanout::{within, Outbox};
-use super::{mirror::Mirror, nodes, NodeId};
+use super::{nodes, NodeId};
 use crate::hub::Hub;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -66,8 +65,6 @@ pub(crate) struct Presence {
     /// Logins whose last change failed: whether their row exists is unknown (a timed-out
     /// write may have committed). Removed by the next change that gets an answer.
     unknown: Mutex<HashMap<String, Unknown>>,
-    /// Who is online on the other nodes (as this node's reader last saw).
-    mirror: Arc<Mirror>,
     /// One lock per login with a change running (removed when the last user is done).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Logins whose row differed from the hub at the last reconcile; `None`: repair every
@@ -81,7 +78,6 @@ impl Presence {
         node: NodeId,
         hub: Arc<Hub>,
         outbox: Arc<Outbox>,
-        mirror: Arc<Mirror>,
         statement: Duration,
     ) -> Presence {
         Presence {
@@ -92,7 +88,6 @@ impl Presence {
             statement,
             stored: Mutex::new(HashSet::new()),
             unknown: Mutex::new(HashMap::new()),
-            mirror,
             locks: Mutex::new(HashMap::new()),
             suspects: Mutex::new(Some(HashSet::new())),
         }
