@@ -2,8 +2,10 @@
 //! listening session in `super::listener`).
 //!
 //! Payloads (text, fields separated by one space, node ids in hex):
-//! - `p NODE H0 H1 H2 H3`: NODE committed items up to these sequence positions, one per
-//!   [`Stream`] (messages, receipts, offers, notices).
+//! - `p NODE H0 H1 H2 H3 [T]`: NODE committed items up to these sequence positions, one per
+//!   [`Stream`] (messages, receipts, offers, notices); T, when present, is the wall-clock
+//!   time of the oldest commit announced, in µs since the Unix epoch (stage timings only:
+//!   `super::stages`).
 //! - `e NODE LOGIN PACKET`: a live-only packet for LOGIN's sessions (the encoded wire text).
 //! - `x NODE ID`: the same, too large for a payload: row ID of `cluster_events`.
 //! - `s NODE LOGIN 1|0`: LOGIN has (1) or no longer has (0) a session on NODE.
@@ -11,9 +13,10 @@
 //! - `k NODE`: NODE's keep-alive, sent with each heartbeat: a listener that hears nothing
 //!   at all (not even its own node's keep-alives) for a node timeout is on a dead connection.
 
-use super::listener::{listen_loop, Note};
+use super::listener::{listen_loop, Announced, Note};
 use super::mirror::Mirror;
 use super::presence_read::PresenceCursor;
+use super::stages::{since_us, unix_us, Heard};
 use super::NodeId;
 use crate::hub::{Hub, Item, Stream, STREAMS};
 use bytes::Bytes;
@@ -120,7 +123,9 @@ pub(crate) struct Outbox {
     node: NodeId,
     /// This node's batches (what the commit writer tells through this outbox).
     pub(crate) own: Arc<super::own::OwnBatches>,
-    heads: Mutex<Option<Positions>>,
+    /// Positions to announce, and when the oldest of their commits was told (µs since the
+    /// epoch, see `super::stages`).
+    heads: Mutex<Option<(Positions, u64)>>,
     wake: Notify,
     queue: mpsc::Sender<Out>,
 }
@@ -147,12 +152,14 @@ impl Outbox {
     /// of batches committed meanwhile go out in the same NOTIFY).
     pub(crate) fn committed(&self, heads: Positions) {
         let mut h = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-        h.get_or_insert_with(Positions::default).raise(&heads);
+        h.get_or_insert_with(|| (Positions::default(), unix_us()))
+            .0
+            .raise(&heads);
         drop(h);
         self.wake.notify_one();
     }
 
-    fn take_heads(&self) -> Option<Positions> {
+    fn take_heads(&self) -> Option<(Positions, u64)> {
         self.heads.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -201,10 +208,16 @@ pub(crate) async fn notify(
     limit: Duration,
 ) -> Result<(), sqlx::Error> {
     // Its own statement, after the commit: no database-wide lock held across a WAL flush.
-    let sent = sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(pool);
+    // A NOTIFY gets a transaction id, so with `synchronous_commit` on its commit waited for
+    // a WAL flush of its own (an fsync per announcement: 2-4 ms, up to 36 ms under load,
+    // measured with `super::stages`) although it writes nothing worth keeping: what it
+    // announces is already durable, and a notice lost in a crash is caught up from positions
+    // like any other. So this one transaction commits asynchronously (`true`: local to it).
+    let sent =
+        sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(pool);
     within(limit, sent).await?;
     Ok(())
 }
@@ -232,10 +245,23 @@ pub(crate) async fn send_loop(
     let node = outbox.node;
     let mut backoff = Duration::from_millis(20);
     loop {
-        if let Some(h) = outbox.take_heads() {
+        if let Some((h, stamp)) = outbox.take_heads() {
             let [a, b, c, d] = h.0;
-            match notify(&pool, &format!("p {node} {a} {b} {c} {d}"), statement).await {
-                Ok(()) => backoff = Duration::from_millis(20),
+            match notify(
+                &pool,
+                &format!("p {node} {a} {b} {c} {d} {stamp}"),
+                statement,
+            )
+            .await
+            {
+                Ok(()) => {
+                    debug!(
+                        target: "msim_chat::cluster::stages",
+                        notify_us = unix_us().saturating_sub(stamp),
+                        "positions announced"
+                    );
+                    backoff = Duration::from_millis(20);
+                }
                 Err(e) => {
                     // Kept (coalesced with what comes meanwhile, so nothing grows) and sent
                     // again shortly: the other nodes' timers would find the items too, but
@@ -311,7 +337,7 @@ pub(crate) struct Reader {
 impl Reader {
     /// Runs until `stop`. Starts from the feed's current heads.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let heads = Arc::new(Mutex::new(Positions::default()));
+        let heads = Arc::new(Mutex::new(Announced::default()));
         let wake = Arc::new(Notify::new());
         let (tx, mut inbox) = mpsc::channel(INBOX);
         let mut cursor = PresenceCursor::default();
@@ -342,19 +368,22 @@ impl Reader {
                     // make it quick. Only the logins changed since the last read are read
                     // (and those of the notes applied since: see `PresenceCursor`).
                     self.reload_presence(&mut cursor).await;
-                    self.catch_up(&mut pos, ALL, &mut page).await;
+                    self.catch_up(&mut pos, ALL, &mut page, None).await;
                 }
                 _ = self.own.in_doubt_settled.notified() => {
-                    self.catch_up(&mut pos, ALL, &mut page).await;
+                    self.catch_up(&mut pos, ALL, &mut page, None).await;
                 }
                 _ = wake.notified() => {
-                    let announced = *heads.lock().unwrap_or_else(|e| e.into_inner());
+                    let (announced, heard) = {
+                        let mut a = heads.lock().unwrap_or_else(|e| e.into_inner());
+                        (a.heads, a.first.take())
+                    };
                     let mut want = [false; STREAMS];
                     for (s, w) in want.iter_mut().enumerate() {
                         *w = announced.0[s] > pos.0[s];
                     }
                     if want.contains(&true) {
-                        self.catch_up(&mut pos, want, &mut page).await;
+                        self.catch_up(&mut pos, want, &mut page, heard).await;
                     }
                 }
                 note = inbox.recv() => match note {
@@ -364,7 +393,7 @@ impl Reader {
                         // transaction ids again, and snapshots taken before it mean nothing).
                         cursor.reset();
                         self.reload_presence(&mut cursor).await;
-                        self.catch_up(&mut pos, ALL, &mut page).await;
+                        self.catch_up(&mut pos, ALL, &mut page, None).await;
                     }
                     Some(note) => {
                         if let Note::Presence { login, .. } = &note {
@@ -381,11 +410,21 @@ impl Reader {
     /// Pushes every item above `pos` that another node committed to its recipients'
     /// sessions here, advancing `pos`, `page` items per stream and query at most (see
     /// [`PAGE`]). On an error `pos` keeps what was pushed; the next notification or tick
-    /// retries.
-    async fn catch_up(&self, pos: &mut Positions, mut want: [bool; STREAMS], page: &mut usize) {
+    /// retries. `heard`: the notice that started this read, for the stage timings.
+    async fn catch_up(
+        &self,
+        pos: &mut Positions,
+        mut want: [bool; STREAMS],
+        page: &mut usize,
+        heard: Option<Heard>,
+    ) {
+        let waited_us = heard.map(|h| since_us(h.at));
+        let (mut read_us, mut push_us, mut items_read) = (0, 0, 0);
         loop {
             let started = tokio::time::Instant::now();
-            let items = match within(self.statement, self.feed.after(*pos, want, *page)).await {
+            let read = within(self.statement, self.feed.after(*pos, want, *page)).await;
+            read_us += since_us(started.into_std());
+            let items = match read {
                 Ok(items) => items,
                 Err(e) if is_timeout(&e) && *page > 1 => {
                     *page = (*page / 2).max(1);
@@ -404,6 +443,8 @@ impl Reader {
             let mut per_stream = [0usize; STREAMS];
             let mut delivered = Vec::new();
             let mut room_wait = ROOM_WAIT;
+            let pushing = std::time::Instant::now();
+            items_read += items.len();
             for it in &items {
                 let s = it.stream as usize;
                 per_stream[s] += 1;
@@ -431,6 +472,7 @@ impl Reader {
                     }
                 }
             }
+            push_us += since_us(pushing);
             if !delivered.is_empty() {
                 self.feed.delivered(delivered);
             }
@@ -463,6 +505,17 @@ impl Reader {
             self.feed.delivered(delivered);
         }
         self.publish(pos);
+        if let Some(h) = heard {
+            debug!(
+                target: "msim_chat::cluster::stages",
+                heard_us = h.transit_us(),
+                waited_us,
+                read_us,
+                push_us,
+                items = items_read,
+                "announced items read"
+            );
+        }
     }
 
     /// The packet of this node's own item `it` (in doubt, so nobody pushed it): its bytes, or

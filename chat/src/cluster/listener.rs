@@ -2,6 +2,7 @@
 //! [`CHANNEL`], kept open and replaced when silent, and the parsing of what it hears.
 
 use super::fanout::{within, Positions, CHANNEL, MAX_BACKOFF};
+use super::stages::Heard;
 use super::NodeId;
 use bytes::Bytes;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -31,8 +32,16 @@ pub(super) enum Note {
     Dead(Vec<i64>),
 }
 
+/// Positions announced by the other nodes, and when the oldest notice not yet read arrived.
+#[derive(Debug, Default)]
+pub(super) struct Announced {
+    pub(super) heads: Positions,
+    /// Taken by the reader when it starts reading (for the stage timings).
+    pub(super) first: Option<Heard>,
+}
+
 /// Parses a payload; `None` for this node's own notices and for garbage.
-fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> Option<Note> {
+fn parse(me: NodeId, payload: &str, heads: &Mutex<Announced>, wake: &Notify) -> Option<Note> {
     let (kind, rest) = payload.split_once(' ')?;
     let (node, rest) = rest.split_once(' ').unwrap_or((rest, ""));
     let node = i64::from_str_radix(node, 16).ok()?;
@@ -48,7 +57,12 @@ fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> 
             for slot in p.0.iter_mut() {
                 *slot = it.next()?.parse().ok()?;
             }
-            heads.lock().unwrap_or_else(|e| e.into_inner()).raise(&p);
+            // The sender's commit time, if it sends one (see `super::stages`).
+            let stamp = it.next().and_then(|t| t.parse().ok());
+            let mut a = heads.lock().unwrap_or_else(|e| e.into_inner());
+            a.heads.raise(&p);
+            a.first.get_or_insert_with(|| Heard::now(stamp));
+            drop(a);
             wake.notify_one();
             None
         }
@@ -88,7 +102,7 @@ fn parse(me: NodeId, payload: &str, heads: &Mutex<Positions>, wake: &Notify) -> 
 pub(super) async fn listen_loop(
     pool: PgPool,
     me: NodeId,
-    heads: Arc<Mutex<Positions>>,
+    heads: Arc<Mutex<Announced>>,
     wake: Arc<Notify>,
     inbox: mpsc::Sender<Note>,
     dropped: Arc<AtomicBool>,

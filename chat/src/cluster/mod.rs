@@ -72,6 +72,7 @@ mod presence;
 mod presence_read;
 mod reconciler;
 mod scrub;
+mod stages;
 mod store_feed;
 #[cfg(test)]
 mod tests;

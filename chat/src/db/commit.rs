@@ -252,7 +252,9 @@ async fn run(
         if let Some(hook) = hook.get() {
             hook.started();
         }
+        let started = std::time::Instant::now();
         let applied = db.apply_batch(ops).await;
+        let us = started.elapsed().as_micros() as u64;
         if let Some(hook) = hook.get() {
             match &applied {
                 Ok(results) => hook.settled(
@@ -293,7 +295,7 @@ async fn run(
                 }
             }
         }
-        debug!(ops = n, "group commit");
+        debug!(ops = n, us, "group commit");
         if let Err(e) = db.restart_wal_if_large().await {
             debug!("WAL restart: {e}");
         }
