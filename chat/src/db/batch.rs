@@ -323,7 +323,14 @@ impl Db {
                 // or link meanwhile) is skipped and answered alone: a unique violation would
                 // fail the whole chunk, other users' messages too. Any other constraint
                 // failure is rolled back on its own (to the savepoint); the transaction goes on.
-                savepoint(tx).await?;
+                // On PostgreSQL the statement cannot raise one (its numbers were reserved under
+                // the batch lock, no column is NULL, `messages` has no foreign key or check), so
+                // it runs without the savepoint's two round trips: were it to fail after all,
+                // the batch fails and its clients send again (nothing was acknowledged).
+                let guarded = matches!(tx, Tx::Sqlite(_));
+                if guarded {
+                    savepoint(tx).await?;
+                }
                 let r: Result<Vec<i64>, sqlx::Error> = match tx {
                     Tx::Sqlite(c) => {
                         let sql = format!(
@@ -351,7 +358,7 @@ impl Db {
                 let inserted = match r {
                     Ok(rows) => rows,
                     Err(e) => {
-                        if !statement_only(&e) {
+                        if !guarded || !statement_only(&e) {
                             return Err(e.into());
                         }
                         roll_back(tx).await?;
@@ -361,7 +368,9 @@ impl Db {
                         continue;
                     }
                 };
-                release(tx).await?;
+                if guarded {
+                    release(tx).await?;
+                }
                 let inserted: HashSet<i64> = inserted.into_iter().collect();
                 for (i, m) in chunk {
                     out[*i] = Some(if inserted.contains(&m.seq) {
