@@ -11,12 +11,50 @@ use sqlx::PgConnection;
 /// Most rows per statement (a batch holds at most `commit::MAX_BATCH` ops).
 pub(in crate::db) const ROWS: usize = 2048;
 
-/// Inserts `rows` (already numbered) with one statement and returns the seqs of the rows
-/// stored: a row whose id is already stored is skipped (answered alone by the caller). The
-/// caller runs it in a savepoint (another constraint violation fails these rows, not the batch).
-pub(in crate::db) async fn insert_messages(
+/// The batch's insert of new messages (arguments `$1`–`$6`: one array per column).
+macro_rules! insert_sql {
+    () => {
+        "INSERT INTO messages (seq, id, sender, recipient, at, body) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+         $6::text[]) ON CONFLICT (id) DO NOTHING RETURNING seq"
+    };
+}
+
+/// The acknowledgement, its arguments named by the caller (so it can follow the insert's six
+/// in one statement): the ids, the recipients, this node, how far this node has passed.
+macro_rules! ack_sql {
+    ($ids:literal, $recipients:literal, $node:literal, $passed:literal) => {
+        concat!(
+            "UPDATE messages AS m SET pending = 0, body = CASE WHEN (m.origin = ",
+            $node,
+            " OR m.seq <= ",
+            $passed,
+            ") AND NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node <> ",
+            $node,
+            " AND n.node <> m.origin AND COALESCE(n.fed_messages, 0) < m.seq) \
+             THEN '' ELSE m.body END FROM UNNEST(",
+            $ids,
+            "::text[], ",
+            $recipients,
+            "::text[]) AS a (id, recipient) \
+             WHERE m.id = a.id AND m.recipient = a.recipient AND m.pending <> 0"
+        )
+    };
+}
+
+/// Inserts `rows` (already numbered) and returns the seqs of the rows stored: a row whose id is
+/// already stored is skipped (answered alone by the caller). The acknowledgements `acks` (as
+/// [`ack_messages`]) go in the same statement, as a data-modifying `WITH`: each of a batch's
+/// round trips costs a wake-up of the writer task and of the backend. The `WITH` runs on the
+/// statement's snapshot, so it does not see the messages this same statement inserts; none of
+/// them can be acknowledged yet (a message reaches its recipient only after its batch
+/// committed), and an acknowledgement of a message not stored yet does nothing, as before.
+pub(in crate::db) async fn insert_messages_acking(
     c: &mut PgConnection,
     rows: &[(usize, StoredMessage)],
+    acks: &[(usize, String, String)],
+    node: i64,
+    passed: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let seqs: Vec<i64> = rows.iter().map(|(_, m)| m.seq).collect();
     let ids: Vec<&str> = rows.iter().map(|(_, m)| m.id.as_str()).collect();
@@ -24,19 +62,30 @@ pub(in crate::db) async fn insert_messages(
     let recipients: Vec<&str> = rows.iter().map(|(_, m)| m.recipient.as_str()).collect();
     let ats: Vec<i64> = rows.iter().map(|(_, m)| m.at).collect();
     let bodies: Vec<&str> = rows.iter().map(|(_, m)| m.text.as_str()).collect();
-    let stored: Vec<(i64,)> = sqlx::query_as(
-        "INSERT INTO messages (seq, id, sender, recipient, at, body) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-         $6::text[]) ON CONFLICT (id) DO NOTHING RETURNING seq",
-    )
-    .bind(seqs)
-    .bind(ids)
-    .bind(senders)
-    .bind(recipients)
-    .bind(ats)
-    .bind(bodies)
-    .fetch_all(c)
-    .await?;
+    let q = if acks.is_empty() {
+        sqlx::query_as(insert_sql!())
+    } else {
+        sqlx::query_as(concat!(
+            "WITH acked AS (",
+            ack_sql!("$7", "$8", "$9", "$10"),
+            ") ",
+            insert_sql!()
+        ))
+    };
+    let q = q
+        .bind(seqs)
+        .bind(ids)
+        .bind(senders)
+        .bind(recipients)
+        .bind(ats)
+        .bind(bodies);
+    let q = if acks.is_empty() {
+        q
+    } else {
+        let (ack_ids, ack_recipients) = ack_columns(acks);
+        q.bind(ack_ids).bind(ack_recipients).bind(node).bind(passed)
+    };
+    let stored: Vec<(i64,)> = q.fetch_all(c).await?;
     Ok(stored.into_iter().map(|(seq,)| seq).collect())
 }
 
@@ -56,22 +105,14 @@ pub(in crate::db) async fn ack_messages(
     node: i64,
     passed: i64,
 ) -> Result<u64, sqlx::Error> {
-    let ids: Vec<&str> = acks.iter().map(|(_, id, _)| id.as_str()).collect();
-    let recipients: Vec<&str> = acks.iter().map(|(_, _, r)| r.as_str()).collect();
-    let r = sqlx::query(
-        "UPDATE messages AS m SET pending = 0, body = CASE \
-         WHEN (m.origin = $3 OR m.seq <= $4) AND NOT EXISTS (SELECT 1 FROM cluster_nodes n \
-         WHERE n.node <> $3 AND n.node <> m.origin AND COALESCE(n.fed_messages, 0) < m.seq) \
-         THEN '' ELSE m.body END \
-         FROM UNNEST($1::text[], $2::text[]) AS a (id, recipient) \
-         WHERE m.id = a.id AND m.recipient = a.recipient AND m.pending <> 0",
-    )
-    .bind(ids)
-    .bind(recipients)
-    .bind(node)
-    .bind(passed)
-    .execute(c)
-    .await?;
+    let (ids, recipients) = ack_columns(acks);
+    let r = sqlx::query(ack_sql!("$1", "$2", "$3", "$4"))
+        .bind(ids)
+        .bind(recipients)
+        .bind(node)
+        .bind(passed)
+        .execute(c)
+        .await?;
     Ok(r.rows_affected())
 }
 
@@ -88,4 +129,11 @@ pub(in crate::db) async fn receipts_delivered(
     .execute(c)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// The acknowledgements' id and recipient columns.
+fn ack_columns(acks: &[(usize, String, String)]) -> (Vec<&str>, Vec<&str>) {
+    acks.iter()
+        .map(|(_, id, r)| (id.as_str(), r.as_str()))
+        .unzip()
 }

@@ -418,6 +418,8 @@ mod commit_status_tests;
 mod frozen_node_tests;
 #[cfg(test)]
 mod held_commit_tests;
+#[cfg(test)]
+mod partial_index_tests;
 
 #[cfg(test)]
 mod tests {
