@@ -17,6 +17,9 @@ async fn start_servers(registration_open: bool, max_file_size: u64) -> System {
         .relay(move |config| {
             config.max_file_size = max_file_size;
             config.min_free = 0;
+            // Every load connection comes from this machine (as msim-load's own relay runs):
+            // the smoke run's 40 concurrent transfers take 80 connections.
+            config.max_connections_per_address = 0;
         })
         .chat(move |config| {
             config.registration_open = registration_open;
