@@ -229,6 +229,12 @@ fn generated_body(size: u64) -> BoxBody {
 
 /// Signs a pair of tokens for a new transfer.
 pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
+    tokens_declaring(keyring, id, size, true)
+}
+
+/// [`tokens`]; `declare: false` leaves the SHA-256 out (an offer of §10.7, whose upload may
+/// ask the relay not to hash).
+fn tokens_declaring(keyring: &Keyring, id: &str, size: u64, declare: bool) -> (String, String) {
     let expires = msim_shared::timestamp::now().unix_timestamp() as u64 + 3600;
     let sender = sender();
     let cap = |direction| Capability {
@@ -236,7 +242,7 @@ pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
         direction,
         size,
         // The relay checks every upload against it (422 on a mismatch).
-        sha256: Some(content::sha256(size)),
+        sha256: declare.then(|| content::sha256(size)),
         sender: sender.clone(),
         max_downloads: None,
         expires,
@@ -291,7 +297,8 @@ pub async fn relayed_hashing(
     hash: bool,
 ) -> Result<f64> {
     let id = new_id();
-    let (up, down) = tokens(keyring, &id, size);
+    // A relay checks (so hashes) an upload whose token declares a SHA-256, skip or not.
+    let (up, down) = tokens_declaring(keyring, &id, size, hash);
     let mut uploader = Http::connect(addr).await?;
     let mut downloader = Http::connect(addr).await?;
     uploader.skip_hash = !hash;
