@@ -26,7 +26,7 @@ mod source_hash;
 use crate::backoff::Backoff;
 use crate::error::ClientError;
 use file_io::PartFile;
-use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, UPLOAD_OFFSET};
+use msim_shared::relay_http::{MSIM_COMPLETE, MSIM_SHA256, MSIM_SHA256_SKIP, UPLOAD_OFFSET};
 use msim_shared::tls::rustls::ClientConfig;
 use receive::{receive_held, receive_streamed};
 use relay_http::{empty, error_status, header_text, header_u64, request, send, target, Target};
@@ -220,7 +220,9 @@ enum Source<'a> {
 
 /// [`upload`], hashing the file from the bytes it reads for the upload (one pass over the
 /// file): [`UploadReport::source_sha256`] is the SHA-256 to declare for an offer made without
-/// one (PROTOCOL.md §10.7). Compare it with [`UploadReport::sha256`], what the relay stored.
+/// one (PROTOCOL.md §10.7). The relay is asked not to hash it (`Msim-Sha256: skip`, §11.3):
+/// the recipient checks its download against the declared hash, so [`UploadReport::sha256`]
+/// is `None` unless a relay that ignores the request reports one anyway.
 pub async fn upload_hashing(
     transfer: &Transfer,
     path: &Path,
@@ -379,6 +381,7 @@ async fn upload_from(
     hash: Option<SourceHash>,
 ) -> Result<Step, ClientError> {
     let len = size - offset.min(size);
+    let skip_relay_hash = hash.is_some();
     let mut done = offset;
     if let Some(p) = progress {
         p(done, size);
@@ -414,6 +417,11 @@ async fn upload_from(
         .header(header::CONTENT_TYPE, "application/octet-stream");
     if offset > 0 {
         builder = builder.header(UPLOAD_OFFSET, offset);
+    }
+    if skip_relay_hash {
+        // The sender hashes what it sends and declares it (§10.7): the relay's SHA-256 would
+        // check nothing the recipient does not.
+        builder = builder.header(MSIM_SHA256, MSIM_SHA256_SKIP);
     }
     let req = builder
         .body(body)

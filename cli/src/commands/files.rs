@@ -169,6 +169,8 @@ pub async fn send_file(
         }
         (None, None) => bail!("the upload did not report the file's SHA-256"),
     };
+    // A hashing upload asks the relay not to hash (§11.3), so only a relay that ignores that
+    // (or an upload of an offer with `sha256`) reports one to compare.
     if let Some(relay_sha) = &report.sha256 {
         if !relay_sha.eq_ignore_ascii_case(&sha256) {
             // The relay stored something else than we sent: nobody should get it.

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use msim_shared::relay_http::{MSIM_SHA256, UPLOAD_LENGTH, UPLOAD_OFFSET};
+use msim_shared::relay_http::{MSIM_SHA256, MSIM_SHA256_SKIP, UPLOAD_LENGTH, UPLOAD_OFFSET};
 use msim_shared::token::Capability;
-use msim_storage::{BlobSink, BlobWriter, NewBlob, StoreError};
+use msim_storage::{BlobSink, BlobWriter, Hashing, NewBlob, StoreError};
 
 use super::responses::{empty, full, header_str, hv, store_refusal, text, Answer, Body, Refuse};
 use super::State;
@@ -52,6 +52,20 @@ impl Storing {
     }
 }
 
+/// How an upload request asks to be hashed: `Msim-Sha256: skip` (PROTOCOL.md §11.3) spares
+/// the relay the SHA-256 of a transfer whose token declares none; any other request is hashed.
+fn requested_hashing(headers: &http::HeaderMap) -> Hashing {
+    let skip = headers.get(MSIM_SHA256).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(MSIM_SHA256_SKIP.as_bytes())
+    });
+    if skip {
+        Hashing::OnlyToCheck
+    } else {
+        Hashing::Always
+    }
+}
+
 /// PUT (offset `None`: the whole file from 0) or PATCH (continue at `offset`).
 pub(super) async fn upload(
     state: &Arc<State>,
@@ -85,6 +99,7 @@ pub(super) async fn upload(
                 "Content-Length required",
             )
         })?;
+    let hashing = requested_hashing(req.headers());
     let start = offset.unwrap_or(0);
     if offset.is_none() && len != size {
         let (status, r) = if len > size {
@@ -110,7 +125,7 @@ pub(super) async fn upload(
     // (one index statement when the transfer is new) and falls back to the lookup below.
     let mut fresh = None;
     if offset.is_none() {
-        fresh = create_upload(state, &cap).await?;
+        fresh = create_upload(state, &cap, hashing).await?;
     }
     if fresh.is_none() {
         match state.store.info(&id).await {
@@ -140,7 +155,7 @@ pub(super) async fn upload(
                     state.metrics.refuse(Refusal::Conflict);
                     return Ok(r);
                 }
-                fresh = create_upload(state, &cap).await?;
+                fresh = create_upload(state, &cap, hashing).await?;
             }
             Err(e) => return Err(store_refusal(e)),
         }
@@ -155,7 +170,11 @@ pub(super) async fn upload(
     };
     let writer = match fresh {
         Some(w) => w,
-        None => state.store.writer(&id).await.map_err(busy)?,
+        None => state
+            .store
+            .writer_hashing(&id, hashing)
+            .await
+            .map_err(busy)?,
     };
     if writer.offset() != start {
         let mut r = text(
@@ -214,7 +233,13 @@ pub(super) async fn upload(
     let storing = match storing {
         Storing::Direct(writer, bufs) if completes => {
             let sha = writer.finish_with(bufs).await.map_err(store_refusal)?;
-            return Ok(completed(state, &id, size, offset.is_none(), &sha));
+            return Ok(completed(
+                state,
+                &id,
+                size,
+                offset.is_none(),
+                sha.as_deref(),
+            ));
         }
         other => other,
     };
@@ -243,16 +268,23 @@ pub(super) async fn upload(
         return Ok(r);
     }
     let sha = writer.finish().await.map_err(store_refusal)?;
-    Ok(completed(state, &id, size, offset.is_none(), &sha))
+    Ok(completed(
+        state,
+        &id,
+        size,
+        offset.is_none(),
+        sha.as_deref(),
+    ))
 }
 
 /// The answer to the request that completed an upload (`201` for a `PUT`, `200` for a
-/// `PATCH`).
-fn completed(state: &State, id: &str, size: u64, put: bool, sha: &str) -> Response<Body> {
+/// `PATCH`); `sha` is `None` for an upload not hashed (`Msim-Sha256: skip`).
+fn completed(state: &State, id: &str, size: u64, put: bool, sha: Option<&str>) -> Response<Body> {
     Metrics::add(&state.metrics.uploads_completed, 1);
-    tracing::info!(%id, size, sha256 = %sha, "upload complete");
+    tracing::info!(%id, size, sha256 = sha.unwrap_or("-"), "upload complete");
+    let sha_json = sha.map_or_else(|| "null".to_owned(), |s| format!("\"{s}\""));
     let mut r = Response::new(full(format!(
-        "{{\"transfer_id\":\"{id}\",\"size\":{size},\"sha256\":\"{sha}\"}}\n"
+        "{{\"transfer_id\":\"{id}\",\"size\":{size},\"sha256\":{sha_json}}}\n"
     )));
     *r.status_mut() = if put {
         StatusCode::CREATED
@@ -264,7 +296,9 @@ fn completed(state: &State, id: &str, size: u64, put: bool, sha: &str) -> Respon
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(MSIM_SHA256, header_str(sha));
+    if let Some(sha) = sha {
+        h.insert(MSIM_SHA256, header_str(sha));
+    }
     h.insert(UPLOAD_OFFSET, hv(size));
     h.insert(UPLOAD_LENGTH, hv(size));
     r
@@ -273,17 +307,24 @@ fn completed(state: &State, id: &str, size: u64, put: bool, sha: &str) -> Respon
 /// Create the blob of `cap` with its writer; `None` when it exists already (created by an
 /// earlier or concurrent request). Downloads waiting for it are woken once the writer is
 /// attached.
-async fn create_upload(state: &Arc<State>, cap: &Capability) -> Result<Option<BlobWriter>, Refuse> {
+async fn create_upload(
+    state: &Arc<State>,
+    cap: &Capability,
+    hashing: Hashing,
+) -> Result<Option<BlobWriter>, Refuse> {
     let expires = state.store.now().saturating_add(state.config.ttl.as_secs());
     let created = state
         .store
-        .create_writer(NewBlob {
-            id: cap.transfer_id.clone(),
-            size: cap.size,
-            expires,
-            sender: cap.sender.clone(),
-            sha256: cap.sha256.clone(),
-        })
+        .create_writer_hashing(
+            NewBlob {
+                id: cap.transfer_id.clone(),
+                size: cap.size,
+                expires,
+                sender: cap.sender.clone(),
+                sha256: cap.sha256.clone(),
+            },
+            hashing,
+        )
         .await;
     match created {
         Ok(w) => {

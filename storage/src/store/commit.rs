@@ -26,7 +26,8 @@ struct PendingCommit {
     id: String,
     /// The shard directory it was renamed into.
     dir: PathBuf,
-    sha256: String,
+    /// `None` when the upload was not hashed.
+    sha256: Option<String>,
     /// Whether the index row was still there (not swept or cancelled meanwhile).
     done: tokio::sync::oneshot::Sender<std::result::Result<bool, String>>,
 }
@@ -36,14 +37,14 @@ impl BlobStore {
     /// (durably); what is left is marking it complete in the index. Completions arriving at
     /// about the same time share one index statement.
     /// Returns `false` if the index row is gone (swept or cancelled meanwhile).
-    pub(super) async fn commit_complete(&self, id: &str, sha256: &str) -> Result<bool> {
+    pub(super) async fn commit_complete(&self, id: &str, sha256: Option<&str>) -> Result<bool> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
             let mut q = self.inner.commits.lock().unwrap_or_else(|e| e.into_inner());
             q.pending.push(PendingCommit {
                 id: id.to_owned(),
                 dir: self.inner.layout.shard_dir(id),
-                sha256: sha256.to_owned(),
+                sha256: sha256.map(str::to_owned),
                 done: tx,
             });
             !std::mem::replace(&mut q.running, true)
@@ -108,9 +109,9 @@ impl BlobStore {
 
     /// The index statement of [`Self::commit_group`].
     async fn commit_rows(&self, group: &[PendingCommit]) -> Result<HashSet<String>> {
-        let group: Vec<(&str, &str)> = group
+        let group: Vec<(&str, Option<&str>)> = group
             .iter()
-            .map(|p| (p.id.as_str(), p.sha256.as_str()))
+            .map(|p| (p.id.as_str(), p.sha256.as_deref()))
             .collect();
         self.inner.index.commit_complete(self.now(), &group).await
     }

@@ -351,12 +351,12 @@ impl Index {
         Ok(())
     }
 
-    /// Mark a group of `(id, sha256)` complete in one statement on the durable connection;
-    /// returns the ids whose rows were there.
+    /// Mark a group of `(id, sha256)` complete in one statement on the durable connection
+    /// (`None`: not hashed, no SHA-256 stored); returns the ids whose rows were there.
     pub async fn commit_complete(
         &self,
         now: u64,
-        group: &[(&str, &str)],
+        group: &[(&str, Option<&str>)],
     ) -> Result<HashSet<String>> {
         let mut sql =
             String::from("UPDATE blobs SET state = 1, last_progress = ?1, sha256 = CASE id");

@@ -36,7 +36,7 @@ pub use config::{
 pub use layout::{blob_file, shard_of, SHARDS};
 pub use reader::BlobReader;
 pub use sink::{BlobSink, SharedBudget};
-pub use writer::BlobWriter;
+pub use writer::{BlobWriter, Hashing};
 
 use commit::CommitQueue;
 use index::{unsigned, Admission, Index};

@@ -401,7 +401,7 @@ async fn writes_dropped_midway_leave_the_index_consistent_and_writable() {
             .await
             .expect("next write");
         let done = index
-            .commit_complete(store.now(), &[(&format!("n{polls}"), "00")])
+            .commit_complete(store.now(), &[(&format!("n{polls}"), Some("00"))])
             .await
             .expect("durable write");
         assert_eq!(done.len(), 1);

@@ -23,6 +23,23 @@ const PARALLEL_HASH_MIN: u64 = 128 << 10;
 /// little left to flush (and dirty pages do not pile up).
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// Whether a writer hashes what it stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hashing {
+    /// Hash every byte: the completed blob has a SHA-256 (checked against a declared one).
+    Always,
+    /// Hash only a blob with a declared SHA-256 (which must be checked); a blob without one
+    /// completes without a SHA-256, and a resumed writer does not read its stored prefix back.
+    OnlyToCheck,
+}
+
+impl Hashing {
+    /// A fresh hasher when a blob declaring `declared` is to be hashed.
+    fn hasher(self, declared: Option<&str>) -> Option<Sha256> {
+        (self == Hashing::Always || declared.is_some()).then(Sha256::new)
+    }
+}
+
 impl BlobStore {
     /// Become the one writer of `id` (a new live entry starts at offset 0); `Busy` if another
     /// writer is attached. The guard releases the claim when dropped.
@@ -43,6 +60,15 @@ impl BlobStore {
     /// watermark, sender quota, in that order) and open its writer at offset 0, in one index
     /// statement and one file-system step.
     pub async fn create_writer(&self, new: NewBlob) -> Result<BlobWriter> {
+        self.create_writer_hashing(new, Hashing::Always).await
+    }
+
+    /// [`BlobStore::create_writer`], hashing as `hashing` says.
+    pub async fn create_writer_hashing(
+        &self,
+        new: NewBlob,
+        hashing: Hashing,
+    ) -> Result<BlobWriter> {
         self.insert(&new).await?;
         let id = new.id.as_str();
         let (live, guard) = self.claim_writer(id)?;
@@ -77,7 +103,7 @@ impl BlobStore {
         Ok(BlobWriter {
             guard,
             part: Some(part),
-            hasher: Some(Sha256::new()),
+            hasher: hashing.hasher(new.sha256.as_deref()),
             offset: 0,
             size: new.size,
             sha256: new.sha256,
@@ -89,6 +115,12 @@ impl BlobStore {
     /// Open a writer appending at the current offset (0 for a fresh upload, the stored length
     /// for a resumed one; the prefix is re-hashed so the final SHA-256 covers the whole file).
     pub async fn writer(&self, id: &str) -> Result<BlobWriter> {
+        self.writer_hashing(id, Hashing::Always).await
+    }
+
+    /// [`BlobStore::writer`], hashing as `hashing` says (a writer that does not hash leaves
+    /// the stored prefix unread).
+    pub async fn writer_hashing(&self, id: &str, hashing: Hashing) -> Result<BlobWriter> {
         let (info, last_progress) = self.live_row(id).await?;
         if info.complete {
             return Err(StoreError::AlreadyComplete);
@@ -98,30 +130,35 @@ impl BlobStore {
         let (live, guard) = self.claim_writer(id)?;
         let size = info.size;
         let direct = self.writes_direct(size);
-        let opened = tokio::task::spawn_blocking(move || -> io::Result<(PartFile, Sha256, u64)> {
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&part2)?;
-            let len = f.metadata()?.len();
-            if len > size {
-                f.set_len(size)?;
-            }
-            let len = len.min(size);
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; REHASH_CHUNK];
-            let mut left = len;
-            while left > 0 {
-                let n = usize::try_from(left.min(REHASH_CHUNK as u64)).unwrap_or(REHASH_CHUNK);
-                f.read_exact(&mut buf[..n])?;
-                hasher.update(&buf[..n]);
-                left -= n as u64;
-            }
-            // Appends continue at `len` (positional writes).
-            Ok((PartFile::new(f, &part2, len, direct)?, hasher, len))
-        })
-        .await
-        .map_err(io::Error::other)?;
+        let hasher = hashing.hasher(info.sha256.as_deref());
+        let opened =
+            tokio::task::spawn_blocking(move || -> io::Result<(PartFile, Option<Sha256>, u64)> {
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&part2)?;
+                let len = f.metadata()?.len();
+                if len > size {
+                    f.set_len(size)?;
+                }
+                let len = len.min(size);
+                let mut hasher = hasher;
+                if let Some(hasher) = hasher.as_mut() {
+                    let mut buf = vec![0u8; REHASH_CHUNK];
+                    let mut left = len;
+                    while left > 0 {
+                        let n =
+                            usize::try_from(left.min(REHASH_CHUNK as u64)).unwrap_or(REHASH_CHUNK);
+                        f.read_exact(&mut buf[..n])?;
+                        hasher.update(&buf[..n]);
+                        left -= n as u64;
+                    }
+                }
+                // Appends continue at `len` (positional writes).
+                Ok((PartFile::new(f, &part2, len, direct)?, hasher, len))
+            })
+            .await
+            .map_err(io::Error::other)?;
         let (part, hasher, offset) = match opened {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
@@ -140,7 +177,7 @@ impl BlobStore {
         Ok(BlobWriter {
             guard,
             part: Some(part),
-            hasher: Some(hasher),
+            hasher,
             offset,
             size,
             sha256: info.sha256,
@@ -207,14 +244,8 @@ impl PartFile {
 
     /// [`PartFile::write`] and hash: where the writes are direct, each block is hashed right
     /// after it is copied into the staging buffer, while it is in the CPU cache. Blocking.
-    fn write_hashed(&mut self, bufs: &[Bytes], hasher: &mut Sha256) -> io::Result<()> {
-        direct::write(
-            &self.file,
-            &mut self.direct,
-            self.written,
-            bufs,
-            Some(hasher),
-        )?;
+    fn write_hashed(&mut self, bufs: &[Bytes], hasher: Option<&mut Sha256>) -> io::Result<()> {
+        direct::write(&self.file, &mut self.direct, self.written, bufs, hasher)?;
         self.wrote(bufs);
         Ok(())
     }
@@ -253,9 +284,11 @@ fn publish_verified(live: &LiveUpload, at: u64, bufs: &[Bytes], written: u64) {
     });
 }
 
-fn hash(mut hasher: Sha256, bufs: &[Bytes]) -> Sha256 {
-    for b in bufs {
-        hasher.update(b);
+fn hash(mut hasher: Option<Sha256>, bufs: &[Bytes]) -> Option<Sha256> {
+    if let Some(h) = hasher.as_mut() {
+        for b in bufs {
+            h.update(b);
+        }
     }
     hasher
 }
@@ -265,6 +298,8 @@ fn hash(mut hasher: Sha256, bufs: &[Bytes]) -> Sha256 {
 pub struct BlobWriter {
     guard: WriterGuard,
     part: Option<PartFile>,
+    /// `None` for a writer that does not hash ([`Hashing::OnlyToCheck`] without a declared
+    /// SHA-256).
     hasher: Option<Sha256>,
     pub(super) offset: u64,
     pub(super) size: u64,
@@ -300,11 +335,12 @@ impl BlobWriter {
         if n == 0 {
             return Ok(());
         }
-        let (Some(mut part), Some(hasher)) = (self.part.take(), self.hasher.take()) else {
+        let Some(mut part) = self.part.take() else {
             return Err(writer_failed());
         };
+        let hasher = self.hasher.take();
         let at = part.written;
-        let (part, hasher, bufs) = if n >= PARALLEL_HASH_MIN {
+        let (part, hasher, bufs) = if n >= PARALLEL_HASH_MIN && hasher.is_some() {
             // Hashing and writing in parallel: a large batch costs the slower of the two (the
             // direct write of a large upload waits for the disk while the other thread hashes).
             let shared = bufs.clone();
@@ -321,7 +357,7 @@ impl BlobWriter {
         } else {
             let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
                 let mut hasher = hasher;
-                let res = part.write_hashed(&bufs, &mut hasher);
+                let res = part.write_hashed(&bufs, hasher.as_mut());
                 (part, hasher, bufs, res)
             })
             .await
@@ -338,7 +374,7 @@ impl BlobWriter {
         live.tx.send_modify(|p| p.written = written);
         self.offset = written;
         self.part = Some(part);
-        self.hasher = Some(hasher);
+        self.hasher = hasher;
         self.touch().await
     }
 
@@ -354,8 +390,8 @@ impl BlobWriter {
     }
     /// Complete the upload: check the size and declared SHA-256 (a mismatch discards the
     /// blob), fsync, rename to `.blob`, fsync the directory, mark complete. Returns the
-    /// lowercase hex SHA-256.
-    pub async fn finish(self) -> Result<String> {
+    /// lowercase hex SHA-256 (`None` from a writer that does not hash).
+    pub async fn finish(self) -> Result<Option<String>> {
         self.finish_with(Vec::new()).await
     }
 
@@ -366,7 +402,7 @@ impl BlobWriter {
     /// directory and the index update (shared with
     /// completions finishing at about the same time) run side by side. Returns only once the completion is durable. If `bufs` do not
     /// complete the blob they are appended and [`StoreError::Incomplete`] is returned.
-    pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<String> {
+    pub async fn finish_with(mut self, bufs: Vec<Bytes>) -> Result<Option<String>> {
         self.check_alive()?;
         let n: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         if n > self.size - self.offset {
@@ -379,9 +415,10 @@ impl BlobWriter {
                 size: self.size,
             });
         }
-        let (Some(mut part), Some(hasher)) = (self.part.take(), self.hasher.take()) else {
+        let Some(mut part) = self.part.take() else {
             return Err(writer_failed());
         };
+        let hasher = self.hasher.take();
         let store = self.guard.store.clone();
         let id = self.guard.id.clone();
         let (part_path, blob_path) = (store.part_path(&id), store.blob_path(&id));
@@ -389,7 +426,7 @@ impl BlobWriter {
         let live = self.guard.live.clone();
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
         let stored = tokio::task::spawn_blocking(
-            move || -> io::Result<std::result::Result<String, String>> {
+            move || -> io::Result<std::result::Result<Option<String>, String>> {
                 let at = part.written;
                 let mut hasher = hasher;
                 let mut pushed = false;
@@ -401,9 +438,13 @@ impl BlobWriter {
                     pushed = publish_unverified(&live, at, &bufs, part.written);
                     hasher = hash(hasher, &bufs);
                 }
-                let actual = hex::encode(hasher.finalize());
-                if expected.as_ref().is_some_and(|e| *e != actual) {
-                    return Ok(Err(actual));
+                let actual = hasher.map(|h| hex::encode(h.finalize()));
+                if let Some(expected) = &expected {
+                    // A writer of a blob with a declared SHA-256 always hashes.
+                    let actual = actual.clone().unwrap_or_default();
+                    if *expected != actual {
+                        return Ok(Err(actual));
+                    }
                 }
                 // Whole and checked: followers may have every byte now, while the fsyncs and
                 // the commit make it durable (they do not wait for those, as they do not
@@ -429,7 +470,7 @@ impl BlobWriter {
             }
         };
         self.offset = self.size;
-        if !store.commit_complete(&id, &actual).await? {
+        if !store.commit_complete(&id, actual.as_deref()).await? {
             // Swept or cancelled meanwhile.
             store.live_end(&id, Phase::Gone);
             store.remove_files(&id).await?;

@@ -80,7 +80,7 @@ async fn odd_batches_resume_and_reopen(dir: &Path) {
         .finish_with(vec![Bytes::copy_from_slice(&rest[split..])])
         .await
         .unwrap();
-    assert_eq!(sha, hex(&body));
+    assert_eq!(sha, Some(hex(&body)));
     assert_eq!(follow.await.unwrap(), body[at - 10..]);
     assert_eq!(read_all(&store, "d").await, body);
     store.close().await;

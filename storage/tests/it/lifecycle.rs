@@ -93,7 +93,7 @@ async fn partial_is_not_complete_after_restart_and_resumes() {
         .await
         .unwrap();
     // The hash covers the prefix written before the restart.
-    assert_eq!(w.finish().await.unwrap(), declared);
+    assert_eq!(w.finish().await.unwrap(), Some(declared));
     assert_eq!(read_all(&store, "p").await, body);
 }
 
@@ -383,7 +383,7 @@ async fn concurrent_completions_are_grouped_durable_and_visible_after_restart() 
             ));
             continue;
         }
-        assert_eq!(res.unwrap(), hex(&body));
+        assert_eq!(res.unwrap(), Some(hex(&body)));
         // Visible as complete as soon as finish returns.
         let info = store.info(&id).await.unwrap();
         assert!(info.complete);

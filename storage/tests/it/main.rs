@@ -4,4 +4,5 @@ mod direct;
 mod lifecycle;
 mod store_support;
 mod streaming;
+mod unhashed;
 mod verified;

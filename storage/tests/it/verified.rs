@@ -72,7 +72,7 @@ async fn a_follower_gets_a_small_checked_upload_whole() {
     // The way a small upload completes: its buffers are written, checked and committed in
     // one step.
     let bufs = body.chunks(65_536).map(Bytes::copy_from_slice).collect();
-    assert_eq!(w.finish_with(bufs).await.unwrap(), hex(&body));
+    assert_eq!(w.finish_with(bufs).await.unwrap(), Some(hex(&body)));
     assert_eq!(follower.await.unwrap(), body);
     assert_eq!(read_all(&store, "p").await, body);
 }

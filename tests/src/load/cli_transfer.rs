@@ -266,21 +266,30 @@ pub async fn run_cli_transfer(
         })
         .collect::<Result<_>>()?;
     let big_file = big.clone();
-    let run = tokio::task::spawn_blocking(move || -> Result<(Duration, Duration, Vec<f64>)> {
+    let relay_pid = relay_server.pid();
+    // The relay's CPU time over the large file's whole run (upload, downloads read back by a
+    // recipient that falls behind): what the real path costs, unlike the relay alone below.
+    type Run = (Duration, Duration, Option<f64>, Vec<f64>);
+    let run = tokio::task::spawn_blocking(move || -> Result<Run> {
         let mut receiver = start_receiver(&users, &out)?;
         // Picture 0 warms up (and shows that the recipient's receive is logged in); not
         // counted.
         let (first, rest) = pictures.split_first().context("pictures")?;
         send_one(&users, &mut receiver, &first.0, &first.1)?;
+        let cpu_before = procs::cpu_seconds(relay_pid);
         let (big_e2e, big_sender) = send_one(&users, &mut receiver, &big_file, &big_sha)?;
+        let big_cpu = cpu_before
+            .zip(procs::cpu_seconds(relay_pid))
+            .map(|(before, after)| after - before);
         let mut samples = Vec::with_capacity(rest.len());
         for (path, sha) in rest {
             let (e2e, _) = send_one(&users, &mut receiver, path, sha)?;
             samples.push(e2e.as_secs_f64());
         }
-        Ok((big_e2e, big_sender, samples))
+        Ok((big_e2e, big_sender, big_cpu, samples))
     });
-    let (big_e2e, big_sender, mut samples) = run.await??;
+    let (big_e2e, big_sender, big_cpu, mut samples) = run.await??;
+    let per_gb = |secs: f64| secs / (size as f64 / 1e9);
     let _ = std::fs::remove_file(&big);
     let gb = |bytes_per_sec: f64| bytes_per_sec / 1e9;
     let e2e_rate = size as f64 / big_e2e.as_secs_f64();
@@ -323,8 +332,38 @@ pub async fn run_cli_transfer(
         "ms",
     );
 
+    if let Some(cpu) = big_cpu {
+        report.add_ratio(
+            "cli-transfer",
+            &format!("relay CPU per relayed GB, {} MiB via msim", size >> 20),
+            per_gb(cpu),
+            "core-s/GB",
+            None,
+            Some("<= 1.0"),
+        );
+    }
+
     eprintln!("== the same relay alone: one {} MiB transfer", size >> 20);
+    let cpu_before = relay_server.cpu_seconds();
     let alone = relay::relayed(relay_server.addr, &keyring, size).await?;
+    if let Some((before, after)) = cpu_before.zip(relay_server.cpu_seconds()) {
+        report.add(
+            "cli-transfer",
+            "relay CPU per relayed GB, relay alone",
+            per_gb(after - before),
+            "core-s/GB",
+        );
+    }
+    let cpu_before = relay_server.cpu_seconds();
+    relay::relayed_hashing(relay_server.addr, &keyring, size, false).await?;
+    if let Some((before, after)) = cpu_before.zip(relay_server.cpu_seconds()) {
+        report.add(
+            "cli-transfer",
+            "relay CPU per relayed GB, relay alone, Msim-Sha256: skip",
+            per_gb(after - before),
+            "core-s/GB",
+        );
+    }
     report.add_ratio(
         "cli-transfer",
         "relay alone, download while uploading",

@@ -25,6 +25,10 @@ const CHUNK: usize = 1 << 20;
 pub struct Http {
     sender: SendRequest<BoxBody>,
     host: String,
+    /// Uploads carry `Msim-Sha256: skip` (PROTOCOL.md §11.3), as `msim send-file` does for
+    /// large files; downloads then accept an answer without `Msim-Sha256` (every byte is
+    /// checked against the generated content all the same).
+    pub skip_hash: bool,
 }
 
 impl Http {
@@ -39,6 +43,7 @@ impl Http {
         Ok(Http {
             sender,
             host: addr.to_string(),
+            skip_hash: false,
         })
     }
 
@@ -50,6 +55,7 @@ impl Http {
         len: Option<u64>,
         body: BoxBody,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let skip_hash = self.skip_hash && method == Method::PUT;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -57,6 +63,9 @@ impl Http {
             .header("authorization", format!("Bearer {token}"));
         if let Some(len) = len {
             req = req.header("content-length", len);
+        }
+        if skip_hash {
+            req = req.header("msim-sha256", "skip");
         }
         self.sender.ready().await?;
         Ok(self.sender.send_request(req.body(body)?).await?)
@@ -111,7 +120,8 @@ impl Http {
             }
         }
         let want = content::sha256(got);
-        if declared.as_deref() != Some(want.as_str()) {
+        let unhashed = self.skip_hash && declared.is_none();
+        if !unhashed && declared.as_deref() != Some(want.as_str()) {
             bail!("download {id}: Msim-Sha256 {declared:?}, the file's SHA-256 is {want}");
         }
         Ok(got)
@@ -219,6 +229,12 @@ fn generated_body(size: u64) -> BoxBody {
 
 /// Signs a pair of tokens for a new transfer.
 pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
+    tokens_declaring(keyring, id, size, true)
+}
+
+/// [`tokens`]; `declare: false` leaves the SHA-256 out (an offer of §10.7, whose upload may
+/// ask the relay not to hash).
+fn tokens_declaring(keyring: &Keyring, id: &str, size: u64, declare: bool) -> (String, String) {
     let expires = msim_shared::timestamp::now().unix_timestamp() as u64 + 3600;
     let sender = sender();
     let cap = |direction| Capability {
@@ -226,7 +242,7 @@ pub fn tokens(keyring: &Keyring, id: &str, size: u64) -> (String, String) {
         direction,
         size,
         // The relay checks every upload against it (422 on a mismatch).
-        sha256: Some(content::sha256(size)),
+        sha256: declare.then(|| content::sha256(size)),
         sender: sender.clone(),
         max_downloads: None,
         expires,
@@ -270,10 +286,23 @@ fn uuid_like() -> String {
 
 /// One transfer of `size` bytes, downloaded while it is uploaded; bytes/s end to end.
 pub async fn relayed(addr: SocketAddr, keyring: &Keyring, size: u64) -> Result<f64> {
+    relayed_hashing(addr, keyring, size, true).await
+}
+
+/// [`relayed`]; `hash: false` asks the relay not to hash the upload (`Msim-Sha256: skip`).
+pub async fn relayed_hashing(
+    addr: SocketAddr,
+    keyring: &Keyring,
+    size: u64,
+    hash: bool,
+) -> Result<f64> {
     let id = new_id();
-    let (up, down) = tokens(keyring, &id, size);
+    // A relay checks (so hashes) an upload whose token declares a SHA-256, skip or not.
+    let (up, down) = tokens_declaring(keyring, &id, size, hash);
     let mut uploader = Http::connect(addr).await?;
     let mut downloader = Http::connect(addr).await?;
+    uploader.skip_hash = !hash;
+    downloader.skip_hash = !hash;
     let start = Instant::now();
     let mut upload = {
         let id = id.clone();
@@ -286,6 +315,7 @@ pub async fn relayed(addr: SocketAddr, keyring: &Keyring, size: u64) -> Result<f
                 Ok(n) => break anyhow::Ok(n),
                 Err(_) if start.elapsed() < Duration::from_secs(10) => {
                     downloader = Http::connect(addr).await?;
+                    downloader.skip_hash = !hash;
                     tokio::task::yield_now().await;
                 }
                 Err(e) => return Err(e),

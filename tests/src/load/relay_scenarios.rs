@@ -159,6 +159,30 @@ pub async fn run_relay(
             "core-s/GB",
         );
     }
+    eprintln!(
+        "== one {} MiB transfer relayed while uploading, Msim-Sha256: skip",
+        size >> 20
+    );
+    let cpu_before = relay_cpu();
+    let unhashed = relay::relayed_hashing(addr, &keyring, size, false).await?;
+    report.add_ratio(
+        "relay",
+        "single transfer, Msim-Sha256: skip",
+        gib(unhashed),
+        "GB/s",
+        Some(("loopback TCP", gib(loopback))),
+        None,
+    );
+    if let (Some(before), Some(after)) = (cpu_before, relay_cpu()) {
+        report.add_ratio(
+            "relay",
+            "relay CPU per relayed GB, Msim-Sha256: skip",
+            per_gb(after - before),
+            "core-s/GB",
+            None,
+            Some("<= 1.0"),
+        );
+    }
     eprintln!("== upload alone, then stored download");
     let (up, down) = relay::upload_then_download(addr, &keyring, size).await?;
     report.add_ratio(
