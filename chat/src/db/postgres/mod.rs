@@ -54,6 +54,13 @@ pub(crate) const SERVER_KEEPALIVES: [(&str, &str); 4] = [
     ("tcp_user_timeout", "30000"),
 ];
 
+/// The writer's statements touch rows by key (a batch's ids and recipients, at most a few
+/// thousand): nested loops over the unique indexes. Planned early in a run, while the tables'
+/// statistics still change, an acknowledgement was sometimes planned as a hash join over a
+/// sequential scan of `messages` and kept that plan for the connection's life (45–65 ms per
+/// batch instead of about 1: the slow mode of the eighth session's bimodal benchmark runs).
+const WRITER_PLANNER: [(&str, &str); 2] = [("enable_hashjoin", "off"), ("enable_mergejoin", "off")];
+
 /// The options of every connection: `synchronous_commit = on` whatever the server's default,
 /// [`IDLE_IN_TRANSACTION`], [`LOCK_TIMEOUT`], [`STATEMENT_TIMEOUT`] and
 /// [`SERVER_KEEPALIVES`].
@@ -205,7 +212,7 @@ impl Db {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(opts.options(WRITER_PLANNER))
             .await?;
         // Rows of writers gone for a day (a live writer's batch updates its row; a live
         // writer idle that long whose row goes finds it missing: see `lock_batch_marked`).
