@@ -114,6 +114,23 @@ async fn throttle_wait(
     }
 }
 
+/// Which turn a login attempt without a trusted device waits for (cluster only): the login's,
+/// or, from an address known for it, that address's own. When the database cannot tell, the
+/// login's.
+async fn turn_key(ctx: &Ctx<'_>, gate: &Gate<'_>, login: &str, ip: std::net::IpAddr) -> String {
+    let Some(shared) = gate.shared else {
+        return login.to_owned();
+    };
+    match shared.throttle.is_known(login, ip, ctx.now()).await {
+        Ok(true) => format!("{login} {ip}"),
+        Ok(false) => login.to_owned(),
+        Err(e) => {
+            warn!("shared login throttle: {e}");
+            login.to_owned()
+        }
+    }
+}
+
 /// Records a failed (`ok == false`) or successful attempt without a trusted device, on this
 /// node and in the shared counters.
 async fn throttle_record(
@@ -221,8 +238,14 @@ pub(crate) async fn connect_continue(
     // In a cluster, this login's guesses on this node take turns from the shared throttle's
     // check to its record (one node's own throttle has no await in between).
     // Bounded: a flood of guesses for the login is answered `throttled`, not queued for.
+    // An address known for the login takes turns apart (attack 4, L1): strangers' guesses
+    // never delay the user's own addresses (SECURITY.md, "Login hardening").
     let _turn = match (device, gate.shared) {
-        (None, Some(shared)) => match shared.checks.turn(&login).await {
+        (None, Some(shared)) => match shared
+            .checks
+            .turn(&turn_key(ctx, gate, &login, ip).await)
+            .await
+        {
             Some(turn) => Some(turn),
             None => {
                 info!(peer = %gate.peer, "login check queue full or slow: throttled");

@@ -82,8 +82,9 @@ async fn a_burst_of_parallel_guesses_gets_at_most_one_check_per_node() {
 /// table locked by an operator's transaction). Before, every guess queued for the login's turn
 /// without bound, and the owner's correct login waited behind them until the database came
 /// back (15 s of `lock_timeout` per stuck check). Now at most 8 checks hold or wait for one
-/// login's turn on a node, each at most 3 s: the rest, the owner included, are answered
-/// `throttled retry-after=1` at once, and the owner logs in as soon as the database answers.
+/// login's turn on a node, each at most 3 s: the rest, the owner included (here at an address
+/// he never logged in from, a new device), are answered `throttled retry-after=1` at once, and
+/// the owner logs in as soon as the database answers.
 #[tokio::test]
 async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
     use sqlx::Connection;
@@ -91,7 +92,8 @@ async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
         return;
     };
     let n = nodes(&url, 1, &[]).await;
-    let owner: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+    let known: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+    let owner: IpAddr = Ipv4Addr::new(127, 0, 0, 9).into();
     drop(n[0].user("bob").await);
     let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 5).into();
     let mut guesses = Vec::new();
@@ -169,11 +171,74 @@ async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
         .filter(|a| matches!(a, Ok(l) if field(l, "reason").as_deref() == Some("throttled")))
         .count();
     assert_eq!(throttled, 19, "{answers:?}");
-    // The database answers again: the owner logs in.
+    // The database answers again: the owner logs in (from his known address: the guess
+    // that was checked now slows every new one).
     sqlx::query("COMMIT")
         .execute(&mut slow)
         .await
         .expect("commit");
-    let mut c = Client::connect_from(n[0].addr, owner).await;
+    let mut c = Client::connect_from(n[0].addr, known).await;
     c.login("bob", PASSWORD).await;
+}
+
+/// Attack 4, L1: the login's turn was keyed by the login alone, so a flood of guesses that
+/// filled it (8 checks holding or waiting for the turn) got the owner `throttled` even from an
+/// address he had logged in from, which SECURITY.md promises strangers never slow. Now a
+/// known address takes turns apart. The guesses' checks are held up by an uncommitted row of
+/// the login's failure count (their record waits for it); the owner's check does not touch it.
+#[tokio::test]
+async fn a_flood_of_guesses_does_not_delay_the_owner_at_a_known_address() {
+    use sqlx::Connection;
+    let Some(url) = database("throttle known address").await else {
+        return;
+    };
+    let n = nodes(&url, 1, &[]).await;
+    let known: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+    drop(n[0].user("bob").await);
+    let mut blocker = sqlx::PgConnection::connect(&url).await.expect("connection");
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    // The login's count of failures from unknown addresses (scope 2), not yet committed.
+    sqlx::query(
+        "INSERT INTO cluster_login_failures (scope, key, failures, last_us, expires_us) \
+         VALUES (2, 'bob', 0, 0, 9223372036854775807)",
+    )
+    .execute(&mut blocker)
+    .await
+    .expect("insert");
+    let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 6).into();
+    let mut guesses = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect_from(n[0].addr, attacker).await;
+        c.send("CONNECT login=bob").await;
+        c.expect("CONNECT-ACK").await;
+        guesses.push(c);
+    }
+    let wrong = "0".repeat(64);
+    for c in &mut guesses {
+        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
+    }
+    // 12 are refused at once (8 hold or wait for the turn: one holds it, waiting for the row).
+    let answers = futures::future::join_all(
+        guesses
+            .iter_mut()
+            .map(|c| tokio::time::timeout(Duration::from_secs(1), c.expect("CONNECT-FAILED"))),
+    )
+    .await;
+    let throttled = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(l) if field(l, "reason").as_deref() == Some("throttled")))
+        .count();
+    assert_eq!(throttled, 12, "the turn's queue is full: {answers:?}");
+    // The owner, from his known address, while the queue is full.
+    let mut owner = Client::connect_from(n[0].addr, known).await;
+    tokio::time::timeout(Duration::from_secs(2), owner.login("bob", PASSWORD))
+        .await
+        .expect("the owner at a known address is not queued behind the guesses");
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("rollback");
 }
