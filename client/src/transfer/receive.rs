@@ -47,6 +47,17 @@ impl<'a> Reporter<'a> {
             self.at = Instant::now();
         }
     }
+
+    /// No frame came for [`REPORT_EVERY`]: report what arrived since the last report, so a
+    /// sender that stalls mid-way shows all its bytes, not all but the last few KiB.
+    fn quiet(&mut self, done: u64) {
+        let Some(p) = self.progress else { return };
+        if done > self.reported {
+            p(done, self.total);
+            self.reported = done;
+            self.at = Instant::now();
+        }
+    }
 }
 
 /// Refuses a frame of `n` bytes that would take the download past the declared `size`.
@@ -61,16 +72,23 @@ fn check_room(size: u64, done: u64, n: usize) -> Result<(), ClientError> {
 }
 
 /// The next data of `body` (`None` at its end), or [`ClientError::Paused`] once `pause` is
-/// cancelled (checked first, so a fast body cannot keep a pause waiting).
+/// cancelled (checked first, so a fast body cannot keep a pause waiting). While no frame
+/// comes, `reporter` reports the `done` bytes it has not reported yet.
 async fn next_data(
     body: &mut hyper::body::Incoming,
     pause: Option<&CancellationToken>,
+    reporter: &mut Reporter<'_>,
+    done: u64,
 ) -> Result<Option<Bytes>, ClientError> {
     loop {
         let frame = tokio::select! {
             biased;
             () = paused(pause) => return Err(ClientError::Paused),
             f = body.frame() => f,
+            () = tokio::time::sleep(REPORT_EVERY) => {
+                reporter.quiet(done);
+                continue;
+            }
         };
         let Some(frame) = frame else {
             return Ok(None);
@@ -96,7 +114,7 @@ pub(super) async fn receive_held(
     let mut held = 0usize;
     let mut reporter = Reporter::new(progress.as_ref(), total, *done);
     let received = async {
-        while let Some(data) = next_data(&mut body, pause).await? {
+        while let Some(data) = next_data(&mut body, pause, &mut reporter, *done).await? {
             check_room(size, *done, data.len())?;
             held += data.len();
             if held > file_io::IO_UNIT {
@@ -133,7 +151,7 @@ pub(super) async fn receive_streamed(
     let mut batched = 0usize;
     let mut reporter = Reporter::new(progress.as_ref(), total, *done);
     let received: Result<(), ClientError> = async {
-        while let Some(data) = next_data(&mut body, pause).await? {
+        while let Some(data) = next_data(&mut body, pause, &mut reporter, *done).await? {
             check_room(size, *done, data.len())?;
             *done += data.len() as u64;
             batched += data.len();

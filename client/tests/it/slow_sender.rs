@@ -12,10 +12,12 @@ use msim_testkit::{pseudo_random_bytes, sha256_hex, System};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Sends the first `first` bytes of an upload, waits until the receiver has reported at
-/// least `seen` bytes of progress (it cannot on the old code, where a streamed body reported
-/// per 1 MiB and a held one not at all), then the rest; checks the download's bytes.
-async fn progress_flows_while_the_sender_is_slow(size: usize, first: usize, seen: u64) {
+/// Sends the first `first` bytes of an upload, waits until the receiver has reported all of
+/// them (it could not on the code of attack 3, where a streamed body reported per 1 MiB and a
+/// held one not at all; nor later, when the last bytes before a stall, under 64 KiB since the
+/// last report, were reported only once more bytes came), then the rest; checks the download.
+async fn progress_flows_while_the_sender_is_slow(size: usize, first: usize) {
+    let seen = first as u64;
     let srv = tokio::task::spawn_blocking(|| {
         System::builder()
             .relays(1)
@@ -101,10 +103,10 @@ async fn progress_flows_while_the_sender_is_slow(size: usize, first: usize, seen
 
 #[tokio::test]
 async fn a_streamed_download_reports_progress_before_a_whole_write_batch() {
-    progress_flows_while_the_sender_is_slow(3 << 20, 300 << 10, 256 << 10).await;
+    progress_flows_while_the_sender_is_slow(3 << 20, 300 << 10).await;
 }
 
 #[tokio::test]
 async fn a_held_download_reports_progress_as_bytes_arrive() {
-    progress_flows_while_the_sender_is_slow(512 << 10, 200 << 10, 128 << 10).await;
+    progress_flows_while_the_sender_is_slow(512 << 10, 200 << 10).await;
 }
