@@ -67,6 +67,7 @@ mod listener;
 pub(crate) mod login_checks;
 mod mirror;
 pub(crate) mod nodes;
+mod outbox;
 mod own;
 mod presence;
 mod presence_read;
