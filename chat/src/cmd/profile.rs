@@ -44,9 +44,21 @@ pub(crate) async fn update(ctx: &Ctx<'_>, me: Me<'_>, reply: Reply<'_>, r: Profi
         Ok(Outcome::OldProfile(old)) => old,
         Ok(_) | Err(_) => return reply.send(fail(ProfileFailure::StorageError)),
     };
-    reply.send(ProfileUpdateOk {}.to_packet());
     let name_changed = name.as_ref().filter(|n| **n != old.name);
     let note_changed = note.as_ref().filter(|n| **n != old.note);
+    // The pushes go out (and remote watchers' items are queued) before the answer: a
+    // message the user sends next must not overtake the change it follows.
+    push_change(ctx, login, name_changed, note_changed).await;
+    reply.send(ProfileUpdateOk {}.to_packet());
+}
+
+/// Tells `login`'s watchers, local and remote, what changed in its profile.
+async fn push_change(
+    ctx: &Ctx<'_>,
+    login: &str,
+    name_changed: Option<&String>,
+    note_changed: Option<&String>,
+) {
     if name_changed.is_none() && note_changed.is_none() {
         return;
     }
