@@ -47,9 +47,10 @@ struct Slot {
 pub(crate) trait Remote: Send + Sync + 'static {
     /// Whether `login` has a session on another node.
     fn online_elsewhere(&self, login: &str) -> bool;
-    /// Hands a live-only packet to `login`'s sessions on the other nodes. (Stored items
-    /// reach them through the store, by sequence number.)
-    fn publish(&self, login: &str, bytes: &Bytes);
+    /// Hands a live-only packet to `login`'s sessions on the other nodes: at once when it is
+    /// known online there, else once the cluster knows whether it just logged in there
+    /// (`cluster::mirror`). (Stored items reach them through the store, by sequence number.)
+    fn offer(&self, login: &str, bytes: &Bytes);
 }
 
 /// The session registry.
@@ -116,6 +117,13 @@ impl Hub {
         self.is_local(login) || self.remote.get().is_some_and(|r| r.online_elsewhere(login))
     }
 
+    /// Whether a live packet for the user may reach a session: one on this node, or, in a
+    /// cluster, maybe one on another (the mirror of the other nodes lags their logins; see
+    /// [`Remote::offer`]). Pushes are skipped only when this is false.
+    pub(crate) fn may_reach(&self, login: &str) -> bool {
+        self.remote.get().is_some() || self.is_local(login)
+    }
+
     /// Whether the user has a live session on this node.
     pub(crate) fn is_local(&self, login: &str) -> bool {
         self.lock().contains_key(login)
@@ -163,8 +171,8 @@ impl Hub {
     /// also goes to the user's sessions on the other nodes of a cluster.
     pub(crate) fn send_item(&self, login: &str, except: Option<u64>, item: &Item) -> usize {
         if item.seq.is_none() {
-            if let Some(r) = self.remote.get().filter(|r| r.online_elsewhere(login)) {
-                r.publish(login, &item.bytes);
+            if let Some(r) = self.remote.get() {
+                r.offer(login, &item.bytes);
             }
         }
         self.deliver_local(login, except, item)
@@ -231,7 +239,7 @@ impl Hub {
 
     /// Sends a packet to every session of `login`.
     pub(crate) fn send_packet(&self, login: &str, p: &Packet) -> usize {
-        if !self.is_online(login) {
+        if !self.may_reach(login) {
             return 0;
         }
         self.send(login, &encode(p))

@@ -383,13 +383,14 @@ impl Reader {
             Some((seen, recheck)) => (Some(seen.as_str()), recheck.as_slice()),
             None => (None, &[][..]),
         };
+        let read_at = std::time::Instant::now();
         let read = super::nodes::presence_since(&self.pool, self.me, since, recheck);
         match within(self.statement, read).await {
             Ok(read) => {
                 let full = read.logins.is_none();
                 match read.logins {
-                    None => self.mirror.replace(read.rows),
-                    Some(logins) => self.mirror.update(&logins, read.rows),
+                    None => self.mirror.replace(read.rows, read_at),
+                    Some(logins) => self.mirror.update(&logins, read.rows, read_at),
                 }
                 cursor.done(read.snapshot, full);
             }

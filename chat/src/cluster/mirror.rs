@@ -2,58 +2,242 @@
 //! the presence notifications, and from `cluster_presence`: all of it when the listener
 //! (re)connects, the logins changed since the last read on every poll tick (see
 //! `fanout::Reader`, `nodes::presence_since`).
+//!
+//! The mirror lags a login elsewhere by a notification's trip, so a live-only packet for a
+//! user it does not show online is not dropped at once: it waits (bounded) until the login's
+//! note arrives, or until a read of the table that started after the packet was offered says
+//! the user is offline. A session reads its login state (open presence requests, contacts)
+//! only after its presence row is committed (`session::login`), so a change made on this node
+//! after that read is always either pushed or, being older, in that read.
 
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Instant;
 
-/// Who is online on the other nodes: login → nodes.
-#[derive(Debug, Default)]
-pub(crate) struct Mirror(Mutex<HashMap<String, HashSet<i64>>>);
+/// Most packets waiting for the mirror to learn whether their user is online elsewhere.
+const MAX_WAITING: usize = 16_384;
+/// Most bytes of them (beyond either bound a packet is dropped as before: only the
+/// just-logged-in user can miss it, until its next login).
+const MAX_WAITING_BYTES: usize = 4 << 20;
+
+/// Hands a live packet to the other nodes (`Outbox::live`).
+pub(crate) type Publish = Box<dyn Fn(&str, &Bytes) + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    /// login → nodes.
+    online: HashMap<String, HashSet<i64>>,
+    /// login → packets offered while it was not known online, with when.
+    waiting: HashMap<String, Vec<(Instant, Bytes)>>,
+    waiting_count: usize,
+    waiting_bytes: usize,
+}
+
+/// Who is online on the other nodes: login → nodes; and the packets waiting to know.
+pub(crate) struct Mirror {
+    state: Mutex<State>,
+    publish: Publish,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mirror")
+    }
+}
 
 impl Mirror {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<i64>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn new(publish: Publish) -> Mirror {
+        Mirror {
+            state: Mutex::default(),
+            publish,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn online(&self, login: &str) -> bool {
-        self.lock().contains_key(login)
+        self.lock().online.contains_key(login)
+    }
+
+    /// A live-only packet for `login`'s sessions on the other nodes: published now if the
+    /// mirror shows it online there, else kept until the mirror knows (see the module doc).
+    /// Decided under the lock that the notes take too, so a packet never overtakes one that
+    /// waited.
+    pub(crate) fn offer(&self, login: &str, bytes: &Bytes) {
+        let mut s = self.lock();
+        if s.online.contains_key(login) {
+            (self.publish)(login, bytes);
+            return;
+        }
+        if s.waiting_count >= MAX_WAITING || s.waiting_bytes + bytes.len() > MAX_WAITING_BYTES {
+            return;
+        }
+        s.waiting_count += 1;
+        s.waiting_bytes += bytes.len();
+        s.waiting
+            .entry(login.to_owned())
+            .or_default()
+            .push((Instant::now(), bytes.clone()));
     }
 
     pub(super) fn set(&self, login: &str, node: i64, on: bool) {
-        let mut m = self.lock();
+        let mut s = self.lock();
         if on {
-            m.entry(login.to_owned()).or_default().insert(node);
-        } else if let Some(nodes) = m.get_mut(login) {
+            s.online.entry(login.to_owned()).or_default().insert(node);
+            self.release(&mut s, login);
+        } else if let Some(nodes) = s.online.get_mut(login) {
             nodes.remove(&node);
             if nodes.is_empty() {
-                m.remove(login);
+                s.online.remove(login);
             }
         }
     }
 
     pub(super) fn drop_nodes(&self, dead: &[i64]) {
-        self.lock().retain(|_, nodes| {
+        self.lock().online.retain(|_, nodes| {
             nodes.retain(|n| !dead.contains(n));
             !nodes.is_empty()
         });
     }
 
-    /// Replaces what is known of `logins` with `rows` (theirs).
-    pub(super) fn update(&self, logins: &[String], rows: Vec<(String, i64)>) {
-        let mut m = self.lock();
+    /// Replaces what is known of `logins` with `rows` (theirs), from a read of the table
+    /// that started at `read_at`.
+    pub(super) fn update(&self, logins: &[String], rows: Vec<(String, i64)>, read_at: Instant) {
+        let mut s = self.lock();
         for login in logins {
-            m.remove(login);
+            s.online.remove(login);
         }
         for (login, node) in rows {
-            m.entry(login).or_default().insert(node);
+            s.online.entry(login).or_default().insert(node);
         }
+        self.settle(&mut s, read_at);
     }
 
-    pub(super) fn replace(&self, rows: Vec<(String, i64)>) {
+    /// Replaces everything with `rows`, read from the table from `read_at` on.
+    pub(super) fn replace(&self, rows: Vec<(String, i64)>, read_at: Instant) {
         let mut m = HashMap::<String, HashSet<i64>>::new();
         for (login, node) in rows {
             m.entry(login).or_default().insert(node);
         }
-        *self.lock() = m;
+        let mut s = self.lock();
+        s.online = m;
+        self.settle(&mut s, read_at);
+    }
+
+    /// After a read that started at `read_at`: the waiting packets of users now online go;
+    /// those offered before the read, of users still offline, are dropped (the read saw every
+    /// login committed before they were offered).
+    fn settle(&self, s: &mut State, read_at: Instant) {
+        let online: Vec<String> = s
+            .waiting
+            .keys()
+            .filter(|l| s.online.contains_key(*l))
+            .cloned()
+            .collect();
+        for login in online {
+            self.release(s, &login);
+        }
+        let (mut count, mut bytes) = (0, 0);
+        s.waiting.retain(|_, packets| {
+            packets.retain(|(at, _)| *at >= read_at);
+            count += packets.len();
+            bytes += packets.iter().map(|(_, b)| b.len()).sum::<usize>();
+            !packets.is_empty()
+        });
+        s.waiting_count = count;
+        s.waiting_bytes = bytes;
+    }
+
+    /// Publishes `login`'s waiting packets, in the order they were offered.
+    fn release(&self, s: &mut State, login: &str) {
+        if let Some(packets) = s.waiting.remove(login) {
+            s.waiting_count -= packets.len();
+            for (_, b) in packets {
+                s.waiting_bytes -= b.len();
+                (self.publish)(login, &b);
+            }
+        }
+    }
+
+    /// Packets waiting (tests).
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().waiting_count
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a failed step is a failed test.
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// What the mirror published.
+    type Sent = Arc<Mutex<Vec<(String, Bytes)>>>;
+
+    fn mirror() -> (Mirror, Sent) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let m = Mirror::new(Box::new(move |l: &str, b: &Bytes| {
+            sink.lock().unwrap().push((l.to_owned(), b.clone()));
+        }));
+        (m, out)
+    }
+
+    fn sent(out: &Mutex<Vec<(String, Bytes)>>) -> Vec<(String, Bytes)> {
+        std::mem::take(&mut *out.lock().unwrap())
+    }
+
+    #[test]
+    fn a_packet_for_a_user_not_known_online_waits_for_the_login_note() {
+        let (m, out) = mirror();
+        m.offer("alice", &Bytes::from("one\n"));
+        m.offer("alice", &Bytes::from("two\n"));
+        assert!(sent(&out).is_empty());
+        m.set("alice", 7, true);
+        let got: Vec<_> = sent(&out).into_iter().map(|(_, b)| b).collect();
+        assert_eq!(got, vec![Bytes::from("one\n"), Bytes::from("two\n")]);
+        // Known online now: straight through.
+        m.offer("alice", &Bytes::from("three\n"));
+        assert_eq!(sent(&out).len(), 1);
+        assert_eq!(m.waiting(), 0);
+    }
+
+    #[test]
+    fn a_read_that_started_after_the_offer_decides() {
+        let (m, out) = mirror();
+        let before = Instant::now();
+        m.offer("bob", &Bytes::from("x\n"));
+        m.offer("carol", &Bytes::from("y\n"));
+        // A read from before the offers cannot say bob is offline: the packets stay.
+        m.update(&["bob".into()], vec![], before);
+        assert_eq!(m.waiting(), 2);
+        // A later read: carol logged in meanwhile (her packet goes), bob did not (dropped).
+        let after = Instant::now();
+        m.update(
+            &["bob".into(), "carol".into()],
+            vec![("carol".into(), 3)],
+            after,
+        );
+        assert_eq!(sent(&out), vec![("carol".to_owned(), Bytes::from("y\n"))]);
+        assert_eq!(m.waiting(), 0);
+    }
+
+    #[test]
+    fn waiting_packets_are_bounded() {
+        let (m, _out) = mirror();
+        let big = Bytes::from(vec![b'x'; 1 << 20]);
+        for _ in 0..10 {
+            m.offer("dave", &big);
+        }
+        assert_eq!(m.waiting(), 4);
+        let (m, _out) = mirror();
+        for i in 0..MAX_WAITING + 10 {
+            m.offer(&format!("u{i}"), &Bytes::from("z\n"));
+        }
+        assert_eq!(m.waiting(), MAX_WAITING);
     }
 }

@@ -245,7 +245,6 @@ pub(crate) enum Event {
 /// The hub's view of the other nodes.
 struct RemoteNodes {
     mirror: Arc<mirror::Mirror>,
-    outbox: Arc<fanout::Outbox>,
 }
 
 impl crate::hub::Remote for RemoteNodes {
@@ -253,8 +252,8 @@ impl crate::hub::Remote for RemoteNodes {
         self.mirror.online(login)
     }
 
-    fn publish(&self, login: &str, bytes: &bytes::Bytes) {
-        self.outbox.live(login, bytes)
+    fn offer(&self, login: &str, bytes: &bytes::Bytes) {
+        self.mirror.offer(login, bytes)
     }
 }
 
@@ -264,6 +263,8 @@ pub(crate) struct Cluster {
     pool: PgPool,
     outbox: Arc<fanout::Outbox>,
     presence: Arc<presence::Presence>,
+    #[cfg_attr(not(test), allow(dead_code))] // the tests look at its waiting packets
+    mirror: Arc<mirror::Mirror>,
     statement: Duration,
     leadership: leader::Leadership,
     stop: CancellationToken,
@@ -316,11 +317,13 @@ impl Cluster {
         nodes::register(&pool, node, name).await?;
         info!(node = %node, "joined the cluster");
         let stop = CancellationToken::new();
-        let mirror = Arc::new(mirror::Mirror::default());
         let (outbox, outbox_rx) = fanout::Outbox::new(node);
+        let publish = outbox.clone();
+        let mirror = Arc::new(mirror::Mirror::new(Box::new(move |login, bytes| {
+            publish.live(login, bytes)
+        })));
         hub.set_remote(Arc::new(RemoteNodes {
             mirror: mirror.clone(),
-            outbox: outbox.clone(),
         }));
         let leadership = leader::Leadership::default();
         let presence = Arc::new(presence::Presence::new(
@@ -339,7 +342,7 @@ impl Cluster {
             me: node,
             hub: hub.clone(),
             feed,
-            mirror,
+            mirror: mirror.clone(),
             poll: timing.poll,
             fed: fed.clone(),
             start,
@@ -404,6 +407,7 @@ impl Cluster {
                 pool,
                 outbox,
                 presence,
+                mirror,
                 statement,
                 leadership,
                 stop,
@@ -478,6 +482,11 @@ impl Cluster {
 
 #[cfg(test)]
 impl Cluster {
+    /// Live packets waiting to learn whether their user is online elsewhere.
+    pub(crate) fn waiting_pushes(&self) -> usize {
+        self.mirror.waiting()
+    }
+
     /// Dies like a killed process: tasks aborted mid-flight, connections dropped, no
     /// deregistration.
     pub(crate) async fn crash(self) {

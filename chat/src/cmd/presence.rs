@@ -31,7 +31,7 @@ pub(crate) async fn announce(ctx: &Ctx<'_>, login: &str, online: bool) {
             return;
         }
     };
-    if watchers.iter().all(|o| !ctx.hub.is_online(o)) {
+    if watchers.iter().all(|o| !ctx.hub.may_reach(o)) {
         return;
     }
     let addr = ctx.addr(login);

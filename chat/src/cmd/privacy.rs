@@ -36,7 +36,7 @@ fn push(ctx: &Ctx<'_>, subject: &str, viewer: &str, presence: Presence) {
 /// it may now see it: the current one when visible, else `presence=` (hidden) — unless
 /// `gained`, for a change that can only have made it visible (nothing to clear then).
 pub(crate) async fn refresh(ctx: &Ctx<'_>, subject: &str, viewer: &str, gained: bool) {
-    if !ctx.hub.is_online(viewer) || !ctx.db.has_contact(viewer, subject).await.unwrap_or(false) {
+    if !ctx.hub.may_reach(viewer) || !ctx.db.has_contact(viewer, subject).await.unwrap_or(false) {
         return;
     }
     let visible = match ctx.db.can_see_presence(subject, viewer).await {

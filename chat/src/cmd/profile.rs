@@ -76,7 +76,7 @@ async fn push_change(
     let addr = ctx.addr(login);
     for (owner, defaulted) in watchers {
         // Users this user blocked get nothing from them.
-        if !ctx.hub.is_online(&owner) || ctx.blocks.is_blocked(login, &owner) {
+        if !ctx.hub.may_reach(&owner) || ctx.blocks.is_blocked(login, &owner) {
             continue;
         }
         let mut rec = ContactUpdate::new(addr.clone());

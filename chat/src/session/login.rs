@@ -43,15 +43,17 @@ impl Session<'_> {
             login: login.clone(),
             id,
         });
+        // In a cluster, "first session" means first on any node (decided in the database).
+        // Decided before the backlog is read: once the row is committed, a change another
+        // node makes after this session's reads is pushed here (`cluster::mirror`).
+        let first = match &sh.cluster {
+            Some(cluster) if first => cluster.session_opened(&login).await,
+            _ => first,
+        };
         // The presence announcement goes to the watchers, the backlog to this session: neither
         // waits for the other's database reads, so they run side by side and the requests
         // queued behind the login (a `send-file`'s offer) are reached one read sooner.
         let announce = async {
-            // In a cluster, "first session" means first on any node (decided in the database).
-            let first = match &sh.cluster {
-                Some(cluster) if first => cluster.session_opened(&login).await,
-                _ => first,
-            };
             if first {
                 presence::announce(&ctx, &login, true).await;
             }

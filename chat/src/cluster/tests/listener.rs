@@ -5,7 +5,7 @@ use super::repair::Stopped;
 use super::*;
 
 /// The backends of `node`'s listener sessions other than `stopped`.
-async fn listener_pids(pool: &PgPool, node: NodeId, stopped: &[u32]) -> Vec<u32> {
+pub(super) async fn listener_pids(pool: &PgPool, node: NodeId, stopped: &[u32]) -> Vec<u32> {
     let pids: Vec<i32> =
         sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
             .bind(nodes::listener_name(node))

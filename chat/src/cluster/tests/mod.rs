@@ -587,6 +587,7 @@ mod idle_cost;
 mod in_doubt;
 mod in_doubt_writer;
 mod listener;
+mod live_after_login;
 mod presence_dup;
 mod presence_future_xid;
 mod presence_online;
