@@ -15,11 +15,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Most packets waiting for the mirror to learn whether their user is online elsewhere.
-const MAX_WAITING: usize = 16_384;
+/// Most packets waiting for the mirror to learn whether their user is online elsewhere (a
+/// second of a busy node's copies for its senders' other sessions fits).
+const MAX_WAITING: usize = 32_768;
 /// Most bytes of them (beyond either bound a packet is dropped as before: only the
 /// just-logged-in user can miss it, until its next login).
-const MAX_WAITING_BYTES: usize = 4 << 20;
+const MAX_WAITING_BYTES: usize = 8 << 20;
+/// Most packets waiting for one user (one busy user does not take the others' room).
+const MAX_WAITING_PER_USER: usize = 256;
 
 /// Hands a live packet to the other nodes (`Outbox::live`).
 pub(crate) type Publish = Box<dyn Fn(&str, &Bytes) + Send + Sync>;
@@ -75,12 +78,16 @@ impl Mirror {
         if s.waiting_count >= MAX_WAITING || s.waiting_bytes + bytes.len() > MAX_WAITING_BYTES {
             return;
         }
+        let entry = (Instant::now(), bytes.clone());
+        match s.waiting.get_mut(login) {
+            Some(packets) if packets.len() >= MAX_WAITING_PER_USER => return,
+            Some(packets) => packets.push(entry),
+            None => {
+                s.waiting.insert(login.to_owned(), vec![entry]);
+            }
+        }
         s.waiting_count += 1;
         s.waiting_bytes += bytes.len();
-        s.waiting
-            .entry(login.to_owned())
-            .or_default()
-            .push((Instant::now(), bytes.clone()));
     }
 
     pub(super) fn set(&self, login: &str, node: i64, on: bool) {
@@ -229,14 +236,22 @@ mod tests {
     #[test]
     fn waiting_packets_are_bounded() {
         let (m, _out) = mirror();
-        let big = Bytes::from(vec![b'x'; 1 << 20]);
-        for _ in 0..10 {
-            m.offer("dave", &big);
+        for _ in 0..MAX_WAITING_PER_USER + 10 {
+            m.offer("erin", &Bytes::from("w\n"));
         }
-        assert_eq!(m.waiting(), 4);
+        assert_eq!(m.waiting(), MAX_WAITING_PER_USER);
+        let (m, _out) = mirror();
+        let big = Bytes::from(vec![b'x'; 1 << 20]);
+        for i in 0..10 {
+            m.offer(&format!("dave{i}"), &big);
+        }
+        assert_eq!(m.waiting(), 8);
         let (m, _out) = mirror();
         for i in 0..MAX_WAITING + 10 {
-            m.offer(&format!("u{i}"), &Bytes::from("z\n"));
+            m.offer(
+                &format!("u{}", i % 1000),
+                &Bytes::from(format!("z{}\n", i / 1000)),
+            );
         }
         assert_eq!(m.waiting(), MAX_WAITING);
     }

@@ -132,13 +132,16 @@ impl Db {
         }
         let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
         let mark = Some(s.next_mark());
+        let durability = durability_of(&ops);
         let work = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // The batch lock first (every node's batches wait for it), which also reserves
             // numbers for all the batch's messages and stores the batch's mark (what tells,
-            // if the COMMIT's answer is lost, whether it committed); then the pending cap is
+            // if the COMMIT's answer is lost, whether it committed), and, for a batch of
+            // acknowledgements alone, lets its COMMIT skip the fsync; then the pending cap is
             // checked under it. A refused message leaves a hole in the numbers.
-            let locked = super::postgres::lock_batch_marked(&mut tx, messages, node, mark).await?;
+            let locked =
+                super::postgres::lock_batch_as(&mut tx, messages, node, mark, durability).await?;
             if mark.is_some() && locked.mark.is_none() {
                 tracing::warn!("this writer's batch_marks row was purged: adding it again");
                 s.mark_row_missing
@@ -574,6 +577,16 @@ async fn roll_back(tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
     })
 }
 
+/// What a PostgreSQL batch's `COMMIT` waits for: the disk, unless the batch holds only
+/// acknowledgements (best effort, nobody answered: see [`super::postgres::Durability`]).
+fn durability_of(ops: &[WriteOp]) -> super::postgres::Durability {
+    if ops.iter().all(|op| matches!(op, WriteOp::Ack { .. })) {
+        super::postgres::Durability::Buffers
+    } else {
+        super::postgres::Durability::Disk
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,5 +601,21 @@ mod tests {
         // SQLite: anonymous arguments, never `$N` (quadratic binding in sqlx-sqlite).
         assert_eq!(placeholders(ParamStyle::InOrder, 2, 2, 3), "(?, ?), (?, ?)");
         assert_eq!(placeholders(ParamStyle::InOrder, 3, 1, 1), "?, ?, ?");
+    }
+
+    #[test]
+    fn only_batches_of_acknowledgements_skip_the_fsync() {
+        use super::super::postgres::Durability::{Buffers, Disk};
+        let ack = || WriteOp::Ack {
+            id: "m1".into(),
+            recipient: "bob".into(),
+        };
+        assert_eq!(durability_of(&[ack(), ack()]), Buffers);
+        let seen = WriteOp::SetLastSeen {
+            login: "bob".into(),
+            at: 1,
+        };
+        assert_eq!(durability_of(&[ack(), seen]), Disk);
+        assert_eq!(durability_of(&[WriteOp::DeleteReceipts(vec![1])]), Disk);
     }
 }

@@ -361,6 +361,30 @@ pub(in crate::db) async fn lock_batch_marked(
     node: i64,
     mark: Option<BatchMark>,
 ) -> Result<Locked, sqlx::Error> {
+    lock_batch_as(tx, messages, node, mark, Durability::Disk).await
+}
+
+/// What a batch's `COMMIT` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::db) enum Durability {
+    /// The disk (`synchronous_commit` as configured: on): everything a client is answered for.
+    Disk,
+    /// Only the WAL buffers (`synchronous_commit = off` for this transaction): for batches of
+    /// acknowledgements alone, which nobody is answered for and which are best effort
+    /// (PROTOCOL.md §5.5: a database crash just after may deliver those messages again).
+    /// The batch lock is then held for the statements only, not for an fsync, so the
+    /// other nodes' batches (a sender's messages) wait less behind a recipient's acks.
+    Buffers,
+}
+
+/// [`lock_batch_marked`], with the batch's [`Durability`].
+pub(in crate::db) async fn lock_batch_as(
+    tx: &mut PgConnection,
+    messages: usize,
+    node: i64,
+    mark: Option<BatchMark>,
+    durability: Durability,
+) -> Result<Locked, sqlx::Error> {
     let n = messages as i64;
     // The materialised CTE is read (the lock taken) before the select list is computed, and
     // before the mark is written (the insert reads it).
@@ -383,9 +407,13 @@ pub(in crate::db) async fn lock_batch_marked(
              pg_backend_pid(), {stored} FROM locked"
         )
     };
+    let asynchronous = match durability {
+        Durability::Disk => "",
+        Durability::Buffers => ", set_config('synchronous_commit', 'off', true)",
+    };
     let sql = format!(
         "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1), \
-         set_config('msim.node', $3, true)){marked} {select}"
+         set_config('msim.node', $3, true){asynchronous}){marked} {select}"
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(BATCH_LOCK)
@@ -421,6 +449,8 @@ mod commit_status;
 pub(in crate::db) use commit_status::commit_status;
 #[cfg(test)]
 mod commit_status_tests;
+#[cfg(test)]
+mod durability_tests;
 #[cfg(test)]
 mod frozen_node_tests;
 #[cfg(test)]
