@@ -143,7 +143,9 @@ pub(crate) use notices::{Notice, NoticeBody};
 pub(crate) use ops::{Outcome, WriteOp};
 pub(crate) use privacy::{OfferLimits, PrivacyOp, PrivacyOutcome};
 pub(crate) use retention::Purged;
-pub(crate) use rows::{ContactRow, Marks, Offer, OfferState, Profile, Receipt, StoredMessage};
+pub(crate) use rows::{
+    Backlog, ContactRow, Marks, Offer, OfferState, Profile, Receipt, StoredMessage,
+};
 pub use sqlite::create_data_dir;
 
 /// `url` with its password replaced by `***`, for output and logs.

@@ -42,6 +42,52 @@ impl Db {
         })
     }
 
+    /// [`Db::marks`], and in the same statement (one snapshot, so nothing slips between the
+    /// two) which of `login`'s stored backlogs hold anything at or below them: a login reads
+    /// only those (most logins, a `send-file`'s above all, have none). `now`: what has
+    /// expired by then does not count.
+    pub(crate) async fn login_marks(
+        &self,
+        login: &str,
+        now: i64,
+    ) -> Result<(Marks, Backlog), DbError> {
+        // PostgreSQL keeps receipts delivered live (marked) until every node has passed them.
+        let undelivered = match &self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => " AND delivered = 0",
+        };
+        let sql = format!(
+            "SELECT COALESCE((SELECT MAX(seq) FROM messages), 0), \
+             COALESCE((SELECT MAX(seq) FROM receipts), 0), \
+             COALESCE((SELECT MAX(seq) FROM offers), 0), \
+             COALESCE((SELECT MAX(seq) FROM notices), 0), \
+             EXISTS (SELECT 1 FROM messages WHERE recipient = $1 AND pending = 1), \
+             EXISTS (SELECT 1 FROM receipts WHERE sender = $1{undelivered}), \
+             EXISTS (SELECT 1 FROM offers WHERE recipient = $1 AND state = 'pending' \
+                     AND expires_at > $2), \
+             EXISTS (SELECT 1 FROM notices WHERE login = $1 AND expires_at > $2)"
+        );
+        type Row = (i64, i64, i64, i64, bool, bool, bool, bool);
+        let r: Row = read!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(login)
+            .bind(now)
+            .fetch_one(p)
+            .await)?;
+        let marks = Marks {
+            messages: r.0,
+            receipts: r.1,
+            offers: r.2,
+            notices: r.3,
+        };
+        let backlog = Backlog {
+            messages: r.4,
+            receipts: r.5,
+            offers: r.6,
+            notices: r.7,
+        };
+        Ok((marks, backlog))
+    }
+
     /// Pending (unacknowledged, unread) messages for `login` with `after_seq < seq <= max_seq`,
     /// oldest first.
     pub(crate) async fn pending_messages(

@@ -32,7 +32,7 @@ pub(crate) struct Receipt {
 }
 
 /// High-water marks of the stored streams at one instant (see [`crate::hub::Stream`]).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Marks {
     /// `messages.seq`.
     pub messages: i64,
@@ -42,6 +42,19 @@ pub(crate) struct Marks {
     pub offers: i64,
     /// `notices.seq`.
     pub notices: i64,
+}
+
+/// Which of a user's stored backlogs hold something ([`super::Db::login_marks`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Backlog {
+    /// Pending messages for the user.
+    pub messages: bool,
+    /// Read receipts for the user's messages.
+    pub receipts: bool,
+    /// Unanswered offers to the user.
+    pub offers: bool,
+    /// Stored file results for the user.
+    pub notices: bool,
 }
 
 /// A user's profile.

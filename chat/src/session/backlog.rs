@@ -8,7 +8,7 @@ use crate::cmd::context::Ctx;
 use crate::cmd::files::request_packet;
 use crate::cmd::messages::message_packet;
 use crate::cmd::privacy::requests_at_login;
-use crate::db::{Marks, WriteOp};
+use crate::db::{Backlog, Marks, WriteOp};
 use msim_shared::proto::{Body, ReadReceipt};
 use tracing::warn;
 
@@ -16,18 +16,42 @@ use tracing::warn;
 const PAGE: i64 = 256;
 
 impl Session<'_> {
-    /// Sends the backlog of `login`; a failed write closes the connection.
-    pub(super) async fn replay_backlog(&mut self, ctx: &Ctx<'_>, login: &str, marks: &Marks) {
+    /// Sends the backlog of `login`; a failed write closes the connection. `backlog`: which
+    /// stored parts hold anything up to `marks` (read with them): the others are not read.
+    pub(super) async fn replay_backlog(
+        &mut self,
+        ctx: &Ctx<'_>,
+        login: &str,
+        marks: &Marks,
+        backlog: Backlog,
+    ) {
         let now = ctx.now();
         // Every part of the backlog is bounded by the marks taken at login, so its reads do
         // not depend on each other: they run at once (on the readers' pool) instead of one
         // after the other, and the session gets to the requests waiting behind the backlog
         // (a `send-file`'s offer) sooner. What is sent, and in which order, is unchanged.
+        // Presence requests are always read: they have no mark, and in a cluster they must be
+        // read after the login's presence row is committed (`cluster::mirror`).
         let (first_page, receipts, offers, notices, presence_requests) = tokio::join!(
-            ctx.db.pending_messages(login, 0, marks.messages, PAGE),
-            ctx.db.pending_receipts(login, marks.receipts),
-            ctx.db.pending_offers(login, now, marks.offers),
-            ctx.db.pending_notices(login, now, marks.notices),
+            when(backlog.messages, || ctx.db.pending_messages(
+                login,
+                0,
+                marks.messages,
+                PAGE
+            )),
+            when(backlog.receipts, || ctx
+                .db
+                .pending_receipts(login, marks.receipts)),
+            when(backlog.offers, || ctx.db.pending_offers(
+                login,
+                now,
+                marks.offers
+            )),
+            when(backlog.notices, || ctx.db.pending_notices(
+                login,
+                now,
+                marks.notices
+            )),
             requests_at_login(ctx, login),
         );
         // Pending messages, oldest first, page by page.
@@ -109,5 +133,17 @@ impl Session<'_> {
         for p in presence_requests {
             self.out.push(&p);
         }
+    }
+}
+
+/// `read()` when `wanted`, else nothing (known empty).
+async fn when<T, F>(wanted: bool, read: impl FnOnce() -> F) -> Result<Vec<T>, crate::db::DbError>
+where
+    F: std::future::Future<Output = Result<Vec<T>, crate::db::DbError>>,
+{
+    if wanted {
+        read().await
+    } else {
+        Ok(Vec::new())
     }
 }

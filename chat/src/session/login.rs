@@ -22,7 +22,7 @@ impl Session<'_> {
         // (PROTOCOL.md §5.4). Nothing is lost and nothing is sent twice.
         let (tx, rx) = mpsc::channel(sh.config.outbound_queue);
         let (id, first) = sh.hub.register(&login, tx);
-        let marks = match sh.db.marks().await {
+        let (marks, backlog) = match sh.db.login_marks(&login, ctx.now()).await {
             Ok(v) => v,
             Err(e) => {
                 warn!("login: {e}");
@@ -58,7 +58,7 @@ impl Session<'_> {
                 presence::announce(&ctx, &login, true).await;
             }
         };
-        tokio::join!(announce, self.replay_backlog(&ctx, &login, &marks));
+        tokio::join!(announce, self.replay_backlog(&ctx, &login, &marks, backlog));
     }
 
     /// Cleans up after a connection: typing ends, hub removal, presence when last session.

@@ -103,6 +103,11 @@ async fn acknowledgements_leave_the_index_of_waiting_messages() {
             "messages_waiting",
         ),
         (
+            // The login's probe (`Db::login_marks`).
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE recipient = 'bob' AND pending = 1)",
+            "messages_waiting",
+        ),
+        (
             "SELECT recipient, COUNT(*) FROM messages WHERE pending = 1 \
              AND recipient IN ('bob') GROUP BY recipient",
             "messages_waiting",

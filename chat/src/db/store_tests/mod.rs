@@ -547,5 +547,6 @@ async fn a_full_recipient_queue_refuses_only_the_overflow() {
 
 mod answers;
 mod duplicate_ids;
+mod login_marks;
 mod nodes;
 mod pending_cap;
