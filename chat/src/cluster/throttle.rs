@@ -111,14 +111,27 @@ impl SharedThrottle {
     }
 
     /// How long `login` from `ip` must still wait; zero = may try now.
+    #[cfg(test)]
     pub(crate) async fn wait(
         &self,
         login: &str,
         ip: IpAddr,
         now: i64,
     ) -> Result<Duration, sqlx::Error> {
-        let ip = host_key(ip);
         let known = self.is_known(login, ip, now).await?;
+        self.wait_known(login, ip, now, known).await
+    }
+
+    /// How long `login` from `ip` must still wait (zero = may try now), `known` being
+    /// [`SharedThrottle::is_known`]'s answer, already asked (a login attempt asks once).
+    pub(crate) async fn wait_known(
+        &self,
+        login: &str,
+        ip: IpAddr,
+        now: i64,
+        known: bool,
+    ) -> Result<Duration, sqlx::Error> {
+        let ip = host_key(ip);
         let (scopes, keys): (Vec<i16>, Vec<String>) =
             levels(login, ip).into_iter().flatten().unzip();
         let rows: Vec<(i16, i32, i64)> = sqlx::query_as(

@@ -100,12 +100,17 @@ async fn throttle_wait(
     gate: &Gate<'_>,
     login: &str,
     ip: std::net::IpAddr,
+    known: bool,
 ) -> std::time::Duration {
     let local = gate.throttle.wait(login, ip);
     let Some(shared) = gate.shared else {
         return local;
     };
-    match shared.throttle.wait(login, ip, ctx.now()).await {
+    match shared
+        .throttle
+        .wait_known(login, ip, ctx.now(), known)
+        .await
+    {
         Ok(w) => w.max(local),
         Err(e) => {
             warn!("shared login throttle: {e}");
@@ -114,20 +119,29 @@ async fn throttle_wait(
     }
 }
 
-/// Which turn a login attempt without a trusted device waits for (cluster only): the login's,
-/// or, from an address known for it, that address's own. When the database cannot tell, the
-/// login's.
-async fn turn_key(ctx: &Ctx<'_>, gate: &Gate<'_>, login: &str, ip: std::net::IpAddr) -> String {
-    let Some(shared) = gate.shared else {
-        return login.to_owned();
-    };
+/// Whether `ip` is an address known for `login` in the shared throttle (cluster only; asked
+/// once per attempt). When the database cannot tell: not known.
+async fn known_address(
+    ctx: &Ctx<'_>,
+    shared: &crate::server::SharedGate,
+    login: &str,
+    ip: std::net::IpAddr,
+) -> bool {
     match shared.throttle.is_known(login, ip, ctx.now()).await {
-        Ok(true) => format!("{login} {ip}"),
-        Ok(false) => login.to_owned(),
+        Ok(known) => known,
         Err(e) => {
             warn!("shared login throttle: {e}");
-            login.to_owned()
+            false
         }
+    }
+}
+
+/// Which turn a login attempt without a trusted device waits for (cluster only): the login's,
+/// or, from an address known for it, that address's own.
+fn turn_key(login: &str, ip: std::net::IpAddr, known: bool) -> String {
+    match known {
+        true => format!("{login} {ip}"),
+        false => login.to_owned(),
     }
 }
 
@@ -240,12 +254,12 @@ pub(crate) async fn connect_continue(
     // Bounded: a flood of guesses for the login is answered `throttled`, not queued for.
     // An address known for the login takes turns apart (attack 4, L1): strangers' guesses
     // never delay the user's own addresses (SECURITY.md, "Login hardening").
+    let known = match (device, gate.shared) {
+        (None, Some(shared)) => known_address(ctx, shared, &login, ip).await,
+        _ => false,
+    };
     let _turn = match (device, gate.shared) {
-        (None, Some(shared)) => match shared
-            .checks
-            .turn(&turn_key(ctx, gate, &login, ip).await)
-            .await
-        {
+        (None, Some(shared)) => match shared.checks.turn(&turn_key(&login, ip, known)).await {
             Some(turn) => Some(turn),
             None => {
                 info!(peer = %gate.peer, "login check queue full or slow: throttled");
@@ -256,7 +270,7 @@ pub(crate) async fn connect_continue(
         _ => None,
     };
     if device.is_none() {
-        let wait = throttle_wait(ctx, gate, &login, ip).await;
+        let wait = throttle_wait(ctx, gate, &login, ip, known).await;
         if !wait.is_zero() {
             reply.send(throttled(wait));
             return None;

@@ -46,7 +46,11 @@ async fn the_login_probe_names_exactly_the_backlogs_that_hold_something() {
 
         // An offer to bob, a result for bob: both count until they expire.
         batch(&db, vec![create_offer(offer("t1", 100))]).await;
-        batch(&db, vec![WriteOp::AddNotices(vec![notice("bob", "t2", 600)])]).await;
+        batch(
+            &db,
+            vec![WriteOp::AddNotices(vec![notice("bob", "t2", 600)])],
+        )
+        .await;
         let bob = probe("bob", 200).await.1;
         assert!(bob.offers && bob.notices && !bob.messages, "{bob:?}");
         let bob = probe("bob", 2_000).await.1;
