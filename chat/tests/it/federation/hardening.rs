@@ -67,8 +67,8 @@ async fn one_address_cannot_take_every_s2s_slot() {
 
 /// TLS and the signed handshake share one deadline: a peer that is slow to start TLS does not
 /// get a fresh one for the handshake (the old code gave each its own, doubling how long a
-/// connection could hold a place without authenticating). The margins are wide: the deadline
-/// is 2 s, the old code closed at 3.5 s, the test accepts up to 3 s.
+/// connection could hold a place without authenticating). The deadline is 2 s, the old code
+/// closed at 3.5 s; the test accepts up to 3.4 s (a loaded machine may wake the server late).
 #[tokio::test]
 async fn tls_and_the_handshake_share_one_deadline() {
     let dns = TestDns::start().await;
@@ -88,7 +88,7 @@ async fn tls_and_the_handshake_share_one_deadline() {
     assert!(raw.next().await.is_none(), "closed without an answer");
     let held = started.elapsed();
     assert!(
-        held >= Duration::from_millis(1900) && held < Duration::from_secs(3),
+        held >= Duration::from_millis(1900) && held < Duration::from_millis(3400),
         "held {held:?} for a 2 s deadline"
     );
 }
