@@ -34,6 +34,7 @@ pub use config::{
     TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
 };
 pub use layout::{blob_file, shard_of, SHARDS};
+pub use live::Following;
 pub use reader::BlobReader;
 pub use sink::{BlobSink, SharedBudget};
 pub use writer::{BlobWriter, Hashing};
