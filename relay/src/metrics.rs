@@ -66,6 +66,7 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub uploads_active: AtomicU64,
     pub downloads_active: AtomicU64,
+    pub downloads_waiting: AtomicU64,
     pub uploads_completed: AtomicU64,
     pub downloads_completed: AtomicU64,
     pub cancels: AtomicU64,
@@ -150,6 +151,12 @@ impl Metrics {
             "gauge",
             "Downloads in progress.",
             g(&self.downloads_active),
+        );
+        metric(
+            "msim_relay_downloads_waiting",
+            "gauge",
+            "Downloads waiting for their transfer's upload to start.",
+            g(&self.downloads_waiting),
         );
         metric(
             "msim_relay_uploads_completed_total",

@@ -37,10 +37,14 @@ impl Waiters {
         }
     }
 
-    /// Wake the downloads waiting for `id` (its upload was just created).
-    pub fn created(&self, id: &str) {
-        if let Some((notify, _)) = self.map().get(id) {
-            notify.notify_waiters();
+    /// Wake the downloads waiting for `id` (its upload was just created); whether any were.
+    pub fn created(&self, id: &str) -> bool {
+        match self.map().get(id) {
+            Some((notify, _)) => {
+                notify.notify_waiters();
+                true
+            }
+            None => false,
         }
     }
 
@@ -94,8 +98,8 @@ mod tests {
             tokio::pin!(wake_a, wake_b);
             wake_a.as_mut().enable();
             wake_b.as_mut().enable();
-            waiters.created("a");
-            waiters.created("unknown");
+            assert!(waiters.created("a"), "a has waiters");
+            assert!(!waiters.created("unknown"), "nobody waits for it");
             wake_a.await;
             assert!(
                 futures::FutureExt::now_or_never(wake_b).is_none(),

@@ -32,8 +32,8 @@ pub use msim_shared::clock::{Clock, ManualClock, SystemClock};
 /// in a file name.
 pub use msim_shared::token::valid_transfer_id as valid_id;
 pub use store::{
-    blob_file, shard_of, BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, Hashing, NewBlob,
-    SharedBudget, StoreConfig, StoreStats, SweepReport, DEFAULT_DIRECT_WRITE_MIN, SHARDS,
+    blob_file, shard_of, BlobInfo, BlobReader, BlobSink, BlobStore, BlobWriter, Following, Hashing,
+    NewBlob, SharedBudget, StoreConfig, StoreStats, SweepReport, DEFAULT_DIRECT_WRITE_MIN, SHARDS,
     TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
 };
 

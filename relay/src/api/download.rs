@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use msim_shared::token::Capability;
-use msim_storage::{BlobInfo, BlobReader, StoreError};
+use msim_storage::{BlobInfo, BlobReader, Following, StoreError};
 
 use super::remove_when_sent::{RemoveWhenSent, Served, WhenSent};
 use super::responses::{
@@ -48,27 +48,58 @@ fn to_frame(
     }
 }
 
+/// How a download that finds no blob yet counts itself once the upload is created: its
+/// token's download limit and size, and whether a complete blob would be delivered by it.
+#[derive(Clone, Copy)]
+struct CountAs {
+    limit: Option<u32>,
+    size: u64,
+    deliver: bool,
+}
+
+/// A blob a waiting download found: counted already (`true`; the upload's writer keeps its
+/// buffers for this download while `Following` is held), or only looked up.
+type Found = (BlobInfo, bool, Option<Following>);
+
 /// Wait (bounded) for the upload of `id` to be created on this relay; meanwhile the
-/// connection counts as idle for the slots (it sends nothing).
+/// connection counts as idle for the slots (it sends nothing). Woken by the creation, the
+/// download finds and counts the blob in one index statement (`count`); the lookup that says
+/// why not follows only when that does not count it.
 async fn wait_for_blob(
     state: &Arc<State>,
     id: &str,
     conn: Option<&Arc<Conn>>,
-) -> Result<BlobInfo, StoreError> {
+    count: Option<CountAs>,
+) -> Result<Found, StoreError> {
     let deadline = tokio::time::Instant::now() + state.config.wait_for_upload;
     let waiting = state.waiters.wait(id);
+    // The caller's own statement has just tried to count it.
+    let mut woken = false;
     loop {
         let notified = waiting.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if let Some(c) = count.filter(|_| woken) {
+            let following = state.store.follow(id);
+            let counted = state
+                .store
+                .record_ready_download(id, c.limit, c.size, c.deliver)
+                .await?;
+            if let Some(info) = counted {
+                return Ok((info, true, Some(following)));
+            }
+        }
         match state.store.info(id).await {
             Err(StoreError::NotFound) => {}
-            other => return other,
+            Ok(info) => return Ok((info, false, None)),
+            Err(e) => return Err(e),
         }
         let _waiting = conn.map(|c| c.waiting());
+        let _gauge = GaugeGuard::new(state.metrics.clone(), |m| &m.downloads_waiting);
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Err(StoreError::NotFound);
         }
+        woken = true;
     }
 }
 
@@ -102,23 +133,26 @@ pub(super) async fn download(
         RangeReq::Part(a, b) => a == 0 && b + 1 == cap.size && b < chunk as u64,
         RangeReq::Unsatisfiable => false,
     };
-    // The common case, a complete blob: looked up and counted in one index statement.
-    let counted = match range {
-        RangeReq::Unsatisfiable => None,
-        _ => state
+    // The common case, a complete blob or an upload in progress here: looked up and counted
+    // in one index statement.
+    let count = (range != RangeReq::Unsatisfiable).then_some(CountAs {
+        limit: cap.max_downloads,
+        size: cap.size,
+        deliver: whole_in_one_piece,
+    });
+    let mut following = Some(state.store.follow(&id));
+    let counted = match count {
+        None => None,
+        Some(c) => state
             .store
-            .record_complete_download(&id, cap.max_downloads, cap.size, whole_in_one_piece)
+            .record_ready_download(&id, c.limit, c.size, c.deliver)
             .await
             .map_err(store_refusal)?,
     };
-    let delivered_when_counted = counted.is_some() && whole_in_one_piece;
-    let is_counted = counted.is_some();
-    // Downloads counted so far, this one included.
-    let mut count = counted.as_ref().map_or(0, |i| i.downloads);
-    let info = match counted {
-        Some(info) => info,
+    let (info, is_counted) = match counted {
+        Some(info) => (info, true),
         None => {
-            let info = wait_for_blob(state, &id, conn.as_ref())
+            let (info, is_counted, f) = wait_for_blob(state, &id, conn.as_ref(), count)
                 .await
                 .map_err(store_refusal)?;
             if info.size != cap.size {
@@ -128,9 +162,14 @@ pub(super) async fn download(
                     "the stored transfer does not match this token",
                 ));
             }
-            info
+            following = f;
+            (info, is_counted)
         }
     };
+    // Only a complete blob is marked delivered by the statement that counts it.
+    let delivered_when_counted = is_counted && info.complete && whole_in_one_piece;
+    // Downloads counted so far, this one included.
+    let mut count = if is_counted { info.downloads } else { 0 };
     let size = info.size;
     let (start, end_incl, partial) = match range {
         RangeReq::Full => (0, size.saturating_sub(1), false),
@@ -194,6 +233,8 @@ pub(super) async fn download(
         .reader_for(&info, start, end)
         .await
         .map_err(store_refusal)?;
+    // The reader follows the upload itself now.
+    drop(following);
     tracing::debug!(%id, start, end, complete = info.complete, "download");
 
     let guard = GaugeGuard::new(state.metrics.clone(), |m| &m.downloads_active);

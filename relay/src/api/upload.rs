@@ -328,7 +328,13 @@ async fn create_upload(
         .await;
     match created {
         Ok(w) => {
-            state.waiters.created(&cap.transfer_id);
+            if state.waiters.created(&cap.transfer_id) {
+                // A woken download sits in this worker's own slot, which other workers do not
+                // take from, until this task yields: give it its turn now, so it subscribes and
+                // counts itself while this upload receives and stores its body (else it starts
+                // only once the body is written and hashed, and reads it back).
+                tokio::task::yield_now().await;
+            }
             Ok(Some(w))
         }
         Err(StoreError::AlreadyExists) => Ok(None),

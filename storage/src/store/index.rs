@@ -45,13 +45,15 @@ impl BlobRow {
     }
 }
 
-/// What a counted download of a complete blob returns.
+/// What a counted download returns.
 #[derive(Debug, FromRow)]
 pub(super) struct CountedDownload {
     pub expires: i64,
     pub sender: String,
     pub sha256: Option<String>,
     pub downloads: i64,
+    /// 0 = partial upload, 1 = complete.
+    pub state: i64,
 }
 
 /// The totals an admission check compares against, and whether the id is taken.
@@ -397,33 +399,36 @@ impl Index {
             .map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
-    /// Count a download of `id` if it is complete, `size` bytes, unexpired at `now` and under
-    /// `limit` (marking it delivered too with `deliver`); `None` (nothing counted) otherwise.
-    pub async fn count_complete_download(
+    /// Count a download of `id` if it is `size` bytes, unexpired at `now`, under `limit` and
+    /// complete, or (with `partial_too`) an upload in progress; with `deliver`, a complete one
+    /// is marked delivered too. `None` (nothing counted) otherwise. One statement that both
+    /// finds and counts: the hot path of a download, waiting or not.
+    pub async fn count_ready_download(
         &self,
         id: &str,
         size: u64,
         now: u64,
         limit: u32,
         deliver: bool,
+        partial_too: bool,
     ) -> Result<Option<CountedDownload>> {
-        let sql = if deliver {
-            "UPDATE blobs SET downloads = downloads + 1, delivered = 1, served = size
-             WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
-             RETURNING expires, sender, sha256, downloads"
-        } else {
-            "UPDATE blobs SET downloads = downloads + 1
-             WHERE id = ? AND state = 1 AND size = ? AND expires > ? AND downloads < ?
-             RETURNING expires, sender, sha256, downloads"
-        };
         let mut w = self.writes.lock().await;
-        let res = sqlx::query_as(sql)
-            .bind(id)
-            .bind(signed(size))
-            .bind(signed(now))
-            .bind(i64::from(limit))
-            .fetch_optional(w.normal().await?)
-            .await;
+        let res = sqlx::query_as(
+            "UPDATE blobs SET downloads = downloads + 1,
+                 delivered = CASE WHEN ?5 AND state = 1 THEN 1 ELSE delivered END,
+                 served = CASE WHEN ?5 AND state = 1 THEN size ELSE served END
+             WHERE id = ?1 AND size = ?2 AND expires > ?3 AND downloads < ?4
+               AND (state = 1 OR ?6)
+             RETURNING expires, sender, sha256, downloads, state",
+        )
+        .bind(id)
+        .bind(signed(size))
+        .bind(signed(now))
+        .bind(i64::from(limit))
+        .bind(deliver)
+        .bind(partial_too)
+        .fetch_optional(w.normal().await?)
+        .await;
         w.check(res)
     }
 

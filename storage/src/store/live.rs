@@ -151,7 +151,21 @@ impl LiveUploads {
     }
 }
 
+/// Taken by a download before it counts itself: while it is held, the upload it is about to
+/// follow (if one is in progress here) keeps what it stores in memory, so the reader the
+/// download opens next takes the writer's buffers instead of reading the file.
+pub struct Following {
+    _rx: Option<watch::Receiver<Progress>>,
+}
+
 impl BlobStore {
+    /// See [`Following`]; holds nothing when `id` has no upload in progress here.
+    pub fn follow(&self, id: &str) -> Following {
+        Following {
+            _rx: self.live_get(id).map(|l| l.tx.subscribe()),
+        }
+    }
+
     pub(super) fn live_get(&self, id: &str) -> Option<Arc<LiveUpload>> {
         self.inner.live.map().get(id).cloned()
     }

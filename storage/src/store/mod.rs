@@ -34,6 +34,7 @@ pub use config::{
     TOMBSTONE_MAX, TOMBSTONE_MIN_AGE, TOMBSTONE_RETENTION,
 };
 pub use layout::{blob_file, shard_of, SHARDS};
+pub use live::Following;
 pub use reader::BlobReader;
 pub use sink::{BlobSink, SharedBudget};
 pub use writer::{BlobWriter, Hashing};
@@ -186,7 +187,14 @@ impl BlobStore {
                 match tokio::fs::metadata(self.part_path(&info.id)).await {
                     Ok(m) => m.len().min(info.size),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(StoreError::NotFound)
+                        // Completed since its row was read (its live entry ended and the file
+                        // was renamed): that is no missing upload. Seen as a waiting download
+                        // answered 404 once its upload had completed under it.
+                        let (again, _) = self.live_row(id).await?;
+                        if again.complete {
+                            return Ok(again);
+                        }
+                        return Err(StoreError::NotFound);
                     }
                     Err(e) => return Err(e.into()),
                 }

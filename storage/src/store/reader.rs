@@ -41,10 +41,22 @@ fn open_part_or_blob(part: &Path, blob: &Path, complete: bool) -> io::Result<(Fi
     Ok((File::open(blob)?, true))
 }
 
+/// A reader's file: open, or being opened on a blocking thread. A reader following an upload
+/// in progress does not wait for the open before it is handed out (its first bytes usually
+/// come from the writer's buffers); the open still starts at once, so the file is held open
+/// early, as a reader opened the usual way holds it.
+enum FileSlot {
+    Open(Arc<File>),
+    Opening(tokio::task::JoinHandle<io::Result<(File, bool)>>),
+    /// To be opened when needed (the open above found no file, or failed).
+    NotOpen,
+}
+
 impl BlobStore {
     /// Open a reader for bytes `start..end` (`end` ≤ declared size) of a blob just looked up
-    /// with [`BlobStore::info`]. If the upload is still in progress the reader follows the
-    /// writer; a blob completed or removed since the lookup is handled.
+    /// with [`BlobStore::info`] (or counted with [`BlobStore::record_ready_download`]). If the
+    /// upload is still in progress the reader follows the writer; a blob completed or removed
+    /// since the lookup is handled.
     pub async fn reader_for(&self, info: &BlobInfo, start: u64, end: u64) -> Result<BlobReader> {
         let id = info.id.as_str();
         let end = end.min(info.size);
@@ -55,6 +67,26 @@ impl BlobStore {
             Some(self.live_get_or_insert(id, || info.committed))
         };
         let mut rx = live.as_ref().map(|l| l.tx.subscribe());
+        if let Some(l) = live
+            .as_ref()
+            .filter(|l| l.writer_active.load(Ordering::SeqCst))
+        {
+            // Following a writer: subscribed above, so it keeps its buffers for us from now
+            // on; the file (`.part`, or `.blob` once renamed) is opened beside the answer.
+            let (part, blob) = (self.part_path(id), self.blob_path(id));
+            let opening =
+                tokio::task::spawn_blocking(move || open_part_or_blob(&part, &blob, false));
+            return Ok(BlobReader {
+                store: self.clone(),
+                id: id.to_owned(),
+                file: FileSlot::Opening(opening),
+                pos: start,
+                end,
+                size: info.size,
+                rx,
+                live: Some(l.clone()),
+            });
+        }
         let mut tries = 0;
         let (file, is_complete) = loop {
             let (part, blob) = (self.part_path(id), self.blob_path(id));
@@ -87,7 +119,7 @@ impl BlobStore {
         Ok(BlobReader {
             store: self.clone(),
             id: id.to_owned(),
-            file: Arc::new(file),
+            file: FileSlot::Open(Arc::new(file)),
             pos: start,
             end,
             size: info.size,
@@ -107,13 +139,14 @@ impl BlobStore {
         }
     }
 
-    /// Count a download of a complete, unexpired blob of `size` bytes in one index statement
-    /// and return its info; `None` (nothing counted) if the blob is not like that or the
-    /// download limit is reached; the caller then takes the general path
-    /// ([`BlobStore::info`], [`BlobStore::record_download`]), which says why. With `deliver`
-    /// the same statement marks it delivered (see [`BlobStore::record_served`]): for a
-    /// download of the whole file answered in one piece.
-    pub async fn record_complete_download(
+    /// Count a download of an unexpired blob of `size` bytes in one index statement (no
+    /// lookup before it) and return its info: a complete blob, or an upload in progress whose
+    /// writer or readers are in this process (its stored length is then known here). `None`
+    /// (nothing counted) otherwise, or when the download limit is reached; the caller then
+    /// takes the general path ([`BlobStore::info`], [`BlobStore::record_download`]), which
+    /// says why. With `deliver` the same statement marks a complete blob delivered (see
+    /// [`BlobStore::record_served`]): for a download of the whole file answered in one piece.
+    pub async fn record_ready_download(
         &self,
         id: &str,
         limit: Option<u32>,
@@ -124,15 +157,30 @@ impl BlobStore {
             return Err(StoreError::InvalidId);
         }
         let limit = limit.unwrap_or(u32::MAX);
-        let counted =
-            self.inner
-                .index
-                .count_complete_download(id, size, self.now(), limit, deliver);
-        Ok(counted.await?.map(|row| BlobInfo {
+        // Held across the statement: a live entry ends only once its row is complete or gone.
+        let live = self.live_get(id);
+        let counted = self.inner.index.count_ready_download(
+            id,
+            size,
+            self.now(),
+            limit,
+            deliver,
+            live.is_some(),
+        );
+        let Some(row) = counted.await? else {
+            return Ok(None);
+        };
+        let complete = row.state == 1;
+        let committed = match (&live, complete) {
+            (_, true) => size,
+            (Some(live), false) => live.tx.borrow().written.min(size),
+            (None, false) => 0,
+        };
+        Ok(Some(BlobInfo {
             id: id.to_owned(),
             size,
-            committed: size,
-            complete: true,
+            committed,
+            complete,
             expires: unsigned(row.expires),
             sender: row.sender,
             sha256: row.sha256,
@@ -182,7 +230,7 @@ impl BlobStore {
 pub struct BlobReader {
     store: BlobStore,
     id: String,
-    file: Arc<File>,
+    file: FileSlot,
     pos: u64,
     end: u64,
     /// The blob's declared size.
@@ -210,13 +258,13 @@ impl BlobReader {
         }
         let want = (avail_end - self.pos).min(max as u64);
         let pos = self.pos;
+        let file = self.file().await?;
         if let Ok(n @ 1..=INLINE_READ_MAX) = usize::try_from(want) {
-            if let Some(buf) = disk::read_cached(&self.file, pos, n) {
+            if let Some(buf) = disk::read_cached(&file, pos, n) {
                 self.pos += buf.len() as u64;
                 return Ok(Some(Bytes::from(buf)));
             }
         }
-        let file = self.file.clone();
         // Positional reads: cancelling this future (the read finishes on its own) leaves the
         // reader usable.
         let buf = tokio::task::spawn_blocking(move || {
@@ -243,6 +291,41 @@ impl BlobReader {
             self.wait_available().await?;
         }
         Ok(())
+    }
+
+    /// The file, once open. An open started beside the answer that found no file (the upload
+    /// created it, or renamed it, meanwhile) is made again: the bytes asked for are stored by
+    /// now, so a missing file means the blob is gone. Cancel-safe.
+    async fn file(&mut self) -> Result<Arc<File>> {
+        if let FileSlot::Opening(opening) = &mut self.file {
+            let opened = opening.await;
+            // A finished open is never awaited again.
+            self.file = FileSlot::NotOpen;
+            match opened.map_err(io::Error::other)? {
+                Ok((f, _)) => self.file = FileSlot::Open(Arc::new(f)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let FileSlot::Open(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let (part, blob) = (
+            self.store.part_path(&self.id),
+            self.store.blob_path(&self.id),
+        );
+        let opened = tokio::task::spawn_blocking(move || open_part_or_blob(&part, &blob, false))
+            .await
+            .map_err(io::Error::other)?;
+        let file = match opened {
+            Ok((f, _)) => Arc::new(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.store.missing(&self.id).await)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.file = FileSlot::Open(file.clone());
+        Ok(file)
     }
 
     fn stop_following(&mut self) {
