@@ -6,9 +6,11 @@
 //!
 //! Fairness: at most [`MAX_PER_SENDER`] downloads per sender run at once, and a download that
 //! moves too little while other offers wait is paused and queued behind them (round robin), so
-//! senders that drip their uploads cannot hold the slots while honest files wait. A free slot
-//! goes first to an offer whose sender has nothing running or paused: however many paused
-//! drips wait, a new sender's file starts within one window. A download paused
+//! senders that drip their uploads cannot hold the slots while honest files wait. Free slots
+//! go in turns: one to the first offer in the queue (a paused download reaches the front, so
+//! offers arriving after it cannot keep it waiting), the next to an offer whose sender has
+//! nothing running or paused (however many paused drips wait, a new sender's file starts
+//! within the next two starts). A download paused
 //! [`MAX_PAUSES`] times is given up for this run (each turn costs one of the grant's
 //! downloads on the relay); its `.part` stays and the next `msim receive` resumes it.
 
@@ -153,6 +155,9 @@ pub struct Jobs<'a> {
     min_bytes: u64,
     max_pauses: u32,
     failed: u64,
+    /// Whether the next start goes to the first queued offer in turn (else to a sender with
+    /// nothing running or paused): the two alternate.
+    in_turn_next: bool,
 }
 
 impl Default for Jobs<'_> {
@@ -174,6 +179,7 @@ impl Default for Jobs<'_> {
                 .filter(|n| *n > 0)
                 .unwrap_or(MAX_PAUSES),
             failed: 0,
+            in_turn_next: false,
         }
     }
 }
@@ -226,18 +232,24 @@ impl<'a> Jobs<'a> {
                 .any(|(o, start)| o.from == sender && matches!(start, Start::Paused(..)))
     }
 
-    /// The queued offer to start next: the first in turn whose sender has nothing running or
-    /// paused (a new sender is not kept behind the paused downloads of others), else the first
-    /// whose sender has fewer than [`MAX_PER_SENDER`] downloads running.
+    /// The queued offer to start next. Starts alternate: one goes to the first offer in turn
+    /// whose sender has room, so a paused download queued at the back reaches the front
+    /// however many offers of new senders arrive after it (they went first every time and
+    /// starved it: attack 5, L2); the next to the first offer whose sender has nothing running
+    /// or paused (a new sender is not kept behind the paused downloads of others), else the
+    /// first in turn.
     fn next_to_start(&self) -> Option<usize> {
+        let in_turn = self
+            .queued
+            .iter()
+            .position(|(offer, _)| self.sender_has_room(&offer.from));
+        if self.in_turn_next {
+            return in_turn;
+        }
         self.queued
             .iter()
             .position(|(offer, _)| !self.sender_is_busy(&offer.from))
-            .or_else(|| {
-                self.queued
-                    .iter()
-                    .position(|(offer, _)| self.sender_has_room(&offer.from))
-            })
+            .or(in_turn)
     }
 
     /// Accept waiting offers and start their downloads while there is room, in the order of
@@ -250,6 +262,7 @@ impl<'a> Jobs<'a> {
             let Some((offer, start)) = self.queued.remove(next) else {
                 break;
             };
+            self.in_turn_next = !self.in_turn_next;
             let accepted = match start {
                 // Resumed: a hash the sender declared is pushed again after the grant, but
                 // may have passed already; then the file is reported NOT verified.
