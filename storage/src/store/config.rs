@@ -133,4 +133,7 @@ pub struct StoreStats {
     pub complete_blobs: u64,
     /// Tombstones of removed transfers.
     pub tombstones: u64,
+    /// Stored bytes this process read back to hash resumed uploads (an upload resumed where
+    /// its last request left off continues that request's hash instead).
+    pub rehashed_bytes: u64,
 }

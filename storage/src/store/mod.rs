@@ -56,6 +56,8 @@ struct Inner {
     /// The data directory's lock, held by a serving store ([`BlobStore::open`]) until it is
     /// closed or dropped.
     dir_lock: Mutex<Option<std::fs::File>>,
+    /// Stored bytes read back to hash a resumed upload (see [`StoreStats::rehashed_bytes`]).
+    rehashed: std::sync::atomic::AtomicU64,
 }
 
 /// A temporary blob store. Cheap to clone.
@@ -111,6 +113,7 @@ impl BlobStore {
                 live: LiveUploads::default(),
                 commits: Mutex::new(CommitQueue::default()),
                 dir_lock: Mutex::new(None),
+                rehashed: Default::default(),
             }),
         })
     }
@@ -373,7 +376,12 @@ impl BlobStore {
 
     /// Totals from the index.
     pub async fn stats(&self) -> Result<StoreStats> {
-        self.inner.index.stats().await
+        let mut stats = self.inner.index.stats().await?;
+        stats.rehashed_bytes = self
+            .inner
+            .rehashed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok(stats)
     }
 
     /// Close the index database.
