@@ -97,7 +97,8 @@ pub struct RelayConfig {
     /// `429` until one ends.
     pub max_downloads_per_transfer: usize,
     /// Uploads of one sender (the token's `sender`) in progress at once, and apart from them
-    /// downloads of one sender's files from one client address (0: no bound); more are
+    /// downloads of one sender's files from one client address, and
+    /// 8 times as many from all addresses (0: no bound); more are
     /// refused with `429` until one ends, so one account cannot hold many connection slots
     /// even above `min_rate`.
     pub max_requests_per_sender: usize,

@@ -143,8 +143,8 @@ struct Opts {
     max_downloads_per_transfer: Option<usize>,
     /// Maximum uploads of one sender (the account a token names) in progress at once, and
     /// apart from them downloads of one sender's files from one client address (IPv6: its
-    /// /64); more are answered 429 until one ends, so one account cannot hold many connection
-    /// slots (0: no limit) [default: 32].
+    /// /64), and 8 times as many from all addresses; more are answered 429 until one ends, so
+    /// one account cannot hold many connection slots (0: no limit) [default: 32].
     #[arg(
         long,
         global = true,
