@@ -106,7 +106,7 @@ fn a_download_paused_again_and_again_is_given_up_and_its_part_kept() {
 /// stream of offers from new accounts kept a paused honest file from ever resuming.
 #[test]
 fn a_paused_download_resumes_while_new_senders_keep_offering() {
-    const FLOOD: usize = 48;
+    const FLOOD: usize = 64;
     let srv = TestServer::start_with(|c| {
         c.register_burst = 0;
         c.register_prefix_burst = 0;
