@@ -122,7 +122,7 @@ pub struct SweepReport {
     pub tombstones: u64,
 }
 
-/// Totals from the index.
+/// Totals from the index (and one counter of the serving process).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Blobs in the index.

@@ -374,7 +374,7 @@ impl BlobStore {
         Ok(n)
     }
 
-    /// Totals from the index.
+    /// Totals from the index, and this process's count of bytes read back for hashing.
     pub async fn stats(&self) -> Result<StoreStats> {
         let mut stats = self.inner.index.stats().await?;
         stats.rehashed_bytes = self
