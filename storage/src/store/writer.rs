@@ -113,6 +113,8 @@ impl BlobStore {
             sha256: new.sha256,
             // `insert` set the progress time.
             last_touch: self.now(),
+            marked: 0,
+            expires: new.expires,
         })
     }
 
@@ -190,11 +192,8 @@ impl BlobStore {
             p.verified = false;
         });
         self.inner.rehashed.fetch_add(rehashed, Ordering::Relaxed);
-        let now = self.now();
-        if last_progress != now {
-            // Restart the abandonment clock (already current right after `create`).
-            self.inner.index.set_progress(id, now).await?;
-        }
+        // Opening a writer is no progress: an empty request every minute kept a reservation
+        // that sent nothing (attack 5). Its bytes are, at the pace of `progress_step`.
         Ok(BlobWriter {
             guard,
             part: Some(part),
@@ -203,7 +202,9 @@ impl BlobStore {
             offset,
             size,
             sha256: info.sha256,
-            last_touch: now,
+            last_touch: last_progress,
+            marked: offset,
+            expires: info.expires,
         })
     }
 }
@@ -330,7 +331,20 @@ pub struct BlobWriter {
     pub(super) offset: u64,
     pub(super) size: u64,
     sha256: Option<String>,
+    /// When progress was last recorded in the index, and the offset then.
     last_touch: u64,
+    marked: u64,
+    /// When the blob expires (the pace its upload must keep is taken from it).
+    expires: u64,
+}
+
+/// Bytes an upload with `left` bytes to go and `lifetime` seconds until its expiry must move
+/// for its progress to count: its share of one `window` (the reservation idle time) at the
+/// pace that completes it before it expires. A reservation is kept by uploading at that pace,
+/// not by a byte or an empty request now and then, attached or not (attack 5).
+fn progress_step(left: u64, lifetime: u64, window: u64) -> u64 {
+    let share = u128::from(left) * u128::from(window) / u128::from(lifetime.max(window).max(1));
+    u64::try_from(share).unwrap_or(left).clamp(1, left.max(1))
 }
 
 impl Drop for BlobWriter {
@@ -414,13 +428,21 @@ impl BlobWriter {
         self.touch().await
     }
 
-    /// Record progress in the index (at most once per clock second).
+    /// Record progress in the index (at most once per clock second) once at least
+    /// [`progress_step`] bytes arrived since it was last recorded.
     async fn touch(&mut self) -> Result<()> {
-        let now = self.guard.store.now();
-        if now != self.last_touch {
+        let store = &self.guard.store;
+        let now = store.now();
+        let idle = store.inner.config.reservation_idle.as_secs();
+        let step = progress_step(
+            self.size - self.marked,
+            self.expires.saturating_sub(now),
+            idle,
+        );
+        if now != self.last_touch && self.offset - self.marked >= step {
             self.last_touch = now;
-            let index = &self.guard.store.inner.index;
-            index.set_progress(&self.guard.id, now).await?;
+            self.marked = self.offset;
+            store.inner.index.set_progress(&self.guard.id, now).await?;
         }
         Ok(())
     }
