@@ -184,8 +184,9 @@ struct Opts {
         env = "MSIM_RELAY_MIN_RATE_WINDOW"
     )]
     min_rate_window: Option<HumanDuration>,
-    /// A partial upload without progress (and no connection) for this long gives its
-    /// reserved room to a new upload that would otherwise be refused [default: 2m].
+    /// A partial upload without progress for this long (connected or not; progress is its
+    /// share of the rest at the pace that completes it before it expires) gives its reserved
+    /// room to a new upload that would otherwise be refused [default: 2m].
     #[arg(
         long,
         global = true,
