@@ -242,7 +242,8 @@ turn). While offers wait, a download that moved less than 64 KiB in the last 30 
 senders that drip their uploads cannot hold the slots. Free slots go in turns: one to the \
 first file in the queue (so a paused file gets its turn however many new senders offer after \
 it), the next to a sender with nothing downloading or paused (so a new sender's file starts \
-soon however many paused files wait). A file paused 16 times is given up for this run (each \
+soon however many paused files wait). A file whose bytes are all in no longer takes a slot \
+while it waits for the sender's hash. A file paused 16 times is given up for this run (each \
 turn costs one of the transfer's downloads on the relay, 64 at most): it gets a \"Failed:\" \
 line, its .part stays, and the next receive resumes it. A transfer that fails \
 (a hash mismatch, a cancelled or expired transfer, no progress for 180 s) gets its own \
