@@ -1,7 +1,7 @@
 //! In-memory state of the partial uploads that have a writer or readers in this process.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -52,6 +52,8 @@ pub(super) struct LiveUpload {
     /// many bytes it covers: a writer resuming at that offset continues it instead of reading
     /// the stored prefix back (each empty `PATCH` made the relay hash the whole prefix).
     resume_hash: Mutex<Option<(u64, Sha256)>>,
+    /// The offset at the upload's last recorded progress (`u64::MAX`: none in this process).
+    marked: AtomicU64,
 }
 
 /// A window of the most recently stored bytes of an upload, as the writer's own buffers.
@@ -144,6 +146,22 @@ impl LiveUpload {
         self.resume_hash.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The offset at the last recorded progress, or `offset` (a writer's start) if none is
+    /// known.
+    pub fn marked(&self, offset: u64) -> u64 {
+        let marked = self.marked.load(Ordering::Relaxed);
+        if marked > offset {
+            self.mark(offset);
+            return offset;
+        }
+        marked
+    }
+
+    /// Progress was recorded with `offset` bytes stored.
+    pub fn mark(&self, offset: u64) {
+        self.marked.store(offset, Ordering::Relaxed);
+    }
+
     /// Keep `hasher`, the hash of the first `offset` stored bytes, for the next writer.
     pub fn save_hash(&self, offset: u64, hasher: Sha256) {
         *self.resume_hash() = Some((offset, hasher));
@@ -199,6 +217,7 @@ impl BlobStore {
                     writer_active: AtomicBool::new(false),
                     recent: Mutex::new(RecentChunks::new(live.recent_total.clone())),
                     resume_hash: Mutex::new(None),
+                    marked: AtomicU64::new(u64::MAX),
                 })
             })
             .clone()

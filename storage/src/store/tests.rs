@@ -385,15 +385,20 @@ async fn only_bytes_at_the_uploads_pace_keep_its_reservation() {
     ));
     assert!(store.cancel("real").await.expect("cancel"));
 
-    // An upload at its pace keeps its reservation.
+    // An upload at its pace keeps its reservation, also when it comes in requests that are
+    // each below the step (100 KiB per two minutes here).
     let mut steady = blob("steady", 70 << 20, "bob");
     steady.expires = store.now() + 86_400;
     let mut w = store.create_writer(steady).await.expect("create");
     for _ in 0..3 {
         clock.advance(100);
-        w.append(vec![Bytes::from(vec![3u8; 128 << 10])])
-            .await
-            .expect("append");
+        for _ in 0..2 {
+            drop(w);
+            w = store.writer("steady").await.expect("resumable");
+            w.append(vec![Bytes::from(vec![3u8; 64 << 10])])
+                .await
+                .expect("append");
+        }
     }
     clock.advance(100);
     assert!(matches!(

@@ -103,6 +103,7 @@ impl BlobStore {
             p.verified = false;
         });
         let hasher = hashing.hasher(new.sha256.as_deref());
+        live.mark(0);
         Ok(BlobWriter {
             guard,
             part: Some(part),
@@ -203,7 +204,9 @@ impl BlobStore {
             size,
             sha256: info.sha256,
             last_touch: last_progress,
-            marked: offset,
+            // Bytes of earlier requests since the last mark count (an upload in many small
+            // requests makes its steps); after a restart, from here.
+            marked: live.marked(offset),
             expires: info.expires,
         })
     }
@@ -442,6 +445,7 @@ impl BlobWriter {
         if now != self.last_touch && self.offset - self.marked >= step {
             self.last_touch = now;
             self.marked = self.offset;
+            self.guard.live.mark(self.offset);
             store.inner.index.set_progress(&self.guard.id, now).await?;
         }
         Ok(())
