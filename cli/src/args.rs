@@ -239,11 +239,13 @@ and reported as NOT verified (the relay's own hash only catches damage).
 Up to 4 files download at once, at most 2 from one sender (further accepted offers wait their \
 turn). While offers wait, a download that moved less than 64 KiB in the last 30 s is paused \
 (its .part kept) and queued behind them; it goes on from where it stopped at its next turn, so \
-senders that drip their uploads cannot hold the slots. A free slot goes first to a sender with \
-nothing downloading or paused, so a new sender's file starts within 30 s however many paused \
-files wait. A file paused 16 times is given up for this run (each turn costs one of the \
-transfer's downloads on the relay, 64 at most): it gets a \"Failed:\" line, its .part stays, and \
-the next receive resumes it. A transfer that fails \
+senders that drip their uploads cannot hold the slots. Free slots go in turns: one to the \
+first file in the queue (so a paused file gets its turn however many new senders offer after \
+it), the next to a sender with nothing downloading or paused (so a new sender's file starts \
+soon however many paused files wait). A file whose bytes are all in no longer takes a slot \
+while it waits for the sender's hash. A file paused 16 times is given up for this run (each \
+turn costs one of the transfer's downloads on the relay, 64 at most): it gets a \"Failed:\" \
+line, its .part stays, and the next receive resumes it. A transfer that fails \
 (a hash mismatch, a cancelled or expired transfer, no progress for 180 s) gets its own \
 \"Failed:\" line (event \"failed\" with --json) and receive goes on; with --count, receive \
 exits 1 at the end if any failed. A transfer accepted by an earlier run that did not finish is \

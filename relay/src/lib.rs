@@ -67,9 +67,10 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     /// A partial upload with no progress for this long is swept.
     pub abandon_after: Duration,
-    /// A partial upload with no progress and no writer for this long loses its reservation
-    /// (it is removed) as soon as another upload needs its room; until then it stays
-    /// resumable (up to `abandon_after`).
+    /// A partial upload with no progress for this long, writer attached or not, loses its
+    /// reservation (it is removed) as soon as another upload needs its room; until then it
+    /// stays resumable (up to `abandon_after`). Progress counts at the pace that completes
+    /// the upload before it expires.
     pub reservation_idle: Duration,
     /// Simultaneous connections. When all are taken, a new connection takes the slot of the
     /// connection that has gone longest without a request in progress or with one below
@@ -97,7 +98,8 @@ pub struct RelayConfig {
     /// `429` until one ends.
     pub max_downloads_per_transfer: usize,
     /// Uploads of one sender (the token's `sender`) in progress at once, and apart from them
-    /// downloads of one sender's files from one client address (0: no bound); more are
+    /// downloads of one sender's files from one client address, and
+    /// 8 times as many from all addresses (0: no bound); more are
     /// refused with `429` until one ends, so one account cannot hold many connection slots
     /// even above `min_rate`.
     pub max_requests_per_sender: usize,

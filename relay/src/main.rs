@@ -143,8 +143,8 @@ struct Opts {
     max_downloads_per_transfer: Option<usize>,
     /// Maximum uploads of one sender (the account a token names) in progress at once, and
     /// apart from them downloads of one sender's files from one client address (IPv6: its
-    /// /64); more are answered 429 until one ends, so one account cannot hold many connection
-    /// slots (0: no limit) [default: 32].
+    /// /64), and 8 times as many from all addresses; more are answered 429 until one ends, so
+    /// one account cannot hold many connection slots (0: no limit) [default: 32].
     #[arg(
         long,
         global = true,
@@ -184,8 +184,9 @@ struct Opts {
         env = "MSIM_RELAY_MIN_RATE_WINDOW"
     )]
     min_rate_window: Option<HumanDuration>,
-    /// A partial upload without progress (and no connection) for this long gives its
-    /// reserved room to a new upload that would otherwise be refused [default: 2m].
+    /// A partial upload without progress for this long (connected or not; progress is its
+    /// share of the rest at the pace that completes it before it expires) gives its reserved
+    /// room to a new upload that would otherwise be refused [default: 2m].
     #[arg(
         long,
         global = true,

@@ -261,6 +261,12 @@ impl Metrics {
                 "Tombstones of removed transfers (answered 410 Gone).",
                 s.tombstones,
             );
+            metric(
+                "msim_relay_rehashed_bytes_total",
+                "counter",
+                "Stored bytes read back to hash resumed uploads (once per partial upload after a restart, or after requests that asked not to hash).",
+                s.rehashed_bytes,
+            );
         }
         let _ = writeln!(
             out,

@@ -399,6 +399,10 @@ pub(super) async fn download_one(
             if pace.moved_to(done) {
                 activity.touch();
             }
+            if done >= total {
+                // What is left (the sender's hash, the rename) needs no download slot.
+                pace.received_all();
+            }
             bar(done, total)
         })
     };

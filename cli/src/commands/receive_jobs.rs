@@ -6,9 +6,12 @@
 //!
 //! Fairness: at most [`MAX_PER_SENDER`] downloads per sender run at once, and a download that
 //! moves too little while other offers wait is paused and queued behind them (round robin), so
-//! senders that drip their uploads cannot hold the slots while honest files wait. A free slot
-//! goes first to an offer whose sender has nothing running or paused: however many paused
-//! drips wait, a new sender's file starts within one window. A download paused
+//! senders that drip their uploads cannot hold the slots while honest files wait. Free slots
+//! go in turns: one to the first offer in the queue (a paused download reaches the front, so
+//! offers arriving after it cannot keep it waiting), the next to an offer whose sender has
+//! nothing running or paused (however many paused drips wait, a new sender's file starts
+//! within the next two starts). A download with every byte in that only waits for the
+//! sender's hash holds no slot. A download paused
 //! [`MAX_PAUSES`] times is given up for this run (each turn costs one of the grant's
 //! downloads on the relay); its `.part` stays and the next `msim receive` resumes it.
 
@@ -16,7 +19,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,9 +82,37 @@ pub struct Pace {
     others_wait: Arc<AtomicBool>,
     window: Duration,
     min_bytes: u64,
+    /// Set once every byte is in (what is left is the wait for the sender's hash and the
+    /// rename), and the download slots that frees.
+    received_all: Arc<AtomicBool>,
+    freed: Arc<FreedSlots>,
+}
+
+/// Downloads that have every byte and only wait for the sender's hash (up to 10 s): they
+/// hold no download slot, so senders that never declare the hash of their files cannot keep
+/// the slots with tiny files (attack 5).
+#[derive(Default)]
+struct FreedSlots {
+    count: AtomicUsize,
+    notify: tokio::sync::Notify,
 }
 
 impl Pace {
+    /// Every byte is in: the slot is free for another download.
+    pub fn received_all(&self) {
+        if !self.received_all.swap(true, Ordering::Relaxed) {
+            self.freed.count.fetch_add(1, Ordering::Relaxed);
+            self.freed.notify.notify_one();
+        }
+    }
+
+    /// The download ended (or was paused): a slot it freed is counted no more.
+    fn ended(&self) {
+        if self.received_all.swap(false, Ordering::Relaxed) {
+            self.freed.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// The download has `done` bytes: whether that is more than before.
     pub fn moved_to(&self, done: u64) -> bool {
         self.done.fetch_max(done, Ordering::Relaxed) < done
@@ -149,10 +180,15 @@ pub struct Jobs<'a> {
     per_sender: HashMap<String, usize>,
     /// Whether a queued offer could start if a slot were free (read by the running ones).
     others_wait: Arc<AtomicBool>,
+    /// Running downloads that only wait for the sender's hash.
+    freed: Arc<FreedSlots>,
     window: Duration,
     min_bytes: u64,
     max_pauses: u32,
     failed: u64,
+    /// Whether the next start goes to the first queued offer in turn (else to a sender with
+    /// nothing running or paused): the two alternate.
+    in_turn_next: bool,
 }
 
 impl Default for Jobs<'_> {
@@ -164,6 +200,7 @@ impl Default for Jobs<'_> {
             known: HashSet::new(),
             per_sender: HashMap::new(),
             others_wait: Arc::default(),
+            freed: Arc::default(),
             window: env(SLOW_WINDOW_ENV)
                 .map(Duration::from_millis)
                 .filter(|w| !w.is_zero())
@@ -174,6 +211,7 @@ impl Default for Jobs<'_> {
                 .filter(|n| *n > 0)
                 .unwrap_or(MAX_PAUSES),
             failed: 0,
+            in_turn_next: false,
         }
     }
 }
@@ -226,30 +264,37 @@ impl<'a> Jobs<'a> {
                 .any(|(o, start)| o.from == sender && matches!(start, Start::Paused(..)))
     }
 
-    /// The queued offer to start next: the first in turn whose sender has nothing running or
-    /// paused (a new sender is not kept behind the paused downloads of others), else the first
-    /// whose sender has fewer than [`MAX_PER_SENDER`] downloads running.
+    /// The queued offer to start next. Starts alternate: one goes to the first offer in turn
+    /// whose sender has room, so a paused download queued at the back reaches the front
+    /// however many offers of new senders arrive after it (they went first every time and
+    /// starved it: attack 5, L2); the next to the first offer whose sender has nothing running
+    /// or paused (a new sender is not kept behind the paused downloads of others), else the
+    /// first in turn.
     fn next_to_start(&self) -> Option<usize> {
+        let in_turn = self
+            .queued
+            .iter()
+            .position(|(offer, _)| self.sender_has_room(&offer.from));
+        if self.in_turn_next {
+            return in_turn;
+        }
         self.queued
             .iter()
             .position(|(offer, _)| !self.sender_is_busy(&offer.from))
-            .or_else(|| {
-                self.queued
-                    .iter()
-                    .position(|(offer, _)| self.sender_has_room(&offer.from))
-            })
+            .or(in_turn)
     }
 
     /// Accept waiting offers and start their downloads while there is room, in the order of
     /// [`Jobs::next_to_start`].
     pub async fn start_queued(&mut self, ctx: &'a Ctx<'a>, client: &'a Client, out: &'a Path) {
-        while self.running.len() < MAX_DOWNLOADS {
+        while self.slots_taken() < MAX_DOWNLOADS {
             let Some(next) = self.next_to_start() else {
                 break;
             };
             let Some((offer, start)) = self.queued.remove(next) else {
                 break;
             };
+            self.in_turn_next = !self.in_turn_next;
             let accepted = match start {
                 // Resumed: a hash the sender declared is pushed again after the grant, but
                 // may have passed already; then the file is reported NOT verified.
@@ -271,6 +316,8 @@ impl<'a> Jobs<'a> {
                         others_wait: self.others_wait.clone(),
                         window: self.window,
                         min_bytes: self.min_bytes,
+                        received_all: Arc::default(),
+                        freed: self.freed.clone(),
                     });
                     self.running.push(Box::pin(async move {
                         let r = download_one(ctx, &offer, &grant, out, watch.as_ref(), &pace).await;
@@ -297,15 +344,27 @@ impl<'a> Jobs<'a> {
         self.others_wait.store(waiting, Ordering::Relaxed);
     }
 
+    /// Download slots taken: running downloads but those that only wait for a hash.
+    fn slots_taken(&self) -> usize {
+        self.running
+            .len()
+            .saturating_sub(self.freed.count.load(Ordering::Relaxed))
+    }
+
     /// Completes when a download has ended (a failure is reported, a paused one queued
-    /// again); never without downloads.
+    /// again) or has freed its slot (every byte in); never without downloads.
     pub async fn next_done(&mut self, ctx: &Ctx<'_>) {
         if self.running.is_empty() {
             return std::future::pending().await;
         }
-        let Some((offer, grant, watch, pace, r)) = self.running.next().await else {
+        let next = tokio::select! {
+            next = self.running.next() => next,
+            () = self.freed.notify.notified() => return,
+        };
+        let Some((offer, grant, watch, pace, r)) = next else {
             return;
         };
+        pace.ended();
         if let Some(n) = self.per_sender.get_mut(&offer.from) {
             *n -= 1;
             if *n == 0 {

@@ -7,7 +7,7 @@
 use crate::common;
 use crate::receive_many::patch;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{password, run_expect, Running, TestServer};
 use msim::proto::OfferFile;
@@ -171,4 +171,60 @@ fn one_sender_gets_at_most_two_slots() {
     honest_picture_arrives(&srv, &mut carol, &out_dir);
     drippers_still_held(&mut carol, &out_dir);
     drop(mallory);
+}
+
+/// `login` offers carol two small files without a SHA-256, uploads them whole once accepted
+/// and never declares their hash: each of carol's downloads then waits 10 s for it.
+async fn unhashed_sender(srv: &TestServer, login: &str) -> Client {
+    let data = pseudo_random_bytes(1000, 5);
+    let (m, _events) = Client::connect(srv.chat).await.unwrap();
+    m.login(login, &password(login)).await.unwrap();
+    for i in 0..2 {
+        let offer = m
+            .offer_file(OfferFile {
+                to: "carol".into(),
+                filename: format!("drip-unhashed-{login}-{i}.bin"),
+                size: data.len() as u64,
+                sha256: None,
+                mime: None,
+            })
+            .await
+            .unwrap();
+        let grant = tokio::time::timeout(WAIT, offer.answer())
+            .await
+            .unwrap()
+            .unwrap();
+        patch(&grant.url, &grant.token, 0, &data).await;
+    }
+    m
+}
+
+/// Attack 5: a download that had every byte kept its slot while it waited (10 s) for the
+/// sender's hash, so two accounts sending small files whose hash they never declare kept
+/// all four slots, again and again, and honest files waited.
+#[test]
+fn downloads_waiting_for_the_senders_hash_hold_no_slot() {
+    let srv = TestServer::start();
+    for login in ["bob", "carol", "mallory", "mallet"] {
+        run_expect(srv.as_user(login).args(["register", "--json"]), 0);
+    }
+    let out_dir = srv.subdir("inbox").unwrap();
+    // Pausing is off (a window of ten minutes).
+    let mut carol = receive(&srv, &out_dir, "600000");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let senders = rt.block_on(async {
+        (
+            unhashed_sender(&srv, "mallory").await,
+            unhashed_sender(&srv, "mallet").await,
+        )
+    });
+    let sent = Instant::now();
+    honest_picture_arrives(&srv, &mut carol, &out_dir);
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "the picture took {took:?}: it waited for the unhashed files' 10 s"
+    );
+    carol.assert_running();
+    drop(senders);
 }

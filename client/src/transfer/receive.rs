@@ -20,7 +20,7 @@ const REPORT_EVERY_BYTES: u64 = 64 << 10;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Calls the progress callback with the bytes received, at most every
-/// [`REPORT_EVERY_BYTES`] or [`REPORT_EVERY`].
+/// [`REPORT_EVERY_BYTES`] or [`REPORT_EVERY`], and at the last byte.
 struct Reporter<'a> {
     progress: Option<&'a Progress>,
     total: u64,
@@ -41,7 +41,10 @@ impl<'a> Reporter<'a> {
     fn arrived(&mut self, done: u64) {
         let Some(p) = self.progress else { return };
         let new = done.saturating_sub(self.reported);
-        if new >= REPORT_EVERY_BYTES || (new > 0 && self.at.elapsed() >= REPORT_EVERY) {
+        // The last byte is reported at once: a caller learns that only the end (the hash,
+        // the rename) is left.
+        let last = new > 0 && done >= self.total;
+        if last || new >= REPORT_EVERY_BYTES || (new > 0 && self.at.elapsed() >= REPORT_EVERY) {
             p(done, self.total);
             self.reported = done;
             self.at = Instant::now();

@@ -26,7 +26,8 @@ const DIRECT_UPLOAD: u64 = 256 << 10;
 /// Where an upload's bytes go: small bodies are collected and stored at once, larger ones
 /// through a pipelined sink.
 enum Storing {
-    Direct(BlobWriter, Vec<Bytes>),
+    /// (Boxed: the writer is large next to a sink handle.)
+    Direct(Box<BlobWriter>, Vec<Bytes>),
     Piped(BlobSink),
 }
 
@@ -45,7 +46,7 @@ impl Storing {
         match self {
             Storing::Direct(mut writer, bufs) => {
                 writer.append(bufs).await?;
-                Ok(writer)
+                Ok(*writer)
             }
             Storing::Piped(sink) => sink.close().await,
         }
@@ -197,7 +198,7 @@ pub(super) async fn upload(
     tracing::debug!(%id, start, len, "upload");
     let mut body = req.into_body();
     let mut storing = if len <= DIRECT_UPLOAD {
-        Storing::Direct(writer, Vec::new())
+        Storing::Direct(Box::new(writer), Vec::new())
     } else {
         // Receiving and storing overlap: the sink hashes and writes (off the async threads)
         // while the next frames arrive, within this upload's and all uploads' budgets.

@@ -13,6 +13,7 @@ mod limits;
 mod per_sender;
 mod rate_window;
 mod recovery_check;
+mod reservation_pace;
 mod settings;
 mod sha_check;
 mod slow_transfers;

@@ -162,3 +162,51 @@ async fn one_recipient_cannot_take_the_places_of_a_senders_other_recipients() {
     drop(uploads);
     relay.stop().await;
 }
+
+/// Attack 5: counted per address alone, the downloads of one sender's files had no bound for
+/// a client with many addresses (an IPv6 /48 is 65,536 /64s): an account downloading its own
+/// files from fresh addresses held as many slots as it liked. They are bounded over all
+/// addresses too, at 8 times the bound of one address (16 here).
+#[tokio::test]
+async fn a_senders_files_downloaded_from_many_addresses_are_bounded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), true, |c| {
+        c.max_requests_per_sender = 2;
+        c.max_downloads_per_transfer = 0;
+        c.min_rate = 0;
+    })
+    .await;
+    let mut uploads = Vec::new();
+    for id in ["m1", "m2"] {
+        let token = relay.token(id, Direction::Upload, SIZE);
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        let head = format!(
+            "PUT /v1/transfers/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {SIZE}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[b'm'; 4096]).await.unwrap();
+        uploads.push(s);
+    }
+    relay.wait_for_metric("msim_relay_uploads_active 2\n").await;
+    // Two downloads from each of eight addresses: the bound of each address, 16 in all.
+    let mut open = Vec::new();
+    for i in 0..16u8 {
+        let id = if i % 2 == 0 { "m1" } else { "m2" };
+        let (s, status) = download_from(&relay, [127, 0, 1, 10 + i / 2], id).await;
+        assert_eq!(status, 200, "download {i}, within both bounds");
+        open.push(s);
+    }
+    let (refused, status) = download_from(&relay, [127, 0, 1, 30], "m1").await;
+    assert_eq!(
+        status, 429,
+        "a ninth address got a seventeenth download at once"
+    );
+    drop(open.pop());
+    relay
+        .wait_for_metric("msim_relay_downloads_active 15\n")
+        .await;
+    let (last, status) = download_from(&relay, [127, 0, 1, 31], "m2").await;
+    assert_eq!(status, 200, "a finished download frees its place");
+    drop((open, uploads, refused, last));
+    relay.stop().await;
+}

@@ -28,10 +28,11 @@ pub struct StoreConfig {
     pub per_sender_quota_bytes: u64,
     /// A partial upload with no progress for this long is removed by a sweep.
     pub abandon_after: Duration,
-    /// A partial upload with no progress and no writer attached for this long is removed when
-    /// an upload is refused for capacity, free disk or quota, and the upload is tried again:
-    /// an idle reservation cannot keep real uploads out, yet stays resumable while nobody
-    /// needs its room.
+    /// A partial upload with no progress for this long is removed when an upload is refused
+    /// for capacity, free disk or quota, and the upload is tried again: an idle reservation
+    /// cannot keep real uploads out, yet stays resumable while nobody needs its room.
+    /// Progress is counted in steps: this share of the bytes still to come at the pace that
+    /// completes the upload before it expires.
     pub reservation_idle: Duration,
     /// Uploads of at least this many bytes write their whole blocks with `O_DIRECT` (no copy
     /// into the page cache) where the file system allows it; 0 turns it off. Smaller uploads
@@ -122,7 +123,7 @@ pub struct SweepReport {
     pub tombstones: u64,
 }
 
-/// Totals from the index.
+/// Totals from the index (and one counter of the serving process).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Blobs in the index.
@@ -133,4 +134,7 @@ pub struct StoreStats {
     pub complete_blobs: u64,
     /// Tombstones of removed transfers.
     pub tombstones: u64,
+    /// Stored bytes this process read back to hash resumed uploads (an upload resumed where
+    /// its last request left off continues that request's hash instead).
+    pub rehashed_bytes: u64,
 }

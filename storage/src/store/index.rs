@@ -515,6 +515,7 @@ impl Index {
             declared_bytes: unsigned(bytes.unwrap_or(0)),
             complete_blobs: unsigned(complete.unwrap_or(0)),
             tombstones: self.tombstone_count().await?,
+            rehashed_bytes: 0,
         })
     }
 

@@ -1,29 +1,23 @@
 //! Idle reservations give way: a partial upload counts its whole declared size against the
 //! capacity, the free-disk watermark and its sender's quota, so uploads that stop after a few
 //! bytes would keep real uploads out until they are abandoned. Once one has made no progress
-//! for `reservation_idle` and no writer is attached, it is removed as soon as an upload needs
-//! its room.
-
-use std::sync::atomic::Ordering;
+//! for `reservation_idle`, it is removed as soon as an upload needs its room. Progress is
+//! counted at the pace that completes the upload before it expires (`BlobWriter::touch`),
+//! with or without a writer attached: a byte, or an empty request, every minute kept a
+//! reservation of any size for its whole lifetime (attack 5).
 
 use super::{BlobStore, Result, SweepReport};
 
 impl BlobStore {
-    /// Remove up to one batch of partial uploads idle for `reservation_idle` without a writer
-    /// (answered `410 Gone` afterwards, like an abandoned upload). Returns how many.
+    /// Remove up to one batch of partial uploads idle for `reservation_idle` (answered `410
+    /// Gone` afterwards, like an abandoned upload; an attached writer fails). Returns how many.
     pub(super) async fn lapse_idle_reservations(&self) -> Result<u64> {
         let idle = self.inner.config.reservation_idle.as_secs();
         let cutoff = self.now().saturating_sub(idle);
         let ids = self.inner.index.idle_partials(cutoff).await?;
         let mut report = SweepReport::default();
         for id in ids {
-            // A stalled writer still attached is cut by the relay's body idle timeout first.
-            let writing = self
-                .live_get(&id)
-                .is_some_and(|l| l.writer_active.load(Ordering::SeqCst));
-            if !writing {
-                self.sweep_one(&id, &mut report).await?;
-            }
+            self.sweep_one(&id, &mut report).await?;
         }
         if report.removed_partials > 0 {
             tracing::info!(

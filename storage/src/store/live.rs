@@ -1,10 +1,11 @@
 //! In-memory state of the partial uploads that have a writer or readers in this process.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use sha2::Sha256;
 use tokio::sync::watch;
 
 use super::BlobStore;
@@ -47,6 +48,12 @@ pub(super) struct LiveUpload {
     pub writer_active: AtomicBool,
     /// The most recently stored chunks (only kept while readers follow the upload).
     recent: Mutex<RecentChunks>,
+    /// The SHA-256 state of the stored bytes when the last hashing writer went away, and how
+    /// many bytes it covers: a writer resuming at that offset continues it instead of reading
+    /// the stored prefix back (each empty `PATCH` made the relay hash the whole prefix).
+    resume_hash: Mutex<Option<(u64, Sha256)>>,
+    /// The offset at the upload's last recorded progress (`u64::MAX`: none in this process).
+    marked: AtomicU64,
 }
 
 /// A window of the most recently stored bytes of an upload, as the writer's own buffers.
@@ -134,6 +141,41 @@ impl LiveUpload {
     pub fn recent(&self) -> std::sync::MutexGuard<'_, RecentChunks> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn resume_hash(&self) -> std::sync::MutexGuard<'_, Option<(u64, Sha256)>> {
+        self.resume_hash.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The offset at the last recorded progress, or `offset` (a writer's start) if none is
+    /// known.
+    pub fn marked(&self, offset: u64) -> u64 {
+        let marked = self.marked.load(Ordering::Relaxed);
+        if marked > offset {
+            self.mark(offset);
+            return offset;
+        }
+        marked
+    }
+
+    /// Progress was recorded with `offset` bytes stored.
+    pub fn mark(&self, offset: u64) {
+        self.marked.store(offset, Ordering::Relaxed);
+    }
+
+    /// Keep `hasher`, the hash of the first `offset` stored bytes, for the next writer.
+    pub fn save_hash(&self, offset: u64, hasher: Sha256) {
+        *self.resume_hash() = Some((offset, hasher));
+    }
+
+    /// The saved hash state if it covers exactly the first `offset` bytes (taken: one writer
+    /// at a time continues it; one for another offset is dropped).
+    pub fn take_hash(&self, offset: u64) -> Option<Sha256> {
+        // Offsets only grow: a state for another offset is stale.
+        match self.resume_hash().take() {
+            Some((at, hasher)) if at == offset => Some(hasher),
+            _ => None,
+        }
+    }
 }
 
 /// The live uploads of a store, by id. A std mutex: held only for map lookups, never across
@@ -188,6 +230,8 @@ impl BlobStore {
                     .0,
                     writer_active: AtomicBool::new(false),
                     recent: Mutex::new(RecentChunks::new(live.recent_total.clone())),
+                    resume_hash: Mutex::new(None),
+                    marked: AtomicU64::new(u64::MAX),
                 })
             })
             .clone()

@@ -57,6 +57,8 @@ struct Inner {
     /// The data directory's lock, held by a serving store ([`BlobStore::open`]) until it is
     /// closed or dropped.
     dir_lock: Mutex<Option<std::fs::File>>,
+    /// Stored bytes read back to hash a resumed upload (see [`StoreStats::rehashed_bytes`]).
+    rehashed: std::sync::atomic::AtomicU64,
 }
 
 /// A temporary blob store. Cheap to clone.
@@ -112,6 +114,7 @@ impl BlobStore {
                 live: LiveUploads::default(),
                 commits: Mutex::new(CommitQueue::default()),
                 dir_lock: Mutex::new(None),
+                rehashed: Default::default(),
             }),
         })
     }
@@ -379,9 +382,14 @@ impl BlobStore {
         Ok(n)
     }
 
-    /// Totals from the index.
+    /// Totals from the index, and this process's count of bytes read back for hashing.
     pub async fn stats(&self) -> Result<StoreStats> {
-        self.inner.index.stats().await
+        let mut stats = self.inner.index.stats().await?;
+        stats.rehashed_bytes = self
+            .inner
+            .rehashed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok(stats)
     }
 
     /// Close the index database.

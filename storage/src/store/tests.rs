@@ -315,25 +315,98 @@ async fn idle_reservation_lapses_only_when_room_is_needed() {
         .await
         .expect("append");
     drop(w);
-    // Attached writer or recent progress: the reservation holds.
+    // Recent progress: the reservation holds.
     clock.advance(119);
     assert!(matches!(
         store.create(blob("real", 500, "alice")).await,
         Err(StoreError::CapacityExceeded)
     ));
-    let held = store.writer("idle").await.expect("resumable");
-    clock.advance(200);
+    // Resumed and moving at its pace (a byte here: it expires in decades), it holds.
+    let mut held = store.writer("idle").await.expect("resumable");
+    clock.advance(100);
+    held.append(vec![Bytes::from_static(b"y")])
+        .await
+        .expect("append");
+    clock.advance(100);
     assert!(matches!(
         store.create(blob("real", 500, "alice")).await,
         Err(StoreError::CapacityExceeded)
     ));
-    drop(held);
-    // Idle for longer than reservation_idle and no writer: it gives way.
+    // No progress for longer than reservation_idle: it gives way, also with its writer
+    // attached (a connection sending a byte now and then held it for its lifetime).
+    clock.advance(21);
     store
         .create(blob("real", 500, "alice"))
         .await
         .expect("admitted");
     assert!(matches!(store.info("idle").await, Err(StoreError::Gone(_))));
+    assert!(held.append(vec![Bytes::from_static(b"z")]).await.is_err());
+    store.close().await;
+}
+
+/// Attack 5: opening a writer recorded progress, so an empty request every minute kept a
+/// reservation that sent nothing; and a byte now and then counted as progress whatever the
+/// size. Progress now needs the pace that completes the upload before it expires.
+#[tokio::test]
+async fn only_bytes_at_the_uploads_pace_keep_its_reservation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let config = StoreConfig {
+        capacity_bytes: 100 << 20,
+        reservation_idle: Duration::from_secs(120),
+        ..config(&clock)
+    };
+    let store = BlobStore::open(dir.path(), config).await.expect("open");
+    // Expires in 24 h: 90 MiB must move at 1/720 of it (128 KiB) per two minutes.
+    let mut hoard = blob("hoard", 90 << 20, "mallory");
+    hoard.expires = store.now() + 86_400;
+    let mut w = store.create_writer(hoard).await.expect("create");
+    w.append(vec![Bytes::from(vec![1u8; 1000])])
+        .await
+        .expect("append");
+    drop(w);
+    for _ in 0..3 {
+        clock.advance(100);
+        // An empty request, and a writer sending a little: neither is progress.
+        drop(store.writer("hoard").await.expect("resumable"));
+        let mut w = store.writer("hoard").await.expect("resumable");
+        w.append(vec![Bytes::from(vec![2u8; 1000])])
+            .await
+            .expect("append");
+        drop(w);
+    }
+    store
+        .create(blob("real", 20 << 20, "alice"))
+        .await
+        .expect("the hoard gave way");
+    assert!(matches!(
+        store.info("hoard").await,
+        Err(StoreError::Gone(_))
+    ));
+    assert!(store.cancel("real").await.expect("cancel"));
+
+    // An upload at its pace keeps its reservation, also when it comes in requests that are
+    // each below the step (100 KiB per two minutes here).
+    let mut steady = blob("steady", 70 << 20, "bob");
+    steady.expires = store.now() + 86_400;
+    let mut w = store.create_writer(steady).await.expect("create");
+    for _ in 0..3 {
+        clock.advance(100);
+        for _ in 0..2 {
+            drop(w);
+            w = store.writer("steady").await.expect("resumable");
+            w.append(vec![Bytes::from(vec![3u8; 64 << 10])])
+                .await
+                .expect("append");
+        }
+    }
+    clock.advance(100);
+    assert!(matches!(
+        store.create(blob("late", 40 << 20, "carol")).await,
+        Err(StoreError::CapacityExceeded)
+    ));
+    assert!(store.info("steady").await.is_ok());
+    drop(w);
     store.close().await;
 }
 

@@ -30,6 +30,8 @@ pub enum Hashing {
     Always,
     /// Hash only a blob with a declared SHA-256 (which must be checked); a blob without one
     /// completes without a SHA-256, and a resumed writer does not read its stored prefix back.
+    /// (It still continues the hash an earlier hashing writer left, at the cost of the bytes
+    /// it appends, so that a later hashing writer need not read everything back.)
     OnlyToCheck,
 }
 
@@ -100,15 +102,20 @@ impl BlobStore {
             p.phase = Phase::Writing;
             p.verified = false;
         });
+        let hasher = hashing.hasher(new.sha256.as_deref());
+        live.mark(0);
         Ok(BlobWriter {
             guard,
             part: Some(part),
-            hasher: hashing.hasher(new.sha256.as_deref()),
+            reports_hash: hasher.is_some(),
+            hasher,
             offset: 0,
             size: new.size,
             sha256: new.sha256,
             // `insert` set the progress time.
             last_touch: self.now(),
+            marked: 0,
+            expires: new.expires,
         })
     }
 
@@ -130,9 +137,11 @@ impl BlobStore {
         let (live, guard) = self.claim_writer(id)?;
         let size = info.size;
         let direct = self.writes_direct(size);
-        let hasher = hashing.hasher(info.sha256.as_deref());
-        let opened =
-            tokio::task::spawn_blocking(move || -> io::Result<(PartFile, Option<Sha256>, u64)> {
+        let wanted = hashing.hasher(info.sha256.as_deref());
+        let reports_hash = wanted.is_some();
+        let live2 = live.clone();
+        let opened = tokio::task::spawn_blocking(
+            move || -> io::Result<(PartFile, Option<Sha256>, u64, u64)> {
                 let mut f = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -142,24 +151,38 @@ impl BlobStore {
                     f.set_len(size)?;
                 }
                 let len = len.min(size);
-                let mut hasher = hasher;
-                if let Some(hasher) = hasher.as_mut() {
-                    let mut buf = vec![0u8; REHASH_CHUNK];
-                    let mut left = len;
-                    while left > 0 {
-                        let n =
-                            usize::try_from(left.min(REHASH_CHUNK as u64)).unwrap_or(REHASH_CHUNK);
-                        f.read_exact(&mut buf[..n])?;
-                        hasher.update(&buf[..n]);
-                        left -= n as u64;
+                // The hash the last writer left at this very offset goes on (also for a writer
+                // that does not need it: a later one may); else the prefix is read back.
+                let mut rehashed = 0;
+                let hasher = match (live2.take_hash(len), wanted) {
+                    (Some(saved), _) => Some(saved),
+                    (None, Some(mut hasher)) => {
+                        let mut buf = vec![0u8; REHASH_CHUNK];
+                        let mut left = len;
+                        while left > 0 {
+                            let n = usize::try_from(left.min(REHASH_CHUNK as u64))
+                                .unwrap_or(REHASH_CHUNK);
+                            f.read_exact(&mut buf[..n])?;
+                            hasher.update(&buf[..n]);
+                            left -= n as u64;
+                        }
+                        rehashed = len;
+                        Some(hasher)
                     }
-                }
+                    (None, None) => None,
+                };
                 // Appends continue at `len` (positional writes).
-                Ok((PartFile::new(f, &part2, len, direct)?, hasher, len))
-            })
-            .await
-            .map_err(io::Error::other)?;
-        let (part, hasher, offset) = match opened {
+                Ok((
+                    PartFile::new(f, &part2, len, direct)?,
+                    hasher,
+                    len,
+                    rehashed,
+                ))
+            },
+        )
+        .await
+        .map_err(io::Error::other)?;
+        let (part, hasher, offset, rehashed) = match opened {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
@@ -169,19 +192,22 @@ impl BlobStore {
             p.phase = Phase::Writing;
             p.verified = false;
         });
-        let now = self.now();
-        if last_progress != now {
-            // Restart the abandonment clock (already current right after `create`).
-            self.inner.index.set_progress(id, now).await?;
-        }
+        self.inner.rehashed.fetch_add(rehashed, Ordering::Relaxed);
+        // Opening a writer is no progress: an empty request every minute kept a reservation
+        // that sent nothing (attack 5). Its bytes are, at the pace of `progress_step`.
         Ok(BlobWriter {
             guard,
             part: Some(part),
+            reports_hash,
             hasher,
             offset,
             size,
             sha256: info.sha256,
-            last_touch: now,
+            last_touch: last_progress,
+            // Bytes of earlier requests since the last mark count (an upload in many small
+            // requests makes its steps); after a restart, from here.
+            marked: live.marked(offset),
+            expires: info.expires,
         })
     }
 }
@@ -299,12 +325,39 @@ pub struct BlobWriter {
     guard: WriterGuard,
     part: Option<PartFile>,
     /// `None` for a writer that does not hash ([`Hashing::OnlyToCheck`] without a declared
-    /// SHA-256).
+    /// SHA-256, unless it continues an earlier writer's hash). Left to the next writer when
+    /// this one goes away unfinished.
     hasher: Option<Sha256>,
+    /// Whether the completed blob gets its SHA-256 (not for a writer asked not to hash, even
+    /// when it continued an earlier writer's hash).
+    reports_hash: bool,
     pub(super) offset: u64,
     pub(super) size: u64,
     sha256: Option<String>,
+    /// When progress was last recorded in the index, and the offset then.
     last_touch: u64,
+    marked: u64,
+    /// When the blob expires (the pace its upload must keep is taken from it).
+    expires: u64,
+}
+
+/// Bytes an upload with `left` bytes to go and `lifetime` seconds until its expiry must move
+/// for its progress to count: its share of one `window` (the reservation idle time) at the
+/// pace that completes it before it expires. A reservation is kept by uploading at that pace,
+/// not by a byte or an empty request now and then, attached or not (attack 5).
+fn progress_step(left: u64, lifetime: u64, window: u64) -> u64 {
+    let share = u128::from(left) * u128::from(window) / u128::from(lifetime.max(window).max(1));
+    u64::try_from(share).unwrap_or(left).clamp(1, left.max(1))
+}
+
+impl Drop for BlobWriter {
+    /// An unfinished writer leaves its hash (of exactly `offset` bytes: a failed step drops
+    /// it) to the writer that resumes the upload.
+    fn drop(&mut self) {
+        if let Some(hasher) = self.hasher.take() {
+            self.guard.live.save_hash(self.offset, hasher);
+        }
+    }
 }
 
 fn writer_failed() -> StoreError {
@@ -378,13 +431,22 @@ impl BlobWriter {
         self.touch().await
     }
 
-    /// Record progress in the index (at most once per clock second).
+    /// Record progress in the index (at most once per clock second) once at least
+    /// [`progress_step`] bytes arrived since it was last recorded.
     async fn touch(&mut self) -> Result<()> {
-        let now = self.guard.store.now();
-        if now != self.last_touch {
+        let store = &self.guard.store;
+        let now = store.now();
+        let idle = store.inner.config.reservation_idle.as_secs();
+        let step = progress_step(
+            self.size - self.marked,
+            self.expires.saturating_sub(now),
+            idle,
+        );
+        if now != self.last_touch && self.offset - self.marked >= step {
             self.last_touch = now;
-            let index = &self.guard.store.inner.index;
-            index.set_progress(&self.guard.id, now).await?;
+            self.marked = self.offset;
+            self.guard.live.mark(self.offset);
+            store.inner.index.set_progress(&self.guard.id, now).await?;
         }
         Ok(())
     }
@@ -423,6 +485,7 @@ impl BlobWriter {
         let id = self.guard.id.clone();
         let (part_path, blob_path) = (store.part_path(&id), store.blob_path(&id));
         let expected = self.sha256.clone();
+        let reports_hash = self.reports_hash;
         let live = self.guard.live.clone();
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
         let stored = tokio::task::spawn_blocking(
@@ -438,7 +501,9 @@ impl BlobWriter {
                     pushed = publish_unverified(&live, at, &bufs, part.written);
                     hasher = hash(hasher, &bufs);
                 }
-                let actual = hasher.map(|h| hex::encode(h.finalize()));
+                let actual = hasher
+                    .filter(|_| reports_hash)
+                    .map(|h| hex::encode(h.finalize()));
                 if let Some(expected) = &expected {
                     // A writer of a blob with a declared SHA-256 always hashes.
                     let actual = actual.clone().unwrap_or_default();

@@ -32,6 +32,11 @@ impl TestServer {
         )
     }
 
+    /// A plain server whose chat configuration `f` changes first.
+    pub fn start_with(f: impl FnOnce(&mut msim_chat::Config) + Send + 'static) -> TestServer {
+        Self::with(System::builder().chat(f))
+    }
+
     fn with(builder: msim_testkit::SystemBuilder) -> TestServer {
         let system = builder.start_on_thread().expect("msim-chat starts");
         TestServer { system }
