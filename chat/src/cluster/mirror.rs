@@ -24,8 +24,10 @@ const MAX_WAITING_BYTES: usize = 8 << 20;
 /// Most packets waiting for one user (one busy user does not take the others' room).
 const MAX_WAITING_PER_USER: usize = 256;
 
-/// Hands a live packet to the other nodes (`Outbox::live`).
-pub(crate) type Publish = Box<dyn Fn(&str, &Bytes) + Send + Sync>;
+/// Hands a live packet to the other nodes (`Outbox::live`); false when there is no room for
+/// it now (it then stays waiting, or, for a user known online, is dropped as the outbox's
+/// own overflow is).
+pub(crate) type Publish = Box<dyn Fn(&str, &Bytes) -> bool + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -71,7 +73,8 @@ impl Mirror {
     /// waited.
     pub(crate) fn offer(&self, login: &str, bytes: &Bytes) {
         let mut s = self.lock();
-        if s.online.contains_key(login) {
+        let online = s.online.contains_key(login);
+        if online && !s.waiting.contains_key(login) {
             (self.publish)(login, bytes);
             return;
         }
@@ -88,6 +91,10 @@ impl Mirror {
         }
         s.waiting_count += 1;
         s.waiting_bytes += bytes.len();
+        if online {
+            // Behind packets that found no room earlier: in their order.
+            self.release(&mut s, login);
+        }
     }
 
     pub(super) fn set(&self, login: &str, node: i64, on: bool) {
@@ -148,8 +155,14 @@ impl Mirror {
             self.release(s, &login);
         }
         let (mut count, mut bytes) = (0, 0);
-        s.waiting.retain(|_, packets| {
-            packets.retain(|(at, _)| *at >= read_at);
+        let State {
+            online, waiting, ..
+        } = s;
+        waiting.retain(|login, packets| {
+            // A user online whose packets found no room in the outbox keeps them.
+            if !online.contains_key(login) {
+                packets.retain(|(at, _)| *at >= read_at);
+            }
             count += packets.len();
             bytes += packets.iter().map(|(_, b)| b.len()).sum::<usize>();
             !packets.is_empty()
@@ -158,14 +171,23 @@ impl Mirror {
         s.waiting_bytes = bytes;
     }
 
-    /// Publishes `login`'s waiting packets, in the order they were offered.
+    /// Publishes `login`'s waiting packets, in the order they were offered, as far as the
+    /// outbox has room (the rest wait for the next chance: a reconnect storm releasing many
+    /// users at once must not drop them, nor the presence notes behind them).
     fn release(&self, s: &mut State, login: &str) {
-        if let Some(packets) = s.waiting.remove(login) {
-            s.waiting_count -= packets.len();
-            for (_, b) in packets {
-                s.waiting_bytes -= b.len();
-                (self.publish)(login, &b);
+        let Some(packets) = s.waiting.remove(login) else {
+            return;
+        };
+        let mut left = packets.into_iter();
+        for (at, b) in left.by_ref() {
+            if !(self.publish)(login, &b) {
+                let mut kept = vec![(at, b)];
+                kept.extend(left);
+                s.waiting.insert(login.to_owned(), kept);
+                break;
             }
+            s.waiting_count -= 1;
+            s.waiting_bytes -= b.len();
         }
     }
 
@@ -190,6 +212,7 @@ mod tests {
         let sink = out.clone();
         let m = Mirror::new(Box::new(move |l: &str, b: &Bytes| {
             sink.lock().unwrap().push((l.to_owned(), b.clone()));
+            true
         }));
         (m, out)
     }
@@ -254,5 +277,37 @@ mod tests {
             );
         }
         assert_eq!(m.waiting(), MAX_WAITING);
+    }
+
+    #[test]
+    fn packets_the_outbox_has_no_room_for_keep_waiting_in_order() {
+        let room = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (r, sink) = (room.clone(), out.clone());
+        let m = Mirror::new(Box::new(move |_: &str, b: &Bytes| {
+            let free = r.load(std::sync::atomic::Ordering::SeqCst);
+            if free == 0 {
+                return false;
+            }
+            r.store(free - 1, std::sync::atomic::Ordering::SeqCst);
+            sink.lock().unwrap().push(b.clone());
+            true
+        }));
+        for p in ["1\n", "2\n", "3\n"] {
+            m.offer("alice", &Bytes::from(p));
+        }
+        m.set("alice", 1, true);
+        assert_eq!(m.waiting(), 2, "room for one");
+        // Online now, but a new packet goes behind the two still waiting.
+        m.offer("alice", &Bytes::from("4\n"));
+        assert_eq!(m.waiting(), 3);
+        // A read that started later does not drop what waits for room; with room, it goes.
+        m.update(&[], vec![], Instant::now());
+        assert_eq!(m.waiting(), 3);
+        room.store(10, std::sync::atomic::Ordering::SeqCst);
+        m.update(&[], vec![], Instant::now());
+        let got: Vec<_> = std::mem::take(&mut *out.lock().unwrap());
+        assert_eq!(got, ["1\n", "2\n", "3\n", "4\n"].map(Bytes::from));
+        assert_eq!(m.waiting(), 0);
     }
 }

@@ -242,6 +242,9 @@ pub(crate) enum Event {
     Online(Vec<String>),
 }
 
+/// Outbox places that live packets leave to presence and node notes.
+const OUTBOX_RESERVE: usize = 256;
+
 /// The hub's view of the other nodes.
 struct RemoteNodes {
     mirror: Arc<mirror::Mirror>,
@@ -319,8 +322,10 @@ impl Cluster {
         let stop = CancellationToken::new();
         let (outbox, outbox_rx) = fanout::Outbox::new(node);
         let publish = outbox.clone();
+        // Room is kept in the outbox for presence notes: waiting packets released in a burst
+        // (a reconnect storm) stop short of it.
         let mirror = Arc::new(mirror::Mirror::new(Box::new(move |login, bytes| {
-            publish.live(login, bytes)
+            publish.has_room(OUTBOX_RESERVE) && publish.live(login, bytes)
         })));
         hub.set_remote(Arc::new(RemoteNodes {
             mirror: mirror.clone(),

@@ -72,14 +72,24 @@ impl Outbox {
         self.heads.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    fn queue(&self, out: Out) {
-        if let Err(e) = self.queue.try_send(out) {
-            warn!("cluster outbox full: a live packet is dropped ({e})");
+    fn queue(&self, out: Out) -> bool {
+        match self.queue.try_send(out) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("cluster outbox full: a live packet is dropped ({e})");
+                false
+            }
         }
     }
 
-    /// Publishes a live packet for `login`'s sessions on the other nodes.
-    pub(crate) fn live(&self, login: &str, bytes: &Bytes) {
+    /// Whether the outbox has room for `n` more packets now.
+    pub(crate) fn has_room(&self, n: usize) -> bool {
+        self.queue.capacity() >= n
+    }
+
+    /// Publishes a live packet for `login`'s sessions on the other nodes; false if it was
+    /// dropped (the outbox was full).
+    pub(crate) fn live(&self, login: &str, bytes: &Bytes) -> bool {
         match std::str::from_utf8(bytes) {
             Ok(text) if text.len() <= INLINE_MAX && !text.contains('\0') => {
                 self.queue(Out::Payload(format!("e {} {login} {text}", self.node)))

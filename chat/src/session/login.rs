@@ -45,10 +45,12 @@ impl Session<'_> {
         });
         // In a cluster, "first session" means first on any node (decided in the database).
         // Decided before the backlog is read: once the row is committed, a change another
-        // node makes after this session's reads is pushed here (`cluster::mirror`).
+        // node makes after this session's reads is pushed here (`cluster::mirror`). Every
+        // login syncs, not only this node's first: a second one waits for the first one's
+        // row being written (a per-login turn; nothing is written when it is stored).
         let first = match &sh.cluster {
-            Some(cluster) if first => cluster.session_opened(&login).await,
-            _ => first,
+            Some(cluster) => cluster.session_opened(&login).await,
+            None => first,
         };
         // The presence announcement goes to the watchers, the backlog to this session: neither
         // waits for the other's database reads, so they run side by side and the requests
