@@ -5,7 +5,7 @@
 //! upload still completes, taking turns.
 
 use crate::common;
-use crate::receive_many::patch;
+use crate::receive_many::{accepted_by_carol, patch};
 
 use std::time::{Duration, Instant};
 
@@ -123,20 +123,7 @@ fn drippers_on_every_slot_yield_to_an_honest_picture_and_a_slow_upload_completes
         rt.spawn(async move {
             let (d, _events) = Client::connect(chat).await.unwrap();
             d.login("dave", &password("dave")).await.unwrap();
-            let offer = d
-                .offer_file(OfferFile {
-                    to: "carol".into(),
-                    filename: "slow.bin".into(),
-                    size: slow.len() as u64,
-                    sha256: Some(sha256_hex(&slow)),
-                    mime: None,
-                })
-                .await
-                .unwrap();
-            let grant = tokio::time::timeout(WAIT, offer.answer())
-                .await
-                .unwrap()
-                .unwrap();
+            let grant = accepted_by_carol(&d, "slow.bin", &slow, true).await;
             for (i, piece) in slow.chunks(8 << 10).enumerate() {
                 patch(&grant.url, &grant.token, i * (8 << 10), piece).await;
                 // The sender's pace, not a synchronisation.
@@ -180,20 +167,8 @@ async fn unhashed_sender(srv: &TestServer, login: &str) -> Client {
     let (m, _events) = Client::connect(srv.chat).await.unwrap();
     m.login(login, &password(login)).await.unwrap();
     for i in 0..2 {
-        let offer = m
-            .offer_file(OfferFile {
-                to: "carol".into(),
-                filename: format!("drip-unhashed-{login}-{i}.bin"),
-                size: data.len() as u64,
-                sha256: None,
-                mime: None,
-            })
-            .await
-            .unwrap();
-        let grant = tokio::time::timeout(WAIT, offer.answer())
-            .await
-            .unwrap()
-            .unwrap();
+        let name = format!("drip-unhashed-{login}-{i}.bin");
+        let grant = accepted_by_carol(&m, &name, &data, false).await;
         patch(&grant.url, &grant.token, 0, &data).await;
     }
     m

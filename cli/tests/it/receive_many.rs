@@ -102,6 +102,30 @@ fn one_bad_and_one_stalled_transfer_do_not_stop_the_others() {
     drop(mallory);
 }
 
+/// `client` offers carol `data` as `filename` (declaring its SHA-256 when `hashed`) and
+/// waits for her acceptance: the upload grant.
+pub(crate) async fn accepted_by_carol(
+    client: &Client,
+    filename: &str,
+    data: &[u8],
+    hashed: bool,
+) -> msim::proto::UploadGrant {
+    let offer = client
+        .offer_file(OfferFile {
+            to: "carol".into(),
+            filename: filename.into(),
+            size: data.len() as u64,
+            sha256: hashed.then(|| sha256_hex(data)),
+            mime: None,
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, offer.answer())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// `PATCH` `piece` at `offset` of the transfer at `url` (an upload in pieces).
 pub(crate) async fn patch(url: &str, token: &str, offset: usize, piece: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -147,20 +171,7 @@ fn a_transfer_accepted_before_a_restart_is_resumed_at_the_next_login() {
     let (bob, grant) = rt.block_on(async {
         let (b, _events) = Client::connect(srv.chat).await.unwrap();
         b.login("bob", &password("bob")).await.unwrap();
-        let offer = b
-            .offer_file(OfferFile {
-                to: "carol".into(),
-                filename: "big.bin".into(),
-                size: data.len() as u64,
-                sha256: Some(sha256_hex(&data)),
-                mime: None,
-            })
-            .await
-            .unwrap();
-        let grant = tokio::time::timeout(WAIT, offer.answer())
-            .await
-            .unwrap()
-            .unwrap();
+        let grant = accepted_by_carol(&b, "big.bin", &data, true).await;
         patch(&grant.url, &grant.token, 0, &data[..2 << 20]).await;
         (b, grant)
     });

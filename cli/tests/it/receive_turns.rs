@@ -5,7 +5,7 @@
 
 use crate::common;
 use crate::receive_fair::{dripper, honest_picture_arrives};
-use crate::receive_many::patch;
+use crate::receive_many::{accepted_by_carol, patch};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{password, run_expect, Running, TestServer};
 use msim::proto::OfferFile;
 use msim::Client;
-use msim_testkit::{pseudo_random_bytes, sha256_hex};
+use msim_testkit::pseudo_random_bytes;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -135,20 +135,7 @@ fn a_paused_download_resumes_while_new_senders_keep_offering() {
     let (dave, grant) = rt.block_on(async {
         let (d, _events) = Client::connect(srv.chat).await.unwrap();
         d.login("dave", &password("dave")).await.unwrap();
-        let offer = d
-            .offer_file(OfferFile {
-                to: "carol".into(),
-                filename: "slow.bin".into(),
-                size: file.len() as u64,
-                sha256: Some(sha256_hex(&file)),
-                mime: None,
-            })
-            .await
-            .unwrap();
-        let grant = tokio::time::timeout(WAIT, offer.answer())
-            .await
-            .unwrap()
-            .unwrap();
+        let grant = accepted_by_carol(&d, "slow.bin", &file, true).await;
         patch(&grant.url, &grant.token, 0, &file[..8 << 10]).await;
         (d, grant)
     });
