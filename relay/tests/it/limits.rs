@@ -238,17 +238,24 @@ async fn downloader_that_stops_reading_is_cut_after_idle_time() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn idle_reservations_do_not_keep_real_uploads_out() {
-    let dir = tempfile::tempdir().unwrap();
+/// A relay of 10 MiB with a manual clock, whose reservations lapse after 120 s idle: nine
+/// uploads of 1 MiB hoarding room keep a real one out unless they lapse.
+pub(crate) async fn hoard_target(dir: &Path) -> (Relay, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
-    let relay = Relay::start(dir.path(), true, |c| {
+    let relay = Relay::start(dir, true, |c| {
         c.capacity = 10 << 20;
         c.per_sender_quota = 100 << 20;
         c.reservation_idle = Duration::from_secs(120);
         c.clock = clock.clone();
     })
     .await;
+    (relay, clock)
+}
+
+#[tokio::test]
+async fn idle_reservations_do_not_keep_real_uploads_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, clock) = hoard_target(dir.path()).await;
     // The attack: nine uploads each declare 1 MiB, send one byte after 100-continue, and go.
     for k in 0..9 {
         let id = format!("hoard-{k}");

@@ -6,11 +6,7 @@
 
 use crate::support;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use msim_shared::token::Direction;
-use msim_storage::{Clock, ManualClock, SystemClock};
 use support::{exchange, utf8, Relay};
 
 /// `PATCH` of `body` at `offset` to `id` (1 MiB declared).
@@ -27,14 +23,7 @@ async fn patch(relay: &Relay, id: &str, offset: u64, body: &[u8]) {
 #[tokio::test]
 async fn empty_requests_and_stray_bytes_do_not_keep_a_reservation() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(SystemClock.now()));
-    let relay = Relay::start(dir.path(), true, |c| {
-        c.capacity = 10 << 20;
-        c.per_sender_quota = 100 << 20;
-        c.reservation_idle = Duration::from_secs(120);
-        c.clock = clock.clone();
-    })
-    .await;
+    let (relay, clock) = crate::limits::hoard_target(dir.path()).await;
     // Nine uploads declare 1 MiB each and send one byte.
     for k in 0..9 {
         patch(&relay, &format!("hoard-{k}"), 0, b"x").await;
