@@ -14,6 +14,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
+use tracing::warn;
 
 /// Most packets waiting for the mirror to learn whether their user is online elsewhere (a
 /// second of a busy node's copies for its senders' other sessions fits).
@@ -37,6 +38,9 @@ struct State {
     waiting: HashMap<String, Vec<(Instant, Bytes)>>,
     waiting_count: usize,
     waiting_bytes: usize,
+    /// Packets dropped at a bound since start, and when that was last logged.
+    dropped: u64,
+    dropped_logged: Option<Instant>,
 }
 
 /// Who is online on the other nodes: login → nodes; and the packets waiting to know.
@@ -79,11 +83,11 @@ impl Mirror {
             return;
         }
         if s.waiting_count >= MAX_WAITING || s.waiting_bytes + bytes.len() > MAX_WAITING_BYTES {
-            return;
+            return dropped(&mut s);
         }
         let entry = (Instant::now(), bytes.clone());
         match s.waiting.get_mut(login) {
-            Some(packets) if packets.len() >= MAX_WAITING_PER_USER => return,
+            Some(packets) if packets.len() >= MAX_WAITING_PER_USER => return dropped(&mut s),
             Some(packets) => packets.push(entry),
             None => {
                 s.waiting.insert(login.to_owned(), vec![entry]);
@@ -191,10 +195,33 @@ impl Mirror {
         }
     }
 
+    /// Packets dropped at a bound (tests).
+    #[cfg(test)]
+    fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
     /// Packets waiting (tests).
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.lock().waiting_count
+    }
+}
+
+/// A packet found the waiting room full: counted, and logged at most once a minute (only a
+/// user who logged in elsewhere during the mirror's lag can miss it).
+fn dropped(s: &mut State) {
+    s.dropped += 1;
+    let now = Instant::now();
+    if s.dropped_logged
+        .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(60))
+    {
+        s.dropped_logged = Some(now);
+        warn!(
+            dropped = s.dropped,
+            "cluster: live packets waiting for the presence mirror are at their bound; \
+             new ones for users not known online go only to this node's sessions"
+        );
     }
 }
 
@@ -263,6 +290,7 @@ mod tests {
             m.offer("erin", &Bytes::from("w\n"));
         }
         assert_eq!(m.waiting(), MAX_WAITING_PER_USER);
+        assert_eq!(m.dropped(), 10);
         let (m, _out) = mirror();
         let big = Bytes::from(vec![b'x'; 1 << 20]);
         for i in 0..10 {
