@@ -132,7 +132,7 @@ impl Db {
         }
         let node = s.node.load(std::sync::atomic::Ordering::Relaxed);
         let mark = Some(s.next_mark());
-        let durability = durability_of(&ops);
+        let durability = super::postgres::Durability::of(&ops);
         let work = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // The batch lock first (every node's batches wait for it), which also reserves
@@ -577,16 +577,6 @@ async fn roll_back(tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
     })
 }
 
-/// What a PostgreSQL batch's `COMMIT` waits for: the disk, unless the batch holds only
-/// acknowledgements (best effort, nobody answered: see [`super::postgres::Durability`]).
-fn durability_of(ops: &[WriteOp]) -> super::postgres::Durability {
-    if ops.iter().all(|op| matches!(op, WriteOp::Ack { .. })) {
-        super::postgres::Durability::Buffers
-    } else {
-        super::postgres::Durability::Disk
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,21 +591,5 @@ mod tests {
         // SQLite: anonymous arguments, never `$N` (quadratic binding in sqlx-sqlite).
         assert_eq!(placeholders(ParamStyle::InOrder, 2, 2, 3), "(?, ?), (?, ?)");
         assert_eq!(placeholders(ParamStyle::InOrder, 3, 1, 1), "?, ?, ?");
-    }
-
-    #[test]
-    fn only_batches_of_acknowledgements_skip_the_fsync() {
-        use super::super::postgres::Durability::{Buffers, Disk};
-        let ack = || WriteOp::Ack {
-            id: "m1".into(),
-            recipient: "bob".into(),
-        };
-        assert_eq!(durability_of(&[ack(), ack()]), Buffers);
-        let seen = WriteOp::SetLastSeen {
-            login: "bob".into(),
-            at: 1,
-        };
-        assert_eq!(durability_of(&[ack(), seen]), Disk);
-        assert_eq!(durability_of(&[WriteOp::DeleteReceipts(vec![1])]), Disk);
     }
 }

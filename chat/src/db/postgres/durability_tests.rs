@@ -41,3 +41,22 @@ async fn only_an_acknowledgement_batch_commits_without_the_fsync() {
     assert_eq!(setting(&mut c).await, "on");
     c.execute("ROLLBACK").await.expect("rollback");
 }
+
+#[test]
+fn only_batches_of_acknowledgements_skip_the_fsync() {
+    use crate::db::WriteOp;
+    let ack = || WriteOp::Ack {
+        id: "m1".into(),
+        recipient: "bob".into(),
+    };
+    assert_eq!(Durability::of(&[ack(), ack()]), Durability::Buffers);
+    let seen = WriteOp::SetLastSeen {
+        login: "bob".into(),
+        at: 1,
+    };
+    assert_eq!(Durability::of(&[ack(), seen]), Durability::Disk);
+    assert_eq!(
+        Durability::of(&[WriteOp::DeleteReceipts(vec![1])]),
+        Durability::Disk
+    );
+}

@@ -377,6 +377,20 @@ pub(in crate::db) enum Durability {
     Buffers,
 }
 
+impl Durability {
+    /// What a batch of `ops` waits for: the disk, unless it holds only acknowledgements.
+    pub(in crate::db) fn of(ops: &[crate::db::WriteOp]) -> Durability {
+        if ops
+            .iter()
+            .all(|op| matches!(op, crate::db::WriteOp::Ack { .. }))
+        {
+            Durability::Buffers
+        } else {
+            Durability::Disk
+        }
+    }
+}
+
 /// [`lock_batch_marked`], with the batch's [`Durability`].
 pub(in crate::db) async fn lock_batch_as(
     tx: &mut PgConnection,
