@@ -51,17 +51,8 @@ async fn a_burst_of_parallel_guesses_gets_at_most_one_check_per_node() {
     let n = nodes(&url, 2, &[]).await;
     drop(n[0].user("bob").await);
     let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 3).into();
-    let mut guesses = Vec::new();
-    for k in 0..40 {
-        let mut c = Client::connect_from(n[k % 2].addr, attacker).await;
-        c.send("CONNECT login=bob").await;
-        c.expect("CONNECT-ACK").await;
-        guesses.push(c);
-    }
-    let wrong = "0".repeat(64);
-    for c in &mut guesses {
-        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
-    }
+    let mut guesses = guesses_for_bob(&[n[0].addr, n[1].addr], attacker, 40).await;
+    answer_wrongly(&mut guesses).await;
     let mut checked = 0;
     for c in &mut guesses {
         let answer = c.expect("CONNECT-FAILED").await;
@@ -96,13 +87,7 @@ async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
     let owner: IpAddr = Ipv4Addr::new(127, 0, 0, 9).into();
     drop(n[0].user("bob").await);
     let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 5).into();
-    let mut guesses = Vec::new();
-    for _ in 0..20 {
-        let mut c = Client::connect_from(n[0].addr, attacker).await;
-        c.send("CONNECT login=bob").await;
-        c.expect("CONNECT-ACK").await;
-        guesses.push(c);
-    }
+    let mut guesses = guesses_for_bob(&[n[0].addr], attacker, 20).await;
     let mut owner_client = Client::connect_from(n[0].addr, owner).await;
     owner_client.send("CONNECT login=bob").await;
     let ack = owner_client.expect("CONNECT-ACK").await;
@@ -116,10 +101,7 @@ async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
         .execute(&mut slow)
         .await
         .expect("lock");
-    let wrong = "0".repeat(64);
-    for c in &mut guesses {
-        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
-    }
+    answer_wrongly(&mut guesses).await;
     // A guess holds the login's turn (its check waits for the locked table) before the owner
     // asks: otherwise the owner could take the turn first and wait for the database itself.
     let mut watch = sqlx::PgConnection::connect(&url).await.expect("connection");
@@ -166,11 +148,7 @@ async fn a_flood_of_guesses_for_one_login_does_not_queue_its_owner() {
         Some("1"),
         "{owners}"
     );
-    let throttled = answers[..20]
-        .iter()
-        .filter(|a| matches!(a, Ok(l) if field(l, "reason").as_deref() == Some("throttled")))
-        .count();
-    assert_eq!(throttled, 19, "{answers:?}");
+    assert_eq!(throttled(&answers[..20]), 19, "{answers:?}");
     // The database answers again: the owner logs in (from his known address: the guess
     // that was checked now slows every new one).
     sqlx::query("COMMIT")
@@ -209,17 +187,8 @@ async fn a_flood_of_guesses_does_not_delay_the_owner_at_a_known_address() {
     .await
     .expect("insert");
     let attacker: IpAddr = Ipv4Addr::new(127, 0, 0, 6).into();
-    let mut guesses = Vec::new();
-    for _ in 0..20 {
-        let mut c = Client::connect_from(n[0].addr, attacker).await;
-        c.send("CONNECT login=bob").await;
-        c.expect("CONNECT-ACK").await;
-        guesses.push(c);
-    }
-    let wrong = "0".repeat(64);
-    for c in &mut guesses {
-        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
-    }
+    let mut guesses = guesses_for_bob(&[n[0].addr], attacker, 20).await;
+    answer_wrongly(&mut guesses).await;
     // 12 are refused at once (8 hold or wait for the turn: one holds it, waiting for the row).
     let answers = futures::future::join_all(
         guesses
@@ -227,11 +196,11 @@ async fn a_flood_of_guesses_does_not_delay_the_owner_at_a_known_address() {
             .map(|c| tokio::time::timeout(Duration::from_secs(1), c.expect("CONNECT-FAILED"))),
     )
     .await;
-    let throttled = answers
-        .iter()
-        .filter(|a| matches!(a, Ok(l) if field(l, "reason").as_deref() == Some("throttled")))
-        .count();
-    assert_eq!(throttled, 12, "the turn's queue is full: {answers:?}");
+    assert_eq!(
+        throttled(&answers),
+        12,
+        "the turn's queue is full: {answers:?}"
+    );
     // The owner, from his known address, while the queue is full.
     let mut owner = Client::connect_from(n[0].addr, known).await;
     tokio::time::timeout(Duration::from_secs(2), owner.login("bob", PASSWORD))
@@ -241,4 +210,37 @@ async fn a_flood_of_guesses_does_not_delay_the_owner_at_a_known_address() {
         .execute(&mut blocker)
         .await
         .expect("rollback");
+}
+
+/// `count` connections from `attacker` that asked to log in as bob (each got its salt), spread
+/// over `nodes` in turn.
+async fn guesses_for_bob(
+    nodes: &[std::net::SocketAddr],
+    attacker: IpAddr,
+    count: usize,
+) -> Vec<Client> {
+    let mut guesses = Vec::with_capacity(count);
+    for k in 0..count {
+        let mut c = Client::connect_from(nodes[k % nodes.len()], attacker).await;
+        c.send("CONNECT login=bob").await;
+        c.expect("CONNECT-ACK").await;
+        guesses.push(c);
+    }
+    guesses
+}
+
+/// Every guess answers its challenge wrongly.
+async fn answer_wrongly(guesses: &mut [Client]) {
+    let wrong = "0".repeat(64);
+    for c in guesses {
+        c.send(&format!("CONNECT-CONTINUE hash={wrong}")).await;
+    }
+}
+
+/// How many of `answers` say `throttled`.
+fn throttled<E>(answers: &[Result<String, E>]) -> usize {
+    answers
+        .iter()
+        .filter(|a| matches!(a, Ok(l) if field(l, "reason").as_deref() == Some("throttled")))
+        .count()
 }
