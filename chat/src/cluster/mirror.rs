@@ -14,7 +14,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
-use tracing::warn;
+use tracing::info;
 
 /// Most packets waiting for the mirror to learn whether their user is online elsewhere (a
 /// second of a busy node's copies for its senders' other sessions fits).
@@ -217,7 +217,9 @@ fn dropped(s: &mut State) {
         .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(60))
     {
         s.dropped_logged = Some(now);
-        warn!(
+        // Info, not a warning: a busy sender's copies for its own other sessions reach the
+        // per-user bound in normal operation.
+        info!(
             dropped = s.dropped,
             "cluster: live packets waiting for the presence mirror are at their bound; \
              new ones for users not known online go only to this node's sessions"
