@@ -4,6 +4,7 @@ mod access;
 mod crash;
 mod data_dir_lock;
 mod delivery;
+mod follow_pace;
 mod handoff;
 mod hash_skip;
 mod health_slots;

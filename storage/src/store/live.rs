@@ -8,6 +8,7 @@ use bytes::Bytes;
 use sha2::Sha256;
 use tokio::sync::watch;
 
+use super::pace::Followers;
 use super::BlobStore;
 
 /// Recently written chunks kept in memory per live upload that has readers, so readers that
@@ -54,6 +55,8 @@ pub(super) struct LiveUpload {
     resume_hash: Mutex<Option<(u64, Sha256)>>,
     /// The offset at the upload's last recorded progress (`u64::MAX`: none in this process).
     marked: AtomicU64,
+    /// The readers following the upload, for the writer's pacing.
+    pub followers: Followers,
 }
 
 /// A window of the most recently stored bytes of an upload, as the writer's own buffers.
@@ -75,6 +78,11 @@ impl Drop for RecentChunks {
 impl RecentChunks {
     fn end(&self) -> u64 {
         self.start + self.bytes as u64
+    }
+
+    /// Offset of the first byte held, if any (a follower before it reads the file).
+    pub fn held_from(&self) -> Option<u64> {
+        (!self.chunks.is_empty()).then_some(self.start)
     }
 
     fn new(total: Arc<AtomicUsize>) -> RecentChunks {
@@ -232,6 +240,7 @@ impl BlobStore {
                     recent: Mutex::new(RecentChunks::new(live.recent_total.clone())),
                     resume_hash: Mutex::new(None),
                     marked: AtomicU64::new(u64::MAX),
+                    followers: Followers::default(),
                 })
             })
             .clone()

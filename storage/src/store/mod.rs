@@ -21,6 +21,7 @@ mod index;
 mod lapse;
 mod layout;
 mod live;
+mod pace;
 mod reader;
 mod recovery;
 mod sink;

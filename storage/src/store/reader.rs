@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::index::unsigned;
 use super::live::{LiveUpload, Phase, Progress};
+use super::pace::Follower;
 use super::{BlobInfo, BlobStore};
 use crate::{disk, valid_id, Result, StoreError};
 
@@ -84,7 +85,9 @@ impl BlobStore {
                 end,
                 size: info.size,
                 rx,
+                follower: Some(l.followers.join(start)),
                 live: Some(l.clone()),
+                stats: ReadStats::default(),
             });
         }
         let mut tries = 0;
@@ -124,7 +127,12 @@ impl BlobStore {
             end,
             size: info.size,
             rx: if is_complete { None } else { rx },
+            follower: live
+                .as_ref()
+                .filter(|_| !is_complete)
+                .map(|l| l.followers.join(start)),
             live: if is_complete { None } else { live },
+            stats: ReadStats::default(),
         })
     }
 
@@ -238,6 +246,30 @@ pub struct BlobReader {
     rx: Option<watch::Receiver<Progress>>,
     /// The live upload (while following it): recent chunks are taken from memory.
     live: Option<Arc<LiveUpload>>,
+    /// This reader among the upload's followers (the writer paces itself to them).
+    follower: Option<Arc<Follower>>,
+    /// Where the bytes served came from (logged at debug when the reader ends).
+    stats: ReadStats,
+}
+
+/// Bytes a reader served from the writer's buffers, the page cache (inline) and blocking
+/// reads, and inline reads that fell through to a blocking one.
+#[derive(Debug, Default)]
+struct ReadStats {
+    memory: u64,
+    cached: u64,
+    blocking: u64,
+    blocking_reads: u32,
+}
+
+impl Drop for BlobReader {
+    fn drop(&mut self) {
+        let s = &self.stats;
+        if s.cached + s.blocking > 0 {
+            tracing::debug!(id = %self.id, memory = s.memory, cached = s.cached,
+                blocking = s.blocking, blocking_reads = s.blocking_reads, "reader done");
+        }
+    }
 }
 
 impl BlobReader {
@@ -250,18 +282,22 @@ impl BlobReader {
         let avail_end = self.wait_available().await?;
         let max = max.max(1);
         // Caught up with the writer: take its buffers (no file read, no copy).
-        if let Some(live) = &self.live {
-            if let Some(b) = live.recent().get(self.pos, avail_end, max) {
-                self.pos += b.len() as u64;
-                return Ok(Some(b));
-            }
+        let held = self
+            .live
+            .as_ref()
+            .and_then(|live| live.recent().get(self.pos, avail_end, max));
+        if let Some(b) = held {
+            self.stats.memory += b.len() as u64;
+            self.advance(b.len());
+            return Ok(Some(b));
         }
         let want = (avail_end - self.pos).min(max as u64);
         let pos = self.pos;
         let file = self.file().await?;
         if let Ok(n @ 1..=INLINE_READ_MAX) = usize::try_from(want) {
             if let Some(buf) = disk::read_cached(&file, pos, n) {
-                self.pos += buf.len() as u64;
+                self.stats.cached += buf.len() as u64;
+                self.advance(buf.len());
                 return Ok(Some(Bytes::from(buf)));
             }
         }
@@ -279,7 +315,9 @@ impl BlobReader {
                 "blob file shorter than expected",
             )));
         }
-        self.pos += buf.len() as u64;
+        self.stats.blocking += buf.len() as u64;
+        self.advance(buf.len());
+        self.stats.blocking_reads += 1;
         Ok(Some(Bytes::from(buf)))
     }
 
@@ -331,6 +369,15 @@ impl BlobReader {
     fn stop_following(&mut self) {
         self.rx = None;
         self.live = None;
+        self.follower = None;
+    }
+
+    /// `n` bytes served: the writer pacing itself to this reader hears of it.
+    fn advance(&mut self, n: usize) {
+        self.pos += n as u64;
+        if let (Some(live), Some(f)) = (&self.live, &self.follower) {
+            live.followers.moved(f, self.pos);
+        }
     }
 
     /// Wait until bytes past `pos` are stored; return how far we may read.

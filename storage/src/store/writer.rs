@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::direct;
 use super::live::{LiveUpload, Phase};
+use super::pace::Pacer;
 use super::{BlobStore, NewBlob};
 use crate::{disk, GoneReason, Result, StoreError};
 
@@ -116,6 +117,7 @@ impl BlobStore {
             last_touch: self.now(),
             marked: 0,
             expires: new.expires,
+            pacer: Pacer::new(),
         })
     }
 
@@ -208,6 +210,7 @@ impl BlobStore {
             // requests makes its steps); after a restart, from here.
             marked: live.marked(offset),
             expires: info.expires,
+            pacer: Pacer::new(),
         })
     }
 }
@@ -339,6 +342,8 @@ pub struct BlobWriter {
     marked: u64,
     /// When the blob expires (the pace its upload must keep is taken from it).
     expires: u64,
+    /// Waits for the downloads that follow the upload (see `pace.rs`).
+    pacer: Pacer,
 }
 
 /// Bytes an upload with `left` bytes to go and `lifetime` seconds until its expiry must move
@@ -354,6 +359,10 @@ impl Drop for BlobWriter {
     /// An unfinished writer leaves its hash (of exactly `offset` bytes: a failed step drops
     /// it) to the writer that resumes the upload.
     fn drop(&mut self) {
+        let paced = self.pacer.waited();
+        if !paced.is_zero() {
+            tracing::debug!(id = %self.guard.id, ?paced, offset = self.offset, "writer waited for its followers");
+        }
         if let Some(hasher) = self.hasher.take() {
             self.guard.live.save_hash(self.offset, hasher);
         }
@@ -428,7 +437,11 @@ impl BlobWriter {
         self.offset = written;
         self.part = Some(part);
         self.hasher = hasher;
-        self.touch().await
+        self.touch().await?;
+        let live = &self.guard.live;
+        let window = live.recent().held_from().unwrap_or(written);
+        self.pacer.pace(&live.followers, written, window).await;
+        Ok(())
     }
 
     /// Record progress in the index (at most once per clock second) once at least
