@@ -1,6 +1,6 @@
-//! An upload paces itself to the downloads that follow it (storage `pace.rs`), but never
-//! waits for one that stopped reading: the upload completes at its own speed and the stalled
-//! download, once it reads again, still gets every byte.
+//! An upload paces itself to the downloads that follow it (storage `pace.rs`), but not to one
+//! that stopped reading: the upload completes and the stalled download, once it reads again,
+//! still gets every byte.
 
 use crate::http_support;
 
@@ -40,7 +40,8 @@ async fn an_upload_completes_while_its_follower_stopped_reading() {
         got.extend_from_slice(&f.into_data().unwrap());
     }
     // The download stops reading here (the body is held, not polled): the upload goes on
-    // and completes; a writer that waited for this follower would not.
+    // and completes (the pacing rules themselves are tested in storage's `pace.rs`, on a
+    // paused clock), and the download, read again, gets every byte.
     let put = tokio::time::timeout(Duration::from_secs(60), put)
         .await
         .expect("the upload waited for a download that stopped reading")

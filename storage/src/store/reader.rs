@@ -264,6 +264,7 @@ struct ReadStats {
 
 impl Drop for BlobReader {
     fn drop(&mut self) {
+        self.stop_following();
         let s = &self.stats;
         if s.cached + s.blocking > 0 {
             tracing::debug!(id = %self.id, memory = s.memory, cached = s.cached,
@@ -368,8 +369,12 @@ impl BlobReader {
 
     fn stop_following(&mut self) {
         self.rx = None;
-        self.live = None;
-        self.follower = None;
+        // Gone from the followers: a writer waiting for this reader looks again at once.
+        let live = self.live.take();
+        if let (Some(live), Some(follower)) = (live, self.follower.take()) {
+            drop(follower);
+            live.followers.wake();
+        }
     }
 
     /// `n` bytes served: the writer pacing itself to this reader hears of it.

@@ -438,9 +438,12 @@ impl BlobWriter {
         self.part = Some(part);
         self.hasher = hasher;
         self.touch().await?;
-        let live = &self.guard.live;
-        let window = live.recent().held_from().unwrap_or(written);
-        self.pacer.pace(&live.followers, written, window).await;
+        if written < self.size {
+            // (The last bytes are not waited for: completing ends the window anyway.)
+            let live = &self.guard.live;
+            let window = live.recent().held_from().unwrap_or(written);
+            self.pacer.pace(&live.followers, written, window).await;
+        }
         Ok(())
     }
 
