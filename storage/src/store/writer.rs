@@ -106,7 +106,7 @@ impl BlobStore {
         let hasher = hashing.hasher(new.sha256.as_deref());
         live.mark(0);
         Ok(BlobWriter {
-            guard,
+            guard: Arc::new(guard),
             part: Some(part),
             reports_hash: hasher.is_some(),
             hasher,
@@ -198,7 +198,7 @@ impl BlobStore {
         // Opening a writer is no progress: an empty request every minute kept a reservation
         // that sent nothing (attack 5). Its bytes are, at the pace of `progress_step`.
         Ok(BlobWriter {
-            guard,
+            guard: Arc::new(guard),
             part: Some(part),
             reports_hash,
             hasher,
@@ -325,7 +325,10 @@ fn hash(mut hasher: Option<Sha256>, bufs: &[Bytes]) -> Option<Sha256> {
 /// Appends to one blob. Dropping it without [`BlobWriter::finish`] leaves a resumable partial
 /// upload.
 pub struct BlobWriter {
-    guard: WriterGuard,
+    /// The writer's claim, shared with its blocking writes in flight: a write left running
+    /// by a cancelled `append` keeps the upload claimed until it lands, so a resumed writer
+    /// cannot write the same offsets first and then be overwritten by it.
+    guard: Arc<WriterGuard>,
     part: Option<PartFile>,
     /// `None` for a writer that does not hash ([`Hashing::OnlyToCheck`] without a declared
     /// SHA-256, unless it continues an earlier writer's hash). Left to the next writer when
@@ -407,8 +410,10 @@ impl BlobWriter {
             // direct write of a large upload waits for the disk while the other thread hashes).
             let shared = bufs.clone();
             let hashing = tokio::task::spawn_blocking(move || hash(hasher, &shared));
+            let claim = self.guard.clone();
             let writing = tokio::task::spawn_blocking(move || {
                 let res = part.write(&bufs);
+                drop(claim);
                 (part, bufs, res)
             });
             let (hashed, written) = tokio::join!(hashing, writing);
@@ -417,9 +422,11 @@ impl BlobWriter {
             res?;
             (part, hasher, bufs)
         } else {
+            let claim = self.guard.clone();
             let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
                 let mut hasher = hasher;
                 let res = part.write_hashed(&bufs, hasher.as_mut());
+                drop(claim);
                 (part, hasher, bufs, res)
             })
             .await
@@ -503,9 +510,11 @@ impl BlobWriter {
         let expected = self.sha256.clone();
         let reports_hash = self.reports_hash;
         let live = self.guard.live.clone();
+        let claim = self.guard.clone();
         // Ok(Ok(sha)): stored durably and renamed; Ok(Err(sha)): SHA-256 mismatch.
         let stored = tokio::task::spawn_blocking(
             move || -> io::Result<std::result::Result<Option<String>, String>> {
+                let _claim = claim;
                 let at = part.written;
                 let mut hasher = hasher;
                 let mut pushed = false;

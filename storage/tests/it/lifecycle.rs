@@ -471,3 +471,39 @@ async fn a_committed_upload_whose_rename_was_lost_is_served_after_recovery() {
     assert!(matches!(store.info("s").await, Err(StoreError::NotFound)));
     assert_eq!(stored_files(dir.path()), 1);
 }
+
+/// A write left running by a cancelled `append` keeps the upload claimed until it lands, so a
+/// resumed writer starts after its bytes instead of writing the same offsets and then being
+/// overwritten by it (the stored bytes would no longer match the hash the relay reports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_appends_write_keeps_the_upload_claimed_until_it_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock).await;
+    let piece = 128u64 << 20;
+    store.create(new("c", 2 * piece, T0 + 100)).await.unwrap();
+    let mut w = store.writer("c").await.unwrap();
+    // Polled once (its blocking write of 128 MiB starts), then dropped: the client went away.
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::ZERO,
+        w.append(vec![Bytes::from(data(piece as usize))]),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "a 128 MiB append cannot finish at its first poll"
+    );
+    drop(w);
+    assert!(matches!(store.writer("c").await, Err(StoreError::Busy)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let w = loop {
+        match store.writer("c").await {
+            Ok(w) => break w,
+            Err(StoreError::Busy) if std::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("the claim was not released once the write landed: {e}"),
+        }
+    };
+    assert_eq!(w.offset(), piece);
+}
