@@ -205,12 +205,12 @@ async fn main() -> Result<()> {
         let relay_listen = settings
             .embedded_relay_listen
             .unwrap_or(DEFAULT_EMBEDDED_RELAY_LISTEN);
-        let listener = tokio::net::TcpListener::bind(relay_listen)
+        let listener = msim_shared::listen::bind(relay_listen)
             .await
             .with_context(|| format!("binding embedded relay on {relay_listen}"))?;
         let metrics_listener = match settings.embedded_relay_metrics_listen {
             Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
+                msim_shared::listen::bind(addr)
                     .await
                     .with_context(|| format!("binding embedded relay metrics on {addr}"))?,
             ),
@@ -252,7 +252,7 @@ async fn main() -> Result<()> {
             Some(msim_shared::tls::client_config(&relay_cas).context("relay CA file")?);
     }
     let listen = resolved.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = msim_shared::listen::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     msim_chat::run(listener, config, stop.clone().cancelled_owned()).await?;

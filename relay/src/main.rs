@@ -369,12 +369,12 @@ async fn serve(s: Settings, secret_file: Option<&Path>) -> Result<()> {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.tls = Some(Arc::new(tls));
     }
-    let listener = tokio::net::TcpListener::bind(&s.listen)
+    let listener = msim_shared::listen::bind(&s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
     let metrics_listener = match &s.metrics_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+            msim_shared::listen::bind(addr)
                 .await
                 .with_context(|| format!("binding --metrics-listen {addr}"))?,
         ),

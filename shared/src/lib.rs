@@ -6,6 +6,7 @@ pub mod address;
 pub mod clock;
 pub mod codec;
 pub mod error;
+pub mod listen;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod packet;

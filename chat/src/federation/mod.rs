@@ -315,7 +315,7 @@ pub(crate) async fn start(
             l.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(l)?
         }
-        None => tokio::net::TcpListener::bind(fed.config.s2s_listen).await?,
+        None => msim_shared::listen::bind(fed.config.s2s_listen).await?,
     };
     info!(addr = ?listener.local_addr().ok(), "s2s listening");
     let mut tasks = vec![tokio::spawn(inbound::accept_loop(
