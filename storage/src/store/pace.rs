@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::live::LiveUpload;
+
 /// How far a writer may run ahead of its slowest follower before it waits (half the recent
 /// window, so a follower this far behind still finds the bytes in memory).
 pub(super) const PACE_LAG: u64 = 2 << 20;
@@ -57,7 +59,7 @@ impl Followers {
     }
 
     /// A new follower reading from `pos`; it leaves when the returned handle is dropped
-    /// (then call [`Followers::wake`]).
+    /// (then call [`Followers::wake`]; [`Following`] does both).
     pub fn join(&self, pos: u64) -> Arc<Follower> {
         let follower = Arc::new(Follower {
             pos: AtomicU64::new(pos),
@@ -95,6 +97,36 @@ impl Followers {
             })
             .filter(|(_, pos)| *pos >= floor)
             .min_by_key(|(_, pos)| *pos)
+    }
+}
+
+/// A reader's place among the followers of a live upload (with the upload, whose recent
+/// chunks it takes). Dropping it leaves, and a writer waiting for it looks again at once.
+pub(super) struct Following {
+    pub live: Arc<LiveUpload>,
+    me: Option<Arc<Follower>>,
+}
+
+impl Following {
+    /// Follow `live` from `pos`.
+    pub fn new(live: Arc<LiveUpload>, pos: u64) -> Following {
+        let me = Some(live.followers.join(pos));
+        Following { live, me }
+    }
+
+    /// This follower reads from `pos` now.
+    pub fn moved(&self, pos: u64) {
+        if let Some(me) = &self.me {
+            self.live.followers.moved(me, pos);
+        }
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        // Gone from the list first, so the woken writer no longer sees it.
+        drop(self.me.take());
+        self.live.followers.wake();
     }
 }
 

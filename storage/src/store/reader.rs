@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::index::unsigned;
-use super::live::{LiveUpload, Phase, Progress};
-use super::pace::Follower;
+use super::live::{Phase, Progress};
+use super::pace::Following;
 use super::{BlobInfo, BlobStore};
 use crate::{disk, valid_id, Result, StoreError};
 
@@ -85,8 +85,7 @@ impl BlobStore {
                 end,
                 size: info.size,
                 rx,
-                follower: Some(l.followers.join(start)),
-                live: Some(l.clone()),
+                following: Some(Following::new(l.clone(), start)),
                 stats: ReadStats::default(),
             });
         }
@@ -127,11 +126,9 @@ impl BlobStore {
             end,
             size: info.size,
             rx: if is_complete { None } else { rx },
-            follower: live
-                .as_ref()
+            following: live
                 .filter(|_| !is_complete)
-                .map(|l| l.followers.join(start)),
-            live: if is_complete { None } else { live },
+                .map(|l| Following::new(l, start)),
             stats: ReadStats::default(),
         })
     }
@@ -244,10 +241,9 @@ pub struct BlobReader {
     /// The blob's declared size.
     size: u64,
     rx: Option<watch::Receiver<Progress>>,
-    /// The live upload (while following it): recent chunks are taken from memory.
-    live: Option<Arc<LiveUpload>>,
-    /// This reader among the upload's followers (the writer paces itself to them).
-    follower: Option<Arc<Follower>>,
+    /// The live upload (while following it): recent chunks are taken from memory, and the
+    /// writer paces itself to this reader.
+    following: Option<Following>,
     /// Where the bytes served came from (logged at debug when the reader ends).
     stats: ReadStats,
 }
@@ -264,7 +260,6 @@ struct ReadStats {
 
 impl Drop for BlobReader {
     fn drop(&mut self) {
-        self.stop_following();
         let s = &self.stats;
         if s.cached + s.blocking > 0 {
             tracing::debug!(id = %self.id, memory = s.memory, cached = s.cached,
@@ -284,9 +279,9 @@ impl BlobReader {
         let max = max.max(1);
         // Caught up with the writer: take its buffers (no file read, no copy).
         let held = self
-            .live
+            .following
             .as_ref()
-            .and_then(|live| live.recent().get(self.pos, avail_end, max));
+            .and_then(|f| f.live.recent().get(self.pos, avail_end, max));
         if let Some(b) = held {
             self.stats.memory += b.len() as u64;
             self.advance(b.len());
@@ -369,19 +364,14 @@ impl BlobReader {
 
     fn stop_following(&mut self) {
         self.rx = None;
-        // Gone from the followers: a writer waiting for this reader looks again at once.
-        let live = self.live.take();
-        if let (Some(live), Some(follower)) = (live, self.follower.take()) {
-            drop(follower);
-            live.followers.wake();
-        }
+        self.following = None;
     }
 
     /// `n` bytes served: the writer pacing itself to this reader hears of it.
     fn advance(&mut self, n: usize) {
         self.pos += n as u64;
-        if let (Some(live), Some(f)) = (&self.live, &self.follower) {
-            live.followers.moved(f, self.pos);
+        if let Some(f) = &self.following {
+            f.moved(self.pos);
         }
     }
 

@@ -412,8 +412,8 @@ impl BlobWriter {
             let hashing = tokio::task::spawn_blocking(move || hash(hasher, &shared));
             let claim = self.guard.clone();
             let writing = tokio::task::spawn_blocking(move || {
+                let _claim = claim;
                 let res = part.write(&bufs);
-                drop(claim);
                 (part, bufs, res)
             });
             let (hashed, written) = tokio::join!(hashing, writing);
@@ -424,9 +424,9 @@ impl BlobWriter {
         } else {
             let claim = self.guard.clone();
             let (part, hasher, bufs, res) = tokio::task::spawn_blocking(move || {
+                let _claim = claim;
                 let mut hasher = hasher;
                 let res = part.write_hashed(&bufs, hasher.as_mut());
-                drop(claim);
                 (part, hasher, bufs, res)
             })
             .await
